@@ -1,0 +1,135 @@
+"""The protocol every optimizer speaks: a pair of pure functions over pytrees.
+
+A :class:`GradientTransformation` is a NamedTuple ``(init, update)``:
+
+* ``init(params) -> state`` builds the state (a pytree of arrays);
+* ``update(updates, state, params=None, **extra_args) -> (updates, state)``
+  transforms the incoming updates (usually gradients) and returns the new state.
+
+Hyperparameters live in the closures, never as array leaves of the
+transformation, so a transformation is a static value that ``jax.jit``, Flax's
+``nnx.Optimizer`` and ``TrainState`` can hold as-is.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Protocol, TypeAlias
+
+import jax
+import jax.numpy as jnp
+
+Params: TypeAlias = Any
+"""A pytree of arrays: the model's parameters."""
+Updates: TypeAlias = Any
+"""A pytree of arrays shaped like the params: gradients or transformed gradients."""
+OptState: TypeAlias = Any
+"""A pytree of arrays (usually NamedTuples) holding a transformation's state."""
+Schedule: TypeAlias = Callable[[jax.Array], jax.typing.ArrayLike]
+"""A pure function of the int32 step count returning a scalar."""
+ScalarOrSchedule: TypeAlias = float | jax.Array | Schedule
+
+
+class TransformInitFn(Protocol):
+    def __call__(self, params: Params) -> OptState: ...
+
+
+class TransformUpdateFn(Protocol):
+    def __call__(
+        self, updates: Updates, state: OptState, params: Params | None = None, **extra_args: Any
+    ) -> tuple[Updates, OptState]: ...
+
+
+class GradientTransformation(NamedTuple):
+    """A pure ``(init, update)`` pair; see the module docstring for the protocol.
+
+    ``update`` always accepts ``**extra_args`` (for example ``value=`` from a
+    line search) and ignores those it does not use.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxopt_zoo as jz
+        >>> tx = jz.scale(-0.1)
+        >>> state = tx.init(jnp.ones(3))
+        >>> updates, state = tx.update(jnp.ones(3), state)
+    """
+
+    init: TransformInitFn
+    update: TransformUpdateFn
+
+
+class EmptyState(NamedTuple):
+    """The state of a stateless transformation: an empty NamedTuple (no leaves)."""
+
+
+def init_empty_state(params: Params) -> EmptyState:
+    """An ``init`` for stateless transformations."""
+    del params
+    return EmptyState()
+
+
+def identity() -> GradientTransformation:
+    """The transformation that leaves updates unchanged: :math:`u_t = g_t`.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> tx = jz.identity()
+    """
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        return updates, state
+
+    return GradientTransformation(init_empty_state, update)
+
+
+def stateless(f: Callable[[Updates, Params | None], Updates]) -> GradientTransformation:
+    """A transformation from a pure function of the whole trees: :math:`u_t = f(g_t, \\theta_t)`.
+
+    ``f(updates, params)`` receives ``params=None`` when the caller passes none.
+
+    Example:
+        >>> import jax, jaxopt_zoo as jz
+        >>> clip = jz.stateless(lambda g, p: jax.tree.map(lambda x: x.clip(-1, 1), g))
+    """
+    if not callable(f):
+        raise TypeError(f"stateless: f must be a callable f(updates, params), got {f!r}.")
+
+    def update(updates, state, params=None, **extra_args):
+        del state, extra_args
+        return f(updates, params), EmptyState()
+
+    return GradientTransformation(init_empty_state, update)
+
+
+def safe_increment(count: jax.Array) -> jax.Array:
+    """``count + 1``, saturating at the dtype's maximum instead of wrapping around."""
+    count = jnp.asarray(count)
+    if jnp.issubdtype(count.dtype, jnp.integer):
+        max_value = jnp.iinfo(count.dtype).max
+    else:
+        max_value = jnp.finfo(count.dtype).max
+    return jnp.where(count < max_value, count + 1, max_value).astype(count.dtype)
+
+
+def zero_count() -> jax.Array:
+    """A fresh step counter: an int32 scalar zero."""
+    return jnp.zeros([], jnp.int32)
+
+
+def apply_updates(params: Params, updates: Updates) -> Params:
+    """Return ``params + updates`` leaf by leaf, keeping each param's dtype.
+
+    :math:`\\theta_{t+1} = \\theta_t + u_t`. A ``None`` update leaves its
+    parameter unchanged (Optax raises there); a ``None`` parameter stays ``None``.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxopt_zoo as jz
+        >>> jz.apply_updates({"w": jnp.ones(2)}, {"w": jnp.full(2, -0.5)})
+        {'w': Array([0.5, 0.5], dtype=float32)}
+    """
+
+    def add(p, u):
+        if p is None or u is None:
+            return p
+        return jnp.asarray(p + u).astype(jnp.asarray(p).dtype)
+
+    return jax.tree.map(add, params, updates, is_leaf=lambda x: x is None)

@@ -1,0 +1,153 @@
+"""Combining transformations: in sequence (``chain``, ``named_chain``) and on a subset (``masked``)."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, NamedTuple
+
+import jax
+
+from jaxopt_zoo.base import GradientTransformation, OptState, Params
+
+
+def _takes_extra_args(transformation: Any) -> bool:
+    # Ours always take **extra_args; an Optax GradientTransformation may not,
+    # and then it must not be handed any.
+    try:
+        parameters = inspect.signature(transformation.update).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def _as_transformation(owner: str, transformation: Any) -> GradientTransformation:
+    if not (callable(getattr(transformation, "init", None)) and callable(getattr(transformation, "update", None))):
+        raise TypeError(
+            f"{owner}: expected gradient transformations (objects with init and update), got {transformation!r}."
+        )
+    if _takes_extra_args(transformation):
+        return GradientTransformation(transformation.init, transformation.update)
+
+    def update(updates, state, params=None, **extra_args):
+        del extra_args
+        return transformation.update(updates, state, params)
+
+    return GradientTransformation(transformation.init, update)
+
+
+def chain(*transformations: GradientTransformation) -> GradientTransformation:
+    """Apply transformations one after another: :math:`u = f_n(\\ldots f_1(g))`.
+
+    The state is the tuple of the members' states. Extra keyword arguments of
+    ``update`` reach every member; an Optax member that takes none gets none.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> adamw = jz.chain(jz.scale_by_adam(), jz.add_decayed_weights(1e-4), jz.scale_by_learning_rate(1e-3))
+    """
+    members = [_as_transformation("chain", t) for t in transformations]
+
+    def init(params):
+        return tuple(member.init(params) for member in members)
+
+    def update(updates, state, params=None, **extra_args):
+        if not isinstance(state, tuple) or len(state) != len(members):
+            raise ValueError(
+                f"chain: expected the state of {len(members)} transformations (a tuple from this chain's init), "
+                f"got {type(state).__name__} of length {len(state) if isinstance(state, tuple) else '?'}."
+            )
+        new_state = []
+        for member, member_state in zip(members, state):
+            updates, member_state = member.update(updates, member_state, params, **extra_args)
+            new_state.append(member_state)
+        return updates, tuple(new_state)
+
+    return GradientTransformation(init, update)
+
+
+def named_chain(*named_transformations: tuple[str, GradientTransformation]) -> GradientTransformation:
+    """:func:`chain` whose state is a dict keyed by the given names (in order).
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> tx = jz.named_chain(("adam", jz.scale_by_adam()), ("lr", jz.scale_by_learning_rate(1e-3)))
+        >>> # state["adam"].mu is the first moment
+    """
+    names = [name for name, _ in named_transformations]
+    if len(set(names)) != len(names) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"named_chain: names must be distinct strings, got {names}.")
+    members = {name: _as_transformation("named_chain", t) for name, t in named_transformations}
+
+    def init(params):
+        return {name: member.init(params) for name, member in members.items()}
+
+    def update(updates, state, params=None, **extra_args):
+        if not isinstance(state, dict) or sorted(state) != sorted(members):
+            raise ValueError(
+                f"named_chain: expected a state dict with keys {names}, got "
+                f"{sorted(state) if isinstance(state, dict) else type(state).__name__}."
+            )
+        new_state = {}
+        for name, member in members.items():
+            updates, new_state[name] = member.update(updates, state[name], params, **extra_args)
+        return updates, new_state
+
+    return GradientTransformation(init, update)
+
+
+class MaskedNode(NamedTuple):
+    """Stands in for a masked-out subtree: it has no leaves, so it keeps no state."""
+
+
+class MaskedState(NamedTuple):
+    """The inner transformation's state, over the masked-in leaves only."""
+
+    inner_state: OptState
+
+
+def _mask_tree(mask: Any, tree: Any) -> Any:
+    mask_tree = mask(tree) if callable(mask) else mask
+    bad = [leaf for leaf in jax.tree.leaves(mask_tree) if not isinstance(leaf, bool)]
+    if bad:
+        raise ValueError(f"masked: mask leaves must be Python bools, got {bad[0]!r}.")
+    return mask_tree
+
+
+def _select(mask_tree: Any, tree: Any) -> Any:
+    try:
+        return jax.tree.map(lambda keep, sub: sub if keep else MaskedNode(), mask_tree, tree)
+    except ValueError as error:
+        raise ValueError(
+            f"masked: the mask must have the params' structure (or a prefix of it): {error}"
+        ) from None
+
+
+def masked(inner: GradientTransformation, mask: Any | Callable[[Params], Any]) -> GradientTransformation:
+    """Apply ``inner`` only where ``mask`` is ``True``; other updates pass unchanged.
+
+    :math:`u_i = f(g)_i` where :math:`\\text{mask}_i`, else :math:`u_i = g_i`.
+    Masked-out leaves keep no state in ``inner``.
+
+    Args:
+        inner: the transformation to apply to the selected leaves.
+        mask: a tree of Python bools with the params' structure (or a prefix
+            of it), or a callable that builds one from the params/updates.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> tx = jz.masked(jz.add_decayed_weights(1e-4), {"w": True, "b": False})
+    """
+    inner = _as_transformation("masked", inner)
+
+    def init(params):
+        mask_tree = _mask_tree(mask, params)
+        return MaskedState(inner.init(_select(mask_tree, params)))
+
+    def update(updates, state, params=None, **extra_args):
+        mask_tree = _mask_tree(mask, updates)
+        selected_params = None if params is None else _select(mask_tree, params)
+        new, inner_state = inner.update(_select(mask_tree, updates), state.inner_state, selected_params, **extra_args)
+        merged = jax.tree.map(lambda keep, n, old: n if keep else old, mask_tree, new, updates)
+        return merged, MaskedState(inner_state)
+
+    return GradientTransformation(init, update)

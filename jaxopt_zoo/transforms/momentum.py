@@ -1,0 +1,118 @@
+"""Momentum: heavy-ball traces of past updates, in Optax's and PyTorch's forms."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxopt_zoo import tree, validation
+from jaxopt_zoo.base import GradientTransformation, Updates, safe_increment, zero_count
+
+
+class TraceState(NamedTuple):
+    """The momentum buffer :math:`b`, shaped like the params."""
+
+    trace: Updates
+
+
+class DampenedTraceState(NamedTuple):
+    """The momentum buffer and the step count that tells the first step apart."""
+
+    count: jax.Array
+    trace: Updates
+
+
+def trace(
+    decay: jax.typing.ArrayLike,
+    nesterov: bool = False,
+    dampening: jax.typing.ArrayLike = 0.0,
+    accumulator_dtype: jax.typing.DTypeLike | None = None,
+) -> GradientTransformation:
+    """Heavy-ball momentum (Polyak 1964), with PyTorch's dampening and Nesterov options.
+
+    With decay :math:`\\mu` and dampening :math:`\\tau`, PyTorch's rule
+    (``torch.optim.SGD``) is
+
+    .. math::
+
+        b_1 = g_1, \\qquad b_t = \\mu \\, b_{t-1} + (1 - \\tau) \\, g_t \\quad (t > 1), \\qquad
+        u_t = \\begin{cases} g_t + \\mu \\, b_t & \\text{nesterov} \\\\ b_t & \\text{otherwise.} \\end{cases}
+
+    With :math:`\\tau = 0` (the default) this is exactly ``optax.trace``,
+    :math:`b_t = g_t + \\mu b_{t-1}` from :math:`b_0 = 0`, and the state is the
+    same ``TraceState``. With :math:`\\tau \\ne 0` the state also counts steps
+    (``DampenedTraceState``), because the first step is not dampened.
+
+    Deviation from Optax: the buffer is stored in the state's dtype (the
+    params' dtype, or ``accumulator_dtype``) even when the gradients arrive in
+    another dtype, so the state's dtypes never drift between steps.
+
+    Args:
+        decay: the momentum :math:`\\mu \\ge 0`.
+        nesterov: return :math:`g_t + \\mu b_t` (Sutskever et al. 2013, in PyTorch's form).
+        dampening: :math:`\\tau \\in [0, 1]`, PyTorch's ``dampening``.
+        accumulator_dtype: dtype of the stored buffer; ``None`` uses the params'.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> tx = jz.chain(jz.trace(0.9, dampening=0.1), jz.scale_by_learning_rate(0.1))
+
+    References:
+        Polyak, "Some methods of speeding up the convergence of iteration methods", 1964.
+        Sutskever et al., "On the importance of initialization and momentum in deep learning", ICML 2013.
+    """
+    validation.non_negative("trace", "decay", decay)
+    checked_dampening = validation.fraction("trace", "dampening", dampening)
+    accumulator_dtype = validation.optional_dtype("trace", "accumulator_dtype", accumulator_dtype)
+    # A traced dampening may be non-zero, so it takes the dampened rule.
+    dampened = checked_dampening != 0.0
+
+    def init(params):
+        buffer = tree.zeros_like(params, dtype=accumulator_dtype)
+        return DampenedTraceState(zero_count(), buffer) if dampened else TraceState(buffer)
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        tree.check_same_structure("trace", updates, state.trace, "the momentum buffer (state.trace)")
+        if dampened:
+            first = state.count == 0
+            accumulate = lambda g, b: jnp.where(first, g, (1 - dampening) * g + decay * b)
+        else:
+            accumulate = lambda g, b: g + decay * b
+        buffer = jax.tree.map(lambda g, b: b if g is None else accumulate(g, b), updates, state.trace, is_leaf=tree.is_none)
+        if nesterov:
+            updates = jax.tree.map(lambda g, b: None if g is None else g + decay * b, updates, buffer, is_leaf=tree.is_none)
+        else:
+            updates = jax.tree.map(lambda g, b: None if g is None else b, updates, buffer, is_leaf=tree.is_none)
+        buffer = tree.cast_like(buffer, state.trace)
+        if dampened:
+            return updates, DampenedTraceState(safe_increment(state.count), buffer)
+        return updates, TraceState(buffer)
+
+    return GradientTransformation(init, update)
+
+
+def nesterov(decay: jax.typing.ArrayLike, accumulator_dtype: jax.typing.DTypeLike | None = None) -> GradientTransformation:
+    """Nesterov accelerated gradient in PyTorch's form (``SGD(nesterov=True)``).
+
+    .. math::
+
+        b_t = \\mu \\, b_{t-1} + g_t, \\quad b_0 = 0, \\qquad u_t = g_t + \\mu \\, b_t.
+
+    This is :func:`trace` with ``nesterov=True``; PyTorch allows no dampening here.
+
+    Args:
+        decay: the momentum :math:`\\mu \\ge 0`.
+        accumulator_dtype: dtype of the stored buffer; ``None`` uses the params'.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> tx = jz.chain(jz.nesterov(0.9), jz.scale_by_learning_rate(0.1))
+
+    References:
+        Nesterov, "A method for solving the convex programming problem with convergence rate O(1/k^2)", 1983.
+        Sutskever et al., "On the importance of initialization and momentum in deep learning", ICML 2013.
+    """
+    return trace(decay, nesterov=True, accumulator_dtype=accumulator_dtype)

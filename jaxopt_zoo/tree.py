@@ -1,0 +1,118 @@
+"""Tree helpers shared by every transformation.
+
+``None`` leaves in ``updates`` mean "no update for this parameter": every helper
+passes them through and leaves the matching state leaf unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxopt_zoo.base import Updates
+
+
+def is_none(x: Any) -> bool:
+    """``is_leaf`` predicate that makes ``None`` a leaf instead of an empty subtree."""
+    return x is None
+
+
+def zeros_like(tree: Any, dtype: jax.typing.DTypeLike | None = None) -> Any:
+    """A tree of zeros shaped like ``tree``; ``dtype=None`` keeps each leaf's dtype.
+
+    Built with ``jax.tree.map`` so it keeps the tree's containers (Flax
+    ``Variable`` metadata included) and, under ``jit``, its shardings.
+    """
+    return jax.tree.map(lambda x: jnp.zeros_like(x, dtype=dtype), tree)
+
+
+def cast(tree: Any, dtype: jax.typing.DTypeLike | None) -> Any:
+    """Cast every array leaf to ``dtype``; ``None`` leaves and ``dtype=None`` change nothing."""
+    if dtype is None:
+        return tree
+    return jax.tree.map(lambda x: None if x is None else jnp.asarray(x).astype(dtype), tree, is_leaf=is_none)
+
+
+def cast_like(tree: Any, reference: Any) -> Any:
+    """Cast every leaf of ``tree`` to the dtype of the matching leaf of ``reference``."""
+    return jax.tree.map(
+        lambda x, r: x if x is None or r is None else jnp.asarray(x).astype(jnp.asarray(r).dtype),
+        tree,
+        reference,
+        is_leaf=is_none,
+    )
+
+
+def _paths(tree: Any) -> list[str]:
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_none)
+    return [jax.tree_util.keystr(path) or "<root>" for path, _ in leaves]
+
+
+def _listing(paths: list[str], limit: int = 8) -> str:
+    shown = ", ".join(paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def check_same_structure(owner: str, updates: Updates, other: Any, other_name: str) -> None:
+    """Raise a ``ValueError`` naming the differing paths when ``updates`` and ``other`` differ.
+
+    ``other`` is a per-parameter tree the transformation pairs with the updates
+    (a moment in its state, or the params). The check runs at trace time only.
+    """
+    ours = jax.tree.structure(updates, is_leaf=is_none)
+    theirs = jax.tree.structure(other, is_leaf=is_none)
+    if ours == theirs:
+        return
+    update_paths, other_paths = _paths(updates), _paths(other)
+    only_updates = [p for p in update_paths if p not in set(other_paths)]
+    only_other = [p for p in other_paths if p not in set(update_paths)]
+    if only_updates or only_other:
+        detail = (
+            f"paths only in updates: [{_listing(only_updates)}]; "
+            f"paths only in {other_name}: [{_listing(only_other)}]"
+        )
+    else:
+        detail = f"same paths but different containers: updates are {ours}, {other_name} is {theirs}"
+    raise ValueError(
+        f"{owner}: the updates tree does not match {other_name}: {detail}. "
+        "Pass updates shaped like the params the state was initialised with."
+    )
+
+
+def _power(g: jax.Array, order: int) -> jax.Array:
+    # For complex gradients an even moment is a power of the modulus (|g|^2, ...).
+    if order % 2 == 0 and jnp.iscomplexobj(g):
+        return (g.real**2 + g.imag**2) ** (order // 2)
+    return g**order
+
+
+def update_moment(updates: Updates, moments: Any, decay: jax.typing.ArrayLike, order: int) -> Any:
+    """Exponential moving average of ``g**order``: :math:`m_t = (1-\\beta) g_t^k + \\beta m_{t-1}`.
+
+    The result has the promoted dtype of the gradient and the moment; cast it
+    back for storage with :func:`cast` or :func:`cast_like`.
+    """
+    return jax.tree.map(
+        lambda g, m: m if g is None else (1 - decay) * _power(g, order) + decay * m,
+        updates,
+        moments,
+        is_leaf=is_none,
+    )
+
+
+def bias_correction(moments: Any, decay: jax.typing.ArrayLike, count: jax.Array) -> Any:
+    """Divide each moment by :math:`1 - \\beta^t`, with the scalar computed once per step.
+
+    The scalar is formed in float32 (or wider) and only then cast to each
+    moment's dtype, since :math:`\\beta^t` rounds to 1 in bfloat16.
+    """
+    correction = 1 - decay**count
+    return jax.tree.map(lambda m: None if m is None else m / correction.astype(m.dtype), moments, is_leaf=is_none)
+
+
+def global_norm(tree: Any) -> jax.Array:
+    """The Euclidean norm of all leaves taken together: :math:`\\sqrt{\\sum_i \\|x_i\\|^2}`."""
+    leaves = [x for x in jax.tree.leaves(tree) if x is not None]
+    return jnp.sqrt(sum(jnp.sum(_power(x, 2)) for x in leaves))

@@ -1,0 +1,84 @@
+"""Construction-time checks of hyperparameters, with messages that name the culprit.
+
+Every check accepts Python numbers, NumPy scalars and concrete JAX scalars. A
+traced value (a hyperparameter that is being differentiated, vmapped or
+injected under ``jit``) cannot be inspected, so it is accepted as it is.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def real_scalar(owner: str, name: str, value: Any) -> float | None:
+    """``value`` as a finite Python float, or ``None`` when it is traced.
+
+    Raises ``ValueError`` naming ``owner`` and ``name`` for anything that is not
+    a finite real scalar (strings, ``None``, booleans, arrays of several
+    elements, complex numbers, NaN and infinities).
+    """
+    if isinstance(value, jax.core.Tracer):
+        return None
+    bad = ValueError(f"{owner}: {name} must be a finite real number, got {value!r} ({type(value).__name__}).")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.generic, np.ndarray, jax.Array)):
+        raise bad
+    array = np.asarray(value)
+    if array.shape != () or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise bad
+    result = float(array)
+    if not math.isfinite(result):
+        raise bad
+    return result
+
+
+def non_negative(owner: str, name: str, value: Any) -> None:
+    """Require a finite real ``value >= 0``."""
+    x = real_scalar(owner, name, value)
+    if x is not None and x < 0:
+        raise ValueError(f"{owner}: {name} must be >= 0, got {value!r}.")
+
+
+def decay_rate(owner: str, name: str, value: Any) -> None:
+    """Require a finite real ``value`` in ``[0, 1)``, as for Adam's betas."""
+    x = real_scalar(owner, name, value)
+    if x is not None and not 0.0 <= x < 1.0:
+        raise ValueError(f"{owner}: {name} must be in [0, 1), got {value!r}.")
+
+
+def fraction(owner: str, name: str, value: Any) -> float | None:
+    """Require a finite real ``value`` in ``[0, 1]``; return it as a float (``None`` when traced)."""
+    x = real_scalar(owner, name, value)
+    if x is not None and not 0.0 <= x <= 1.0:
+        raise ValueError(f"{owner}: {name} must be in [0, 1], got {value!r}.")
+    return x
+
+
+def scalar_or_schedule(owner: str, name: str, value: Any) -> None:
+    """Require a schedule (any callable of the step count) or a finite real ``value >= 0``."""
+    if not callable(value):
+        non_negative(owner, name, value)
+
+
+def optional_dtype(owner: str, name: str, value: Any) -> jnp.dtype | None:
+    """``value`` as a floating dtype (``None`` stays ``None``), or a ``ValueError``."""
+    if value is None:
+        return None
+    try:
+        dtype = jnp.dtype(value)
+    except TypeError:
+        raise ValueError(f"{owner}: {name} must be a floating dtype such as jnp.float32, got {value!r}.") from None
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"{owner}: {name} must be a floating dtype such as jnp.float32, got {value!r}.")
+    # float64 becomes float32 unless jax_enable_x64 is on, as for every JAX array.
+    return jax.dtypes.canonicalize_dtype(dtype)
+
+
+def require_params(owner: str, params: Any) -> None:
+    """Raise when a transformation that reads the parameters was called without them."""
+    if params is None:
+        raise ValueError(f"{owner} needs the parameters: call update(updates, state, params) with params.")
