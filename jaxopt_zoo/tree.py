@@ -51,6 +51,8 @@ def _paths(tree: Any) -> list[str]:
 
 
 def _listing(paths: list[str], limit: int = 8) -> str:
+    if not paths:
+        return "(none)"
     shown = ", ".join(paths[:limit])
     return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
@@ -70,8 +72,8 @@ def check_same_structure(owner: str, updates: Updates, other: Any, other_name: s
     only_other = [p for p in other_paths if p not in set(update_paths)]
     if only_updates or only_other:
         detail = (
-            f"paths only in updates: [{_listing(only_updates)}]; "
-            f"paths only in {other_name}: [{_listing(only_other)}]"
+            f"paths only in updates: {_listing(only_updates)}; "
+            f"paths only in {other_name}: {_listing(only_other)}"
         )
     else:
         detail = f"same paths but different containers: updates are {ours}, {other_name} is {theirs}"

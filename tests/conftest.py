@@ -1,0 +1,74 @@
+"""Shared fixtures: small parameter trees, a gradient field, and runners for both sides."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxopt_zoo as jz
+from tests import reference
+
+STEPS = 25
+
+
+@pytest.fixture
+def x64():
+    """Run the test body with 64-bit JAX types (float64 references are compared there)."""
+    with jax.enable_x64(True):
+        yield
+
+
+def make_params(dtype=jnp.float32, seed: int = 0) -> dict:
+    """A small nested tree with a matrix, a vector and a scalar leaf."""
+    rng = np.random.default_rng(seed)
+    return {
+        "dense": {"w": jnp.asarray(rng.normal(size=(3, 4)), dtype), "b": jnp.asarray(rng.normal(size=(4,)), dtype)},
+        "scale": jnp.asarray(rng.normal(), dtype),
+    }
+
+
+def grad_fn(params, t, xp=np):
+    """Gradient of an ill-conditioned quadratic plus a step-dependent drift, in NumPy or jax.numpy.
+
+    Leaf-wise ``g = c * p + sin(t + k)`` with curvature ``c`` spread over [0.1, 10]
+    so momentum and adaptive rules take visibly different paths.
+    """
+    n = xp.size(params)
+    curvature = xp.reshape(xp.linspace(0.1, 10.0, n), xp.shape(params)) if n > 1 else 3.0
+    drift = xp.reshape(xp.sin(t + xp.arange(n)), xp.shape(params)) if n > 1 else xp.sin(t)
+    return curvature * params + drift
+
+
+def run_ours(tx, params, steps: int = STEPS, jit: bool = True):
+    """Iterates of ``tx`` on :func:`grad_fn`, as a list of param trees."""
+    state = tx.init(params)
+    update = jax.jit(tx.update) if jit else tx.update
+    iterates = []
+    for t in range(1, steps + 1):
+        grads = jax.tree.map(lambda p: grad_fn(p, t, jnp).astype(p.dtype), params)
+        updates, state = update(grads, state, params)
+        params = jz.apply_updates(params, updates)
+        iterates.append(params)
+    return iterates, state
+
+
+def run_reference(ref: reference.Reference, params, steps: int = STEPS):
+    """Iterates of a NumPy reference, leaf by leaf, as a list of param trees."""
+    leaves, treedef = jax.tree.flatten(params)
+    per_leaf = [reference.trajectory(ref, np.asarray(leaf, np.float64), grad_fn, steps) for leaf in leaves]
+    return [jax.tree.unflatten(treedef, [path[i] for path in per_leaf]) for i in range(steps)]
+
+
+def assert_trees_close(actual, expected, rtol: float, atol: float = 0.0):
+    jax.tree.map(
+        lambda a, e: np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(e, np.float64), rtol=rtol, atol=atol),
+        actual,
+        expected,
+    )
+
+
+def assert_trees_equal(actual, expected):
+    """Bitwise equality (same dtypes, same values)."""
+    jax.tree.map(lambda a, e: np.testing.assert_array_equal(np.asarray(a), np.asarray(e), strict=True), actual, expected)

@@ -1,0 +1,60 @@
+"""The protocol pieces: identity, stateless, safe_increment, apply_updates."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxopt_zoo as jz
+from tests.conftest import make_params
+
+
+def test_identity_returns_updates_and_empty_state():
+    tx = jz.identity()
+    params = make_params()
+    state = tx.init(params)
+    assert state == jz.EmptyState() and jax.tree.leaves(state) == []
+    updates, new_state = tx.update(params, state, value=1.0)
+    assert updates is params and new_state == state
+
+
+def test_stateless_applies_function_of_updates_and_params():
+    tx = jz.stateless(lambda g, p: jax.tree.map(lambda a, b: a * b, g, p))
+    params = make_params()
+    updates, state = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params, value=3.0)
+    jax.tree.map(np.testing.assert_array_equal, updates, params)
+    assert state == jz.EmptyState()
+
+
+def test_stateless_rejects_non_callable():
+    with pytest.raises(TypeError, match="stateless: f must be a callable"):
+        jz.stateless(3)
+
+
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.int8, jnp.float32])
+def test_safe_increment_saturates(dtype):
+    info = jnp.iinfo(dtype) if jnp.issubdtype(dtype, jnp.integer) else jnp.finfo(dtype)
+    top = jnp.asarray(info.max, dtype)
+    assert jz.safe_increment(top) == top
+    assert jz.safe_increment(jnp.asarray(5, dtype)) == 6
+    assert jz.safe_increment(top).dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_apply_updates_keeps_param_dtype(dtype):
+    params = make_params(dtype)
+    updates = jax.tree.map(lambda p: jnp.full(p.shape, 0.25, jnp.float32), params)
+    new = jz.apply_updates(params, updates)
+    for p, n in zip(jax.tree.leaves(params), jax.tree.leaves(new)):
+        assert n.dtype == dtype
+        np.testing.assert_array_equal(n, (p.astype(jnp.float32) + 0.25).astype(dtype))
+
+
+def test_apply_updates_passes_none_through():
+    params = {"a": jnp.ones(2), "b": jnp.ones(3), "c": None}
+    new = jz.apply_updates(params, {"a": jnp.ones(2), "b": None, "c": None})
+    np.testing.assert_array_equal(new["a"], 2 * jnp.ones(2))
+    np.testing.assert_array_equal(new["b"], params["b"])
+    assert new["c"] is None

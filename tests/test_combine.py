@@ -1,0 +1,131 @@
+"""chain, named_chain and masked: composition, extra args, Optax members, state layout."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxopt_zoo as jz
+from jaxopt_zoo.base import init_empty_state
+from tests.conftest import assert_trees_equal, make_params, run_ours
+
+MASK = {"dense": {"w": True, "b": False}, "scale": True}
+
+
+def recorder(seen: list):
+    """A transformation that records the extra args it receives and doubles the updates."""
+
+    def update(updates, state, params=None, **extra_args):
+        seen.append(extra_args)
+        return jax.tree.map(lambda g: 2 * g, updates), state
+
+    return jz.GradientTransformation(init_empty_state, update)
+
+
+def test_chain_applies_members_in_order_and_keeps_their_states():
+    params = make_params()
+    tx = jz.chain(jz.scale_by_adam(), jz.scale(-0.5), jz.trace(0.9))
+    state = tx.init(params)
+    assert isinstance(state, tuple) and len(state) == 3
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, new_state = tx.update(grads, state, params)
+    u1, s1 = jz.scale_by_adam().update(grads, state[0], params)
+    u3, s3 = jz.trace(0.9).update(jax.tree.map(lambda u: -0.5 * u, u1), state[2], params)
+    assert_trees_equal(updates, u3)
+    assert_trees_equal(new_state[0], s1)
+    assert_trees_equal(new_state[2], s3)
+
+
+def test_chain_forwards_extra_args_to_every_member():
+    seen = []
+    tx = jz.chain(recorder(seen), jz.scale_by_adam(), recorder(seen))
+    params = make_params()
+    tx.update(params, tx.init(params), params, value=1.5, aux="x")
+    assert seen == [{"value": 1.5, "aux": "x"}] * 2
+
+
+def test_optax_member_in_our_chain_gets_no_extra_args():
+    params = make_params()
+    tx = jz.chain(jz.scale_by_adam(), optax.scale(-1e-2))  # optax.scale takes no **extra_args
+    ours, _ = run_ours(tx, params)
+    theirs, _ = run_ours(optax.adam(1e-2), params)
+    assert_trees_equal(ours, theirs)
+    updates, _ = tx.update(params, tx.init(params), params, value=1.0)  # must not raise
+    assert jax.tree.structure(updates) == jax.tree.structure(params)
+
+
+def test_optax_extra_args_member_receives_them():
+    seen = []
+
+    def update(updates, state, params=None, **extra_args):
+        seen.append(extra_args)
+        return updates, state
+
+    tx = jz.chain(optax.GradientTransformationExtraArgs(optax.init_empty_state, update))
+    tx.update({}, tx.init({}), value=2.0)
+    assert seen == [{"value": 2.0}]
+
+
+def test_ours_inside_optax_chain():
+    params = make_params()
+    ours, _ = run_ours(optax.chain(jz.scale_by_adam(), jz.add_decayed_weights(0.1), optax.scale(-1e-2)), params)
+    theirs, _ = run_ours(optax.adamw(1e-2, weight_decay=0.1), params)
+    assert_trees_equal(ours, theirs)
+
+
+def test_chain_rejects_state_of_another_chain():
+    tx = jz.chain(jz.scale_by_adam(), jz.scale(-1.0))
+    params = make_params()
+    with pytest.raises(ValueError, match="chain: expected the state of 2 transformations"):
+        tx.update(params, (tx.init(params)[0],), params)
+
+
+def test_chain_rejects_non_transformations():
+    with pytest.raises(TypeError, match="chain: expected gradient transformations"):
+        jz.chain(jz.scale(1.0), lambda g: g)
+
+
+def test_named_chain_matches_chain_and_names_state():
+    params = make_params()
+    named = jz.named_chain(("adam", jz.scale_by_adam()), ("lr", jz.scale_by_learning_rate(1e-2)))
+    state = named.init(params)
+    assert list(state) == ["adam", "lr"]
+    assert isinstance(state["adam"], jz.ScaleByAdamState)
+    a, _ = run_ours(named, params)
+    b, _ = run_ours(jz.adam(1e-2), params)
+    assert_trees_equal(a, b)
+    with pytest.raises(ValueError, match="named_chain: names must be distinct"):
+        jz.named_chain(("a", jz.identity()), ("a", jz.identity()))
+
+
+@pytest.mark.parametrize("mask", [MASK, lambda p: jax.tree.map(lambda x: x.ndim != 1, p)])
+def test_masked_matches_optax_and_keeps_no_state_for_masked_out(mask):
+    params = make_params()
+    ours, our_state = run_ours(jz.chain(jz.masked(jz.scale_by_adam(), mask), jz.scale(-1e-2)), params)
+    theirs, _ = run_ours(optax.chain(optax.masked(optax.scale_by_adam(), mask), optax.scale(-1e-2)), params)
+    assert_trees_equal(ours, theirs)
+    inner = our_state[0].inner_state
+    assert isinstance(inner.mu["dense"]["b"], jz.MaskedNode)
+    assert inner.mu["dense"]["w"].shape == (3, 4)
+    # The masked-out leaf got the raw update (-1e-2 * gradient), i.e. plain SGD.
+    sgd, _ = run_ours(jz.sgd(1e-2), params)
+    np.testing.assert_array_equal(ours[-1]["dense"]["b"], sgd[-1]["dense"]["b"])
+
+
+def test_masked_accepts_a_prefix_mask():
+    params = make_params()
+    tx = jz.masked(jz.scale(0.0), {"dense": False, "scale": True})
+    updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params))
+    assert float(updates["scale"]) == 0.0
+    assert np.all(np.asarray(updates["dense"]["w"]) == 1.0)
+
+
+def test_masked_reports_bad_masks():
+    params = make_params()
+    with pytest.raises(ValueError, match="masked: the mask must have the params' structure"):
+        jz.masked(jz.scale_by_adam(), {"dense": True, "other": True}).init(params)
+    with pytest.raises(ValueError, match="masked: mask leaves must be Python bools, got 1"):
+        jz.masked(jz.scale_by_adam(), {"dense": 1, "scale": True}).init(params)

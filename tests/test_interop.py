@@ -1,0 +1,105 @@
+"""Our transformations inside Flax (nnx.Optimizer, linen TrainState), compared with Optax's."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from flax.training import train_state
+
+import jaxopt_zoo as jz
+from jaxopt_zoo.base import init_empty_state
+from tests.conftest import assert_trees_equal
+
+X = jax.random.normal(jax.random.key(0), (16, 5))
+Y = jnp.sin(X.sum(axis=1, keepdims=True))
+
+
+class MLP(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.hidden = nnx.Linear(5, 8, rngs=rngs)
+        self.out = nnx.Linear(8, 1, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(jax.nn.tanh(self.hidden(x)))
+
+
+def _train_nnx(tx, steps=10, **extra):
+    model = MLP(nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer):
+        loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(X) - Y) ** 2))(model)
+        optimizer.update(model, grads, **extra)
+        return loss
+
+    losses = [float(step(model, optimizer)) for _ in range(steps)]
+    return losses, nnx.state(model, nnx.Param), optimizer
+
+
+@pytest.mark.parametrize(
+    "ours, theirs",
+    [
+        (lambda: jz.adamw(1e-2, weight_decay=0.1), lambda: optax.adamw(1e-2, weight_decay=0.1)),
+        (lambda: jz.sgd(0.1, momentum=0.9, nesterov=True), lambda: optax.sgd(0.1, 0.9, nesterov=True)),
+    ],
+)
+def test_nnx_optimizer_trains_like_optax(ours, theirs):
+    our_losses, our_params, _ = _train_nnx(ours())
+    their_losses, their_params, _ = _train_nnx(theirs())
+    assert our_losses == their_losses
+    assert our_losses[-1] < our_losses[0]
+    assert_trees_equal(jax.tree.leaves(our_params), jax.tree.leaves(their_params))
+
+
+def test_nnx_optimizer_passes_extra_args_through_chain():
+    seen = []
+
+    def update(updates, state, params=None, **extra_args):
+        seen.append(sorted(extra_args))
+        return updates, state
+
+    tx = jz.chain(jz.GradientTransformation(init_empty_state, update), jz.adam(1e-2))
+    _train_nnx(tx, steps=2, value=jnp.asarray(1.0))
+    assert seen and all(names == ["value"] for names in seen)
+
+
+def test_state_keeps_flax_variable_metadata():
+    model = MLP(nnx.Rngs(0))
+    params = nnx.state(model, nnx.Param)
+    state = jz.adam(1e-3).init(params)
+    leaves = jax.tree.leaves(state[0].mu, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    assert leaves and all(isinstance(x, nnx.Param) for x in leaves)
+
+
+def test_linen_train_state_trains_like_optax():
+    import flax.linen as nn
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(1)(nn.tanh(nn.Dense(8)(x)))
+
+    net = Net()
+    params = net.init(jax.random.key(1), X)
+
+    def train(tx):
+        state = train_state.TrainState.create(apply_fn=net.apply, params=params, tx=tx)
+
+        @jax.jit
+        def step(state):
+            grads = jax.grad(lambda p: jnp.mean((state.apply_fn(p, X) - Y) ** 2))(state.params)
+            return state.apply_gradients(grads=grads)
+
+        for _ in range(10):
+            state = step(state)
+        return state
+
+    ours, theirs = train(jz.adamw(1e-2)), train(optax.adamw(1e-2))
+    assert_trees_equal(ours.params, theirs.params)
+    assert int(ours.step) == 10
+    assert not np.allclose(jax.tree.leaves(ours.params)[0], jax.tree.leaves(params)[0])

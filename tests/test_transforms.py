@@ -1,0 +1,297 @@
+"""Each transform against its float64 NumPy reference and, bit for bit, against Optax."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxopt_zoo as jz
+from jaxopt_zoo.transforms import nesterov, trace
+from tests import reference
+from tests.conftest import STEPS, assert_trees_close, assert_trees_equal, make_params, run_ours, run_reference
+
+RTOL64 = 1e-11
+
+
+def decaying(t):
+    return 0.1 * 0.95**t
+
+
+# (our transformation, the float64 reference of the same published rule)
+REFERENCE_CASES = {
+    "scale": (lambda: jz.scale(-0.05), lambda: reference.sgd(0.05)),
+    "scale_by_learning_rate": (lambda: jz.scale_by_learning_rate(0.05), lambda: reference.sgd(0.05)),
+    "scale_by_learning_rate_schedule": (lambda: jz.scale_by_learning_rate(decaying), lambda: reference.sgd(decaying)),
+    "scale_by_schedule": (lambda: jz.scale_by_schedule(lambda t: -decaying(t)), lambda: reference.sgd(decaying)),
+    "trace": (
+        lambda: jz.chain(trace(0.9), jz.scale_by_learning_rate(0.02)),
+        lambda: reference.sgd(0.02, momentum=0.9),
+    ),
+    "trace_nesterov": (
+        lambda: jz.chain(trace(0.9, nesterov=True), jz.scale_by_learning_rate(0.02)),
+        lambda: reference.sgd(0.02, momentum=0.9, nesterov=True),
+    ),
+    "trace_dampening": (
+        lambda: jz.chain(trace(0.8, dampening=0.3), jz.scale_by_learning_rate(0.02)),
+        lambda: reference.sgd(0.02, momentum=0.8, dampening=0.3),
+    ),
+    "trace_dampening_nesterov": (
+        lambda: jz.chain(trace(0.8, nesterov=True, dampening=0.3), jz.scale_by_learning_rate(0.02)),
+        lambda: reference.sgd(0.02, momentum=0.8, dampening=0.3, nesterov=True),
+    ),
+    "nesterov": (
+        lambda: jz.chain(nesterov(0.9), jz.scale_by_learning_rate(0.02)),
+        lambda: reference.sgd(0.02, momentum=0.9, nesterov=True),
+    ),
+    "scale_by_adam": (
+        lambda: jz.chain(jz.scale_by_adam(), jz.scale_by_learning_rate(0.01)),
+        lambda: reference.adam(0.01),
+    ),
+    "scale_by_adam_options": (
+        lambda: jz.chain(jz.scale_by_adam(0.8, 0.95, 1e-3, 1e-6), jz.scale_by_learning_rate(decaying)),
+        lambda: reference.adam(decaying, 0.8, 0.95, 1e-3, 1e-6),
+    ),
+    "scale_by_adam_nesterov": (
+        lambda: jz.chain(jz.scale_by_adam(nesterov=True), jz.scale_by_learning_rate(0.01)),
+        lambda: reference.adam(0.01, nesterov=True),
+    ),
+    "add_decayed_weights": (
+        lambda: jz.chain(jz.add_decayed_weights(0.3), jz.scale_by_learning_rate(0.02)),
+        lambda: reference.sgd(0.02, decoupled_decay=0.3),
+    ),
+    "add_decayed_weights_schedule": (
+        lambda: jz.chain(jz.add_decayed_weights(lambda t: 0.5 / (1 + t)), jz.scale_by_learning_rate(0.02)),
+        lambda: reference.sgd(0.02, decoupled_decay=0.0),  # replaced below: decay varies per step
+    ),
+}
+
+
+@pytest.mark.parametrize("name", [n for n in REFERENCE_CASES if n != "add_decayed_weights_schedule"])
+def test_matches_float64_reference(name, x64):
+    ours, ref = REFERENCE_CASES[name]
+    params = make_params(jnp.float64)
+    iterates, _ = run_ours(ours(), params)
+    assert_trees_close(iterates, run_reference(ref(), params), rtol=RTOL64, atol=1e-13)
+
+
+def test_scheduled_weight_decay_matches_reference(x64):
+    def ref():
+        def update(g, state, p, t):
+            return -0.02 * (g + 0.5 / t * p), state
+
+        return reference.Reference(lambda p: {}, update)
+
+    ours, _ = REFERENCE_CASES["add_decayed_weights_schedule"]
+    params = make_params(jnp.float64)
+    iterates, _ = run_ours(ours(), params)
+    assert_trees_close(iterates, run_reference(ref(), params), rtol=RTOL64, atol=1e-13)
+
+
+def test_dampening_leaves_the_first_step_undamped(x64):
+    # torch: the buffer starts as the first gradient, so step one is plain SGD.
+    params = make_params(jnp.float64)
+    (first, *_), _ = run_ours(jz.chain(trace(0.9, dampening=0.5), jz.scale_by_learning_rate(0.1)), params, steps=1)
+    (plain, *_), _ = run_ours(jz.scale_by_learning_rate(0.1), params, steps=1)
+    assert_trees_close(first, plain, rtol=1e-15)
+
+
+OPTAX_CASES = {
+    "scale": (lambda: jz.scale(-0.05), lambda: optax.scale(-0.05)),
+    "scale_by_learning_rate": (lambda: jz.scale_by_learning_rate(0.05), lambda: optax.scale_by_learning_rate(0.05)),
+    "scale_by_learning_rate_schedule": (
+        lambda: jz.scale_by_learning_rate(decaying),
+        lambda: optax.scale_by_learning_rate(decaying),
+    ),
+    "scale_by_schedule": (lambda: jz.scale_by_schedule(decaying), lambda: optax.scale_by_schedule(decaying)),
+    "trace": (lambda: trace(0.9), lambda: optax.trace(0.9)),
+    "trace_nesterov": (lambda: trace(0.9, nesterov=True), lambda: optax.trace(0.9, nesterov=True)),
+    "nesterov": (lambda: nesterov(0.9), lambda: optax.trace(0.9, nesterov=True)),
+    "trace_bf16_accumulator": (
+        lambda: trace(0.9, accumulator_dtype=jnp.bfloat16),
+        lambda: optax.trace(0.9, accumulator_dtype=jnp.bfloat16),
+    ),
+    "scale_by_adam": (lambda: jz.scale_by_adam(), lambda: optax.scale_by_adam()),
+    "scale_by_adam_options": (
+        lambda: jz.scale_by_adam(0.8, 0.95, 1e-3, 1e-6),
+        lambda: optax.scale_by_adam(0.8, 0.95, 1e-3, 1e-6),
+    ),
+    "scale_by_adam_nesterov": (lambda: jz.scale_by_adam(nesterov=True), lambda: optax.scale_by_adam(nesterov=True)),
+    "scale_by_adam_bf16_mu": (
+        lambda: jz.scale_by_adam(mu_dtype=jnp.bfloat16),
+        lambda: optax.scale_by_adam(mu_dtype=jnp.bfloat16),
+    ),
+    "add_decayed_weights": (lambda: jz.add_decayed_weights(0.3), lambda: optax.add_decayed_weights(0.3)),
+    "add_decayed_weights_schedule": (
+        lambda: jz.add_decayed_weights(decaying),
+        lambda: optax.add_decayed_weights(decaying),
+    ),
+    "add_decayed_weights_mask": (
+        lambda: jz.add_decayed_weights(0.3, mask={"dense": {"w": True, "b": False}, "scale": True}),
+        lambda: optax.add_decayed_weights(0.3, mask={"dense": {"w": True, "b": False}, "scale": True}),
+    ),
+    "add_decayed_weights_callable_mask": (
+        lambda: jz.add_decayed_weights(0.3, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)),
+        lambda: optax.add_decayed_weights(0.3, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(OPTAX_CASES))
+def test_matches_optax_bit_for_bit(name):
+    ours, theirs = OPTAX_CASES[name]
+    params = make_params(jnp.float32)
+    our_iterates, our_state = run_ours(ours(), params)
+    their_iterates, their_state = run_ours(theirs(), params)
+    assert_trees_equal(our_iterates, their_iterates)
+    assert_trees_equal(jax.tree.leaves(our_state), jax.tree.leaves(their_state))
+    # The last step really moved the parameters (the comparison is not of two no-ops).
+    assert not np.allclose(our_iterates[-1]["dense"]["w"], our_iterates[-2]["dense"]["w"])
+
+
+STATEFUL = {
+    "trace": lambda: trace(0.9),
+    "trace_dampening": lambda: trace(0.9, dampening=0.1),
+    "nesterov": lambda: nesterov(0.9),
+    "scale_by_adam": lambda: jz.scale_by_adam(),
+    "scale_by_adam_nesterov": lambda: jz.scale_by_adam(nesterov=True),
+    "scale_by_schedule": lambda: jz.scale_by_schedule(decaying),
+    "add_decayed_weights_schedule": lambda: jz.add_decayed_weights(decaying),
+}
+
+
+def _per_param_leaves(state):
+    return [x for x in jax.tree.leaves(state) if jnp.ndim(x) > 0]
+
+
+@pytest.mark.parametrize("name", list(STATEFUL))
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float64])
+def test_dtypes_are_kept(name, dtype):
+    with jax.enable_x64(dtype == jnp.float64):
+        tx = STATEFUL[name]()
+        params = make_params(dtype)
+        state = tx.init(params)
+        for leaf in _per_param_leaves(state):
+            assert leaf.dtype == dtype
+        iterates, state = run_ours(tx, params, steps=3)
+        for leaf in jax.tree.leaves(iterates[-1]) + _per_param_leaves(state):
+            assert leaf.dtype == dtype
+        counts = [x for x in jax.tree.leaves(state) if jnp.ndim(x) == 0 and jnp.issubdtype(x.dtype, jnp.integer)]
+        assert all(c.dtype == jnp.int32 for c in counts)
+
+
+def test_state_dtype_does_not_drift_with_other_gradient_dtype():
+    # bfloat16 params, float32 gradients: the state stays bfloat16 (Optax's would drift to float32).
+    params = make_params(jnp.bfloat16)
+    for tx in (jz.scale_by_adam(), trace(0.9)):
+        state = tx.init(params)
+        grads = jax.tree.map(lambda p: jnp.ones(p.shape, jnp.float32), params)
+        _, new_state = tx.update(grads, state, params)
+        assert jax.tree.map(lambda x: x.dtype, new_state) == jax.tree.map(lambda x: x.dtype, state)
+
+
+@pytest.mark.parametrize(
+    "mu_dtype, nu_dtype", [(jnp.bfloat16, None), (None, jnp.bfloat16), (jnp.bfloat16, jnp.bfloat16), (jnp.float16, jnp.float32)]
+)
+def test_adam_moment_dtypes_are_honoured(mu_dtype, nu_dtype):
+    params = make_params(jnp.float32)
+    tx = jz.scale_by_adam(mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    iterates, state = run_ours(tx, params, steps=3)
+    for leaf in jax.tree.leaves(state.mu):
+        assert leaf.dtype == (mu_dtype or jnp.float32)
+    for leaf in jax.tree.leaves(state.nu):
+        assert leaf.dtype == (nu_dtype or jnp.float32)
+    for leaf in jax.tree.leaves(iterates[-1]):
+        assert leaf.dtype == jnp.float32
+
+
+def test_low_precision_nu_follows_reference_to_its_precision(x64):
+    # A bfloat16 second moment is the float64 rule rounded at every step: close, not equal.
+    params = make_params(jnp.float64)
+    tx = jz.chain(jz.scale_by_adam(nu_dtype=jnp.bfloat16), jz.scale_by_learning_rate(0.01))
+    iterates, _ = run_ours(tx, params)
+    expected = run_reference(reference.adam(0.01), params)
+    assert_trees_close(iterates[-1], expected[-1], rtol=2e-2, atol=2e-3)
+    with pytest.raises(AssertionError):
+        assert_trees_close(iterates[-1], expected[-1], rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", list(STATEFUL) + ["scale", "add_decayed_weights"])
+def test_none_updates_pass_through_and_keep_state(name):
+    tx = STATEFUL[name]() if name in STATEFUL else {"scale": lambda: jz.scale(2.0), "add_decayed_weights": lambda: jz.add_decayed_weights(0.1)}[name]()
+    params = make_params(jnp.float32)
+    state = tx.init(params)
+    grads = jax.tree.map(jnp.ones_like, params)
+    _, state = tx.update(grads, state, params)  # a real step first, so kept state is not just zeros
+    grads["dense"]["b"] = None
+    updates, new_state = jax.jit(tx.update)(grads, state, params)
+    assert updates["dense"]["b"] is None
+    assert updates["dense"]["w"] is not None
+    old = jax.tree_util.tree_flatten_with_path(state)[0]
+    new = dict(jax.tree_util.tree_flatten_with_path(new_state)[0])
+    for path, leaf in old:
+        if "'b'" in jax.tree_util.keystr(path):
+            np.testing.assert_array_equal(new[path], leaf)
+    new_params = jz.apply_updates(params, updates)
+    np.testing.assert_array_equal(new_params["dense"]["b"], params["dense"]["b"])
+
+
+@pytest.mark.parametrize("name", ["trace_dampening", "scale_by_adam", "scale_by_adam_nesterov", "scale_by_schedule"])
+def test_step_counter_saturates_at_int32_max(name):
+    tx = STATEFUL[name]()
+    params = make_params(jnp.float32)
+    state = tx.init(params)
+    top = jnp.iinfo(jnp.int32).max
+    state = jax.tree.map(lambda x: jnp.full_like(x, top) if x.dtype == jnp.int32 else x, state)
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, state = jax.jit(tx.update)(grads, state, params)
+    counts = [x for x in jax.tree.leaves(state) if x.dtype == jnp.int32]
+    assert counts and all(int(c) == top for c in counts)
+    assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
+
+
+def test_update_without_params_is_reported():
+    tx = jz.add_decayed_weights(1e-4)
+    params = make_params()
+    with pytest.raises(ValueError, match="add_decayed_weights needs the parameters"):
+        tx.update(params, tx.init(params))
+
+
+@pytest.mark.parametrize(
+    "factory, message",
+    [
+        (lambda: jz.scale_by_learning_rate(-0.1), r"learning_rate must be >= 0, got -0\.1"),
+        (lambda: jz.scale_by_learning_rate(float("nan")), r"learning_rate must be a finite real number"),
+        (lambda: jz.scale_by_adam(b1=1.0), r"scale_by_adam: b1 must be in \[0, 1\), got 1\.0"),
+        (lambda: jz.scale_by_adam(b2=-0.1), r"scale_by_adam: b2 must be in \[0, 1\), got -0\.1"),
+        (lambda: jz.scale_by_adam(eps=-1e-8), r"scale_by_adam: eps must be >= 0, got -1e-08"),
+        (lambda: jz.scale_by_adam(eps_root=-1.0), r"scale_by_adam: eps_root must be >= 0"),
+        (lambda: jz.scale_by_adam(mu_dtype=jnp.int32), r"scale_by_adam: mu_dtype must be a floating dtype"),
+        (lambda: jz.scale_by_adam(nu_dtype="nope"), r"scale_by_adam: nu_dtype must be a floating dtype"),
+        (lambda: jz.add_decayed_weights(-1e-4), r"add_decayed_weights: weight_decay must be >= 0, got -0\.0001"),
+        (lambda: trace("0.9"), r"trace: decay must be a finite real number, got '0\.9' \(str\)"),
+        (lambda: trace(None), r"trace: decay must be a finite real number, got None"),
+        (lambda: trace(True), r"trace: decay must be a finite real number, got True"),
+        (lambda: trace(-0.5), r"trace: decay must be >= 0, got -0\.5"),
+        (lambda: trace(0.9, dampening=1.5), r"trace: dampening must be in \[0, 1\], got 1\.5"),
+        (lambda: nesterov([0.9]), r"trace: decay must be a finite real number"),
+        (lambda: jz.scale("x"), r"scale: step_size must be a finite real number"),
+        (lambda: jz.scale_by_schedule(0.1), r"scale_by_schedule: step_size_fn must be a callable"),
+        (lambda: jz.trace(0.9, accumulator_dtype=jnp.bool_), r"trace: accumulator_dtype must be a floating dtype"),
+    ],
+)
+def test_bad_hyperparameters_fail_at_construction(factory, message):
+    with pytest.raises(ValueError, match=message):
+        factory()
+
+
+@pytest.mark.parametrize("name", ["trace", "scale_by_adam", "add_decayed_weights_schedule"])
+def test_mismatched_grads_tree_names_the_paths(name):
+    tx = STATEFUL[name]()
+    params = make_params()
+    state = tx.init(params)
+    grads = {"dense": {"w": params["dense"]["w"], "bias": params["dense"]["b"]}, "scale": params["scale"]}
+    with pytest.raises(ValueError, match=r"only in updates: \['dense'\]\['bias'\].*only in .*\['dense'\]\['b'\]"):
+        tx.update(grads, state, params)
