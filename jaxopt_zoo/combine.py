@@ -51,10 +51,11 @@ def chain(*transformations: GradientTransformation) -> GradientTransformation:
         return tuple(member.init(params) for member in members)
 
     def update(updates, state, params=None, **extra_args):
-        if not isinstance(state, tuple) or len(state) != len(members):
+        if not isinstance(state, (tuple, list)) or len(state) != len(members):
+            length = len(state) if isinstance(state, (tuple, list)) else "?"
             raise ValueError(
                 f"chain: expected the state of {len(members)} transformations (a tuple from this chain's init), "
-                f"got {type(state).__name__} of length {len(state) if isinstance(state, tuple) else '?'}."
+                f"got {type(state).__name__} of length {length}."
             )
         new_state = []
         for member, member_state in zip(members, state):

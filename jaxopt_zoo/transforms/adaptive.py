@@ -58,8 +58,13 @@ def scale_by_adam(
         nu_dtype: storage dtype of the second moment; ``None`` uses the params'.
 
     Example:
-        >>> import jaxopt_zoo as jz
-        >>> tx = jz.chain(jz.scale_by_adam(b2=0.99), jz.scale_by_learning_rate(1e-3))
+        >>> import jax.numpy as jnp, jaxopt_zoo as jz
+        >>> tx = jz.scale_by_adam()
+        >>> g = jnp.array([0.5, -2.0])
+        >>> updates, state = tx.update(g, tx.init(g))
+        >>> updates  # the first step is g / |g|, up to rounding and eps
+        Array([ 0.99999..., -0.99999...], dtype=float32)
+        >>> adam = jz.chain(jz.scale_by_adam(b2=0.99), jz.scale_by_learning_rate(1e-3))
 
     References:
         Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015.

@@ -56,8 +56,16 @@ def trace(
         accumulator_dtype: dtype of the stored buffer; ``None`` uses the params'.
 
     Example:
-        >>> import jaxopt_zoo as jz
-        >>> tx = jz.chain(jz.trace(0.9, dampening=0.1), jz.scale_by_learning_rate(0.1))
+        >>> import jax.numpy as jnp, jaxopt_zoo as jz
+        >>> tx = jz.trace(0.9, dampening=0.5)
+        >>> state = tx.init(jnp.zeros(1))
+        >>> for _ in range(3):  # b = 1 (undamped), 0.9 * 1 + 0.5 * 1, 0.9 * 1.4 + 0.5 * 1
+        ...     updates, state = tx.update(jnp.ones(1), state)
+        ...     print(updates)
+        [1.]
+        [1.4]
+        [1.76]
+        >>> sgd_momentum = jz.chain(jz.trace(0.9), jz.scale_by_learning_rate(0.1))
 
     References:
         Polyak, "Some methods of speeding up the convergence of iteration methods", 1964.
