@@ -1,6 +1,6 @@
 """Train a small Flax NNX classifier on scikit-learn's bundled digits with a jaxopt_zoo optimizer.
 
-    python examples/train_digits.py            # about 20 s on 2 CPU cores
+    python examples/train_digits.py            # a few seconds on 2 CPU cores
     python examples/train_digits.py --epochs 2 # quick check
 
 Prints a progress bar with loss and accuracy, the final test accuracy, and
