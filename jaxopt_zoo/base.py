@@ -18,6 +18,8 @@ from typing import Any, Callable, NamedTuple, Protocol, TypeAlias
 import jax
 import jax.numpy as jnp
 
+from jaxopt_zoo.tree import check_same_structure, is_none
+
 Params: TypeAlias = Any
 """A pytree of arrays: the model's parameters."""
 Updates: TypeAlias = Any
@@ -120,6 +122,8 @@ def apply_updates(params: Params, updates: Updates) -> Params:
 
     :math:`\\theta_{t+1} = \\theta_t + u_t`. A ``None`` update leaves its
     parameter unchanged (Optax raises there); a ``None`` parameter stays ``None``.
+    Updates whose tree or leaf shapes differ from the params raise a
+    ``ValueError`` naming the paths (nothing is broadcast).
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
@@ -127,9 +131,11 @@ def apply_updates(params: Params, updates: Updates) -> Params:
         {'w': Array([0.5, 0.5], dtype=float32)}
     """
 
+    check_same_structure("apply_updates", updates, params, "the params")
+
     def add(p, u):
         if p is None or u is None:
             return p
         return jnp.asarray(p + u).astype(jnp.asarray(p).dtype)
 
-    return jax.tree.map(add, params, updates, is_leaf=lambda x: x is None)
+    return jax.tree.map(add, params, updates, is_leaf=is_none)

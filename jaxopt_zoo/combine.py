@@ -6,6 +6,7 @@ import inspect
 from typing import Any, Callable, NamedTuple
 
 import jax
+import numpy as np
 
 from jaxopt_zoo.base import GradientTransformation, OptState, Params
 
@@ -40,6 +41,9 @@ def chain(*transformations: GradientTransformation) -> GradientTransformation:
 
     The state is the tuple of the members' states. Extra keyword arguments of
     ``update`` reach every member; an Optax member that takes none gets none.
+    (Inside ``optax.chain`` the reverse does not hold: Optax hands extra args
+    only to its own ``GradientTransformationExtraArgs``, so ours get none
+    there. Put Optax members in ``jaxopt_zoo.chain`` to forward them.)
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -108,7 +112,7 @@ class MaskedState(NamedTuple):
 
 def _mask_tree(mask: Any, tree: Any) -> Any:
     mask_tree = mask(tree) if callable(mask) else mask
-    bad = [leaf for leaf in jax.tree.leaves(mask_tree) if not isinstance(leaf, bool)]
+    bad = [leaf for leaf in jax.tree.leaves(mask_tree) if not isinstance(leaf, (bool, np.bool_))]
     if bad:
         raise ValueError(f"masked: mask leaves must be Python bools, got {bad[0]!r}.")
     return mask_tree
@@ -129,10 +133,16 @@ def masked(inner: GradientTransformation, mask: Any | Callable[[Params], Any]) -
     :math:`u_i = f(g)_i` where :math:`\\text{mask}_i`, else :math:`u_i = g_i`.
     Masked-out leaves keep no state in ``inner``.
 
+    A callable mask is applied to the params (to the updates only when
+    ``update`` gets no params), so ``None`` update leaves do not change the
+    mask. Deviations from Optax: Optax applies it to the updates; Optax's
+    ``mask_compatible_extra_args`` is not supported yet (extra args reach
+    ``inner`` unmasked).
+
     Args:
         inner: the transformation to apply to the selected leaves.
-        mask: a tree of Python bools with the params' structure (or a prefix
-            of it), or a callable that builds one from the params/updates.
+        mask: a tree of bools with the params' structure (or a prefix of it),
+            or a callable that builds one from the params.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -145,7 +155,7 @@ def masked(inner: GradientTransformation, mask: Any | Callable[[Params], Any]) -
         return MaskedState(inner.init(_select(mask_tree, params)))
 
     def update(updates, state, params=None, **extra_args):
-        mask_tree = _mask_tree(mask, updates)
+        mask_tree = _mask_tree(mask, updates if params is None else params)
         selected_params = None if params is None else _select(mask_tree, params)
         new, inner_state = inner.update(_select(mask_tree, updates), state.inner_state, selected_params, **extra_args)
         merged = jax.tree.map(lambda keep, n, old: n if keep else old, mask_tree, new, updates)

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import jax
 
+from jaxopt_zoo import validation
 from jaxopt_zoo.base import GradientTransformation, Params, ScalarOrSchedule, identity
 from jaxopt_zoo.combine import chain
 from jaxopt_zoo.transforms import add_decayed_weights, scale_by_adam, scale_by_learning_rate, trace
@@ -46,6 +47,7 @@ def sgd(
     References:
         Sutskever et al., "On the importance of initialization and momentum in deep learning", ICML 2013.
     """
+    validation.flag("sgd", "nesterov", nesterov)
     if momentum is None:
         if nesterov:
             raise ValueError("sgd: nesterov=True needs a momentum, got momentum=None.")

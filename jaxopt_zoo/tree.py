@@ -11,7 +11,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxopt_zoo.base import Updates
+Updates = Any  # the same alias as jaxopt_zoo.base.Updates; tree.py sits below base.py
 
 
 def is_none(x: Any) -> bool:
@@ -61,22 +61,33 @@ def check_same_structure(owner: str, updates: Updates, other: Any, other_name: s
     """Raise a ``ValueError`` naming the differing paths when ``updates`` and ``other`` differ.
 
     ``other`` is a per-parameter tree the transformation pairs with the updates
-    (a moment in its state, or the params). The check runs at trace time only.
+    (a moment in its state, or the params). Both the tree structure and each
+    leaf's shape must agree (``None`` leaves match anything), so a gradient
+    never broadcasts into a state or parameter of another shape. The check runs
+    at trace time only.
     """
     ours = jax.tree.structure(updates, is_leaf=is_none)
     theirs = jax.tree.structure(other, is_leaf=is_none)
     if ours == theirs:
-        return
-    update_paths, other_paths = _paths(updates), _paths(other)
-    only_updates = [p for p in update_paths if p not in set(other_paths)]
-    only_other = [p for p in other_paths if p not in set(update_paths)]
-    if only_updates or only_other:
-        detail = (
-            f"paths only in updates: {_listing(only_updates)}; "
-            f"paths only in {other_name}: {_listing(only_other)}"
-        )
+        shapes = [
+            None if u is None or o is None else (jnp.shape(u), jnp.shape(o))
+            for u, o in zip(jax.tree.leaves(updates, is_leaf=is_none), jax.tree.leaves(other, is_leaf=is_none))
+        ]
+        if all(pair is None or pair[0] == pair[1] for pair in shapes):
+            return
+        wrong = [f"{path} {pair[0]} vs {pair[1]}" for path, pair in zip(_paths(updates), shapes) if pair and pair[0] != pair[1]]
+        detail = f"shapes differ at {_listing(wrong)}"
     else:
-        detail = f"same paths but different containers: updates are {ours}, {other_name} is {theirs}"
+        update_paths, other_paths = _paths(updates), _paths(other)
+        only_updates = [p for p in update_paths if p not in set(other_paths)]
+        only_other = [p for p in other_paths if p not in set(update_paths)]
+        if only_updates or only_other:
+            detail = (
+                f"paths only in updates: {_listing(only_updates)}; "
+                f"paths only in {other_name}: {_listing(only_other)}"
+            )
+        else:
+            detail = f"same paths but different containers: updates are {ours}, {other_name} is {theirs}"
     raise ValueError(
         f"{owner}: the updates tree does not match {other_name}: {detail}. "
         "Pass updates shaped like the params the state was initialised with."
@@ -84,9 +95,10 @@ def check_same_structure(owner: str, updates: Updates, other: Any, other_name: s
 
 
 def _power(g: jax.Array, order: int) -> jax.Array:
-    # For complex gradients an even moment is a power of the modulus (|g|^2, ...).
+    # For complex gradients an even moment is a power of the modulus, |g|^2 = conj(g) g
+    # (formed as Optax forms it, so the two agree bit for bit).
     if order % 2 == 0 and jnp.iscomplexobj(g):
-        return (g.real**2 + g.imag**2) ** (order // 2)
+        return (jnp.conj(g) * g).real ** (order // 2)
     return g**order
 
 

@@ -28,7 +28,8 @@ def real_scalar(owner: str, name: str, value: Any) -> float | None:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.generic, np.ndarray, jax.Array)):
         raise bad
     array = np.asarray(value)
-    if array.shape != () or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+    # jnp.issubdtype also knows bfloat16 and the other ml_dtypes floats.
+    if array.shape != () or not (jnp.issubdtype(array.dtype, jnp.integer) or jnp.issubdtype(array.dtype, jnp.floating)):
         raise bad
     result = float(array)
     if not math.isfinite(result):
@@ -76,6 +77,12 @@ def optional_dtype(owner: str, name: str, value: Any) -> jnp.dtype | None:
         raise ValueError(f"{owner}: {name} must be a floating dtype such as jnp.float32, got {value!r}.")
     # float64 becomes float32 unless jax_enable_x64 is on, as for every JAX array.
     return jax.dtypes.canonicalize_dtype(dtype)
+
+
+def flag(owner: str, name: str, value: Any) -> None:
+    """Require a Python (or NumPy) bool, so that a number passed in a flag's position is not read as truthy."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{owner}: {name} must be True or False, got {value!r} ({type(value).__name__}).")
 
 
 def require_params(owner: str, params: Any) -> None:

@@ -58,3 +58,11 @@ def test_apply_updates_passes_none_through():
     np.testing.assert_array_equal(new["a"], 2 * jnp.ones(2))
     np.testing.assert_array_equal(new["b"], params["b"])
     assert new["c"] is None
+
+
+def test_apply_updates_reports_mismatched_trees_and_shapes():
+    params = {"w": jnp.ones((3, 4)), "b": jnp.ones(4)}
+    with pytest.raises(ValueError, match=r"apply_updates: .*only in updates: \['bias'\]; paths only in the params: \['b'\]"):
+        jz.apply_updates(params, {"w": jnp.ones((3, 4)), "bias": jnp.ones(4)})
+    with pytest.raises(ValueError, match=r"apply_updates: .*shapes differ at \['w'\] \(2, 3, 4\) vs \(3, 4\)"):
+        jz.apply_updates(params, {"w": jnp.ones((2, 3, 4)), "b": jnp.ones(4)})

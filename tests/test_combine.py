@@ -129,3 +129,22 @@ def test_masked_reports_bad_masks():
         jz.masked(jz.scale_by_adam(), {"dense": True, "other": True}).init(params)
     with pytest.raises(ValueError, match="masked: mask leaves must be Python bools, got 1"):
         jz.masked(jz.scale_by_adam(), {"dense": 1, "scale": True}).init(params)
+
+
+def test_callable_mask_with_none_update_leaves():
+    # The mask is built from the params, so a None update leaf does not change it.
+    params = make_params()
+    tx = jz.adamw(1e-2, weight_decay=0.5, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p))
+    grads = jax.tree.map(jnp.ones_like, params)
+    grads["dense"]["b"] = None
+    updates, _ = tx.update(grads, tx.init(params), params)
+    assert updates["dense"]["b"] is None
+    full, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+    np.testing.assert_array_equal(updates["dense"]["w"], full["dense"]["w"])
+
+
+def test_masked_accepts_numpy_bools():
+    params = make_params()
+    tx = jz.masked(jz.scale(0.0), {"dense": np.False_, "scale": np.True_})
+    updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params))
+    assert float(updates["scale"]) == 0.0 and float(updates["dense"]["b"][0]) == 1.0

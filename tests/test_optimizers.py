@@ -176,8 +176,19 @@ def test_sgd_rejects_nesterov_without_momentum():
         (lambda: jz.adam(1e-3, eps=-1.0), r"eps must be >= 0"),
         (lambda: jz.adamw(1e-3, weight_decay=-0.01), r"weight_decay must be >= 0, got -0\.01"),
         (lambda: jz.adamw("fast"), r"learning_rate must be a finite real number, got 'fast'"),
+        (lambda: jz.sgd(0.1, 0.9, 0.9), r"sgd: nesterov must be True or False, got 0\.9"),
+        (lambda: jz.adam(1e-3, nesterov=1), r"nesterov must be True or False, got 1"),
     ],
 )
 def test_bad_hyperparameters(factory, message):
     with pytest.raises(ValueError, match=message):
         factory()
+
+
+def test_mismatched_grads_reported_even_for_stateless_sgd():
+    params = make_params()
+    tx = jz.sgd(0.1)
+    grads = {"dense": {"w": params["dense"]["w"], "bias": params["dense"]["b"]}, "scale": params["scale"]}
+    updates, _ = tx.update(grads, tx.init(params), params)
+    with pytest.raises(ValueError, match=r"only in updates: \['dense'\]\['bias'\]"):
+        jz.apply_updates(params, updates)

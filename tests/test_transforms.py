@@ -139,16 +139,33 @@ OPTAX_CASES = {
 }
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float64])
 @pytest.mark.parametrize("name", list(OPTAX_CASES))
-def test_matches_optax_bit_for_bit(name):
+def test_matches_optax_bit_for_bit(name, dtype):
     ours, theirs = OPTAX_CASES[name]
-    params = make_params(jnp.float32)
-    our_iterates, our_state = run_ours(ours(), params)
-    their_iterates, their_state = run_ours(theirs(), params)
+    with jax.enable_x64(dtype == jnp.float64):
+        params = make_params(dtype)
+        our_iterates, our_state = run_ours(ours(), params)
+        their_iterates, their_state = run_ours(theirs(), params)
     assert_trees_equal(our_iterates, their_iterates)
     assert_trees_equal(jax.tree.leaves(our_state), jax.tree.leaves(their_state))
-    # The last step really moved the parameters (the comparison is not of two no-ops).
-    assert not np.allclose(our_iterates[-1]["dense"]["w"], our_iterates[-2]["dense"]["w"])
+    # The parameters really moved (the comparison is not of two no-ops).
+    assert not np.allclose(np.asarray(our_iterates[-1]["dense"]["w"], np.float32), np.asarray(params["dense"]["w"], np.float32))
+
+
+def test_complex_adam_matches_optax_bit_for_bit():
+    params = {"z": jnp.asarray([1 + 2j, -0.5 + 0.25j, 3 - 1j], jnp.complex64)}
+    grads = {"z": jnp.asarray([0.3 - 1j, 2 + 0.5j, -1 + 1j], jnp.complex64)}
+    ours, theirs = jz.scale_by_adam(), optax.scale_by_adam()
+    s1, s2 = ours.init(params), theirs.init(params)
+    # Both jitted, like every comparison here (Optax jits its bias correction
+    # internally, and eager complex division rounds differently from fused).
+    our_update, their_update = jax.jit(ours.update), jax.jit(theirs.update)
+    for _ in range(5):
+        u1, s1 = our_update(grads, s1, params)
+        u2, s2 = their_update(grads, s2, params)
+        assert_trees_equal(u1, u2)
+    assert_trees_equal(s1.nu, s2.nu)
 
 
 STATEFUL = {
@@ -163,7 +180,8 @@ STATEFUL = {
 
 
 def _per_param_leaves(state):
-    return [x for x in jax.tree.leaves(state) if jnp.ndim(x) > 0]
+    # Every floating leaf of these states is per-parameter (counts are int32).
+    return [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]
 
 
 @pytest.mark.parametrize("name", list(STATEFUL))
@@ -182,10 +200,11 @@ def test_dtypes_are_kept(name, dtype):
         assert all(c.dtype == jnp.int32 for c in counts)
 
 
-def test_state_dtype_does_not_drift_with_other_gradient_dtype():
+@pytest.mark.parametrize("name", list(STATEFUL))
+def test_state_dtype_does_not_drift_with_other_gradient_dtype(name):
     # bfloat16 params, float32 gradients: the state stays bfloat16 (Optax's would drift to float32).
     params = make_params(jnp.bfloat16)
-    for tx in (jz.scale_by_adam(), trace(0.9)):
+    for tx in (STATEFUL[name](),):
         state = tx.init(params)
         grads = jax.tree.map(lambda p: jnp.ones(p.shape, jnp.float32), params)
         _, new_state = tx.update(grads, state, params)
@@ -280,6 +299,9 @@ def test_update_without_params_is_reported():
         (lambda: jz.scale("x"), r"scale: step_size must be a finite real number"),
         (lambda: jz.scale_by_schedule(0.1), r"scale_by_schedule: step_size_fn must be a callable"),
         (lambda: jz.trace(0.9, accumulator_dtype=jnp.bool_), r"trace: accumulator_dtype must be a floating dtype"),
+        (lambda: jz.trace(0.9, 0.9), r"trace: nesterov must be True or False, got 0\.9"),
+        (lambda: jz.scale_by_adam(nesterov="yes"), r"scale_by_adam: nesterov must be True or False, got 'yes'"),
+        (lambda: jz.scale_by_learning_rate(0.1, flip_sign=1), r"flip_sign must be True or False"),
     ],
 )
 def test_bad_hyperparameters_fail_at_construction(factory, message):
@@ -295,3 +317,50 @@ def test_mismatched_grads_tree_names_the_paths(name):
     grads = {"dense": {"w": params["dense"]["w"], "bias": params["dense"]["b"]}, "scale": params["scale"]}
     with pytest.raises(ValueError, match=r"only in updates: \['dense'\]\['bias'\].*only in .*\['dense'\]\['b'\]"):
         tx.update(grads, state, params)
+
+
+@pytest.mark.parametrize("name", ["trace", "scale_by_adam", "add_decayed_weights_schedule"])
+def test_mismatched_grad_shapes_are_reported_not_broadcast(name):
+    tx = STATEFUL[name]()
+    params = make_params()
+    grads = jax.tree.map(jnp.ones_like, params)
+    grads["dense"]["w"] = jnp.ones((2, 3, 4))
+    with pytest.raises(ValueError, match=r"shapes differ at \['dense'\]\['w'\] \(2, 3, 4\) vs \(3, 4\)"):
+        tx.update(grads, tx.init(params), params)
+
+
+def test_concrete_low_precision_hyperparameters_are_accepted():
+    tx = jz.scale_by_learning_rate(jnp.asarray(0.1, jnp.bfloat16))
+    updates, _ = tx.update(jnp.ones(2), tx.init(jnp.ones(2)))
+    np.testing.assert_allclose(updates, -0.1, rtol=1e-2)
+
+
+INJECTED = {
+    "trace_zero_dampening": (optax.inject_hyperparams(jz.trace), dict(decay=0.9, dampening=0.0), lambda: trace(0.9)),
+    "trace_dampening": (
+        optax.inject_hyperparams(jz.trace),
+        dict(decay=0.9, dampening=0.3),
+        lambda: trace(0.9, dampening=0.3),
+    ),
+    "scale_by_adam": (
+        optax.inject_hyperparams(jz.scale_by_adam),
+        dict(b1=0.8, b2=0.95, eps=1e-6),
+        lambda: jz.scale_by_adam(0.8, 0.95, 1e-6),
+    ),
+    "add_decayed_weights": (
+        optax.inject_hyperparams(jz.add_decayed_weights),
+        dict(weight_decay=0.0),
+        lambda: jz.add_decayed_weights(0.0),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(INJECTED))
+def test_hyperparameters_injected_as_arrays_give_the_same_trajectory(name):
+    # Hyperparameters arrive as arrays at init and as tracers under jit: the state's
+    # structure must not depend on that, and the numbers must match the plain call.
+    injected, hyperparameters, plain = INJECTED[name]
+    params = make_params()
+    ours, _ = run_ours(injected(**hyperparameters), params)
+    expected, _ = run_ours(plain(), params)
+    assert_trees_close(ours, expected, rtol=1e-5, atol=1e-6)  # float32 arrays vs Python floats round apart

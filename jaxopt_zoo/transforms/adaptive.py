@@ -42,10 +42,10 @@ def scale_by_adam(
     becomes :math:`\\beta_1 m_t / (1 - \\beta_1^{t+1}) + (1 - \\beta_1) g_t / (1 - \\beta_1^t)`.
     For complex gradients :math:`g_t^2` is :math:`|g_t|^2`.
 
-    Numerically identical to ``optax.scale_by_adam``. Deviation from Optax: the
-    moments are stored in the state's dtypes (``mu_dtype``/``nu_dtype``, else
-    the params') even when gradients arrive in another dtype; ``nu_dtype`` is
-    an addition.
+    Numerically identical to ``optax.scale_by_adam``. Deviations from Optax:
+    the moments are stored in the state's dtypes (``mu_dtype``/``nu_dtype``,
+    else the params') even when gradients arrive in another dtype; a ``None``
+    update leaves its moments unchanged; ``nu_dtype`` is an addition.
 
     Args:
         b1: decay :math:`\\beta_1 \\in [0, 1)` of the first moment.
@@ -74,6 +74,7 @@ def scale_by_adam(
     validation.decay_rate("scale_by_adam", "b2", b2)
     validation.non_negative("scale_by_adam", "eps", eps)
     validation.non_negative("scale_by_adam", "eps_root", eps_root)
+    validation.flag("scale_by_adam", "nesterov", nesterov)
     mu_dtype = validation.optional_dtype("scale_by_adam", "mu_dtype", mu_dtype)
     nu_dtype = validation.optional_dtype("scale_by_adam", "nu_dtype", nu_dtype)
 

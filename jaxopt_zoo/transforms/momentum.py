@@ -40,14 +40,21 @@ def trace(
         b_1 = g_1, \\qquad b_t = \\mu \\, b_{t-1} + (1 - \\tau) \\, g_t \\quad (t > 1), \\qquad
         u_t = \\begin{cases} g_t + \\mu \\, b_t & \\text{nesterov} \\\\ b_t & \\text{otherwise.} \\end{cases}
 
-    With :math:`\\tau = 0` (the default) this is exactly ``optax.trace``,
-    :math:`b_t = g_t + \\mu b_{t-1}` from :math:`b_0 = 0`, and the state is the
-    same ``TraceState``. With :math:`\\tau \\ne 0` the state also counts steps
-    (``DampenedTraceState``), because the first step is not dampened.
+    With :math:`\\tau` given as the Python number 0 (the default) this is
+    exactly ``optax.trace``, :math:`b_t = g_t + \\mu b_{t-1}` from :math:`b_0 = 0`,
+    and the state is the same ``TraceState``. Any other ``dampening`` (a
+    non-zero number, or an array, which may be injected or traced) takes the
+    dampened rule, whose state also counts steps (``DampenedTraceState``)
+    because the first step is not dampened.
 
-    Deviation from Optax: the buffer is stored in the state's dtype (the
-    params' dtype, or ``accumulator_dtype``) even when the gradients arrive in
-    another dtype, so the state's dtypes never drift between steps.
+    Deviations from Optax: ``dampening`` is the third positional argument
+    (Optax's third is ``accumulator_dtype``: pass it by keyword); the buffer is
+    stored in the state's dtype (the params' dtype, or ``accumulator_dtype``)
+    even when gradients arrive in another dtype; a ``None`` update leaves its
+    buffer unchanged. Deviations from PyTorch: ``nesterov`` with dampening is
+    computed as written above (``torch.optim.SGD`` refuses it); the first-step
+    rule counts optimizer steps, so a parameter whose first gradient comes
+    after step 1 is dampened at once (PyTorch starts its buffer undamped).
 
     Args:
         decay: the momentum :math:`\\mu \\ge 0`.
@@ -72,10 +79,12 @@ def trace(
         Sutskever et al., "On the importance of initialization and momentum in deep learning", ICML 2013.
     """
     validation.non_negative("trace", "decay", decay)
-    checked_dampening = validation.fraction("trace", "dampening", dampening)
+    validation.flag("trace", "nesterov", nesterov)
+    validation.fraction("trace", "dampening", dampening)
     accumulator_dtype = validation.optional_dtype("trace", "accumulator_dtype", accumulator_dtype)
-    # A traced dampening may be non-zero, so it takes the dampened rule.
-    dampened = checked_dampening != 0.0
+    # Decided by type, not value, so that init (concrete) and update (traced,
+    # e.g. under inject_hyperparams) agree on the state's structure.
+    dampened = not (isinstance(dampening, (int, float)) and not isinstance(dampening, bool) and dampening == 0)
 
     def init(params):
         buffer = tree.zeros_like(params, dtype=accumulator_dtype)

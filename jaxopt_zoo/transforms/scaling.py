@@ -94,6 +94,7 @@ def scale_by_learning_rate(
     if learning_rate is None:
         return identity()
     validation.scalar_or_schedule("scale_by_learning_rate", "learning_rate", learning_rate)
+    validation.flag("scale_by_learning_rate", "flip_sign", flip_sign)
     sign = -1 if flip_sign else 1
     if callable(learning_rate):
         return scale_by_schedule(lambda count: sign * learning_rate(count))

@@ -12,7 +12,6 @@ from jaxopt_zoo.base import (
     GradientTransformation,
     Params,
     ScalarOrSchedule,
-    identity,
     safe_increment,
     zero_count,
 )
@@ -51,8 +50,9 @@ def add_decayed_weights(
     """
     validation.scalar_or_schedule("add_decayed_weights", "weight_decay", weight_decay)
     scheduled = callable(weight_decay)
-    if not scheduled and not isinstance(weight_decay, jax.core.Tracer) and float(weight_decay) == 0.0:
-        return identity()  # as Optax: no decay, and no read of the params
+    # As Optax: a literal zero adds nothing (and reads no parameter), but the
+    # transformation and its state keep their usual form.
+    literal_zero = isinstance(weight_decay, (int, float)) and weight_decay == 0
 
     def init(params):
         del params
@@ -62,9 +62,12 @@ def add_decayed_weights(
         del extra_args
         validation.require_params("add_decayed_weights", params)
         tree.check_same_structure("add_decayed_weights", updates, params, "the params")
+        new_state = WeightDecayScheduleState(safe_increment(state.count)) if scheduled else state
+        if literal_zero:
+            return updates, new_state
         rate = weight_decay(state.count) if scheduled else weight_decay
         updates = jax.tree.map(lambda g, p: None if g is None else g + rate * p, updates, params, is_leaf=tree.is_none)
-        return updates, WeightDecayScheduleState(safe_increment(state.count)) if scheduled else state
+        return updates, new_state
 
     decay = GradientTransformation(init, update)
     return decay if mask is None else masked(decay, mask)
