@@ -2,9 +2,11 @@
 
     >>> import jaxopt_zoo as jz
     >>> tx = jz.chain(jz.scale_by_adam(), jz.add_decayed_weights(1e-4), jz.scale_by_learning_rate(1e-3))
+
+``jaxopt_zoo.torch`` holds the ``torch.optim``-compatible constructors.
 """
 
-from jaxopt_zoo import tree, validation
+from jaxopt_zoo import torch, transforms, tree, validation
 from jaxopt_zoo.base import (
     EmptyState,
     GradientTransformation,
@@ -19,26 +21,12 @@ from jaxopt_zoo.base import (
     stateless,
 )
 from jaxopt_zoo.combine import MaskedNode, MaskedState, chain, masked, named_chain
-from jaxopt_zoo.optimizers import adam, adamw, sgd
-from jaxopt_zoo.transforms import (
-    DampenedTraceState,
-    ScaleByAdamState,
-    ScaleByScheduleState,
-    TraceState,
-    WeightDecayScheduleState,
-    add_decayed_weights,
-    nesterov,
-    scale,
-    scale_by_adam,
-    scale_by_learning_rate,
-    scale_by_schedule,
-    trace,
-)
+from jaxopt_zoo.optimizers import adadelta, adagrad, adam, adamw, amsgrad, lamb, lars, nadam, nadamw, rmsprop, sgd
+from jaxopt_zoo.transforms import *  # noqa: F403  (the names listed in transforms.__all__)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DampenedTraceState",
     "EmptyState",
     "GradientTransformation",
     "MaskedNode",
@@ -46,29 +34,28 @@ __all__ = [
     "OptState",
     "Params",
     "ScalarOrSchedule",
-    "ScaleByAdamState",
-    "ScaleByScheduleState",
     "Schedule",
-    "TraceState",
     "Updates",
-    "WeightDecayScheduleState",
+    "adadelta",
+    "adagrad",
     "adam",
     "adamw",
-    "add_decayed_weights",
+    "amsgrad",
     "apply_updates",
     "chain",
     "identity",
+    "lamb",
+    "lars",
     "masked",
+    "nadam",
+    "nadamw",
     "named_chain",
-    "nesterov",
+    "rmsprop",
     "safe_increment",
-    "scale",
-    "scale_by_adam",
-    "scale_by_learning_rate",
-    "scale_by_schedule",
     "sgd",
     "stateless",
-    "trace",
+    "torch",
     "tree",
     "validation",
+    *transforms.__all__,
 ]

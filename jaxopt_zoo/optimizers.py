@@ -12,8 +12,19 @@ import jax
 
 from jaxopt_zoo import validation
 from jaxopt_zoo.base import GradientTransformation, Params, ScalarOrSchedule, identity
-from jaxopt_zoo.combine import chain
-from jaxopt_zoo.transforms import add_decayed_weights, scale_by_adam, scale_by_learning_rate, trace
+from jaxopt_zoo.combine import chain, masked
+from jaxopt_zoo.transforms import (
+    add_decayed_weights,
+    scale_by_adadelta,
+    scale_by_adam,
+    scale_by_amsgrad,
+    scale_by_learning_rate,
+    scale_by_rms,
+    scale_by_rss,
+    scale_by_stddev,
+    scale_by_trust_ratio,
+    trace,
+)
 
 
 def sgd(
@@ -124,5 +135,258 @@ def adamw(
     return chain(
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
         add_decayed_weights(weight_decay, mask),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def nadam(
+    learning_rate: ScalarOrSchedule,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    eps_root: jax.typing.ArrayLike = 0.0,
+    mu_dtype: jax.typing.DTypeLike | None = None,
+) -> GradientTransformation:
+    """NAdam (Dozat 2016): :func:`adam` with Nesterov momentum, in Optax's form.
+
+    .. math::
+
+        \\hat m_t = \\beta_1 m_t / (1 - \\beta_1^{t+1}) + (1 - \\beta_1) g_t / (1 - \\beta_1^t), \\qquad
+        \\theta_{t+1} = \\theta_t - \\alpha_t \\hat m_t / (\\sqrt{\\hat v_t + \\bar\\varepsilon} + \\varepsilon)
+
+    Recipe: ``adam(..., nesterov=True)``.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> tx = jz.nadam(1e-3)
+
+    References:
+        Dozat, "Incorporating Nesterov Momentum into Adam", ICLR workshop 2016.
+    """
+    return adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=True)
+
+
+def nadamw(
+    learning_rate: ScalarOrSchedule,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    eps_root: jax.typing.ArrayLike = 0.0,
+    mu_dtype: jax.typing.DTypeLike | None = None,
+    weight_decay: ScalarOrSchedule = 1e-4,
+    mask: Any | Callable[[Params], Any] | None = None,
+) -> GradientTransformation:
+    """NAdamW: :func:`nadam` with decoupled weight decay, as :func:`adamw` adds it to :func:`adam`.
+
+    Recipe: ``adamw(..., nesterov=True)``.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> tx = jz.nadamw(1e-3, weight_decay=1e-2)
+
+    References:
+        Dozat 2016; Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
+    """
+    return adamw(learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask, nesterov=True)
+
+
+def amsgrad(
+    learning_rate: ScalarOrSchedule,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    eps_root: jax.typing.ArrayLike = 0.0,
+    mu_dtype: jax.typing.DTypeLike | None = None,
+    bias_correction_mu: bool = True,
+    bias_correction_nu: bool = True,
+) -> GradientTransformation:
+    """AMSGrad (Reddi et al. 2018) in Optax's convention: the maximum is over bias-corrected :math:`v_t`.
+
+    :math:`\\theta_{t+1} = \\theta_t - \\alpha_t \\hat m_t / (\\sqrt{\\hat v^{\\max}_t + \\bar\\varepsilon} + \\varepsilon)`,
+    :math:`\\hat v^{\\max}_t = \\max(\\hat v^{\\max}_{t-1}, v_t / (1 - \\beta_2^t))`. For PyTorch's
+    convention use :func:`jaxopt_zoo.torch.adam` with ``amsgrad=True``.
+    Recipe: ``chain(scale_by_amsgrad(...), scale_by_learning_rate(learning_rate))``.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> tx = jz.amsgrad(1e-3)
+
+    References:
+        Reddi, Kale & Kumar, "On the Convergence of Adam and Beyond", ICLR 2018.
+    """
+    return chain(
+        scale_by_amsgrad(b1, b2, eps, eps_root, mu_dtype, bias_correction_mu, bias_correction_nu),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def adagrad(
+    learning_rate: ScalarOrSchedule,
+    initial_accumulator_value: jax.typing.ArrayLike = 0.1,
+    eps: jax.typing.ArrayLike = 1e-7,
+) -> GradientTransformation:
+    """Adagrad (Duchi et al. 2011): :math:`\\theta_{t+1} = \\theta_t - \\alpha_t g_t / \\sqrt{a + \\sum_{s \\le t} g_s^2 + \\varepsilon}`.
+
+    Recipe: ``chain(scale_by_rss(initial_accumulator_value, eps), scale_by_learning_rate(learning_rate))``.
+    For PyTorch's form (eps outside the root, ``lr_decay``) see :func:`jaxopt_zoo.torch.adagrad`.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> tx = jz.adagrad(0.1)
+
+    References:
+        Duchi, Hazan & Singer, "Adaptive Subgradient Methods for Online Learning and Stochastic
+        Optimization", JMLR 2011.
+    """
+    return chain(scale_by_rss(initial_accumulator_value, eps), scale_by_learning_rate(learning_rate))
+
+
+def adadelta(
+    learning_rate: ScalarOrSchedule | None = None,
+    rho: jax.typing.ArrayLike = 0.9,
+    eps: jax.typing.ArrayLike = 1e-6,
+    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay_mask: Any | Callable[[Params], Any] | None = None,
+) -> GradientTransformation:
+    """Adadelta (Zeiler 2012): :math:`\\theta_{t+1} = \\theta_t - \\alpha_t u_t` with :math:`u_t` from :func:`scale_by_adadelta`.
+
+    The weight decay is added to the gradient first (L2, as in Optax and PyTorch).
+    Recipe: ``chain(add_decayed_weights(weight_decay, weight_decay_mask),
+    scale_by_adadelta(rho, eps), scale_by_learning_rate(learning_rate))``.
+
+    Deviation from Optax: ``learning_rate=None`` means the paper's rate of 1
+    (descent). Optax then skips the scaling and *ascends* the gradient.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> tx = jz.adadelta()   # the paper's rule, no learning rate to tune
+
+    References:
+        Zeiler, "ADADELTA: An Adaptive Learning Rate Method", 2012.
+    """
+    return chain(
+        add_decayed_weights(weight_decay, weight_decay_mask),
+        scale_by_adadelta(rho, eps),
+        scale_by_learning_rate(1.0 if learning_rate is None else learning_rate),
+    )
+
+
+def rmsprop(
+    learning_rate: ScalarOrSchedule,
+    decay: jax.typing.ArrayLike = 0.9,
+    eps: jax.typing.ArrayLike = 1e-8,
+    initial_scale: jax.typing.ArrayLike = 0.0,
+    eps_in_sqrt: bool = True,
+    centered: bool = False,
+    momentum: jax.typing.ArrayLike | None = None,
+    nesterov: bool = False,
+    bias_correction: bool = False,
+) -> GradientTransformation:
+    """RMSprop (Tieleman & Hinton 2012), plain or centered (Graves 2013), with optional momentum.
+
+    .. math::
+
+        \\theta_{t+1} = \\theta_t - b_t, \\qquad b_t = \\mu b_{t-1} + \\alpha_t \\, u_t
+
+    with :math:`u_t` from :func:`scale_by_rms` (or :func:`scale_by_stddev` when
+    ``centered``) and :math:`\\mu = 0` without momentum. As in Optax the
+    learning rate is applied before the momentum; PyTorch applies it after
+    (see :func:`jaxopt_zoo.torch.rmsprop`), which differs under a schedule.
+    Recipe: ``chain(scale_by_rms(...) or scale_by_stddev(...), scale_by_learning_rate(learning_rate),
+    trace(momentum, nesterov))``.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> tx = jz.rmsprop(1e-3, centered=True, momentum=0.9)
+
+    References:
+        Tieleman & Hinton, "Lecture 6.5 - RMSProp", 2012. Graves, "Generating Sequences With
+        Recurrent Neural Networks", 2013.
+    """
+    validation.flag("rmsprop", "centered", centered)
+    validation.flag("rmsprop", "nesterov", nesterov)
+    if momentum is None and nesterov:
+        raise ValueError("rmsprop: nesterov=True needs a momentum, got momentum=None.")
+    scaling = scale_by_stddev if centered else scale_by_rms
+    return chain(
+        scaling(decay, eps, initial_scale, eps_in_sqrt, bias_correction),
+        scale_by_learning_rate(learning_rate),
+        identity() if momentum is None else trace(momentum, nesterov=nesterov),
+    )
+
+
+def lars(
+    learning_rate: ScalarOrSchedule,
+    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay_mask: Any | Callable[[Params], Any] = True,
+    trust_coefficient: jax.typing.ArrayLike = 0.001,
+    eps: jax.typing.ArrayLike = 0.0,
+    trust_ratio_mask: Any | Callable[[Params], Any] = True,
+    momentum: jax.typing.ArrayLike = 0.9,
+    nesterov: bool = False,
+) -> GradientTransformation:
+    """LARS (You et al. 2017): SGD with momentum on layer-wise trust-ratio-scaled steps.
+
+    For each parameter leaf :math:`\\theta` (with :math:`\\lambda` the weight decay, :math:`\\eta` the trust coefficient):
+
+    .. math::
+
+        d_t = g_t + \\lambda \\theta_t, \\qquad
+        b_t = \\mu b_{t-1} + \\alpha_t \\frac{\\eta \\|\\theta_t\\|}{\\|d_t\\| + \\varepsilon} d_t, \\qquad
+        \\theta_{t+1} = \\theta_t - b_t.
+
+    Recipe: ``chain(add_decayed_weights(weight_decay, weight_decay_mask),
+    masked(scale_by_trust_ratio(trust_coefficient=..., eps=...), trust_ratio_mask),
+    scale_by_learning_rate(learning_rate), trace(momentum, nesterov))``.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> tx = jz.lars(0.1, weight_decay=1e-4)
+
+    References:
+        You, Gitman & Ginsburg, "Large Batch Training of Convolutional Networks", 2017.
+    """
+    return chain(
+        add_decayed_weights(weight_decay, mask=weight_decay_mask),
+        masked(scale_by_trust_ratio(trust_coefficient=trust_coefficient, eps=eps), trust_ratio_mask),
+        scale_by_learning_rate(learning_rate),
+        trace(momentum, nesterov=nesterov),
+    )
+
+
+def lamb(
+    learning_rate: ScalarOrSchedule,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-6,
+    eps_root: jax.typing.ArrayLike = 0.0,
+    weight_decay: ScalarOrSchedule = 0.0,
+    mask: Any | Callable[[Params], Any] | None = None,
+) -> GradientTransformation:
+    """LAMB (You et al. 2020): Adam steps rescaled layer-wise by a trust ratio.
+
+    .. math::
+
+        r_t = \\frac{\\hat m_t}{\\sqrt{\\hat v_t + \\bar\\varepsilon} + \\varepsilon} + \\lambda \\theta_t, \\qquad
+        \\theta_{t+1} = \\theta_t - \\alpha_t \\frac{\\|\\theta_t\\|}{\\|r_t\\|} r_t
+
+    per parameter leaf (the ratio is 1 where either norm is zero). For the
+    variant of widely used LAMB code, build it from the pieces:
+    ``chain(scale_by_adam(b1, b2, eps, bias_correction=False), add_decayed_weights(wd),
+    scale_by_trust_ratio(max_param_norm=10.0), scale_by_learning_rate(lr))``.
+    Recipe: ``chain(scale_by_adam(b1, b2, eps, eps_root), add_decayed_weights(weight_decay, mask),
+    scale_by_trust_ratio(), scale_by_learning_rate(learning_rate))``.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> tx = jz.lamb(1e-3, weight_decay=1e-2)
+
+    References:
+        You et al., "Large Batch Optimization for Deep Learning: Training BERT in 76 minutes", ICLR 2020.
+    """
+    return chain(
+        scale_by_adam(b1, b2, eps, eps_root),
+        add_decayed_weights(weight_decay, mask),
+        scale_by_trust_ratio(),
         scale_by_learning_rate(learning_rate),
     )

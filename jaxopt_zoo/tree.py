@@ -6,7 +6,7 @@ passes them through and leaves the matching state leaf unchanged.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -94,11 +94,25 @@ def check_same_structure(owner: str, updates: Updates, other: Any, other_name: s
     )
 
 
+def map_updates(fn: Callable[..., jax.Array], updates: Updates, *trees: Any) -> Updates:
+    """``fn(g, *xs)`` leaf by leaf over the updates and matching trees; ``None`` updates stay ``None``."""
+    return jax.tree.map(lambda g, *xs: None if g is None else fn(g, *xs), updates, *trees, is_leaf=is_none)
+
+
+def map_state(fn: Callable[..., jax.Array], updates: Updates, state: Any, *trees: Any) -> Any:
+    """``fn(g, s, *xs)`` leaf by leaf to a new state tree; where the update is ``None`` the state leaf is kept."""
+    return jax.tree.map(lambda g, s, *xs: s if g is None else fn(g, s, *xs), updates, state, *trees, is_leaf=is_none)
+
+
+def abs_sq(x: jax.Array) -> jax.Array:
+    """:math:`|x|^2`: ``x * x`` for real arrays, ``(conj(x) x).real`` for complex ones (as Optax forms it)."""
+    return (jnp.conj(x) * x).real if jnp.iscomplexobj(x) else x * x
+
+
 def _power(g: jax.Array, order: int) -> jax.Array:
-    # For complex gradients an even moment is a power of the modulus, |g|^2 = conj(g) g
-    # (formed as Optax forms it, so the two agree bit for bit).
+    # For complex gradients an even moment is a power of the modulus |g|^2.
     if order % 2 == 0 and jnp.iscomplexobj(g):
-        return (jnp.conj(g) * g).real ** (order // 2)
+        return abs_sq(g) ** (order // 2)
     return g**order
 
 
@@ -108,12 +122,7 @@ def update_moment(updates: Updates, moments: Any, decay: jax.typing.ArrayLike, o
     The result has the promoted dtype of the gradient and the moment; cast it
     back for storage with :func:`cast` or :func:`cast_like`.
     """
-    return jax.tree.map(
-        lambda g, m: m if g is None else (1 - decay) * _power(g, order) + decay * m,
-        updates,
-        moments,
-        is_leaf=is_none,
-    )
+    return map_state(lambda g, m: (1 - decay) * _power(g, order) + decay * m, updates, moments)
 
 
 def bias_correction(moments: Any, decay: jax.typing.ArrayLike, count: jax.Array) -> Any:
@@ -126,7 +135,12 @@ def bias_correction(moments: Any, decay: jax.typing.ArrayLike, count: jax.Array)
     return jax.tree.map(lambda m: None if m is None else m / correction.astype(m.dtype), moments, is_leaf=is_none)
 
 
+def full_like(tree: Any, value: jax.typing.ArrayLike, dtype: jax.typing.DTypeLike | None = None) -> Any:
+    """A tree filled with ``value``, shaped like ``tree``; ``dtype=None`` keeps each leaf's dtype."""
+    return jax.tree.map(lambda x: jnp.full_like(x, value, dtype=dtype), tree)
+
+
 def global_norm(tree: Any) -> jax.Array:
     """The Euclidean norm of all leaves taken together: :math:`\\sqrt{\\sum_i \\|x_i\\|^2}`."""
     leaves = [x for x in jax.tree.leaves(tree) if x is not None]
-    return jnp.sqrt(sum(jnp.sum(_power(x, 2)) for x in leaves))
+    return jnp.sqrt(sum(jnp.sum(abs_sq(x)) for x in leaves))

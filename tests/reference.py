@@ -79,3 +79,212 @@ def trajectory(reference: Reference, params: np.ndarray, grad_fn: Callable, step
         params = params + delta
         iterates.append(params)
     return iterates
+
+
+# ---------------------------------------------------------------------------
+# PyTorch's documented pseudocode (torch.optim docs, "Algorithm" sections), one
+# tensor at a time. ``sgd`` above is torch.optim.SGD's algorithm already.
+
+
+def _signed(g, maximize):
+    return -g if maximize else g
+
+
+def torch_sgd(lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False):
+    """torch.optim.SGD: g <- (-g if maximize) + wd p, then ``sgd`` above."""
+    inner = sgd(lr, momentum, dampening, nesterov, weight_decay)
+    return Reference(inner.init, lambda g, state, p, t: inner.update(_signed(g, maximize), state, p, t))
+
+
+def torch_adagrad(lr, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10, maximize=False):
+    """torch.optim.Adagrad: clr = lr / (1 + (t - 1) lr_decay); s += g^2; p -= clr g / (sqrt(s) + eps)."""
+
+    def init(params):
+        return {"sum": np.full_like(params, initial_accumulator_value)}
+
+    def update(g, state, p, t):
+        g = _signed(g, maximize) + weight_decay * p
+        clr = schedule_value(lr, t) / (1 + (t - 1) * lr_decay)
+        total = state["sum"] + g * g
+        return -clr * g / (np.sqrt(total) + eps), {"sum": total}
+
+    return Reference(init, update)
+
+
+def torch_adadelta(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False):
+    """torch.optim.Adadelta: v = rho v + (1-rho) g^2; d = sqrt(u + eps)/sqrt(v + eps) g; u = rho u + (1-rho) d^2."""
+
+    def init(params):
+        return {"v": np.zeros_like(params), "u": np.zeros_like(params)}
+
+    def update(g, state, p, t):
+        g = _signed(g, maximize) + weight_decay * p
+        v = rho * state["v"] + (1 - rho) * g * g
+        delta = np.sqrt(state["u"] + eps) / np.sqrt(v + eps) * g
+        u = rho * state["u"] + (1 - rho) * delta * delta
+        return -schedule_value(lr, t) * delta, {"v": v, "u": u}
+
+    return Reference(init, update)
+
+
+def torch_rmsprop(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, maximize=False):
+    """torch.optim.RMSprop: v = a v + (1-a) g^2; centered: m = a m + (1-a) g, v~ = v - m^2;
+    avg = sqrt(v~) + eps; momentum: b = mu b + g / avg, p -= lr b; else p -= lr g / avg."""
+
+    def init(params):
+        return {"v": np.zeros_like(params), "m": np.zeros_like(params), "b": np.zeros_like(params)}
+
+    def update(g, state, p, t):
+        g = _signed(g, maximize) + weight_decay * p
+        v = alpha * state["v"] + (1 - alpha) * g * g
+        m = alpha * state["m"] + (1 - alpha) * g
+        avg = np.sqrt(v - m * m if centered else v) + eps
+        b = momentum * state["b"] + g / avg
+        step = b if momentum > 0 else g / avg
+        return -schedule_value(lr, t) * step, {"v": v, "m": m, "b": b}
+
+    return Reference(init, update)
+
+
+def torch_adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False, decoupled=False):
+    """torch.optim.Adam / AdamW: L2 (or decoupled: p <- p - lr wd p) decay; m, v EMAs;
+    v_max = max(v_max, v) for amsgrad; p -= lr (m / (1-b1^t)) / (sqrt(v_hat / (1-b2^t)) + eps)."""
+    b1, b2 = betas
+
+    def init(params):
+        return {"m": np.zeros_like(params), "v": np.zeros_like(params), "v_max": np.zeros_like(params)}
+
+    def update(g, state, p, t):
+        rate = schedule_value(lr, t)
+        g = _signed(g, maximize)
+        decay = -rate * weight_decay * p if decoupled else 0.0
+        if not decoupled:
+            g = g + weight_decay * p
+        m = b1 * state["m"] + (1 - b1) * g
+        v = b2 * state["v"] + (1 - b2) * g * g
+        v_max = np.maximum(state["v_max"], v)
+        v_hat = (v_max if amsgrad else v) / (1 - b2**t)
+        step = (m / (1 - b1**t)) / (np.sqrt(v_hat) + eps)
+        return decay - rate * step, {"m": m, "v": v, "v_max": v_max}
+
+    return Reference(init, update)
+
+
+# ---------------------------------------------------------------------------
+# Optax's forms of the shared transforms, from their documented formulas.
+
+
+def rss(lr, initial_accumulator_value=0.1, eps=1e-7, eps_in_sqrt=True):
+    """Adagrad: s += g^2; u = g / sqrt(s + eps) (or / (sqrt(s) + eps)); u = 0 where s = 0."""
+
+    def init(params):
+        return {"s": np.full_like(params, initial_accumulator_value)}
+
+    def update(g, state, p, t):
+        s = state["s"] + g * g
+        root = np.sqrt(s + eps) if eps_in_sqrt else np.sqrt(s) + eps
+        return -schedule_value(lr, t) * np.where(s > 0, g / root, 0.0), {"s": s}
+
+    return Reference(init, update)
+
+
+def rms(lr, decay=0.9, eps=1e-8, initial_scale=0.0, eps_in_sqrt=True, bias_correction=False, centered=False,
+        momentum=None, nesterov=False):
+    """Optax's rmsprop: v (and m if centered) EMAs, optional bias correction, u = g / root(v - m^2),
+    then lr, then momentum b = u_lr + mu b (nesterov: u_lr + mu b_new)."""
+
+    def init(params):
+        return {"v": np.full_like(params, initial_scale), "m": np.zeros_like(params), "b": np.zeros_like(params)}
+
+    def update(g, state, p, t):
+        v = decay * state["v"] + (1 - decay) * g * g
+        m = decay * state["m"] + (1 - decay) * g
+        correction = (1 - decay**t) if bias_correction else 1.0
+        variance = v / correction - ((m / correction) ** 2 if centered else 0.0)
+        root = np.sqrt(variance + eps) if eps_in_sqrt else np.sqrt(variance) + eps
+        step = -schedule_value(lr, t) * g / root
+        if momentum is None:
+            return step, {"v": v, "m": m, "b": state["b"]}
+        b = step + momentum * state["b"]
+        return (step + momentum * b if nesterov else b), {"v": v, "m": m, "b": b}
+
+    return Reference(init, update)
+
+
+def adadelta(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0):
+    """Zeiler (2012), Algorithm 1, with an optional rate and L2 decay (Optax's adadelta)."""
+    return torch_adadelta(lr, rho, eps, weight_decay)
+
+
+def amsgrad(lr, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, bias_correction_mu=True, bias_correction_nu=True):
+    """Optax's AMSGrad: v_max = max(v_max, v / (1 - b2^t)); u = m_hat / (sqrt(v_max + eps_root) + eps)."""
+
+    def init(params):
+        return {"m": np.zeros_like(params), "v": np.zeros_like(params), "v_max": np.zeros_like(params)}
+
+    def update(g, state, p, t):
+        m = b1 * state["m"] + (1 - b1) * g
+        v = b2 * state["v"] + (1 - b2) * g * g
+        m_hat = m / (1 - b1**t) if bias_correction_mu else m
+        v_max = np.maximum(state["v_max"], v / (1 - b2**t) if bias_correction_nu else v)
+        return -schedule_value(lr, t) * m_hat / (np.sqrt(v_max + eps_root) + eps), {"m": m, "v": v, "v_max": v_max}
+
+    return Reference(init, update)
+
+
+def adam_without_bias_correction(lr, b1=0.9, b2=0.999, eps=1e-8):
+    """m, v EMAs used as they are: u = m / (sqrt(v) + eps)."""
+
+    def init(params):
+        return {"m": np.zeros_like(params), "v": np.zeros_like(params)}
+
+    def update(g, state, p, t):
+        m = b1 * state["m"] + (1 - b1) * g
+        v = b2 * state["v"] + (1 - b2) * g * g
+        return -schedule_value(lr, t) * m / (np.sqrt(v) + eps), {"m": m, "v": v}
+
+    return Reference(init, update)
+
+
+def trust_ratio(p, u, min_norm=0.0, trust_coefficient=1.0, eps=0.0, max_param_norm=None):
+    """The layer-wise trust ratio of You et al.: eta * phi(||p||) / (||u|| + eps), 1 if either norm is 0."""
+    p_norm = max(np.linalg.norm(p), min_norm)
+    if max_param_norm is not None:
+        p_norm = min(p_norm, max_param_norm)
+    u_norm = max(np.linalg.norm(u), min_norm)
+    if p_norm == 0 or u_norm == 0:
+        return 1.0
+    return trust_coefficient * p_norm / (u_norm + eps)
+
+
+def lamb(lr, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.0, bias_correction=True, max_param_norm=None):
+    """You et al. (2020), Algorithm 2 (per leaf): r = m_hat / (sqrt(v_hat) + eps) + wd p;
+    p -= lr * ratio(p, r) * r."""
+
+    def init(params):
+        return {"m": np.zeros_like(params), "v": np.zeros_like(params)}
+
+    def update(g, state, p, t):
+        m = b1 * state["m"] + (1 - b1) * g
+        v = b2 * state["v"] + (1 - b2) * g * g
+        c1, c2 = ((1 - b1**t), (1 - b2**t)) if bias_correction else (1.0, 1.0)
+        r = (m / c1) / (np.sqrt(v / c2) + eps) + weight_decay * p
+        return -schedule_value(lr, t) * trust_ratio(p, r, max_param_norm=max_param_norm) * r, {"m": m, "v": v}
+
+    return Reference(init, update)
+
+
+def lars(lr, weight_decay=0.0, trust_coefficient=0.001, eps=0.0, momentum=0.9, nesterov=False):
+    """You et al. (2017), Algorithm 1 (per leaf): d = g + wd p; local = eta ||p|| / (||d|| + eps);
+    b = mu b + lr local d; p -= b (nesterov: p -= lr local d + mu b)."""
+
+    def init(params):
+        return {"b": np.zeros_like(params)}
+
+    def update(g, state, p, t):
+        d = g + weight_decay * p
+        step = schedule_value(lr, t) * trust_ratio(p, d, trust_coefficient=trust_coefficient, eps=eps) * d
+        b = momentum * state["b"] + step
+        return -(step + momentum * b if nesterov else b), {"b": b}
+
+    return Reference(init, update)

@@ -58,10 +58,69 @@ REFERENCE_CASES = {
         lambda: jz.chain(jz.scale_by_adam(nesterov=True), jz.scale_by_learning_rate(0.01)),
         lambda: reference.adam(0.01, nesterov=True),
     ),
+    "scale_by_adam_without_bias_correction": (
+        lambda: jz.chain(jz.scale_by_adam(0.8, 0.95, 1e-3, bias_correction=False), jz.scale_by_learning_rate(0.01)),
+        lambda: reference.adam_without_bias_correction(0.01, 0.8, 0.95, 1e-3),
+    ),
     "add_decayed_weights": (
         lambda: jz.chain(jz.add_decayed_weights(0.3), jz.scale_by_learning_rate(0.02)),
         lambda: reference.sgd(0.02, decoupled_decay=0.3),
     ),
+    **{
+        f"scale_by_amsgrad_{mu}_{nu}": (
+            lambda mu=mu, nu=nu: jz.chain(jz.scale_by_amsgrad(0.8, 0.95, 1e-6, 1e-9, None, mu, nu), jz.scale_by_learning_rate(0.01)),
+            lambda mu=mu, nu=nu: reference.amsgrad(0.01, 0.8, 0.95, 1e-6, 1e-9, mu, nu),
+        )
+        for mu in (True, False)
+        for nu in (True, False)
+    },
+    "scale_by_amsgrad_correct_after_max": (
+        lambda: jz.chain(jz.scale_by_amsgrad(0.8, 0.95, 1e-6, correct_after_max=True), jz.scale_by_learning_rate(0.01)),
+        lambda: reference.torch_adam(0.01, (0.8, 0.95), 1e-6, amsgrad=True),
+    ),
+    **{
+        f"scale_by_rss_{inside}": (
+            lambda inside=inside: jz.chain(jz.scale_by_rss(0.3, 1e-3, eps_in_sqrt=inside), jz.scale_by_learning_rate(0.1)),
+            lambda inside=inside: reference.rss(0.1, 0.3, 1e-3, inside),
+        )
+        for inside in (True, False)
+    },
+    "scale_by_rss_zero_accumulator": (
+        lambda: jz.chain(jz.scale_by_rss(0.0, 1e-10, eps_in_sqrt=False), jz.scale_by_learning_rate(0.1)),
+        lambda: reference.torch_adagrad(0.1),
+    ),
+    **{
+        f"scale_by_{'stddev' if centered else 'rms'}_{inside}_{corrected}_{initial}": (
+            lambda centered=centered, inside=inside, corrected=corrected, initial=initial: jz.chain(
+                (jz.scale_by_stddev if centered else jz.scale_by_rms)(0.9, 1e-4, initial, inside, corrected),
+                jz.scale_by_learning_rate(0.01),
+            ),
+            lambda centered=centered, inside=inside, corrected=corrected, initial=initial: reference.rms(
+                0.01, 0.9, 1e-4, initial, inside, corrected, centered
+            ),
+        )
+        for centered in (False, True)
+        for inside in (True, False)
+        for corrected in (False, True)
+        for initial in (0.0, 1.0)
+        # Centered and bias-corrected from a zero start, the variance estimate is exactly
+        # 0 at step 1 (m_hat = g, v_hat = g^2): a rounding-level sign decides the step.
+        if not (centered and corrected and initial == 0.0)
+    },
+    "scale_by_adadelta": (
+        lambda: jz.chain(jz.scale_by_adadelta(0.8, 1e-4), jz.scale_by_learning_rate(0.5)),
+        lambda: reference.adadelta(0.5, 0.8, 1e-4),
+    ),
+    **{
+        f"scale_by_trust_ratio_{ceiling}": (
+            lambda ceiling=ceiling: jz.chain(
+                jz.scale_by_adam(eps=1e-6), jz.add_decayed_weights(0.1), jz.scale_by_trust_ratio(max_param_norm=ceiling),
+                jz.scale_by_learning_rate(0.01),
+            ),
+            lambda ceiling=ceiling: reference.lamb(0.01, weight_decay=0.1, max_param_norm=ceiling),
+        )
+        for ceiling in (None, 1.5)
+    },
     "add_decayed_weights_schedule": (
         lambda: jz.chain(jz.add_decayed_weights(lambda t: 0.5 / (1 + t)), jz.scale_by_learning_rate(0.02)),
         lambda: reference.sgd(0.02, decoupled_decay=0.0),  # replaced below: decay varies per step
@@ -123,6 +182,31 @@ OPTAX_CASES = {
         lambda: jz.scale_by_adam(mu_dtype=jnp.bfloat16),
         lambda: optax.scale_by_adam(mu_dtype=jnp.bfloat16),
     ),
+    "scale_by_amsgrad": (lambda: jz.scale_by_amsgrad(), lambda: optax.scale_by_amsgrad()),
+    "scale_by_amsgrad_options": (
+        lambda: jz.scale_by_amsgrad(0.8, 0.95, 1e-6, 1e-9, jnp.bfloat16, False, False),
+        lambda: optax.scale_by_amsgrad(0.8, 0.95, 1e-6, 1e-9, jnp.bfloat16, False, False),
+    ),
+    "scale_by_rss": (lambda: jz.scale_by_rss(), lambda: optax.scale_by_rss()),
+    "scale_by_rss_options": (lambda: jz.scale_by_rss(0.0, 1e-3), lambda: optax.scale_by_rss(0.0, 1e-3)),
+    **{
+        f"scale_by_{name}_{inside}_{corrected}": (
+            lambda name=name, inside=inside, corrected=corrected: getattr(jz, f"scale_by_{name}")(0.8, 1e-4, 0.5, inside, corrected),
+            lambda name=name, inside=inside, corrected=corrected: getattr(optax, f"scale_by_{name}")(0.8, 1e-4, 0.5, inside, corrected),
+        )
+        for name in ("rms", "stddev")
+        for inside in (True, False)
+        for corrected in (False, True)
+    },
+    "scale_by_adadelta": (lambda: jz.scale_by_adadelta(0.8, 1e-4), lambda: optax.scale_by_adadelta(0.8, 1e-4)),
+    "scale_by_trust_ratio": (
+        lambda: jz.chain(jz.scale_by_adam(), jz.scale_by_trust_ratio()),
+        lambda: optax.chain(optax.scale_by_adam(), optax.scale_by_trust_ratio()),
+    ),
+    "scale_by_trust_ratio_options": (
+        lambda: jz.scale_by_trust_ratio(0.5, 0.01, 1e-3),
+        lambda: optax.scale_by_trust_ratio(0.5, 0.01, 1e-3),
+    ),
     "add_decayed_weights": (lambda: jz.add_decayed_weights(0.3), lambda: optax.add_decayed_weights(0.3)),
     "add_decayed_weights_schedule": (
         lambda: jz.add_decayed_weights(decaying),
@@ -176,6 +260,13 @@ STATEFUL = {
     "scale_by_adam_nesterov": lambda: jz.scale_by_adam(nesterov=True),
     "scale_by_schedule": lambda: jz.scale_by_schedule(decaying),
     "add_decayed_weights_schedule": lambda: jz.add_decayed_weights(decaying),
+    "scale_by_amsgrad": lambda: jz.scale_by_amsgrad(),
+    "scale_by_amsgrad_correct_after_max": lambda: jz.scale_by_amsgrad(correct_after_max=True),
+    "scale_by_rss": lambda: jz.scale_by_rss(),
+    "scale_by_rms_corrected": lambda: jz.scale_by_rms(bias_correction=True),
+    "scale_by_stddev": lambda: jz.scale_by_stddev(),
+    "scale_by_stddev_corrected": lambda: jz.scale_by_stddev(bias_correction=True),
+    "scale_by_adadelta": lambda: jz.scale_by_adadelta(),
 }
 
 
@@ -257,7 +348,10 @@ def test_none_updates_pass_through_and_keep_state(name):
     np.testing.assert_array_equal(new_params["dense"]["b"], params["dense"]["b"])
 
 
-@pytest.mark.parametrize("name", ["trace_dampening", "scale_by_adam", "scale_by_adam_nesterov", "scale_by_schedule"])
+@pytest.mark.parametrize(
+    "name",
+    ["trace_dampening", "scale_by_adam", "scale_by_adam_nesterov", "scale_by_schedule", "scale_by_amsgrad", "scale_by_rms_corrected"],
+)
 def test_step_counter_saturates_at_int32_max(name):
     tx = STATEFUL[name]()
     params = make_params(jnp.float32)
@@ -271,11 +365,22 @@ def test_step_counter_saturates_at_int32_max(name):
     assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
 
 
-def test_update_without_params_is_reported():
-    tx = jz.add_decayed_weights(1e-4)
+@pytest.mark.parametrize("name, tx", [("add_decayed_weights", jz.add_decayed_weights(1e-4)), ("scale_by_trust_ratio", jz.scale_by_trust_ratio())])
+def test_update_without_params_is_reported(name, tx):
     params = make_params()
-    with pytest.raises(ValueError, match="add_decayed_weights needs the parameters"):
+    with pytest.raises(ValueError, match=f"{name} needs the parameters"):
         tx.update(params, tx.init(params))
+
+
+def test_trust_ratio_leaves_zero_parameters_and_updates_alone():
+    tx = jz.scale_by_trust_ratio(trust_coefficient=0.5)
+    params = {"zero": jnp.zeros(3), "p": jnp.full(4, 2.0)}
+    updates = {"zero": jnp.ones(3), "p": jnp.zeros(4)}
+    out, _ = tx.update(updates, tx.init(params), params)
+    np.testing.assert_array_equal(out["zero"], 1.0)
+    np.testing.assert_array_equal(out["p"], 0.0)
+    out, _ = tx.update({"zero": jnp.ones(3), "p": jnp.ones(4)}, tx.init(params), params)
+    np.testing.assert_allclose(out["p"], 0.5 * 4.0 / 2.0)  # 0.5 * ||p|| / ||u||
 
 
 @pytest.mark.parametrize(
@@ -302,6 +407,17 @@ def test_update_without_params_is_reported():
         (lambda: jz.trace(0.9, 0.9), r"trace: nesterov must be True or False, got 0\.9"),
         (lambda: jz.scale_by_adam(nesterov="yes"), r"scale_by_adam: nesterov must be True or False, got 'yes'"),
         (lambda: jz.scale_by_learning_rate(0.1, flip_sign=1), r"flip_sign must be True or False"),
+        (lambda: jz.scale_by_adam(bias_correction=None), r"scale_by_adam: bias_correction must be True or False"),
+        (lambda: jz.scale_by_amsgrad(b1=-0.1), r"scale_by_amsgrad: b1 must be in \[0, 1\)"),
+        (lambda: jz.scale_by_amsgrad(correct_after_max="torch"), r"correct_after_max must be True or False"),
+        (lambda: jz.scale_by_rss(initial_accumulator_value=-0.1), r"scale_by_rss: initial_accumulator_value must be >= 0"),
+        (lambda: jz.scale_by_rss(eps=float("inf")), r"scale_by_rss: eps must be a finite real number"),
+        (lambda: jz.scale_by_rms(decay=1.2), r"scale_by_rms: decay must be in \[0, 1\], got 1\.2"),
+        (lambda: jz.scale_by_stddev(eps=-1.0), r"scale_by_stddev: eps must be >= 0"),
+        (lambda: jz.scale_by_rms(initial_scale=-1.0), r"scale_by_rms: initial_scale must be >= 0"),
+        (lambda: jz.scale_by_adadelta(rho=-0.1), r"scale_by_adadelta: rho must be in \[0, 1\], got -0\.1"),
+        (lambda: jz.scale_by_trust_ratio(trust_coefficient=-1.0), r"scale_by_trust_ratio: trust_coefficient must be >= 0"),
+        (lambda: jz.scale_by_trust_ratio(max_param_norm=0.0), r"scale_by_trust_ratio: max_param_norm must be > 0"),
     ],
 )
 def test_bad_hyperparameters_fail_at_construction(factory, message):
@@ -309,7 +425,10 @@ def test_bad_hyperparameters_fail_at_construction(factory, message):
         factory()
 
 
-@pytest.mark.parametrize("name", ["trace", "scale_by_adam", "add_decayed_weights_schedule"])
+PER_PARAMETER = [name for name in STATEFUL if name != "scale_by_schedule"]  # scale_by_schedule keeps only a count
+
+
+@pytest.mark.parametrize("name", PER_PARAMETER)
 def test_mismatched_grads_tree_names_the_paths(name):
     tx = STATEFUL[name]()
     params = make_params()
@@ -319,7 +438,7 @@ def test_mismatched_grads_tree_names_the_paths(name):
         tx.update(grads, state, params)
 
 
-@pytest.mark.parametrize("name", ["trace", "scale_by_adam", "add_decayed_weights_schedule"])
+@pytest.mark.parametrize("name", PER_PARAMETER)
 def test_mismatched_grad_shapes_are_reported_not_broadcast(name):
     tx = STATEFUL[name]()
     params = make_params()

@@ -1,4 +1,8 @@
-"""Adaptive scaling by running moments of the gradient (Adam and its family)."""
+"""Adaptive scaling by running moments of the gradient: Adam, AMSGrad, RMSprop, Adagrad, Adadelta.
+
+Every transformation here divides the update by a root of a running second
+moment. ``None`` update leaves pass through and keep their state.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,16 @@ import jax.numpy as jnp
 
 from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import GradientTransformation, Updates, safe_increment, zero_count
+
+
+def _inverse_root(v: jax.Array, eps: jax.typing.ArrayLike, eps_in_sqrt: bool) -> jax.Array:
+    # 1/sqrt(v + eps) or 1/(sqrt(v) + eps), formed as Optax forms them so the two agree bit for bit.
+    return jax.lax.rsqrt(v + eps) if eps_in_sqrt else 1 / (jnp.sqrt(v) + eps)
+
+
+def _bias_corrector(enabled: bool):
+    # tree.bias_correction, or the identity when the option turns correction off.
+    return tree.bias_correction if enabled else (lambda moments, decay, count: moments)
 
 
 class ScaleByAdamState(NamedTuple):
@@ -28,6 +42,7 @@ def scale_by_adam(
     *,
     nesterov: bool = False,
     nu_dtype: jax.typing.DTypeLike | None = None,
+    bias_correction: bool = True,
 ) -> GradientTransformation:
     """Scale updates by Adam's bias-corrected moment ratio (Kingma & Ba 2015).
 
@@ -40,7 +55,9 @@ def scale_by_adam(
 
     With ``nesterov=True`` (NAdam, Dozat 2016, in Optax's form) :math:`\\hat m_t`
     becomes :math:`\\beta_1 m_t / (1 - \\beta_1^{t+1}) + (1 - \\beta_1) g_t / (1 - \\beta_1^t)`.
-    For complex gradients :math:`g_t^2` is :math:`|g_t|^2`.
+    With ``bias_correction=False`` :math:`\\hat m_t = m_t` and :math:`\\hat v_t = v_t`
+    (and :math:`\\hat m_t = \\beta_1 m_t + (1 - \\beta_1) g_t` with ``nesterov``), as
+    widely used LAMB code does. For complex gradients :math:`g_t^2` is :math:`|g_t|^2`.
 
     Numerically identical to ``optax.scale_by_adam``. Deviations from Optax:
     the moments are stored in the state's dtypes (``mu_dtype``/``nu_dtype``,
@@ -56,6 +73,7 @@ def scale_by_adam(
         mu_dtype: storage dtype of the first moment; ``None`` uses the params'.
         nesterov: use Nesterov momentum (NAdam).
         nu_dtype: storage dtype of the second moment; ``None`` uses the params'.
+        bias_correction: divide the moments by :math:`1 - \\beta^t` (an addition to Optax's).
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
@@ -75,6 +93,7 @@ def scale_by_adam(
     validation.non_negative("scale_by_adam", "eps", eps)
     validation.non_negative("scale_by_adam", "eps_root", eps_root)
     validation.flag("scale_by_adam", "nesterov", nesterov)
+    validation.flag("scale_by_adam", "bias_correction", bias_correction)
     mu_dtype = validation.optional_dtype("scale_by_adam", "mu_dtype", mu_dtype)
     nu_dtype = validation.optional_dtype("scale_by_adam", "nu_dtype", nu_dtype)
 
@@ -87,24 +106,330 @@ def scale_by_adam(
         count = safe_increment(state.count)
         mu = tree.update_moment(updates, state.mu, b1, 1)
         nu = tree.update_moment(updates, state.nu, b2, 2)
+        correct = _bias_corrector(bias_correction)
         if nesterov:
-            mu_hat = jax.tree.map(
-                lambda g, m, g_hat: None if g is None else b1 * m + (1 - b1) * g_hat,
+            mu_hat = tree.map_updates(
+                lambda g, m, g_hat: b1 * m + (1 - b1) * g_hat,
                 updates,
-                tree.bias_correction(mu, b1, safe_increment(count)),
-                tree.bias_correction(updates, b1, count),
-                is_leaf=tree.is_none,
+                correct(mu, b1, safe_increment(count)),
+                correct(updates, b1, count),
             )
         else:
-            mu_hat = tree.bias_correction(mu, b1, count)
-        nu_hat = tree.bias_correction(nu, b2, count)
-        updates = jax.tree.map(
-            lambda g, m, v: None if g is None else m / (jnp.sqrt(v + eps_root) + eps),
-            updates,
-            mu_hat,
-            nu_hat,
-            is_leaf=tree.is_none,
-        )
+            mu_hat = correct(mu, b1, count)
+        nu_hat = correct(nu, b2, count)
+        updates = tree.map_updates(lambda g, m, v: m / (jnp.sqrt(v + eps_root) + eps), updates, mu_hat, nu_hat)
         return updates, ScaleByAdamState(count, tree.cast_like(mu, state.mu), tree.cast_like(nu, state.nu))
+
+    return GradientTransformation(init, update)
+
+
+class ScaleByAmsgradState(NamedTuple):
+    """Step count, moments ``mu`` and ``nu``, and the running maximum ``nu_max`` of the second moment."""
+
+    count: jax.Array
+    mu: Updates
+    nu: Updates
+    nu_max: Updates
+
+
+def scale_by_amsgrad(
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    eps_root: jax.typing.ArrayLike = 0.0,
+    mu_dtype: jax.typing.DTypeLike | None = None,
+    bias_correction_mu: bool = True,
+    bias_correction_nu: bool = True,
+    *,
+    correct_after_max: bool = False,
+) -> GradientTransformation:
+    """AMSGrad (Reddi et al. 2018): Adam whose denominator never shrinks.
+
+    With :math:`m_t, v_t` as in :func:`scale_by_adam` and :math:`c_t = 1 - \\beta_2^t`:
+
+    .. math::
+
+        \\text{Optax (default):} \\quad \\hat v_t = \\max(\\hat v_{t-1}, v_t / c_t), \\qquad
+        \\text{PyTorch (} \\texttt{correct_after_max} \\text{):} \\quad
+        \\hat v_t = \\max_{s \\le t} v_s \\, / \\, c_t,
+
+    .. math::
+
+        u_t = \\hat m_t / \\big(\\sqrt{\\hat v_t + \\bar\\varepsilon} + \\varepsilon\\big), \\qquad
+        \\hat m_t = m_t / (1 - \\beta_1^t).
+
+    ``bias_correction_mu=False`` / ``bias_correction_nu=False`` drop the
+    corrections (the paper's original form). With the defaults this is
+    numerically ``optax.scale_by_amsgrad``; ``correct_after_max=True`` is
+    ``torch.optim.Adam(amsgrad=True)``, whose stored maximum is of the raw
+    :math:`v_t` (an addition to Optax). A ``None`` update keeps its state.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> tx = jz.chain(jz.scale_by_amsgrad(correct_after_max=True), jz.scale_by_learning_rate(1e-3))
+
+    References:
+        Reddi, Kale & Kumar, "On the Convergence of Adam and Beyond", ICLR 2018.
+    """
+    owner = "scale_by_amsgrad"
+    validation.decay_rate(owner, "b1", b1)
+    validation.decay_rate(owner, "b2", b2)
+    validation.non_negative(owner, "eps", eps)
+    validation.non_negative(owner, "eps_root", eps_root)
+    mu_dtype = validation.optional_dtype(owner, "mu_dtype", mu_dtype)
+    for name, value in [("bias_correction_mu", bias_correction_mu), ("bias_correction_nu", bias_correction_nu)]:
+        validation.flag(owner, name, value)
+    validation.flag(owner, "correct_after_max", correct_after_max)
+    correct_mu, correct_nu = _bias_corrector(bias_correction_mu), _bias_corrector(bias_correction_nu)
+
+    def init(params):
+        zeros = tree.zeros_like(params)
+        return ScaleByAmsgradState(zero_count(), tree.zeros_like(params, mu_dtype), zeros, zeros)
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        tree.check_same_structure(owner, updates, state.mu, "the first moment (state.mu)")
+        count = safe_increment(state.count)
+        mu = tree.update_moment(updates, state.mu, b1, 1)
+        nu = tree.update_moment(updates, state.nu, b2, 2)
+        if correct_after_max:
+            nu_max = tree.map_state(lambda g, high, v: jnp.maximum(high, v), updates, state.nu_max, nu)
+            nu_hat = correct_nu(nu_max, b2, count)
+        else:
+            nu_max = tree.map_state(lambda g, high, v: jnp.maximum(high, v), updates, state.nu_max, correct_nu(nu, b2, count))
+            nu_hat = nu_max
+        mu_hat = correct_mu(mu, b1, count)
+        updates = tree.map_updates(lambda g, m, v: m / (jnp.sqrt(v + eps_root) + eps), updates, mu_hat, nu_hat)
+        return updates, ScaleByAmsgradState(
+            count, tree.cast_like(mu, state.mu), tree.cast_like(nu, state.nu), tree.cast_like(nu_max, state.nu_max)
+        )
+
+    return GradientTransformation(init, update)
+
+
+class ScaleByRssState(NamedTuple):
+    """The running sum of squared gradients (Adagrad's accumulator)."""
+
+    sum_of_squares: Updates
+
+
+def scale_by_rss(
+    initial_accumulator_value: jax.typing.ArrayLike = 0.1,
+    eps: jax.typing.ArrayLike = 1e-7,
+    *,
+    eps_in_sqrt: bool = True,
+) -> GradientTransformation:
+    """Adagrad's scaling by the root of the sum of squared gradients (Duchi et al. 2011).
+
+    .. math::
+
+        s_t = s_{t-1} + g_t^2, \\quad s_0 = a, \\qquad
+        u_t = \\begin{cases} g_t / \\sqrt{s_t + \\varepsilon} & \\text{eps_in_sqrt (Optax)} \\\\
+        g_t / (\\sqrt{s_t} + \\varepsilon) & \\text{otherwise (PyTorch)} \\end{cases}
+
+    and :math:`u_t = 0` wherever :math:`s_t = 0` (Optax's guard; PyTorch would
+    give 0/0 there when :math:`\\varepsilon = 0`). ``eps_in_sqrt`` is an addition to Optax.
+
+    Args:
+        initial_accumulator_value: :math:`a \\ge 0` (Optax's default 0.1; PyTorch's 0).
+        eps: :math:`\\varepsilon \\ge 0`.
+        eps_in_sqrt: add :math:`\\varepsilon` inside the square root.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> adagrad = jz.chain(jz.scale_by_rss(), jz.scale_by_learning_rate(0.1))
+
+    References:
+        Duchi, Hazan & Singer, "Adaptive Subgradient Methods for Online Learning and Stochastic
+        Optimization", JMLR 2011.
+    """
+    validation.non_negative("scale_by_rss", "initial_accumulator_value", initial_accumulator_value)
+    validation.non_negative("scale_by_rss", "eps", eps)
+    validation.flag("scale_by_rss", "eps_in_sqrt", eps_in_sqrt)
+
+    def init(params):
+        return ScaleByRssState(tree.full_like(params, initial_accumulator_value))
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        tree.check_same_structure("scale_by_rss", updates, state.sum_of_squares, "the accumulator (state.sum_of_squares)")
+        sums = tree.map_state(lambda g, s: tree.abs_sq(g) + s, updates, state.sum_of_squares)
+        scale = lambda g, s: jnp.where(s > 0, _inverse_root(s, eps, eps_in_sqrt), 0.0) * g
+        return tree.map_updates(scale, updates, sums), ScaleByRssState(tree.cast_like(sums, state.sum_of_squares))
+
+    return GradientTransformation(init, update)
+
+
+class ScaleByRmsState(NamedTuple):
+    """The running mean ``nu`` of squared gradients."""
+
+    nu: Updates
+
+
+class ScaleByRmsWithCountState(NamedTuple):
+    """The running mean of squared gradients, and the step count for its bias correction."""
+
+    count: jax.Array
+    nu: Updates
+
+
+class ScaleByRStdDevState(NamedTuple):
+    """Running means of the gradients (``mu``) and of their squares (``nu``)."""
+
+    mu: Updates
+    nu: Updates
+
+
+class ScaleByRStdDevWithCountState(NamedTuple):
+    """Running means of gradients and squares, and the step count for their bias correction."""
+
+    count: jax.Array
+    mu: Updates
+    nu: Updates
+
+
+def _scale_by_rms_or_stddev(
+    owner: str, centered: bool, decay, eps, initial_scale, eps_in_sqrt: bool, bias_correction: bool
+) -> GradientTransformation:
+    # RMSprop's scaling, plain or centered: the two differ only by the mean they subtract.
+    validation.fraction(owner, "decay", decay)
+    validation.non_negative(owner, "eps", eps)
+    validation.non_negative(owner, "initial_scale", initial_scale)
+    validation.flag(owner, "eps_in_sqrt", eps_in_sqrt)
+    validation.flag(owner, "bias_correction", bias_correction)
+    correct = _bias_corrector(bias_correction)
+
+    def init(params):
+        moments = {"nu": tree.full_like(params, initial_scale)}
+        if centered:
+            moments["mu"] = tree.zeros_like(params)
+        if bias_correction:
+            moments["count"] = zero_count()
+        state_type = {
+            (False, False): ScaleByRmsState,
+            (False, True): ScaleByRmsWithCountState,
+            (True, False): ScaleByRStdDevState,
+            (True, True): ScaleByRStdDevWithCountState,
+        }[centered, bias_correction]
+        return state_type(**moments)
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        tree.check_same_structure(owner, updates, state.nu, "the second moment (state.nu)")
+        count = safe_increment(state.count) if bias_correction else None
+        nu = tree.update_moment(updates, state.nu, decay, 2)
+        nu_hat = correct(nu, decay, count)
+        new = {"nu": tree.cast_like(nu, state.nu)}
+        if centered:
+            mu = tree.update_moment(updates, state.mu, decay, 1)
+            mu_hat = correct(mu, decay, count)
+            variance = tree.map_updates(lambda g, m, v: v - tree.abs_sq(m), updates, mu_hat, nu_hat)
+            new["mu"] = tree.cast_like(mu, state.mu)
+        else:
+            variance = nu_hat
+        if bias_correction:
+            new["count"] = count
+        updates = tree.map_updates(lambda g, v: _inverse_root(v, eps, eps_in_sqrt) * g, updates, variance)
+        return updates, type(state)(**new)
+
+    return GradientTransformation(init, update)
+
+
+def scale_by_rms(
+    decay: jax.typing.ArrayLike = 0.9,
+    eps: jax.typing.ArrayLike = 1e-8,
+    initial_scale: jax.typing.ArrayLike = 0.0,
+    eps_in_sqrt: bool = True,
+    bias_correction: bool = False,
+) -> GradientTransformation:
+    """RMSprop's scaling by the root of a running mean of squared gradients (Tieleman & Hinton 2012).
+
+    .. math::
+
+        v_t = \\rho v_{t-1} + (1 - \\rho) g_t^2, \\quad v_0 = v_{\\text{init}}, \\qquad
+        u_t = \\begin{cases} g_t / \\sqrt{\\hat v_t + \\varepsilon} & \\text{eps_in_sqrt} \\\\
+        g_t / (\\sqrt{\\hat v_t} + \\varepsilon) & \\text{otherwise (PyTorch)} \\end{cases}
+
+    with :math:`\\hat v_t = v_t / (1 - \\rho^t)` if ``bias_correction`` else :math:`v_t`.
+    Numerically ``optax.scale_by_rms``; ``decay`` must lie in [0, 1].
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> torch_like = jz.chain(jz.scale_by_rms(0.99, eps_in_sqrt=False), jz.scale_by_learning_rate(1e-2))
+
+    References:
+        Tieleman & Hinton, "Lecture 6.5 - RMSProp", COURSERA: Neural Networks for Machine Learning, 2012.
+    """
+    return _scale_by_rms_or_stddev("scale_by_rms", False, decay, eps, initial_scale, eps_in_sqrt, bias_correction)
+
+
+def scale_by_stddev(
+    decay: jax.typing.ArrayLike = 0.9,
+    eps: jax.typing.ArrayLike = 1e-8,
+    initial_scale: jax.typing.ArrayLike = 0.0,
+    eps_in_sqrt: bool = True,
+    bias_correction: bool = False,
+) -> GradientTransformation:
+    """Centered RMSprop's scaling by a running estimate of the gradients' standard deviation (Graves 2013).
+
+    .. math::
+
+        m_t = \\rho m_{t-1} + (1 - \\rho) g_t, \\quad
+        v_t = \\rho v_{t-1} + (1 - \\rho) g_t^2, \\qquad
+        u_t = g_t / \\sqrt{\\hat v_t - \\hat m_t^2 + \\varepsilon}
+        \\ \\text{or} \\ g_t / (\\sqrt{\\hat v_t - \\hat m_t^2} + \\varepsilon),
+
+    with the hats the optional bias corrections, as in :func:`scale_by_rms`.
+    Numerically ``optax.scale_by_stddev``; ``decay`` must lie in [0, 1].
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> centered = jz.chain(jz.scale_by_stddev(0.99, eps_in_sqrt=False), jz.scale_by_learning_rate(1e-2))
+
+    References:
+        Graves, "Generating Sequences With Recurrent Neural Networks", 2013 (eq. 38-41).
+    """
+    return _scale_by_rms_or_stddev("scale_by_stddev", True, decay, eps, initial_scale, eps_in_sqrt, bias_correction)
+
+
+class ScaleByAdaDeltaState(NamedTuple):
+    """Running means of squared gradients (``e_g``) and of squared updates (``e_x``)."""
+
+    e_g: Updates
+    e_x: Updates
+
+
+def scale_by_adadelta(rho: jax.typing.ArrayLike = 0.9, eps: jax.typing.ArrayLike = 1e-6) -> GradientTransformation:
+    """Adadelta's unit-correcting scaling (Zeiler 2012).
+
+    .. math::
+
+        E[g^2]_t = \\rho E[g^2]_{t-1} + (1 - \\rho) g_t^2, \\qquad
+        u_t = \\frac{\\sqrt{E[\\Delta x^2]_{t-1} + \\varepsilon}}{\\sqrt{E[g^2]_t + \\varepsilon}} \\, g_t, \\qquad
+        E[\\Delta x^2]_t = \\rho E[\\Delta x^2]_{t-1} + (1 - \\rho) u_t^2.
+
+    The paper applies :math:`-u_t` directly (a learning rate of 1).
+    Numerically ``optax.scale_by_adadelta``; ``rho`` must lie in [0, 1].
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> adadelta = jz.chain(jz.scale_by_adadelta(), jz.scale_by_learning_rate(1.0))
+
+    References:
+        Zeiler, "ADADELTA: An Adaptive Learning Rate Method", 2012.
+    """
+    validation.fraction("scale_by_adadelta", "rho", rho)
+    validation.non_negative("scale_by_adadelta", "eps", eps)
+
+    def init(params):
+        return ScaleByAdaDeltaState(tree.zeros_like(params), tree.zeros_like(params))
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        tree.check_same_structure("scale_by_adadelta", updates, state.e_g, "the mean square (state.e_g)")
+        e_g = tree.update_moment(updates, state.e_g, rho, 2)
+        updates = tree.map_updates(lambda g, sq_g, sq_x: (jnp.sqrt(sq_x + eps) / jnp.sqrt(sq_g + eps)) * g, updates, e_g, state.e_x)
+        e_x = tree.update_moment(updates, state.e_x, rho, 2)
+        return updates, ScaleByAdaDeltaState(tree.cast_like(e_g, state.e_g), tree.cast_like(e_x, state.e_x))
 
     return GradientTransformation(init, update)

@@ -98,11 +98,8 @@ def trace(
             accumulate = lambda g, b: jnp.where(first, g, (1 - dampening) * g + decay * b)
         else:
             accumulate = lambda g, b: g + decay * b
-        buffer = jax.tree.map(lambda g, b: b if g is None else accumulate(g, b), updates, state.trace, is_leaf=tree.is_none)
-        if nesterov:
-            updates = jax.tree.map(lambda g, b: None if g is None else g + decay * b, updates, buffer, is_leaf=tree.is_none)
-        else:
-            updates = jax.tree.map(lambda g, b: None if g is None else b, updates, buffer, is_leaf=tree.is_none)
+        buffer = tree.map_state(accumulate, updates, state.trace)
+        updates = tree.map_updates(lambda g, b: g + decay * b if nesterov else b, updates, buffer)
         buffer = tree.cast_like(buffer, state.trace)
         if dampened:
             return updates, DampenedTraceState(safe_increment(state.count), buffer)

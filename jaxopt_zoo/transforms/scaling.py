@@ -17,7 +17,7 @@ from jaxopt_zoo.base import (
     safe_increment,
     zero_count,
 )
-from jaxopt_zoo.tree import is_none
+from jaxopt_zoo.tree import map_updates
 
 
 def scale(step_size: jax.typing.ArrayLike) -> GradientTransformation:
@@ -26,15 +26,19 @@ def scale(step_size: jax.typing.ArrayLike) -> GradientTransformation:
     Args:
         step_size: the scalar :math:`s` (any sign).
 
+    ``scale(-1.0)`` first in a chain turns any optimizer into a maximizer
+    (PyTorch's ``maximize=True``: the gradient is negated before anything else).
+
     Example:
         >>> import jaxopt_zoo as jz
         >>> tx = jz.scale(-0.01)   # plain gradient descent with rate 0.01
+        >>> ascent = jz.chain(jz.scale(-1.0), jz.adam(1e-3))   # maximizes the objective
     """
     validation.real_scalar("scale", "step_size", step_size)
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        return jax.tree.map(lambda g: None if g is None else step_size * g, updates, is_leaf=is_none), state
+        return map_updates(lambda g: step_size * g, updates), state
 
     return GradientTransformation(init_empty_state, update)
 
@@ -68,9 +72,7 @@ def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
         step_size = step_size_fn(state.count)
-        updates = jax.tree.map(
-            lambda g: None if g is None else jnp.asarray(step_size, dtype=g.dtype) * g, updates, is_leaf=is_none
-        )
+        updates = map_updates(lambda g: jnp.asarray(step_size, dtype=g.dtype) * g, updates)
         return updates, ScaleByScheduleState(count=safe_increment(state.count))
 
     return GradientTransformation(init, update)

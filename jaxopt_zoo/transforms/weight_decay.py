@@ -66,7 +66,7 @@ def add_decayed_weights(
         if literal_zero:
             return updates, new_state
         rate = weight_decay(state.count) if scheduled else weight_decay
-        updates = jax.tree.map(lambda g, p: None if g is None else g + rate * p, updates, params, is_leaf=tree.is_none)
+        updates = tree.map_updates(lambda g, p: g + rate * p, updates, params)
         return updates, new_state
 
     decay = GradientTransformation(init, update)

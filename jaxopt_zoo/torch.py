@@ -1,0 +1,292 @@
+"""``torch.optim``-compatible optimizers: PyTorch's argument names, defaults and update rules.
+
+Each function takes the keyword arguments of the ``torch.optim`` class of the
+same name (without ``params``) and returns a :class:`GradientTransformation`
+whose parameter trajectory equals PyTorch's for the same gradients. Each is a
+``chain(...)`` of the shared transforms, in PyTorch's order of operations:
+
+1. ``maximize=True`` negates the gradient (``scale(-1.0)``);
+2. ``weight_decay`` adds :math:`\\lambda \\theta` to it (L2, coupled), except in AdamW;
+3. the optimizer's own scaling;
+4. the learning rate, last. ``lr`` may be a schedule of the step count
+   (0 on the first step), standing in for a ``torch.optim.lr_scheduler``.
+
+The options ``foreach``, ``fused``, ``capturable`` and ``differentiable``
+select PyTorch kernels, not update rules; they are accepted and have no effect
+(everything here is jit-compiled and differentiable). Parameter groups with
+their own options are built with ``partition``/``masked``.
+
+    >>> import jaxopt_zoo as jz
+    >>> tx = jz.torch.sgd(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=1e-4)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+
+from jaxopt_zoo import validation
+from jaxopt_zoo.base import GradientTransformation, ScalarOrSchedule
+from jaxopt_zoo.combine import chain
+from jaxopt_zoo.transforms import (
+    add_decayed_weights,
+    scale,
+    scale_by_adadelta,
+    scale_by_adam,
+    scale_by_amsgrad,
+    scale_by_learning_rate,
+    scale_by_rms,
+    scale_by_rss,
+    scale_by_stddev,
+    trace,
+)
+
+__all__ = ["adadelta", "adagrad", "adam", "adamw", "rmsprop", "sgd"]
+
+Number = float | jax.Array
+
+
+def _recipe(owner: str, maximize: bool, weight_decay: Number, *steps: GradientTransformation) -> GradientTransformation:
+    # PyTorch's shared prologue: negate for maximize, then L2 weight decay, then the rule.
+    validation.flag(owner, "maximize", maximize)
+    validation.non_negative(owner, "weight_decay", weight_decay)
+    prologue = [scale(-1.0)] if maximize else []
+    if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
+        prologue.append(add_decayed_weights(weight_decay))
+    return chain(*prologue, *steps)
+
+
+def _betas(owner: str, betas: Any) -> tuple[Number, Number]:
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+        raise ValueError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}.")
+    return betas[0], betas[1]
+
+
+def sgd(
+    lr: ScalarOrSchedule = 1e-3,
+    momentum: Number = 0,
+    dampening: Number = 0,
+    weight_decay: Number = 0,
+    nesterov: bool = False,
+    *,
+    maximize: bool = False,
+    foreach: bool | None = None,
+    differentiable: bool = False,
+    fused: bool | None = None,
+) -> GradientTransformation:
+    """``torch.optim.SGD``:
+
+    .. math::
+
+        g \\leftarrow \\pm g + \\lambda \\theta, \\quad
+        b_1 = g, \\ b_t = \\mu b_{t-1} + (1 - \\tau) g, \\quad
+        \\theta \\leftarrow \\theta - \\gamma \\cdot (g + \\mu b_t \\text{ if nesterov else } b_t)
+
+    (no buffer at all when :math:`\\mu = 0`). As PyTorch, ``nesterov`` needs a
+    positive momentum and zero dampening.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> tx = jz.torch.sgd(lr=0.1, momentum=0.9, nesterov=True)
+    """
+    del foreach, differentiable, fused
+    validation.non_negative("torch.sgd", "momentum", momentum)
+    validation.fraction("torch.sgd", "dampening", dampening)
+    validation.flag("torch.sgd", "nesterov", nesterov)
+    no_momentum = isinstance(momentum, (int, float)) and momentum == 0
+    if nesterov and (no_momentum or not (isinstance(dampening, (int, float)) and dampening == 0)):
+        raise ValueError(
+            f"torch.sgd: nesterov=True requires a momentum > 0 and zero dampening, "
+            f"got momentum={momentum!r}, dampening={dampening!r}."
+        )
+    steps = [] if no_momentum else [trace(momentum, nesterov=nesterov, dampening=dampening)]
+    return _recipe("torch.sgd", maximize, weight_decay, *steps, scale_by_learning_rate(lr))
+
+
+def adagrad(
+    lr: ScalarOrSchedule = 1e-2,
+    lr_decay: Number = 0,
+    weight_decay: Number = 0,
+    initial_accumulator_value: Number = 0,
+    eps: Number = 1e-10,
+    foreach: bool | None = None,
+    *,
+    maximize: bool = False,
+    differentiable: bool = False,
+    fused: bool | None = None,
+) -> GradientTransformation:
+    """``torch.optim.Adagrad``:
+
+    .. math::
+
+        g \\leftarrow \\pm g + \\lambda \\theta, \\quad s_t = s_{t-1} + g^2, \\ s_0 = a, \\quad
+        \\theta \\leftarrow \\theta - \\frac{\\gamma}{1 + (t - 1) \\eta} \\cdot \\frac{g}{\\sqrt{s_t} + \\varepsilon}
+
+    with :math:`\\eta` the ``lr_decay``. Recipe: ``chain(..., scale_by_rss(a, eps,
+    eps_in_sqrt=False), scale_by_learning_rate(lr / (1 + t * lr_decay)))``.
+    Deviation: where :math:`s_t = 0` the step is 0 (PyTorch computes 0/0 there if ``eps=0``).
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> tx = jz.torch.adagrad(lr=0.1, lr_decay=1e-3)
+    """
+    del foreach, differentiable, fused
+    validation.non_negative("torch.adagrad", "lr_decay", lr_decay)
+    validation.scalar_or_schedule("torch.adagrad", "lr", lr)
+    rate = lr
+    if not (isinstance(lr_decay, (int, float)) and lr_decay == 0):
+        rate = lambda count: (lr(count) if callable(lr) else lr) / (1 + count * lr_decay)
+    return _recipe(
+        "torch.adagrad",
+        maximize,
+        weight_decay,
+        scale_by_rss(initial_accumulator_value, eps, eps_in_sqrt=False),
+        scale_by_learning_rate(rate),
+    )
+
+
+def adadelta(
+    lr: ScalarOrSchedule = 1.0,
+    rho: Number = 0.9,
+    eps: Number = 1e-6,
+    weight_decay: Number = 0,
+    foreach: bool | None = None,
+    *,
+    capturable: bool = False,
+    maximize: bool = False,
+    differentiable: bool = False,
+) -> GradientTransformation:
+    """``torch.optim.Adadelta``:
+
+    .. math::
+
+        g \\leftarrow \\pm g + \\lambda \\theta, \\quad v_t = \\rho v_{t-1} + (1 - \\rho) g^2, \\quad
+        \\Delta = \\frac{\\sqrt{u_{t-1} + \\varepsilon}}{\\sqrt{v_t + \\varepsilon}} g, \\quad
+        u_t = \\rho u_{t-1} + (1 - \\rho) \\Delta^2, \\quad \\theta \\leftarrow \\theta - \\gamma \\Delta
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> tx = jz.torch.adadelta()
+    """
+    del foreach, capturable, differentiable
+    return _recipe("torch.adadelta", maximize, weight_decay, scale_by_adadelta(rho, eps), scale_by_learning_rate(lr))
+
+
+def rmsprop(
+    lr: ScalarOrSchedule = 1e-2,
+    alpha: Number = 0.99,
+    eps: Number = 1e-8,
+    weight_decay: Number = 0,
+    momentum: Number = 0,
+    centered: bool = False,
+    capturable: bool = False,
+    foreach: bool | None = None,
+    maximize: bool = False,
+    differentiable: bool = False,
+) -> GradientTransformation:
+    """``torch.optim.RMSprop``:
+
+    .. math::
+
+        g \\leftarrow \\pm g + \\lambda \\theta, \\quad v_t = \\alpha v_{t-1} + (1 - \\alpha) g^2, \\quad
+        \\tilde v_t = v_t - m_t^2 \\text{ if centered } (m_t = \\alpha m_{t-1} + (1 - \\alpha) g) \\text{ else } v_t,
+
+    .. math::
+
+        b_t = \\mu b_{t-1} + \\frac{g}{\\sqrt{\\tilde v_t} + \\varepsilon}, \\quad
+        \\theta \\leftarrow \\theta - \\gamma b_t \\quad (b_t = g / (\\sqrt{\\tilde v_t} + \\varepsilon) \\text{ when } \\mu = 0).
+
+    Unlike :func:`jaxopt_zoo.rmsprop` (Optax's form) the learning rate comes
+    after the momentum, as in PyTorch. ``alpha`` must lie in [0, 1] (PyTorch
+    accepts any ``alpha >= 0``).
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> tx = jz.torch.rmsprop(lr=1e-3, momentum=0.9, centered=True)
+    """
+    del capturable, foreach, differentiable
+    validation.flag("torch.rmsprop", "centered", centered)
+    validation.non_negative("torch.rmsprop", "momentum", momentum)
+    scaling = (scale_by_stddev if centered else scale_by_rms)(alpha, eps, 0.0, eps_in_sqrt=False)
+    steps = [] if isinstance(momentum, (int, float)) and momentum == 0 else [trace(momentum)]
+    return _recipe("torch.rmsprop", maximize, weight_decay, scaling, *steps, scale_by_learning_rate(lr))
+
+
+def _adam_scaling(owner: str, betas: Any, eps: Number, amsgrad: bool) -> GradientTransformation:
+    b1, b2 = _betas(owner, betas)
+    validation.flag(owner, "amsgrad", amsgrad)
+    if amsgrad:
+        return scale_by_amsgrad(b1, b2, eps, correct_after_max=True)
+    return scale_by_adam(b1, b2, eps)
+
+
+def adam(
+    lr: ScalarOrSchedule = 1e-3,
+    betas: tuple[Number, Number] = (0.9, 0.999),
+    eps: Number = 1e-8,
+    weight_decay: Number = 0,
+    amsgrad: bool = False,
+    *,
+    foreach: bool | None = None,
+    maximize: bool = False,
+    capturable: bool = False,
+    differentiable: bool = False,
+    fused: bool | None = None,
+    decoupled_weight_decay: bool = False,
+) -> GradientTransformation:
+    """``torch.optim.Adam``:
+
+    .. math::
+
+        g \\leftarrow \\pm g + \\lambda \\theta, \\quad m_t = \\beta_1 m_{t-1} + (1 - \\beta_1) g, \\quad
+        v_t = \\beta_2 v_{t-1} + (1 - \\beta_2) g^2,
+
+    .. math::
+
+        \\hat v_t = \\max_{s \\le t} v_s \\text{ if amsgrad else } v_t, \\quad
+        \\theta \\leftarrow \\theta - \\gamma \\frac{m_t / (1 - \\beta_1^t)}{\\sqrt{\\hat v_t / (1 - \\beta_2^t)} + \\varepsilon}
+
+    ``decoupled_weight_decay=True`` is :func:`adamw`. With ``amsgrad`` the
+    maximum is over the raw second moment, corrected afterwards (PyTorch's
+    convention; Optax's :func:`jaxopt_zoo.amsgrad` takes it after correction).
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> tx = jz.torch.adam(lr=1e-3, weight_decay=1e-4, amsgrad=True)
+    """
+    del foreach, capturable, differentiable, fused
+    validation.flag("torch.adam", "decoupled_weight_decay", decoupled_weight_decay)
+    if decoupled_weight_decay:
+        return adamw(lr, betas, eps, weight_decay, amsgrad, maximize=maximize)
+    scaling = _adam_scaling("torch.adam", betas, eps, amsgrad)
+    return _recipe("torch.adam", maximize, weight_decay, scaling, scale_by_learning_rate(lr))
+
+
+def adamw(
+    lr: ScalarOrSchedule = 1e-3,
+    betas: tuple[Number, Number] = (0.9, 0.999),
+    eps: Number = 1e-8,
+    weight_decay: Number = 1e-2,
+    amsgrad: bool = False,
+    *,
+    maximize: bool = False,
+    foreach: bool | None = None,
+    capturable: bool = False,
+    differentiable: bool = False,
+    fused: bool | None = None,
+) -> GradientTransformation:
+    """``torch.optim.AdamW``: :func:`adam`'s step plus decoupled decay,
+    :math:`\\theta \\leftarrow \\theta - \\gamma \\lambda \\theta - \\gamma \\hat m_t / (\\sqrt{\\hat v_t} + \\varepsilon)`.
+
+    The default ``weight_decay`` is PyTorch's 1e-2 (Optax's ``adamw`` uses 1e-4).
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> tx = jz.torch.adamw(lr=1e-3)
+    """
+    del foreach, capturable, differentiable, fused
+    scaling = _adam_scaling("torch.adamw", betas, eps, amsgrad)
+    return _recipe(
+        "torch.adamw", maximize, 0, scaling, add_decayed_weights(weight_decay), scale_by_learning_rate(lr)
+    )

@@ -1,0 +1,150 @@
+"""jaxopt_zoo.torch against float64 references of torch.optim's documented algorithms.
+
+tests/reference.py's torch_* functions follow PyTorch's pseudocode; they were
+checked against torch 2.13's own optimizers (relative difference < 1e-11 over
+the same 25-step trajectories) when written. Every option combination that
+changes the rule is covered here.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import jaxopt_zoo as jz
+from tests import reference
+from tests.conftest import assert_trees_close, make_params, run_ours, run_reference
+
+
+def schedule(count):
+    return 0.02 * 0.9**count
+
+
+SGD = [
+    dict(momentum=m, dampening=d, nesterov=n, weight_decay=w, maximize=x)
+    for m, d, n, w, x in itertools.product([0, 0.9], [0, 0.3], [False, True], [0, 0.1], [False, True])
+    if not (n and (m == 0 or d != 0))
+]
+ADAGRAD = [
+    dict(lr_decay=a, weight_decay=w, initial_accumulator_value=i, maximize=x)
+    for a, w, i, x in itertools.product([0, 0.05], [0, 0.1], [0, 0.5], [False, True])
+]
+ADADELTA = [dict(weight_decay=w, maximize=x) for w, x in itertools.product([0, 0.1], [False, True])]
+RMSPROP = [
+    dict(centered=c, momentum=m, weight_decay=w, maximize=x)
+    for c, m, w, x in itertools.product([False, True], [0, 0.9], [0, 0.1], [False, True])
+]
+ADAM = [dict(amsgrad=a, weight_decay=w, maximize=x) for a, w, x in itertools.product([False, True], [0, 0.1], [False, True])]
+
+
+def _check(ours, ref):
+    with jax.enable_x64(True):
+        params = make_params(jnp.float64)
+        iterates, _ = run_ours(ours, params)
+        assert_trees_close(iterates, run_reference(ref, params), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("options", SGD, ids=str)
+def test_sgd(options):
+    ref_args = {k: v for k, v in options.items()}
+    _check(jz.torch.sgd(lr=0.02, **options), reference.torch_sgd(0.02, **ref_args))
+
+
+@pytest.mark.parametrize("options", ADAGRAD, ids=str)
+def test_adagrad(options):
+    _check(jz.torch.adagrad(lr=0.1, **options), reference.torch_adagrad(0.1, **options))
+
+
+@pytest.mark.parametrize("options", ADADELTA, ids=str)
+def test_adadelta(options):
+    _check(jz.torch.adadelta(lr=0.5, **options), reference.torch_adadelta(0.5, **options))
+
+
+@pytest.mark.parametrize("options", RMSPROP, ids=str)
+def test_rmsprop(options):
+    _check(jz.torch.rmsprop(lr=0.01, **options), reference.torch_rmsprop(0.01, **options))
+
+
+@pytest.mark.parametrize("options", ADAM, ids=str)
+def test_adam(options):
+    _check(jz.torch.adam(lr=0.01, betas=(0.9, 0.99), **options), reference.torch_adam(0.01, (0.9, 0.99), **options))
+
+
+@pytest.mark.parametrize("options", ADAM, ids=str)
+def test_adam_with_decoupled_weight_decay_is_adamw(options):
+    ours = jz.torch.adam(lr=0.01, betas=(0.9, 0.99), decoupled_weight_decay=True, **options)
+    _check(ours, reference.torch_adam(0.01, (0.9, 0.99), decoupled=True, **options))
+
+
+@pytest.mark.parametrize("options", ADAM, ids=str)
+def test_adamw(options):
+    _check(jz.torch.adamw(lr=0.01, betas=(0.9, 0.99), **options), reference.torch_adam(0.01, (0.9, 0.99), decoupled=True, **options))
+
+
+@pytest.mark.parametrize(
+    "ours, ref",
+    [
+        (lambda: jz.torch.sgd(lr=schedule, momentum=0.9, weight_decay=0.1), lambda: reference.torch_sgd(schedule, 0.9, weight_decay=0.1)),
+        (lambda: jz.torch.adagrad(lr=schedule, lr_decay=0.05), lambda: reference.torch_adagrad(schedule, lr_decay=0.05)),
+        (lambda: jz.torch.rmsprop(lr=schedule, momentum=0.9), lambda: reference.torch_rmsprop(schedule, momentum=0.9)),
+        (lambda: jz.torch.adamw(lr=schedule, weight_decay=0.1), lambda: reference.torch_adam(schedule, weight_decay=0.1, decoupled=True)),
+    ],
+    ids=["sgd", "adagrad", "rmsprop", "adamw"],
+)
+def test_schedule_stands_in_for_an_lr_scheduler(ours, ref):
+    _check(ours(), ref())
+
+
+def test_defaults_are_torchs():
+    _check(jz.torch.sgd(), reference.torch_sgd(1e-3))
+    _check(jz.torch.adagrad(), reference.torch_adagrad(1e-2))
+    _check(jz.torch.adadelta(), reference.torch_adadelta())
+    _check(jz.torch.rmsprop(), reference.torch_rmsprop())
+    _check(jz.torch.adam(), reference.torch_adam())
+    _check(jz.torch.adamw(), reference.torch_adam(weight_decay=1e-2, decoupled=True))
+
+
+def test_float32_follows_the_reference_to_float32_tolerance():
+    params = make_params(jnp.float32)
+    iterates, _ = run_ours(jz.torch.adam(lr=0.01, weight_decay=0.1, amsgrad=True), params)
+    expected = run_reference(reference.torch_adam(0.01, weight_decay=0.1, amsgrad=True), params)
+    assert_trees_close(iterates, expected, rtol=2e-4, atol=2e-5)
+
+
+def test_kernel_options_are_accepted():
+    for tx in (
+        jz.torch.sgd(foreach=True, fused=False, differentiable=True),
+        jz.torch.adam(foreach=False, capturable=True, fused=None),
+        jz.torch.rmsprop(capturable=True, foreach=True),
+    ):
+        assert isinstance(tx, jz.GradientTransformation)
+
+
+@pytest.mark.parametrize(
+    "factory, message",
+    [
+        (lambda: jz.torch.sgd(lr=-0.1), r"learning_rate must be >= 0, got -0\.1"),
+        (lambda: jz.torch.sgd(momentum=-0.9), r"torch\.sgd: momentum must be >= 0"),
+        (lambda: jz.torch.sgd(momentum=0.9, dampening=0.1, nesterov=True), r"nesterov=True requires a momentum > 0 and zero dampening"),
+        (lambda: jz.torch.sgd(nesterov=True), r"nesterov=True requires a momentum > 0"),
+        (lambda: jz.torch.sgd(weight_decay=-1.0), r"torch\.sgd: weight_decay must be >= 0"),
+        (lambda: jz.torch.sgd(maximize="yes"), r"torch\.sgd: maximize must be True or False"),
+        (lambda: jz.torch.adagrad(lr_decay=-0.1), r"torch\.adagrad: lr_decay must be >= 0"),
+        (lambda: jz.torch.adagrad(initial_accumulator_value=-1.0), r"initial_accumulator_value must be >= 0"),
+        (lambda: jz.torch.adagrad(eps=-1.0), r"scale_by_rss: eps must be >= 0"),
+        (lambda: jz.torch.adadelta(rho=1.1), r"scale_by_adadelta: rho must be in \[0, 1\], got 1\.1"),
+        (lambda: jz.torch.rmsprop(alpha=1.5), r"scale_by_rms: decay must be in \[0, 1\], got 1\.5"),
+        (lambda: jz.torch.rmsprop(momentum=-0.5), r"torch\.rmsprop: momentum must be >= 0"),
+        (lambda: jz.torch.adam(betas=(0.9,)), r"torch\.adam: betas must be a pair"),
+        (lambda: jz.torch.adam(betas=(1.0, 0.999)), r"b1 must be in \[0, 1\), got 1\.0"),
+        (lambda: jz.torch.adamw(betas=(0.9, -0.1), amsgrad=True), r"scale_by_amsgrad: b2 must be in \[0, 1\)"),
+        (lambda: jz.torch.adam(amsgrad=1), r"torch\.adam: amsgrad must be True or False"),
+        (lambda: jz.torch.adamw(weight_decay=-0.01), r"weight_decay must be >= 0, got -0\.01"),
+    ],
+)
+def test_invalid_options_fail_at_construction(factory, message):
+    with pytest.raises(ValueError, match=message):
+        factory()
