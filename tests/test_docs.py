@@ -21,7 +21,9 @@ MODULES = [
     "jaxopt_zoo.transforms.adaptive",
     "jaxopt_zoo.transforms.momentum",
     "jaxopt_zoo.transforms.scaling",
+    "jaxopt_zoo.transforms.trust_ratio",
     "jaxopt_zoo.transforms.weight_decay",
+    "jaxopt_zoo.torch",
 ]
 WITHOUT_EXAMPLES = {"jaxopt_zoo.tree", "jaxopt_zoo.validation"}  # internal helpers, tested in test_tree.py
 
@@ -41,3 +43,8 @@ def test_public_names_are_documented(name):
     obj = getattr(jz, name)
     assert inspect.isfunction(obj) or inspect.isclass(obj) or inspect.ismodule(obj)
     assert obj.__doc__ and obj.__doc__.strip(), f"jaxopt_zoo.{name} has no docstring of its own"
+
+
+@pytest.mark.parametrize("name", jz.torch.__all__)
+def test_torch_functions_are_documented(name):
+    assert getattr(jz.torch, name).__doc__.strip()

@@ -52,6 +52,65 @@ CASES = {
         lambda: optax.adamw(0.01),
         lambda p: run_reference(reference.adam(0.01, weight_decay=1e-4), p),
     ),
+    "nadam": (lambda: jz.nadam(0.01), lambda: optax.nadam(0.01), lambda p: run_reference(reference.adam(0.01, nesterov=True), p)),
+    "nadamw": (
+        lambda: jz.nadamw(0.01, weight_decay=0.2),
+        lambda: optax.nadamw(0.01, weight_decay=0.2),
+        lambda p: run_reference(reference.adam(0.01, nesterov=True, weight_decay=0.2), p),
+    ),
+    "amsgrad": (lambda: jz.amsgrad(0.01), lambda: optax.amsgrad(0.01), lambda p: run_reference(reference.amsgrad(0.01), p)),
+    "amsgrad_uncorrected": (
+        lambda: jz.amsgrad(0.01, 0.8, 0.9, bias_correction_mu=False, bias_correction_nu=False),
+        lambda: optax.amsgrad(0.01, 0.8, 0.9, bias_correction_mu=False, bias_correction_nu=False),
+        lambda p: run_reference(reference.amsgrad(0.01, 0.8, 0.9, bias_correction_mu=False, bias_correction_nu=False), p),
+    ),
+    "adagrad": (lambda: jz.adagrad(0.1), lambda: optax.adagrad(0.1), lambda p: run_reference(reference.rss(0.1), p)),
+    "adadelta": (
+        lambda: jz.adadelta(0.5, 0.8, 1e-5, weight_decay=0.1),
+        lambda: optax.adadelta(0.5, 0.8, 1e-5, weight_decay=0.1),
+        lambda p: run_reference(reference.adadelta(0.5, 0.8, 1e-5, weight_decay=0.1), p),
+    ),
+    "adadelta_default_rate": (
+        lambda: jz.adadelta(),
+        lambda: optax.adadelta(1.0),  # Optax's adadelta() would ascend: see the deviation test
+        lambda p: run_reference(reference.adadelta(), p),
+    ),
+    **{
+        f"rmsprop_{centered}_{momentum}_{nesterov}_{inside}": (
+            lambda centered=centered, momentum=momentum, nesterov=nesterov, inside=inside: jz.rmsprop(
+                0.01, 0.9, 1e-4, 0.0, inside, centered, momentum, nesterov
+            ),
+            lambda centered=centered, momentum=momentum, nesterov=nesterov, inside=inside: optax.rmsprop(
+                0.01, 0.9, 1e-4, 0.0, inside, centered, momentum, nesterov
+            ),
+            lambda p, centered=centered, momentum=momentum, nesterov=nesterov, inside=inside: run_reference(
+                reference.rms(0.01, 0.9, 1e-4, 0.0, inside, False, centered, momentum, nesterov), p
+            ),
+        )
+        for centered in (False, True)
+        for momentum, nesterov in ((None, False), (0.9, False), (0.9, True))
+        for inside in (True, False)
+    },
+    "rmsprop_bias_correction": (
+        lambda: jz.rmsprop(0.01, 0.9, 1e-4, 1.0, bias_correction=True, centered=True),
+        lambda: optax.rmsprop(0.01, 0.9, 1e-4, 1.0, bias_correction=True, centered=True),
+        lambda p: run_reference(reference.rms(0.01, 0.9, 1e-4, 1.0, True, True, True), p),
+    ),
+    "lars": (
+        lambda: jz.lars(0.5, weight_decay=0.01, trust_coefficient=0.02),
+        lambda: optax.lars(0.5, weight_decay=0.01, trust_coefficient=0.02),
+        lambda p: run_reference(reference.lars(0.5, weight_decay=0.01, trust_coefficient=0.02), p),
+    ),
+    "lars_nesterov": (
+        lambda: jz.lars(0.5, trust_coefficient=0.02, eps=1e-3, momentum=0.8, nesterov=True),
+        lambda: optax.lars(0.5, trust_coefficient=0.02, eps=1e-3, momentum=0.8, nesterov=True),
+        lambda p: run_reference(reference.lars(0.5, trust_coefficient=0.02, eps=1e-3, momentum=0.8, nesterov=True), p),
+    ),
+    "lamb": (
+        lambda: jz.lamb(0.01, weight_decay=0.1),
+        lambda: optax.lamb(0.01, weight_decay=0.1),
+        lambda p: run_reference(reference.lamb(0.01, weight_decay=0.1), p),
+    ),
     "adamw_mask": (
         lambda: jz.adamw(0.01, weight_decay=0.2, mask=MASK),
         lambda: optax.adamw(0.01, weight_decay=0.2, mask=MASK),
@@ -192,3 +251,49 @@ def test_mismatched_grads_reported_even_for_stateless_sgd():
     updates, _ = tx.update(grads, tx.init(params), params)
     with pytest.raises(ValueError, match=r"only in updates: \['dense'\]\['bias'\]"):
         jz.apply_updates(params, updates)
+
+
+def test_adadelta_without_learning_rate_descends_where_optax_ascends():
+    params = {"x": jnp.asarray([2.0, -3.0])}
+    loss = lambda p: jnp.sum(p["x"] ** 2)
+
+    def final_loss(tx):
+        p, state = params, tx.init(params)
+        for _ in range(50):
+            updates, state = tx.update(jax.grad(loss)(p), state, p)
+            p = jz.apply_updates(p, updates)
+        return float(loss(p))
+
+    assert final_loss(jz.adadelta()) < float(loss(params))
+    assert final_loss(optax.adadelta()) > float(loss(params))  # the deviation this guards
+
+
+def test_lamb_variant_of_widely_used_code_matches_its_reference(x64):
+    tx = jz.chain(
+        jz.scale_by_adam(0.9, 0.999, 1e-6, bias_correction=False),
+        jz.add_decayed_weights(0.1),
+        jz.scale_by_trust_ratio(max_param_norm=1.0),
+        jz.scale_by_learning_rate(0.01),
+    )
+    params = make_params(jnp.float64)
+    iterates, _ = run_ours(tx, params)
+    expected = run_reference(reference.lamb(0.01, weight_decay=0.1, bias_correction=False, max_param_norm=1.0), params)
+    assert_trees_close(iterates, expected, rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.parametrize(
+    "factory, message",
+    [
+        (lambda: jz.rmsprop(0.1, nesterov=True), r"rmsprop: nesterov=True needs a momentum"),
+        (lambda: jz.rmsprop(0.1, centered=1), r"rmsprop: centered must be True or False"),
+        (lambda: jz.adagrad(0.1, initial_accumulator_value=-1.0), r"initial_accumulator_value must be >= 0"),
+        (lambda: jz.adadelta(rho=1.5), r"rho must be in \[0, 1\], got 1\.5"),
+        (lambda: jz.lars(0.1, trust_coefficient=-1.0), r"trust_coefficient must be >= 0"),
+        (lambda: jz.lamb(0.1, b2=1.0), r"b2 must be in \[0, 1\)"),
+        (lambda: jz.amsgrad(-1.0), r"learning_rate must be >= 0"),
+        (lambda: jz.nadamw(0.1, weight_decay=-1.0), r"weight_decay must be >= 0"),
+    ],
+)
+def test_bad_hyperparameters_of_the_zoo(factory, message):
+    with pytest.raises(ValueError, match=message):
+        factory()
