@@ -25,6 +25,11 @@ OPTIMIZERS = {
     "momentum": (lambda: jz.sgd(1e-2, momentum=0.9), lambda: optax.sgd(1e-2, momentum=0.9)),
     "adam": (lambda: jz.adam(1e-3), lambda: optax.adam(1e-3)),
     "adamw": (lambda: jz.adamw(1e-3), lambda: optax.adamw(1e-3)),
+    "adagrad": (lambda: jz.adagrad(1e-2), lambda: optax.adagrad(1e-2)),
+    "rmsprop": (lambda: jz.rmsprop(1e-3), lambda: optax.rmsprop(1e-3)),
+    "amsgrad": (lambda: jz.amsgrad(1e-3), lambda: optax.amsgrad(1e-3)),
+    "lars": (lambda: jz.lars(1e-2), lambda: optax.lars(1e-2)),
+    "lamb": (lambda: jz.lamb(1e-3), lambda: optax.lamb(1e-3)),
 }
 TREES = {
     "1 leaf of 4M": lambda: {"w": jnp.ones((2048, 2048))},

@@ -297,3 +297,15 @@ def test_lamb_variant_of_widely_used_code_matches_its_reference(x64):
 def test_bad_hyperparameters_of_the_zoo(factory, message):
     with pytest.raises(ValueError, match=message):
         factory()
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_state_can_be_donated(name):
+    # Users jit the step with donate_argnums; no two state leaves may share a buffer.
+    tx = CASES[name][0]()
+    params = make_params()
+    state = tx.init(params)
+    step = jax.jit(lambda p, s, g: tx.update(g, s, p), donate_argnums=(1,))
+    updates, state = step(params, state, jax.tree.map(jnp.ones_like, params))
+    updates, state = step(params, state, jax.tree.map(jnp.ones_like, params))
+    assert jax.tree.structure(updates) == jax.tree.structure(params)

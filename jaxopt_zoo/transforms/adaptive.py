@@ -183,8 +183,10 @@ def scale_by_amsgrad(
     correct_mu, correct_nu = _bias_corrector(bias_correction_mu), _bias_corrector(bias_correction_nu)
 
     def init(params):
-        zeros = tree.zeros_like(params)
-        return ScaleByAmsgradState(zero_count(), tree.zeros_like(params, mu_dtype), zeros, zeros)
+        # Separate arrays for nu and nu_max: one buffer in two leaves cannot be donated.
+        return ScaleByAmsgradState(
+            zero_count(), tree.zeros_like(params, mu_dtype), tree.zeros_like(params), tree.zeros_like(params)
+        )
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
