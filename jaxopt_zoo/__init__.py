@@ -54,8 +54,7 @@ __all__ = [
     "safe_increment",
     "sgd",
     "stateless",
-    "torch",
-    "tree",
-    "validation",
     *transforms.__all__,
 ]
+# The modules torch, transforms, tree and validation are attributes (jz.torch.adam, ...)
+# but stay out of __all__, so that `from jaxopt_zoo import *` cannot shadow the real torch.
