@@ -194,12 +194,9 @@ def scale_by_amsgrad(
         count = safe_increment(state.count)
         mu = tree.update_moment(updates, state.mu, b1, 1)
         nu = tree.update_moment(updates, state.nu, b2, 2)
-        if correct_after_max:
-            nu_max = tree.map_state(lambda g, high, v: jnp.maximum(high, v), updates, state.nu_max, nu)
-            nu_hat = correct_nu(nu_max, b2, count)
-        else:
-            nu_max = tree.map_state(lambda g, high, v: jnp.maximum(high, v), updates, state.nu_max, correct_nu(nu, b2, count))
-            nu_hat = nu_max
+        candidate = nu if correct_after_max else correct_nu(nu, b2, count)
+        nu_max = tree.map_state(lambda g, high, v: jnp.maximum(high, v), updates, state.nu_max, candidate)
+        nu_hat = correct_nu(nu_max, b2, count) if correct_after_max else nu_max
         mu_hat = correct_mu(mu, b1, count)
         updates = tree.map_updates(lambda g, m, v: m / (jnp.sqrt(v + eps_root) + eps), updates, mu_hat, nu_hat)
         return updates, ScaleByAmsgradState(
