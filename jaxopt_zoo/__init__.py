@@ -20,7 +20,15 @@ from jaxopt_zoo.base import (
     safe_increment,
     stateless,
 )
-from jaxopt_zoo.combine import MaskedNode, MaskedState, chain, masked, named_chain
+from jaxopt_zoo.combine import (
+    MaskedNode,
+    MaskedState,
+    RealImaginaryPair,
+    chain,
+    masked,
+    named_chain,
+    split_real_and_imaginary,
+)
 from jaxopt_zoo.optimizers import adadelta, adagrad, adam, adamw, amsgrad, lamb, lars, nadam, nadamw, rmsprop, sgd
 from jaxopt_zoo.transforms import *  # noqa: F403  (the names listed in transforms.__all__)
 
@@ -33,6 +41,7 @@ __all__ = [
     "MaskedState",
     "OptState",
     "Params",
+    "RealImaginaryPair",
     "ScalarOrSchedule",
     "Schedule",
     "Updates",
@@ -53,6 +62,7 @@ __all__ = [
     "rmsprop",
     "safe_increment",
     "sgd",
+    "split_real_and_imaginary",
     "stateless",
     *transforms.__all__,
 ]

@@ -6,9 +6,11 @@ import inspect
 from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxopt_zoo.base import GradientTransformation, OptState, Params
+from jaxopt_zoo.tree import is_none
 
 
 def _takes_extra_args(transformation: Any) -> bool:
@@ -160,5 +162,51 @@ def masked(inner: GradientTransformation, mask: Any | Callable[[Params], Any]) -
         new, inner_state = inner.update(_select(mask_tree, updates), state.inner_state, selected_params, **extra_args)
         merged = jax.tree.map(lambda keep, n, old: n if keep else old, mask_tree, new, updates)
         return merged, MaskedState(inner_state)
+
+    return GradientTransformation(init, update)
+
+
+class RealImaginaryPair(NamedTuple):
+    """A complex leaf seen as two real arrays, by :func:`split_real_and_imaginary`."""
+
+    real: jax.Array
+    imaginary: jax.Array
+
+
+def _split_complex(x: Any) -> Any:
+    return RealImaginaryPair(x.real, x.imag) if x is not None and jnp.iscomplexobj(x) else x
+
+
+def _merge_complex(x: Any) -> Any:
+    return jax.lax.complex(x.real, x.imaginary) if isinstance(x, RealImaginaryPair) else x
+
+
+def split_real_and_imaginary(inner: GradientTransformation) -> GradientTransformation:
+    """Apply ``inner`` to each complex leaf's real and imaginary parts as two real leaves.
+
+    :math:`u = f(\\Re g) + i \\, f(\\Im g)` leaf-wise for elementwise rules: a
+    second moment becomes :math:`(\\Re g)^2` and :math:`(\\Im g)^2` kept apart,
+    as ``torch.optim`` treats complex parameters (``view_as_real``), instead of
+    :math:`|g|^2`. Real leaves pass to ``inner`` unchanged, so for real params
+    the state is exactly ``inner``'s. Optax has the same wrapper in ``optax.contrib``
+    (with its state wrapped in one more NamedTuple).
+
+    Example:
+        >>> import jax.numpy as jnp, jaxopt_zoo as jz
+        >>> tx = jz.split_real_and_imaginary(jz.adam(1e-3))
+        >>> params = jnp.ones(2, jnp.complex64)
+        >>> updates, state = tx.update(jnp.array([1 + 0j, 0 + 1j]), tx.init(params), params)
+        >>> updates.dtype
+        dtype('complex64')
+    """
+    inner = _as_transformation("split_real_and_imaginary", inner)
+
+    def init(params):
+        return inner.init(jax.tree.map(_split_complex, params))
+
+    def update(updates, state, params=None, **extra_args):
+        split_params = None if params is None else jax.tree.map(_split_complex, params, is_leaf=is_none)
+        new, state = inner.update(jax.tree.map(_split_complex, updates, is_leaf=is_none), state, split_params, **extra_args)
+        return jax.tree.map(_merge_complex, new, is_leaf=lambda x: isinstance(x, RealImaginaryPair)), state
 
     return GradientTransformation(init, update)

@@ -146,6 +146,8 @@ def nadam(
     eps: jax.typing.ArrayLike = 1e-8,
     eps_root: jax.typing.ArrayLike = 0.0,
     mu_dtype: jax.typing.DTypeLike | None = None,
+    *,
+    nesterov: bool = True,
 ) -> GradientTransformation:
     """NAdam (Dozat 2016): :func:`adam` with Nesterov momentum, in Optax's form.
 
@@ -154,7 +156,8 @@ def nadam(
         \\hat m_t = \\beta_1 m_t / (1 - \\beta_1^{t+1}) + (1 - \\beta_1) g_t / (1 - \\beta_1^t), \\qquad
         \\theta_{t+1} = \\theta_t - \\alpha_t \\hat m_t / (\\sqrt{\\hat v_t + \\bar\\varepsilon} + \\varepsilon)
 
-    Recipe: ``adam(..., nesterov=True)``.
+    Recipe: ``adam(..., nesterov=True)``. As in Optax (a ``partial`` of ``adam``
+    there), ``nesterov=False`` gives back plain Adam.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -163,7 +166,7 @@ def nadam(
     References:
         Dozat, "Incorporating Nesterov Momentum into Adam", ICLR workshop 2016.
     """
-    return adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=True)
+    return adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov)
 
 
 def nadamw(
@@ -175,6 +178,8 @@ def nadamw(
     mu_dtype: jax.typing.DTypeLike | None = None,
     weight_decay: ScalarOrSchedule = 1e-4,
     mask: Any | Callable[[Params], Any] | None = None,
+    *,
+    nesterov: bool = True,
 ) -> GradientTransformation:
     """NAdamW: :func:`nadam` with decoupled weight decay, as :func:`adamw` adds it to :func:`adam`.
 
@@ -187,7 +192,7 @@ def nadamw(
     References:
         Dozat 2016; Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
     """
-    return adamw(learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask, nesterov=True)
+    return adamw(learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask, nesterov=nesterov)
 
 
 def amsgrad(

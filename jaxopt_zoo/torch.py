@@ -11,10 +11,23 @@ whose parameter trajectory equals PyTorch's for the same gradients. Each is a
 4. the learning rate, last. ``lr`` may be a schedule of the step count
    (0 on the first step), standing in for a ``torch.optim.lr_scheduler``.
 
+Complex parameters are updated as pairs of real numbers, as PyTorch does
+(``view_as_real``): each recipe is wrapped in :func:`split_real_and_imaginary`.
+
 The options ``foreach``, ``fused``, ``capturable`` and ``differentiable``
 select PyTorch kernels, not update rules; they are accepted and have no effect
 (everything here is jit-compiled and differentiable). Parameter groups with
 their own options are built with ``partition``/``masked``.
+
+Deviations from PyTorch: a ``None`` gradient leaves its parameter and state
+unchanged, as a ``grad=None`` does in PyTorch, but step counts are kept per
+optimizer step, not per parameter, so a parameter whose gradients start late
+gets Adam's bias correction, Adagrad's ``lr_decay`` and SGD's undampened first
+step from the global step. ``dampening`` must lie in [0, 1] and RMSprop's
+``alpha`` in [0, 1] (PyTorch accepts any dampening and any ``alpha >= 0``).
+A numeric option given as an array (e.g. injected by ``inject_hyperparams``)
+keeps its step in the chain even when it is zero, so the state's structure does
+not depend on its value; the numbers are PyTorch's either way.
 
     >>> import jaxopt_zoo as jz
     >>> tx = jz.torch.sgd(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=1e-4)
@@ -25,10 +38,11 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 
 from jaxopt_zoo import validation
 from jaxopt_zoo.base import GradientTransformation, ScalarOrSchedule
-from jaxopt_zoo.combine import chain
+from jaxopt_zoo.combine import chain, split_real_and_imaginary
 from jaxopt_zoo.transforms import (
     add_decayed_weights,
     scale,
@@ -47,19 +61,25 @@ __all__ = ["adadelta", "adagrad", "adam", "adamw", "rmsprop", "sgd"]
 Number = float | jax.Array
 
 
-def _recipe(owner: str, maximize: bool, weight_decay: Number, *steps: GradientTransformation) -> GradientTransformation:
-    # PyTorch's shared prologue: negate for maximize, then L2 weight decay, then the rule.
+def _recipe(
+    owner: str, lr: ScalarOrSchedule, maximize: bool, weight_decay: Number, *steps: GradientTransformation
+) -> GradientTransformation:
+    # PyTorch's shared frame: negate for maximize, L2 weight decay, the rule, then the rate;
+    # complex leaves as real pairs. The options are checked here under PyTorch's names.
+    validation.scalar_or_schedule(owner, "lr", lr)
     validation.flag(owner, "maximize", maximize)
     validation.non_negative(owner, "weight_decay", weight_decay)
     prologue = [scale(-1.0)] if maximize else []
-    if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
+    if not validation.is_literal_zero(weight_decay):
         prologue.append(add_decayed_weights(weight_decay))
-    return chain(*prologue, *steps)
+    return split_real_and_imaginary(chain(*prologue, *steps, scale_by_learning_rate(lr)))
 
 
 def _betas(owner: str, betas: Any) -> tuple[Number, Number]:
     if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
         raise ValueError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}.")
+    for index, beta in enumerate(betas):
+        validation.decay_rate(owner, f"betas[{index}]", beta)
     return betas[0], betas[1]
 
 
@@ -84,24 +104,28 @@ def sgd(
         \\theta \\leftarrow \\theta - \\gamma \\cdot (g + \\mu b_t \\text{ if nesterov else } b_t)
 
     (no buffer at all when :math:`\\mu = 0`). As PyTorch, ``nesterov`` needs a
-    positive momentum and zero dampening.
+    positive momentum and zero dampening; unlike PyTorch, ``dampening`` must lie in [0, 1].
 
     Example:
         >>> import jaxopt_zoo as jz
         >>> tx = jz.torch.sgd(lr=0.1, momentum=0.9, nesterov=True)
     """
     del foreach, differentiable, fused
-    validation.non_negative("torch.sgd", "momentum", momentum)
-    validation.fraction("torch.sgd", "dampening", dampening)
+    mu = validation.non_negative("torch.sgd", "momentum", momentum)
+    tau = validation.fraction("torch.sgd", "dampening", dampening)
     validation.flag("torch.sgd", "nesterov", nesterov)
-    no_momentum = isinstance(momentum, (int, float)) and momentum == 0
-    if nesterov and (no_momentum or not (isinstance(dampening, (int, float)) and dampening == 0)):
+    if nesterov and (mu == 0 or (tau is not None and tau != 0)):
         raise ValueError(
             f"torch.sgd: nesterov=True requires a momentum > 0 and zero dampening, "
             f"got momentum={momentum!r}, dampening={dampening!r}."
         )
-    steps = [] if no_momentum else [trace(momentum, nesterov=nesterov, dampening=dampening)]
-    return _recipe("torch.sgd", maximize, weight_decay, *steps, scale_by_learning_rate(lr))
+    if validation.is_literal_zero(momentum):
+        return _recipe("torch.sgd", lr, maximize, weight_decay)
+    if not isinstance(momentum, (int, float)):
+        # PyTorch keeps no buffer when momentum is 0, so dampening must not act then;
+        # an array momentum may be 0 only at run time.
+        dampening = jnp.where(jnp.asarray(momentum) == 0, 0.0, dampening)
+    return _recipe("torch.sgd", lr, maximize, weight_decay, trace(momentum, nesterov=nesterov, dampening=dampening))
 
 
 def adagrad(
@@ -132,18 +156,15 @@ def adagrad(
         >>> tx = jz.torch.adagrad(lr=0.1, lr_decay=1e-3)
     """
     del foreach, differentiable, fused
-    validation.non_negative("torch.adagrad", "lr_decay", lr_decay)
-    validation.scalar_or_schedule("torch.adagrad", "lr", lr)
+    owner = "torch.adagrad"
+    validation.scalar_or_schedule(owner, "lr", lr)
+    validation.non_negative(owner, "lr_decay", lr_decay)
+    validation.non_negative(owner, "initial_accumulator_value", initial_accumulator_value)
+    validation.non_negative(owner, "eps", eps)
     rate = lr
-    if not (isinstance(lr_decay, (int, float)) and lr_decay == 0):
+    if not validation.is_literal_zero(lr_decay):
         rate = lambda count: (lr(count) if callable(lr) else lr) / (1 + count * lr_decay)
-    return _recipe(
-        "torch.adagrad",
-        maximize,
-        weight_decay,
-        scale_by_rss(initial_accumulator_value, eps, eps_in_sqrt=False),
-        scale_by_learning_rate(rate),
-    )
+    return _recipe(owner, rate, maximize, weight_decay, scale_by_rss(initial_accumulator_value, eps, eps_in_sqrt=False))
 
 
 def adadelta(
@@ -170,7 +191,9 @@ def adadelta(
         >>> tx = jz.torch.adadelta()
     """
     del foreach, capturable, differentiable
-    return _recipe("torch.adadelta", maximize, weight_decay, scale_by_adadelta(rho, eps), scale_by_learning_rate(lr))
+    validation.fraction("torch.adadelta", "rho", rho)
+    validation.non_negative("torch.adadelta", "eps", eps)
+    return _recipe("torch.adadelta", lr, maximize, weight_decay, scale_by_adadelta(rho, eps))
 
 
 def rmsprop(
@@ -206,19 +229,29 @@ def rmsprop(
         >>> tx = jz.torch.rmsprop(lr=1e-3, momentum=0.9, centered=True)
     """
     del capturable, foreach, differentiable
-    validation.flag("torch.rmsprop", "centered", centered)
-    validation.non_negative("torch.rmsprop", "momentum", momentum)
+    owner = "torch.rmsprop"
+    validation.fraction(owner, "alpha", alpha)
+    validation.non_negative(owner, "eps", eps)
+    validation.flag(owner, "centered", centered)
+    validation.non_negative(owner, "momentum", momentum)
     scaling = (scale_by_stddev if centered else scale_by_rms)(alpha, eps, 0.0, eps_in_sqrt=False)
-    steps = [] if isinstance(momentum, (int, float)) and momentum == 0 else [trace(momentum)]
-    return _recipe("torch.rmsprop", maximize, weight_decay, scaling, *steps, scale_by_learning_rate(lr))
+    # The momentum buffer sums g / avg before the rate: b = mu b + g / avg, theta -= lr b.
+    steps = [] if validation.is_literal_zero(momentum) else [trace(momentum)]
+    return _recipe(owner, lr, maximize, weight_decay, scaling, *steps)
 
 
-def _adam_scaling(owner: str, betas: Any, eps: Number, amsgrad: bool) -> GradientTransformation:
+def _adam_family(
+    owner: str, lr, betas, eps, weight_decay, amsgrad: bool, maximize: bool, decoupled: bool
+) -> GradientTransformation:
     b1, b2 = _betas(owner, betas)
+    validation.non_negative(owner, "eps", eps)
     validation.flag(owner, "amsgrad", amsgrad)
-    if amsgrad:
-        return scale_by_amsgrad(b1, b2, eps, correct_after_max=True)
-    return scale_by_adam(b1, b2, eps)
+    # PyTorch's AMSGrad keeps the maximum of the raw second moment and corrects it afterwards.
+    scaling = scale_by_amsgrad(b1, b2, eps, correct_after_max=True) if amsgrad else scale_by_adam(b1, b2, eps)
+    if not decoupled:
+        return _recipe(owner, lr, maximize, weight_decay, scaling)
+    validation.non_negative(owner, "weight_decay", weight_decay)
+    return _recipe(owner, lr, maximize, 0, scaling, add_decayed_weights(weight_decay))
 
 
 def adam(
@@ -257,10 +290,7 @@ def adam(
     """
     del foreach, capturable, differentiable, fused
     validation.flag("torch.adam", "decoupled_weight_decay", decoupled_weight_decay)
-    if decoupled_weight_decay:
-        return adamw(lr, betas, eps, weight_decay, amsgrad, maximize=maximize)
-    scaling = _adam_scaling("torch.adam", betas, eps, amsgrad)
-    return _recipe("torch.adam", maximize, weight_decay, scaling, scale_by_learning_rate(lr))
+    return _adam_family("torch.adam", lr, betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay)
 
 
 def adamw(
@@ -286,7 +316,4 @@ def adamw(
         >>> tx = jz.torch.adamw(lr=1e-3)
     """
     del foreach, capturable, differentiable, fused
-    scaling = _adam_scaling("torch.adamw", betas, eps, amsgrad)
-    return _recipe(
-        "torch.adamw", maximize, 0, scaling, add_decayed_weights(weight_decay), scale_by_learning_rate(lr)
-    )
+    return _adam_family("torch.adamw", lr, betas, eps, weight_decay, amsgrad, maximize, decoupled=True)

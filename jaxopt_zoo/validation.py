@@ -37,11 +37,22 @@ def real_scalar(owner: str, name: str, value: Any) -> float | None:
     return result
 
 
-def non_negative(owner: str, name: str, value: Any) -> None:
-    """Require a finite real ``value >= 0``."""
+def non_negative(owner: str, name: str, value: Any) -> float | None:
+    """Require a finite real ``value >= 0``; return it as a float (``None`` when traced)."""
     x = real_scalar(owner, name, value)
     if x is not None and x < 0:
         raise ValueError(f"{owner}: {name} must be >= 0, got {value!r}.")
+    return x
+
+
+def is_literal_zero(value: Any) -> bool:
+    """True only for a Python ``int``/``float`` equal to 0.
+
+    Constructors drop a step that a literal zero turns into a no-op. An array
+    zero keeps the step: it may be injected (``inject_hyperparams``) or traced,
+    and the state's structure must not depend on values.
+    """
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0
 
 
 def decay_rate(owner: str, name: str, value: Any) -> None:

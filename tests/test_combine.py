@@ -148,3 +148,21 @@ def test_masked_accepts_numpy_bools():
     tx = jz.masked(jz.scale(0.0), {"dense": np.False_, "scale": np.True_})
     updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params))
     assert float(updates["scale"]) == 0.0 and float(updates["dense"]["b"][0]) == 1.0
+
+
+def test_split_real_and_imaginary_matches_optax_contrib_and_leaves_real_leaves_alone():
+    params = {"z": jnp.asarray([1 + 2j, -0.5 + 0.25j], jnp.complex64), "x": jnp.asarray([1.0, -2.0])}
+    grads = {"z": jnp.asarray([0.3 - 1j, 2 + 0.5j], jnp.complex64), "x": jnp.asarray([0.5, 0.1])}
+    ours = jz.split_real_and_imaginary(jz.adam(1e-2))
+    theirs = optax.contrib.split_real_and_imaginary(optax.adam(1e-2))
+    s1, s2 = ours.init(params), theirs.init(params)
+    u1_step, u2_step = jax.jit(ours.update), jax.jit(theirs.update)
+    for _ in range(5):
+        u1, s1 = u1_step(grads, s1, params)
+        u2, s2 = u2_step(grads, s2, params)
+        assert_trees_equal(u1, u2)
+    # The real and imaginary parts have second moments of their own (not |g|^2).
+    assert isinstance(s1[0].nu["z"], jz.RealImaginaryPair)
+    np.testing.assert_allclose(s1[0].nu["z"].imaginary, (1 - 0.999**5) * np.asarray(grads["z"]).imag ** 2, rtol=1e-4)
+    plain = jz.adam(1e-2)
+    assert jax.tree.structure(ours.init({"x": params["x"]})) == jax.tree.structure(plain.init({"x": params["x"]}))

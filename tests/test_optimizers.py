@@ -53,6 +53,11 @@ CASES = {
         lambda p: run_reference(reference.adam(0.01, weight_decay=1e-4), p),
     ),
     "nadam": (lambda: jz.nadam(0.01), lambda: optax.nadam(0.01), lambda p: run_reference(reference.adam(0.01, nesterov=True), p)),
+    "nadam_without_nesterov": (
+        lambda: jz.nadam(0.01, nesterov=False),
+        lambda: optax.nadam(0.01, nesterov=False),
+        lambda p: run_reference(reference.adam(0.01), p),
+    ),
     "nadamw": (
         lambda: jz.nadamw(0.01, weight_decay=0.2),
         lambda: optax.nadamw(0.01, weight_decay=0.2),

@@ -12,6 +12,8 @@ import itertools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 import pytest
 
 import jaxopt_zoo as jz
@@ -126,7 +128,8 @@ def test_kernel_options_are_accepted():
 @pytest.mark.parametrize(
     "factory, message",
     [
-        (lambda: jz.torch.sgd(lr=-0.1), r"learning_rate must be >= 0, got -0\.1"),
+        (lambda: jz.torch.sgd(lr=-0.1), r"torch\.sgd: lr must be >= 0, got -0\.1"),
+        (lambda: jz.torch.adam(lr="fast"), r"torch\.adam: lr must be a finite real number"),
         (lambda: jz.torch.sgd(momentum=-0.9), r"torch\.sgd: momentum must be >= 0"),
         (lambda: jz.torch.sgd(momentum=0.9, dampening=0.1, nesterov=True), r"nesterov=True requires a momentum > 0 and zero dampening"),
         (lambda: jz.torch.sgd(nesterov=True), r"nesterov=True requires a momentum > 0"),
@@ -134,17 +137,86 @@ def test_kernel_options_are_accepted():
         (lambda: jz.torch.sgd(maximize="yes"), r"torch\.sgd: maximize must be True or False"),
         (lambda: jz.torch.adagrad(lr_decay=-0.1), r"torch\.adagrad: lr_decay must be >= 0"),
         (lambda: jz.torch.adagrad(initial_accumulator_value=-1.0), r"initial_accumulator_value must be >= 0"),
-        (lambda: jz.torch.adagrad(eps=-1.0), r"scale_by_rss: eps must be >= 0"),
-        (lambda: jz.torch.adadelta(rho=1.1), r"scale_by_adadelta: rho must be in \[0, 1\], got 1\.1"),
-        (lambda: jz.torch.rmsprop(alpha=1.5), r"scale_by_rms: decay must be in \[0, 1\], got 1\.5"),
+        (lambda: jz.torch.adagrad(eps=-1.0), r"torch\.adagrad: eps must be >= 0"),
+        (lambda: jz.torch.adadelta(rho=1.1), r"torch\.adadelta: rho must be in \[0, 1\], got 1\.1"),
+        (lambda: jz.torch.rmsprop(alpha=1.5), r"torch\.rmsprop: alpha must be in \[0, 1\], got 1\.5"),
+        (lambda: jz.torch.rmsprop(eps=-1.0), r"torch\.rmsprop: eps must be >= 0"),
+        (lambda: jz.torch.sgd(momentum=0.9, dampening=1.5), r"torch\.sgd: dampening must be in \[0, 1\]"),
         (lambda: jz.torch.rmsprop(momentum=-0.5), r"torch\.rmsprop: momentum must be >= 0"),
         (lambda: jz.torch.adam(betas=(0.9,)), r"torch\.adam: betas must be a pair"),
-        (lambda: jz.torch.adam(betas=(1.0, 0.999)), r"b1 must be in \[0, 1\), got 1\.0"),
-        (lambda: jz.torch.adamw(betas=(0.9, -0.1), amsgrad=True), r"scale_by_amsgrad: b2 must be in \[0, 1\)"),
+        (lambda: jz.torch.adam(betas=(1.0, 0.999)), r"torch\.adam: betas\[0\] must be in \[0, 1\), got 1\.0"),
+        (lambda: jz.torch.adamw(betas=(0.9, -0.1), amsgrad=True), r"torch\.adamw: betas\[1\] must be in \[0, 1\)"),
+        (lambda: jz.torch.adam(betas=(0.9, 1.0), decoupled_weight_decay=True), r"torch\.adam: betas\[1\]"),
+        (lambda: jz.torch.adam(eps=-1e-8), r"torch\.adam: eps must be >= 0"),
         (lambda: jz.torch.adam(amsgrad=1), r"torch\.adam: amsgrad must be True or False"),
-        (lambda: jz.torch.adamw(weight_decay=-0.01), r"weight_decay must be >= 0, got -0\.01"),
+        (lambda: jz.torch.adamw(weight_decay=-0.01), r"torch\.adamw: weight_decay must be >= 0, got -0\.01"),
     ],
 )
 def test_invalid_options_fail_at_construction(factory, message):
     with pytest.raises(ValueError, match=message):
         factory()
+
+
+def _complex_check(ours, ref):
+    """Complex params follow the reference run on their (real, imaginary) pairs, as torch's view_as_real."""
+    rng = np.random.default_rng(3)
+    start = rng.normal(size=(3, 4)) + 1j * rng.normal(size=(3, 4))
+    gradient = lambda z, t: np.linspace(0.5, 3.0, z.size).reshape(z.shape) * z + (1 - 2j) * np.sin(t)
+    as_pairs = lambda z: np.stack([z.real, z.imag], axis=-1)
+    pairs_grad = lambda x, t: as_pairs(gradient(x[..., 0] + 1j * x[..., 1], t))
+    expected = reference.trajectory(ref, as_pairs(start), pairs_grad, 25)[-1]
+    with jax.enable_x64(True):
+        params = jnp.asarray(start, jnp.complex128)
+        state, update = ours.init(params), jax.jit(ours.update)
+        for t in range(1, 26):
+            updates, state = update(jnp.asarray(gradient(np.asarray(params), t)), state, params)
+            params = jz.apply_updates(params, updates)
+    np.testing.assert_allclose(as_pairs(np.asarray(params)), expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "ours, ref",
+    [
+        (lambda: jz.torch.sgd(lr=0.02, momentum=0.9, weight_decay=0.1, maximize=True), lambda: reference.torch_sgd(0.02, 0.9, weight_decay=0.1, maximize=True)),
+        (lambda: jz.torch.adagrad(lr=0.1, lr_decay=0.05), lambda: reference.torch_adagrad(0.1, lr_decay=0.05)),
+        (lambda: jz.torch.adadelta(lr=0.5, weight_decay=0.1), lambda: reference.torch_adadelta(0.5, weight_decay=0.1)),
+        (lambda: jz.torch.rmsprop(lr=0.01, centered=True, momentum=0.9), lambda: reference.torch_rmsprop(0.01, centered=True, momentum=0.9)),
+        (lambda: jz.torch.adam(lr=0.01, amsgrad=True), lambda: reference.torch_adam(0.01, amsgrad=True)),
+        (lambda: jz.torch.adamw(lr=0.01), lambda: reference.torch_adam(0.01, weight_decay=1e-2, decoupled=True)),
+    ],
+    ids=["sgd", "adagrad", "adadelta", "rmsprop", "adam", "adamw"],
+)
+def test_complex_parameters_are_updated_as_real_pairs(ours, ref):
+    _complex_check(ours(), ref())
+
+
+INJECTABLE = {
+    "sgd": (dict(lr=0.02, momentum=0.9, nesterov=True), dict(lr=0.02, momentum=0.9, nesterov=True)),
+    "sgd_dampening_without_momentum": (dict(lr=0.02, dampening=0.3), dict(lr=0.02, dampening=0.3)),
+    "sgd_dampening": (dict(lr=0.02, momentum=0.8, dampening=0.3, weight_decay=0.1), dict(lr=0.02, momentum=0.8, dampening=0.3, weight_decay=0.1)),
+    "adagrad": (dict(lr=0.1, lr_decay=0.05, weight_decay=0.1), dict(lr=0.1, lr_decay=0.05, weight_decay=0.1)),
+    "rmsprop": (dict(lr=0.01, momentum=0.9, centered=True), dict(lr=0.01, momentum=0.9, centered=True)),
+    "adam": (dict(lr=0.01, weight_decay=0.1, amsgrad=True), dict(lr=0.01, weight_decay=0.1, amsgrad=True)),
+    "adamw": (dict(lr=0.01), dict(lr=0.01)),
+}
+
+
+@pytest.mark.parametrize("name", list(INJECTABLE))
+def test_options_injected_as_arrays_give_torchs_trajectory(name):
+    # inject_hyperparams turns every numeric option (defaults too) into an array.
+    options, plain = INJECTABLE[name]
+    function = getattr(jz.torch, name.split("_")[0])
+    params = make_params()
+    injected, _ = run_ours(optax.inject_hyperparams(function)(**options), params)
+    expected, _ = run_ours(function(**plain), params)
+    assert_trees_close(injected, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", jz.torch.__all__)
+def test_state_can_be_donated(name):
+    tx = getattr(jz.torch, name)()
+    params = make_params()
+    step = jax.jit(lambda p, s, g: tx.update(g, s, p), donate_argnums=(1,))
+    state = tx.init(params)
+    for _ in range(2):
+        _, state = step(params, state, jax.tree.map(jnp.ones_like, params))

@@ -414,6 +414,7 @@ def test_trust_ratio_leaves_zero_parameters_and_updates_alone():
         (lambda: jz.scale_by_rss(eps=float("inf")), r"scale_by_rss: eps must be a finite real number"),
         (lambda: jz.scale_by_rms(decay=1.2), r"scale_by_rms: decay must be in \[0, 1\], got 1\.2"),
         (lambda: jz.scale_by_stddev(eps=-1.0), r"scale_by_stddev: eps must be >= 0"),
+        (lambda: jz.scale_by_rms(1.0, bias_correction=True), r"scale_by_rms: decay=1 with bias_correction=True"),
         (lambda: jz.scale_by_rms(initial_scale=-1.0), r"scale_by_rms: initial_scale must be >= 0"),
         (lambda: jz.scale_by_adadelta(rho=-0.1), r"scale_by_adadelta: rho must be in \[0, 1\], got -0\.1"),
         (lambda: jz.scale_by_trust_ratio(trust_coefficient=-1.0), r"scale_by_trust_ratio: trust_coefficient must be >= 0"),

@@ -291,11 +291,13 @@ def _scale_by_rms_or_stddev(
     owner: str, centered: bool, decay, eps, initial_scale, eps_in_sqrt: bool, bias_correction: bool
 ) -> GradientTransformation:
     # RMSprop's scaling, plain or centered: the two differ only by the mean they subtract.
-    validation.fraction(owner, "decay", decay)
+    rate = validation.fraction(owner, "decay", decay)
     validation.non_negative(owner, "eps", eps)
     validation.non_negative(owner, "initial_scale", initial_scale)
     validation.flag(owner, "eps_in_sqrt", eps_in_sqrt)
     validation.flag(owner, "bias_correction", bias_correction)
+    if bias_correction and rate == 1.0:
+        raise ValueError(f"{owner}: decay=1 with bias_correction=True divides by 1 - 1^t = 0; use decay < 1.")
     correct = _bias_corrector(bias_correction)
 
     def init(params):
@@ -408,7 +410,9 @@ def scale_by_adadelta(rho: jax.typing.ArrayLike = 0.9, eps: jax.typing.ArrayLike
         E[\\Delta x^2]_t = \\rho E[\\Delta x^2]_{t-1} + (1 - \\rho) u_t^2.
 
     The paper applies :math:`-u_t` directly (a learning rate of 1).
-    Numerically ``optax.scale_by_adadelta``; ``rho`` must lie in [0, 1].
+    Numerically ``optax.scale_by_adadelta`` for real parameters; ``rho`` must
+    lie in [0, 1]. Deviation from Optax: for complex gradients :math:`g^2` is
+    :math:`|g|^2` (Optax squares the complex number, so its "mean square" is complex).
 
     Example:
         >>> import jaxopt_zoo as jz

@@ -84,7 +84,7 @@ def trace(
     accumulator_dtype = validation.optional_dtype("trace", "accumulator_dtype", accumulator_dtype)
     # Decided by type, not value, so that init (concrete) and update (traced,
     # e.g. under inject_hyperparams) agree on the state's structure.
-    dampened = not (isinstance(dampening, (int, float)) and not isinstance(dampening, bool) and dampening == 0)
+    dampened = not validation.is_literal_zero(dampening)
 
     def init(params):
         buffer = tree.zeros_like(params, dtype=accumulator_dtype)

@@ -52,7 +52,7 @@ def add_decayed_weights(
     scheduled = callable(weight_decay)
     # As Optax: a literal zero adds nothing (and reads no parameter), but the
     # transformation and its state keep their usual form.
-    literal_zero = isinstance(weight_decay, (int, float)) and weight_decay == 0
+    literal_zero = validation.is_literal_zero(weight_decay)
 
     def init(params):
         del params
