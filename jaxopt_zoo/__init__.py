@@ -6,7 +6,7 @@
 ``jaxopt_zoo.torch`` holds the ``torch.optim``-compatible constructors.
 """
 
-from jaxopt_zoo import torch, transforms, tree, validation
+from jaxopt_zoo import schedules, torch, transforms, tree, validation
 from jaxopt_zoo.base import (
     EmptyState,
     GradientTransformation,
@@ -30,6 +30,7 @@ from jaxopt_zoo.combine import (
     split_real_and_imaginary,
 )
 from jaxopt_zoo.optimizers import adadelta, adagrad, adam, adamw, amsgrad, lamb, lars, nadam, nadamw, rmsprop, sgd
+from jaxopt_zoo.schedules import *  # noqa: F403  (the names listed in schedules.__all__)
 from jaxopt_zoo.transforms import *  # noqa: F403  (the names listed in transforms.__all__)
 
 __version__ = "0.1.0"
@@ -64,7 +65,8 @@ __all__ = [
     "sgd",
     "split_real_and_imaginary",
     "stateless",
+    *schedules.__all__,
     *transforms.__all__,
 ]
-# The modules torch, transforms, tree and validation are attributes (jz.torch.adam, ...)
+# The modules schedules, torch, transforms, tree and validation are attributes (jz.torch.adam, ...)
 # but stay out of __all__, so that `from jaxopt_zoo import *` cannot shadow the real torch.

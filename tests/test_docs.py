@@ -17,6 +17,7 @@ MODULES = [
     "jaxopt_zoo.tree",
     "jaxopt_zoo.validation",
     "jaxopt_zoo.optimizers",
+    "jaxopt_zoo.schedules",
     "jaxopt_zoo.transforms",
     "jaxopt_zoo.transforms.adaptive",
     "jaxopt_zoo.transforms.momentum",

@@ -1,0 +1,424 @@
+"""Learning-rate schedules: pure, jit-safe functions of the int32 step count (0 on the first step).
+
+Names, arguments and values are Optax's. Deviations: arguments that make no
+sense raise a ``ValueError`` naming them (a negative step count, boundaries out
+of order, a non-positive decay rate), where Optax logs and falls back to a
+constant schedule or to ``transition_begin=0``.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jaxopt_zoo import validation
+from jaxopt_zoo.base import Schedule
+
+__all__ = [
+    "constant_schedule",
+    "cosine_decay_schedule",
+    "cosine_onecycle_schedule",
+    "exponential_decay",
+    "join_schedules",
+    "linear_onecycle_schedule",
+    "linear_schedule",
+    "piecewise_constant_schedule",
+    "piecewise_interpolate_schedule",
+    "polynomial_schedule",
+    "sgdr_schedule",
+    "warmup_cosine_decay_schedule",
+    "warmup_exponential_decay_schedule",
+]
+
+
+def _steps(owner: str, name: str, value: int, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}.")
+    return value
+
+
+def constant_schedule(value: jax.typing.ArrayLike) -> Schedule:
+    """:math:`\\eta_t = v`.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> float(jz.constant_schedule(0.1)(100))
+        0.1
+    """
+    validation.real_scalar("constant_schedule", "value", value)
+    return lambda count: value
+
+
+def polynomial_schedule(
+    init_value: jax.typing.ArrayLike,
+    end_value: jax.typing.ArrayLike,
+    power: jax.typing.ArrayLike,
+    transition_steps: int,
+    transition_begin: int = 0,
+) -> Schedule:
+    """Polynomial decay from ``init_value`` to ``end_value`` over ``transition_steps``:
+
+    .. math::
+
+        \\eta_t = (\\eta_0 - \\eta_1) \\Big(1 - \\frac{\\tau}{T}\\Big)^{p} + \\eta_1, \\qquad
+        \\tau = \\operatorname{clip}(t - t_0, 0, T).
+
+    ``transition_steps=0`` gives the constant ``init_value`` (as in Optax).
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> schedule = jz.polynomial_schedule(1.0, 0.0, power=2, transition_steps=10)
+        >>> float(schedule(5))
+        0.25
+    """
+    return _polynomial("polynomial_schedule", init_value, end_value, power, transition_steps, transition_begin)
+
+
+def _polynomial(owner: str, init_value, end_value, power, transition_steps: int, transition_begin: int) -> Schedule:
+    for name, value in (("init_value", init_value), ("end_value", end_value), ("power", power)):
+        validation.real_scalar(owner, name, value)
+    transition_steps = _steps(owner, "transition_steps", transition_steps)
+    transition_begin = _steps(owner, "transition_begin", transition_begin)
+    if transition_steps == 0:
+        return lambda count: init_value
+
+    def schedule(count):
+        fraction = 1 - jnp.clip(count - transition_begin, 0, transition_steps) / transition_steps
+        return (init_value - end_value) * fraction**power + end_value
+
+    return schedule
+
+
+def linear_schedule(
+    init_value: jax.typing.ArrayLike, end_value: jax.typing.ArrayLike, transition_steps: int, transition_begin: int = 0
+) -> Schedule:
+    """Linear interpolation: :func:`polynomial_schedule` with :math:`p = 1`.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> float(jz.linear_schedule(0.0, 1.0, transition_steps=4)(1))
+        0.25
+    """
+    return _polynomial("linear_schedule", init_value, end_value, 1, transition_steps, transition_begin)
+
+
+def exponential_decay(
+    init_value: jax.typing.ArrayLike,
+    transition_steps: int,
+    decay_rate: float,
+    transition_begin: int = 0,
+    staircase: bool = False,
+    end_value: jax.typing.ArrayLike | None = None,
+) -> Schedule:
+    """:math:`\\eta_t = \\eta_0 \\, r^{(t - t_0)/T}` after ``transition_begin`` (:math:`\\eta_0` before).
+
+    ``staircase`` floors the exponent; ``end_value`` bounds the value (a floor
+    when decaying, a ceiling when :math:`r > 1`). ``transition_steps=0`` gives
+    the constant ``init_value`` (as in Optax). Deviation: ``decay_rate`` must be
+    positive (Optax returns a constant for 0).
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> float(jz.exponential_decay(1.0, transition_steps=10, decay_rate=0.5)(20))
+        0.25
+    """
+    owner = "exponential_decay"
+    validation.real_scalar(owner, "init_value", init_value)
+    rate = validation.real_scalar(owner, "decay_rate", decay_rate)
+    if rate is not None and rate <= 0:
+        raise ValueError(f"{owner}: decay_rate must be > 0, got {decay_rate!r}.")
+    validation.flag(owner, "staircase", staircase)
+    transition_steps = _steps(owner, "transition_steps", transition_steps)
+    transition_begin = _steps(owner, "transition_begin", transition_begin)
+    if transition_steps == 0:
+        return lambda count: init_value
+    bound = None if end_value is None else (jnp.maximum if decay_rate < 1.0 else jnp.minimum)
+
+    def schedule(count):
+        elapsed = count - transition_begin
+        exponent = elapsed / transition_steps
+        if staircase:
+            exponent = jnp.floor(exponent)
+        value = jnp.where(elapsed <= 0, init_value, init_value * jnp.power(decay_rate, exponent))
+        return value if bound is None else bound(value, end_value)
+
+    return schedule
+
+
+def cosine_decay_schedule(
+    init_value: jax.typing.ArrayLike,
+    decay_steps: int,
+    alpha: jax.typing.ArrayLike = 0.0,
+    exponent: jax.typing.ArrayLike = 1.0,
+) -> Schedule:
+    """Cosine decay (Loshchilov & Hutter 2017):
+
+    .. math::
+
+        \\eta_t = \\eta_0 \\Big((1 - \\alpha) \\big(\\tfrac{1}{2}(1 + \\cos(\\pi \\min(t, T) / T))\\big)^{e} + \\alpha\\Big).
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> round(float(jz.cosine_decay_schedule(1.0, decay_steps=10)(5)), 6)
+        0.5
+    """
+    owner = "cosine_decay_schedule"
+    validation.real_scalar(owner, "init_value", init_value)
+    validation.real_scalar(owner, "alpha", alpha)
+    validation.real_scalar(owner, "exponent", exponent)
+    decay_steps = _steps(owner, "decay_steps", decay_steps, minimum=1)
+
+    def schedule(count):
+        # A float count avoids int32 overflow in count / decay_steps for huge step numbers.
+        count = jnp.minimum(jnp.asarray(count, jnp.result_type(float)), decay_steps)
+        cosine = 0.5 * (1 + jnp.cos(jnp.pi * count / decay_steps))
+        return init_value * ((1 - alpha) * cosine**exponent + alpha)
+
+    return schedule
+
+
+def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
+    """Run ``schedules[i]`` from ``boundaries[i-1]`` on, each seeing steps counted from its own start.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> schedule = jz.join_schedules([jz.constant_schedule(1.0), jz.linear_schedule(1.0, 0.0, 10)], [5])
+        >>> float(schedule(10))
+        0.5
+    """
+    owner = "join_schedules"
+    schedules, boundaries = list(schedules), list(boundaries)
+    if len(boundaries) != len(schedules) - 1:
+        raise ValueError(
+            f"{owner}: expected {len(schedules) - 1} boundaries for {len(schedules)} schedules, got {boundaries!r}."
+        )
+    for boundary in boundaries:
+        _steps(owner, "boundaries", boundary)
+    if any(b <= a for a, b in zip(boundaries, boundaries[1:])):
+        raise ValueError(f"{owner}: boundaries must be strictly increasing, got {boundaries!r}.")
+    if not all(callable(s) for s in schedules):
+        raise ValueError(f"{owner}: schedules must be callables of the step count, got {schedules!r}.")
+
+    def schedule(count):
+        value = schedules[0](count)
+        for boundary, later in zip(boundaries, schedules[1:]):
+            value = jnp.where(count < boundary, value, later(count - boundary))
+        return value
+
+    return schedule
+
+
+def _checked_boundaries(owner: str, boundaries_and_scales: Mapping[int, float] | None) -> list[tuple[int, float]]:
+    items = sorted((boundaries_and_scales or {}).items())
+    for boundary, factor in items:
+        _steps(owner, "boundaries_and_scales boundary", boundary)
+        checked = validation.real_scalar(owner, f"the scale at boundary {boundary}", factor)
+        if checked is not None and checked < 0:
+            raise ValueError(f"{owner}: scales must be >= 0, got {factor!r} at boundary {boundary}.")
+    return items
+
+
+def piecewise_constant_schedule(
+    init_value: jax.typing.ArrayLike, boundaries_and_scales: Mapping[int, float] | None = None
+) -> Schedule:
+    """:math:`\\eta_t = \\eta_0 \\prod_{b \\le t} s_b`: multiply by ``scale`` from each ``boundary`` on.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> schedule = jz.piecewise_constant_schedule(1.0, {10: 0.1, 20: 0.1})
+        >>> [round(float(schedule(t)), 4) for t in (0, 10, 25)]
+        [1.0, 0.1, 0.01]
+    """
+    owner = "piecewise_constant_schedule"
+    validation.real_scalar(owner, "init_value", init_value)
+    items = _checked_boundaries(owner, boundaries_and_scales)
+
+    def schedule(count):
+        value = init_value
+        for boundary, factor in items:
+            reached = 1 - jnp.maximum(0.0, jnp.sign(boundary - count))  # 1 from the boundary on
+            value = value * (1 - reached) + reached * factor * value
+        return value
+
+    return schedule
+
+
+def piecewise_interpolate_schedule(
+    interpolate_type: str, init_value: jax.typing.ArrayLike, boundaries_and_scales: Mapping[int, float] | None = None
+) -> Schedule:
+    """Like :func:`piecewise_constant_schedule`, but moving linearly or along a half cosine
+    from one value to the next between boundaries (and constant after the last).
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> schedule = jz.piecewise_interpolate_schedule("linear", 1.0, {10: 0.5})
+        >>> float(schedule(5))
+        0.75
+    """
+    owner = "piecewise_interpolate_schedule"
+    if interpolate_type not in ("linear", "cosine"):
+        raise ValueError(f"{owner}: interpolate_type must be 'linear' or 'cosine', got {interpolate_type!r}.")
+    validation.real_scalar(owner, "init_value", init_value)
+    items = _checked_boundaries(owner, boundaries_and_scales)
+    boundaries = tuple(b for b, _ in items)
+    factors = tuple(s for _, s in items)
+
+    def interpolate(start, end, fraction):
+        if interpolate_type == "linear":
+            return (end - start) * fraction + start
+        return end + (start - end) / 2.0 * (jnp.cos(jnp.pi * fraction) + 1)
+
+    def schedule(count):
+        bounds = jnp.stack((0,) + boundaries)
+        values = jnp.cumprod(jnp.stack((init_value,) + factors))
+        inside = jnp.logical_and(bounds[:-1] <= count, count < bounds[1:])
+        fraction = (count - bounds[:-1]) / jnp.maximum(bounds[1:] - bounds[:-1], 1)
+        return inside.dot(interpolate(values[:-1], values[1:], fraction)) + (bounds[-1] <= count) * values[-1]
+
+    return schedule
+
+
+def _onecycle_checks(owner: str, transition_steps: int, peak_value, fractions: Iterable[tuple[str, float]]) -> None:
+    _steps(owner, "transition_steps", transition_steps, minimum=1)
+    validation.real_scalar(owner, "peak_value", peak_value)
+    for name, value in fractions:
+        validation.fraction(owner, name, value)
+
+
+def linear_onecycle_schedule(
+    transition_steps: int,
+    peak_value: jax.typing.ArrayLike,
+    pct_start: float = 0.3,
+    pct_final: float = 0.85,
+    div_factor: float = 25.0,
+    final_div_factor: float = 1e4,
+) -> Schedule:
+    """One-cycle policy (Smith & Topin 2017), linear: up from ``peak/div_factor`` to ``peak`` by
+    ``pct_start``, back down by ``pct_final``, then to ``peak/div_factor/final_div_factor`` at the end.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> schedule = jz.linear_onecycle_schedule(100, peak_value=1.0)
+        >>> float(schedule(30))
+        1.0
+    """
+    owner = "linear_onecycle_schedule"
+    _onecycle_checks(owner, transition_steps, peak_value, (("pct_start", pct_start), ("pct_final", pct_final)))
+    if pct_final < pct_start:
+        raise ValueError(f"{owner}: pct_final must be >= pct_start, got {pct_final!r} < {pct_start!r}.")
+    return piecewise_interpolate_schedule(
+        "linear",
+        peak_value / div_factor,
+        {
+            int(pct_start * transition_steps): div_factor,
+            int(pct_final * transition_steps): 1.0 / div_factor,
+            transition_steps: 1.0 / final_div_factor,
+        },
+    )
+
+
+def cosine_onecycle_schedule(
+    transition_steps: int,
+    peak_value: jax.typing.ArrayLike,
+    pct_start: float = 0.3,
+    div_factor: float = 25.0,
+    final_div_factor: float = 1e4,
+) -> Schedule:
+    """One-cycle policy (Smith & Topin 2017), cosine: up to ``peak`` by ``pct_start``, then down to
+    ``peak/(div_factor * final_div_factor)`` at ``transition_steps``, along half cosines.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> round(float(jz.cosine_onecycle_schedule(100, peak_value=1.0)(30)), 6)
+        1.0
+    """
+    owner = "cosine_onecycle_schedule"
+    _onecycle_checks(owner, transition_steps, peak_value, (("pct_start", pct_start),))
+    return piecewise_interpolate_schedule(
+        "cosine",
+        peak_value / div_factor,
+        {int(pct_start * transition_steps): div_factor, int(transition_steps): 1.0 / (div_factor * final_div_factor)},
+    )
+
+
+def warmup_cosine_decay_schedule(
+    init_value: jax.typing.ArrayLike,
+    peak_value: jax.typing.ArrayLike,
+    warmup_steps: int,
+    decay_steps: int,
+    end_value: jax.typing.ArrayLike = 0.0,
+    exponent: jax.typing.ArrayLike = 1.0,
+) -> Schedule:
+    """Linear warm-up from ``init_value`` to ``peak_value`` over ``warmup_steps``, then cosine decay to
+    ``end_value`` at ``decay_steps`` (counted from step 0, warm-up included).
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> schedule = jz.warmup_cosine_decay_schedule(0.0, 1.0, warmup_steps=10, decay_steps=110)
+        >>> round(float(schedule(5)), 6), round(float(schedule(60)), 6)
+        (0.5, 0.5)
+    """
+    owner = "warmup_cosine_decay_schedule"
+    _steps(owner, "warmup_steps", warmup_steps)
+    if _steps(owner, "decay_steps", decay_steps) <= warmup_steps:
+        raise ValueError(f"{owner}: decay_steps must be > warmup_steps, got {decay_steps!r} <= {warmup_steps!r}.")
+    validation.real_scalar(owner, "peak_value", peak_value)
+    alpha = 0.0 if peak_value == 0.0 else end_value / peak_value
+    return join_schedules(
+        [
+            linear_schedule(init_value, peak_value, warmup_steps),
+            cosine_decay_schedule(peak_value, decay_steps - warmup_steps, alpha, exponent),
+        ],
+        [warmup_steps],
+    )
+
+
+def warmup_exponential_decay_schedule(
+    init_value: jax.typing.ArrayLike,
+    peak_value: jax.typing.ArrayLike,
+    warmup_steps: int,
+    transition_steps: int,
+    decay_rate: float,
+    transition_begin: int = 0,
+    staircase: bool = False,
+    end_value: jax.typing.ArrayLike | None = None,
+) -> Schedule:
+    """Linear warm-up to ``peak_value`` over ``warmup_steps``, then :func:`exponential_decay` from there.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> schedule = jz.warmup_exponential_decay_schedule(0.0, 1.0, 10, transition_steps=10, decay_rate=0.5)
+        >>> float(schedule(30))
+        0.25
+    """
+    _steps("warmup_exponential_decay_schedule", "warmup_steps", warmup_steps)
+    return join_schedules(
+        [
+            linear_schedule(init_value, peak_value, warmup_steps),
+            exponential_decay(peak_value, transition_steps, decay_rate, transition_begin, staircase, end_value),
+        ],
+        [warmup_steps],
+    )
+
+
+def sgdr_schedule(cosine_kwargs: Iterable[Mapping[str, jax.typing.ArrayLike]]) -> Schedule:
+    """SGDR, warm restarts (Loshchilov & Hutter 2017): one :func:`warmup_cosine_decay_schedule`
+    per entry of ``cosine_kwargs``, run back to back.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> cycle = dict(init_value=0.0, peak_value=1.0, warmup_steps=2, decay_steps=10)
+        >>> schedule = jz.sgdr_schedule([cycle, cycle])
+        >>> float(schedule(11))  # one step into the second warm-up
+        0.5
+    """
+    schedules, boundaries, start = [], [], 0
+    for kwargs in cosine_kwargs:
+        schedules.append(warmup_cosine_decay_schedule(**kwargs))
+        start += kwargs["decay_steps"]
+        boundaries.append(start)
+    if not schedules:
+        raise ValueError("sgdr_schedule: cosine_kwargs must hold at least one cycle, got none.")
+    return join_schedules(schedules, boundaries[:-1])
