@@ -83,6 +83,21 @@ def identity() -> GradientTransformation:
     return GradientTransformation(init_empty_state, update)
 
 
+def set_to_zero() -> GradientTransformation:
+    """Replace every update by zeros: :math:`u_t = 0` (the parameters stay where they are).
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> frozen = jz.masked(jz.set_to_zero(), {"encoder": True, "head": False})
+    """
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        return jax.tree.map(lambda u: None if u is None else jnp.zeros_like(u), updates, is_leaf=is_none), state
+
+    return GradientTransformation(init_empty_state, update)
+
+
 def stateless(f: Callable[[Updates, Params | None], Updates]) -> GradientTransformation:
     """A transformation from a pure function of the whole trees: :math:`u_t = f(g_t, \\theta_t)`.
 

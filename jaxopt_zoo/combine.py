@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxopt_zoo.base import GradientTransformation, OptState, Params
+from jaxopt_zoo.base import GradientTransformation, OptState, Params, set_to_zero
 from jaxopt_zoo.tree import is_none
 
 
@@ -162,6 +162,77 @@ def masked(inner: GradientTransformation, mask: Any | Callable[[Params], Any]) -
         new, inner_state = inner.update(_select(mask_tree, updates), state.inner_state, selected_params, **extra_args)
         merged = jax.tree.map(lambda keep, n, old: n if keep else old, mask_tree, new, updates)
         return merged, MaskedState(inner_state)
+
+    return GradientTransformation(init, update)
+
+
+def freeze(mask: Any | Callable[[Params], Any]) -> GradientTransformation:
+    """Zero the updates where ``mask`` is ``True``, so those parameters never change.
+
+    Recipe: ``masked(set_to_zero(), mask)``. Chain it with an optimizer (after
+    it, so the frozen leaves' updates are dropped; or wrap the optimizer in
+    :func:`partition` to keep no optimizer state for them).
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> tx = jz.chain(jz.adam(1e-3), jz.freeze({"encoder": True, "head": False}))
+    """
+    return masked(set_to_zero(), mask)
+
+
+class PartitionState(NamedTuple):
+    """The state of each labelled group's transformation, keyed by label."""
+
+    inner_states: dict
+
+
+def partition(
+    transforms: dict[Any, GradientTransformation], param_labels: Any | Callable[[Params], Any]
+) -> GradientTransformation:
+    """Apply a different transformation to each group of parameters: :math:`u_i = f_{\\ell(i)}(g)_i`.
+
+    Each transformation sees (and keeps state for) only the leaves that carry
+    its label, as :func:`masked` with the mask ``labels == label``.
+
+    Args:
+        transforms: label -> transformation.
+        param_labels: a tree of labels with the params' structure (or a prefix
+            of it), or a callable building one from the params.
+
+    Example:
+        >>> import jax, jaxopt_zoo as jz
+        >>> labels = lambda params: jax.tree.map(lambda p: "decay" if p.ndim > 1 else "plain", params)
+        >>> tx = jz.partition({"decay": jz.adamw(1e-3), "plain": jz.adam(1e-3)}, labels)
+    """
+    if not isinstance(transforms, dict) or not transforms:
+        raise ValueError(f"partition: transforms must be a non-empty dict of label -> transformation, got {transforms!r}.")
+    members = {label: _as_transformation("partition", tx) for label, tx in transforms.items()}
+
+    def labels_for(tree: Any) -> Any:
+        labels = param_labels(tree) if callable(param_labels) else param_labels
+        unknown = sorted({repr(x) for x in jax.tree.leaves(labels)} - {repr(k) for k in members})
+        if unknown:
+            raise ValueError(
+                f"partition: labels {', '.join(unknown)} have no transformation; "
+                f"the transforms are labelled {', '.join(sorted(repr(k) for k in members))}."
+            )
+        return labels
+
+    def group(labels: Any, label: Any) -> GradientTransformation:
+        return masked(members[label], jax.tree.map(lambda x: x == label, labels))
+
+    def init(params):
+        labels = labels_for(params)
+        return PartitionState({label: group(labels, label).init(params) for label in members})
+
+    def update(updates, state, params=None, **extra_args):
+        labels = labels_for(updates if params is None else params)
+        new_states = {}
+        for label in members:
+            updates, new_states[label] = group(labels, label).update(
+                updates, state.inner_states[label], params, **extra_args
+            )
+        return updates, PartitionState(new_states)
 
     return GradientTransformation(init, update)
 

@@ -288,3 +288,35 @@ def lars(lr, weight_decay=0.0, trust_coefficient=0.001, eps=0.0, momentum=0.9, n
         return -(step + momentum * b if nesterov else b), {"b": b}
 
     return Reference(init, update)
+
+
+# ---------------------------------------------------------------------------
+# Clipping, on whole trees given as lists of NumPy arrays.
+
+
+def clip_elementwise(grads, max_delta):
+    """u = clip(g, -delta, delta)."""
+    return [np.clip(g, -max_delta, max_delta) for g in grads]
+
+
+def clip_global_norm(grads, max_norm):
+    """u = g if ||g|| < c else c g / ||g||, with ||g|| over all leaves (Pascanu et al. 2013)."""
+    norm = np.sqrt(sum(np.sum(g * g) for g in grads))
+    return grads if norm < max_norm else [g * (max_norm / norm) for g in grads]
+
+
+def clip_block_rms(grads, threshold):
+    """u = g / max(1, rms(g) / c), leaf by leaf."""
+    return [g / max(1.0, np.sqrt(np.mean(g * g)) / threshold) for g in grads]
+
+
+def adaptive_clip(grads, params, clipping, eps=1e-3):
+    """Brock et al. (2021): per output unit (axis 0 of a matrix, whole vectors), clip g to
+    clipping * max(||p||, eps) in norm."""
+    out = []
+    for g, p in zip(grads, params):
+        axis = 0 if g.ndim == 2 else None
+        g_norm = np.sqrt(np.sum(g * g, axis=axis, keepdims=True))
+        limit = clipping * np.maximum(np.sqrt(np.sum(p * p, axis=axis, keepdims=True)), eps)
+        out.append(np.where(g_norm < limit, g, g * limit / g_norm))
+    return out

@@ -166,3 +166,40 @@ def test_split_real_and_imaginary_matches_optax_contrib_and_leaves_real_leaves_a
     np.testing.assert_allclose(s1[0].nu["z"].imaginary, (1 - 0.999**5) * np.asarray(grads["z"]).imag ** 2, rtol=1e-4)
     plain = jz.adam(1e-2)
     assert jax.tree.structure(ours.init({"x": params["x"]})) == jax.tree.structure(plain.init({"x": params["x"]}))
+
+
+LABELS = {"dense": {"w": "adam", "b": "sgd"}, "scale": "sgd"}
+
+
+@pytest.mark.parametrize("labels", [LABELS, lambda p: jax.tree.map(lambda x: "adam" if x.ndim > 1 else "sgd", p)])
+def test_partition_matches_optax_and_each_group_keeps_its_own_state(labels):
+    params = make_params()
+    ours, our_state = run_ours(jz.partition({"adam": jz.adam(1e-2), "sgd": jz.sgd(0.1, 0.9)}, labels), params)
+    theirs, _ = run_ours(optax.partition({"adam": optax.adam(1e-2), "sgd": optax.sgd(0.1, 0.9)}, labels), params)
+    assert_trees_equal(ours, theirs)
+    adam_state = our_state.inner_states["adam"].inner_state[0]
+    assert isinstance(adam_state.mu["dense"]["b"], jz.MaskedNode) and adam_state.mu["dense"]["w"].shape == (3, 4)
+    # The adam group moved exactly as adam alone would move it.
+    alone, _ = run_ours(jz.adam(1e-2), params)
+    np.testing.assert_allclose(ours[-1]["dense"]["w"], alone[-1]["dense"]["w"], rtol=1e-6)  # another program: rounding may differ
+
+
+def test_partition_reports_unknown_labels_and_bad_label_trees():
+    params = make_params()
+    with pytest.raises(ValueError, match=r"partition: labels 'lamb' have no transformation; the transforms are labelled 'adam', 'sgd'"):
+        jz.partition({"adam": jz.adam(1e-2), "sgd": jz.sgd(0.1)}, {"dense": "lamb", "scale": "sgd"}).init(params)
+    with pytest.raises(ValueError, match="masked: the mask must have the params' structure"):
+        jz.partition({"adam": jz.adam(1e-2)}, {"dense": "adam", "extra": "adam"}).init(params)
+    with pytest.raises(ValueError, match="partition: transforms must be a non-empty dict"):
+        jz.partition({}, LABELS)
+
+
+def test_freeze_and_set_to_zero():
+    params = make_params()
+    frozen, state = run_ours(jz.chain(jz.adam(1e-2), jz.freeze({"dense": True, "scale": False})), params)
+    np.testing.assert_array_equal(frozen[-1]["dense"]["w"], params["dense"]["w"])
+    assert float(frozen[-1]["scale"]) != float(params["scale"])
+    theirs, _ = run_ours(optax.chain(optax.adam(1e-2), optax.transforms.freeze({"dense": True, "scale": False})), params)
+    assert_trees_equal(frozen, theirs)
+    updates, _ = jz.set_to_zero().update(params, jz.EmptyState())
+    assert all(float(jnp.max(jnp.abs(u))) == 0.0 for u in jax.tree.leaves(updates))

@@ -19,6 +19,7 @@ from jaxopt_zoo.transforms.adaptive import (
     scale_by_rss,
     scale_by_stddev,
 )
+from jaxopt_zoo.transforms.clipping import adaptive_grad_clip, clip, clip_by_block_rms, clip_by_global_norm, unitwise_norm
 from jaxopt_zoo.transforms.momentum import DampenedTraceState, TraceState, nesterov, trace
 from jaxopt_zoo.transforms.scaling import ScaleByScheduleState, scale, scale_by_learning_rate, scale_by_schedule
 from jaxopt_zoo.transforms.trust_ratio import scale_by_trust_ratio
@@ -37,7 +38,11 @@ __all__ = [
     "ScaleByScheduleState",
     "TraceState",
     "WeightDecayScheduleState",
+    "adaptive_grad_clip",
     "add_decayed_weights",
+    "clip",
+    "clip_by_block_rms",
+    "clip_by_global_norm",
     "nesterov",
     "scale",
     "scale_by_adadelta",
@@ -50,4 +55,5 @@ __all__ = [
     "scale_by_stddev",
     "scale_by_trust_ratio",
     "trace",
+    "unitwise_norm",
 ]
