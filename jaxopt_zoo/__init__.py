@@ -33,6 +33,19 @@ from jaxopt_zoo.combine import (
     partition,
     split_real_and_imaginary,
 )
+from jaxopt_zoo.wrappers import (
+    ApplyIfFiniteState,
+    EmaParamsState,
+    InjectHyperparamsState,
+    LookaheadParams,
+    LookaheadState,
+    MultiSteps,
+    MultiStepsState,
+    apply_if_finite,
+    ema_params,
+    inject_hyperparams,
+    lookahead,
+)
 from jaxopt_zoo.optimizers import adadelta, adagrad, adam, adamw, amsgrad, lamb, lars, nadam, nadamw, rmsprop, sgd
 from jaxopt_zoo.schedules import *  # noqa: F403  (the names listed in schedules.__all__)
 from jaxopt_zoo.transforms import *  # noqa: F403  (the names listed in transforms.__all__)
@@ -40,7 +53,14 @@ from jaxopt_zoo.transforms import *  # noqa: F403  (the names listed in transfor
 __version__ = "0.1.0"
 
 __all__ = [
+    "ApplyIfFiniteState",
+    "EmaParamsState",
     "EmptyState",
+    "InjectHyperparamsState",
+    "LookaheadParams",
+    "LookaheadState",
+    "MultiSteps",
+    "MultiStepsState",
     "GradientTransformation",
     "MaskedNode",
     "MaskedState",
@@ -56,12 +76,16 @@ __all__ = [
     "adam",
     "adamw",
     "amsgrad",
+    "apply_if_finite",
     "apply_updates",
     "chain",
+    "ema_params",
     "freeze",
     "identity",
+    "inject_hyperparams",
     "lamb",
     "lars",
+    "lookahead",
     "masked",
     "nadam",
     "nadamw",

@@ -144,3 +144,46 @@ def global_norm(tree: Any) -> jax.Array:
     """The Euclidean norm of all leaves taken together: :math:`\\sqrt{\\sum_i \\|x_i\\|^2}`."""
     leaves = [x for x in jax.tree.leaves(tree) if x is not None]
     return jnp.sqrt(sum(jnp.sum(abs_sq(x)) for x in leaves))
+
+
+@jax.tree_util.register_pytree_node_class
+class _ParamsPlaceholder:
+    # A pytree with no leaves: tree maps over it (zeros_like, full_like) return it
+    # unchanged, so it marks where an init puts per-parameter trees.
+    def tree_flatten(self):
+        return (), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls()
+
+
+def map_params(initable: Any, fn: Callable[..., Any], state: Any, *rest: Any,
+               transform_non_params: Callable[[Any], Any] | None = None) -> Any:
+    """Apply ``fn`` to every leaf of the per-parameter parts of an optimizer state.
+
+    ``initable`` is the transformation (or its ``init``) that built ``state``:
+    it is initialised on a placeholder to find which parts of the state are
+    shaped like the params (moments, buffers) and which are not (step counts,
+    hyperparameters); the latter pass through, or through ``transform_non_params``.
+    ``rest`` are trees shaped like the params, passed to ``fn`` leaf by leaf.
+    Transformations whose init reads the params' values (``masked`` with a
+    callable mask, ``partition`` with a callable of the labels) cannot be mapped.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxopt_zoo as jz
+        >>> tx = jz.adam(1e-3)
+        >>> state = tx.init({"w": jnp.ones(3)})
+        >>> half = jz.tree.map_params(tx, lambda x: x.astype(jnp.bfloat16), state)
+        >>> half[0].mu["w"].dtype, half[0].count.dtype
+        (dtype(bfloat16), dtype('int32'))
+    """
+    init = initable.init if hasattr(initable, "init") else initable
+    marked = init(_ParamsPlaceholder())
+
+    def visit(marker, value):
+        if isinstance(marker, _ParamsPlaceholder):
+            return jax.tree.map(fn, value, *rest)
+        return value if transform_non_params is None else transform_non_params(value)
+
+    return jax.tree.map(visit, marked, state, is_leaf=lambda x: isinstance(x, _ParamsPlaceholder))

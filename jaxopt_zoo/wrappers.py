@@ -1,0 +1,368 @@
+"""Wrappers around whole optimizers: injected hyperparameters, NaN safety, gradient
+accumulation, lookahead, and an exponential moving average of the parameters."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable, Iterable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxopt_zoo import tree, validation
+from jaxopt_zoo.base import GradientTransformation, OptState, Params, Updates, safe_increment, zero_count
+from jaxopt_zoo.combine import _as_transformation
+
+
+class InjectHyperparamsState(NamedTuple):
+    """Step count, the current numeric hyperparameters (arrays), and the inner optimizer's state."""
+
+    count: jax.Array
+    hyperparams: dict[str, jax.Array]
+    inner_state: OptState
+
+
+def _hyperparam_dtype(params: Params, requested: Any) -> Any:
+    # float32, or float64 when the params hold float64: never bfloat16, whose
+    # 8-bit mantissa would round a learning rate visibly.
+    if requested is not None:
+        return requested
+    wide = any(jnp.asarray(x).dtype == jnp.float64 for x in jax.tree.leaves(params))
+    return jnp.float64 if wide else jnp.float32
+
+
+def inject_hyperparams(
+    inner_factory: Callable[..., GradientTransformation],
+    static_args: str | Iterable[str] = (),
+    hyperparam_dtype: Any = None,
+) -> Callable[..., GradientTransformation]:
+    """Make an optimizer's numeric hyperparameters part of its state.
+
+    ``inject_hyperparams(jz.adamw)(learning_rate=1e-3, weight_decay=1e-2)`` is
+    ``adamw`` whose ``state.hyperparams["learning_rate"]`` can be read and
+    edited between steps without recompiling. A hyperparameter given as a
+    schedule is evaluated at the step count each step and stored there too.
+    Booleans, ``None``, strings and the names in ``static_args`` stay static.
+
+    The trajectory is the unwrapped optimizer's up to float32 rounding (the
+    hyperparameters are arrays instead of Python floats). Deviation from Optax:
+    hyperparameters are float32 (float64 with float64 params) whatever the
+    params' dtype, so bfloat16 params do not round the learning rate; Optax
+    uses the params' widest dtype. Stateful schedules are not supported.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxopt_zoo as jz
+        >>> tx = jz.inject_hyperparams(jz.adam)(learning_rate=1e-3)
+        >>> state = tx.init({"w": jnp.zeros(2)})
+        >>> state.hyperparams["learning_rate"] = 1e-4   # takes effect at the next step
+    """
+    static = {static_args} if isinstance(static_args, str) else set(static_args)
+    signature = inspect.signature(inner_factory)
+    if not static <= set(signature.parameters):
+        raise ValueError(
+            f"inject_hyperparams: static_args {sorted(static - set(signature.parameters))} are not "
+            f"parameters of {getattr(inner_factory, '__name__', inner_factory)}."
+        )
+
+    @functools.wraps(inner_factory)
+    def build(*args, **kwargs) -> GradientTransformation:
+        arguments = signature.bind(*args, **kwargs)
+        arguments.apply_defaults()
+        inner_factory(*arguments.args, **arguments.kwargs)  # bad hyperparameters fail here, not at init
+        schedules, numeric, other = {}, {}, {}
+        for name, value in arguments.arguments.items():
+            if name in static or isinstance(value, (bool, np.bool_)) or value is None:
+                other[name] = value
+            elif callable(value):
+                schedules[name] = value
+            elif isinstance(value, (int, float, np.ndarray, np.generic, jax.Array)):
+                numeric[name] = value
+            else:
+                other[name] = value
+
+        def as_array(value, dtype):
+            value = jnp.asarray(value)
+            return value.astype(dtype) if jnp.issubdtype(value.dtype, jnp.floating) else value
+
+        def current(hyperparams, count, dtype):
+            values = {k: as_array(v, dtype) for k, v in hyperparams.items() if k not in schedules}
+            values.update({k: as_array(f(count), dtype) for k, f in schedules.items()})
+            return values
+
+        def init(params):
+            dtype = _hyperparam_dtype(params, hyperparam_dtype)
+            hyperparams = current(numeric, zero_count(), dtype)
+            return InjectHyperparamsState(zero_count(), hyperparams, inner_factory(**other, **hyperparams).init(params))
+
+        def update(updates, state, params=None, **extra_args):
+            dtype = _hyperparam_dtype(state.hyperparams, hyperparam_dtype)
+            hyperparams = current(state.hyperparams, state.count, dtype)
+            inner = _as_transformation("inject_hyperparams", inner_factory(**other, **hyperparams))
+            updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
+            return updates, InjectHyperparamsState(safe_increment(state.count), hyperparams, inner_state)
+
+        return GradientTransformation(init, update)
+
+    return build
+
+
+class ApplyIfFiniteState(NamedTuple):
+    """Consecutive and total non-finite steps, whether the last step was finite, and the inner state."""
+
+    notfinite_count: jax.Array
+    last_finite: jax.Array
+    total_notfinite: jax.Array
+    inner_state: OptState
+
+
+def apply_if_finite(inner: GradientTransformation, max_consecutive_errors: int) -> GradientTransformation:
+    """Skip steps whose gradients hold a NaN or an infinity.
+
+    A skipped step returns updates of ``-0.0`` (so ``apply_updates`` leaves
+    every parameter bit for bit unchanged, ``-0.0`` included) and keeps the
+    inner state exactly as it was; it is counted in ``notfinite_count`` and
+    ``total_notfinite``. After more than ``max_consecutive_errors`` skipped
+    steps in a row, the next non-finite step is applied anyway (as in Optax),
+    so that a run that cannot recover fails visibly instead of stalling.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> tx = jz.apply_if_finite(jz.adam(1e-3), max_consecutive_errors=5)
+    """
+    if isinstance(max_consecutive_errors, bool) or not isinstance(max_consecutive_errors, int) or max_consecutive_errors < 0:
+        raise ValueError(
+            f"apply_if_finite: max_consecutive_errors must be an integer >= 0, got {max_consecutive_errors!r}."
+        )
+    inner = _as_transformation("apply_if_finite", inner)
+
+    def init(params):
+        false_count = zero_count()
+        return ApplyIfFiniteState(false_count, jnp.array(True), zero_count(), inner.init(params))
+
+    def update(updates, state, params=None, **extra_args):
+        leaves = [g for g in jax.tree.leaves(updates) if g is not None]
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in leaves])) if leaves else jnp.array(True)
+        notfinite_count = jnp.where(finite, 0, safe_increment(state.notfinite_count))
+        apply = jnp.logical_or(finite, notfinite_count > max_consecutive_errors)
+        new_updates, new_inner = inner.update(updates, state.inner_state, params, **extra_args)
+        new_updates = tree.map_updates(lambda u: jnp.where(apply, u, jnp.full_like(u, -0.0)), new_updates)
+        new_inner = jax.tree.map(lambda new, old: jnp.where(apply, new, old), new_inner, state.inner_state)
+        total = jnp.where(finite, state.total_notfinite, safe_increment(state.total_notfinite))
+        return new_updates, ApplyIfFiniteState(notfinite_count, finite, total, new_inner)
+
+    return GradientTransformation(init, update)
+
+
+class MultiStepsState(NamedTuple):
+    """Micro-step within the current accumulation, applied steps so far, inner state, accumulated gradients."""
+
+    mini_step: jax.Array
+    gradient_step: jax.Array
+    inner_opt_state: OptState
+    acc_grads: Updates
+    skip_state: Any = ()
+
+
+class MultiSteps:
+    """Gradient accumulation: apply ``opt`` once every ``k`` calls, to the mean of the ``k`` gradients.
+
+    .. math::
+
+        \\bar g_j = \\bar g_{j-1} + (g_j - \\bar g_{j-1}) / j \\ (j = 1..k), \\qquad
+        u = \\begin{cases} \\mathrm{opt}(\\bar g_k) & j = k \\\\ 0 & \\text{otherwise} \\end{cases}
+
+    (the sum instead of the mean with ``use_grad_mean=False``). The mean is
+    kept in ``accumulator_dtype`` (float32), so bfloat16 micro-batch gradients
+    do not lose precision. ``k`` may be a schedule of the number of applied
+    steps. Everything is computed with ``jnp.where``: no Python control flow
+    inside ``jit``. Same interface and numbers as ``optax.MultiSteps``; use
+    ``.gradient_transformation()`` (or the object itself) as a transformation.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxopt_zoo as jz
+        >>> tx = jz.MultiSteps(jz.adamw(1e-3), every_k_schedule=4)
+        >>> state = tx.init({"w": jnp.zeros(3)})
+    """
+
+    def __init__(
+        self,
+        opt: GradientTransformation,
+        every_k_schedule: int | Callable[[jax.Array], jax.Array],
+        use_grad_mean: bool = True,
+        should_skip_update_fn: Callable[..., tuple[jax.Array, Any]] | None = None,
+        accumulator_dtype: Any = jnp.float32,
+    ):
+        if not callable(every_k_schedule):
+            if isinstance(every_k_schedule, bool) or not isinstance(every_k_schedule, int) or every_k_schedule < 1:
+                raise ValueError(
+                    f"MultiSteps: every_k_schedule must be an integer >= 1 or a schedule, got {every_k_schedule!r}."
+                )
+            k = every_k_schedule
+            every_k_schedule = lambda step: k
+        validation.flag("MultiSteps", "use_grad_mean", use_grad_mean)
+        self._opt = _as_transformation("MultiSteps", opt)
+        self._every_k = every_k_schedule
+        self._use_grad_mean = use_grad_mean
+        self._should_skip = should_skip_update_fn or (lambda updates, step, params: (jnp.array(False), ()))
+        self._dtype = validation.optional_dtype("MultiSteps", "accumulator_dtype", accumulator_dtype)
+
+    @property
+    def inner_opt(self) -> GradientTransformation:
+        return self._opt
+
+    def init(self, params: Params) -> MultiStepsState:
+        _, skip_state = self._should_skip(tree.zeros_like(params), zero_count(), params)
+        return MultiStepsState(
+            zero_count(), zero_count(), self._opt.init(params), tree.zeros_like(params, self._dtype), skip_state
+        )
+
+    def update(self, updates, state: MultiStepsState, params=None, **extra_args):
+        k = self._every_k(state.gradient_step)
+        skip, skip_state = self._should_skip(updates, state.gradient_step, params)
+        if jnp.shape(skip) != () or jnp.asarray(skip).dtype != jnp.bool_:
+            raise ValueError(f"MultiSteps: should_skip_update_fn must return a boolean scalar, got {skip!r}.")
+        if self._use_grad_mean:  # Welford's running mean, stable in low precision
+            accumulate = lambda g, acc: acc + (g - acc) / (state.mini_step + 1)
+        else:
+            accumulate = lambda g, acc: g + acc
+        acc_grads = tree.map_state(accumulate, updates, state.acc_grads)
+        final, inner_state = self._opt.update(tree.cast_like(acc_grads, updates), state.inner_opt_state, params, **extra_args)
+        emit = jnp.logical_and(state.mini_step == k - 1, ~skip)
+        keep = lambda new, old: jnp.where(emit, new, old).astype(jnp.asarray(old).dtype)
+        new_state = MultiStepsState(
+            mini_step=jnp.where(skip, state.mini_step, safe_increment(state.mini_step) % k),
+            gradient_step=jnp.where(emit, safe_increment(state.gradient_step), state.gradient_step),
+            inner_opt_state=jax.tree.map(keep, inner_state, state.inner_opt_state),
+            acc_grads=jax.tree.map(
+                lambda new, old: jnp.where(skip, old, jnp.where(emit, 0, new)).astype(self._dtype), acc_grads, state.acc_grads
+            ),
+            skip_state=skip_state,
+        )
+        return tree.map_updates(lambda u: jnp.where(emit, u, jnp.zeros_like(u)), final), new_state
+
+    def has_updated(self, state: MultiStepsState) -> jax.Array:
+        """Whether the last call applied the inner optimizer."""
+        return jnp.logical_and(state.mini_step == 0, state.gradient_step > 0)
+
+    def gradient_transformation(self) -> GradientTransformation:
+        """This accumulator as a plain :class:`GradientTransformation`."""
+        return GradientTransformation(self.init, self.update)
+
+
+class LookaheadState(NamedTuple):
+    """The fast optimizer's state and the steps since the last synchronisation."""
+
+    fast_state: OptState
+    steps_since_sync: jax.Array
+
+
+class LookaheadParams(NamedTuple):
+    """Lookahead's two copies of the parameters: ``fast`` (trained) and ``slow`` (averaged)."""
+
+    fast: Params
+    slow: Params
+
+    @classmethod
+    def init_synced(cls, params: Params) -> "LookaheadParams":
+        """Both copies equal to ``params``."""
+        return cls(fast=params, slow=params)
+
+
+def lookahead(
+    fast_optimizer: GradientTransformation, sync_period: int, slow_step_size: float, reset_state: bool = False
+) -> GradientTransformation:
+    """Lookahead (Zhang et al. 2019): every ``k`` fast steps, pull the slow weights towards the fast ones.
+
+    .. math::
+
+        \\phi \\leftarrow \\phi + \\alpha (\\theta_k - \\phi), \\qquad \\theta_0 \\leftarrow \\phi
+
+    The params are :class:`LookaheadParams` (``fast``, ``slow``) and the
+    updates returned are for both, so ``apply_updates`` advances both. Same
+    interface and numbers as ``optax.lookahead``; ``reset_state`` re-initialises
+    the fast optimizer's state at each synchronisation.
+
+    Deviation from Optax: ``init`` given plain params raises (Optax warns and
+    treats them as the fast params).
+
+    Example:
+        >>> import jax.numpy as jnp, jaxopt_zoo as jz
+        >>> tx = jz.lookahead(jz.adam(1e-3), sync_period=5, slow_step_size=0.5)
+        >>> params = jz.LookaheadParams.init_synced({"w": jnp.zeros(2)})
+        >>> state = tx.init(params)
+
+    References:
+        Zhang, Lucas, Hinton & Ba, "Lookahead Optimizer: k steps forward, 1 step back", NeurIPS 2019.
+    """
+    if isinstance(sync_period, bool) or not isinstance(sync_period, int) or sync_period < 1:
+        raise ValueError(f"lookahead: sync_period must be an integer >= 1, got {sync_period!r}.")
+    validation.fraction("lookahead", "slow_step_size", slow_step_size)
+    validation.flag("lookahead", "reset_state", reset_state)
+    fast_optimizer = _as_transformation("lookahead", fast_optimizer)
+
+    def init(params):
+        if not isinstance(params, LookaheadParams):
+            raise ValueError(
+                "lookahead: params must be LookaheadParams(fast=..., slow=...); "
+                "start from LookaheadParams.init_synced(params)."
+            )
+        return LookaheadState(fast_optimizer.init(params.fast), zero_count())
+
+    def update(updates, state, params=None, **extra_args):
+        if not isinstance(params, LookaheadParams):
+            raise ValueError("lookahead needs the parameters as LookaheadParams(fast=..., slow=...) in update.")
+        fast_updates, fast_state = fast_optimizer.update(updates, state.fast_state, params.fast, **extra_args)
+        sync = state.steps_since_sync == sync_period - 1
+        # On a sync step: slow += alpha * (fast + u - slow); fast jumps to the new slow.
+        gap = jax.tree.map(lambda f, u, s: f + u - s, params.fast, fast_updates, params.slow)
+        slow_updates = jax.tree.map(lambda d: slow_step_size * sync * d, gap)
+        fast_updates = jax.tree.map(lambda u, d: u - sync * (1 - slow_step_size) * d, fast_updates, gap)
+        if reset_state:
+            fresh = fast_optimizer.init(params.fast)
+            fast_state = jax.tree.map(lambda now, new: jnp.where(sync, new, now), fast_state, fresh)
+        steps = (state.steps_since_sync + 1) % sync_period
+        return LookaheadParams(fast_updates, slow_updates), LookaheadState(fast_state, steps)
+
+    return GradientTransformation(init, update)
+
+
+class EmaParamsState(NamedTuple):
+    """The exponential moving average of the parameters (the evaluation weights)."""
+
+    ema: Params
+
+
+def ema_params(decay: float) -> GradientTransformation:
+    """Keep an exponential moving average of the parameters, for evaluation (Polyak averaging).
+
+    Put it last in a chain, so it sees the final updates :math:`u_t`:
+
+    .. math::
+
+        \\bar\\theta_0 = \\theta_0, \\qquad \\bar\\theta_{t+1} = \\beta \\bar\\theta_t + (1 - \\beta)(\\theta_t + u_t).
+
+    The updates pass through unchanged; read the average from the state's
+    ``ema`` field (e.g. ``state[-1].ema`` at the end of a chain).
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> tx = jz.chain(jz.adamw(1e-3), jz.ema_params(0.999))
+
+    References:
+        Polyak & Juditsky, "Acceleration of Stochastic Approximation by Averaging", 1992.
+    """
+    validation.fraction("ema_params", "decay", decay)
+
+    def init(params):
+        return EmaParamsState(jax.tree.map(lambda p: jnp.array(p, copy=True), params))
+
+    def update(updates, state, params=None, **extra_args):
+        del extra_args
+        validation.require_params("ema_params", params)
+        tree.check_same_structure("ema_params", updates, params, "the params")
+        average = lambda u, e, p: (decay * e + (1 - decay) * (p + u)).astype(e.dtype)
+        return updates, EmaParamsState(tree.map_state(average, updates, state.ema, params))
+
+    return GradientTransformation(init, update)

@@ -1,0 +1,275 @@
+"""inject_hyperparams, apply_if_finite, MultiSteps, lookahead, ema_params and map_params:
+against the equivalent unwrapped computation, against Optax, under jit, through serialization."""
+
+from __future__ import annotations
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxopt_zoo as jz
+from tests.conftest import assert_trees_close, assert_trees_equal, grad_fn, make_params, run_ours
+
+SEEDS = {
+    "sgd": lambda: jz.sgd(0.05, momentum=0.9),
+    "adagrad": lambda: jz.adagrad(0.1),
+    "adadelta": lambda: jz.adadelta(1.0),
+    "rmsprop": lambda: jz.rmsprop(0.01, momentum=0.5),
+    "adam": lambda: jz.adam(0.01),
+    "amsgrad": lambda: jz.amsgrad(0.01),
+    "adamw": lambda: jz.adamw(0.01, weight_decay=0.1),
+    "nadam": lambda: jz.nadam(0.01),
+    "lars": lambda: jz.lars(0.5, trust_coefficient=0.02),
+    "lamb": lambda: jz.lamb(0.01, weight_decay=0.1),
+    "chain": lambda: jz.chain(jz.clip_by_global_norm(1.0), jz.scale_by_adam(), jz.scale_by_learning_rate(0.01)),
+    "torch.adam": lambda: jz.torch.adam(lr=0.01, amsgrad=True),
+}
+
+INJECTED = {
+    "sgd": (jz.sgd, dict(learning_rate=0.05, momentum=0.9), optax.sgd),
+    "adagrad": (jz.adagrad, dict(learning_rate=0.1), optax.adagrad),
+    "rmsprop": (jz.rmsprop, dict(learning_rate=0.01, momentum=0.5), optax.rmsprop),
+    "adam": (jz.adam, dict(learning_rate=0.01), optax.adam),
+    "adamw": (jz.adamw, dict(learning_rate=0.01, weight_decay=0.1), optax.adamw),
+    "lamb": (jz.lamb, dict(learning_rate=0.01, weight_decay=0.1), optax.lamb),
+    "lars": (jz.lars, dict(learning_rate=0.5, trust_coefficient=0.02), optax.lars),
+}
+
+
+@pytest.mark.parametrize("name", list(INJECTED))
+def test_injected_hyperparams_follow_the_unwrapped_optimizer(name):
+    factory, kwargs, optax_factory = INJECTED[name]
+    params = make_params()
+    injected, state = run_ours(jz.inject_hyperparams(factory)(**kwargs), params)
+    plain, _ = run_ours(factory(**kwargs), params)
+    assert_trees_close(injected, plain, rtol=1e-5, atol=1e-6)  # arrays vs Python floats round apart
+    theirs, _ = run_ours(optax.inject_hyperparams(optax_factory)(**kwargs), params)
+    assert_trees_equal(injected, theirs)  # float32 params: both keep float32 hyperparameters
+    assert state.hyperparams["learning_rate"].dtype == jnp.float32
+
+
+def test_changing_the_learning_rate_does_not_recompile():
+    tx = jz.inject_hyperparams(jz.adamw)(learning_rate=0.01, weight_decay=0.1)
+    traces = []
+
+    @jax.jit
+    def step(params, state, grads):
+        traces.append(1)
+        updates, state = tx.update(grads, state, params)
+        return jz.apply_updates(params, updates), state
+
+    params = make_params()
+    state = tx.init(params)
+    grads = jax.tree.map(jnp.ones_like, params)
+    before = params
+    params, state = step(params, state, grads)
+    first_move = float(before["scale"] - params["scale"])
+    state.hyperparams["learning_rate"] = jnp.asarray(0.001, jnp.float32)
+    before = params
+    params, state = step(params, state, grads)
+    second_move = float(before["scale"] - params["scale"])
+    assert len(traces) == 1
+    assert second_move < first_move / 5  # the new rate took effect
+
+
+def test_injected_schedule_is_evaluated_each_step_and_recorded():
+    schedule = jz.linear_schedule(0.1, 0.0, 10)
+    tx = jz.inject_hyperparams(jz.sgd)(learning_rate=schedule)
+    params = make_params()
+    state = tx.init(params)
+    recorded = []
+    for _ in range(4):
+        _, state = jax.jit(tx.update)(jax.tree.map(jnp.ones_like, params), state, params)
+        recorded.append(float(state.hyperparams["learning_rate"]))
+    np.testing.assert_allclose(recorded, [0.1, 0.09, 0.08, 0.07], rtol=1e-6)
+    injected, _ = run_ours(tx, params)
+    plain, _ = run_ours(jz.sgd(schedule), params)
+    assert_trees_close(injected, plain, rtol=1e-6, atol=1e-7)
+
+
+def test_hyperparams_stay_float32_with_bfloat16_params():
+    params = make_params(jnp.bfloat16)
+    tx = jz.inject_hyperparams(jz.adam)(learning_rate=1e-3)
+    iterates, state = run_ours(tx, params, steps=3)
+    assert all(v.dtype == jnp.float32 for v in state.hyperparams.values() if jnp.issubdtype(v.dtype, jnp.floating))
+    assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(iterates[-1]))
+    assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(state.inner_state[0].mu))
+
+
+def test_inject_hyperparams_reports_bad_input():
+    with pytest.raises(ValueError, match=r"inject_hyperparams: static_args \['lr'\] are not parameters of adam"):
+        jz.inject_hyperparams(jz.adam, static_args="lr")
+    with pytest.raises(ValueError, match=r"learning_rate must be >= 0, got -1\.0"):
+        jz.inject_hyperparams(jz.adam)(learning_rate=-1.0)
+
+
+def _nan_at(params, step):
+    grads = jax.tree.map(lambda p: grad_fn(p, step, jnp).astype(p.dtype), params)
+    grads["dense"]["w"] = grads["dense"]["w"].at[0, 0].set(jnp.nan)
+    return grads
+
+
+def test_apply_if_finite_skips_non_finite_steps_exactly():
+    params = make_params()
+    params["dense"]["b"] = params["dense"]["b"].at[0].set(-0.0)
+    tx = jz.apply_if_finite(jz.adam(0.01), max_consecutive_errors=2)
+    step = jax.jit(tx.update)
+    state = tx.init(params)
+    updates, state = step(jax.tree.map(jnp.ones_like, params), state, params)
+    params = jz.apply_updates(params, updates)
+    for bad in range(1, 3):
+        updates, new_state = step(_nan_at(params, bad), state, params)
+        new_params = jz.apply_updates(params, updates)
+        assert_trees_equal(new_params, params)  # bit for bit, -0.0 included
+        assert_trees_equal(new_state.inner_state, state.inner_state)
+        assert int(new_state.notfinite_count) == bad and int(new_state.total_notfinite) == bad
+        assert not bool(new_state.last_finite)
+        state = new_state
+    # A third non-finite step in a row exceeds max_consecutive_errors=2: it is applied.
+    updates, state = step(_nan_at(params, 3), state, params)
+    assert bool(jnp.isnan(jz.apply_updates(params, updates)["dense"]["w"][0, 0]))
+    assert int(state.notfinite_count) == 3
+
+
+def test_apply_if_finite_counts_like_optax_and_resets_on_a_finite_step():
+    params = make_params()
+    ours, theirs = jz.apply_if_finite(jz.sgd(0.1), 5), optax.apply_if_finite(optax.sgd(0.1), 5)
+    s1, s2 = ours.init(params), theirs.init(params)
+    for t in range(1, 7):
+        grads = _nan_at(params, t) if t in (2, 3, 5) else jax.tree.map(lambda p: grad_fn(p, t, jnp), params)
+        u1, s1 = ours.update(grads, s1, params)
+        u2, s2 = theirs.update(grads, s2, params)
+        np.testing.assert_array_equal(np.asarray(u1["scale"]), np.asarray(u2["scale"]))
+        assert (int(s1.notfinite_count), int(s1.total_notfinite)) == (int(s2.notfinite_count), int(s2.total_notfinite))
+    assert int(s1.total_notfinite) == 3 and int(s1.notfinite_count) == 0
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_multisteps_applies_the_mean_gradient_once_every_k(dtype):
+    params = make_params(dtype)
+    k = 4
+    tx = jz.MultiSteps(jz.adam(0.01), every_k_schedule=k)
+    state = tx.init(params)
+    step = jax.jit(tx.update)
+    micro = [jax.tree.map(lambda p: grad_fn(p, t, jnp).astype(dtype), params) for t in range(1, k + 1)]
+    for i, grads in enumerate(micro):
+        updates, state = step(grads, state, params)
+        emitted = i == k - 1
+        assert bool(tx.has_updated(state)) == emitted
+        if not emitted:
+            assert all(float(jnp.max(jnp.abs(u))) == 0.0 for u in jax.tree.leaves(updates))
+    mean = jax.tree.map(lambda *gs: (sum(g.astype(jnp.float32) for g in gs) / k).astype(dtype), *micro)
+    single, _ = jz.adam(0.01).update(mean, jz.adam(0.01).init(params), params)
+    tolerance = dict(rtol=1e-5, atol=1e-6) if dtype == jnp.float32 else dict(rtol=2e-2, atol=2e-2)
+    assert_trees_close(updates, single, **tolerance)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.acc_grads))
+
+
+def test_multisteps_matches_optax_bit_for_bit_with_a_schedule_of_k():
+    params = make_params()
+    every_k = lambda step: jnp.where(step < 2, 2, 3)
+    ours = jz.MultiSteps(jz.adamw(0.01), every_k).gradient_transformation()
+    theirs = optax.MultiSteps(optax.adamw(0.01), every_k).gradient_transformation()
+    a, state = run_ours(ours, params, steps=13)
+    b, _ = run_ours(theirs, params, steps=13)
+    assert_trees_equal(a, b)
+    assert (int(state.gradient_step), int(state.mini_step)) == (5, 0)  # 2 + 2 + 3 + 3 + 3 = 13 micro-steps
+
+
+def test_multisteps_rejects_bad_k():
+    with pytest.raises(ValueError, match="MultiSteps: every_k_schedule must be an integer >= 1 or a schedule, got 0"):
+        jz.MultiSteps(jz.sgd(0.1), 0)
+
+
+def _lookahead_reference(params, sync_period, alpha, steps, lr=0.05):
+    # Zhang et al. (2019), Algorithm 1, as two nested loops over plain SGD on grad_fn.
+    slow = fast = np.asarray(params, np.float64)
+    t, out = 0, []
+    while t < steps:
+        for _ in range(sync_period):
+            t += 1
+            fast = fast - lr * grad_fn(fast, t)
+            if t % sync_period == 0:
+                slow = slow + alpha * (fast - slow)
+                fast = slow
+            out.append(fast)
+            if t == steps:
+                break
+    return out
+
+
+def test_lookahead_matches_the_nested_loops_and_optax(x64):
+    start = make_params(jnp.float64)["dense"]["w"]
+    tx = jz.lookahead(jz.sgd(0.05), sync_period=3, slow_step_size=0.5)
+    params = jz.LookaheadParams.init_synced(start)
+    state = tx.init(params)
+    theirs_tx = optax.lookahead(optax.sgd(0.05), 3, 0.5)
+    theirs_params, theirs_state = optax.LookaheadParams.init_synced(start), theirs_tx.init(optax.LookaheadParams.init_synced(start))
+    expected = _lookahead_reference(start, 3, 0.5, 10)
+    for t in range(1, 11):
+        updates, state = tx.update(grad_fn(params.fast, t, jnp), state, params)
+        params = jz.apply_updates(params, updates)
+        np.testing.assert_allclose(params.fast, expected[t - 1], rtol=1e-12)
+        u2, theirs_state = theirs_tx.update(grad_fn(theirs_params.fast, t, jnp), theirs_state, theirs_params)
+        theirs_params = optax.apply_updates(theirs_params, u2)
+        np.testing.assert_array_equal(np.asarray(params.fast), np.asarray(theirs_params.fast))
+
+
+def test_lookahead_reports_bad_input():
+    with pytest.raises(ValueError, match="lookahead: sync_period must be an integer >= 1, got 0"):
+        jz.lookahead(jz.sgd(0.1), 0, 0.5)
+    with pytest.raises(ValueError, match=r"lookahead: slow_step_size must be in \[0, 1\]"):
+        jz.lookahead(jz.sgd(0.1), 2, 1.5)
+    with pytest.raises(ValueError, match="params must be LookaheadParams"):
+        jz.lookahead(jz.sgd(0.1), 2, 0.5).init(make_params())
+
+
+def test_ema_params_tracks_the_average_of_the_iterates(x64):
+    params = make_params(jnp.float64)
+    tx = jz.chain(jz.adam(0.05), jz.ema_params(0.9))
+    iterates, state = run_ours(tx, params, steps=20)
+    expected = jax.tree.map(np.asarray, params)
+    for iterate in iterates:
+        expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * np.asarray(p), expected, iterate)
+    assert_trees_close(state[-1].ema, expected, rtol=1e-12)
+
+
+def test_map_params_touches_only_per_parameter_state():
+    tx = jz.chain(jz.clip_by_global_norm(1.0), jz.adam(1e-2))
+    params = make_params()
+    _, state = run_ours(tx, params, steps=3)
+    doubled = jz.tree.map_params(tx, lambda x: 2 * x, state)
+    assert_trees_equal(doubled[1][0].mu, jax.tree.map(lambda x: 2 * x, state[1][0].mu))
+    assert int(doubled[1][0].count) == int(state[1][0].count) == 3
+
+
+WRAPPERS = {
+    "inject_hyperparams": lambda make: jz.inject_hyperparams(lambda learning_rate: jz.chain(make(), jz.scale(learning_rate)))(learning_rate=1.0),
+    "apply_if_finite": lambda make: jz.apply_if_finite(make(), 3),
+    "MultiSteps": lambda make: jz.MultiSteps(make(), 2),
+    "masked": lambda make: jz.masked(make(), {"dense": True, "scale": False}),
+    "ema_params": lambda make: jz.chain(make(), jz.ema_params(0.9)),
+}
+
+
+@pytest.mark.parametrize("seed", list(SEEDS))
+@pytest.mark.parametrize("wrapper", list(WRAPPERS))
+def test_wrapper_composes_with_seed_and_survives_serialization(wrapper, seed):
+    tx = WRAPPERS[wrapper](SEEDS[seed])
+    params = make_params()
+    step = jax.jit(tx.update)
+    state = tx.init(params)
+    trajectory = []
+    for t in range(1, 7):
+        if t == 4:  # save and restore mid-run, into a fresh template
+            blob = flax.serialization.to_bytes(state)
+            state = flax.serialization.from_bytes(tx.init(params), blob)
+        updates, state = step(jax.tree.map(lambda p: grad_fn(p, t, jnp), params), state, params)
+        params = jz.apply_updates(params, updates)
+        trajectory.append(params)
+    uninterrupted, _ = run_ours(tx, make_params(), steps=6)
+    assert_trees_equal(trajectory, uninterrupted)
+    assert not np.allclose(np.asarray(trajectory[-1]["dense"]["w"]), np.asarray(make_params()["dense"]["w"]))
