@@ -56,7 +56,8 @@ def inject_hyperparams(
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
         >>> tx = jz.inject_hyperparams(jz.adam)(learning_rate=1e-3)
         >>> state = tx.init({"w": jnp.zeros(2)})
-        >>> state.hyperparams["learning_rate"] = 1e-4   # takes effect at the next step
+        >>> # Takes effect at the next step; keep it a float32 array so a jitted step is not retraced.
+        >>> state.hyperparams["learning_rate"] = jnp.asarray(1e-4, jnp.float32)
     """
     static = {static_args} if isinstance(static_args, str) else set(static_args)
     signature = inspect.signature(inner_factory)
