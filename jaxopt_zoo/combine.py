@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxopt_zoo.base import GradientTransformation, OptState, Params, set_to_zero
-from jaxopt_zoo.tree import is_none
+from jaxopt_zoo.tree import is_none, is_params_placeholder
 
 
 def _takes_extra_args(transformation: Any) -> bool:
@@ -112,21 +112,27 @@ class MaskedState(NamedTuple):
     inner_state: OptState
 
 
+def _as_static_bool(leaf: Any) -> bool:
+    # Python/NumPy bools, and concrete JAX bool scalars; a traced mask cannot select leaves.
+    if isinstance(leaf, (bool, np.bool_)):
+        return bool(leaf)
+    if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer) and leaf.shape == () and leaf.dtype == bool:
+        return bool(leaf)
+    raise ValueError(f"masked: mask leaves must be booleans known before tracing, got {leaf!r}.")
+
+
 def _mask_tree(mask: Any, tree: Any) -> Any:
     mask_tree = mask(tree) if callable(mask) else mask
-    bad = [leaf for leaf in jax.tree.leaves(mask_tree) if not isinstance(leaf, (bool, np.bool_))]
-    if bad:
-        raise ValueError(f"masked: mask leaves must be Python bools, got {bad[0]!r}.")
-    return mask_tree
+    return jax.tree.map(_as_static_bool, mask_tree)
 
 
-def _select(mask_tree: Any, tree: Any) -> Any:
+def _select(mask_tree: Any, tree: Any, owner: str = "masked", what: str = "mask") -> Any:
+    if is_params_placeholder(tree):  # tree.map_params finding the per-parameter parts of a state
+        return tree
     try:
         return jax.tree.map(lambda keep, sub: sub if keep else MaskedNode(), mask_tree, tree)
     except ValueError as error:
-        raise ValueError(
-            f"masked: the mask must have the params' structure (or a prefix of it): {error}"
-        ) from None
+        raise ValueError(f"{owner}: the {what} must have the params' structure (or a prefix of it): {error}") from None
 
 
 def masked(inner: GradientTransformation, mask: Any | Callable[[Params], Any]) -> GradientTransformation:
@@ -210,12 +216,13 @@ def partition(
 
     def labels_for(tree: Any) -> Any:
         labels = param_labels(tree) if callable(param_labels) else param_labels
-        unknown = sorted({repr(x) for x in jax.tree.leaves(labels)} - {repr(k) for k in members})
+        unknown = sorted({repr(x) for x in jax.tree.leaves(labels) if x not in members})
         if unknown:
             raise ValueError(
                 f"partition: labels {', '.join(unknown)} have no transformation; "
                 f"the transforms are labelled {', '.join(sorted(repr(k) for k in members))}."
             )
+        _select(jax.tree.map(lambda label: True, labels), tree, "partition", "labels")  # structure check
         return labels
 
     def group(labels: Any, label: Any) -> GradientTransformation:

@@ -34,8 +34,8 @@ __all__ = [
 
 
 def _steps(owner: str, name: str, value: int, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}.")
+    # Optax also takes NumPy integers and integral floats (1e4) for step counts.
+    validation.whole_number(owner, name, value, minimum)
     return value
 
 
@@ -77,8 +77,9 @@ def polynomial_schedule(
 
 
 def _polynomial(owner: str, init_value, end_value, power, transition_steps: int, transition_begin: int) -> Schedule:
-    for name, value in (("init_value", init_value), ("end_value", end_value), ("power", power)):
+    for name, value in (("init_value", init_value), ("end_value", end_value)):
         validation.real_scalar(owner, name, value)
+    validation.non_negative(owner, "power", power)  # a negative power is infinite at the end
     transition_steps = _steps(owner, "transition_steps", transition_steps)
     transition_begin = _steps(owner, "transition_begin", transition_begin)
     if transition_steps == 0:
@@ -167,7 +168,7 @@ def cosine_decay_schedule(
     owner = "cosine_decay_schedule"
     validation.real_scalar(owner, "init_value", init_value)
     validation.real_scalar(owner, "alpha", alpha)
-    validation.real_scalar(owner, "exponent", exponent)
+    validation.non_negative(owner, "exponent", exponent)
     decay_steps = _steps(owner, "decay_steps", decay_steps, minimum=1)
 
     def schedule(count):
@@ -280,11 +281,15 @@ def piecewise_interpolate_schedule(
     return schedule
 
 
-def _onecycle_checks(owner: str, transition_steps: int, peak_value, fractions: Iterable[tuple[str, float]]) -> None:
+def _onecycle_checks(
+    owner: str, transition_steps: int, peak_value, fractions: Iterable[tuple[str, float]], div_factor, final_div_factor
+) -> None:
     _steps(owner, "transition_steps", transition_steps, minimum=1)
     validation.real_scalar(owner, "peak_value", peak_value)
     for name, value in fractions:
         validation.fraction(owner, name, value)
+    validation.positive(owner, "div_factor", div_factor)
+    validation.positive(owner, "final_div_factor", final_div_factor)
 
 
 def linear_onecycle_schedule(
@@ -305,7 +310,9 @@ def linear_onecycle_schedule(
         1.0
     """
     owner = "linear_onecycle_schedule"
-    _onecycle_checks(owner, transition_steps, peak_value, (("pct_start", pct_start), ("pct_final", pct_final)))
+    _onecycle_checks(
+        owner, transition_steps, peak_value, (("pct_start", pct_start), ("pct_final", pct_final)), div_factor, final_div_factor
+    )
     if pct_final < pct_start:
         raise ValueError(f"{owner}: pct_final must be >= pct_start, got {pct_final!r} < {pct_start!r}.")
     return piecewise_interpolate_schedule(
@@ -335,7 +342,7 @@ def cosine_onecycle_schedule(
         1.0
     """
     owner = "cosine_onecycle_schedule"
-    _onecycle_checks(owner, transition_steps, peak_value, (("pct_start", pct_start),))
+    _onecycle_checks(owner, transition_steps, peak_value, (("pct_start", pct_start),), div_factor, final_div_factor)
     return piecewise_interpolate_schedule(
         "cosine",
         peak_value / div_factor,

@@ -158,6 +158,11 @@ class _ParamsPlaceholder:
         return cls()
 
 
+def is_params_placeholder(x: Any) -> bool:
+    """Whether ``x`` is the placeholder :func:`map_params` initialises transformations with."""
+    return isinstance(x, _ParamsPlaceholder)
+
+
 def map_params(initable: Any, fn: Callable[..., Any], state: Any, *rest: Any,
                transform_non_params: Callable[[Any], Any] | None = None) -> Any:
     """Apply ``fn`` to every leaf of the per-parameter parts of an optimizer state.
@@ -167,8 +172,9 @@ def map_params(initable: Any, fn: Callable[..., Any], state: Any, *rest: Any,
     shaped like the params (moments, buffers) and which are not (step counts,
     hyperparameters); the latter pass through, or through ``transform_non_params``.
     ``rest`` are trees shaped like the params, passed to ``fn`` leaf by leaf.
-    Transformations whose init reads the params' values (``masked`` with a
-    callable mask, ``partition`` with a callable of the labels) cannot be mapped.
+    Transformations whose init calls a function of the params (``masked`` with
+    a callable mask, ``partition`` with callable labels) or needs a special
+    params type (``lookahead``) cannot be mapped.
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz

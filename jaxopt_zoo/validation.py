@@ -45,6 +45,30 @@ def non_negative(owner: str, name: str, value: Any) -> float | None:
     return x
 
 
+def whole_number(owner: str, name: str, value: Any, minimum: int = 0) -> int:
+    """Require an integer ``>= minimum`` (a Python or NumPy integer, or an integral float); return it as an int."""
+    bad = ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}.")
+    if isinstance(value, (bool, np.bool_, jax.core.Tracer)) or not isinstance(
+        value, (int, float, np.integer, np.floating, np.ndarray, jax.Array)
+    ):
+        raise bad
+    array = np.asarray(value)
+    if array.shape != () or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise bad
+    number = float(array)
+    if not number.is_integer() or number < minimum:
+        raise bad
+    return int(number)
+
+
+def positive(owner: str, name: str, value: Any) -> float | None:
+    """Require a finite real ``value > 0``; return it as a float (``None`` when traced)."""
+    x = real_scalar(owner, name, value)
+    if x is not None and x <= 0:
+        raise ValueError(f"{owner}: {name} must be > 0, got {value!r}.")
+    return x
+
+
 def is_literal_zero(value: Any) -> bool:
     """True only for a Python ``int``/``float`` equal to 0.
 

@@ -46,11 +46,15 @@ def inject_hyperparams(
     schedule is evaluated at the step count each step and stored there too.
     Booleans, ``None``, strings and the names in ``static_args`` stay static.
 
-    The trajectory is the unwrapped optimizer's up to float32 rounding (the
-    hyperparameters are arrays instead of Python floats). Deviation from Optax:
-    hyperparameters are float32 (float64 with float64 params) whatever the
-    params' dtype, so bfloat16 params do not round the learning rate; Optax
-    uses the params' widest dtype. Stateful schedules are not supported.
+    Deviation from Optax: hyperparameters are float32 (float64 with float64
+    params) whatever the params' dtype; Optax uses the params' widest dtype,
+    where bfloat16 rounds ``b2=0.999`` to 1. With bfloat16 params the
+    optimizer's arithmetic therefore runs in float32 (its state keeps its own
+    dtypes, and the updates are cast back to the gradients' dtype), so it is
+    more accurate than the unwrapped optimizer, not equal to it. With float32
+    params the trajectory equals the unwrapped one up to the rounding of a
+    hyperparameter array against a Python float. Stateful schedules are not
+    supported.
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
@@ -71,7 +75,6 @@ def inject_hyperparams(
     def build(*args, **kwargs) -> GradientTransformation:
         arguments = signature.bind(*args, **kwargs)
         arguments.apply_defaults()
-        inner_factory(*arguments.args, **arguments.kwargs)  # bad hyperparameters fail here, not at init
         schedules, numeric, other = {}, {}, {}
         for name, value in arguments.arguments.items():
             if name in static or isinstance(value, (bool, np.bool_)) or value is None:
@@ -82,9 +85,12 @@ def inject_hyperparams(
                 numeric[name] = value
             else:
                 other[name] = value
+        # Bad hyperparameters fail here, not at init; schedules are checked by their first value.
+        inner_factory(**other, **numeric, **{k: f(zero_count()) for k, f in schedules.items()})
 
         def as_array(value, dtype):
-            value = jnp.asarray(value)
+            # A copy: the state must not alias the caller's array (donation would delete it).
+            value = jnp.array(value, copy=True)
             return value.astype(dtype) if jnp.issubdtype(value.dtype, jnp.floating) else value
 
         def current(hyperparams, count, dtype):
@@ -93,16 +99,16 @@ def inject_hyperparams(
             return values
 
         def init(params):
-            dtype = _hyperparam_dtype(params, hyperparam_dtype)
-            hyperparams = current(numeric, zero_count(), dtype)
+            hyperparams = current(numeric, zero_count(), _hyperparam_dtype(params, hyperparam_dtype))
             return InjectHyperparamsState(zero_count(), hyperparams, inner_factory(**other, **hyperparams).init(params))
 
         def update(updates, state, params=None, **extra_args):
             dtype = _hyperparam_dtype(state.hyperparams, hyperparam_dtype)
             hyperparams = current(state.hyperparams, state.count, dtype)
             inner = _as_transformation("inject_hyperparams", inner_factory(**other, **hyperparams))
-            updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
-            return updates, InjectHyperparamsState(safe_increment(state.count), hyperparams, inner_state)
+            new_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
+            new_updates = tree.cast_like(new_updates, updates)  # float32 hyperparameters must not widen bf16 updates
+            return new_updates, InjectHyperparamsState(safe_increment(state.count), hyperparams, inner_state)
 
         return GradientTransformation(init, update)
 
@@ -132,10 +138,7 @@ def apply_if_finite(inner: GradientTransformation, max_consecutive_errors: int) 
         >>> import jaxopt_zoo as jz
         >>> tx = jz.apply_if_finite(jz.adam(1e-3), max_consecutive_errors=5)
     """
-    if isinstance(max_consecutive_errors, bool) or not isinstance(max_consecutive_errors, int) or max_consecutive_errors < 0:
-        raise ValueError(
-            f"apply_if_finite: max_consecutive_errors must be an integer >= 0, got {max_consecutive_errors!r}."
-        )
+    max_consecutive_errors = validation.whole_number("apply_if_finite", "max_consecutive_errors", max_consecutive_errors)
     inner = _as_transformation("apply_if_finite", inner)
 
     def init(params):
@@ -176,8 +179,8 @@ class MultiSteps:
 
     (the sum instead of the mean with ``use_grad_mean=False``). The mean is
     kept in ``accumulator_dtype`` (float32), so bfloat16 micro-batch gradients
-    do not lose precision. ``k`` may be a schedule of the number of applied
-    steps. Everything is computed with ``jnp.where``: no Python control flow
+    do not lose precision (``accumulator_dtype=None`` keeps the params' dtype).
+    ``k`` may be a schedule of the number of applied steps; it must stay >= 1. Everything is computed with ``jnp.where``: no Python control flow
     inside ``jit``. Same interface and numbers as ``optax.MultiSteps``; use
     ``.gradient_transformation()`` (or the object itself) as a transformation.
 
@@ -196,11 +199,7 @@ class MultiSteps:
         accumulator_dtype: Any = jnp.float32,
     ):
         if not callable(every_k_schedule):
-            if isinstance(every_k_schedule, bool) or not isinstance(every_k_schedule, int) or every_k_schedule < 1:
-                raise ValueError(
-                    f"MultiSteps: every_k_schedule must be an integer >= 1 or a schedule, got {every_k_schedule!r}."
-                )
-            k = every_k_schedule
+            k = validation.whole_number("MultiSteps", "every_k_schedule", every_k_schedule, 1)
             every_k_schedule = lambda step: k
         validation.flag("MultiSteps", "use_grad_mean", use_grad_mean)
         self._opt = _as_transformation("MultiSteps", opt)
@@ -222,7 +221,8 @@ class MultiSteps:
     def update(self, updates, state: MultiStepsState, params=None, **extra_args):
         k = self._every_k(state.gradient_step)
         skip, skip_state = self._should_skip(updates, state.gradient_step, params)
-        if jnp.shape(skip) != () or jnp.asarray(skip).dtype != jnp.bool_:
+        skip = jnp.asarray(skip)  # a Python bool too: ~True would be -2
+        if skip.shape != () or skip.dtype != jnp.bool_:
             raise ValueError(f"MultiSteps: should_skip_update_fn must return a boolean scalar, got {skip!r}.")
         if self._use_grad_mean:  # Welford's running mean, stable in low precision
             accumulate = lambda g, acc: acc + (g - acc) / (state.mini_step + 1)
@@ -230,14 +230,14 @@ class MultiSteps:
             accumulate = lambda g, acc: g + acc
         acc_grads = tree.map_state(accumulate, updates, state.acc_grads)
         final, inner_state = self._opt.update(tree.cast_like(acc_grads, updates), state.inner_opt_state, params, **extra_args)
-        emit = jnp.logical_and(state.mini_step == k - 1, ~skip)
+        emit = jnp.logical_and(state.mini_step == k - 1, jnp.logical_not(skip))
         keep = lambda new, old: jnp.where(emit, new, old).astype(jnp.asarray(old).dtype)
         new_state = MultiStepsState(
             mini_step=jnp.where(skip, state.mini_step, safe_increment(state.mini_step) % k),
             gradient_step=jnp.where(emit, safe_increment(state.gradient_step), state.gradient_step),
             inner_opt_state=jax.tree.map(keep, inner_state, state.inner_opt_state),
             acc_grads=jax.tree.map(
-                lambda new, old: jnp.where(skip, old, jnp.where(emit, 0, new)).astype(self._dtype), acc_grads, state.acc_grads
+                lambda new, old: jnp.where(skip, old, jnp.where(emit, 0, new)).astype(old.dtype), acc_grads, state.acc_grads
             ),
             skip_state=skip_state,
         )
@@ -267,8 +267,8 @@ class LookaheadParams(NamedTuple):
 
     @classmethod
     def init_synced(cls, params: Params) -> "LookaheadParams":
-        """Both copies equal to ``params``."""
-        return cls(fast=params, slow=params)
+        """Both copies equal to ``params`` (separate buffers, so the params can be donated)."""
+        return cls(fast=params, slow=jax.tree.map(lambda p: jnp.array(p, copy=True), params))
 
 
 def lookahead(
@@ -297,8 +297,7 @@ def lookahead(
     References:
         Zhang, Lucas, Hinton & Ba, "Lookahead Optimizer: k steps forward, 1 step back", NeurIPS 2019.
     """
-    if isinstance(sync_period, bool) or not isinstance(sync_period, int) or sync_period < 1:
-        raise ValueError(f"lookahead: sync_period must be an integer >= 1, got {sync_period!r}.")
+    sync_period = validation.whole_number("lookahead", "sync_period", sync_period, 1)
     validation.fraction("lookahead", "slow_step_size", slow_step_size)
     validation.flag("lookahead", "reset_state", reset_state)
     fast_optimizer = _as_transformation("lookahead", fast_optimizer)
@@ -345,7 +344,9 @@ def ema_params(decay: float) -> GradientTransformation:
         \\bar\\theta_0 = \\theta_0, \\qquad \\bar\\theta_{t+1} = \\beta \\bar\\theta_t + (1 - \\beta)(\\theta_t + u_t).
 
     The updates pass through unchanged; read the average from the state's
-    ``ema`` field (e.g. ``state[-1].ema`` at the end of a chain).
+    ``ema`` field (e.g. ``state[-1].ema`` at the end of a chain). The average is
+    kept in float32 at least: in bfloat16, :math:`\\beta = 0.999` rounds to 1 and
+    the average would never move.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -357,13 +358,13 @@ def ema_params(decay: float) -> GradientTransformation:
     validation.fraction("ema_params", "decay", decay)
 
     def init(params):
-        return EmaParamsState(jax.tree.map(lambda p: jnp.array(p, copy=True), params))
+        return EmaParamsState(jax.tree.map(lambda p: jnp.array(p, dtype=jnp.promote_types(p.dtype, jnp.float32)), params))
 
     def update(updates, state, params=None, **extra_args):
         del extra_args
         validation.require_params("ema_params", params)
         tree.check_same_structure("ema_params", updates, params, "the params")
-        average = lambda u, e, p: (decay * e + (1 - decay) * (p + u)).astype(e.dtype)
+        average = lambda u, e, p: (decay * e + (1 - decay) * (p.astype(e.dtype) + u.astype(e.dtype))).astype(e.dtype)
         return updates, EmaParamsState(tree.map_state(average, updates, state.ema, params))
 
     return GradientTransformation(init, update)

@@ -86,7 +86,7 @@ def test_none_updates_pass_through():
     [
         (lambda: jz.clip(-1.0), r"clip: max_delta must be >= 0, got -1\.0"),
         (lambda: jz.clip_by_global_norm("1"), r"clip_by_global_norm: max_norm must be a finite real number"),
-        (lambda: jz.clip_by_block_rms(-0.1), r"clip_by_block_rms: threshold must be >= 0"),
+        (lambda: jz.clip_by_block_rms(-0.1), r"clip_by_block_rms: threshold must be > 0, got -0\.1"),
         (lambda: jz.adaptive_grad_clip(-0.1), r"adaptive_grad_clip: clipping must be >= 0"),
     ],
 )

@@ -130,6 +130,7 @@ def test_schedule_drives_an_optimizer_under_jit():
         (lambda: jz.polynomial_schedule(1.0, 0.0, 2, 10, transition_begin=-1), r"transition_begin must be an integer >= 0, got -1"),
         (lambda: jz.exponential_decay(1.0, 10, 0.0), r"exponential_decay: decay_rate must be > 0, got 0\.0"),
         (lambda: jz.exponential_decay(1.0, 10.5, 0.5), r"transition_steps must be an integer"),
+        (lambda: jz.exponential_decay(1.0, "10", 0.5), r"transition_steps must be an integer >= 0, got '10'"),
         (lambda: jz.cosine_decay_schedule(1.0, 0), r"cosine_decay_schedule: decay_steps must be an integer >= 1, got 0"),
         (lambda: jz.join_schedules([jz.constant_schedule(1.0)] * 3, [20, 10]), r"boundaries must be strictly increasing, got \[20, 10\]"),
         (lambda: jz.join_schedules([jz.constant_schedule(1.0)] * 3, [10]), r"expected 2 boundaries for 3 schedules"),
@@ -141,8 +142,23 @@ def test_schedule_drives_an_optimizer_under_jit():
         (lambda: jz.cosine_onecycle_schedule(0, 1.0), r"transition_steps must be an integer >= 1, got 0"),
         (lambda: jz.sgdr_schedule([]), r"sgdr_schedule: cosine_kwargs must hold at least one cycle"),
         (lambda: jz.constant_schedule("0.1"), r"constant_schedule: value must be a finite real number"),
+        (lambda: jz.polynomial_schedule(1.0, 0.0, -1.0, 10), r"polynomial_schedule: power must be >= 0, got -1\.0"),
+        (lambda: jz.cosine_decay_schedule(1.0, 10, exponent=-1.0), r"cosine_decay_schedule: exponent must be >= 0"),
+        (lambda: jz.linear_onecycle_schedule(100, 1.0, div_factor=0.0), r"linear_onecycle_schedule: div_factor must be > 0"),
+        (lambda: jz.cosine_onecycle_schedule(100, 1.0, final_div_factor=-1.0), r"cosine_onecycle_schedule: final_div_factor must be > 0"),
+        (lambda: jz.linear_schedule(1.0, 0.0, 10.5), r"transition_steps must be an integer >= 0, got 10\.5"),
     ],
 )
 def test_senseless_arguments_fail_at_construction(factory, message):
     with pytest.raises(ValueError, match=message):
         factory()
+
+
+def test_numpy_integers_and_integral_floats_count_as_steps_as_in_optax():
+    for ours, theirs in [
+        (jz.linear_schedule(1.0, 0.0, np.int64(100)), optax.linear_schedule(1.0, 0.0, np.int64(100))),
+        (jz.cosine_decay_schedule(1.0, 1e4), optax.cosine_decay_schedule(1.0, 1e4)),
+        (jz.piecewise_constant_schedule(1.0, {np.int64(50): 0.5}), optax.piecewise_constant_schedule(1.0, {np.int64(50): 0.5})),
+    ]:
+        for t in (0, 60, 5000):
+            np.testing.assert_allclose(float(ours(t)), float(theirs(t)), rtol=1e-6)

@@ -418,7 +418,7 @@ def test_trust_ratio_leaves_zero_parameters_and_updates_alone():
         (lambda: jz.scale_by_rms(initial_scale=-1.0), r"scale_by_rms: initial_scale must be >= 0"),
         (lambda: jz.scale_by_adadelta(rho=-0.1), r"scale_by_adadelta: rho must be in \[0, 1\], got -0\.1"),
         (lambda: jz.scale_by_trust_ratio(trust_coefficient=-1.0), r"scale_by_trust_ratio: trust_coefficient must be >= 0"),
-        (lambda: jz.scale_by_trust_ratio(max_param_norm=0.0), r"scale_by_trust_ratio: max_param_norm must be > 0"),
+        (lambda: jz.scale_by_trust_ratio(max_param_norm=0.0), r"scale_by_trust_ratio: max_param_norm must be > 0, got 0\.0"),
     ],
 )
 def test_bad_hyperparameters_fail_at_construction(factory, message):

@@ -34,7 +34,7 @@ def clip_by_block_rms(threshold: jax.typing.ArrayLike) -> GradientTransformation
         >>> import jaxopt_zoo as jz
         >>> tx = jz.clip_by_block_rms(1.0)
     """
-    validation.non_negative("clip_by_block_rms", "threshold", threshold)
+    validation.positive("clip_by_block_rms", "threshold", threshold)
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -52,7 +52,8 @@ def clip_by_global_norm(max_norm: jax.typing.ArrayLike) -> GradientTransformatio
         u = \\begin{cases} g & \\|g\\| < c \\\\ c \\, g / \\|g\\| & \\text{otherwise,} \\end{cases}
         \\qquad \\|g\\| = \\sqrt{\\textstyle\\sum_i \\|g_i\\|^2}.
 
-    Numerically ``optax.clip_by_global_norm``.
+    Numerically ``optax.clip_by_global_norm``; ``max_norm`` must be positive
+    (Optax accepts 0 and returns NaN for zero gradients).
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -61,13 +62,14 @@ def clip_by_global_norm(max_norm: jax.typing.ArrayLike) -> GradientTransformatio
     References:
         Pascanu, Mikolov & Bengio, "On the difficulty of training recurrent neural networks", ICML 2013.
     """
-    validation.non_negative("clip_by_global_norm", "max_norm", max_norm)
+    validation.positive("clip_by_global_norm", "max_norm", max_norm)
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
         norm = tree.global_norm(updates)
         keep = norm < max_norm
-        scale = lambda g: jax.lax.select(keep, g, (g / norm.astype(g.dtype)) * max_norm)
+        # The cast keeps g's dtype when max_norm is a wider array (e.g. injected as float32).
+        scale = lambda g: jax.lax.select(keep, g, ((g / norm.astype(g.dtype)) * max_norm).astype(g.dtype))
         return tree.map_updates(scale, updates), state
 
     return GradientTransformation(init_empty_state, update)

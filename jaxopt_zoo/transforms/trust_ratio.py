@@ -60,9 +60,7 @@ def scale_by_trust_ratio(
     validation.non_negative(owner, "trust_coefficient", trust_coefficient)
     validation.non_negative(owner, "eps", eps)
     if max_param_norm is not None:
-        ceiling = validation.real_scalar(owner, "max_param_norm", max_param_norm)
-        if ceiling is not None and ceiling <= 0:
-            raise ValueError(f"{owner}: max_param_norm must be > 0 (or None), got {max_param_norm!r}.")
+        validation.positive(owner, "max_param_norm", max_param_norm)
 
     def scale(u, p):
         param_norm = _norm_at_least(p, min_norm)
