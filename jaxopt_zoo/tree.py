@@ -11,8 +11,6 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-Updates = Any  # the same alias as jaxopt_zoo.base.Updates; tree.py sits below base.py
-
 
 def is_none(x: Any) -> bool:
     """``is_leaf`` predicate that makes ``None`` a leaf instead of an empty subtree."""
@@ -57,7 +55,7 @@ def _listing(paths: list[str], limit: int = 8) -> str:
     return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
 
-def check_same_structure(owner: str, updates: Updates, other: Any, other_name: str) -> None:
+def check_same_structure(owner: str, updates: Any, other: Any, other_name: str) -> None:
     """Raise a ``ValueError`` naming the differing paths when ``updates`` and ``other`` differ.
 
     ``other`` is a per-parameter tree the transformation pairs with the updates
@@ -94,12 +92,12 @@ def check_same_structure(owner: str, updates: Updates, other: Any, other_name: s
     )
 
 
-def map_updates(fn: Callable[..., jax.Array], updates: Updates, *trees: Any) -> Updates:
+def map_updates(fn: Callable[..., jax.Array], updates: Any, *trees: Any) -> Any:
     """``fn(g, *xs)`` leaf by leaf over the updates and matching trees; ``None`` updates stay ``None``."""
     return jax.tree.map(lambda g, *xs: None if g is None else fn(g, *xs), updates, *trees, is_leaf=is_none)
 
 
-def map_state(fn: Callable[..., jax.Array], updates: Updates, state: Any, *trees: Any) -> Any:
+def map_state(fn: Callable[..., jax.Array], updates: Any, state: Any, *trees: Any) -> Any:
     """``fn(g, s, *xs)`` leaf by leaf to a new state tree; where the update is ``None`` the state leaf is kept."""
     return jax.tree.map(lambda g, s, *xs: s if g is None else fn(g, s, *xs), updates, state, *trees, is_leaf=is_none)
 
@@ -116,7 +114,7 @@ def _power(g: jax.Array, order: int) -> jax.Array:
     return g**order
 
 
-def update_moment(updates: Updates, moments: Any, decay: jax.typing.ArrayLike, order: int) -> Any:
+def update_moment(updates: Any, moments: Any, decay: jax.typing.ArrayLike, order: int) -> Any:
     """Exponential moving average of ``g**order``: :math:`m_t = (1-\\beta) g_t^k + \\beta m_{t-1}`.
 
     The result has the promoted dtype of the gradient and the moment; cast it

@@ -142,8 +142,7 @@ def apply_if_finite(inner: GradientTransformation, max_consecutive_errors: int) 
     inner = _as_transformation("apply_if_finite", inner)
 
     def init(params):
-        false_count = zero_count()
-        return ApplyIfFiniteState(false_count, jnp.array(True), zero_count(), inner.init(params))
+        return ApplyIfFiniteState(zero_count(), jnp.array(True), zero_count(), inner.init(params))
 
     def update(updates, state, params=None, **extra_args):
         leaves = [g for g in jax.tree.leaves(updates) if g is not None]

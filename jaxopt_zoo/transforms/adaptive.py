@@ -20,6 +20,11 @@ def _inverse_root(v: jax.Array, eps: jax.typing.ArrayLike, eps_in_sqrt: bool) ->
     return jax.lax.rsqrt(v + eps) if eps_in_sqrt else 1 / (jnp.sqrt(v) + eps)
 
 
+def _moment_ratio(updates: Updates, mu_hat: Updates, nu_hat: Updates, eps, eps_root) -> Updates:
+    # Adam's and AMSGrad's direction m / (sqrt(v + eps_root) + eps); None updates stay None.
+    return tree.map_updates(lambda g, m, v: m / (jnp.sqrt(v + eps_root) + eps), updates, mu_hat, nu_hat)
+
+
 def _bias_corrector(enabled: bool):
     # tree.bias_correction, or the identity when the option turns correction off.
     return tree.bias_correction if enabled else (lambda moments, decay, count: moments)
@@ -117,7 +122,7 @@ def scale_by_adam(
         else:
             mu_hat = correct(mu, b1, count)
         nu_hat = correct(nu, b2, count)
-        updates = tree.map_updates(lambda g, m, v: m / (jnp.sqrt(v + eps_root) + eps), updates, mu_hat, nu_hat)
+        updates = _moment_ratio(updates, mu_hat, nu_hat, eps, eps_root)
         return updates, ScaleByAdamState(count, tree.cast_like(mu, state.mu), tree.cast_like(nu, state.nu))
 
     return GradientTransformation(init, update)
@@ -198,7 +203,7 @@ def scale_by_amsgrad(
         nu_max = tree.map_state(lambda g, high, v: jnp.maximum(high, v), updates, state.nu_max, candidate)
         nu_hat = correct_nu(nu_max, b2, count) if correct_after_max else nu_max
         mu_hat = correct_mu(mu, b1, count)
-        updates = tree.map_updates(lambda g, m, v: m / (jnp.sqrt(v + eps_root) + eps), updates, mu_hat, nu_hat)
+        updates = _moment_ratio(updates, mu_hat, nu_hat, eps, eps_root)
         return updates, ScaleByAmsgradState(
             count, tree.cast_like(mu, state.mu), tree.cast_like(nu, state.nu), tree.cast_like(nu_max, state.nu_max)
         )
