@@ -51,10 +51,15 @@ def train_step(model, optimizer, x, y):
     return loss, accuracy
 
 
-def main(epochs: int, batch_size: int, seed: int, output: pathlib.Path = DEFAULT_OUTPUT) -> float:
+def load_data(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """8x8 digit images scaled to [0, 1], split 75/25: ``x_train, x_test, y_train, y_test``."""
     digits = load_digits()
     x = (digits.data / 16.0).astype(np.float32)
-    x_train, x_test, y_train, y_test = train_test_split(x, digits.target, test_size=0.25, random_state=seed)
+    return train_test_split(x, digits.target, test_size=0.25, random_state=seed)
+
+
+def main(epochs: int, batch_size: int, seed: int, output: pathlib.Path = DEFAULT_OUTPUT) -> float:
+    x_train, x_test, y_train, y_test = load_data(seed)
 
     model = Classifier(nnx.Rngs(seed))
     # AdamW written out as its recipe: the Adam direction, decoupled decay on the

@@ -20,3 +20,33 @@ def test_train_digits_runs_and_learns(tmp_path):
     accuracy = float(result.stdout.split("final test accuracy:")[1].split()[0])
     assert accuracy > 0.8  # chance is 0.1; three epochs of AdamW reach ~0.9
     assert (tmp_path / "digits_loss.png").stat().st_size > 10_000
+
+
+def _run_example(script: str, *args: str) -> str:
+    result = subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def test_checkpoint_resume_in_a_new_process_is_bit_identical(tmp_path):
+    import numpy as np
+
+    steps = ["--steps", "40"]
+    interrupted = _run_example("checkpoint_resume.py", *steps, "--stop-at", "17", "--checkpoint-dir", str(tmp_path / "a"))
+    assert "saved step 17" in interrupted and "finished" not in interrupted
+    resumed = _run_example(
+        "checkpoint_resume.py", *steps, "--checkpoint-dir", str(tmp_path / "a"), "--final-params", str(tmp_path / "a.npz")
+    )
+    assert "resumed from step 17" in resumed
+    _run_example("checkpoint_resume.py", *steps, "--checkpoint-dir", str(tmp_path / "b"), "--final-params", str(tmp_path / "b.npz"))
+
+    ours, uninterrupted = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
+    assert len(ours.files) == 4  # kernel and bias of two layers
+    for name in uninterrupted.files:
+        np.testing.assert_array_equal(ours[name], uninterrupted[name], strict=True)
+
+
+def test_train_digits_linen_runs_and_learns(tmp_path):
+    stdout = _run_example("train_digits_linen.py", "--epochs", "3")
+    accuracy = float(stdout.split("final test accuracy:")[1].split()[0])
+    assert accuracy > 0.8
