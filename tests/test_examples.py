@@ -50,3 +50,24 @@ def test_train_digits_linen_runs_and_learns(tmp_path):
     stdout = _run_example("train_digits_linen.py", "--epochs", "3")
     accuracy = float(stdout.split("final test accuracy:")[1].split()[0])
     assert accuracy > 0.8
+
+
+def _printed_table(stdout: str, title: str, rows: int) -> dict[str, list[float]]:
+    """The rows under the printed heading that starts with `title`, by optimizer name."""
+    block = stdout.split(f"\n{title}")[1]
+    return {line.split()[0]: [float(v) for v in line.split()[1:]] for line in block.splitlines()[2 : 2 + rows]}
+
+
+def test_compare_optimizers_runs_fast(tmp_path):
+    names = ["sgd", "momentum", "nesterov", "adagrad", "adadelta", "rmsprop"]
+    names += ["adam", "amsgrad", "adamw", "nadam", "lars", "lamb"]
+    stdout = _run_example("compare_optimizers.py", "--fast", "--output", str(tmp_path))
+    start_loss = float(stdout.split("Rosenbrock:")[1].split("start loss")[1].split()[0])
+    rosenbrock = _printed_table(stdout, "Rosenbrock:", len(names))
+    beale = _printed_table(stdout, "Beale:", len(names))
+    digits = _printed_table(stdout, "digits MLP:", len(names))
+    assert list(rosenbrock) == list(beale) == list(digits) == names
+    assert min(loss for _, loss in rosenbrock.values()) < start_loss
+    assert max(accuracy for _, _, accuracy in digits.values()) > 0.5  # chance is 0.1
+    for picture in ("trajectories.png", "digits_comparison.png"):
+        assert (tmp_path / picture).stat().st_size > 10_000
