@@ -6,7 +6,7 @@
 ``jaxopt_zoo.torch`` holds the ``torch.optim``-compatible constructors.
 """
 
-from jaxopt_zoo import schedules, torch, transforms, tree, validation
+from jaxopt_zoo import schedules, sharding, torch, transforms, tree, validation
 from jaxopt_zoo.base import (
     EmptyState,
     GradientTransformation,
@@ -46,6 +46,7 @@ from jaxopt_zoo.wrappers import (
     inject_hyperparams,
     lookahead,
 )
+from jaxopt_zoo.sharding import check_state_shardings, init_sharded, state_shardings
 from jaxopt_zoo.optimizers import adadelta, adagrad, adam, adamw, amsgrad, lamb, lars, nadam, nadamw, rmsprop, sgd
 from jaxopt_zoo.schedules import *  # noqa: F403  (the names listed in schedules.__all__)
 from jaxopt_zoo.transforms import *  # noqa: F403  (the names listed in transforms.__all__)
@@ -53,6 +54,9 @@ from jaxopt_zoo.transforms import *  # noqa: F403  (the names listed in transfor
 __version__ = "0.1.0"
 
 __all__ = [
+    "check_state_shardings",
+    "init_sharded",
+    "state_shardings",
     "ApplyIfFiniteState",
     "EmaParamsState",
     "EmptyState",

@@ -13,6 +13,7 @@ import jax
 from jaxopt_zoo import validation
 from jaxopt_zoo.base import GradientTransformation, Params, ScalarOrSchedule, identity
 from jaxopt_zoo.combine import chain, masked
+from jaxopt_zoo.sharding import AxisName
 from jaxopt_zoo.transforms import (
     add_decayed_weights,
     scale_by_adadelta,
@@ -329,6 +330,8 @@ def lars(
     trust_ratio_mask: Any | Callable[[Params], Any] = True,
     momentum: jax.typing.ArrayLike = 0.9,
     nesterov: bool = False,
+    *,
+    axis_name: AxisName = None,
 ) -> GradientTransformation:
     """LARS (You et al. 2017): SGD with momentum on layer-wise trust-ratio-scaled steps.
 
@@ -343,6 +346,8 @@ def lars(
     Recipe: ``chain(add_decayed_weights(weight_decay, weight_decay_mask),
     masked(scale_by_trust_ratio(trust_coefficient=..., eps=...), trust_ratio_mask),
     scale_by_learning_rate(learning_rate), trace(momentum, nesterov))``.
+    ``axis_name`` (an addition to Optax) makes the norms exact inside
+    ``shard_map``; see :func:`scale_by_trust_ratio`.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -353,7 +358,7 @@ def lars(
     """
     return chain(
         add_decayed_weights(weight_decay, mask=weight_decay_mask),
-        masked(scale_by_trust_ratio(trust_coefficient=trust_coefficient, eps=eps), trust_ratio_mask),
+        masked(scale_by_trust_ratio(trust_coefficient=trust_coefficient, eps=eps, axis_name=axis_name), trust_ratio_mask),
         scale_by_learning_rate(learning_rate),
         trace(momentum, nesterov=nesterov),
     )
@@ -367,6 +372,8 @@ def lamb(
     eps_root: jax.typing.ArrayLike = 0.0,
     weight_decay: ScalarOrSchedule = 0.0,
     mask: Any | Callable[[Params], Any] | None = None,
+    *,
+    axis_name: AxisName = None,
 ) -> GradientTransformation:
     """LAMB (You et al. 2020): Adam steps rescaled layer-wise by a trust ratio.
 
@@ -381,6 +388,8 @@ def lamb(
     scale_by_trust_ratio(max_param_norm=10.0), scale_by_learning_rate(lr))``.
     Recipe: ``chain(scale_by_adam(b1, b2, eps, eps_root), add_decayed_weights(weight_decay, mask),
     scale_by_trust_ratio(), scale_by_learning_rate(learning_rate))``.
+    ``axis_name`` (an addition to Optax) makes the norms exact inside
+    ``shard_map``; see :func:`scale_by_trust_ratio`.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -392,6 +401,6 @@ def lamb(
     return chain(
         scale_by_adam(b1, b2, eps, eps_root),
         add_decayed_weights(weight_decay, mask),
-        scale_by_trust_ratio(),
+        scale_by_trust_ratio(axis_name=axis_name),
         scale_by_learning_rate(learning_rate),
     )

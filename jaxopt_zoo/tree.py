@@ -11,6 +11,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from jaxopt_zoo.sharding import AxisName, sum_over_shards, varying_axes
+
 
 def is_none(x: Any) -> bool:
     """``is_leaf`` predicate that makes ``None`` a leaf instead of an empty subtree."""
@@ -138,10 +140,22 @@ def full_like(tree: Any, value: jax.typing.ArrayLike, dtype: jax.typing.DTypeLik
     return jax.tree.map(lambda x: jnp.full_like(x, value, dtype=dtype), tree)
 
 
-def global_norm(tree: Any) -> jax.Array:
-    """The Euclidean norm of all leaves taken together: :math:`\\sqrt{\\sum_i \\|x_i\\|^2}`."""
+def global_norm(tree: Any, axis_name: AxisName = None, owner: str = "global_norm") -> jax.Array:
+    """The Euclidean norm of all leaves taken together: :math:`\\sqrt{\\sum_i \\|x_i\\|^2}`.
+
+    Inside ``shard_map``, ``axis_name`` names the mesh axes the leaves may be
+    sharded over; each leaf's sum of squares is summed over those of them it
+    varies along (see :mod:`jaxopt_zoo.sharding`).
+    """
     leaves = [x for x in jax.tree.leaves(tree) if x is not None]
-    return jnp.sqrt(sum(jnp.sum(abs_sq(x)) for x in leaves))
+    return jnp.sqrt(sum_over_shards(owner, ((jnp.sum(abs_sq(x)), x) for x in leaves), axis_name))
+
+
+def norm(x: jax.Array, axis_name: AxisName = None, owner: str = "norm") -> jax.Array:
+    """The Euclidean norm of one array; inside ``shard_map``, of the whole array across its shards."""
+    if not (axis_name or varying_axes(x)):
+        return jnp.linalg.norm(x)  # Optax's operation, for bit-for-bit equal results
+    return jnp.sqrt(sum_over_shards(owner, [(jnp.sum(abs_sq(x)), x)], axis_name))
 
 
 @jax.tree_util.register_pytree_node_class

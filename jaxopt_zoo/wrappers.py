@@ -14,6 +14,7 @@ import numpy as np
 from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import GradientTransformation, OptState, Params, Updates, safe_increment, zero_count
 from jaxopt_zoo.combine import _as_transformation
+from jaxopt_zoo.sharding import AxisName, sum_over_shards, validate_axis_name
 
 
 class InjectHyperparamsState(NamedTuple):
@@ -124,7 +125,9 @@ class ApplyIfFiniteState(NamedTuple):
     inner_state: OptState
 
 
-def apply_if_finite(inner: GradientTransformation, max_consecutive_errors: int) -> GradientTransformation:
+def apply_if_finite(
+    inner: GradientTransformation, max_consecutive_errors: int, *, axis_name: AxisName = None
+) -> GradientTransformation:
     """Skip steps whose gradients hold a NaN or an infinity.
 
     A skipped step returns updates of ``-0.0`` (so ``apply_updates`` leaves
@@ -134,19 +137,25 @@ def apply_if_finite(inner: GradientTransformation, max_consecutive_errors: int) 
     steps in a row, the next non-finite step is applied anyway (as in Optax),
     so that a run that cannot recover fails visibly instead of stalling.
 
+    Inside ``shard_map`` every device must take the same decision, so pass
+    ``axis_name`` (an addition to Optax), the mesh axes the updates may be
+    sharded over: a step is skipped everywhere if any shard is non-finite.
+
     Example:
         >>> import jaxopt_zoo as jz
         >>> tx = jz.apply_if_finite(jz.adam(1e-3), max_consecutive_errors=5)
     """
     max_consecutive_errors = validation.whole_number("apply_if_finite", "max_consecutive_errors", max_consecutive_errors)
     inner = _as_transformation("apply_if_finite", inner)
+    axis_name = validate_axis_name("apply_if_finite", axis_name)
 
     def init(params):
         return ApplyIfFiniteState(zero_count(), jnp.array(True), zero_count(), inner.init(params))
 
     def update(updates, state, params=None, **extra_args):
         leaves = [g for g in jax.tree.leaves(updates) if g is not None]
-        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in leaves])) if leaves else jnp.array(True)
+        bad = ((jnp.any(~jnp.isfinite(g)).astype(jnp.int32), g) for g in leaves)  # non-finite shards
+        finite = sum_over_shards("apply_if_finite", bad, axis_name) == 0
         notfinite_count = jnp.where(finite, 0, safe_increment(state.notfinite_count))
         apply = jnp.logical_or(finite, notfinite_count > max_consecutive_errors)
         new_updates, new_inner = inner.update(updates, state.inner_state, params, **extra_args)

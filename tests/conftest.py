@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# Eight simulated CPU devices for the sharding tests; XLA reads this once, when jax is first imported.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+
 import jax
 import jax.numpy as jnp
 import numpy as np

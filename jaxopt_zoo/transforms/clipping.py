@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import GradientTransformation, init_empty_state
+from jaxopt_zoo.sharding import AxisName, axis_size, sum_over_shards, validate_axis_name, varying_axes
 
 
 def clip(max_delta: jax.typing.ArrayLike) -> GradientTransformation:
@@ -26,25 +27,35 @@ def clip(max_delta: jax.typing.ArrayLike) -> GradientTransformation:
     return GradientTransformation(init_empty_state, update)
 
 
-def clip_by_block_rms(threshold: jax.typing.ArrayLike) -> GradientTransformation:
+def clip_by_block_rms(threshold: jax.typing.ArrayLike, *, axis_name: AxisName = None) -> GradientTransformation:
     """Rescale each leaf whose root mean square exceeds the threshold:
     :math:`u = g / \\max\\big(1, \\operatorname{rms}(g) / c\\big)`.
+
+    ``axis_name`` (an addition to Optax): inside ``shard_map``, the mesh axes
+    the leaves may be sharded over, so each RMS is the whole leaf's.
 
     Example:
         >>> import jaxopt_zoo as jz
         >>> tx = jz.clip_by_block_rms(1.0)
     """
-    validation.positive("clip_by_block_rms", "threshold", threshold)
+    owner = "clip_by_block_rms"
+    validation.positive(owner, "threshold", threshold)
+    axis_name = validate_axis_name(owner, axis_name)
+
+    def rms(g):
+        if not (axis_name or varying_axes(g)):
+            return jnp.sqrt(jnp.mean(tree.abs_sq(g)))  # Optax's operations
+        total = sum_over_shards(owner, [(jnp.sum(tree.abs_sq(g)), g)], axis_name)
+        return jnp.sqrt(total / (g.size * axis_size(owner, g, axis_name)))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        scale = lambda g: g / jnp.maximum(1.0, jnp.sqrt(jnp.mean(tree.abs_sq(g))) / threshold)
-        return tree.map_updates(scale, updates), state
+        return tree.map_updates(lambda g: g / jnp.maximum(1.0, rms(g) / threshold), updates), state
 
     return GradientTransformation(init_empty_state, update)
 
 
-def clip_by_global_norm(max_norm: jax.typing.ArrayLike) -> GradientTransformation:
+def clip_by_global_norm(max_norm: jax.typing.ArrayLike, *, axis_name: AxisName = None) -> GradientTransformation:
     """Rescale all updates together when their global norm exceeds ``max_norm`` (Pascanu et al. 2013):
 
     .. math::
@@ -55,18 +66,26 @@ def clip_by_global_norm(max_norm: jax.typing.ArrayLike) -> GradientTransformatio
     Numerically ``optax.clip_by_global_norm``; ``max_norm`` must be positive
     (Optax accepts 0 and returns NaN for zero gradients).
 
+    Under ``jit`` with sharded arrays the norm is exact as it is. Inside
+    ``shard_map`` (an addition to Optax, whose norm there is silently the local
+    shard's), pass ``axis_name``, the mesh axes the updates may be sharded
+    over: each leaf's sum of squares is summed over those it varies along.
+    Without ``axis_name``, updates that vary over a mesh axis raise.
+
     Example:
         >>> import jaxopt_zoo as jz
         >>> tx = jz.chain(jz.clip_by_global_norm(1.0), jz.adamw(1e-3))
+        >>> sharded = jz.clip_by_global_norm(1.0, axis_name=("data", "model"))  # inside shard_map
 
     References:
         Pascanu, Mikolov & Bengio, "On the difficulty of training recurrent neural networks", ICML 2013.
     """
     validation.positive("clip_by_global_norm", "max_norm", max_norm)
+    axis_name = validate_axis_name("clip_by_global_norm", axis_name)
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        norm = tree.global_norm(updates)
+        norm = tree.global_norm(updates, axis_name, "clip_by_global_norm")
         keep = norm < max_norm
         # The cast keeps g's dtype when max_norm is a wider array (e.g. injected as float32).
         scale = lambda g: jax.lax.select(keep, g, ((g / norm.astype(g.dtype)) * max_norm).astype(g.dtype))
@@ -108,6 +127,10 @@ def adaptive_grad_clip(
 
     with the norms of :func:`unitwise_norm`. Numerically ``optax.adaptive_grad_clip``.
 
+    Inside ``shard_map``, where a shard may hold whole units or parts of them
+    and nothing tells which, arrays that vary over a mesh axis raise; use it
+    under ``jit`` with sharded arrays, where it is exact.
+
     Example:
         >>> import jaxopt_zoo as jz
         >>> tx = jz.chain(jz.adaptive_grad_clip(0.01), jz.sgd(0.1, momentum=0.9))
@@ -128,6 +151,13 @@ def adaptive_grad_clip(
         del extra_args
         validation.require_params("adaptive_grad_clip", params)
         tree.check_same_structure("adaptive_grad_clip", updates, params, "the params")
+        for x in jax.tree.leaves((updates, params)):
+            if varying_axes(x):
+                raise ValueError(
+                    f"adaptive_grad_clip: inside shard_map an array of local shape {x.shape} varies over mesh axes "
+                    f"{sorted(varying_axes(x))}, and unit norms cannot be told from shard norms there. "
+                    "Apply it under jax.jit with sharded arrays instead, where it is exact."
+                )
         return tree.map_updates(clip_unitwise, updates, params), state
 
     return GradientTransformation(init_empty_state, update)

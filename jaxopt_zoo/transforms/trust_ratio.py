@@ -7,15 +7,15 @@ import jax.numpy as jnp
 
 from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import GradientTransformation, init_empty_state
+from jaxopt_zoo.sharding import AxisName, validate_axis_name
 
 
-def _norm_at_least(x: jax.Array, min_norm: jax.typing.ArrayLike) -> jax.Array:
+def _norm_at_least(x: jax.Array, min_norm: jax.typing.ArrayLike, axis_name: AxisName) -> jax.Array:
     # max(||x||, min_norm) without a NaN gradient at x = 0: the norm is taken of
     # ones wherever it would be clamped (Optax's safe_norm, same operations).
-    norm = jnp.linalg.norm(x, keepdims=True)
+    norm = tree.norm(x, axis_name, "scale_by_trust_ratio")
     x = jnp.where(norm <= min_norm, jnp.ones_like(x), x)
-    norm = jnp.squeeze(norm)
-    return jnp.where(norm <= min_norm, min_norm, jnp.linalg.norm(x))
+    return jnp.where(norm <= min_norm, min_norm, tree.norm(x, axis_name, "scale_by_trust_ratio"))
 
 
 def scale_by_trust_ratio(
@@ -24,6 +24,7 @@ def scale_by_trust_ratio(
     eps: jax.typing.ArrayLike = 0.0,
     *,
     max_param_norm: jax.typing.ArrayLike | None = None,
+    axis_name: AxisName = None,
 ) -> GradientTransformation:
     """Scale each leaf's update by its trust ratio (You et al. 2017, 2020).
 
@@ -45,6 +46,11 @@ def scale_by_trust_ratio(
         trust_coefficient: :math:`\\eta \\ge 0`.
         eps: :math:`\\varepsilon \\ge 0`, added to the update norm.
         max_param_norm: optional ceiling :math:`n_{\\max} > 0` for the parameter norm.
+        axis_name: inside ``shard_map``, the mesh axes the params and updates
+            may be sharded over, so that each norm is the whole leaf's (an
+            addition to Optax, whose norms there are silently the local
+            shard's). Without it, a leaf that varies over a mesh axis raises.
+            Under ``jit`` with sharded arrays the norms are exact as they are.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -61,12 +67,13 @@ def scale_by_trust_ratio(
     validation.non_negative(owner, "eps", eps)
     if max_param_norm is not None:
         validation.positive(owner, "max_param_norm", max_param_norm)
+    axis_name = validate_axis_name(owner, axis_name)
 
     def scale(u, p):
-        param_norm = _norm_at_least(p, min_norm)
+        param_norm = _norm_at_least(p, min_norm, axis_name)
         if max_param_norm is not None:
             param_norm = jnp.minimum(param_norm, max_param_norm)
-        update_norm = _norm_at_least(u, min_norm)
+        update_norm = _norm_at_least(u, min_norm, axis_name)
         ratio = trust_coefficient * param_norm / (update_norm + eps)
         unchanged = jnp.logical_or(param_norm == 0.0, update_norm == 0.0)
         return u * jnp.where(unchanged, jnp.array(1.0, dtype=p.dtype), ratio)

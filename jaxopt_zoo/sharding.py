@@ -1,0 +1,193 @@
+"""Sharded training: optimizer state laid out like the params, and reductions that are exact inside ``shard_map``.
+
+Under ``jax.jit`` with sharded arrays, JAX's partitioner already computes every
+update exactly; what it does not do is give a freshly initialised state the
+params' layout: ``jax.jit(tx.init)(params)`` puts the whole state on one device
+(or replicates it). :func:`init_sharded` builds each state leaf directly on the
+shards its parameter lives on.
+
+Inside ``shard_map`` each device sees only its shard, so a norm over a sharded
+array must be summed over the mesh axes it is split along. Every transformation
+with such a reduction takes ``axis_name``; without it, it raises when it sees
+an array that varies over a mesh axis rather than return one shard's answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+AxisName = str | tuple[str, ...] | None
+
+
+def _mesh_of(params: Any) -> Mesh | None:
+    meshes = {x.sharding.mesh for x in jax.tree.leaves(params) if isinstance(getattr(x, "sharding", None), NamedSharding)}
+    if len(meshes) > 1:
+        raise ValueError(f"init_sharded: the params live on {len(meshes)} different meshes; put them on one mesh.")
+    return meshes.pop() if meshes else None
+
+
+def _spec_of(x: Any) -> PartitionSpec:
+    sharding = getattr(x, "sharding", None)
+    if isinstance(sharding, NamedSharding):
+        return sharding.spec
+    if sharding is None or sharding.is_fully_replicated:
+        return PartitionSpec()
+    raise ValueError(
+        f"init_sharded: a param of shape {x.shape} has sharding {sharding}; use a NamedSharding over a Mesh "
+        "(jax.device_put(x, NamedSharding(mesh, PartitionSpec(...))))."
+    )
+
+
+def state_shardings(tx: Any, params: Any) -> Any:
+    """The shardings ``tx.init(params)`` should have: each per-parameter leaf like its param, the rest replicated.
+
+    Works for any transformation (ours or Optax's) by tracing ``init`` once,
+    abstractly, under an Explicit-axes copy of the params' mesh, where JAX
+    carries each array's sharding in its type. Returns a tree of
+    ``NamedSharding`` shaped like the state, usable as ``out_shardings``; or
+    ``None`` when no param has a ``NamedSharding``.
+    """
+    init = tx.init if hasattr(tx, "init") else tx
+    mesh = _mesh_of(params)
+    if mesh is None:
+        return None
+    explicit = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Explicit,) * len(mesh.axis_names))
+    typed = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x), sharding=NamedSharding(explicit, _spec_of(x))),
+        params,
+    )
+    with jax.set_mesh(explicit):
+        abstract_state = jax.eval_shape(init, typed)
+
+    def like_traced(leaf):
+        spec = leaf.sharding.spec if isinstance(getattr(leaf, "sharding", None), NamedSharding) else PartitionSpec()
+        return NamedSharding(mesh, spec)
+
+    return jax.tree.map(like_traced, abstract_state)
+
+
+def init_sharded(tx: Any, params: Any) -> Any:
+    """``tx.init(params)`` with every per-parameter state leaf sharded like its param, scalars replicated.
+
+    Each device allocates only its own shards: nothing is first built whole on
+    one device. Works under Auto and Explicit mesh axes, for ours and Optax's
+    transformations; without a mesh it is ``tx.init(params)``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, jaxopt_zoo as jz
+        >>> from jax.sharding import NamedSharding, PartitionSpec as P
+        >>> mesh = jax.make_mesh((jax.device_count(),), ("model",))
+        >>> params = {"w": jax.device_put(jnp.ones((8, 2)), NamedSharding(mesh, P("model")))}
+        >>> state = jz.init_sharded(jz.adam(1e-3), params)
+        >>> state[0].mu["w"].sharding.spec, state[0].count.sharding.spec
+        (P('model', None), P())
+    """
+    shardings = state_shardings(tx, params)
+    if shardings is None:
+        return tx.init(params)
+    return jax.jit(tx.init, out_shardings=shardings)(params)
+
+
+def check_state_shardings(tx: Any, params: Any, state: Any) -> None:
+    """Raise ``ValueError`` naming every state leaf whose sharding differs from its param's.
+
+    Call it after restoring a checkpoint or building state by hand: a state
+    laid out differently from the params makes every step reshard (slow), or
+    holds a full copy per device (memory). Scalars may be anywhere.
+    """
+    expected = state_shardings(tx, params)
+    if expected is None:
+        return
+    if jax.tree.structure(expected) != jax.tree.structure(state):
+        raise ValueError(
+            f"check_state_shardings: the state's structure {jax.tree.structure(state)} is not the one tx.init(params) "
+            f"builds, {jax.tree.structure(expected)}."
+        )
+    problems = []
+    for (path, want), have in zip(jax.tree.leaves_with_path(expected), jax.tree.leaves(state)):
+        sharding = getattr(have, "sharding", None)
+        if jnp.size(have) <= 1 or sharding is None:
+            continue
+        if not sharding.is_equivalent_to(want, jnp.ndim(have)):
+            got = sharding.spec if isinstance(sharding, NamedSharding) else sharding
+            problems.append(f"state{jax.tree_util.keystr(path)} is sharded {got}, its param {want.spec}")
+    if problems:
+        raise ValueError(
+            "check_state_shardings: the optimizer state is not laid out like the params: "
+            + "; ".join(problems)
+            + ". Build it with jz.init_sharded(tx, params), or jax.device_put(state, jz.state_shardings(tx, params))."
+        )
+
+
+def _names(axis_name: AxisName) -> tuple[str, ...]:
+    return (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
+
+
+def validate_axis_name(owner: str, axis_name: Any) -> AxisName:
+    """``axis_name`` as ``None`` or a tuple of mesh axis names; anything else raises naming ``owner``."""
+    if axis_name is None:
+        return None
+    names = (axis_name,) if isinstance(axis_name, str) else axis_name
+    if not isinstance(names, (tuple, list)) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{owner}: axis_name must be None, a mesh axis name or a tuple of them, got {axis_name!r}.")
+    return tuple(names)
+
+
+def varying_axes(x: Any) -> frozenset[str]:
+    """The ``shard_map`` mesh axes over which ``x`` differs from device to device (empty outside ``shard_map``)."""
+    aval = jax.typeof(x)
+    manual = getattr(aval, "manual_axis_type", None)  # JAX >= 0.9; earlier versions call it ``vma``
+    return frozenset(manual.varying if manual is not None else getattr(aval, "vma", ()))
+
+
+def _axes_to_sum(owner: str, x: Any, axis_name: AxisName) -> tuple[str, ...]:
+    varying = varying_axes(x)
+    if axis_name is None:
+        if varying:
+            raise ValueError(
+                f"{owner}: inside shard_map, an array of local shape {jnp.shape(x)} varies over mesh axes "
+                f"{sorted(varying)}, so this reduction would see one shard only. Pass axis_name="
+                f"{tuple(sorted(varying))!r} for the exact global value, or axis_name=() for per-shard values."
+            )
+        return ()
+    for name in axis_name:
+        try:
+            tracked = name in varying_axes(jax.lax.axis_index(name))
+        except NameError:
+            raise ValueError(
+                f"{owner}: axis_name={axis_name!r} names a mesh axis {name!r} that is not bound here. Call update "
+                "inside shard_map over that axis, or leave axis_name=None under jit (the partitioner is exact there)."
+            ) from None
+        if not tracked:
+            raise ValueError(
+                f"{owner}: axis_name={axis_name!r} needs shard_map(..., check_vma=True) (the default), which tells "
+                "sharded arrays from replicated ones; without it a replicated array would be counted once per device."
+            )
+    return tuple(name for name in axis_name if name in varying)
+
+
+def sum_over_shards(owner: str, partials: Iterable[tuple[jax.Array, Any]], axis_name: AxisName) -> jax.Array:
+    """Sum of per-array partial results, each summed over the mesh axes its array is sharded along.
+
+    ``partials`` pairs a local reduction (e.g. the sum of squares of a shard)
+    with the array it came from. Arrays sharded along the same axes share one
+    ``psum``; outside ``shard_map`` this is a plain sum in the given order.
+    """
+    groups: dict[tuple[str, ...], jax.Array] = {}
+    for partial, source in partials:
+        axes = _axes_to_sum(owner, source, axis_name)
+        groups[axes] = partial if axes not in groups else groups[axes] + partial
+    total = [jax.lax.psum(value, axes) if axes else value for axes, value in groups.items()]
+    return sum(total[1:], total[0]) if total else jnp.array(0.0)
+
+
+def axis_size(owner: str, x: Any, axis_name: AxisName) -> int:
+    """How many shards of ``x`` there are along ``axis_name`` (1 outside ``shard_map``)."""
+    size = 1
+    for name in _axes_to_sum(owner, x, axis_name):
+        size *= jax.lax.psum(1, name)
+    return size
