@@ -10,6 +10,14 @@ Inside ``shard_map`` each device sees only its shard, so a norm over a sharded
 array must be summed over the mesh axes it is split along. Every transformation
 with such a reduction takes ``axis_name``; without it, it raises when it sees
 an array that varies over a mesh axis rather than return one shard's answer.
+Naming every mesh axis is always safe: each array is summed only over the axes
+it is actually split along (as ``shard_map``'s default ``check_vma=True``
+tracks them).
+
+One pitfall of data parallelism inside ``shard_map`` that no optimizer can
+catch: the gradient of a param replicated over ``"data"`` comes out of
+``jax.grad`` already summed over the data shards, so ``pmean`` the *loss* over
+``"data"``; a ``pmean`` of such gradients changes nothing.
 """
 
 from __future__ import annotations
@@ -167,6 +175,13 @@ def _axes_to_sum(owner: str, x: Any, axis_name: AxisName) -> tuple[str, ...]:
                 f"{owner}: axis_name={axis_name!r} needs shard_map(..., check_vma=True) (the default), which tells "
                 "sharded arrays from replicated ones; without it a replicated array would be counted once per device."
             )
+    missing = varying - set(axis_name)
+    if axis_name and missing:
+        raise ValueError(
+            f"{owner}: axis_name={axis_name!r} leaves out mesh axes {sorted(missing)} that an array of local shape "
+            f"{jnp.shape(x)} varies over, so its reduction would be partial. Name every axis the arrays are sharded "
+            "over (the whole mesh is always safe), or pass axis_name=() for per-shard values."
+        )
     return tuple(name for name in axis_name if name in varying)
 
 

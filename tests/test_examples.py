@@ -71,3 +71,13 @@ def test_compare_optimizers_runs_fast(tmp_path):
     assert max(accuracy for _, _, accuracy in digits.values()) > 0.5  # chance is 0.1
     for picture in ("trajectories.png", "digits_comparison.png"):
         assert (tmp_path / picture).stat().st_size > 10_000
+
+
+def test_train_sharded_matches_one_device():
+    # 20 steps: past the ~15 where clipping hides a gradient off by a constant factor (e.g. summed over "data").
+    stdout = _run_example("train_sharded.py", "--steps", "20")
+    for mode in ("jit", "shard_map"):
+        difference = float(stdout.split(f"max |{mode} - single device| =")[1].split()[0])
+        assert difference < 1e-4  # float32 rounding is ~1e-6; a gradient summed, not averaged, over "data" is ~3e-2
+        losses = [float(line.split("loss")[1]) for line in stdout.splitlines() if line.startswith(f"{mode} ")]
+        assert len(losses) >= 2 and losses[-1] < losses[0]

@@ -223,6 +223,8 @@ def test_axis_name_needs_vma_checks_and_a_bound_axis():
     tx = jz.clip_by_global_norm(1.0, axis_name="model")
     with pytest.raises(ValueError, match="not bound here"):
         jax.jit(tx.update)(params, tx.init(params))
+    with pytest.raises(ValueError, match=r"leaves out mesh axes \['model'\]"):
+        _in_shard_map(jz.clip_by_global_norm(1.0, axis_name="data"))
     with pytest.raises(ValueError, match="axis_name must be None, a mesh axis name or a tuple"):
         jz.clip_by_global_norm(1.0, axis_name=3)
 
