@@ -11,7 +11,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from jaxopt_zoo.sharding import AxisName, sum_over_shards, varying_axes
+from jaxopt_zoo.sharding import AxisName, sum_over_shards
 
 
 def is_none(x: Any) -> bool:
@@ -151,11 +151,9 @@ def global_norm(tree: Any, axis_name: AxisName = None, owner: str = "global_norm
     return jnp.sqrt(sum_over_shards(owner, ((jnp.sum(abs_sq(x)), x) for x in leaves), axis_name))
 
 
-def norm(x: jax.Array, axis_name: AxisName = None, owner: str = "norm") -> jax.Array:
-    """The Euclidean norm of one array; inside ``shard_map``, of the whole array across its shards."""
-    if not (axis_name or varying_axes(x)):
-        return jnp.linalg.norm(x)  # Optax's operation, for bit-for-bit equal results
-    return jnp.sqrt(sum_over_shards(owner, [(jnp.sum(abs_sq(x)), x)], axis_name))
+def sum_of_squares(x: jax.Array, axis_name: AxisName = None, owner: str = "sum_of_squares") -> jax.Array:
+    """:math:`\\|x\\|^2` of one array; inside ``shard_map``, of the whole array across its shards."""
+    return sum_over_shards(owner, [(jnp.sum(abs_sq(x)), x)], axis_name)
 
 
 @jax.tree_util.register_pytree_node_class

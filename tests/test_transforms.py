@@ -383,6 +383,20 @@ def test_trust_ratio_leaves_zero_parameters_and_updates_alone():
     np.testing.assert_allclose(out["p"], 0.5 * 4.0 / 2.0)  # 0.5 * ||p|| / ||u||
 
 
+@pytest.mark.parametrize("min_norm", [0.0, 0.5])
+def test_trust_ratio_is_differentiable_at_zero(min_norm):
+    # Meta-gradients through an optimizer step must not turn NaN when a norm is clamped.
+    tx = jz.scale_by_trust_ratio(min_norm=min_norm)
+
+    def stepped(params, updates):
+        out, _ = tx.update(updates, tx.init(params), params)
+        return jnp.sum(out * jnp.arange(1.0, 4.0))
+
+    for params, updates in [(jnp.zeros(3), jnp.ones(3)), (jnp.ones(3), jnp.zeros(3)), (jnp.zeros(3), jnp.zeros(3))]:
+        for gradient in jax.grad(stepped, argnums=(0, 1))(params, updates):
+            assert bool(jnp.all(jnp.isfinite(gradient))), (params, updates, gradient)
+
+
 @pytest.mark.parametrize(
     "factory, message",
     [

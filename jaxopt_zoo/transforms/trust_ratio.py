@@ -11,11 +11,13 @@ from jaxopt_zoo.sharding import AxisName, validate_axis_name
 
 
 def _norm_at_least(x: jax.Array, min_norm: jax.typing.ArrayLike, axis_name: AxisName) -> jax.Array:
-    # max(||x||, min_norm) without a NaN gradient at x = 0: the norm is taken of
-    # ones wherever it would be clamped (Optax's safe_norm, same operations).
-    norm = tree.norm(x, axis_name, "scale_by_trust_ratio")
-    x = jnp.where(norm <= min_norm, jnp.ones_like(x), x)
-    return jnp.where(norm <= min_norm, min_norm, tree.norm(x, axis_name, "scale_by_trust_ratio"))
+    # max(||x||, min_norm) from one reduction. The square root is taken of 1
+    # wherever the norm is clamped, so its gradient is finite at x = 0; where it
+    # is not clamped the value is Optax's safe_norm bit for bit, which takes a
+    # second norm of the masked array instead.
+    squares = tree.sum_of_squares(x, axis_name, "scale_by_trust_ratio")
+    clamped = jnp.sqrt(squares) <= min_norm
+    return jnp.where(clamped, min_norm, jnp.sqrt(jnp.where(clamped, 1.0, squares)))
 
 
 def scale_by_trust_ratio(
@@ -40,6 +42,9 @@ def scale_by_trust_ratio(
     zero is left alone). ``max_param_norm`` (:math:`n_{\\max}`, an addition to
     Optax) is the clamp of the parameter norm used by widely used LAMB code
     (``clamp(0, 10)``); without it this is numerically ``optax.scale_by_trust_ratio``.
+    Unlike Optax's, its gradient with respect to the params and updates stays
+    finite where a norm is zero or clamped (for meta-gradients through a step),
+    and each norm is one reduction, not two (faster to compile).
 
     Args:
         min_norm: :math:`n_{\\min} \\ge 0`, a floor for both norms.
@@ -74,8 +79,9 @@ def scale_by_trust_ratio(
         if max_param_norm is not None:
             param_norm = jnp.minimum(param_norm, max_param_norm)
         update_norm = _norm_at_least(u, min_norm, axis_name)
-        ratio = trust_coefficient * param_norm / (update_norm + eps)
         unchanged = jnp.logical_or(param_norm == 0.0, update_norm == 0.0)
+        # Dividing by 1 where the ratio is unused keeps its gradient finite (no 0/0 behind the where).
+        ratio = trust_coefficient * param_norm / jnp.where(unchanged, 1.0, update_norm + eps)
         return u * jnp.where(unchanged, jnp.array(1.0, dtype=p.dtype), ratio)
 
     def update(updates, state, params=None, **extra_args):
