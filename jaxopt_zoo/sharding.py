@@ -7,12 +7,17 @@ params' layout: ``jax.jit(tx.init)(params)`` puts the whole state on one device
 shards its parameter lives on.
 
 Inside ``shard_map`` each device sees only its shard, so a norm over a sharded
-array must be summed over the mesh axes it is split along. Every transformation
-with such a reduction takes ``axis_name``; without it, it raises when it sees
-an array that varies over a mesh axis rather than return one shard's answer.
-Naming every mesh axis is always safe: each array is summed only over the axes
-it is actually split along (as ``shard_map``'s default ``check_vma=True``
-tracks them).
+array must be summed over the mesh axes it is split along. The transformations
+that reduce whole arrays (``clip_by_global_norm``, ``clip_by_block_rms``,
+``scale_by_trust_ratio`` and so ``lars`` and ``lamb``, ``apply_if_finite``) take
+``axis_name``; without it they raise when they see an array that varies over a
+mesh axis, rather than return one shard's answer. ``adaptive_grad_clip``, whose
+unit norms cannot be told from shard norms, raises there in any case. Naming
+every ``shard_map`` axis is always safe: each array is summed only over the
+axes it varies along, which ``shard_map``'s default ``check_vma=True`` tracks
+(with ``check_vma=False`` these transformations raise). Outside ``shard_map``
+``axis_name`` changes nothing, so one optimizer serves both. Axes of ``pmap``
+and ``vmap`` are not mesh axes: there, reduce the updates yourself first.
 
 One pitfall of data parallelism inside ``shard_map`` that no optimizer can
 catch: the gradient of a param replicated over ``"data"`` comes out of
@@ -22,7 +27,7 @@ catch: the gradient of a param replicated over ``"data"`` comes out of
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,45 +36,50 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 AxisName = str | tuple[str, ...] | None
 
 
-def _mesh_of(params: Any) -> Mesh | None:
+def _mesh_of(owner: str, params: Any) -> Mesh | None:
     meshes = {x.sharding.mesh for x in jax.tree.leaves(params) if isinstance(getattr(x, "sharding", None), NamedSharding)}
     if len(meshes) > 1:
-        raise ValueError(f"init_sharded: the params live on {len(meshes)} different meshes; put them on one mesh.")
+        raise ValueError(f"{owner}: the params live on {len(meshes)} different meshes; put them on one mesh.")
     return meshes.pop() if meshes else None
 
 
-def _spec_of(x: Any) -> PartitionSpec:
+def _spec_of(owner: str, x: Any) -> PartitionSpec:
     sharding = getattr(x, "sharding", None)
     if isinstance(sharding, NamedSharding):
         return sharding.spec
     if sharding is None or sharding.is_fully_replicated:
         return PartitionSpec()
     raise ValueError(
-        f"init_sharded: a param of shape {x.shape} has sharding {sharding}; use a NamedSharding over a Mesh "
+        f"{owner}: a param of shape {x.shape} has sharding {sharding}; use a NamedSharding over a Mesh "
         "(jax.device_put(x, NamedSharding(mesh, PartitionSpec(...))))."
     )
 
 
-def state_shardings(tx: Any, params: Any) -> Any:
-    """The shardings ``tx.init(params)`` should have: each per-parameter leaf like its param, the rest replicated.
-
-    Works for any transformation (ours or Optax's) by tracing ``init`` once,
-    abstractly, under an Explicit-axes copy of the params' mesh, where JAX
-    carries each array's sharding in its type. Returns a tree of
-    ``NamedSharding`` shaped like the state, usable as ``out_shardings``; or
-    ``None`` when no param has a ``NamedSharding``.
-    """
+def _state_shardings(owner: str, tx: Any, params: Any) -> Any:
     init = tx.init if hasattr(tx, "init") else tx
-    mesh = _mesh_of(params)
+    mesh = _mesh_of(owner, params)
     if mesh is None:
         return None
     explicit = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Explicit,) * len(mesh.axis_names))
     typed = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x), sharding=NamedSharding(explicit, _spec_of(x))),
+        lambda x: jax.ShapeDtypeStruct(
+            jnp.shape(x), jnp.result_type(x), sharding=NamedSharding(explicit, _spec_of(owner, x))
+        ),
         params,
     )
-    with jax.set_mesh(explicit):
-        abstract_state = jax.eval_shape(init, typed)
+    try:
+        with jax.set_mesh(explicit):
+            abstract_state = jax.eval_shape(init, typed)
+    except Exception as error:
+        # JAX's sharding-in-types rules reject some operations (e.g. concatenating
+        # differently sharded arrays); its error class is not public.
+        if type(error).__name__ != "ShardingTypeError":
+            raise
+        raise ValueError(
+            f"{owner}: tracing this transformation's init with sharded types failed ({type(error).__name__}: "
+            f"{str(error).splitlines()[0]}). Initialise it with jax.jit(tx.init, out_shardings=...) and shardings "
+            "of your choice."
+        ) from error
 
     def like_traced(leaf):
         spec = leaf.sharding.spec if isinstance(getattr(leaf, "sharding", None), NamedSharding) else PartitionSpec()
@@ -78,12 +88,28 @@ def state_shardings(tx: Any, params: Any) -> Any:
     return jax.tree.map(like_traced, abstract_state)
 
 
+def state_shardings(tx: Any, params: Any) -> Any:
+    """The shardings ``tx.init(params)`` should have: each per-parameter leaf like its param, the rest replicated.
+
+    Traces ``init`` once, abstractly, under an Explicit-axes copy of the
+    params' mesh, where JAX carries each array's sharding in its type: a state
+    leaf built from a param (``zeros_like``, ``astype``, arithmetic) gets the
+    param's sharding. A leaf built from a shape alone (``jnp.zeros(p.shape)``)
+    comes out replicated, and an init that JAX cannot trace with sharded types
+    raises. Returns a tree of ``NamedSharding`` shaped like the state, usable as
+    ``out_shardings`` or an Orbax restore target; or ``None`` when no param has
+    a ``NamedSharding``. ``tx`` may be a transformation or its ``init``.
+    """
+    return _state_shardings("state_shardings", tx, params)
+
+
 def init_sharded(tx: Any, params: Any) -> Any:
     """``tx.init(params)`` with every per-parameter state leaf sharded like its param, scalars replicated.
 
     Each device allocates only its own shards: nothing is first built whole on
     one device. Works under Auto and Explicit mesh axes, for ours and Optax's
-    transformations; without a mesh it is ``tx.init(params)``.
+    transformations (see :func:`state_shardings` for which leaves follow the
+    params); without a mesh it is ``tx.init(params)``.
 
     Example:
         >>> import jax, jax.numpy as jnp, jaxopt_zoo as jz
@@ -94,10 +120,11 @@ def init_sharded(tx: Any, params: Any) -> Any:
         >>> state[0].mu["w"].sharding.spec, state[0].count.sharding.spec
         (P('model', None), P())
     """
-    shardings = state_shardings(tx, params)
+    init = tx.init if hasattr(tx, "init") else tx
+    shardings = _state_shardings("init_sharded", init, params)
     if shardings is None:
-        return tx.init(params)
-    return jax.jit(tx.init, out_shardings=shardings)(params)
+        return init(params)
+    return jax.jit(init, out_shardings=shardings)(params)
 
 
 def check_state_shardings(tx: Any, params: Any, state: Any) -> None:
@@ -107,13 +134,15 @@ def check_state_shardings(tx: Any, params: Any, state: Any) -> None:
     laid out differently from the params makes every step reshard (slow), or
     holds a full copy per device (memory). Scalars may be anywhere.
     """
-    expected = state_shardings(tx, params)
+    expected = _state_shardings("check_state_shardings", tx, params)
     if expected is None:
         return
     if jax.tree.structure(expected) != jax.tree.structure(state):
+        paths = lambda tree: {jax.tree_util.keystr(path) for path, _ in jax.tree.leaves_with_path(tree)}
+        only_state, only_init = sorted(paths(state) - paths(expected)), sorted(paths(expected) - paths(state))
         raise ValueError(
-            f"check_state_shardings: the state's structure {jax.tree.structure(state)} is not the one tx.init(params) "
-            f"builds, {jax.tree.structure(expected)}."
+            "check_state_shardings: the state is not shaped like tx.init(params): "
+            f"paths only in the state: {only_state or 'none'}; only in tx.init(params): {only_init or 'none'}."
         )
     problems = []
     for (path, want), have in zip(jax.tree.leaves_with_path(expected), jax.tree.leaves(state)):
@@ -122,17 +151,13 @@ def check_state_shardings(tx: Any, params: Any, state: Any) -> None:
             continue
         if not sharding.is_equivalent_to(want, jnp.ndim(have)):
             got = sharding.spec if isinstance(sharding, NamedSharding) else sharding
-            problems.append(f"state{jax.tree_util.keystr(path)} is sharded {got}, its param {want.spec}")
+            problems.append(f"state{jax.tree_util.keystr(path)} is sharded {got}, expected {want.spec}")
     if problems:
         raise ValueError(
             "check_state_shardings: the optimizer state is not laid out like the params: "
             + "; ".join(problems)
             + ". Build it with jz.init_sharded(tx, params), or jax.device_put(state, jz.state_shardings(tx, params))."
         )
-
-
-def _names(axis_name: AxisName) -> tuple[str, ...]:
-    return (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
 
 
 def validate_axis_name(owner: str, axis_name: Any) -> AxisName:
@@ -152,37 +177,58 @@ def varying_axes(x: Any) -> frozenset[str]:
     return frozenset(manual.varying if manual is not None else getattr(aval, "vma", ()))
 
 
-def _axes_to_sum(owner: str, x: Any, axis_name: AxisName) -> tuple[str, ...]:
+class _ManualContext(NamedTuple):
+    mesh_axes: tuple[str, ...]  # all axes of the enclosing mesh
+    manual: tuple[str, ...]  # those shard_map made manual (empty under plain jit)
+    tracked: bool  # whether shard_map tracks which values vary (check_vma=True)
+
+
+def _manual_context() -> _ManualContext:
+    mesh = jax.sharding.get_abstract_mesh()
+    manual = tuple(getattr(mesh, "manual_axes", ()))
+    # Under check_vma=False nothing varies, not even the device's own index.
+    tracked = bool(manual) and manual[0] in varying_axes(jax.lax.axis_index(manual[0]))
+    return _ManualContext(tuple(getattr(mesh, "axis_names", ())), manual, tracked)
+
+
+def _axes_to_sum(owner: str, x: Any, axis_name: AxisName, context: _ManualContext) -> tuple[str, ...]:
+    if not context.manual:
+        return ()  # no shard_map: arrays are global, and the partitioner makes every reduction exact
+    if axis_name == ():
+        return ()  # per-shard values, asked for
+    if not context.tracked:
+        raise ValueError(
+            f"{owner}: inside shard_map(..., check_vma=False) nothing tells sharded arrays from replicated ones, so "
+            f"this reduction cannot be made exact. Use check_vma=True (the default) with axis_name={context.manual!r}, "
+            "or pass axis_name=() for per-shard values."
+        )
     varying = varying_axes(x)
     if axis_name is None:
         if varying:
             raise ValueError(
                 f"{owner}: inside shard_map, an array of local shape {jnp.shape(x)} varies over mesh axes "
-                f"{sorted(varying)}, so this reduction would see one shard only. Pass axis_name="
-                f"{tuple(sorted(varying))!r} for the exact global value, or axis_name=() for per-shard values."
+                f"{sorted(varying)}, so this reduction would see one shard only. Pass axis_name={context.manual!r} "
+                "(the shard_map axes) for the exact global value, or axis_name=() for per-shard values."
             )
         return ()
-    for name in axis_name:
-        try:
-            tracked = name in varying_axes(jax.lax.axis_index(name))
-        except NameError:
-            raise ValueError(
-                f"{owner}: axis_name={axis_name!r} names a mesh axis {name!r} that is not bound here. Call update "
-                "inside shard_map over that axis, or leave axis_name=None under jit (the partitioner is exact there)."
-            ) from None
-        if not tracked:
-            raise ValueError(
-                f"{owner}: axis_name={axis_name!r} needs shard_map(..., check_vma=True) (the default), which tells "
-                "sharded arrays from replicated ones; without it a replicated array would be counted once per device."
-            )
+    unknown = [name for name in axis_name if name not in context.mesh_axes]
+    if unknown:
+        raise ValueError(f"{owner}: axis_name={axis_name!r} names {unknown}, not axes of the mesh {context.mesh_axes}.")
     missing = varying - set(axis_name)
-    if axis_name and missing:
+    if missing:
         raise ValueError(
             f"{owner}: axis_name={axis_name!r} leaves out mesh axes {sorted(missing)} that an array of local shape "
-            f"{jnp.shape(x)} varies over, so its reduction would be partial. Name every axis the arrays are sharded "
-            "over (the whole mesh is always safe), or pass axis_name=() for per-shard values."
+            f"{jnp.shape(x)} varies over, so its reduction would be partial. Name every shard_map axis (always "
+            "safe), or pass axis_name=() for per-shard values."
         )
     return tuple(name for name in axis_name if name in varying)
+
+
+def require_whole_arrays(owner: str, tree: Any) -> None:
+    """Raise if, inside ``shard_map``, any leaf may be a shard rather than a whole array."""
+    context = _manual_context()
+    for x in jax.tree.leaves(tree):
+        _axes_to_sum(owner, x, None, context)
 
 
 def sum_over_shards(owner: str, partials: Iterable[tuple[jax.Array, Any]], axis_name: AxisName) -> jax.Array:
@@ -192,9 +238,10 @@ def sum_over_shards(owner: str, partials: Iterable[tuple[jax.Array, Any]], axis_
     with the array it came from. Arrays sharded along the same axes share one
     ``psum``; outside ``shard_map`` this is a plain sum in the given order.
     """
+    context = _manual_context()
     groups: dict[tuple[str, ...], jax.Array] = {}
     for partial, source in partials:
-        axes = _axes_to_sum(owner, source, axis_name)
+        axes = _axes_to_sum(owner, source, axis_name, context)
         groups[axes] = partial if axes not in groups else groups[axes] + partial
     total = [jax.lax.psum(value, axes) if axes else value for axes, value in groups.items()]
     return sum(total[1:], total[0]) if total else jnp.array(0.0)
@@ -203,6 +250,6 @@ def sum_over_shards(owner: str, partials: Iterable[tuple[jax.Array, Any]], axis_
 def axis_size(owner: str, x: Any, axis_name: AxisName) -> int:
     """How many shards of ``x`` there are along ``axis_name`` (1 outside ``shard_map``)."""
     size = 1
-    for name in _axes_to_sum(owner, x, axis_name):
+    for name in _axes_to_sum(owner, x, axis_name, _manual_context()):
         size *= jax.lax.psum(1, name)
     return size

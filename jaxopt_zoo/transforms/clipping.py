@@ -7,7 +7,14 @@ import jax.numpy as jnp
 
 from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import GradientTransformation, init_empty_state
-from jaxopt_zoo.sharding import AxisName, axis_size, sum_over_shards, validate_axis_name, varying_axes
+from jaxopt_zoo.sharding import (
+    AxisName,
+    axis_size,
+    require_whole_arrays,
+    sum_over_shards,
+    validate_axis_name,
+    varying_axes,
+)
 
 
 def clip(max_delta: jax.typing.ArrayLike) -> GradientTransformation:
@@ -101,6 +108,14 @@ def unitwise_norm(x: jax.Array, axis: int | tuple[int, ...] | None = None) -> ja
     matrices and 3-D (multi-head) weights, all but the last axis for 4-D and 5-D
     convolution kernels (HWIO, DHWIO).
     """
+    # Broadcast into x's own sharding: under Explicit mesh axes a plain broadcast
+    # would be unsharded, and mixing it with x would be a sharding error.
+    sharding = jax.typeof(x).sharding
+    out_sharding = sharding if sharding.mesh.explicit_axes else None
+    return jnp.broadcast_to(_unit_norms(x, axis), x.shape, out_sharding=out_sharding)
+
+
+def _unit_norms(x: jax.Array, axis: int | tuple[int, ...] | None) -> jax.Array:
     if axis is None:
         if jnp.squeeze(x).ndim <= 1:
             axis = None
@@ -112,7 +127,7 @@ def unitwise_norm(x: jax.Array, axis: int | tuple[int, ...] | None = None) -> ja
             raise ValueError(
                 f"adaptive_grad_clip: cannot tell the units of a parameter of shape {x.shape}; pass axis=..."
             )
-    return jnp.broadcast_to(jnp.sqrt(jnp.sum(tree.abs_sq(x), axis=axis, keepdims=True)), x.shape)
+    return jnp.sqrt(jnp.sum(tree.abs_sq(x), axis=axis, keepdims=True))
 
 
 def adaptive_grad_clip(
@@ -151,13 +166,7 @@ def adaptive_grad_clip(
         del extra_args
         validation.require_params("adaptive_grad_clip", params)
         tree.check_same_structure("adaptive_grad_clip", updates, params, "the params")
-        for x in jax.tree.leaves((updates, params)):
-            if varying_axes(x):
-                raise ValueError(
-                    f"adaptive_grad_clip: inside shard_map an array of local shape {x.shape} varies over mesh axes "
-                    f"{sorted(varying_axes(x))}, and unit norms cannot be told from shard norms there. "
-                    "Apply it under jax.jit with sharded arrays instead, where it is exact."
-                )
+        require_whole_arrays("adaptive_grad_clip", (updates, params))
         return tree.map_updates(clip_unitwise, updates, params), state
 
     return GradientTransformation(init_empty_state, update)
