@@ -139,7 +139,7 @@ def _collective_sizes(hlo: str) -> list[tuple[str, int]]:
     return [(op, int(np.prod([int(d) for d in dims.split(",") if d]))) for dims, op in found]
 
 
-@pytest.mark.parametrize("name", ["sgd", "momentum", "adam", "adamw", "lamb", "lars", "clip_by_global_norm+adamw"])
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_compiled_step_moves_no_parameter_and_holds_one_eighth(name):
     mesh = make_mesh()
     tx = OPTIMIZERS[name](None)
