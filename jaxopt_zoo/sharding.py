@@ -160,16 +160,6 @@ def check_state_shardings(tx: Any, params: Any, state: Any) -> None:
         )
 
 
-def validate_axis_name(owner: str, axis_name: Any) -> AxisName:
-    """``axis_name`` as ``None`` or a tuple of mesh axis names; anything else raises naming ``owner``."""
-    if axis_name is None:
-        return None
-    names = (axis_name,) if isinstance(axis_name, str) else axis_name
-    if not isinstance(names, (tuple, list)) or not all(isinstance(n, str) for n in names):
-        raise ValueError(f"{owner}: axis_name must be None, a mesh axis name or a tuple of them, got {axis_name!r}.")
-    return tuple(names)
-
-
 def varying_axes(x: Any) -> frozenset[str]:
     """The ``shard_map`` mesh axes over which ``x`` differs from device to device (empty outside ``shard_map``)."""
     aval = jax.typeof(x)

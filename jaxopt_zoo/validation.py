@@ -124,3 +124,13 @@ def require_params(owner: str, params: Any) -> None:
     """Raise when a transformation that reads the parameters was called without them."""
     if params is None:
         raise ValueError(f"{owner} needs the parameters: call update(updates, state, params) with params.")
+
+
+def axis_name(owner: str, value: Any) -> tuple[str, ...] | None:
+    """``axis_name`` as ``None`` or a tuple of mesh axis names; anything else raises naming ``owner``."""
+    if value is None:
+        return None
+    names = (value,) if isinstance(value, str) else value
+    if not isinstance(names, (tuple, list)) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{owner}: axis_name must be None, a mesh axis name or a tuple of them, got {value!r}.")
+    return tuple(names)

@@ -14,7 +14,7 @@ import numpy as np
 from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import GradientTransformation, OptState, Params, Updates, safe_increment, zero_count
 from jaxopt_zoo.combine import _as_transformation
-from jaxopt_zoo.sharding import AxisName, sum_over_shards, validate_axis_name
+from jaxopt_zoo.sharding import AxisName, sum_over_shards
 
 
 class InjectHyperparamsState(NamedTuple):
@@ -147,7 +147,7 @@ def apply_if_finite(
     """
     max_consecutive_errors = validation.whole_number("apply_if_finite", "max_consecutive_errors", max_consecutive_errors)
     inner = _as_transformation("apply_if_finite", inner)
-    axis_name = validate_axis_name("apply_if_finite", axis_name)
+    axis_name = validation.axis_name("apply_if_finite", axis_name)
 
     def init(params):
         return ApplyIfFiniteState(zero_count(), jnp.array(True), zero_count(), inner.init(params))

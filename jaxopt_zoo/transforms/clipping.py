@@ -7,14 +7,7 @@ import jax.numpy as jnp
 
 from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import GradientTransformation, init_empty_state
-from jaxopt_zoo.sharding import (
-    AxisName,
-    axis_size,
-    require_whole_arrays,
-    sum_over_shards,
-    validate_axis_name,
-    varying_axes,
-)
+from jaxopt_zoo.sharding import AxisName, axis_size, require_whole_arrays, varying_axes
 
 
 def clip(max_delta: jax.typing.ArrayLike) -> GradientTransformation:
@@ -47,13 +40,12 @@ def clip_by_block_rms(threshold: jax.typing.ArrayLike, *, axis_name: AxisName = 
     """
     owner = "clip_by_block_rms"
     validation.positive(owner, "threshold", threshold)
-    axis_name = validate_axis_name(owner, axis_name)
+    axis_name = validation.axis_name(owner, axis_name)
 
     def rms(g):
         if not (axis_name or varying_axes(g)):
             return jnp.sqrt(jnp.mean(tree.abs_sq(g)))  # Optax's operations
-        total = sum_over_shards(owner, [(jnp.sum(tree.abs_sq(g)), g)], axis_name)
-        return jnp.sqrt(total / (g.size * axis_size(owner, g, axis_name)))
+        return jnp.sqrt(tree.sum_of_squares(g, axis_name, owner) / (g.size * axis_size(owner, g, axis_name)))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -88,7 +80,7 @@ def clip_by_global_norm(max_norm: jax.typing.ArrayLike, *, axis_name: AxisName =
         Pascanu, Mikolov & Bengio, "On the difficulty of training recurrent neural networks", ICML 2013.
     """
     validation.positive("clip_by_global_norm", "max_norm", max_norm)
-    axis_name = validate_axis_name("clip_by_global_norm", axis_name)
+    axis_name = validation.axis_name("clip_by_global_norm", axis_name)
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args

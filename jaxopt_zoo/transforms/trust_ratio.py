@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import GradientTransformation, init_empty_state
-from jaxopt_zoo.sharding import AxisName, validate_axis_name
+from jaxopt_zoo.sharding import AxisName
 
 
 def _norm_at_least(x: jax.Array, min_norm: jax.typing.ArrayLike, axis_name: AxisName) -> jax.Array:
@@ -72,7 +72,7 @@ def scale_by_trust_ratio(
     validation.non_negative(owner, "eps", eps)
     if max_param_norm is not None:
         validation.positive(owner, "max_param_norm", max_param_norm)
-    axis_name = validate_axis_name(owner, axis_name)
+    axis_name = validation.axis_name(owner, axis_name)
 
     def scale(u, p):
         param_norm = _norm_at_least(p, min_norm, axis_name)
