@@ -11,12 +11,23 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from jaxopt_zoo.quantization import dequantize, is_quantized
 from jaxopt_zoo.sharding import AxisName, sum_over_shards
 
 
 def is_none(x: Any) -> bool:
     """``is_leaf`` predicate that makes ``None`` a leaf instead of an empty subtree."""
     return x is None
+
+
+def _is_state_leaf(x: Any) -> bool:
+    # A quantized moment pairs with one update leaf, like a plain array does.
+    return x is None or is_quantized(x)
+
+
+def as_array(x: Any) -> Any:
+    """A state leaf as an array: a :class:`~jaxopt_zoo.quantization.QuantizedArray` is dequantized."""
+    return dequantize(x) if is_quantized(x) else x
 
 
 def zeros_like(tree: Any, dtype: jax.typing.DTypeLike | None = None) -> Any:
@@ -46,7 +57,7 @@ def cast_like(tree: Any, reference: Any) -> Any:
 
 
 def _paths(tree: Any) -> list[str]:
-    leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_none)
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_state_leaf)
     return [jax.tree_util.keystr(path) or "<root>" for path, _ in leaves]
 
 
@@ -67,11 +78,11 @@ def check_same_structure(owner: str, updates: Any, other: Any, other_name: str) 
     at trace time only.
     """
     ours = jax.tree.structure(updates, is_leaf=is_none)
-    theirs = jax.tree.structure(other, is_leaf=is_none)
+    theirs = jax.tree.structure(other, is_leaf=_is_state_leaf)
     if ours == theirs:
         shapes = [
-            None if u is None or o is None else (jnp.shape(u), jnp.shape(o))
-            for u, o in zip(jax.tree.leaves(updates, is_leaf=is_none), jax.tree.leaves(other, is_leaf=is_none))
+            None if u is None or o is None else (jnp.shape(u), jnp.shape(o.codes if is_quantized(o) else o))
+            for u, o in zip(jax.tree.leaves(updates, is_leaf=is_none), jax.tree.leaves(other, is_leaf=_is_state_leaf))
         ]
         if all(pair is None or pair[0] == pair[1] for pair in shapes):
             return
@@ -95,13 +106,24 @@ def check_same_structure(owner: str, updates: Any, other: Any, other_name: str) 
 
 
 def map_updates(fn: Callable[..., jax.Array], updates: Any, *trees: Any) -> Any:
-    """``fn(g, *xs)`` leaf by leaf over the updates and matching trees; ``None`` updates stay ``None``."""
-    return jax.tree.map(lambda g, *xs: None if g is None else fn(g, *xs), updates, *trees, is_leaf=is_none)
+    """``fn(g, *xs)`` leaf by leaf over the updates and matching trees; ``None`` updates stay ``None``.
+
+    Quantized state leaves among ``xs`` reach ``fn`` dequantized.
+    """
+    return jax.tree.map(
+        lambda g, *xs: None if g is None else fn(g, *map(as_array, xs)), updates, *trees, is_leaf=is_none
+    )
 
 
 def map_state(fn: Callable[..., jax.Array], updates: Any, state: Any, *trees: Any) -> Any:
-    """``fn(g, s, *xs)`` leaf by leaf to a new state tree; where the update is ``None`` the state leaf is kept."""
-    return jax.tree.map(lambda g, s, *xs: s if g is None else fn(g, s, *xs), updates, state, *trees, is_leaf=is_none)
+    """``fn(g, s, *xs)`` leaf by leaf to a new state tree; where the update is ``None`` the state leaf is kept.
+
+    Quantized leaves reach ``fn`` dequantized, and a kept leaf stays quantized,
+    so :func:`jaxopt_zoo.quantization.store` leaves it bit for bit as it was.
+    """
+    return jax.tree.map(
+        lambda g, s, *xs: s if g is None else fn(g, *map(as_array, (s, *xs))), updates, state, *trees, is_leaf=is_none
+    )
 
 
 def abs_sq(x: jax.Array) -> jax.Array:
@@ -132,7 +154,10 @@ def bias_correction(moments: Any, decay: jax.typing.ArrayLike, count: jax.Array)
     moment's dtype, since :math:`\\beta^t` rounds to 1 in bfloat16.
     """
     correction = 1 - decay**count
-    return jax.tree.map(lambda m: None if m is None else m / correction.astype(m.dtype), moments, is_leaf=is_none)
+    # A quantized leaf here is a kept state leaf (its update is None): nothing reads it.
+    return jax.tree.map(
+        lambda m: m if m is None or is_quantized(m) else m / correction.astype(m.dtype), moments, is_leaf=_is_state_leaf
+    )
 
 
 def full_like(tree: Any, value: jax.typing.ArrayLike, dtype: jax.typing.DTypeLike | None = None) -> Any:

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxopt_zoo.quantization import Blockwise8Bit
+
 
 def real_scalar(owner: str, name: str, value: Any) -> float | None:
     """``value`` as a finite Python float, or ``None`` when it is traced.
@@ -112,6 +114,25 @@ def optional_dtype(owner: str, name: str, value: Any) -> jnp.dtype | None:
         raise ValueError(f"{owner}: {name} must be a floating dtype such as jnp.float32, got {value!r}.")
     # float64 becomes float32 unless jax_enable_x64 is on, as for every JAX array.
     return jax.dtypes.canonicalize_dtype(dtype)
+
+
+def state_dtype(owner: str, name: str, value: Any) -> jnp.dtype | Blockwise8Bit | None:
+    """A moment's storage: ``None``, a floating dtype of 16 bits or more, or a :class:`Blockwise8Bit`."""
+    if isinstance(value, Blockwise8Bit):
+        return value
+    hint = "a floating dtype such as jnp.bfloat16, None for the params' dtype, or jz.Blockwise8Bit() for 8-bit moments"
+    try:
+        dtype = None if value is None else jnp.dtype(value)
+    except TypeError:
+        raise ValueError(f"{owner}: {name} must be {hint}; got {value!r}.") from None
+    if dtype is not None and jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize == 1:
+        raise ValueError(
+            f"{owner}: {name}={dtype} has no per-block scale, so small moments would flush to zero; "
+            f"use jz.Blockwise8Bit() for 8-bit moments."
+        )
+    if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"{owner}: {name} must be {hint}; got {value!r}.")
+    return optional_dtype(owner, name, value)
 
 
 def flag(owner: str, name: str, value: Any) -> None:

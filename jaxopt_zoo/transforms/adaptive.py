@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import GradientTransformation, Updates, safe_increment, zero_count
+from jaxopt_zoo.quantization import StateDtype, moments_like, store
 
 
 def _inverse_root(v: jax.Array, eps: jax.typing.ArrayLike, eps_in_sqrt: bool) -> jax.Array:
@@ -43,10 +44,10 @@ def scale_by_adam(
     b2: jax.typing.ArrayLike = 0.999,
     eps: jax.typing.ArrayLike = 1e-8,
     eps_root: jax.typing.ArrayLike = 0.0,
-    mu_dtype: jax.typing.DTypeLike | None = None,
+    mu_dtype: StateDtype = None,
     *,
     nesterov: bool = False,
-    nu_dtype: jax.typing.DTypeLike | None = None,
+    nu_dtype: StateDtype = None,
     bias_correction: bool = True,
 ) -> GradientTransformation:
     """Scale updates by Adam's bias-corrected moment ratio (Kingma & Ba 2015).
@@ -75,9 +76,10 @@ def scale_by_adam(
         eps: :math:`\\varepsilon \\ge 0`, added outside the square root (as in the paper).
         eps_root: :math:`\\bar\\varepsilon \\ge 0`, added inside the square root
             (keeps the gradient of the update finite when differentiating through it).
-        mu_dtype: storage dtype of the first moment; ``None`` uses the params'.
+        mu_dtype: storage of the first moment: ``None`` (the params' dtype), a
+            floating dtype, or :class:`~jaxopt_zoo.quantization.Blockwise8Bit` (8 bits).
         nesterov: use Nesterov momentum (NAdam).
-        nu_dtype: storage dtype of the second moment; ``None`` uses the params'.
+        nu_dtype: storage of the second moment, as for ``mu_dtype``.
         bias_correction: divide the moments by :math:`1 - \\beta^t` (an addition to Optax's).
 
     Example:
@@ -99,11 +101,13 @@ def scale_by_adam(
     validation.non_negative("scale_by_adam", "eps_root", eps_root)
     validation.flag("scale_by_adam", "nesterov", nesterov)
     validation.flag("scale_by_adam", "bias_correction", bias_correction)
-    mu_dtype = validation.optional_dtype("scale_by_adam", "mu_dtype", mu_dtype)
-    nu_dtype = validation.optional_dtype("scale_by_adam", "nu_dtype", nu_dtype)
+    mu_dtype = validation.state_dtype("scale_by_adam", "mu_dtype", mu_dtype)
+    nu_dtype = validation.state_dtype("scale_by_adam", "nu_dtype", nu_dtype)
 
     def init(params):
-        return ScaleByAdamState(zero_count(), tree.zeros_like(params, mu_dtype), tree.zeros_like(params, nu_dtype))
+        return ScaleByAdamState(
+            zero_count(), moments_like(params, mu_dtype), moments_like(params, nu_dtype, signed=False)
+        )
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -123,7 +127,7 @@ def scale_by_adam(
             mu_hat = correct(mu, b1, count)
         nu_hat = correct(nu, b2, count)
         updates = _moment_ratio(updates, mu_hat, nu_hat, eps, eps_root)
-        return updates, ScaleByAdamState(count, tree.cast_like(mu, state.mu), tree.cast_like(nu, state.nu))
+        return updates, ScaleByAdamState(count, store(mu, state.mu), store(nu, state.nu))
 
     return GradientTransformation(init, update)
 
@@ -142,11 +146,12 @@ def scale_by_amsgrad(
     b2: jax.typing.ArrayLike = 0.999,
     eps: jax.typing.ArrayLike = 1e-8,
     eps_root: jax.typing.ArrayLike = 0.0,
-    mu_dtype: jax.typing.DTypeLike | None = None,
+    mu_dtype: StateDtype = None,
     bias_correction_mu: bool = True,
     bias_correction_nu: bool = True,
     *,
     correct_after_max: bool = False,
+    nu_dtype: StateDtype = None,
 ) -> GradientTransformation:
     """AMSGrad (Reddi et al. 2018): Adam whose denominator never shrinks.
 
@@ -168,6 +173,9 @@ def scale_by_amsgrad(
     numerically ``optax.scale_by_amsgrad``; ``correct_after_max=True`` is
     ``torch.optim.Adam(amsgrad=True)``, whose stored maximum is of the raw
     :math:`v_t` (an addition to Optax). A ``None`` update keeps its state.
+    ``mu_dtype`` stores the first moment and ``nu_dtype`` (an addition to
+    Optax) both ``nu`` and ``nu_max``: ``None`` (the params' dtype), a floating
+    dtype, or :class:`~jaxopt_zoo.quantization.Blockwise8Bit`.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -181,7 +189,8 @@ def scale_by_amsgrad(
     validation.decay_rate(owner, "b2", b2)
     validation.non_negative(owner, "eps", eps)
     validation.non_negative(owner, "eps_root", eps_root)
-    mu_dtype = validation.optional_dtype(owner, "mu_dtype", mu_dtype)
+    mu_dtype = validation.state_dtype(owner, "mu_dtype", mu_dtype)
+    nu_dtype = validation.state_dtype(owner, "nu_dtype", nu_dtype)
     for name, value in [("bias_correction_mu", bias_correction_mu), ("bias_correction_nu", bias_correction_nu)]:
         validation.flag(owner, name, value)
     validation.flag(owner, "correct_after_max", correct_after_max)
@@ -190,7 +199,10 @@ def scale_by_amsgrad(
     def init(params):
         # Separate arrays for nu and nu_max: one buffer in two leaves cannot be donated.
         return ScaleByAmsgradState(
-            zero_count(), tree.zeros_like(params, mu_dtype), tree.zeros_like(params), tree.zeros_like(params)
+            zero_count(),
+            moments_like(params, mu_dtype),
+            moments_like(params, nu_dtype, signed=False),
+            moments_like(params, nu_dtype, signed=False),
         )
 
     def update(updates, state, params=None, **extra_args):
@@ -204,9 +216,7 @@ def scale_by_amsgrad(
         nu_hat = correct_nu(nu_max, b2, count) if correct_after_max else nu_max
         mu_hat = correct_mu(mu, b1, count)
         updates = _moment_ratio(updates, mu_hat, nu_hat, eps, eps_root)
-        return updates, ScaleByAmsgradState(
-            count, tree.cast_like(mu, state.mu), tree.cast_like(nu, state.nu), tree.cast_like(nu_max, state.nu_max)
-        )
+        return updates, ScaleByAmsgradState(count, store(mu, state.mu), store(nu, state.nu), store(nu_max, state.nu_max))
 
     return GradientTransformation(init, update)
 
@@ -222,6 +232,7 @@ def scale_by_rss(
     eps: jax.typing.ArrayLike = 1e-7,
     *,
     eps_in_sqrt: bool = True,
+    accumulator_dtype: StateDtype = None,
 ) -> GradientTransformation:
     """Adagrad's scaling by the root of the sum of squared gradients (Duchi et al. 2011).
 
@@ -238,6 +249,8 @@ def scale_by_rss(
         initial_accumulator_value: :math:`a \\ge 0` (Optax's default 0.1; PyTorch's 0).
         eps: :math:`\\varepsilon \\ge 0`.
         eps_in_sqrt: add :math:`\\varepsilon` inside the square root.
+        accumulator_dtype: storage of :math:`s`: ``None`` (the params' dtype), a floating
+            dtype, or :class:`~jaxopt_zoo.quantization.Blockwise8Bit` (an addition to Optax).
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -250,16 +263,17 @@ def scale_by_rss(
     validation.non_negative("scale_by_rss", "initial_accumulator_value", initial_accumulator_value)
     validation.non_negative("scale_by_rss", "eps", eps)
     validation.flag("scale_by_rss", "eps_in_sqrt", eps_in_sqrt)
+    accumulator_dtype = validation.state_dtype("scale_by_rss", "accumulator_dtype", accumulator_dtype)
 
     def init(params):
-        return ScaleByRssState(tree.full_like(params, initial_accumulator_value))
+        return ScaleByRssState(moments_like(params, accumulator_dtype, initial_accumulator_value, signed=False))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
         tree.check_same_structure("scale_by_rss", updates, state.sum_of_squares, "the accumulator (state.sum_of_squares)")
         sums = tree.map_state(lambda g, s: tree.abs_sq(g) + s, updates, state.sum_of_squares)
         scale = lambda g, s: jnp.where(s > 0, _inverse_root(s, eps, eps_in_sqrt), 0.0) * g
-        return tree.map_updates(scale, updates, sums), ScaleByRssState(tree.cast_like(sums, state.sum_of_squares))
+        return tree.map_updates(scale, updates, sums), ScaleByRssState(store(sums, state.sum_of_squares))
 
     return GradientTransformation(init, update)
 
@@ -293,7 +307,8 @@ class ScaleByRStdDevWithCountState(NamedTuple):
 
 
 def _scale_by_rms_or_stddev(
-    owner: str, centered: bool, decay, eps, initial_scale, eps_in_sqrt: bool, bias_correction: bool
+    owner: str, centered: bool, decay, eps, initial_scale, eps_in_sqrt: bool, bias_correction: bool,
+    mu_dtype: StateDtype, nu_dtype: StateDtype,
 ) -> GradientTransformation:
     # RMSprop's scaling, plain or centered: the two differ only by the mean they subtract.
     rate = validation.fraction(owner, "decay", decay)
@@ -301,14 +316,16 @@ def _scale_by_rms_or_stddev(
     validation.non_negative(owner, "initial_scale", initial_scale)
     validation.flag(owner, "eps_in_sqrt", eps_in_sqrt)
     validation.flag(owner, "bias_correction", bias_correction)
+    mu_dtype = validation.state_dtype(owner, "mu_dtype", mu_dtype)
+    nu_dtype = validation.state_dtype(owner, "nu_dtype", nu_dtype)
     if bias_correction and rate == 1.0:
         raise ValueError(f"{owner}: decay=1 with bias_correction=True divides by 1 - 1^t = 0; use decay < 1.")
     correct = _bias_corrector(bias_correction)
 
     def init(params):
-        moments = {"nu": tree.full_like(params, initial_scale)}
+        moments = {"nu": moments_like(params, nu_dtype, initial_scale, signed=False)}
         if centered:
-            moments["mu"] = tree.zeros_like(params)
+            moments["mu"] = moments_like(params, mu_dtype)
         if bias_correction:
             moments["count"] = zero_count()
         state_type = {
@@ -325,12 +342,12 @@ def _scale_by_rms_or_stddev(
         count = safe_increment(state.count) if bias_correction else None
         nu = tree.update_moment(updates, state.nu, decay, 2)
         nu_hat = correct(nu, decay, count)
-        new = {"nu": tree.cast_like(nu, state.nu)}
+        new = {"nu": store(nu, state.nu)}
         if centered:
             mu = tree.update_moment(updates, state.mu, decay, 1)
             mu_hat = correct(mu, decay, count)
             variance = tree.map_updates(lambda g, m, v: v - tree.abs_sq(m), updates, mu_hat, nu_hat)
-            new["mu"] = tree.cast_like(mu, state.mu)
+            new["mu"] = store(mu, state.mu)
         else:
             variance = nu_hat
         if bias_correction:
@@ -347,6 +364,8 @@ def scale_by_rms(
     initial_scale: jax.typing.ArrayLike = 0.0,
     eps_in_sqrt: bool = True,
     bias_correction: bool = False,
+    *,
+    nu_dtype: StateDtype = None,
 ) -> GradientTransformation:
     """RMSprop's scaling by the root of a running mean of squared gradients (Tieleman & Hinton 2012).
 
@@ -357,7 +376,9 @@ def scale_by_rms(
         g_t / (\\sqrt{\\hat v_t} + \\varepsilon) & \\text{otherwise (PyTorch)} \\end{cases}
 
     with :math:`\\hat v_t = v_t / (1 - \\rho^t)` if ``bias_correction`` else :math:`v_t`.
-    Numerically ``optax.scale_by_rms``; ``decay`` must lie in [0, 1].
+    Numerically ``optax.scale_by_rms``; ``decay`` must lie in [0, 1]. ``nu_dtype``
+    (an addition to Optax) stores :math:`v`: ``None`` (the params' dtype), a
+    floating dtype, or :class:`~jaxopt_zoo.quantization.Blockwise8Bit`.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -366,7 +387,9 @@ def scale_by_rms(
     References:
         Tieleman & Hinton, "Lecture 6.5 - RMSProp", COURSERA: Neural Networks for Machine Learning, 2012.
     """
-    return _scale_by_rms_or_stddev("scale_by_rms", False, decay, eps, initial_scale, eps_in_sqrt, bias_correction)
+    return _scale_by_rms_or_stddev(
+        "scale_by_rms", False, decay, eps, initial_scale, eps_in_sqrt, bias_correction, None, nu_dtype
+    )
 
 
 def scale_by_stddev(
@@ -375,6 +398,9 @@ def scale_by_stddev(
     initial_scale: jax.typing.ArrayLike = 0.0,
     eps_in_sqrt: bool = True,
     bias_correction: bool = False,
+    *,
+    mu_dtype: StateDtype = None,
+    nu_dtype: StateDtype = None,
 ) -> GradientTransformation:
     """Centered RMSprop's scaling by a running estimate of the gradients' standard deviation (Graves 2013).
 
@@ -387,6 +413,8 @@ def scale_by_stddev(
 
     with the hats the optional bias corrections, as in :func:`scale_by_rms`.
     Numerically ``optax.scale_by_stddev``; ``decay`` must lie in [0, 1].
+    ``mu_dtype`` and ``nu_dtype`` (additions to Optax) store :math:`m` and
+    :math:`v`, as in :func:`scale_by_rms`.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -395,7 +423,9 @@ def scale_by_stddev(
     References:
         Graves, "Generating Sequences With Recurrent Neural Networks", 2013 (eq. 38-41).
     """
-    return _scale_by_rms_or_stddev("scale_by_stddev", True, decay, eps, initial_scale, eps_in_sqrt, bias_correction)
+    return _scale_by_rms_or_stddev(
+        "scale_by_stddev", True, decay, eps, initial_scale, eps_in_sqrt, bias_correction, mu_dtype, nu_dtype
+    )
 
 
 class ScaleByAdaDeltaState(NamedTuple):
@@ -405,7 +435,9 @@ class ScaleByAdaDeltaState(NamedTuple):
     e_x: Updates
 
 
-def scale_by_adadelta(rho: jax.typing.ArrayLike = 0.9, eps: jax.typing.ArrayLike = 1e-6) -> GradientTransformation:
+def scale_by_adadelta(
+    rho: jax.typing.ArrayLike = 0.9, eps: jax.typing.ArrayLike = 1e-6, *, accumulator_dtype: StateDtype = None
+) -> GradientTransformation:
     """Adadelta's unit-correcting scaling (Zeiler 2012).
 
     .. math::
@@ -418,6 +450,8 @@ def scale_by_adadelta(rho: jax.typing.ArrayLike = 0.9, eps: jax.typing.ArrayLike
     Numerically ``optax.scale_by_adadelta`` for real parameters; ``rho`` must
     lie in [0, 1]. Deviation from Optax: for complex gradients :math:`g^2` is
     :math:`|g|^2` (Optax squares the complex number, so its "mean square" is complex).
+    ``accumulator_dtype`` (an addition) stores both running means: ``None``
+    (the params' dtype), a floating dtype, or :class:`~jaxopt_zoo.quantization.Blockwise8Bit`.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -428,9 +462,10 @@ def scale_by_adadelta(rho: jax.typing.ArrayLike = 0.9, eps: jax.typing.ArrayLike
     """
     validation.fraction("scale_by_adadelta", "rho", rho)
     validation.non_negative("scale_by_adadelta", "eps", eps)
+    accumulator_dtype = validation.state_dtype("scale_by_adadelta", "accumulator_dtype", accumulator_dtype)
 
     def init(params):
-        return ScaleByAdaDeltaState(tree.zeros_like(params), tree.zeros_like(params))
+        return ScaleByAdaDeltaState(*(moments_like(params, accumulator_dtype, signed=False) for _ in range(2)))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -438,6 +473,6 @@ def scale_by_adadelta(rho: jax.typing.ArrayLike = 0.9, eps: jax.typing.ArrayLike
         e_g = tree.update_moment(updates, state.e_g, rho, 2)
         updates = tree.map_updates(lambda g, sq_g, sq_x: (jnp.sqrt(sq_x + eps) / jnp.sqrt(sq_g + eps)) * g, updates, e_g, state.e_x)
         e_x = tree.update_moment(updates, state.e_x, rho, 2)
-        return updates, ScaleByAdaDeltaState(tree.cast_like(e_g, state.e_g), tree.cast_like(e_x, state.e_x))
+        return updates, ScaleByAdaDeltaState(store(e_g, state.e_g), store(e_x, state.e_x))
 
     return GradientTransformation(init, update)

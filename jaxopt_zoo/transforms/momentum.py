@@ -7,7 +7,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxopt_zoo import tree, validation
+from jaxopt_zoo import quantization, tree, validation
 from jaxopt_zoo.base import GradientTransformation, Updates, safe_increment, zero_count
 
 
@@ -28,7 +28,7 @@ def trace(
     decay: jax.typing.ArrayLike,
     nesterov: bool = False,
     dampening: jax.typing.ArrayLike = 0.0,
-    accumulator_dtype: jax.typing.DTypeLike | None = None,
+    accumulator_dtype: quantization.StateDtype = None,
 ) -> GradientTransformation:
     """Heavy-ball momentum (Polyak 1964), with PyTorch's dampening and Nesterov options.
 
@@ -60,7 +60,8 @@ def trace(
         decay: the momentum :math:`\\mu \\ge 0`.
         nesterov: return :math:`g_t + \\mu b_t` (Sutskever et al. 2013, in PyTorch's form).
         dampening: :math:`\\tau \\in [0, 1]`, PyTorch's ``dampening``.
-        accumulator_dtype: dtype of the stored buffer; ``None`` uses the params'.
+        accumulator_dtype: storage of the buffer: ``None`` (the params' dtype), a
+            floating dtype, or :class:`~jaxopt_zoo.quantization.Blockwise8Bit`.
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
@@ -81,13 +82,13 @@ def trace(
     validation.non_negative("trace", "decay", decay)
     validation.flag("trace", "nesterov", nesterov)
     validation.fraction("trace", "dampening", dampening)
-    accumulator_dtype = validation.optional_dtype("trace", "accumulator_dtype", accumulator_dtype)
+    accumulator_dtype = validation.state_dtype("trace", "accumulator_dtype", accumulator_dtype)
     # Decided by type, not value, so that init (concrete) and update (traced,
     # e.g. under inject_hyperparams) agree on the state's structure.
     dampened = not validation.is_literal_zero(dampening)
 
     def init(params):
-        buffer = tree.zeros_like(params, dtype=accumulator_dtype)
+        buffer = quantization.moments_like(params, accumulator_dtype)
         return DampenedTraceState(zero_count(), buffer) if dampened else TraceState(buffer)
 
     def update(updates, state, params=None, **extra_args):
@@ -100,7 +101,7 @@ def trace(
             accumulate = lambda g, b: g + decay * b
         buffer = tree.map_state(accumulate, updates, state.trace)
         updates = tree.map_updates(lambda g, b: g + decay * b if nesterov else b, updates, buffer)
-        buffer = tree.cast_like(buffer, state.trace)
+        buffer = quantization.store(buffer, state.trace)
         if dampened:
             return updates, DampenedTraceState(safe_increment(state.count), buffer)
         return updates, TraceState(buffer)
@@ -108,7 +109,7 @@ def trace(
     return GradientTransformation(init, update)
 
 
-def nesterov(decay: jax.typing.ArrayLike, accumulator_dtype: jax.typing.DTypeLike | None = None) -> GradientTransformation:
+def nesterov(decay: jax.typing.ArrayLike, accumulator_dtype: quantization.StateDtype = None) -> GradientTransformation:
     """Nesterov accelerated gradient in PyTorch's form (``SGD(nesterov=True)``).
 
     .. math::
@@ -119,7 +120,7 @@ def nesterov(decay: jax.typing.ArrayLike, accumulator_dtype: jax.typing.DTypeLik
 
     Args:
         decay: the momentum :math:`\\mu \\ge 0`.
-        accumulator_dtype: dtype of the stored buffer; ``None`` uses the params'.
+        accumulator_dtype: storage of the buffer, as in :func:`trace`.
 
     Example:
         >>> import jaxopt_zoo as jz
