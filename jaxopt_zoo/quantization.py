@@ -23,13 +23,17 @@ Leaves with fewer than ``min_size`` elements stay in float32 (at least the
 params' precision), where the saving is negligible and the error is not.
 
 Deviation from the paper: its codes are "dynamic tree" values, a decimal
-exponent and a linear fraction, looked up in a 256-entry table. Ours are
-binary floats rounded with integer arithmetic, which needs no table lookup.
-Both give 8-bit codes with a relative error that is the same at every
-magnitude. Ours has at most 6.25% relative error everywhere in its range, and
-that range is :math:`2^{-16}` (signed) or :math:`2^{-32}` (non-negative) of the block's
-absmax. The table code is finer near the block's maximum and coarser below
-1% of it (``tests/test_quantization.py`` compares them on Adam moments).
+exponent and a linear fraction, looked up in a 256-entry table and rounded to
+the nearest by a search. Ours are binary floats rounded with a few integer
+operations and no lookup. Our relative error is at most 6.25% at every
+magnitude down to :math:`2^{-16}` (signed) or :math:`2^{-32}` (non-negative) of the
+block's absmax. The table is finer near the block's maximum (0.7% to 7% in
+its top decade) and coarser below it (up to 28% between 1e-3 and 1e-2 of the
+maximum, more further down).
+On Adam's moments the median error of the update direction is 2.2% with
+ours against 1.2% with the table when all elements of a block have the same
+scale, and 2.4% against 11% when their scales spread over a decade
+(``tests/test_quantization.py``).
 
 Blocks run along the last axis only, so the codes shard exactly like the
 params. The scales shard like them too, provided each shard of the last axis

@@ -320,3 +320,97 @@ def adaptive_clip(grads, params, clipping, eps=1e-3):
         limit = clipping * np.maximum(np.sqrt(np.sum(p * p, axis=axis, keepdims=True)), eps)
         out.append(np.where(g_norm < limit, g, g * limit / g_norm))
     return out
+
+
+# ---------------------------------------------------------------------------
+# Block-wise 8-bit quantization (jaxopt_zoo.quantization), written from its
+# definition with float64 arithmetic: no bit patterns, no float32.
+
+MANTISSA_BITS = 3
+
+
+def _code_offset(signed: bool) -> int:
+    # index of the value 1.0 on the 3-mantissa-bit grid, minus the largest code
+    return 127 * 2**MANTISSA_BITS - (127 if signed else 255)
+
+
+def float_code(y: np.ndarray, signed: bool) -> np.ndarray:
+    """Codes of ``|y| <= 1``: round |y| to 3 mantissa bits (half away from zero), index the grid."""
+    y = np.asarray(y, np.float64)
+    magnitude = np.abs(y)
+    safe = np.where(magnitude > 0, magnitude, 1.0)
+    exponent = np.floor(np.log2(safe))
+    # guard log2 rounding at exact powers of two
+    exponent = np.where(safe / 2.0**exponent >= 2, exponent + 1, exponent)
+    exponent = np.where(safe / 2.0**exponent < 1, exponent - 1, exponent)
+    steps = np.floor((safe / 2.0**exponent - 1) * 2**MANTISSA_BITS + 0.5)
+    index = (exponent + 127) * 2**MANTISSA_BITS + steps - _code_offset(signed)
+    top = 127 if signed else 255
+    index = np.clip(index, 0, top)
+    if signed:
+        index = np.where(magnitude > 0, index, 0)
+        return np.where(y < 0, -index, index).astype(np.int64)
+    return np.where(y > 0, np.maximum(index, 1), 0).astype(np.int64)
+
+
+def float_value(codes: np.ndarray, signed: bool) -> np.ndarray:
+    """The value in [-1, 1] of each code: 2**e * (1 + k / 8) read off the grid index."""
+    codes = np.asarray(codes, np.int64)
+    index = np.abs(codes) + _code_offset(signed)
+    exponent = index // 2**MANTISSA_BITS - 127
+    value = 2.0**exponent * (1 + (index % 2**MANTISSA_BITS) / 2**MANTISSA_BITS)
+    value = np.where(codes == 0, 0.0, value)
+    return np.where(codes < 0, -value, value)
+
+
+def blocks(x: np.ndarray, num_blocks: int) -> list[np.ndarray]:
+    """Index arrays of the last axis: ``num_blocks`` blocks of ceil(n / num_blocks), the last shorter."""
+    n = x.shape[-1]
+    length = -(-n // num_blocks)
+    return [np.arange(start, min(start + length, n)) for start in range(0, n, length)]
+
+
+def quantize_blockwise(x: np.ndarray, num_blocks: int, signed: bool, code=float_code):
+    """(codes, scales): per block of the last axis, scale = max |x| and codes of x / scale."""
+    x = np.asarray(x, np.float64)
+    codes = np.zeros(x.shape, np.int64)
+    scales = np.zeros(x.shape[:-1] + (num_blocks,))
+    for b, index in enumerate(blocks(x, num_blocks)):
+        scale = np.max(np.abs(x[..., index]), axis=-1)
+        scales[..., b] = scale
+        safe = np.where(scale > 0, scale, 1.0)[..., None]
+        codes[..., index] = code(x[..., index] / safe, signed)
+    return codes, scales
+
+
+def dequantize_blockwise(codes, scales, signed: bool, value=float_value) -> np.ndarray:
+    out = np.zeros(codes.shape)
+    for b, index in enumerate(blocks(codes, scales.shape[-1])):
+        out[..., index] = value(codes[..., index], signed) * scales[..., b][..., None]
+    return out
+
+
+def dynamic_tree_values(signed: bool) -> np.ndarray:
+    """The 256 values of Dettmers et al.'s dynamic tree code, from the paper's description.
+
+    After the sign bit (signed code only), a run of k zero bits gives the decimal
+    exponent -k, a 1 bit ends the run, and the remaining bits are a linear
+    fraction in [0.1, 1] (bin midpoints). Zero and 1.0 complete the 256 values.
+    """
+    fraction_bits = 6 if signed else 7
+    values = [0.0, 1.0]
+    for k in range(7):
+        count = 2 ** (fraction_bits - k)
+        edges = np.linspace(0.1, 1.0, count + 1)
+        mids = 10.0**-k * (edges[:-1] + edges[1:]) / 2
+        values += list(mids) + (list(-mids) if signed else [])
+    values = np.sort(np.array(values))
+    assert values.size <= 256, values.size
+    return values
+
+
+def nearest_code(y: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Index of the nearest table value to each element of y."""
+    right = np.clip(np.searchsorted(table, y), 1, table.size - 1)
+    left = right - 1
+    return np.where(np.abs(y - table[left]) <= np.abs(y - table[right]), left, right)
