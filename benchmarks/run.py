@@ -445,6 +445,55 @@ def compile_section(report: Report, optimizers: dict[str, SeedOptimizer], sizes:
     )
 
 
+# ---------------------------------------------------------------------------- low-bit state
+
+STORAGES: dict[str, Any] = {
+    "float32": None,
+    "bfloat16": jnp.bfloat16,
+    "8-bit": jz.Blockwise8Bit(),
+}
+
+
+def lowbit_section(report: Report, sizes: Sizes, shapes: dict[str, Any]) -> None:
+    """Adam with its two moments stored in float32, bfloat16 and 8 bits, on the single-leaf tree."""
+    tree, abstract = next(iter(shapes.items()))
+    n = count_params(abstract)
+    progress(f"low-bit state: triad over {millions(n)} float32 elements")
+    reference = triad_bandwidth(n, sizes)
+    params = materialize(abstract, jax.random.key(0), 0.02)
+    grads = materialize(abstract, jax.random.key(1), 1e-3)
+    runs = {}
+    for name, storage in STORAGES.items():
+        progress(f"low-bit state: adam with {name} moments on {tree}")
+        runs[name] = contender(jz.adam(1e-3, mu_dtype=storage, nu_dtype=storage), jz.apply_updates, params, grads)
+        runs[name].run(grads, 1)
+    for _ in range(sizes.repeats):
+        for c in runs.values():
+            gc.collect()
+            c.times.append(c.run(grads, sizes.steps))
+    params_bytes = tree_bytes(params)
+    base = statistics.median(runs["float32"].times)
+    rows = []
+    for name, c in runs.items():
+        seconds = statistics.median(c.times)
+        moved = 3 * params_bytes + 2 * c.state_bytes
+        rows.append([
+            name, f"{c.state_bytes / n:.3f}", f"{1e3 * seconds:.3f}", f"{seconds / base:.2f}",
+            f"{100 * noise(c.times):.0f}%", f"{moved / n:.1f}", f"{moved / seconds / 1e9:.1f}",
+            f"{100 * moved / seconds / reference:.0f}%", f"{c.memory.temp_size_in_bytes / MIB:.1f}",
+        ])
+        c.compiled = c.params = c.state = None
+    report.add(
+        f"## Low-bit state\n\n`jz.adam(1e-3, mu_dtype=S, nu_dtype=S)` on the {tree} tree, for each storage S, "
+        f"{sizes.repeats} alternating runs of {sizes.steps} jitted, donated steps; ratio = time / float32's. "
+        "State B/param counts every state array (codes, scales, step count). "
+        "bytes/param = 3 x 4 (params read and written, grads read) + 2 x state (read and written), the least a step moves; "
+        f"GB/s = that over the median time; triad in this run: {reference / 1e9:.1f} GB/s. "
+        "temp = XLA's temporary buffers (`memory_analysis`).\n\n"
+        + table(["moments", "state B/param", "ms", "ratio", "spread", "bytes/param", "GB/s", "of triad", "temp MiB"], rows)
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny trees and one repeat: a smoke test")
@@ -452,12 +501,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="steps per timed run (default 5 on CPU, 20 on accelerators)")
     parser.add_argument("--compile-repeats", type=int, help="compilations per optimizer and library (default 3)")
     parser.add_argument("--optimizers", help="comma-separated subset, e.g. adam,adamw,lamb (default all)")
-    parser.add_argument("--parts", default="step,compile", help="step (time, bandwidth, memory), compile, or both")
+    parser.add_argument(
+        "--parts", default="step,compile,lowbit",
+        help="any of step (time, bandwidth, memory), compile, lowbit (Adam with float32, bfloat16, 8-bit moments)",
+    )
     parser.add_argument("--output", type=pathlib.Path, default=pathlib.Path(__file__).parent / "results.md")
     args = parser.parse_args()
     parts = {p.strip() for p in args.parts.split(",")}
-    if not parts or parts - {"step", "compile"}:
-        parser.error(f"--parts takes step and/or compile, got {args.parts!r}")
+    if not parts or parts - {"step", "compile", "lowbit"}:
+        parser.error(f"--parts takes step, compile and/or lowbit, got {args.parts!r}")
 
     # Compile times must not come from a cache on disk.
     jax.config.update("jax_enable_compilation_cache", False)
@@ -478,6 +530,8 @@ def main() -> None:
     if "compile" in parts:
         many = list(shapes)[1]
         compile_section(report, optimizers, sizes, shapes[many], many)
+    if "lowbit" in parts:
+        lowbit_section(report, sizes, shapes)
     report.write(args.output)
 
 
