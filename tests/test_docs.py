@@ -18,6 +18,7 @@ MODULES = [
     "jaxopt_zoo.validation",
     "jaxopt_zoo.optimizers",
     "jaxopt_zoo.schedules",
+    "jaxopt_zoo.quantization",
     "jaxopt_zoo.sharding",
     "jaxopt_zoo.transforms",
     "jaxopt_zoo.wrappers",
