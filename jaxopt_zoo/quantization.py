@@ -36,8 +36,13 @@ scale, and 2.4% against 11% when their scales spread over a decade
 (``tests/test_quantization.py``).
 
 Blocks run along the last axis only, so the codes shard exactly like the
-params. The scales shard like them too, provided each shard of the last axis
-holds a whole number of blocks.
+params, and the layout depends on the param's shape alone (a checkpoint
+restores into ``jax.eval_shape(tx.init, params)``). When each shard of a
+sharded last axis holds whole blocks, the scales shard like the params and a
+step needs no communication. Otherwise blocks cross shards: on Auto mesh axes
+that stays correct and costs an exchange of the (small) scales each step; on
+Explicit axes, and so in ``jz.init_sharded`` and ``jz.state_shardings``, it
+raises and names a ``block_size`` that fits.
 
 Example:
     >>> import jax.numpy as jnp, jaxopt_zoo as jz
@@ -119,10 +124,28 @@ def _code_offset(signed: bool) -> int:
     return (127 << _MANTISSA_BITS) - (127 if signed else 255)
 
 
+def _explicit_shards_of_last_axis(x: jax.Array) -> int:
+    # Only Explicit mesh axes are visible in an array's type; under Auto axes XLA places the blocks.
+    sharding = jax.typeof(x).sharding
+    spec, mesh = getattr(sharding, "spec", None), getattr(sharding, "mesh", None)
+    if not spec or mesh is None or len(spec) < x.ndim or spec[x.ndim - 1] is None:
+        return 1
+    names = spec[x.ndim - 1]
+    return math.prod(mesh.shape[name] for name in ((names,) if isinstance(names, str) else names))
+
+
 def _blocked(x: jax.Array, num_blocks: int) -> jax.Array:
     # (..., n) -> (..., num_blocks, length), zero-padding the last block.
     n = x.shape[-1]
     length = -(-n // num_blocks)
+    shards = _explicit_shards_of_last_axis(x)
+    if shards > 1 and (n % shards or (n // shards) % length):
+        raise ValueError(
+            f"Blockwise8Bit: the last axis of a {x.shape} moment is split into {shards} shards of "
+            f"{n / shards:g} elements, which do not hold whole blocks of {length}. Choose a block_size that "
+            f"divides {n / shards:g} (for example Blockwise8Bit(block_size={math.gcd(n // shards, length) if n % shards == 0 else 16})) "
+            "so that no block crosses a shard."
+        )
     if num_blocks * length != n:
         x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, num_blocks * length - n)])
     return x.reshape(*x.shape[:-1], num_blocks, length)
