@@ -13,6 +13,7 @@ import jax
 from jaxopt_zoo import validation
 from jaxopt_zoo.base import GradientTransformation, Params, ScalarOrSchedule, identity
 from jaxopt_zoo.combine import chain, masked
+from jaxopt_zoo.quantization import StateDtype
 from jaxopt_zoo.sharding import AxisName
 from jaxopt_zoo.transforms import (
     add_decayed_weights,
@@ -28,11 +29,18 @@ from jaxopt_zoo.transforms import (
 )
 
 
+def _check_storage(owner: str, **storage: StateDtype) -> None:
+    # Checked here too, so that the error names the optimizer, and an option its recipe
+    # leaves unused (no momentum, not centered) is still checked.
+    for name, value in storage.items():
+        validation.state_dtype(owner, name, value)
+
+
 def sgd(
     learning_rate: ScalarOrSchedule,
     momentum: jax.typing.ArrayLike | None = None,
     nesterov: bool = False,
-    accumulator_dtype: jax.typing.DTypeLike | None = None,
+    accumulator_dtype: StateDtype = None,
 ) -> GradientTransformation:
     """Stochastic gradient descent, optionally with (Nesterov) momentum.
 
@@ -42,24 +50,27 @@ def sgd(
         \\theta_{t+1} = \\theta_t - \\alpha_t \\cdot
         \\begin{cases} g_t + \\mu b_t & \\text{nesterov} \\\\ b_t & \\text{momentum} \\\\ g_t & \\text{no momentum.} \\end{cases}
 
-    Recipe: ``chain(trace(momentum, nesterov), scale_by_learning_rate(learning_rate))``.
-    Deviation from Optax: ``nesterov=True`` without a ``momentum`` raises
-    (Optax ignores it silently).
+    Recipe: ``chain(trace(momentum, nesterov, accumulator_dtype=accumulator_dtype),
+    scale_by_learning_rate(learning_rate))``. Deviations from Optax: ``nesterov=True``
+    without a ``momentum`` raises (Optax ignores it silently); ``accumulator_dtype``
+    may also be ``Blockwise8Bit()`` (8-bit momentum), and is checked even without a momentum.
 
     Args:
         learning_rate: :math:`\\alpha \\ge 0`, or a schedule of the step count.
         momentum: :math:`\\mu \\ge 0`; ``None`` for plain SGD.
         nesterov: use Nesterov momentum.
-        accumulator_dtype: storage dtype of the momentum buffer.
+        accumulator_dtype: storage of the momentum buffer: None (the params' dtype), a floating dtype, or Blockwise8Bit.
 
     Example:
         >>> import jaxopt_zoo as jz
         >>> tx = jz.sgd(0.1, momentum=0.9, nesterov=True)
+        >>> tx_8bit = jz.sgd(0.1, momentum=0.9, accumulator_dtype=jz.Blockwise8Bit())
 
     References:
         Sutskever et al., "On the importance of initialization and momentum in deep learning", ICML 2013.
     """
     validation.flag("sgd", "nesterov", nesterov)
+    _check_storage("sgd", accumulator_dtype=accumulator_dtype)
     if momentum is None:
         if nesterov:
             raise ValueError("sgd: nesterov=True needs a momentum, got momentum=None.")
@@ -76,15 +87,21 @@ def adam(
     b2: jax.typing.ArrayLike = 0.999,
     eps: jax.typing.ArrayLike = 1e-8,
     eps_root: jax.typing.ArrayLike = 0.0,
-    mu_dtype: jax.typing.DTypeLike | None = None,
+    mu_dtype: StateDtype = None,
     *,
     nesterov: bool = False,
+    nu_dtype: StateDtype = None,
 ) -> GradientTransformation:
     """Adam (Kingma & Ba 2015): :math:`\\theta_{t+1} = \\theta_t - \\alpha_t \\hat m_t / (\\sqrt{\\hat v_t + \\bar\\varepsilon} + \\varepsilon)`.
 
     The moments and their bias correction are those of :func:`jaxopt_zoo.scale_by_adam`.
-    Recipe: ``chain(scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
-    scale_by_learning_rate(learning_rate))``.
+    Recipe: ``chain(scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
+    scale_by_learning_rate(learning_rate))``. ``nu_dtype`` is an addition to Optax, and
+    either storage may be ``Blockwise8Bit()`` (8-bit moments, see :mod:`jaxopt_zoo.quantization`).
+
+    Args:
+        mu_dtype: storage of the first moment: None (the params' dtype), a floating dtype, or Blockwise8Bit.
+        nu_dtype: storage of the second moment: None (the params' dtype), a floating dtype, or Blockwise8Bit.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -93,8 +110,9 @@ def adam(
     References:
         Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015.
     """
+    _check_storage("adam", mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     return chain(
-        scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
+        scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
         scale_by_learning_rate(learning_rate),
     )
 
@@ -105,11 +123,12 @@ def adamw(
     b2: jax.typing.ArrayLike = 0.999,
     eps: jax.typing.ArrayLike = 1e-8,
     eps_root: jax.typing.ArrayLike = 0.0,
-    mu_dtype: jax.typing.DTypeLike | None = None,
+    mu_dtype: StateDtype = None,
     weight_decay: ScalarOrSchedule = 1e-4,
     mask: Any | Callable[[Params], Any] | None = None,
     *,
     nesterov: bool = False,
+    nu_dtype: StateDtype = None,
 ) -> GradientTransformation:
     """Adam with decoupled weight decay (Loshchilov & Hutter 2019).
 
@@ -120,21 +139,26 @@ def adamw(
 
     The decay is multiplied by the learning rate, as in Optax (PyTorch's
     ``AdamW`` does the same: :math:`\\theta \\leftarrow \\theta - \\alpha\\lambda\\theta`).
-    Recipe: ``chain(scale_by_adam(...), add_decayed_weights(weight_decay, mask),
-    scale_by_learning_rate(learning_rate))``.
+    Recipe: ``chain(scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
+    add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate))``.
+    ``nu_dtype`` is an addition to Optax, and either storage may be ``Blockwise8Bit()``.
 
     Args:
+        mu_dtype: storage of the first moment: None (the params' dtype), a floating dtype, or Blockwise8Bit.
+        nu_dtype: storage of the second moment: None (the params' dtype), a floating dtype, or Blockwise8Bit.
         mask: where to apply the decay; see :func:`jaxopt_zoo.add_decayed_weights`.
 
     Example:
         >>> import jaxopt_zoo as jz
         >>> tx = jz.adamw(1e-3, weight_decay=1e-2)
+        >>> tx_8bit = jz.adamw(1e-3, mu_dtype=jz.Blockwise8Bit(), nu_dtype=jz.Blockwise8Bit())
 
     References:
         Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
     """
+    _check_storage("adamw", mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     return chain(
-        scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
+        scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )
@@ -146,9 +170,10 @@ def nadam(
     b2: jax.typing.ArrayLike = 0.999,
     eps: jax.typing.ArrayLike = 1e-8,
     eps_root: jax.typing.ArrayLike = 0.0,
-    mu_dtype: jax.typing.DTypeLike | None = None,
+    mu_dtype: StateDtype = None,
     *,
     nesterov: bool = True,
+    nu_dtype: StateDtype = None,
 ) -> GradientTransformation:
     """NAdam (Dozat 2016): :func:`adam` with Nesterov momentum, in Optax's form.
 
@@ -158,7 +183,12 @@ def nadam(
         \\theta_{t+1} = \\theta_t - \\alpha_t \\hat m_t / (\\sqrt{\\hat v_t + \\bar\\varepsilon} + \\varepsilon)
 
     Recipe: ``adam(..., nesterov=True)``. As in Optax (a ``partial`` of ``adam``
-    there), ``nesterov=False`` gives back plain Adam.
+    there), ``nesterov=False`` gives back plain Adam. ``nu_dtype`` is an addition
+    to Optax, and either storage may be ``Blockwise8Bit()``.
+
+    Args:
+        mu_dtype: storage of the first moment: None (the params' dtype), a floating dtype, or Blockwise8Bit.
+        nu_dtype: storage of the second moment: None (the params' dtype), a floating dtype, or Blockwise8Bit.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -167,7 +197,8 @@ def nadam(
     References:
         Dozat, "Incorporating Nesterov Momentum into Adam", ICLR workshop 2016.
     """
-    return adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov)
+    _check_storage("nadam", mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    return adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype)
 
 
 def nadamw(
@@ -176,15 +207,21 @@ def nadamw(
     b2: jax.typing.ArrayLike = 0.999,
     eps: jax.typing.ArrayLike = 1e-8,
     eps_root: jax.typing.ArrayLike = 0.0,
-    mu_dtype: jax.typing.DTypeLike | None = None,
+    mu_dtype: StateDtype = None,
     weight_decay: ScalarOrSchedule = 1e-4,
     mask: Any | Callable[[Params], Any] | None = None,
     *,
     nesterov: bool = True,
+    nu_dtype: StateDtype = None,
 ) -> GradientTransformation:
     """NAdamW: :func:`nadam` with decoupled weight decay, as :func:`adamw` adds it to :func:`adam`.
 
-    Recipe: ``adamw(..., nesterov=True)``.
+    Recipe: ``adamw(..., nesterov=True)``. ``nu_dtype`` is an addition to Optax,
+    and either storage may be ``Blockwise8Bit()``.
+
+    Args:
+        mu_dtype: storage of the first moment: None (the params' dtype), a floating dtype, or Blockwise8Bit.
+        nu_dtype: storage of the second moment: None (the params' dtype), a floating dtype, or Blockwise8Bit.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -193,7 +230,10 @@ def nadamw(
     References:
         Dozat 2016; Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
     """
-    return adamw(learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask, nesterov=nesterov)
+    _check_storage("nadamw", mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    return adamw(
+        learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask, nesterov=nesterov, nu_dtype=nu_dtype
+    )
 
 
 def amsgrad(
@@ -202,16 +242,24 @@ def amsgrad(
     b2: jax.typing.ArrayLike = 0.999,
     eps: jax.typing.ArrayLike = 1e-8,
     eps_root: jax.typing.ArrayLike = 0.0,
-    mu_dtype: jax.typing.DTypeLike | None = None,
+    mu_dtype: StateDtype = None,
     bias_correction_mu: bool = True,
     bias_correction_nu: bool = True,
+    *,
+    nu_dtype: StateDtype = None,
 ) -> GradientTransformation:
     """AMSGrad (Reddi et al. 2018) in Optax's convention: the maximum is over bias-corrected :math:`v_t`.
 
     :math:`\\theta_{t+1} = \\theta_t - \\alpha_t \\hat m_t / (\\sqrt{\\hat v^{\\max}_t + \\bar\\varepsilon} + \\varepsilon)`,
     :math:`\\hat v^{\\max}_t = \\max(\\hat v^{\\max}_{t-1}, v_t / (1 - \\beta_2^t))`. For PyTorch's
     convention use :func:`jaxopt_zoo.torch.adam` with ``amsgrad=True``.
-    Recipe: ``chain(scale_by_amsgrad(...), scale_by_learning_rate(learning_rate))``.
+    Recipe: ``chain(scale_by_amsgrad(b1, b2, eps, eps_root, mu_dtype, bias_correction_mu,
+    bias_correction_nu, nu_dtype=nu_dtype), scale_by_learning_rate(learning_rate))``.
+    ``nu_dtype`` is an addition to Optax, and either storage may be ``Blockwise8Bit()``.
+
+    Args:
+        mu_dtype: storage of the first moment: None (the params' dtype), a floating dtype, or Blockwise8Bit.
+        nu_dtype: storage of nu and nu_max: None (the params' dtype), a floating dtype, or Blockwise8Bit.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -220,8 +268,9 @@ def amsgrad(
     References:
         Reddi, Kale & Kumar, "On the Convergence of Adam and Beyond", ICLR 2018.
     """
+    _check_storage("amsgrad", mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     return chain(
-        scale_by_amsgrad(b1, b2, eps, eps_root, mu_dtype, bias_correction_mu, bias_correction_nu),
+        scale_by_amsgrad(b1, b2, eps, eps_root, mu_dtype, bias_correction_mu, bias_correction_nu, nu_dtype=nu_dtype),
         scale_by_learning_rate(learning_rate),
     )
 
@@ -230,11 +279,17 @@ def adagrad(
     learning_rate: ScalarOrSchedule,
     initial_accumulator_value: jax.typing.ArrayLike = 0.1,
     eps: jax.typing.ArrayLike = 1e-7,
+    *,
+    accumulator_dtype: StateDtype = None,
 ) -> GradientTransformation:
     """Adagrad (Duchi et al. 2011): :math:`\\theta_{t+1} = \\theta_t - \\alpha_t g_t / \\sqrt{a + \\sum_{s \\le t} g_s^2 + \\varepsilon}`.
 
-    Recipe: ``chain(scale_by_rss(initial_accumulator_value, eps), scale_by_learning_rate(learning_rate))``.
+    Recipe: ``chain(scale_by_rss(initial_accumulator_value, eps, accumulator_dtype=accumulator_dtype),
+    scale_by_learning_rate(learning_rate))``. ``accumulator_dtype`` is an addition to Optax.
     For PyTorch's form (eps outside the root, ``lr_decay``) see :func:`jaxopt_zoo.torch.adagrad`.
+
+    Args:
+        accumulator_dtype: storage of the sum of squares: None (the params' dtype), a floating dtype, or Blockwise8Bit.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -244,7 +299,11 @@ def adagrad(
         Duchi, Hazan & Singer, "Adaptive Subgradient Methods for Online Learning and Stochastic
         Optimization", JMLR 2011.
     """
-    return chain(scale_by_rss(initial_accumulator_value, eps), scale_by_learning_rate(learning_rate))
+    _check_storage("adagrad", accumulator_dtype=accumulator_dtype)
+    return chain(
+        scale_by_rss(initial_accumulator_value, eps, accumulator_dtype=accumulator_dtype),
+        scale_by_learning_rate(learning_rate),
+    )
 
 
 def adadelta(
@@ -253,15 +312,21 @@ def adadelta(
     eps: jax.typing.ArrayLike = 1e-6,
     weight_decay: ScalarOrSchedule = 0.0,
     weight_decay_mask: Any | Callable[[Params], Any] | None = None,
+    *,
+    accumulator_dtype: StateDtype = None,
 ) -> GradientTransformation:
     """Adadelta (Zeiler 2012): :math:`\\theta_{t+1} = \\theta_t - \\alpha_t u_t` with :math:`u_t` from :func:`scale_by_adadelta`.
 
     The weight decay is added to the gradient first (L2, as in Optax and PyTorch).
     Recipe: ``chain(add_decayed_weights(weight_decay, weight_decay_mask),
-    scale_by_adadelta(rho, eps), scale_by_learning_rate(learning_rate))``.
+    scale_by_adadelta(rho, eps, accumulator_dtype=accumulator_dtype), scale_by_learning_rate(learning_rate))``.
 
     Deviation from Optax: ``learning_rate=None`` means the paper's rate of 1
     (descent). Optax then skips the scaling and *ascends* the gradient.
+    ``accumulator_dtype`` is an addition to Optax.
+
+    Args:
+        accumulator_dtype: storage of both running means: None (the params' dtype), a floating dtype, or Blockwise8Bit.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -270,9 +335,10 @@ def adadelta(
     References:
         Zeiler, "ADADELTA: An Adaptive Learning Rate Method", 2012.
     """
+    _check_storage("adadelta", accumulator_dtype=accumulator_dtype)
     return chain(
         add_decayed_weights(weight_decay, weight_decay_mask),
-        scale_by_adadelta(rho, eps),
+        scale_by_adadelta(rho, eps, accumulator_dtype=accumulator_dtype),
         scale_by_learning_rate(1.0 if learning_rate is None else learning_rate),
     )
 
@@ -287,6 +353,10 @@ def rmsprop(
     momentum: jax.typing.ArrayLike | None = None,
     nesterov: bool = False,
     bias_correction: bool = False,
+    *,
+    nu_dtype: StateDtype = None,
+    mu_dtype: StateDtype = None,
+    accumulator_dtype: StateDtype = None,
 ) -> GradientTransformation:
     """RMSprop (Tieleman & Hinton 2012), plain or centered (Graves 2013), with optional momentum.
 
@@ -298,8 +368,17 @@ def rmsprop(
     ``centered``) and :math:`\\mu = 0` without momentum. As in Optax the
     learning rate is applied before the momentum; PyTorch applies it after
     (see :func:`jaxopt_zoo.torch.rmsprop`), which differs under a schedule.
-    Recipe: ``chain(scale_by_rms(...) or scale_by_stddev(...), scale_by_learning_rate(learning_rate),
-    trace(momentum, nesterov))``.
+    Recipe: ``chain(scaling, scale_by_learning_rate(learning_rate), trace(momentum, nesterov,
+    accumulator_dtype=accumulator_dtype))`` with ``scaling`` either ``scale_by_rms(decay, eps,
+    initial_scale, eps_in_sqrt, bias_correction, nu_dtype=nu_dtype)`` or, when ``centered``,
+    ``scale_by_stddev(..., mu_dtype=mu_dtype, nu_dtype=nu_dtype)``. ``nu_dtype``, ``mu_dtype``
+    and ``accumulator_dtype`` are additions to Optax; each is checked even where the recipe
+    does not use it.
+
+    Args:
+        nu_dtype: storage of the mean square: None (the params' dtype), a floating dtype, or Blockwise8Bit.
+        mu_dtype: storage of the mean (``centered`` only): None (the params' dtype), a floating dtype, or Blockwise8Bit.
+        accumulator_dtype: storage of the momentum buffer: None (the params' dtype), a floating dtype, or Blockwise8Bit.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -313,11 +392,16 @@ def rmsprop(
     validation.flag("rmsprop", "nesterov", nesterov)
     if momentum is None and nesterov:
         raise ValueError("rmsprop: nesterov=True needs a momentum, got momentum=None.")
-    scaling = scale_by_stddev if centered else scale_by_rms
+    _check_storage("rmsprop", nu_dtype=nu_dtype, mu_dtype=mu_dtype, accumulator_dtype=accumulator_dtype)
+    options = (decay, eps, initial_scale, eps_in_sqrt, bias_correction)
+    if centered:
+        scaling = scale_by_stddev(*options, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    else:
+        scaling = scale_by_rms(*options, nu_dtype=nu_dtype)
     return chain(
-        scaling(decay, eps, initial_scale, eps_in_sqrt, bias_correction),
+        scaling,
         scale_by_learning_rate(learning_rate),
-        identity() if momentum is None else trace(momentum, nesterov=nesterov),
+        identity() if momentum is None else trace(momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype),
     )
 
 
@@ -332,6 +416,7 @@ def lars(
     nesterov: bool = False,
     *,
     axis_name: AxisName = None,
+    accumulator_dtype: StateDtype = None,
 ) -> GradientTransformation:
     """LARS (You et al. 2017): SGD with momentum on layer-wise trust-ratio-scaled steps.
 
@@ -345,9 +430,12 @@ def lars(
 
     Recipe: ``chain(add_decayed_weights(weight_decay, weight_decay_mask),
     masked(scale_by_trust_ratio(trust_coefficient=..., eps=...), trust_ratio_mask),
-    scale_by_learning_rate(learning_rate), trace(momentum, nesterov))``.
+    scale_by_learning_rate(learning_rate), trace(momentum, nesterov, accumulator_dtype=accumulator_dtype))``.
     ``axis_name`` (an addition to Optax) makes the norms exact inside
-    ``shard_map``; see :func:`scale_by_trust_ratio`.
+    ``shard_map``; see :func:`scale_by_trust_ratio`. ``accumulator_dtype`` is an addition to Optax.
+
+    Args:
+        accumulator_dtype: storage of the momentum buffer: None (the params' dtype), a floating dtype, or Blockwise8Bit.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -356,11 +444,12 @@ def lars(
     References:
         You, Gitman & Ginsburg, "Large Batch Training of Convolutional Networks", 2017.
     """
+    _check_storage("lars", accumulator_dtype=accumulator_dtype)
     return chain(
         add_decayed_weights(weight_decay, mask=weight_decay_mask),
         masked(scale_by_trust_ratio(trust_coefficient=trust_coefficient, eps=eps, axis_name=axis_name), trust_ratio_mask),
         scale_by_learning_rate(learning_rate),
-        trace(momentum, nesterov=nesterov),
+        trace(momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype),
     )
 
 
@@ -374,6 +463,8 @@ def lamb(
     mask: Any | Callable[[Params], Any] | None = None,
     *,
     axis_name: AxisName = None,
+    mu_dtype: StateDtype = None,
+    nu_dtype: StateDtype = None,
 ) -> GradientTransformation:
     """LAMB (You et al. 2020): Adam steps rescaled layer-wise by a trust ratio.
 
@@ -386,10 +477,16 @@ def lamb(
     variant of widely used LAMB code, build it from the pieces:
     ``chain(scale_by_adam(b1, b2, eps, bias_correction=False), add_decayed_weights(wd),
     scale_by_trust_ratio(max_param_norm=10.0), scale_by_learning_rate(lr))``.
-    Recipe: ``chain(scale_by_adam(b1, b2, eps, eps_root), add_decayed_weights(weight_decay, mask),
-    scale_by_trust_ratio(), scale_by_learning_rate(learning_rate))``.
+    Recipe: ``chain(scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype),
+    add_decayed_weights(weight_decay, mask), scale_by_trust_ratio(axis_name=axis_name),
+    scale_by_learning_rate(learning_rate))``.
     ``axis_name`` (an addition to Optax) makes the norms exact inside
-    ``shard_map``; see :func:`scale_by_trust_ratio`.
+    ``shard_map``; see :func:`scale_by_trust_ratio`. ``mu_dtype`` and ``nu_dtype``
+    are additions to Optax.
+
+    Args:
+        mu_dtype: storage of the first moment: None (the params' dtype), a floating dtype, or Blockwise8Bit.
+        nu_dtype: storage of the second moment: None (the params' dtype), a floating dtype, or Blockwise8Bit.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -398,8 +495,9 @@ def lamb(
     References:
         You et al., "Large Batch Optimization for Deep Learning: Training BERT in 76 minutes", ICLR 2020.
     """
+    _check_storage("lamb", mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     return chain(
-        scale_by_adam(b1, b2, eps, eps_root),
+        scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype),
         add_decayed_weights(weight_decay, mask),
         scale_by_trust_ratio(axis_name=axis_name),
         scale_by_learning_rate(learning_rate),

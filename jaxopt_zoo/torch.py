@@ -19,6 +19,11 @@ select PyTorch kernels, not update rules; they are accepted and have no effect
 (everything here is jit-compiled and differentiable). Parameter groups with
 their own options are built with ``partition``/``masked``.
 
+Additions to PyTorch: keyword-only ``*_dtype`` options (``mu_dtype``,
+``nu_dtype``, ``accumulator_dtype``) choose how each state buffer is stored:
+``None`` (the params' dtype, as PyTorch), a floating dtype, or
+``jz.Blockwise8Bit()`` for 8-bit state (see :mod:`jaxopt_zoo.quantization`).
+
 Deviations from PyTorch: a ``None`` gradient leaves its parameter and state
 unchanged, as a ``grad=None`` does in PyTorch, but step counts are kept per
 optimizer step, not per parameter, so a parameter whose gradients start late
@@ -43,6 +48,7 @@ import jax.numpy as jnp
 from jaxopt_zoo import validation
 from jaxopt_zoo.base import GradientTransformation, ScalarOrSchedule
 from jaxopt_zoo.combine import chain, split_real_and_imaginary
+from jaxopt_zoo.quantization import StateDtype
 from jaxopt_zoo.transforms import (
     add_decayed_weights,
     scale,
@@ -75,6 +81,12 @@ def _recipe(
     return split_real_and_imaginary(chain(*prologue, *steps, scale_by_learning_rate(lr)))
 
 
+def _check_storage(owner: str, **storage: StateDtype) -> None:
+    # Every storage option is checked under the constructor's name, even where the recipe leaves it unused.
+    for name, value in storage.items():
+        validation.state_dtype(owner, name, value)
+
+
 def _betas(owner: str, betas: Any) -> tuple[Number, Number]:
     if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
         raise ValueError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}.")
@@ -94,6 +106,7 @@ def sgd(
     foreach: bool | None = None,
     differentiable: bool = False,
     fused: bool | None = None,
+    accumulator_dtype: StateDtype = None,
 ) -> GradientTransformation:
     """``torch.optim.SGD``:
 
@@ -105,15 +118,22 @@ def sgd(
 
     (no buffer at all when :math:`\\mu = 0`). As PyTorch, ``nesterov`` needs a
     positive momentum and zero dampening; unlike PyTorch, ``dampening`` must lie in [0, 1].
+    Recipe: ``chain(..., trace(momentum, nesterov, dampening, accumulator_dtype), scale_by_learning_rate(lr))``;
+    ``accumulator_dtype`` is an addition to PyTorch.
+
+    Args:
+        accumulator_dtype: storage of the momentum buffer: None (the params' dtype), a floating dtype, or Blockwise8Bit.
 
     Example:
         >>> import jaxopt_zoo as jz
         >>> tx = jz.torch.sgd(lr=0.1, momentum=0.9, nesterov=True)
+        >>> tx_8bit = jz.torch.sgd(lr=0.1, momentum=0.9, accumulator_dtype=jz.Blockwise8Bit())
     """
     del foreach, differentiable, fused
     mu = validation.non_negative("torch.sgd", "momentum", momentum)
     tau = validation.fraction("torch.sgd", "dampening", dampening)
     validation.flag("torch.sgd", "nesterov", nesterov)
+    _check_storage("torch.sgd", accumulator_dtype=accumulator_dtype)
     if nesterov and (mu == 0 or (tau is not None and tau != 0)):
         raise ValueError(
             f"torch.sgd: nesterov=True requires a momentum > 0 and zero dampening, "
@@ -125,7 +145,8 @@ def sgd(
         # PyTorch keeps no buffer when momentum is 0, so dampening must not act then;
         # an array momentum may be 0 only at run time.
         dampening = jnp.where(jnp.asarray(momentum) == 0, 0.0, dampening)
-    return _recipe("torch.sgd", lr, maximize, weight_decay, trace(momentum, nesterov=nesterov, dampening=dampening))
+    momentum_trace = trace(momentum, nesterov=nesterov, dampening=dampening, accumulator_dtype=accumulator_dtype)
+    return _recipe("torch.sgd", lr, maximize, weight_decay, momentum_trace)
 
 
 def adagrad(
@@ -139,6 +160,7 @@ def adagrad(
     maximize: bool = False,
     differentiable: bool = False,
     fused: bool | None = None,
+    accumulator_dtype: StateDtype = None,
 ) -> GradientTransformation:
     """``torch.optim.Adagrad``:
 
@@ -148,8 +170,12 @@ def adagrad(
         \\theta \\leftarrow \\theta - \\frac{\\gamma}{1 + (t - 1) \\eta} \\cdot \\frac{g}{\\sqrt{s_t} + \\varepsilon}
 
     with :math:`\\eta` the ``lr_decay``. Recipe: ``chain(..., scale_by_rss(a, eps,
-    eps_in_sqrt=False), scale_by_learning_rate(lr / (1 + t * lr_decay)))``.
+    eps_in_sqrt=False, accumulator_dtype=accumulator_dtype), scale_by_learning_rate(lr / (1 + t * lr_decay)))``.
     Deviation: where :math:`s_t = 0` the step is 0 (PyTorch computes 0/0 there if ``eps=0``).
+    ``accumulator_dtype`` is an addition to PyTorch.
+
+    Args:
+        accumulator_dtype: storage of the sum of squares: None (the params' dtype), a floating dtype, or Blockwise8Bit.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -161,10 +187,12 @@ def adagrad(
     validation.non_negative(owner, "lr_decay", lr_decay)
     validation.non_negative(owner, "initial_accumulator_value", initial_accumulator_value)
     validation.non_negative(owner, "eps", eps)
+    _check_storage(owner, accumulator_dtype=accumulator_dtype)
     rate = lr
     if not validation.is_literal_zero(lr_decay):
         rate = lambda count: (lr(count) if callable(lr) else lr) / (1 + count * lr_decay)
-    return _recipe(owner, rate, maximize, weight_decay, scale_by_rss(initial_accumulator_value, eps, eps_in_sqrt=False))
+    scaling = scale_by_rss(initial_accumulator_value, eps, eps_in_sqrt=False, accumulator_dtype=accumulator_dtype)
+    return _recipe(owner, rate, maximize, weight_decay, scaling)
 
 
 def adadelta(
@@ -177,6 +205,7 @@ def adadelta(
     capturable: bool = False,
     maximize: bool = False,
     differentiable: bool = False,
+    accumulator_dtype: StateDtype = None,
 ) -> GradientTransformation:
     """``torch.optim.Adadelta``:
 
@@ -186,6 +215,12 @@ def adadelta(
         \\Delta = \\frac{\\sqrt{u_{t-1} + \\varepsilon}}{\\sqrt{v_t + \\varepsilon}} g, \\quad
         u_t = \\rho u_{t-1} + (1 - \\rho) \\Delta^2, \\quad \\theta \\leftarrow \\theta - \\gamma \\Delta
 
+    Recipe: ``chain(..., scale_by_adadelta(rho, eps, accumulator_dtype=accumulator_dtype),
+    scale_by_learning_rate(lr))``; ``accumulator_dtype`` is an addition to PyTorch.
+
+    Args:
+        accumulator_dtype: storage of both running means: None (the params' dtype), a floating dtype, or Blockwise8Bit.
+
     Example:
         >>> import jaxopt_zoo as jz
         >>> tx = jz.torch.adadelta()
@@ -193,7 +228,9 @@ def adadelta(
     del foreach, capturable, differentiable
     validation.fraction("torch.adadelta", "rho", rho)
     validation.non_negative("torch.adadelta", "eps", eps)
-    return _recipe("torch.adadelta", lr, maximize, weight_decay, scale_by_adadelta(rho, eps))
+    _check_storage("torch.adadelta", accumulator_dtype=accumulator_dtype)
+    scaling = scale_by_adadelta(rho, eps, accumulator_dtype=accumulator_dtype)
+    return _recipe("torch.adadelta", lr, maximize, weight_decay, scaling)
 
 
 def rmsprop(
@@ -207,6 +244,10 @@ def rmsprop(
     foreach: bool | None = None,
     maximize: bool = False,
     differentiable: bool = False,
+    *,
+    nu_dtype: StateDtype = None,
+    mu_dtype: StateDtype = None,
+    accumulator_dtype: StateDtype = None,
 ) -> GradientTransformation:
     """``torch.optim.RMSprop``:
 
@@ -222,7 +263,15 @@ def rmsprop(
 
     Unlike :func:`jaxopt_zoo.rmsprop` (Optax's form) the learning rate comes
     after the momentum, as in PyTorch. ``alpha`` must lie in [0, 1] (PyTorch
-    accepts any ``alpha >= 0``).
+    accepts any ``alpha >= 0``). Recipe: ``chain(..., scale_by_rms(alpha, eps, 0.0, eps_in_sqrt=False,
+    nu_dtype=nu_dtype)`` (or ``scale_by_stddev(..., mu_dtype=mu_dtype, nu_dtype=nu_dtype)`` when
+    ``centered``), ``trace(momentum, accumulator_dtype=accumulator_dtype), scale_by_learning_rate(lr))``.
+    The three storage options are additions to PyTorch.
+
+    Args:
+        nu_dtype: storage of the mean square: None (the params' dtype), a floating dtype, or Blockwise8Bit.
+        mu_dtype: storage of the mean (``centered`` only): None (the params' dtype), a floating dtype, or Blockwise8Bit.
+        accumulator_dtype: storage of the momentum buffer: None (the params' dtype), a floating dtype, or Blockwise8Bit.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -234,20 +283,29 @@ def rmsprop(
     validation.non_negative(owner, "eps", eps)
     validation.flag(owner, "centered", centered)
     validation.non_negative(owner, "momentum", momentum)
-    scaling = (scale_by_stddev if centered else scale_by_rms)(alpha, eps, 0.0, eps_in_sqrt=False)
+    _check_storage(owner, nu_dtype=nu_dtype, mu_dtype=mu_dtype, accumulator_dtype=accumulator_dtype)
+    if centered:
+        scaling = scale_by_stddev(alpha, eps, 0.0, eps_in_sqrt=False, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    else:
+        scaling = scale_by_rms(alpha, eps, 0.0, eps_in_sqrt=False, nu_dtype=nu_dtype)
     # The momentum buffer sums g / avg before the rate: b = mu b + g / avg, theta -= lr b.
-    steps = [] if validation.is_literal_zero(momentum) else [trace(momentum)]
+    steps = [] if validation.is_literal_zero(momentum) else [trace(momentum, accumulator_dtype=accumulator_dtype)]
     return _recipe(owner, lr, maximize, weight_decay, scaling, *steps)
 
 
 def _adam_family(
-    owner: str, lr, betas, eps, weight_decay, amsgrad: bool, maximize: bool, decoupled: bool
+    owner: str, lr, betas, eps, weight_decay, amsgrad: bool, maximize: bool, decoupled: bool,
+    mu_dtype: StateDtype, nu_dtype: StateDtype,
 ) -> GradientTransformation:
     b1, b2 = _betas(owner, betas)
     validation.non_negative(owner, "eps", eps)
     validation.flag(owner, "amsgrad", amsgrad)
+    _check_storage(owner, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     # PyTorch's AMSGrad keeps the maximum of the raw second moment and corrects it afterwards.
-    scaling = scale_by_amsgrad(b1, b2, eps, correct_after_max=True) if amsgrad else scale_by_adam(b1, b2, eps)
+    if amsgrad:
+        scaling = scale_by_amsgrad(b1, b2, eps, mu_dtype=mu_dtype, correct_after_max=True, nu_dtype=nu_dtype)
+    else:
+        scaling = scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     if not decoupled:
         return _recipe(owner, lr, maximize, weight_decay, scaling)
     validation.non_negative(owner, "weight_decay", weight_decay)
@@ -267,6 +325,8 @@ def adam(
     differentiable: bool = False,
     fused: bool | None = None,
     decoupled_weight_decay: bool = False,
+    mu_dtype: StateDtype = None,
+    nu_dtype: StateDtype = None,
 ) -> GradientTransformation:
     """``torch.optim.Adam``:
 
@@ -283,6 +343,13 @@ def adam(
     ``decoupled_weight_decay=True`` is :func:`adamw`. With ``amsgrad`` the
     maximum is over the raw second moment, corrected afterwards (PyTorch's
     convention; Optax's :func:`jaxopt_zoo.amsgrad` takes it after correction).
+    Recipe: ``chain(..., scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype)`` (or
+    ``scale_by_amsgrad(b1, b2, eps, mu_dtype=mu_dtype, correct_after_max=True, nu_dtype=nu_dtype)``),
+    ``scale_by_learning_rate(lr))``. ``mu_dtype`` and ``nu_dtype`` are additions to PyTorch.
+
+    Args:
+        mu_dtype: storage of the first moment: None (the params' dtype), a floating dtype, or Blockwise8Bit.
+        nu_dtype: storage of the second moment (and max): None (the params' dtype), a floating dtype, or Blockwise8Bit.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -290,7 +357,9 @@ def adam(
     """
     del foreach, capturable, differentiable, fused
     validation.flag("torch.adam", "decoupled_weight_decay", decoupled_weight_decay)
-    return _adam_family("torch.adam", lr, betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay)
+    return _adam_family(
+        "torch.adam", lr, betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay, mu_dtype, nu_dtype
+    )
 
 
 def adamw(
@@ -305,15 +374,25 @@ def adamw(
     capturable: bool = False,
     differentiable: bool = False,
     fused: bool | None = None,
+    mu_dtype: StateDtype = None,
+    nu_dtype: StateDtype = None,
 ) -> GradientTransformation:
     """``torch.optim.AdamW``: :func:`adam`'s step plus decoupled decay,
     :math:`\\theta \\leftarrow \\theta - \\gamma \\lambda \\theta - \\gamma \\hat m_t / (\\sqrt{\\hat v_t} + \\varepsilon)`.
 
     The default ``weight_decay`` is PyTorch's 1e-2 (Optax's ``adamw`` uses 1e-4).
+    Recipe: :func:`adam`'s, with ``add_decayed_weights(weight_decay)`` after the scaling
+    and no L2 term. ``mu_dtype`` and ``nu_dtype`` are additions to PyTorch.
+
+    Args:
+        mu_dtype: storage of the first moment: None (the params' dtype), a floating dtype, or Blockwise8Bit.
+        nu_dtype: storage of the second moment (and max): None (the params' dtype), a floating dtype, or Blockwise8Bit.
 
     Example:
         >>> import jaxopt_zoo as jz
         >>> tx = jz.torch.adamw(lr=1e-3)
     """
     del foreach, capturable, differentiable, fused
-    return _adam_family("torch.adamw", lr, betas, eps, weight_decay, amsgrad, maximize, decoupled=True)
+    return _adam_family(
+        "torch.adamw", lr, betas, eps, weight_decay, amsgrad, maximize, True, mu_dtype=mu_dtype, nu_dtype=nu_dtype
+    )

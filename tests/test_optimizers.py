@@ -314,3 +314,157 @@ def test_state_can_be_donated(name):
     updates, state = step(params, state, jax.tree.map(jnp.ones_like, params))
     updates, state = step(params, state, jax.tree.map(jnp.ones_like, params))
     assert jax.tree.structure(updates) == jax.tree.structure(params)
+
+
+# 8-bit state through the aliases: every storage option reaches its transform.
+
+Q8 = jz.Blockwise8Bit()
+
+# name: (8-bit optimizer, the same with default storage, (int8 moments, uint8 moments) per quantized leaf)
+EIGHT_BIT = {
+    "sgd_momentum": (lambda: jz.sgd(0.05, 0.9, accumulator_dtype=Q8), lambda: jz.sgd(0.05, 0.9), (1, 0)),
+    "sgd_nesterov": (lambda: jz.sgd(0.05, 0.9, True, Q8), lambda: jz.sgd(0.05, 0.9, True), (1, 0)),
+    "adam": (lambda: jz.adam(1e-2, mu_dtype=Q8, nu_dtype=Q8), lambda: jz.adam(1e-2), (1, 1)),
+    "adamw": (
+        lambda: jz.adamw(1e-2, mu_dtype=Q8, nu_dtype=Q8, weight_decay=0.1),
+        lambda: jz.adamw(1e-2, weight_decay=0.1),
+        (1, 1),
+    ),
+    "nadam": (lambda: jz.nadam(1e-2, mu_dtype=Q8, nu_dtype=Q8), lambda: jz.nadam(1e-2), (1, 1)),
+    "nadamw": (lambda: jz.nadamw(1e-2, mu_dtype=Q8, nu_dtype=Q8), lambda: jz.nadamw(1e-2), (1, 1)),
+    "amsgrad": (lambda: jz.amsgrad(1e-2, mu_dtype=Q8, nu_dtype=Q8), lambda: jz.amsgrad(1e-2), (1, 2)),
+    "adagrad": (lambda: jz.adagrad(0.1, accumulator_dtype=Q8), lambda: jz.adagrad(0.1), (0, 1)),
+    "adadelta": (
+        lambda: jz.adadelta(0.5, weight_decay=0.1, accumulator_dtype=Q8),
+        lambda: jz.adadelta(0.5, weight_decay=0.1),
+        (0, 2),
+    ),
+    "rmsprop": (lambda: jz.rmsprop(1e-2, nu_dtype=Q8), lambda: jz.rmsprop(1e-2), (0, 1)),
+    "rmsprop_momentum": (
+        lambda: jz.rmsprop(1e-2, momentum=0.9, nesterov=True, nu_dtype=Q8, accumulator_dtype=Q8),
+        lambda: jz.rmsprop(1e-2, momentum=0.9, nesterov=True),
+        (1, 1),
+    ),
+    "rmsprop_centered": (
+        lambda: jz.rmsprop(1e-2, centered=True, nu_dtype=Q8, mu_dtype=Q8),
+        lambda: jz.rmsprop(1e-2, centered=True),
+        (1, 1),
+    ),
+    "rmsprop_centered_momentum": (
+        lambda: jz.rmsprop(1e-2, centered=True, momentum=0.9, nu_dtype=Q8, mu_dtype=Q8, accumulator_dtype=Q8),
+        lambda: jz.rmsprop(1e-2, centered=True, momentum=0.9),
+        (2, 1),
+    ),
+    "lars": (
+        lambda: jz.lars(0.5, weight_decay=0.01, accumulator_dtype=Q8),
+        lambda: jz.lars(0.5, weight_decay=0.01),
+        (1, 0),
+    ),
+    "lamb": (
+        lambda: jz.lamb(1e-2, weight_decay=0.1, mu_dtype=Q8, nu_dtype=Q8),
+        lambda: jz.lamb(1e-2, weight_decay=0.1),
+        (1, 1),
+    ),
+}
+
+
+def eight_bit_params():
+    """A leaf large enough to be quantized (16384 elements) and one that stays float32."""
+    rng = np.random.default_rng(0)
+    return {
+        "w": jnp.asarray(rng.normal(size=(64, 256)), jnp.float32),
+        "b": jnp.asarray(rng.normal(size=(8,)), jnp.float32),
+    }
+
+
+def check_eight_bit_state(state, expected_counts):
+    """``state`` holds (int8, uint8) QuantizedArrays for "w" as expected, and only float32 arrays for "b"."""
+    is_quantized = lambda x: isinstance(x, jz.QuantizedArray)
+    quantized = [x for x in jax.tree.leaves(state, is_leaf=is_quantized) if is_quantized(x)]
+    codes = [q.codes.dtype for q in quantized]
+    assert (codes.count(jnp.int8), codes.count(jnp.uint8)) == expected_counts
+    assert len(codes) == sum(expected_counts)
+    for q in quantized:
+        assert q.codes.shape == (64, 256) and q.scales.shape == (64, 1) and q.scales.dtype == jnp.float32
+    paths = jax.tree_util.tree_flatten_with_path(state, is_leaf=is_quantized)[0]
+    at_b = [leaf for path, leaf in paths if path and path[-1] == jax.tree_util.DictKey("b")]
+    at_w = [leaf for path, leaf in paths if path and path[-1] == jax.tree_util.DictKey("w")]
+    assert len(at_b) == len(at_w) == len(quantized)  # every "w" moment is quantized; "b" has as many
+    for leaf in at_b:
+        assert not is_quantized(leaf) and leaf.dtype == jnp.float32 and leaf.shape == (8,)
+
+
+def summed_updates(tx, params, steps=5):
+    """The sum of ``steps`` jitted updates along the trajectory on conftest's gradient field; each must be finite."""
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    total = jax.tree.map(jnp.zeros_like, params)
+    for t in range(1, steps + 1):
+        grads = jax.tree.map(lambda p: grad_fn(p, t, jnp), params)
+        updates, state = update(grads, state, params)
+        for leaf in jax.tree.leaves(updates):
+            assert bool(jnp.all(jnp.isfinite(leaf)))
+        total = jax.tree.map(jnp.add, total, updates)
+        params = jz.apply_updates(params, updates)
+    return total, state
+
+
+def assert_updates_close(ours, reference, rtol):
+    for path, a in jax.tree_util.tree_flatten_with_path(ours)[0]:
+        b = reference
+        for key in path:
+            b = b[key.key]
+        error = float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+        assert error < rtol, f"{jax.tree_util.keystr(path)}: relative error {error:.3g}"
+
+
+@pytest.mark.parametrize("name", list(EIGHT_BIT))
+def test_eight_bit_state_through_the_alias(name):
+    eight_bit, default, counts = EIGHT_BIT[name]
+    params = eight_bit_params()
+    tx = eight_bit()
+    check_eight_bit_state(tx.init(params), counts)
+    ours, state = summed_updates(tx, params)
+    check_eight_bit_state(state, counts)
+    expected, full_state = summed_updates(default(), params)
+    assert_updates_close(ours, expected, rtol=0.05)
+    np.testing.assert_allclose(ours["b"], expected["b"], rtol=1e-6)  # "b" keeps full-precision state
+    assert jz.quantization.state_bytes(state) < 0.3 * jz.quantization.state_bytes(full_state)
+
+
+STORAGE_OPTIONS = [
+    ("sgd", lambda **kw: jz.sgd(0.1, 0.9, **kw), "accumulator_dtype"),
+    ("sgd", lambda **kw: jz.sgd(0.1, **kw), "accumulator_dtype"),  # checked even without momentum
+    *[
+        (name, lambda name=name, **kw: getattr(jz, name)(1e-3, **kw), arg)
+        for name in ("adam", "adamw", "nadam", "nadamw", "amsgrad", "lamb")
+        for arg in ("mu_dtype", "nu_dtype")
+    ],
+    ("adagrad", lambda **kw: jz.adagrad(0.1, **kw), "accumulator_dtype"),
+    ("adadelta", lambda **kw: jz.adadelta(**kw), "accumulator_dtype"),
+    ("lars", lambda **kw: jz.lars(0.1, **kw), "accumulator_dtype"),
+    *[("rmsprop", lambda **kw: jz.rmsprop(1e-3, **kw), arg) for arg in ("nu_dtype", "mu_dtype", "accumulator_dtype")],
+    ("rmsprop", lambda **kw: jz.rmsprop(1e-3, centered=True, momentum=0.9, **kw), "mu_dtype"),
+]
+
+
+@pytest.mark.parametrize("bad", [jnp.int8, jnp.float8_e4m3fn, "x"], ids=["int8", "float8", "string"])
+@pytest.mark.parametrize(
+    "owner, factory, arg", STORAGE_OPTIONS, ids=[f"{o}-{a}-{i}" for i, (o, _, a) in enumerate(STORAGE_OPTIONS)]
+)
+def test_bad_storage_option_names_the_argument(owner, factory, arg, bad):
+    with pytest.raises(ValueError, match=rf"^{owner}: {arg}"):
+        factory(**{arg: bad})
+
+
+@pytest.mark.parametrize("storage", [Q8, jnp.bfloat16])
+@pytest.mark.parametrize("bias_correction", [False, True])
+def test_centered_rmsprop_with_low_precision_moments_stays_finite_under_steady_gradients(storage, bias_correction):
+    rng = np.random.default_rng(0)
+    params = {"w": jnp.asarray(rng.normal(size=(64, 256)), jnp.float32)}
+    tx = jz.chain(jz.scale_by_stddev(0.9, bias_correction=bias_correction, mu_dtype=storage, nu_dtype=storage))
+    state, update = tx.init(params), jax.jit(tx.update)
+    for t in range(50):
+        grads = jax.tree.map(lambda p: p * (1 + 0.01 * np.sin(t)), params)
+        updates, state = update(grads, state, params)
+        assert bool(jnp.all(jnp.isfinite(updates["w"]))), f"non-finite update at step {t + 1}"

@@ -220,3 +220,86 @@ def test_state_can_be_donated(name):
     state = tx.init(params)
     for _ in range(2):
         _, state = step(params, state, jax.tree.map(jnp.ones_like, params))
+
+
+# 8-bit state through the torch constructors (the helpers are the aliases' tests').
+
+Q8 = jz.Blockwise8Bit()
+
+# name: (constructor, its options, the storage options, (int8 moments, uint8 moments) per quantized leaf)
+EIGHT_BIT = {
+    "sgd": ("sgd", dict(lr=0.05, momentum=0.9, dampening=0.1), dict(accumulator_dtype=Q8), (1, 0)),
+    "sgd_nesterov": ("sgd", dict(lr=0.05, momentum=0.9, nesterov=True), dict(accumulator_dtype=Q8), (1, 0)),
+    "adagrad": ("adagrad", dict(lr=0.1, lr_decay=0.01), dict(accumulator_dtype=Q8), (0, 1)),
+    "adadelta": ("adadelta", dict(lr=0.5, weight_decay=0.1), dict(accumulator_dtype=Q8), (0, 2)),
+    "rmsprop": ("rmsprop", dict(lr=1e-2), dict(nu_dtype=Q8), (0, 1)),
+    "rmsprop_momentum": ("rmsprop", dict(lr=1e-2, momentum=0.9), dict(nu_dtype=Q8, accumulator_dtype=Q8), (1, 1)),
+    "rmsprop_centered_momentum": (
+        "rmsprop",
+        dict(lr=1e-2, momentum=0.9, centered=True),
+        dict(nu_dtype=Q8, mu_dtype=Q8, accumulator_dtype=Q8),
+        (2, 1),
+    ),
+    "adam": ("adam", dict(lr=1e-2, weight_decay=0.1), dict(mu_dtype=Q8, nu_dtype=Q8), (1, 1)),
+    "adam_amsgrad": ("adam", dict(lr=1e-2, amsgrad=True), dict(mu_dtype=Q8, nu_dtype=Q8), (1, 2)),
+    "adam_decoupled": (
+        "adam",
+        dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True),
+        dict(mu_dtype=Q8, nu_dtype=Q8),
+        (1, 1),
+    ),
+    "adamw": ("adamw", dict(lr=1e-2), dict(mu_dtype=Q8, nu_dtype=Q8), (1, 1)),
+    "adamw_amsgrad": ("adamw", dict(lr=1e-2, amsgrad=True), dict(mu_dtype=Q8, nu_dtype=Q8), (1, 2)),
+}
+
+
+@pytest.mark.parametrize("name", list(EIGHT_BIT))
+def test_eight_bit_state(name):
+    from tests.test_optimizers import assert_updates_close, check_eight_bit_state, eight_bit_params, summed_updates
+
+    function, options, storage, counts = EIGHT_BIT[name]
+    function = getattr(jz.torch, function)
+    params = eight_bit_params()
+    tx = function(**options, **storage)
+    check_eight_bit_state(tx.init(params), counts)
+    ours, state = summed_updates(tx, params)
+    check_eight_bit_state(state, counts)
+    expected, full_state = summed_updates(function(**options), params)
+    assert_updates_close(ours, expected, rtol=0.05)
+    np.testing.assert_allclose(ours["b"], expected["b"], rtol=1e-6)  # "b" keeps full-precision state
+    assert jz.quantization.state_bytes(state) < 0.3 * jz.quantization.state_bytes(full_state)
+
+
+def test_eight_bit_state_of_complex_params_quantizes_real_and_imaginary_parts():
+    params = {"z": jnp.ones((64, 256), jnp.complex64)}
+    state = jz.torch.adam(mu_dtype=Q8, nu_dtype=Q8).init(params)
+    is_quantized = lambda x: isinstance(x, jz.QuantizedArray)
+    codes = [q.codes for q in jax.tree.leaves(state, is_leaf=is_quantized) if is_quantized(q)]
+    assert sorted(str(c.dtype) for c in codes) == ["int8", "int8", "uint8", "uint8"]
+    assert all(c.shape == (64, 256) for c in codes)
+
+
+STORAGE_OPTIONS = [
+    ("sgd", dict(momentum=0.9), "accumulator_dtype"),
+    ("sgd", dict(), "accumulator_dtype"),  # checked even without a momentum buffer
+    ("adagrad", dict(), "accumulator_dtype"),
+    ("adadelta", dict(), "accumulator_dtype"),
+    *[("rmsprop", dict(centered=True, momentum=0.9), arg) for arg in ("nu_dtype", "mu_dtype", "accumulator_dtype")],
+    ("rmsprop", dict(), "mu_dtype"),
+    ("rmsprop", dict(), "accumulator_dtype"),
+    *[
+        (name, dict(amsgrad=amsgrad), arg)
+        for name in ("adam", "adamw")
+        for amsgrad in (False, True)
+        for arg in ("mu_dtype", "nu_dtype")
+    ],
+]
+
+
+@pytest.mark.parametrize("bad", [jnp.int8, jnp.float8_e4m3fn, "x"], ids=["int8", "float8", "string"])
+@pytest.mark.parametrize(
+    "name, options, arg", STORAGE_OPTIONS, ids=[f"{n}-{a}-{i}" for i, (n, _, a) in enumerate(STORAGE_OPTIONS)]
+)
+def test_bad_storage_option_names_the_argument(name, options, arg, bad):
+    with pytest.raises(ValueError, match=rf"^torch\.{name}: {arg}"):
+        getattr(jz.torch, name)(**options, **{arg: bad})

@@ -318,6 +318,7 @@ def _scale_by_rms_or_stddev(
     validation.flag(owner, "bias_correction", bias_correction)
     mu_dtype = validation.state_dtype(owner, "mu_dtype", mu_dtype)
     nu_dtype = validation.state_dtype(owner, "nu_dtype", nu_dtype)
+    low_precision = mu_dtype is not None or nu_dtype is not None
     if bias_correction and rate == 1.0:
         raise ValueError(f"{owner}: decay=1 with bias_correction=True divides by 1 - 1^t = 0; use decay < 1.")
     correct = _bias_corrector(bias_correction)
@@ -347,6 +348,9 @@ def _scale_by_rms_or_stddev(
             mu = tree.update_moment(updates, state.mu, decay, 1)
             mu_hat = correct(mu, decay, count)
             variance = tree.map_updates(lambda g, m, v: v - tree.abs_sq(m), updates, mu_hat, nu_hat)
+            if low_precision:
+                # Moments rounded apart in storage can put m^2 above v where the gradients barely vary.
+                variance = tree.map_updates(lambda g, var: jnp.maximum(var, 0), updates, variance)
             new["mu"] = store(mu, state.mu)
         else:
             variance = nu_hat
@@ -414,7 +418,9 @@ def scale_by_stddev(
     with the hats the optional bias corrections, as in :func:`scale_by_rms`.
     Numerically ``optax.scale_by_stddev``; ``decay`` must lie in [0, 1].
     ``mu_dtype`` and ``nu_dtype`` (additions to Optax) store :math:`m` and
-    :math:`v`, as in :func:`scale_by_rms`.
+    :math:`v`, as in :func:`scale_by_rms`; when either is given, the variance
+    is clamped at 0, since moments rounded apart in storage can make it
+    negative (a NaN step) where the gradients barely vary.
 
     Example:
         >>> import jaxopt_zoo as jz
