@@ -334,8 +334,12 @@ def _code_offset(signed: bool) -> int:
     return 127 * 2**MANTISSA_BITS - (127 if signed else 255)
 
 
-def float_code(y: np.ndarray, signed: bool) -> np.ndarray:
-    """Codes of ``|y| <= 1``: round |y| to 3 mantissa bits (half away from zero), index the grid."""
+def float_code(y: np.ndarray, signed: bool, rounding: str = "nearest") -> np.ndarray:
+    """Codes of ``|y| <= 1``: round |y| to 3 mantissa bits, index the grid.
+
+    ``rounding`` is "nearest" (half away from zero), "down" or "up" (in magnitude);
+    the library rounds stochastically, so each of its codes is the "down" or the "up" one.
+    """
     y = np.asarray(y, np.float64)
     magnitude = np.abs(y)
     safe = np.where(magnitude > 0, magnitude, 1.0)
@@ -343,7 +347,8 @@ def float_code(y: np.ndarray, signed: bool) -> np.ndarray:
     # guard log2 rounding at exact powers of two
     exponent = np.where(safe / 2.0**exponent >= 2, exponent + 1, exponent)
     exponent = np.where(safe / 2.0**exponent < 1, exponent - 1, exponent)
-    steps = np.floor((safe / 2.0**exponent - 1) * 2**MANTISSA_BITS + 0.5)
+    position = (safe / 2.0**exponent - 1) * 2**MANTISSA_BITS
+    steps = {"nearest": np.floor(position + 0.5), "down": np.floor(position), "up": np.ceil(position)}[rounding]
     index = (exponent + 127) * 2**MANTISSA_BITS + steps - _code_offset(signed)
     top = 127 if signed else 255
     index = np.clip(index, 0, top)
