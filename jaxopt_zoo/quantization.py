@@ -248,11 +248,6 @@ def moments_like(params: Any, storage: StateDtype, fill: float = 0.0, *, signed:
     return jax.tree_util.tree_map_with_path(leaf, params)
 
 
-def load(stored: Any) -> Any:
-    """A moment tree as arrays: :class:`QuantizedArray` leaves are dequantized, others returned as they are."""
-    return jax.tree.map(lambda x: dequantize(x) if is_quantized(x) else x, stored, is_leaf=is_quantized)
-
-
 def store(values: Any, stored: Any) -> Any:
     """``values`` stored like ``stored``: requantized where it is quantized, else cast to its dtype.
 
