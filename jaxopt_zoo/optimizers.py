@@ -29,13 +29,6 @@ from jaxopt_zoo.transforms import (
 )
 
 
-def _check_storage(owner: str, **storage: StateDtype) -> None:
-    # Checked here too, so that the error names the optimizer, and an option its recipe
-    # leaves unused (no momentum, not centered) is still checked.
-    for name, value in storage.items():
-        validation.state_dtype(owner, name, value)
-
-
 def sgd(
     learning_rate: ScalarOrSchedule,
     momentum: jax.typing.ArrayLike | None = None,
@@ -70,7 +63,7 @@ def sgd(
         Sutskever et al., "On the importance of initialization and momentum in deep learning", ICML 2013.
     """
     validation.flag("sgd", "nesterov", nesterov)
-    _check_storage("sgd", accumulator_dtype=accumulator_dtype)
+    validation.state_dtypes("sgd", accumulator_dtype=accumulator_dtype)
     if momentum is None:
         if nesterov:
             raise ValueError("sgd: nesterov=True needs a momentum, got momentum=None.")
@@ -110,7 +103,7 @@ def adam(
     References:
         Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015.
     """
-    _check_storage("adam", mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    validation.state_dtypes("adam", mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     return chain(
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
         scale_by_learning_rate(learning_rate),
@@ -156,7 +149,7 @@ def adamw(
     References:
         Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
     """
-    _check_storage("adamw", mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    validation.state_dtypes("adamw", mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     return chain(
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
         add_decayed_weights(weight_decay, mask),
@@ -197,7 +190,7 @@ def nadam(
     References:
         Dozat, "Incorporating Nesterov Momentum into Adam", ICLR workshop 2016.
     """
-    _check_storage("nadam", mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    validation.state_dtypes("nadam", mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     return adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype)
 
 
@@ -230,7 +223,7 @@ def nadamw(
     References:
         Dozat 2016; Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
     """
-    _check_storage("nadamw", mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    validation.state_dtypes("nadamw", mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     return adamw(
         learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask, nesterov=nesterov, nu_dtype=nu_dtype
     )
@@ -268,7 +261,7 @@ def amsgrad(
     References:
         Reddi, Kale & Kumar, "On the Convergence of Adam and Beyond", ICLR 2018.
     """
-    _check_storage("amsgrad", mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    validation.state_dtypes("amsgrad", mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     return chain(
         scale_by_amsgrad(b1, b2, eps, eps_root, mu_dtype, bias_correction_mu, bias_correction_nu, nu_dtype=nu_dtype),
         scale_by_learning_rate(learning_rate),
@@ -299,7 +292,7 @@ def adagrad(
         Duchi, Hazan & Singer, "Adaptive Subgradient Methods for Online Learning and Stochastic
         Optimization", JMLR 2011.
     """
-    _check_storage("adagrad", accumulator_dtype=accumulator_dtype)
+    validation.state_dtypes("adagrad", accumulator_dtype=accumulator_dtype)
     return chain(
         scale_by_rss(initial_accumulator_value, eps, accumulator_dtype=accumulator_dtype),
         scale_by_learning_rate(learning_rate),
@@ -335,7 +328,7 @@ def adadelta(
     References:
         Zeiler, "ADADELTA: An Adaptive Learning Rate Method", 2012.
     """
-    _check_storage("adadelta", accumulator_dtype=accumulator_dtype)
+    validation.state_dtypes("adadelta", accumulator_dtype=accumulator_dtype)
     return chain(
         add_decayed_weights(weight_decay, weight_decay_mask),
         scale_by_adadelta(rho, eps, accumulator_dtype=accumulator_dtype),
@@ -392,7 +385,7 @@ def rmsprop(
     validation.flag("rmsprop", "nesterov", nesterov)
     if momentum is None and nesterov:
         raise ValueError("rmsprop: nesterov=True needs a momentum, got momentum=None.")
-    _check_storage("rmsprop", nu_dtype=nu_dtype, mu_dtype=mu_dtype, accumulator_dtype=accumulator_dtype)
+    validation.state_dtypes("rmsprop", nu_dtype=nu_dtype, mu_dtype=mu_dtype, accumulator_dtype=accumulator_dtype)
     options = (decay, eps, initial_scale, eps_in_sqrt, bias_correction)
     if centered:
         scaling = scale_by_stddev(*options, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
@@ -444,7 +437,7 @@ def lars(
     References:
         You, Gitman & Ginsburg, "Large Batch Training of Convolutional Networks", 2017.
     """
-    _check_storage("lars", accumulator_dtype=accumulator_dtype)
+    validation.state_dtypes("lars", accumulator_dtype=accumulator_dtype)
     return chain(
         add_decayed_weights(weight_decay, mask=weight_decay_mask),
         masked(scale_by_trust_ratio(trust_coefficient=trust_coefficient, eps=eps, axis_name=axis_name), trust_ratio_mask),
@@ -495,7 +488,7 @@ def lamb(
     References:
         You et al., "Large Batch Optimization for Deep Learning: Training BERT in 76 minutes", ICLR 2020.
     """
-    _check_storage("lamb", mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    validation.state_dtypes("lamb", mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     return chain(
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype),
         add_decayed_weights(weight_decay, mask),

@@ -81,12 +81,6 @@ def _recipe(
     return split_real_and_imaginary(chain(*prologue, *steps, scale_by_learning_rate(lr)))
 
 
-def _check_storage(owner: str, **storage: StateDtype) -> None:
-    # Every storage option is checked under the constructor's name, even where the recipe leaves it unused.
-    for name, value in storage.items():
-        validation.state_dtype(owner, name, value)
-
-
 def _betas(owner: str, betas: Any) -> tuple[Number, Number]:
     if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
         raise ValueError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}.")
@@ -133,7 +127,7 @@ def sgd(
     mu = validation.non_negative("torch.sgd", "momentum", momentum)
     tau = validation.fraction("torch.sgd", "dampening", dampening)
     validation.flag("torch.sgd", "nesterov", nesterov)
-    _check_storage("torch.sgd", accumulator_dtype=accumulator_dtype)
+    validation.state_dtypes("torch.sgd", accumulator_dtype=accumulator_dtype)
     if nesterov and (mu == 0 or (tau is not None and tau != 0)):
         raise ValueError(
             f"torch.sgd: nesterov=True requires a momentum > 0 and zero dampening, "
@@ -187,7 +181,7 @@ def adagrad(
     validation.non_negative(owner, "lr_decay", lr_decay)
     validation.non_negative(owner, "initial_accumulator_value", initial_accumulator_value)
     validation.non_negative(owner, "eps", eps)
-    _check_storage(owner, accumulator_dtype=accumulator_dtype)
+    validation.state_dtypes(owner, accumulator_dtype=accumulator_dtype)
     rate = lr
     if not validation.is_literal_zero(lr_decay):
         rate = lambda count: (lr(count) if callable(lr) else lr) / (1 + count * lr_decay)
@@ -228,7 +222,7 @@ def adadelta(
     del foreach, capturable, differentiable
     validation.fraction("torch.adadelta", "rho", rho)
     validation.non_negative("torch.adadelta", "eps", eps)
-    _check_storage("torch.adadelta", accumulator_dtype=accumulator_dtype)
+    validation.state_dtypes("torch.adadelta", accumulator_dtype=accumulator_dtype)
     scaling = scale_by_adadelta(rho, eps, accumulator_dtype=accumulator_dtype)
     return _recipe("torch.adadelta", lr, maximize, weight_decay, scaling)
 
@@ -283,7 +277,7 @@ def rmsprop(
     validation.non_negative(owner, "eps", eps)
     validation.flag(owner, "centered", centered)
     validation.non_negative(owner, "momentum", momentum)
-    _check_storage(owner, nu_dtype=nu_dtype, mu_dtype=mu_dtype, accumulator_dtype=accumulator_dtype)
+    validation.state_dtypes(owner, nu_dtype=nu_dtype, mu_dtype=mu_dtype, accumulator_dtype=accumulator_dtype)
     if centered:
         scaling = scale_by_stddev(alpha, eps, 0.0, eps_in_sqrt=False, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     else:
@@ -300,7 +294,7 @@ def _adam_family(
     b1, b2 = _betas(owner, betas)
     validation.non_negative(owner, "eps", eps)
     validation.flag(owner, "amsgrad", amsgrad)
-    _check_storage(owner, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    validation.state_dtypes(owner, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     # PyTorch's AMSGrad keeps the maximum of the raw second moment and corrects it afterwards.
     if amsgrad:
         scaling = scale_by_amsgrad(b1, b2, eps, mu_dtype=mu_dtype, correct_after_max=True, nu_dtype=nu_dtype)

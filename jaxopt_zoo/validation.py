@@ -135,6 +135,16 @@ def state_dtype(owner: str, name: str, value: Any) -> jnp.dtype | Blockwise8Bit 
     return optional_dtype(owner, name, value)
 
 
+def state_dtypes(owner: str, **storage: Any) -> None:
+    """Check each named storage option with :func:`state_dtype`, under ``owner``'s name.
+
+    Optimizer recipes call this so that the error names the optimizer, and an
+    option the recipe leaves unused (no momentum, not centered) is still checked.
+    """
+    for name, value in storage.items():
+        state_dtype(owner, name, value)
+
+
 def flag(owner: str, name: str, value: Any) -> None:
     """Require a Python (or NumPy) bool, so that a number passed in a flag's position is not read as truthy."""
     if not isinstance(value, (bool, np.bool_)):
