@@ -111,6 +111,27 @@ def test_requantizing_a_dequantized_moment_changes_nothing():
     np.testing.assert_array_equal(np.asarray(again.scales), np.asarray(q.scales))
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("shape", [(16, 512), (16, 600), (64, 4096)])
+def test_a_non_finite_gradient_never_reads_back_as_a_finite_moment(bad, shape):
+    """fp32 Adam keeps a NaN or inf moment where the gradient had one; 8-bit Adam must not store a finite value.
+
+    (An earlier block maximum let XLA:CPU skip NaNs, so a NaN gradient was stored as a finite m and v = 0.)
+    """
+    g = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    where = [(1, 7), (2, 0), (2, 255), (3, 256), (4, 599 % shape[1])]
+    for row, column in where:
+        g[row, column] = bad
+    g[5, :200] = bad
+    tx = jz.scale_by_adam(mu_dtype=Q8, nu_dtype=Q8)
+    _, state = jax.jit(tx.update)({"w": jnp.asarray(g)}, tx.init({"w": jnp.zeros(shape)}))
+    for moment in (state.mu["w"], state.nu["w"]):
+        stored = np.asarray(quantization.dequantize(moment))
+        for row, column in [*where, (5, 100)]:
+            assert not np.isfinite(stored[row, column]), (row, column, stored[row, column])
+        np.testing.assert_array_equal(np.isfinite(stored[6:]), True)  # rows without one are untouched
+
+
 def test_adam_step_matches_float64_reference_step_by_step():
     """Each step: dequantize the state, Adam in float64, quantize with the reference; compare with ours."""
     b1, b2, eps = 0.9, 0.999, 1e-8
