@@ -6,7 +6,7 @@
 ``jaxopt_zoo.torch`` holds the ``torch.optim``-compatible constructors.
 """
 
-from jaxopt_zoo import quantization, schedules, sharding, torch, transforms, tree, validation
+from jaxopt_zoo import quantization, rounding, schedules, sharding, storage, torch, transforms, tree, validation
 from jaxopt_zoo.base import (
     EmptyState,
     GradientTransformation,
@@ -46,7 +46,8 @@ from jaxopt_zoo.wrappers import (
     inject_hyperparams,
     lookahead,
 )
-from jaxopt_zoo.quantization import Blockwise8Bit, QuantizedArray
+from jaxopt_zoo.quantization import Blockwise8Bit
+from jaxopt_zoo.storage import StochasticBF16
 from jaxopt_zoo.sharding import check_state_shardings, init_sharded, state_shardings
 from jaxopt_zoo.optimizers import adadelta, adagrad, adam, adamw, amsgrad, lamb, lars, nadam, nadamw, rmsprop, sgd
 from jaxopt_zoo.schedules import *  # noqa: F403  (the names listed in schedules.__all__)
@@ -56,7 +57,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Blockwise8Bit",
-    "QuantizedArray",
+    "StochasticBF16",
     "check_state_shardings",
     "init_sharded",
     "state_shardings",
@@ -107,5 +108,5 @@ __all__ = [
     *schedules.__all__,
     *transforms.__all__,
 ]
-# The modules quantization, schedules, torch, transforms, tree and validation are attributes (jz.torch.adam, ...)
+# The modules quantization, rounding, schedules, storage, torch, transforms, tree and validation are attributes (jz.torch.adam, ...)
 # but stay out of __all__, so that `from jaxopt_zoo import *` cannot shadow the real torch.

@@ -13,7 +13,7 @@ import jax
 from jaxopt_zoo import validation
 from jaxopt_zoo.base import GradientTransformation, Params, ScalarOrSchedule, identity
 from jaxopt_zoo.combine import chain, masked
-from jaxopt_zoo.quantization import StateDtype
+from jaxopt_zoo.storage import StateDtype
 from jaxopt_zoo.sharding import AxisName
 from jaxopt_zoo.transforms import (
     add_decayed_weights,
@@ -52,7 +52,7 @@ def sgd(
         learning_rate: :math:`\\alpha \\ge 0`, or a schedule of the step count.
         momentum: :math:`\\mu \\ge 0`; ``None`` for plain SGD.
         nesterov: use Nesterov momentum.
-        accumulator_dtype: storage of the momentum buffer: None (the params' dtype), a floating dtype, or Blockwise8Bit.
+        accumulator_dtype: storage of the momentum buffer: a storage (see :mod:`jaxopt_zoo.storage`).
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -93,8 +93,8 @@ def adam(
     either storage may be ``Blockwise8Bit()`` (8-bit moments, see :mod:`jaxopt_zoo.quantization`).
 
     Args:
-        mu_dtype: storage of the first moment: None (the params' dtype), a floating dtype, or Blockwise8Bit.
-        nu_dtype: storage of the second moment: None (the params' dtype), a floating dtype, or Blockwise8Bit.
+        mu_dtype: storage of the first moment: a storage (see :mod:`jaxopt_zoo.storage`).
+        nu_dtype: storage of the second moment: a storage (see :mod:`jaxopt_zoo.storage`).
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -137,8 +137,8 @@ def adamw(
     ``nu_dtype`` is an addition to Optax, and either storage may be ``Blockwise8Bit()``.
 
     Args:
-        mu_dtype: storage of the first moment: None (the params' dtype), a floating dtype, or Blockwise8Bit.
-        nu_dtype: storage of the second moment: None (the params' dtype), a floating dtype, or Blockwise8Bit.
+        mu_dtype: storage of the first moment: a storage (see :mod:`jaxopt_zoo.storage`).
+        nu_dtype: storage of the second moment: a storage (see :mod:`jaxopt_zoo.storage`).
         mask: where to apply the decay; see :func:`jaxopt_zoo.add_decayed_weights`.
 
     Example:
@@ -180,8 +180,8 @@ def nadam(
     to Optax, and either storage may be ``Blockwise8Bit()``.
 
     Args:
-        mu_dtype: storage of the first moment: None (the params' dtype), a floating dtype, or Blockwise8Bit.
-        nu_dtype: storage of the second moment: None (the params' dtype), a floating dtype, or Blockwise8Bit.
+        mu_dtype: storage of the first moment: a storage (see :mod:`jaxopt_zoo.storage`).
+        nu_dtype: storage of the second moment: a storage (see :mod:`jaxopt_zoo.storage`).
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -213,8 +213,8 @@ def nadamw(
     and either storage may be ``Blockwise8Bit()``.
 
     Args:
-        mu_dtype: storage of the first moment: None (the params' dtype), a floating dtype, or Blockwise8Bit.
-        nu_dtype: storage of the second moment: None (the params' dtype), a floating dtype, or Blockwise8Bit.
+        mu_dtype: storage of the first moment: a storage (see :mod:`jaxopt_zoo.storage`).
+        nu_dtype: storage of the second moment: a storage (see :mod:`jaxopt_zoo.storage`).
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -251,8 +251,8 @@ def amsgrad(
     ``nu_dtype`` is an addition to Optax, and either storage may be ``Blockwise8Bit()``.
 
     Args:
-        mu_dtype: storage of the first moment: None (the params' dtype), a floating dtype, or Blockwise8Bit.
-        nu_dtype: storage of nu and nu_max: None (the params' dtype), a floating dtype, or Blockwise8Bit.
+        mu_dtype: storage of the first moment: a storage (see :mod:`jaxopt_zoo.storage`).
+        nu_dtype: storage of nu and nu_max: a storage (see :mod:`jaxopt_zoo.storage`).
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -282,7 +282,7 @@ def adagrad(
     For PyTorch's form (eps outside the root, ``lr_decay``) see :func:`jaxopt_zoo.torch.adagrad`.
 
     Args:
-        accumulator_dtype: storage of the sum of squares: None (the params' dtype), a floating dtype, or Blockwise8Bit.
+        accumulator_dtype: storage of the sum of squares: a storage (see :mod:`jaxopt_zoo.storage`).
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -319,7 +319,7 @@ def adadelta(
     ``accumulator_dtype`` is an addition to Optax.
 
     Args:
-        accumulator_dtype: storage of both running means: None (the params' dtype), a floating dtype, or Blockwise8Bit.
+        accumulator_dtype: storage of both running means: a storage (see :mod:`jaxopt_zoo.storage`).
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -369,9 +369,9 @@ def rmsprop(
     does not use it.
 
     Args:
-        nu_dtype: storage of the mean square: None (the params' dtype), a floating dtype, or Blockwise8Bit.
-        mu_dtype: storage of the mean (``centered`` only): None (the params' dtype), a floating dtype, or Blockwise8Bit.
-        accumulator_dtype: storage of the momentum buffer: None (the params' dtype), a floating dtype, or Blockwise8Bit.
+        nu_dtype: storage of the mean square: a storage (see :mod:`jaxopt_zoo.storage`).
+        mu_dtype: storage of the mean (``centered`` only): a storage (see :mod:`jaxopt_zoo.storage`).
+        accumulator_dtype: storage of the momentum buffer: a storage (see :mod:`jaxopt_zoo.storage`).
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -428,7 +428,7 @@ def lars(
     ``shard_map``; see :func:`scale_by_trust_ratio`. ``accumulator_dtype`` is an addition to Optax.
 
     Args:
-        accumulator_dtype: storage of the momentum buffer: None (the params' dtype), a floating dtype, or Blockwise8Bit.
+        accumulator_dtype: storage of the momentum buffer: a storage (see :mod:`jaxopt_zoo.storage`).
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -478,8 +478,8 @@ def lamb(
     are additions to Optax.
 
     Args:
-        mu_dtype: storage of the first moment: None (the params' dtype), a floating dtype, or Blockwise8Bit.
-        nu_dtype: storage of the second moment: None (the params' dtype), a floating dtype, or Blockwise8Bit.
+        mu_dtype: storage of the first moment: a storage (see :mod:`jaxopt_zoo.storage`).
+        nu_dtype: storage of the second moment: a storage (see :mod:`jaxopt_zoo.storage`).
 
     Example:
         >>> import jaxopt_zoo as jz

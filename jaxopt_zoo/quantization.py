@@ -1,41 +1,58 @@
-"""Low-bit optimizer state: moments stored as 8-bit codes with one scale per block.
+"""8-bit optimizer state: moments stored as 8-bit codes with one scale per block.
 
-Every moment-keeping transformation takes its storage as a ``*_dtype``
-argument (``mu_dtype``, ``nu_dtype``, ``accumulator_dtype``). A floating dtype
-(``jnp.bfloat16``, ``jnp.float32``) stores the moment in that dtype;
-:class:`Blockwise8Bit` stores it as a :class:`QuantizedArray`:
+:class:`Blockwise8Bit` is a storage (see :mod:`jaxopt_zoo.storage`) that any
+``mu_dtype``, ``nu_dtype`` or ``accumulator_dtype`` accepts:
 
-* the last axis is cut into blocks of at most ``block_size`` elements, and each
-  block keeps its largest magnitude :math:`s` in float32 (Dettmers et al. 2022,
-  block-wise absmax);
+* the last axis is cut into blocks of equal length :math:`L`, and each block
+  keeps its largest finite magnitude :math:`s` in float32 (Dettmers et al.
+  2022, block-wise absmax);
 * each element keeps one byte, a small floating-point code of :math:`x / s`:
   a sign, 4 exponent bits and 3 mantissa bits for moments that can be negative
   (first moments, momentum buffers), 5 exponent bits and 3 mantissa bits for
   moments that cannot (second moments, sums of squares). A positive
   non-negative moment never rounds to 0, so no denominator collapses to ``eps``;
 * the code rounds stochastically between its two neighbouring values, up with
-  probability equal to the fraction of the gap. Rounding to the nearest value
-  would lose every change smaller than half a gap (3% to 6%): a second moment
-  that decays by 0.1% a step would never decay, and over a few hundred steps
-  it drifted to half its true value in our language-model benchmark.
-  Stochastic rounding keeps the stored moment unbiased at the cost of up to
-  one gap (12.5%) of error per rounding instead of half of one.
+  probability equal to the fraction of the gap (:mod:`jaxopt_zoo.rounding`:
+  the random source is a hash of the step count, the value and its position
+  in the block). Rounding to the nearest value would lose every change smaller
+  than half a gap (3% to 6%): a second moment that decays by 0.1% a step would
+  never decay. Stochastic rounding keeps the stored moment unbiased at the cost
+  of up to one gap (12.5%) of error per rounding instead of half of one;
+* a non-finite element is stored as a reserved code (NaN in a signed moment,
+  :math:`+\\infty` in a non-negative one) and leaves its block's scale to the
+  finite elements: one overflowing gradient freezes its own element, as with
+  float32 moments, and not its 255 neighbours.
 
-So Adam's two moments take :math:`2 + 8 / \\text{block\\_size}` bytes per
-parameter instead of 8. The moment is dequantized to float32, updated, and
-requantized inside the same jitted update; the update direction is computed
-from the float32 moments before they are requantized, as in the paper.
-Leaves with fewer than ``min_size`` elements stay in float32 (at least the
-params' precision), where the saving is negligible and the error is not.
-A NaN or infinite value makes its block's scale non-finite, so the whole
-block reads back non-finite (float32 moments keep it to the one element);
-it is never stored as a finite number.
+A stored leaf is one array, ``int8`` (signed) or ``uint8`` (non-negative), of
+shape ``param.shape[:-1] + (num_blocks, L + 4)``: each block's :math:`L` codes
+followed by the 4 bytes of its float32 scale. One array is what Flax NNX,
+Orbax, ``vmap`` and ``init_sharded`` carry without knowing anything about it;
+the block axis takes the sharding of the param's last axis.
+
+So Adam's two moments take :math:`2 + 8 / L` bytes per parameter instead of 8.
+The moment is decoded to float32, updated, and encoded again inside the same
+jitted update; the update direction is computed from the float32 moments
+before they are encoded, as in the paper.
+
+**Which leaves, which blocks.** A leaf stays float32 (or wider, like its
+param) when it has fewer than ``min_size`` elements, is a scalar, or its last
+axis :math:`n` has no divisor from 16 to ``block_size`` that fits the rule
+below (an ``(N, 1)`` param, a prime :math:`n`): there 8 bits would save little
+or cost more than float32. Otherwise :math:`L` is the largest divisor of
+:math:`n / \\gcd(n, D)` that is at most ``block_size``, where :math:`D` is
+``max_shards`` (default: ``jax.device_count()``). Every even split of the last
+axis over up to :math:`D` devices then holds whole blocks, so the default works
+on any mesh of this machine, a step needs no communication, and sharded and
+single-device runs store the same blocks. (A (1024, 1024) param on 8 devices
+gets blocks of 128, on one device blocks of 256: restore a checkpoint onto the
+same device count, or fix ``max_shards``.) On Explicit mesh axes a split that
+still cuts a block raises, naming a ``block_size`` that fits.
 
 Deviation from the paper: its codes are "dynamic tree" values, a decimal
 exponent and a linear fraction, looked up in a 256-entry table and rounded to
 the nearest by a search. Ours are binary floats built with a few integer
 operations and no lookup: neighbouring values are at most 12.5% apart at
-every magnitude down to :math:`2^{-16}` (signed) or :math:`2^{-32}` (non-negative) of
+every magnitude down to :math:`2^{-16}` (signed) or :math:`2^{-31}` (non-negative) of
 the block's absmax. The table is finer near the block's maximum (1.4% to 14%
 apart in its top decade) and coarser below it (up to 56% apart between 1e-3
 and 1e-2 of the maximum, more further down). Rounded to nearest, the median
@@ -43,21 +60,12 @@ error of Adam's update direction is 2.2% with ours against 1.2% with the
 table when all elements of a block have the same scale, and 2.4% against 11%
 when their scales spread over a decade (``tests/test_quantization.py``).
 
-Blocks run along the last axis only, so the codes shard exactly like the
-params, and the layout depends on the param's shape alone (a checkpoint
-restores into ``jax.eval_shape(tx.init, params)``). When each shard of a
-sharded last axis holds whole blocks, the scales shard like the params and a
-step needs no communication. Otherwise blocks cross shards: on Auto mesh axes
-that stays correct and costs an exchange of the (small) scales each step; on
-Explicit axes, and so in ``jz.init_sharded`` and ``jz.state_shardings``, it
-raises and names a ``block_size`` that fits.
-
 Example:
     >>> import jax.numpy as jnp, jaxopt_zoo as jz
-    >>> tx = jz.adamw(1e-3, mu_dtype=jz.Blockwise8Bit(), nu_dtype=jz.Blockwise8Bit())
+    >>> tx = jz.adamw(1e-3, mu_dtype=jz.Blockwise8Bit(max_shards=1), nu_dtype=jz.Blockwise8Bit(max_shards=1))
     >>> state = tx.init({"w": jnp.zeros((256, 1024)), "b": jnp.zeros(1024)})
-    >>> state[0].mu["w"].codes.dtype, state[0].mu["w"].scales.shape, state[0].mu["b"].dtype
-    (dtype('int8'), (256, 4), dtype('float32'))
+    >>> state[0].mu["w"].dtype, state[0].mu["w"].shape, state[0].mu["b"].dtype
+    (dtype('int8'), (256, 4, 260), dtype('float32'))
 
 References:
     Dettmers, Lewis, Shleifer & Zettlemoyer, "8-bit Optimizers via Block-wise Quantization", ICLR 2022.
@@ -67,69 +75,76 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, NamedTuple, TypeAlias
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxopt_zoo import rounding
+
 _MANTISSA_BITS = 3
 _SHIFT = 23 - _MANTISSA_BITS  # float32 mantissa bits dropped by the code
-
-
-class QuantizedArray(NamedTuple):
-    """One moment leaf in 8 bits: ``codes`` shaped like the param, one float32 scale per block.
-
-    ``codes`` is ``int8`` for a signed moment and ``uint8`` for a non-negative
-    one; ``scales`` has the param's shape with the last axis cut into
-    ``scales.shape[-1]`` equal blocks (the last may be shorter), and holds each
-    block's largest magnitude. The value of an element is ``decode(code) * scale``.
-    """
-
-    codes: jax.Array
-    scales: jax.Array
-
-
-@dataclasses.dataclass(frozen=True)
-class Blockwise8Bit:
-    """Store a moment as 8-bit codes with a float32 absmax scale per block (see the module docstring).
-
-    Args:
-        block_size: the longest block, in elements of the last axis. An integer
-            from 16 to 65536. Smaller blocks are more accurate and cost
-            :math:`4 / \\text{block\\_size}` bytes per element.
-        min_size: leaves with fewer elements than this stay in float32.
-
-    Example:
-        >>> import jaxopt_zoo as jz
-        >>> tx = jz.adam(1e-3, mu_dtype=jz.Blockwise8Bit(), nu_dtype=jz.Blockwise8Bit(block_size=128))
-    """
-
-    block_size: int = 256
-    min_size: int = 4096
-
-    def __post_init__(self):
-        for name, low, high in [("block_size", 16, 1 << 16), ("min_size", 0, None)]:
-            value = getattr(self, name)
-            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-                raise ValueError(f"Blockwise8Bit: {name} must be an integer, got {value!r} ({type(value).__name__}).")
-            if value < low or (high is not None and value > high):
-                bound = f"between {low} and {high}" if high else f"at least {low}"
-                raise ValueError(f"Blockwise8Bit: {name} must be {bound}, got {value}.")
-
-
-StateDtype: TypeAlias = "jax.typing.DTypeLike | Blockwise8Bit | None"
-"""What a ``*_dtype`` storage argument accepts: ``None`` (the params' dtype), a floating dtype, or :class:`Blockwise8Bit`."""
-
-
-def is_quantized(x: Any) -> bool:
-    """``is_leaf`` predicate that keeps a :class:`QuantizedArray` whole in tree maps."""
-    return isinstance(x, QuantizedArray)
+_SCALE_BYTES = 4
+_SMALLEST_BLOCK = 16
+# The code that marks a non-finite element: below the signed range, above the non-negative one.
+_NON_FINITE = {True: -128, False: 255}
+_TOP = {True: 127, False: 254}
 
 
 def _code_offset(signed: bool) -> int:
-    # Shifted float32 bits of 1.0 minus the largest code, so that 1.0 encodes to 127 or 255.
-    return (127 << _MANTISSA_BITS) - (127 if signed else 255)
+    # Shifted float32 bits of 1.0 minus the largest code, so that 1.0 encodes to the top code.
+    return (127 << _MANTISSA_BITS) - _TOP[signed]
+
+
+def encode(y: jax.Array, signed: bool, step: jax.typing.ArrayLike = 0, position: jax.Array | None = None) -> jax.Array:
+    """8-bit codes of ``y`` with :math:`|y| \\le 1`: :math:`|y|` rounded stochastically to 3 mantissa bits.
+
+    Adding a random integer below the last kept bit to the float32 bit pattern,
+    then dropping the low bits, rounds up with probability equal to the dropped
+    fraction. The random numbers hash ``step``, the bits and ``position``
+    (:func:`jaxopt_zoo.rounding.random_bits`). Magnitudes below the smallest
+    code give 0, or the smallest code for a positive ``y`` when ``signed`` is
+    False; a non-finite ``y`` gives the reserved code.
+    """
+    bits = jax.lax.bitcast_convert_type(jnp.abs(y).astype(jnp.float32), jnp.int32)
+    dither = (rounding.random_bits(bits, step, position) >> (32 - _SHIFT)).astype(jnp.int32)
+    code = jnp.minimum(((bits + dither) >> _SHIFT) - _code_offset(signed), _TOP[signed])
+    if signed:
+        code = jnp.where(y < 0, -jnp.maximum(code, 0), jnp.maximum(code, 0))
+    else:
+        code = jnp.where(y > 0, jnp.maximum(code, 1), 0)
+    return jnp.where(jnp.isfinite(y), code, _NON_FINITE[signed]).astype(jnp.int8 if signed else jnp.uint8)
+
+
+def decode(codes: jax.Array) -> jax.Array:
+    """The float32 values in [-1, 1] of ``codes`` (``int8``: signed, ``uint8``: non-negative); reserved codes are non-finite."""
+    signed = codes.dtype == jnp.int8
+    code = codes.astype(jnp.int32)
+    magnitude = jnp.abs(code) if signed else code
+    value = jax.lax.bitcast_convert_type((magnitude + _code_offset(signed)) << _SHIFT, jnp.float32)
+    value = jnp.where(magnitude == 0, 0.0, value)
+    value = jnp.where(code < 0, -value, value) if signed else value
+    return jnp.where(code == _NON_FINITE[signed], jnp.nan if signed else jnp.inf, value)
+
+
+def _block_absmax(blocks: jax.Array) -> jax.Array:
+    """The largest finite magnitude of each block (the last axis), 0 for a block with none.
+
+    One two-output reduction (the largest and the smallest value) rather than
+    ``max(abs(x))``: on XLA:CPU the one-output max goes to a library kernel that
+    cannot compute the moment update itself, so the new moments were written to
+    memory and read back (a third of the 8-bit step's time); the two-output
+    reduction stays an XLA fusion that recomputes the update as it reduces.
+    """
+    finite = jnp.where(jnp.isfinite(blocks), blocks, 0.0)
+    largest, smallest = jax.lax.reduce(
+        (finite, finite),
+        (np.float32(-np.inf), np.float32(np.inf)),
+        lambda a, b: (jnp.maximum(a[0], b[0]), jnp.minimum(a[1], b[1])),
+        (blocks.ndim - 1,),
+    )
+    return jnp.maximum(largest, -smallest)
 
 
 def _explicit_shards_of_last_axis(x: jax.Array) -> int:
@@ -142,152 +157,118 @@ def _explicit_shards_of_last_axis(x: jax.Array) -> int:
     return math.prod(mesh.shape[name] for name in ((names,) if isinstance(names, str) else names))
 
 
-def _blocked(x: jax.Array, num_blocks: int) -> jax.Array:
-    # (..., n) -> (..., num_blocks, length), zero-padding the last block.
+def _blocked(x: jax.Array, length: int) -> jax.Array:
+    # (..., n) -> (..., n / length, length)
     n = x.shape[-1]
-    length = -(-n // num_blocks)
     shards = _explicit_shards_of_last_axis(x)
     if shards > 1 and (n % shards or (n // shards) % length):
+        fits = math.gcd(n // shards, length) if n % shards == 0 else 1
+        advice = (
+            f"Choose Blockwise8Bit(block_size={fits}) or max_shards={shards}"
+            if fits >= _SMALLEST_BLOCK
+            else "Keep this param's state in float32 (a dtype, or jz.partition)"
+        )
         raise ValueError(
             f"Blockwise8Bit: the last axis of a {x.shape} moment is split into {shards} shards of "
-            f"{n / shards:g} elements, which do not hold whole blocks of {length}. Choose a block_size that "
-            f"divides {n / shards:g} (for example Blockwise8Bit(block_size={math.gcd(n // shards, length) if n % shards == 0 else 16})) "
-            "so that no block crosses a shard."
+            f"{n / shards:g} elements, which do not hold whole blocks of {length}. {advice}, so that no block "
+            "crosses a shard."
         )
-    if num_blocks * length != n:
-        x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, num_blocks * length - n)])
-    return x.reshape(*x.shape[:-1], num_blocks, length)
+    return x.reshape(*x.shape[:-1], n // length, length)
 
 
-def _unblocked(x: jax.Array, n: int) -> jax.Array:
-    x = x.reshape(*x.shape[:-2], x.shape[-2] * x.shape[-1])
-    return x if x.shape[-1] == n else x[..., :n]
+def quantize(x: jax.Array, length: int, signed: bool, step: jax.typing.ArrayLike = 0) -> jax.Array:
+    """``x`` encoded in blocks of ``length`` elements of its last axis (which ``length`` must divide).
 
-
-def _dither(bits: jax.Array) -> jax.Array:
-    """Pseudo-random integers in [0, 2**_SHIFT): a hash of each element's float32 bits.
-
-    Hashing the value alone, not its position, makes the rounding independent
-    of the array's layout (jit, vmap and shard_map agree bit for bit).
+    Returns the stored leaf: ``int8`` (``signed``) or ``uint8``, shaped
+    ``x.shape[:-1] + (x.shape[-1] // length, length + 4)``.
     """
-    h = bits.astype(jnp.uint32)
-    for shift, multiplier in [(16, 0x7FEB352D), (15, 0x846CA68B), (16, None)]:  # a 32-bit integer mixer
-        h = h ^ (h >> shift)
-        if multiplier is not None:
-            h = h * np.uint32(multiplier)
-    return (h >> (32 - _SHIFT)).astype(jnp.int32)
+    blocks = _blocked(x.astype(jnp.float32), length)
+    scales = _block_absmax(blocks)
+    inverse = jnp.where(scales > 0, 1 / scales, 0.0)[..., None]
+    position = jax.lax.broadcasted_iota(jnp.int32, blocks.shape, blocks.ndim - 1)
+    codes = encode(blocks * inverse, signed, step, position)
+    scale_bytes = jax.lax.bitcast_convert_type(scales, codes.dtype)
+    return jnp.concatenate([codes, scale_bytes], axis=-1)
 
 
-def encode(y: jax.Array, signed: bool) -> jax.Array:
-    """8-bit codes of ``y`` with :math:`|y| \\le 1`: :math:`|y|` rounded stochastically to 3 mantissa bits.
+def unpack(stored: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(codes, scales)`` of a stored leaf: codes shaped ``(..., num_blocks, L)``, float32 scales ``(..., num_blocks)``."""
+    length = stored.shape[-1] - _SCALE_BYTES
+    return stored[..., :length], jax.lax.bitcast_convert_type(stored[..., length:], jnp.float32)
 
-    Adding a pseudo-random integer below the last kept bit to the float32 bit
-    pattern, then dropping the low bits, rounds up with probability equal to
-    the dropped fraction (a carry moves into the exponent as it should). The
-    random source is a hash of each element's bits, so the rounding is
-    deterministic for given inputs but unbiased across elements and steps
-    (elements of exactly equal value round alike). Magnitudes below the smallest code give 0, or the smallest code
-    for a positive ``y`` when ``signed`` is False.
+
+def dequantize(stored: jax.Array) -> jax.Array:
+    """The float32 array, shaped like the param, that a stored leaf stands for."""
+    codes, scales = unpack(stored)
+    values = decode(codes) * scales[..., None]
+    return values.reshape(*values.shape[:-2], values.shape[-2] * values.shape[-1])
+
+
+def is_encoded(leaf: Any) -> bool:
+    """Whether a state leaf holds 8-bit codes (an ``int8``/``uint8`` array) rather than values."""
+    return jnp.result_type(leaf) in (jnp.int8, jnp.uint8)
+
+
+@dataclasses.dataclass(frozen=True)
+class Blockwise8Bit:
+    """Store a moment as 8-bit codes with a float32 absmax scale per block (see the module docstring).
+
+    Args:
+        block_size: the longest block, in elements of the last axis. An integer
+            from 16 to 65536. Smaller blocks are more accurate and cost
+            :math:`4 / L` bytes per element.
+        min_size: leaves with fewer elements than this stay in float32.
+        max_shards: blocks fit every even split of the last axis into up to
+            this many shards; ``None`` is ``jax.device_count()`` at init.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> tx = jz.adam(1e-3, mu_dtype=jz.Blockwise8Bit(), nu_dtype=jz.Blockwise8Bit(block_size=128))
     """
-    bits = jax.lax.bitcast_convert_type(jnp.abs(y).astype(jnp.float32), jnp.int32)
-    top = 127 if signed else 255
-    code = jnp.minimum(((bits + _dither(bits)) >> _SHIFT) - _code_offset(signed), top)
-    if signed:
-        code = jnp.maximum(code, 0)
-        return jnp.where(y < 0, -code, code).astype(jnp.int8)
-    return jnp.where(y > 0, jnp.maximum(code, 1), 0).astype(jnp.uint8)
 
+    block_size: int = 256
+    min_size: int = 4096
+    max_shards: int | None = None
 
-def decode(codes: jax.Array) -> jax.Array:
-    """The float32 values in [-1, 1] of ``codes`` (``int8``: signed, ``uint8``: non-negative)."""
-    signed = codes.dtype == jnp.int8
-    code = codes.astype(jnp.int32)
-    magnitude = jnp.abs(code) if signed else code
-    value = jax.lax.bitcast_convert_type((magnitude + _code_offset(signed)) << _SHIFT, jnp.float32)
-    value = jnp.where(magnitude == 0, 0.0, value)
-    return jnp.where(code < 0, -value, value) if signed else value
+    stochastic = True
 
+    def __post_init__(self):
+        for name, low, high in [("block_size", 16, 1 << 16), ("min_size", 0, None), ("max_shards", 1, None)]:
+            value = getattr(self, name)
+            if value is None and name == "max_shards":
+                continue
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"Blockwise8Bit: {name} must be an integer, got {value!r} ({type(value).__name__}).")
+            if value < low or (high is not None and value > high):
+                bound = f"between {low} and {high}" if high else f"at least {low}"
+                raise ValueError(f"Blockwise8Bit: {name} must be {bound}, got {value}.")
 
-def _block_absmax(blocks: jax.Array) -> jax.Array:
-    """The largest magnitude of each block (the last axis), NaN if the block holds one.
+    def block_length(self, shape: tuple[int, ...]) -> int | None:
+        """The block length for a param of ``shape``, or ``None`` where it stays float32 (see the module docstring)."""
+        size = math.prod(shape)
+        if not shape or size == 0 or size < self.min_size:
+            return None
+        n = shape[-1]
+        per_shard = n // math.gcd(n, self.max_shards or jax.device_count())
+        divisors = {d for k in range(1, math.isqrt(per_shard) + 1) if per_shard % k == 0 for d in (k, per_shard // k)}
+        length = max(d for d in divisors if d <= self.block_size)
+        return length if length >= _SMALLEST_BLOCK else None
 
-    One two-output reduction (the largest and the smallest value) rather than
-    ``max(abs(x))``, for two reasons found on XLA:CPU. The one-output max goes
-    to a library kernel that cannot compute the moment update itself, so the
-    new moments were written to memory and read back (a third of the 8-bit
-    step's time); the two-output reduction stays an XLA fusion that recomputes
-    the update as it reduces. And that kernel skipped NaNs, so a NaN gradient
-    was stored as a finite moment.
-    """
-    largest, smallest = jax.lax.reduce(
-        (blocks, blocks),
-        (np.float32(-np.inf), np.float32(np.inf)),
-        lambda a, b: (jnp.maximum(a[0], b[0]), jnp.minimum(a[1], b[1])),
-        (blocks.ndim - 1,),
-    )
-    return jnp.maximum(largest, -smallest)
-
-
-def quantize(x: jax.Array, num_blocks: int, signed: bool) -> QuantizedArray:
-    """Quantize ``x`` block-wise along its last axis into ``num_blocks`` blocks."""
-    blocks = _blocked(x.astype(jnp.float32), num_blocks)
-    scales = _block_absmax(blocks)[..., None]
-    inverse = jnp.where(scales > 0, 1 / scales, 0.0)
-    codes = encode(blocks * inverse, signed)
-    return QuantizedArray(_unblocked(codes, x.shape[-1]), scales[..., 0])
-
-
-def dequantize(q: QuantizedArray) -> jax.Array:
-    """The float32 array a :class:`QuantizedArray` stands for."""
-    blocks = _blocked(decode(q.codes), q.scales.shape[-1])
-    return _unblocked(blocks * q.scales[..., None], q.codes.shape[-1])
-
-
-def moments_like(params: Any, storage: StateDtype, fill: float = 0.0, *, signed: bool = True) -> Any:
-    """A moment tree shaped like ``params``, filled with ``fill``, stored as ``storage`` says.
-
-    With a dtype (or ``None``: each param's dtype) this is a tree of plain
-    arrays. With :class:`Blockwise8Bit` each floating leaf of at least
-    ``min_size`` elements becomes a :class:`QuantizedArray` (codes ``int8`` if
-    ``signed`` else ``uint8``); smaller leaves are float32 (or wider) arrays.
-    Built leaf by leaf from the params, so codes keep the params' shardings.
-    """
-    if not isinstance(storage, Blockwise8Bit):
-        return jax.tree.map(lambda p: jnp.full_like(p, fill, dtype=storage), params)
-
-    def leaf(path, p):
-        if jnp.iscomplexobj(p) or not jnp.issubdtype(p.dtype, jnp.floating):
+    def create(self, value: jax.Array, signed: bool) -> jax.Array:
+        if jnp.iscomplexobj(value) or not jnp.issubdtype(value.dtype, jnp.floating):
             raise ValueError(
-                f"Blockwise8Bit stores real floating moments, but the param at {jax.tree_util.keystr(path) or '<root>'} "
-                f"has dtype {p.dtype}. Keep this optimizer's state in full precision (a dtype or None) for it, "
-                "for example with jz.partition."
+                f"Blockwise8Bit stores real floating moments, not {value.dtype} ones. Keep this optimizer's state "
+                "in full precision (a dtype or None) for such params, for example with jz.partition."
             )
-        wide = jnp.promote_types(p.dtype, jnp.float32)
-        if p.ndim == 0 or p.size < storage.min_size:
-            return jnp.full_like(p, fill, dtype=wide)
-        num_blocks = math.ceil(p.shape[-1] / storage.block_size)
-        return quantize(jnp.full_like(p, fill, dtype=jnp.float32), num_blocks, signed)
+        length = self.block_length(value.shape)
+        if length is None:
+            return value.astype(jnp.promote_types(value.dtype, jnp.float32))
+        return quantize(value, length, signed)
 
-    return jax.tree_util.tree_map_with_path(leaf, params)
+    def read(self, stored: jax.Array) -> jax.Array:
+        return dequantize(stored) if is_encoded(stored) else stored
 
-
-def store(values: Any, stored: Any) -> Any:
-    """``values`` stored like ``stored``: requantized where it is quantized, else cast to its dtype.
-
-    ``values`` has the params' structure (``None`` leaves keep the old stored
-    leaf); ``stored`` is the moment tree from the state.
-    """
-
-    def leaf(value, old):
-        if value is None or value is old:  # no update for this leaf (see tree.map_state)
-            return old
-        if is_quantized(old):
-            return quantize(value, old.scales.shape[-1], signed=old.codes.dtype == jnp.int8)
-        return jnp.asarray(value).astype(jnp.asarray(old).dtype)
-
-    return jax.tree.map(leaf, values, stored, is_leaf=lambda x: x is None or is_quantized(x))
-
-
-def state_bytes(state: Any) -> int:
-    """The bytes all arrays in ``state`` occupy (codes, scales, counts and full-precision leaves alike)."""
-    return sum(int(np.prod(np.shape(x))) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(state))
+    def write(self, value: jax.Array, stored: jax.Array, step: jax.Array) -> jax.Array:
+        if not is_encoded(stored):
+            return value.astype(stored.dtype)
+        return quantize(value, stored.shape[-1] - _SCALE_BYTES, stored.dtype == jnp.int8, step)

@@ -48,7 +48,7 @@ import jax.numpy as jnp
 from jaxopt_zoo import validation
 from jaxopt_zoo.base import GradientTransformation, ScalarOrSchedule
 from jaxopt_zoo.combine import chain, split_real_and_imaginary
-from jaxopt_zoo.quantization import StateDtype
+from jaxopt_zoo.storage import StateDtype
 from jaxopt_zoo.transforms import (
     add_decayed_weights,
     scale,
@@ -116,7 +116,7 @@ def sgd(
     ``accumulator_dtype`` is an addition to PyTorch.
 
     Args:
-        accumulator_dtype: storage of the momentum buffer: None (the params' dtype), a floating dtype, or Blockwise8Bit.
+        accumulator_dtype: storage of the momentum buffer: a storage (see :mod:`jaxopt_zoo.storage`).
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -169,7 +169,7 @@ def adagrad(
     ``accumulator_dtype`` is an addition to PyTorch.
 
     Args:
-        accumulator_dtype: storage of the sum of squares: None (the params' dtype), a floating dtype, or Blockwise8Bit.
+        accumulator_dtype: storage of the sum of squares: a storage (see :mod:`jaxopt_zoo.storage`).
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -213,7 +213,7 @@ def adadelta(
     scale_by_learning_rate(lr))``; ``accumulator_dtype`` is an addition to PyTorch.
 
     Args:
-        accumulator_dtype: storage of both running means: None (the params' dtype), a floating dtype, or Blockwise8Bit.
+        accumulator_dtype: storage of both running means: a storage (see :mod:`jaxopt_zoo.storage`).
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -263,9 +263,9 @@ def rmsprop(
     The three storage options are additions to PyTorch.
 
     Args:
-        nu_dtype: storage of the mean square: None (the params' dtype), a floating dtype, or Blockwise8Bit.
-        mu_dtype: storage of the mean (``centered`` only): None (the params' dtype), a floating dtype, or Blockwise8Bit.
-        accumulator_dtype: storage of the momentum buffer: None (the params' dtype), a floating dtype, or Blockwise8Bit.
+        nu_dtype: storage of the mean square: a storage (see :mod:`jaxopt_zoo.storage`).
+        mu_dtype: storage of the mean (``centered`` only): a storage (see :mod:`jaxopt_zoo.storage`).
+        accumulator_dtype: storage of the momentum buffer: a storage (see :mod:`jaxopt_zoo.storage`).
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -342,8 +342,8 @@ def adam(
     ``scale_by_learning_rate(lr))``. ``mu_dtype`` and ``nu_dtype`` are additions to PyTorch.
 
     Args:
-        mu_dtype: storage of the first moment: None (the params' dtype), a floating dtype, or Blockwise8Bit.
-        nu_dtype: storage of the second moment (and max): None (the params' dtype), a floating dtype, or Blockwise8Bit.
+        mu_dtype: storage of the first moment: a storage (see :mod:`jaxopt_zoo.storage`).
+        nu_dtype: storage of the second moment (and max): a storage (see :mod:`jaxopt_zoo.storage`).
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -379,8 +379,8 @@ def adamw(
     and no L2 term. ``mu_dtype`` and ``nu_dtype`` are additions to PyTorch.
 
     Args:
-        mu_dtype: storage of the first moment: None (the params' dtype), a floating dtype, or Blockwise8Bit.
-        nu_dtype: storage of the second moment (and max): None (the params' dtype), a floating dtype, or Blockwise8Bit.
+        mu_dtype: storage of the first moment: a storage (see :mod:`jaxopt_zoo.storage`).
+        nu_dtype: storage of the second moment (and max): a storage (see :mod:`jaxopt_zoo.storage`).
 
     Example:
         >>> import jaxopt_zoo as jz

@@ -11,23 +11,12 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from jaxopt_zoo.quantization import dequantize, is_quantized
 from jaxopt_zoo.sharding import AxisName, sum_over_shards
 
 
 def is_none(x: Any) -> bool:
     """``is_leaf`` predicate that makes ``None`` a leaf instead of an empty subtree."""
     return x is None
-
-
-def _is_state_leaf(x: Any) -> bool:
-    # A quantized moment pairs with one update leaf, like a plain array does.
-    return x is None or is_quantized(x)
-
-
-def as_array(x: Any) -> Any:
-    """A state leaf as an array: a :class:`~jaxopt_zoo.quantization.QuantizedArray` is dequantized."""
-    return dequantize(x) if is_quantized(x) else x
 
 
 def zeros_like(tree: Any, dtype: jax.typing.DTypeLike | None = None) -> Any:
@@ -57,7 +46,7 @@ def cast_like(tree: Any, reference: Any) -> Any:
 
 
 def _paths(tree: Any) -> list[str]:
-    leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_state_leaf)
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_none)
     return [jax.tree_util.keystr(path) or "<root>" for path, _ in leaves]
 
 
@@ -78,11 +67,11 @@ def check_same_structure(owner: str, updates: Any, other: Any, other_name: str) 
     at trace time only.
     """
     ours = jax.tree.structure(updates, is_leaf=is_none)
-    theirs = jax.tree.structure(other, is_leaf=_is_state_leaf)
+    theirs = jax.tree.structure(other, is_leaf=is_none)
     if ours == theirs:
         shapes = [
-            None if u is None or o is None else (jnp.shape(u), jnp.shape(o.codes if is_quantized(o) else o))
-            for u, o in zip(jax.tree.leaves(updates, is_leaf=is_none), jax.tree.leaves(other, is_leaf=_is_state_leaf))
+            None if u is None or o is None else (jnp.shape(u), jnp.shape(o))
+            for u, o in zip(jax.tree.leaves(updates, is_leaf=is_none), jax.tree.leaves(other, is_leaf=is_none))
         ]
         if all(pair is None or pair[0] == pair[1] for pair in shapes):
             return
@@ -106,24 +95,17 @@ def check_same_structure(owner: str, updates: Any, other: Any, other_name: str) 
 
 
 def map_updates(fn: Callable[..., jax.Array], updates: Any, *trees: Any) -> Any:
-    """``fn(g, *xs)`` leaf by leaf over the updates and matching trees; ``None`` updates stay ``None``.
-
-    Quantized state leaves among ``xs`` reach ``fn`` dequantized.
-    """
-    return jax.tree.map(
-        lambda g, *xs: None if g is None else fn(g, *map(as_array, xs)), updates, *trees, is_leaf=is_none
-    )
+    """``fn(g, *xs)`` leaf by leaf over the updates and matching trees; ``None`` updates stay ``None``."""
+    return jax.tree.map(lambda g, *xs: None if g is None else fn(g, *xs), updates, *trees, is_leaf=is_none)
 
 
 def map_state(fn: Callable[..., jax.Array], updates: Any, state: Any, *trees: Any) -> Any:
     """``fn(g, s, *xs)`` leaf by leaf to a new state tree; where the update is ``None`` the state leaf is kept.
 
-    Quantized leaves reach ``fn`` dequantized, and a kept leaf stays quantized,
-    so :func:`jaxopt_zoo.quantization.store` leaves it bit for bit as it was.
+    A kept leaf is the very object that was passed in, which is how
+    :func:`jaxopt_zoo.storage.with_storage` knows to keep its stored form bit for bit.
     """
-    return jax.tree.map(
-        lambda g, s, *xs: s if g is None else fn(g, *map(as_array, (s, *xs))), updates, state, *trees, is_leaf=is_none
-    )
+    return jax.tree.map(lambda g, s, *xs: s if g is None else fn(g, s, *xs), updates, state, *trees, is_leaf=is_none)
 
 
 def abs_sq(x: jax.Array) -> jax.Array:
@@ -154,10 +136,7 @@ def bias_correction(moments: Any, decay: jax.typing.ArrayLike, count: jax.Array)
     moment's dtype, since :math:`\\beta^t` rounds to 1 in bfloat16.
     """
     correction = 1 - decay**count
-    # A quantized leaf here is a kept state leaf (its update is None): nothing reads it.
-    return jax.tree.map(
-        lambda m: m if m is None or is_quantized(m) else m / correction.astype(m.dtype), moments, is_leaf=_is_state_leaf
-    )
+    return jax.tree.map(lambda m: None if m is None else m / correction.astype(m.dtype), moments, is_leaf=is_none)
 
 
 def full_like(tree: Any, value: jax.typing.ArrayLike, dtype: jax.typing.DTypeLike | None = None) -> Any:
@@ -184,13 +163,23 @@ def sum_of_squares(x: jax.Array, axis_name: AxisName = None, owner: str = "sum_o
 @jax.tree_util.register_pytree_node_class
 class _ParamsPlaceholder:
     # A pytree with no leaves: tree maps over it (zeros_like, full_like) return it
-    # unchanged, so it marks where an init puts per-parameter trees.
+    # unchanged, so it marks where an init puts per-parameter trees. ``encoded``
+    # marks a tree whose leaves a storage keeps as codes, not values.
+    def __init__(self, encoded: bool = False):
+        self.encoded = encoded
+
     def tree_flatten(self):
-        return (), None
+        return (), self.encoded
 
     @classmethod
     def tree_unflatten(cls, aux, children):
-        return cls()
+        return cls(aux)
+
+
+def params_placeholder(encoded: bool = False) -> Any:
+    """The placeholder :func:`map_params` initialises with; a storage returns one with ``encoded=True``
+    for a moment it keeps as codes."""
+    return _ParamsPlaceholder(encoded)
 
 
 def is_params_placeholder(x: Any) -> bool:
@@ -209,7 +198,10 @@ def map_params(initable: Any, fn: Callable[..., Any], state: Any, *rest: Any,
     ``rest`` are trees shaped like the params, passed to ``fn`` leaf by leaf.
     Transformations whose init calls a function of the params (``masked`` with
     a callable mask, ``partition`` with callable labels) or needs a special
-    params type (``lookahead``) cannot be mapped.
+    params type (``lookahead``) cannot be mapped. A moment kept as 8-bit codes
+    (:class:`~jaxopt_zoo.quantization.Blockwise8Bit`) reaches ``fn`` as its
+    stored array; ``fn`` may move it (a sharding, a device) but must not change
+    its dtype or shape, which would change what it decodes to: that raises.
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
@@ -222,9 +214,20 @@ def map_params(initable: Any, fn: Callable[..., Any], state: Any, *rest: Any,
     init = initable.init if hasattr(initable, "init") else initable
     marked = init(_ParamsPlaceholder())
 
+    def keep_encoding(path, old, new):
+        if hasattr(new, "dtype") and (jnp.result_type(new) != jnp.result_type(old) or jnp.shape(new) != jnp.shape(old)):
+            raise ValueError(
+                f"map_params: the state leaf at {jax.tree_util.keystr(path) or '<root>'} holds 8-bit codes "
+                f"({jnp.result_type(old)} {jnp.shape(old)}), and fn made it {jnp.result_type(new)} {jnp.shape(new)}, "
+                "which would decode to other values. Map such leaves with a function that keeps their dtype and "
+                "shape, or build the optimizer with a floating storage (a dtype) for this moment."
+            )
+        return new
+
     def visit(marker, value):
         if isinstance(marker, _ParamsPlaceholder):
-            return jax.tree.map(fn, value, *rest)
+            mapped = jax.tree.map(fn, value, *rest)
+            return jax.tree_util.tree_map_with_path(keep_encoding, value, mapped) if marker.encoded else mapped
         return value if transform_non_params is None else transform_non_params(value)
 
     return jax.tree.map(visit, marked, state, is_leaf=lambda x: isinstance(x, _ParamsPlaceholder))

@@ -14,8 +14,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxopt_zoo.quantization import Blockwise8Bit
-
 
 def real_scalar(owner: str, name: str, value: Any) -> float | None:
     """``value`` as a finite Python float, or ``None`` when it is traced.
@@ -116,11 +114,17 @@ def optional_dtype(owner: str, name: str, value: Any) -> jnp.dtype | None:
     return jax.dtypes.canonicalize_dtype(dtype)
 
 
-def state_dtype(owner: str, name: str, value: Any) -> jnp.dtype | Blockwise8Bit | None:
-    """A moment's storage: ``None``, a floating dtype of 16 bits or more, or a :class:`Blockwise8Bit`."""
-    if isinstance(value, Blockwise8Bit):
+def state_dtype(owner: str, name: str, value: Any) -> Any:
+    """A moment's storage: ``None``, a floating dtype of 16 bits or more, or a storage object (returned as it is).
+
+    A storage object is anything with ``create``, ``read`` and ``write`` (see :mod:`jaxopt_zoo.storage`).
+    """
+    if all(callable(getattr(value, method, None)) for method in ("create", "read", "write")):
         return value
-    hint = "a floating dtype such as jnp.bfloat16, None for the params' dtype, or jz.Blockwise8Bit() for 8-bit moments"
+    hint = (
+        "a floating dtype such as jnp.bfloat16, None for the params' dtype, jz.StochasticBF16() or "
+        "jz.Blockwise8Bit() for 8-bit moments"
+    )
     try:
         dtype = None if value is None else jnp.dtype(value)
     except TypeError:

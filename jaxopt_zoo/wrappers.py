@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxopt_zoo import tree, validation
+from jaxopt_zoo import storage, tree, validation
 from jaxopt_zoo.base import GradientTransformation, OptState, Params, Updates, safe_increment, zero_count
 from jaxopt_zoo.combine import _as_transformation
 from jaxopt_zoo.sharding import AxisName, sum_over_shards
@@ -128,7 +128,7 @@ class ApplyIfFiniteState(NamedTuple):
 def apply_if_finite(
     inner: GradientTransformation, max_consecutive_errors: int, *, axis_name: AxisName = None
 ) -> GradientTransformation:
-    """Skip steps whose gradients hold a NaN or an infinity.
+    """Skip steps whose gradients, or the inner optimizer's new state, hold a NaN or an infinity.
 
     A skipped step returns updates of ``-0.0`` (so ``apply_updates`` leaves
     every parameter bit for bit unchanged, ``-0.0`` included) and keeps the
@@ -140,6 +140,11 @@ def apply_if_finite(
     Inside ``shard_map`` every device must take the same decision, so pass
     ``axis_name`` (an addition to Optax), the mesh axes the updates may be
     sharded over: a step is skipped everywhere if any shard is non-finite.
+
+    Deviation from Optax, which looks at the gradients only: finite gradients
+    can still overflow a state (a gradient of 2e19 squares to infinity in
+    Adam's second moment, freezing that parameter for good), so the new state
+    is checked too, 8-bit moments through their codes.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -153,12 +158,13 @@ def apply_if_finite(
         return ApplyIfFiniteState(zero_count(), jnp.array(True), zero_count(), inner.init(params))
 
     def update(updates, state, params=None, **extra_args):
+        new_updates, new_inner = inner.update(updates, state.inner_state, params, **extra_args)
         leaves = [g for g in jax.tree.leaves(updates) if g is not None]
-        bad = ((jnp.any(~jnp.isfinite(g)).astype(jnp.int32), g) for g in leaves)  # non-finite shards
+        bad = [(jnp.any(~jnp.isfinite(g)).astype(jnp.int32), g) for g in leaves]  # non-finite shards
+        bad += [(flag.astype(jnp.int32), x) for flag, x in storage.non_finite_leaves(new_inner)]
         finite = sum_over_shards("apply_if_finite", bad, axis_name) == 0
         notfinite_count = jnp.where(finite, 0, safe_increment(state.notfinite_count))
         apply = jnp.logical_or(finite, notfinite_count > max_consecutive_errors)
-        new_updates, new_inner = inner.update(updates, state.inner_state, params, **extra_args)
         new_updates = tree.map_updates(lambda u: jnp.where(apply, u, jnp.full_like(u, -0.0)), new_updates)
         new_inner = jax.tree.map(lambda new, old: jnp.where(apply, new, old), new_inner, state.inner_state)
         total = jnp.where(finite, state.total_notfinite, safe_increment(state.total_notfinite))

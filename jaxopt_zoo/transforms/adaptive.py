@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import GradientTransformation, Updates, safe_increment, zero_count
-from jaxopt_zoo.quantization import StateDtype, moments_like, store
+from jaxopt_zoo.storage import StateDtype, resolve, with_storage
 
 
 def _inverse_root(v: jax.Array, eps: jax.typing.ArrayLike, eps_in_sqrt: bool) -> jax.Array:
@@ -101,13 +101,11 @@ def scale_by_adam(
     validation.non_negative("scale_by_adam", "eps_root", eps_root)
     validation.flag("scale_by_adam", "nesterov", nesterov)
     validation.flag("scale_by_adam", "bias_correction", bias_correction)
-    mu_dtype = validation.state_dtype("scale_by_adam", "mu_dtype", mu_dtype)
-    nu_dtype = validation.state_dtype("scale_by_adam", "nu_dtype", nu_dtype)
+    mu_dtype = resolve("scale_by_adam", "mu_dtype", mu_dtype)
+    nu_dtype = resolve("scale_by_adam", "nu_dtype", nu_dtype)
 
     def init(params):
-        return ScaleByAdamState(
-            zero_count(), moments_like(params, mu_dtype), moments_like(params, nu_dtype, signed=False)
-        )
+        return ScaleByAdamState(zero_count(), tree.zeros_like(params), tree.zeros_like(params))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -127,9 +125,9 @@ def scale_by_adam(
             mu_hat = correct(mu, b1, count)
         nu_hat = correct(nu, b2, count)
         updates = _moment_ratio(updates, mu_hat, nu_hat, eps, eps_root)
-        return updates, ScaleByAdamState(count, store(mu, state.mu), store(nu, state.nu))
+        return updates, ScaleByAdamState(count, mu, nu)
 
-    return GradientTransformation(init, update)
+    return with_storage(GradientTransformation(init, update), signed={"mu": mu_dtype}, non_negative={"nu": nu_dtype})
 
 
 class ScaleByAmsgradState(NamedTuple):
@@ -189,8 +187,8 @@ def scale_by_amsgrad(
     validation.decay_rate(owner, "b2", b2)
     validation.non_negative(owner, "eps", eps)
     validation.non_negative(owner, "eps_root", eps_root)
-    mu_dtype = validation.state_dtype(owner, "mu_dtype", mu_dtype)
-    nu_dtype = validation.state_dtype(owner, "nu_dtype", nu_dtype)
+    mu_dtype = resolve(owner, "mu_dtype", mu_dtype)
+    nu_dtype = resolve(owner, "nu_dtype", nu_dtype)
     for name, value in [("bias_correction_mu", bias_correction_mu), ("bias_correction_nu", bias_correction_nu)]:
         validation.flag(owner, name, value)
     validation.flag(owner, "correct_after_max", correct_after_max)
@@ -198,12 +196,7 @@ def scale_by_amsgrad(
 
     def init(params):
         # Separate arrays for nu and nu_max: one buffer in two leaves cannot be donated.
-        return ScaleByAmsgradState(
-            zero_count(),
-            moments_like(params, mu_dtype),
-            moments_like(params, nu_dtype, signed=False),
-            moments_like(params, nu_dtype, signed=False),
-        )
+        return ScaleByAmsgradState(zero_count(), *(tree.zeros_like(params) for _ in range(3)))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -216,15 +209,18 @@ def scale_by_amsgrad(
         nu_hat = correct_nu(nu_max, b2, count) if correct_after_max else nu_max
         mu_hat = correct_mu(mu, b1, count)
         updates = _moment_ratio(updates, mu_hat, nu_hat, eps, eps_root)
-        return updates, ScaleByAmsgradState(count, store(mu, state.mu), store(nu, state.nu), store(nu_max, state.nu_max))
+        return updates, ScaleByAmsgradState(count, mu, nu, nu_max)
 
-    return GradientTransformation(init, update)
+    return with_storage(
+        GradientTransformation(init, update), signed={"mu": mu_dtype}, non_negative={"nu": nu_dtype, "nu_max": nu_dtype}
+    )
 
 
 class ScaleByRssState(NamedTuple):
-    """The running sum of squared gradients (Adagrad's accumulator)."""
+    """The running sum of squared gradients (Adagrad's accumulator); ``count``: see :func:`~jaxopt_zoo.storage.with_storage`."""
 
     sum_of_squares: Updates
+    count: jax.Array | None = None
 
 
 def scale_by_rss(
@@ -263,25 +259,26 @@ def scale_by_rss(
     validation.non_negative("scale_by_rss", "initial_accumulator_value", initial_accumulator_value)
     validation.non_negative("scale_by_rss", "eps", eps)
     validation.flag("scale_by_rss", "eps_in_sqrt", eps_in_sqrt)
-    accumulator_dtype = validation.state_dtype("scale_by_rss", "accumulator_dtype", accumulator_dtype)
+    accumulator_dtype = resolve("scale_by_rss", "accumulator_dtype", accumulator_dtype)
 
     def init(params):
-        return ScaleByRssState(moments_like(params, accumulator_dtype, initial_accumulator_value, signed=False))
+        return ScaleByRssState(tree.full_like(params, initial_accumulator_value))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
         tree.check_same_structure("scale_by_rss", updates, state.sum_of_squares, "the accumulator (state.sum_of_squares)")
         sums = tree.map_state(lambda g, s: tree.abs_sq(g) + s, updates, state.sum_of_squares)
         scale = lambda g, s: jnp.where(s > 0, _inverse_root(s, eps, eps_in_sqrt), 0.0) * g
-        return tree.map_updates(scale, updates, sums), ScaleByRssState(store(sums, state.sum_of_squares))
+        return tree.map_updates(scale, updates, sums), ScaleByRssState(sums)
 
-    return GradientTransformation(init, update)
+    return with_storage(GradientTransformation(init, update), non_negative={"sum_of_squares": accumulator_dtype})
 
 
 class ScaleByRmsState(NamedTuple):
-    """The running mean ``nu`` of squared gradients."""
+    """The running mean ``nu`` of squared gradients; ``count``: see :func:`~jaxopt_zoo.storage.with_storage`."""
 
     nu: Updates
+    count: jax.Array | None = None
 
 
 class ScaleByRmsWithCountState(NamedTuple):
@@ -292,10 +289,11 @@ class ScaleByRmsWithCountState(NamedTuple):
 
 
 class ScaleByRStdDevState(NamedTuple):
-    """Running means of the gradients (``mu``) and of their squares (``nu``)."""
+    """Running means of the gradients (``mu``) and of their squares (``nu``); ``count``: see :func:`~jaxopt_zoo.storage.with_storage`."""
 
     mu: Updates
     nu: Updates
+    count: jax.Array | None = None
 
 
 class ScaleByRStdDevWithCountState(NamedTuple):
@@ -316,17 +314,17 @@ def _scale_by_rms_or_stddev(
     validation.non_negative(owner, "initial_scale", initial_scale)
     validation.flag(owner, "eps_in_sqrt", eps_in_sqrt)
     validation.flag(owner, "bias_correction", bias_correction)
-    mu_dtype = validation.state_dtype(owner, "mu_dtype", mu_dtype)
-    nu_dtype = validation.state_dtype(owner, "nu_dtype", nu_dtype)
-    low_precision = mu_dtype is not None or nu_dtype is not None
+    mu_dtype = resolve(owner, "mu_dtype", mu_dtype)
+    nu_dtype = resolve(owner, "nu_dtype", nu_dtype)
+    low_precision = mu_dtype != resolve(owner, "mu_dtype", None) or nu_dtype != resolve(owner, "nu_dtype", None)
     if bias_correction and rate == 1.0:
         raise ValueError(f"{owner}: decay=1 with bias_correction=True divides by 1 - 1^t = 0; use decay < 1.")
     correct = _bias_corrector(bias_correction)
 
     def init(params):
-        moments = {"nu": moments_like(params, nu_dtype, initial_scale, signed=False)}
+        moments = {"nu": tree.full_like(params, initial_scale)}
         if centered:
-            moments["mu"] = moments_like(params, mu_dtype)
+            moments["mu"] = tree.zeros_like(params)
         if bias_correction:
             moments["count"] = zero_count()
         state_type = {
@@ -343,7 +341,7 @@ def _scale_by_rms_or_stddev(
         count = safe_increment(state.count) if bias_correction else None
         nu = tree.update_moment(updates, state.nu, decay, 2)
         nu_hat = correct(nu, decay, count)
-        new = {"nu": store(nu, state.nu)}
+        new = {"nu": nu}
         if centered:
             mu = tree.update_moment(updates, state.mu, decay, 1)
             mu_hat = correct(mu, decay, count)
@@ -351,7 +349,7 @@ def _scale_by_rms_or_stddev(
             if low_precision:
                 # Moments rounded apart in storage can put m^2 above v where the gradients barely vary.
                 variance = tree.map_updates(lambda g, var: jnp.maximum(var, 0), updates, variance)
-            new["mu"] = store(mu, state.mu)
+            new["mu"] = mu
         else:
             variance = nu_hat
         if bias_correction:
@@ -359,7 +357,8 @@ def _scale_by_rms_or_stddev(
         updates = tree.map_updates(lambda g, v: _inverse_root(v, eps, eps_in_sqrt) * g, updates, variance)
         return updates, type(state)(**new)
 
-    return GradientTransformation(init, update)
+    signed = {"mu": mu_dtype} if centered else {}
+    return with_storage(GradientTransformation(init, update), signed=signed, non_negative={"nu": nu_dtype})
 
 
 def scale_by_rms(
@@ -439,6 +438,7 @@ class ScaleByAdaDeltaState(NamedTuple):
 
     e_g: Updates
     e_x: Updates
+    count: jax.Array | None = None
 
 
 def scale_by_adadelta(
@@ -468,10 +468,10 @@ def scale_by_adadelta(
     """
     validation.fraction("scale_by_adadelta", "rho", rho)
     validation.non_negative("scale_by_adadelta", "eps", eps)
-    accumulator_dtype = validation.state_dtype("scale_by_adadelta", "accumulator_dtype", accumulator_dtype)
+    accumulator_dtype = resolve("scale_by_adadelta", "accumulator_dtype", accumulator_dtype)
 
     def init(params):
-        return ScaleByAdaDeltaState(*(moments_like(params, accumulator_dtype, signed=False) for _ in range(2)))
+        return ScaleByAdaDeltaState(tree.zeros_like(params), tree.zeros_like(params))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -479,6 +479,7 @@ def scale_by_adadelta(
         e_g = tree.update_moment(updates, state.e_g, rho, 2)
         updates = tree.map_updates(lambda g, sq_g, sq_x: (jnp.sqrt(sq_x + eps) / jnp.sqrt(sq_g + eps)) * g, updates, e_g, state.e_x)
         e_x = tree.update_moment(updates, state.e_x, rho, 2)
-        return updates, ScaleByAdaDeltaState(store(e_g, state.e_g), store(e_x, state.e_x))
+        return updates, ScaleByAdaDeltaState(e_g, e_x)
 
-    return GradientTransformation(init, update)
+    storage = {"e_g": accumulator_dtype, "e_x": accumulator_dtype}
+    return with_storage(GradientTransformation(init, update), non_negative=storage)

@@ -7,14 +7,16 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxopt_zoo import quantization, tree, validation
+from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import GradientTransformation, Updates, safe_increment, zero_count
+from jaxopt_zoo.storage import StateDtype, resolve, with_storage
 
 
 class TraceState(NamedTuple):
-    """The momentum buffer :math:`b`, shaped like the params."""
+    """The momentum buffer :math:`b`, shaped like the params; ``count``: see :func:`~jaxopt_zoo.storage.with_storage`."""
 
     trace: Updates
+    count: jax.Array | None = None
 
 
 class DampenedTraceState(NamedTuple):
@@ -28,7 +30,7 @@ def trace(
     decay: jax.typing.ArrayLike,
     nesterov: bool = False,
     dampening: jax.typing.ArrayLike = 0.0,
-    accumulator_dtype: quantization.StateDtype = None,
+    accumulator_dtype: StateDtype = None,
 ) -> GradientTransformation:
     """Heavy-ball momentum (Polyak 1964), with PyTorch's dampening and Nesterov options.
 
@@ -82,13 +84,13 @@ def trace(
     validation.non_negative("trace", "decay", decay)
     validation.flag("trace", "nesterov", nesterov)
     validation.fraction("trace", "dampening", dampening)
-    accumulator_dtype = validation.state_dtype("trace", "accumulator_dtype", accumulator_dtype)
+    accumulator_dtype = resolve("trace", "accumulator_dtype", accumulator_dtype)
     # Decided by type, not value, so that init (concrete) and update (traced,
     # e.g. under inject_hyperparams) agree on the state's structure.
     dampened = not validation.is_literal_zero(dampening)
 
     def init(params):
-        buffer = quantization.moments_like(params, accumulator_dtype)
+        buffer = tree.zeros_like(params)
         return DampenedTraceState(zero_count(), buffer) if dampened else TraceState(buffer)
 
     def update(updates, state, params=None, **extra_args):
@@ -101,15 +103,14 @@ def trace(
             accumulate = lambda g, b: g + decay * b
         buffer = tree.map_state(accumulate, updates, state.trace)
         updates = tree.map_updates(lambda g, b: g + decay * b if nesterov else b, updates, buffer)
-        buffer = quantization.store(buffer, state.trace)
         if dampened:
             return updates, DampenedTraceState(safe_increment(state.count), buffer)
         return updates, TraceState(buffer)
 
-    return GradientTransformation(init, update)
+    return with_storage(GradientTransformation(init, update), signed={"trace": accumulator_dtype})
 
 
-def nesterov(decay: jax.typing.ArrayLike, accumulator_dtype: quantization.StateDtype = None) -> GradientTransformation:
+def nesterov(decay: jax.typing.ArrayLike, accumulator_dtype: StateDtype = None) -> GradientTransformation:
     """Nesterov accelerated gradient in PyTorch's form (``SGD(nesterov=True)``).
 
     .. math::

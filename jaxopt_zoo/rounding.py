@@ -1,0 +1,55 @@
+"""Stochastic rounding driven by a counter-based hash, shared by the low-precision storages.
+
+Rounding :math:`x` down to a coarser grid loses every change smaller than half
+a grid step: a second moment that decays by 0.1% a step never decays. Rounding
+up with probability equal to the fraction of the step that :math:`x` covers
+keeps the stored value unbiased, :math:`E[\\mathrm{round}(x)] = x`.
+
+The random numbers are a hash of the step count, of each value's float32 bits
+and (where the caller gives one) of a position, so that
+
+* they change from step to step: a value that stays the same is not rounded
+  the same way forever;
+* they depend on nothing a layout changes: jit, vmap, sharded and
+  ``shard_map`` runs draw the same numbers for the same element;
+* nothing is carried in the state but the step count the optimizer already keeps.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _mix(h: jax.Array) -> jax.Array:
+    # A 32-bit integer finaliser (xor-shift, multiply): each input bit flips each output bit with probability ~1/2.
+    h = h ^ (h >> 16)
+    h = h * np.uint32(0x7FEB352D)
+    h = h ^ (h >> 15)
+    h = h * np.uint32(0x846CA68B)
+    return h ^ (h >> 16)
+
+
+def random_bits(value_bits: jax.Array, step: jax.typing.ArrayLike, position: jax.Array | None = None) -> jax.Array:
+    """Uniform ``uint32`` numbers, a hash of (step, the value's bits, position), one per element."""
+    key = _mix(jnp.asarray(step).astype(jnp.uint32) * np.uint32(0x9E3779B9) + np.uint32(0x6A09E667))
+    h = value_bits.astype(jnp.uint32) ^ key
+    if position is not None:
+        h = h ^ (position.astype(jnp.uint32) * np.uint32(0x85EBCA6B))
+    return _mix(h)
+
+
+def to_bfloat16(x: jax.Array, step: jax.typing.ArrayLike) -> jax.Array:
+    """``x`` rounded stochastically to bfloat16: up with probability equal to the dropped fraction.
+
+    Adding a random integer below the last kept bit to the float32 bit pattern
+    and clearing the 16 dropped bits rounds the magnitude up exactly that
+    often (a carry moves into the exponent as it should). Non-finite values
+    are converted as they are.
+    """
+    x = x.astype(jnp.float32)
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    noise = random_bits(bits, step) >> 16
+    rounded = jax.lax.bitcast_convert_type((bits + noise) & np.uint32(0xFFFF0000), jnp.float32)
+    return jnp.where(jnp.isfinite(x), rounded, x).astype(jnp.bfloat16)

@@ -1,0 +1,189 @@
+"""How a state leaf is kept: one protocol for every moment of every transformation.
+
+A transformation that keeps per-parameter moments computes with plain arrays
+and declares, with :func:`with_storage`, which fields of its state are stored
+how; it never sees a stored leaf. Each step :func:`with_storage` reads those
+fields into arrays before the transformation's ``update`` and writes the new
+values back after it. Adding storage options to a transformation is one line::
+
+    return with_storage(GradientTransformation(init, update), signed={"mu": mu_dtype}, non_negative={"nu": nu_dtype})
+
+A *storage* is what a ``*_dtype`` argument accepts:
+
+* ``None``: the params' dtype; a floating dtype such as ``jnp.bfloat16``: that
+  dtype (:class:`Dtype`). Reading gives the stored array; writing rounds to
+  nearest, as a cast does.
+* :class:`StochasticBF16`: bfloat16, read as float32 and written with
+  stochastic rounding, so that changes below bfloat16's resolution (a second
+  moment decaying by 0.1% a step) survive on average.
+* :class:`~jaxopt_zoo.quantization.Blockwise8Bit`: 8-bit codes with a scale per
+  block (:mod:`jaxopt_zoo.quantization`), read as float32.
+
+Every storage keeps a leaf as one array, created from the param it belongs to
+(so it keeps the param's Flax ``Variable`` metadata and sharding), and is an
+object with ``create(value, signed)``, ``read(stored)`` and
+``write(value, stored, step)`` and a ``stochastic`` flag. A storage that
+rounds stochastically draws from the step count (:mod:`jaxopt_zoo.rounding`):
+the transformation's own ``count`` when it keeps one, else a ``count`` that
+:func:`with_storage` keeps in the state's ``count`` field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Protocol, TypeAlias
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxopt_zoo import rounding, tree, validation
+from jaxopt_zoo.base import GradientTransformation, safe_increment, zero_count
+from jaxopt_zoo.quantization import Blockwise8Bit, dequantize, is_encoded
+
+
+class Storage(Protocol):
+    """How one moment is kept: created from its initial value, read to compute, written back."""
+
+    stochastic: bool
+
+    def create(self, value: jax.Array, signed: bool) -> jax.Array: ...
+
+    def read(self, stored: jax.Array) -> jax.Array: ...
+
+    def write(self, value: jax.Array, stored: jax.Array, step: jax.Array) -> jax.Array: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Dtype:
+    """Store in a dtype (``None``: the initial value's, i.e. the param's); compute in it, round to nearest."""
+
+    dtype: Any = None
+    stochastic = False
+
+    def create(self, value, signed):
+        return value if self.dtype is None else value.astype(self.dtype)
+
+    def read(self, stored):
+        return stored
+
+    def write(self, value, stored, step):
+        return jnp.asarray(value).astype(stored.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class StochasticBF16:
+    """Store a moment in bfloat16 with stochastic rounding; compute with it in float32.
+
+    Plain bfloat16 rounds every change below half its resolution (:math:`2^{-9}`
+    relative) away, so a second moment decaying by 0.1% a step never decays.
+    Rounded stochastically, the stored value is unbiased, and it costs 2 bytes
+    per element like plain bfloat16. The random source hashes the step count
+    and the value (not its position, so that sharded and single-device runs
+    agree): elements of exactly equal value round alike within a step.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> tx = jz.adamw(1e-3, mu_dtype=jz.StochasticBF16(), nu_dtype=jz.StochasticBF16())
+    """
+
+    stochastic = True
+
+    def create(self, value, signed):
+        return value.astype(jnp.bfloat16)
+
+    def read(self, stored):
+        return stored.astype(jnp.promote_types(stored.dtype, jnp.float32))
+
+    def write(self, value, stored, step):
+        if stored.dtype != jnp.bfloat16:  # a leaf restored or mapped into another dtype keeps it
+            return jnp.asarray(value).astype(stored.dtype)
+        return rounding.to_bfloat16(value, step)
+
+
+StateDtype: TypeAlias = "jax.typing.DTypeLike | Storage | None"
+"""What a ``*_dtype`` argument accepts: ``None`` (the params' dtype), a floating dtype, or a storage object."""
+
+
+def resolve(owner: str, name: str, value: Any) -> Storage:
+    """The storage a ``*_dtype`` argument asks for; a ``ValueError`` naming ``owner`` and ``name`` otherwise."""
+    if isinstance(value, (Blockwise8Bit, StochasticBF16, Dtype)):
+        return value
+    return Dtype(validation.state_dtype(owner, name, value))
+
+
+def with_storage(
+    tx: GradientTransformation,
+    *,
+    signed: Mapping[str, StateDtype] | None = None,
+    non_negative: Mapping[str, StateDtype] | None = None,
+) -> GradientTransformation:
+    """``tx`` whose state fields named here are kept in the given storages.
+
+    ``tx``'s state is a NamedTuple whose named fields are trees of arrays shaped
+    like the params; ``tx`` creates and updates them as plain arrays in the
+    params' dtype. ``signed`` names moments that can be negative,
+    ``non_negative`` those that cannot (8-bit codes differ for the two). Where
+    the update of a leaf is ``None``, ``tx`` returns the array it was given and
+    the stored leaf is kept bit for bit. The storages must already be resolved
+    (:func:`resolve`), so that a bad one fails when the transformation is built.
+    """
+    fields = {**{k: (v, True) for k, v in (signed or {}).items()}, **{k: (v, False) for k, v in (non_negative or {}).items()}}
+    stochastic = any(s.stochastic for s, _ in fields.values())
+
+    def init(params):
+        state = tx.init(params)
+        created = {}
+        for name, (store, sign) in fields.items():
+            value = getattr(state, name)
+            if tree.is_params_placeholder(value):  # tree.map_params looking for per-parameter parts
+                created[name] = tree.params_placeholder(encoded=not isinstance(store, Dtype))
+            else:
+                created[name] = jax.tree.map(lambda v: store.create(v, sign), value)
+        if stochastic and getattr(state, "count", None) is None:
+            created["count"] = zero_count()  # a step count for the random draws of the rounding
+        return state._replace(**created)
+
+    def update(updates, state, params=None, **extra_args):
+        stored = {name: getattr(state, name) for name in fields}
+        values = {name: jax.tree.map(fields[name][0].read, stored[name]) for name in fields}
+        new_updates, new_state = tx.update(updates, state._replace(**values), params, **extra_args)
+        step = getattr(new_state, "count", None)
+        if stochastic and step is None:  # tx keeps no count: the one with_storage added
+            step = safe_increment(state.count)
+            new_state = new_state._replace(count=step)
+
+        def write(store, new, old_value, old):
+            # tx hands back the very array it was given where an update is None: keep the stored leaf.
+            return old if new is old_value else store.write(new, old, step)
+
+        written = {
+            name: jax.tree.map(lambda n, v, o: write(fields[name][0], n, v, o), getattr(new_state, name), values[name], stored[name])
+            for name in fields
+        }
+        return new_updates, new_state._replace(**written)
+
+    return GradientTransformation(init, update)
+
+
+def read_leaf(stored: jax.Array) -> jax.Array:
+    """The value of any stored leaf (8-bit codes decoded; arrays as they are), for inspection and tests."""
+    return dequantize(stored) if is_encoded(stored) else stored
+
+
+def non_finite_leaves(state: Any) -> list[tuple[jax.Array, jax.Array]]:
+    """``(whether it holds a NaN or an infinity, leaf)`` for each value-holding leaf of a state.
+
+    Floating leaves are checked as they are, 8-bit leaves through their codes
+    and scales; integer leaves (step counts) cannot be non-finite.
+    """
+    return [(jnp.any(~jnp.isfinite(read_leaf(x))), x) for x in jax.tree.leaves(state) if _holds_values(x)]
+
+
+def _holds_values(x: Any) -> bool:
+    return is_encoded(x) or jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+
+
+def state_bytes(state: Any) -> int:
+    """The bytes all arrays in ``state`` occupy (codes, scales, counts and full-precision leaves alike)."""
+    return sum(int(np.prod(np.shape(x))) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(state))
