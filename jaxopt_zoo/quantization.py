@@ -37,7 +37,7 @@ before they are encoded, as in the paper.
 **Which leaves, which blocks.** A leaf stays float32 (or wider, like its
 param) when it has fewer than ``min_size`` elements, is a scalar, or its last
 axis :math:`n` has no divisor from 16 to ``block_size`` that fits the rule
-below (an ``(N, 1)`` param, a prime :math:`n`): there 8 bits would save little
+below (an ``(N, 1)`` param, a prime :math:`n` above ``block_size``): there 8 bits would save little
 or cost more than float32. Otherwise :math:`L` is the largest divisor of
 :math:`n / \\gcd(n, D)` that is at most ``block_size``, where :math:`D` is
 ``max_shards`` (default: ``jax.device_count()``). Every even split of the last
@@ -231,6 +231,7 @@ class Blockwise8Bit:
     max_shards: int | None = None
 
     stochastic = True
+    encoded = True
 
     def __post_init__(self):
         for name, low, high in [("block_size", 16, 1 << 16), ("min_size", 0, None), ("max_shards", 1, None)]:

@@ -47,6 +47,14 @@ def to_bfloat16(x: jax.Array, step: jax.typing.ArrayLike) -> jax.Array:
     and clearing the 16 dropped bits rounds the magnitude up exactly that
     often (a carry moves into the exponent as it should). Non-finite values
     are converted as they are.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxopt_zoo import rounding
+        >>> x = jnp.float32(1 + 2**-10)  # an eighth of the way from bfloat16's 1 to 1 + 2**-7
+        >>> draws = jnp.stack([rounding.to_bfloat16(x, step) for step in range(1000)]).astype(jnp.float32)
+        >>> sorted(set(draws.tolist())), round(float(draws.mean()), 3)  # unbiased: 1 + 2**-10 = 1.00098
+        ([1.0, 1.0078125], 1.001)
     """
     x = x.astype(jnp.float32)
     bits = jax.lax.bitcast_convert_type(x, jnp.uint32)

@@ -22,7 +22,9 @@ A *storage* is what a ``*_dtype`` argument accepts:
 Every storage keeps a leaf as one array, created from the param it belongs to
 (so it keeps the param's Flax ``Variable`` metadata and sharding), and is an
 object with ``create(value, signed)``, ``read(stored)`` and
-``write(value, stored, step)`` and a ``stochastic`` flag. A storage that
+``write(value, stored, step)``, and two flags: ``stochastic`` (it rounds
+stochastically) and ``encoded`` (its leaves hold codes, not values: casting
+them would change what they mean). A storage that
 rounds stochastically draws from the step count (:mod:`jaxopt_zoo.rounding`):
 the transformation's own ``count`` when it keeps one, else a ``count`` that
 :func:`with_storage` keeps in the state's ``count`` field.
@@ -46,6 +48,7 @@ class Storage(Protocol):
     """How one moment is kept: created from its initial value, read to compute, written back."""
 
     stochastic: bool
+    encoded: bool
 
     def create(self, value: jax.Array, signed: bool) -> jax.Array: ...
 
@@ -60,6 +63,7 @@ class Dtype:
 
     dtype: Any = None
     stochastic = False
+    encoded = False
 
     def create(self, value, signed):
         return value if self.dtype is None else value.astype(self.dtype)
@@ -88,6 +92,7 @@ class StochasticBF16:
     """
 
     stochastic = True
+    encoded = False
 
     def create(self, value, signed):
         return value.astype(jnp.bfloat16)
@@ -137,9 +142,9 @@ def with_storage(
         for name, (store, sign) in fields.items():
             value = getattr(state, name)
             if tree.is_params_placeholder(value):  # tree.map_params looking for per-parameter parts
-                created[name] = tree.params_placeholder(encoded=not isinstance(store, Dtype))
+                created[name] = tree.params_placeholder(encoded=store.encoded)
             else:
-                created[name] = jax.tree.map(lambda v: store.create(v, sign), value)
+                created[name] = jax.tree_util.tree_map_with_path(lambda path, v: _create(store, sign, path, v), value)
         if stochastic and getattr(state, "count", None) is None:
             created["count"] = zero_count()  # a step count for the random draws of the rounding
         return state._replace(**created)
@@ -149,7 +154,7 @@ def with_storage(
         values = {name: jax.tree.map(fields[name][0].read, stored[name]) for name in fields}
         new_updates, new_state = tx.update(updates, state._replace(**values), params, **extra_args)
         step = getattr(new_state, "count", None)
-        if stochastic and step is None:  # tx keeps no count: the one with_storage added
+        if stochastic and (step is None or step is state.count):  # tx keeps no count: the one with_storage added
             step = safe_increment(state.count)
             new_state = new_state._replace(count=step)
 
@@ -164,6 +169,13 @@ def with_storage(
         return new_updates, new_state._replace(**written)
 
     return GradientTransformation(init, update)
+
+
+def _create(store: Storage, signed: bool, path: Any, value: jax.Array) -> jax.Array:
+    try:
+        return store.create(value, signed)
+    except ValueError as error:
+        raise ValueError(f"the param at {jax.tree_util.keystr(path) or '<root>'}: {error}") from None
 
 
 def read_leaf(stored: jax.Array) -> jax.Array:

@@ -198,10 +198,10 @@ def map_params(initable: Any, fn: Callable[..., Any], state: Any, *rest: Any,
     ``rest`` are trees shaped like the params, passed to ``fn`` leaf by leaf.
     Transformations whose init calls a function of the params (``masked`` with
     a callable mask, ``partition`` with callable labels) or needs a special
-    params type (``lookahead``) cannot be mapped. A moment kept as 8-bit codes
-    (:class:`~jaxopt_zoo.quantization.Blockwise8Bit`) reaches ``fn`` as its
-    stored array; ``fn`` may move it (a sharding, a device) but must not change
-    its dtype or shape, which would change what it decodes to: that raises.
+    params type (``lookahead``) cannot be mapped. A moment whose storage keeps
+    codes rather than values (8-bit moments) reaches ``fn`` as its stored
+    array; ``fn`` may move it (a sharding, a device) but must not change its
+    dtype or shape, which would change what it decodes to: that raises.
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
@@ -217,8 +217,8 @@ def map_params(initable: Any, fn: Callable[..., Any], state: Any, *rest: Any,
     def keep_encoding(path, old, new):
         if hasattr(new, "dtype") and (jnp.result_type(new) != jnp.result_type(old) or jnp.shape(new) != jnp.shape(old)):
             raise ValueError(
-                f"map_params: the state leaf at {jax.tree_util.keystr(path) or '<root>'} holds 8-bit codes "
-                f"({jnp.result_type(old)} {jnp.shape(old)}), and fn made it {jnp.result_type(new)} {jnp.shape(new)}, "
+                f"map_params: the state leaf at {jax.tree_util.keystr(path) or '<root>'} holds encoded values "
+                f"({jnp.result_type(old)} codes {jnp.shape(old)}), and fn made it {jnp.result_type(new)} {jnp.shape(new)}, "
                 "which would decode to other values. Map such leaves with a function that keeps their dtype and "
                 "shape, or build the optimizer with a floating storage (a dtype) for this moment."
             )

@@ -119,7 +119,7 @@ def state_dtype(owner: str, name: str, value: Any) -> Any:
 
     A storage object is anything with ``create``, ``read`` and ``write`` (see :mod:`jaxopt_zoo.storage`).
     """
-    if all(callable(getattr(value, method, None)) for method in ("create", "read", "write")):
+    if not isinstance(value, type) and all(callable(getattr(value, m, None)) for m in ("create", "read", "write")):
         return value
     hint = (
         "a floating dtype such as jnp.bfloat16, None for the params' dtype, jz.StochasticBF16() or "

@@ -327,11 +327,13 @@ def adaptive_clip(grads, params, clipping, eps=1e-3):
 # definition with float64 arithmetic: no bit patterns, no float32.
 
 MANTISSA_BITS = 3
+TOP_CODE = {True: 127, False: 254}  # the code of 1.0; -128 (signed) and 255 (non-negative) mark non-finite values
+NON_FINITE_CODE = {True: -128, False: 255}
 
 
 def _code_offset(signed: bool) -> int:
     # index of the value 1.0 on the 3-mantissa-bit grid, minus the largest code
-    return 127 * 2**MANTISSA_BITS - (127 if signed else 255)
+    return 127 * 2**MANTISSA_BITS - TOP_CODE[signed]
 
 
 def float_code(y: np.ndarray, signed: bool, rounding: str = "nearest") -> np.ndarray:
@@ -341,6 +343,8 @@ def float_code(y: np.ndarray, signed: bool, rounding: str = "nearest") -> np.nda
     the library rounds stochastically, so each of its codes is the "down" or the "up" one.
     """
     y = np.asarray(y, np.float64)
+    finite = np.isfinite(y)
+    y = np.where(finite, y, 0.0)
     magnitude = np.abs(y)
     safe = np.where(magnitude > 0, magnitude, 1.0)
     exponent = np.floor(np.log2(safe))
@@ -350,12 +354,14 @@ def float_code(y: np.ndarray, signed: bool, rounding: str = "nearest") -> np.nda
     position = (safe / 2.0**exponent - 1) * 2**MANTISSA_BITS
     steps = {"nearest": np.floor(position + 0.5), "down": np.floor(position), "up": np.ceil(position)}[rounding]
     index = (exponent + 127) * 2**MANTISSA_BITS + steps - _code_offset(signed)
-    top = 127 if signed else 255
+    top = TOP_CODE[signed]
     index = np.clip(index, 0, top)
     if signed:
         index = np.where(magnitude > 0, index, 0)
-        return np.where(y < 0, -index, index).astype(np.int64)
-    return np.where(y > 0, np.maximum(index, 1), 0).astype(np.int64)
+        index = np.where(y < 0, -index, index)
+    else:
+        index = np.where(y > 0, np.maximum(index, 1), 0)
+    return np.where(finite, index, NON_FINITE_CODE[signed]).astype(np.int64)
 
 
 def float_value(codes: np.ndarray, signed: bool) -> np.ndarray:
@@ -365,7 +371,8 @@ def float_value(codes: np.ndarray, signed: bool) -> np.ndarray:
     exponent = index // 2**MANTISSA_BITS - 127
     value = 2.0**exponent * (1 + (index % 2**MANTISSA_BITS) / 2**MANTISSA_BITS)
     value = np.where(codes == 0, 0.0, value)
-    return np.where(codes < 0, -value, value)
+    value = np.where(codes < 0, -value, value)
+    return np.where(codes == NON_FINITE_CODE[signed], np.nan if signed else np.inf, value)
 
 
 def blocks(x: np.ndarray, num_blocks: int) -> list[np.ndarray]:
@@ -381,10 +388,11 @@ def quantize_blockwise(x: np.ndarray, num_blocks: int, signed: bool, code=float_
     codes = np.zeros(x.shape, np.int64)
     scales = np.zeros(x.shape[:-1] + (num_blocks,))
     for b, index in enumerate(blocks(x, num_blocks)):
-        scale = np.max(np.abs(x[..., index]), axis=-1)
+        block = x[..., index]
+        scale = np.max(np.where(np.isfinite(block), np.abs(block), 0.0), axis=-1)  # the largest finite magnitude
         scales[..., b] = scale
         safe = np.where(scale > 0, scale, 1.0)[..., None]
-        codes[..., index] = code(x[..., index] / safe, signed)
+        codes[..., index] = code(block / safe, signed)
     return codes, scales
 
 

@@ -19,6 +19,8 @@ MODULES = [
     "jaxopt_zoo.optimizers",
     "jaxopt_zoo.schedules",
     "jaxopt_zoo.quantization",
+    "jaxopt_zoo.rounding",
+    "jaxopt_zoo.storage",
     "jaxopt_zoo.sharding",
     "jaxopt_zoo.transforms",
     "jaxopt_zoo.wrappers",

@@ -9,6 +9,7 @@ import optax
 import pytest
 
 import jaxopt_zoo as jz
+from jaxopt_zoo.quantization import is_encoded, unpack
 from tests import reference
 from tests.conftest import assert_trees_close, assert_trees_equal, grad_fn, make_params, run_ours, run_reference
 
@@ -378,20 +379,21 @@ def eight_bit_params():
 
 
 def check_eight_bit_state(state, expected_counts):
-    """``state`` holds (int8, uint8) QuantizedArrays for "w" as expected, and only float32 arrays for "b"."""
-    is_quantized = lambda x: isinstance(x, jz.QuantizedArray)
-    quantized = [x for x in jax.tree.leaves(state, is_leaf=is_quantized) if is_quantized(x)]
-    codes = [q.codes.dtype for q in quantized]
+    """``state`` holds (int8, uint8) 8-bit leaves for "w" as expected, and only float32 arrays for "b"."""
+    encoded = [x for x in jax.tree.leaves(state) if is_encoded(x)]
+    codes = [x.dtype for x in encoded]
     assert (codes.count(jnp.int8), codes.count(jnp.uint8)) == expected_counts
     assert len(codes) == sum(expected_counts)
-    for q in quantized:
-        assert q.codes.shape == (64, 256) and q.scales.shape == (64, 1) and q.scales.dtype == jnp.float32
-    paths = jax.tree_util.tree_flatten_with_path(state, is_leaf=is_quantized)[0]
+    length = jz.Blockwise8Bit().block_length((64, 256))  # 32 with 8 devices: 256 / 8
+    for x in encoded:
+        assert x.shape == (64, 256 // length, length + 4)
+        assert unpack(x)[1].dtype == jnp.float32
+    paths = jax.tree_util.tree_flatten_with_path(state)[0]
     at_b = [leaf for path, leaf in paths if path and path[-1] == jax.tree_util.DictKey("b")]
     at_w = [leaf for path, leaf in paths if path and path[-1] == jax.tree_util.DictKey("w")]
-    assert len(at_b) == len(at_w) == len(quantized)  # every "w" moment is quantized; "b" has as many
+    assert len(at_b) == len(at_w) == len(encoded)  # every "w" moment is quantized; "b" has as many
     for leaf in at_b:
-        assert not is_quantized(leaf) and leaf.dtype == jnp.float32 and leaf.shape == (8,)
+        assert not is_encoded(leaf) and leaf.dtype == jnp.float32 and leaf.shape == (8,)
 
 
 def summed_updates(tx, params, steps=5):
@@ -429,7 +431,7 @@ def test_eight_bit_state_through_the_alias(name):
     expected, full_state = summed_updates(default(), params)
     assert_updates_close(ours, expected, rtol=0.05)
     np.testing.assert_allclose(ours["b"], expected["b"], rtol=1e-6)  # "b" keeps full-precision state
-    assert jz.quantization.state_bytes(state) < 0.3 * jz.quantization.state_bytes(full_state)
+    assert jz.storage.state_bytes(state) < 0.3 * jz.storage.state_bytes(full_state)
 
 
 STORAGE_OPTIONS = [

@@ -8,10 +8,17 @@ import numpy as np
 import pytest
 
 import jaxopt_zoo as jz
-from jaxopt_zoo import quantization
+from jaxopt_zoo import quantization, storage
 from tests import reference
 
-Q8 = jz.Blockwise8Bit()
+Q8 = jz.Blockwise8Bit(max_shards=1)  # blocks of up to 256 whatever the device count
+
+
+def quantize(x, num_blocks, signed, step=0):
+    """(codes shaped like x, scales (..., num_blocks), the stored leaf) of ``x`` in ``num_blocks`` blocks."""
+    stored = quantization.quantize(jnp.asarray(x), x.shape[-1] // num_blocks, signed, step)
+    codes, scales = quantization.unpack(stored)
+    return np.asarray(codes).reshape(x.shape), np.asarray(scales), stored
 
 
 def moments(shape, seed=0, signed=True):
@@ -25,12 +32,13 @@ def moments(shape, seed=0, signed=True):
 @pytest.mark.parametrize("shape, num_blocks", [((8, 512), 2), ((4, 300), 3), ((3, 5, 1000), 8), ((4096,), 16)])
 def test_quantize_matches_float64_reference(signed, shape, num_blocks):
     x = moments(shape, seed=len(shape), signed=signed)
-    q = quantization.quantize(jnp.asarray(x), num_blocks, signed)
-    ours = np.asarray(q.codes, np.int64)
-    assert q.codes.dtype == (jnp.int8 if signed else jnp.uint8) and q.codes.shape == shape
+    codes, our_scales, q = quantize(x, num_blocks, signed)
+    ours = codes.astype(np.int64)
+    assert q.dtype == (jnp.int8 if signed else jnp.uint8) and codes.shape == shape
+    assert q.shape == shape[:-1] + (num_blocks, shape[-1] // num_blocks + 4)
     down, scales = reference.quantize_blockwise(x, num_blocks, signed, code=rounded("down"))
     up, _ = reference.quantize_blockwise(x, num_blocks, signed, code=rounded("up"))
-    np.testing.assert_array_equal(np.asarray(q.scales), scales.astype(np.float32))
+    np.testing.assert_array_equal(our_scales, scales.astype(np.float32))
     # Stochastic rounding: each code is one of the two neighbours of x / scale (float32 x / scale
     # can fall on the other side of a grid value than float64's: then it is off by one more).
     outside = (ours != down) & (ours != up)
@@ -48,10 +56,10 @@ def rounded(direction):
 def test_stochastic_rounding_is_unbiased(signed):
     """A value between two codes, at 2**16 positions: the mean of what is stored is the value."""
     value = 0.3 if not signed else -0.3  # between the codes 0.28125 and 0.3125
-    # equal values round alike (the random source is a hash of the value), so vary them by ulps
+    # vary the values by ulps, so that the mean covers many distinct draws
     x = (value * (1 + 1e-3 * np.random.default_rng(0).uniform(-1, 1, (64, 1024)))).astype(np.float32)
     x[:, ::256] = 1.0 if not signed else -1.0  # each block's absmax, stored exactly
-    q = quantization.quantize(jnp.asarray(x), 4, signed)
+    _, _, q = quantize(x, 4, signed)
     stored = np.asarray(quantization.dequantize(q), np.float64)[np.abs(x) < 1]
     assert set(np.abs(np.unique(stored))) == {0.28125, 0.3125}  # only the two neighbours
     assert abs(stored.mean() - value) < 3e-3 * abs(value)  # about four standard errors
@@ -72,10 +80,10 @@ def test_a_slowly_decaying_second_moment_is_not_lost():
     step = jax.jit(tx.update)
     warm = np.random.default_rng(0).uniform(0.5, 1.5, g.shape).astype(np.float32)
     _, state = step({"w": jnp.asarray(np.maximum(warm, g))}, state)
-    v0 = np.asarray(quantization.dequantize(state.nu["w"]), np.float64)
+    v0 = np.asarray(storage.read_leaf(state.nu["w"]), np.float64)
     for _ in range(300):
         _, state = step({"w": jnp.asarray(g)}, state)
-    v = np.asarray(quantization.dequantize(state.nu["w"]), np.float64)
+    v = np.asarray(storage.read_leaf(state.nu["w"]), np.float64)
     others = g == 0
     # Each element's stored v walks randomly around its true value; their mean must not drift.
     # Rounding to nearest would keep every code as it was: a mean ratio of 1 / 0.999**300 = 1.35.
@@ -85,20 +93,23 @@ def test_a_slowly_decaying_second_moment_is_not_lost():
 
 @pytest.mark.parametrize("signed", [True, False])
 def test_every_code_decodes_to_its_reference_value(signed):
-    codes = np.arange(-127, 128) if signed else np.arange(256)
+    codes = np.arange(-128, 128) if signed else np.arange(256)  # the reserved non-finite code included
     dtype = jnp.int8 if signed else jnp.uint8
     values = quantization.decode(jnp.asarray(codes, dtype))
     np.testing.assert_array_equal(np.asarray(values, np.float64), reference.float_value(codes, signed))
+    assert np.sum(~np.isfinite(np.asarray(values))) == 1  # only the reserved code
     # and encoding each value gives its code back
     np.testing.assert_array_equal(np.asarray(quantization.encode(values, signed), np.int64), codes)
+    for bad in (np.nan, np.inf, -np.inf):  # every non-finite value takes the reserved code
+        assert int(quantization.encode(jnp.float32(bad), signed)) == reference.NON_FINITE_CODE[signed]
 
 
 @pytest.mark.parametrize("signed", [True, False])
 def test_quantization_error_is_bounded(signed):
     x = moments((64, 512), seed=3, signed=signed)
-    q = quantization.quantize(jnp.asarray(x), 2, signed)
+    _, scales, q = quantize(x, 2, signed)
     error = np.abs(np.asarray(quantization.dequantize(q), np.float64) - x)
-    scale = np.repeat(np.asarray(q.scales, np.float64), 256, axis=-1)
+    scale = np.repeat(np.asarray(scales, np.float64), 256, axis=-1)
     smallest = reference.float_value(np.array([1]), signed)[0] * scale
     in_range = np.abs(x) >= smallest
     # at most one 1/8 mantissa step, relative, inside the range; below it, at most the smallest code
@@ -109,10 +120,10 @@ def test_quantization_error_is_bounded(signed):
 
 
 def test_requantizing_a_dequantized_moment_changes_nothing():
-    q = quantization.quantize(jnp.asarray(moments((16, 768))), 3, True)
-    again = quantization.quantize(quantization.dequantize(q), 3, True)
-    np.testing.assert_array_equal(np.asarray(again.codes), np.asarray(q.codes))
-    np.testing.assert_array_equal(np.asarray(again.scales), np.asarray(q.scales))
+    _, _, q = quantize(moments((16, 768)), 3, True)
+    for step in (0, 1, 7):  # whatever the random draws: a value on the grid rounds to itself
+        _, _, again = quantize(np.asarray(quantization.dequantize(q)), 3, True, step)
+        np.testing.assert_array_equal(np.asarray(again), np.asarray(q))
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
@@ -147,8 +158,8 @@ def test_adam_step_matches_float64_reference_step_by_step():
     step = jax.jit(tx.update)
     for t in range(1, 8):
         g = (rng.standard_normal((16, 512)) * column_scale).astype(np.float32)
-        m_old = reference.dequantize_blockwise(np.asarray(state.mu["w"].codes, np.int64), np.asarray(state.mu["w"].scales), True)
-        v_old = reference.dequantize_blockwise(np.asarray(state.nu["w"].codes, np.int64), np.asarray(state.nu["w"].scales), False)
+        m_old = reference.dequantize_blockwise(*codes_and_scales(state.mu["w"]), True)
+        v_old = reference.dequantize_blockwise(*codes_and_scales(state.nu["w"]), False)
         m = b1 * m_old + (1 - b1) * g
         v = b2 * v_old + (1 - b2) * g.astype(np.float64) ** 2
         expected_update = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
@@ -159,12 +170,18 @@ def test_adam_step_matches_float64_reference_step_by_step():
 
         updates, state = step({"w": jnp.asarray(g)}, state)
         np.testing.assert_allclose(np.asarray(updates["w"]), expected_update, rtol=2e-5, atol=1e-6)
-        np.testing.assert_allclose(np.asarray(state.mu["w"].scales), m_scales, rtol=1e-6)
-        np.testing.assert_allclose(np.asarray(state.nu["w"].scales), v_scales, rtol=1e-6)
-        for codes, down, up in [(state.mu["w"].codes, m_down, m_up), (state.nu["w"].codes, v_down, v_up)]:
-            codes = np.asarray(codes, np.int64)
+        (m_codes, m_ours), (v_codes, v_ours) = codes_and_scales(state.mu["w"]), codes_and_scales(state.nu["w"])
+        np.testing.assert_allclose(m_ours, m_scales, rtol=1e-6)
+        np.testing.assert_allclose(v_ours, v_scales, rtol=1e-6)
+        for codes, down, up in [(m_codes, m_down, m_up), (v_codes, v_down, v_up)]:
             outside = (codes != down) & (codes != up)
             assert np.mean(outside) < 2e-3 and np.abs(codes - down)[outside].max(initial=0) <= 2, t
+
+
+def codes_and_scales(stored):
+    """(int64 codes shaped like the param, float64 scales) of a stored 8-bit leaf."""
+    codes, scales = quantization.unpack(stored)
+    return np.asarray(codes, np.int64).reshape(*codes.shape[:-2], -1), np.asarray(scales, np.float64)
 
 
 def adam_moments(spread, steps=200, shape=(64, 1024), seed=0):
@@ -225,10 +242,10 @@ def test_adam_8bit_state_bytes_per_parameter():
     state = jz.scale_by_adam(mu_dtype=Q8, nu_dtype=Q8).init({"w": jnp.zeros(shape)})
     n = shape[0] * shape[1]
     scales = shape[0] * (shape[1] // 256) * 4
-    assert quantization.state_bytes(state) == 4 + 2 * (n + scales)  # count, codes, scales
-    assert quantization.state_bytes(state) / n <= 2.1
+    assert storage.state_bytes(state) == 4 + 2 * (n + scales)  # count, codes, scales
+    assert storage.state_bytes(state) / n <= 2.1
     fp32 = jz.scale_by_adam().init({"w": jnp.zeros(shape)})
-    assert quantization.state_bytes(fp32) == 4 + 8 * n
+    assert storage.state_bytes(fp32) == 4 + 8 * n
 
 
 def test_leaves_below_min_size_stay_float32_and_others_are_quantized():
@@ -240,8 +257,8 @@ def test_leaves_below_min_size_stay_float32_and_others_are_quantized():
     }
     state = jz.scale_by_adam(mu_dtype=Q8, nu_dtype=Q8).init(params)
     assert state.mu["small"].dtype == jnp.float32 and state.mu["scalar"].dtype == jnp.float32
-    assert isinstance(state.mu["edge"], jz.QuantizedArray) and state.mu["edge"].scales.shape == (16, 1)
-    assert state.nu["wide"].codes.dtype == jnp.uint8 and state.nu["wide"].scales.shape == (2, 20)
+    assert state.mu["edge"].dtype == jnp.int8 and state.mu["edge"].shape == (16, 1, 256 + 4)
+    assert state.nu["wide"].dtype == jnp.uint8 and state.nu["wide"].shape == (2, 20, 250 + 4)  # 5000 = 20 x 250
 
 
 def test_bfloat16_moments_for_every_moment_keeping_transform():
@@ -294,5 +311,5 @@ def test_bad_storage_dtype_raises(value, message):
 
 
 def test_complex_params_with_8bit_storage_raise_naming_the_path():
-    with pytest.raises(ValueError, match=r"Blockwise8Bit stores real floating moments.*\['z'\].*complex64"):
+    with pytest.raises(ValueError, match=r"\['z'\].*Blockwise8Bit stores real floating moments.*complex64"):
         jz.scale_by_adam(mu_dtype=Q8).init({"z": jnp.zeros((64, 128), jnp.complex64)})

@@ -18,12 +18,12 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jaxopt_zoo as jz
-from jaxopt_zoo.quantization import dequantize, is_quantized
+from jaxopt_zoo.quantization import dequantize, is_encoded, unpack
 from tests.conftest import assert_trees_equal, grad_fn
 from tests.test_sharding import _collective_sizes
 
-# w, v and u have >= min_size (4096) elements and are quantized; u's last axis (200) ends in a
-# short, zero-padded block; b (32 elements) stays float32.
+# w, v and u have >= min_size (4096) elements and are quantized; u's last axis (200) has blocks of 25
+# (the largest divisor of 200 / gcd(200, 8 devices) up to 128); b (32 elements) stays float32.
 SHAPES = {"w": (64, 512), "v": (16, 8, 256), "u": (24, 200), "b": (32,)}
 QUANTIZED = ("w", "v", "u")
 Q = jz.Blockwise8Bit(block_size=128)
@@ -71,13 +71,19 @@ STEP = {name: jax.jit(step_fn(tx)) for name, tx in TX.items()}
 
 
 def leaves_with_paths(tree):
-    """(path, leaf) pairs with each QuantizedArray kept whole."""
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_quantized)
+    """(path, leaf) pairs."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
     return [(jax.tree_util.keystr(path), leaf) for path, leaf in flat]
 
 
 def quantized_leaves(tree) -> list:
-    return [leaf for _, leaf in leaves_with_paths(tree) if is_quantized(leaf)]
+    return [leaf for _, leaf in leaves_with_paths(tree) if is_encoded(leaf)]
+
+
+def packed_shape(param_shape, q=Q):
+    """The stored 8-bit leaf's shape: the param's with its last axis cut into blocks, each followed by 4 scale bytes."""
+    length = q.block_length(param_shape)
+    return param_shape[:-1] + (param_shape[-1] // length, length + 4)
 
 
 def ulp_distance(actual, expected) -> np.ndarray:
@@ -107,16 +113,17 @@ def assert_states_match(
     the leaf's largest magnitude."""
     assert jax.tree.structure(actual) == jax.tree.structure(expected)
     for (path, a), (_, e) in zip(leaves_with_paths(actual), leaves_with_paths(expected)):
-        if is_quantized(e):
-            assert is_quantized(a), path
-            assert (a.codes.dtype, a.codes.shape) == (e.codes.dtype, e.codes.shape), path
-            apart = np.abs(np.asarray(a.codes, np.int32) - np.asarray(e.codes, np.int32))
+        if is_encoded(e):
+            assert is_encoded(a), path
+            assert (a.dtype, a.shape) == (e.dtype, e.shape), path
+            (a_codes, a_scales), (e_codes, e_scales) = unpack(np.asarray(a)), unpack(np.asarray(e))
+            apart = np.abs(np.asarray(a_codes, np.int32) - np.asarray(e_codes, np.int32))
             assert apart.max() <= code_steps, f"{path}.codes: {apart.max()} codes apart at {np.sum(apart > 0)} elements"
             assert np.mean(apart > 0) <= differing, f"{path}.codes: {np.sum(apart > 0)} elements differ"
             if rtol is None:
-                assert_ulps(a.scales, e.scales, ulps, f"{path}.scales")
+                assert_ulps(a_scales, e_scales, ulps, f"{path}.scales")
             else:
-                assert_close_to_leaf_max(a.scales, e.scales, rtol)
+                assert_close_to_leaf_max(a_scales, e_scales, rtol)
         elif rtol is None or np.asarray(e).dtype != np.float32:
             assert_ulps(a, e, ulps, path)
         else:
@@ -141,15 +148,15 @@ _dequantize = jax.jit(dequantize)
 
 
 def host_dequantize(q) -> np.ndarray:
-    """``dequantize`` of a QuantizedArray held on the host (or anywhere): one compile per shape."""
-    return np.asarray(_dequantize(jz.QuantizedArray(np.asarray(q.codes), np.asarray(q.scales))))
+    """``dequantize`` of a stored 8-bit leaf held on the host (or anywhere): one compile per shape."""
+    return np.asarray(_dequantize(np.asarray(q)))
 
 
 def assert_moved(state_before, state_after):
     """The quantized moments changed: equality elsewhere is not between two untouched states."""
     before, after = quantized_leaves(state_before), quantized_leaves(state_after)
     assert before and len(before) == len(after)
-    assert all(np.any(np.asarray(b.codes) != np.asarray(a.codes)) for b, a in zip(before, after))
+    assert all(np.any(np.asarray(unpack(b)[0]) != np.asarray(unpack(a)[0])) for b, a in zip(before, after))
 
 
 def test_the_trees_are_quantized_where_expected():
@@ -160,13 +167,13 @@ def test_the_trees_are_quantized_where_expected():
         for path, leaf in leaves_with_paths(state):
             param = next((SHAPES[k] for k in QUANTIZED if f"['{k}']" in path), None)
             if param is None:
-                assert not is_quantized(leaf), path
+                assert not is_encoded(leaf), path
                 continue
-            assert is_quantized(leaf), path
+            assert is_encoded(leaf), path
             signed = ".mu" in path or ".trace" in path
-            assert leaf.codes.dtype == (jnp.int8 if signed else jnp.uint8), path
-            assert leaf.codes.shape == param and leaf.scales.dtype == jnp.float32
-            assert leaf.scales.shape == param[:-1] + (-(-param[-1] // 128),), path
+            assert leaf.dtype == (jnp.int8 if signed else jnp.uint8), path
+            assert leaf.shape == packed_shape(param), path
+    assert [packed_shape(SHAPES[k]) for k in QUANTIZED] == [(64, 8, 68), (16, 8, 8, 36), (24, 8, 29)]
 
 
 # --- jit ------------------------------------------------------------------------------------------
@@ -224,8 +231,7 @@ def test_vmap_over_three_param_trees_matches_three_runs(name):
     states = [INIT[name](p) for p in separate]
     assert_states_match(batched_state, stack(states))
     for leaf, param in zip(quantized_leaves(batched_state), [SHAPES[k] for k in ("u", "v", "w")] * 2):
-        assert leaf.codes.shape == (3,) + param  # blocks are per tree, never across the batch
-        assert leaf.scales.shape == (3,) + param[:-1] + (-(-param[-1] // 128),)
+        assert leaf.shape == (3,) + packed_shape(param)  # blocks are per tree, never across the batch
 
     batched_step = jax.jit(jax.vmap(step_fn(tx)))
     step = STEP[name]
@@ -238,13 +244,13 @@ def test_vmap_over_three_param_trees_matches_three_runs(name):
         assert_close_to_leaf_max(batched_params, stack(separate), rtol=1e-6)
     assert_moved(INIT[name](make_params()), states[0])
     # The three runs really differ, so stacking them in the wrong order would be caught.
-    assert not np.array_equal(quantized_leaves(states[0])[-1].codes, quantized_leaves(states[1])[-1].codes)
+    assert not np.array_equal(quantized_leaves(states[0])[-1], quantized_leaves(states[1])[-1])
 
 
 # --- sharding -------------------------------------------------------------------------------------
 
 AXES = ("data", "model")
-# w's last axis is split 4 ways into 128-element shards: one whole block of 128 each.
+# w's last axis is split 4 ways into 128-element shards: two whole blocks of 64 each.
 SPECS = {"w": P(None, "model"), "v": P("data", "model"), "u": P("data"), "b": P("model")}
 
 
@@ -286,13 +292,13 @@ def assert_quantized_like_params(tx, state, params, specs=SPECS):
             assert leaf.sharding.is_fully_replicated, path
             continue
         param = params[name]
-        for part, array in ([("codes", leaf.codes), ("scales", leaf.scales)] if is_quantized(leaf) else [("", leaf)]):
-            assert isinstance(array.sharding, NamedSharding), (path, part, array.sharding)
-            assert same_spec(array.sharding.spec, specs[name]) and same_spec(param.sharding.spec, specs[name]), (
-                path, part, array.sharding.spec)
-            assert array.sharding.is_equivalent_to(param.sharding, array.ndim), (path, part)
-            checked += 1
-    assert checked >= 2 * len(QUANTIZED) + 1
+        # an 8-bit leaf's block axis takes the sharding of the param's last axis
+        assert isinstance(leaf.sharding, NamedSharding), (path, leaf.sharding)
+        assert same_spec(leaf.sharding.spec, specs[name]) and same_spec(param.sharding.spec, specs[name]), (
+            path, leaf.sharding.spec)
+        assert leaf.sharding.is_equivalent_to(param.sharding, leaf.ndim), path
+        checked += 1
+    assert checked >= len(QUANTIZED) + 1
     jz.check_state_shardings(tx, params, state)
 
 
@@ -328,11 +334,13 @@ def test_each_shard_of_the_state_decodes_by_itself():
     _, _, state = run(STEP["adam"], params, jz.init_sharded(tx, params), lambda g: place(g, mesh))
     for leaf in quantized_leaves(state):
         whole = host_dequantize(leaf)
-        scales = {shard.device: shard for shard in leaf.scales.addressable_shards}
-        assert len(scales) == 8
-        for codes in leaf.codes.addressable_shards:
-            local = host_dequantize(jz.QuantizedArray(codes.data, scales[codes.device].data))
-            np.testing.assert_array_equal(local, whole[codes.index], strict=True)
+        length = leaf.shape[-1] - 4
+        assert len(leaf.addressable_shards) == 8
+        for shard in leaf.addressable_shards:
+            *outer, blocks, _ = shard.index  # the shard's blocks are a slice of the param's last axis
+            start, stop, _ = blocks.indices(leaf.shape[-2])
+            local = host_dequantize(shard.data)
+            np.testing.assert_array_equal(local, whole[(*outer, slice(start * length, stop * length))], strict=True)
 
 
 def test_compiled_sharded_step_moves_nothing_of_parameter_size():
@@ -369,17 +377,17 @@ def test_shard_map_step_on_local_shards_matches_jit(name):
 
 
 def test_blocks_that_would_cross_shards_raise_naming_a_block_size_that_fits():
-    """Default block_size 256 on w, whose last axis is split into 128-element shards: half a block each."""
+    """Blocks of 256 (max_shards=1) on w, whose last axis is split into 128-element shards: half a block each."""
     mesh = make_mesh()
     params = place(make_params(), mesh)
     with pytest.raises(ValueError, match=r"split into 4 shards of 128 elements.*Blockwise8Bit\(block_size=128\)"):
-        jz.init_sharded(adam_chain(jz.Blockwise8Bit()), params)
+        jz.init_sharded(adam_chain(jz.Blockwise8Bit(max_shards=1)), params)
 
 
 def test_blocks_crossing_shards_on_auto_axes_stay_correct():
-    """jax.jit(tx.init) on Auto axes sees no sharding: blocks cross shards, XLA exchanges the scales."""
+    """Blocks that cross shards (max_shards=1) on Auto axes stay correct: XLA moves the blocks."""
     mesh = make_mesh()
-    tx = adam_chain(jz.Blockwise8Bit())
+    tx = adam_chain(jz.Blockwise8Bit(max_shards=1))
     params = place(make_params(), mesh)
     state = jax.jit(tx.init)(params)
     donated = jax.jit(step_fn(tx), donate_argnums=(0, 1))
@@ -484,8 +492,8 @@ def test_orbax_resumes_the_8bit_state_bit_for_bit(name, tmp_path):
     restored = checkpointer.restore(tmp_path / "ckpt", target)
     assert jax.tree.structure(restored["opt_state"]) == jax.tree.structure(saved_state)
     assert len(quantized_leaves(restored["opt_state"])) >= 6
-    codes_dtypes = [leaf.codes.dtype for leaf in quantized_leaves(restored["opt_state"])]
-    assert codes_dtypes == [leaf.codes.dtype for leaf in quantized_leaves(saved_state)]
+    codes_dtypes = [leaf.dtype for leaf in quantized_leaves(restored["opt_state"])]
+    assert codes_dtypes == [leaf.dtype for leaf in quantized_leaves(saved_state)]
     assert set(codes_dtypes) == {jnp.dtype("int8"), jnp.dtype("uint8")}
     assert_trees_equal(restored, {"params": saved_params, "opt_state": saved_state})
 
@@ -561,7 +569,7 @@ def test_a_none_update_keeps_its_8bit_state_leaf(name):
             assert_trees_equal(leaf, old[path])
             compared += 1
         elif "['v']" in path or "['u']" in path:
-            assert is_quantized(leaf) and np.any(np.asarray(leaf.codes) != np.asarray(old[path].codes)), path
+            assert is_encoded(leaf) and np.any(np.asarray(leaf) != np.asarray(old[path])), path
     assert compared >= 2
     assert_trees_equal({k: new_params[k] for k in ("w", "b")}, {k: params[k] for k in ("w", "b")})
     updates, _ = jax.eval_shape(tx.update, grads, state, params)
