@@ -20,8 +20,14 @@
   of up to one gap (12.5%) of error per rounding instead of half of one;
 * a non-finite element is stored as a reserved code (NaN in a signed moment,
   :math:`+\\infty` in a non-negative one) and leaves its block's scale to the
-  finite elements: one overflowing gradient freezes its own element, as with
-  float32 moments, and not its 255 neighbours.
+  finite elements, so it never turns its neighbours NaN. An outlier that is
+  finite does set its block's scale: elements below :math:`2^{-16}` of it
+  (signed) or :math:`2^{-31}` (non-negative) read back as 0 or the smallest
+  code until it decays. After a gradient of 3e19, Adam's second moment of that
+  element is infinite and its update 0, as with float32 moments, but the first
+  moments of its block's other elements read back as 0 for a few hundred
+  steps, so their updates are 0 too (float32 keeps them). That is the price of
+  one scale per block; ``apply_if_finite`` skips such a step altogether.
 
 A stored leaf is one array, ``int8`` (signed) or ``uint8`` (non-negative), of
 shape ``param.shape[:-1] + (num_blocks, L + 4)``: each block's :math:`L` codes
@@ -265,6 +271,9 @@ class Blockwise8Bit:
         if length is None:
             return value.astype(jnp.promote_types(value.dtype, jnp.float32))
         return quantize(value, length, signed)
+
+    def is_encoded(self, stored: Any) -> bool:
+        return is_encoded(stored)
 
     def read(self, stored: jax.Array) -> jax.Array:
         return dequantize(stored) if is_encoded(stored) else stored

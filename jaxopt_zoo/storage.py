@@ -23,8 +23,8 @@ Every storage keeps a leaf as one array, created from the param it belongs to
 (so it keeps the param's Flax ``Variable`` metadata and sharding), and is an
 object with ``create(value, signed)``, ``read(stored)`` and
 ``write(value, stored, step)``, and two flags: ``stochastic`` (it rounds
-stochastically) and ``encoded`` (its leaves hold codes, not values: casting
-them would change what they mean). A storage that
+stochastically) and ``encoded`` (some leaves hold codes, not values: casting
+them would change what they mean; ``is_encoded(leaf)`` then tells which). A storage that
 rounds stochastically draws from the step count (:mod:`jaxopt_zoo.rounding`):
 the transformation's own ``count`` when it keeps one, else a ``count`` that
 :func:`with_storage` keeps in the state's ``count`` field.
@@ -142,7 +142,7 @@ def with_storage(
         for name, (store, sign) in fields.items():
             value = getattr(state, name)
             if tree.is_params_placeholder(value):  # tree.map_params looking for per-parameter parts
-                created[name] = tree.params_placeholder(encoded=store.encoded)
+                created[name] = tree.params_placeholder(encoded=store.is_encoded if store.encoded else None)
             else:
                 created[name] = jax.tree_util.tree_map_with_path(lambda path, v: _create(store, sign, path, v), value)
         if stochastic and getattr(state, "count", None) is None:

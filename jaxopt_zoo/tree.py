@@ -6,6 +6,7 @@ passes them through and leaves the matching state leaf unchanged.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -163,9 +164,9 @@ def sum_of_squares(x: jax.Array, axis_name: AxisName = None, owner: str = "sum_o
 @jax.tree_util.register_pytree_node_class
 class _ParamsPlaceholder:
     # A pytree with no leaves: tree maps over it (zeros_like, full_like) return it
-    # unchanged, so it marks where an init puts per-parameter trees. ``encoded``
-    # marks a tree whose leaves a storage keeps as codes, not values.
-    def __init__(self, encoded: bool = False):
+    # unchanged, so it marks where an init puts per-parameter trees. ``encoded``,
+    # when given, tells which leaves of the tree a storage keeps as codes, not values.
+    def __init__(self, encoded: Callable[[Any], bool] | None = None):
         self.encoded = encoded
 
     def tree_flatten(self):
@@ -176,9 +177,9 @@ class _ParamsPlaceholder:
         return cls(aux)
 
 
-def params_placeholder(encoded: bool = False) -> Any:
-    """The placeholder :func:`map_params` initialises with; a storage returns one with ``encoded=True``
-    for a moment it keeps as codes."""
+def params_placeholder(encoded: Callable[[Any], bool] | None = None) -> Any:
+    """The placeholder :func:`map_params` initialises with; a storage that keeps some leaves as codes
+    returns one whose ``encoded(leaf)`` tells which."""
     return _ParamsPlaceholder(encoded)
 
 
@@ -214,8 +215,8 @@ def map_params(initable: Any, fn: Callable[..., Any], state: Any, *rest: Any,
     init = initable.init if hasattr(initable, "init") else initable
     marked = init(_ParamsPlaceholder())
 
-    def keep_encoding(path, old, new):
-        if hasattr(new, "dtype") and (jnp.result_type(new) != jnp.result_type(old) or jnp.shape(new) != jnp.shape(old)):
+    def keep_encoding(is_encoded, path, old, new):
+        if is_encoded(old) and hasattr(new, "dtype") and (jnp.result_type(new) != jnp.result_type(old) or jnp.shape(new) != jnp.shape(old)):
             raise ValueError(
                 f"map_params: the state leaf at {jax.tree_util.keystr(path) or '<root>'} holds encoded values "
                 f"({jnp.result_type(old)} codes {jnp.shape(old)}), and fn made it {jnp.result_type(new)} {jnp.shape(new)}, "
@@ -227,7 +228,9 @@ def map_params(initable: Any, fn: Callable[..., Any], state: Any, *rest: Any,
     def visit(marker, value):
         if isinstance(marker, _ParamsPlaceholder):
             mapped = jax.tree.map(fn, value, *rest)
-            return jax.tree_util.tree_map_with_path(keep_encoding, value, mapped) if marker.encoded else mapped
+            if marker.encoded is None:
+                return mapped
+            return jax.tree_util.tree_map_with_path(functools.partial(keep_encoding, marker.encoded), value, mapped)
         return value if transform_non_params is None else transform_non_params(value)
 
     return jax.tree.map(visit, marked, state, is_leaf=lambda x: isinstance(x, _ParamsPlaceholder))
