@@ -314,8 +314,8 @@ def adadelta(
     Recipe: ``chain(add_decayed_weights(weight_decay, weight_decay_mask),
     scale_by_adadelta(rho, eps, accumulator_dtype=accumulator_dtype), scale_by_learning_rate(learning_rate))``.
 
-    Deviation from Optax: ``learning_rate=None`` means the paper's rate of 1
-    (descent). Optax then skips the scaling and *ascends* the gradient.
+    ``learning_rate=None`` is the paper's rate of 1, as for every optimizer here
+    (see :func:`~jaxopt_zoo.transforms.scale_by_learning_rate`).
     ``accumulator_dtype`` is an addition to Optax.
 
     Args:
@@ -332,7 +332,7 @@ def adadelta(
     return chain(
         add_decayed_weights(weight_decay, weight_decay_mask),
         scale_by_adadelta(rho, eps, accumulator_dtype=accumulator_dtype),
-        scale_by_learning_rate(1.0 if learning_rate is None else learning_rate),
+        scale_by_learning_rate(learning_rate),
     )
 
 

@@ -20,6 +20,35 @@ def is_none(x: Any) -> bool:
     return x is None
 
 
+def moment_dtype(dtype: jax.typing.DTypeLike) -> jnp.dtype:
+    """The dtype a moment of values of ``dtype`` is computed and, by default, kept in.
+
+    ``dtype`` itself, except float32 for float16, integers and bools: float16's
+    range flushes squared gradients below ~2e-4 to zero (Adam's ``(1 - b2) g^2``
+    below ~7e-3), and integers would truncate a moment. bfloat16 has float32's
+    range and stays bfloat16, as in Optax.
+    """
+    dtype = jnp.dtype(dtype)
+    if dtype == jnp.float16 or not jnp.issubdtype(dtype, jnp.inexact):
+        return jnp.dtype(jnp.float32)
+    return dtype
+
+
+def widen(x: jax.Array) -> jax.Array:
+    """``x`` in :func:`moment_dtype` of its dtype (float16 becomes float32; anything else stays as it is)."""
+    return x.astype(jnp.float32) if jnp.result_type(x) == jnp.float16 else x
+
+
+def moments_like(params: Any, fill: jax.typing.ArrayLike = 0.0) -> Any:
+    """A moment tree shaped like ``params`` and filled with ``fill``, in each param's :func:`moment_dtype`.
+
+    Transformations build their per-parameter moments with it, so that a
+    moment of a float16, integer or bool param is float32 instead of
+    flushing or truncating (a deviation from Optax for float16 params).
+    """
+    return jax.tree.map(lambda p: jnp.full_like(p, fill, dtype=moment_dtype(jnp.result_type(p))), params)
+
+
 def zeros_like(tree: Any, dtype: jax.typing.DTypeLike | None = None) -> Any:
     """A tree of zeros shaped like ``tree``; ``dtype=None`` keeps each leaf's dtype.
 
@@ -110,7 +139,11 @@ def map_state(fn: Callable[..., jax.Array], updates: Any, state: Any, *trees: An
 
 
 def abs_sq(x: jax.Array) -> jax.Array:
-    """:math:`|x|^2`: ``x * x`` for real arrays, ``(conj(x) x).real`` for complex ones (as Optax forms it)."""
+    """:math:`|x|^2`: ``x * x`` for real arrays, ``(conj(x) x).real`` for complex ones (as Optax forms it).
+
+    float16 is squared in float32 (:func:`widen`): its square overflows above 256 and flushes below 2e-4.
+    """
+    x = widen(x)
     return (jnp.conj(x) * x).real if jnp.iscomplexobj(x) else x * x
 
 
@@ -124,10 +157,10 @@ def _power(g: jax.Array, order: int) -> jax.Array:
 def update_moment(updates: Any, moments: Any, decay: jax.typing.ArrayLike, order: int) -> Any:
     """Exponential moving average of ``g**order``: :math:`m_t = (1-\\beta) g_t^k + \\beta m_{t-1}`.
 
-    The result has the promoted dtype of the gradient and the moment; cast it
-    back for storage with :func:`cast` or :func:`cast_like`.
+    The result has the promoted dtype of the gradient (float16 widened to
+    float32) and the moment; the storage casts it back (see :mod:`jaxopt_zoo.storage`).
     """
-    return map_state(lambda g, m: (1 - decay) * _power(g, order) + decay * m, updates, moments)
+    return map_state(lambda g, m: (1 - decay) * _power(widen(g), order) + decay * m, updates, moments)
 
 
 def bias_correction(moments: Any, decay: jax.typing.ArrayLike, count: jax.Array) -> Any:

@@ -34,6 +34,15 @@ def _hyperparam_dtype(params: Params, requested: Any) -> Any:
     return jnp.float64 if wide else jnp.float32
 
 
+def _takes_numbers(parameter: inspect.Parameter) -> bool:
+    # A hyperparameter that may be a schedule: required (learning_rate), or a number by default.
+    # One whose default is None, a flag or an object (mask, mu_dtype, weight_decay_mask) never is.
+    default = parameter.default
+    if default is inspect.Parameter.empty:
+        return True
+    return isinstance(default, (int, float)) and not isinstance(default, bool)
+
+
 def inject_hyperparams(
     inner_factory: Callable[..., GradientTransformation],
     static_args: str | Iterable[str] = (),
@@ -45,7 +54,13 @@ def inject_hyperparams(
     ``adamw`` whose ``state.hyperparams["learning_rate"]`` can be read and
     edited between steps without recompiling. A hyperparameter given as a
     schedule is evaluated at the step count each step and stored there too.
-    Booleans, ``None``, strings and the names in ``static_args`` stay static.
+    Only numeric hyperparameters are injected: a callable is a schedule only
+    for an argument that is required or numeric by default (``learning_rate``,
+    ``weight_decay``, ``b1``, ...). Booleans, ``None``, strings, dtypes,
+    storages, masks (a callable ``mask``, whose default is ``None``) and the
+    names in ``static_args`` stay static. Deviation from Optax, which takes
+    any callable for a schedule: ``mu_dtype=jnp.bfloat16`` (a callable class)
+    or ``mask=fn`` would become a "schedule" there.
 
     Deviation from Optax: hyperparameters are float32 (float64 with float64
     params) whatever the params' dtype; Optax uses the params' widest dtype,
@@ -78,14 +93,14 @@ def inject_hyperparams(
         arguments.apply_defaults()
         schedules, numeric, other = {}, {}, {}
         for name, value in arguments.arguments.items():
-            if name in static or isinstance(value, (bool, np.bool_)) or value is None:
-                other[name] = value
-            elif callable(value):
-                schedules[name] = value
+            if name in static or isinstance(value, (bool, np.bool_, type)) or value is None:
+                other[name] = value  # flags, unset options and classes (jnp.bfloat16 is callable, not a schedule)
             elif isinstance(value, (int, float, np.ndarray, np.generic, jax.Array)):
                 numeric[name] = value
+            elif callable(value) and _takes_numbers(signature.parameters[name]):
+                schedules[name] = value
             else:
-                other[name] = value
+                other[name] = value  # masks, storages, label functions: static
         # Bad hyperparameters fail here, not at init; schedules are checked by their first value.
         inner_factory(**other, **numeric, **{k: f(zero_count()) for k, f in schedules.items()})
 
@@ -330,9 +345,10 @@ def lookahead(
         fast_updates, fast_state = fast_optimizer.update(updates, state.fast_state, params.fast, **extra_args)
         sync = state.steps_since_sync == sync_period - 1
         # On a sync step: slow += alpha * (fast + u - slow); fast jumps to the new slow.
-        gap = jax.tree.map(lambda f, u, s: f + u - s, params.fast, fast_updates, params.slow)
-        slow_updates = jax.tree.map(lambda d: slow_step_size * sync * d, gap)
-        fast_updates = jax.tree.map(lambda u, d: u - sync * (1 - slow_step_size) * d, fast_updates, gap)
+        # A None update leaves both copies of its param where they are, sync step or not.
+        gap = tree.map_updates(lambda u, f, s: f + u - s, fast_updates, params.fast, params.slow)
+        slow_updates = tree.map_updates(lambda d: slow_step_size * sync * d, gap)
+        fast_updates = tree.map_updates(lambda u, d: u - sync * (1 - slow_step_size) * d, fast_updates, gap)
         if reset_state:
             fresh = fast_optimizer.init(params.fast)
             fast_state = jax.tree.map(lambda now, new: jnp.where(sync, new, now), fast_state, fresh)

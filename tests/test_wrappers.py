@@ -113,6 +113,27 @@ def test_any_numeric_hyperparameter_may_be_a_schedule():
         jz.inject_hyperparams(jz.scale_by_adam)(b1=lambda count: 1.5)
 
 
+def test_only_numeric_hyperparameters_are_injected_or_scheduled():
+    """A dtype class and a mask function are callables, but not schedules: they stay static."""
+    params = {"w": jnp.ones(3), "b": jnp.ones(2)}
+    grads = {"w": jnp.full(3, 0.5), "b": jnp.full(2, 0.5)}
+    tx = jz.inject_hyperparams(jz.adam)(learning_rate=1e-3, mu_dtype=jnp.bfloat16)
+    state = tx.init(params)
+    assert "mu_dtype" not in state.hyperparams and state.inner_state[0].mu["w"].dtype == jnp.bfloat16
+
+    mask = lambda p: {"w": True, "b": False}  # decay w only
+    injected = jz.inject_hyperparams(jz.adamw)(learning_rate=0.1, weight_decay=0.5, mask=mask)
+    plain = jz.adamw(0.1, weight_decay=0.5, mask=mask)
+    expected, _ = plain.update(grads, plain.init(params), params)
+    for update in (injected.update, jax.jit(injected.update)):  # eagerly, and under jit without static_args
+        updates, _ = update(grads, injected.init(params), params)
+        assert "mask" not in injected.init(params).hyperparams
+        # float32 hyperparameter arrays round 1 - b2**t apart from Python floats: a few ulps of the update
+        np.testing.assert_allclose(np.asarray(updates["w"]), np.asarray(expected["w"]), rtol=2e-5)
+        np.testing.assert_allclose(np.asarray(updates["b"]), np.asarray(expected["b"]), rtol=2e-5)
+    assert float(expected["w"][0]) != float(expected["b"][0])  # the mask matters here
+
+
 def test_static_args_and_hyperparam_dtype():
     tx = jz.inject_hyperparams(jz.rmsprop, static_args=("momentum",))(learning_rate=0.01, momentum=0.9)
     state = tx.init(make_params())
@@ -281,6 +302,23 @@ def test_lookahead_reset_state_matches_optax_and_params_can_be_donated():
         u2, s2 = theirs.update(jax.tree.map(lambda x: grad_fn(x, t, jnp), p2.fast), s2, p2)
         p2 = optax.apply_updates(p2, u2)
         assert_trees_close(p1.fast, p2.fast, rtol=1e-6)
+
+
+def test_lookahead_passes_a_none_update_through_and_keeps_both_copies_of_its_param():
+    tx = jz.lookahead(jz.sgd(0.1, momentum=0.9), sync_period=2, slow_step_size=0.5)
+    params = jz.LookaheadParams.init_synced({"w": jnp.ones(3), "frozen": jnp.full(2, 4.0)})
+    without = jz.LookaheadParams.init_synced({"w": jnp.ones(3)})
+    sgd_state = jz.sgd(0.1, momentum=0.9).init({"w": jnp.ones(3)})
+    state, state_without = tx.init(params), jz.LookaheadState(sgd_state, jnp.zeros([], jnp.int32))
+    for t in range(4):  # two sync steps
+        grads = {"w": jnp.full(3, 1.0 + t), "frozen": None}
+        updates, state = tx.update(grads, state, params)
+        assert updates.fast["frozen"] is None and updates.slow["frozen"] is None
+        params = jz.apply_updates(params, updates)
+        expected, state_without = tx.update({"w": grads["w"]}, state_without, without)
+        without = jz.apply_updates(without, expected)
+        assert_trees_equal((params.fast["w"], params.slow["w"]), (without.fast["w"], without.slow["w"]))
+    assert_trees_equal((params.fast["frozen"], params.slow["frozen"]), (jnp.full(2, 4.0), jnp.full(2, 4.0)))
 
 
 def test_lookahead_reports_bad_input():

@@ -105,7 +105,7 @@ def scale_by_adam(
     nu_dtype = resolve("scale_by_adam", "nu_dtype", nu_dtype)
 
     def init(params):
-        return ScaleByAdamState(zero_count(), tree.zeros_like(params), tree.zeros_like(params))
+        return ScaleByAdamState(zero_count(), tree.moments_like(params), tree.moments_like(params))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -196,7 +196,7 @@ def scale_by_amsgrad(
 
     def init(params):
         # Separate arrays for nu and nu_max: one buffer in two leaves cannot be donated.
-        return ScaleByAmsgradState(zero_count(), *(tree.zeros_like(params) for _ in range(3)))
+        return ScaleByAmsgradState(zero_count(), *(tree.moments_like(params) for _ in range(3)))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -262,7 +262,7 @@ def scale_by_rss(
     accumulator_dtype = resolve("scale_by_rss", "accumulator_dtype", accumulator_dtype)
 
     def init(params):
-        return ScaleByRssState(tree.full_like(params, initial_accumulator_value))
+        return ScaleByRssState(tree.moments_like(params, initial_accumulator_value))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -322,9 +322,9 @@ def _scale_by_rms_or_stddev(
     correct = _bias_corrector(bias_correction)
 
     def init(params):
-        moments = {"nu": tree.full_like(params, initial_scale)}
+        moments = {"nu": tree.moments_like(params, initial_scale)}
         if centered:
-            moments["mu"] = tree.zeros_like(params)
+            moments["mu"] = tree.moments_like(params)
         if bias_correction:
             moments["count"] = zero_count()
         state_type = {
@@ -471,7 +471,7 @@ def scale_by_adadelta(
     accumulator_dtype = resolve("scale_by_adadelta", "accumulator_dtype", accumulator_dtype)
 
     def init(params):
-        return ScaleByAdaDeltaState(tree.zeros_like(params), tree.zeros_like(params))
+        return ScaleByAdaDeltaState(tree.moments_like(params), tree.moments_like(params))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args

@@ -90,7 +90,7 @@ def trace(
     dampened = not validation.is_literal_zero(dampening)
 
     def init(params):
-        buffer = tree.zeros_like(params)
+        buffer = tree.moments_like(params)
         return DampenedTraceState(zero_count(), buffer) if dampened else TraceState(buffer)
 
     def update(updates, state, params=None, **extra_args):

@@ -12,7 +12,6 @@ from jaxopt_zoo.base import (
     GradientTransformation,
     ScalarOrSchedule,
     Schedule,
-    identity,
     init_empty_state,
     safe_increment,
     zero_count,
@@ -86,17 +85,19 @@ def scale_by_learning_rate(
     Args:
         learning_rate: a constant :math:`\\alpha \\ge 0`, or a schedule
             :math:`\\alpha_t` (a callable of the step count, see
-            :func:`scale_by_schedule`). ``None`` means no scaling at all.
+            :func:`scale_by_schedule`). ``None`` means a rate of 1, so every
+            optimizer given ``learning_rate=None`` still descends. Deviation from
+            Optax, whose aliases then skip this step and so climb the gradient.
         flip_sign: when ``False``, scale by :math:`+\\alpha_t` (gradient ascent).
 
     Example:
         >>> import jaxopt_zoo as jz
         >>> tx = jz.chain(jz.scale_by_adam(), jz.scale_by_learning_rate(1e-3))
     """
-    if learning_rate is None:
-        return identity()
-    validation.scalar_or_schedule("scale_by_learning_rate", "learning_rate", learning_rate)
     validation.flag("scale_by_learning_rate", "flip_sign", flip_sign)
+    if learning_rate is None:
+        learning_rate = 1.0
+    validation.scalar_or_schedule("scale_by_learning_rate", "learning_rate", learning_rate)
     sign = -1 if flip_sign else 1
     if callable(learning_rate):
         return scale_by_schedule(lambda count: sign * learning_rate(count))
