@@ -6,7 +6,9 @@
 Each optimizer is built from its alias with only the learning rate varied, and
 every one gets the same learning-rate sweep (one log grid per part); the rate
 with the lowest final loss wins, a diverged run never does. Prints the chosen
-rates with their losses and writes two pictures to examples/output/ (or --output):
+rates with their losses, with a progress bar on a terminal (one tick per optimizer
+and part; none when stderr is not a terminal, as under the tests), and writes two
+pictures to examples/output/ (or --output):
 
     trajectories.png       paths on the Rosenbrock and Beale contours
     digits_comparison.png  training-loss curves of the train_digits.py MLP
@@ -27,6 +29,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from flax import nnx
 from matplotlib.colors import LogNorm
+from tqdm import tqdm
 from train_digits import DEFAULT_OUTPUT, Classifier, load_data, loss_and_accuracy  # this script's folder is on sys.path
 
 import jaxopt_zoo as jz
@@ -126,12 +129,12 @@ def train(make: MakeOptimizer, initial: nnx.Module, data: tuple[jax.Array, ...],
     return run
 
 
-def compare_2d(rates: np.ndarray, steps: int, output: pathlib.Path) -> None:
+def compare_2d(rates: np.ndarray, steps: int, output: pathlib.Path, bar: tqdm) -> None:
     figure, all_axes = plt.subplots(1, len(PROBLEMS), figsize=(14, 7.5))
     for problem, axes in zip(PROBLEMS, all_axes):
         start = jnp.array(problem.start)
-        print(f"\n{problem.name}: {steps} steps from {problem.start}, start loss {float(problem.f(start)):.3e}")
-        print(f"{'optimizer':<10} {'best lr':>9} {'final loss':>12}")
+        bar.write(f"\n{problem.name}: {steps} steps from {problem.start}, start loss {float(problem.f(start)):.3e}")
+        bar.write(f"{'optimizer':<10} {'best lr':>9} {'final loss':>12}")
         x_min, x_max, y_min, y_max = problem.window
         x, y = np.meshgrid(np.linspace(x_min, x_max, 400), np.linspace(y_min, y_max, 400))
         z = np.asarray(problem.f(jnp.stack([x, y])))  # the functions are elementwise in p[0], p[1]
@@ -139,10 +142,12 @@ def compare_2d(rates: np.ndarray, steps: int, output: pathlib.Path) -> None:
         levels = np.logspace(np.log10(max(z.min(), 1e-3)), np.log10(z.max()), 25)
         axes.contour(x, y, z, levels=levels, norm=LogNorm(), cmap="Greys", linewidths=0.6, alpha=0.7)
         for name, make in OPTIMIZERS.items():
+            bar.set_postfix_str(f"{problem.name}: {name}")
             paths = np.asarray(jax.jit(jax.vmap(descend(make, problem.f, start, steps)))(jnp.asarray(rates)))
             losses = np.asarray(jax.vmap(problem.f)(jnp.asarray(paths[:, -1])))
             best = best_rate(losses)
-            print(f"{name:<10} {rates[best]:>9.2g} {losses[best]:>12.3e}")
+            bar.write(f"{name:<10} {rates[best]:>9.2g} {losses[best]:>12.3e}")
+            bar.update()
             axes.plot(*paths[best].T, label=f"{name} (lr={rates[best]:.2g})", linewidth=1.6, **STYLES[name])
             axes.plot(*paths[best, -1], "o", color=STYLES[name]["color"], markersize=4)
         axes.plot(*problem.start, "ko", markersize=8, label="start")
@@ -157,23 +162,25 @@ def compare_2d(rates: np.ndarray, steps: int, output: pathlib.Path) -> None:
     figure.suptitle("jaxopt_zoo optimizers on 2-D test functions")
     figure.tight_layout()
     figure.savefig(output / "trajectories.png", dpi=120)
-    print(f"trajectories written to {output / 'trajectories.png'}")
+    bar.write(f"trajectories written to {output / 'trajectories.png'}")
 
 
-def compare_digits(rates: np.ndarray, steps: int, seed: int, output: pathlib.Path) -> None:
+def compare_digits(rates: np.ndarray, steps: int, seed: int, output: pathlib.Path, bar: tqdm) -> None:
     x_train, x_test, y_train, y_test = load_data(seed)
     data = tuple(jnp.asarray(a) for a in (x_train, y_train, x_test, y_test))
     initial = Classifier(nnx.Rngs(seed))
     # Averaging the tail keeps a run oscillating at the edge of stability from winning on one lucky step.
     tail = max(1, steps // 10)
-    print(f"\ndigits MLP: {steps} full-batch steps on {len(x_train)} images")
-    print(f"{'optimizer':<10} {'best lr':>9} {'train loss':>12} {'test acc':>9}")
+    bar.write(f"\ndigits MLP: {steps} full-batch steps on {len(x_train)} images")
+    bar.write(f"{'optimizer':<10} {'best lr':>9} {'train loss':>12} {'test acc':>9}")
     figure, axes = plt.subplots(figsize=(10, 6))
     for name, make in OPTIMIZERS.items():
+        bar.set_postfix_str(f"digits: {name}")
         losses, accuracies = jax.jit(jax.vmap(train(make, initial, data, steps)))(jnp.asarray(rates))
         losses = np.asarray(losses)
         best = best_rate(losses[:, -tail:].mean(axis=1))
-        print(f"{name:<10} {rates[best]:>9.2g} {losses[best, -tail:].mean():>12.3e} {float(accuracies[best]):>9.3f}")
+        bar.write(f"{name:<10} {rates[best]:>9.2g} {losses[best, -tail:].mean():>12.3e} {float(accuracies[best]):>9.3f}")
+        bar.update()
         label = f"{name} (lr={rates[best]:.2g})"
         axes.plot(np.arange(1, steps + 1), losses[best], label=label, linewidth=1.6, **STYLES[name])
     axes.set_yscale("log")
@@ -184,7 +191,7 @@ def compare_digits(rates: np.ndarray, steps: int, seed: int, output: pathlib.Pat
     axes.grid(alpha=0.3, which="both")
     figure.tight_layout()
     figure.savefig(output / "digits_comparison.png", dpi=120)
-    print(f"loss curves written to {output / 'digits_comparison.png'}")
+    bar.write(f"loss curves written to {output / 'digits_comparison.png'}")
 
 
 if __name__ == "__main__":
@@ -200,5 +207,7 @@ if __name__ == "__main__":
     # Adadelta want rates of 1 and more, plain SGD on Rosenbrock 1e-3).
     rates_2d = np.array([1e-3, 1e-1]) if args.fast else np.logspace(-4, 2, 13)
     rates_digits = np.array([1e-2, 1e-1]) if args.fast else np.logspace(-3, 2, 6)
-    compare_2d(rates_2d, args.steps or (50 if args.fast else 500), args.output)
-    compare_digits(rates_digits, args.digits_steps or (20 if args.fast else 200), args.seed, args.output)
+    # One tick per optimizer per part (each a compile and a vmapped sweep); disable=None: no bar unless on a terminal.
+    with tqdm(total=len(OPTIMIZERS) * (len(PROBLEMS) + 1), desc="comparing", unit="run", disable=None) as bar:
+        compare_2d(rates_2d, args.steps or (50 if args.fast else 500), args.output, bar)
+        compare_digits(rates_digits, args.digits_steps or (20 if args.fast else 200), args.seed, args.output, bar)

@@ -4,6 +4,17 @@ Names, arguments and values are Optax's. Deviations: arguments that make no
 sense raise a ``ValueError`` naming them (a negative step count, boundaries out
 of order, a non-positive decay rate), where Optax logs and falls back to a
 constant schedule or to ``transition_begin=0``.
+
+Every numeric argument that is not a step count (values, rates, scales,
+``alpha``, exponents, the one-cycle fractions and factors) may be a traced JAX
+value, so a schedule can be built inside ``jax.vmap`` (a learning-rate sweep),
+``jax.jit`` or ``jax.grad`` (Optax raises for a traced ``peak_value`` of
+``warmup_cosine_decay_schedule``, a traced ``decay_rate`` of
+``exponential_decay`` with an ``end_value``, and traced one-cycle fractions).
+A traced value cannot be checked at construction; a concrete one is.
+Step counts (``transition_steps``, ``transition_begin``, ``decay_steps``,
+``warmup_steps``, boundaries) shape the schedule and must be concrete Python or
+NumPy integers.
 """
 
 from __future__ import annotations
@@ -66,6 +77,10 @@ def polynomial_schedule(
         \\tau = \\operatorname{clip}(t - t_0, 0, T).
 
     ``transition_steps=0`` gives the constant ``init_value`` (as in Optax).
+    ``init_value``, ``end_value`` and ``power`` may be traced; the step counts
+    must be concrete. Deviation: the value is exactly ``end_value`` from
+    :math:`\\tau = T` on, also under ``jit`` (Optax's jitted schedule stays
+    :math:`1.5 \\cdot 10^{-4}` above it for :math:`p = 0.5`, :math:`T = 100`).
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -86,7 +101,10 @@ def _polynomial(owner: str, init_value, end_value, power, transition_steps: int,
         return lambda count: init_value
 
     def schedule(count):
-        fraction = 1 - jnp.clip(count - transition_begin, 0, transition_steps) / transition_steps
+        elapsed = jnp.clip(count - transition_begin, 0, transition_steps)
+        # Exactly 0 at the end: under jit XLA divides by the constant T as a multiplication by 1/T, which
+        # leaves 1 - T/T at 2e-8, and a power of 0.5 would turn that into 1.5e-4 above end_value (as Optax does).
+        fraction = jnp.where(elapsed >= transition_steps, 0.0, 1 - elapsed / transition_steps)
         return (init_value - end_value) * fraction**power + end_value
 
     return schedule
@@ -96,6 +114,8 @@ def linear_schedule(
     init_value: jax.typing.ArrayLike, end_value: jax.typing.ArrayLike, transition_steps: int, transition_begin: int = 0
 ) -> Schedule:
     """Linear interpolation: :func:`polynomial_schedule` with :math:`p = 1`.
+
+    ``init_value`` and ``end_value`` may be traced; the step counts must be concrete.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -118,7 +138,9 @@ def exponential_decay(
     ``staircase`` floors the exponent; ``end_value`` bounds the value (a floor
     when decaying, a ceiling when :math:`r > 1`). ``transition_steps=0`` gives
     the constant ``init_value`` (as in Optax). Deviation: ``decay_rate`` must be
-    positive (Optax returns a constant for 0).
+    positive (Optax returns a constant for 0). ``init_value``, ``decay_rate``
+    and ``end_value`` may be traced (Optax raises for a traced ``decay_rate``
+    with an ``end_value``); the step counts must be concrete.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -135,7 +157,17 @@ def exponential_decay(
     transition_begin = _steps(owner, "transition_begin", transition_begin)
     if transition_steps == 0:
         return lambda count: init_value
-    bound = None if end_value is None else (jnp.maximum if decay_rate < 1.0 else jnp.minimum)
+    if end_value is not None:
+        validation.real_scalar(owner, "end_value", end_value)
+    if end_value is None:
+        bound = None
+    elif rate is not None:
+        bound = jnp.maximum if rate < 1.0 else jnp.minimum
+    else:  # a traced rate: a floor when it decays, a ceiling when it grows, chosen when the schedule runs
+
+        def bound(value, end):
+            return jnp.where(decay_rate < 1.0, jnp.maximum(value, end), jnp.minimum(value, end))
+
 
     def schedule(count):
         elapsed = count - transition_begin
@@ -160,6 +192,8 @@ def cosine_decay_schedule(
 
         \\eta_t = \\eta_0 \\Big((1 - \\alpha) \\big(\\tfrac{1}{2}(1 + \\cos(\\pi \\min(t, T) / T))\\big)^{e} + \\alpha\\Big).
 
+    ``init_value``, ``alpha`` and ``exponent`` may be traced; ``decay_steps`` must be concrete.
+
     Example:
         >>> import jaxopt_zoo as jz
         >>> round(float(jz.cosine_decay_schedule(1.0, decay_steps=10)(5)), 6)
@@ -182,6 +216,8 @@ def cosine_decay_schedule(
 
 def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
     """Run ``schedules[i]`` from ``boundaries[i-1]`` on, each seeing steps counted from its own start.
+
+    The ``boundaries`` must be concrete integers; the schedules may close over traced values.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -226,6 +262,8 @@ def piecewise_constant_schedule(
 ) -> Schedule:
     """:math:`\\eta_t = \\eta_0 \\prod_{b \\le t} s_b`: multiply by ``scale`` from each ``boundary`` on.
 
+    ``init_value`` and the scales may be traced; the boundaries must be concrete integers.
+
     Example:
         >>> import jaxopt_zoo as jz
         >>> schedule = jz.piecewise_constant_schedule(1.0, {10: 0.1, 20: 0.1})
@@ -251,6 +289,7 @@ def piecewise_interpolate_schedule(
 ) -> Schedule:
     """Like :func:`piecewise_constant_schedule`, but moving linearly or along a half cosine
     from one value to the next between boundaries (and constant after the last).
+    ``init_value`` and the scales may be traced; the boundaries must be concrete integers.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -263,9 +302,11 @@ def piecewise_interpolate_schedule(
         raise ValueError(f"{owner}: interpolate_type must be 'linear' or 'cosine', got {interpolate_type!r}.")
     validation.real_scalar(owner, "init_value", init_value)
     items = _checked_boundaries(owner, boundaries_and_scales)
-    boundaries = tuple(b for b, _ in items)
-    factors = tuple(s for _, s in items)
+    return _interpolated(interpolate_type, init_value, tuple(b for b, _ in items), tuple(s for _, s in items))
 
+
+def _interpolated(interpolate_type: str, init_value, boundaries: tuple, factors: tuple) -> Schedule:
+    # boundaries: increasing step numbers, Python ints or traced integer scalars; factors: scales, maybe traced.
     def interpolate(start, end, fraction):
         if interpolate_type == "linear":
             return (end - start) * fraction + start
@@ -283,13 +324,31 @@ def piecewise_interpolate_schedule(
 
 def _onecycle_checks(
     owner: str, transition_steps: int, peak_value, fractions: Iterable[tuple[str, float]], div_factor, final_div_factor
-) -> None:
+) -> list[float | None]:
+    """Check the arguments of a one-cycle schedule; the fractions as floats (``None`` where traced)."""
     _steps(owner, "transition_steps", transition_steps, minimum=1)
     validation.real_scalar(owner, "peak_value", peak_value)
-    for name, value in fractions:
-        validation.fraction(owner, name, value)
+    checked = [validation.fraction(owner, name, value) for name, value in fractions]
     validation.positive(owner, "div_factor", div_factor)
     validation.positive(owner, "final_div_factor", final_div_factor)
+    return checked
+
+
+def _onecycle(interpolate_type: str, init_value, transition_steps: int, fractions, factors) -> Schedule:
+    """The one-cycle ``piecewise_interpolate_schedule``: a boundary at ``int(pct * transition_steps)`` per fraction.
+
+    With concrete fractions this is Optax's construction (boundaries that coincide
+    merge, as dict keys do). A traced fraction's boundary is computed when the
+    schedule runs, as ``floor(pct * transition_steps)`` in the fraction's dtype.
+    """
+    transition_steps = int(transition_steps)
+    if not any(isinstance(pct, jax.core.Tracer) for pct in fractions):
+        boundaries = [int(pct * transition_steps) for pct in fractions] + [transition_steps]
+        return piecewise_interpolate_schedule(interpolate_type, init_value, dict(zip(boundaries, factors)))
+    boundaries = tuple(
+        jnp.floor(jnp.asarray(pct, jnp.result_type(float)) * transition_steps).astype(jnp.int32) for pct in fractions
+    )
+    return _interpolated(interpolate_type, init_value, boundaries + (transition_steps,), tuple(factors))
 
 
 def linear_onecycle_schedule(
@@ -303,6 +362,12 @@ def linear_onecycle_schedule(
     """One-cycle policy (Smith & Topin 2017), linear: up from ``peak/div_factor`` to ``peak`` by
     ``pct_start``, back down by ``pct_final``, then to ``peak/div_factor/final_div_factor`` at the end.
 
+    Every argument but ``transition_steps`` may be traced. A traced fraction turns
+    into its step as ``floor(pct * transition_steps)`` in float32, which can be one
+    step later than Optax's float64 ``int(pct * transition_steps)`` when the
+    product lies within float32 rounding below a whole number (``0.29 * 100``);
+    ``pct_final >= pct_start`` is checked only when both are concrete.
+
     Example:
         >>> import jaxopt_zoo as jz
         >>> schedule = jz.linear_onecycle_schedule(100, peak_value=1.0)
@@ -310,19 +375,17 @@ def linear_onecycle_schedule(
         1.0
     """
     owner = "linear_onecycle_schedule"
-    _onecycle_checks(
+    start, final = _onecycle_checks(
         owner, transition_steps, peak_value, (("pct_start", pct_start), ("pct_final", pct_final)), div_factor, final_div_factor
     )
-    if pct_final < pct_start:
+    if start is not None and final is not None and final < start:
         raise ValueError(f"{owner}: pct_final must be >= pct_start, got {pct_final!r} < {pct_start!r}.")
-    return piecewise_interpolate_schedule(
+    return _onecycle(
         "linear",
         peak_value / div_factor,
-        {
-            int(pct_start * transition_steps): div_factor,
-            int(pct_final * transition_steps): 1.0 / div_factor,
-            transition_steps: 1.0 / final_div_factor,
-        },
+        transition_steps,
+        (pct_start, pct_final),
+        (div_factor, 1.0 / div_factor, 1.0 / final_div_factor),
     )
 
 
@@ -336,6 +399,9 @@ def cosine_onecycle_schedule(
     """One-cycle policy (Smith & Topin 2017), cosine: up to ``peak`` by ``pct_start``, then down to
     ``peak/(div_factor * final_div_factor)`` at ``transition_steps``, along half cosines.
 
+    Every argument but ``transition_steps`` may be traced, with the same rule for a
+    traced ``pct_start`` as in :func:`linear_onecycle_schedule`.
+
     Example:
         >>> import jaxopt_zoo as jz
         >>> round(float(jz.cosine_onecycle_schedule(100, peak_value=1.0)(30)), 6)
@@ -343,10 +409,8 @@ def cosine_onecycle_schedule(
     """
     owner = "cosine_onecycle_schedule"
     _onecycle_checks(owner, transition_steps, peak_value, (("pct_start", pct_start),), div_factor, final_div_factor)
-    return piecewise_interpolate_schedule(
-        "cosine",
-        peak_value / div_factor,
-        {int(pct_start * transition_steps): div_factor, int(transition_steps): 1.0 / (div_factor * final_div_factor)},
+    return _onecycle(
+        "cosine", peak_value / div_factor, transition_steps, (pct_start,), (div_factor, 1.0 / (div_factor * final_div_factor))
     )
 
 
@@ -361,6 +425,9 @@ def warmup_cosine_decay_schedule(
     """Linear warm-up from ``init_value`` to ``peak_value`` over ``warmup_steps``, then cosine decay to
     ``end_value`` at ``decay_steps`` (counted from step 0, warm-up included).
 
+    The values and ``exponent`` may be traced (Optax raises for a traced
+    ``peak_value``); ``warmup_steps`` and ``decay_steps`` must be concrete.
+
     Example:
         >>> import jaxopt_zoo as jz
         >>> schedule = jz.warmup_cosine_decay_schedule(0.0, 1.0, warmup_steps=10, decay_steps=110)
@@ -371,8 +438,12 @@ def warmup_cosine_decay_schedule(
     _steps(owner, "warmup_steps", warmup_steps)
     if _steps(owner, "decay_steps", decay_steps) <= warmup_steps:
         raise ValueError(f"{owner}: decay_steps must be > warmup_steps, got {decay_steps!r} <= {warmup_steps!r}.")
-    validation.real_scalar(owner, "peak_value", peak_value)
-    alpha = 0.0 if peak_value == 0.0 else end_value / peak_value
+    peak = validation.real_scalar(owner, "peak_value", peak_value)
+    validation.real_scalar(owner, "end_value", end_value)
+    if peak is not None:
+        alpha = 0.0 if peak == 0.0 else end_value / peak_value
+    else:  # traced: the cosine part is 0 * ... = 0 for a zero peak whatever alpha is, so any finite alpha does
+        alpha = end_value / jnp.where(peak_value == 0.0, 1.0, peak_value)
     return join_schedules(
         [
             linear_schedule(init_value, peak_value, warmup_steps),
@@ -394,6 +465,8 @@ def warmup_exponential_decay_schedule(
 ) -> Schedule:
     """Linear warm-up to ``peak_value`` over ``warmup_steps``, then :func:`exponential_decay` from there.
 
+    The values and ``decay_rate`` may be traced; the step counts must be concrete.
+
     Example:
         >>> import jaxopt_zoo as jz
         >>> schedule = jz.warmup_exponential_decay_schedule(0.0, 1.0, 10, transition_steps=10, decay_rate=0.5)
@@ -412,7 +485,8 @@ def warmup_exponential_decay_schedule(
 
 def sgdr_schedule(cosine_kwargs: Iterable[Mapping[str, jax.typing.ArrayLike]]) -> Schedule:
     """SGDR, warm restarts (Loshchilov & Hutter 2017): one :func:`warmup_cosine_decay_schedule`
-    per entry of ``cosine_kwargs``, run back to back.
+    per entry of ``cosine_kwargs``, run back to back. The values may be traced, as in
+    :func:`warmup_cosine_decay_schedule`; the step counts must be concrete.
 
     Example:
         >>> import jaxopt_zoo as jz

@@ -22,10 +22,11 @@ def test_train_digits_runs_and_learns(tmp_path):
     assert (tmp_path / "digits_loss.png").stat().st_size > 10_000
 
 
-def _run_example(script: str, *args: str) -> str:
+def _run_example(script: str, *args: str, returncode: int = 0) -> str:
+    """The stdout of a run that exits with `returncode` (its stderr, when that is not 0)."""
     result = subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
+    assert result.returncode == returncode, result.stderr[-2000:]
+    return result.stdout if returncode == 0 else result.stderr
 
 
 def test_checkpoint_resume_in_a_new_process_is_bit_identical(tmp_path):
@@ -45,6 +46,40 @@ def test_checkpoint_resume_in_a_new_process_is_bit_identical(tmp_path):
     for name in uninterrupted.files:
         np.testing.assert_array_equal(ours[name], uninterrupted[name], strict=True)
 
+    # The accuracy it prints is the held-out one: that of the final params on train_digits.py's test split.
+    import jax
+    from flax import nnx
+
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        from train_digits import Classifier, load_data, loss_and_accuracy
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    model = Classifier(nnx.Rngs(0))
+    params = nnx.state(model, nnx.Param)
+    leaves, treedef = jax.tree.flatten(params)
+    nnx.update(model, jax.tree.unflatten(treedef, [ours[f"arr_{i}"] for i in range(len(leaves))]))
+    _, x_test, _, y_test = load_data(0)
+    printed = float(resumed.split("test accuracy")[1].split()[0])
+    assert f"on {len(x_test)} held-out digits" in resumed
+    assert abs(printed - float(loss_and_accuracy(model, x_test, y_test)[1])) < 1e-4
+
+
+def test_checkpoint_resume_says_when_a_run_exists_and_fresh_starts_over(tmp_path):
+    folder = str(tmp_path / "run")
+    steps = ["--steps", "4", "--checkpoint-dir", folder]
+    assert "saved step 4" in _run_example("checkpoint_resume.py", *steps)
+    # Used to exit 0 having done nothing, without a word.
+    message = _run_example("checkpoint_resume.py", *steps, "--stop-at", "2", returncode=1)
+    assert f"A run is already saved in {folder} at step 4 (it is complete)" in message
+    assert "--fresh" in message and f"delete {folder}" in message
+    # A complete run asked to finish again reports its accuracy and how to start over.
+    again = _run_example("checkpoint_resume.py", *steps)
+    assert "is complete" in again and "--fresh" in again and "test accuracy" in again
+    restarted = _run_example("checkpoint_resume.py", *steps, "--stop-at", "2", "--fresh")
+    assert "deleting the saved steps [4]" in restarted and "saved step 2" in restarted
+    assert sorted(int(p.name) for p in pathlib.Path(folder).iterdir() if p.name.isdigit()) == [2]
+
 
 def test_train_digits_linen_runs_and_learns(tmp_path):
     stdout = _run_example("train_digits_linen.py", "--epochs", "3")
@@ -58,10 +93,51 @@ def _printed_table(stdout: str, title: str, rows: int) -> dict[str, list[float]]
     return {line.split()[0]: [float(v) for v in line.split()[1:]] for line in block.splitlines()[2 : 2 + rows]}
 
 
+def _run_with_terminal_stderr(script: str, *args: str) -> tuple[str, str]:
+    """stdout and stderr of an example whose stderr is a terminal (a pty), where progress bars show."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+    import threading
+
+    main, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 0-column pty gets no bar
+    process = subprocess.Popen([sys.executable, str(EXAMPLES / script), *args], stdout=subprocess.PIPE, stderr=terminal)
+    os.close(terminal)
+    chunks: list[bytes] = []
+
+    def drain():  # a full pty would block the script
+        while True:
+            try:
+                chunk = os.read(main, 4096)
+            except OSError:  # EIO: the script closed its end
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        stdout, _ = process.communicate(timeout=300)
+    finally:
+        process.kill()
+        reader.join(10)
+        os.close(main)
+    stderr = b"".join(chunks).decode(errors="replace")
+    assert process.returncode == 0, stderr[-2000:]
+    return stdout.decode(), stderr
+
+
 def test_compare_optimizers_runs_fast(tmp_path):
     names = ["sgd", "momentum", "nesterov", "adagrad", "adadelta", "rmsprop"]
     names += ["adam", "amsgrad", "adamw", "nadam", "lars", "lamb"]
-    stdout = _run_example("compare_optimizers.py", "--fast", "--output", str(tmp_path))
+    stdout, stderr = _run_with_terminal_stderr("compare_optimizers.py", "--fast", "--output", str(tmp_path))
+    # A progress bar on the terminal, one tick per optimizer on each of the three problems; none in stdout.
+    assert "comparing" in stderr and f"{3 * len(names)}/{3 * len(names)}" in stderr, stderr[-2000:]
+    assert "comparing" not in stdout
     start_loss = float(stdout.split("Rosenbrock:")[1].split("start loss")[1].split()[0])
     rosenbrock = _printed_table(stdout, "Rosenbrock:", len(names))
     beale = _printed_table(stdout, "Beale:", len(names))

@@ -162,3 +162,128 @@ def test_numpy_integers_and_integral_floats_count_as_steps_as_in_optax():
     ]:
         for t in (0, 60, 5000):
             np.testing.assert_allclose(float(ours(t)), float(theirs(t)), rtol=1e-6)
+
+
+# Traced arguments (issue 15): every numeric argument that is not a step count may be a tracer, so a
+# schedule can be built inside vmap (a learning-rate sweep), jit or grad. For each public schedule and
+# each such argument: (a function of that argument giving the schedule, two or three concrete values).
+TRACED_STEPS = (0, 3, 17, 40, 50, 61, 99, 150, 170, 199, 260)
+TRACED_CASES = {
+    "constant_schedule.value": (lambda v: jz.constant_schedule(v), [0.1, 0.3]),
+    "linear_schedule.init_value": (lambda v: jz.linear_schedule(v, 0.1, 100, 20), [1.0, 2.0]),
+    "linear_schedule.end_value": (lambda v: jz.linear_schedule(1.0, v, 100, 20), [0.0, 0.5]),
+    "polynomial_schedule.power": (lambda v: jz.polynomial_schedule(1.0, 0.1, v, 100, 10), [0.5, 2.5]),
+    "exponential_decay.init_value": (lambda v: jz.exponential_decay(v, 30, 0.5, 15), [1.0, 2.0]),
+    "exponential_decay.decay_rate": (lambda v: jz.exponential_decay(1.0, 30, v, staircase=True), [0.5, 0.9]),
+    # A floor for a decaying rate, a ceiling for a growing one: one vmap holds both.
+    "exponential_decay.decay_rate_with_end_value": (lambda v: jz.exponential_decay(1.0, 50, v, end_value=0.4), [0.5, 2.0]),
+    "exponential_decay.end_value": (lambda v: jz.exponential_decay(1.0, 50, 0.5, end_value=v), [0.2, 0.6]),
+    "cosine_decay_schedule.init_value": (lambda v: jz.cosine_decay_schedule(v, 200), [1.0, 1.5]),
+    "cosine_decay_schedule.alpha": (lambda v: jz.cosine_decay_schedule(1.5, 200, alpha=v), [0.0, 0.1]),
+    "cosine_decay_schedule.exponent": (lambda v: jz.cosine_decay_schedule(1.5, 200, exponent=v), [1.0, 2.0]),
+    "warmup_cosine_decay_schedule.init_value": (lambda v: jz.warmup_cosine_decay_schedule(v, 1.0, 40, 240), [0.0, 0.1]),
+    # 0.0: the zero peak that Optax special-cases (alpha = 0).
+    "warmup_cosine_decay_schedule.peak_value": (
+        lambda v: jz.warmup_cosine_decay_schedule(0.0, v, 40, 240, end_value=0.05),
+        [0.1, 0.2, 0.0],
+    ),
+    "warmup_cosine_decay_schedule.end_value": (lambda v: jz.warmup_cosine_decay_schedule(0.0, 1.0, 40, 240, v), [0.0, 0.05]),
+    "warmup_cosine_decay_schedule.exponent": (
+        lambda v: jz.warmup_cosine_decay_schedule(0.0, 1.0, 40, 240, 0.05, exponent=v),
+        [1.0, 2.0],
+    ),
+    "warmup_exponential_decay_schedule.peak_value": (
+        lambda v: jz.warmup_exponential_decay_schedule(0.0, v, 40, 50, 0.5, end_value=0.2),
+        [1.0, 2.0],
+    ),
+    "warmup_exponential_decay_schedule.decay_rate": (
+        lambda v: jz.warmup_exponential_decay_schedule(0.0, 1.0, 40, 50, v, end_value=0.2),
+        [0.5, 0.8],
+    ),
+    "piecewise_constant_schedule.init_value": (lambda v: jz.piecewise_constant_schedule(v, {100: 0.5, 50: 0.1}), [1.0, 3.0]),
+    "piecewise_constant_schedule.scale": (lambda v: jz.piecewise_constant_schedule(1.0, {100: v, 50: 0.1}), [0.5, 2.0]),
+    "piecewise_interpolate_schedule.linear_scale": (
+        lambda v: jz.piecewise_interpolate_schedule("linear", 1.0, {50: v, 150: 0.25}),
+        [2.0, 0.5],
+    ),
+    "piecewise_interpolate_schedule.cosine_init_value": (
+        lambda v: jz.piecewise_interpolate_schedule("cosine", v, {100: 0.5}),
+        [1.0, 0.3],
+    ),
+    "linear_onecycle_schedule.peak_value": (lambda v: jz.linear_onecycle_schedule(200, v), [1.0, 0.3]),
+    "linear_onecycle_schedule.pct_start": (lambda v: jz.linear_onecycle_schedule(200, 1.0, pct_start=v), [0.25, 0.3, 0.4]),
+    "linear_onecycle_schedule.pct_final": (lambda v: jz.linear_onecycle_schedule(200, 1.0, pct_final=v), [0.7, 0.85]),
+    "linear_onecycle_schedule.div_factor": (lambda v: jz.linear_onecycle_schedule(200, 1.0, div_factor=v), [25.0, 10.0]),
+    "linear_onecycle_schedule.final_div_factor": (
+        lambda v: jz.linear_onecycle_schedule(200, 1.0, final_div_factor=v),
+        [1e4, 10.0],
+    ),
+    "cosine_onecycle_schedule.peak_value": (lambda v: jz.cosine_onecycle_schedule(200, v), [1.0, 0.3]),
+    "cosine_onecycle_schedule.pct_start": (lambda v: jz.cosine_onecycle_schedule(200, 1.0, pct_start=v), [0.25, 0.3, 0.4]),
+    "cosine_onecycle_schedule.div_factor": (lambda v: jz.cosine_onecycle_schedule(200, 1.0, div_factor=v), [25.0, 10.0]),
+    "join_schedules.member_value": (
+        lambda v: jz.join_schedules([jz.constant_schedule(v), jz.linear_schedule(v, 0.0, 100)], [30]),
+        [1.0, 0.5],
+    ),
+    "sgdr_schedule.peak_value": (
+        lambda v: jz.sgdr_schedule([dict(init_value=0.0, peak_value=v, warmup_steps=10, decay_steps=100)] * 3),
+        [1.0, 0.5],
+    ),
+}
+
+
+def test_traced_cases_cover_every_public_schedule():
+    import jaxopt_zoo.schedules as schedules
+
+    assert {name.split(".")[0] for name in TRACED_CASES} == set(schedules.__all__)
+
+
+@pytest.mark.parametrize("name", list(TRACED_CASES))
+def test_schedule_takes_a_traced_argument_under_vmap_and_jit(name):
+    make, values = TRACED_CASES[name]
+    concrete = np.array([[float(make(v)(t)) for t in TRACED_STEPS] for v in values])
+    # Built and run inside vmap: the argument is a batched tracer (a learning-rate sweep).
+    swept = jax.vmap(lambda v: jnp.stack([make(v)(t) for t in TRACED_STEPS]))(jnp.asarray(values, jnp.float32))
+    np.testing.assert_allclose(np.asarray(swept), concrete, rtol=2e-6, atol=1e-7)
+    # Built inside jit with the argument as a jit parameter, the step traced too.
+    jitted = jax.jit(lambda v, t: make(v)(t))
+    for v, row in zip(values, concrete):
+        got = [float(jitted(jnp.float32(v), jnp.int32(t))) for t in TRACED_STEPS]
+        np.testing.assert_allclose(got, row, rtol=2e-6, atol=1e-7, err_msg=f"{name}={v}")
+
+
+def test_gradient_through_a_traced_peak_value():
+    # With end_value=0 the schedule is linear in peak_value, so d value / d peak = value / peak.
+    # Under jit, as in a jitted meta-learning step: peak_value is traced.
+    value_and_grad = jax.jit(jax.value_and_grad(lambda peak, t: jz.warmup_cosine_decay_schedule(0.0, peak, 10, 100)(t)))
+    for t in (5, 50, 99):
+        value, grad = value_and_grad(0.2, t)
+        np.testing.assert_allclose(float(grad), float(value) / 0.2, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "factory, message",
+    [
+        # A traced argument does not switch off the checks of the concrete ones.
+        (
+            lambda p: jz.linear_onecycle_schedule(100, p, pct_start=0.9, pct_final=0.5),
+            r"linear_onecycle_schedule: pct_final must be >= pct_start, got 0\.5 < 0\.9",
+        ),
+        (lambda p: jz.warmup_cosine_decay_schedule(0.0, p, 10, 100, end_value="0"), r"end_value must be a finite real number"),
+        (lambda r: jz.exponential_decay(1.0, 10, r, end_value=float("nan")), r"exponential_decay: end_value must be a finite"),
+        (lambda p: jz.cosine_onecycle_schedule(100, p, pct_start=1.5), r"cosine_onecycle_schedule: pct_start must be in \[0, 1\]"),
+        (lambda p: jz.warmup_cosine_decay_schedule(0.0, p, 100, 50), r"decay_steps must be > warmup_steps, got 50 <= 100"),
+    ],
+)
+def test_concrete_arguments_are_checked_next_to_a_traced_one(factory, message):
+    with pytest.raises(ValueError, match=message):
+        jax.vmap(lambda v: factory(v)(5))(jnp.array([0.1, 0.2]))
+    with pytest.raises(ValueError, match=message):
+        factory(0.1)
+
+
+def test_polynomial_schedule_reaches_end_value_exactly_under_jit():
+    # Under jit, 1 - tau / T at tau = T came out 2.2e-8 (a multiplication by 1/T), and its square root 1.5e-4.
+    schedule = jz.polynomial_schedule(1.0, 0.1, 0.5, 100, 10)
+    for t in (110, 111, 300):
+        assert float(jax.jit(schedule)(jnp.int32(t))) == float(jnp.float32(0.1)), f"step {t}"
