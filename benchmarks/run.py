@@ -451,6 +451,7 @@ FLOOR = "8-bit arithmetic, one pass"
 STORAGES: dict[str, Any] = {
     "float32": None,
     "bfloat16": jnp.bfloat16,
+    "bfloat16 SR": jz.StochasticBF16(),
     "8-bit": jz.Blockwise8Bit(),
 }
 
@@ -458,37 +459,44 @@ STORAGES: dict[str, Any] = {
 def eight_bit_arithmetic(lr: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> jz.GradientTransformation:
     """Not an optimizer: the per-element arithmetic of an 8-bit Adam step in one pass, a lower bound on its time.
 
-    Decodes both moments, updates them, computes the direction and encodes both
-    new moments (stochastic rounding included) against the old scales, but
-    writes only the params: the codes are folded into the update at 1e-30
-    weight, below float32 resolution, so they must be computed and nothing else
-    is stored. One kernel writing the params and the codes, which XLA:CPU does
-    not build (it emits one loop per output, each recomputing the moments), would
-    take at least this long, plus the code stores and the block maxima.
+    Decodes both moments from their packed leaves (codes and scales, as
+    ``Blockwise8Bit`` stores them), updates them, computes the direction and
+    encodes both new moments (stochastic rounding with the step-and-position
+    hash, non-finite check included) against the old scales, but writes only
+    the params: the codes are folded into the update at 1e-30 weight, below
+    float32 resolution, so they must be computed and nothing else is stored.
+    What it leaves out is what a real step needs on top: the block maxima of the
+    new moments and the stores of the packed leaves (codes and scale bytes). One
+    kernel writing the params and the packed leaves, which XLA:CPU does not build
+    (it emits one loop per output, each recomputing the moments), would take at
+    least this long, plus those.
     """
     adam = jz.scale_by_adam(b1, b2, eps, mu_dtype=jz.Blockwise8Bit(), nu_dtype=jz.Blockwise8Bit())
+    quantization = jz.quantization
 
-    def blocked(x: jax.Array, blocks: int) -> jax.Array:
-        return x.reshape(*x.shape[:-1], blocks, x.shape[-1] // blocks)
+    def blocked(x: jax.Array, like: jax.Array) -> jax.Array:
+        return x.reshape(like.shape)
 
-    def leaf(g: jax.Array, mu: jz.QuantizedArray, nu: jz.QuantizedArray) -> jax.Array:
-        blocks = mu.scales.shape[-1]
-        m = b1 * jz.quantization.dequantize(mu) + (1 - b1) * g
-        v = b2 * jz.quantization.dequantize(nu) + (1 - b2) * g * g
-        codes = [
-            jz.quantization.encode(blocked(x, blocks) / q.scales[..., None], signed).reshape(x.shape)
-            for x, q, signed in [(m, mu, True), (v, nu, False)]
-        ]
+    def leaf(g: jax.Array, mu: jax.Array, nu: jax.Array, step: jax.Array) -> jax.Array:
+        m = b1 * quantization.dequantize(mu) + (1 - b1) * g
+        v = b2 * quantization.dequantize(nu) + (1 - b2) * g * g
+        codes = []
+        for x, stored, signed in [(m, mu, True), (v, nu, False)]:
+            old_codes, scales = quantization.unpack(stored)
+            position = jax.lax.broadcasted_iota(jnp.int32, old_codes.shape, old_codes.ndim - 1)
+            inverse = jnp.where(scales > 0, 1 / scales, 0.0)[..., None]
+            codes.append(quantization.encode(blocked(x, old_codes) * inverse, signed, step, position).reshape(x.shape))
         return -lr * m / (jnp.sqrt(v) + eps) + 1e-30 * sum(c.astype(jnp.float32) for c in codes)
 
     def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
-        return jax.tree.map(leaf, updates, state.mu, state.nu, is_leaf=jz.quantization.is_quantized), state
+        step = state.count + 1
+        return jax.tree.map(lambda g, m, v: leaf(g, m, v, step), updates, state.mu, state.nu), state
 
     return jz.GradientTransformation(adam.init, update)
 
 
 def lowbit_section(report: Report, sizes: Sizes, shapes: dict[str, Any]) -> None:
-    """Adam with its two moments stored in float32, bfloat16 and 8 bits, on the single-leaf tree."""
+    """Adam with its moments in float32, bfloat16 (rounded to nearest or stochastically), 8 bits: single-leaf tree."""
     tree, abstract = next(iter(shapes.items()))
     n = count_params(abstract)
     progress(f"low-bit state: triad over {millions(n)} float32 elements")
@@ -522,12 +530,14 @@ def lowbit_section(report: Report, sizes: Sizes, shapes: dict[str, Any]) -> None
     report.add(
         f"## Low-bit state\n\n`jz.adam(1e-3, mu_dtype=S, nu_dtype=S)` on the {tree} tree, for each storage S, "
         f"{sizes.repeats} alternating runs of {sizes.steps} jitted, donated steps; ratio = time / float32's. "
-        "State B/param counts every state array (codes, scales, step count). "
+        "State B/param counts every state array (packed codes and scales, step count). "
+        "bfloat16 rounds each write to nearest, bfloat16 SR stochastically (`jz.StochasticBF16`). "
         "bytes/param = 3 x 4 (params read and written, grads read) + 2 x state (read and written), the least a step moves; "
         f"GB/s = that over the median time; triad in this run: {reference / 1e9:.1f} GB/s. "
         "temp = XLA's temporary buffers (`memory_analysis`). "
         f"'{FLOOR}' is not an optimizer but a lower bound on the 8-bit step: its arithmetic (decode, update, "
-        "encode both moments) in one loop that writes only the params (`eight_bit_arithmetic`).\n\n"
+        "encode both moments against the old scales) in one loop that writes only the params (`eight_bit_arithmetic`); "
+        "it leaves out the block maxima and the stores of the packed leaves.\n\n"
         + table(["moments", "state B/param", "ms", "ratio", "spread", "bytes/param", "GB/s", "of triad", "temp MiB"], rows)
     )
 
@@ -541,7 +551,8 @@ def main() -> None:
     parser.add_argument("--optimizers", help="comma-separated subset, e.g. adam,adamw,lamb (default all)")
     parser.add_argument(
         "--parts", default="step,compile,lowbit",
-        help="any of step (time, bandwidth, memory), compile, lowbit (Adam with float32, bfloat16, 8-bit moments)",
+        help="any of step (time, bandwidth, memory), compile, "
+        "lowbit (Adam with float32, bfloat16, bfloat16 SR, 8-bit moments)",
     )
     parser.add_argument("--output", type=pathlib.Path, default=pathlib.Path(__file__).parent / "results.md")
     args = parser.parse_args()

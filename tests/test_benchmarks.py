@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -23,8 +24,11 @@ def test_speed_benchmark_quick_mode_reports_every_optimizer(tmp_path):
     report = _run("run.py", tmp_path / "results.md")
     for name in NAMES:
         assert f"| {name} " in report, name
-    for heading in ("step time", "bandwidth", "compile", "memory"):
+    for heading in ("step time", "bandwidth", "compile", "memory", "low-bit state"):
         assert heading in report.lower(), heading
+    low_bit = report[report.index("## Low-bit state"):]
+    for row in ("float32", "bfloat16", "bfloat16 SR", "8-bit", "8-bit arithmetic, one pass"):
+        assert re.search(rf"^\| {re.escape(row)} +\|", low_bit, re.MULTILINE), row
 
 
 def test_convergence_benchmark_quick_mode_reports_every_optimizer(tmp_path):
