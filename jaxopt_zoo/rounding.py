@@ -36,7 +36,7 @@ def random_bits(value_bits: jax.Array, step: jax.typing.ArrayLike, position: jax
     key = _mix(jnp.asarray(step).astype(jnp.uint32) * np.uint32(0x9E3779B9) + np.uint32(0x6A09E667))
     h = value_bits.astype(jnp.uint32) ^ key
     if position is not None:
-        h = h ^ (position.astype(jnp.uint32) * np.uint32(0x85EBCA6B))
+        h = h ^ position.astype(jnp.uint32)  # the mixer spreads the low bits it changes over the whole word
     return _mix(h)
 
 

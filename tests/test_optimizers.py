@@ -398,9 +398,9 @@ def check_eight_bit_state(state, expected_counts):
     codes = [x.dtype for x in encoded]
     assert (codes.count(jnp.int8), codes.count(jnp.uint8)) == expected_counts
     assert len(codes) == sum(expected_counts)
-    length = jz.Blockwise8Bit().block_length((64, 256))  # 32 with 8 devices: 256 / 8
+    groups, length = jz.Blockwise8Bit().layout((64, 256))  # 8 groups of one block of 32 with 8 devices
     for x in encoded:
-        assert x.shape == (64, 256 // length, length + 4)
+        assert x.shape == (64, groups, length + 4, 256 // (groups * length))
         assert unpack(x)[1].dtype == jnp.float32
     paths = jax.tree_util.tree_flatten_with_path(state)[0]
     at_b = [leaf for path, leaf in paths if path and path[-1] == jax.tree_util.DictKey("b")]

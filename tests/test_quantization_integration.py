@@ -81,9 +81,10 @@ def quantized_leaves(tree) -> list:
 
 
 def packed_shape(param_shape, q=Q):
-    """The stored 8-bit leaf's shape: the param's with its last axis cut into blocks, each followed by 4 scale bytes."""
-    length = q.block_length(param_shape)
-    return param_shape[:-1] + (param_shape[-1] // length, length + 4)
+    """The stored 8-bit leaf's shape: the param's with its last axis cut into groups of blocks (codes, then 4 rows
+    of scale bytes)."""
+    groups, length = q.layout(param_shape)
+    return param_shape[:-1] + (groups, length + 4, param_shape[-1] // (groups * length))
 
 
 def ulp_distance(actual, expected) -> np.ndarray:
@@ -173,7 +174,7 @@ def test_the_trees_are_quantized_where_expected():
             signed = ".mu" in path or ".trace" in path
             assert leaf.dtype == (jnp.int8 if signed else jnp.uint8), path
             assert leaf.shape == packed_shape(param), path
-    assert [packed_shape(SHAPES[k]) for k in QUANTIZED] == [(64, 8, 68), (16, 8, 8, 36), (24, 8, 29)]
+    assert [packed_shape(SHAPES[k]) for k in QUANTIZED] == [(64, 8, 68, 1), (16, 8, 8, 36, 1), (24, 8, 29, 1)]
 
 
 # --- jit ------------------------------------------------------------------------------------------
@@ -334,13 +335,13 @@ def test_each_shard_of_the_state_decodes_by_itself():
     _, _, state = run(STEP["adam"], params, jz.init_sharded(tx, params), lambda g: place(g, mesh))
     for leaf in quantized_leaves(state):
         whole = host_dequantize(leaf)
-        length = leaf.shape[-1] - 4
+        per_group = whole.shape[-1] // leaf.shape[-3]  # elements of the param's last axis in a group
         assert len(leaf.addressable_shards) == 8
         for shard in leaf.addressable_shards:
-            *outer, blocks, _ = shard.index  # the shard's blocks are a slice of the param's last axis
-            start, stop, _ = blocks.indices(leaf.shape[-2])
+            *outer, groups, _, _ = shard.index  # the shard's groups are a slice of the param's last axis
+            start, stop, _ = groups.indices(leaf.shape[-3])
             local = host_dequantize(shard.data)
-            np.testing.assert_array_equal(local, whole[(*outer, slice(start * length, stop * length))], strict=True)
+            np.testing.assert_array_equal(local, whole[(*outer, slice(start * per_group, stop * per_group))], strict=True)
 
 
 def test_compiled_sharded_step_moves_nothing_of_parameter_size():
@@ -376,11 +377,11 @@ def test_shard_map_step_on_local_shards_matches_jit(name):
     assert_moved(jax.device_get(state), by_shard[-1][1])
 
 
-def test_blocks_that_would_cross_shards_raise_naming_a_block_size_that_fits():
-    """Blocks of 256 (max_shards=1) on w, whose last axis is split into 128-element shards: half a block each."""
+def test_blocks_that_would_cross_shards_raise_naming_a_max_shards_that_fits():
+    """One group of blocks of 256 (max_shards=1) on w, whose last axis is split into 128-element shards."""
     mesh = make_mesh()
     params = place(make_params(), mesh)
-    with pytest.raises(ValueError, match=r"split into 4 shards of 128 elements.*Blockwise8Bit\(block_size=128\)"):
+    with pytest.raises(ValueError, match=r"split into 4 shards of 128 elements.*Blockwise8Bit\(max_shards=4\)"):
         jz.init_sharded(adam_chain(jz.Blockwise8Bit(max_shards=1)), params)
 
 
