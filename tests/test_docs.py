@@ -128,3 +128,13 @@ def test_readme_commands_use_the_virtualenv_they_set_up():
         for line in command.splitlines():
             bare = re.findall(r"(?:^|[\s&;])(python3?)\s+(?!-m venv)", line)
             assert not bare, f"README runs {line.strip()!r} with a bare python: use .venv/bin/python"
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    """CI (.ci/run) and a newcomer (README) run the same command; a change to one must reach the other."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    commands = [line for line in readme.splitlines() if "pytest" in line and line.startswith("python3 -m venv")]
+    assert len(commands) == 1, commands
+    ci = [line for line in (root / ".ci" / "run").read_text().splitlines() if "pytest" in line]
+    assert ci == commands
