@@ -136,5 +136,5 @@ def test_ci_runs_exactly_the_readme_test_command():
     readme = (root / "README.md").read_text()
     commands = [line for line in readme.splitlines() if "pytest" in line and line.startswith("python3 -m venv")]
     assert len(commands) == 1, commands
-    ci = [line for line in (root / ".ci" / "run").read_text().splitlines() if "pytest" in line]
+    ci = [line for line in (root / ".ci" / "run").read_text().splitlines() if line.startswith("python3 -m venv")]
     assert ci == commands
