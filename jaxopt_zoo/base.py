@@ -62,6 +62,56 @@ class EmptyState(NamedTuple):
     """The state of a stateless transformation: an empty NamedTuple (no leaves)."""
 
 
+class StateMismatchError(ValueError):
+    """Raised by ``update`` when the state was not built by this transformation's ``init``.
+
+    For example the state of ``adamw(1e-3)`` (whose learning-rate step keeps no
+    state) handed to ``adamw(schedule)`` (whose learning-rate step counts steps).
+    :func:`~jaxopt_zoo.chain` adds which member's state it was.
+    """
+
+
+def _describe(state: Any) -> str:
+    fields = getattr(type(state), "_fields", None)
+    if fields is not None:
+        return f"{type(state).__name__}({', '.join(fields)})"
+    if isinstance(state, (tuple, list, dict)):
+        return f"a {type(state).__name__} of length {len(state)}"
+    return type(state).__name__
+
+
+def check_state(owner: str, state: Any, *expected: type) -> None:
+    """Raise :class:`StateMismatchError` unless ``state`` is one of the NamedTuple types ``expected``.
+
+    A state matches a type when it is an instance of it or a NamedTuple with the
+    same field names (a state restored as another class of the same shape).
+    Every transformation whose ``update`` reads fields of its state calls this
+    first, so that a state built by another optimizer fails with a message
+    saying what was expected and what was found, instead of reading
+    ``EmptyState().count`` (the tuple method) as a step count.
+    """
+    fields = getattr(type(state), "_fields", None)
+    if any(isinstance(state, t) or fields == t._fields for t in expected):
+        return
+    wanted = " or ".join(f"{t.__name__}({', '.join(t._fields)})" for t in expected)
+    raise StateMismatchError(
+        f"{owner}: the state does not match this transformation: expected {wanted}, as built by this "
+        f"transformation's init, got {_describe(state)}. It was built by another optimizer (for example one "
+        "with a constant learning rate or weight decay where this one has a schedule, or with other options); "
+        "build it with this optimizer's init (or restore a checkpoint into the state this init builds)."
+    )
+
+
+def expects_state(owner: str, tx: GradientTransformation, *expected: type) -> GradientTransformation:
+    """``tx`` whose ``update`` first checks its state with :func:`check_state` (before any wrapper reads it)."""
+
+    def update(updates, state, params=None, **extra_args):
+        check_state(owner, state, *expected)
+        return tx.update(updates, state, params, **extra_args)
+
+    return GradientTransformation(tx.init, update)
+
+
 def init_empty_state(params: Params) -> EmptyState:
     """An ``init`` for stateless transformations."""
     del params

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxopt_zoo.base import GradientTransformation, OptState, Params, set_to_zero
+from jaxopt_zoo.base import GradientTransformation, OptState, Params, StateMismatchError, check_state, set_to_zero
 from jaxopt_zoo.tree import is_none, is_params_placeholder
 
 
@@ -64,8 +64,11 @@ def chain(*transformations: GradientTransformation) -> GradientTransformation:
                 f"got {type(state).__name__} of length {length}."
             )
         new_state = []
-        for member, member_state in zip(members, state):
-            updates, member_state = member.update(updates, member_state, params, **extra_args)
+        for index, (member, member_state) in enumerate(zip(members, state)):
+            try:
+                updates, member_state = member.update(updates, member_state, params, **extra_args)
+            except StateMismatchError as error:
+                raise StateMismatchError(f"chain: member {index + 1} of {len(members)}: {error}") from None
             new_state.append(member_state)
         return updates, tuple(new_state)
 
@@ -96,7 +99,10 @@ def named_chain(*named_transformations: tuple[str, GradientTransformation]) -> G
             )
         new_state = {}
         for name, member in members.items():
-            updates, new_state[name] = member.update(updates, state[name], params, **extra_args)
+            try:
+                updates, new_state[name] = member.update(updates, state[name], params, **extra_args)
+            except StateMismatchError as error:
+                raise StateMismatchError(f"named_chain: member {name!r}: {error}") from None
         return updates, new_state
 
     return GradientTransformation(init, update)
@@ -163,6 +169,7 @@ def masked(inner: GradientTransformation, mask: Any | Callable[[Params], Any]) -
         return MaskedState(inner.init(_select(mask_tree, params)))
 
     def update(updates, state, params=None, **extra_args):
+        check_state("masked", state, MaskedState)
         mask_tree = _mask_tree(mask, updates if params is None else params)
         selected_params = None if params is None else _select(mask_tree, params)
         new, inner_state = inner.update(_select(mask_tree, updates), state.inner_state, selected_params, **extra_args)
@@ -233,6 +240,7 @@ def partition(
         return PartitionState({label: group(labels, label).init(params) for label in members})
 
     def update(updates, state, params=None, **extra_args):
+        check_state("partition", state, PartitionState)
         labels = labels_for(updates if params is None else params)
         new_states = {}
         for label in members:

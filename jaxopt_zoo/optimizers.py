@@ -2,6 +2,10 @@
 
 Names, argument names, defaults and numerics are Optax's, so replacing
 ``optax.X(...)`` with ``jaxopt_zoo.X(...)`` gives the same trajectory.
+
+Each recipe checks every argument under its own name before building its
+transforms, so an error names the optimizer and the argument the user wrote
+(``sgd: momentum must be >= 0``, not the ``decay`` of the ``trace`` inside).
 """
 
 from __future__ import annotations
@@ -27,6 +31,19 @@ from jaxopt_zoo.transforms import (
     scale_by_trust_ratio,
     trace,
 )
+
+
+def _learning_rate(owner: str, learning_rate: Any) -> None:
+    if learning_rate is not None:  # None: a rate of 1 (see scale_by_learning_rate)
+        validation.scalar_or_schedule(owner, "learning_rate", learning_rate)
+
+
+def _adam_options(owner: str, b1: Any, b2: Any, eps: Any, eps_root: Any, nesterov: Any) -> None:
+    validation.decay_rate(owner, "b1", b1)
+    validation.decay_rate(owner, "b2", b2)
+    validation.epsilon(owner, "eps", eps)
+    validation.epsilon(owner, "eps_root", eps_root)
+    validation.flag(owner, "nesterov", nesterov)
 
 
 def sgd(
@@ -62,6 +79,9 @@ def sgd(
     References:
         Sutskever et al., "On the importance of initialization and momentum in deep learning", ICML 2013.
     """
+    _learning_rate("sgd", learning_rate)
+    if momentum is not None:
+        validation.non_negative("sgd", "momentum", momentum)
     validation.flag("sgd", "nesterov", nesterov)
     validation.state_dtypes("sgd", accumulator_dtype=accumulator_dtype)
     if momentum is None:
@@ -103,6 +123,8 @@ def adam(
     References:
         Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015.
     """
+    _learning_rate("adam", learning_rate)
+    _adam_options("adam", b1, b2, eps, eps_root, nesterov)
     validation.state_dtypes("adam", mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     return chain(
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
@@ -149,6 +171,9 @@ def adamw(
     References:
         Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
     """
+    _learning_rate("adamw", learning_rate)
+    _adam_options("adamw", b1, b2, eps, eps_root, nesterov)
+    validation.scalar_or_schedule("adamw", "weight_decay", weight_decay)
     validation.state_dtypes("adamw", mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     return chain(
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
@@ -190,6 +215,8 @@ def nadam(
     References:
         Dozat, "Incorporating Nesterov Momentum into Adam", ICLR workshop 2016.
     """
+    _learning_rate("nadam", learning_rate)
+    _adam_options("nadam", b1, b2, eps, eps_root, nesterov)
     validation.state_dtypes("nadam", mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     return adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype)
 
@@ -223,6 +250,9 @@ def nadamw(
     References:
         Dozat 2016; Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
     """
+    _learning_rate("nadamw", learning_rate)
+    _adam_options("nadamw", b1, b2, eps, eps_root, nesterov)
+    validation.scalar_or_schedule("nadamw", "weight_decay", weight_decay)
     validation.state_dtypes("nadamw", mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     return adamw(
         learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask, nesterov=nesterov, nu_dtype=nu_dtype
@@ -261,6 +291,10 @@ def amsgrad(
     References:
         Reddi, Kale & Kumar, "On the Convergence of Adam and Beyond", ICLR 2018.
     """
+    _learning_rate("amsgrad", learning_rate)
+    _adam_options("amsgrad", b1, b2, eps, eps_root, False)
+    validation.flag("amsgrad", "bias_correction_mu", bias_correction_mu)
+    validation.flag("amsgrad", "bias_correction_nu", bias_correction_nu)
     validation.state_dtypes("amsgrad", mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     return chain(
         scale_by_amsgrad(b1, b2, eps, eps_root, mu_dtype, bias_correction_mu, bias_correction_nu, nu_dtype=nu_dtype),
@@ -292,6 +326,9 @@ def adagrad(
         Duchi, Hazan & Singer, "Adaptive Subgradient Methods for Online Learning and Stochastic
         Optimization", JMLR 2011.
     """
+    _learning_rate("adagrad", learning_rate)
+    validation.non_negative("adagrad", "initial_accumulator_value", initial_accumulator_value)
+    validation.epsilon("adagrad", "eps", eps)
     validation.state_dtypes("adagrad", accumulator_dtype=accumulator_dtype)
     return chain(
         scale_by_rss(initial_accumulator_value, eps, accumulator_dtype=accumulator_dtype),
@@ -316,7 +353,8 @@ def adadelta(
 
     ``learning_rate=None`` is the paper's rate of 1, as for every optimizer here
     (see :func:`~jaxopt_zoo.transforms.scale_by_learning_rate`).
-    ``accumulator_dtype`` is an addition to Optax.
+    ``accumulator_dtype`` is an addition to Optax. ``eps`` must be positive:
+    Optax accepts ``eps=0``, with which every step is 0 (see :func:`scale_by_adadelta`).
 
     Args:
         accumulator_dtype: storage of both running means: a storage (see :mod:`jaxopt_zoo.storage`).
@@ -328,6 +366,10 @@ def adadelta(
     References:
         Zeiler, "ADADELTA: An Adaptive Learning Rate Method", 2012.
     """
+    _learning_rate("adadelta", learning_rate)
+    validation.fraction("adadelta", "rho", rho)
+    validation.epsilon("adadelta", "eps", eps, allow_zero=False, why_positive=" (with eps=0 every step is 0: the mean square of the steps starts at 0 and stays there)")
+    validation.scalar_or_schedule("adadelta", "weight_decay", weight_decay)
     validation.state_dtypes("adadelta", accumulator_dtype=accumulator_dtype)
     return chain(
         add_decayed_weights(weight_decay, weight_decay_mask),
@@ -381,6 +423,16 @@ def rmsprop(
         Tieleman & Hinton, "Lecture 6.5 - RMSProp", 2012. Graves, "Generating Sequences With
         Recurrent Neural Networks", 2013.
     """
+    _learning_rate("rmsprop", learning_rate)
+    rate = validation.fraction("rmsprop", "decay", decay)
+    validation.epsilon("rmsprop", "eps", eps)
+    validation.non_negative("rmsprop", "initial_scale", initial_scale)
+    validation.flag("rmsprop", "eps_in_sqrt", eps_in_sqrt)
+    validation.flag("rmsprop", "bias_correction", bias_correction)
+    if bias_correction and rate == 1.0:
+        raise ValueError("rmsprop: decay=1 with bias_correction=True divides by 1 - 1^t = 0; use decay < 1.")
+    if momentum is not None:
+        validation.non_negative("rmsprop", "momentum", momentum)
     validation.flag("rmsprop", "centered", centered)
     validation.flag("rmsprop", "nesterov", nesterov)
     if momentum is None and nesterov:
@@ -437,7 +489,15 @@ def lars(
     References:
         You, Gitman & Ginsburg, "Large Batch Training of Convolutional Networks", 2017.
     """
-    validation.state_dtypes("lars", accumulator_dtype=accumulator_dtype)
+    owner = "lars"
+    _learning_rate(owner, learning_rate)
+    validation.scalar_or_schedule(owner, "weight_decay", weight_decay)
+    validation.non_negative(owner, "trust_coefficient", trust_coefficient)
+    validation.non_negative(owner, "eps", eps)
+    validation.non_negative(owner, "momentum", momentum)
+    validation.flag(owner, "nesterov", nesterov)
+    validation.axis_name(owner, axis_name)
+    validation.state_dtypes(owner, accumulator_dtype=accumulator_dtype)
     return chain(
         add_decayed_weights(weight_decay, mask=weight_decay_mask),
         masked(scale_by_trust_ratio(trust_coefficient=trust_coefficient, eps=eps, axis_name=axis_name), trust_ratio_mask),
@@ -488,6 +548,10 @@ def lamb(
     References:
         You et al., "Large Batch Optimization for Deep Learning: Training BERT in 76 minutes", ICLR 2020.
     """
+    _learning_rate("lamb", learning_rate)
+    _adam_options("lamb", b1, b2, eps, eps_root, False)
+    validation.scalar_or_schedule("lamb", "weight_decay", weight_decay)
+    validation.axis_name("lamb", axis_name)
     validation.state_dtypes("lamb", mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     return chain(
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype),

@@ -14,7 +14,8 @@ value, so a schedule can be built inside ``jax.vmap`` (a learning-rate sweep),
 A traced value cannot be checked at construction; a concrete one is.
 Step counts (``transition_steps``, ``transition_begin``, ``decay_steps``,
 ``warmup_steps``, boundaries) shape the schedule and must be concrete Python or
-NumPy integers.
+NumPy integers no larger than ``2**31 - 1``: the step count is int32, so a larger
+one is refused at construction (Optax accepts it and overflows at the first call).
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ __all__ = [
 
 
 def _steps(owner: str, name: str, value: int, minimum: int = 0) -> int:
-    # Optax also takes NumPy integers and integral floats (1e4) for step counts.
-    validation.whole_number(owner, name, value, minimum)
+    # Optax also takes NumPy integers and integral floats (1e4) for step counts. They are
+    # compared with the int32 step count, so one beyond int32 would overflow at the first call.
+    validation.whole_number(owner, name, value, minimum, validation.INT32_MAX)
     return value
 
 
@@ -500,6 +502,11 @@ def sgdr_schedule(cosine_kwargs: Iterable[Mapping[str, jax.typing.ArrayLike]]) -
         schedules.append(warmup_cosine_decay_schedule(**kwargs))
         start += kwargs["decay_steps"]
         boundaries.append(start)
+    if len(boundaries) > 1 and boundaries[-2] > validation.INT32_MAX:
+        raise ValueError(
+            f"sgdr_schedule: the cycles' decay_steps add up to {boundaries[-2]} before the last cycle, beyond the "
+            f"int32 step count ({validation.INT32_MAX}); use fewer or shorter cycles."
+        )
     if not schedules:
         raise ValueError("sgdr_schedule: cosine_kwargs must hold at least one cycle, got none.")
     return join_schedules(schedules, boundaries[:-1])

@@ -215,10 +215,31 @@ def _axes_to_sum(owner: str, x: Any, axis_name: AxisName, context: _ManualContex
 
 
 def require_whole_arrays(owner: str, tree: Any) -> None:
-    """Raise if, inside ``shard_map``, any leaf may be a shard rather than a whole array."""
+    """Raise if, inside ``shard_map``, any leaf may be a shard rather than a whole array.
+
+    For transformations with no ``axis_name`` (their reduction cannot be made
+    exact from shards), so the message offers what the caller can do instead.
+    """
     context = _manual_context()
+    if not context.manual:
+        return
+    remedy = (
+        f"{owner} has no axis_name option: call it outside shard_map, under jax.jit with sharded arrays (where it is "
+        f"exact), or hand it whole arrays inside shard_map (replicated, e.g. gathered with jax.lax.all_gather)."
+    )
+    if not context.tracked:
+        raise ValueError(
+            f"{owner}: inside shard_map(..., check_vma=False) nothing tells sharded arrays from replicated ones, so "
+            f"this reduction may see one shard only. {remedy} With check_vma=True (the default) replicated arrays "
+            "are accepted."
+        )
     for x in jax.tree.leaves(tree):
-        _axes_to_sum(owner, x, None, context)
+        varying = varying_axes(x)
+        if varying:
+            raise ValueError(
+                f"{owner}: inside shard_map, an array of local shape {jnp.shape(x)} varies over mesh axes "
+                f"{sorted(varying)}, so this reduction would see one shard only. {remedy}"
+            )
 
 
 def sum_over_shards(owner: str, partials: Iterable[tuple[jax.Array, Any]], axis_name: AxisName) -> jax.Array:

@@ -30,6 +30,10 @@ optimizer step, not per parameter, so a parameter whose gradients start late
 gets Adam's bias correction, Adagrad's ``lr_decay`` and SGD's undampened first
 step from the global step. ``dampening`` must lie in [0, 1] and RMSprop's
 ``alpha`` in [0, 1] (PyTorch accepts any dampening and any ``alpha >= 0``).
+``eps=0`` is accepted as in PyTorch, but where the denominator is then 0 (all
+gradients so far zero) Adam's and RMSprop's step is 0, not PyTorch's NaN;
+Adadelta's ``eps`` must be positive (with 0 its steps stay 0); a denormal
+``eps`` (below 1.18e-38, flushed to 0 by the hardware) raises.
 A numeric option given as an array (e.g. injected by ``inject_hyperparams``)
 keeps its step in the chain even when it is zero, so the state's structure does
 not depend on its value; the numbers are PyTorch's either way.
@@ -180,7 +184,7 @@ def adagrad(
     validation.scalar_or_schedule(owner, "lr", lr)
     validation.non_negative(owner, "lr_decay", lr_decay)
     validation.non_negative(owner, "initial_accumulator_value", initial_accumulator_value)
-    validation.non_negative(owner, "eps", eps)
+    validation.epsilon(owner, "eps", eps)
     validation.state_dtypes(owner, accumulator_dtype=accumulator_dtype)
     rate = lr
     if not validation.is_literal_zero(lr_decay):
@@ -221,7 +225,7 @@ def adadelta(
     """
     del foreach, capturable, differentiable
     validation.fraction("torch.adadelta", "rho", rho)
-    validation.non_negative("torch.adadelta", "eps", eps)
+    validation.epsilon("torch.adadelta", "eps", eps, allow_zero=False, why_positive=" (with eps=0 every step is 0: the mean square of the steps starts at 0 and stays there)")
     validation.state_dtypes("torch.adadelta", accumulator_dtype=accumulator_dtype)
     scaling = scale_by_adadelta(rho, eps, accumulator_dtype=accumulator_dtype)
     return _recipe("torch.adadelta", lr, maximize, weight_decay, scaling)
@@ -274,7 +278,7 @@ def rmsprop(
     del capturable, foreach, differentiable
     owner = "torch.rmsprop"
     validation.fraction(owner, "alpha", alpha)
-    validation.non_negative(owner, "eps", eps)
+    validation.epsilon(owner, "eps", eps)
     validation.flag(owner, "centered", centered)
     validation.non_negative(owner, "momentum", momentum)
     validation.state_dtypes(owner, nu_dtype=nu_dtype, mu_dtype=mu_dtype, accumulator_dtype=accumulator_dtype)
@@ -292,7 +296,7 @@ def _adam_family(
     mu_dtype: StateDtype, nu_dtype: StateDtype,
 ) -> GradientTransformation:
     b1, b2 = _betas(owner, betas)
-    validation.non_negative(owner, "eps", eps)
+    validation.epsilon(owner, "eps", eps)
     validation.flag(owner, "amsgrad", amsgrad)
     validation.state_dtypes(owner, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     # PyTorch's AMSGrad keeps the maximum of the raw second moment and corrects it afterwards.

@@ -45,8 +45,51 @@ def non_negative(owner: str, name: str, value: Any) -> float | None:
     return x
 
 
-def whole_number(owner: str, name: str, value: Any, minimum: int = 0) -> int:
-    """Require an integer ``>= minimum`` (a Python or NumPy integer, or an integral float); return it as an int."""
+INT32_MAX = 2**31 - 1
+"""The largest step count: counts are int32 scalars."""
+
+SMALLEST_NORMAL = float(np.finfo(np.float32).tiny)
+"""float32's smallest normal number; below it a value is denormal and flushed to 0 by CPUs and GPUs."""
+
+
+def epsilon(owner: str, name: str, value: Any, *, allow_zero: bool = True, why_positive: str = "") -> float | None:
+    """Require a finite real ``eps >= 0`` (``> 0`` unless ``allow_zero``) that is not denormal in float32.
+
+    A denormal ``eps`` (``0 < eps < 1.18e-38``) is flushed to 0 by XLA on CPUs
+    and GPUs, so it would silently act as ``eps=0``; it is refused, and the
+    message says to pass 0 or a normal number. Returns the value as a float
+    (``None`` when traced).
+    """
+    x = non_negative(owner, name, value)
+    if x is None:
+        return None
+    if x == 0 and not allow_zero:
+        raise ValueError(f"{owner}: {name} must be > 0{why_positive}, got {value!r}.")
+    if 0 < x < SMALLEST_NORMAL:
+        zero = "0 or " if allow_zero else ""
+        raise ValueError(
+            f"{owner}: {name}={value!r} is below float32's smallest normal number ({SMALLEST_NORMAL:.3g}), so it is "
+            f"flushed to 0 in the update; pass {zero}a value of at least {SMALLEST_NORMAL:.3g} (1e-8 is typical)."
+        )
+    return x
+
+
+def may_be_zero(value: Any) -> bool:
+    """False only for a concrete ``value > 0``; a traced value may be zero."""
+    if isinstance(value, jax.core.Tracer):
+        return True
+    try:
+        return not float(np.asarray(value)) > 0
+    except (TypeError, ValueError):
+        return True
+
+
+def whole_number(owner: str, name: str, value: Any, minimum: int = 0, maximum: int | None = None) -> int:
+    """Require an integer ``>= minimum`` (a Python or NumPy integer, or an integral float); return it as an int.
+
+    With ``maximum`` (for example :data:`INT32_MAX` for a step count, which is
+    compared with int32 counters) a larger value raises too.
+    """
     bad = ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}.")
     if isinstance(value, (bool, np.bool_, jax.core.Tracer)) or not isinstance(
         value, (int, float, np.integer, np.floating, np.ndarray, jax.Array)
@@ -58,6 +101,9 @@ def whole_number(owner: str, name: str, value: Any, minimum: int = 0) -> int:
     number = float(array)
     if not number.is_integer() or number < minimum:
         raise bad
+    if maximum is not None and number > maximum:
+        why = " (step counts are int32 scalars, so a larger one would overflow)" if maximum == INT32_MAX else ""
+        raise ValueError(f"{owner}: {name} must be at most {maximum}{why}, got {value!r}.")
     return int(number)
 
 

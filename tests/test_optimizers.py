@@ -236,7 +236,7 @@ def test_sgd_rejects_nesterov_without_momentum():
     "factory, message",
     [
         (lambda: jz.sgd(-0.1), r"learning_rate must be >= 0, got -0\.1"),
-        (lambda: jz.sgd(0.1, momentum=-0.9), r"trace: decay must be >= 0"),
+        (lambda: jz.sgd(0.1, momentum=-0.9), r"sgd: momentum must be >= 0"),
         (lambda: jz.adam(1e-3, b1=1.2), r"b1 must be in \[0, 1\), got 1\.2"),
         (lambda: jz.adam(1e-3, eps=-1.0), r"eps must be >= 0"),
         (lambda: jz.adamw(1e-3, weight_decay=-0.01), r"weight_decay must be >= 0, got -0\.01"),

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxopt_zoo import tree, validation
-from jaxopt_zoo.base import GradientTransformation, Updates, safe_increment, zero_count
+from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, safe_increment, zero_count
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
 
 
@@ -21,9 +21,33 @@ def _inverse_root(v: jax.Array, eps: jax.typing.ArrayLike, eps_in_sqrt: bool) ->
     return jax.lax.rsqrt(v + eps) if eps_in_sqrt else 1 / (jnp.sqrt(v) + eps)
 
 
-def _moment_ratio(updates: Updates, mu_hat: Updates, nu_hat: Updates, eps, eps_root) -> Updates:
+def _scaled_by_inverse_root(g: jax.Array, v: jax.Array, eps, eps_in_sqrt: bool, guard: bool) -> jax.Array:
+    # g / sqrt(v + eps) or g / (sqrt(v) + eps). With guard (eps may be 0), 0 where the denominator is 0
+    # (all gradients so far zero) instead of inf * 0 = NaN; the double where keeps its gradient finite.
+    if not guard:
+        return _inverse_root(v, eps, eps_in_sqrt) * g
+    zero = (v + eps == 0) if eps_in_sqrt else (jnp.sqrt(v) + eps == 0)
+    return jnp.where(zero, 0, _inverse_root(jnp.where(zero, 1, v), eps, eps_in_sqrt) * g)
+
+
+def _moment_ratio(updates: Updates, mu_hat: Updates, nu_hat: Updates, eps, eps_root, guard: bool = False) -> Updates:
     # Adam's and AMSGrad's direction m / (sqrt(v + eps_root) + eps); None updates stay None.
-    return tree.map_updates(lambda g, m, v: m / (jnp.sqrt(v + eps_root) + eps), updates, mu_hat, nu_hat)
+    # With guard (eps and eps_root may both be 0): 0 where the denominator is 0, not 0/0 = NaN.
+    # Without it the graph is Optax's exactly; with it only a zero denominator gives another value.
+    if not guard:
+        return tree.map_updates(lambda g, m, v: m / (jnp.sqrt(v + eps_root) + eps), updates, mu_hat, nu_hat)
+
+    def ratio(g, m, v):
+        denominator = jnp.sqrt(v + eps_root) + eps
+        zero = denominator == 0
+        return jnp.where(zero, 0, m / jnp.where(zero, 1, denominator))
+
+    return tree.map_updates(ratio, updates, mu_hat, nu_hat)
+
+
+def _zero_denominator_possible(*epsilons) -> bool:
+    # A denominator sqrt(v) + eps can be 0 only if every eps added to it may be 0 (literal 0 or traced).
+    return all(validation.may_be_zero(e) for e in epsilons)
 
 
 def _bias_corrector(enabled: bool):
@@ -74,6 +98,11 @@ def scale_by_adam(
         b1: decay :math:`\\beta_1 \\in [0, 1)` of the first moment.
         b2: decay :math:`\\beta_2 \\in [0, 1)` of the second moment.
         eps: :math:`\\varepsilon \\ge 0`, added outside the square root (as in the paper).
+            With ``eps = eps_root = 0`` the update is 0 where the denominator is 0
+            (no non-zero gradient yet, or gradients whose squares underflow); Optax and
+            PyTorch (which also accept 0) give NaN (0/0) or infinity there, a deliberate
+            difference. Any ``eps > 0`` gives Optax's numbers bit for bit. A denormal
+            ``eps`` (below 1.18e-38, flushed to 0 by the hardware) raises.
         eps_root: :math:`\\bar\\varepsilon \\ge 0`, added inside the square root
             (keeps the gradient of the update finite when differentiating through it).
         mu_dtype: storage of the first moment: ``None`` (the params' dtype), a
@@ -97,8 +126,9 @@ def scale_by_adam(
     """
     validation.decay_rate("scale_by_adam", "b1", b1)
     validation.decay_rate("scale_by_adam", "b2", b2)
-    validation.non_negative("scale_by_adam", "eps", eps)
-    validation.non_negative("scale_by_adam", "eps_root", eps_root)
+    validation.epsilon("scale_by_adam", "eps", eps)
+    validation.epsilon("scale_by_adam", "eps_root", eps_root)
+    guard = _zero_denominator_possible(eps, eps_root)
     validation.flag("scale_by_adam", "nesterov", nesterov)
     validation.flag("scale_by_adam", "bias_correction", bias_correction)
     mu_dtype = resolve("scale_by_adam", "mu_dtype", mu_dtype)
@@ -124,10 +154,11 @@ def scale_by_adam(
         else:
             mu_hat = correct(mu, b1, count)
         nu_hat = correct(nu, b2, count)
-        updates = _moment_ratio(updates, mu_hat, nu_hat, eps, eps_root)
+        updates = _moment_ratio(updates, mu_hat, nu_hat, eps, eps_root, guard)
         return updates, ScaleByAdamState(count, mu, nu)
 
-    return with_storage(GradientTransformation(init, update), signed={"mu": mu_dtype}, non_negative={"nu": nu_dtype})
+    tx = with_storage(GradientTransformation(init, update), signed={"mu": mu_dtype}, non_negative={"nu": nu_dtype})
+    return expects_state("scale_by_adam", tx, ScaleByAdamState)
 
 
 class ScaleByAmsgradState(NamedTuple):
@@ -168,7 +199,8 @@ def scale_by_amsgrad(
 
     ``bias_correction_mu=False`` / ``bias_correction_nu=False`` drop the
     corrections (the paper's original form). With the defaults this is
-    numerically ``optax.scale_by_amsgrad``; ``correct_after_max=True`` is
+    numerically ``optax.scale_by_amsgrad`` (as in :func:`scale_by_adam`, ``eps = eps_root = 0``
+    gives 0, not NaN, where the denominator is 0, and a denormal eps raises); ``correct_after_max=True`` is
     ``torch.optim.Adam(amsgrad=True)``, whose stored maximum is of the raw
     :math:`v_t` (an addition to Optax). A ``None`` update keeps its state.
     ``mu_dtype`` stores the first moment and ``nu_dtype`` (an addition to
@@ -185,8 +217,9 @@ def scale_by_amsgrad(
     owner = "scale_by_amsgrad"
     validation.decay_rate(owner, "b1", b1)
     validation.decay_rate(owner, "b2", b2)
-    validation.non_negative(owner, "eps", eps)
-    validation.non_negative(owner, "eps_root", eps_root)
+    validation.epsilon(owner, "eps", eps)
+    validation.epsilon(owner, "eps_root", eps_root)
+    guard = _zero_denominator_possible(eps, eps_root)
     mu_dtype = resolve(owner, "mu_dtype", mu_dtype)
     nu_dtype = resolve(owner, "nu_dtype", nu_dtype)
     for name, value in [("bias_correction_mu", bias_correction_mu), ("bias_correction_nu", bias_correction_nu)]:
@@ -208,12 +241,13 @@ def scale_by_amsgrad(
         nu_max = tree.map_state(lambda g, high, v: jnp.maximum(high, v), updates, state.nu_max, candidate)
         nu_hat = correct_nu(nu_max, b2, count) if correct_after_max else nu_max
         mu_hat = correct_mu(mu, b1, count)
-        updates = _moment_ratio(updates, mu_hat, nu_hat, eps, eps_root)
+        updates = _moment_ratio(updates, mu_hat, nu_hat, eps, eps_root, guard)
         return updates, ScaleByAmsgradState(count, mu, nu, nu_max)
 
-    return with_storage(
+    tx = with_storage(
         GradientTransformation(init, update), signed={"mu": mu_dtype}, non_negative={"nu": nu_dtype, "nu_max": nu_dtype}
     )
+    return expects_state(owner, tx, ScaleByAmsgradState)
 
 
 class ScaleByRssState(NamedTuple):
@@ -240,6 +274,7 @@ def scale_by_rss(
 
     and :math:`u_t = 0` wherever :math:`s_t = 0` (Optax's guard; PyTorch would
     give 0/0 there when :math:`\\varepsilon = 0`). ``eps_in_sqrt`` is an addition to Optax.
+    A denormal ``eps`` (below 1.18e-38, flushed to 0 by the hardware) raises.
 
     Args:
         initial_accumulator_value: :math:`a \\ge 0` (Optax's default 0.1; PyTorch's 0).
@@ -257,7 +292,7 @@ def scale_by_rss(
         Optimization", JMLR 2011.
     """
     validation.non_negative("scale_by_rss", "initial_accumulator_value", initial_accumulator_value)
-    validation.non_negative("scale_by_rss", "eps", eps)
+    validation.epsilon("scale_by_rss", "eps", eps)
     validation.flag("scale_by_rss", "eps_in_sqrt", eps_in_sqrt)
     accumulator_dtype = resolve("scale_by_rss", "accumulator_dtype", accumulator_dtype)
 
@@ -271,7 +306,8 @@ def scale_by_rss(
         scale = lambda g, s: jnp.where(s > 0, _inverse_root(s, eps, eps_in_sqrt), 0.0) * g
         return tree.map_updates(scale, updates, sums), ScaleByRssState(sums)
 
-    return with_storage(GradientTransformation(init, update), non_negative={"sum_of_squares": accumulator_dtype})
+    tx = with_storage(GradientTransformation(init, update), non_negative={"sum_of_squares": accumulator_dtype})
+    return expects_state("scale_by_rss", tx, ScaleByRssState)
 
 
 class ScaleByRmsState(NamedTuple):
@@ -310,7 +346,8 @@ def _scale_by_rms_or_stddev(
 ) -> GradientTransformation:
     # RMSprop's scaling, plain or centered: the two differ only by the mean they subtract.
     rate = validation.fraction(owner, "decay", decay)
-    validation.non_negative(owner, "eps", eps)
+    validation.epsilon(owner, "eps", eps)
+    guard = _zero_denominator_possible(eps)
     validation.non_negative(owner, "initial_scale", initial_scale)
     validation.flag(owner, "eps_in_sqrt", eps_in_sqrt)
     validation.flag(owner, "bias_correction", bias_correction)
@@ -320,6 +357,12 @@ def _scale_by_rms_or_stddev(
     if bias_correction and rate == 1.0:
         raise ValueError(f"{owner}: decay=1 with bias_correction=True divides by 1 - 1^t = 0; use decay < 1.")
     correct = _bias_corrector(bias_correction)
+    state_type = {
+        (False, False): ScaleByRmsState,
+        (False, True): ScaleByRmsWithCountState,
+        (True, False): ScaleByRStdDevState,
+        (True, True): ScaleByRStdDevWithCountState,
+    }[centered, bias_correction]
 
     def init(params):
         moments = {"nu": tree.moments_like(params, initial_scale)}
@@ -327,12 +370,6 @@ def _scale_by_rms_or_stddev(
             moments["mu"] = tree.moments_like(params)
         if bias_correction:
             moments["count"] = zero_count()
-        state_type = {
-            (False, False): ScaleByRmsState,
-            (False, True): ScaleByRmsWithCountState,
-            (True, False): ScaleByRStdDevState,
-            (True, True): ScaleByRStdDevWithCountState,
-        }[centered, bias_correction]
         return state_type(**moments)
 
     def update(updates, state, params=None, **extra_args):
@@ -354,11 +391,12 @@ def _scale_by_rms_or_stddev(
             variance = nu_hat
         if bias_correction:
             new["count"] = count
-        updates = tree.map_updates(lambda g, v: _inverse_root(v, eps, eps_in_sqrt) * g, updates, variance)
+        updates = tree.map_updates(lambda g, v: _scaled_by_inverse_root(g, v, eps, eps_in_sqrt, guard), updates, variance)
         return updates, type(state)(**new)
 
     signed = {"mu": mu_dtype} if centered else {}
-    return with_storage(GradientTransformation(init, update), signed=signed, non_negative={"nu": nu_dtype})
+    tx = with_storage(GradientTransformation(init, update), signed=signed, non_negative={"nu": nu_dtype})
+    return expects_state(owner, tx, state_type)
 
 
 def scale_by_rms(
@@ -379,7 +417,10 @@ def scale_by_rms(
         g_t / (\\sqrt{\\hat v_t} + \\varepsilon) & \\text{otherwise (PyTorch)} \\end{cases}
 
     with :math:`\\hat v_t = v_t / (1 - \\rho^t)` if ``bias_correction`` else :math:`v_t`.
-    Numerically ``optax.scale_by_rms``; ``decay`` must lie in [0, 1]. ``nu_dtype``
+    Numerically ``optax.scale_by_rms``; ``decay`` must lie in [0, 1]. With ``eps=0``
+    the update is 0 where :math:`\\hat v_t = 0` (all gradients so far zero), where
+    Optax and PyTorch give NaN (:math:`0 \\cdot \\infty`): a deliberate difference that
+    changes no number for ``eps > 0``; a denormal ``eps`` raises. ``nu_dtype``
     (an addition to Optax) stores :math:`v`: ``None`` (the params' dtype), a
     floating dtype, or :class:`~jaxopt_zoo.quantization.Blockwise8Bit`.
 
@@ -415,7 +456,8 @@ def scale_by_stddev(
         \\ \\text{or} \\ g_t / (\\sqrt{\\hat v_t - \\hat m_t^2} + \\varepsilon),
 
     with the hats the optional bias corrections, as in :func:`scale_by_rms`.
-    Numerically ``optax.scale_by_stddev``; ``decay`` must lie in [0, 1].
+    Numerically ``optax.scale_by_stddev``; ``decay`` must lie in [0, 1]. With ``eps=0``
+    the update is 0 where the variance is exactly 0, instead of NaN, as in :func:`scale_by_rms`.
     ``mu_dtype`` and ``nu_dtype`` (additions to Optax) store :math:`m` and
     :math:`v`, as in :func:`scale_by_rms`; when either is given, the variance
     is clamped at 0, since moments rounded apart in storage can make it
@@ -454,7 +496,10 @@ def scale_by_adadelta(
 
     The paper applies :math:`-u_t` directly (a learning rate of 1).
     Numerically ``optax.scale_by_adadelta`` for real parameters; ``rho`` must
-    lie in [0, 1]. Deviation from Optax: for complex gradients :math:`g^2` is
+    lie in [0, 1] and ``eps`` be positive (and not denormal): with ``eps=0``
+    :math:`E[\\Delta x^2]` starts at 0 and stays there, so every step would be 0
+    (or NaN for a zero gradient). Optax and PyTorch accept ``eps=0``; here it
+    raises. Deviation from Optax: for complex gradients :math:`g^2` is
     :math:`|g|^2` (Optax squares the complex number, so its "mean square" is complex).
     ``accumulator_dtype`` (an addition) stores both running means: ``None``
     (the params' dtype), a floating dtype, or :class:`~jaxopt_zoo.quantization.Blockwise8Bit`.
@@ -467,7 +512,8 @@ def scale_by_adadelta(
         Zeiler, "ADADELTA: An Adaptive Learning Rate Method", 2012.
     """
     validation.fraction("scale_by_adadelta", "rho", rho)
-    validation.non_negative("scale_by_adadelta", "eps", eps)
+    # eps = 0 would keep every step at 0: E[dx^2] starts at 0 and only grows from the steps.
+    validation.epsilon("scale_by_adadelta", "eps", eps, allow_zero=False, why_positive=" (with eps=0 every step is 0: the mean square of the steps starts at 0 and stays there)")
     accumulator_dtype = resolve("scale_by_adadelta", "accumulator_dtype", accumulator_dtype)
 
     def init(params):
@@ -482,4 +528,5 @@ def scale_by_adadelta(
         return updates, ScaleByAdaDeltaState(e_g, e_x)
 
     storage = {"e_g": accumulator_dtype, "e_x": accumulator_dtype}
-    return with_storage(GradientTransformation(init, update), non_negative=storage)
+    tx = with_storage(GradientTransformation(init, update), non_negative=storage)
+    return expects_state("scale_by_adadelta", tx, ScaleByAdaDeltaState)

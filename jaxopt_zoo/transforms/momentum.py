@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxopt_zoo import tree, validation
-from jaxopt_zoo.base import GradientTransformation, Updates, safe_increment, zero_count
+from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, safe_increment, zero_count
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
 
 
@@ -107,7 +107,8 @@ def trace(
             return updates, DampenedTraceState(safe_increment(state.count), buffer)
         return updates, TraceState(buffer)
 
-    return with_storage(GradientTransformation(init, update), signed={"trace": accumulator_dtype})
+    tx = with_storage(GradientTransformation(init, update), signed={"trace": accumulator_dtype})
+    return expects_state("trace", tx, DampenedTraceState if dampened else TraceState)
 
 
 def nesterov(decay: jax.typing.ArrayLike, accumulator_dtype: StateDtype = None) -> GradientTransformation:

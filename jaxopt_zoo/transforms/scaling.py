@@ -12,6 +12,7 @@ from jaxopt_zoo.base import (
     GradientTransformation,
     ScalarOrSchedule,
     Schedule,
+    check_state,
     init_empty_state,
     safe_increment,
     zero_count,
@@ -70,6 +71,7 @@ def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
+        check_state("scale_by_schedule", state, ScaleByScheduleState)
         step_size = step_size_fn(state.count)
         updates = map_updates(lambda g: jnp.asarray(step_size, dtype=g.dtype) * g, updates)
         return updates, ScaleByScheduleState(count=safe_increment(state.count))

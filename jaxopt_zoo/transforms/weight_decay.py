@@ -12,6 +12,7 @@ from jaxopt_zoo.base import (
     GradientTransformation,
     Params,
     ScalarOrSchedule,
+    check_state,
     safe_increment,
     zero_count,
 )
@@ -62,6 +63,8 @@ def add_decayed_weights(
         del extra_args
         validation.require_params("add_decayed_weights", params)
         tree.check_same_structure("add_decayed_weights", updates, params, "the params")
+        if scheduled:
+            check_state("add_decayed_weights", state, WeightDecayScheduleState)
         new_state = WeightDecayScheduleState(safe_increment(state.count)) if scheduled else state
         if literal_zero:
             return updates, new_state

@@ -1,0 +1,269 @@
+"""Bad inputs from issue 15: mismatched states, errors that name what the user wrote,
+step counts beyond int32, eps=0, and MultiSteps against Optax."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import PartitionSpec as P
+
+import jaxopt_zoo as jz
+
+PARAMS = {"w": jnp.array([1.0, -2.0, 3.0])}
+
+
+# --- a state built by another optimizer -------------------------------------------------------
+
+
+def test_state_of_a_constant_rate_given_to_a_scheduled_one_says_what_differs():
+    state = jz.adamw(1e-3).init(PARAMS)
+    tx = jz.adamw(jz.linear_schedule(1e-3, 0.0, 10))
+    for update in (tx.update, jax.jit(tx.update)):
+        with pytest.raises(ValueError) as error:
+            update(PARAMS, state, PARAMS)
+        message = str(error.value)
+        assert "chain: member 3 of 3" in message and "scale_by_schedule" in message
+        assert "expected ScaleByScheduleState(count)" in message and "got EmptyState()" in message
+        assert "init" in message  # what to do
+
+
+@pytest.mark.parametrize(
+    "built_by, used_by, expected",
+    [
+        (jz.adamw(1e-3), jz.adamw(1e-3, weight_decay=lambda step: 1e-4), "WeightDecayScheduleState"),
+        (jz.adam(1e-3), jz.sgd(0.1, momentum=0.9), "TraceState"),
+        (jz.sgd(0.1), jz.adam(1e-3), "ScaleByAdamState"),
+        (jz.rmsprop(1e-3), jz.rmsprop(1e-3, centered=True), "ScaleByRStdDevState"),
+        (jz.adam(1e-3), jz.inject_hyperparams(jz.adam)(learning_rate=1e-3), "InjectHyperparamsState"),
+        (jz.adam(1e-3), jz.MultiSteps(jz.adam(1e-3), 2), "MultiStepsState"),
+    ],
+    ids=["scheduled-decay", "adam-to-sgd", "sgd-to-adam", "rms-to-centered", "inject", "multisteps"],
+)
+def test_a_mismatched_state_raises_naming_the_expected_state(built_by, used_by, expected):
+    with pytest.raises(ValueError, match=f"does not match this transformation: expected {expected}"):
+        used_by.update(PARAMS, built_by.init(PARAMS), PARAMS)
+
+
+# --- errors name the argument the user wrote, under the optimizer's name ----------------------
+
+
+BAD_ARGUMENTS = [
+    (jz.sgd, dict(learning_rate=0.1, momentum=-0.5), "sgd", "momentum"),
+    (jz.sgd, dict(learning_rate=-0.1), "sgd", "learning_rate"),
+    (jz.rmsprop, dict(learning_rate=0.1, momentum=-0.5), "rmsprop", "momentum"),
+    (jz.rmsprop, dict(learning_rate=0.1, decay=2.0), "rmsprop", "decay"),
+    (jz.rmsprop, dict(learning_rate=0.1, eps=-1.0), "rmsprop", "eps"),
+    (jz.rmsprop, dict(learning_rate=0.1, initial_scale=-1.0), "rmsprop", "initial_scale"),
+    (jz.rmsprop, dict(learning_rate=0.1, decay=1.0, bias_correction=True), "rmsprop", "decay=1"),
+    (jz.lars, dict(learning_rate=0.1, momentum=-0.5), "lars", "momentum"),
+    (jz.lars, dict(learning_rate=0.1, nesterov=1), "lars", "nesterov"),
+    (jz.lars, dict(learning_rate=0.1, trust_coefficient=-1.0), "lars", "trust_coefficient"),
+    (jz.lars, dict(learning_rate=0.1, eps=-1.0), "lars", "eps"),
+    (jz.lars, dict(learning_rate=0.1, weight_decay=-1.0), "lars", "weight_decay"),
+    (jz.adam, dict(learning_rate=0.1, b1=1.5), "adam", "b1"),
+    (jz.adam, dict(learning_rate=0.1, b2=-0.5), "adam", "b2"),
+    (jz.adam, dict(learning_rate=0.1, eps_root=-1.0), "adam", "eps_root"),
+    (jz.adam, dict(learning_rate=-1.0), "adam", "learning_rate"),
+    (jz.adamw, dict(learning_rate=0.1, weight_decay=-1.0), "adamw", "weight_decay"),
+    (jz.adamw, dict(learning_rate=0.1, b1=1.5), "adamw", "b1"),
+    (jz.nadam, dict(learning_rate=0.1, b1=1.5), "nadam", "b1"),
+    (jz.nadamw, dict(learning_rate=0.1, eps=-1.0), "nadamw", "eps"),
+    (jz.nadamw, dict(learning_rate=0.1, weight_decay=-1.0), "nadamw", "weight_decay"),
+    (jz.amsgrad, dict(learning_rate=0.1, b2=1.0), "amsgrad", "b2"),
+    (jz.amsgrad, dict(learning_rate=0.1, bias_correction_nu=1), "amsgrad", "bias_correction_nu"),
+    (jz.adagrad, dict(learning_rate=0.1, eps=-1.0), "adagrad", "eps"),
+    (jz.adagrad, dict(learning_rate=0.1, initial_accumulator_value=-1.0), "adagrad", "initial_accumulator_value"),
+    (jz.adadelta, dict(rho=2.0), "adadelta", "rho"),
+    (jz.adadelta, dict(weight_decay=-1.0), "adadelta", "weight_decay"),
+    (jz.lamb, dict(learning_rate=0.1, b1=1.5), "lamb", "b1"),
+    (jz.lamb, dict(learning_rate=0.1, weight_decay=-1.0), "lamb", "weight_decay"),
+    (jz.lamb, dict(learning_rate=0.1, axis_name=3), "lamb", "axis_name"),
+    (jz.torch.sgd, dict(momentum=-0.5), "torch.sgd", "momentum"),
+    (jz.torch.sgd, dict(dampening=2.0, momentum=0.9), "torch.sgd", "dampening"),
+    (jz.torch.rmsprop, dict(momentum=-0.5), "torch.rmsprop", "momentum"),
+    (jz.torch.rmsprop, dict(alpha=2.0), "torch.rmsprop", "alpha"),
+    (jz.torch.rmsprop, dict(eps=-1.0), "torch.rmsprop", "eps"),
+    (jz.torch.adam, dict(betas=(1.5, 0.9)), "torch.adam", "betas[0]"),
+    (jz.torch.adamw, dict(eps=-1.0), "torch.adamw", "eps"),
+    (jz.torch.adagrad, dict(initial_accumulator_value=-1.0), "torch.adagrad", "initial_accumulator_value"),
+    (jz.torch.adadelta, dict(rho=2.0), "torch.adadelta", "rho"),
+    (jz.torch.adadelta, dict(lr=-1.0), "torch.adadelta", "lr"),
+]
+
+
+@pytest.mark.parametrize(
+    "factory, kwargs, owner, name", BAD_ARGUMENTS, ids=[f"{o}-{n}" for _, _, o, n in BAD_ARGUMENTS]
+)
+def test_errors_name_the_optimizer_and_the_argument_written(factory, kwargs, owner, name):
+    with pytest.raises(ValueError) as error:
+        factory(**kwargs)
+    assert str(error.value).startswith(f"{owner}: {name}"), str(error.value)
+
+
+def test_adaptive_grad_clip_in_shard_map_gives_advice_that_can_be_followed():
+    mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    tx = jz.adaptive_grad_clip(0.1)
+    local = jax.shard_map(
+        lambda g, p: tx.update(g, tx.init(p), p)[0], mesh=mesh, in_specs=(P("data"), P("data")), out_specs=P("data")
+    )
+    x = jax.device_put(jnp.ones(2 * jax.device_count()), jax.sharding.NamedSharding(mesh, P("data")))
+    with pytest.raises(ValueError) as error:
+        jax.jit(local)(x, x)
+    message = str(error.value)
+    assert "Pass axis_name" not in message  # adaptive_grad_clip has no such argument
+    assert "adaptive_grad_clip has no axis_name option" in message and "under jax.jit" in message
+
+
+# --- step counts beyond int32; MultiSteps' k ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda n: jz.linear_schedule(1.0, 0.0, 10, transition_begin=n),
+        lambda n: jz.linear_schedule(1.0, 0.0, transition_steps=n),
+        lambda n: jz.polynomial_schedule(1.0, 0.0, 2, 10, transition_begin=n),
+        lambda n: jz.exponential_decay(1.0, 10, 0.5, transition_begin=n),
+        lambda n: jz.cosine_decay_schedule(1.0, decay_steps=n),
+        lambda n: jz.warmup_cosine_decay_schedule(0.0, 1.0, 10, decay_steps=n),
+        lambda n: jz.join_schedules([jz.constant_schedule(1.0), jz.constant_schedule(0.5)], [n]),
+        lambda n: jz.piecewise_constant_schedule(1.0, {n: 0.5}),
+        lambda n: jz.linear_onecycle_schedule(n, 1.0),
+        lambda n: jz.sgdr_schedule([dict(init_value=0.0, peak_value=1.0, warmup_steps=1, decay_steps=n)] * 3),
+    ],
+    ids=["linear-begin", "linear-steps", "polynomial", "exponential", "cosine", "warmup-cosine", "join",
+         "piecewise", "onecycle", "sgdr"],
+)
+def test_step_counts_beyond_int32_are_refused_at_construction(build):
+    with pytest.raises(ValueError, match=r"must be at most 2147483647 \(step counts are int32"):
+        build(2**31)
+
+
+def test_the_largest_int32_step_count_works_at_the_first_call():
+    assert float(jz.linear_schedule(1.0, 0.0, 10, transition_begin=2**31 - 1)(0)) == 1.0
+
+
+@pytest.mark.parametrize("k", [0, -1, 2.5, lambda step: 0, lambda step: -1, lambda step: 2.5, lambda step: jnp.array(0)])
+def test_multisteps_refuses_a_k_that_never_applies_an_update(k):
+    with pytest.raises(ValueError, match="MultiSteps: every_k_schedule"):
+        jz.MultiSteps(jz.sgd(0.1), every_k_schedule=k)
+
+
+def test_multisteps_accepts_a_schedule_that_starts_at_one_or_more():
+    tx = jz.MultiSteps(jz.sgd(1.0), every_k_schedule=lambda step: jnp.where(step < 2, 1, 2))
+    state = tx.init(PARAMS)
+    updates, state = tx.update(PARAMS, state)
+    np.testing.assert_array_equal(updates["w"], -PARAMS["w"])
+
+
+def test_lookahead_and_apply_if_finite_refuse_counts_beyond_int32():
+    with pytest.raises(ValueError, match="lookahead: sync_period must be at most 2147483647"):
+        jz.lookahead(jz.sgd(0.1), 2**31, 0.5)
+    with pytest.raises(ValueError, match="apply_if_finite: max_consecutive_errors must be at most"):
+        jz.apply_if_finite(jz.sgd(0.1), 2**31)
+
+
+# --- eps = 0 and denormal eps --------------------------------------------------------------------
+
+
+ZERO_EPS = {
+    "adam": lambda: jz.adam(1e-2, eps=0.0),
+    "adam-eps_root-array": lambda: jz.adam(1e-2, eps=jnp.array(0.0)),
+    "amsgrad": lambda: jz.amsgrad(1e-2, eps=0.0),
+    "lamb": lambda: jz.lamb(1e-2, eps=0.0),
+    "rmsprop": lambda: jz.rmsprop(1e-2, eps=0.0),
+    "rmsprop-centered": lambda: jz.rmsprop(1e-2, eps=0.0, centered=True),
+    "rmsprop-eps-outside": lambda: jz.rmsprop(1e-2, eps=0.0, eps_in_sqrt=False),
+    "torch.adam": lambda: jz.torch.adam(eps=0.0),
+    "torch.adam-amsgrad": lambda: jz.torch.adam(eps=0.0, amsgrad=True),
+    "torch.rmsprop": lambda: jz.torch.rmsprop(eps=0.0),
+    "torch.rmsprop-centered": lambda: jz.torch.rmsprop(eps=0.0, centered=True),
+    "inject-adam": lambda: jz.inject_hyperparams(jz.adam)(learning_rate=1e-2, eps=0.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ZERO_EPS))
+def test_eps_zero_and_zero_gradients_give_no_nan(name):
+    tx = ZERO_EPS[name]()
+    params = {"w": jnp.array([1.0, 2.0]), "b": jnp.array([0.5])}
+    grads = {"w": jnp.array([0.0, 0.3]), "b": jnp.zeros(1)}  # one exact zero in w, all zero in b
+    state = tx.init(params)
+    for _ in range(2):
+        updates, state = tx.update(grads, state, params)
+        for leaf in jax.tree.leaves(updates):
+            assert bool(jnp.all(jnp.isfinite(leaf))), (name, updates)
+    assert float(updates["b"][0]) == 0.0 and float(updates["w"][0]) == 0.0
+    assert float(updates["w"][1]) != 0.0  # the non-zero gradient still moves
+
+
+@pytest.mark.parametrize(
+    "ours, theirs",
+    [
+        (lambda: jz.adam(1e-2, eps=1e-8), lambda: optax.adam(1e-2, eps=1e-8)),
+        (lambda: jz.adam(1e-2, eps=0.0, eps_root=1e-8), lambda: optax.adam(1e-2, eps=0.0, eps_root=1e-8)),
+        (lambda: jz.rmsprop(1e-2, eps=1e-8, centered=True), lambda: optax.rmsprop(1e-2, eps=1e-8, centered=True)),
+        (lambda: jz.amsgrad(1e-2, eps=1e-30), lambda: optax.amsgrad(1e-2, eps=1e-30)),
+    ],
+    ids=["adam", "adam-eps_root", "rmsprop-centered", "amsgrad-tiny-eps"],
+)
+def test_positive_eps_keeps_optax_numbers_bit_for_bit(ours, theirs):
+    params = {"w": jnp.array([1.0, -2.0, 0.5])}
+    grads = [{"w": jnp.array([0.1 * i, -0.3, 0.0])} for i in range(4)]
+
+    def trajectory(tx):
+        state, p, out = tx.init(params), params, []
+        step = jax.jit(lambda g, s, p: tx.update(g, s, p))
+        for g in grads:
+            u, state = step(g, state, p)
+            p = optax.apply_updates(p, u)
+            out.append(np.asarray(p["w"]))
+        return np.stack(out)
+
+    np.testing.assert_array_equal(trajectory(ours()), trajectory(theirs()))
+
+
+@pytest.mark.parametrize(
+    "build",
+    [lambda e: jz.adam(1e-3, eps=e), lambda e: jz.adam(1e-3, eps_root=e), lambda e: jz.rmsprop(1e-3, eps=e),
+     lambda e: jz.adagrad(0.1, eps=e), lambda e: jz.scale_by_amsgrad(eps=e), lambda e: jz.torch.adam(eps=e),
+     lambda e: jz.torch.rmsprop(eps=e), lambda e: jz.adadelta(eps=e)],
+)
+def test_denormal_eps_is_refused(build):
+    with pytest.raises(ValueError, match="below float32's smallest normal number"):
+        build(1e-45)
+
+
+@pytest.mark.parametrize(
+    "build, owner",
+    [(lambda: jz.adadelta(eps=0.0), "adadelta"), (lambda: jz.scale_by_adadelta(eps=0), "scale_by_adadelta"),
+     (lambda: jz.torch.adadelta(eps=0.0), "torch.adadelta")],
+)
+def test_adadelta_refuses_eps_zero_whose_steps_would_all_be_zero(build, owner):
+    with pytest.raises(ValueError, match=f"{owner}: eps must be > 0 \\(with eps=0 every step is 0"):
+        build()
+
+
+# --- MultiSteps against optax.MultiSteps inside nnx.Optimizer ------------------------------------
+
+
+def test_multisteps_matches_optax_bit_for_bit_in_a_jitted_nnx_optimizer():
+    nnx = pytest.importorskip("flax.nnx")
+
+    def trajectory(tx, grads):
+        model = nnx.Linear(4, 3, rngs=nnx.Rngs(0))
+        optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+        step = nnx.jit(lambda model, optimizer, g: optimizer.update(model, g))
+        out = []
+        for g in grads:
+            step(model, optimizer, g)
+            out.append(np.asarray(model.kernel[...]))
+        return np.stack(out)
+
+    template = nnx.state(nnx.Linear(4, 3, rngs=nnx.Rngs(0)), nnx.Param)
+    keys = jax.random.split(jax.random.key(1), 12)
+    grads = [jax.tree.map(lambda v, k=k: jax.random.normal(k, v.shape), template) for k in keys]
+    ours = trajectory(jz.MultiSteps(jz.adam(1e-2), 3), grads)
+    theirs = trajectory(optax.MultiSteps(optax.adam(1e-2), 3), grads)
+    np.testing.assert_array_equal(ours, theirs)
+    assert not np.array_equal(ours[0], ours[3])  # updates were applied
