@@ -12,7 +12,8 @@ Measures, for each optimizer (ours and Optax's alternately):
   of a STREAM-triad bandwidth measured in the same run;
 * memory from XLA's ``memory_analysis()`` and the optimizer state per parameter;
 * compile time (trace + lower, and XLA compile) on the 1024-leaf tree, with
-  JAX's caches cleared before each compilation.
+  JAX's caches cleared before each compilation;
+* Muon's Newton–Schulz time against its matrix products alone (part ``muon``, benchmarks/muon.py).
 
 Sizes follow the backend: on a GPU/TPU each synthetic tree holds 256M params (16M on CPU). Prints
 markdown tables and writes them to --output. Ratios are ours / Optax, so
@@ -37,7 +38,8 @@ from flax import nnx
 
 import jaxopt_zoo as jz
 from report import machine_header, number, table
-from seed_optimizers import SeedOptimizer, select
+from seed_optimizers import SLOW_ON_CPU, SeedOptimizer, select
+from muon import newton_schulz_section
 
 MIB = 2**20
 
@@ -62,7 +64,9 @@ class Sizes:
 
 
 SIZES = {
-    "quick": Sizes((256, 256), 32, (32, 32), ModelConfig(512, 64, 4, 1), steps=2, repeats=1, compile_repeats=1),
+    # quick: the smallest trees that still exercise every path (the single leaf is large enough to be stored
+    # in 8 bits under 8 devices); compiling the steps is nearly all of its time, and that grows with the leaves.
+    "quick": Sizes((256, 256), 4, (32, 32), ModelConfig(256, 32, 2, 1), steps=2, repeats=1, compile_repeats=1),
     # 16M params per tree: big enough to leave the caches, small enough for a few minutes on 2 cores.
     "cpu": Sizes((4096, 4096), 1024, (128, 128), ModelConfig(8192, 512, 8, 6), steps=5, repeats=7, compile_repeats=3),
     # 256M params per tree: long enough steps (~ms) that launch overhead does not hide the bandwidth.
@@ -548,17 +552,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, help="timed runs per optimizer and library (default 7, --quick 1)")
     parser.add_argument("--steps", type=int, help="steps per timed run (default 5 on CPU, 20 on accelerators)")
     parser.add_argument("--compile-repeats", type=int, help="compilations per optimizer and library (default 3)")
-    parser.add_argument("--optimizers", help="comma-separated subset, e.g. adam,adamw,lamb (default all)")
+    parser.add_argument("--optimizers", help="comma-separated subset, e.g. adam,adamw,lamb (default all; on a CPU all but torch.muon)")
     parser.add_argument(
-        "--parts", default="step,compile,lowbit",
+        "--parts", default="step,compile,lowbit,muon",
         help="any of step (time, bandwidth, memory), compile, "
-        "lowbit (Adam with float32, bfloat16, bfloat16 SR, 8-bit moments)",
+        "lowbit (Adam with float32, bfloat16, bfloat16 SR, 8-bit moments), "
+        "muon (Newton-Schulz time against its matrix products alone)",
     )
     parser.add_argument("--output", type=pathlib.Path, default=pathlib.Path(__file__).parent / "results.md")
     args = parser.parse_args()
     parts = {p.strip() for p in args.parts.split(",")}
-    if not parts or parts - {"step", "compile", "lowbit"}:
-        parser.error(f"--parts takes step, compile and/or lowbit, got {args.parts!r}")
+    if not parts or parts - {"step", "compile", "lowbit", "muon"}:
+        parser.error(f"--parts takes step, compile, lowbit and/or muon, got {args.parts!r}")
 
     # Compile times must not come from a cache on disk.
     jax.config.update("jax_enable_compilation_cache", False)
@@ -567,6 +572,8 @@ def main() -> None:
     overrides = {"repeats": args.repeats, "steps": args.steps, "compile_repeats": args.compile_repeats}
     sizes = dataclasses.replace(sizes, **{k: v for k, v in overrides.items() if v is not None})
     optimizers = select(args.optimizers)
+    if args.optimizers is None and backend == "cpu" and not args.quick:
+        optimizers = {name: pair for name, pair in optimizers.items() if name not in SLOW_ON_CPU}
     shapes = tree_shapes(sizes)
 
     report = Report(machine_header(
@@ -581,6 +588,9 @@ def main() -> None:
         compile_section(report, optimizers, sizes, shapes[many], many)
     if "lowbit" in parts:
         lowbit_section(report, sizes, shapes)
+    if "muon" in parts:
+        size = "quick" if args.quick else "cpu" if backend == "cpu" else "accelerator"
+        report.add(newton_schulz_section(size, sizes.repeats, sizes.steps))
     report.write(args.output)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
+import jax
 import optax
 
 import jaxopt_zoo as jz
@@ -40,7 +41,35 @@ SEED_OPTIMIZERS: dict[str, SeedOptimizer] = {
     "nadam": SeedOptimizer(jz.nadam, optax.nadam, 1e-3),
     "lars": SeedOptimizer(jz.lars, optax.lars, 1e-2),
     "lamb": SeedOptimizer(jz.lamb, optax.lamb, 1e-3),
+    # Optax's rprop is the twin in cost; in numbers it is one step late (see jz.scale_by_resilient_step).
+    "torch.rprop": SeedOptimizer(lambda lr: jz.torch.rprop(lr=lr), optax.rprop, 1e-2),
+    # Optax has no ASGD: optax.sgd is only the nearest cost baseline (same bytes but ASGD's average), not a twin.
+    "torch.asgd": SeedOptimizer(lambda lr: jz.torch.asgd(lr=lr), optax.sgd, 1e-2),
+    "torch.adamax": SeedOptimizer(lambda lr: jz.torch.adamax(lr=lr), optax.adamax, 2e-3),  # the same rule
+    # Optax's nadam fixes mu_t = b1 (no momentum_decay): the twin in cost, not in numbers.
+    "torch.nadam": SeedOptimizer(lambda lr: jz.torch.nadam(lr=lr), optax.nadam, 2e-3),
+    # Optax's radam adds eps after the bias correction, PyTorch's before: equal numbers only with eps=0.
+    "torch.radam": SeedOptimizer(lambda lr: jz.torch.radam(lr=lr), optax.radam, 1e-3),
+    # Optax's adafactor factors only dims >= 128 (its two largest), adds eps to g^2 and has a fixed rate
+    # where PyTorch's is min(lr, 1/sqrt(t)): the twin in cost, equal in numbers only where these coincide.
+    "torch.adafactor": SeedOptimizer(lambda lr: jz.torch.adafactor(lr=lr), optax.adafactor, 1e-2),
+    # PyTorch's Muon takes matrices only: ours gives the other leaves NAdamW, as optax.contrib.muon does (its
+    # adamw(nesterov=True)). Optax's weight decay is set to PyTorch's 0.1. Same work per step; different numbers
+    # (Optax's bias-corrected Nesterov blend, eps added to the norm, transposed width factor: see jz.torch.muon).
+    "torch.muon": SeedOptimizer(
+        lambda lr: jz.partition(
+            {"muon": jz.torch.muon(lr=lr), "adam": jz.nadamw(lr, weight_decay=0.0)},
+            lambda params: jax.tree.map(lambda p: "muon" if p.ndim == 2 else "adam", params),
+        ),
+        lambda lr: optax.contrib.muon(lr, weight_decay=0.1),
+        2e-2,
+    ),
 }
+
+
+# Left out of run.py's full CPU run unless named in --optimizers: Newton-Schulz on its 4096 x 4096 leaf is
+# ~2 TFLOP a step, about 70 s on a 2-core CPU (the `muon` part times it at smaller sizes).
+SLOW_ON_CPU = {"torch.muon"}
 
 
 def select(names: str | None) -> dict[str, SeedOptimizer]:

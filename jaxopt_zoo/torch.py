@@ -11,6 +11,11 @@ whose parameter trajectory equals PyTorch's for the same gradients. Each is a
 4. the learning rate, last. ``lr`` may be a schedule of the step count
    (0 on the first step), standing in for a ``torch.optim.lr_scheduler``.
 
+Rprop and ASGD hold their rates in their own state (Rprop's ``lr`` is only
+its initial step size), AdamW, Adafactor and Muon decay the weights beside the
+step (decoupled), and NAdam and RAdam do so with ``decoupled_weight_decay=True``;
+each docstring gives its rule.
+
 Complex parameters are updated as pairs of real numbers, as PyTorch does
 (``view_as_real``): each recipe is wrapped in :func:`split_real_and_imaginary`.
 
@@ -20,9 +25,11 @@ select PyTorch kernels, not update rules; they are accepted and have no effect
 their own options are built with ``partition``/``masked``.
 
 Additions to PyTorch: keyword-only ``*_dtype`` options (``mu_dtype``,
-``nu_dtype``, ``accumulator_dtype``) choose how each state buffer is stored:
-``None`` (the params' dtype, as PyTorch), a floating dtype, or
-``jz.Blockwise8Bit()`` for 8-bit state (see :mod:`jaxopt_zoo.quantization`).
+``nu_dtype``, ``accumulator_dtype``, ``factors_dtype``, ``ax_dtype``, ...:
+one per state buffer, named in each docstring) choose how each buffer is
+stored: ``None`` (the params' dtype, as PyTorch), a floating dtype,
+``jz.StochasticBF16()``, or ``jz.Blockwise8Bit()`` for 8-bit state (see
+:mod:`jaxopt_zoo.storage`).
 
 Deviations from PyTorch: a ``None`` gradient leaves its parameter and state
 unchanged, as a ``grad=None`` does in PyTorch, but step counts are kept per
@@ -55,6 +62,7 @@ from jaxopt_zoo.combine import chain, split_real_and_imaginary
 from jaxopt_zoo.storage import StateDtype
 from jaxopt_zoo.transforms import (
     add_decayed_weights,
+    clip_by_block_rms,
     scale,
     scale_by_adadelta,
     scale_by_adam,
@@ -62,11 +70,21 @@ from jaxopt_zoo.transforms import (
     scale_by_learning_rate,
     scale_by_rms,
     scale_by_rss,
+    scale_by_schedule,
     scale_by_stddev,
     trace,
 )
+from jaxopt_zoo.transforms.adam_variants import scale_by_adamax, scale_by_radam, scale_by_scheduled_nadam
+from jaxopt_zoo.transforms.averaging import average_iterates, scale_by_asgd
+from jaxopt_zoo.transforms.factored import relative_step_size, scale_by_factored_second_moment, scale_by_param_block_rms
+from jaxopt_zoo.transforms.lbfgs import torch_lbfgs
+from jaxopt_zoo.transforms.orthogonal import NS_COEFFICIENTS, check_options, require_matrices, scale_by_muon
+from jaxopt_zoo.transforms.rprop import check_options as _check_rprop_options, scale_by_resilient_step
 
-__all__ = ["adadelta", "adagrad", "adam", "adamw", "rmsprop", "sgd"]
+__all__ = [
+    "adadelta", "adafactor", "adagrad", "adam", "adamax", "adamw", "asgd", "lbfgs", "muon", "nadam", "radam", "rmsprop",
+    "rprop", "sgd",
+]
 
 Number = float | jax.Array
 
@@ -394,3 +412,512 @@ def adamw(
     return _adam_family(
         "torch.adamw", lr, betas, eps, weight_decay, amsgrad, maximize, True, mu_dtype=mu_dtype, nu_dtype=nu_dtype
     )
+
+
+def muon(
+    lr: ScalarOrSchedule = 1e-3,
+    weight_decay: Number = 0.1,
+    momentum: Number = 0.95,
+    nesterov: bool = True,
+    ns_coefficients: tuple[Number, Number, Number] = NS_COEFFICIENTS,
+    eps: Number = 1e-7,
+    ns_steps: int = 5,
+    adjust_lr_fn: str | None = None,
+    *,
+    ns_dtype: Any = None,
+    mu_dtype: StateDtype = None,
+) -> GradientTransformation:
+    """``torch.optim.Muon`` (2-D parameters only, as PyTorch):
+
+    .. math::
+
+        B_t = \\mu B_{t-1} + (1 - \\mu) g, \\quad
+        \\tilde B_t = (1 - \\mu) g + \\mu B_t \\text{ if nesterov else } B_t, \\quad
+        \\theta \\leftarrow (1 - \\gamma \\lambda) \\theta - \\gamma s(m, n) \\, \\mathrm{NS}(\\tilde B_t)
+
+    with :math:`\\mathrm{NS}` ``ns_steps`` Newton–Schulz steps (:func:`~jaxopt_zoo.newton_schulz`) and
+    the shape factor :math:`s = \\sqrt{\\max(1, m/n)}` for an :math:`m \\times n` weight (``adjust_lr_fn``
+    None or ``"original"``) or :math:`0.2 \\sqrt{\\max(m, n)}` (``"match_rms_adamw"``). The decay
+    uses the plain :math:`\\gamma`. Recipe: ``chain(scale_by_muon(momentum, nesterov, ns_coefficients,
+    eps, ns_steps, adjust_lr_fn, ns_dtype=ns_dtype, mu_dtype=mu_dtype), add_decayed_weights(weight_decay),
+    scale_by_learning_rate(lr))``.
+
+    ``init`` raises, naming the leaf's path and shape, for a parameter that is
+    not a real 2-D array, as PyTorch's constructor does; give the others another
+    optimizer with :func:`~jaxopt_zoo.partition`, e.g.
+    ``jz.partition({"muon": jz.torch.muon(), "adamw": jz.torch.adamw()},
+    lambda params: jax.tree.map(lambda p: "muon" if p.ndim == 2 else "adamw", params))``.
+    PyTorch's weights are (out, in), so :math:`m/n` is fan-out over fan-in there;
+    for a Flax (in, out) kernel the same array rule gives fan-in over fan-out.
+
+    Differences from PyTorch: the Newton–Schulz iteration runs in the update's
+    dtype (float32 for float32 params), where PyTorch runs it in bfloat16 whatever
+    the params' dtype; ``ns_dtype=jnp.bfloat16`` (an addition) does the same.
+    ``ns_steps`` must be an integer in [0, 99] and ``eps >= 0``, checked here
+    (PyTorch checks ``ns_steps < 100`` at the first step); with ``eps=0`` a zero
+    update stays 0 (PyTorch: NaN). ``mu_dtype`` (storage of the momentum
+    buffer, see :mod:`jaxopt_zoo.storage`) is an addition. PyTorch's Muon has no
+    ``maximize``, ``foreach`` or complex support, and neither has this.
+
+    Differences from ``optax.contrib.muon(learning_rate, ns_coeffs, ns_steps, beta, eps, weight_decay, ...)``:
+    Optax's defaults are ``eps=1e-8`` (added to the norm: :math:`X / (\\|X\\|_F + \\varepsilon)`) and
+    ``weight_decay=0``; its Nesterov blend is bias-corrected (different directions in the first
+    steps; without ``nesterov`` the two agree, up to ``eps``); its width factor is
+    :math:`\\sqrt{\\max(1, n/m)}` (the transpose of this one; ``consistent_rms=0.2`` is
+    ``"match_rms_adamw"``); it sends non-2-D parameters to a Nesterov AdamW
+    instead of raising, and reshapes higher-rank ones given dimension numbers.
+
+    Args:
+        ns_dtype: the floating dtype the Newton–Schulz iteration runs in (``None``: the update's).
+        mu_dtype: storage of the momentum buffer: a storage (see :mod:`jaxopt_zoo.storage`).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, jaxopt_zoo as jz
+        >>> tx = jz.torch.muon(lr=0.02, adjust_lr_fn="match_rms_adamw")
+        >>> state = tx.init({"w": jnp.ones((4, 8))})
+        >>> labels = lambda params: jax.tree.map(lambda p: "muon" if p.ndim == 2 else "adamw", params)
+        >>> mixed = jz.partition({"muon": jz.torch.muon(lr=0.02), "adamw": jz.torch.adamw(lr=3e-4)}, labels)
+        >>> state = mixed.init({"w": jnp.ones((4, 8)), "b": jnp.zeros(8)})
+    """
+    owner = "torch.muon"
+    validation.scalar_or_schedule(owner, "lr", lr)
+    validation.non_negative(owner, "weight_decay", weight_decay)
+    check_options(owner, momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn, ns_dtype)
+    validation.state_dtypes(owner, mu_dtype=mu_dtype)
+    orthogonalised = scale_by_muon(
+        momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn, ns_dtype=ns_dtype, mu_dtype=mu_dtype
+    )
+    decay = [] if validation.is_literal_zero(weight_decay) else [add_decayed_weights(weight_decay)]
+    tx = chain(orthogonalised, *decay, scale_by_learning_rate(lr))
+
+    def init(params):
+        require_matrices(owner, params)  # before scale_by_muon's check, so that the message names torch.muon
+        return tx.init(params)
+
+    return GradientTransformation(init, tx.update)
+
+
+# Rprop and ASGD (torch.optim.Rprop, torch.optim.ASGD). Their transformations hold the rates
+# themselves (Rprop's step sizes, ASGD's eta), so no scale_by_learning_rate follows them.
+
+
+def _rated_frame(owner: str, maximize: bool, weight_decay: Number, *steps: GradientTransformation) -> GradientTransformation:
+    # _recipe's frame (negate for maximize, L2 weight decay, complex leaves as real pairs) without its rate.
+    validation.flag(owner, "maximize", maximize)
+    validation.non_negative(owner, "weight_decay", weight_decay)
+    prologue = [scale(-1.0)] if maximize else []
+    if not validation.is_literal_zero(weight_decay):
+        prologue.append(add_decayed_weights(weight_decay))
+    return split_real_and_imaginary(chain(*prologue, *steps))
+
+
+def _pair(owner: str, name: str, value: Any, meaning: str) -> tuple[Any, Any]:
+    if not (isinstance(value, (tuple, list)) and len(value) == 2):
+        raise ValueError(f"{owner}: {name} must be a pair {meaning}, got {value!r}.")
+    return value[0], value[1]
+
+
+def rprop(
+    lr: Number = 1e-2,
+    etas: tuple[Number, Number] = (0.5, 1.2),
+    step_sizes: tuple[Number, Number] = (1e-6, 50),
+    *,
+    capturable: bool = False,
+    foreach: bool | None = None,
+    maximize: bool = False,
+    differentiable: bool = False,
+    step_size_dtype: StateDtype = None,
+    prev_dtype: StateDtype = None,
+) -> GradientTransformation:
+    """``torch.optim.Rprop``: with :math:`g \\leftarrow \\pm g`, :math:`s = \\operatorname{sign}(g) \\operatorname{sign}(g'_{t-1})`,
+
+    .. math::
+
+        \\Delta_t = \\operatorname{clip}(\\Delta_{t-1} \\cdot
+        (\\eta_+ \\text{ if } s > 0, \\ \\eta_- \\text{ if } s < 0, \\ 1 \\text{ else}), \\Gamma_{\\min}, \\Gamma_{\\max}),
+        \\quad g'_t = 0 \\text{ if } s < 0 \\text{ else } g, \\quad
+        \\theta \\leftarrow \\theta - \\Delta_t \\operatorname{sign}(g'_t),
+
+    with :math:`\\Delta_0 = ` ``lr``, :math:`g'_0 = 0`, ``etas`` :math:`= (\\eta_-, \\eta_+)` and
+    ``step_sizes`` :math:`= (\\Gamma_{\\min}, \\Gamma_{\\max})`. Recipe: ``chain(...,
+    scale_by_resilient_step(lr, *etas, *step_sizes, step_size_dtype=..., prev_dtype=...), scale(-1.0))``.
+
+    ``lr`` is only the initial step size, as in PyTorch: it must be a number (a
+    schedule raises; to scale the steps over time chain ``jz.scale_by_schedule``
+    after this), and an ``inject_hyperparams`` learning rate acts only through
+    ``init``, as changing a param group's ``lr`` does nothing to a started Rprop.
+    As PyTorch, ``etas`` must satisfy :math:`0 < \\eta_- < 1 < \\eta_+`; unlike
+    PyTorch (which accepts anything), ``step_sizes`` must satisfy
+    :math:`0 \\le \\Gamma_{\\min} \\le \\Gamma_{\\max}`, both finite. The state keeps the
+    sign of :math:`g'_t` where PyTorch keeps :math:`g'_t`: the two differ only where the
+    product :math:`g \\cdot g'_{t-1}` underflows to 0 (see :func:`~jaxopt_zoo.scale_by_resilient_step`).
+
+    Against ``optax.rprop`` (0.2.8, same defaults): Optax applies each step one step late (its
+    first update is 0, a bug with an open fix, google-deepmind/optax pull request #1725), does not
+    clip the step sizes where the sign product is 0, and has no ``maximize``.
+
+    Args:
+        step_size_dtype: storage of the per-element step sizes (non-negative): a storage (see
+            :mod:`jaxopt_zoo.storage`). An addition to PyTorch.
+        prev_dtype: storage of the previous gradient's sign (signed); ``jnp.bfloat16`` and
+            ``jz.Blockwise8Bit()`` keep the signs exactly. An addition to PyTorch.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxopt_zoo as jz
+        >>> tx = jz.torch.rprop(lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50))
+        >>> small = jz.torch.rprop(prev_dtype=jnp.bfloat16, step_size_dtype=jz.Blockwise8Bit())
+    """
+    del capturable, foreach, differentiable
+    owner = "torch.rprop"
+    minus, plus = _pair(owner, "etas", etas, "(etaminus, etaplus)")
+    smallest, largest = _pair(owner, "step_sizes", step_sizes, "(min, max)")
+    _check_rprop_options(
+        owner, ("lr", lr), ("etas[0]", minus), ("etas[1]", plus), ("step_sizes[0]", smallest), ("step_sizes[1]", largest)
+    )
+    validation.state_dtypes(owner, step_size_dtype=step_size_dtype, prev_dtype=prev_dtype)
+    steps = scale_by_resilient_step(
+        lr, minus, plus, smallest, largest, step_size_dtype=step_size_dtype, prev_dtype=prev_dtype
+    )
+    return _rated_frame(owner, maximize, 0, steps, scale(-1.0))
+
+
+def asgd(
+    lr: ScalarOrSchedule = 1e-2,
+    lambd: Number = 1e-4,
+    alpha: Number = 0.75,
+    t0: Number = 1e6,
+    weight_decay: Number = 0,
+    foreach: bool | None = None,
+    maximize: bool = False,
+    differentiable: bool = False,
+    capturable: bool = False,
+    *,
+    ax_dtype: StateDtype = None,
+) -> GradientTransformation:
+    """``torch.optim.ASGD``: with :math:`g \\leftarrow \\pm g + w \\theta` (``weight_decay`` :math:`w`),
+
+    .. math::
+
+        \\theta_t = \\theta_{t-1} (1 - \\lambda \\eta_t) - \\eta_t g, \\qquad
+        \\bar\\theta_t = \\bar\\theta_{t-1} + \\mu_t (\\theta_t - \\bar\\theta_{t-1}),
+
+    .. math::
+
+        \\eta_1 = \\gamma, \\ \\eta_{t+1} = \\frac{\\gamma}{(1 + \\lambda \\gamma t)^{\\alpha}}, \\qquad
+        \\mu_1 = 1, \\ \\mu_{t+1} = \\frac{1}{\\max(1, t - t_0)}
+
+    (``lr`` :math:`\\gamma`, ``lambd`` :math:`\\lambda`), and :math:`\\bar\\theta_t = \\theta_t`
+    exactly where :math:`\\mu_t = 1`. The averaged parameters :math:`\\bar\\theta` are in
+    the state: read them with ``jz.averaged_params(state)``. Recipe: ``chain(...,
+    scale_by_asgd(lr, lambd, alpha), scale(-1.0), average_iterates(t0, ax_dtype=ax_dtype))``.
+
+    ``lr`` may be a schedule, and then gives PyTorch's trajectory under an
+    ``lr_scheduler`` stepped once per step: :math:`\\eta_{t+1}` is formed at the end of
+    step :math:`t` from that step's rate (the schedule at count :math:`t - 1`), so a
+    change of rate acts one step later; an ``inject_hyperparams`` learning rate does
+    the same. Unlike PyTorch, ``lambd`` must be >= 0 (a negative one can make
+    :math:`1 + \\lambda \\gamma t` negative, and its power NaN) and ``alpha`` and ``t0``
+    finite. Optax has no ASGD.
+
+    Args:
+        ax_dtype: storage of the averaged parameters (signed): a storage (see
+            :mod:`jaxopt_zoo.storage`). An addition to PyTorch.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxopt_zoo as jz
+        >>> tx = jz.torch.asgd(lr=1e-2, t0=100, weight_decay=1e-4)
+        >>> params = {"w": jnp.ones(3)}
+        >>> updates, state = tx.update({"w": jnp.ones(3)}, tx.init(params), params)
+        >>> jz.averaged_params(state)  # the average is the first iterate after one step
+        {'w': Array([0.98999..., 0.98999..., 0.98999...], dtype=float32)}
+    """
+    del foreach, differentiable, capturable
+    owner = "torch.asgd"
+    validation.scalar_or_schedule(owner, "lr", lr)
+    validation.non_negative(owner, "lambd", lambd)
+    validation.real_scalar(owner, "alpha", alpha)
+    validation.real_scalar(owner, "t0", t0)
+    validation.state_dtypes(owner, ax_dtype=ax_dtype)
+    averaged = [scale_by_asgd(lr, lambd, alpha), scale(-1.0), average_iterates(t0, ax_dtype=ax_dtype)]
+    return _rated_frame(owner, maximize, weight_decay, *averaged)
+
+
+# Adamax, NAdam and RAdam (torch.optim.Adamax, NAdam, RAdam): Adam's relatives in transforms/adam_variants.py.
+
+
+def _decayed(
+    owner: str, lr: ScalarOrSchedule, maximize: bool, weight_decay: Number, decoupled: bool,
+    scaling: GradientTransformation,
+) -> GradientTransformation:
+    # L2 decay folded into the gradient, or (decoupled) theta <- theta - lr wd theta beside the step.
+    validation.flag(owner, "decoupled_weight_decay", decoupled)
+    if not decoupled:
+        return _recipe(owner, lr, maximize, weight_decay, scaling)
+    validation.non_negative(owner, "weight_decay", weight_decay)
+    decay = [] if validation.is_literal_zero(weight_decay) else [add_decayed_weights(weight_decay)]
+    return _recipe(owner, lr, maximize, 0, scaling, *decay)
+
+
+def adamax(
+    lr: ScalarOrSchedule = 2e-3,
+    betas: tuple[Number, Number] = (0.9, 0.999),
+    eps: Number = 1e-8,
+    weight_decay: Number = 0,
+    foreach: bool | None = None,
+    *,
+    maximize: bool = False,
+    differentiable: bool = False,
+    capturable: bool = False,
+    mu_dtype: StateDtype = None,
+    nu_dtype: StateDtype = None,
+) -> GradientTransformation:
+    """``torch.optim.Adamax``:
+
+    .. math::
+
+        g \\leftarrow \\pm g + \\lambda \\theta, \\quad m_t = \\beta_1 m_{t-1} + (1 - \\beta_1) g, \\quad
+        u_t = \\max(\\beta_2 u_{t-1}, |g| + \\varepsilon), \\quad
+        \\theta \\leftarrow \\theta - \\frac{\\gamma\\, m_t}{(1 - \\beta_1^t)\\, u_t}
+
+    Recipe: ``chain(..., scale_by_adamax(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+    scale_by_learning_rate(lr))``. ``optax.adamax(learning_rate, b1, b2, eps)`` is the same rule
+    (numerically identical without ``weight_decay`` and ``maximize``, which it lacks; its
+    ``adamaxw`` decays decoupled, unlike PyTorch's L2 term here). Differences from PyTorch: with
+    ``eps=0`` the step is 0 where :math:`u_t = 0` (PyTorch: NaN); ``mu_dtype`` and ``nu_dtype``
+    (storage of ``exp_avg`` and ``exp_inf``, see :mod:`jaxopt_zoo.storage`) are additions.
+
+    Args:
+        mu_dtype: storage of the first moment: a storage (see :mod:`jaxopt_zoo.storage`).
+        nu_dtype: storage of the infinity norm: a storage (see :mod:`jaxopt_zoo.storage`).
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> tx = jz.torch.adamax(lr=2e-3, weight_decay=1e-4)
+    """
+    del foreach, differentiable, capturable
+    owner = "torch.adamax"
+    b1, b2 = _betas(owner, betas)
+    validation.epsilon(owner, "eps", eps)
+    validation.state_dtypes(owner, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    scaling = scale_by_adamax(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    return _recipe(owner, lr, maximize, weight_decay, scaling)
+
+
+def nadam(
+    lr: ScalarOrSchedule = 2e-3,
+    betas: tuple[Number, Number] = (0.9, 0.999),
+    eps: Number = 1e-8,
+    weight_decay: Number = 0,
+    momentum_decay: Number = 4e-3,
+    decoupled_weight_decay: bool = False,
+    *,
+    foreach: bool | None = None,
+    maximize: bool = False,
+    capturable: bool = False,
+    differentiable: bool = False,
+    mu_dtype: StateDtype = None,
+    nu_dtype: StateDtype = None,
+) -> GradientTransformation:
+    """``torch.optim.NAdam``: with :math:`\\mu_t = \\beta_1 (1 - \\frac12 0.96^{t \\psi})` and
+    :math:`\\Pi_t = \\prod_{i \\le t} \\mu_i`,
+
+    .. math::
+
+        g \\leftarrow \\pm g + \\lambda \\theta, \\quad
+        \\hat m_t = \\frac{\\mu_{t+1} m_t}{1 - \\Pi_t \\mu_{t+1}} + \\frac{(1 - \\mu_t) g}{1 - \\Pi_t}, \\quad
+        \\theta \\leftarrow \\theta - \\gamma \\frac{\\hat m_t}{\\sqrt{v_t / (1 - \\beta_2^t)} + \\varepsilon}
+
+    with Adam's moments :math:`m_t, v_t` and :math:`\\psi` the ``momentum_decay``.
+    ``decoupled_weight_decay=True`` replaces the L2 term by
+    :math:`\\theta \\leftarrow \\theta - \\gamma \\lambda \\theta` (NAdamW). Recipe:
+    ``chain(..., scale_by_scheduled_nadam(b1, b2, eps, momentum_decay, mu_dtype=mu_dtype,
+    nu_dtype=nu_dtype), scale_by_learning_rate(lr))``.
+
+    Not ``optax.nadam`` (:func:`jaxopt_zoo.nadam`): Optax's NAdam fixes :math:`\\mu_t = \\beta_1`
+    (so :math:`\\Pi_t = \\beta_1^t`), has no ``momentum_decay``, and its default rate is 1e-3; the
+    two agree only as :math:`\\psi \\to \\infty` (here from ``momentum_decay=1e5`` on, to rounding).
+    ``optax.nadamw`` is the decoupled form of Optax's rule, with ``weight_decay=1e-4``.
+
+    Differences from PyTorch: :math:`\\Pi_t` is a float32 scalar in the state (float64 with
+    64-bit types enabled), as PyTorch's ``mu_product`` tensor, but :math:`1 - \\Pi_t` and
+    :math:`\\Pi_t \\mu_{t+1}` are formed in it too, where PyTorch uses Python floats (float32
+    rounding, relative 1e-7); it advances once per step for the whole tree, not per parameter;
+    with ``eps=0`` the step is 0 where the denominator is 0 (PyTorch: NaN). ``mu_dtype`` and
+    ``nu_dtype`` are additions.
+
+    Args:
+        mu_dtype: storage of the first moment: a storage (see :mod:`jaxopt_zoo.storage`).
+        nu_dtype: storage of the second moment: a storage (see :mod:`jaxopt_zoo.storage`).
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> tx = jz.torch.nadam(lr=2e-3, weight_decay=1e-2, decoupled_weight_decay=True)
+    """
+    del foreach, capturable, differentiable
+    owner = "torch.nadam"
+    b1, b2 = _betas(owner, betas)
+    validation.epsilon(owner, "eps", eps)
+    validation.non_negative(owner, "momentum_decay", momentum_decay)
+    validation.state_dtypes(owner, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    scaling = scale_by_scheduled_nadam(b1, b2, eps, momentum_decay, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    return _decayed(owner, lr, maximize, weight_decay, decoupled_weight_decay, scaling)
+
+
+def radam(
+    lr: ScalarOrSchedule = 1e-3,
+    betas: tuple[Number, Number] = (0.9, 0.999),
+    eps: Number = 1e-8,
+    weight_decay: Number = 0,
+    decoupled_weight_decay: bool = False,
+    *,
+    foreach: bool | None = None,
+    maximize: bool = False,
+    capturable: bool = False,
+    differentiable: bool = False,
+    mu_dtype: StateDtype = None,
+    nu_dtype: StateDtype = None,
+) -> GradientTransformation:
+    """``torch.optim.RAdam``: with :math:`\\rho_\\infty = 2 / (1 - \\beta_2) - 1`,
+    :math:`\\rho_t = \\rho_\\infty - 2 t \\beta_2^t / (1 - \\beta_2^t)` and the rectification
+    :math:`r_t` of :func:`~jaxopt_zoo.transforms.adam_variants.scale_by_radam`,
+
+    .. math::
+
+        g \\leftarrow \\pm g + \\lambda \\theta, \\quad
+        \\theta \\leftarrow \\theta - \\gamma \\frac{m_t}{1 - \\beta_1^t} \\cdot \\begin{cases}
+        r_t \\sqrt{1 - \\beta_2^t} / (\\sqrt{v_t} + \\varepsilon) & \\rho_t > 5 \\\\
+        1 & \\text{otherwise} \\end{cases}
+
+    with Adam's moments :math:`m_t, v_t`. ``decoupled_weight_decay=True`` replaces the L2 term
+    by :math:`\\theta \\leftarrow \\theta - \\gamma \\lambda \\theta`. Recipe: ``chain(...,
+    scale_by_radam(b1, b2, eps, eps_before_correction=True, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+    scale_by_learning_rate(lr))``.
+
+    Differences from ``optax.radam(learning_rate, b1, b2, eps, eps_root, threshold, nesterov)``:
+    Optax adds :math:`\\varepsilon` to :math:`\\sqrt{\\hat v_t}`, after the bias correction (so its
+    :math:`\\varepsilon` weighs :math:`1/\\sqrt{1 - \\beta_2^t}` times less: the two agree with
+    ``eps=0``), and switches on :math:`\\rho_t \\ge 5`; its float32 :math:`\\rho_t` is inexact for
+    :math:`\\beta_2` near 1 (see :func:`~jaxopt_zoo.transforms.adam_variants.scale_by_radam`); it
+    has no weight decay or ``maximize``.
+
+    Differences from PyTorch: the switch is :math:`\\rho_t \\ge 5`, which differs from PyTorch's
+    :math:`\\rho_t > 5` only at a step whose :math:`\\rho_t` rounds to exactly 5; :math:`\\rho_t`
+    and :math:`r_t` are computed in float32 (float64 with 64-bit types enabled) by a formula
+    accurate to float32's precision, where PyTorch uses Python floats; with ``eps=0`` the step is 0
+    where :math:`v_t = 0` (PyTorch: NaN). ``mu_dtype`` and ``nu_dtype`` are additions.
+
+    Args:
+        mu_dtype: storage of the first moment: a storage (see :mod:`jaxopt_zoo.storage`).
+        nu_dtype: storage of the second moment: a storage (see :mod:`jaxopt_zoo.storage`).
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> tx = jz.torch.radam(lr=1e-3, weight_decay=1e-2, decoupled_weight_decay=True)
+    """
+    del foreach, capturable, differentiable
+    owner = "torch.radam"
+    b1, b2 = _betas(owner, betas)
+    validation.epsilon(owner, "eps", eps)
+    validation.state_dtypes(owner, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    scaling = scale_by_radam(b1, b2, eps, eps_before_correction=True, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    return _decayed(owner, lr, maximize, weight_decay, decoupled_weight_decay, scaling)
+
+
+# Adafactor (torch.optim.Adafactor): the factored second moment, the parameter scale and the relative
+# step size in transforms/factored.py, with the update-RMS clipping of transforms/clipping.py.
+
+
+def adafactor(
+    lr: ScalarOrSchedule = 1e-2,
+    beta2_decay: Number = -0.8,
+    eps: tuple[Number | None, Number] = (None, 1e-3),
+    d: Number = 1.0,
+    weight_decay: Number = 0.0,
+    *,
+    foreach: bool | None = None,
+    maximize: bool = False,
+    factors_dtype: StateDtype = None,
+    variance_dtype: StateDtype = None,
+    axis_name: str | tuple[str, ...] | None = None,
+) -> GradientTransformation:
+    """``torch.optim.Adafactor`` (Shazeer & Stern 2018, with PyTorch's use of ``lr`` and ``eps``):
+
+    .. math::
+
+        \\rho_t = \\min(\\gamma_t, 1 / \\sqrt t), \\quad
+        \\alpha_t = \\max\\big(\\varepsilon_2, \\operatorname{RMS}(\\theta_{t-1})\\big) \\rho_t, \\quad
+        U_t = \\frac{\\pm g_t}{\\max(\\sqrt{\\hat V_t}, \\varepsilon_1)}, \\quad
+        \\theta_t = \\theta_{t-1} - \\gamma_t \\lambda \\theta_{t-1}
+        - \\frac{\\alpha_t \\, U_t}{\\max\\big(1, \\operatorname{RMS}(U_t) / d\\big)}
+
+    with :math:`\\hat V_t` the factored second moment of :func:`~jaxopt_zoo.scale_by_factored_second_moment`
+    (row and column factors over the last two dims of every param of two or more dims; a full moment
+    for scalars and vectors; :math:`\\hat\\beta_{2,t} = 1 - t^{\\tau}`, :math:`\\tau` the
+    ``beta2_decay``). ``eps=(eps1, eps2)``; ``eps1=None`` is the machine epsilon of each gradient's
+    dtype. The decay uses ``lr``, not :math:`\\rho_t`, as PyTorch's does. Recipe:
+    ``chain([scale(-1.0)], scale_by_factored_second_moment(beta2_decay, eps1, ...), clip_by_block_rms(d),
+    scale_by_param_block_rms(eps2), scale_by_schedule(relative_step_size(lr)), [add_decayed_weights(lr * weight_decay)],
+    scale(-1.0))``.
+
+    Differences from ``optax.adafactor`` (same update once these coincide; tested):
+
+    - Optax factors only params whose two largest dims are both at least ``min_dim_size_to_factor``
+      (128), over those two dims; PyTorch factors every param of two or more dims over its last two.
+      With ``min_dim_size_to_factor=1`` the two agree for matrices, and for higher-dim params whose
+      last two dims are their largest.
+    - Optax adds ``eps`` (1e-30) to :math:`g^2`; PyTorch floors the row mean at :math:`\\varepsilon_1`
+      and the root at :math:`\\varepsilon_1` instead.
+    - Optax's ``decay_rate=0.8`` is ``beta2_decay=-0.8`` (the same :math:`1 - t^{-0.8}`).
+    - Optax multiplies by a fixed ``learning_rate``; PyTorch by :math:`\\rho_t = \\min(\\gamma, 1/\\sqrt t)`,
+      which equals it while :math:`t \\le 1/\\gamma^2` (10,000 steps at the default ``lr``).
+    - Optax's parameter scale (``multiply_by_parameter_scale=True``) has the fixed floor 1e-3, PyTorch's
+      is :math:`\\varepsilon_2`; Optax's ``clipping_threshold`` is ``d``; its ``weight_decay_rate``
+      is ``lr * weight_decay`` here. Optax's optional ``momentum`` has no PyTorch counterpart.
+
+    Differences from PyTorch: ``eps1=None`` takes each gradient's dtype (PyTorch takes the first
+    param's for all); with ``eps1=0`` the step is 0 where :math:`\\hat V_t = 0`, not NaN; a
+    non-zero ``eps1`` whose square is denormal in float32 raises. The step count is the optimizer's,
+    not per parameter. Additions: the storage options and ``axis_name``.
+
+    Args:
+        factors_dtype: storage of the row and column factors: a storage (see :mod:`jaxopt_zoo.storage`).
+        variance_dtype: storage of the full second moment of scalars and vectors, likewise.
+        axis_name: inside ``shard_map``, the mesh axes the params may be sharded over, so that every
+            RMS and every row or column mean is the whole array's (see :mod:`jaxopt_zoo.sharding`).
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> tx = jz.torch.adafactor(lr=1e-2, weight_decay=1e-2)
+        >>> tx_8bit = jz.torch.adafactor(factors_dtype=jz.Blockwise8Bit(), variance_dtype=jz.Blockwise8Bit())
+    """
+    del foreach
+    owner = "torch.adafactor"
+    validation.scalar_or_schedule(owner, "lr", lr)
+    validation.non_positive(owner, "beta2_decay", beta2_decay)
+    if not (isinstance(eps, (tuple, list)) and len(eps) == 2):
+        raise ValueError(f"{owner}: eps must be a pair (eps1, eps2), got {eps!r}.")
+    eps1, eps2 = eps
+    if eps1 is not None and (validation.epsilon(owner, "eps[0]", eps1) or 1.0) ** 2 < validation.SMALLEST_NORMAL:
+        raise ValueError(f"{owner}: eps[0]={eps1!r} squared is denormal in float32 (flushed to 0); pass 0 or at least 1.1e-19.")
+    validation.non_negative(owner, "eps[1]", eps2)
+    d_value = validation.real_scalar(owner, "d", d)
+    if d_value is not None and d_value < 1:
+        raise ValueError(f"{owner}: d must be >= 1, got {d!r}.")
+    validation.non_negative(owner, "weight_decay", weight_decay)
+    validation.flag(owner, "maximize", maximize)
+    validation.state_dtypes(owner, factors_dtype=factors_dtype, variance_dtype=variance_dtype)
+    axis_name = validation.axis_name(owner, axis_name)
+    steps = [scale(-1.0)] if maximize else []
+    steps += [
+        scale_by_factored_second_moment(
+            beta2_decay, eps1, factors_dtype=factors_dtype, variance_dtype=variance_dtype, axis_name=axis_name
+        ),
+        clip_by_block_rms(d, axis_name=axis_name),
+        scale_by_param_block_rms(eps2, axis_name=axis_name),
+        scale_by_schedule(relative_step_size(lr)),
+    ]
+    if not validation.is_literal_zero(weight_decay):  # theta <- theta - lr wd theta, with PyTorch's lr (not rho_t)
+        steps.append(add_decayed_weights((lambda count: lr(count) * weight_decay) if callable(lr) else lr * weight_decay))
+    return chain(*steps, scale(-1.0))
+
+lbfgs = torch_lbfgs  # torch.optim.LBFGS: a whole step(closure) per update, driven by value_fn; see its docstring

@@ -215,3 +215,11 @@ def axis_name(owner: str, value: Any) -> tuple[str, ...] | None:
     if not isinstance(names, (tuple, list)) or not all(isinstance(n, str) for n in names):
         raise ValueError(f"{owner}: axis_name must be None, a mesh axis name or a tuple of them, got {value!r}.")
     return tuple(names)
+
+
+def non_positive(owner: str, name: str, value: Any) -> float | None:
+    """Require a finite real ``value <= 0`` (an exponent such as Adafactor's ``beta2_decay``); return it as a float."""
+    x = real_scalar(owner, name, value)
+    if x is not None and x > 0:
+        raise ValueError(f"{owner}: {name} must be <= 0, got {value!r}.")
+    return x

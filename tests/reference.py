@@ -427,3 +427,376 @@ def nearest_code(y: np.ndarray, table: np.ndarray) -> np.ndarray:
     right = np.clip(np.searchsorted(table, y), 1, table.size - 1)
     left = right - 1
     return np.where(np.abs(y - table[left]) <= np.abs(y - table[right]), left, right)
+
+
+def torch_muon(lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True, ns_coefficients=(3.4445, -4.775, 2.0315),
+               eps=1e-7, ns_steps=5, adjust_lr_fn=None):
+    """torch.optim.Muon (its source, torch/optim/_muon.py, in float64; PyTorch runs Newton-Schulz in bfloat16).
+
+    B = mu B + (1 - mu) g (buf.lerp_(g, 1 - mu); the docs' B = mu B + g differs by a scale the normalisation
+    removes); U = (1 - mu) g + mu B (g.lerp(B, mu)) if nesterov else B;
+    X = U (transposed if rows > cols) / max(||U||_F, eps); k times: A = X X^T, X = a X + (b A + c A A) X;
+    p <- p (1 - lr wd) - lr s X, s = sqrt(max(1, rows / cols)) ("original", None) or 0.2 sqrt(max(rows, cols)).
+    """
+    a, b, c = ns_coefficients
+
+    def orthogonalize(u):
+        tall = u.shape[0] > u.shape[1]
+        x = u.T if tall else u
+        x = x / max(np.sqrt(np.sum(x * x)), eps)
+        for _ in range(ns_steps):
+            gram = x @ x.T
+            x = a * x + (b * gram + c * (gram @ gram)) @ x
+        return x.T if tall else x
+
+    def init(params):
+        return {"buf": np.zeros_like(params)}
+
+    def update(g, state, p, t):
+        rate = schedule_value(lr, t)
+        buf = momentum * state["buf"] + (1 - momentum) * g
+        u = (1 - momentum) * g + momentum * buf if nesterov else buf
+        rows, cols = p.shape
+        s = 0.2 * np.sqrt(max(rows, cols)) if adjust_lr_fn == "match_rms_adamw" else np.sqrt(max(1, rows / cols))
+        return -rate * weight_decay * p - rate * s * orthogonalize(u), {"buf": buf}
+
+    return Reference(init, update)
+
+
+def torch_rprop(lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), maximize=False):
+    """torch.optim.Rprop: s = sign(g prev); step = clamp(step * (eta+ if s > 0, eta- if s < 0, 1), min, max);
+    g = 0 where s < 0; p -= sign(g) step; prev = g (step starts at lr, prev at 0)."""
+    eta_minus, eta_plus = etas
+
+    def init(params):
+        return {"step": np.full_like(params, lr), "prev": np.zeros_like(params)}
+
+    def update(g, state, p, t):
+        g = _signed(g, maximize)
+        sign = np.sign(g * state["prev"])
+        factor = np.where(sign > 0, eta_plus, np.where(sign < 0, eta_minus, 1.0))
+        step = np.clip(state["step"] * factor, *step_sizes)
+        g = np.where(sign < 0, 0.0, g)
+        return -np.sign(g) * step, {"step": step, "prev": g}
+
+    return Reference(init, update)
+
+
+def torch_asgd(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, maximize=False):
+    """torch.optim.ASGD: g <- +-g + wd p; p <- p (1 - lambd eta) - eta g; ax <- p if mu == 1 else ax + mu (p - ax);
+    then eta = lr / (1 + lambd lr t)^alpha, mu = 1 / max(1, t - t0) (eta starts at lr, mu at 1, ax at 0).
+    ``state["ax"]`` is the averaged iterate; ``lr`` may be a schedule (read each step, as an lr_scheduler sets it)."""
+
+    def init(params):
+        return {"eta": schedule_value(lr, 1), "mu": 1.0, "ax": np.zeros_like(params)}
+
+    def update(g, state, p, t):
+        eta, mu = state["eta"], state["mu"]
+        g = _signed(g, maximize) + weight_decay * p
+        new = p * (1 - lambd * eta) - eta * g
+        ax = new.copy() if mu == 1 else state["ax"] + (new - state["ax"]) * mu
+        rate = schedule_value(lr, t)
+        state = {"eta": rate / (1 + lambd * rate * t) ** alpha, "mu": 1 / max(1, t - t0), "ax": ax}
+        return new - p, state
+
+    return Reference(init, update)
+
+
+# torch.optim.Adamax, NAdam and RAdam, from their documented pseudocode (torch 2.13 docs).
+
+
+def torch_adamax(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, maximize=False):
+    """torch.optim.Adamax: g <- (-g if maximize) + wd p; m = b1 m + (1-b1) g; u = max(b2 u, |g| + eps);
+    p -= lr m / ((1 - b1^t) u)."""
+    b1, b2 = betas
+
+    def init(params):
+        return {"m": np.zeros_like(params), "u": np.zeros_like(params)}
+
+    def update(g, state, p, t):
+        g = _signed(g, maximize) + weight_decay * p
+        m = b1 * state["m"] + (1 - b1) * g
+        u = np.maximum(b2 * state["u"], np.abs(g) + eps)
+        return -schedule_value(lr, t) * m / ((1 - b1**t) * u), {"m": m, "u": u}
+
+    return Reference(init, update)
+
+
+def torch_nadam(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
+                decoupled_weight_decay=False, maximize=False):
+    """torch.optim.NAdam: mu_t = b1 (1 - 0.5 * 0.96^(t psi)); prod_t = mu_1 ... mu_t;
+    m_hat = mu_{t+1} m / (1 - prod_t mu_{t+1}) + (1 - mu_t) g / (1 - prod_t);
+    p -= lr m_hat / (sqrt(v / (1 - b2^t)) + eps), after p -= lr wd p (decoupled) or with g += wd p."""
+    b1, b2 = betas
+
+    def init(params):
+        return {"m": np.zeros_like(params), "v": np.zeros_like(params), "mu_product": 1.0}
+
+    def update(g, state, p, t):
+        rate = schedule_value(lr, t)
+        g = _signed(g, maximize)
+        decay = -rate * weight_decay * p if decoupled_weight_decay else 0.0
+        if not decoupled_weight_decay:
+            g = g + weight_decay * p
+        mu = b1 * (1 - 0.5 * 0.96 ** (t * momentum_decay))
+        mu_next = b1 * (1 - 0.5 * 0.96 ** ((t + 1) * momentum_decay))
+        product = state["mu_product"] * mu
+        m = b1 * state["m"] + (1 - b1) * g
+        v = b2 * state["v"] + (1 - b2) * g * g
+        m_hat = mu_next * m / (1 - product * mu_next) + (1 - mu) * g / (1 - product)
+        step = m_hat / (np.sqrt(v / (1 - b2**t)) + eps)
+        return decay - rate * step, {"m": m, "v": v, "mu_product": product}
+
+    return Reference(init, update)
+
+
+def torch_radam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, maximize=False):
+    """torch.optim.RAdam: rho_inf = 2 / (1 - b2) - 1; rho_t = rho_inf - 2 t b2^t / (1 - b2^t);
+    m_hat = m / (1 - b1^t); if rho_t > 5: p -= lr m_hat r_t sqrt(1 - b2^t) / (sqrt(v) + eps), with
+    r_t = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t)); else p -= lr m_hat."""
+    b1, b2 = betas
+
+    def init(params):
+        return {"m": np.zeros_like(params), "v": np.zeros_like(params)}
+
+    def update(g, state, p, t):
+        rate = schedule_value(lr, t)
+        g = _signed(g, maximize)
+        decay = -rate * weight_decay * p if decoupled_weight_decay else 0.0
+        if not decoupled_weight_decay:
+            g = g + weight_decay * p
+        m = b1 * state["m"] + (1 - b1) * g
+        v = b2 * state["v"] + (1 - b2) * g * g
+        m_hat = m / (1 - b1**t)
+        rho_inf = 2 / (1 - b2) - 1
+        rho = rho_inf - 2 * t * b2**t / (1 - b2**t)
+        if rho > 5:
+            r = np.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+            step = m_hat * r * np.sqrt(1 - b2**t) / (np.sqrt(v) + eps)
+        else:
+            step = m_hat
+        return decay - rate * step, {"m": m, "v": v}
+
+    return Reference(init, update)
+
+
+def torch_adafactor(lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, maximize=False,
+                    dtype=np.float64):
+    """torch.optim.Adafactor (its documented algorithm and note on eps1): G = +-g; b2_t = 1 - t^decay;
+    rho = min(lr, 1/sqrt(t)); alpha = max(eps2, RMS(p)) rho; p <- p - lr wd p; for >= 2 dims (the last
+    two factored) R = b2_t R + (1 - b2_t) mean_j G^2, C = b2_t C + (1 - b2_t) mean_i G^2,
+    V = R C / max(mean_i R, eps1); else V = b2_t V + (1 - b2_t) G^2; U = G / max(sqrt(V), eps1);
+    p <- p - alpha U / max(1, RMS(U) / d). eps1=None is the machine epsilon of ``dtype``."""
+    eps1 = float(np.finfo(dtype).eps) if eps[0] is None else eps[0]
+    eps2 = eps[1]
+
+    def init(params):
+        if params.ndim >= 2:
+            return {"R": np.zeros(params.shape[:-1] + (1,)), "C": np.zeros(params.shape[:-2] + (1,) + params.shape[-1:])}
+        return {"V": np.zeros_like(params)}
+
+    def update(g, state, p, t):
+        rate = schedule_value(lr, t)
+        g = _signed(g, maximize)
+        beta2 = 1 - t**beta2_decay
+        rho = min(rate, 1 / np.sqrt(t))
+        alpha = max(eps2, np.sqrt(np.mean(p * p))) * rho
+        if p.ndim >= 2:
+            R = beta2 * state["R"] + (1 - beta2) * np.mean(g * g, axis=-1, keepdims=True)
+            C = beta2 * state["C"] + (1 - beta2) * np.mean(g * g, axis=-2, keepdims=True)
+            V = (R @ C) / np.maximum(np.mean(R, axis=-2, keepdims=True), eps1)
+            state = {"R": R, "C": C}
+        else:
+            V = beta2 * state["V"] + (1 - beta2) * g * g
+            state = {"V": V}
+        U = g / np.maximum(np.sqrt(V), eps1)
+        U = U / max(1.0, np.sqrt(np.mean(U * U)) / d)
+        return -rate * weight_decay * p - alpha * U, state
+
+    return Reference(init, update)
+
+
+# ---------------------------------------------------------------------------
+# torch.optim.LBFGS: a whole step(closure) at a time, over one flat float64 vector.
+
+
+def _cubic_minimum(x1, f1, g1, x2, f2, g2, bounds=None):
+    """Minimiser of the cubic through (x1, f1, g1) and (x2, f2, g2), clipped to ``bounds``
+    (default: the interval between x1 and x2); the interval's midpoint when the cubic has no minimum."""
+    lo, hi = bounds if bounds is not None else ((x1, x2) if x1 <= x2 else (x2, x1))
+    d1 = g1 + g2 - 3 * (f1 - f2) / (x1 - x2)
+    d2_square = d1 * d1 - g1 * g2
+    if not d2_square >= 0:
+        return (lo + hi) / 2.0
+    d2 = np.sqrt(d2_square)
+    if x1 <= x2:
+        x = x2 - (x2 - x1) * ((g2 + d2 - d1) / (g2 - g1 + 2 * d2))
+    else:
+        x = x1 - (x1 - x2) * ((g1 + d2 - d1) / (g1 - g2 + 2 * d2))
+    return min(max(x, lo), hi)  # Python's min/max, as torch (NaN-order semantics included)
+
+
+def _strong_wolfe_search(value_and_grad, x, t, d, f, g, gtd, max_ls, c1=1e-4, c2=0.9, tolerance_change=1e-9):
+    """torch's strong-Wolfe line search (bracketing, then zoom with cubic interpolation).
+
+    Returns ``(f, g, t, evaluations)`` at the accepted step ``t`` along ``d`` from ``x``.
+    """
+
+    def probe(step):
+        value, grad = value_and_grad(x + step * d)
+        return float(value), grad, float(grad @ d)
+
+    d_norm = float(np.max(np.abs(d)))
+    f_t, g_t, gtd_t = probe(t)
+    evals, iters = 1, 0
+    # points: [step, value, grad, slope]; "prev" starts at the origin.
+    prev = [0.0, f, g, gtd]
+    done = False
+    bracket = None
+    while iters < max_ls:
+        cur = [t, f_t, g_t, gtd_t]
+        if f_t > f + c1 * t * gtd or (iters > 1 and f_t >= prev[1]):
+            bracket = [prev, cur]
+            break
+        if abs(gtd_t) <= -c2 * gtd:
+            bracket, done = [cur], True
+            break
+        if gtd_t >= 0:
+            bracket = [prev, cur]
+            break
+        bounds = (t + 0.01 * (t - prev[0]), t * 10)
+        t_next = _cubic_minimum(prev[0], prev[1], prev[3], t, f_t, gtd_t, bounds)
+        prev = cur
+        t = t_next
+        f_t, g_t, gtd_t = probe(t)
+        evals += 1
+        iters += 1
+    if iters == max_ls:
+        bracket = [[0.0, f, g, None], [t, f_t, g_t, None]]
+
+    low, high = (0, 1) if bracket[0][1] <= bracket[-1][1] else (1, 0)
+    stalled = False  # the last trial was too close to an end of the bracket
+    while not done and iters < max_ls:
+        a, b = bracket[0][0], bracket[1][0]
+        if abs(b - a) * d_norm < tolerance_change:
+            break
+        t = _cubic_minimum(a, bracket[0][1], bracket[0][3], b, bracket[1][1], bracket[1][3])
+        top, bottom = max(a, b), min(a, b)
+        margin = 0.1 * (top - bottom)
+        if min(top - t, t - bottom) < margin:
+            if stalled or t >= top or t <= bottom:
+                t = top - margin if abs(t - top) < abs(t - bottom) else bottom + margin
+                stalled = False
+            else:
+                stalled = True
+        else:
+            stalled = False
+        f_t, g_t, gtd_t = probe(t)
+        evals += 1
+        iters += 1
+        cur = [t, f_t, g_t, gtd_t]
+        if f_t > f + c1 * t * gtd or f_t >= bracket[low][1]:
+            bracket[high] = cur
+            low, high = (0, 1) if bracket[0][1] <= bracket[1][1] else (1, 0)
+        else:
+            if abs(gtd_t) <= -c2 * gtd:
+                done = True
+            elif gtd_t * (bracket[high][0] - bracket[low][0]) >= 0:
+                bracket[high] = bracket[low]
+            bracket[low] = cur
+    t, f_t, g_t, _ = bracket[low]
+    return f_t, g_t, t, evals
+
+
+def torch_lbfgs(lr=1.0, max_iter=20, max_eval=None, tolerance_grad=1e-7, tolerance_change=1e-9, history_size=100,
+                line_search_fn=None):
+    """torch.optim.LBFGS (its source read for the facts), one ``step(closure)`` per ``update``.
+
+    Unlike the references above, ``update(value_and_grad, state, x)`` takes the
+    objective ``value_and_grad(x) -> (value, grad)`` over the flat float64
+    parameter vector ``x`` and returns ``(x_next - x, state)``. Per step: evaluate
+    at ``x``; stop if ``max|g| <= tolerance_grad``; else up to ``max_iter``
+    iterations of: curvature pair ``(y, s) = (g - g_prev, t d)`` kept when
+    ``y.s > 1e-10`` (oldest dropped beyond ``history_size``; ``H = y.s / y.y``),
+    ``d = -H_k g`` by the two-loop recursion, step ``t = min(1, 1/|g|_1) lr`` on
+    the very first iteration and ``lr`` after, then a fixed step (with a fresh
+    evaluation except on the last iteration) or torch's strong-Wolfe search;
+    stop on ``max_iter``, ``max_eval`` evaluations, ``max|g| <= tolerance_grad``,
+    ``max|t d| <= tolerance_change`` or a loss change below ``tolerance_change``.
+    """
+    if max_eval is None:
+        max_eval = max_iter * 5 // 4
+
+    def init(x):
+        return {"func_evals": 0, "n_iter": 0, "d": None, "t": None, "dirs": [], "stps": [], "ro": [],
+                "H_diag": 1.0, "prev_grad": None, "prev_loss": None}
+
+    def update(value_and_grad, state, x):
+        state = dict(state, dirs=list(state["dirs"]), stps=list(state["stps"]), ro=list(state["ro"]))
+        x0 = np.asarray(x, np.float64)
+        x = x0.copy()
+        loss, grad = value_and_grad(x)
+        loss, grad = float(loss), np.asarray(grad, np.float64)
+        evals = 1
+        state["func_evals"] += 1
+        if np.max(np.abs(grad)) <= tolerance_grad:
+            return x - x0, state
+        d, t = state["d"], state["t"]
+        iteration = 0
+        while iteration < max_iter:
+            iteration += 1
+            state["n_iter"] += 1
+            if state["n_iter"] == 1:
+                d = -grad
+                state.update(dirs=[], stps=[], ro=[], H_diag=1.0)
+            else:
+                y = grad - state["prev_grad"]
+                s = d * t
+                ys = float(y @ s)
+                if ys > 1e-10:
+                    if len(state["dirs"]) == history_size:
+                        for key in ("dirs", "stps", "ro"):
+                            state[key].pop(0)
+                    state["dirs"].append(y)
+                    state["stps"].append(s)
+                    state["ro"].append(1.0 / ys)
+                    state["H_diag"] = ys / float(y @ y)
+                dirs, stps, ro = state["dirs"], state["stps"], state["ro"]
+                alpha = [0.0] * len(dirs)
+                q = -grad
+                for i in reversed(range(len(dirs))):
+                    alpha[i] = float(stps[i] @ q) * ro[i]
+                    q = q - alpha[i] * dirs[i]
+                r = q * state["H_diag"]
+                for i in range(len(dirs)):
+                    beta = float(dirs[i] @ r) * ro[i]
+                    r = r + (alpha[i] - beta) * stps[i]
+                d = r
+            state["prev_grad"] = grad.copy()
+            state["prev_loss"] = prev_loss = loss
+            t = (min(1.0, 1.0 / float(np.sum(np.abs(grad)))) * lr) if state["n_iter"] == 1 else lr
+            gtd = float(grad @ d)
+            if gtd > -tolerance_change:
+                break
+            spent = 0
+            if line_search_fn == "strong_wolfe":
+                loss, grad, t, spent = _strong_wolfe_search(value_and_grad, x, t, d, loss, grad, gtd, max_eval - evals)
+                x = x + t * d
+                optimal = np.max(np.abs(grad)) <= tolerance_grad
+            else:
+                x = x + t * d
+                if iteration != max_iter:
+                    loss, grad = value_and_grad(x)
+                    loss, grad = float(loss), np.asarray(grad, np.float64)
+                    optimal = np.max(np.abs(grad)) <= tolerance_grad
+                    spent = 1
+            evals += spent
+            state["func_evals"] += spent
+            if iteration == max_iter or evals >= max_eval or optimal:
+                break
+            if np.max(np.abs(d * t)) <= tolerance_change or abs(loss - prev_loss) < tolerance_change:
+                break
+        state.update(d=d, t=t)
+        return x - x0, state
+
+    return Reference(init, update)

@@ -38,6 +38,17 @@ CASES = {
                                       {"dense": {"w": "adam", "b": "sgd"}, "scale": "sgd"}),
     "torch": lambda: jz.torch.adam(lr=1e-2, amsgrad=True, weight_decay=0.1),
     "lookahead": lambda: jz.lookahead(jz.adam(1e-2), sync_period=3, slow_step_size=0.5),
+    "torch.rprop": lambda: jz.torch.rprop(lr=0.05, prev_dtype=jnp.bfloat16),
+    "torch.asgd": lambda: jz.torch.asgd(lr=0.05, t0=2.0, ax_dtype=jz.StochasticBF16()),
+    # NAdam keeps the running product of its momentum coefficients, a float32 scalar, in its state.
+    "torch.nadam": lambda: jz.torch.nadam(lr=1e-2, weight_decay=0.1, nu_dtype=jz.StochasticBF16()),
+    # Row and column factors, and scalar stand-ins where a param has no such moment.
+    "torch.adafactor": lambda: jz.torch.adafactor(lr=0.1, weight_decay=0.1, variance_dtype=jz.StochasticBF16()),
+    # Muon for the matrix, AdamW for the vector and the scalar (torch.optim.Muon takes 2-D params only).
+    "torch.muon": lambda: jz.partition(
+        {"muon": jz.torch.muon(lr=0.02, mu_dtype=jz.StochasticBF16()), "adamw": jz.torch.adamw(lr=1e-2)},
+        lambda params: jax.tree.map(lambda p: "muon" if p.ndim == 2 else "adamw", params),
+    ),
 }
 
 

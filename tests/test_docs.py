@@ -33,6 +33,12 @@ MODULES = [
     "jaxopt_zoo.transforms.trust_ratio",
     "jaxopt_zoo.transforms.weight_decay",
     "jaxopt_zoo.torch",
+    "jaxopt_zoo.transforms.rprop",
+    "jaxopt_zoo.transforms.averaging",
+    "jaxopt_zoo.transforms.adam_variants",
+    "jaxopt_zoo.transforms.lbfgs",
+    "jaxopt_zoo.transforms.factored",
+    "jaxopt_zoo.transforms.orthogonal",
 ]
 WITHOUT_EXAMPLES = {"jaxopt_zoo.tree", "jaxopt_zoo.validation"}  # internal helpers, tested in test_tree.py
 

@@ -46,6 +46,7 @@ def _train_nnx(tx, steps=10, **extra):
     [
         (lambda: jz.adamw(1e-2, weight_decay=0.1), lambda: optax.adamw(1e-2, weight_decay=0.1)),
         (lambda: jz.sgd(0.1, momentum=0.9, nesterov=True), lambda: optax.sgd(0.1, 0.9, nesterov=True)),
+        (lambda: jz.torch.adamax(lr=1e-2), lambda: optax.adamax(1e-2)),
     ],
 )
 def test_nnx_optimizer_trains_like_optax(ours, theirs):

@@ -44,6 +44,12 @@ OPTIMIZERS = {  # name: factory of axis_name (used only by the transforms with r
     "torch.sgd": lambda axes: jz.torch.sgd(0.1, momentum=0.9, dampening=0.1, weight_decay=1e-3),
     "torch.adam": lambda axes: jz.torch.adam(1e-2, amsgrad=True, weight_decay=1e-2),
     "clip_by_global_norm+adamw": lambda axes: jz.chain(jz.clip_by_global_norm(0.5, axis_name=axes), jz.adamw(1e-2)),
+    "torch.rprop": lambda axes: jz.torch.rprop(0.05, etas=(0.3, 1.5)),
+    "torch.asgd": lambda axes: jz.torch.asgd(0.05, lambd=0.1, t0=2.0, weight_decay=1e-3),
+    "torch.adamax": lambda axes: jz.torch.adamax(1e-2, weight_decay=1e-3),
+    "torch.nadam": lambda axes: jz.torch.nadam(1e-2, weight_decay=1e-2, decoupled_weight_decay=True),
+    "torch.radam": lambda axes: jz.torch.radam(1e-2, weight_decay=1e-3),
+    "torch.adafactor": lambda axes: jz.torch.adafactor(0.1, weight_decay=1e-2, axis_name=axes),
 }
 
 
@@ -90,6 +96,11 @@ def single_device_trajectory(name):
 
 def assert_laid_out_like_params(tx, state, params, mesh):
     def same_as_param(leaf, param):
+        if leaf.shape != param.shape:  # a moment reduced over some dims (Adafactor's factors, a scalar stand-in)
+            kept = [a if leaf.ndim == param.ndim and n == m else None
+                    for a, n, m in zip(list(param.sharding.spec) + [None] * param.ndim, leaf.shape, param.shape)]
+            assert leaf.sharding.is_equivalent_to(NamedSharding(mesh, P(*kept)), leaf.ndim), (leaf.sharding, kept)
+            return leaf
         assert leaf.sharding.is_equivalent_to(param.sharding, leaf.ndim), (leaf.sharding, param.sharding)
         return leaf
 
@@ -161,8 +172,9 @@ def test_compiled_step_moves_no_parameter_and_holds_one_eighth(name):
     unsharded_size = unsharded.memory_analysis().argument_size_in_bytes
     assert unsharded_size >= full_bytes
     assert sharded_size <= 1.1 * local_bytes
-    # 8-way split but for a 4-way bias and a replicated one: 0.14 of the bytes.
-    assert sharded_size / unsharded_size < 0.16
+    # 8-way split but for a 4-way bias and a replicated one: 0.14 of the bytes. Adafactor's factors (n + m
+    # numbers per matrix) split only along the dim each keeps, and its scalar stand-ins replicate: 0.16.
+    assert sharded_size / unsharded_size < (0.17 if name == "torch.adafactor" else 0.16)
 
 
 def test_init_sharded_under_explicit_axes_and_for_optax_transformations():

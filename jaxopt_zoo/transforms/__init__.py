@@ -24,36 +24,76 @@ from jaxopt_zoo.transforms.momentum import DampenedTraceState, TraceState, neste
 from jaxopt_zoo.transforms.scaling import ScaleByScheduleState, scale, scale_by_learning_rate, scale_by_schedule
 from jaxopt_zoo.transforms.trust_ratio import scale_by_trust_ratio
 from jaxopt_zoo.transforms.weight_decay import WeightDecayScheduleState, add_decayed_weights
+from jaxopt_zoo.transforms.orthogonal import ScaleByMuonState, newton_schulz, scale_by_muon
+from jaxopt_zoo.transforms.rprop import ScaleByResilientStepState, scale_by_resilient_step
+from jaxopt_zoo.transforms.averaging import AverageIteratesState, ScaleByAsgdState, average_iterates, averaged_params, scale_by_asgd
+from jaxopt_zoo.transforms.adam_variants import (
+    ScaleByAdamaxState,
+    ScaleByRAdamState,
+    ScaleByScheduledNadamState,
+    scale_by_adamax,
+    scale_by_radam,
+    scale_by_scheduled_nadam,
+)
+from jaxopt_zoo.transforms.factored import (
+    ScaleByFactoredSecondMomentState,
+    relative_step_size,
+    scale_by_factored_second_moment,
+    scale_by_param_block_rms,
+)
+from jaxopt_zoo.transforms.lbfgs import TorchLbfgsState, torch_lbfgs
 
 __all__ = [
+    "AverageIteratesState",
     "DampenedTraceState",
     "ScaleByAdaDeltaState",
     "ScaleByAdamState",
+    "ScaleByAdamaxState",
     "ScaleByAmsgradState",
+    "ScaleByAsgdState",
+    "ScaleByFactoredSecondMomentState",
+    "ScaleByMuonState",
+    "ScaleByRAdamState",
     "ScaleByRStdDevState",
     "ScaleByRStdDevWithCountState",
+    "ScaleByResilientStepState",
     "ScaleByRmsState",
     "ScaleByRmsWithCountState",
     "ScaleByRssState",
     "ScaleByScheduleState",
+    "ScaleByScheduledNadamState",
+    "TorchLbfgsState",
     "TraceState",
     "WeightDecayScheduleState",
     "adaptive_grad_clip",
     "add_decayed_weights",
+    "average_iterates",
+    "averaged_params",
     "clip",
     "clip_by_block_rms",
     "clip_by_global_norm",
     "nesterov",
+    "newton_schulz",
+    "relative_step_size",
     "scale",
     "scale_by_adadelta",
     "scale_by_adam",
+    "scale_by_adamax",
     "scale_by_amsgrad",
+    "scale_by_asgd",
+    "scale_by_factored_second_moment",
     "scale_by_learning_rate",
+    "scale_by_muon",
+    "scale_by_param_block_rms",
+    "scale_by_radam",
+    "scale_by_resilient_step",
     "scale_by_rms",
     "scale_by_rss",
     "scale_by_schedule",
+    "scale_by_scheduled_nadam",
     "scale_by_stddev",
     "scale_by_trust_ratio",
+    "torch_lbfgs",
     "trace",
     "unitwise_norm",
 ]

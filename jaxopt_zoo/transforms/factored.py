@@ -1,0 +1,270 @@
+"""Factored second moments (Adafactor): running means of squared gradients per row and per column.
+
+For an :math:`n \\times m` gradient, Adafactor (Shazeer & Stern 2018) keeps the
+running means of its squares along each row (:math:`n` numbers) and along each
+column (:math:`m` numbers) instead of one per element, and estimates the second
+moment as their outer product over their mean: :math:`n + m` numbers of state
+instead of :math:`n m`. The other pieces of the method are its parameter-scaled
+relative step :math:`\\max(\\varepsilon_2, \\operatorname{RMS}(\\theta)) \\rho_t`
+(:func:`scale_by_param_block_rms` times :func:`relative_step_size`) and the
+clipping of each update's RMS (:func:`~jaxopt_zoo.transforms.clipping.clip_by_block_rms`).
+``torch.optim.Adafactor`` is their chain (see :func:`jaxopt_zoo.torch.adafactor`):
+
+    >>> import jaxopt_zoo as jz
+    >>> tx = jz.chain(jz.scale_by_factored_second_moment(), jz.clip_by_block_rms(1.0),
+    ...               jz.scale_by_param_block_rms(1e-3), jz.scale_by_learning_rate(jz.relative_step_size(1e-2)))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxopt_zoo import tree, validation
+from jaxopt_zoo.base import (
+    GradientTransformation,
+    ScalarOrSchedule,
+    Schedule,
+    Updates,
+    expects_state,
+    init_empty_state,
+    safe_increment,
+    zero_count,
+)
+from jaxopt_zoo.sharding import AxisName, axis_size, varying_axes
+from jaxopt_zoo.storage import StateDtype, resolve, with_storage
+
+__all__ = [
+    "ScaleByFactoredSecondMomentState",
+    "relative_step_size",
+    "scale_by_factored_second_moment",
+    "scale_by_param_block_rms",
+]
+
+
+def _split_axes(owner: str, g: jax.Array, factor: jax.Array, axis_name: AxisName) -> tuple[str, ...]:
+    # Inside shard_map: the mesh axes a factor's reduced axis is split along, i.e. those the gradient
+    # varies over and the factor (one entry over that axis) does not. axis_size validates axis_name as
+    # every whole-array reduction does: a sharded gradient without it raises, () asks for shard values.
+    axis_size(owner, g, axis_name)
+    if not axis_name:
+        return ()
+    return tuple(a for a in axis_name if a in varying_axes(g) and a not in varying_axes(factor))
+
+
+def _mean(x: jax.Array, axis: int, split: tuple[str, ...]) -> jax.Array:
+    # The mean over `axis` (kept) of the whole array whose shards along `split` this is one of.
+    if not split:
+        return jnp.mean(x, axis=axis, keepdims=True)
+    return jax.lax.psum(jnp.sum(x, axis=axis, keepdims=True), split) / (x.shape[axis] * jax.lax.psum(1, split))
+
+
+def _shaped(shape: tuple[int, ...]) -> np.ndarray:
+    # A zero-copy stand-in of that shape, for tree.check_same_structure.
+    return np.broadcast_to(np.empty((), bool), shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Leaf:  # one param's results; a dataclass is a leaf to jax.tree, so the results can be unzipped
+    update: jax.Array
+    row_var: jax.Array
+    col_var: jax.Array
+    variance: jax.Array
+
+
+class ScaleByFactoredSecondMomentState(NamedTuple):
+    """Step count; for each param of two or more dims its row and column factors (``row_var`` of shape
+    ``(..., n, 1)``, ``col_var`` of shape ``(..., 1, m)``), for each scalar or vector its full second
+    moment ``variance``; a scalar 0 stands in each unused place."""
+
+    count: jax.Array
+    row_var: Updates
+    col_var: Updates
+    variance: Updates
+
+
+def scale_by_factored_second_moment(
+    beta2_decay: jax.typing.ArrayLike = -0.8,
+    eps: jax.typing.ArrayLike | None = None,
+    *,
+    factors_dtype: StateDtype = None,
+    variance_dtype: StateDtype = None,
+    axis_name: AxisName = None,
+) -> GradientTransformation:
+    """Divide by the root of a factored second moment, as ``torch.optim.Adafactor`` (Shazeer & Stern 2018).
+
+    With :math:`w_t = t^{\\tau}` (:math:`\\hat\\beta_{2,t} = 1 - w_t`, :math:`\\tau` the ``beta2_decay``),
+    for a gradient of two or more dims, factored over its last two (rows :math:`i`, columns :math:`j`):
+
+    .. math::
+
+        R_t &= R_{t-1} + w_t \\big(\\operatorname{mean}_j g_t^2 - R_{t-1}\\big), \\qquad
+        C_t = C_{t-1} + w_t \\big(\\operatorname{mean}_i g_t^2 - C_{t-1}\\big), \\\\
+        \\hat V_t &= R_t C_t / \\max(\\operatorname{mean}_i R_t, \\varepsilon_1),
+
+    for a scalar or a vector :math:`\\hat V_t = V_t = V_{t-1} + w_t (g_t^2 - V_{t-1})`; then
+    :math:`u_t = g_t / \\max\\big(\\sqrt{\\hat V_t}, \\varepsilon_1\\big)`. This is PyTorch's placement
+    of :math:`\\varepsilon_1` (a floor on the row mean and on the root); the paper and Optax add it
+    to :math:`g_t^2` instead. Optax's ``scale_by_factored_rms`` differs also in factoring only params
+    whose two largest dims are both at least ``min_dim_size_to_factor`` (128), over those two dims,
+    and in ``decay_rate`` :math:`= -\\tau`. With :math:`\\varepsilon_1 = 0` the update is 0 where
+    :math:`\\hat V_t = 0` (PyTorch divides 0 by 0 there). Complex params are refused, as in PyTorch.
+
+    Args:
+        beta2_decay: :math:`\\tau \\le 0`.
+        eps: :math:`\\varepsilon_1 \\ge 0`; ``None`` (PyTorch's default) is the machine epsilon of
+            each gradient's dtype (PyTorch takes the first param's dtype for all).
+        factors_dtype: storage of the row and column factors: a storage (see :mod:`jaxopt_zoo.storage`).
+        variance_dtype: storage of the full second moment of scalars and vectors, likewise.
+        axis_name: inside ``shard_map``, the mesh axes the gradients may be sharded over: a row or
+            column mean whose axis is split is summed over the shards, found as the axes the gradient
+            varies over and its factor does not (lay the state out with ``jz.state_shardings``).
+
+    Example:
+        >>> import jax.numpy as jnp, jaxopt_zoo as jz
+        >>> tx = jz.scale_by_factored_second_moment()
+        >>> g = jnp.array([[1.0, -2.0], [3.0, 4.0]])
+        >>> state = tx.init(g)
+        >>> state.row_var.shape, state.col_var.shape
+        ((2, 1), (1, 2))
+        >>> updates, state = tx.update(g, state)  # w_1 = 1: the factors of g^2 alone
+
+    References:
+        Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost", ICML 2018.
+    """
+    owner = "scale_by_factored_second_moment"
+    validation.non_positive(owner, "beta2_decay", beta2_decay)
+    if eps is not None and (validation.epsilon(owner, "eps", eps) or 1.0) ** 2 < validation.SMALLEST_NORMAL:
+        raise ValueError(f"{owner}: eps={eps!r} is floored at eps**2, denormal in float32 (flushed to 0); pass 0 or at least 1.1e-19.")
+    guard = eps is not None and validation.may_be_zero(eps)
+    factors_dtype = resolve(owner, "factors_dtype", factors_dtype)
+    variance_dtype = resolve(owner, "variance_dtype", variance_dtype)
+    axis_name = validation.axis_name(owner, axis_name)
+
+    def zeros(p, factored, shaped):
+        # The factors of a param of >= 2 dims reduce it over one axis (so keep its sharding elsewhere);
+        # a scalar 0 stands in where a param has no such moment.
+        if jnp.iscomplexobj(p):
+            raise ValueError(f"{owner}: complex parameters are not supported (PyTorch's Adafactor refuses them too).")
+        dtype = tree.moment_dtype(jnp.result_type(p))
+        return jnp.zeros_like(shaped(p), dtype=dtype) if (jnp.ndim(p) >= 2) == factored else jnp.zeros((), dtype)
+
+    def init(params):
+        return ScaleByFactoredSecondMomentState(
+            zero_count(),
+            jax.tree.map(lambda p: zeros(p, True, lambda x: jnp.sum(x, axis=-1, keepdims=True)), params),
+            jax.tree.map(lambda p: zeros(p, True, lambda x: jnp.sum(x, axis=-2, keepdims=True)), params),
+            jax.tree.map(lambda p: zeros(p, False, lambda x: x), params),
+        )
+
+    def leaf(count, g, r, c, v):
+        dtype = jnp.result_type(g)
+        eps1 = jnp.finfo(dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.float32).eps if eps is None else eps
+        g2 = tree.abs_sq(g)
+        if jnp.ndim(g) >= 2:
+            w = count.astype(jnp.promote_types(r.dtype, jnp.float32)) ** beta2_decay
+            split_columns, split_rows = _split_axes(owner, g, r, axis_name), _split_axes(owner, g, c, axis_name)
+            if set(split_columns) & set(split_rows):
+                raise ValueError(
+                    f"{owner}: inside shard_map, a gradient of local shape {g.shape} varies over mesh axes "
+                    f"{sorted(set(split_columns) & set(split_rows))} that neither of its factors varies over; "
+                    "lay the state out like jz.state_shardings(tx, params)."
+                )
+            r = r + w * (_mean(g2, -1, split_columns) - r)
+            c = c + w * (_mean(g2, -2, split_rows) - c)
+            denominator = jnp.maximum(_mean(r, -2, split_rows), eps1)
+            v_hat = r * c / (jnp.where(denominator == 0, 1, denominator) if guard else denominator)
+        else:
+            w = count.astype(jnp.promote_types(v.dtype, jnp.float32)) ** beta2_decay
+            v = v_hat = v + w * (g2 - v)
+        v_hat = jnp.maximum(v_hat, eps1 * eps1)
+        if guard:  # eps1 = 0: 0 where no gradient so far was non-zero, not 0 * inf
+            u = jnp.where(v_hat == 0, 0, g * jax.lax.rsqrt(jnp.where(v_hat == 0, 1, v_hat)))
+        else:
+            u = g * jax.lax.rsqrt(v_hat)
+        return _Leaf(u, r, c, v)
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        like = jax.tree.map(
+            lambda r, c, v: _shaped(r.shape[:-1] + c.shape[-1:] if jnp.ndim(r) >= 2 else jnp.shape(v)),
+            state.row_var, state.col_var, state.variance,
+        )
+        tree.check_same_structure(owner, updates, like, "the second moment (state)")
+        count = safe_increment(state.count)
+        results = tree.map_updates(lambda g, r, c, v: leaf(count, g, r, c, v), updates, state.row_var, state.col_var, state.variance)
+        is_result = lambda x: x is None or isinstance(x, _Leaf)
+        # Where the update is None, the state leaf passed in is handed back (with_storage keeps it bit for bit).
+        field = lambda name, old: jax.tree.map(lambda o, s: s if o is None else getattr(o, name), results, old, is_leaf=is_result)
+        new_state = ScaleByFactoredSecondMomentState(
+            count, field("row_var", state.row_var), field("col_var", state.col_var), field("variance", state.variance)
+        )
+        return jax.tree.map(lambda o: None if o is None else o.update, results, is_leaf=is_result), new_state
+
+    tx = with_storage(
+        GradientTransformation(init, update),
+        non_negative={"row_var": factors_dtype, "col_var": factors_dtype, "variance": variance_dtype},
+    )
+    return expects_state(owner, tx, ScaleByFactoredSecondMomentState)
+
+
+def scale_by_param_block_rms(min_scale: jax.typing.ArrayLike = 1e-3, *, axis_name: AxisName = None) -> GradientTransformation:
+    """Multiply each leaf's update by its parameter's RMS, at least ``min_scale``:
+    :math:`u \\leftarrow \\max\\big(s, \\operatorname{RMS}(\\theta)\\big) \\, u`.
+
+    Adafactor's parameter scale (Shazeer & Stern 2018, the :math:`\\varepsilon_2` of
+    ``torch.optim.Adafactor``). Numerically ``optax.scale_by_param_block_rms``; ``axis_name``
+    (an addition): inside ``shard_map``, the mesh axes the params may be sharded over, so that
+    each RMS is the whole leaf's.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxopt_zoo as jz
+        >>> p = jnp.array([3.0, 4.0])  # RMS sqrt(12.5)
+        >>> jz.scale_by_param_block_rms().update(jnp.ones(2), jz.EmptyState(), p)[0]
+        Array([3.535..., 3.535...], dtype=float32)
+    """
+    owner = "scale_by_param_block_rms"
+    validation.non_negative(owner, "min_scale", min_scale)
+    axis_name = validation.axis_name(owner, axis_name)
+
+    def scale(p):
+        if not (axis_name or varying_axes(p)):
+            mean_square = jnp.mean(tree.abs_sq(p))  # Optax's operations
+        else:
+            mean_square = tree.sum_of_squares(p, axis_name, owner) / (p.size * axis_size(owner, p, axis_name))
+        clamped = jnp.sqrt(mean_square) <= min_scale
+        return jnp.where(clamped, min_scale, jnp.sqrt(jnp.where(clamped, 1.0, mean_square)))
+
+    def update(updates, state, params=None, **extra_args):
+        del extra_args
+        validation.require_params(owner, params)
+        tree.check_same_structure(owner, updates, params, "the params")
+        return tree.map_updates(lambda u, p: u * scale(p), updates, params), state
+
+    return GradientTransformation(init_empty_state, update)
+
+
+def relative_step_size(max_rate: ScalarOrSchedule = 1e-2) -> Schedule:
+    """Adafactor's relative step size as PyTorch takes it: :math:`\\rho_t = \\min(\\gamma_t, 1/\\sqrt{t})`.
+
+    A schedule of the step count (:math:`t - 1`, 0 on the first step). The paper fixes
+    :math:`\\gamma = 10^{-2}`; ``torch.optim.Adafactor`` uses its ``lr`` (``max_rate``, a
+    constant or a schedule).
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> rho = jz.relative_step_size(0.5)
+        >>> float(rho(0)), float(rho(8))  # min(0.5, 1), min(0.5, 1/3)
+        (0.5, 0.333...)
+    """
+    validation.scalar_or_schedule("relative_step_size", "max_rate", max_rate)
+
+    def schedule(count: jax.Array) -> jax.Array:
+        rate = max_rate(count) if callable(max_rate) else max_rate
+        return jnp.minimum(rate, 1 / jnp.sqrt(count + 1.0))
+
+    return schedule
