@@ -2,6 +2,7 @@
 
     python examples/compare_optimizers.py          # under a minute on 2 CPU cores
     python examples/compare_optimizers.py --fast   # a smoke run (~20 s): few steps, two rates
+    python examples/compare_optimizers.py --optimizers adam,lamb   # a subset
 
 Each optimizer is built from its alias with only the learning rate varied, and
 every one gets the same learning-rate sweep (one log grid per part); the rate
@@ -201,7 +202,14 @@ if __name__ == "__main__":
     parser.add_argument("--fast", action="store_true", help="few steps and two learning rates, for tests")
     parser.add_argument("--seed", type=int, default=0, help="digits train/test split and initial weights")
     parser.add_argument("--output", type=pathlib.Path, default=DEFAULT_OUTPUT, help="folder for the PNGs")
+    parser.add_argument("--optimizers", help=f"comma-separated subset of {','.join(OPTIMIZERS)} (default all)")
     args = parser.parse_args()
+    if args.optimizers:
+        wanted = [name.strip() for name in args.optimizers.split(",") if name.strip()]
+        unknown = sorted(set(wanted) - set(OPTIMIZERS))
+        if unknown or not wanted:
+            parser.error(f"--optimizers {args.optimizers!r}: unknown names {unknown}; choose from {', '.join(OPTIMIZERS)}")
+        OPTIMIZERS = {name: make for name, make in OPTIMIZERS.items() if name in wanted}  # the functions read it
     args.output.mkdir(parents=True, exist_ok=True)
     # Grids wide enough that no optimizer's best rate sits on an edge (LARS and
     # Adadelta want rates of 1 and more, plain SGD on Rosenbrock 1e-3).

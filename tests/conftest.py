@@ -18,6 +18,49 @@ from tests import reference
 
 STEPS = 25
 
+# The longest tests, longest first: started first, so that under `-n 2` no worker is left running one of
+# them alone at the end. Every other test keeps its place.
+SLOW_FIRST = [
+    "tests/test_lowbit_accuracy.py::",
+    "tests/test_benchmarks.py::test_speed_benchmark",
+    "tests/test_benchmarks.py::test_convergence_benchmark",
+    "tests/test_examples.py::test_compare_optimizers",
+    "tests/test_examples.py::test_checkpoint_resume_in_a_new_process",
+    "tests/test_quantization_integration.py::test_jitted_donated_steps_match_eager_steps",
+]
+# Files whose tests must all run on one xdist worker: test_lowbit_accuracy.py trains every run in one
+# module-scoped fixture, which each worker running any of its tests would train again.
+ONE_WORKER = ("tests/test_lowbit_accuracy.py",)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        return next((i for i, prefix in enumerate(SLOW_FIRST) if item.nodeid.startswith(prefix)), len(SLOW_FIRST))
+
+    items.sort(key=rank)  # stable: the order within each rank is the collection's
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Under `-n` (xdist's default `--dist load`): tests one at a time in the order above, ONE_WORKER files whole.
+
+    (`--dist loadgroup` with xdist_group marks would do this, but pytest-xdist 3.8 renames the tests of a
+    group through ``item._nodeid``, which pytest 9.2 no longer reads: the groups are split.)
+    """
+    if config.getvalue("dist") != "load":
+        return None  # a --dist given on the command line is kept
+    from xdist.scheduler import LoadScopeScheduling
+
+    if not hasattr(LoadScopeScheduling, "_split_scope"):  # a pytest-xdist without it: its default order
+        return None
+
+    class Scheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if path in ONE_WORKER else nodeid
+
+    return Scheduling(config, log)
+
 
 @pytest.fixture
 def x64():

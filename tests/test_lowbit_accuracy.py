@@ -2,10 +2,10 @@
 
 On the digits MLP and a tiny character-level transformer trained on Python's
 help texts, AdamW with both moments in :class:`jaxopt_zoo.Blockwise8Bit`
-reaches the fp32 run's final training loss within 2% on every seed (same
-initial weights, same minibatches), with at least 90% of the parameters in
-quantized leaves, so that the comparison cannot pass by leaving the state in
-float32. bfloat16 moments written with stochastic rounding
+reaches the fp32 run's final training loss within 2% (same initial weights,
+same minibatches; one seed per task here, five in the benchmark), with at
+least 90% of the parameters in quantized leaves, so that the comparison cannot
+pass by leaving the state in float32. bfloat16 moments written with stochastic rounding
 (:class:`jaxopt_zoo.StochasticBF16`, the ``bf16-SR`` row) are held to the same
 2% bar, keep 2 bytes per moment element, and must not train exactly like
 plain bfloat16 (which they would if the writes rounded to nearest). Plain
@@ -39,7 +39,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchma
 import lowbit  # noqa: E402
 
 TARGET = lowbit.TARGET  # 1.02
-SEEDS = {"digits": [0, 1], "char LM": [0, 1]}
+SEEDS = {"digits": [0], "char LM": [0]}  # one seed each: 16 training runs took 40% of the suite's longest test
 STORAGES = ["fp32", "8-bit", "bf16", "bf16-SR"]
 
 
