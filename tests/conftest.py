@@ -91,7 +91,12 @@ def grad_fn(params, t, xp=np):
 
 
 def run_ours(tx, params, steps: int = STEPS, jit: bool = True):
-    """Iterates of ``tx`` on :func:`grad_fn`, as a list of param trees."""
+    """Iterates of ``tx`` on :func:`grad_fn`, as a list of param trees.
+
+    ``jit=False`` steps eagerly: for comparisons within a tolerance, cheaper than compiling each case
+    (the eager operations are compiled once for the whole suite). Bit-for-bit comparisons with Optax
+    need ``jit=True``: XLA rewrites both sides' arithmetic the same way, eager operations do not.
+    """
     state = tx.init(params)
     update = jax.jit(tx.update) if jit else tx.update
     iterates = []
