@@ -550,7 +550,8 @@ def rprop(
     PyTorch (which accepts anything), ``step_sizes`` must satisfy
     :math:`0 \\le \\Gamma_{\\min} \\le \\Gamma_{\\max}`, both finite. The state keeps the
     sign of :math:`g'_t` where PyTorch keeps :math:`g'_t`: the two differ only where the
-    product :math:`g \\cdot g'_{t-1}` underflows to 0 (see :func:`~jaxopt_zoo.scale_by_resilient_step`).
+    product :math:`g \\cdot g'_{t-1}` underflows to 0 or is :math:`\\infty \\cdot 0` (see
+    :func:`~jaxopt_zoo.scale_by_resilient_step`).
 
     Against ``optax.rprop`` (0.2.8, same defaults): Optax applies each step one step late (its
     first update is 0, a bug with an open fix, google-deepmind/optax pull request #1725), does not
@@ -741,7 +742,8 @@ def nadam(
     Differences from PyTorch: :math:`\\Pi_t` is a float32 scalar in the state (float64 with
     64-bit types enabled), as PyTorch's ``mu_product`` tensor, but :math:`1 - \\Pi_t` and
     :math:`\\Pi_t \\mu_{t+1}` are formed in it too, where PyTorch uses Python floats (float32
-    rounding, relative 1e-7); it advances once per step for the whole tree, not per parameter;
+    rounding, relative 1e-7; :math:`1 - \beta_2^t` from a float32 :math:`\beta_2`, as in
+    ``adam``, relative 1e-5 at 0.999); it advances once per step for the whole tree, not per parameter;
     with ``eps=0`` the step is 0 where the denominator is 0 (PyTorch: NaN). ``mu_dtype`` and
     ``nu_dtype`` are additions.
 

@@ -77,7 +77,9 @@ def scale_by_resilient_step(
     ``prev`` keeps :math:`\\operatorname{sign}(g'_t)` instead of :math:`g'_t`, and
     :math:`s_t` is the product of two signs instead of the sign of the product
     :math:`g_t g'_{t-1}`. They differ only where that product underflows to 0
-    (PyTorch then keeps the step size; here it grows or shrinks), and the signs
+    (PyTorch then keeps the step size; here it grows or shrinks) or is
+    :math:`\\infty \\cdot 0` (an infinite gradient: PyTorch's step size turns NaN
+    for good; here it is kept), and the signs
     -1, 0, 1 survive every storage exactly (``prev_dtype=jnp.bfloat16`` or
     :class:`~jaxopt_zoo.quantization.Blockwise8Bit` lose nothing). Also stricter:
     :math:`0 \\le \\Delta_{\\min} \\le \\Delta_{\\max}`, both finite.
