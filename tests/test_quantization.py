@@ -14,9 +14,15 @@ from tests import reference
 Q8 = jz.Blockwise8Bit(max_shards=1)  # blocks of up to 256 whatever the device count
 
 
+# Jitted, as an optimizer's step runs them: eager 8-bit operations compile one by one for each shape,
+# which made up most of this file's time.
+QUANTIZE = jax.jit(quantization.quantize, static_argnums=(1, 2, 3))
+DEQUANTIZE = jax.jit(quantization.dequantize)
+
+
 def quantize(x, num_blocks, signed, step=0):
     """(codes shaped like x, scales (..., num_blocks), the stored leaf) of ``x`` in ``num_blocks`` blocks."""
-    stored = quantization.quantize(jnp.asarray(x), 1, x.shape[-1] // num_blocks, signed, step)
+    stored = QUANTIZE(jnp.asarray(x), 1, x.shape[-1] // num_blocks, signed, step)
     codes, scales = quantization.unpack(stored)
     return np.asarray(codes).reshape(x.shape), np.asarray(scales), stored
 
@@ -45,7 +51,7 @@ def test_quantize_matches_float64_reference(signed, shape, num_blocks):
     assert np.mean(outside) < 1e-3 and np.abs(ours - down)[outside].max(initial=0) <= 2
     assert 0.3 < np.mean(ours[down != up] == up[down != up]) < 0.7  # both directions happen
     restored = reference.dequantize_blockwise(ours, scales, signed)
-    np.testing.assert_allclose(np.asarray(quantization.dequantize(q)), restored, rtol=1e-6, atol=0)
+    np.testing.assert_allclose(np.asarray(DEQUANTIZE(q)), restored, rtol=1e-6, atol=0)
 
 
 def rounded(direction):
@@ -60,7 +66,7 @@ def test_stochastic_rounding_is_unbiased(signed):
     x = (value * (1 + 1e-3 * np.random.default_rng(0).uniform(-1, 1, (64, 1024)))).astype(np.float32)
     x[:, ::256] = 1.0 if not signed else -1.0  # each block's absmax, stored exactly
     _, _, q = quantize(x, 4, signed)
-    stored = np.asarray(quantization.dequantize(q), np.float64)[np.abs(x) < 1]
+    stored = np.asarray(DEQUANTIZE(q), np.float64)[np.abs(x) < 1]
     assert set(np.abs(np.unique(stored))) == {0.28125, 0.3125}  # only the two neighbours
     assert abs(stored.mean() - value) < 3e-3 * abs(value)  # about four standard errors
     nearest = reference.float_value(reference.float_code(np.array([value]), signed), signed)[0]
@@ -108,7 +114,7 @@ def test_every_code_decodes_to_its_reference_value(signed):
 def test_quantization_error_is_bounded(signed):
     x = moments((64, 512), seed=3, signed=signed)
     _, scales, q = quantize(x, 2, signed)
-    error = np.abs(np.asarray(quantization.dequantize(q), np.float64) - x)
+    error = np.abs(np.asarray(DEQUANTIZE(q), np.float64) - x)
     scale = np.repeat(np.asarray(scales, np.float64), 256, axis=-1)
     smallest = reference.float_value(np.array([1]), signed)[0] * scale
     in_range = np.abs(x) >= smallest
@@ -116,14 +122,19 @@ def test_quantization_error_is_bounded(signed):
     assert np.all(error[in_range] <= 2**-3 * np.abs(x[in_range]) * (1 + 1e-6))
     assert np.all(error[~in_range] <= smallest[~in_range])
     if not signed:
-        assert np.all(np.asarray(quantization.dequantize(q))[x > 0] > 0)  # no positive moment becomes 0
+        assert np.all(np.asarray(DEQUANTIZE(q))[x > 0] > 0)  # no positive moment becomes 0
 
 
 def test_requantizing_a_dequantized_moment_changes_nothing():
     _, _, q = quantize(moments((16, 768)), 3, True)
     for step in (0, 1, 7):  # whatever the random draws: a value on the grid rounds to itself
-        _, _, again = quantize(np.asarray(quantization.dequantize(q)), 3, True, step)
+        _, _, again = quantize(np.asarray(DEQUANTIZE(q)), 3, True, step)
         np.testing.assert_array_equal(np.asarray(again), np.asarray(q))
+
+
+# Compiled once per shape for the NaN and inf cases.
+ADAM_8BIT = jz.scale_by_adam(mu_dtype=Q8, nu_dtype=Q8)
+ADAM_8BIT_INIT, ADAM_8BIT_UPDATE = jax.jit(ADAM_8BIT.init), jax.jit(ADAM_8BIT.update)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
@@ -138,10 +149,9 @@ def test_a_non_finite_gradient_never_reads_back_as_a_finite_moment(bad, shape):
     for row, column in where:
         g[row, column] = bad
     g[5, :200] = bad
-    tx = jz.scale_by_adam(mu_dtype=Q8, nu_dtype=Q8)
-    _, state = jax.jit(tx.update)({"w": jnp.asarray(g)}, tx.init({"w": jnp.zeros(shape)}))
+    _, state = ADAM_8BIT_UPDATE({"w": jnp.asarray(g)}, ADAM_8BIT_INIT({"w": jnp.zeros(shape)}))
     for moment in (state.mu["w"], state.nu["w"]):
-        stored = np.asarray(quantization.dequantize(moment))
+        stored = np.asarray(DEQUANTIZE(moment))
         for row, column in [*where, (5, 100)]:
             assert not np.isfinite(stored[row, column]), (row, column, stored[row, column])
         np.testing.assert_array_equal(np.isfinite(stored[6:]), True)  # rows without one are untouched
@@ -326,7 +336,7 @@ def test_finite_values_never_take_the_reserved_code(signed):
     x = rng.uniform(0.5, 2.0, (64, 4096)).astype(np.float32) * (1 if not signed else rng.choice([-1, 1], (64, 4096)))
     for step in range(20):
         _, _, q = quantize(x, 16, signed, step)
-        stored = np.asarray(quantization.dequantize(q))
+        stored = np.asarray(DEQUANTIZE(q))
         assert np.all(np.isfinite(stored)), step
         np.testing.assert_allclose(stored, x, rtol=0.13)
 
