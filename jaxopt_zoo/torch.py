@@ -89,23 +89,33 @@ __all__ = [
 Number = float | jax.Array
 
 
-def _recipe(
-    owner: str, lr: ScalarOrSchedule, maximize: bool, weight_decay: Number, *steps: GradientTransformation
-) -> GradientTransformation:
-    # PyTorch's shared frame: negate for maximize, L2 weight decay, the rule, then the rate;
-    # complex leaves as real pairs. The options are checked here under PyTorch's names.
-    validation.scalar_or_schedule(owner, "lr", lr)
+def _frame(owner: str, maximize: bool, weight_decay: Number, *steps: GradientTransformation) -> GradientTransformation:
+    # PyTorch's shared frame: negate for maximize, L2 weight decay, the rule; complex leaves as real pairs.
+    # The options are checked here under PyTorch's names.
     validation.flag(owner, "maximize", maximize)
     validation.non_negative(owner, "weight_decay", weight_decay)
     prologue = [scale(-1.0)] if maximize else []
     if not validation.is_literal_zero(weight_decay):
         prologue.append(add_decayed_weights(weight_decay))
-    return split_real_and_imaginary(chain(*prologue, *steps, scale_by_learning_rate(lr)))
+    return split_real_and_imaginary(chain(*prologue, *steps))
+
+
+def _recipe(
+    owner: str, lr: ScalarOrSchedule, maximize: bool, weight_decay: Number, *steps: GradientTransformation
+) -> GradientTransformation:
+    # The frame with the rate last (Rprop and ASGD hold their rates themselves and use _frame alone).
+    validation.scalar_or_schedule(owner, "lr", lr)
+    return _frame(owner, maximize, weight_decay, *steps, scale_by_learning_rate(lr))
+
+
+def _pair(owner: str, name: str, value: Any, meaning: str) -> tuple[Any, Any]:
+    if not (isinstance(value, (tuple, list)) and len(value) == 2):
+        raise ValueError(f"{owner}: {name} must be a pair {meaning}, got {value!r}.")
+    return value[0], value[1]
 
 
 def _betas(owner: str, betas: Any) -> tuple[Number, Number]:
-    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-        raise ValueError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}.")
+    betas = _pair(owner, "betas", betas, "(beta1, beta2)")
     for index, beta in enumerate(betas):
         validation.decay_rate(owner, f"betas[{index}]", beta)
     return betas[0], betas[1]
@@ -501,22 +511,6 @@ def muon(
 # themselves (Rprop's step sizes, ASGD's eta), so no scale_by_learning_rate follows them.
 
 
-def _rated_frame(owner: str, maximize: bool, weight_decay: Number, *steps: GradientTransformation) -> GradientTransformation:
-    # _recipe's frame (negate for maximize, L2 weight decay, complex leaves as real pairs) without its rate.
-    validation.flag(owner, "maximize", maximize)
-    validation.non_negative(owner, "weight_decay", weight_decay)
-    prologue = [scale(-1.0)] if maximize else []
-    if not validation.is_literal_zero(weight_decay):
-        prologue.append(add_decayed_weights(weight_decay))
-    return split_real_and_imaginary(chain(*prologue, *steps))
-
-
-def _pair(owner: str, name: str, value: Any, meaning: str) -> tuple[Any, Any]:
-    if not (isinstance(value, (tuple, list)) and len(value) == 2):
-        raise ValueError(f"{owner}: {name} must be a pair {meaning}, got {value!r}.")
-    return value[0], value[1]
-
-
 def rprop(
     lr: Number = 1e-2,
     etas: tuple[Number, Number] = (0.5, 1.2),
@@ -579,7 +573,7 @@ def rprop(
     steps = scale_by_resilient_step(
         lr, minus, plus, smallest, largest, step_size_dtype=step_size_dtype, prev_dtype=prev_dtype
     )
-    return _rated_frame(owner, maximize, 0, steps, scale(-1.0))
+    return _frame(owner, maximize, 0, steps, scale(-1.0))
 
 
 def asgd(
@@ -640,7 +634,7 @@ def asgd(
     validation.real_scalar(owner, "t0", t0)
     validation.state_dtypes(owner, ax_dtype=ax_dtype)
     averaged = [scale_by_asgd(lr, lambd, alpha), scale(-1.0), average_iterates(t0, ax_dtype=ax_dtype)]
-    return _rated_frame(owner, maximize, weight_decay, *averaged)
+    return _frame(owner, maximize, weight_decay, *averaged)
 
 
 # Adamax, NAdam and RAdam (torch.optim.Adamax, NAdam, RAdam): Adam's relatives in transforms/adam_variants.py.
@@ -896,9 +890,7 @@ def adafactor(
     owner = "torch.adafactor"
     validation.scalar_or_schedule(owner, "lr", lr)
     validation.non_positive(owner, "beta2_decay", beta2_decay)
-    if not (isinstance(eps, (tuple, list)) and len(eps) == 2):
-        raise ValueError(f"{owner}: eps must be a pair (eps1, eps2), got {eps!r}.")
-    eps1, eps2 = eps
+    eps1, eps2 = _pair(owner, "eps", eps, "(eps1, eps2)")
     if eps1 is not None and (validation.epsilon(owner, "eps[0]", eps1) or 1.0) ** 2 < validation.SMALLEST_NORMAL:
         raise ValueError(f"{owner}: eps[0]={eps1!r} squared is denormal in float32 (flushed to 0); pass 0 or at least 1.1e-19.")
     validation.non_negative(owner, "eps[1]", eps2)
