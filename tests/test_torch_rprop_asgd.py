@@ -187,6 +187,22 @@ def test_a_nan_gradient_makes_its_step_size_nan_as_in_torch():
     np.testing.assert_allclose(np.asarray(u)[[0, 2]], [0.12, -0.12], rtol=1e-6)
 
 
+
+@pytest.mark.parametrize("min_step_size", [1e-6, 0.0])
+def test_a_donated_rprop_step_updates_its_state_in_place(min_step_size):
+    # XLA:CPU used to recompute the new step sizes inside the parameter update, which kept the old
+    # step sizes and signs alive: a copy of each (two state-sized temporaries; Optax's rprop needs one).
+    tx = jz.torch.rprop(lr=0.01, step_sizes=(min_step_size, 50.0))
+    params = jnp.ones((64, 64))
+
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return jz.apply_updates(params, updates), state
+
+    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, tx.init(params), params).compile()
+    assert compiled.memory_analysis().temp_size_in_bytes < params.nbytes
+
+
 # --- Learning rates: a schedule is honoured where it can be, refused where it cannot.
 
 

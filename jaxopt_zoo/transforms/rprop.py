@@ -136,10 +136,20 @@ def scale_by_resilient_step(
         sign = tree.map_updates(lambda g, prev: jnp.sign(tree.widen(g)) * jnp.sign(prev), updates, state.prev)
         # NaN where the gradient is NaN (sign NaN), as PyTorch's factor stays NaN there.
         factor = lambda s: jnp.where(s > 0, eta_plus, jnp.where(s < 0, eta_minus, jnp.where(s == 0, 1.0, s)))
+        # Two exact no-ops keep a donated step in place. Dividing by one (NaN where s is, and the size is
+        # NaN there already) makes the new size a division, which XLA computes once instead of again
+        # inside the parameter update (that recomputation kept the old state alive: a copy of each).
+        # Reading the new size for the sign (never negative) orders the size's write before the sign's.
         step_size = tree.map_state(
-            lambda s, size: jnp.clip(size * factor(s).astype(size.dtype), min_step_size, max_step_size), sign, state.step_size
+            lambda s, size: jnp.clip(size * factor(s).astype(size.dtype), min_step_size, max_step_size)
+            / jnp.where(s == s, 1, s).astype(size.dtype),
+            sign,
+            state.step_size,
         )
-        prev = tree.map_state(lambda s, _, g: jnp.where(s < 0, 0, jnp.sign(tree.widen(g))), sign, state.prev, updates)
+        prev = tree.map_state(
+            lambda s, _, g, size: jnp.where((s < 0) | (size < 0), 0, jnp.sign(tree.widen(g))),
+            sign, state.prev, updates, step_size,
+        )
         steps = tree.map_updates(lambda g, size, direction: (size * direction).astype(g.dtype), updates, step_size, prev)
         return steps, ScaleByResilientStepState(step_size, prev, state.count)
 
