@@ -223,3 +223,19 @@ def non_positive(owner: str, name: str, value: Any) -> float | None:
     if x is not None and x > 0:
         raise ValueError(f"{owner}: {name} must be <= 0, got {value!r}.")
     return x
+
+
+def learning_rate(owner: str, value: Any) -> None:
+    """An optimizer's ``learning_rate``: a number or a schedule, or ``None`` (a rate of 1: see
+    :func:`jaxopt_zoo.scale_by_learning_rate`)."""
+    if value is not None:
+        scalar_or_schedule(owner, "learning_rate", value)
+
+
+def adam_options(owner: str, b1: Any, b2: Any, eps: Any, eps_root: Any, nesterov: Any) -> None:
+    """Adam's ``b1`` and ``b2`` in [0, 1), ``eps`` and ``eps_root`` epsilons, ``nesterov`` a bool."""
+    decay_rate(owner, "b1", b1)
+    decay_rate(owner, "b2", b2)
+    epsilon(owner, "eps", eps)
+    epsilon(owner, "eps_root", eps_root)
+    flag(owner, "nesterov", nesterov)

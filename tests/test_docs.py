@@ -18,7 +18,7 @@ MODULES = [
     "jaxopt_zoo.combine",
     "jaxopt_zoo.tree",
     "jaxopt_zoo.validation",
-    "jaxopt_zoo.optimizers",
+    "jaxopt_zoo.optimizers.classic",
     "jaxopt_zoo.schedules",
     "jaxopt_zoo.quantization",
     "jaxopt_zoo.rounding",

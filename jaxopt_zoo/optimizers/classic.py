@@ -1,12 +1,4 @@
-"""Optax-compatible optimizers, each a ``chain(...)`` recipe of shared transforms.
-
-Names, argument names, defaults and numerics are Optax's, so replacing
-``optax.X(...)`` with ``jaxopt_zoo.X(...)`` gives the same trajectory.
-
-Each recipe checks every argument under its own name before building its
-transforms, so an error names the optimizer and the argument the user wrote
-(``sgd: momentum must be >= 0``, not the ``decay`` of the ``trace`` inside).
-"""
+"""The classic optimizers: SGD (momentum, Nesterov), Adagrad, Adadelta, RMSprop, the Adam family, LARS and LAMB."""
 
 from __future__ import annotations
 
@@ -31,19 +23,6 @@ from jaxopt_zoo.transforms import (
     scale_by_trust_ratio,
     trace,
 )
-
-
-def _learning_rate(owner: str, learning_rate: Any) -> None:
-    if learning_rate is not None:  # None: a rate of 1 (see scale_by_learning_rate)
-        validation.scalar_or_schedule(owner, "learning_rate", learning_rate)
-
-
-def _adam_options(owner: str, b1: Any, b2: Any, eps: Any, eps_root: Any, nesterov: Any) -> None:
-    validation.decay_rate(owner, "b1", b1)
-    validation.decay_rate(owner, "b2", b2)
-    validation.epsilon(owner, "eps", eps)
-    validation.epsilon(owner, "eps_root", eps_root)
-    validation.flag(owner, "nesterov", nesterov)
 
 
 def sgd(
@@ -79,7 +58,7 @@ def sgd(
     References:
         Sutskever et al., "On the importance of initialization and momentum in deep learning", ICML 2013.
     """
-    _learning_rate("sgd", learning_rate)
+    validation.learning_rate("sgd", learning_rate)
     if momentum is not None:
         validation.non_negative("sgd", "momentum", momentum)
     validation.flag("sgd", "nesterov", nesterov)
@@ -123,8 +102,8 @@ def adam(
     References:
         Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015.
     """
-    _learning_rate("adam", learning_rate)
-    _adam_options("adam", b1, b2, eps, eps_root, nesterov)
+    validation.learning_rate("adam", learning_rate)
+    validation.adam_options("adam", b1, b2, eps, eps_root, nesterov)
     validation.state_dtypes("adam", mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     return chain(
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
@@ -171,8 +150,8 @@ def adamw(
     References:
         Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
     """
-    _learning_rate("adamw", learning_rate)
-    _adam_options("adamw", b1, b2, eps, eps_root, nesterov)
+    validation.learning_rate("adamw", learning_rate)
+    validation.adam_options("adamw", b1, b2, eps, eps_root, nesterov)
     validation.scalar_or_schedule("adamw", "weight_decay", weight_decay)
     validation.state_dtypes("adamw", mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     return chain(
@@ -215,8 +194,8 @@ def nadam(
     References:
         Dozat, "Incorporating Nesterov Momentum into Adam", ICLR workshop 2016.
     """
-    _learning_rate("nadam", learning_rate)
-    _adam_options("nadam", b1, b2, eps, eps_root, nesterov)
+    validation.learning_rate("nadam", learning_rate)
+    validation.adam_options("nadam", b1, b2, eps, eps_root, nesterov)
     validation.state_dtypes("nadam", mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     return adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype)
 
@@ -250,8 +229,8 @@ def nadamw(
     References:
         Dozat 2016; Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
     """
-    _learning_rate("nadamw", learning_rate)
-    _adam_options("nadamw", b1, b2, eps, eps_root, nesterov)
+    validation.learning_rate("nadamw", learning_rate)
+    validation.adam_options("nadamw", b1, b2, eps, eps_root, nesterov)
     validation.scalar_or_schedule("nadamw", "weight_decay", weight_decay)
     validation.state_dtypes("nadamw", mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     return adamw(
@@ -291,8 +270,8 @@ def amsgrad(
     References:
         Reddi, Kale & Kumar, "On the Convergence of Adam and Beyond", ICLR 2018.
     """
-    _learning_rate("amsgrad", learning_rate)
-    _adam_options("amsgrad", b1, b2, eps, eps_root, False)
+    validation.learning_rate("amsgrad", learning_rate)
+    validation.adam_options("amsgrad", b1, b2, eps, eps_root, False)
     validation.flag("amsgrad", "bias_correction_mu", bias_correction_mu)
     validation.flag("amsgrad", "bias_correction_nu", bias_correction_nu)
     validation.state_dtypes("amsgrad", mu_dtype=mu_dtype, nu_dtype=nu_dtype)
@@ -326,7 +305,7 @@ def adagrad(
         Duchi, Hazan & Singer, "Adaptive Subgradient Methods for Online Learning and Stochastic
         Optimization", JMLR 2011.
     """
-    _learning_rate("adagrad", learning_rate)
+    validation.learning_rate("adagrad", learning_rate)
     validation.non_negative("adagrad", "initial_accumulator_value", initial_accumulator_value)
     validation.epsilon("adagrad", "eps", eps)
     validation.state_dtypes("adagrad", accumulator_dtype=accumulator_dtype)
@@ -366,7 +345,7 @@ def adadelta(
     References:
         Zeiler, "ADADELTA: An Adaptive Learning Rate Method", 2012.
     """
-    _learning_rate("adadelta", learning_rate)
+    validation.learning_rate("adadelta", learning_rate)
     validation.fraction("adadelta", "rho", rho)
     validation.epsilon("adadelta", "eps", eps, allow_zero=False, why_positive=" (with eps=0 every step is 0: the mean square of the steps starts at 0 and stays there)")
     validation.scalar_or_schedule("adadelta", "weight_decay", weight_decay)
@@ -423,7 +402,7 @@ def rmsprop(
         Tieleman & Hinton, "Lecture 6.5 - RMSProp", 2012. Graves, "Generating Sequences With
         Recurrent Neural Networks", 2013.
     """
-    _learning_rate("rmsprop", learning_rate)
+    validation.learning_rate("rmsprop", learning_rate)
     rate = validation.fraction("rmsprop", "decay", decay)
     validation.epsilon("rmsprop", "eps", eps)
     validation.non_negative("rmsprop", "initial_scale", initial_scale)
@@ -490,7 +469,7 @@ def lars(
         You, Gitman & Ginsburg, "Large Batch Training of Convolutional Networks", 2017.
     """
     owner = "lars"
-    _learning_rate(owner, learning_rate)
+    validation.learning_rate(owner, learning_rate)
     validation.scalar_or_schedule(owner, "weight_decay", weight_decay)
     validation.non_negative(owner, "trust_coefficient", trust_coefficient)
     validation.non_negative(owner, "eps", eps)
@@ -548,8 +527,8 @@ def lamb(
     References:
         You et al., "Large Batch Optimization for Deep Learning: Training BERT in 76 minutes", ICLR 2020.
     """
-    _learning_rate("lamb", learning_rate)
-    _adam_options("lamb", b1, b2, eps, eps_root, False)
+    validation.learning_rate("lamb", learning_rate)
+    validation.adam_options("lamb", b1, b2, eps, eps_root, False)
     validation.scalar_or_schedule("lamb", "weight_decay", weight_decay)
     validation.axis_name("lamb", axis_name)
     validation.state_dtypes("lamb", mu_dtype=mu_dtype, nu_dtype=nu_dtype)
