@@ -8,6 +8,7 @@ errors wherever a local-shard answer would be silently wrong.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import jax
@@ -88,10 +89,35 @@ def run(step, params, state, place_grads=lambda g: g):
     return trajectory, params, state
 
 
+# Each optimizer's steps are compiled once for the whole file: the tests that run a step and the one that
+# reads its HLO share the executable (an AOT executable also refuses, instead of recompiling for, params
+# or state that come back laid out unlike they went in).
+
+
+@functools.cache
+def optimizer(name, axes=None):
+    return OPTIMIZERS[name](axes)
+
+
+@functools.cache
+def sharded_step(name):
+    """The donated step on the 2 x 4 mesh, under plain ``jit`` (the partitioner makes every reduction exact)."""
+    mesh, tx = make_mesh(), optimizer(name)
+    params = place(make_params(), mesh)
+    grads = place(gradients(make_params(), 1), mesh)
+    return jax.jit(step_fn(tx), donate_argnums=(0, 1)).lower(params, jz.init_sharded(tx, params), grads).compile()
+
+
+@functools.cache
+def single_device_step(name):
+    tx, params = optimizer(name), make_params()
+    return jax.jit(step_fn(tx)).lower(params, tx.init(params), params).compile()
+
+
+@functools.cache
 def single_device_trajectory(name):
-    tx = OPTIMIZERS[name](None)
     params = make_params()
-    return run(jax.jit(step_fn(tx)), params, tx.init(params))[0]
+    return run(single_device_step(name), params, optimizer(name).init(params))[0]
 
 
 def assert_laid_out_like_params(tx, state, params, mesh):
@@ -114,14 +140,12 @@ def assert_laid_out_like_params(tx, state, params, mesh):
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_jit_state_follows_params_and_trajectory_matches_one_device(name):
     mesh = make_mesh()
-    tx = OPTIMIZERS[name](None)  # under jit the partitioner makes every reduction exact
+    tx = optimizer(name)
     params = place(make_params(), mesh)
     state = jz.init_sharded(tx, params)
     assert_laid_out_like_params(tx, state, params, mesh)
 
-    sharded, final_params, final_state = run(
-        jax.jit(step_fn(tx), donate_argnums=(0, 1)), params, state, lambda g: place(g, mesh)
-    )
+    sharded, final_params, final_state = run(sharded_step(name), params, state, lambda g: place(g, mesh))
     assert_laid_out_like_params(tx, final_state, final_params, mesh)
     assert_trees_close(sharded, single_device_trajectory(name), rtol=2e-5, atol=1e-6)
 
@@ -129,7 +153,7 @@ def test_jit_state_follows_params_and_trajectory_matches_one_device(name):
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_shard_map_trajectory_matches_one_device(name):
     mesh = make_mesh()
-    tx = OPTIMIZERS[name](AXES)
+    tx = optimizer(name, AXES)
     params = place(make_params(), mesh)
     state = jz.init_sharded(tx, params)
     state_specs = jax.tree.map(lambda s: s.spec, jz.state_shardings(tx, params))
@@ -153,11 +177,11 @@ def _collective_sizes(hlo: str) -> list[tuple[str, int]]:
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_compiled_step_moves_no_parameter_and_holds_one_eighth(name):
     mesh = make_mesh()
-    tx = OPTIMIZERS[name](None)
+    tx = optimizer(name)
     params = place(make_params(), mesh)
     state = jz.init_sharded(tx, params)
     grads = place(gradients(make_params(), 1), mesh)
-    compiled = jax.jit(step_fn(tx), donate_argnums=(0, 1)).lower(params, state, grads).compile()
+    compiled = sharded_step(name)
     smallest_param = min(int(np.prod(shape)) for shape in SHAPES.values())
     collectives = _collective_sizes(compiled.as_text())
     assert [(op, n) for op, n in collectives if n >= smallest_param] == []  # only scalar norms may travel
@@ -166,8 +190,7 @@ def test_compiled_step_moves_no_parameter_and_holds_one_eighth(name):
 
     local_bytes = sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves((params, state, grads)))
     full_bytes = sum(x.nbytes for x in jax.tree.leaves((params, state, grads)))
-    single = make_params()
-    unsharded = jax.jit(step_fn(tx)).lower(single, tx.init(single), single).compile()
+    unsharded = single_device_step(name)
     sharded_size = compiled.memory_analysis().argument_size_in_bytes
     unsharded_size = unsharded.memory_analysis().argument_size_in_bytes
     assert unsharded_size >= full_bytes
