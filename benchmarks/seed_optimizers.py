@@ -64,6 +64,20 @@ SEED_OPTIMIZERS: dict[str, SeedOptimizer] = {
         lambda lr: optax.contrib.muon(lr, weight_decay=0.1),
         2e-2,
     ),
+    # The sign methods: the same rules as Optax's, so twins in cost and in numbers.
+    "sign_sgd": SeedOptimizer(jz.sign_sgd, optax.sign_sgd, 1e-3),
+    "signum": SeedOptimizer(jz.signum, optax.signum, 1e-3),
+    "lion": SeedOptimizer(jz.lion, optax.lion, 1e-4),
+    # Adam's relatives: Optax's rules under Optax's names (radam forms rho_t without float32 cancellation).
+    "adamax": SeedOptimizer(jz.adamax, optax.adamax, 2e-3),
+    "adamaxw": SeedOptimizer(jz.adamaxw, optax.adamaxw, 2e-3),
+    "radam": SeedOptimizer(jz.radam, optax.radam, 1e-3),
+    "yogi": SeedOptimizer(jz.yogi, optax.yogi, 1e-2),
+    "adabelief": SeedOptimizer(jz.adabelief, optax.adabelief, 1e-3),
+    "adan": SeedOptimizer(jz.adan, optax.adan, 1e-3),
+    # Layer-wise rules: Optax's NovoGrad and Fromage, twins in cost and in numbers.
+    "novograd": SeedOptimizer(jz.novograd, optax.novograd, 1e-2),
+    "fromage": SeedOptimizer(jz.fromage, optax.fromage, 1e-2),
 }
 
 

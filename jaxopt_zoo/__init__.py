@@ -50,6 +50,9 @@ from jaxopt_zoo.quantization import Blockwise8Bit
 from jaxopt_zoo.storage import StochasticBF16
 from jaxopt_zoo.sharding import check_state_shardings, init_sharded, state_shardings
 from jaxopt_zoo.optimizers import adadelta, adagrad, adam, adamw, amsgrad, lamb, lars, nadam, nadamw, rmsprop, sgd
+from jaxopt_zoo.optimizers import lion, sign_sgd, signum
+from jaxopt_zoo.optimizers import adabelief, adamax, adamaxw, adan, radam, yogi
+from jaxopt_zoo.optimizers import fromage, novograd
 from jaxopt_zoo.schedules import *  # noqa: F403  (the names listed in schedules.__all__)
 from jaxopt_zoo.transforms import *  # noqa: F403  (the names listed in transforms.__all__)
 
@@ -105,6 +108,17 @@ __all__ = [
     "sgd",
     "split_real_and_imaginary",
     "stateless",
+    "lion",
+    "sign_sgd",
+    "signum",
+    "adabelief",
+    "adamax",
+    "adamaxw",
+    "radam",
+    "yogi",
+    "adan",
+    "fromage",
+    "novograd",
     *schedules.__all__,
     *transforms.__all__,
 ]

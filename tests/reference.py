@@ -800,3 +800,216 @@ def torch_lbfgs(lr=1.0, max_iter=20, max_eval=None, tolerance_grad=1e-7, toleran
         return x - x0, state
 
     return Reference(init, update)
+
+
+def sign_sgd(learning_rate, momentum=0.0):
+    """signSGD and Signum, Bernstein et al. (2018), Algorithms 1 and 2 (momentum=0 is signSGD).
+
+    signSGD: p <- p - lr * sign(g).  Signum: m_t = beta m_{t-1} + (1 - beta) g,  m_0 = 0;  p <- p - lr * sign(m_t).
+    """
+
+    def init(params):
+        return {"m": np.zeros_like(params)}
+
+    def update(g, state, params, t):
+        m = momentum * state["m"] + (1 - momentum) * g
+        return -schedule_value(learning_rate, t) * np.sign(m), {"m": m}
+
+    return Reference(init, update)
+
+
+def lion(learning_rate, b1=0.9, b2=0.99, weight_decay=0.0, mode="hard", smooth_beta=1.0):
+    """Lion, Chen et al. (2023), Algorithm 2, with Optax's "smooth" and "refined" variants of the sign.
+
+    c = b1 m + (1 - b1) g;  u = sign(c) (hard), tanh(smooth_beta c) (smooth), c if |c| < 1 else sign(c) (refined);
+    m <- b2 m + (1 - b2) g;  p <- p - lr * (u + weight_decay * p).
+    """
+
+    def init(params):
+        return {"m": np.zeros_like(params)}
+
+    def update(g, state, params, t):
+        c = b1 * state["m"] + (1 - b1) * g
+        if mode == "hard":
+            u = np.sign(c)
+        elif mode == "smooth":
+            u = np.tanh(smooth_beta * c)
+        else:
+            u = np.where(np.abs(c) < 1, c, np.sign(c))
+        m = b2 * state["m"] + (1 - b2) * g
+        return -schedule_value(learning_rate, t) * (u + weight_decay * params), {"m": m}
+
+    return Reference(init, update)
+
+
+def yogi(learning_rate, b1=0.9, b2=0.999, eps=1e-3, eps_root=0.0, initial_accumulator_value=1e-6):
+    """Yogi, Zaheer et al. (2018), Algorithm 2, with Adam's bias correction as Optax applies it.
+
+    m = b1 m + (1 - b1) g;  v = v - (1 - b2) sign(v - g^2) g^2  (m_0 = v_0 = initial_accumulator_value);
+    p <- p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t) + eps_root) + eps).
+    """
+
+    def init(params):
+        return {"m": np.full_like(params, initial_accumulator_value), "v": np.full_like(params, initial_accumulator_value)}
+
+    def update(g, state, params, t):
+        m = b1 * state["m"] + (1 - b1) * g
+        v = state["v"] - (1 - b2) * np.sign(state["v"] - g * g) * g * g
+        step = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t) + eps_root) + eps)
+        return -schedule_value(learning_rate, t) * step, {"m": m, "v": v}
+
+    return Reference(init, update)
+
+
+def adabelief(learning_rate, b1=0.9, b2=0.999, eps=1e-16, eps_root=1e-16, nesterov=False):
+    """AdaBelief, Zhuang et al. (2020), Algorithm 2, with Optax's Nesterov form.
+
+    m = b1 m + (1 - b1) g;  s = b2 s + (1 - b2) (g - m)^2 + eps_root;  m_hat = m / (1 - b1^t)
+    (Nesterov: b1 m / (1 - b1^(t+1)) + (1 - b1) g / (1 - b1^t));  p <- p - lr m_hat / (sqrt(s / (1 - b2^t)) + eps).
+    """
+
+    def init(params):
+        return {"m": np.zeros_like(params), "s": np.zeros_like(params)}
+
+    def update(g, state, params, t):
+        m = b1 * state["m"] + (1 - b1) * g
+        s = b2 * state["s"] + (1 - b2) * (g - m) ** 2 + eps_root
+        if nesterov:
+            m_hat = b1 * m / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1**t)
+        else:
+            m_hat = m / (1 - b1**t)
+        step = m_hat / (np.sqrt(s / (1 - b2**t)) + eps)
+        return -schedule_value(learning_rate, t) * step, {"m": m, "s": s}
+
+    return Reference(init, update)
+
+
+def adamax(learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0):
+    """Adamax, Kingma & Ba (2015), Algorithm 2, with eps inside the maximum and Optax's decoupled decay.
+
+    m = b1 m + (1 - b1) g;  u = max(b2 u, |g| + eps);  p <- p - lr * (m / ((1 - b1^t) u) + weight_decay * p).
+    """
+
+    def init(params):
+        return {"m": np.zeros_like(params), "u": np.zeros_like(params)}
+
+    def update(g, state, params, t):
+        m = b1 * state["m"] + (1 - b1) * g
+        u = np.maximum(b2 * state["u"], np.abs(g) + eps)
+        return -schedule_value(learning_rate, t) * (m / ((1 - b1**t) * u) + weight_decay * params), {"m": m, "u": u}
+
+    return Reference(init, update)
+
+
+def radam(learning_rate, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, threshold=5.0, nesterov=False):
+    """Rectified Adam, Liu et al. (2020), Algorithm 2, in Optax's form (eps after the bias correction).
+
+    rho_inf = 2 / (1 - b2) - 1;  rho_t = rho_inf - 2 t b2^t / (1 - b2^t);  m_hat, v_hat as in Adam (NAdam form
+    with nesterov);  if rho_t >= threshold: p -= lr r_t m_hat / (sqrt(v_hat + eps_root) + eps), with
+    r_t = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t)); else p -= lr m_hat.
+    """
+
+    def init(params):
+        return {"m": np.zeros_like(params), "v": np.zeros_like(params)}
+
+    def update(g, state, params, t):
+        m = b1 * state["m"] + (1 - b1) * g
+        v = b2 * state["v"] + (1 - b2) * g * g
+        if nesterov:
+            m_hat = b1 * m / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1**t)
+        else:
+            m_hat = m / (1 - b1**t)
+        v_hat = v / (1 - b2**t)
+        rho_inf = 2 / (1 - b2) - 1
+        rho = rho_inf - 2 * t * b2**t / (1 - b2**t)
+        if rho >= threshold:
+            r = np.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+            step = r * m_hat / (np.sqrt(v_hat + eps_root) + eps)
+        else:
+            step = m_hat
+        return -schedule_value(learning_rate, t) * step, {"m": m, "v": v}
+
+    return Reference(init, update)
+
+
+def novograd(learning_rate, b1=0.9, b2=0.25, eps=1e-6, eps_root=0.0, weight_decay=0.0):
+    """NovoGrad, Ginsburg et al. (2019), Algorithm 1, one layer per array, with Optax's eps_root.
+
+    v_1 = ||g_1||^2, v_t = b2 v + (1 - b2) ||g_t||^2 (a scalar per array);
+    d_t = g_t / (sqrt(v_t + eps_root) + eps) + wd p;  m_1 = d_1, m_t = b1 m + d_t;  p <- p - lr m_t.
+    """
+
+    def init(params):
+        return {"m": None, "v": None}
+
+    def update(g, state, params, t):
+        norm_sq = float(np.sum(g * g))
+        v = norm_sq if state["v"] is None else b2 * state["v"] + (1 - b2) * norm_sq
+        d = g / (np.sqrt(v + eps_root) + eps) + schedule_value(weight_decay, t) * params
+        m = d if state["m"] is None else b1 * state["m"] + d
+        return -schedule_value(learning_rate, t) * m, {"m": m, "v": v}
+
+    return Reference(init, update)
+
+
+def fromage(learning_rate, min_norm=1e-6):
+    """Fromage, Bernstein et al. (2020), Algorithm 1, per array, norms floored at min_norm (LARS-style ratio).
+
+    p <- (p - lr * (max(||p||, min_norm) / max(||g||, min_norm)) * g) / sqrt(1 + lr^2).
+    """
+
+    def update(g, state, params, t):
+        lr = schedule_value(learning_rate, t)
+        p_norm = max(float(np.linalg.norm(params)), min_norm)
+        g_norm = max(float(np.linalg.norm(g)), min_norm)
+        ratio = 1.0 if p_norm == 0 or g_norm == 0 else p_norm / g_norm
+        return (params - lr * ratio * g) / np.sqrt(1 + lr * lr) - params, state
+
+    return Reference(lambda params: {}, update)
+
+
+def param_block_norm_sgd(learning_rate, min_scale=1e-3):
+    """SGD with the step of each array scaled by its parameter norm: p <- p - lr * max(||p||, min_scale) * g."""
+
+    def update(g, state, params, t):
+        scale = max(float(np.linalg.norm(params)), min_scale)
+        return -schedule_value(learning_rate, t) * scale * g, state
+
+    return Reference(lambda params: {}, update)
+
+
+def adan(learning_rate, b1=0.98, b2=0.92, b3=0.99, eps=1e-8, eps_root=1e-8, weight_decay=0.0):
+    """Adan, Xie et al. (2022), Algorithm 1, in decay form (b = 1 - the paper's beta) with zero-started,
+    bias-corrected moments as in the authors' code, and decoupled decay (their no_prox=True, Optax's form).
+
+    d = g - g_prev (0 at t = 1);  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) d;  n = b3 n + (1 - b3) (g + (1 - b2) d)^2;
+    p <- p - lr * ((m / (1 - b1^t) + (1 - b2) v / (1 - b2^t)) / (sqrt(n / (1 - b3^t) + eps_root) + eps) + weight_decay * p).
+    """
+
+    def init(params):
+        return {"m": np.zeros_like(params), "v": np.zeros_like(params), "n": np.zeros_like(params), "g": None}
+
+    def update(g, state, params, t):
+        d = np.zeros_like(g) if state["g"] is None else g - state["g"]
+        m = b1 * state["m"] + (1 - b1) * g
+        v = b2 * state["v"] + (1 - b2) * d
+        n = b3 * state["n"] + (1 - b3) * (g + (1 - b2) * d) ** 2
+        direction = (m / (1 - b1**t) + (1 - b2) * v / (1 - b2**t)) / (np.sqrt(n / (1 - b3**t) + eps_root) + eps)
+        return -schedule_value(learning_rate, t) * (direction + weight_decay * params), {"m": m, "v": v, "n": n, "g": g}
+
+    return Reference(init, update)
+
+
+def ema(learning_rate, decay, debias=True):
+    """Optax's ``ema`` followed by a descent step: m_t = decay m_{t-1} + (1 - decay) g, m_0 = 0;
+    p <- p - lr * m_t / (1 - decay^t) (debiased) or p - lr * m_t."""
+
+    def init(params):
+        return {"m": np.zeros_like(params)}
+
+    def update(g, state, params, t):
+        m = decay * state["m"] + (1 - decay) * g
+        direction = m / (1 - decay**t) if debias else m
+        return -schedule_value(learning_rate, t) * direction, {"m": m}
+
+    return Reference(init, update)

@@ -108,6 +108,18 @@ BAD_ARGUMENTS = [
     (jz.torch.lbfgs, dict(lr=-1.0), "torch.lbfgs", "lr"),
     (jz.torch.lbfgs, dict(history_size=0), "torch.lbfgs", "history_size"),
     (jz.torch.lbfgs, dict(line_search_fn="backtracking"), "torch.lbfgs", "line_search_fn"),
+    (jz.lion, dict(learning_rate=0.1, b2=1.0), "lion", "b2"),
+    (jz.signum, dict(learning_rate=0.1, beta=-0.1), "signum", "beta"),
+    (jz.yogi, dict(learning_rate=0.1, b2=1.0), "yogi", "b2"),
+    (jz.scale_by_yogi, dict(initial_accumulator_value=-1.0), "scale_by_yogi", "initial_accumulator_value"),
+    (jz.adabelief, dict(learning_rate=0.1, eps_root=-1.0), "adabelief", "eps_root"),
+    (jz.adamaxw, dict(learning_rate=0.1, weight_decay="x"), "adamaxw", "weight_decay"),
+    (jz.radam, dict(learning_rate=0.1, threshold=None), "radam", "threshold"),
+    (jz.adan, dict(learning_rate=0.1, b3=1.0), "adan", "b3"),
+    (jz.novograd, dict(learning_rate=0.1, b2=1.0), "novograd", "b2"),
+    (jz.scale_by_novograd, dict(eps_root=-1.0), "scale_by_novograd", "eps_root"),
+    (jz.fromage, dict(learning_rate=0.1, min_norm=-1.0), "fromage", "min_norm"),
+    (jz.scale_by_param_block_norm, dict(min_scale="x"), "scale_by_param_block_norm", "min_scale"),
 ]
 
 
@@ -199,6 +211,10 @@ ZERO_EPS = {
     "torch.rmsprop": lambda: jz.torch.rmsprop(eps=0.0),
     "torch.rmsprop-centered": lambda: jz.torch.rmsprop(eps=0.0, centered=True),
     "inject-adam": lambda: jz.inject_hyperparams(jz.adam)(learning_rate=1e-2, eps=0.0),
+    "adabelief": lambda: jz.adabelief(1e-2, eps=0.0, eps_root=0.0),
+    "adan": lambda: jz.adan(1e-2, eps=0.0, eps_root=0.0),
+    "yogi-zero-init": lambda: jz.chain(jz.scale_by_yogi(eps=0.0, initial_accumulator_value=0.0), jz.scale_by_learning_rate(1e-2)),
+    "novograd": lambda: jz.novograd(1e-2, eps=0.0),
 }
 
 

@@ -49,6 +49,14 @@ CASES = {
         {"muon": jz.torch.muon(lr=0.02, mu_dtype=jz.StochasticBF16()), "adamw": jz.torch.adamw(lr=1e-2)},
         lambda params: jax.tree.map(lambda p: "muon" if p.ndim == 2 else "adamw", params),
     ),
+    # Lion's momentum stochastically rounded to bfloat16: its draws depend on the restored step count.
+    "lion": lambda: jz.lion(1e-2, weight_decay=0.1, mu_dtype=jz.StochasticBF16()),
+    # AdaBelief with Nesterov momentum, its first moment stochastically rounded to bfloat16.
+    "adabelief": lambda: jz.adabelief(1e-2, nesterov=True, mu_dtype=jz.StochasticBF16()),
+    # Adan keeps the previous gradient; its count field exists only for the stochastic rounding.
+    "adan": lambda: jz.adan(1e-2, weight_decay=0.1, g_dtype=jz.StochasticBF16()),
+    # NovoGrad's per-array second moments (scalars, one bfloat16 for the bfloat16 param) and a rounded first moment.
+    "novograd": lambda: jz.novograd(1e-2, weight_decay=0.1, mu_dtype=jz.StochasticBF16()),
 }
 
 

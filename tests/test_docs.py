@@ -39,6 +39,12 @@ MODULES = [
     "jaxopt_zoo.transforms.lbfgs",
     "jaxopt_zoo.transforms.factored",
     "jaxopt_zoo.transforms.orthogonal",
+    "jaxopt_zoo.transforms.sign",
+    "jaxopt_zoo.optimizers.sign",
+    "jaxopt_zoo.transforms.adam_relatives",
+    "jaxopt_zoo.optimizers.adam_relatives",
+    "jaxopt_zoo.transforms.layerwise",
+    "jaxopt_zoo.optimizers.layerwise",
 ]
 WITHOUT_EXAMPLES = {"jaxopt_zoo.tree", "jaxopt_zoo.validation"}  # internal helpers, tested in test_tree.py
 

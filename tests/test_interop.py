@@ -47,6 +47,9 @@ def _train_nnx(tx, steps=10, **extra):
         (lambda: jz.adamw(1e-2, weight_decay=0.1), lambda: optax.adamw(1e-2, weight_decay=0.1)),
         (lambda: jz.sgd(0.1, momentum=0.9, nesterov=True), lambda: optax.sgd(0.1, 0.9, nesterov=True)),
         (lambda: jz.torch.adamax(lr=1e-2), lambda: optax.adamax(1e-2)),
+        (lambda: jz.lion(1e-3, weight_decay=0.1), lambda: optax.lion(1e-3, weight_decay=0.1)),
+        (lambda: jz.adabelief(1e-2, nesterov=True), lambda: optax.adabelief(1e-2, nesterov=True)),
+        (lambda: jz.novograd(1e-2, weight_decay=0.1), lambda: optax.novograd(1e-2, weight_decay=0.1)),
     ],
 )
 def test_nnx_optimizer_trains_like_optax(ours, theirs):

@@ -51,6 +51,13 @@ OPTIMIZERS = {  # name: factory of axis_name (used only by the transforms with r
     "torch.nadam": lambda axes: jz.torch.nadam(1e-2, weight_decay=1e-2, decoupled_weight_decay=True),
     "torch.radam": lambda axes: jz.torch.radam(1e-2, weight_decay=1e-3),
     "torch.adafactor": lambda axes: jz.torch.adafactor(0.1, weight_decay=1e-2, axis_name=axes),
+    "lion": lambda axes: jz.lion(1e-2, weight_decay=1e-2),
+    "signum": lambda axes: jz.signum(1e-2, accumulator_dtype=jz.StochasticBF16()),
+    "yogi": lambda axes: jz.yogi(1e-2),
+    "adabelief": lambda axes: jz.adabelief(1e-2, nesterov=True),
+    "adan": lambda axes: jz.adan(1e-2, weight_decay=1e-2),
+    "novograd": lambda axes: jz.novograd(1e-2, weight_decay=1e-2, axis_name=axes),
+    "fromage": lambda axes: jz.fromage(0.05, axis_name=axes),
 }
 
 

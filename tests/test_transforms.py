@@ -23,6 +23,11 @@ def decaying(t):
 # (our transformation, the float64 reference of the same published rule)
 REFERENCE_CASES = {
     "scale": (lambda: jz.scale(-0.05), lambda: reference.sgd(0.05)),
+    "ema": (lambda: jz.chain(jz.ema(0.8), jz.scale_by_learning_rate(0.05)), lambda: reference.ema(0.05, 0.8)),
+    "ema_biased": (
+        lambda: jz.chain(jz.ema(0.8, debias=False), jz.scale_by_learning_rate(0.05)),
+        lambda: reference.ema(0.05, 0.8, debias=False),
+    ),
     "scale_by_learning_rate": (lambda: jz.scale_by_learning_rate(0.05), lambda: reference.sgd(0.05)),
     "scale_by_learning_rate_schedule": (lambda: jz.scale_by_learning_rate(decaying), lambda: reference.sgd(decaying)),
     "scale_by_schedule": (lambda: jz.scale_by_schedule(lambda t: -decaying(t)), lambda: reference.sgd(decaying)),
@@ -159,6 +164,11 @@ def test_dampening_leaves_the_first_step_undamped(x64):
 
 OPTAX_CASES = {
     "scale": (lambda: jz.scale(-0.05), lambda: optax.scale(-0.05)),
+    "ema": (lambda: jz.ema(0.8), lambda: optax.ema(0.8)),
+    "ema_biased_bf16": (
+        lambda: jz.ema(0.8, debias=False, accumulator_dtype=jnp.bfloat16),
+        lambda: optax.ema(0.8, debias=False, accumulator_dtype=jnp.bfloat16),
+    ),
     "scale_by_learning_rate": (lambda: jz.scale_by_learning_rate(0.05), lambda: optax.scale_by_learning_rate(0.05)),
     "scale_by_learning_rate_schedule": (
         lambda: jz.scale_by_learning_rate(decaying),
@@ -267,6 +277,7 @@ STATEFUL = {
     "scale_by_stddev": lambda: jz.scale_by_stddev(),
     "scale_by_stddev_corrected": lambda: jz.scale_by_stddev(bias_correction=True),
     "scale_by_adadelta": lambda: jz.scale_by_adadelta(),
+    "ema": lambda: jz.ema(0.9),
 }
 
 

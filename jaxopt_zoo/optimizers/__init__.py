@@ -21,6 +21,9 @@ from jaxopt_zoo.optimizers.classic import (
     rmsprop,
     sgd,
 )
+from jaxopt_zoo.optimizers.sign import lion, sign_sgd, signum
+from jaxopt_zoo.optimizers.adam_relatives import adabelief, adamax, adamaxw, adan, radam, yogi
+from jaxopt_zoo.optimizers.layerwise import fromage, novograd
 
 __all__ = [
     "adadelta",
@@ -34,4 +37,15 @@ __all__ = [
     "nadamw",
     "rmsprop",
     "sgd",
+    "lion",
+    "sign_sgd",
+    "signum",
+    "adabelief",
+    "adamax",
+    "adamaxw",
+    "radam",
+    "yogi",
+    "adan",
+    "fromage",
+    "novograd",
 ]

@@ -20,7 +20,7 @@ from jaxopt_zoo.transforms.adaptive import (
     scale_by_stddev,
 )
 from jaxopt_zoo.transforms.clipping import adaptive_grad_clip, clip, clip_by_block_rms, clip_by_global_norm, unitwise_norm
-from jaxopt_zoo.transforms.momentum import DampenedTraceState, TraceState, nesterov, trace
+from jaxopt_zoo.transforms.momentum import DampenedTraceState, EmaState, TraceState, ema, nesterov, trace
 from jaxopt_zoo.transforms.scaling import ScaleByScheduleState, scale, scale_by_learning_rate, scale_by_schedule
 from jaxopt_zoo.transforms.trust_ratio import scale_by_trust_ratio
 from jaxopt_zoo.transforms.weight_decay import WeightDecayScheduleState, add_decayed_weights
@@ -42,10 +42,20 @@ from jaxopt_zoo.transforms.factored import (
     scale_by_param_block_rms,
 )
 from jaxopt_zoo.transforms.lbfgs import TorchLbfgsState, torch_lbfgs
+from jaxopt_zoo.transforms.sign import ScaleByLionState, scale_by_lion, scale_by_sign
+from jaxopt_zoo.transforms.adam_relatives import (
+    ScaleByAdanState,
+    ScaleByBeliefState,
+    scale_by_adan,
+    scale_by_belief,
+    scale_by_yogi,
+)
+from jaxopt_zoo.transforms.layerwise import ScaleByNovogradState, scale_by_novograd, scale_by_param_block_norm
 
 __all__ = [
     "AverageIteratesState",
     "DampenedTraceState",
+    "EmaState",
     "ScaleByAdaDeltaState",
     "ScaleByAdamState",
     "ScaleByAdamaxState",
@@ -72,6 +82,7 @@ __all__ = [
     "clip",
     "clip_by_block_rms",
     "clip_by_global_norm",
+    "ema",
     "nesterov",
     "newton_schulz",
     "relative_step_size",
@@ -96,4 +107,15 @@ __all__ = [
     "torch_lbfgs",
     "trace",
     "unitwise_norm",
+    "ScaleByLionState",
+    "scale_by_lion",
+    "scale_by_sign",
+    "ScaleByBeliefState",
+    "scale_by_belief",
+    "scale_by_yogi",
+    "ScaleByAdanState",
+    "scale_by_adan",
+    "ScaleByNovogradState",
+    "scale_by_novograd",
+    "scale_by_param_block_norm",
 ]

@@ -133,3 +133,56 @@ def nesterov(decay: jax.typing.ArrayLike, accumulator_dtype: StateDtype = None) 
         Sutskever et al., "On the importance of initialization and momentum in deep learning", ICML 2013.
     """
     return trace(decay, nesterov=True, accumulator_dtype=accumulator_dtype)
+
+
+class EmaState(NamedTuple):
+    """The step count and the moving average ``ema``, shaped like the params (Optax's ``EmaState``)."""
+
+    count: jax.Array
+    ema: Updates
+
+
+def ema(decay: jax.typing.ArrayLike, debias: bool = True, accumulator_dtype: StateDtype = None) -> GradientTransformation:
+    """An exponential moving average of the updates, bias-corrected or not.
+
+    .. math::
+
+        m_t = \\beta m_{t-1} + (1 - \\beta) g_t, \\quad m_0 = 0, \\qquad
+        u_t = m_t / (1 - \\beta^t) \\ (\\texttt{debias=True}) \\ \\text{or} \\ m_t.
+
+    Unlike :func:`trace` (:math:`b_t = \\mu b_{t-1} + g_t`), the new update is
+    weighted by :math:`1 - \\beta`. Numerically identical to ``optax.ema``, with
+    the same state; ``accumulator_dtype`` also takes
+    :class:`~jaxopt_zoo.storage.StochasticBF16` and
+    :class:`~jaxopt_zoo.quantization.Blockwise8Bit`, and the update is formed
+    from the average before it is stored, as in Optax.
+
+    Args:
+        decay: :math:`\\beta \\in [0, 1)`.
+        debias: divide by :math:`1 - \\beta^t`, so that early averages are not pulled towards 0.
+        accumulator_dtype: storage of the average: a storage (see :mod:`jaxopt_zoo.storage`).
+
+    Example:
+        >>> import jax.numpy as jnp, jaxopt_zoo as jz
+        >>> tx = jz.ema(0.9, debias=False)
+        >>> updates, state = tx.update(jnp.array([2.0]), tx.init(jnp.zeros(1)))
+        >>> updates  # 0.1 * 2; with debias=True it would be 2.0
+        Array([0.2], dtype=float32)
+    """
+    validation.decay_rate("ema", "decay", decay)
+    validation.flag("ema", "debias", debias)
+    accumulator_dtype = resolve("ema", "accumulator_dtype", accumulator_dtype)
+
+    def init(params):
+        return EmaState(zero_count(), tree.moments_like(params))
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        tree.check_same_structure("ema", updates, state.ema, "the moving average (state.ema)")
+        average = tree.update_moment(updates, state.ema, decay, 1)
+        count = safe_increment(state.count)
+        out = tree.bias_correction(average, decay, count) if debias else average
+        return tree.map_updates(lambda g, m: m, updates, out), EmaState(count, average)
+
+    tx = with_storage(GradientTransformation(init, update), signed={"ema": accumulator_dtype})
+    return expects_state("ema", tx, EmaState)

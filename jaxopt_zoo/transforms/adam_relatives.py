@@ -1,0 +1,314 @@
+"""Adam's relatives: Yogi's additive second moment, AdaBelief's belief in the gradient, Adan's Nesterov moments.
+
+Yogi and AdaBelief keep a step count, a first moment ``mu`` (signed) and a
+second moment ``nu`` (non-negative), which take the storage options
+``mu_dtype`` and ``nu_dtype``; Adan keeps three moments and the previous
+gradient, each with its own storage option. ``None`` update leaves pass
+through and keep their state. (Adamax and RAdam live in
+:mod:`jaxopt_zoo.transforms.adam_variants`.)
+
+    >>> import jaxopt_zoo as jz
+    >>> tx = jz.chain(jz.scale_by_yogi(), jz.scale_by_learning_rate(1e-2))
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxopt_zoo import tree, validation
+from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, safe_increment, zero_count
+from jaxopt_zoo.storage import StateDtype, resolve, with_storage
+from jaxopt_zoo.transforms.adaptive import ScaleByAdamState, _moment_ratio, _zero_denominator_possible
+
+__all__ = [
+    "ScaleByAdanState",
+    "ScaleByBeliefState",
+    "scale_by_adan",
+    "scale_by_belief",
+    "scale_by_yogi",
+]
+
+
+def scale_by_yogi(
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-3,
+    eps_root: jax.typing.ArrayLike = 0.0,
+    initial_accumulator_value: jax.typing.ArrayLike = 1e-6,
+    *,
+    mu_dtype: StateDtype = None,
+    nu_dtype: StateDtype = None,
+) -> GradientTransformation:
+    """Yogi (Zaheer et al. 2018): Adam whose second moment moves additively, by at most :math:`(1-\\beta_2) g_t^2`.
+
+    .. math::
+
+        m_t &= \\beta_1 m_{t-1} + (1 - \\beta_1) g_t, \\qquad
+        v_t = v_{t-1} - (1 - \\beta_2)\\, \\operatorname{sign}(v_{t-1} - g_t^2)\\, g_t^2, \\\\
+        u_t &= \\frac{m_t / (1 - \\beta_1^t)}{\\sqrt{v_t / (1 - \\beta_2^t) + \\bar\\varepsilon} + \\varepsilon},
+        \\qquad m_0 = v_0 = v_{\\text{init}}.
+
+    Adam's :math:`v_t - v_{t-1} = -(1-\\beta_2)(v_{t-1} - g_t^2)` shrinks :math:`v` by a fraction of
+    itself when gradients fall; Yogi's step has the size of :math:`g_t^2` alone, so the effective
+    learning rate grows slowly. :math:`v_t` stays positive: it is at least :math:`\\beta_2 v_{t-1}`.
+    For complex gradients :math:`g_t^2` is :math:`|g_t|^2`. Both moments start at
+    ``initial_accumulator_value`` and are bias-corrected as in Adam, as Optax does (the paper's
+    Algorithm 2 states the rule without bias correction).
+
+    Numerically identical to ``optax.scale_by_yogi``, whose state is also a ``ScaleByAdamState``.
+    Deviations from Optax: a negative ``initial_accumulator_value`` raises (Optax documents that
+    only positive values are allowed but does not check; 0 is accepted here); with
+    ``eps = eps_root = 0`` the update is 0 where the denominator is 0, not 0/0; a ``None`` update
+    keeps its moments; ``mu_dtype`` and ``nu_dtype`` are additions.
+
+    Args:
+        b1: decay :math:`\\beta_1 \\in [0, 1)` of the first moment.
+        b2: :math:`\\beta_2 \\in [0, 1)`: the second moment moves by :math:`(1-\\beta_2) g_t^2` per step.
+        eps: :math:`\\varepsilon \\ge 0`, added outside the square root (Optax's default 1e-3).
+        eps_root: :math:`\\bar\\varepsilon \\ge 0`, added inside the square root.
+        initial_accumulator_value: :math:`v_{\\text{init}} \\ge 0`, the starting value of both moments.
+        mu_dtype: storage of the first moment: a storage (see :mod:`jaxopt_zoo.storage`).
+        nu_dtype: storage of the second moment, as for ``mu_dtype``.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxopt_zoo as jz
+        >>> tx = jz.scale_by_yogi(initial_accumulator_value=0.0, eps=0.0)
+        >>> updates, state = tx.update(jnp.array([0.5, -2.0]), tx.init(jnp.zeros(2)))
+        >>> updates  # from zero moments the first step is g / |g|, as in Adam, up to rounding
+        Array([ 0.99999..., -0.99999...], dtype=float32)
+
+    References:
+        Zaheer, Reddi, Sachan, Kale & Kumar, "Adaptive Methods for Nonconvex Optimization", NeurIPS 2018.
+    """
+    owner = "scale_by_yogi"
+    validation.decay_rate(owner, "b1", b1)
+    validation.decay_rate(owner, "b2", b2)
+    validation.epsilon(owner, "eps", eps)
+    validation.epsilon(owner, "eps_root", eps_root)
+    validation.non_negative(owner, "initial_accumulator_value", initial_accumulator_value)
+    guard = _zero_denominator_possible(eps, eps_root)
+    mu_dtype = resolve(owner, "mu_dtype", mu_dtype)
+    nu_dtype = resolve(owner, "nu_dtype", nu_dtype)
+
+    def init(params):
+        start = initial_accumulator_value
+        return ScaleByAdamState(zero_count(), tree.moments_like(params, start), tree.moments_like(params, start))
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        tree.check_same_structure(owner, updates, state.mu, "the first moment (state.mu)")
+        count = safe_increment(state.count)
+        mu = tree.update_moment(updates, state.mu, b1, 1)
+        # Optax's order of operations, so that float32 agrees bit for bit.
+        yogi_step = lambda g, v: v - (1 - b2) * jnp.sign(v - tree.abs_sq(g)) * tree.abs_sq(g)
+        nu = tree.map_state(yogi_step, updates, state.nu)
+        mu_hat = tree.bias_correction(mu, b1, count)
+        nu_hat = tree.bias_correction(nu, b2, count)
+        return _moment_ratio(updates, mu_hat, nu_hat, eps, eps_root, guard), ScaleByAdamState(count, mu, nu)
+
+    tx = with_storage(GradientTransformation(init, update), signed={"mu": mu_dtype}, non_negative={"nu": nu_dtype})
+    return expects_state(owner, tx, ScaleByAdamState)
+
+
+class ScaleByBeliefState(NamedTuple):
+    """Step count, first moment ``mu`` and second moment ``nu`` of the prediction error ``g - mu``."""
+
+    count: jax.Array
+    mu: Updates
+    nu: Updates
+
+
+def scale_by_belief(
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-16,
+    eps_root: jax.typing.ArrayLike = 1e-16,
+    *,
+    nesterov: bool = False,
+    mu_dtype: StateDtype = None,
+    nu_dtype: StateDtype = None,
+) -> GradientTransformation:
+    """AdaBelief (Zhuang et al. 2020): Adam with the variance of the gradient around its mean,
+    :math:`(g_t - m_t)^2`, in place of :math:`g_t^2`.
+
+    .. math::
+
+        m_t &= \\beta_1 m_{t-1} + (1 - \\beta_1) g_t, \\qquad
+        s_t = \\beta_2 s_{t-1} + (1 - \\beta_2) (g_t - m_t)^2 + \\bar\\varepsilon, \\\\
+        u_t &= \\frac{m_t / (1 - \\beta_1^t)}{\\sqrt{s_t / (1 - \\beta_2^t)} + \\varepsilon}.
+
+    The step is large where the gradient agrees with its running mean (the "belief") and small
+    where it does not. :math:`\\bar\\varepsilon` is added to the stored :math:`s_t` every step, as in
+    the paper's Algorithm 2. With ``nesterov=True`` :math:`m_t / (1 - \\beta_1^t)` becomes
+    :math:`\\beta_1 m_t / (1 - \\beta_1^{t+1}) + (1 - \\beta_1) g_t / (1 - \\beta_1^t)`, as in
+    :func:`~jaxopt_zoo.transforms.adaptive.scale_by_adam`. For complex gradients the square is
+    :math:`|g_t - m_t|^2`.
+
+    Numerically identical to ``optax.scale_by_belief`` (defaults ``eps = eps_root = 1e-16`` are
+    Optax's; the paper's are ``eps=1e-8``, ``eps_root=0``). Deviations from Optax: with
+    ``eps = eps_root = 0`` the update is 0 where the denominator is 0, not 0/0; a ``None`` update
+    keeps its moments; ``mu_dtype`` and ``nu_dtype`` are additions.
+
+    Args:
+        b1: decay :math:`\\beta_1 \\in [0, 1)` of the first moment.
+        b2: decay :math:`\\beta_2 \\in [0, 1)` of the second moment of the prediction error.
+        eps: :math:`\\varepsilon \\ge 0`, added outside the square root.
+        eps_root: :math:`\\bar\\varepsilon \\ge 0`, added to :math:`s_t` (inside the square root) every step.
+        nesterov: use Nesterov momentum.
+        mu_dtype: storage of the first moment: a storage (see :mod:`jaxopt_zoo.storage`).
+        nu_dtype: storage of the second moment, as for ``mu_dtype``.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxopt_zoo as jz
+        >>> tx = jz.scale_by_belief()
+        >>> g = jnp.array([0.5, -2.0])
+        >>> updates, state = tx.update(g, tx.init(g))
+        >>> updates  # g - m_1 = b1 g, so the first step is g / (b1 |g|)
+        Array([ 1.1111..., -1.1111...], dtype=float32)
+
+    References:
+        Zhuang, Tang, Ding, Tatikonda, Dvornek, Papademetris & Duncan, "AdaBelief Optimizer: Adapting
+        Stepsizes by the Belief in Observed Gradients", NeurIPS 2020.
+    """
+    owner = "scale_by_belief"
+    validation.adam_options(owner, b1, b2, eps, eps_root, nesterov)
+    guard = _zero_denominator_possible(eps, eps_root)
+    mu_dtype = resolve(owner, "mu_dtype", mu_dtype)
+    nu_dtype = resolve(owner, "nu_dtype", nu_dtype)
+
+    def init(params):
+        return ScaleByBeliefState(zero_count(), tree.moments_like(params), tree.moments_like(params))
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        tree.check_same_structure(owner, updates, state.mu, "the first moment (state.mu)")
+        count = safe_increment(state.count)
+        mu = tree.update_moment(updates, state.mu, b1, 1)
+        prediction_error = tree.map_updates(lambda g, m: tree.widen(g) - m, updates, mu)
+        nu = tree.update_moment(prediction_error, state.nu, b2, 2)
+        nu = tree.map_state(lambda g, v: v + eps_root, updates, nu)
+        if nesterov:
+            mu_hat = tree.map_updates(
+                lambda g, m, g_hat: b1 * m + (1 - b1) * g_hat,
+                updates,
+                tree.bias_correction(mu, b1, safe_increment(count)),
+                tree.bias_correction(updates, b1, count),
+            )
+        else:
+            mu_hat = tree.bias_correction(mu, b1, count)
+        nu_hat = tree.bias_correction(nu, b2, count)
+        return _moment_ratio(updates, mu_hat, nu_hat, eps, 0.0, guard), ScaleByBeliefState(count, mu, nu)
+
+    tx = with_storage(GradientTransformation(init, update), signed={"mu": mu_dtype}, non_negative={"nu": nu_dtype})
+    return expects_state(owner, tx, ScaleByBeliefState)
+
+
+class ScaleByAdanState(NamedTuple):
+    """Moments ``m`` (gradient), ``v`` (gradient difference), ``n`` (squared Nesterov gradient), the previous
+    gradient ``g`` and the step count ``t``, as Optax names them; ``count`` is filled by ``with_storage`` only
+    when a storage rounds stochastically."""
+
+    m: Updates
+    v: Updates
+    n: Updates
+    g: Updates
+    t: jax.Array
+    count: jax.Array | None = None
+
+
+def scale_by_adan(
+    b1: jax.typing.ArrayLike = 0.98,
+    b2: jax.typing.ArrayLike = 0.92,
+    b3: jax.typing.ArrayLike = 0.99,
+    eps: jax.typing.ArrayLike = 1e-8,
+    eps_root: jax.typing.ArrayLike = 0.0,
+    *,
+    m_dtype: StateDtype = None,
+    v_dtype: StateDtype = None,
+    n_dtype: StateDtype = None,
+    g_dtype: StateDtype = None,
+) -> GradientTransformation:
+    """Adan (Xie et al. 2022): adaptive Nesterov momentum estimated from gradient differences.
+
+    With :math:`d_t = g_t - g_{t-1}` (:math:`d_1 = 0`):
+
+    .. math::
+
+        m_t &= \\beta_1 m_{t-1} + (1 - \\beta_1) g_t, \\qquad
+        v_t = \\beta_2 v_{t-1} + (1 - \\beta_2) d_t, \\\\
+        n_t &= \\beta_3 n_{t-1} + (1 - \\beta_3) \\big(g_t + (1 - \\beta_2) d_t\\big)^2, \\\\
+        u_t &= \\frac{\\hat m_t + (1 - \\beta_2) \\hat v_t}{\\sqrt{\\hat n_t + \\bar\\varepsilon} + \\varepsilon},
+
+    where the hats divide by :math:`1 - \\beta_i^t`. The betas are decays, as in Adam (the paper writes
+    :math:`1 - \\beta` for them: its :math:`\\beta_1 = 0.02` is ``b1=0.98`` here). The moments start at 0
+    and are bias-corrected, as in the authors' code, where the paper's Algorithm 1 starts them at the first
+    gradient. For complex gradients the square is the squared modulus.
+
+    Numerically identical to ``optax.scale_by_adan``. Deviations from Optax: with ``eps = eps_root = 0``
+    the update is 0 where the denominator is 0, not 0/0; a ``None`` update keeps every state leaf; the
+    storage options and the ``count`` field (``None`` unless a storage rounds stochastically) are additions.
+
+    Args:
+        b1: decay :math:`\\beta_1 \\in [0, 1)` of the gradient moment.
+        b2: decay :math:`\\beta_2 \\in [0, 1)` of the gradient-difference moment.
+        b3: decay :math:`\\beta_3 \\in [0, 1)` of the squared moment.
+        eps: :math:`\\varepsilon \\ge 0`, added outside the square root.
+        eps_root: :math:`\\bar\\varepsilon \\ge 0`, added inside the square root.
+        m_dtype: storage of ``m``: a storage (see :mod:`jaxopt_zoo.storage`).
+        v_dtype: storage of ``v``, as for ``m_dtype``.
+        n_dtype: storage of ``n``, as for ``m_dtype``.
+        g_dtype: storage of the previous gradient ``g``, as for ``m_dtype``.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxopt_zoo as jz
+        >>> tx = jz.scale_by_adan()
+        >>> g = jnp.array([0.5, -2.0])
+        >>> updates, state = tx.update(g, tx.init(g))
+        >>> bool(jnp.allclose(updates, jnp.sign(g)))  # d_1 = 0, so the first step is g / |g|, up to rounding
+        True
+
+    References:
+        Xie, Zhou, Li, Lin & Yan, "Adan: Adaptive Nesterov Momentum Algorithm for Faster Optimizing Deep
+        Models", IEEE TPAMI 2024 (arXiv:2208.06677, 2022).
+    """
+    owner = "scale_by_adan"
+    validation.decay_rate(owner, "b1", b1)
+    validation.decay_rate(owner, "b2", b2)
+    validation.decay_rate(owner, "b3", b3)
+    validation.epsilon(owner, "eps", eps)
+    validation.epsilon(owner, "eps_root", eps_root)
+    guard = _zero_denominator_possible(eps, eps_root)
+    storages = {name: resolve(owner, f"{name}_dtype", value)
+                for name, value in (("m", m_dtype), ("v", v_dtype), ("n", n_dtype), ("g", g_dtype))}
+
+    def init(params):
+        moments = [tree.moments_like(params) for _ in range(4)]
+        return ScaleByAdanState(*moments, zero_count())
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        tree.check_same_structure(owner, updates, state.m, "the first moment (state.m)")
+        first = state.t == 0
+        diff = tree.map_updates(lambda g, p: jnp.where(first, jnp.zeros_like(g), tree.widen(g) - p), updates, state.g)
+        m = tree.update_moment(updates, state.m, b1, 1)
+        v = tree.update_moment(diff, state.v, b2, 1)
+        nesterov_gradient = tree.map_updates(lambda g, d: tree.widen(g) + (1 - b2) * d, updates, diff)
+        n = tree.update_moment(nesterov_gradient, state.n, b3, 2)
+        t = safe_increment(state.t)
+        m_hat = tree.bias_correction(m, b1, t)
+        v_hat = tree.bias_correction(v, b2, t)
+        n_hat = tree.bias_correction(n, b3, t)
+        direction = tree.map_updates(lambda g, a, b: a + (1 - b2) * b, updates, m_hat, v_hat)
+        previous = tree.map_state(lambda g, p: tree.widen(g).astype(p.dtype), updates, state.g)
+        updates = _moment_ratio(updates, direction, n_hat, eps, eps_root, guard)
+        return updates, ScaleByAdanState(m, v, n, previous, t, state.count)
+
+    tx = with_storage(
+        GradientTransformation(init, update),
+        signed={"m": storages["m"], "v": storages["v"], "g": storages["g"]},
+        non_negative={"n": storages["n"]},
+    )
+    return expects_state(owner, tx, ScaleByAdanState)
