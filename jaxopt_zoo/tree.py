@@ -157,10 +157,28 @@ def _power(g: jax.Array, order: int) -> jax.Array:
 def update_moment(updates: Any, moments: Any, decay: jax.typing.ArrayLike, order: int) -> Any:
     """Exponential moving average of ``g**order``: :math:`m_t = (1-\\beta) g_t^k + \\beta m_{t-1}`.
 
+    As Optax's ``update_moment``, complex gradients are raised to the power as
+    they are (:math:`g^2`, not :math:`|g|^2`: see :func:`update_moment_per_elem_norm`).
     The result has the promoted dtype of the gradient (float16 widened to
     float32) and the moment; the storage casts it back (see :mod:`jaxopt_zoo.storage`).
+    Where an update is ``None`` the moment is kept as it is (Optax returns ``None`` there).
+    """
+    return map_state(lambda g, m: (1 - decay) * widen(g) ** order + decay * m, updates, moments)
+
+
+def update_moment_per_elem_norm(updates: Any, moments: Any, decay: jax.typing.ArrayLike, order: int) -> Any:
+    """Exponential moving average of :math:`|g|^k`: :math:`m_t = (1-\\beta) |g_t|^k + \\beta m_{t-1}` for even ``k``.
+
+    For real gradients and for odd ``k`` this is :func:`update_moment`; for
+    complex gradients an even moment is a power of the modulus (as Optax forms
+    Adam's second moment), so it stays real.
     """
     return map_state(lambda g, m: (1 - decay) * _power(widen(g), order) + decay * m, updates, moments)
+
+
+def update_infinity_moment(updates: Any, moments: Any, decay: jax.typing.ArrayLike, eps: jax.typing.ArrayLike) -> Any:
+    """The decayed running maximum of :math:`|g|`: :math:`u_t = \\max(|g_t| + \\epsilon, \\beta u_{t-1})` (Adamax)."""
+    return map_state(lambda g, u: jnp.maximum(jnp.abs(widen(g)) + eps, decay * u), updates, moments)
 
 
 def bias_correction(moments: Any, decay: jax.typing.ArrayLike, count: jax.Array) -> Any:
@@ -192,6 +210,36 @@ def global_norm(tree: Any, axis_name: AxisName = None, owner: str = "global_norm
 def sum_of_squares(x: jax.Array, axis_name: AxisName = None, owner: str = "sum_of_squares") -> jax.Array:
     """:math:`\\|x\\|^2` of one array; inside ``shard_map``, of the whole array across its shards."""
     return sum_over_shards(owner, [(jnp.sum(abs_sq(x)), x)], axis_name)
+
+
+def moment_ratio(updates: Any, mu_hat: Any, nu_hat: Any, eps: Any, eps_root: Any, guard: bool = False) -> Any:
+    """Adam's direction :math:`\\hat m / (\\sqrt{\\hat v + \\epsilon_{root}} + \\epsilon)`, leaf by leaf; ``None`` updates stay ``None``.
+
+    ``guard`` (when both epsilons may be 0, see :func:`jaxopt_zoo.validation.may_all_be_zero`)
+    gives 0 where the denominator is 0 instead of 0/0 = NaN; without it the
+    graph is Optax's exactly, and with it only a zero denominator changes.
+    """
+    if not guard:
+        return map_updates(lambda g, m, v: m / (jnp.sqrt(v + eps_root) + eps), updates, mu_hat, nu_hat)
+
+    def ratio(g, m, v):
+        denominator = jnp.sqrt(v + eps_root) + eps
+        zero = denominator == 0
+        return jnp.where(zero, 0, m / jnp.where(zero, 1, denominator))
+
+    return map_updates(ratio, updates, mu_hat, nu_hat)
+
+
+def norm_at_least(x: jax.Array, min_norm: jax.typing.ArrayLike, axis_name: AxisName = None, owner: str = "norm_at_least") -> jax.Array:
+    """:math:`\\max(\\|x\\|, n_{min})` of a whole array (across its shards inside ``shard_map``), from one reduction.
+
+    The square root is taken of 1 wherever the norm is clamped, so the gradient
+    is finite at :math:`x = 0`; where it is not clamped the value is Optax's
+    ``safe_norm`` bit for bit (which takes a second norm of a masked array instead).
+    """
+    squares = sum_of_squares(x, axis_name, owner)
+    clamped = jnp.sqrt(squares) <= min_norm
+    return jnp.where(clamped, min_norm, jnp.sqrt(jnp.where(clamped, 1.0, squares)))
 
 
 @jax.tree_util.register_pytree_node_class

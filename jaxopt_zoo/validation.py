@@ -84,6 +84,11 @@ def may_be_zero(value: Any) -> bool:
         return True
 
 
+def may_all_be_zero(*values: Any) -> bool:
+    """Whether every value may be 0 (a literal 0 or traced): a denominator :math:`\\sqrt{v} + \\sum \\epsilon` then may be 0."""
+    return all(may_be_zero(value) for value in values)
+
+
 def whole_number(owner: str, name: str, value: Any, minimum: int = 0, maximum: int | None = None) -> int:
     """Require an integer ``>= minimum`` (a Python or NumPy integer, or an integral float); return it as an int.
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import jax
 
-from jaxopt_zoo import tree, validation
-from jaxopt_zoo.base import GradientTransformation, ScalarOrSchedule, stateless
+from jaxopt_zoo import validation
+from jaxopt_zoo.base import GradientTransformation, ScalarOrSchedule
 from jaxopt_zoo.combine import chain
 from jaxopt_zoo.sharding import AxisName
 from jaxopt_zoo.storage import StateDtype
-from jaxopt_zoo.transforms import add_decayed_weights, scale_by_learning_rate, scale_by_novograd, scale_by_trust_ratio
+from jaxopt_zoo.transforms import scale_by_learning_rate, scale_by_novograd, scale_by_trust_ratio
+from jaxopt_zoo.transforms.weight_decay import add_params_times
 
 __all__ = ["fromage", "novograd"]
 
@@ -74,20 +75,6 @@ def novograd(
     )
 
 
-def _add_params_times(rate: jax.typing.ArrayLike) -> GradientTransformation:
-    # u + rate * theta for a constant rate of any sign (Fromage's shrinkage is
-    # negative, which add_decayed_weights refuses); a literal 0 adds nothing, as there.
-    if validation.is_literal_zero(rate):
-        return stateless(lambda updates, params: updates)
-
-    def add(updates, params):
-        validation.require_params("fromage", params)
-        tree.check_same_structure("fromage", updates, params, "the params")
-        return tree.map_updates(lambda u, p: u + rate * p, updates, params)
-
-    return stateless(add)
-
-
 def fromage(learning_rate: ScalarOrSchedule, min_norm: jax.typing.ArrayLike = 1e-6, *, axis_name: AxisName = None) -> GradientTransformation:
     """Fromage, Frobenius-matched gradient descent (Bernstein et al. 2020).
 
@@ -132,7 +119,7 @@ def fromage(learning_rate: ScalarOrSchedule, min_norm: jax.typing.ArrayLike = 1e
         return chain(
             trust,
             scale_by_learning_rate(lambda count: shrink(count) * learning_rate(count)),
-            add_decayed_weights(lambda count: shrink(count) - 1),
+            add_params_times(lambda count: shrink(count) - 1, owner="fromage"),
         )
     shrink = 1 / (1 + learning_rate**2) ** 0.5
-    return chain(trust, scale_by_learning_rate(learning_rate * shrink), _add_params_times(shrink - 1))
+    return chain(trust, scale_by_learning_rate(learning_rate * shrink), add_params_times(shrink - 1, owner="fromage"))

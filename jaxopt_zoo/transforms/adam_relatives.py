@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, safe_increment, zero_count
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
-from jaxopt_zoo.transforms.adaptive import ScaleByAdamState, _moment_ratio, _zero_denominator_possible
+from jaxopt_zoo.transforms.adaptive import ScaleByAdamState
 
 __all__ = [
     "ScaleByAdanState",
@@ -89,7 +89,7 @@ def scale_by_yogi(
     validation.epsilon(owner, "eps", eps)
     validation.epsilon(owner, "eps_root", eps_root)
     validation.non_negative(owner, "initial_accumulator_value", initial_accumulator_value)
-    guard = _zero_denominator_possible(eps, eps_root)
+    guard = validation.may_all_be_zero(eps, eps_root)
     mu_dtype = resolve(owner, "mu_dtype", mu_dtype)
     nu_dtype = resolve(owner, "nu_dtype", nu_dtype)
 
@@ -107,7 +107,7 @@ def scale_by_yogi(
         nu = tree.map_state(yogi_step, updates, state.nu)
         mu_hat = tree.bias_correction(mu, b1, count)
         nu_hat = tree.bias_correction(nu, b2, count)
-        return _moment_ratio(updates, mu_hat, nu_hat, eps, eps_root, guard), ScaleByAdamState(count, mu, nu)
+        return tree.moment_ratio(updates, mu_hat, nu_hat, eps, eps_root, guard), ScaleByAdamState(count, mu, nu)
 
     tx = with_storage(GradientTransformation(init, update), signed={"mu": mu_dtype}, non_negative={"nu": nu_dtype})
     return expects_state(owner, tx, ScaleByAdamState)
@@ -175,7 +175,7 @@ def scale_by_belief(
     """
     owner = "scale_by_belief"
     validation.adam_options(owner, b1, b2, eps, eps_root, nesterov)
-    guard = _zero_denominator_possible(eps, eps_root)
+    guard = validation.may_all_be_zero(eps, eps_root)
     mu_dtype = resolve(owner, "mu_dtype", mu_dtype)
     nu_dtype = resolve(owner, "nu_dtype", nu_dtype)
 
@@ -188,7 +188,7 @@ def scale_by_belief(
         count = safe_increment(state.count)
         mu = tree.update_moment(updates, state.mu, b1, 1)
         prediction_error = tree.map_updates(lambda g, m: tree.widen(g) - m, updates, mu)
-        nu = tree.update_moment(prediction_error, state.nu, b2, 2)
+        nu = tree.update_moment_per_elem_norm(prediction_error, state.nu, b2, 2)
         nu = tree.map_state(lambda g, v: v + eps_root, updates, nu)
         if nesterov:
             mu_hat = tree.map_updates(
@@ -200,7 +200,7 @@ def scale_by_belief(
         else:
             mu_hat = tree.bias_correction(mu, b1, count)
         nu_hat = tree.bias_correction(nu, b2, count)
-        return _moment_ratio(updates, mu_hat, nu_hat, eps, 0.0, guard), ScaleByBeliefState(count, mu, nu)
+        return tree.moment_ratio(updates, mu_hat, nu_hat, eps, 0.0, guard), ScaleByBeliefState(count, mu, nu)
 
     tx = with_storage(GradientTransformation(init, update), signed={"mu": mu_dtype}, non_negative={"nu": nu_dtype})
     return expects_state(owner, tx, ScaleByBeliefState)
@@ -280,7 +280,7 @@ def scale_by_adan(
     validation.decay_rate(owner, "b3", b3)
     validation.epsilon(owner, "eps", eps)
     validation.epsilon(owner, "eps_root", eps_root)
-    guard = _zero_denominator_possible(eps, eps_root)
+    guard = validation.may_all_be_zero(eps, eps_root)
     storages = {name: resolve(owner, f"{name}_dtype", value)
                 for name, value in (("m", m_dtype), ("v", v_dtype), ("n", n_dtype), ("g", g_dtype))}
 
@@ -296,14 +296,14 @@ def scale_by_adan(
         m = tree.update_moment(updates, state.m, b1, 1)
         v = tree.update_moment(diff, state.v, b2, 1)
         nesterov_gradient = tree.map_updates(lambda g, d: tree.widen(g) + (1 - b2) * d, updates, diff)
-        n = tree.update_moment(nesterov_gradient, state.n, b3, 2)
+        n = tree.update_moment_per_elem_norm(nesterov_gradient, state.n, b3, 2)
         t = safe_increment(state.t)
         m_hat = tree.bias_correction(m, b1, t)
         v_hat = tree.bias_correction(v, b2, t)
         n_hat = tree.bias_correction(n, b3, t)
         direction = tree.map_updates(lambda g, a, b: a + (1 - b2) * b, updates, m_hat, v_hat)
         previous = tree.map_state(lambda g, p: tree.widen(g).astype(p.dtype), updates, state.g)
-        updates = _moment_ratio(updates, direction, n_hat, eps, eps_root, guard)
+        updates = tree.moment_ratio(updates, direction, n_hat, eps, eps_root, guard)
         return updates, ScaleByAdanState(m, v, n, previous, t, state.count)
 
     tx = with_storage(

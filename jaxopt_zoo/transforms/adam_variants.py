@@ -19,7 +19,6 @@ import jax.numpy as jnp
 from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, safe_increment, zero_count
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
-from jaxopt_zoo.transforms.adaptive import _moment_ratio, _zero_denominator_possible
 
 __all__ = [
     "ScaleByAdamaxState",
@@ -95,7 +94,7 @@ def scale_by_adamax(
     validation.decay_rate(owner, "b1", b1)
     validation.decay_rate(owner, "b2", b2)
     validation.epsilon(owner, "eps", eps)
-    guard = _zero_denominator_possible(eps)
+    guard = validation.may_all_be_zero(eps)
     mu_dtype = resolve(owner, "mu_dtype", mu_dtype)
     nu_dtype = resolve(owner, "nu_dtype", nu_dtype)
 
@@ -190,7 +189,7 @@ def scale_by_scheduled_nadam(
     validation.decay_rate(owner, "b2", b2)
     validation.epsilon(owner, "eps", eps)
     validation.non_negative(owner, "momentum_decay", momentum_decay)
-    guard = _zero_denominator_possible(eps)
+    guard = validation.may_all_be_zero(eps)
     mu_dtype = resolve(owner, "mu_dtype", mu_dtype)
     nu_dtype = resolve(owner, "nu_dtype", nu_dtype)
 
@@ -209,11 +208,11 @@ def scale_by_scheduled_nadam(
         gradient_weight = (1 - mu_t) / (1 - product)
         momentum_weight = mu_next / (1 - product * mu_next)
         mu = tree.update_moment(updates, state.mu, b1, 1)
-        nu = tree.update_moment(updates, state.nu, b2, 2)
+        nu = tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
         nesterov_mix = lambda g, m: _times(momentum_weight, m) + _times(gradient_weight, tree.widen(g).astype(m.dtype))
         mu_hat = tree.map_updates(nesterov_mix, updates, mu)
         nu_hat = tree.bias_correction(nu, b2, count)
-        updates = _moment_ratio(updates, mu_hat, nu_hat, eps, 0.0, guard)
+        updates = tree.moment_ratio(updates, mu_hat, nu_hat, eps, 0.0, guard)
         return updates, ScaleByScheduledNadamState(count, product, mu, nu)
 
     tx = with_storage(GradientTransformation(init, update), signed={"mu": mu_dtype}, non_negative={"nu": nu_dtype})
@@ -329,7 +328,7 @@ def scale_by_radam(
     validation.real_scalar(owner, "threshold", threshold)
     validation.flag(owner, "nesterov", nesterov)
     validation.flag(owner, "eps_before_correction", eps_before_correction)
-    guard = _zero_denominator_possible(eps, eps_root)
+    guard = validation.may_all_be_zero(eps, eps_root)
     mu_dtype = resolve(owner, "mu_dtype", mu_dtype)
     nu_dtype = resolve(owner, "nu_dtype", nu_dtype)
 
@@ -341,7 +340,7 @@ def scale_by_radam(
         tree.check_same_structure(owner, updates, state.mu, "the first moment (state.mu)")
         count = safe_increment(state.count)
         mu = tree.update_moment(updates, state.mu, b1, 1)
-        nu = tree.update_moment(updates, state.nu, b2, 2)
+        nu = tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
         if nesterov:
             mu_hat = tree.map_updates(
                 lambda g, m, g_hat: b1 * m + (1 - b1) * g_hat,

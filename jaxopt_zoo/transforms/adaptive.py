@@ -30,26 +30,6 @@ def _scaled_by_inverse_root(g: jax.Array, v: jax.Array, eps, eps_in_sqrt: bool, 
     return jnp.where(zero, 0, _inverse_root(jnp.where(zero, 1, v), eps, eps_in_sqrt) * g)
 
 
-def _moment_ratio(updates: Updates, mu_hat: Updates, nu_hat: Updates, eps, eps_root, guard: bool = False) -> Updates:
-    # Adam's and AMSGrad's direction m / (sqrt(v + eps_root) + eps); None updates stay None.
-    # With guard (eps and eps_root may both be 0): 0 where the denominator is 0, not 0/0 = NaN.
-    # Without it the graph is Optax's exactly; with it only a zero denominator gives another value.
-    if not guard:
-        return tree.map_updates(lambda g, m, v: m / (jnp.sqrt(v + eps_root) + eps), updates, mu_hat, nu_hat)
-
-    def ratio(g, m, v):
-        denominator = jnp.sqrt(v + eps_root) + eps
-        zero = denominator == 0
-        return jnp.where(zero, 0, m / jnp.where(zero, 1, denominator))
-
-    return tree.map_updates(ratio, updates, mu_hat, nu_hat)
-
-
-def _zero_denominator_possible(*epsilons) -> bool:
-    # A denominator sqrt(v) + eps can be 0 only if every eps added to it may be 0 (literal 0 or traced).
-    return all(validation.may_be_zero(e) for e in epsilons)
-
-
 def _bias_corrector(enabled: bool):
     # tree.bias_correction, or the identity when the option turns correction off.
     return tree.bias_correction if enabled else (lambda moments, decay, count: moments)
@@ -128,7 +108,7 @@ def scale_by_adam(
     validation.decay_rate("scale_by_adam", "b2", b2)
     validation.epsilon("scale_by_adam", "eps", eps)
     validation.epsilon("scale_by_adam", "eps_root", eps_root)
-    guard = _zero_denominator_possible(eps, eps_root)
+    guard = validation.may_all_be_zero(eps, eps_root)
     validation.flag("scale_by_adam", "nesterov", nesterov)
     validation.flag("scale_by_adam", "bias_correction", bias_correction)
     mu_dtype = resolve("scale_by_adam", "mu_dtype", mu_dtype)
@@ -142,7 +122,7 @@ def scale_by_adam(
         tree.check_same_structure("scale_by_adam", updates, state.mu, "the first moment (state.mu)")
         count = safe_increment(state.count)
         mu = tree.update_moment(updates, state.mu, b1, 1)
-        nu = tree.update_moment(updates, state.nu, b2, 2)
+        nu = tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
         correct = _bias_corrector(bias_correction)
         if nesterov:
             mu_hat = tree.map_updates(
@@ -154,7 +134,7 @@ def scale_by_adam(
         else:
             mu_hat = correct(mu, b1, count)
         nu_hat = correct(nu, b2, count)
-        updates = _moment_ratio(updates, mu_hat, nu_hat, eps, eps_root, guard)
+        updates = tree.moment_ratio(updates, mu_hat, nu_hat, eps, eps_root, guard)
         return updates, ScaleByAdamState(count, mu, nu)
 
     tx = with_storage(GradientTransformation(init, update), signed={"mu": mu_dtype}, non_negative={"nu": nu_dtype})
@@ -219,7 +199,7 @@ def scale_by_amsgrad(
     validation.decay_rate(owner, "b2", b2)
     validation.epsilon(owner, "eps", eps)
     validation.epsilon(owner, "eps_root", eps_root)
-    guard = _zero_denominator_possible(eps, eps_root)
+    guard = validation.may_all_be_zero(eps, eps_root)
     mu_dtype = resolve(owner, "mu_dtype", mu_dtype)
     nu_dtype = resolve(owner, "nu_dtype", nu_dtype)
     for name, value in [("bias_correction_mu", bias_correction_mu), ("bias_correction_nu", bias_correction_nu)]:
@@ -236,12 +216,12 @@ def scale_by_amsgrad(
         tree.check_same_structure(owner, updates, state.mu, "the first moment (state.mu)")
         count = safe_increment(state.count)
         mu = tree.update_moment(updates, state.mu, b1, 1)
-        nu = tree.update_moment(updates, state.nu, b2, 2)
+        nu = tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
         candidate = nu if correct_after_max else correct_nu(nu, b2, count)
         nu_max = tree.map_state(lambda g, high, v: jnp.maximum(high, v), updates, state.nu_max, candidate)
         nu_hat = correct_nu(nu_max, b2, count) if correct_after_max else nu_max
         mu_hat = correct_mu(mu, b1, count)
-        updates = _moment_ratio(updates, mu_hat, nu_hat, eps, eps_root, guard)
+        updates = tree.moment_ratio(updates, mu_hat, nu_hat, eps, eps_root, guard)
         return updates, ScaleByAmsgradState(count, mu, nu, nu_max)
 
     tx = with_storage(
@@ -347,7 +327,7 @@ def _scale_by_rms_or_stddev(
     # RMSprop's scaling, plain or centered: the two differ only by the mean they subtract.
     rate = validation.fraction(owner, "decay", decay)
     validation.epsilon(owner, "eps", eps)
-    guard = _zero_denominator_possible(eps)
+    guard = validation.may_all_be_zero(eps)
     validation.non_negative(owner, "initial_scale", initial_scale)
     validation.flag(owner, "eps_in_sqrt", eps_in_sqrt)
     validation.flag(owner, "bias_correction", bias_correction)
@@ -376,7 +356,7 @@ def _scale_by_rms_or_stddev(
         del params, extra_args
         tree.check_same_structure(owner, updates, state.nu, "the second moment (state.nu)")
         count = safe_increment(state.count) if bias_correction else None
-        nu = tree.update_moment(updates, state.nu, decay, 2)
+        nu = tree.update_moment_per_elem_norm(updates, state.nu, decay, 2)
         nu_hat = correct(nu, decay, count)
         new = {"nu": nu}
         if centered:
@@ -522,9 +502,9 @@ def scale_by_adadelta(
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
         tree.check_same_structure("scale_by_adadelta", updates, state.e_g, "the mean square (state.e_g)")
-        e_g = tree.update_moment(updates, state.e_g, rho, 2)
+        e_g = tree.update_moment_per_elem_norm(updates, state.e_g, rho, 2)
         updates = tree.map_updates(lambda g, sq_g, sq_x: (jnp.sqrt(sq_x + eps) / jnp.sqrt(sq_g + eps)) * g, updates, e_g, state.e_x)
-        e_x = tree.update_moment(updates, state.e_x, rho, 2)
+        e_x = tree.update_moment_per_elem_norm(updates, state.e_x, rho, 2)
         return updates, ScaleByAdaDeltaState(e_g, e_x)
 
     storage = {"e_g": accumulator_dtype, "e_x": accumulator_dtype}

@@ -31,7 +31,6 @@ from jaxopt_zoo.base import (
 )
 from jaxopt_zoo.sharding import AxisName
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
-from jaxopt_zoo.transforms.adaptive import _zero_denominator_possible
 
 __all__ = [
     "ScaleByNovogradState",
@@ -117,7 +116,7 @@ def scale_by_novograd(
     validation.scalar_or_schedule(owner, "weight_decay", weight_decay)
     mu_dtype = resolve(owner, "mu_dtype", mu_dtype)
     axis_name = validation.axis_name(owner, axis_name)
-    guard = _zero_denominator_possible(eps, eps_root)
+    guard = validation.may_all_be_zero(eps, eps_root)
     decays = not validation.is_literal_zero(weight_decay)
 
     def init(params):
@@ -166,15 +165,6 @@ def scale_by_novograd(
     return expects_state(owner, tx, ScaleByNovogradState)
 
 
-def _norm_at_least(owner: str, x: jax.Array, min_norm: jax.typing.ArrayLike, axis_name: AxisName) -> jax.Array:
-    # max(||x||, min_norm) from one reduction, with a square root of 1 (not of 0)
-    # where the norm is clamped so its gradient stays finite; where it is not
-    # clamped the value is Optax's safe_norm bit for bit.
-    squares = tree.sum_of_squares(x, axis_name, owner)
-    clamped = jnp.sqrt(squares) <= min_norm
-    return jnp.where(clamped, min_norm, jnp.sqrt(jnp.where(clamped, 1.0, squares)))
-
-
 def scale_by_param_block_norm(min_scale: jax.typing.ArrayLike = 1e-3, *, axis_name: AxisName = None) -> GradientTransformation:
     """Multiply each leaf's update by its parameter's norm, at least ``min_scale``:
     :math:`u \\leftarrow \\max\\big(s, \\|\\theta\\|\\big) \\, u`.
@@ -205,6 +195,6 @@ def scale_by_param_block_norm(min_scale: jax.typing.ArrayLike = 1e-3, *, axis_na
         del extra_args
         validation.require_params(owner, params)
         tree.check_same_structure(owner, updates, params, "the params")
-        return tree.map_updates(lambda u, p: u * _norm_at_least(owner, p, min_scale, axis_name), updates, params), state
+        return tree.map_updates(lambda u, p: u * tree.norm_at_least(p, min_scale, axis_name, owner), updates, params), state
 
     return GradientTransformation(init_empty_state, update)

@@ -10,16 +10,6 @@ from jaxopt_zoo.base import GradientTransformation, init_empty_state
 from jaxopt_zoo.sharding import AxisName
 
 
-def _norm_at_least(x: jax.Array, min_norm: jax.typing.ArrayLike, axis_name: AxisName) -> jax.Array:
-    # max(||x||, min_norm) from one reduction. The square root is taken of 1
-    # wherever the norm is clamped, so its gradient is finite at x = 0; where it
-    # is not clamped the value is Optax's safe_norm bit for bit, which takes a
-    # second norm of the masked array instead.
-    squares = tree.sum_of_squares(x, axis_name, "scale_by_trust_ratio")
-    clamped = jnp.sqrt(squares) <= min_norm
-    return jnp.where(clamped, min_norm, jnp.sqrt(jnp.where(clamped, 1.0, squares)))
-
-
 def scale_by_trust_ratio(
     min_norm: jax.typing.ArrayLike = 0.0,
     trust_coefficient: jax.typing.ArrayLike = 1.0,
@@ -75,10 +65,10 @@ def scale_by_trust_ratio(
     axis_name = validation.axis_name(owner, axis_name)
 
     def scale(u, p):
-        param_norm = _norm_at_least(p, min_norm, axis_name)
+        param_norm = tree.norm_at_least(p, min_norm, axis_name, "scale_by_trust_ratio")
         if max_param_norm is not None:
             param_norm = jnp.minimum(param_norm, max_param_norm)
-        update_norm = _norm_at_least(u, min_norm, axis_name)
+        update_norm = tree.norm_at_least(u, min_norm, axis_name, "scale_by_trust_ratio")
         unchanged = jnp.logical_or(param_norm == 0.0, update_norm == 0.0)
         # Dividing by 1 where the ratio is unused keeps its gradient finite (no 0/0 behind the where).
         ratio = trust_coefficient * param_norm / jnp.where(unchanged, 1.0, update_norm + eps)

@@ -50,6 +50,17 @@ def add_decayed_weights(
         Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
     """
     validation.scalar_or_schedule("add_decayed_weights", "weight_decay", weight_decay)
+    return add_params_times(weight_decay, mask)
+
+
+def add_params_times(
+    rate: ScalarOrSchedule, mask: Any | Callable[[Params], Any] | None = None, *, owner: str = "add_decayed_weights"
+) -> GradientTransformation:
+    """:math:`u_t = g_t + r_t \\theta_t` for a rate of any sign: :func:`add_decayed_weights` without its check.
+
+    For rules whose rate is negative by design (Fromage's shrinkage); errors name ``owner``.
+    """
+    weight_decay = rate
     scheduled = callable(weight_decay)
     # As Optax: a literal zero adds nothing (and reads no parameter), but the
     # transformation and its state keep their usual form.
@@ -61,10 +72,10 @@ def add_decayed_weights(
 
     def update(updates, state, params=None, **extra_args):
         del extra_args
-        validation.require_params("add_decayed_weights", params)
-        tree.check_same_structure("add_decayed_weights", updates, params, "the params")
+        validation.require_params(owner, params)
+        tree.check_same_structure(owner, updates, params, "the params")
         if scheduled:
-            check_state("add_decayed_weights", state, WeightDecayScheduleState)
+            check_state(owner, state, WeightDecayScheduleState)
         new_state = WeightDecayScheduleState(safe_increment(state.count)) if scheduled else state
         if literal_zero:
             return updates, new_state
