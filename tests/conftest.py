@@ -7,6 +7,12 @@ import os
 # Eight simulated CPU devices for the sharding tests; XLA reads this once, when jax is first imported.
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+# Most of the suite's time is XLA compiling thousands of small programs, and most of that is LLVM
+# optimising machine code the tests then run for microseconds. Level 0 skips that: the suite takes about
+# a fifth less time. It changes no HLO (fusion, buffer assignment, donation are as users get them) and no
+# number: every bit-for-bit test passes at both levels (XLA_FLAGS=--xla_backend_optimization_level=2 checks).
+if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 
 import jax
 import jax.numpy as jnp
