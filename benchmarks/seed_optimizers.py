@@ -68,6 +68,8 @@ SEED_OPTIMIZERS: dict[str, SeedOptimizer] = {
     "sign_sgd": SeedOptimizer(jz.sign_sgd, optax.sign_sgd, 1e-3),
     "signum": SeedOptimizer(jz.signum, optax.signum, 1e-3),
     "lion": SeedOptimizer(jz.lion, optax.lion, 1e-4),
+    # Factored second moments: Optax's Adafactor recipe (no sm3 twin: optax.sm3 raises on scalar params).
+    "adafactor": SeedOptimizer(jz.adafactor, optax.adafactor, 1e-2),
     # Adam's relatives: Optax's rules under Optax's names (radam forms rho_t without float32 cancellation).
     "adamax": SeedOptimizer(jz.adamax, optax.adamax, 2e-3),
     "adamaxw": SeedOptimizer(jz.adamaxw, optax.adamaxw, 2e-3),
@@ -78,6 +80,12 @@ SEED_OPTIMIZERS: dict[str, SeedOptimizer] = {
     # Layer-wise rules: Optax's NovoGrad and Fromage, twins in cost and in numbers.
     "novograd": SeedOptimizer(jz.novograd, optax.novograd, 1e-2),
     "fromage": SeedOptimizer(jz.fromage, optax.fromage, 1e-2),
+    # Gradient noise and optimistic steps: Optax's rules (the same key gives the same draws), twins in cost and numbers.
+    "noisy_sgd": SeedOptimizer(lambda lr: jz.noisy_sgd(lr, key=0), lambda lr: optax.noisy_sgd(lr, key=0), 1e-2),
+    "optimistic_gradient_descent": SeedOptimizer(jz.optimistic_gradient_descent, optax.optimistic_gradient_descent, 1e-2),
+    "optimistic_adam_v2": SeedOptimizer(jz.optimistic_adam_v2, optax.optimistic_adam_v2, 1e-3),
+    # Optax's rprop (one step late, as Optax computes it): the twin in cost and in numbers.
+    "rprop": SeedOptimizer(jz.rprop, optax.rprop, 1e-2),
 }
 
 

@@ -13,7 +13,7 @@ transformation, so a transformation is a static value that ``jax.jit``, Flax's
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Protocol, TypeAlias
+from typing import Any, Callable, NamedTuple, Protocol, TypeAlias, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -29,16 +29,38 @@ OptState: TypeAlias = Any
 Schedule: TypeAlias = Callable[[jax.Array], jax.typing.ArrayLike]
 """A pure function of the int32 step count returning a scalar."""
 ScalarOrSchedule: TypeAlias = float | jax.Array | Schedule
+MaskOrFn: TypeAlias = Any | Callable[[Params], Any] | None
+"""A tree of booleans shaped like the params, or a function of the params returning one (``None``: no mask)."""
 
 
 class TransformInitFn(Protocol):
+    """``init(params) -> state``: the first half of a :class:`GradientTransformation`."""
+
     def __call__(self, params: Params) -> OptState: ...
 
 
 class TransformUpdateFn(Protocol):
+    """``update(updates, state, params=None, **extra_args) -> (updates, state)``: the second half."""
+
     def __call__(
         self, updates: Updates, state: OptState, params: Params | None = None, **extra_args: Any
     ) -> tuple[Updates, OptState]: ...
+
+
+TransformUpdateExtraArgsFn: TypeAlias = TransformUpdateFn
+"""Optax's name for an ``update`` that takes ``**extra_args``; here every ``update`` does."""
+
+
+@runtime_checkable
+class StatefulSchedule(Protocol):
+    """A schedule that keeps a state: ``init() -> state``, ``update(state, **extra_args) -> state``,
+    ``__call__(state, **extra_args) -> value`` (see :func:`jaxopt_zoo.inject_stateful_hyperparams`)."""
+
+    def init(self) -> Any: ...
+
+    def update(self, state: Any, **extra_args: Any) -> Any: ...
+
+    def __call__(self, state: Any, **extra_args: Any) -> jax.typing.ArrayLike: ...
 
 
 class GradientTransformation(NamedTuple):
@@ -58,8 +80,31 @@ class GradientTransformation(NamedTuple):
     update: TransformUpdateFn
 
 
+class GradientTransformationExtraArgs(GradientTransformation):
+    """A :class:`GradientTransformation` whose ``update`` takes ``**extra_args`` (Optax's name for it).
+
+    Every transformation of this library already takes and ignores extra
+    keyword arguments, so this subclass adds nothing but the type: it exists so
+    that code written for Optax (``isinstance`` checks, annotations) runs
+    unchanged. :func:`~jaxopt_zoo.combine.with_extra_args_support` builds one
+    from any transformation.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> from jaxopt_zoo.base import GradientTransformationExtraArgs
+        >>> tx = GradientTransformationExtraArgs(*jz.scale(-0.1))
+        >>> isinstance(tx, jz.GradientTransformation)
+        True
+    """
+
+
 class EmptyState(NamedTuple):
     """The state of a stateless transformation: an empty NamedTuple (no leaves)."""
+
+
+# Optax's names for the states of its stateless transformations; all are EmptyState there too.
+AdaptiveGradClipState = AddDecayedWeightsState = ClipByGlobalNormState = ClipState = EmptyState
+ScaleState = ScaleByTrustRatioState = EmptyState
 
 
 class StateMismatchError(ValueError):
@@ -163,6 +208,36 @@ def stateless(f: Callable[[Updates, Params | None], Updates]) -> GradientTransfo
     def update(updates, state, params=None, **extra_args):
         del state, extra_args
         return f(updates, params), EmptyState()
+
+    return GradientTransformation(init_empty_state, update)
+
+
+def stateless_with_tree_map(
+    f: Callable[[jax.Array, jax.Array | None], jax.Array],
+) -> GradientTransformation:
+    """A stateless transformation from a function of one leaf: :math:`u_i = f(g_i, \\theta_i)`.
+
+    ``f(update, param)`` is mapped over the leaves; it receives ``param=None``
+    when ``update`` gets no params. A ``None`` update leaf stays ``None``
+    (Optax's ``stateless_with_tree_map`` skips it as an empty subtree too).
+    Numerically ``optax.stateless_with_tree_map``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxopt_zoo.base import stateless_with_tree_map
+        >>> halve = stateless_with_tree_map(lambda g, p: g / 2)
+        >>> halve.update({"w": jnp.ones(2)}, halve.init(None))[0]
+        {'w': Array([0.5, 0.5], dtype=float32)}
+    """
+    if not callable(f):
+        raise TypeError(f"stateless_with_tree_map: f must be a callable f(update, param), got {f!r}.")
+
+    def update(updates, state, params=None, **extra_args):
+        del state, extra_args
+        if params is None:
+            return jax.tree.map(lambda g: None if g is None else f(g, None), updates, is_leaf=is_none), EmptyState()
+        check_same_structure("stateless_with_tree_map", updates, params, "the params")
+        return jax.tree.map(lambda g, p: None if g is None else f(g, p), updates, params, is_leaf=is_none), EmptyState()
 
     return GradientTransformation(init_empty_state, update)
 

@@ -1,4 +1,6 @@
-"""Combining transformations: in sequence (``chain``, ``named_chain``) and on a subset (``masked``)."""
+"""Combining transformations: in sequence (``chain``, ``named_chain``), on a subset (``masked``, ``freeze``,
+``selective_transform``), per group (``partition`` = ``multi_transform``), on one flat vector (``flatten``);
+and plumbing: ``with_extra_args_support``, ``tree_map_params``."""
 
 from __future__ import annotations
 
@@ -9,8 +11,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxopt_zoo.base import GradientTransformation, OptState, Params, StateMismatchError, check_state, set_to_zero
-from jaxopt_zoo.tree import is_none, is_params_placeholder
+from jaxopt_zoo.base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    OptState,
+    Params,
+    StateMismatchError,
+    check_state,
+    set_to_zero,
+)
+from jaxopt_zoo.tree import is_none, is_params_placeholder, map_params, params_placeholder
 
 
 def _takes_extra_args(transformation: Any) -> bool:
@@ -23,7 +33,9 @@ def _takes_extra_args(transformation: Any) -> bool:
     return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
-def _as_transformation(owner: str, transformation: Any) -> GradientTransformation:
+def as_transformation(owner: str, transformation: Any) -> GradientTransformation:
+    """``transformation`` as one of ours: any object with ``init`` and ``update`` (Optax's too), whose
+    ``update`` then takes ``**extra_args`` (dropped for an update that takes none); errors name ``owner``."""
     if not (callable(getattr(transformation, "init", None)) and callable(getattr(transformation, "update", None))):
         raise TypeError(
             f"{owner}: expected gradient transformations (objects with init and update), got {transformation!r}."
@@ -51,7 +63,7 @@ def chain(*transformations: GradientTransformation) -> GradientTransformation:
         >>> import jaxopt_zoo as jz
         >>> adamw = jz.chain(jz.scale_by_adam(), jz.add_decayed_weights(1e-4), jz.scale_by_learning_rate(1e-3))
     """
-    members = [_as_transformation("chain", t) for t in transformations]
+    members = [as_transformation("chain", t) for t in transformations]
 
     def init(params):
         return tuple(member.init(params) for member in members)
@@ -86,7 +98,7 @@ def named_chain(*named_transformations: tuple[str, GradientTransformation]) -> G
     names = [name for name, _ in named_transformations]
     if len(set(names)) != len(names) or not all(isinstance(n, str) for n in names):
         raise ValueError(f"named_chain: names must be distinct strings, got {names}.")
-    members = {name: _as_transformation("named_chain", t) for name, t in named_transformations}
+    members = {name: as_transformation("named_chain", t) for name, t in named_transformations}
 
     def init(params):
         return {name: member.init(params) for name, member in members.items()}
@@ -162,7 +174,7 @@ def masked(inner: GradientTransformation, mask: Any | Callable[[Params], Any]) -
         >>> import jaxopt_zoo as jz
         >>> tx = jz.masked(jz.add_decayed_weights(1e-4), {"w": True, "b": False})
     """
-    inner = _as_transformation("masked", inner)
+    inner = as_transformation("masked", inner)
 
     def init(params):
         mask_tree = _mask_tree(mask, params)
@@ -219,7 +231,7 @@ def partition(
     """
     if not isinstance(transforms, dict) or not transforms:
         raise ValueError(f"partition: transforms must be a non-empty dict of label -> transformation, got {transforms!r}.")
-    members = {label: _as_transformation("partition", tx) for label, tx in transforms.items()}
+    members = {label: as_transformation("partition", tx) for label, tx in transforms.items()}
 
     def labels_for(tree: Any) -> Any:
         labels = param_labels(tree) if callable(param_labels) else param_labels
@@ -285,7 +297,7 @@ def split_real_and_imaginary(inner: GradientTransformation) -> GradientTransform
         >>> updates.dtype
         dtype('complex64')
     """
-    inner = _as_transformation("split_real_and_imaginary", inner)
+    inner = as_transformation("split_real_and_imaginary", inner)
 
     def init(params):
         return inner.init(jax.tree.map(_split_complex, params))
@@ -296,3 +308,163 @@ def split_real_and_imaginary(inner: GradientTransformation) -> GradientTransform
         return jax.tree.map(_merge_complex, new, is_leaf=lambda x: isinstance(x, RealImaginaryPair)), state
 
     return GradientTransformation(init, update)
+
+
+def with_extra_args_support(tx: GradientTransformation) -> GradientTransformation:
+    """``tx`` as a :class:`~jaxopt_zoo.base.GradientTransformationExtraArgs`: an ``update`` that takes
+    (and, where ``tx``'s does not, drops) extra keyword arguments.
+
+    Ours already take them, so they are only re-typed; an Optax transformation
+    whose ``update`` has no ``**extra_args`` is wrapped so that the extra
+    arguments are not handed to it. Same behaviour as
+    ``optax.with_extra_args_support``.
+
+    Example:
+        >>> import jax.numpy as jnp, optax
+        >>> from jaxopt_zoo.combine import with_extra_args_support
+        >>> tx = with_extra_args_support(optax.scale(-0.1))
+        >>> tx.update(jnp.ones(2), tx.init(jnp.ones(2)), value=1.0)[0]
+        Array([-0.1, -0.1], dtype=float32)
+    """
+    if isinstance(tx, GradientTransformationExtraArgs):
+        return tx
+    return GradientTransformationExtraArgs(*as_transformation("with_extra_args_support", tx))
+
+
+MultiTransformState = PartitionState
+"""Optax's older name for :class:`PartitionState` (the same class)."""
+
+multi_transform = partition
+"""Optax's older name for :func:`partition` (the same function): a transformation per group of parameters."""
+
+
+def selective_transform(optimizer: GradientTransformation, *, freeze_mask: Any) -> GradientTransformation:
+    """Optimize only the parameters not frozen: :math:`u_i = 0` where ``freeze_mask`` is true, else :math:`f(g)_i`.
+
+    Recipe: ``partition({"train": optimizer, "freeze": set_to_zero()}, labels)``
+    with the labels read off ``freeze_mask`` (a bool, or a tree of bools with
+    the params' structure or a prefix of it), so the frozen leaves keep no
+    optimizer state (unlike ``chain(optimizer, freeze(mask))``). Same state and
+    numbers as ``optax.selective_transform``. Deviation: the mask's leaves must
+    be booleans known before tracing (Optax takes any truthy value).
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> from jaxopt_zoo.combine import selective_transform
+        >>> tx = selective_transform(jz.adam(1e-3), freeze_mask={"encoder": True, "head": False})
+    """
+    owner = "selective_transform"
+    as_transformation(owner, optimizer)
+    for leaf in jax.tree.leaves(freeze_mask):
+        try:
+            _as_static_bool(leaf)
+        except ValueError:
+            raise ValueError(f"{owner}: freeze_mask leaves must be booleans known before tracing, got {leaf!r}.") from None
+    labels = jax.tree.map(lambda frozen: "freeze" if _as_static_bool(frozen) else "train", freeze_mask)
+    return partition({"train": optimizer, "freeze": set_to_zero()}, labels)
+
+
+def _flat_vector(tree: Any) -> jax.Array:
+    return jnp.concatenate([jnp.reshape(leaf, [-1]) for leaf in jax.tree.leaves(tree)])
+
+
+def _unflatten_like(tree: Any, flat: jax.Array) -> Any:
+    leaves, treedef = jax.tree.flatten(tree)
+    ends = np.cumsum([np.size(leaf) for leaf in leaves])[:-1]
+    pieces = jnp.split(flat, ends)
+    return jax.tree.unflatten(treedef, [jnp.reshape(piece, jnp.shape(leaf)) for piece, leaf in zip(pieces, leaves)])
+
+
+def flatten(inner: GradientTransformation) -> GradientTransformation:
+    """Run ``inner`` on one vector: all leaves reshaped to 1-D and concatenated, :math:`u = \\mathrm{unflat}(f(\\mathrm{flat}(g)))`.
+
+    Fewer, larger arrays cost less per-array overhead when a model has many
+    small leaves; the state is ``inner``'s state for that vector. The leaves
+    are concatenated in tree order (so mixed dtypes are promoted to one).
+    Same state and numbers as ``optax.flatten``.
+
+    Deviation from Optax (which fails with a shape error there): a ``None``
+    update leaf raises a ``ValueError`` naming it, since a vector has no place
+    to leave out.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxopt_zoo as jz
+        >>> from jaxopt_zoo.combine import flatten
+        >>> tx = flatten(jz.adam(1e-3))
+        >>> state = tx.init({"w": jnp.ones((2, 3)), "b": jnp.ones(3)})
+        >>> state[0].mu.shape
+        (9,)
+    """
+    inner = as_transformation("flatten", inner)
+
+    def init(params):
+        return inner.init(_flat_vector(params))
+
+    def update(updates, state, params=None, **extra_args):
+        missing = [jax.tree_util.keystr(path) for path, g in jax.tree_util.tree_leaves_with_path(updates, is_leaf=is_none) if g is None]
+        if missing:
+            raise ValueError(
+                f"flatten: updates at {', '.join(missing)} are None; flatten runs its inner transformation on one "
+                "vector of all leaves, which cannot leave a parameter out. Pass zeros there, or wrap flatten in "
+                "masked/partition to exclude those parameters."
+            )
+        flat_params = None if params is None else _flat_vector(params)
+        flat_updates, state = inner.update(_flat_vector(updates), state, flat_params, **extra_args)
+        return _unflatten_like(updates, flat_updates), state
+
+    return GradientTransformation(init, update)
+
+
+def tree_map_params(
+    initable: Any,
+    f: Callable[..., Any],
+    state: OptState,
+    /,
+    *rest: Any,
+    transform_non_params: Callable[..., Any] | None = None,
+    is_leaf: Callable[[Any], bool] | None = None,
+) -> OptState:
+    """Apply ``f`` to every leaf of the parts of an optimizer state that are shaped like the params.
+
+    Optax's name and signature for :func:`jaxopt_zoo.tree.map_params` (which
+    says how the per-parameter parts are found and which states cannot be
+    mapped), plus ``is_leaf``, passed to the tree map over each such part (for
+    example ``lambda x: isinstance(x, MaskedNode)`` to reach the stand-ins of a
+    masked state). Same results as ``optax.tree_map_params``; 8-bit moments are
+    guarded as in :func:`~jaxopt_zoo.tree.map_params`.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxopt_zoo as jz
+        >>> from jaxopt_zoo.combine import tree_map_params
+        >>> tx = jz.adam(1e-3)
+        >>> state = tx.init({"w": jnp.ones(3)})
+        >>> tree_map_params(tx, lambda x: x.astype(jnp.bfloat16), state)[0].mu["w"].dtype
+        dtype(bfloat16)
+    """
+    if is_leaf is None:
+        return map_params(initable, f, state, *rest, transform_non_params=transform_non_params)
+    init = initable.init if hasattr(initable, "init") else initable
+    marked = init(params_placeholder())
+
+    def keeps_codes(marker, old, new) -> bool:
+        # The same guard as map_params: a leaf holding codes must keep its dtype and shape.
+        encoded = [x for x in jax.tree.leaves(old) if marker.encoded is not None and marker.encoded(x)]
+        if not encoded:
+            return True
+        pairs = zip(jax.tree.leaves(old), jax.tree.leaves(new))
+        same = jax.tree.structure(old) == jax.tree.structure(new)
+        return same and all(jnp.result_type(a) == jnp.result_type(b) and jnp.shape(a) == jnp.shape(b)
+                            for a, b in pairs if marker.encoded(a))
+
+    def visit(marker, value):
+        if not is_params_placeholder(marker):
+            return value if transform_non_params is None else transform_non_params(value)
+        mapped = jax.tree.map(f, value, *rest, is_leaf=is_leaf)
+        if not keeps_codes(marker, value, mapped):
+            raise ValueError(
+                "tree_map_params: f changed the dtype or shape of a state leaf that holds encoded values (8-bit "
+                "codes), which would decode to other values; keep their dtype and shape, or use a floating storage."
+            )
+        return mapped
+
+    return jax.tree.map(visit, marked, state, is_leaf=is_params_placeholder)

@@ -29,6 +29,7 @@ from jaxopt_zoo import validation
 from jaxopt_zoo.base import Schedule
 
 __all__ = [
+    "warmup_constant_schedule",
     "constant_schedule",
     "cosine_decay_schedule",
     "cosine_onecycle_schedule",
@@ -125,6 +126,30 @@ def linear_schedule(
         0.25
     """
     return _polynomial("linear_schedule", init_value, end_value, 1, transition_steps, transition_begin)
+
+
+def warmup_constant_schedule(
+    init_value: jax.typing.ArrayLike, peak_value: jax.typing.ArrayLike, warmup_steps: int
+) -> Schedule:
+    """Linear warmup from ``init_value`` to ``peak_value`` over ``warmup_steps``, then ``peak_value`` for good.
+
+    :math:`\\eta_t = \\eta_0 + (\\eta_{peak} - \\eta_0)\\min(t, T)/T`.
+
+    Deliberate difference: ``warmup_steps=0`` gives the constant ``peak_value``
+    (no warmup); Optax returns the constant ``init_value``, which never reaches the peak.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> schedule = jz.warmup_constant_schedule(0.0, 1.0, warmup_steps=4)
+        >>> [float(schedule(t)) for t in (0, 2, 4, 100)]
+        [0.0, 0.5, 1.0, 1.0]
+    """
+    owner = "warmup_constant_schedule"
+    validation.real_scalar(owner, "init_value", init_value)
+    if _steps(owner, "warmup_steps", warmup_steps) == 0:
+        validation.real_scalar(owner, "peak_value", peak_value)
+        return lambda count: peak_value
+    return _polynomial(owner, init_value, peak_value, 1, warmup_steps, 0)
 
 
 def exponential_decay(

@@ -173,7 +173,8 @@ class _ManualContext(NamedTuple):
     tracked: bool  # whether shard_map tracks which values vary (check_vma=True)
 
 
-def _manual_context() -> _ManualContext:
+def manual_context() -> _ManualContext:
+    """The enclosing ``shard_map``'s mesh axes, its manual axes, and whether it tracks varying values."""
     mesh = jax.sharding.get_abstract_mesh()
     manual = tuple(getattr(mesh, "manual_axes", ()))
     # Under check_vma=False nothing varies, not even the device's own index.
@@ -220,7 +221,7 @@ def require_whole_arrays(owner: str, tree: Any) -> None:
     For transformations with no ``axis_name`` (their reduction cannot be made
     exact from shards), so the message offers what the caller can do instead.
     """
-    context = _manual_context()
+    context = manual_context()
     if not context.manual:
         return
     remedy = (
@@ -249,7 +250,7 @@ def sum_over_shards(owner: str, partials: Iterable[tuple[jax.Array, Any]], axis_
     with the array it came from. Arrays sharded along the same axes share one
     ``psum``; outside ``shard_map`` this is a plain sum in the given order.
     """
-    context = _manual_context()
+    context = manual_context()
     groups: dict[tuple[str, ...], jax.Array] = {}
     for partial, source in partials:
         axes = _axes_to_sum(owner, source, axis_name, context)
@@ -261,6 +262,6 @@ def sum_over_shards(owner: str, partials: Iterable[tuple[jax.Array, Any]], axis_
 def axis_size(owner: str, x: Any, axis_name: AxisName) -> int:
     """How many shards of ``x`` there are along ``axis_name`` (1 outside ``shard_map``)."""
     size = 1
-    for name in _axes_to_sum(owner, x, axis_name, _manual_context()):
+    for name in _axes_to_sum(owner, x, axis_name, manual_context()):
         size *= jax.lax.psum(1, name)
     return size

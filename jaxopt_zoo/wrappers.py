@@ -13,7 +13,7 @@ import numpy as np
 
 from jaxopt_zoo import storage, tree, validation
 from jaxopt_zoo.base import GradientTransformation, OptState, Params, Updates, check_state, safe_increment, zero_count
-from jaxopt_zoo.combine import _as_transformation
+from jaxopt_zoo.combine import as_transformation
 from jaxopt_zoo.sharding import AxisName, sum_over_shards
 
 
@@ -122,7 +122,7 @@ def inject_hyperparams(
             check_state("inject_hyperparams", state, InjectHyperparamsState)
             dtype = _hyperparam_dtype(state.hyperparams, hyperparam_dtype)
             hyperparams = current(state.hyperparams, state.count, dtype)
-            inner = _as_transformation("inject_hyperparams", inner_factory(**other, **hyperparams))
+            inner = as_transformation("inject_hyperparams", inner_factory(**other, **hyperparams))
             new_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
             new_updates = tree.cast_like(new_updates, updates)  # float32 hyperparameters must not widen bf16 updates
             return new_updates, InjectHyperparamsState(safe_increment(state.count), hyperparams, inner_state)
@@ -169,7 +169,7 @@ def apply_if_finite(
     max_consecutive_errors = validation.whole_number(
         "apply_if_finite", "max_consecutive_errors", max_consecutive_errors, 0, validation.INT32_MAX
     )
-    inner = _as_transformation("apply_if_finite", inner)
+    inner = as_transformation("apply_if_finite", inner)
     axis_name = validation.axis_name("apply_if_finite", axis_name)
 
     def init(params):
@@ -273,7 +273,7 @@ class MultiSteps:
         else:
             _check_first_k(every_k_schedule)
         validation.flag("MultiSteps", "use_grad_mean", use_grad_mean)
-        self._opt = _as_transformation("MultiSteps", opt)
+        self._opt = as_transformation("MultiSteps", opt)
         self._every_k = every_k_schedule
         self._use_grad_mean = use_grad_mean
         self._should_skip = should_skip_update_fn or (lambda updates, step, params: (jnp.array(False), ()))
@@ -372,7 +372,7 @@ def lookahead(
     sync_period = validation.whole_number("lookahead", "sync_period", sync_period, 1, validation.INT32_MAX)
     validation.fraction("lookahead", "slow_step_size", slow_step_size)
     validation.flag("lookahead", "reset_state", reset_state)
-    fast_optimizer = _as_transformation("lookahead", fast_optimizer)
+    fast_optimizer = as_transformation("lookahead", fast_optimizer)
 
     def init(params):
         if not isinstance(params, LookaheadParams):
@@ -443,3 +443,146 @@ def ema_params(decay: float) -> GradientTransformation:
         return updates, EmaParamsState(tree.map_state(average, updates, state.ema, params))
 
     return GradientTransformation(init, update)
+
+
+class WrappedScheduleState(NamedTuple):
+    """A :class:`WrappedSchedule`'s state: the int32 step count."""
+
+    count: jax.Array
+
+
+class WrappedSchedule:
+    """A plain schedule :math:`\\eta(t)` as a stateful one (``init``, ``update``, call), counting its own steps.
+
+    The protocol of a stateful schedule, as :func:`inject_stateful_hyperparams`
+    reads it: ``init() -> state``; ``schedule(state, **extra_args)`` is the
+    current value; ``update(state, **extra_args) -> state`` advances it. The
+    count saturates at the int32 maximum instead of wrapping. Same as
+    ``optax.WrappedSchedule``.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> from jaxopt_zoo.wrappers import WrappedSchedule
+        >>> schedule = WrappedSchedule(jz.linear_schedule(1.0, 0.0, 10))
+        >>> schedule(schedule.update(schedule.init()))
+        Array(0.9, dtype=float32)
+    """
+
+    def __init__(self, schedule_fn: Callable[[jax.Array], Any]):
+        if not callable(schedule_fn):
+            raise TypeError(f"WrappedSchedule: schedule_fn must be a callable of the step count, got {schedule_fn!r}.")
+        self.schedule_fn = schedule_fn
+
+    def init(self) -> WrappedScheduleState:
+        return WrappedScheduleState(zero_count())
+
+    def update(self, state: WrappedScheduleState, **extra_args: Any) -> WrappedScheduleState:
+        del extra_args
+        return WrappedScheduleState(safe_increment(state.count))
+
+    def __call__(self, state: WrappedScheduleState, **extra_args: Any) -> Any:
+        del extra_args
+        return self.schedule_fn(state.count)
+
+
+class InjectStatefulHyperparamsState(NamedTuple):
+    """Step count, the current numeric hyperparameters, the stateful schedules' states, and the inner state."""
+
+    count: jax.Array
+    hyperparams: dict[str, jax.Array]
+    hyperparams_states: dict[str, Any]
+    inner_state: OptState
+
+
+def _is_stateful_schedule(value: Any) -> bool:
+    return callable(value) and callable(getattr(value, "init", None)) and callable(getattr(value, "update", None))
+
+
+def inject_stateful_hyperparams(
+    inner_factory: Callable[..., GradientTransformation],
+    static_args: str | Iterable[str] = (),
+    hyperparam_dtype: Any = None,
+) -> Callable[..., GradientTransformation]:
+    """:func:`inject_hyperparams` that also takes *stateful* schedules, whose state lives in the optimizer's.
+
+    A stateful schedule (``init()``, ``update(state, **extra_args)``,
+    ``schedule(state, **extra_args)``) may follow what ``update`` is given, for
+    example ``value=`` (the loss) for a plateau rule. Each step the value
+    :math:`\\eta_t = s(\\sigma_t)` is read with the step's extra arguments, the
+    inner optimizer runs with it, and then :math:`\\sigma_{t+1} = \\mathrm{update}(\\sigma_t)`.
+    A plain schedule becomes a :class:`WrappedSchedule`. Which arguments are
+    injected follows :func:`inject_hyperparams` (numbers; schedules only for
+    numeric hyperparameters; flags, masks, storages and ``static_args`` stay
+    static), as does the hyperparameter dtype (float32, float64 with float64
+    params). The state is :class:`InjectStatefulHyperparamsState`, as Optax's.
+
+    Same numbers as ``optax.inject_stateful_hyperparams`` (and Optax 0.2.8's
+    ``inject_hyperparams``, which it forwards to). Deviation from Optax: no
+    ``DeprecationWarning``; here it is the wrapper for stateful schedules, and
+    :func:`inject_hyperparams` keeps its smaller state.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxopt_zoo as jz
+        >>> from jaxopt_zoo.wrappers import inject_stateful_hyperparams
+        >>> tx = inject_stateful_hyperparams(jz.sgd)(learning_rate=jz.linear_schedule(0.1, 0.0, 10))
+        >>> state = tx.init({"w": jnp.zeros(2)})
+        >>> updates, state = tx.update({"w": jnp.ones(2)}, state)
+        >>> state.hyperparams_states["learning_rate"].count
+        Array(1, dtype=int32)
+    """
+    owner = "inject_stateful_hyperparams"
+    static = {static_args} if isinstance(static_args, str) else set(static_args)
+    signature = inspect.signature(inner_factory)
+    if not static <= set(signature.parameters):
+        raise ValueError(
+            f"{owner}: static_args {sorted(static - set(signature.parameters))} are not "
+            f"parameters of {getattr(inner_factory, '__name__', inner_factory)}."
+        )
+
+    @functools.wraps(inner_factory)
+    def build(*args, **kwargs) -> GradientTransformation:
+        arguments = signature.bind(*args, **kwargs)
+        arguments.apply_defaults()
+        schedules, numeric, other = {}, {}, {}
+        for name, value in arguments.arguments.items():
+            if name in static or isinstance(value, (bool, np.bool_, type)) or value is None:
+                other[name] = value
+            elif _is_stateful_schedule(value):
+                schedules[name] = value
+            elif isinstance(value, (int, float, np.ndarray, np.generic, jax.Array)):
+                numeric[name] = value
+            elif callable(value) and _takes_numbers(signature.parameters[name]):
+                schedules[name] = WrappedSchedule(value)
+            else:
+                other[name] = value
+        # Bad hyperparameters fail here; schedules are checked by their first value.
+        inner_factory(**other, **numeric, **{k: s(s.init()) for k, s in schedules.items()})
+
+        def as_array(value, dtype):
+            value = jnp.array(value, copy=True)  # never alias the caller's array (donation would delete it)
+            return value.astype(dtype) if jnp.issubdtype(value.dtype, jnp.floating) else value
+
+        def init(params):
+            dtype = _hyperparam_dtype(params, hyperparam_dtype)
+            states = {k: s.init() for k, s in schedules.items()}
+            hyperparams = {k: as_array(v, dtype) for k, v in numeric.items()}
+            hyperparams.update({k: as_array(s(states[k]), dtype) for k, s in schedules.items()})
+            inner_state = inner_factory(**other, **hyperparams).init(params)
+            return InjectStatefulHyperparamsState(zero_count(), hyperparams, states, inner_state)
+
+        def update(updates, state, params=None, **extra_args):
+            check_state(owner, state, InjectStatefulHyperparamsState)
+            dtype = _hyperparam_dtype(state.hyperparams, hyperparam_dtype)
+            hyperparams = {k: as_array(v, dtype) for k, v in state.hyperparams.items() if k not in schedules}
+            hyperparams.update(
+                {k: as_array(s(state.hyperparams_states[k], **extra_args), dtype) for k, s in schedules.items()}
+            )
+            states = {k: s.update(state.hyperparams_states[k], **extra_args) for k, s in schedules.items()}
+            inner = as_transformation(owner, inner_factory(**other, **hyperparams))
+            new_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
+            new_updates = tree.cast_like(new_updates, updates)
+            return new_updates, InjectStatefulHyperparamsState(safe_increment(state.count), hyperparams, states, inner_state)
+
+        return GradientTransformation(init, update)
+
+    return build

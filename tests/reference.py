@@ -1013,3 +1013,485 @@ def ema(learning_rate, decay, debias=True):
         return -schedule_value(learning_rate, t) * direction, {"m": m}
 
     return Reference(init, update)
+
+
+# ---------------------------------------------------------------------------
+# Issue 17 families: each section is written by its family's author.
+# ---------------------------------------------------------------------------
+# === factored: adafactor, scale_by_factored_rms, sm3 ===
+def _largest_two_axes(shape, min_dim_size_to_factor):
+    # Optax's documented choice: factor over the two largest dims when both have min_dim_size_to_factor entries.
+    if len(shape) < 2:
+        return None
+    order = np.argsort(shape)
+    return (int(order[-2]), int(order[-1])) if shape[order[-2]] >= min_dim_size_to_factor else None
+
+
+def adafactor(learning_rate=None, min_dim_size_to_factor=128, decay_rate=0.8, decay_offset=0,
+              multiply_by_parameter_scale=True, clipping_threshold=1.0, momentum=None, weight_decay_rate=None,
+              eps=1e-30, factored=True):
+    """Adafactor, Shazeer & Stern (2018), Algorithms 4 and 5, composed as Optax documents it.
+
+    beta2_t = 1 - (t - offset)^(-c);  G = g^2 + eps;  for a factored param (axes i, j = second largest,
+    largest): R = beta2 R + (1 - beta2) sum_j G,  C = beta2 C + (1 - beta2) sum_i G,  V = R C / sum_i R;
+    else V = beta2 V + (1 - beta2) G;  U = g / sqrt(V);  U <- U / max(1, RMS(U) / d);  U <- lr U;
+    U <- max(1e-3, RMS(p)) U;  m = beta m + (1 - beta) U (momentum);  p <- p - (m or U) - wd p.
+    """
+
+    def init(params):
+        axes = _largest_two_axes(params.shape, min_dim_size_to_factor) if factored else None
+        if axes is None:
+            return {"V": np.zeros_like(params), "m": np.zeros_like(params)}
+        i, j = axes
+        return {"R": np.zeros(np.delete(params.shape, j)), "C": np.zeros(np.delete(params.shape, i)), "m": np.zeros_like(params)}
+
+    def update(g, state, p, t):
+        beta2 = 1 - (t - decay_offset) ** (-decay_rate)
+        G = g * g + eps
+        state = dict(state)
+        if "V" in state:
+            state["V"] = beta2 * state["V"] + (1 - beta2) * G
+            V = state["V"]
+        else:
+            i, j = _largest_two_axes(p.shape, min_dim_size_to_factor)
+            state["R"] = beta2 * state["R"] + (1 - beta2) * np.sum(G, axis=j)
+            state["C"] = beta2 * state["C"] + (1 - beta2) * np.sum(G, axis=i)
+            row_total = np.sum(state["R"], axis=i if i < j else i - 1, keepdims=True)
+            V = np.expand_dims(state["R"] / row_total, j) * np.expand_dims(state["C"], i)
+        U = g / np.sqrt(V)
+        if clipping_threshold is not None:
+            U = U / max(1.0, np.sqrt(np.mean(U * U)) / clipping_threshold)
+        if learning_rate is not None:
+            U = schedule_value(learning_rate, t) * U
+        if multiply_by_parameter_scale:
+            U = max(1e-3, np.sqrt(np.mean(p * p))) * U
+        if momentum is not None:
+            state["m"] = momentum * state["m"] + (1 - momentum) * U
+            U = state["m"]
+        if weight_decay_rate is not None:
+            U = U + schedule_value(weight_decay_rate, t) * p
+        return -U, state
+
+    return Reference(init, update)
+
+
+def sm3(learning_rate, momentum=0.9, b2=1.0, eps=1e-8):
+    """SM3-II, Anil et al. (2019), Algorithm 2, with the cover {slices along each axis} and momentum.
+
+    nu(i) = c g(i)^2 + b2 min_{r: S_r contains i} mu(r)  (c = 1 if b2 = 1 else 1 - b2);  mu(r) = max_{i in S_r} nu(i);
+    m = momentum m + (1 - momentum) g / sqrt(nu + eps)  (0 where nu = 0);  p <- p - lr m.
+    A scalar or vector keeps nu itself (each entry is its own set).
+    """
+
+    def init(params):
+        mu = [np.zeros(n) for n in params.shape] if params.ndim >= 2 else [np.zeros_like(params)]
+        return {"mu": mu, "m": np.zeros_like(params)}
+
+    def update(g, state, p, t):
+        if p.ndim >= 2:
+            broadcast = [mu.reshape([n if a == axis else 1 for a, n in enumerate(p.shape)]) for axis, (mu, n) in enumerate(zip(state["mu"], p.shape))]
+            smallest = np.minimum.reduce(np.broadcast_arrays(*broadcast))
+        else:
+            smallest = state["mu"][0]
+        nu = (1.0 if b2 == 1.0 else 1.0 - b2) * g * g + b2 * smallest
+        if p.ndim >= 2:
+            mu = [np.max(nu, axis=tuple(b for b in range(p.ndim) if b != a)) for a in range(p.ndim)]
+        else:
+            mu = [nu]
+        scaled = np.where(nu > 0, g / np.sqrt(np.where(nu > 0, nu, 1.0) + eps), 0.0)
+        m = momentum * state["m"] + (1 - momentum) * scaled
+        return -learning_rate * m, {"mu": mu, "m": m}
+
+    return Reference(init, update)
+
+
+# === linesearch: lbfgs, backtracking, zoom ===
+
+def lbfgs_direction(g, pairs, gamma):
+    """H g by the two-loop recursion (Nocedal & Wright, Algorithm 7.4); ``pairs`` are (s, y), oldest first."""
+    rhos = [0.0 if y @ s == 0 else 1.0 / (y @ s) for s, y in pairs]
+    q, alphas = g.copy(), []
+    for (s, y), rho in reversed(list(zip(pairs, rhos))):
+        alphas.append(rho * (s @ q))
+        q = q - alphas[-1] * y
+    r = gamma * q
+    for (s, y), rho, alpha in zip(pairs, rhos, reversed(alphas)):
+        r = r + (alpha - rho * (y @ r)) * s
+    return r
+
+
+def armijo_backtracking(f, x, d, value, slope, first, max_steps, c, shrink, atol, rtol):
+    """Nocedal & Wright's Algorithm 3.1 with Optax's tolerances: (step, value at the last trial).
+
+    ``max_steps`` reductions at most after the first trial; a step whose trials were all non-finite is 0."""
+    eta = first
+    for i in range(max_steps + 1):
+        eta = eta * shrink if i > 0 else eta
+        trial = f(x + eta * d)
+        error = trial - (1.0 + rtol) * value - eta * c * slope
+        error = np.inf if np.isnan(error) else max(error, 0.0)
+        if error <= atol:
+            break
+    return (0.0 if np.isinf(error) else eta), trial, x + eta * d
+
+
+def zoom_linesearch(f, grad, x, d, value, g, guess, max_steps, max_lr=None, tol=0.0, growth=2.0, c1=1e-4, c2=0.9,
+                    c3=1e-6, precision=1e-5):
+    """A step meeting the strong Wolfe conditions (Nocedal & Wright, Algorithms 3.5 and 3.6), as Optax documents it:
+    Hager and Zhang's approximate decrease near a minimizer (c3), cubic, then quadratic, then bisection
+    interpolation, and the best step with sufficient decrease when the trials run out. Returns (step, value, grad)."""
+    slope0 = d @ g
+
+    def errors(eta, v, dv):
+        dec = v - value - c1 * eta * slope0
+        if c3 is not None:
+            dec = min(max(dv - (2 * c1 - 1.0) * slope0, v - value - c3 * abs(value)), dec)
+        dec = np.inf if np.isnan(dec) else max(dec, 0.0)
+        curv = abs(dv) - c2 * abs(slope0)
+        curv = np.inf if np.isnan(curv) else max(curv, 0.0)
+        return dec, curv
+
+    def cubic_min(a, fa, fpa, b, fb, c, fc):  # the cubic through the three points with slope fpa at a
+        with np.errstate(all="ignore"):
+            db, dc = b - a, c - a
+            coef3, coef2 = np.linalg.solve([[db**3, db**2], [dc**3, dc**2]], [fb - fa - fpa * db, fc - fa - fpa * dc]) \
+                if db * dc * (db - dc) != 0 else (np.nan, np.nan)
+            return a + (-coef2 + np.sqrt(coef2**2 - 3 * coef3 * fpa)) / (3 * coef3)
+
+    def quad_min(a, fa, fpa, b, fb):
+        with np.errstate(all="ignore"):
+            return a - fpa / (2 * (fb - fa - fpa * (b - a)) / (b - a) ** 2)
+
+    last = (0.0, value, g, slope0)  # the previous trial: step, value, grad, slope
+    safe = (0.0, value, g)
+    lo = hi = ref = None
+    found = False
+    for count in range(max_steps):
+        if not found:  # bracketing
+            eta = guess if count == 0 else growth * last[0]
+            at_max = max_lr is not None and eta >= max_lr
+            eta = min(eta, max_lr) if max_lr is not None else eta
+        else:  # zooming
+            width, left, right = abs(hi[0] - lo[0]), min(hi[0], lo[0]), max(hi[0], lo[0])
+            cubic = cubic_min(*lo, hi[0], hi[1], *ref)
+            quad = quad_min(*lo, hi[0], hi[1])
+            if left + 0.2 * width < cubic < right - 0.2 * width:
+                eta = cubic
+            elif left + 0.1 * width < quad < right - 0.1 * width:
+                eta = quad
+            else:
+                eta = (lo[0] + hi[0]) / 2
+        v, gv = f(x + eta * d), grad(x + eta * d)
+        dv = gv @ d
+        dec, curv = errors(eta, v, dv)
+        ok = max(dec, curv) <= tol
+        if not found:
+            if dec <= tol:
+                safe = (eta, v, gv)
+            high_new = dec > 0 or (v >= last[1] and count > 0)
+            low_new = dv >= 0 and not high_new
+            new, prev = (eta, v, dv), (last[0], last[1], last[3])
+            lo, hi = (new, prev) if low_new else (prev, new)
+            ref = lo[:2]
+            found = high_new or low_new or ok
+            done = ok or (at_max and not found)
+            stop = False
+        else:
+            if dec <= tol and v < safe[1]:
+                safe = (eta, v, gv)
+            done = ok
+            high_new = dec > 0 or v >= lo[1]
+            high_to_low = dv * (hi[0] - lo[0]) >= 0 and not high_new
+            ref = hi[:2] if high_new or high_to_low else lo[:2]
+            new = (eta, v, dv)
+            lo, hi = (lo if high_new else new), (lo if high_to_low else new if high_new else hi)
+            stop = width <= precision and safe[0] > 0
+        last = (eta, v, gv, dv)
+        if done:
+            return eta, v, gv
+        if count + 1 >= max_steps or stop:
+            return safe if safe[0] > 0 or np.isinf(dec) else (eta, v, gv)
+    return eta, v, gv
+
+
+def linesearch_descent(f, grad, x, steps, *, lbfgs_memory=None, scale_init_precond=True, learning_rate=None,
+                       search=None, **options):
+    """Iterates of x <- x + eta * rate * d: d = -H g (L-BFGS with ``lbfgs_memory`` pairs) or -g (``None``), eta from
+    ``search`` ("zoom", "backtracking" or None for 1), the value and gradient reused from the search when finite."""
+    iterates, pairs, previous = [], [], None
+    value, g = f(x), grad(x)
+    eta_last = 1.0
+    for k in range(steps):
+        if lbfgs_memory is None:
+            direction = g
+        else:
+            if previous is not None:
+                pairs = (pairs + [(x - previous[0], g - previous[1])])[-lbfgs_memory:]
+            s, y = pairs[-1] if pairs else (None, None)
+            if not scale_init_precond:
+                gamma = 1.0
+            elif k == 0:
+                gamma = min(1.0, 1.0 / np.linalg.norm(g))
+            else:
+                gamma = (s @ y) / (y @ y) if y @ y > 0 else 1.0
+            direction = lbfgs_direction(g, pairs, gamma)
+            previous = (x, g)
+        d = -(1.0 if learning_rate is None else learning_rate) * direction
+        if search is None:
+            x = x + d
+            value, g = f(x), grad(x)
+        elif search == "zoom":
+            guess = eta_last if options.get("initial_guess_strategy", "keep") == "keep" else 1.0
+            zoom = {k: v for k, v in options.items() if k != "initial_guess_strategy"}
+            eta_last, new_value, new_g = zoom_linesearch(f, grad, x, d, value, g, guess, **zoom)
+            x = x + eta_last * d
+            value, g = (new_value, new_g) if np.isfinite(new_value) else (f(x), grad(x))
+        else:  # backtracking, the gradient kept at the last trial (store_grad=True)
+            o = dict(max_lr=1.0, growth=1.5, c=1e-4, shrink=0.8, atol=0.0, rtol=0.0) | options
+            first = min(o["growth"] * eta_last, o["max_lr"])
+            eta_last, new_value, trial = armijo_backtracking(f, x, d, value, d @ g, first, o["max_steps"], o["c"],
+                                                             o["shrink"], o["atol"], o["rtol"])
+            x = x + eta_last * d
+            value, g = (new_value, grad(trial)) if np.isfinite(new_value) else (f(x), grad(x))
+        iterates.append(x)
+    return iterates
+
+# === noise, optimistic, polyak, distance over gradients ===
+def noisy_sgd(learning_rate, eta, gamma, draws):
+    """Neelakantan et al. (2015): p <- p - lr (g + sigma_t xi_t), sigma_t^2 = eta / t^gamma (t = 1, 2, ...).
+
+    ``draws[t - 1]`` is the standard normal sample xi_t of this array at step t (the random source is the caller's).
+    """
+
+    def init(params):
+        return {}
+
+    def update(g, state, params, t):
+        sigma = np.sqrt(eta / t**gamma)
+        return -schedule_value(learning_rate, t) * (g + sigma * np.asarray(draws[t - 1], np.float64)), state
+
+    return Reference(init, update)
+
+
+def optimistic_gradient(learning_rate, alpha=1.0, beta=1.0):
+    """Generalized optimistic gradient descent (Mokhtari et al. 2019): u_t = (alpha + beta) g_t - beta g_{t-1},
+    with g_0 = g_1; p <- p - lr u_t."""
+
+    def init(params):
+        return {"prev": None}
+
+    def update(g, state, params, t):
+        prev = g if state["prev"] is None else state["prev"]
+        return -schedule_value(learning_rate, t) * ((alpha + beta) * g - beta * prev), {"prev": g}
+
+    return Reference(init, update)
+
+
+def optimistic_adam(learning_rate, alpha=1.0, beta=1.0, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, nesterov=True):
+    """Optimistic Adam (Daskalakis et al. 2018) as Optax documents it: r_t is Adam's ratio
+    m_hat / (sqrt(v_hat + eps_root) + eps) (``adam`` above, NAdam's m_hat when nesterov);
+    p <- p - lr ((alpha + beta) r_t - beta r_{t-1}), r_0 = r_1. Optax's first interface
+    ``optimistic_adam(lr, o)`` is this with lr = 1, alpha = lr, beta = o."""
+    ratio = adam(-1.0, b1, b2, eps, eps_root, nesterov)  # a learning rate of -1: the update is the ratio itself
+    outer = optimistic_gradient(learning_rate, alpha, beta)
+
+    def init(params):
+        return {"adam": ratio.init(params), "optimistic": outer.init(params)}
+
+    def update(g, state, params, t):
+        r, adam_state = ratio.update(g, state["adam"], params, t)
+        delta, optimistic_state = outer.update(r, state["optimistic"], params, t)
+        return delta, {"adam": adam_state, "optimistic": optimistic_state}
+
+    return Reference(init, update)
+
+
+def distance_over_gradients(reps_rel=1e-6, eps=1e-8, global_scale=1.0):
+    """Layer-wise DoG (Ivgi et al. 2023), per array: r_0 = reps_rel (1 + ||x_0||), r_t = max(r_{t-1}, ||x_t - x_0||),
+    G_t = G_{t-1} + ||g_t||^2, update = global_scale r_t / sqrt(G_t + eps) g_t (added to the params)."""
+
+    def init(params):
+        return {"x0": params.copy(), "r": reps_rel * (1 + np.linalg.norm(params)), "G": 0.0}
+
+    def update(g, state, params, t):
+        r = max(state["r"], np.linalg.norm(params - state["x0"]))
+        G = state["G"] + np.sum(g * g)
+        return global_scale * r / np.sqrt(G + eps) * g, {"x0": state["x0"], "r": r, "G": G}
+
+    return Reference(init, update)
+
+
+def polyak_sgd_step(grads, value, t, max_learning_rate=1.0, scaling=1.0, f_min=0.0, eps=0.0, variant="sps"):
+    """One step of SGD with the stochastic Polyak step (Loizou et al. 2021; "sps+": Garrigos et al. 2023) over
+    a whole list of arrays, in Optax's recipe: the direction d = -s g (s the scaling), then
+    gamma = min((f - f*) / (||d||^2 + eps), gamma_max) ((f - f*)_+ for sps+), and 0 when ||d||^2 + eps is at
+    most float64's machine epsilon; returns the deltas gamma d. With s = 1 this is the paper's step."""
+    d = [-schedule_value(scaling, t) * np.asarray(g, np.float64) for g in grads]
+    norm_sq = sum(float(np.sum(x * x)) for x in d)
+    gap = value - f_min
+    if variant == "sps+":
+        gap = max(gap, 0.0)
+    gamma = 0.0 if norm_sq + eps <= np.finfo(np.float64).eps else min(gap / (norm_sq + eps), max_learning_rate)
+    return [gamma * x for x in d]
+
+
+# === rprop (Optax), scale_gradient, normalize_by_update_norm, centralize, constraints ===
+def optax_rprop(learning_rate, eta_minus=0.5, eta_plus=1.2, min_step_size=1e-6, max_step_size=50.0):
+    """Rprop (Riedmiller & Braun 1993) in Optax's documented form, one step late: s = g * p_prev;
+    step = step where s == 0, else clip(step * (eta+ if s > 0 else eta-), min, max);
+    p = 0 where s < 0 else step * sign(g); the param moves by -(0 where s < 0 else p_prev)
+    (step starts at learning_rate, p_prev at 0)."""
+
+    def init(params):
+        return {"step": np.full_like(params, learning_rate), "prev": np.zeros_like(params)}
+
+    def update(g, state, p, t):
+        s = g * state["prev"]
+        grown = np.clip(state["step"] * np.where(s > 0, eta_plus, eta_minus), min_step_size, max_step_size)
+        step = np.where(s == 0, state["step"], grown)
+        delta = -np.where(s < 0, 0.0, state["prev"])
+        return delta, {"step": step, "prev": np.where(s < 0, 0.0, step * np.sign(g))}
+
+    return Reference(init, update)
+
+
+def centralized_sgd(learning_rate):
+    """Gradient centralization (Yong et al. 2020) then SGD: for two or more dimensions,
+    g <- g - mean of g over all axes but the first (each row its own mean); p <- p - lr g."""
+
+    def init(params):
+        return {}
+
+    def update(g, state, p, t):
+        if g.ndim > 1:
+            g = g - g.mean(axis=tuple(range(1, g.ndim)), keepdims=True)
+        return -learning_rate * g, state
+
+    return Reference(init, update)
+
+
+def nonnegative_sgd(learning_rate):
+    """SGD projected onto p >= 0 (Optax's keep_params_nonnegative): p <- max(p - lr g, 0) where it would go
+    below 0, i.e. the update is -p there."""
+
+    def init(params):
+        return {}
+
+    def update(g, state, p, t):
+        delta = -learning_rate * g
+        return np.where(p + delta < 0, -p, delta), state
+
+    return Reference(init, update)
+
+
+def zero_nans_sgd(learning_rate):
+    """SGD with every NaN in the gradient replaced by 0; the state records whether the last one had any."""
+
+    def init(params):
+        return {"found_nan": False}
+
+    def update(g, state, p, t):
+        nan = np.isnan(g)
+        return -learning_rate * np.where(nan, 0.0, g), {"found_nan": bool(nan.any())}
+
+    return Reference(init, update)
+
+
+def normalized_gd(learning_rate, eps=1e-6):
+    """Normalized gradient descent over a whole tree (a list of arrays): u = -lr g / (||g|| + eps), with
+    ||g|| the Euclidean norm of all entries of all arrays together. Returns the list of updates."""
+
+    def update(grads):
+        norm = np.sqrt(sum(float(np.sum(np.square(g))) for g in grads))
+        return [-learning_rate * g / (norm + eps) for g in grads]
+
+    return update
+
+
+# === conditional and monitoring wrappers ===
+
+
+def apply_every_sgd(learning_rate, k):
+    """Gradients summed over groups of k steps, the sum applied with SGD on the group's last step.
+
+    Step t is position c = (t - 1) mod k of its group; a = g at c = 0, a + g after;
+    p <- p - lr * a at c = k - 1, unchanged otherwise.
+    """
+
+    def init(params):
+        return {"sum": np.zeros_like(params)}
+
+    def update(g, state, params, t):
+        position = (t - 1) % k
+        total = g if position == 0 else state["sum"] + g
+        delta = -learning_rate * total if position == k - 1 else np.zeros_like(params)
+        return delta, {"sum": total}
+
+    return Reference(init, update)
+
+
+def polyak_average(iterates, initial, step_size):
+    """Polyak & Juditsky's running average of the iterates: a <- alpha p + (1 - alpha) a, one per iterate."""
+    averages, a = [], np.asarray(initial, np.float64)
+    for p in iterates:
+        a = step_size * np.asarray(p, np.float64) + (1 - step_size) * a
+        averages.append(a)
+    return averages
+
+
+def target_copy(iterates, initial, period):
+    """A DQN target network: after the n-th iterate (n = 1, 2, ...), a copy of it when n is a multiple of period."""
+    copies, target = [], np.asarray(initial, np.float64)
+    for n, p in enumerate(iterates, start=1):
+        if n % period == 0:
+            target = np.asarray(p, np.float64)
+        copies.append(target)
+    return copies
+
+
+# === combinators, per-example clips, microbatch ===
+def per_example_clipped_sum(grads, clip_norm):
+    """DP-SGD's per-example clipping (Abadi et al. 2016): each example's global norm is
+    ||g_b|| = sqrt(sum over leaves of sum g_b^2); it is scaled by min(1, C / ||g_b||) (1 where
+    C / ||g_b|| is 0/0 or inf/inf), and the scaled examples are summed over the batch.
+    ``grads`` is a list of arrays with the examples on axis 0; returns (sums, number clipped)."""
+    norms = np.sqrt(sum(np.sum(np.reshape(g, (g.shape[0], -1)) ** 2, axis=1) for g in grads))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = clip_norm / norms
+    scale = np.where(np.isnan(ratio), 1.0, np.minimum(ratio, 1.0))
+    sums = [np.sum(scale.reshape((-1,) + (1,) * (g.ndim - 1)) * g, axis=0) for g in grads]
+    return sums, int(np.sum(scale < 1.0))
+
+
+def per_example_layer_clipped_sums(grads, clip_norm, uniform=True):
+    """McMahan et al. (2018): leaf i of K (D_i elements per example, D in all) is clipped per
+    example to C / sqrt(K) (uniform) or C sqrt(D_i / D); returns (sums, per-leaf numbers clipped)."""
+    total = sum(g[0].size for g in grads)
+    results = [
+        per_example_clipped_sum([g], clip_norm / np.sqrt(len(grads)) if uniform else clip_norm * np.sqrt(g[0].size / total))
+        for g in grads
+    ]
+    return [r[0][0] for r in results], [r[1] for r in results]
+
+
+def microbatched(fun, batch, microbatch_size, kind):
+    """A microbatched evaluation of ``fun`` over axis 0 of ``batch`` written out as a loop: microbatch m of n
+    holds rows m, m + n, m + 2n, ... (a column-major split); the results are summed ('sum'), averaged ('mean'),
+    running-averaged m_i = m_{i-1} i/(i+1) + x_i/(i+1) ('running_mean'), or their rows put back in batch order
+    ('concat')."""
+    n = batch.shape[0] // microbatch_size
+    outputs = [np.asarray(fun(batch[m::n]), np.float64) for m in range(n)]
+    if kind == "sum":
+        return sum(outputs)
+    if kind == "mean":
+        return sum(outputs) / n
+    if kind == "running_mean":
+        mean = np.zeros_like(outputs[0])
+        for i, x in enumerate(outputs):
+            mean = mean * (i / (i + 1)) + x / (i + 1)
+        return mean
+    result = np.empty((batch.shape[0],) + outputs[0].shape[1:])
+    for m, x in enumerate(outputs):
+        result[m::n] = x
+    return result
+

@@ -10,6 +10,7 @@ import pytest
 
 import jaxopt_zoo as jz
 from tests.conftest import assert_trees_equal, grad_fn, make_params
+from tests.test_linesearch import on_objective, rosenbrock
 
 STEPS, SAVE_AT = 8, 5
 
@@ -22,6 +23,13 @@ def _gradients(params, t, nan_step: bool):
 
 
 CASES = {
+    "selective_transform": lambda: jz.combine.selective_transform(
+        jz.adam(1e-2), freeze_mask={"dense": {"w": False, "b": True}, "scale": False}
+    ),
+    "flatten": lambda: jz.combine.flatten(jz.chain(jz.clip_by_global_norm(1.0), jz.adam(1e-2))),
+    "inject_stateful_hyperparams": lambda: jz.wrappers.inject_stateful_hyperparams(jz.adamw)(
+        learning_rate=jz.linear_schedule(1e-2, 1e-3, STEPS), weight_decay=0.1
+    ),
     "chain": lambda: jz.chain(
         jz.clip_by_global_norm(1.0),
         jz.scale_by_adam(),
@@ -51,12 +59,34 @@ CASES = {
     ),
     # Lion's momentum stochastically rounded to bfloat16: its draws depend on the restored step count.
     "lion": lambda: jz.lion(1e-2, weight_decay=0.1, mu_dtype=jz.StochasticBF16()),
+    # Adafactor with the matrix factored (row and column moments, (1,) stand-ins) and a rounded momentum.
+    "adafactor": lambda: jz.adafactor(1e-2, 3, momentum=0.9, dtype_momentum=jz.StochasticBF16()),
+    # SM3's per-axis accumulator lists, stochastically rounded: the count field exists only for the rounding.
+    "sm3": lambda: jz.sm3(1e-2, mu_dtype=jz.StochasticBF16()),
     # AdaBelief with Nesterov momentum, its first moment stochastically rounded to bfloat16.
     "adabelief": lambda: jz.adabelief(1e-2, nesterov=True, mu_dtype=jz.StochasticBF16()),
     # Adan keeps the previous gradient; its count field exists only for the stochastic rounding.
     "adan": lambda: jz.adan(1e-2, weight_decay=0.1, g_dtype=jz.StochasticBF16()),
     # NovoGrad's per-array second moments (scalars, one bfloat16 for the bfloat16 param) and a rounded first moment.
     "novograd": lambda: jz.novograd(1e-2, weight_decay=0.1, mu_dtype=jz.StochasticBF16()),
+    # The optimistic step's first-step flag and previous ratio, stochastically rounded to bfloat16.
+    "optimistic_adam_v2": lambda: jz.optimistic_adam_v2(1e-2, previous_gradient_dtype=jz.StochasticBF16()),
+    # DoG's per-array distances and gradient sums, and its initial params kept in bfloat16.
+    "distance_over_gradients": lambda: jz.chain(
+        jz.scale_by_distance_over_gradients(1e-2, param_dtype=jnp.bfloat16), jz.scale(-1.0)
+    ),
+    # Saved after 5 steps of groups of 3: a partial sum, stochastically rounded to bfloat16, waits in the state.
+    "apply_every": lambda: jz.chain(jz.apply_every(3, accumulator_dtype=jz.StochasticBF16()), jz.adam(1e-2)),
+    # A step counter deciding the next branch, and measurements whose structure is fixed from init on.
+    "conditionally_mask+monitor": lambda: jz.chain(
+        jz.conditionally_mask(jz.sgd(0.1, momentum=0.9), lambda step: step % 2 == 0),
+        jz.monitor({"norm": jz.tree.global_norm, "norm_ema": jz.measure_with_ema(jz.tree.global_norm, 0.9)}),
+    ),
+    # L-BFGS's secant ring buffer mid-way, and the zoom search's stored value and gradient, which the next step
+    # reuses (on_objective drives it with a fixed objective, whatever gradients the step is given).
+    "lbfgs": lambda: on_objective(jz.lbfgs(memory_size=3, memory_dtype=jnp.bfloat16), rosenbrock),
+    # Optax's rprop returns its previous step from the state: a resume must hand back that step.
+    "rprop": lambda: jz.rprop(0.05, prev_dtype=jz.StochasticBF16()),
 }
 
 

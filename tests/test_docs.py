@@ -17,6 +17,8 @@ MODULES = [
     "jaxopt_zoo.base",
     "jaxopt_zoo.combine",
     "jaxopt_zoo.tree",
+    "jaxopt_zoo.numerics",
+    "jaxopt_zoo.linalg",
     "jaxopt_zoo.validation",
     "jaxopt_zoo.optimizers.classic",
     "jaxopt_zoo.schedules",
@@ -26,6 +28,8 @@ MODULES = [
     "jaxopt_zoo.sharding",
     "jaxopt_zoo.transforms",
     "jaxopt_zoo.wrappers",
+    "jaxopt_zoo.conditional",
+    "jaxopt_zoo.monitoring",
     "jaxopt_zoo.transforms.adaptive",
     "jaxopt_zoo.transforms.clipping",
     "jaxopt_zoo.transforms.momentum",
@@ -38,6 +42,8 @@ MODULES = [
     "jaxopt_zoo.transforms.adam_variants",
     "jaxopt_zoo.transforms.lbfgs",
     "jaxopt_zoo.transforms.factored",
+    "jaxopt_zoo.transforms.sm3",
+    "jaxopt_zoo.optimizers.factored",
     "jaxopt_zoo.transforms.orthogonal",
     "jaxopt_zoo.transforms.sign",
     "jaxopt_zoo.optimizers.sign",
@@ -45,6 +51,18 @@ MODULES = [
     "jaxopt_zoo.optimizers.adam_relatives",
     "jaxopt_zoo.transforms.layerwise",
     "jaxopt_zoo.optimizers.layerwise",
+    "jaxopt_zoo.transforms.noise",
+    "jaxopt_zoo.optimizers.noise",
+    "jaxopt_zoo.transforms.optimistic",
+    "jaxopt_zoo.optimizers.optimistic",
+    "jaxopt_zoo.transforms.polyak",
+    "jaxopt_zoo.optimizers.polyak",
+    "jaxopt_zoo.transforms.parameter_free",
+    "jaxopt_zoo.transforms.linesearch",
+    "jaxopt_zoo.optimizers.linesearch",
+    "jaxopt_zoo.optimizers.rprop",
+    "jaxopt_zoo.transforms.constrain",
+    "jaxopt_zoo.microbatching",
 ]
 WITHOUT_EXAMPLES = {"jaxopt_zoo.tree", "jaxopt_zoo.validation"}  # internal helpers, tested in test_tree.py
 
@@ -56,7 +74,7 @@ def test_docstring_examples_run(name):
     assert result.attempted > 0 or name in WITHOUT_EXAMPLES
 
 
-TYPE_ALIASES = {"OptState", "Params", "ScalarOrSchedule", "Schedule", "Updates"}
+TYPE_ALIASES = {"MaskOrFn", "OptState", "Params", "ScalarOrSchedule", "Schedule", "Updates"}
 
 
 @pytest.mark.parametrize("name", sorted(set(jz.__all__) - TYPE_ALIASES))

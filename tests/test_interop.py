@@ -48,8 +48,30 @@ def _train_nnx(tx, steps=10, **extra):
         (lambda: jz.sgd(0.1, momentum=0.9, nesterov=True), lambda: optax.sgd(0.1, 0.9, nesterov=True)),
         (lambda: jz.torch.adamax(lr=1e-2), lambda: optax.adamax(1e-2)),
         (lambda: jz.lion(1e-3, weight_decay=0.1), lambda: optax.lion(1e-3, weight_decay=0.1)),
+        (lambda: jz.adafactor(1e-2, 4, momentum=0.9), lambda: optax.adafactor(1e-2, 4, momentum=0.9)),
+        (lambda: jz.sm3(1e-2), lambda: optax.sm3(1e-2)),
         (lambda: jz.adabelief(1e-2, nesterov=True), lambda: optax.adabelief(1e-2, nesterov=True)),
         (lambda: jz.novograd(1e-2, weight_decay=0.1), lambda: optax.novograd(1e-2, weight_decay=0.1)),
+        (lambda: jz.noisy_sgd(0.1, key=5), lambda: optax.noisy_sgd(0.1, key=5)),  # a PRNG key in the NNX state
+        (lambda: jz.optimistic_adam_v2(1e-2, alpha=0.5), lambda: optax.optimistic_adam_v2(1e-2, alpha=0.5)),
+        (
+            lambda: jz.chain(jz.scale_by_distance_over_gradients(1e-3), jz.scale(-1.0)),
+            lambda: optax.chain(optax.scale_by_distance_over_gradients(1e-3), optax.scale(-1.0)),
+        ),
+        (
+            lambda: jz.conditionally_mask(jz.chain(jz.apply_every(2), jz.adam(1e-2)), lambda step: step % 3 != 2),
+            lambda: optax.conditionally_mask(optax.chain(optax.apply_every(2), optax.adam(1e-2)), lambda step: step % 3 != 2),
+        ),
+        (lambda: jz.combine.flatten(jz.adam(1e-2)), lambda: optax.flatten(optax.adam(1e-2))),
+        (
+            lambda: jz.combine.multi_transform({"m": jz.adam(1e-2), "v": jz.sgd(0.1)}, lambda p: jax.tree.map(
+                lambda x: "m" if x.ndim > 1 else "v", p)),
+            lambda: optax.multi_transform({"m": optax.adam(1e-2), "v": optax.sgd(0.1)}, lambda p: jax.tree.map(
+                lambda x: "m" if x.ndim > 1 else "v", p)),
+        ),
+        (lambda: jz.rprop(1e-2), lambda: optax.rprop(1e-2)),
+        # Without a line search, L-BFGS needs no value_fn (test_linesearch.py passes one through nnx.Optimizer).
+        (lambda: jz.lbfgs(0.1, memory_size=3, linesearch=None), lambda: optax.lbfgs(0.1, memory_size=3, linesearch=None)),
     ],
 )
 def test_nnx_optimizer_trains_like_optax(ours, theirs):

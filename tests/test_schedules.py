@@ -57,6 +57,11 @@ CASES = {
         lambda: optax.warmup_cosine_decay_schedule(0.0, 1.0, 40, 240, end_value=0.05),
         lambda t: t / 40 if t < 40 else 0.05 + 0.95 * cosine(t - 40, 200),
     ),
+    "warmup_constant": (
+        lambda: jz.warmup_constant_schedule(0.1, 1.0, 40),
+        lambda: optax.warmup_constant_schedule(0.1, 1.0, 40),
+        lambda t: 0.1 + 0.9 * min(t, 40) / 40,
+    ),
     "warmup_exponential": (
         lambda: jz.warmup_exponential_decay_schedule(0.0, 1.0, 40, 50, 0.5, end_value=0.2),
         lambda: optax.warmup_exponential_decay_schedule(0.0, 1.0, 40, 50, 0.5, end_value=0.2),
@@ -147,6 +152,7 @@ def test_schedule_drives_an_optimizer_under_jit():
         (lambda: jz.linear_onecycle_schedule(100, 1.0, div_factor=0.0), r"linear_onecycle_schedule: div_factor must be > 0"),
         (lambda: jz.cosine_onecycle_schedule(100, 1.0, final_div_factor=-1.0), r"cosine_onecycle_schedule: final_div_factor must be > 0"),
         (lambda: jz.linear_schedule(1.0, 0.0, 10.5), r"transition_steps must be an integer >= 0, got 10\.5"),
+        (lambda: jz.warmup_constant_schedule(0.0, 1.0, -3), r"warmup_constant_schedule: warmup_steps must be an integer >= 0, got -3"),
     ],
 )
 def test_senseless_arguments_fail_at_construction(factory, message):
@@ -200,6 +206,7 @@ TRACED_CASES = {
         lambda v: jz.warmup_exponential_decay_schedule(0.0, 1.0, 40, 50, v, end_value=0.2),
         [0.5, 0.8],
     ),
+    "warmup_constant_schedule.peak_value": (lambda v: jz.warmup_constant_schedule(0.0, v, 40), [1.0, 0.5]),
     "piecewise_constant_schedule.init_value": (lambda v: jz.piecewise_constant_schedule(v, {100: 0.5, 50: 0.1}), [1.0, 3.0]),
     "piecewise_constant_schedule.scale": (lambda v: jz.piecewise_constant_schedule(1.0, {100: v, 50: 0.1}), [0.5, 2.0]),
     "piecewise_interpolate_schedule.linear_scale": (
@@ -287,3 +294,9 @@ def test_polynomial_schedule_reaches_end_value_exactly_under_jit():
     schedule = jz.polynomial_schedule(1.0, 0.1, 0.5, 100, 10)
     for t in (110, 111, 300):
         assert float(jax.jit(schedule)(jnp.int32(t))) == float(jnp.float32(0.1)), f"step {t}"
+
+
+def test_warmup_constant_schedule_without_warmup_is_the_peak_not_optaxs_init_value():
+    # Deliberate difference: Optax's warmup_constant_schedule(0.0, 1.0, 0) stays at 0.0 for ever.
+    assert float(optax.warmup_constant_schedule(0.0, 1.0, 0)(100)) == 0.0
+    assert float(jz.warmup_constant_schedule(0.0, 1.0, 0)(100)) == 1.0

@@ -53,11 +53,25 @@ OPTIMIZERS = {  # name: factory of axis_name (used only by the transforms with r
     "torch.adafactor": lambda axes: jz.torch.adafactor(0.1, weight_decay=1e-2, axis_name=axes),
     "lion": lambda axes: jz.lion(1e-2, weight_decay=1e-2),
     "signum": lambda axes: jz.signum(1e-2, accumulator_dtype=jz.StochasticBF16()),
+    # Adafactor unfactored here: these (16, 32) params' (8, 8) shards would make the factored axes ambiguous
+    # (that raises); its factored means under shard_map are tested in test_factored.py.
+    "adafactor": lambda axes: jz.adafactor(1e-2, momentum=0.9, axis_name=axes),
     "yogi": lambda axes: jz.yogi(1e-2),
     "adabelief": lambda axes: jz.adabelief(1e-2, nesterov=True),
     "adan": lambda axes: jz.adan(1e-2, weight_decay=1e-2),
     "novograd": lambda axes: jz.novograd(1e-2, weight_decay=1e-2, axis_name=axes),
     "fromage": lambda axes: jz.fromage(0.05, axis_name=axes),
+    "optimistic_gradient_descent": lambda axes: jz.optimistic_gradient_descent(
+        0.05, previous_gradient_dtype=jz.StochasticBF16()
+    ),
+    "optimistic_adam_v2": lambda axes: jz.optimistic_adam_v2(1e-2, alpha=0.5, beta=1.5),
+    # DoG: per-array distances and gradient sums (replicated scalars), the initial params sharded like the params.
+    "distance_over_gradients": lambda axes: jz.chain(
+        jz.scale_by_distance_over_gradients(1e-2, axis_name=axes), jz.scale(-1.0)
+    ),
+    "apply_every+adam": lambda axes: jz.chain(jz.apply_every(2, accumulator_dtype=jz.StochasticBF16()), jz.adam(1e-2)),
+    "conditionally_mask+adam": lambda axes: jz.conditionally_mask(jz.adam(1e-2), lambda step: step % 3 != 1),
+    "rprop": lambda axes: jz.rprop(0.05, 0.3, 1.5),  # Optax's rprop, one step late
 }
 
 

@@ -49,3 +49,17 @@ __all__ = [
     "fromage",
     "novograd",
 ]
+
+# Families added by issue 17; each module lists its public names in its own __all__. The modules are
+# read under private names: a star import may rebind a module's name to a function (rprop.rprop).
+from jaxopt_zoo.optimizers import factored as _factored, linesearch as _linesearch, noise as _noise  # noqa: E402
+from jaxopt_zoo.optimizers import optimistic as _optimistic, polyak as _polyak, rprop as _rprop  # noqa: E402
+from jaxopt_zoo.optimizers.factored import *  # noqa: E402,F403
+from jaxopt_zoo.optimizers.linesearch import *  # noqa: E402,F403
+from jaxopt_zoo.optimizers.noise import *  # noqa: E402,F403
+from jaxopt_zoo.optimizers.optimistic import *  # noqa: E402,F403
+from jaxopt_zoo.optimizers.polyak import *  # noqa: E402,F403
+from jaxopt_zoo.optimizers.rprop import *  # noqa: E402,F403
+
+for _family in (_factored, _linesearch, _noise, _optimistic, _polyak, _rprop):
+    __all__ += _family.__all__

@@ -19,13 +19,30 @@ from jaxopt_zoo.transforms.adaptive import (
     scale_by_rss,
     scale_by_stddev,
 )
-from jaxopt_zoo.transforms.clipping import adaptive_grad_clip, clip, clip_by_block_rms, clip_by_global_norm, unitwise_norm
+from jaxopt_zoo.transforms.clipping import (
+    adaptive_grad_clip,
+    clip,
+    clip_by_block_rms,
+    clip_by_global_norm,
+    per_example_global_norm_clip,
+    per_example_layer_norm_clip,
+    unitwise_clip,
+    unitwise_norm,
+)
 from jaxopt_zoo.transforms.momentum import DampenedTraceState, EmaState, TraceState, ema, nesterov, trace
-from jaxopt_zoo.transforms.scaling import ScaleByScheduleState, scale, scale_by_learning_rate, scale_by_schedule
+from jaxopt_zoo.transforms.scaling import (
+    ScaleByScheduleState,
+    centralize,
+    normalize_by_update_norm,
+    scale,
+    scale_by_learning_rate,
+    scale_by_schedule,
+    scale_gradient,
+)
 from jaxopt_zoo.transforms.trust_ratio import scale_by_trust_ratio
 from jaxopt_zoo.transforms.weight_decay import WeightDecayScheduleState, add_decayed_weights
 from jaxopt_zoo.transforms.orthogonal import ScaleByMuonState, newton_schulz, scale_by_muon
-from jaxopt_zoo.transforms.rprop import ScaleByResilientStepState, scale_by_resilient_step
+from jaxopt_zoo.transforms.rprop import ScaleByResilientStepState, ScaleByRpropState, scale_by_resilient_step, scale_by_rprop
 from jaxopt_zoo.transforms.averaging import AverageIteratesState, ScaleByAsgdState, average_iterates, averaged_params, scale_by_asgd
 from jaxopt_zoo.transforms.adam_variants import (
     ScaleByAdamaxState,
@@ -36,12 +53,15 @@ from jaxopt_zoo.transforms.adam_variants import (
     scale_by_scheduled_nadam,
 )
 from jaxopt_zoo.transforms.factored import (
+    FactoredState,
     ScaleByFactoredSecondMomentState,
+    scale_by_factored_rms,
     relative_step_size,
     scale_by_factored_second_moment,
     scale_by_param_block_rms,
 )
 from jaxopt_zoo.transforms.lbfgs import TorchLbfgsState, torch_lbfgs
+from jaxopt_zoo.transforms.sm3 import ScaleBySM3State, scale_by_sm3
 from jaxopt_zoo.transforms.sign import ScaleByLionState, scale_by_lion, scale_by_sign
 from jaxopt_zoo.transforms.adam_relatives import (
     ScaleByAdanState,
@@ -118,4 +138,34 @@ __all__ = [
     "ScaleByNovogradState",
     "scale_by_novograd",
     "scale_by_param_block_norm",
+    "ScaleByRpropState",
+    "scale_by_rprop",
+    "centralize",
+    "normalize_by_update_norm",
+    "scale_gradient",
+    "per_example_global_norm_clip",
+    "per_example_layer_norm_clip",
+    "FactoredState",
+    "scale_by_factored_rms",
+    "unitwise_clip",
+    "ScaleBySM3State",
+    "scale_by_sm3",
+]
+
+# Families added by issue 17; each module lists its public names in its own __all__.
+from jaxopt_zoo.transforms import constrain, linesearch, noise, optimistic, parameter_free, polyak
+from jaxopt_zoo.transforms.constrain import *  # noqa: E402,F403
+from jaxopt_zoo.transforms.linesearch import *  # noqa: E402,F403
+from jaxopt_zoo.transforms.noise import *  # noqa: E402,F403
+from jaxopt_zoo.transforms.optimistic import *  # noqa: E402,F403
+from jaxopt_zoo.transforms.parameter_free import *  # noqa: E402,F403
+from jaxopt_zoo.transforms.polyak import *  # noqa: E402,F403
+
+__all__ += [
+    *constrain.__all__,
+    *linesearch.__all__,
+    *noise.__all__,
+    *optimistic.__all__,
+    *parameter_free.__all__,
+    *polyak.__all__,
 ]

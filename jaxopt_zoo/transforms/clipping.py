@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import GradientTransformation, init_empty_state
-from jaxopt_zoo.sharding import AxisName, axis_size, require_whole_arrays, varying_axes
+from jaxopt_zoo.sharding import AxisName, manual_context, axis_size, require_whole_arrays, sum_over_shards, varying_axes
 
 
 def clip(max_delta: jax.typing.ArrayLike) -> GradientTransformation:
@@ -122,6 +126,31 @@ def _unit_norms(x: jax.Array, axis: int | tuple[int, ...] | None) -> jax.Array:
     return jnp.sqrt(jnp.sum(tree.abs_sq(x), axis=axis, keepdims=True))
 
 
+def unitwise_clip(
+    g_norm: jax.typing.ArrayLike, max_norm: jax.typing.ArrayLike, grad: jax.typing.ArrayLike, div_eps: jax.typing.ArrayLike = 1e-6
+) -> jax.Array:
+    """Rescale each unit of ``grad`` whose norm reaches ``max_norm`` to that norm: :math:`g \\min(1, m/\\|g\\|)`.
+
+    ``g_norm`` and ``max_norm`` are per-unit norms broadcast to ``grad``'s shape
+    (see :func:`unitwise_norm`); ``div_eps`` only guards the division, and where
+    it could act the gradient is kept anyway. Optax's function of the same name;
+    shapes that differ raise.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import jaxopt_zoo as jz
+        >>> g = jnp.asarray([3.0, 4.0])
+        >>> jz.unitwise_clip(jnp.full(2, 5.0), jnp.full(2, 1.0), g)
+        Array([0.6, 0.8], dtype=float32)
+    """
+    if not jnp.shape(g_norm) == jnp.shape(max_norm) == jnp.shape(grad):
+        raise ValueError(
+            f"unitwise_clip: g_norm, max_norm and grad must have one shape, got {jnp.shape(g_norm)}, "
+            f"{jnp.shape(max_norm)} and {jnp.shape(grad)} (broadcast the norms with unitwise_norm)."
+        )
+    return jnp.where(g_norm < max_norm, grad, grad * (max_norm / jnp.maximum(g_norm, div_eps)))
+
+
 def adaptive_grad_clip(
     clipping: jax.typing.ArrayLike, eps: jax.typing.ArrayLike = 1e-3, axis: int | tuple[int, ...] | None = None
 ) -> GradientTransformation:
@@ -151,8 +180,7 @@ def adaptive_grad_clip(
 
     def clip_unitwise(g, p):
         g_norm, limit = unitwise_norm(g, axis), clipping * jnp.maximum(unitwise_norm(p, axis), eps)
-        # The 1e-6 floor only guards the division; where it could act, g is kept anyway.
-        return jnp.where(g_norm < limit, g, g * (limit / jnp.maximum(g_norm, 1e-6)))
+        return unitwise_clip(g_norm, limit, g)
 
     def update(updates, state, params=None, **extra_args):
         del extra_args
@@ -162,3 +190,144 @@ def adaptive_grad_clip(
         return tree.map_updates(clip_unitwise, updates, params), state
 
     return GradientTransformation(init_empty_state, update)
+
+
+def _clip_norm(owner: str, name: str, value: jax.typing.ArrayLike) -> None:
+    # A clip norm may be +inf (no clipping), unlike the finite hyperparameters validation.non_negative takes.
+    if isinstance(value, jax.core.Tracer):
+        return
+    try:
+        number = float(np.asarray(value)) if np.ndim(value) == 0 and not isinstance(value, (bool, np.bool_)) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not number >= 0:
+        raise ValueError(f"{owner}: {name} must be a real number >= 0 (inf for no clipping), got {value!r}.")
+
+
+def _per_example_leaves(owner: str, grads: Any) -> list[jax.Array]:
+    leaves = [g for g in jax.tree.leaves(grads) if g is not None]
+    batch = {jnp.shape(g)[0] if jnp.ndim(g) else None for g in leaves}
+    if len(batch) != 1 or None in batch:
+        raise ValueError(
+            f"{owner}: every leaf of grads must have the same batch dimension on axis 0 (one gradient per "
+            f"example), got shapes {jax.tree.map(jnp.shape, grads)}."
+        )
+    return leaves
+
+
+def _per_example_sq_norms(owner: str, leaves: list[jax.Array], axis_name: AxisName) -> jax.Array:
+    # |g_b|^2 per example b; each leaf's squares formed as Optax forms them (re^2 + im^2).
+    partials = [(jnp.sum(jnp.square(g.real) + jnp.square(g.imag), axis=tuple(range(1, g.ndim))), g) for g in leaves]
+    if not axis_name:  # None: exact outside shard_map, raises on sharded leaves inside; (): per shard
+        return sum_over_shards(owner, partials, axis_name)
+    # Only the named (feature) axes are summed over; a leaf may also vary over axes that split the batch,
+    # whose shards hold whole examples.
+    context = manual_context()
+    if context.manual and not context.tracked:
+        raise ValueError(
+            f"{owner}: inside shard_map(..., check_vma=False) nothing tells which leaves are split over "
+            f"axis_name={axis_name!r}; use check_vma=True (the default)."
+        )
+    summed = [jax.lax.psum(s, axes) if (axes := tuple(a for a in axis_name if a in varying_axes(g))) else s
+              for s, g in partials]
+    return sum(summed[1:], summed[0])
+
+
+def _clipped_sum(owner: str, leaves: list[jax.Array], clip_norm: jax.typing.ArrayLike, axis_name: AxisName):
+    norms = jnp.sqrt(_per_example_sq_norms(owner, leaves, axis_name))
+    # 0/0 (a zero gradient with a zero clip norm) and inf/inf keep the example as it is.
+    multipliers = jnp.nan_to_num(jnp.minimum(clip_norm / norms, 1.0), nan=1.0)
+    return multipliers, jnp.sum(multipliers < 1.0)
+
+
+def per_example_global_norm_clip(
+    grads: Any, l2_norm_clip: jax.typing.ArrayLike, *, axis_name: AxisName = None
+) -> tuple[Any, jax.Array]:
+    """Clip each example's gradient to a global norm, then sum over the batch (DP-SGD, Abadi et al. 2016):
+
+    .. math::
+
+        u = \\sum_b g_b \\min\\!\\Big(1, \\frac{C}{\\|g_b\\|}\\Big), \\qquad
+        \\|g_b\\| = \\sqrt{\\textstyle\\sum_i \\|g_{b,i}\\|^2},
+
+    where axis 0 of every leaf indexes the examples. Returns the clipped sum
+    (leaves without the batch axis) and how many examples were clipped. A
+    function, not a transformation; numerically ``optax.per_example_global_norm_clip``.
+    ``None`` leaves stay ``None``.
+
+    ``axis_name`` (an addition to Optax): inside ``shard_map``, the mesh axes
+    the per-example gradients' *feature* axes (1 and up) may be split over;
+    each example's squared norm is summed over those a leaf varies along, so
+    it is the whole example's. Other axes a leaf varies along are taken to
+    split the batch (each device then holds whole examples), and the returned
+    sums and counts are that device's: ``psum`` them over those axes yourself.
+    Without ``axis_name`` a leaf split over any mesh axis raises; with only
+    the batch split, ``axis_name=()`` says so. Needs ``check_vma=True``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxopt_zoo.transforms.clipping import per_example_global_norm_clip
+        >>> grads = [jnp.array([[0.0, 3.0, 4.0], [4.0, 0.0, 3.0]])]
+        >>> per_example_global_norm_clip(grads, 2.5)
+        ([Array([2. , 1.5, 3.5], dtype=float32)], Array(2, dtype=int32))
+
+    References:
+        Abadi et al., "Deep Learning with Differential Privacy", CCS 2016.
+    """
+    owner = "per_example_global_norm_clip"
+    _clip_norm(owner, "l2_norm_clip", l2_norm_clip)
+    axis_name = validation.axis_name(owner, axis_name)
+    multipliers, clipped = _clipped_sum(owner, _per_example_leaves(owner, grads), l2_norm_clip, axis_name)
+    summed = jax.tree.map(lambda g: None if g is None else jnp.tensordot(multipliers, g, axes=1), grads, is_leaf=tree.is_none)
+    return summed, clipped
+
+
+def per_example_layer_norm_clip(
+    grads: Any, global_l2_norm_clip: jax.typing.ArrayLike, uniform: bool = True, *, axis_name: AxisName = None
+) -> tuple[Any, Any]:
+    """Clip each example's gradient leaf by leaf, then sum over the batch (McMahan et al. 2017).
+
+    Leaf :math:`i` of :math:`K` (of :math:`D_i` per-example elements, :math:`D`
+    in all) is clipped as by :func:`per_example_global_norm_clip` to
+
+    .. math::
+
+        C_i = C / \\sqrt{K} \\ (\\text{uniform}), \\qquad C_i = C \\sqrt{D_i / D} \\ (\\text{otherwise}),
+
+    so that the clipped example's global norm is at most :math:`C`. Returns the
+    tree of clipped sums and the tree of per-leaf clipped-example counts.
+    Numerically ``optax.per_example_layer_norm_clip``; ``None`` leaves stay
+    ``None`` in both trees (and are not counted in :math:`K` or :math:`D`).
+    ``axis_name`` as in :func:`per_example_global_norm_clip`.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxopt_zoo.transforms.clipping import per_example_layer_norm_clip
+        >>> grads = {"w": jnp.array([[3.0, 4.0], [0.0, 1.0]]), "b": jnp.array([[2.0], [0.0]])}
+        >>> sums, clipped = per_example_layer_norm_clip(grads, 2.0)
+        >>> clipped
+        {'b': Array(1, dtype=int32), 'w': Array(1, dtype=int32)}
+
+    References:
+        McMahan, Ramage, Talwar & Zhang, "Learning Differentially Private Recurrent Language Models", ICLR 2018.
+    """
+    owner = "per_example_layer_norm_clip"
+    _clip_norm(owner, "global_l2_norm_clip", global_l2_norm_clip)
+    validation.flag(owner, "uniform", uniform)
+    axis_name = validation.axis_name(owner, axis_name)
+    leaves = _per_example_leaves(owner, grads)
+
+    def example_size(g):  # D_i: elements per example of the whole leaf, also inside shard_map
+        split = [jax.lax.axis_size(a) for a in (axis_name or ()) if a in varying_axes(g)]
+        return g[0].size * math.prod(split)
+
+    total = sum(example_size(g) for g in leaves)
+
+    def clip_leaf(g):
+        share = (1.0 / len(leaves)) ** 0.5 if uniform else (example_size(g) / total) ** 0.5
+        multipliers, clipped = _clipped_sum(owner, [g], global_l2_norm_clip * share, axis_name)
+        return jnp.tensordot(multipliers, g, axes=1), clipped
+
+    flat, treedef = jax.tree.flatten(grads, is_leaf=tree.is_none)
+    results = [(None, None) if g is None else clip_leaf(g) for g in flat]
+    return tuple(jax.tree.unflatten(treedef, part) for part in zip(*results)) if flat else (grads, grads)

@@ -13,12 +13,17 @@ clipping of each update's RMS (:func:`~jaxopt_zoo.transforms.clipping.clip_by_bl
     >>> import jaxopt_zoo as jz
     >>> tx = jz.chain(jz.scale_by_factored_second_moment(), jz.clip_by_block_rms(1.0),
     ...               jz.scale_by_param_block_rms(1e-3), jz.scale_by_learning_rate(jz.relative_step_size(1e-2)))
+
+Optax's form of the rule is :func:`scale_by_factored_rms` (:math:`\varepsilon_1` added to
+:math:`g^2`, the two largest dims factored, Optax's state layout), which :func:`jaxopt_zoo.adafactor`
+chains as Optax does. The family's other sublinear-memory rule, SM3, lives in
+:mod:`jaxopt_zoo.transforms.sm3`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,8 +44,10 @@ from jaxopt_zoo.sharding import AxisName, axis_size, varying_axes
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
 
 __all__ = [
+    "FactoredState",
     "ScaleByFactoredSecondMomentState",
     "relative_step_size",
+    "scale_by_factored_rms",
     "scale_by_factored_second_moment",
     "scale_by_param_block_rms",
 ]
@@ -56,11 +63,11 @@ def _split_axes(owner: str, g: jax.Array, factor: jax.Array, axis_name: AxisName
     return tuple(a for a in axis_name if a in varying_axes(g) and a not in varying_axes(factor))
 
 
-def _mean(x: jax.Array, axis: int, split: tuple[str, ...]) -> jax.Array:
-    # The mean over `axis` (kept) of the whole array whose shards along `split` this is one of.
+def _mean(x: jax.Array, axis: int, split: tuple[str, ...], keepdims: bool = True) -> jax.Array:
+    # The mean over `axis` of the whole array whose shards along `split` this is one of.
     if not split:
-        return jnp.mean(x, axis=axis, keepdims=True)
-    return jax.lax.psum(jnp.sum(x, axis=axis, keepdims=True), split) / (x.shape[axis] * jax.lax.psum(1, split))
+        return jnp.mean(x, axis=axis, keepdims=keepdims)
+    return jax.lax.psum(jnp.sum(x, axis=axis, keepdims=keepdims), split) / (x.shape[axis] * jax.lax.psum(1, split))
 
 
 def _shaped(shape: tuple[int, ...]) -> np.ndarray:
@@ -268,3 +275,216 @@ def relative_step_size(max_rate: ScalarOrSchedule = 1e-2) -> Schedule:
         return jnp.minimum(rate, 1 / jnp.sqrt(count + 1.0))
 
     return schedule
+
+
+def _factored_axes(shape: tuple[int, ...], factored: bool, min_dim_size_to_factor: int) -> tuple[int, int] | None:
+    # Optax's choice of the axes to factor over: (second largest, largest) when the second largest has at
+    # least min_dim_size_to_factor entries; ties are broken as np.argsort breaks them, so we pick as Optax.
+    if not factored or len(shape) < 2:
+        return None
+    order = np.argsort(shape)
+    if shape[order[-2]] < min_dim_size_to_factor:
+        return None
+    return int(order[-2]), int(order[-1])
+
+
+def _without_axis(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
+    return shape[:axis] + shape[axis + 1 :]
+
+
+def _state_axes(owner: str, g: jax.Array, row: tuple[int, ...], col: tuple[int, ...], full: tuple[int, ...]) -> tuple[int, int] | None:
+    # The factored axes (second largest, largest) of a gradient, read off its state: v_row lacks the largest,
+    # v_col the second largest. Inside shard_map the shapes are local, and the largest local dims need not
+    # be the global ones, so the state, built from the whole params, decides. Where several axes fit (equal
+    # dims), Optax's rule on the shape picks: its choice on whole arrays, a guess on shards, so it raises there.
+    shape = jnp.shape(g)
+    if full == shape and row == col == (1,):
+        return None
+    preferred = _factored_axes(shape, True, 0) or (0, 0)
+    fits = lambda reduced, skip: [a for a in range(len(shape)) if a != skip and _without_axis(shape, a) == reduced]
+    largest = fits(row, None)
+    second = fits(col, preferred[1] if preferred[1] in largest else (largest or [None])[0])
+    if full != (1,) or not largest or not second:
+        raise ValueError(
+            f"{owner}: a gradient of shape {shape} does not match its state (v_row {row}, v_col {col}, v {full}). "
+            "Pass updates shaped like the params the state was initialised with."
+        )
+    if (len(largest) > 1 or len(second) > 1) and varying_axes(g):
+        raise ValueError(
+            f"{owner}: inside shard_map, a gradient shard of local shape {shape} fits its factors (v_row {row}, "
+            f"v_col {col}) along several axes of equal size, so which axes of the whole param were factored cannot "
+            "be told from the shard. Shard it so that its local dims differ, or raise min_dim_size_to_factor so "
+            "that it is not factored."
+        )
+    largest = preferred[1] if preferred[1] in largest else largest[0]
+    second = preferred[0] if preferred[0] in second else second[0]
+    return second, largest
+
+
+def static_size(owner: str, name: str, value: Any) -> int:
+    """``min_dim_size_to_factor`` as an int: it decides the state's shapes, so it cannot be traced."""
+    if isinstance(value, jax.core.Tracer):
+        raise ValueError(
+            f"{owner}: {name} decides which params are factored (the state's shapes), so it cannot be traced or "
+            f"injected; pass static_args=({name!r},) to jz.inject_hyperparams."
+        )
+    return validation.whole_number(owner, name, value)
+
+
+def _power_decay(count: jax.Array, decay_rate: jax.typing.ArrayLike, dtype: jnp.dtype) -> jax.Array:
+    # The paper's second-moment decay 1 - (t + 1)^(-decay_rate) of the 0-based count t, in float32 as
+    # Optax forms it, or in the moment's dtype where that is wider (float64).
+    t = jnp.asarray(count + 1, jnp.promote_types(dtype, jnp.float32))
+    return 1.0 - t ** (-decay_rate)
+
+
+class FactoredState(NamedTuple):
+    """Step count; for each factored param its row and column second moments ``v_row`` and ``v_col``
+    (the param's shape without its largest, resp. second-largest, factored axis), for each other
+    param its full second moment ``v``; a ``(1,)`` zero stands in each unused place (Optax's layout)."""
+
+    count: jax.Array
+    v_row: Updates
+    v_col: Updates
+    v: Updates
+
+
+def scale_by_factored_rms(
+    factored: bool = True,
+    decay_rate: jax.typing.ArrayLike = 0.8,
+    step_offset: jax.typing.ArrayLike = 0,
+    min_dim_size_to_factor: int = 128,
+    epsilon: jax.typing.ArrayLike = 1e-30,
+    decay_rate_fn: Callable[[jax.Array, jax.typing.ArrayLike], jax.Array] | None = None,
+    *,
+    factors_dtype: StateDtype = None,
+    variance_dtype: StateDtype = None,
+    axis_name: AxisName = None,
+) -> GradientTransformation:
+    """Divide by the root of a factored second moment, Adafactor's rule as Optax has it (Shazeer & Stern 2018).
+
+    With :math:`\\hat\\beta_t = 1 - (t - t_0 + 1)^{-c}` (:math:`t = 0, 1, \\ldots` the step count,
+    :math:`t_0` the ``step_offset``, :math:`c` the ``decay_rate``) and :math:`G = g_t^2 + \\varepsilon_1`,
+    for a param whose two largest dims :math:`j` (largest) and :math:`i` both have at least
+    ``min_dim_size_to_factor`` entries:
+
+    .. math::
+
+        R_t &= \\hat\\beta_t R_{t-1} + (1 - \\hat\\beta_t) \\operatorname{mean}_j G, \\qquad
+        C_t = \\hat\\beta_t C_{t-1} + (1 - \\hat\\beta_t) \\operatorname{mean}_i G, \\\\
+        u_t &= g_t \\Big/ \\sqrt{R_t C_t / \\operatorname{mean}_i R_t},
+
+    for every other param :math:`V_t = \\hat\\beta_t V_{t-1} + (1 - \\hat\\beta_t) G` and
+    :math:`u_t = g_t / \\sqrt{V_t}`. ``factored=False`` keeps the full :math:`V` for every param.
+    ``torch.optim.Adafactor``'s placement of :math:`\\varepsilon_1` and choice of axes is
+    :func:`scale_by_factored_second_moment`.
+
+    Numerically identical to ``optax.scale_by_factored_rms`` in float32, with the same state.
+    Deviations from Optax: ``params`` are not needed (the gradient's shape decides the factoring);
+    ``decay_rate_fn=None`` (the default) is the power decay above, computed in float32 as Optax
+    does, or in float64 for float64 moments (Optax: float32 always); a custom ``decay_rate_fn(count
+    - step_offset, decay_rate)`` is called as in Optax. A float16 param's moments are float32 (see
+    :func:`jaxopt_zoo.tree.moments_like`); a ``None`` update keeps its moments; complex params are
+    refused. ``factors_dtype``, ``variance_dtype`` and ``axis_name`` are additions. Each update reads
+    the factored axes off the state's shapes (which ``init`` chose from the whole params), so that
+    inside ``shard_map`` local shapes do not change the choice; a shard whose factors fit along
+    several axes of equal local size (e.g. a ``(32, 16)`` param split into ``(8, 8)`` shards) is
+    ambiguous there and raises, rather than guess.
+
+    Args:
+        factored: whether to factor params of two or more dims.
+        decay_rate: :math:`c \\in (0, 1]`, the exponent of the decay schedule.
+        step_offset: :math:`t_0 \\ge 0`, the step the schedule restarts from (e.g. fine-tuning's first).
+        min_dim_size_to_factor: factor only params whose two largest dims have at least this many entries.
+        epsilon: :math:`\\varepsilon_1 \\ge 0`, added to the squared gradients.
+        decay_rate_fn: ``None``, or a function ``(step, decay_rate) -> \\hat\\beta`` (e.g. a capped one, Zhai et al. 2021).
+        factors_dtype: storage of ``v_row`` and ``v_col``: a storage (see :mod:`jaxopt_zoo.storage`);
+            they are small, so a dtype is usually enough.
+        variance_dtype: storage of the full second moment ``v``, likewise.
+        axis_name: inside ``shard_map``, the mesh axes the gradients may be sharded over: a mean over a
+            split axis is summed over the shards (lay the state out with ``jz.state_shardings``).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxopt_zoo.transforms.factored import scale_by_factored_rms
+        >>> tx = scale_by_factored_rms(min_dim_size_to_factor=2)
+        >>> g = jnp.array([[1.0, -2.0, 2.0], [3.0, 4.0, 0.0]])
+        >>> state = tx.init(g)
+        >>> state.v_row.shape, state.v_col.shape, state.v.shape  # rows: mean over the 3 columns
+        ((2,), (3,), (1,))
+        >>> updates, state = tx.update(g, state)  # first step: the factors of g^2 + eps alone
+
+    References:
+        Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost", ICML 2018.
+        Zhai et al., "Scaling Vision Transformers", CVPR 2022.
+    """
+    owner = "scale_by_factored_rms"
+    validation.flag(owner, "factored", factored)
+    if decay_rate_fn is None:
+        rate = validation.real_scalar(owner, "decay_rate", decay_rate)
+        if rate is not None and not 0.0 < rate <= 1.0:
+            raise ValueError(f"{owner}: decay_rate must be in (0, 1], got {decay_rate!r}.")
+    elif not callable(decay_rate_fn):
+        raise ValueError(f"{owner}: decay_rate_fn must be None or a function (step, decay_rate) -> decay, got {decay_rate_fn!r}.")
+    else:
+        validation.real_scalar(owner, "decay_rate", decay_rate)
+    validation.non_negative(owner, "step_offset", step_offset)
+    min_dim_size_to_factor = static_size(owner, "min_dim_size_to_factor", min_dim_size_to_factor)
+    validation.epsilon(owner, "epsilon", epsilon)
+    factors_dtype = resolve(owner, "factors_dtype", factors_dtype)
+    variance_dtype = resolve(owner, "variance_dtype", variance_dtype)
+    axis_name = validation.axis_name(owner, axis_name)
+
+    def init_leaf(p):
+        if jnp.iscomplexobj(p):
+            raise ValueError(f"{owner}: complex parameters are not supported (Optax's Adafactor squares them as reals).")
+        dtype = tree.moment_dtype(jnp.result_type(p))
+        unused = lambda: jnp.zeros((1,), dtype)  # one array each: a state leaf given twice cannot be donated
+        axes = _factored_axes(jnp.shape(p), factored, min_dim_size_to_factor)
+        if axes is None:
+            return _Leaf(unused(), unused(), unused(), jnp.zeros_like(p, dtype=dtype))
+        # Reduced from the param abstractly, so that each factor keeps the param's sharding on its other axes.
+        without = lambda axis: jnp.zeros_like(jax.eval_shape(lambda x: jnp.sum(x, axis=axis), p), dtype=dtype)
+        second, largest = axes
+        return _Leaf(unused(), without(largest), without(second), unused())
+
+    def init(params):
+        leaves = jax.tree.map(init_leaf, params)
+        field = lambda name: jax.tree.map(lambda o: getattr(o, name), leaves)
+        return FactoredState(zero_count(), field("row_var"), field("col_var"), field("variance"))
+
+    def leaf(count, g, r, c, v):
+        axes = _state_axes(owner, g, jnp.shape(r), jnp.shape(c), jnp.shape(v))
+        moment = v if axes is None else r
+        decay = _power_decay(count - step_offset, decay_rate, moment.dtype) if decay_rate_fn is None else decay_rate_fn(count - step_offset, decay_rate)
+        g2 = tree.abs_sq(g) + epsilon
+        if axes is None:
+            v = (decay * v + (1.0 - decay) * g2).astype(v.dtype)
+            return _Leaf(g * v**-0.5, r, c, v)
+        second, largest = axes
+        split_largest, split_second = _split_axes(owner, g, r, axis_name), _split_axes(owner, g, c, axis_name)
+        r = (decay * r + (1.0 - decay) * _mean(g2, largest, split_largest, keepdims=False)).astype(r.dtype)
+        c = (decay * c + (1.0 - decay) * _mean(g2, second, split_second, keepdims=False)).astype(c.dtype)
+        second_in_r = second - 1 if second > largest else second
+        row_factor = (r / _mean(r, second_in_r, split_second)) ** -0.5
+        col_factor = c**-0.5
+        return _Leaf(g * jnp.expand_dims(row_factor, largest) * jnp.expand_dims(col_factor, second), r, c, v)
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        scalars = lambda t: jax.tree.map(lambda x: None if x is None else _shaped(()), t, is_leaf=tree.is_none)
+        tree.check_same_structure(owner, scalars(updates), scalars(state.v), "the second moment (state.v)")
+        results = tree.map_updates(lambda g, r, c, v: leaf(state.count, g, r, c, v), updates, state.v_row, state.v_col, state.v)
+        is_result = lambda x: x is None or isinstance(x, _Leaf)
+        # Where the update is None, the state leaf passed in is handed back (with_storage keeps it bit for bit).
+        field = lambda name, old: jax.tree.map(lambda o, s: s if o is None else getattr(o, name), results, old, is_leaf=is_result)
+        new_state = FactoredState(
+            safe_increment(state.count), field("row_var", state.v_row), field("col_var", state.v_col), field("variance", state.v)
+        )
+        return jax.tree.map(lambda o: None if o is None else o.update, results, is_leaf=is_result), new_state
+
+    tx = with_storage(
+        GradientTransformation(init, update),
+        non_negative={"v_row": factors_dtype, "v_col": factors_dtype, "v": variance_dtype},
+    )
+    return expects_state(owner, tx, FactoredState)

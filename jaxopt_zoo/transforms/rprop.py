@@ -1,4 +1,11 @@
-"""Resilient backpropagation: per-element step sizes adapted by the sign of the gradient (Rprop)."""
+"""Resilient backpropagation: per-element step sizes adapted by the sign of the gradient (Rprop).
+
+Two conventions of the same rule: :func:`scale_by_resilient_step` is PyTorch's
+(``torch.optim.Rprop``), :func:`scale_by_rprop` is Optax's (``optax.scale_by_rprop``,
+one step late). They share their option checks (:func:`check_options`) and
+their state's layout: per-element step sizes (non-negative) and what is kept
+of the previous step (signed), each with a storage option.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,7 @@ from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import GradientTransformation, Updates, expects_state
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
 
-__all__ = ["ScaleByResilientStepState", "scale_by_resilient_step"]
+__all__ = ["ScaleByResilientStepState", "ScaleByRpropState", "scale_by_resilient_step", "scale_by_rprop"]
 
 
 def check_options(owner: str, rate, minus, plus, smallest, largest) -> None:
@@ -157,3 +164,115 @@ def scale_by_resilient_step(
         GradientTransformation(init, update), signed={"prev": prev_dtype}, non_negative={"step_size": step_size_dtype}
     )
     return expects_state(owner, tx, ScaleByResilientStepState)
+
+
+class ScaleByRpropState(NamedTuple):
+    """Optax's Rprop state: per-element step sizes, the previous step :math:`\\Delta \\operatorname{sign}(g)`
+    (still to be returned), and ``count`` (see :func:`~jaxopt_zoo.storage.with_storage`)."""
+
+    step_sizes: Updates
+    prev_updates: Updates
+    count: jax.Array | None = None
+
+
+def scale_by_rprop(
+    learning_rate: jax.typing.ArrayLike,
+    eta_minus: jax.typing.ArrayLike = 0.5,
+    eta_plus: jax.typing.ArrayLike = 1.2,
+    min_step_size: jax.typing.ArrayLike = 1e-6,
+    max_step_size: jax.typing.ArrayLike = 50.0,
+    *,
+    step_size_dtype: StateDtype = None,
+    prev_dtype: StateDtype = None,
+) -> GradientTransformation:
+    """Rprop (Riedmiller & Braun 1993) as ``optax.scale_by_rprop`` computes it: each step is returned one step late.
+
+    With :math:`s_t = g_t \\, p_{t-1}` (the gradient times the previous step),
+    :math:`\\Delta_0 = \\gamma` (``learning_rate``) and :math:`p_0 = 0`:
+
+    .. math::
+
+        \\Delta_t = \\begin{cases} \\Delta_{t-1} & s_t = 0 \\\\
+        \\operatorname{clip}(\\eta_+ \\Delta_{t-1}, \\Delta_{\\min}, \\Delta_{\\max}) & s_t > 0 \\\\
+        \\operatorname{clip}(\\eta_- \\Delta_{t-1}, \\Delta_{\\min}, \\Delta_{\\max}) & \\text{otherwise,}
+        \\end{cases} \\qquad
+        p_t = \\begin{cases} 0 & s_t < 0 \\\\ \\Delta_t \\operatorname{sign}(g_t) & \\text{else,} \\end{cases}
+        \\qquad
+        u_t = \\begin{cases} 0 & s_t < 0 \\\\ p_{t-1} & \\text{else.} \\end{cases}
+
+    The update :math:`u_t` is the *previous* step :math:`p_{t-1}`, so the first
+    update is 0 and each step acts one gradient late. That is Optax 0.2.8's code
+    (an open fix: google-deepmind/optax pull request #1725), kept here because
+    this name promises Optax's numbers; :func:`scale_by_resilient_step` is the
+    rule without the lag (PyTorch's). A NaN product :math:`s_t` (a NaN gradient)
+    shrinks its step size and makes :math:`p_t` NaN, as in Optax. Chain
+    ``scale(-1.0)`` after it to descend (:func:`jaxopt_zoo.rprop` does).
+
+    Numerically identical to ``optax.scale_by_rprop``: same arguments and
+    defaults, and the same state leaves (``step_sizes``, ``prev_updates``).
+    Deviations from Optax: a ``None`` update keeps its state; the options are
+    checked (:math:`\\gamma \\ge 0` a number, :math:`0 < \\eta_- < 1 < \\eta_+`,
+    :math:`0 \\le \\Delta_{\\min} \\le \\Delta_{\\max}`, all finite); the
+    storage options ``step_size_dtype`` and ``prev_dtype`` are additions; a
+    float16 param's state is float32 (see :func:`jaxopt_zoo.tree.moments_like`),
+    and the updates keep the gradient's dtype.
+
+    Args:
+        learning_rate: the initial step size :math:`\\gamma \\ge 0` (a number; read at init only).
+        eta_minus: :math:`0 < \\eta_- < 1`, the factor applied where the gradient's sign flipped.
+        eta_plus: :math:`\\eta_+ > 1`, the factor applied where it kept its sign.
+        min_step_size: :math:`\\Delta_{\\min} \\ge 0`.
+        max_step_size: :math:`\\Delta_{\\max} \\ge \\Delta_{\\min}`.
+        step_size_dtype: storage of the step sizes (non-negative): ``None`` (the params'
+            dtype), a floating dtype, :class:`~jaxopt_zoo.storage.StochasticBF16` or
+            :class:`~jaxopt_zoo.quantization.Blockwise8Bit`.
+        prev_dtype: storage of the previous step :math:`p_t` (signed), as for ``step_size_dtype``.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxopt_zoo as jz
+        >>> tx = jz.transforms.rprop.scale_by_rprop(0.1)
+        >>> state = tx.init(jnp.zeros(2))
+        >>> u, state = tx.update(jnp.array([3.0, -0.5]), state)
+        >>> u  # one step late: nothing yet
+        Array([0., 0.], dtype=float32)
+        >>> u, state = tx.update(jnp.array([1.0, 2.0]), state)
+        >>> u  # the first step; where the sign flipped now it is dropped
+        Array([0.1, 0. ], dtype=float32)
+
+    References:
+        Riedmiller & Braun, "A Direct Adaptive Method for Faster Backpropagation Learning:
+        The RPROP Algorithm", IEEE ICNN 1993.
+    """
+    owner = "scale_by_rprop"
+    check_options(
+        owner, ("learning_rate", learning_rate), ("eta_minus", eta_minus), ("eta_plus", eta_plus),
+        ("min_step_size", min_step_size), ("max_step_size", max_step_size),
+    )
+    step_size_dtype = resolve(owner, "step_size_dtype", step_size_dtype)
+    prev_dtype = resolve(owner, "prev_dtype", prev_dtype)
+
+    def init(params):
+        return ScaleByRpropState(tree.moments_like(params, learning_rate), tree.moments_like(params))
+
+    def adapted(s, size):  # kept where s = 0 (unclipped), grown or shrunk and clipped elsewhere
+        grown = jnp.clip(size * jnp.where(s > 0, eta_plus, eta_minus), min_step_size, max_step_size)
+        return jnp.where(s == 0, size, grown)
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        tree.check_same_structure(owner, updates, state.step_sizes, "the step sizes (state.step_sizes)")
+        agreement = tree.map_updates(lambda g, prev: tree.widen(g) * prev, updates, state.prev_updates)
+        step_sizes = tree.map_state(adapted, agreement, state.step_sizes)
+        steps = tree.map_state(
+            lambda s, _, g, size: jnp.where(s < 0, 0, size * jnp.sign(tree.widen(g))),
+            agreement, state.prev_updates, updates, step_sizes,
+        )
+        late = tree.map_updates(
+            lambda s, prev, g: jnp.where(s < 0, 0, prev).astype(g.dtype), agreement, state.prev_updates, updates
+        )
+        return late, ScaleByRpropState(step_sizes, steps, state.count)
+
+    tx = with_storage(
+        GradientTransformation(init, update), signed={"prev_updates": prev_dtype}, non_negative={"step_sizes": step_size_dtype}
+    )
+    return expects_state(owner, tx, ScaleByRpropState)

@@ -17,7 +17,8 @@ from jaxopt_zoo.base import (
     safe_increment,
     zero_count,
 )
-from jaxopt_zoo.tree import map_updates
+from jaxopt_zoo.sharding import AxisName, manual_context, require_whole_arrays, varying_axes
+from jaxopt_zoo.tree import global_norm, map_updates
 
 
 def scale(step_size: jax.typing.ArrayLike) -> GradientTransformation:
@@ -104,3 +105,166 @@ def scale_by_learning_rate(
     if callable(learning_rate):
         return scale_by_schedule(lambda count: sign * learning_rate(count))
     return scale(sign * learning_rate)
+
+
+# --- Element-wise and whole-tree rescalings (Optax's scale_gradient, normalize_by_update_norm, centralize) ---
+
+
+@jax.custom_vjp
+def _scaled_backward(inputs, scale):
+    del scale  # only the backward pass reads it
+    return inputs
+
+
+def _scaled_backward_forward(inputs, scale):
+    return inputs, scale
+
+
+def _scaled_backward_backward(scale, cotangents):
+    # The cast keeps each cotangent's dtype (a float32 scale would widen a bfloat16 one, which JAX refuses).
+    scaled = jax.tree.map(lambda c: (c * scale).astype(jnp.result_type(c)), cotangents)
+    return scaled, None
+
+
+_scaled_backward.defvjp(_scaled_backward_forward, _scaled_backward_backward)
+
+
+def scale_gradient(inputs, scale: jax.typing.ArrayLike):
+    """The identity on the forward pass; on the backward pass, gradients are multiplied by ``scale``.
+
+    A function on arrays (a tree of them), not a transformation: for :math:`y = \\operatorname{scale\\_gradient}(x, s)`,
+    :math:`y = x` and :math:`\\partial L / \\partial x = s \\, \\partial L / \\partial y`. A literal ``scale`` of 1
+    returns ``inputs`` as they are and one of 0 is ``jax.lax.stop_gradient``, as in Optax.
+
+    Numerically identical to ``optax.scale_gradient``. Deviations: a traced ``scale`` (under ``jit``, ``grad``
+    of it, ...) is accepted (Optax tests it with ``==`` and raises); the scaled gradient keeps its dtype;
+    a ``scale`` that is not a finite real number raises ``ValueError``.
+
+    Args:
+        inputs: an array or a tree of arrays.
+        scale: the factor :math:`s` applied to the gradient flowing back through ``inputs`` (any sign).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxopt_zoo.transforms.scaling import scale_gradient
+        >>> f = lambda x: jnp.sum(scale_gradient(x, 0.5) ** 2)
+        >>> f(jnp.array([1.0, 2.0])), jax.grad(f)(jnp.array([1.0, 2.0]))  # 0.5 * 2x
+        (Array(5., dtype=float32), Array([1., 2.], dtype=float32))
+    """
+    value = validation.real_scalar("scale_gradient", "scale", scale)
+    if value == 1.0:
+        return inputs
+    if value == 0.0:
+        return jax.lax.stop_gradient(inputs)
+    return _scaled_backward(inputs, scale)
+
+
+def normalize_by_update_norm(
+    scale_factor: jax.typing.ArrayLike = 1.0, eps: jax.typing.ArrayLike = 1e-6, *, axis_name: AxisName = None
+) -> GradientTransformation:
+    """Divide the updates by their global norm: :math:`u = s \\, g / (\\|g\\| + \\epsilon)`,
+    :math:`\\|g\\| = \\sqrt{\\textstyle\\sum_i \\|g_i\\|^2}` over all leaves.
+
+    Every step then has length :math:`s` (just under it), whatever the gradient's scale: normalized
+    gradient descent with ``scale_factor=-lr``. Stateless.
+
+    Numerically identical to ``optax.normalize_by_update_norm`` (which forms :math:`(\\|g\\| + \\epsilon) / s`
+    and divides by it; so does this). Deviations: each update keeps its dtype (in a tree mixing float32 and
+    bfloat16 leaves Optax widens the bfloat16 ones); ``eps`` must be a non-negative, non-denormal number.
+    Inside ``shard_map`` (an addition) pass ``axis_name``, the mesh axes the updates may be sharded over:
+    each leaf's sum of squares is summed over those it varies along; without it, a sharded leaf raises.
+
+    Args:
+        scale_factor: :math:`s`, the length of the update (any sign; negative to descend).
+        eps: :math:`\\epsilon \\ge 0`, added to the norm so a zero gradient gives a zero update.
+        axis_name: inside ``shard_map``, the mesh axes to sum the norm over (see :mod:`jaxopt_zoo.sharding`).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxopt_zoo.transforms.scaling import normalize_by_update_norm
+        >>> tx = normalize_by_update_norm(scale_factor=-1.0, eps=0.0)
+        >>> updates, _ = tx.update({"a": jnp.array([3.0]), "b": jnp.array([4.0])}, tx.init(None))
+        >>> updates
+        {'a': Array([-0.6], dtype=float32), 'b': Array([-0.8], dtype=float32)}
+
+    References:
+        Hazan, Levy & Shalev-Shwartz, "Beyond Convexity: Stochastic Quasi-Convex Optimization", NeurIPS 2015.
+    """
+    owner = "normalize_by_update_norm"
+    validation.real_scalar(owner, "scale_factor", scale_factor)
+    validation.epsilon(owner, "eps", eps)
+    axis_name = validation.axis_name(owner, axis_name)
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        divisor = (global_norm(updates, axis_name, owner) + eps) / scale_factor
+        return map_updates(lambda g: (g / divisor.astype(g.dtype)).astype(g.dtype), updates), state
+
+    return GradientTransformation(init_empty_state, update)
+
+
+def _row_mean(owner: str, g: jax.Array, axis_name: AxisName) -> jax.Array:
+    """The mean of each row of ``g`` (over every axis but the first), kept as a broadcastable array;
+    inside ``shard_map`` averaged over the shards along the named axes that ``g`` varies along."""
+    local = jnp.mean(g, tuple(range(1, g.ndim)), keepdims=True)
+    if axis_name is None:
+        require_whole_arrays(owner, g)  # inside shard_map, a sharded leaf cannot tell which of its axes is split
+        return local
+    context = manual_context()
+    if context.manual and not context.tracked:
+        raise ValueError(
+            f"{owner}: inside shard_map(..., check_vma=False) nothing tells sharded arrays from replicated ones, so "
+            "the row means cannot be made exact; use check_vma=True (the default)."
+        )
+    unknown = [name for name in axis_name if context.manual and name not in context.mesh_axes]
+    if unknown:
+        raise ValueError(f"{owner}: axis_name={axis_name!r} names {unknown}, not axes of the mesh {context.mesh_axes}.")
+    split = tuple(name for name in axis_name if name in varying_axes(g))
+    # Every shard holds as many entries of a row, so the mean of the shards' row means is the row mean.
+    return jax.lax.psum(local, split) / jax.lax.psum(1, split) if split else local
+
+
+def centralize(*, axis_name: AxisName = None) -> GradientTransformation:
+    """Gradient centralization (Yong et al. 2020): subtract from each row of a leaf its mean,
+    :math:`u_{i\\ldots} = g_{i\\ldots} - \\operatorname{mean}_{\\ldots}(g_{i\\ldots})`,
+    the mean taken over every axis but the first. Scalars and vectors pass unchanged. Stateless.
+
+    Numerically identical to ``optax.centralize`` (an integer gradient becomes floating, as there).
+
+    Inside ``shard_map`` (an addition to Optax, whose means there are silently the shard's): ``axis_name``
+    names the mesh axes that split a leaf's *trailing* axes (its rows' entries): each row's mean is averaged
+    over the shards along those of them the leaf varies along; the leaf may also vary along other axes,
+    which must split only its first axis (each shard there holds whole rows). So for a weight sharded
+    ``P("data", "model")`` pass ``axis_name="model"``, and ``axis_name=()`` when only rows are split. Never
+    name an axis that splits the first axis: its shards hold different rows, and their means would be
+    mixed. Without ``axis_name``, a leaf of two or more dimensions that varies over a mesh axis raises,
+    since which of its axes is split cannot be told.
+
+    Args:
+        axis_name: inside ``shard_map``, the mesh axes splitting the trailing axes (see above).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxopt_zoo.transforms.scaling import centralize
+        >>> tx = centralize()
+        >>> updates, _ = tx.update(jnp.array([[1.0, 2.0, 3.0], [4.0, 5.0, 9.0]]), tx.init(None))
+        >>> updates
+        Array([[-1.,  0.,  1.],
+               [-2., -1.,  3.]], dtype=float32)
+
+    References:
+        Yong et al., "Gradient Centralization: A New Optimization Technique for Deep Neural Networks", ECCV 2020.
+    """
+    owner = "centralize"
+    axis_name = validation.axis_name(owner, axis_name)
+
+    def center(g):
+        if g.ndim <= 1:
+            return g
+        return g - _row_mean(owner, g, axis_name)
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        return map_updates(center, updates), state
+
+    return GradientTransformation(init_empty_state, update)

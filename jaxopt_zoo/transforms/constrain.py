@@ -1,0 +1,102 @@
+"""Constraints on params and updates: keep_params_nonnegative (params stay >= 0) and zero_nans (NaN updates
+become 0, and the state records where it happened).
+
+    >>> import jaxopt_zoo as jz
+    >>> tx = jz.chain(jz.zero_nans(), jz.sgd(0.1), jz.keep_params_nonnegative())
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxopt_zoo import tree, validation
+from jaxopt_zoo.base import EmptyState, GradientTransformation, check_state, init_empty_state
+from jaxopt_zoo.sharding import AxisName, sum_over_shards
+
+__all__ = ["NonNegativeParamsState", "ZeroNansState", "keep_params_nonnegative", "zero_nans"]
+
+NonNegativeParamsState = EmptyState
+"""The (empty) state of :func:`keep_params_nonnegative`, as in Optax."""
+
+
+def keep_params_nonnegative() -> GradientTransformation:
+    """Change the updates so that no param goes below zero:
+    :math:`u = -\\theta` where :math:`\\theta + g < 0`, else :math:`u = g`.
+
+    A projection onto :math:`\\theta \\ge 0`, so it belongs last in a chain (after the learning rate).
+    A param that is already negative is moved to 0. Stateless; needs ``params``.
+
+    Numerically identical to ``optax.keep_params_nonnegative``. Deviations: a ``None`` update stays
+    ``None``, and updates shaped unlike the params raise naming the paths.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxopt_zoo as jz
+        >>> tx = jz.keep_params_nonnegative()
+        >>> params = jnp.array([1.0, 0.5, -1.0])
+        >>> updates, _ = tx.update(jnp.array([-0.5, -2.0, 0.5]), tx.init(params), params)
+        >>> jz.apply_updates(params, updates)
+        Array([0.5, 0. , 0. ], dtype=float32)
+    """
+    owner = "keep_params_nonnegative"
+
+    def update(updates, state, params=None, **extra_args):
+        del extra_args
+        validation.require_params(owner, params)
+        tree.check_same_structure(owner, updates, params, "the params")
+        # As Optax, a None param gives a None update (nothing to keep non-negative).
+        project = lambda g, p: None if p is None else jnp.where((p + g) < 0.0, -p, g)
+        return tree.map_updates(project, updates, params), state
+
+    return GradientTransformation(init_empty_state, update)
+
+
+class ZeroNansState(NamedTuple):
+    """``found_nan``: one boolean scalar per param, whether its last update held a NaN (zeroed since)."""
+
+    found_nan: Any
+
+
+def zero_nans(*, axis_name: AxisName = None) -> GradientTransformation:
+    """Replace every NaN in the updates by 0: :math:`u = 0` where :math:`g` is NaN, else :math:`g`;
+    the state records, per param, whether its last update held one.
+
+    ``found_nan`` is for the user to read (logging, skipping); the rule never reads it. Infinities
+    pass (see :func:`jaxopt_zoo.apply_if_finite` to skip such steps).
+
+    Numerically identical to ``optax.zero_nans``. Deviations: a ``None`` update keeps its flag (Optax
+    puts ``None`` in the state); inside ``shard_map`` (an addition), ``axis_name`` names the mesh axes
+    the updates may be sharded over, so that each flag covers the whole array, and a sharded leaf
+    without it raises rather than flag one shard only.
+
+    Args:
+        axis_name: inside ``shard_map``, the mesh axes to combine each flag over (see :mod:`jaxopt_zoo.sharding`).
+
+    Example:
+        >>> import jax.numpy as jnp, jaxopt_zoo as jz
+        >>> tx = jz.zero_nans()
+        >>> grads = {"a": jnp.array([1.0, jnp.nan]), "b": jnp.array(2.0)}
+        >>> updates, state = tx.update(grads, tx.init(grads))
+        >>> updates["a"], state.found_nan
+        (Array([1., 0.], dtype=float32), {'a': Array(True, dtype=bool), 'b': Array(False, dtype=bool)})
+    """
+    owner = "zero_nans"
+    axis_name = validation.axis_name(owner, axis_name)
+
+    def init(params):
+        return ZeroNansState(jax.tree.map(lambda p: jnp.asarray(False), params))
+
+    def found(g, _):
+        # A count, not jnp.any: booleans cannot be summed over shards.
+        return sum_over_shards(owner, [(jnp.sum(jnp.isnan(g), dtype=jnp.int32), g)], axis_name) > 0
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        check_state(owner, state, ZeroNansState)
+        found_nan = tree.map_state(found, updates, state.found_nan)
+        zeroed = tree.map_updates(lambda g: jnp.where(jnp.isnan(g), jnp.zeros_like(g), g), updates)
+        return zeroed, ZeroNansState(found_nan)
+
+    return GradientTransformation(init, update)

@@ -1,0 +1,140 @@
+"""Gradient noise: add_noise (Neelakantan et al., 2015).
+
+Annealed Gaussian noise is added to every update; its variance decays as a
+power of the step count. The state holds the step count and a PRNG key, split
+once per step exactly as Optax splits it, so the draws are Optax's bit for bit.
+
+    >>> import jaxopt_zoo as jz
+    >>> tx = jz.chain(jz.add_noise(0.01, 0.55, key=0), jz.scale_by_learning_rate(1e-2))
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxopt_zoo import tree, validation
+from jaxopt_zoo.base import GradientTransformation, expects_state, safe_increment, zero_count
+from jaxopt_zoo.sharding import require_whole_arrays
+
+__all__ = ["AddNoiseState", "add_noise"]
+
+
+def _is_typed_key(key) -> bool:
+    return isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+
+
+def _check_seed(owner: str, name: str, value) -> None:
+    # jax.random.key takes an integer seed (a Python, NumPy or JAX integer scalar).
+    if _is_typed_key(value):
+        if value.shape != ():
+            raise ValueError(f"{owner}: {name} must be one PRNG key (shape ()), got keys of shape {value.shape}.")
+        return
+    if isinstance(value, jax.core.Tracer):
+        return
+    array = np.asarray(value) if isinstance(value, (int, np.integer, np.ndarray, jax.Array)) else None
+    integer = array is not None and array.shape == () and np.issubdtype(array.dtype, np.integer)
+    if isinstance(value, (bool, np.bool_)) or not integer:
+        raise ValueError(
+            f"{owner}: {name} must be an integer seed or a key from jax.random.key, "
+            f"got {value!r} ({type(value).__name__})."
+        )
+
+
+def _noise_like(key: jax.Array, updates):
+    """Standard normal noise shaped like each non-``None`` update, one key per leaf split from ``key``.
+
+    The keys are ``jax.random.split(key, n)`` over the ``n`` array leaves in tree
+    order, and each leaf draws in its own dtype and sharding, as ``optax.tree.random_like``.
+    """
+    leaves, treedef = jax.tree.flatten(updates)  # None is an empty subtree here: it gets no key
+    keys = jax.random.split(key, len(leaves))
+    noise = [jax.random.normal(k, x.shape, x.dtype, out_sharding=jax.typeof(x).sharding) for k, x in zip(keys, leaves)]
+    return jax.tree.unflatten(treedef, noise)
+
+
+class AddNoiseState(NamedTuple):
+    """The step count (for the annealing) and the PRNG key the next step splits."""
+
+    count: jax.Array
+    rng_key: jax.Array
+
+
+def add_noise(
+    eta: jax.typing.ArrayLike,
+    gamma: jax.typing.ArrayLike,
+    key: jax.Array | int | None = None,
+    *,
+    seed: int | None = None,
+) -> GradientTransformation:
+    """Annealed Gaussian gradient noise (Neelakantan et al. 2015).
+
+    .. math::
+
+        u_t = g_t + \\sigma_t \\, \\xi_t, \\qquad \\xi_t \\sim \\mathcal{N}(0, I), \\qquad
+        \\sigma_t^2 = \\frac{\\eta}{t^{\\gamma}}, \\quad t = 1, 2, \\dots
+
+    Each step splits the state's key into the next key and a sampling key, and
+    the sampling key into one key per update leaf (in tree order), which draws
+    standard normal noise in the leaf's dtype. The paper writes
+    :math:`(1 + t)^{\\gamma}` with :math:`t` counted from 0: the same schedule.
+
+    Numerically identical to ``optax.add_noise``, draws included (same key, same
+    splits). ``key`` is an integer seed or a key from ``jax.random.key``;
+    ``seed`` is Optax's deprecated spelling of an integer ``key``, and no key at
+    all means seed 0 with a warning, as in Optax. Deviations from Optax: bad
+    ``eta``, ``gamma`` or ``key`` raise when the transformation is built; a
+    ``None`` update stays ``None`` and draws no key (as Optax's tree utilities
+    do); inside ``shard_map`` a leaf sharded over the manual axes raises
+    (each shard would draw its own copy of the same noise instead of its
+    part of the whole array's).
+
+    Args:
+        eta: :math:`\\eta \\ge 0`, the variance of the noise at the first step.
+        gamma: :math:`\\gamma \\ge 0`, the decay exponent of the variance.
+        key: an integer seed or a ``jax.random.key``.
+        seed: deprecated: an integer seed; give ``key`` instead.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxopt_zoo as jz
+        >>> tx = jz.add_noise(eta=0.01, gamma=0.55, key=0)
+        >>> state = tx.init(jnp.zeros(3))
+        >>> updates, state = tx.update(jnp.ones(3), state)
+        >>> bool(jnp.all(jnp.abs(updates - 1.0) < 0.5)), int(state.count)
+        (True, 1)
+
+    References:
+        Neelakantan et al., "Adding Gradient Noise Improves Learning for Very Deep Networks", 2015 (arXiv:1511.06807).
+    """
+    owner = "add_noise"
+    validation.non_negative(owner, "eta", eta)
+    validation.non_negative(owner, "gamma", gamma)
+    if seed is not None:
+        warnings.warn(f'{owner}: "seed" is deprecated (as in Optax); pass key.', DeprecationWarning, stacklevel=2)
+        if key is not None:
+            raise ValueError(f"{owner}: give key or seed, not both (got key={key!r}, seed={seed!r}).")
+        _check_seed(owner, "seed", seed)
+        key = seed
+    if key is None:
+        warnings.warn(f"{owner}: no key given; using seed 0, as Optax does. Pass key= for other draws.", stacklevel=2)
+        key = 0
+    _check_seed(owner, "key", key)
+
+    def init(params):
+        del params
+        return AddNoiseState(zero_count(), key if _is_typed_key(key) else jax.random.key(key))
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        require_whole_arrays(owner, updates)
+        count = safe_increment(state.count)
+        std = jnp.sqrt(eta / count**gamma)
+        next_key, sample_key = jax.random.split(state.rng_key)
+        noise = _noise_like(sample_key, updates)
+        return tree.map_updates(lambda g, xi: g + std * xi, updates, noise), AddNoiseState(count, next_key)
+
+    return expects_state(owner, GradientTransformation(init, update), AddNoiseState)

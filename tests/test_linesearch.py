@@ -1,0 +1,341 @@
+"""L-BFGS and line searches (scale_by_lbfgs, scale_by_backtracking_linesearch, scale_by_zoom_linesearch, lbfgs,
+value_and_grad_from_state): Optax bit for bit, float64 references from Nocedal & Wright, storage, shard_map."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import jaxopt_zoo as jz
+from tests import reference
+from tests.conftest import assert_trees_close, assert_trees_equal, make_params
+
+STEPS = 20
+
+
+def _flat(params, xp=jnp):
+    return xp.concatenate([xp.ravel(x) for x in jax.tree.leaves(params)])
+
+
+def quadratic(params, xp=jnp):
+    """An ill-conditioned quadratic with a linear term over the whole params tree."""
+    x = _flat(params, xp)
+    return 0.5 * xp.sum(xp.linspace(0.5, 5.0, x.size) * x**2) + xp.sum(xp.sin(xp.arange(x.size)) * x)
+
+
+def rosenbrock(params, xp=jnp):
+    """The chained Rosenbrock function over the params tree flattened (minimum 0 at all ones)."""
+    x = _flat(params, xp)
+    return xp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+
+
+def numpy_objective(fn):
+    # f and its gradient on a flat float64 vector, for the references (the gradient through JAX in float64).
+    grad = jax.jit(jax.grad(lambda x: fn(x, jnp)))
+    return (lambda x: float(fn(x, np))), (lambda x: np.asarray(grad(jnp.asarray(x)), np.float64))
+
+
+def descend(tx, fn, params, from_state=jz.value_and_grad_from_state, steps=STEPS, fn_kwargs_runs=({},)):
+    """The user loop of Optax's docs, one jitted step: iterates and the last state (lists of them, one per run
+    with each keyword arguments of ``fn_kwargs_runs``, all through the same compiled step; else one of each)."""
+
+    @jax.jit
+    def step(params, state, fn_kwargs):
+        if from_state:
+            value, grad = from_state(fn)(params, state=state, **fn_kwargs)
+        else:
+            value, grad = jax.value_and_grad(fn)(params, **fn_kwargs)
+        updates, state = tx.update(grad, state, params, value=value, grad=grad, value_fn=fn, **fn_kwargs)
+        return jz.apply_updates(params, updates), state
+
+    runs = []
+    for fn_kwargs in fn_kwargs_runs:
+        p, state, iterates = params, tx.init(params), []
+        for _ in range(steps):
+            p, state = step(p, state, fn_kwargs)
+            iterates.append(p)
+        runs.append((iterates, state))
+    return runs[0] if len(runs) == 1 else tuple(map(list, zip(*runs)))
+
+
+def quadratic_or_rosenbrock(params, rosenbrock_instead):
+    """Either objective, chosen by a traced flag: one compiled step serves both (and value_fn takes a keyword)."""
+    return jax.lax.cond(rosenbrock_instead, rosenbrock, quadratic, params)
+
+
+def backtracking_sgd(lib, **options):
+    return lib.chain(lib.sgd(1.0), lib.scale_by_backtracking_linesearch(**options))
+
+
+NO_LINESEARCH = dict(learning_rate=0.5, memory_size=3, scale_init_precond=False, linesearch=None)
+
+
+@functools.cache
+def no_linesearch_run():
+    """Our lbfgs without a line search on the quadratic (shared by two tests: one compilation)."""
+    return descend(jz.lbfgs(**NO_LINESEARCH), quadratic, make_params(), from_state=None)
+
+
+# name: (ours, Optax's, objective, whether the state keeps the value and gradient)
+OPTAX_CASES = {
+    "lbfgs_zoom": (lambda: jz.lbfgs(), lambda: optax.lbfgs(), quadratic_or_rosenbrock, True),
+    "lbfgs_no_linesearch": (
+        lambda: jz.lbfgs(**NO_LINESEARCH),
+        lambda: optax.lbfgs(0.5, memory_size=3, scale_init_precond=False, linesearch=None),
+        quadratic,
+        False,
+    ),
+    "backtracking_store_grad": (
+        lambda: backtracking_sgd(jz, max_backtracking_steps=15, store_grad=True, increase_factor=2.0),
+        lambda: backtracking_sgd(optax, max_backtracking_steps=15, store_grad=True, increase_factor=2.0),
+        quadratic,
+        True,
+    ),
+    "backtracking_options_rosenbrock": (
+        lambda: jz.chain(jz.sgd(0.01), jz.scale_by_backtracking_linesearch(30, 0.3, 0.5, 1.2, 2.0, 1e-6, 1e-7)),
+        lambda: optax.chain(
+            optax.sgd(0.01), optax.scale_by_backtracking_linesearch(30, 0.3, 0.5, 1.2, 2.0, 1e-6, 1e-7)
+        ),
+        rosenbrock,
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(OPTAX_CASES))
+def test_matches_optax_bit_for_bit(name):
+    ours, theirs, fn, stored = OPTAX_CASES[name]
+    params = make_params()
+    runs = ({},) if fn is not quadratic_or_rosenbrock else tuple(
+        {"rosenbrock_instead": jnp.asarray(flag)} for flag in (False, True))
+    if name == "lbfgs_no_linesearch":
+        mine = no_linesearch_run()
+    else:
+        mine = descend(ours(), fn, params, jz.value_and_grad_from_state if stored else None, fn_kwargs_runs=runs)
+    optax_ = descend(theirs(), fn, params, optax.value_and_grad_from_state if stored else None, fn_kwargs_runs=runs)
+    assert_trees_equal(mine[0], optax_[0])  # the iterates
+    assert_trees_equal(jax.tree.leaves(mine[1]), jax.tree.leaves(optax_[1]))  # the last states
+    for iterates, kwargs in zip(mine[0] if len(runs) > 1 else [mine[0]], runs):
+        assert fn(iterates[-1], **kwargs) < 0.5 * fn(params, **kwargs)
+
+
+def _reference_iterates(fn, params, **options):
+    f, grad = numpy_objective(fn)
+    flat = reference.linesearch_descent(f, grad, np.asarray(_flat(params), np.float64), STEPS, **options)
+    leaves, treedef = jax.tree.flatten(params)
+    sizes = np.cumsum([0] + [x.size for x in leaves])
+    return [treedef.unflatten([x[a:b].reshape(leaf.shape) for a, b, leaf in zip(sizes, sizes[1:], leaves)])
+            for x in flat]
+
+
+# Each rule against the float64 NumPy references in tests/reference.py (written from Nocedal & Wright).
+REFERENCE_CASES = {
+    # The zoom search after plain gradient steps (the two-loop recursion is checked by the next case).
+    "zoom_options": (
+        lambda: jz.chain(jz.sgd(1.0), jz.scale_by_zoom_linesearch(15, max_learning_rate=0.02, approx_dec_rtol=None)),
+        rosenbrock, True, dict(search="zoom", max_steps=15, max_lr=0.02, c3=None),
+    ),
+    "lbfgs_rate_no_linesearch": (lambda: jz.lbfgs(0.3, memory_size=3, linesearch=None), rosenbrock, False,
+                                 dict(lbfgs_memory=3, learning_rate=0.3)),
+    "backtracking": (lambda: backtracking_sgd(jz, max_backtracking_steps=25, store_grad=True, slope_rtol=0.2,
+                                              decrease_factor=0.6, max_learning_rate=0.05),
+                     rosenbrock, True, dict(search="backtracking", max_steps=25, c=0.2, shrink=0.6, max_lr=0.05)),
+}
+
+
+@pytest.mark.parametrize("name", list(REFERENCE_CASES))
+def test_matches_float64_reference(name, x64):
+    ours, fn, stored, options = REFERENCE_CASES[name]
+    params = make_params(jnp.float64)
+    iterates, _ = descend(ours(), fn, params, jz.value_and_grad_from_state if stored else None)
+    assert_trees_close(iterates, _reference_iterates(fn, params, **options), rtol=1e-9, atol=1e-11)
+
+
+def on_objective(tx, fn):
+    """``tx`` driven by ``fn``: each update ignores the gradients it is given and passes ``value``, ``grad`` and
+    ``value_fn`` (for the registries, whose steps call ``update(grads, state, params)``)."""
+
+    def update(updates, state, params=None, **extra_args):
+        value, grad = jz.value_and_grad_from_state(fn)(params, state=state)
+        return tx.update(grad, state, params, value=value, grad=grad, value_fn=fn)
+
+    return jz.GradientTransformation(tx.init, update)
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+
+def test_missing_objective_arguments_say_what_to_pass():
+    params = make_params()
+    tx = jz.chain(jz.sgd(1.0), jz.scale_by_zoom_linesearch(5))
+    state = tx.init(params)
+    with pytest.raises(ValueError, match=r"scale_by_zoom_linesearch: update needs value, grad, value_fn: call update"):
+        tx.update(params, state, params)
+    with pytest.raises(ValueError, match="scale_by_backtracking_linesearch: update needs value_fn"):
+        bt = jz.scale_by_backtracking_linesearch(5)
+        bt.update(params, bt.init(params), params, value=1.0, grad=params)
+    with pytest.raises(ValueError, match="scale_by_lbfgs needs the parameters"):
+        jz.lbfgs().update(params, jz.lbfgs().init(params))
+    with pytest.raises(TypeError, match=r"keyword arguments \['batch'\] were passed"):
+        tx.update(params, state, params, value=1.0, grad=params, value_fn=quadratic, batch=3)
+
+
+def test_value_and_grad_from_state_errors_name_the_fix():
+    params = make_params()
+    with pytest.raises(ValueError, match="store_grad=True"):
+        state = backtracking_sgd(jz, max_backtracking_steps=3).init(params)
+        jz.value_and_grad_from_state(quadratic)(params, state=state)
+    with pytest.raises(ValueError, match="expected one 'value' and one 'grad' field"):
+        jz.value_and_grad_from_state(quadratic)(params, state=jz.adam(0.1).init(params))
+
+
+# --- None updates, storage, shard_map --------------------------------------------------------
+
+
+def test_none_update_leaf_keeps_its_memory_and_stays_none():
+    params = make_params()
+    frozen = lambda p: quadratic({"dense": {"w": p["dense"]["w"], "b": params["dense"]["b"]}, "scale": p["scale"]})
+    tx = jz.lbfgs(memory_size=3, linesearch=jz.scale_by_backtracking_linesearch(10, store_grad=True))
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state):
+        value, grad = jax.value_and_grad(frozen)(params)
+        grad = {"dense": {"w": grad["dense"]["w"], "b": None}, "scale": grad["scale"]}
+        updates, state = tx.update(grad, state, params, value=value, grad=grad, value_fn=frozen)
+        assert updates["dense"]["b"] is None
+        return jz.apply_updates(params, updates), state
+
+    for _ in range(3):
+        params, state = step(params, state)
+    np.testing.assert_array_equal(params["dense"]["b"], make_params()["dense"]["b"])
+    np.testing.assert_array_equal(state[0].diff_params_memory["dense"]["b"], 0.0)
+    assert np.any(np.asarray(state[0].diff_params_memory["dense"]["w"]) != 0)
+
+
+@pytest.mark.parametrize("storage", [jnp.bfloat16, jz.Blockwise8Bit()], ids=["bfloat16", "8bit"])
+def test_memory_dtype_keeps_the_secant_memory_in_a_storage(storage):
+    params = {"w": jnp.linspace(-1.0, 1.0, 512).reshape(2, 256)}
+    fn = lambda p: quadratic(p) / 100
+    tx = jz.lbfgs(0.5, memory_size=2, linesearch=None, memory_dtype=storage)
+    iterates, state = descend(tx, fn, params, from_state=None, steps=6)
+    memory = state[0].diff_updates_memory["w"]
+    assert jz.storage.state_bytes(memory) < 0.6 * 4 * memory.size if storage is jnp.bfloat16 else True
+    assert jz.storage.read_leaf(memory).shape == (2, 2, 256)
+    assert fn(iterates[-1]) < 0.5 * fn(params)
+
+
+def test_shard_map_with_axis_name_matches_one_device():
+    mesh = jax.make_mesh((2, 4), ("data", "model"), devices=jax.devices("cpu")[:8])
+    specs = {"w": P("data", "model"), "b": P("model")}
+    rng = np.random.default_rng(0)
+    params = {"w": jnp.asarray(rng.normal(size=(4, 8)), jnp.float32), "b": jnp.asarray(rng.normal(size=8), jnp.float32)}
+    placed = jax.tree.map(lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), params, specs)
+
+    def sharded_step(tx):
+        def step(params, state):
+            # An elementwise gradient: each shard computes its own part without communication.
+            grads = jax.tree.map(lambda x: 2 * x - 1.5 * jnp.sin(3 * x), params)
+            updates, state = tx.update(grads, state, params)
+            return jz.apply_updates(params, updates), state
+
+        state_specs = jax.tree.map(lambda s: s.spec, jz.state_shardings(tx, placed))
+        local = jax.shard_map(step, mesh=mesh, in_specs=(specs, state_specs), out_specs=(specs, state_specs))
+        return jax.jit(step), jax.jit(local)
+
+    tx = jz.lbfgs(0.5, memory_size=3, linesearch=None, axis_name=("data", "model"))
+    single, local = sharded_step(tx)
+    p_sharded, s_sharded = placed, jz.init_sharded(tx, placed)
+    assert s_sharded[0].diff_params_memory["w"].sharding.spec == P(None, "data", "model")
+    p_single, s_single = params, tx.init(params)
+    for _ in range(5):
+        p_sharded, s_sharded = local(p_sharded, s_sharded)
+        p_single, s_single = single(p_single, s_single)
+    assert_trees_close(p_sharded, p_single, rtol=1e-5, atol=1e-6)
+    plain = jz.lbfgs(0.5, memory_size=3, linesearch=None)
+    with pytest.raises(ValueError, match="scale_by_lbfgs: inside shard_map.*Pass axis_name"):
+        sharded_step(plain)[1](placed, jz.init_sharded(plain, placed))
+
+
+# --- jit with donation, vmap, inject_hyperparams, Flax ------------------------------------------
+
+
+def test_donated_steps_and_vmap_match_separate_runs():
+    tx = backtracking_sgd(jz, max_backtracking_steps=10, store_grad=True)
+
+    def step(params, state):
+        value, grad = jz.value_and_grad_from_state(quadratic)(params, state=state)
+        updates, state = tx.update(grad, state, params, value=value, grad=grad, value_fn=quadratic)
+        return jz.apply_updates(params, updates), state
+
+    batch = [make_params(seed=s) for s in range(3)]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *batch)
+    stacked_state = jax.vmap(tx.init)(stacked)
+    vmapped, donated = jax.jit(jax.vmap(step)), jax.jit(step, donate_argnums=(0, 1))
+    separate = [(p, tx.init(p)) for p in batch]
+    for _ in range(4):
+        stacked, stacked_state = vmapped(stacked, stacked_state)
+        separate = [donated(p, s) for p, s in separate]
+    for i, (p, s) in enumerate(separate):
+        assert_trees_close(jax.tree.map(lambda x: x[i], stacked), p, rtol=1e-5, atol=1e-6)
+        assert int(s[1].info.num_linesearch_steps) >= 1
+
+
+def test_inject_hyperparams_gives_the_plain_trajectory():
+    tx = jz.inject_hyperparams(jz.lbfgs, static_args="memory_size")(**NO_LINESEARCH)
+    injected, state = descend(tx, quadratic, make_params(), from_state=None, steps=5)
+    assert_trees_close(injected, no_linesearch_run()[0][:5], rtol=1e-5, atol=1e-6)
+    assert set(state.hyperparams) == {"learning_rate"}
+
+
+def test_flax_nnx_optimizer_passes_the_objective_to_the_line_search():
+    from flax import nnx
+
+    x = jax.random.normal(jax.random.key(0), (16, 5))
+    y = jnp.sin(x.sum(axis=1, keepdims=True))
+
+    def train(tx):
+        model = nnx.Linear(5, 1, rngs=nnx.Rngs(0))
+        optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+        graphdef, _ = nnx.split(model)
+
+        def loss_of(params):
+            return jnp.mean((nnx.merge(graphdef, params)(x) - y) ** 2)
+
+        @nnx.jit
+        def step(model, optimizer):
+            loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
+            optimizer.update(model, grads, value=loss, grad=grads, value_fn=loss_of)
+            return loss
+
+        return [float(step(model, optimizer)) for _ in range(4)], nnx.state(model, nnx.Param)
+
+    # A backtracking search: the same protocol as the default zoom search, at a fraction of the compile time.
+    # Its sufficient decrease criterion, met on the NNX State that value_fn is given, makes every step decrease.
+    losses, _ = train(jz.lbfgs(linesearch=jz.scale_by_backtracking_linesearch(10)))
+    assert all(later < earlier for earlier, later in zip(losses, losses[1:]))
+
+
+NAMES = ["scale_by_lbfgs", "scale_by_backtracking_linesearch", "scale_by_zoom_linesearch", "lbfgs",
+         "value_and_grad_from_state"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_arguments_are_optax_names_order_and_defaults(name):
+    import inspect
+
+    ours = inspect.signature(getattr(jz, name)).parameters
+    theirs = inspect.signature(getattr(optax, name)).parameters
+    additions = [k for k, p in ours.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    assert set(additions) <= {"axis_name", "memory_dtype"}
+    assert [k for k in ours if k not in additions] == list(theirs)
+    for key, parameter in theirs.items():
+        if key != "linesearch":  # an instance of Optax's zoom search there, of ours here (same arguments)
+            assert ours[key].default == parameter.default, key

@@ -1,0 +1,49 @@
+"""Every public name of Optax's top level, optax.schedules and optax.transforms exists here (losses aside)."""
+
+from __future__ import annotations
+
+import types
+
+import optax
+import pytest
+
+import jaxopt_zoo as jz
+
+# Names deliberately absent, each with its reason. Losses are found by their module (optax.losses).
+EXCLUDED = {
+    "contrib": "optax.contrib is its own surface (issue 18): its optimizers come as jaxopt_zoo.contrib",
+    "losses": "losses are out of scope: optax.losses works alongside jaxopt_zoo unchanged",
+    "assignment": "the Hungarian algorithm (a matching solver, not an optimizer); use optax.assignment",
+    "experimental": "Optax's unstable staging area; nothing in it is promised",
+    "perturbations": "gradient estimators by random perturbation, not optimizers; use optax.perturbations",
+    "projections": "projections onto sets, used with any optimizer as they are; use optax.projections",
+    "second_order": "Hessian and Fisher diagonals, not optimizers; use optax.second_order",
+    "tree_utils": "Optax's deprecated alias of optax.tree; tree helpers are no optimizer surface",
+}
+
+
+def is_loss(obj) -> bool:
+    return (getattr(obj, "__module__", None) or "").startswith("optax.losses")
+
+
+def required(namespace) -> list[str]:
+    return [
+        name
+        for name in dir(namespace)
+        if not name.startswith("_") and name not in EXCLUDED and not is_loss(getattr(namespace, name))
+    ]
+
+
+@pytest.mark.parametrize("namespace", [optax, optax.schedules, optax.transforms], ids=lambda m: m.__name__)
+def test_every_optax_name_is_here(namespace):
+    missing = [name for name in required(namespace) if not hasattr(jz, name)]
+    assert not missing, f"{len(missing)} names of {namespace.__name__} missing from jaxopt_zoo: {missing}"
+
+
+def test_the_exclusions_are_real_optax_names_and_modules():
+    for name in EXCLUDED:
+        assert isinstance(getattr(optax, name), types.ModuleType), name
+    # The loss rule catches losses and nothing else: every name it drops is a function of optax.losses.
+    losses = [name for name in dir(optax) if is_loss(getattr(optax, name))]
+    assert "softmax_cross_entropy" in losses and "adam" not in losses
+    assert all(callable(getattr(optax.losses, name, None)) for name in losses)

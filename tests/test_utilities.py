@@ -1,0 +1,146 @@
+"""Optax's utilities (numerics, linear algebra, moment helpers) against Optax and float64 closed forms."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxopt_zoo as jz
+from tests.conftest import assert_trees_equal
+
+X = jnp.asarray([[3.0, -4.0, 0.5], [0.0, 1e-3, -2.0]])
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, dict(ord=1), dict(ord=np.inf, axis=1), dict(axis=0, keepdims=True), dict(ord="fro", axis=(0, 1))]
+)
+def test_safe_norm_matches_optax_in_value_and_gradient(kwargs):
+    rows = X.at[1].set(0.0)  # a zero row: its norm is below min_norm and its gradient must be 0, not NaN
+    for min_norm in (0.0, 1e-6, 3.0):
+        ours = jz.safe_norm(rows, min_norm, **kwargs)
+        assert_trees_equal(ours, optax.safe_norm(rows, min_norm, **kwargs))
+        grad = jax.grad(lambda x: jnp.sum(jz.safe_norm(x, min_norm, **kwargs)))(rows)
+        assert_trees_equal(grad, jax.grad(lambda x: jnp.sum(optax.safe_norm(x, min_norm, **kwargs)))(rows))
+    assert np.all(np.isfinite(jax.grad(lambda x: jnp.sum(jz.safe_norm(x, 1e-6, axis=1)))(rows)))
+
+
+def test_safe_root_mean_squares_matches_optax_and_its_closed_form():
+    for x in (X, jnp.zeros(4), jnp.asarray([1 + 1j, -2j], jnp.complex64)):
+        for min_rms in (1e-6, 2.0):
+            ours = jz.safe_root_mean_squares(x, min_rms)
+            assert_trees_equal(ours, optax.safe_root_mean_squares(x, min_rms))
+            expected = max(np.sqrt(np.mean(np.abs(np.asarray(x, np.complex128)) ** 2)), min_rms)
+            np.testing.assert_allclose(float(ours), expected, rtol=1e-6)
+    assert float(jax.grad(lambda x: jz.safe_root_mean_squares(x, 1e-6))(jnp.zeros(3))[0]) == 0.0
+
+
+def test_multi_normal_draws_and_scores_as_optax():
+    loc, log_scale = jnp.asarray([0.5, -1.0]), jnp.asarray([0.1, -0.3])
+    ours, theirs = jz.multi_normal(loc, log_scale), optax.multi_normal(loc, log_scale)
+    key = jax.random.key(3)
+    assert_trees_equal(ours.sample((4,), key), theirs.sample((4,), key))
+    x = ours.sample((4,), key)
+    assert_trees_equal(ours.log_prob(x), theirs.log_prob(x))
+    scale = np.exp(np.asarray(log_scale, np.float64))
+    z = (np.asarray(x, np.float64) - np.asarray(loc, np.float64)) / scale
+    np.testing.assert_allclose(ours.log_prob(x), np.sum(-0.5 * z**2 - np.log(scale) - 0.5 * np.log(2 * np.pi), -1), rtol=1e-5)
+    assert_trees_equal(ours.params, theirs.params)
+
+
+def symmetric_psd(n: int, seed: int) -> np.ndarray:
+    a = np.random.default_rng(seed).normal(size=(n, n))
+    return a @ a.T + 0.5 * np.eye(n)
+
+
+def inverse_root(matrix: np.ndarray, p: int) -> np.ndarray:
+    values, vectors = np.linalg.eigh(matrix)
+    return (vectors * values ** (-1.0 / p)) @ vectors.T
+
+
+def test_power_iteration_finds_the_dominant_eigenpair(x64):
+    m = symmetric_psd(5, 0)
+    value, vector = jz.power_iteration(jnp.asarray(m), num_iters=1000, error_tolerance=1e-12)
+    values, vectors = np.linalg.eigh(m)
+    np.testing.assert_allclose(float(value), values[-1], rtol=1e-9)
+    np.testing.assert_allclose(abs(np.dot(np.asarray(vector), vectors[:, -1])), 1.0, rtol=1e-9)
+    # The matrix as a function of a tree of vectors gives the same pair.
+    tree_value, tree_vector = jz.power_iteration(
+        lambda v: {"a": jnp.asarray(m) @ v["a"]}, v0={"a": jnp.ones(5)}, num_iters=1000, error_tolerance=1e-12
+    )
+    np.testing.assert_allclose(float(tree_value), values[-1], rtol=1e-9)
+
+
+def test_power_iteration_matches_optax_in_float32():
+    m = jnp.asarray(symmetric_psd(6, 1), jnp.float32)
+    ours, theirs = jz.power_iteration(m, key=jax.random.PRNGKey(4)), optax.power_iteration(m, key=jax.random.PRNGKey(4))
+    np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-6)
+    np.testing.assert_allclose(ours[1], theirs[1], atol=1e-5)
+    with pytest.raises(ValueError, match="power_iteration: when matrix is a function, pass v0="):
+        jz.power_iteration(lambda v: v)
+
+
+@pytest.mark.parametrize("p", [1, 2, 3, 4, 6, 8])
+def test_matrix_inverse_pth_root_against_the_eigendecomposition(x64, p):
+    m = symmetric_psd(4, p)
+    root, error = jz.matrix_inverse_pth_root(jnp.asarray(m), p, ridge_epsilon=0.0, error_tolerance=1e-12)
+    np.testing.assert_allclose(np.asarray(root), inverse_root(m, p), rtol=1e-8, atol=1e-10)
+    assert float(error) < 1e-10
+
+
+def test_matrix_inverse_pth_root_matches_optax_for_powers_of_two_and_differs_where_optax_is_wrong(x64):
+    m = jnp.asarray(symmetric_psd(4, 7))
+    for p in (2, 4):
+        ours, theirs = jz.matrix_inverse_pth_root(m, p), optax.matrix_inverse_pth_root(m, p)
+        np.testing.assert_allclose(np.asarray(ours[0]), np.asarray(theirs[0]), rtol=1e-12)
+    # Deliberate difference: Optax raises the Newton factor to the power 4 for p=3, and misses the cube root.
+    expected = inverse_root(np.asarray(m) + 1e-6 * np.linalg.eigvalsh(np.asarray(m))[-1] * np.eye(4), 3)
+    np.testing.assert_allclose(np.asarray(jz.matrix_inverse_pth_root(m, 3)[0]), expected, rtol=1e-6)
+    assert not np.allclose(np.asarray(optax.matrix_inverse_pth_root(m, 3)[0]), expected, rtol=1e-2)
+    with pytest.raises(ValueError, match=r"matrix_inverse_pth_root: p must be a positive Python integer, got 0"):
+        jz.matrix_inverse_pth_root(m, 0)
+
+
+def test_nnls_matches_optax_and_meets_the_optimality_conditions(x64):
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(8, 5)), rng.normal(size=(8,))
+    x = jz.nnls(jnp.asarray(a), jnp.asarray(b), iters=2000)
+    assert_trees_equal(x, optax.nnls(jnp.asarray(a), jnp.asarray(b), iters=2000))
+    # KKT: x >= 0, the gradient A^T(Ax - b) is >= 0, and zero wherever x > 0.
+    grad = a.T @ (a @ np.asarray(x) - b)
+    assert np.all(np.asarray(x) >= 0) and np.all(grad > -1e-9)
+    np.testing.assert_allclose(grad[np.asarray(x) > 1e-9], 0.0, atol=1e-9)
+    assert (np.asarray(x) == 0).any()  # this problem has an active constraint
+    with pytest.raises(ValueError, match=r"nnls: A must be a matrix"):
+        jz.nnls(jnp.ones(3), jnp.ones(3), iters=1)
+
+
+UPDATES = {"a": jnp.asarray([0.5, -2.0]), "z": jnp.asarray([1 - 2j], jnp.complex64), "none": None}
+MOMENTS = {"a": jnp.asarray([0.1, 0.2]), "z": jnp.asarray([0.3 + 0.1j], jnp.complex64), "none": jnp.asarray([7.0])}
+
+
+@pytest.mark.parametrize("name, extra", [("update_moment", 2), ("update_moment", 1), ("update_moment_per_elem_norm", 2), ("update_infinity_moment", 1e-3)])
+def test_moment_helpers_match_optax(name, extra):
+    ours = getattr(jz, name)(UPDATES, MOMENTS, 0.9, extra)
+    theirs = getattr(optax, name)(UPDATES, MOMENTS, 0.9, extra)
+    assert_trees_equal({k: v for k, v in ours.items() if k != "none"}, {k: v for k, v in theirs.items() if k != "none"})
+    # Deliberate difference: where the update is None the moment is kept (Optax returns None).
+    assert ours["none"] is MOMENTS["none"] and theirs["none"] is None
+
+
+def test_update_moment_raises_complex_gradients_as_they_are_and_per_elem_norm_takes_the_modulus():
+    g = {"z": jnp.asarray([1 - 2j], jnp.complex64)}
+    m = {"z": jnp.zeros(1, jnp.complex64)}
+    np.testing.assert_allclose(jz.update_moment(g, m, 0.0, 2)["z"], [(1 - 2j) ** 2])
+    np.testing.assert_allclose(jz.update_moment_per_elem_norm(g, m, 0.0, 2)["z"], [5.0])
+
+
+def test_bias_correction_global_norm_and_increment_match_optax():
+    count = jnp.asarray(3, jnp.int32)
+    assert_trees_equal(jz.bias_correction(MOMENTS["a"], 0.9, count), optax.bias_correction(MOMENTS["a"], 0.9, count))
+    tree = {"a": X, "b": jnp.asarray([1.0, 2.0])}
+    np.testing.assert_allclose(jz.global_norm(tree), optax.tree.norm(tree), rtol=1e-7)
+    top = jnp.asarray(np.iinfo(np.int32).max, jnp.int32)
+    assert int(jz.safe_int32_increment(top)) == int(optax.safe_int32_increment(top)) == np.iinfo(np.int32).max
