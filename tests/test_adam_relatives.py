@@ -16,7 +16,15 @@ import pytest
 import jaxopt_zoo as jz
 from jaxopt_zoo.quantization import is_encoded
 from tests import reference
-from tests.conftest import assert_trees_close, assert_trees_equal, grad_fn, make_params, run_ours, run_reference
+from tests.conftest import (
+    assert_trees_close,
+    assert_trees_equal,
+    assert_vmap_matches_separate_runs,
+    grad_fn,
+    make_params,
+    run_ours,
+    run_reference,
+)
 from tests.test_optimizers import assert_updates_close, check_eight_bit_state, eight_bit_params, summed_updates
 
 MASK = {"dense": {"w": True, "b": False}, "scale": True}
@@ -243,20 +251,7 @@ def test_vmap_over_parameter_sets_equals_separate_runs():
         jz.scale_by_adan(),
         jz.scale(-1e-2),
     )
-    batch = [make_params(seed=s) for s in range(3)]
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *batch)
-    state = jax.vmap(tx.init)(stacked)
-    separate = [(p, tx.init(p)) for p in batch]
-    update, single = jax.jit(jax.vmap(tx.update)), jax.jit(tx.update)
-    for t in range(1, 3):
-        grads = jax.tree.map(jax.vmap(lambda q: grad_fn(q, t, jnp)), stacked)
-        updates, state = update(grads, state, stacked)
-        stacked = jz.apply_updates(stacked, updates)
-        for i, (p, s) in enumerate(separate):
-            u, s = single(jax.tree.map(lambda x: grad_fn(x, t, jnp), p), s, p)
-            separate[i] = (jz.apply_updates(p, u), s)
-    for i, (p, _) in enumerate(separate):
-        assert_trees_close(jax.tree.map(lambda x: x[i], stacked), p, rtol=1e-5, atol=1e-6)
+    assert_vmap_matches_separate_runs(tx, steps=2, rtol=1e-5, atol=1e-6)
 
 
 INJECTED = {

@@ -15,7 +15,15 @@ from jax.sharding import PartitionSpec as P
 
 import jaxopt_zoo as jz
 from tests import reference
-from tests.conftest import assert_trees_close, assert_trees_equal, grad_fn, make_params, run_ours, run_reference
+from tests.conftest import (
+    assert_trees_close,
+    assert_trees_equal,
+    assert_vmap_matches_separate_runs,
+    grad_fn,
+    make_params,
+    run_ours,
+    run_reference,
+)
 from tests.test_optimizers import check_eight_bit_state, eight_bit_params
 
 STEPS = 20
@@ -260,19 +268,7 @@ def test_jitted_donated_steps_match_undonated_ones():
 
 def test_vmap_over_parameter_sets_equals_separate_runs():
     tx = jz.chain(jz.apply_every(2), jz.conditionally_transform(jz.trace(0.9), lambda s: s % 3 == 0), jz.scale(-0.1))
-    batch = [make_params(seed=s) for s in range(3)]
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *batch)
-    state, update = jax.vmap(tx.init)(stacked), jax.jit(jax.vmap(tx.update))
-    separate, one = [(p, tx.init(p)) for p in batch], jax.jit(tx.update)
-    for t in range(1, 5):
-        grads = jax.tree.map(jax.vmap(lambda q: grad_fn(q, t, jnp)), stacked)
-        updates, state = update(grads, state, stacked)
-        stacked = jz.apply_updates(stacked, updates)
-        for i, (p, s) in enumerate(separate):
-            u, s = one(jax.tree.map(lambda x: grad_fn(x, t, jnp), p), s, p)
-            separate[i] = (jz.apply_updates(p, u), s)
-    for i, (p, _) in enumerate(separate):
-        assert_trees_close(jax.tree.map(lambda x: x[i], stacked), p, rtol=1e-6, atol=1e-7)
+    assert_vmap_matches_separate_runs(tx, steps=4)
 
 
 def test_inject_hyperparams_gives_the_plain_trajectory():

@@ -16,7 +16,15 @@ from jaxopt_zoo.transforms.constrain import NonNegativeParamsState, ZeroNansStat
 from jaxopt_zoo.transforms.rprop import ScaleByRpropState, scale_by_rprop
 from jaxopt_zoo.transforms.scaling import centralize, normalize_by_update_norm, scale_gradient
 from tests import reference
-from tests.conftest import assert_trees_close, assert_trees_equal, grad_fn, make_params, run_ours, run_reference
+from tests.conftest import (
+    assert_trees_close,
+    assert_trees_equal,
+    assert_vmap_matches_separate_runs,
+    grad_fn,
+    make_params,
+    run_ours,
+    run_reference,
+)
 from jaxopt_zoo.storage import read_leaf
 from tests.test_optimizers import assert_updates_close, check_eight_bit_state, eight_bit_params
 
@@ -118,7 +126,7 @@ def test_matches_float64_reference(name, x64):
 def test_normalize_by_update_norm_matches_float64_reference(x64):
     params = make_params(jnp.float64)
     iterates, _ = run_ours(normalize_by_update_norm(-0.1, eps=1e-3), params, jit=False)
-    ref, expected = reference.normalized_gd(0.1, eps=1e-3), params
+    ref = reference.normalized_gd(0.1, eps=1e-3)
     leaves, treedef = jax.tree.flatten(params)
     leaves = [np.asarray(x, np.float64) for x in leaves]
     for t, ours in enumerate(iterates, start=1):
@@ -243,20 +251,7 @@ def test_jitted_donated_rprop_steps_match_eager_steps():
 
 def test_vmap_over_parameter_sets_equals_separate_runs():
     tx = jz.chain(zero_nans(), centralize(), jz.rprop(0.05))
-    batch = [make_params(seed=s) for s in range(2)]
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *batch)
-    state = jax.vmap(tx.init)(stacked)
-    separate = [(p, tx.init(p)) for p in batch]
-    batched, single = jax.jit(jax.vmap(tx.update)), jax.jit(tx.update)
-    for t in range(1, 4):
-        grads = jax.tree.map(jax.vmap(lambda q: grad_fn(q, t, jnp)), stacked)
-        updates, state = batched(grads, state, stacked)
-        stacked = jz.apply_updates(stacked, updates)
-        for i, (p, s) in enumerate(separate):
-            u, s = single(jax.tree.map(lambda x: grad_fn(x, t, jnp), p), s, p)
-            separate[i] = (jz.apply_updates(p, u), s)
-    for i, (p, _) in enumerate(separate):
-        assert_trees_close(jax.tree.map(lambda x: x[i], stacked), p, rtol=1e-6, atol=1e-7)
+    assert_vmap_matches_separate_runs(tx, [make_params(seed=s) for s in range(2)], rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,15 @@ from jaxopt_zoo.quantization import is_encoded
 from jaxopt_zoo.transforms.factored import FactoredState, scale_by_factored_rms
 from jaxopt_zoo.transforms.sm3 import ScaleBySM3State, scale_by_sm3
 from tests import reference
-from tests.conftest import assert_trees_close, assert_trees_equal, grad_fn, make_params, run_ours, run_reference
+from tests.conftest import (
+    assert_trees_close,
+    assert_trees_equal,
+    assert_vmap_matches_separate_runs,
+    grad_fn,
+    make_params,
+    run_ours,
+    run_reference,
+)
 from tests.test_optimizers import assert_updates_close, eight_bit_params, summed_updates
 
 MASK = {"conv": False, "dense": {"w": True, "b": False}, "scale": True}
@@ -209,21 +217,8 @@ def test_jitted_donated_steps_match_undonated_steps():
 
 def test_vmap_over_parameter_sets_equals_separate_runs():
     tx = jz.chain(scale_by_factored_rms(min_dim_size_to_factor=3), jz.scale(-1e-2))
-    batch = [tree_params() for _ in range(2)]
-    batch[1] = jax.tree.map(lambda x: 2.0 * x + 0.5, batch[1])
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *batch)
-    state = jax.vmap(tx.init)(stacked)
-    separate = [(p, tx.init(p)) for p in batch]
-    batched, single = jax.jit(jax.vmap(tx.update)), jax.jit(tx.update)
-    for t in range(1, 3):
-        grads = jax.tree.map(jax.vmap(lambda q: grad_fn(q, t, jnp)), stacked)
-        updates, state = batched(grads, state, stacked)
-        stacked = jz.apply_updates(stacked, updates)
-        for i, (p, s) in enumerate(separate):
-            u, s = single(jax.tree.map(lambda x: grad_fn(x, t, jnp), p), s, p)
-            separate[i] = (jz.apply_updates(p, u), s)
-    for i, (p, _) in enumerate(separate):
-        assert_trees_close(jax.tree.map(lambda x: x[i], stacked), p, rtol=1e-5, atol=1e-6)
+    batch = [tree_params(), jax.tree.map(lambda x: 2.0 * x + 0.5, tree_params())]
+    assert_vmap_matches_separate_runs(tx, batch, steps=2, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,15 @@ from jax.sharding import PartitionSpec as P
 import jaxopt_zoo as jz
 from jaxopt_zoo.quantization import is_encoded
 from tests import reference
-from tests.conftest import assert_trees_close, assert_trees_equal, grad_fn, make_params, run_ours, run_reference
+from tests.conftest import (
+    assert_trees_close,
+    assert_trees_equal,
+    assert_vmap_matches_separate_runs,
+    grad_fn,
+    make_params,
+    run_ours,
+    run_reference,
+)
 from tests.test_optimizers import assert_updates_close, eight_bit_params
 
 Q8 = jz.Blockwise8Bit()
@@ -246,19 +254,7 @@ def test_bfloat16_storages_and_donated_jitted_steps_match_eager_steps():
 def test_vmap_over_parameter_sets_equals_separate_runs():
     # Every norm is per parameter set: vmap must not mix the sets.
     tx = jz.chain(jz.scale_by_param_block_norm(0.5), jz.novograd(1e-2, weight_decay=0.1))
-    batch = [make_params(seed=s) for s in range(3)]
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *batch)
-    state = jax.vmap(tx.init)(stacked)
-    separate, update = [(p, tx.init(p)) for p in batch], jax.jit(tx.update)
-    for t in range(1, 3):
-        grads = jax.tree.map(jax.vmap(lambda q: grad_fn(q, t, jnp)), stacked)
-        updates, state = jax.jit(jax.vmap(tx.update))(grads, state, stacked)
-        stacked = jz.apply_updates(stacked, updates)
-        for i, (p, s) in enumerate(separate):
-            u, s = update(jax.tree.map(lambda x: grad_fn(x, t, jnp), p), s, p)
-            separate[i] = (jz.apply_updates(p, u), s)
-    for i, (p, _) in enumerate(separate):
-        assert_trees_close(jax.tree.map(lambda x: x[i], stacked), p, rtol=1e-6, atol=1e-7)
+    assert_vmap_matches_separate_runs(tx, steps=2)
 
 
 @pytest.mark.parametrize(

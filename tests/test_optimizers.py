@@ -11,7 +11,15 @@ import pytest
 import jaxopt_zoo as jz
 from jaxopt_zoo.quantization import is_encoded, unpack
 from tests import reference
-from tests.conftest import assert_trees_close, assert_trees_equal, grad_fn, make_params, run_ours, run_reference
+from tests.conftest import (
+    assert_trees_close,
+    assert_trees_equal,
+    assert_vmap_matches_separate_runs,
+    grad_fn,
+    make_params,
+    run_ours,
+    run_reference,
+)
 
 MASK = {"dense": {"w": True, "b": False}, "scale": True}
 
@@ -177,21 +185,7 @@ def test_jit_compiles_once(factory):
 
 @pytest.mark.parametrize("name", ["sgd_momentum", "adamw", "adam_nesterov_eps_root"])
 def test_vmap_over_parameter_sets_equals_separate_runs(name):
-    tx = CASES[name][0]()
-    batch = [make_params(seed=s) for s in range(3)]
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *batch)
-    state = jax.vmap(tx.init)(stacked)
-    separate = [(p, tx.init(p)) for p in batch]
-    for t in range(1, 6):
-        grads = jax.tree.map(jax.vmap(lambda q: grad_fn(q, t, jnp)), stacked)
-        updates, state = jax.jit(jax.vmap(tx.update))(grads, state, stacked)
-        stacked = jz.apply_updates(stacked, updates)
-        for i, (p, s) in enumerate(separate):
-            g = jax.tree.map(lambda x: grad_fn(x, t, jnp), p)
-            u, s = tx.update(g, s, p)
-            separate[i] = (jz.apply_updates(p, u), s)
-    for i, (p, _) in enumerate(separate):
-        assert_trees_close(jax.tree.map(lambda x: x[i], stacked), p, rtol=1e-5, atol=1e-6)
+    assert_vmap_matches_separate_runs(CASES[name][0](), steps=5, rtol=1e-5, atol=1e-6)
 
 
 def _loss_after_steps(optimizer, learning_rate, params, steps=6):
