@@ -265,3 +265,14 @@ def axis_size(owner: str, x: Any, axis_name: AxisName) -> int:
     for name in _axes_to_sum(owner, x, axis_name, manual_context()):
         size *= jax.lax.psum(1, name)
     return size
+
+
+def split_axes(owner: str, x: Any, reduced: Any, axis_name: AxisName) -> tuple[str, ...]:
+    """Inside ``shard_map``: the mesh axes a reduction of ``x`` (kept as ``reduced``, a factor or accumulator
+    with one entry across the reduced axes) is split across, i.e. those ``x`` varies over and ``reduced``
+    does not; a ``psum``/``pmax`` over them completes it. ``axis_name`` is validated as every whole-array
+    reduction's is: a sharded ``x`` without it raises, and ``()`` asks for per-shard values."""
+    axis_size(owner, x, axis_name)
+    if not axis_name:
+        return ()
+    return tuple(a for a in axis_name if a in varying_axes(x) and a not in varying_axes(reduced))

@@ -40,7 +40,7 @@ from jaxopt_zoo.base import (
     safe_increment,
     zero_count,
 )
-from jaxopt_zoo.sharding import AxisName, axis_size, varying_axes
+from jaxopt_zoo.sharding import AxisName, axis_size, split_axes, varying_axes
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
 
 __all__ = [
@@ -51,16 +51,6 @@ __all__ = [
     "scale_by_factored_second_moment",
     "scale_by_param_block_rms",
 ]
-
-
-def _split_axes(owner: str, g: jax.Array, factor: jax.Array, axis_name: AxisName) -> tuple[str, ...]:
-    # Inside shard_map: the mesh axes a factor's reduced axis is split along, i.e. those the gradient
-    # varies over and the factor (one entry over that axis) does not. axis_size validates axis_name as
-    # every whole-array reduction does: a sharded gradient without it raises, () asks for shard values.
-    axis_size(owner, g, axis_name)
-    if not axis_name:
-        return ()
-    return tuple(a for a in axis_name if a in varying_axes(g) and a not in varying_axes(factor))
 
 
 def _mean(x: jax.Array, axis: int, split: tuple[str, ...], keepdims: bool = True) -> jax.Array:
@@ -174,7 +164,7 @@ def scale_by_factored_second_moment(
         g2 = tree.abs_sq(g)
         if jnp.ndim(g) >= 2:
             w = count.astype(jnp.promote_types(r.dtype, jnp.float32)) ** beta2_decay
-            split_columns, split_rows = _split_axes(owner, g, r, axis_name), _split_axes(owner, g, c, axis_name)
+            split_columns, split_rows = split_axes(owner, g, r, axis_name), split_axes(owner, g, c, axis_name)
             if set(split_columns) & set(split_rows):
                 raise ValueError(
                     f"{owner}: inside shard_map, a gradient of local shape {g.shape} varies over mesh axes "
@@ -462,7 +452,7 @@ def scale_by_factored_rms(
             v = (decay * v + (1.0 - decay) * g2).astype(v.dtype)
             return _Leaf(g * v**-0.5, r, c, v)
         second, largest = axes
-        split_largest, split_second = _split_axes(owner, g, r, axis_name), _split_axes(owner, g, c, axis_name)
+        split_largest, split_second = split_axes(owner, g, r, axis_name), split_axes(owner, g, c, axis_name)
         r = (decay * r + (1.0 - decay) * _mean(g2, largest, split_largest, keepdims=False)).astype(r.dtype)
         c = (decay * c + (1.0 - decay) * _mean(g2, second, split_second, keepdims=False)).astype(c.dtype)
         second_in_r = second - 1 if second > largest else second

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import GradientTransformation, Updates, expects_state
-from jaxopt_zoo.sharding import AxisName, axis_size, varying_axes
+from jaxopt_zoo.sharding import AxisName, split_axes
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
 
 __all__ = ["ScaleBySM3State", "scale_by_sm3"]
@@ -30,16 +30,6 @@ __all__ = ["ScaleBySM3State", "scale_by_sm3"]
 
 def _other_axes(axis: int, ndim: int) -> tuple[int, ...]:
     return tuple(a for a in range(ndim) if a != axis)
-
-
-def _split_axes(owner: str, g: jax.Array, accumulator: jax.Array, axis_name: AxisName) -> tuple[str, ...]:
-    # Inside shard_map: the mesh axes the slices of an accumulator are split across, i.e. those the gradient
-    # varies over and the accumulator does not. axis_size validates axis_name as every whole-array
-    # reduction does: a sharded gradient without it raises, () asks for shard values.
-    axis_size(owner, g, axis_name)
-    if not axis_name:
-        return ()
-    return tuple(a for a in axis_name if a in varying_axes(g) and a not in varying_axes(accumulator))
 
 
 def _along(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
@@ -153,7 +143,7 @@ def scale_by_sm3(
             return [v]
         maxima = []
         for a, m in enumerate(mu):
-            split = _split_axes(owner, g, m, axis_name)  # the mesh axes this slice is split across
+            split = split_axes(owner, g, m, axis_name)  # the mesh axes this slice is split across
             local = jnp.max(v, axis=_other_axes(a, jnp.ndim(g)))
             maxima.append(jax.lax.pmax(local, split) if split else local)
         return maxima
