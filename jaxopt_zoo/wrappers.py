@@ -43,6 +43,36 @@ def _takes_numbers(parameter: inspect.Parameter) -> bool:
     return isinstance(default, (int, float)) and not isinstance(default, bool)
 
 
+def _split_hyperparameters(
+    signature: inspect.Signature, static: set[str], arguments: dict[str, Any], *, stateful: bool
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``(schedules, numeric, other)``: the factory's arguments that are scheduled, injected as numbers, or static.
+
+    Flags, unset options, classes (``jnp.bfloat16`` is callable, not a schedule), masks, storages and label
+    functions stay static; a callable is a schedule only for an argument that takes numbers. With
+    ``stateful``, stateful schedules are kept as they are and plain ones wrapped in :class:`WrappedSchedule`.
+    """
+    schedules, numeric, other = {}, {}, {}
+    for name, value in arguments.items():
+        if name in static or isinstance(value, (bool, np.bool_, type)) or value is None:
+            other[name] = value
+        elif stateful and _is_stateful_schedule(value):
+            schedules[name] = value
+        elif isinstance(value, (int, float, np.ndarray, np.generic, jax.Array)):
+            numeric[name] = value
+        elif callable(value) and _takes_numbers(signature.parameters[name]):
+            schedules[name] = WrappedSchedule(value) if stateful else value
+        else:
+            other[name] = value
+    return schedules, numeric, other
+
+
+def _state_array(value: Any, dtype: Any) -> jax.Array:
+    # A copy: the state must not alias the caller's array (donation would delete it).
+    value = jnp.array(value, copy=True)
+    return value.astype(dtype) if jnp.issubdtype(value.dtype, jnp.floating) else value
+
+
 def inject_hyperparams(
     inner_factory: Callable[..., GradientTransformation],
     static_args: str | Iterable[str] = (),
@@ -91,27 +121,13 @@ def inject_hyperparams(
     def build(*args, **kwargs) -> GradientTransformation:
         arguments = signature.bind(*args, **kwargs)
         arguments.apply_defaults()
-        schedules, numeric, other = {}, {}, {}
-        for name, value in arguments.arguments.items():
-            if name in static or isinstance(value, (bool, np.bool_, type)) or value is None:
-                other[name] = value  # flags, unset options and classes (jnp.bfloat16 is callable, not a schedule)
-            elif isinstance(value, (int, float, np.ndarray, np.generic, jax.Array)):
-                numeric[name] = value
-            elif callable(value) and _takes_numbers(signature.parameters[name]):
-                schedules[name] = value
-            else:
-                other[name] = value  # masks, storages, label functions: static
+        schedules, numeric, other = _split_hyperparameters(signature, static, arguments.arguments, stateful=False)
         # Bad hyperparameters fail here, not at init; schedules are checked by their first value.
         inner_factory(**other, **numeric, **{k: f(zero_count()) for k, f in schedules.items()})
 
-        def as_array(value, dtype):
-            # A copy: the state must not alias the caller's array (donation would delete it).
-            value = jnp.array(value, copy=True)
-            return value.astype(dtype) if jnp.issubdtype(value.dtype, jnp.floating) else value
-
         def current(hyperparams, count, dtype):
-            values = {k: as_array(v, dtype) for k, v in hyperparams.items() if k not in schedules}
-            values.update({k: as_array(f(count), dtype) for k, f in schedules.items()})
+            values = {k: _state_array(v, dtype) for k, v in hyperparams.items() if k not in schedules}
+            values.update({k: _state_array(f(count), dtype) for k, f in schedules.items()})
             return values
 
         def init(params):
@@ -543,39 +559,24 @@ def inject_stateful_hyperparams(
     def build(*args, **kwargs) -> GradientTransformation:
         arguments = signature.bind(*args, **kwargs)
         arguments.apply_defaults()
-        schedules, numeric, other = {}, {}, {}
-        for name, value in arguments.arguments.items():
-            if name in static or isinstance(value, (bool, np.bool_, type)) or value is None:
-                other[name] = value
-            elif _is_stateful_schedule(value):
-                schedules[name] = value
-            elif isinstance(value, (int, float, np.ndarray, np.generic, jax.Array)):
-                numeric[name] = value
-            elif callable(value) and _takes_numbers(signature.parameters[name]):
-                schedules[name] = WrappedSchedule(value)
-            else:
-                other[name] = value
+        schedules, numeric, other = _split_hyperparameters(signature, static, arguments.arguments, stateful=True)
         # Bad hyperparameters fail here; schedules are checked by their first value.
         inner_factory(**other, **numeric, **{k: s(s.init()) for k, s in schedules.items()})
-
-        def as_array(value, dtype):
-            value = jnp.array(value, copy=True)  # never alias the caller's array (donation would delete it)
-            return value.astype(dtype) if jnp.issubdtype(value.dtype, jnp.floating) else value
 
         def init(params):
             dtype = _hyperparam_dtype(params, hyperparam_dtype)
             states = {k: s.init() for k, s in schedules.items()}
-            hyperparams = {k: as_array(v, dtype) for k, v in numeric.items()}
-            hyperparams.update({k: as_array(s(states[k]), dtype) for k, s in schedules.items()})
+            hyperparams = {k: _state_array(v, dtype) for k, v in numeric.items()}
+            hyperparams.update({k: _state_array(s(states[k]), dtype) for k, s in schedules.items()})
             inner_state = inner_factory(**other, **hyperparams).init(params)
             return InjectStatefulHyperparamsState(zero_count(), hyperparams, states, inner_state)
 
         def update(updates, state, params=None, **extra_args):
             check_state(owner, state, InjectStatefulHyperparamsState)
             dtype = _hyperparam_dtype(state.hyperparams, hyperparam_dtype)
-            hyperparams = {k: as_array(v, dtype) for k, v in state.hyperparams.items() if k not in schedules}
+            hyperparams = {k: _state_array(v, dtype) for k, v in state.hyperparams.items() if k not in schedules}
             hyperparams.update(
-                {k: as_array(s(state.hyperparams_states[k], **extra_args), dtype) for k, s in schedules.items()}
+                {k: _state_array(s(state.hyperparams_states[k], **extra_args), dtype) for k, s in schedules.items()}
             )
             states = {k: s.update(state.hyperparams_states[k], **extra_args) for k, s in schedules.items()}
             inner = as_transformation(owner, inner_factory(**other, **hyperparams))
