@@ -26,7 +26,13 @@ from tests.conftest import (
     run_ours,
     run_reference,
 )
-from tests.test_optimizers import assert_updates_close, check_eight_bit_state, eight_bit_params, summed_updates
+from tests.test_optimizers import (
+    assert_eight_bit_state_tracks_full_precision,
+    assert_updates_close,
+    check_eight_bit_state,
+    eight_bit_params,
+    summed_updates,
+)
 
 STEPS = 20
 Q8 = jz.Blockwise8Bit()
@@ -279,16 +285,7 @@ EIGHT_BIT_COUNTS = (1, 0)  # (int8, uint8) leaves per quantized param: the signe
 
 
 def test_eight_bit_state():
-    factory, counts = stored_ogd, EIGHT_BIT_COUNTS
-    params = eight_bit_params()
-    tx = factory(Q8)
-    check_eight_bit_state(tx.init(params), counts)
-    ours, state = summed_updates(tx, params)
-    check_eight_bit_state(state, counts)
-    expected, full_state = summed_updates(factory(None), params)
-    assert_updates_close(ours, expected, rtol=0.05)
-    np.testing.assert_array_equal(ours["b"], expected["b"])  # "b" keeps full-precision state
-    assert jz.storage.state_bytes(state) < 0.3 * jz.storage.state_bytes(full_state)
+    assert_eight_bit_state_tracks_full_precision(stored_ogd(Q8), stored_ogd(None), EIGHT_BIT_COUNTS)
 
 
 def test_distance_over_gradients_keeps_its_initial_params_in_eight_bits():

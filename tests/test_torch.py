@@ -260,19 +260,11 @@ EIGHT_BIT = {
 
 @pytest.mark.parametrize("name", list(EIGHT_BIT))
 def test_eight_bit_state(name):
-    from tests.test_optimizers import assert_updates_close, check_eight_bit_state, eight_bit_params, summed_updates
+    from tests.test_optimizers import assert_eight_bit_state_tracks_full_precision
 
     function, options, storage, counts = EIGHT_BIT[name]
     function = getattr(jz.torch, function)
-    params = eight_bit_params()
-    tx = function(**options, **storage)
-    check_eight_bit_state(tx.init(params), counts)
-    ours, state = summed_updates(tx, params)
-    check_eight_bit_state(state, counts)
-    expected, full_state = summed_updates(function(**options), params)
-    assert_updates_close(ours, expected, rtol=0.05)
-    np.testing.assert_allclose(ours["b"], expected["b"], rtol=1e-6)  # "b" keeps full-precision state
-    assert jz.storage.state_bytes(state) < 0.3 * jz.storage.state_bytes(full_state)
+    assert_eight_bit_state_tracks_full_precision(function(**options, **storage), function(**options), counts, b_rtol=1e-6)
 
 
 def test_eight_bit_state_of_complex_params_quantizes_real_and_imaginary_parts():
