@@ -38,7 +38,7 @@ from flax import nnx
 
 import jaxopt_zoo as jz
 from report import machine_header, number, table
-from seed_optimizers import SLOW_ON_CPU, SeedOptimizer, select
+from seed_optimizers import SLOW_ON_CPU, ExtraArgs, SeedOptimizer, select
 from muon import newton_schulz_section
 
 MIB = 2**20
@@ -144,19 +144,20 @@ def thousands(n: int) -> str:
 # ---------------------------------------------------------------------------- steps
 
 
-def make_step(tx: Any, apply_updates: Callable[[Any, Any], Any]) -> Callable:
+def make_step(tx: Any, apply_updates: Callable[[Any, Any], Any], extra_args: ExtraArgs | None = None) -> Callable:
     """The training step minus the gradient: what an optimizer costs per iteration."""
 
     def step(params, state, grads):
-        updates, state = tx.update(grads, state, params)
+        keywords = {} if extra_args is None else extra_args(params, grads)
+        updates, state = tx.update(grads, state, params, **keywords)
         return apply_updates(params, updates), state
 
     return step
 
 
-def jitted_step(tx: Any, apply_updates: Callable[[Any, Any], Any]) -> Callable:
+def jitted_step(tx: Any, apply_updates: Callable[[Any, Any], Any], extra_args: ExtraArgs | None = None) -> Callable:
     # Donating params and state lets XLA update them in place, as a real training loop does.
-    return jax.jit(make_step(tx, apply_updates), donate_argnums=(0, 1))
+    return jax.jit(make_step(tx, apply_updates, extra_args), donate_argnums=(0, 1))
 
 
 @dataclasses.dataclass
@@ -182,10 +183,11 @@ class Contender:
         return elapsed / steps
 
 
-def contender(tx: Any, apply_updates: Callable, params: Any, grads: Any) -> Contender:
+def contender(tx: Any, apply_updates: Callable, params: Any, grads: Any, extra_args: ExtraArgs | None = None) -> Contender:
     params = jax.tree.map(jnp.copy, params)  # its own buffers: the step donates them
-    state = tx.init(params)
-    compiled = jitted_step(tx, apply_updates).lower(params, state, grads).compile()
+    # Copied too: Optax's lbfgs init hands out one zeros array for two state leaves, which cannot be donated twice.
+    state = jax.tree.map(jnp.copy, tx.init(params))
+    compiled = jitted_step(tx, apply_updates, extra_args).lower(params, state, grads).compile()
     return Contender(compiled, compiled.memory_analysis(), params, state, tree_bytes(state))
 
 
@@ -207,8 +209,8 @@ class StepResult:
 def time_pair(name: str, pair: SeedOptimizer, tree: str, params: Any, grads: Any, sizes: Sizes) -> StepResult:
     lr = pair.learning_rate
     runs = [
-        contender(pair.ours(lr), jz.apply_updates, params, grads),
-        contender(pair.optax(lr), optax.apply_updates, params, grads),
+        contender(pair.ours(lr), jz.apply_updates, params, grads, pair.extra_args),
+        contender(pair.optax(lr), optax.apply_updates, params, grads, pair.extra_args),
     ]
     for c in runs:  # first execution: allocations and thread pools, not the optimizer
         c.run(grads, 1)
@@ -259,13 +261,13 @@ class CompileResult:
     compile: tuple[list[float], list[float]]  # seconds of XLA compilation
 
 
-def compile_once(tx: Any, apply_updates: Callable, shapes: Any) -> tuple[float, float]:
+def compile_once(tx: Any, apply_updates: Callable, shapes: Any, extra_args: ExtraArgs | None = None) -> tuple[float, float]:
     """Seconds to trace+lower and to compile the step, from cold caches."""
     jax.clear_caches()  # else the second library would reuse jitted helpers (norms, casts) the first traced
     gc.collect()
     state_shapes = jax.eval_shape(tx.init, shapes)
     start = time.perf_counter()
-    lowered = jitted_step(tx, apply_updates).lower(shapes, state_shapes, shapes)
+    lowered = jitted_step(tx, apply_updates, extra_args).lower(shapes, state_shapes, shapes)
     lowered_at = time.perf_counter()
     lowered.compile()
     return lowered_at - start, time.perf_counter() - lowered_at
@@ -278,7 +280,7 @@ def time_compilation(name: str, pair: SeedOptimizer, shapes: Any, repeats: int) 
     for _ in range(repeats):
         for i, (make, apply_updates) in enumerate(libraries):
             # A fresh optimizer each time: nothing of the previous compilation can be reused.
-            seconds_lower, seconds_compile = compile_once(make(pair.learning_rate), apply_updates, shapes)
+            seconds_lower, seconds_compile = compile_once(make(pair.learning_rate), apply_updates, shapes, pair.extra_args)
             lower[i].append(seconds_lower)
             compile_[i].append(seconds_compile)
     return CompileResult(name, lower, compile_)
@@ -434,8 +436,8 @@ def step_sections(report: Report, optimizers: dict[str, SeedOptimizer], sizes: S
 def compile_section(report: Report, optimizers: dict[str, SeedOptimizer], sizes: Sizes, shapes: Any, tree: str) -> None:
     first = next(iter(optimizers.values()))
     # Discarded compilations: first-use costs (MLIR context, lazy imports) then hit neither side's numbers.
-    compile_once(first.ours(first.learning_rate), jz.apply_updates, shapes)
-    compile_once(first.optax(first.learning_rate), optax.apply_updates, shapes)
+    compile_once(first.ours(first.learning_rate), jz.apply_updates, shapes, first.extra_args)
+    compile_once(first.optax(first.learning_rate), optax.apply_updates, shapes, first.extra_args)
     results = []
     for name, pair in optimizers.items():
         progress(f"compile time: {name}")

@@ -15,12 +15,34 @@ import optax
 import jaxopt_zoo as jz
 
 MakeOptimizer = Callable[[Any], Any]  # learning rate -> GradientTransformation (ours or Optax's)
+ExtraArgs = Callable[[Any, Any], dict[str, Any]]  # (params, grads) -> the update's keyword arguments
 
 
 class SeedOptimizer(NamedTuple):
     ours: MakeOptimizer
     optax: MakeOptimizer
     learning_rate: float  # a typical rate, for benchmarks where only the cost of a step matters
+    # For the rules that read the loss (Polyak's step, line searches): the same keywords go to both libraries.
+    # The loss is half the squared norm of the params (its gradient is the params), so the cost of evaluating it
+    # is the same for both; convergence.py, whose loops pass no keywords, leaves these optimizers out.
+    extra_args: ExtraArgs | None = None
+
+
+def half_squared_norm(params: Any) -> jax.Array:
+    return 0.5 * sum(jax.numpy.vdot(p, p) for p in jax.tree.leaves(params))
+
+
+def loss_value(params: Any, grads: Any) -> dict[str, Any]:
+    return {"value": half_squared_norm(params)}
+
+
+def loss_value_grad_and_fn(params: Any, grads: Any) -> dict[str, Any]:
+    return {"value": half_squared_norm(params), "grad": grads, "value_fn": half_squared_norm}
+
+
+def loss_value_and_objective(params: Any, grads: Any) -> dict[str, Any]:
+    """MoMo reads ``value``, Sophia's Hutchinson estimator differentiates ``obj_fn`` (each ignores the other)."""
+    return {"value": half_squared_norm(params), "obj_fn": half_squared_norm}
 
 
 SEED_OPTIMIZERS: dict[str, SeedOptimizer] = {
@@ -64,6 +86,8 @@ SEED_OPTIMIZERS: dict[str, SeedOptimizer] = {
         lambda lr: optax.contrib.muon(lr, weight_decay=0.1),
         2e-2,
     ),
+    # optax.contrib.muon's own rule (Muon on matrices, NAdamW on the rest): the twin in cost and in numbers.
+    "muon": SeedOptimizer(jz.muon, optax.contrib.muon, 2e-2),
     # The sign methods: the same rules as Optax's, so twins in cost and in numbers.
     "sign_sgd": SeedOptimizer(jz.sign_sgd, optax.sign_sgd, 1e-3),
     "signum": SeedOptimizer(jz.signum, optax.signum, 1e-3),
@@ -86,12 +110,57 @@ SEED_OPTIMIZERS: dict[str, SeedOptimizer] = {
     "optimistic_adam_v2": SeedOptimizer(jz.optimistic_adam_v2, optax.optimistic_adam_v2, 1e-3),
     # Optax's rprop (one step late, as Optax computes it): the twin in cost and in numbers.
     "rprop": SeedOptimizer(jz.rprop, optax.rprop, 1e-2),
+    # optax.contrib's Adam family: the same rules as Optax's, twins in cost and in numbers, except ACProp, whose
+    # second moment Optax centres on the previous mean (the same work per step; see jz.scale_by_acprop).
+    "adopt": SeedOptimizer(jz.optimizers.adam_relatives.adopt, optax.contrib.adopt, 1e-3),
+    "ademamix": SeedOptimizer(jz.ademamix, optax.contrib.ademamix, 1e-3),
+    "simplified_ademamix": SeedOptimizer(jz.simplified_ademamix, optax.contrib.simplified_ademamix, 1e-4),
+    "acprop": SeedOptimizer(jz.optimizers.adam_relatives.acprop, optax.contrib.acprop, 1e-3),
+    "madgrad": SeedOptimizer(jz.madgrad, optax.contrib.madgrad, 1e-2),
+    # SAM (transparent mode: every other call is the ascent step), SGD outside, normalised SGD as the adversary:
+    # optax.contrib.sam's recipe, twins in cost and numbers. (dpsgd needs per-example gradients: not in this harness.)
+    "sam": SeedOptimizer(
+        lambda lr: jz.sam(jz.sgd(lr), jz.chain(jz.normalize(), jz.sgd(0.05))),
+        lambda lr: optax.contrib.sam(optax.sgd(lr), optax.chain(optax.contrib.normalize(), optax.sgd(0.05))),
+        1e-2,
+    ),
+    # Optax's sm3 raises on scalar params; the benchmark trees have none.
+    "sm3": SeedOptimizer(jz.sm3, optax.sm3, 1e-2),
+    "polyak_sgd": SeedOptimizer(lambda lr: jz.polyak_sgd(lr), lambda lr: optax.polyak_sgd(lr), 1.0, loss_value),
+    # L-BFGS with its zoom line search: value_fn is evaluated inside the search, the same number of times in both.
+    "lbfgs": SeedOptimizer(jz.lbfgs, optax.lbfgs, 1.0, loss_value_grad_and_fn),
+    # GaLore (rank 128, Adam in the projected space, an SVD refresh every 200 steps): Optax's contrib rule,
+    # twins in cost and in numbers.
+    "galore": SeedOptimizer(jz.galore, optax.contrib.galore, 1e-3),
+    # Schedule-Free AdamW: the same recipe as optax.contrib's (z beside Adam's second moment), twins in cost and numbers.
+    "schedule_free_adamw": SeedOptimizer(jz.schedule_free_adamw, optax.contrib.schedule_free_adamw, 2.5e-3),
+    "schedule_free_sgd": SeedOptimizer(jz.schedule_free_sgd, optax.contrib.schedule_free_sgd, 1e-2),
+    # D-adaptation: Optax's contrib rules, twins in cost and in numbers (the rate is a multiplier of the estimate d).
+    "prodigy": SeedOptimizer(jz.prodigy, optax.contrib.prodigy, 1.0),
+    "dadapt_adamw": SeedOptimizer(jz.dadapt_adamw, optax.contrib.dadapt_adamw, 1.0),
+    # Parameter-free rules (optax.contrib): the rate is a multiplier of the learned step; twins in cost and numbers.
+    "dog": SeedOptimizer(jz.dog, optax.contrib.dog, 1.0),
+    "dowg": SeedOptimizer(jz.dowg, optax.contrib.dowg, 1.0),
+    "cocob": SeedOptimizer(jz.cocob, optax.contrib.cocob, 1.0),
+    # Mechanic learns the scale of Adam's updates, whose own rate is then 1 (Mechanic's advice); both keep x0
+    # beside Adam's moments.
+    "mechanize_adam": SeedOptimizer(
+        lambda lr: jz.mechanize(jz.adam(lr)), lambda lr: optax.contrib.mechanize(optax.adam(lr)), 1.0
+    ),
+    # MoMo (optax.contrib): the loss value at each step; twins in cost and numbers (weight decay 0: with decay
+    # Optax's step differs, see jz.momo). Sophia: a Hessian-vector product every update_interval (10) steps.
+    "momo": SeedOptimizer(jz.momo, optax.contrib.momo, 1.0, loss_value_and_objective),
+    "momo_adam": SeedOptimizer(jz.momo_adam, optax.contrib.momo_adam, 1e-2, loss_value_and_objective),
+    "sophia": SeedOptimizer(jz.sophia, optax.contrib.sophia, 1e-3, loss_value_and_objective),
 }
 
 
 # Left out of run.py's full CPU run unless named in --optimizers: Newton-Schulz on its 4096 x 4096 leaf is
 # ~2 TFLOP a step, about 70 s on a 2-core CPU (the `muon` part times it at smaller sizes).
 SLOW_ON_CPU = {"torch.muon"}
+# GaLore's first step (an SVD refresh) takes the SVD of that 4096 x 4096 leaf, tens of seconds on such a CPU.
+SLOW_ON_CPU |= {"galore"}
+SLOW_ON_CPU |= {"muon"}  # the same Newton-Schulz work as torch.muon
 
 
 def select(names: str | None) -> dict[str, SeedOptimizer]:

@@ -51,6 +51,7 @@ from jaxopt_zoo.combine import (
     partition,
     selective_transform,
     split_real_and_imaginary,
+    SplitRealAndImaginaryState,
     tree_map_params,
     with_extra_args_support,
 )
@@ -83,6 +84,7 @@ from jaxopt_zoo.monitoring import *  # noqa: F403
 from jaxopt_zoo.optimizers import *  # noqa: F403  (every Optax-compatible alias)
 from jaxopt_zoo.schedules import *  # noqa: F403  (the names listed in schedules.__all__)
 from jaxopt_zoo.transforms import *  # noqa: F403  (the names listed in transforms.__all__)
+from jaxopt_zoo import contrib  # noqa: E402  (optax.contrib's names, gathered from the flat namespace above)
 
 __version__ = "0.1.0"
 
@@ -153,6 +155,7 @@ __all__ = [
     "safe_increment",
     "set_to_zero",
     "split_real_and_imaginary",
+    "SplitRealAndImaginaryState",
     "stateless",
     *conditional.__all__,
     *linalg.__all__,

@@ -279,23 +279,16 @@ def _merge_complex(x: Any) -> Any:
     return jax.lax.complex(x.real, x.imaginary) if isinstance(x, RealImaginaryPair) else x
 
 
-def split_real_and_imaginary(inner: GradientTransformation) -> GradientTransformation:
-    """Apply ``inner`` to each complex leaf's real and imaginary parts as two real leaves.
+class SplitRealAndImaginaryState(NamedTuple):
+    """The state of :func:`split_real_and_imaginary`: the inner transformation's, wrapped as Optax wraps it."""
 
-    :math:`u = f(\\Re g) + i \\, f(\\Im g)` leaf-wise for elementwise rules: a
-    second moment becomes :math:`(\\Re g)^2` and :math:`(\\Im g)^2` kept apart,
-    as ``torch.optim`` treats complex parameters (``view_as_real``), instead of
-    :math:`|g|^2`. Real leaves pass to ``inner`` unchanged, so for real params
-    the state is exactly ``inner``'s. Optax has the same wrapper in ``optax.contrib``
-    (with its state wrapped in one more NamedTuple).
+    inner_state: Any
 
-    Example:
-        >>> import jax.numpy as jnp, jaxopt_zoo as jz
-        >>> tx = jz.split_real_and_imaginary(jz.adam(1e-3))
-        >>> params = jnp.ones(2, jnp.complex64)
-        >>> updates, state = tx.update(jnp.array([1 + 0j, 0 + 1j]), tx.init(params), params)
-        >>> updates.dtype
-        dtype('complex64')
+
+def as_real_pairs(inner: GradientTransformation) -> GradientTransformation:
+    """:func:`split_real_and_imaginary` with ``inner``'s state as it is, unwrapped.
+
+    ``jaxopt_zoo.torch``'s recipes use it, so that their states keep PyTorch's layout.
     """
     inner = as_transformation("split_real_and_imaginary", inner)
 
@@ -308,6 +301,33 @@ def split_real_and_imaginary(inner: GradientTransformation) -> GradientTransform
         return jax.tree.map(_merge_complex, new, is_leaf=lambda x: isinstance(x, RealImaginaryPair)), state
 
     return GradientTransformation(init, update)
+
+
+def split_real_and_imaginary(inner: GradientTransformation) -> GradientTransformation:
+    """Apply ``inner`` to each complex leaf's real and imaginary parts as two real leaves.
+
+    :math:`u = f(\\Re g) + i \\, f(\\Im g)` leaf-wise for elementwise rules: a
+    second moment becomes :math:`(\\Re g)^2` and :math:`(\\Im g)^2` kept apart,
+    as ``torch.optim`` treats complex parameters (``view_as_real``), instead of
+    :math:`|g|^2`. Real leaves pass to ``inner`` unchanged. Same numbers and state
+    as ``optax.contrib.split_real_and_imaginary``: ``inner``'s state wrapped in
+    :class:`SplitRealAndImaginaryState`.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxopt_zoo as jz
+        >>> tx = jz.split_real_and_imaginary(jz.adam(1e-3))
+        >>> params = jnp.ones(2, jnp.complex64)
+        >>> updates, state = tx.update(jnp.array([1 + 0j, 0 + 1j]), tx.init(params), params)
+        >>> updates.dtype
+        dtype('complex64')
+    """
+    pairs = as_real_pairs(inner)
+
+    def update(updates, state, params=None, **extra_args):
+        updates, inner_state = pairs.update(updates, state.inner_state, params, **extra_args)
+        return updates, SplitRealAndImaginaryState(inner_state)
+
+    return GradientTransformation(lambda params: SplitRealAndImaginaryState(pairs.init(params)), update)
 
 
 def with_extra_args_support(tx: GradientTransformation) -> GradientTransformation:

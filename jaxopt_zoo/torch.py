@@ -58,7 +58,7 @@ import jax.numpy as jnp
 
 from jaxopt_zoo import validation
 from jaxopt_zoo.base import GradientTransformation, ScalarOrSchedule
-from jaxopt_zoo.combine import chain, split_real_and_imaginary
+from jaxopt_zoo.combine import as_real_pairs, chain
 from jaxopt_zoo.storage import StateDtype
 from jaxopt_zoo.transforms import (
     add_decayed_weights,
@@ -78,7 +78,7 @@ from jaxopt_zoo.transforms.adam_variants import scale_by_adamax, scale_by_radam,
 from jaxopt_zoo.transforms.averaging import average_iterates, scale_by_asgd
 from jaxopt_zoo.transforms.factored import relative_step_size, scale_by_factored_second_moment, scale_by_param_block_rms
 from jaxopt_zoo.transforms.lbfgs import torch_lbfgs
-from jaxopt_zoo.transforms.orthogonal import NS_COEFFICIENTS, check_options, require_matrices, scale_by_muon
+from jaxopt_zoo.transforms.orthogonal import NS_COEFFICIENTS, TORCH_LAYOUT, check_options, require_matrices, scale_by_muon
 from jaxopt_zoo.transforms.rprop import check_options as _check_rprop_options, scale_by_resilient_step
 
 __all__ = [
@@ -97,7 +97,7 @@ def _frame(owner: str, maximize: bool, weight_decay: Number, *steps: GradientTra
     prologue = [scale(-1.0)] if maximize else []
     if not validation.is_literal_zero(weight_decay):
         prologue.append(add_decayed_weights(weight_decay))
-    return split_real_and_imaginary(chain(*prologue, *steps))
+    return as_real_pairs(chain(*prologue, *steps))
 
 
 def _recipe(
@@ -448,9 +448,12 @@ def muon(
     with :math:`\\mathrm{NS}` ``ns_steps`` Newton–Schulz steps (:func:`~jaxopt_zoo.newton_schulz`) and
     the shape factor :math:`s = \\sqrt{\\max(1, m/n)}` for an :math:`m \\times n` weight (``adjust_lr_fn``
     None or ``"original"``) or :math:`0.2 \\sqrt{\\max(m, n)}` (``"match_rms_adamw"``). The decay
-    uses the plain :math:`\\gamma`. Recipe: ``chain(scale_by_muon(momentum, nesterov, ns_coefficients,
-    eps, ns_steps, adjust_lr_fn, ns_dtype=ns_dtype, mu_dtype=mu_dtype), add_decayed_weights(weight_decay),
-    scale_by_learning_rate(lr))``.
+    uses the plain :math:`\\gamma`. Recipe: Optax's transformation with PyTorch's options,
+    ``chain(scale_by_muon(ns_coefficients, ns_steps, momentum, eps, mu_dtype, nesterov=nesterov,
+    weight_dimension_numbers=MuonDimensionNumbers(1, 0), bias_correction=False, eps_floor=True,
+    shape_scale="width" (or 0.2 for "match_rms_adamw"), ns_dtype=ns_dtype), add_decayed_weights(weight_decay),
+    scale_by_learning_rate(lr))`` (PyTorch's weights are (out, in): fan-in is axis 1). The state's
+    ``mu`` is PyTorch's ``momentum_buffer`` (also readable under that name).
 
     ``init`` raises, naming the leaf's path and shape, for a parameter that is
     not a real 2-D array, as PyTorch's constructor does; give the others another
@@ -465,7 +468,8 @@ def muon(
     the params' dtype; ``ns_dtype=jnp.bfloat16`` (an addition) does the same.
     ``ns_steps`` must be an integer in [0, 99] and ``eps >= 0``, checked here
     (PyTorch checks ``ns_steps < 100`` at the first step); with ``eps=0`` a zero
-    update stays 0 (PyTorch: NaN). ``mu_dtype`` (storage of the momentum
+    update stays 0 (PyTorch: NaN). The quintic's :math:`c A^2` is formed as :math:`(cA)A`
+    (Optax's grouping; PyTorch's ``addmm`` forms :math:`c(AA)`): equal up to rounding. ``mu_dtype`` (storage of the momentum
     buffer, see :mod:`jaxopt_zoo.storage`) is an addition. PyTorch's Muon has no
     ``maximize``, ``foreach`` or complex support, and neither has this.
 
@@ -492,10 +496,12 @@ def muon(
     owner = "torch.muon"
     validation.scalar_or_schedule(owner, "lr", lr)
     validation.non_negative(owner, "weight_decay", weight_decay)
-    check_options(owner, momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn, ns_dtype)
+    ns_steps = check_options(owner, momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn, ns_dtype)
     validation.state_dtypes(owner, mu_dtype=mu_dtype)
     orthogonalised = scale_by_muon(
-        momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn, ns_dtype=ns_dtype, mu_dtype=mu_dtype
+        ns_coefficients, ns_steps, momentum, eps, mu_dtype, nesterov=nesterov, weight_dimension_numbers=TORCH_LAYOUT,
+        bias_correction=False, eps_floor=True, shape_scale=0.2 if adjust_lr_fn == "match_rms_adamw" else "width",
+        ns_dtype=ns_dtype,
     )
     decay = [] if validation.is_literal_zero(weight_decay) else [add_decayed_weights(weight_decay)]
     tx = chain(orthogonalised, *decay, scale_by_learning_rate(lr))

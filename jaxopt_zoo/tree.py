@@ -34,6 +34,26 @@ def moment_dtype(dtype: jax.typing.DTypeLike) -> jnp.dtype:
     return dtype
 
 
+def scalar_dtype(params: Any) -> jnp.dtype:
+    """The dtype of an optimizer's whole-tree scalars (step-size estimates, weight sums, running losses).
+
+    float64 when every floating param is float64, float32 otherwise. Optax keeps such scalars in the params'
+    lowest dtype; in bfloat16 a running sum stops growing after ~256 equal terms and a decay of 0.9995 rounds
+    to 1, so here they never go below float32 (the same numbers as Optax's for float32 and float64 params).
+    """
+    floating = [d for d in (jnp.result_type(x) for x in jax.tree.leaves(params)) if jnp.issubdtype(d, jnp.floating)]
+    return jnp.dtype(jnp.float64 if floating and all(d == jnp.float64 for d in floating) else jnp.float32)
+
+
+def tree_vdot(xs: Any, ys: Any, axis_name: AxisName = None, owner: str = "tree_vdot") -> jax.Array:
+    """:math:`\\sum_i \\langle x_i, y_i \\rangle` over the leaves where ``xs`` is not ``None`` (conjugating ``x``),
+    at full precision, summed over the mesh axes ``axis_name`` inside ``shard_map``."""
+    pairs = zip(jax.tree.leaves(xs, is_leaf=is_none), jax.tree.leaves(ys, is_leaf=is_none))
+    dots = ((jnp.tensordot(jnp.conj(x), y, jnp.ndim(x), precision=jax.lax.Precision.HIGHEST), x) for x, y in pairs
+            if x is not None and y is not None)
+    return sum_over_shards(owner, dots, axis_name)
+
+
 def widen(x: jax.Array) -> jax.Array:
     """``x`` in :func:`moment_dtype` of its dtype (float16 becomes float32; anything else stays as it is)."""
     return x.astype(jnp.float32) if jnp.result_type(x) == jnp.float16 else x

@@ -1495,3 +1495,562 @@ def microbatched(fun, batch, microbatch_size, kind):
         result[m::n] = x
     return result
 
+
+# === muon (Optax contrib) ===
+
+
+def _muon_orthogonalize(m, coefficient_rows, preconditioning, eps):
+    """Newton-Schulz on one matrix (Jordan et al. 2024), on its wide orientation, after the preconditioning:
+    frobenius/spectral: X = M / (||M|| + eps); aol (Boissin et al. 2025): the first step's X and A = X X^T are
+    rescaled by D = diag(1 / sqrt(max(sum_j |A_ij|, eps))) as D X, D A D; schatten (Grishina et al. 2025): by
+    1 / sqrt(max(||A||_F, eps)). Each step: X <- a X + (b A + c A^2) X, A = X X^T."""
+    tall = m.shape[0] > m.shape[1]
+    x = m.T if tall else m
+    if preconditioning == "frobenius":
+        x = x / (np.linalg.norm(x) + eps)
+    elif preconditioning == "spectral":
+        x = x / (np.linalg.svd(x, compute_uv=False)[0] + eps)
+    for k, (a, b, c) in enumerate(coefficient_rows):
+        gram = x @ x.T
+        if k == 0 and preconditioning == "aol":
+            d = 1 / np.sqrt(np.maximum(np.abs(gram).sum(axis=1), eps))
+            x, gram = d[:, None] * x, d[:, None] * gram * d[None, :]
+        elif k == 0 and preconditioning == "schatten":
+            scale = 1 / np.sqrt(max(np.linalg.norm(gram), eps))
+            x, gram = scale * x, scale**2 * gram
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
+def muon(learning_rate, ns_coeffs=(3.4445, -4.775, 2.0315), ns_steps=5, beta=0.95, eps=1e-8, weight_decay=0.0,
+         nesterov=True, adaptive=False, preconditioning="frobenius", adam_b1=0.9, adam_b2=0.999, adam_eps_root=0.0,
+         adam_weight_decay=0.0, adam_learning_rate=None, consistent_rms=None, matrix_axes=None):
+    """Muon (Jordan et al. 2024) as Optax documents optax.contrib.muon, for one leaf.
+
+    A matrix (or, with matrix_axes = (reduction axes, output axes), a leaf of higher rank: a batch of
+    fan-in x fan-out matrices over the other axes) gets m = beta m + (1 - beta) g;
+    m_hat = beta m / (1 - beta^(t+1)) + (1 - beta) g / (1 - beta^t) (nesterov) or m / (1 - beta^t);
+    O = NS(m_hat) per matrix, times <m_hat, O> (summed over the leaf) if adaptive (Bernstein & Newhouse 2024);
+    p <- p - lr (s O + wd p), s = sqrt(max(1, fan_out / fan_in)) or consistent_rms sqrt(max(fan_in, fan_out))
+    (Liu et al. 2025). Other leaves: AdamW in its NAdam form when nesterov (reference adam above).
+    ns_coeffs: (a, b, c) for ns_steps steps, or rows (one per step).
+    """
+    rows = [ns_coeffs] * ns_steps if np.ndim(ns_coeffs) == 1 else list(ns_coeffs)[-ns_steps:]
+    adam_rule = adam(learning_rate if adam_learning_rate is None else adam_learning_rate, adam_b1, adam_b2, eps,
+                     adam_eps_root, nesterov, adam_weight_decay)
+
+    def axes_of(p):
+        if matrix_axes is None:
+            return ((0,), (1,)) if p.ndim == 2 else None
+        return matrix_axes if p.ndim > 2 else ((0,), (1,)) if p.ndim == 2 else None
+
+    def init(params):
+        return {"m": np.zeros_like(params)} if axes_of(params) else adam_rule.init(params)
+
+    def update(g, state, p, t):
+        axes = axes_of(p)
+        if axes is None:
+            return adam_rule.update(g, state, p, t)
+        m = beta * state["m"] + (1 - beta) * g
+        if nesterov:
+            m_hat = beta * m / (1 - beta ** (t + 1)) + (1 - beta) * g / (1 - beta**t)
+        else:
+            m_hat = m / (1 - beta**t)
+        reduction, output = axes
+        batch = [a for a in range(p.ndim) if a not in reduction + output]
+        order = batch + list(reduction) + list(output)
+        fan_in, fan_out = (int(np.prod([p.shape[a] for a in axes_])) for axes_ in (reduction, output))
+        stacked = m_hat.transpose(order).reshape(-1, fan_in, fan_out)
+        o = np.stack([_muon_orthogonalize(x, rows, preconditioning, eps) for x in stacked])
+        o = o.reshape([p.shape[a] for a in order]).transpose(np.argsort(order))
+        if adaptive:
+            o = np.sum(m_hat * o) * o
+        s = np.sqrt(max(1, fan_out / fan_in)) if consistent_rms is None else consistent_rms * np.sqrt(max(fan_in, fan_out))
+        return -schedule_value(learning_rate, t) * (s * o + weight_decay * p), {"m": m}
+
+    return Reference(init, update)
+
+
+# === schedule_free ===
+def schedule_free(learning_rate, b1=0.9, weight_lr_power=2.0, weight_decay=0.0, adam=False, b2=0.999, eps=1e-8,
+                  weight_rate=None):
+    """Schedule-Free SGD / AdamW (Defazio et al. 2024, Algorithm 1), keeping the sequences x and z themselves.
+
+    The params are y_t = (1 - b1) z_t + b1 x_t, where the gradient g_t is taken; with gamma_t the rate at step t,
+      SGD:   z_{t+1} = z_t - gamma_t (g_t + wd y_t)
+      AdamW: v_t = b2 v_{t-1} + (1 - b2) g_t^2,  z_{t+1} = z_t - gamma_t (g_t / (sqrt(v_t / (1 - b2^t)) + eps) + wd y_t)
+      c_{t+1} = w_t / sum_{i<=t} w_i,  w_t = (max_{i<=t} rho_i)^p,  x_{t+1} = (1 - c_{t+1}) x_t + c_{t+1} z_{t+1}.
+    The weights follow the authors' implementation (largest rate so far, to the power p; the paper's
+    Algorithm 1 is p = 2 without the max, and its bias correction sits in gamma_t). rho_t is the rate the
+    weights read: gamma_t unless ``weight_rate(t)`` says otherwise (Optax reads a schedule at t, one ahead).
+    """
+    weight_rate = weight_rate or (lambda t: schedule_value(learning_rate, t))
+
+    def init(params):
+        return {"x": params.copy(), "z": params.copy(), "v": np.zeros_like(params), "max_rate": 0.0, "weights": 0.0}
+
+    def update(g, state, y, t):
+        gamma = schedule_value(learning_rate, t)
+        if adam:
+            v = b2 * state["v"] + (1 - b2) * g**2
+            direction = g / (np.sqrt(v / (1 - b2**t)) + eps)
+        else:
+            v, direction = state["v"], g
+        z = state["z"] - gamma * (direction + weight_decay * y)
+        max_rate = max(state["max_rate"], weight_rate(t))
+        weights = state["weights"] + max_rate**weight_lr_power
+        c = max_rate**weight_lr_power / weights if weights > 0 else 0.0
+        x = (1 - c) * state["x"] + c * z
+        y_next = (1 - b1) * z + b1 * x
+        return y_next - y, {"x": x, "z": z, "v": v, "max_rate": max_rate, "weights": weights}
+
+    return Reference(init, update)
+
+
+
+# === adopt, ademamix, acprop, madgrad ===
+def adopt(learning_rate, b1=0.9, b2=0.9999, eps=1e-6, nesterov=False, use_clipping=True, clip_value=lambda k: k**0.25):
+    """Taniguchi et al. (2024), ADOPT with its clipping stabilisation: v_0 = g_0^2 and no step on the first call;
+    then x = clip(g_t / max(sqrt(v_{t-1}), eps), c) with c = clip_value(t - 1); m_t = b1 m + (1 - b1) x;
+    p <- p - lr m_t (Nesterov: p <- p - lr (b1 m_t + (1 - b1) x)); v_t = b2 v + (1 - b2) g_t^2."""
+
+    def init(params):
+        return {"m": np.zeros_like(params), "v": None}
+
+    def update(g, state, params, t):
+        if state["v"] is None:
+            return np.zeros_like(params), {"m": state["m"], "v": g * g}
+        x = g / np.maximum(np.sqrt(state["v"]), eps)
+        if use_clipping:
+            x = np.clip(x, -clip_value(t - 1), clip_value(t - 1))
+        m = b1 * state["m"] + (1 - b1) * x
+        direction = b1 * m + (1 - b1) * x if nesterov else m
+        v = b2 * state["v"] + (1 - b2) * g * g
+        return -schedule_value(learning_rate, t) * direction, {"m": m, "v": v}
+
+    return Reference(init, update)
+
+
+def ademamix(learning_rate, b1=0.9, b2=0.999, b3=0.9999, alpha=5.0, eps=1e-8, eps_root=0.0, weight_decay=0.0):
+    """Pagliardini et al. (2024), Algorithm 1: fast EMA m1 (bias-corrected), slow EMA m2 (not), Adam's nu;
+    b3 and alpha may be schedules of the 0-based step t - 1;
+    p <- p - lr ((m1_hat + alpha m2) / (sqrt(nu_hat + eps_root) + eps) + weight_decay p)."""
+
+    def init(params):
+        return {"m1": np.zeros_like(params), "m2": np.zeros_like(params), "nu": np.zeros_like(params)}
+
+    def update(g, state, params, t):
+        b3_t = schedule_value(b3, t)
+        alpha_t = schedule_value(alpha, t)
+        m1 = b1 * state["m1"] + (1 - b1) * g
+        m2 = b3_t * state["m2"] + (1 - b3_t) * g
+        nu = b2 * state["nu"] + (1 - b2) * g * g
+        m1_hat, nu_hat = m1 / (1 - b1**t), nu / (1 - b2**t)
+        direction = (m1_hat + alpha_t * m2) / (np.sqrt(nu_hat + eps_root) + eps) + weight_decay * params
+        return -schedule_value(learning_rate, t) * direction, {"m1": m1, "m2": m2, "nu": nu}
+
+    return Reference(init, update)
+
+
+def simplified_ademamix(learning_rate, b1=0.99, b2=0.95, alpha=0.0, eps=1e-8, eps_root=0.0, weight_decay=0.0):
+    """Morwani et al. (2025), simplified AdEMAMix: m_t = b1 m + g (no 1 - b1), n_t = b2 n + (1 - b2) g^2;
+    p <- p - lr ((m_t + alpha g) / (sqrt(n_t / (1 - b2^t) + eps_root) + eps) + weight_decay p)."""
+
+    def init(params):
+        return {"m": np.zeros_like(params), "n": np.zeros_like(params)}
+
+    def update(g, state, params, t):
+        m = b1 * state["m"] + g
+        n = b2 * state["n"] + (1 - b2) * g * g
+        alpha_t = schedule_value(alpha, t)
+        direction = (m + alpha_t * g) / (np.sqrt(n / (1 - b2**t) + eps_root) + eps) + weight_decay * params
+        return -schedule_value(learning_rate, t) * direction, {"m": m, "n": n}
+
+    return Reference(init, update)
+
+
+def acprop(learning_rate, b1=0.9, b2=0.999, eps=1e-16, eps_root=1e-16, weight_decay=0.0, center_on="current"):
+    """Zhuang et al. (2021), ACProp (the authors' code without rectification, Optax's first step):
+    m_t = b1 m + (1 - b1) g;  s_t = b2 s + (1 - b2) (g - m_t)^2 + eps_root;
+    p <- p - lr (g / (sqrt(s_{t-1} / (1 - b2^(t-1))) + eps) + weight_decay p), and g / (1 + eps) at t = 1.
+    ``center_on="previous"`` centres on m_{t-1} instead, as optax.contrib.scale_by_acprop's code does."""
+
+    def init(params):
+        return {"m": np.zeros_like(params), "s": np.zeros_like(params)}
+
+    def update(g, state, params, t):
+        m = b1 * state["m"] + (1 - b1) * g
+        center = state["m"] if center_on == "previous" else m
+        s = b2 * state["s"] + (1 - b2) * (g - center) ** 2 + eps_root
+        denominator = 1.0 if t == 1 else np.sqrt(state["s"] / (1 - b2 ** (t - 1)))
+        direction = g / (denominator + eps) + weight_decay * params
+        return -schedule_value(learning_rate, t) * direction, {"m": m, "s": s}
+
+    return Reference(init, update)
+
+
+def madgrad(learning_rate, momentum=0.9, eps=1e-6, weight_decay=0.0):
+    """Defazio & Jelassi (2021), Algorithm 1 (MADGRAD), with the authors' code's step size lr + eps and L2 decay:
+    g <- g + wd x;  lam_k = (lr_k + eps) sqrt(k + 1), k = t - 1;  s += lam g;  nu += lam g^2;
+    z = x_0 - s / (cbrt(nu) + eps);  x <- momentum x + (1 - momentum) z."""
+
+    def init(params):
+        return {"x0": params.copy(), "s": np.zeros_like(params), "nu": np.zeros_like(params)}
+
+    def update(g, state, params, t):
+        g = g + weight_decay * params
+        lam = (schedule_value(learning_rate, t) + eps) * np.sqrt(t)
+        s = state["s"] + lam * g
+        nu = state["nu"] + lam * g * g
+        z = state["x0"] - s / (np.cbrt(nu) + eps)
+        new = momentum * params + (1 - momentum) * z
+        return new - params, {"x0": state["x0"], "s": s, "nu": nu}
+
+    return Reference(init, update)
+
+
+
+# === prodigy, dadapt_adamw ===
+# D-adaptation estimates one step size for the whole tree, so these references act on a LIST of arrays (the
+# tree's leaves): update(grads, state, params, t) takes and returns lists (tests/test_d_adaptation.py runs them).
+
+
+def _d_adapted_rate(learning_rate, d, t, b1, b2):
+    """lambda_t = d_t alpha_t sqrt(1 - b2^t) / (1 - b1^t): the implementations' bias-corrected step size."""
+    return d * schedule_value(learning_rate, t) * np.sqrt(1 - b2**t) / (1 - b1**t)
+
+
+def prodigy(learning_rate=1.0, betas=(0.9, 0.999), beta3=None, eps=1e-8, estim_lr0=1e-6, estim_lr_coef=1.0,
+            weight_decay=0.0, safeguard_warmup=False):
+    """Mishchenko & Defazio (2023), Algorithm 4 (Prodigy, Adam version), over a list of arrays, with the
+    reference implementation's bias correction in lambda_t, eps times d_{t+1}, estim_lr_coef c, safeguard_warmup
+    (omega_t = d_t instead of lambda_t in s) and decoupled weight decay w:
+
+    m = b1 m + (1 - b1) d g;  v = b2 v + (1 - b2) d^2 g^2;  r = b3 r + (1 - b3) d lambda <g, x0 - x>;
+    s = b3 s + (1 - b3) d omega g;  d' = max(d, c r / |s|_1) (d while |s|_1 = 0);
+    x <- x - lambda (m / (sqrt(v) + d' eps) + w x).
+    """
+    b1, b2 = betas
+    b3 = np.sqrt(b2) if beta3 is None else beta3
+
+    def init(params):
+        zeros = [np.zeros_like(p) for p in params]
+        return {"m": zeros, "v": list(zeros), "s": list(zeros), "x0": [p.copy() for p in params],
+                "d": estim_lr0, "r": 0.0}
+
+    def update(grads, state, params, t):
+        d = state["d"]
+        rate = _d_adapted_rate(learning_rate, d, t, b1, b2)
+        omega = d if safeguard_warmup else rate
+        inner = sum(float(np.sum(g * (x0 - x))) for g, x0, x in zip(grads, state["x0"], params))
+        r = b3 * state["r"] + (1 - b3) * d * rate * inner
+        m = [b1 * m + (1 - b1) * d * g for m, g in zip(state["m"], grads)]
+        v = [b2 * v + (1 - b2) * d**2 * g**2 for v, g in zip(state["v"], grads)]
+        s = [b3 * s + (1 - b3) * d * omega * g for s, g in zip(state["s"], grads)]
+        l1 = sum(float(np.sum(np.abs(x))) for x in s)
+        new_d = max(d, estim_lr_coef * r / l1) if l1 > 0 else d
+        deltas = [-rate * (m_ / (np.sqrt(v_) + new_d * eps) + weight_decay * x) for m_, v_, x in zip(m, v, params)]
+        return deltas, {"m": m, "v": v, "s": s, "x0": state["x0"], "d": new_d, "r": r}
+
+    return Reference(init, update)
+
+
+def dadapt_adamw(learning_rate=1.0, betas=(0.9, 0.999), eps=1e-8, estim_lr0=1e-6, weight_decay=0.0):
+    """Defazio & Mishchenko (2023), the Adam variant of D-Adaptation, over a list of arrays, with the reference
+    implementation's bias correction in lambda_t and decoupled weight decay w; gamma = sqrt(b2):
+
+    r = gamma r + (1 - gamma) lambda <g, s / (sqrt(v) + eps)>  (s, v before this step);
+    s = gamma s + (1 - gamma) lambda g;  m = b1 m + (1 - b1) lambda g;  v = b2 v + (1 - b2) g^2;
+    d' = max(d, r / ((1 - gamma) |s|_1)) (d while |s|_1 = 0);  x <- x - m / (sqrt(v) + eps) - w lambda x.
+    """
+    b1, b2 = betas
+    gamma = np.sqrt(b2)
+
+    def init(params):
+        zeros = [np.zeros_like(p) for p in params]
+        return {"m": zeros, "v": list(zeros), "s": list(zeros), "d": estim_lr0, "r": 0.0}
+
+    def update(grads, state, params, t):
+        d = state["d"]
+        rate = _d_adapted_rate(learning_rate, d, t, b1, b2)
+        inner = sum(float(np.sum(g * s / (np.sqrt(v) + eps))) for g, s, v in zip(grads, state["s"], state["v"]))
+        r = gamma * state["r"] + (1 - gamma) * rate * inner
+        s = [gamma * s + (1 - gamma) * rate * g for s, g in zip(state["s"], grads)]
+        m = [b1 * m + (1 - b1) * rate * g for m, g in zip(state["m"], grads)]
+        v = [b2 * v + (1 - b2) * g**2 for v, g in zip(state["v"], grads)]
+        l1 = sum(float(np.sum(np.abs(x))) for x in s)
+        new_d = max(d, r / ((1 - gamma) * l1)) if l1 > 0 else d
+        deltas = [-m_ / (np.sqrt(v_) + eps) - weight_decay * rate * x for m_, v_, x in zip(m, v, params)]
+        return deltas, {"m": m, "v": v, "s": s, "d": new_d, "r": r}
+
+    return Reference(init, update)
+
+
+
+# === dog, dowg, cocob, mechanize ===
+# Global rules (DoG, DoWG, Mechanic) are written over ONE vector: a params tree flattened into one array has
+# the tree's norms and inner products. COCOB is per coordinate.
+def dog(learning_rate=1.0, init_step=("heuristic", 1e-6), eps=1e-8, weight_decay=0.0):
+    """DoG (Ivgi et al. 2023, Algorithm 1, with Optax's eps and first-step options):
+    r_bar_t = max(r_bar_{t-1}, ||x_t - x_0||), r_bar_0 = r_eps (or a (1 + ||x_0||); 0 with a first learning rate);
+    G_t = G_{t-1} + ||g_t||^2;  eta_t = r_bar_t / sqrt(G_t + eps) (eta_1 given for "learning_rate");
+    x_{t+1} = x_t - lr eta_t (g_t + weight_decay x_t)."""
+    kind, value = init_step
+
+    def init(params):
+        r0 = {"distance": value, "heuristic": value * (1 + np.linalg.norm(params)), "learning_rate": 0.0}[kind]
+        return {"x0": params.copy(), "r": r0, "G": 0.0}
+
+    def update(g, state, params, t):
+        g = g + weight_decay * params
+        r = max(state["r"], np.linalg.norm(params - state["x0"]))
+        G = state["G"] + np.sum(g * g)
+        eta = value if kind == "learning_rate" and t == 1 else r / np.sqrt(G + eps)
+        return -schedule_value(learning_rate, t) * eta * g, {"x0": state["x0"], "r": r, "G": G}
+
+    return Reference(init, update)
+
+
+def dowg(learning_rate=1.0, init_estim_sq_dist=None, eps=1e-4, weight_decay=0.0):
+    """DoWG (Khaled et al. 2023, Algorithm 1, with Optax's eps): r_bar_t = max(r_bar_{t-1}, ||x_t - x_0||),
+    v_t = v_{t-1} + r_bar_t^2 ||g_t||^2, eta_t = r_bar_t^2 / (sqrt(v_t) + eps), r_bar_0^2 = init_estim_sq_dist or eps."""
+
+    def init(params):
+        r0 = np.sqrt(eps if init_estim_sq_dist is None else init_estim_sq_dist)
+        return {"x0": params.copy(), "r": r0, "v": 0.0}
+
+    def update(g, state, params, t):
+        g = g + weight_decay * params
+        r = max(state["r"], np.linalg.norm(params - state["x0"]))
+        v = state["v"] + r**2 * np.sum(g * g)
+        eta = r**2 / (np.sqrt(v) + eps)
+        return -schedule_value(learning_rate, t) * eta * g, {"x0": state["x0"], "r": r, "v": v}
+
+    return Reference(init, update)
+
+
+def cocob(learning_rate=1.0, alpha=100.0, eps=1e-8, weight_decay=0.0):
+    """COCOB-Backprop (Orabona & Tommasi 2017, Algorithm 2), per coordinate, on the negative gradient
+    c = -lr (g + weight_decay w), with L_0 = eps (Optax's) instead of 0:
+    L = max(L, |c|); G += |c|; Reward = max(Reward + (w_t - w_1) c, 0); theta += c;
+    w_{t+1} = w_1 + theta / (L max(G + L, alpha L)) (L + Reward)."""
+
+    def init(params):
+        zeros = np.zeros_like(params)
+        return {"w1": params.copy(), "L": np.full_like(params, eps), "G": zeros, "reward": zeros, "theta": zeros}
+
+    def update(g, state, params, t):
+        c = -schedule_value(learning_rate, t) * (g + weight_decay * params)
+        L = np.maximum(state["L"], np.abs(c))
+        G = state["G"] + np.abs(c)
+        reward = np.maximum(state["reward"] + (params - state["w1"]) * c, 0.0)
+        theta = state["theta"] + c
+        w_next = state["w1"] + theta / (L * np.maximum(G + L, alpha * L)) * (L + reward)
+        return w_next - params, {"w1": state["w1"], "L": L, "G": G, "reward": reward, "theta": theta}
+
+    return Reference(init, update)
+
+
+def mechanic(base, weight_decay=1e-2, eps=1e-8, s_init=1e-6, num_betas=6):
+    """Mechanic (Cutkosky, Defazio & Mehta 2023, Algorithm 1) around the reference ``base`` (whose update u_t
+    is added to the params), with Optax's additions: s_0 = s_init per beta, eps in m, h clipped to +-m_{t-1}.
+    Delta_{t+1} = Delta_t + u_t;  g~ = g + lam S ||g|| / (||x|| + eps) x;  h = <g~, Delta_t>  (paper's sign);
+    m = max(beta m, |h| + eps); v = beta^2 v + h^2; r = beta r - clip(h, m_{t-1}) s; W = s_init m / n + max(r, 0);
+    s = W / (sqrt(v) + eps);  x_{t+1} = x_ref + (sum s) Delta_{t+1}, x_ref the params at the first step.
+    Delta is kept exactly here (the paper's form); Optax recomputes it as (x_t - x_ref) / (S + eps)."""
+    betas = np.array([1.0 - 0.1**i for i in range(1, num_betas + 1)])
+
+    def init(params):
+        zeros = np.zeros(num_betas)
+        return {"base": base.init(params), "x_ref": None, "r": zeros, "m": zeros, "v": zeros,
+                "s": np.full(num_betas, s_init)}
+
+    def update(g, state, params, t):
+        x_ref = params.copy() if state["x_ref"] is None else state["x_ref"]
+        u, base_state = base.update(g, state["base"], params, t)
+        S = np.sum(state["s"])
+        delta = (params - x_ref) / (S + eps)  # Delta_t as Optax keeps it: exact up to the eps
+        g = g + weight_decay * S * np.linalg.norm(g) / (np.linalg.norm(params) + eps) * params
+        h = np.dot(g, delta)
+        m = np.maximum(betas * state["m"], np.abs(h) + eps)
+        v = betas**2 * state["v"] + h**2
+        r = betas * state["r"] - np.clip(h, -state["m"], state["m"]) * state["s"]
+        s = (s_init / num_betas * m + np.maximum(r, 0.0)) / (np.sqrt(v) + eps)
+        x_next = x_ref + np.sum(s) * (delta + u)
+        return x_next - params, {"base": base_state, "x_ref": x_ref, "r": r, "m": m, "v": v, "s": s}
+
+    return Reference(init, update)
+
+
+
+# === momo, sophia ===
+def momo(learning_rate=1.0, beta=0.9, lower_bound=0.0, weight_decay=0.0, adapt_lower_bound=False, adam=False,
+         b2=0.999, eps=1e-8):
+    """MoMo and MoMo-Adam (Schaipp et al. 2023, Algorithms 1-3, MoMo* for the bound), over ONE flat vector x
+    (the whole parameter tree raveled: every sum below is over the whole tree). ``update`` takes the loss too.
+
+    MoMo: beta_1 = 0 (the averages start at the first values), then beta; rho = 1, D = 1.
+    MoMo-Adam: beta_t = beta (= b1) from zero averages; rho_t = 1 - b1^t; D_t = sqrt(v_t / (1 - b2^t)) + eps.
+      d_t = beta_t d + (1 - beta_t) g;  fbar_t = beta_t fbar + (1 - beta_t) f;  gamma_t = beta_t gamma + (1 - beta_t) <g, x>
+      c = (1 + lr wd)(fbar - gamma) + <d, x>;  MoMo*: if c < (1 + lr wd) rho lb: lb = max(c / (2 rho (1 + lr wd)), lb_0)
+      tau = min(lr / rho, ((1 + lr wd)(fbar - rho lb - gamma) + <d, x>)_+ / <d, d/D>)   (0 if <d, d/D> <= 2.2e-16)
+      MoMo*: lb = max((fbar + <d, x> - gamma - tau <d, d/D> / 2) / rho, lb_0)
+      x_next = (x - tau d / D) / (1 + lr wd)     (the proximal step of the paper and the authors' code)
+    """
+
+    def init(params):
+        zeros = np.zeros_like(params)
+        return {"d": zeros, "v": zeros, "fbar": 0.0, "gamma": 0.0, "lb": float(lower_bound)}
+
+    def update(g, state, x, t, value):
+        lr, shrink = schedule_value(learning_rate, t), 1 + schedule_value(learning_rate, t) * weight_decay
+        beta_t = beta if (adam or t > 1) else 0.0
+        rho = 1 - beta**t if adam else 1.0
+        d = beta_t * state["d"] + (1 - beta_t) * g
+        fbar = beta_t * state["fbar"] + (1 - beta_t) * value
+        gamma = beta_t * state["gamma"] + (1 - beta_t) * float(g @ x)
+        v = b2 * state["v"] + (1 - b2) * g * g
+        D = np.sqrt(v / (1 - b2**t)) + eps if adam else np.ones_like(x)
+        norm, dot, lb = float(d @ (d / D)), float(d @ x), state["lb"]
+        if adapt_lower_bound:
+            cap = shrink * (fbar - gamma) + dot
+            if cap < shrink * rho * lb:
+                lb = max(cap / (2 * rho * shrink), lower_bound)
+        polyak = max(shrink * (fbar - rho * lb - gamma) + dot, 0.0) / norm if norm > np.finfo(float).eps else 0.0
+        tau = min(lr / rho, polyak)
+        if adapt_lower_bound:
+            lb = max((fbar + dot - gamma - 0.5 * tau * norm) / rho, lower_bound)
+        x_next = (x - tau * d / D) / shrink
+        return x_next - x, {"d": d, "v": v, "fbar": fbar, "gamma": gamma, "lb": lb, "capped": tau < polyak}
+
+    return Reference(init, update)
+
+
+def sophia(learning_rate, hessian_diagonal, b1=0.965, b2=0.99, eps=1e-8, weight_decay=1e-4, gamma=0.01,
+           clip_threshold=1.0, update_interval=10):
+    """Sophia (Liu et al. 2023, Algorithm 3) in the form Optax documents (Levanter's): ``hessian_diagonal(x)``
+    is the estimator's value at the current params (exact for a separable objective).
+
+      m_t = b1 m + (1 - b1) g;  u = clip((m_t / (1 - b1^t)) / max(gamma h, eps), rho)   (h: before this step's refresh)
+      x <- x - lr (u + wd x);  at steps t = 1, k + 1, 2k + 1, ...: h <- b2 h + (1 - b2) hessian_diagonal(x_t).
+    The paper instead steps with the refreshed h and does not bias-correct m.
+    """
+
+    def init(params):
+        return {"m": np.zeros_like(params), "h": np.zeros_like(params)}
+
+    def update(g, state, x, t):
+        m = b1 * state["m"] + (1 - b1) * g
+        u = (m / (1 - b1**t)) / np.maximum(gamma * state["h"], eps)
+        if clip_threshold is not None:
+            u = np.clip(u, -clip_threshold, clip_threshold)
+        h = state["h"]
+        if (t - 1) % update_interval == 0:
+            h = b2 * h + (1 - b2) * hessian_diagonal(x)
+        return -schedule_value(learning_rate, t) * (u + weight_decay * x), {"m": m, "h": h}
+
+    return Reference(init, update)
+
+
+
+# === sam, reduce_on_plateau, privacy ===
+
+
+def sam_trajectory(leaves, grad_fn, steps, learning_rate, rho, sync_period=2):
+    """SAM (Foret et al. 2021, Algorithm 1) with SGD outer steps, one call per step over a list of leaves:
+    calls 1..k-1 of each period step to w~ <- w~ + rho g / ||g|| (||g|| the norm over all leaves), call k
+    sets w <- w - lr g(w~) and w~ <- w. ``grad_fn(x, t)`` is the gradient at call t; returns every w~ (as
+    the caller's params after each call)."""
+    w = [np.asarray(x, np.float64) for x in leaves]
+    current, iterates = list(w), []
+    for t in range(1, steps + 1):
+        g = [np.asarray(grad_fn(x, t), np.float64) for x in current]
+        if t % sync_period == 0:
+            w = [a - learning_rate * b for a, b in zip(w, g)]
+            current = list(w)
+        else:
+            norm = np.sqrt(sum(np.sum(b * b) for b in g))
+            current = [a + rho * b / norm for a, b in zip(current, g)]
+        iterates.append(list(current))
+    return iterates
+
+
+def reduce_on_plateau_scales(values, factor=0.1, patience=10, rtol=1e-4, atol=0.0, cooldown=0,
+                             accumulation_size=1, min_scale=0.0):
+    """Keras/PyTorch ReduceLROnPlateau (mode min, relative threshold) over averages of accumulation_size
+    values: an average a improves when a < best (1 - rtol) - atol (any finite a improves on the first);
+    after `patience` averages without improvement the scale becomes max(scale factor, min_scale), the
+    count restarts and the next `cooldown` averages count no plateau. Returns the scale after each value."""
+    scale, best, bad, cooling, window, scales = 1.0, None, 0, 0, [], []
+    for v in values:
+        window.append(float(v))
+        if len(window) == accumulation_size:
+            average = sum(window) / accumulation_size
+            window = []
+            improved = best is None or average < best * (1 - rtol) - atol
+            if improved:
+                best, bad = average, 0
+            else:
+                bad += 1
+            if cooling > 0:
+                cooling, bad = cooling - 1, 0
+            elif bad == patience:
+                scale, bad, cooling = max(scale * factor, min_scale), 0, cooldown
+        scales.append(scale)
+    return scales
+
+
+def dp_aggregate(per_example, clip_norm, noise_multiplier, noise):
+    """DP-SGD's aggregate (Abadi et al. 2016, Algorithm 1): (sum_b g_b min(1, C/||g_b||) + sigma C xi) / B,
+    with ``noise`` the standard normal draws xi, one array per leaf."""
+    sums, _ = per_example_clipped_sum(per_example, clip_norm)
+    batch = per_example[0].shape[0]
+    return [(s + noise_multiplier * clip_norm * np.asarray(xi, np.float64)) / batch for s, xi in zip(sums, noise)]
+
+
+# === galore ===
+def galore(learning_rate, rank, update_proj_gap, scale=1.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
+           axes=None):
+    """Zhao et al. (2024), Algorithm 2 (GaLore with Adam), with decoupled weight decay in the full space.
+
+    A leaf is the matrix G (m x n) of its axes ``axes = (rows, cols)`` (default: a 2-D leaf as it is; any other
+    leaf takes plain Adam). k = min(rank, m, n). At steps t = 1, 1 + T, 1 + 2T, ...: U S V^T = svd(G), and
+    P = U[:, :k] if m >= n else V[:, :k]. R = P^T G (m >= n) or G P; Adam on R, its moments carried over a
+    refresh of P unchanged; N = m_hat / (sqrt(v_hat) + eps); update = scale * (P N or N P^T);
+    p <- p - lr (update + weight_decay p).
+    """
+
+    def as_matrix(params):
+        rows, cols = axes if axes is not None else ((0,), (1,))
+        order = tuple(rows) + tuple(cols)
+        m = int(np.prod([params.shape[a] for a in rows]))
+        return order, m, params.size // m
+
+    def init(params):
+        if axes is None and params.ndim != 2:
+            return {"adam": adam(learning_rate, b1, b2, eps, weight_decay=weight_decay).init(params)}
+        _, m, n = as_matrix(params)
+        k = min(rank, m, n)
+        low_rank = (k, n) if m >= n else (m, k)
+        return {"m": np.zeros(low_rank), "v": np.zeros(low_rank), "P": None}
+
+    def update(g, state, params, t):
+        if "adam" in state:
+            delta, inner = adam(learning_rate, b1, b2, eps, weight_decay=weight_decay).update(g, state["adam"], params, t)
+            return delta, {"adam": inner}
+        order, m, n = as_matrix(params)
+        matrix = g.transpose(order).reshape(m, n)
+        left, k = m >= n, min(rank, m, n)
+        P = state["P"]
+        if (t - 1) % update_proj_gap == 0:
+            u, _, vh = np.linalg.svd(matrix, full_matrices=False)
+            P = u[:, :k] if left else vh[:k, :].T
+        R = P.T @ matrix if left else matrix @ P
+        mu = b1 * state["m"] + (1 - b1) * R
+        nu = b2 * state["v"] + (1 - b2) * R * R
+        N = (mu / (1 - b1**t)) / (np.sqrt(nu / (1 - b2**t)) + eps)
+        full = (P @ N if left else N @ P.T).reshape([params.shape[a] for a in order])
+        update = scale * full.transpose(np.argsort(order))
+        return -schedule_value(learning_rate, t) * (update + weight_decay * params), {"m": mu, "v": nu, "P": P}
+
+    return Reference(init, update)

@@ -11,6 +11,7 @@ import pytest
 import jaxopt_zoo as jz
 from tests.conftest import assert_trees_equal, grad_fn, make_params
 from tests.test_linesearch import on_objective, rosenbrock
+from tests.test_momo_sophia import driven
 
 STEPS, SAVE_AT = 8, 5
 
@@ -59,6 +60,8 @@ CASES = {
     ),
     # Lion's momentum stochastically rounded to bfloat16: its draws depend on the restored step count.
     "lion": lambda: jz.lion(1e-2, weight_decay=0.1, mu_dtype=jz.StochasticBF16()),
+    # optax.contrib.muon: Muon (count, momentum, Newton-Schulz coefficients) for the matrix, NAdamW for the rest.
+    "muon": lambda: jz.muon(1e-2, ns_coeffs="dion", weight_decay=0.1, mu_dtype=jz.StochasticBF16()),
     # Adafactor with the matrix factored (row and column moments, (1,) stand-ins) and a rounded momentum.
     "adafactor": lambda: jz.adafactor(1e-2, 3, momentum=0.9, dtype_momentum=jz.StochasticBF16()),
     # SM3's per-axis accumulator lists, stochastically rounded: the count field exists only for the rounding.
@@ -75,6 +78,12 @@ CASES = {
     "distance_over_gradients": lambda: jz.chain(
         jz.scale_by_distance_over_gradients(1e-2, param_dtype=jnp.bfloat16), jz.scale(-1.0)
     ),
+    # Global DoG: the first-step flag, the initial params stochastically rounded to bfloat16 (a count for the draws).
+    "dog": lambda: jz.dog(init_step=("learning_rate", 1e-2), param_dtype=jz.StochasticBF16()),
+    # COCOB's five per-parameter trees, its four sums stochastically rounded to bfloat16.
+    "cocob": lambda: jz.cocob(weight_decay=1e-2, accumulator_dtype=jz.StochasticBF16()),
+    # Mechanic past its first step: a resume keeps x0 (taken at the first update) and Adam's state inside.
+    "mechanize": lambda: jz.mechanize(jz.adam(1e-2), s_init=1e-2, num_betas=3),
     # Saved after 5 steps of groups of 3: a partial sum, stochastically rounded to bfloat16, waits in the state.
     "apply_every": lambda: jz.chain(jz.apply_every(3, accumulator_dtype=jz.StochasticBF16()), jz.adam(1e-2)),
     # A step counter deciding the next branch, and measurements whose structure is fixed from init on.
@@ -87,6 +96,41 @@ CASES = {
     "lbfgs": lambda: on_objective(jz.lbfgs(memory_size=3, memory_dtype=jnp.bfloat16), rosenbrock),
     # Optax's rprop returns its previous step from the state: a resume must hand back that step.
     "rprop": lambda: jz.rprop(0.05, prev_dtype=jz.StochasticBF16()),
+    # MoMo-Adam's loss and inner-product averages and its adapted lower bound (bfloat16 scalars: the lowest param
+    # dtype), driven by the loss at each step; its second moment stochastically rounded.
+    "momo_adam": lambda: driven(jz.momo_adam(1e-2, adapt_lower_bound=True, nu_dtype=jz.StochasticBF16())),
+    # Sophia saved between Hessian refreshes: the Hutchinson key and the count decide the next refresh and draw.
+    "sophia": lambda: driven(jz.sophia(1e-2, update_interval=3, nu_dtype=jz.StochasticBF16())),
+    # ADOPT saved after its first (recording) step: its count decides the decays and the clipping bound.
+    "adopt": lambda: jz.optimizers.adam_relatives.adopt(1e-2, nesterov=True, nu_dtype=jz.StochasticBF16()),
+    # AdEMAMix's two step counts drive the b3 and alpha schedules; its slow EMA is stochastically rounded.
+    "ademamix": lambda: jz.ademamix(1e-2, b3=lambda step: 0.99 - 0.09 / (1.0 + step),
+                                    alpha=lambda step: jnp.minimum(step, 5.0), m2_dtype=jz.StochasticBF16()),
+    # MADGRAD keeps the initial params: a resume must anchor its steps to them, not to the restored params.
+    "madgrad": lambda: jz.madgrad(1e-2, weight_decay=0.1, s_dtype=jz.StochasticBF16()),
+    # GaLore saved between SVD refreshes (every 3 steps): projectors, and Adam's moments in the projected space
+    # with its first moment stochastically rounded to bfloat16.
+    "galore": lambda: jz.galore(1e-2, rank=2, update_proj_gap=3, weight_decay=0.1,
+                                base_optimizer=jz.scale_by_adam(mu_dtype=jz.StochasticBF16())),
+    # SAM mid-period (5 steps of 3): the params cache, the step within the period, Adam's and the adversary's states.
+    "sam": lambda: jz.sam(jz.adam(1e-2), jz.chain(jz.normalize(), jz.sgd(0.05, momentum=0.5)), sync_period=3,
+                          reset_state=False),
+    # reduce_on_plateau mid-accumulation and mid-cooldown, fed the gradients' norm as its value= (a stand-in loss).
+    "reduce_on_plateau": lambda: (lambda tx: jz.GradientTransformation(
+        tx.init, lambda u, s, p=None: tx.update(u, s, p, value=jz.tree.global_norm(u))
+    ))(jz.chain(jz.sgd(0.1), jz.reduce_on_plateau(0.5, patience=1, rtol=0.5, cooldown=1, accumulation_size=2))),
+    # Schedule-Free: the iterate z stochastically rounded (its draws read the restored 1-based step), mid-warmup.
+    "schedule_free_adamw": lambda: jz.schedule_free_adamw(1e-2, warmup_steps=6, weight_decay=0.1,
+                                                          state_dtype=jz.StochasticBF16()),
+    # Schedule-Free SGD under an injected, scheduled rate and under gradient accumulation.
+    "inject_hyperparams+schedule_free_sgd": lambda: jz.inject_hyperparams(jz.schedule_free_sgd)(
+        learning_rate=jz.linear_schedule(0.1, 0.01, STEPS), weight_decay=1e-2
+    ),
+    "MultiSteps+schedule_free_adamw": lambda: jz.MultiSteps(jz.schedule_free_adamw(1e-2), every_k_schedule=2),
+    # D-adaptation: whole-tree scalars (d, its numerator) and Prodigy's copy of the initial params, in bfloat16.
+    "prodigy": lambda: jz.prodigy(0.5, estim_lr0=1e-3, weight_decay=0.1, exp_avg_dtype=jz.StochasticBF16(),
+                                  params0_dtype=jnp.bfloat16),
+    "dadapt_adamw": lambda: jz.dadapt_adamw(jz.linear_schedule(0.0, 1.0, 4), grad_sum_dtype=jz.StochasticBF16()),
 }
 
 

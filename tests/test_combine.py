@@ -163,10 +163,18 @@ def test_split_real_and_imaginary_matches_optax_contrib_and_leaves_real_leaves_a
         u2, s2 = u2_step(grads, s2, params)
         assert_trees_equal(u1, u2)
     # The real and imaginary parts have second moments of their own (not |g|^2).
-    assert isinstance(s1[0].nu["z"], jz.RealImaginaryPair)
-    np.testing.assert_allclose(s1[0].nu["z"].imaginary, (1 - 0.999**5) * np.asarray(grads["z"]).imag ** 2, rtol=1e-4)
+    assert isinstance(s1.inner_state[0].nu["z"], jz.RealImaginaryPair)
+    np.testing.assert_allclose(
+        s1.inner_state[0].nu["z"].imaginary, (1 - 0.999**5) * np.asarray(grads["z"]).imag ** 2, rtol=1e-4
+    )
+    # Optax's state: the inner one wrapped in SplitRealAndImaginaryState, leaf for leaf.
+    assert isinstance(s1, jz.SplitRealAndImaginaryState) and type(s2).__name__ == "SplitRealAndImaginaryState"
+    assert_trees_equal(jax.tree.leaves(s1), jax.tree.leaves(s2))
     plain = jz.adam(1e-2)
-    assert jax.tree.structure(ours.init({"x": params["x"]})) == jax.tree.structure(plain.init({"x": params["x"]}))
+    only_real = ours.init({"x": params["x"]}).inner_state
+    assert jax.tree.structure(only_real) == jax.tree.structure(plain.init({"x": params["x"]}))
+    # jz.torch's recipes keep the inner state unwrapped (PyTorch's layout).
+    assert not isinstance(jz.torch.adam().init(params), jz.SplitRealAndImaginaryState)
 
 
 LABELS = {"dense": {"w": "adam", "b": "sgd"}, "scale": "sgd"}

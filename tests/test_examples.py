@@ -115,6 +115,12 @@ def test_train_digits_linen_runs_and_learns(capsys):
     assert accuracy > 0.8
 
 
+def test_schedule_free_nnx_evaluates_at_the_average(capsys):
+    stdout = _run_example_here(capsys, "schedule_free_nnx.py", "--steps", "60", "--eval-every", "30")
+    assert stdout.count("test accuracy at y") == 2
+    assert float(stdout.split("final test accuracy at x:")[1].split()[0]) > 0.8
+
+
 def _printed_table(stdout: str, title: str, rows: int) -> dict[str, list[float]]:
     """The rows under the printed heading that starts with `title`, by optimizer name."""
     block = stdout.split(f"\n{title}")[1]

@@ -13,6 +13,7 @@ from flax.training import train_state
 import jaxopt_zoo as jz
 from jaxopt_zoo.base import init_empty_state
 from tests.conftest import assert_trees_equal
+from tests.test_momo_sophia import driven
 
 X = jax.random.normal(jax.random.key(0), (16, 5))
 Y = jnp.sin(X.sum(axis=1, keepdims=True))
@@ -48,6 +49,7 @@ def _train_nnx(tx, steps=10, **extra):
         (lambda: jz.sgd(0.1, momentum=0.9, nesterov=True), lambda: optax.sgd(0.1, 0.9, nesterov=True)),
         (lambda: jz.torch.adamax(lr=1e-2), lambda: optax.adamax(1e-2)),
         (lambda: jz.lion(1e-3, weight_decay=0.1), lambda: optax.lion(1e-3, weight_decay=0.1)),
+        (lambda: jz.muon(1e-2, weight_decay=0.1), lambda: optax.contrib.muon(1e-2, weight_decay=0.1)),
         (lambda: jz.adafactor(1e-2, 4, momentum=0.9), lambda: optax.adafactor(1e-2, 4, momentum=0.9)),
         (lambda: jz.sm3(1e-2), lambda: optax.sm3(1e-2)),
         (lambda: jz.adabelief(1e-2, nesterov=True), lambda: optax.adabelief(1e-2, nesterov=True)),
@@ -70,8 +72,27 @@ def _train_nnx(tx, steps=10, **extra):
                 lambda x: "m" if x.ndim > 1 else "v", p)),
         ),
         (lambda: jz.rprop(1e-2), lambda: optax.rprop(1e-2)),
+        # GaLore: the (5, 8) and (8, 1) kernels projected at rank 2 (their projectors refreshed every 4 steps).
+        (lambda: jz.galore(1e-2, rank=2, update_proj_gap=4), lambda: optax.contrib.galore(1e-2, rank=2, update_proj_gap=4)),
         # Without a line search, L-BFGS needs no value_fn (test_linesearch.py passes one through nnx.Optimizer).
         (lambda: jz.lbfgs(0.1, memory_size=3, linesearch=None), lambda: optax.lbfgs(0.1, memory_size=3, linesearch=None)),
+        # Sophia's Hutchinson estimate through nnx.Optimizer (driven: obj_fn= and value= passed to each update).
+        (
+            lambda: driven(jz.sophia(1e-2, update_interval=2)),
+            lambda: driven(optax.contrib.sophia(1e-2, update_interval=2)),
+        ),
+        (lambda: jz.ademamix(1e-2, b3=0.99, weight_decay=0.1), lambda: optax.contrib.ademamix(1e-2, b3=0.99, weight_decay=0.1)),
+        (
+            lambda: jz.schedule_free_adamw(1e-2, warmup_steps=3, weight_decay=0.1),
+            lambda: optax.contrib.schedule_free_adamw(1e-2, warmup_steps=3, weight_decay=0.1),
+        ),
+        (lambda: jz.prodigy(0.5, weight_decay=0.1), lambda: optax.contrib.prodigy(0.5, weight_decay=0.1)),
+        # Mechanic around Adam: the params' copy x0 and the inner state in the NNX optimizer's state.
+        (lambda: jz.mechanize(jz.adam(1e-2), s_init=1e-2), lambda: optax.contrib.mechanize(optax.adam(1e-2), s_init=1e-2)),
+        (  # SAM: a copy of the NNX params in the state; every other step is the ascent step
+            lambda: jz.sam(jz.adam(1e-2), jz.chain(jz.normalize(), jz.sgd(0.05))),
+            lambda: optax.contrib.sam(optax.adam(1e-2), optax.chain(optax.contrib.normalize(), optax.sgd(0.05))),
+        ),
     ],
 )
 def test_nnx_optimizer_trains_like_optax(ours, theirs):

@@ -1,4 +1,5 @@
-"""Every public name of Optax's top level, optax.schedules and optax.transforms exists here (losses aside)."""
+"""Every public name of Optax's top level, optax.schedules, optax.transforms and optax.contrib exists here (losses
+aside)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import jaxopt_zoo as jz
 
 # Names deliberately absent, each with its reason. Losses are found by their module (optax.losses).
 EXCLUDED = {
-    "contrib": "optax.contrib is its own surface (issue 18): its optimizers come as jaxopt_zoo.contrib",
     "losses": "losses are out of scope: optax.losses works alongside jaxopt_zoo unchanged",
     "assignment": "the Hungarian algorithm (a matching solver, not an optimizer); use optax.assignment",
     "experimental": "Optax's unstable staging area; nothing in it is promised",
@@ -34,7 +34,9 @@ def required(namespace) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("namespace", [optax, optax.schedules, optax.transforms], ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+    "namespace", [optax, optax.schedules, optax.transforms, optax.contrib], ids=lambda m: m.__name__
+)
 def test_every_optax_name_is_here(namespace):
     missing = [name for name in required(namespace) if not hasattr(jz, name)]
     assert not missing, f"{len(missing)} names of {namespace.__name__} missing from jaxopt_zoo: {missing}"
@@ -47,3 +49,12 @@ def test_the_exclusions_are_real_optax_names_and_modules():
     losses = [name for name in dir(optax) if is_loss(getattr(optax, name))]
     assert "softmax_cross_entropy" in losses and "adam" not in losses
     assert all(callable(getattr(optax.losses, name, None)) for name in losses)
+
+
+def test_every_contrib_name_is_in_jz_contrib_and_is_the_flat_name():
+    # optax.contrib.X -> jz.contrib.X is a one-word change, and jz.X is the same object.
+    names = required(optax.contrib)
+    missing = [name for name in names if not hasattr(jz.contrib, name)]
+    assert not missing, f"missing from jaxopt_zoo.contrib: {missing}"
+    assert all(getattr(jz.contrib, name) is getattr(jz, name) for name in names)
+    assert sorted(jz.contrib.__all__, key=str.lower) == sorted(names, key=str.lower)

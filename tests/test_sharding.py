@@ -21,6 +21,7 @@ from jax.sharding import PartitionSpec as P
 
 import jaxopt_zoo as jz
 from tests.conftest import assert_trees_close, grad_fn
+from tests.test_momo_sophia import driven, elementwise
 
 AXES = ("data", "model")
 # Most bytes are split over all 8 devices; a bias over "model" only, one replicated.
@@ -72,6 +73,33 @@ OPTIMIZERS = {  # name: factory of axis_name (used only by the transforms with r
     "apply_every+adam": lambda axes: jz.chain(jz.apply_every(2, accumulator_dtype=jz.StochasticBF16()), jz.adam(1e-2)),
     "conditionally_mask+adam": lambda axes: jz.conditionally_mask(jz.adam(1e-2), lambda step: step % 3 != 1),
     "rprop": lambda axes: jz.rprop(0.05, 0.3, 1.5),  # Optax's rprop, one step late
+    # MoMo's inner products and norm over the whole tree (axis_name), with a loss value passed to each step (a
+    # constant: a loss of the local shards would differ between shard_map and one device).
+    "momo": lambda axes: driven(jz.momo(0.5, weight_decay=0.1, axis_name=axes), value=4.0),
+    "momo_adam": lambda axes: driven(jz.momo_adam(1e-2, adapt_lower_bound=True, axis_name=axes), value=4.0),
+    # Sophia's Hutchinson estimate of an elementwise objective is exact on shards too; its key is replicated.
+    "sophia": lambda axes: driven(
+        jz.sophia(1e-2, update_interval=2, nu_dtype=jz.StochasticBF16()), obj_fn=elementwise
+    ),
+    # optax.contrib's Adam family: per-parameter moments only, some stochastically rounded (AdEMAMix's two EMAs and
+    # two counts, MADGRAD's sums and bfloat16 initial params), no reductions.
+    "adopt": lambda axes: jz.optimizers.adam_relatives.adopt(1e-2, mu_dtype=jz.StochasticBF16()),
+    "ademamix": lambda axes: jz.ademamix(1e-2, b3=lambda step: 0.99 - 0.09 / (1.0 + step), weight_decay=1e-2),
+    "simplified_ademamix": lambda axes: jz.simplified_ademamix(1e-3, alpha=2.0, nu_dtype=jz.StochasticBF16()),
+    "acprop": lambda axes: jz.optimizers.adam_relatives.acprop(1e-2, weight_decay=1e-2),
+    "madgrad": lambda axes: jz.madgrad(1e-2, weight_decay=1e-3, x0_dtype=jnp.bfloat16),
+    # Parameter-free (optax.contrib): global norms (replicated scalars), initial params sharded like the params.
+    "dog": lambda axes: jz.dog(init_step=("learning_rate", 1e-2), param_dtype=jz.StochasticBF16(), axis_name=axes),
+    "dowg": lambda axes: jz.dowg(weight_decay=1e-3, axis_name=axes),
+    "cocob": lambda axes: jz.cocob(weight_decay=1e-3, accumulator_dtype=jz.StochasticBF16()),
+    "mechanize+adam": lambda axes: jz.mechanize(jz.adam(1e-2), s_init=1e-2, axis_name=axes),
+    # SAM: the params cache sharded like its param, Adam's moments too; normalize's global norm summed over shards.
+    "sam+adam": lambda axes: jz.sam(jz.adam(1e-2), jz.chain(jz.normalize(axis_name=axes), jz.sgd(0.05))),
+    # Schedule-Free: the iterate z sharded like its param, stochastically rounded; b1, weight sum, max rate replicated.
+    "schedule_free_adamw": lambda axes: jz.schedule_free_adamw(1e-2, weight_decay=1e-2, state_dtype=jz.StochasticBF16()),
+    # D-adaptation: whole-tree sums (inner products, l1 norm) over shards; 4 per-parameter states incl. a params copy.
+    "prodigy": lambda axes: jz.prodigy(0.5, estim_lr0=1e-3, weight_decay=1e-2, axis_name=axes),
+    "dadapt_adamw": lambda axes: jz.dadapt_adamw(0.5, estim_lr0=1e-3, grad_sum_dtype=jz.StochasticBF16(), axis_name=axes),
 }
 
 

@@ -22,7 +22,7 @@ from jaxopt_zoo.optimizers.classic import (
     sgd,
 )
 from jaxopt_zoo.optimizers.sign import lion, sign_sgd, signum
-from jaxopt_zoo.optimizers.adam_relatives import adabelief, adamax, adamaxw, adan, radam, yogi
+from jaxopt_zoo.optimizers.adam_relatives import acprop, adabelief, adamax, adamaxw, adan, adopt, radam, yogi
 from jaxopt_zoo.optimizers.layerwise import fromage, novograd
 
 __all__ = [
@@ -40,12 +40,14 @@ __all__ = [
     "lion",
     "sign_sgd",
     "signum",
+    "acprop",
     "adabelief",
     "adamax",
     "adamaxw",
     "radam",
     "yogi",
     "adan",
+    "adopt",
     "fromage",
     "novograd",
 ]
@@ -62,4 +64,24 @@ from jaxopt_zoo.optimizers.polyak import *  # noqa: E402,F403
 from jaxopt_zoo.optimizers.rprop import *  # noqa: E402,F403
 
 for _family in (_factored, _linesearch, _noise, _optimistic, _polyak, _rprop):
+    __all__ += _family.__all__
+
+# Families added by issue 18 (Optax's contrib set).
+from jaxopt_zoo.optimizers import ademamix as _ademamix, d_adaptation as _d_adaptation  # noqa: E402
+from jaxopt_zoo.optimizers import dual_averaging as _dual_averaging, galore as _galore, momo as _momo  # noqa: E402
+from jaxopt_zoo.optimizers import orthogonal as _orthogonal, parameter_free as _parameter_free  # noqa: E402
+from jaxopt_zoo.optimizers import privacy as _privacy, schedule_free as _schedule_free, sophia as _sophia  # noqa: E402
+from jaxopt_zoo.optimizers.ademamix import *  # noqa: E402,F403
+from jaxopt_zoo.optimizers.d_adaptation import *  # noqa: E402,F403
+from jaxopt_zoo.optimizers.dual_averaging import *  # noqa: E402,F403
+from jaxopt_zoo.optimizers.galore import *  # noqa: E402,F403
+from jaxopt_zoo.optimizers.momo import *  # noqa: E402,F403
+from jaxopt_zoo.optimizers.orthogonal import *  # noqa: E402,F403
+from jaxopt_zoo.optimizers.parameter_free import *  # noqa: E402,F403
+from jaxopt_zoo.optimizers.privacy import *  # noqa: E402,F403
+from jaxopt_zoo.optimizers.schedule_free import *  # noqa: E402,F403
+from jaxopt_zoo.optimizers.sophia import *  # noqa: E402,F403
+
+for _family in (_ademamix, _d_adaptation, _dual_averaging, _galore, _momo, _orthogonal, _parameter_free, _privacy,
+                _schedule_free, _sophia):
     __all__ += _family.__all__

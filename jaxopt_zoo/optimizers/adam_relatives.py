@@ -12,6 +12,8 @@ from jaxopt_zoo.combine import chain
 from jaxopt_zoo.storage import StateDtype
 from jaxopt_zoo.transforms import (
     add_decayed_weights,
+    scale_by_acprop,
+    scale_by_adopt,
     scale_by_adamax,
     scale_by_adan,
     scale_by_belief,
@@ -21,6 +23,7 @@ from jaxopt_zoo.transforms import (
 )
 
 __all__ = ["adabelief", "adamax", "adamaxw", "adan", "radam", "yogi"]
+__all__ += ["acprop", "adopt"]
 
 
 def adamax(
@@ -295,6 +298,126 @@ def adan(
     validation.state_dtypes("adan", m_dtype=m_dtype, v_dtype=v_dtype, n_dtype=n_dtype, g_dtype=g_dtype)
     return chain(
         scale_by_adan(b1, b2, b3, eps, eps_root, m_dtype=m_dtype, v_dtype=v_dtype, n_dtype=n_dtype, g_dtype=g_dtype),
+        add_decayed_weights(weight_decay, mask),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def adopt(
+    learning_rate: ScalarOrSchedule,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.9999,
+    eps: jax.typing.ArrayLike = 1e-6,
+    mu_dtype: StateDtype = None,
+    *,
+    nesterov: bool = False,
+    use_clipping: bool = True,
+    clip_value_fn: Callable[[jax.Array], jax.Array] = lambda count: count**0.25,
+    nu_dtype: StateDtype = None,
+) -> GradientTransformation:
+    """ADOPT (Taniguchi et al. 2024): :math:`\\theta_{t+1} = \\theta_t - \\alpha_t m_t` with
+    :math:`m_t = \\beta_1 m_{t-1} + (1 - \\beta_1)
+    \\operatorname{clip}(g_t / \\max(\\sqrt{v_{t-1}}, \\varepsilon), c_t)`.
+
+    The first call only records :math:`v_0 = g_0^2` (the params do not move); see
+    :func:`jaxopt_zoo.scale_by_adopt` for the rule. Recipe: ``chain(scale_by_adopt(b1, b2, eps, mu_dtype,
+    nesterov=nesterov, use_clipping=use_clipping, clip_value_fn=clip_value_fn, nu_dtype=nu_dtype),
+    scale_by_learning_rate(learning_rate))``, as ``optax.contrib.adopt``. The paper's default
+    :math:`\\beta_2 = 0.9999` works because :math:`v_{t-1}` excludes :math:`g_t`.
+
+    Differences from ``optax.contrib.adopt``: those of :func:`jaxopt_zoo.scale_by_adopt` (``eps=0`` gives 0,
+    not NaN, where :math:`v_{t-1} = 0`; ``nu_dtype`` is an addition).
+
+    Args:
+        learning_rate: :math:`\\alpha \\ge 0`, or a schedule of the step count.
+        b1: decay :math:`\\beta_1 \\in [0, 1)` of the momentum of normalised gradients.
+        b2: decay :math:`\\beta_2 \\in [0, 1)` of the second moment.
+        eps: :math:`\\varepsilon \\ge 0`, the floor of :math:`\\sqrt{v}`.
+        mu_dtype: storage of the momentum: a storage (see :mod:`jaxopt_zoo.storage`).
+        nesterov: use Nesterov momentum.
+        use_clipping: clip the normalised gradient to :math:`[-c_t, c_t]`.
+        clip_value_fn: :math:`c_t` as a function of the int32 step count (default :math:`t^{1/4}`).
+        nu_dtype: storage of the second moment, as for ``mu_dtype``.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> from jaxopt_zoo.optimizers.adam_relatives import adopt
+        >>> tx = adopt(1e-3, mu_dtype=jz.StochasticBF16())
+
+    References:
+        Taniguchi et al., "ADOPT: Modified Adam Can Converge with Any beta2 with the Optimal Rate",
+        NeurIPS 2024.
+    """
+    owner = "adopt"
+    validation.learning_rate(owner, learning_rate)
+    validation.decay_rate(owner, "b1", b1)
+    validation.decay_rate(owner, "b2", b2)
+    validation.epsilon(owner, "eps", eps)
+    validation.flag(owner, "nesterov", nesterov)
+    validation.flag(owner, "use_clipping", use_clipping)
+    if not callable(clip_value_fn):
+        raise ValueError(f"{owner}: clip_value_fn must be a function of the step count, got {clip_value_fn!r}.")
+    validation.state_dtypes(owner, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    return chain(
+        scale_by_adopt(b1, b2, eps, mu_dtype, nesterov=nesterov, use_clipping=use_clipping,
+                       clip_value_fn=clip_value_fn, nu_dtype=nu_dtype),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def acprop(
+    learning_rate: ScalarOrSchedule,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-16,
+    eps_root: jax.typing.ArrayLike = 1e-16,
+    weight_decay: ScalarOrSchedule = 0.0,
+    mask: Any | Callable[[Params], Any] | None = None,
+    *,
+    mu_dtype: StateDtype = None,
+    nu_dtype: StateDtype = None,
+) -> GradientTransformation:
+    """ACProp (Zhuang et al. 2021): :math:`\\theta_{t+1} = \\theta_t - \\alpha_t \\big(g_t / (\\sqrt{\\hat s_{t-1}}
+    + \\varepsilon) + \\lambda \\theta_t\\big)`, with AdaBelief's centred second moment taken one step late.
+
+    Recipe: ``chain(scale_by_acprop(b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+    add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate))``, as
+    ``optax.contrib.acprop`` (the decay is multiplied by the learning rate; the authors' code decays
+    decoupled, by :math:`1 - \\alpha\\lambda`, before the step, the same to first order).
+
+    Differences from ``optax.contrib.acprop``: the second moment is centred on the updated mean
+    :math:`m_t` (the paper, the authors' code and Optax's own docstring), where Optax's code uses
+    :math:`m_{t-1}`; see :func:`jaxopt_zoo.scale_by_acprop`. ``mu_dtype`` and ``nu_dtype`` are additions.
+
+    Args:
+        learning_rate: :math:`\\alpha \\ge 0`, or a schedule of the step count.
+        b1: decay :math:`\\beta_1 \\in [0, 1)` of the running mean.
+        b2: decay :math:`\\beta_2 \\in [0, 1)` of the centred second moment.
+        eps: :math:`\\varepsilon \\ge 0`, added outside the square root.
+        eps_root: :math:`\\bar\\varepsilon \\ge 0`, added to the second moment every step.
+        weight_decay: :math:`\\lambda \\ge 0`, or a schedule of the step count.
+        mask: where the weight decay applies; see :func:`jaxopt_zoo.add_decayed_weights`.
+        mu_dtype: storage of the running mean: a storage (see :mod:`jaxopt_zoo.storage`).
+        nu_dtype: storage of the centred second moment, as for ``mu_dtype``.
+
+    Example:
+        >>> from jaxopt_zoo.optimizers.adam_relatives import acprop
+        >>> tx = acprop(1e-3, weight_decay=1e-2)
+
+    References:
+        Zhuang, Ding, Tang, Dvornek, Tatikonda & Duncan, "Momentum Centering and Asynchronous Update for
+        Adaptive Gradient Methods", NeurIPS 2021 (arXiv:2110.05454).
+    """
+    owner = "acprop"
+    validation.learning_rate(owner, learning_rate)
+    validation.decay_rate(owner, "b1", b1)
+    validation.decay_rate(owner, "b2", b2)
+    validation.epsilon(owner, "eps", eps)
+    validation.epsilon(owner, "eps_root", eps_root)
+    validation.scalar_or_schedule(owner, "weight_decay", weight_decay)
+    validation.state_dtypes(owner, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    return chain(
+        scale_by_acprop(b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )

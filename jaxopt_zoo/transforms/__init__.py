@@ -41,7 +41,7 @@ from jaxopt_zoo.transforms.scaling import (
 )
 from jaxopt_zoo.transforms.trust_ratio import scale_by_trust_ratio
 from jaxopt_zoo.transforms.weight_decay import WeightDecayScheduleState, add_decayed_weights
-from jaxopt_zoo.transforms.orthogonal import ScaleByMuonState, newton_schulz, scale_by_muon
+from jaxopt_zoo.transforms.orthogonal import MuonDimensionNumbers, MuonState, ScaleByMuonState, newton_schulz, scale_by_muon
 from jaxopt_zoo.transforms.rprop import ScaleByResilientStepState, ScaleByRpropState, scale_by_resilient_step, scale_by_rprop
 from jaxopt_zoo.transforms.averaging import AverageIteratesState, ScaleByAsgdState, average_iterates, averaged_params, scale_by_asgd
 from jaxopt_zoo.transforms.adam_variants import (
@@ -49,6 +49,7 @@ from jaxopt_zoo.transforms.adam_variants import (
     ScaleByRAdamState,
     ScaleByScheduledNadamState,
     scale_by_adamax,
+    scale_by_adopt,
     scale_by_radam,
     scale_by_scheduled_nadam,
 )
@@ -66,6 +67,7 @@ from jaxopt_zoo.transforms.sign import ScaleByLionState, scale_by_lion, scale_by
 from jaxopt_zoo.transforms.adam_relatives import (
     ScaleByAdanState,
     ScaleByBeliefState,
+    scale_by_acprop,
     scale_by_adan,
     scale_by_belief,
     scale_by_yogi,
@@ -83,6 +85,8 @@ __all__ = [
     "ScaleByAsgdState",
     "ScaleByFactoredSecondMomentState",
     "ScaleByMuonState",
+    "MuonDimensionNumbers",
+    "MuonState",
     "ScaleByRAdamState",
     "ScaleByRStdDevState",
     "ScaleByRStdDevWithCountState",
@@ -150,6 +154,8 @@ __all__ = [
     "unitwise_clip",
     "ScaleBySM3State",
     "scale_by_sm3",
+    "scale_by_adopt",
+    "scale_by_acprop",
 ]
 
 # Families added by issue 17; each module lists its public names in its own __all__.
@@ -169,3 +175,24 @@ __all__ += [
     *parameter_free.__all__,
     *polyak.__all__,
 ]
+
+# Families added by issue 18 (Optax's contrib set); each module lists its public names in its own __all__. The
+# modules are read under private names: a star import may rebind a module's name to its function (sam.sam).
+from jaxopt_zoo.transforms import ademamix as _ademamix, d_adaptation as _d_adaptation  # noqa: E402
+from jaxopt_zoo.transforms import dual_averaging as _dual_averaging, galore as _galore, momo as _momo  # noqa: E402
+from jaxopt_zoo.transforms import plateau as _plateau, privacy as _privacy, sam as _sam  # noqa: E402
+from jaxopt_zoo.transforms import schedule_free as _schedule_free, sophia as _sophia  # noqa: E402
+from jaxopt_zoo.transforms.ademamix import *  # noqa: E402,F403
+from jaxopt_zoo.transforms.d_adaptation import *  # noqa: E402,F403
+from jaxopt_zoo.transforms.dual_averaging import *  # noqa: E402,F403
+from jaxopt_zoo.transforms.galore import *  # noqa: E402,F403
+from jaxopt_zoo.transforms.momo import *  # noqa: E402,F403
+from jaxopt_zoo.transforms.plateau import *  # noqa: E402,F403
+from jaxopt_zoo.transforms.privacy import *  # noqa: E402,F403
+from jaxopt_zoo.transforms.sam import *  # noqa: E402,F403
+from jaxopt_zoo.transforms.schedule_free import *  # noqa: E402,F403
+from jaxopt_zoo.transforms.sophia import *  # noqa: E402,F403
+
+for _family in (_ademamix, _d_adaptation, _dual_averaging, _galore, _momo, _plateau, _privacy, _sam, _schedule_free,
+                _sophia):
+    __all__ += _family.__all__

@@ -6,6 +6,8 @@ second moment ``nu`` (non-negative), which take the storage options
 gradient, each with its own storage option. ``None`` update leaves pass
 through and keep their state. (Adamax and RAdam live in
 :mod:`jaxopt_zoo.transforms.adam_variants`.)
+ACProp (:func:`scale_by_acprop`) keeps AdaBelief's state and divides by its
+second moment one step late.
 
     >>> import jaxopt_zoo as jz
     >>> tx = jz.chain(jz.scale_by_yogi(), jz.scale_by_learning_rate(1e-2))
@@ -26,6 +28,7 @@ from jaxopt_zoo.transforms.adaptive import ScaleByAdamState
 __all__ = [
     "ScaleByAdanState",
     "ScaleByBeliefState",
+    "scale_by_acprop",
     "scale_by_adan",
     "scale_by_belief",
     "scale_by_yogi",
@@ -187,9 +190,7 @@ def scale_by_belief(
         tree.check_same_structure(owner, updates, state.mu, "the first moment (state.mu)")
         count = safe_increment(state.count)
         mu = tree.update_moment(updates, state.mu, b1, 1)
-        prediction_error = tree.map_updates(lambda g, m: tree.widen(g) - m, updates, mu)
-        nu = tree.update_moment_per_elem_norm(prediction_error, state.nu, b2, 2)
-        nu = tree.map_state(lambda g, v: v + eps_root, updates, nu)
+        nu = _prediction_error_moment(updates, mu, state.nu, b2, eps_root)
         if nesterov:
             mu_hat = tree.map_updates(
                 lambda g, m, g_hat: b1 * m + (1 - b1) * g_hat,
@@ -201,6 +202,96 @@ def scale_by_belief(
             mu_hat = tree.bias_correction(mu, b1, count)
         nu_hat = tree.bias_correction(nu, b2, count)
         return tree.moment_ratio(updates, mu_hat, nu_hat, eps, 0.0, guard), ScaleByBeliefState(count, mu, nu)
+
+    tx = with_storage(GradientTransformation(init, update), signed={"mu": mu_dtype}, non_negative={"nu": nu_dtype})
+    return expects_state(owner, tx, ScaleByBeliefState)
+
+
+def _prediction_error_moment(updates, mu, nu, b2, eps_root):
+    """:math:`s_t = \\beta_2 s_{t-1} + (1 - \\beta_2) |g_t - m_t|^2 + \\bar\\varepsilon`, AdaBelief's and ACProp's
+    second moment of the gradient around its running mean ``mu`` (already updated with :math:`g_t`)."""
+    error = tree.map_updates(lambda g, m: tree.widen(g) - m, updates, mu)
+    nu = tree.update_moment_per_elem_norm(error, nu, b2, 2)
+    return tree.map_state(lambda g, v: v + eps_root, updates, nu)
+
+
+def scale_by_acprop(
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-16,
+    eps_root: jax.typing.ArrayLike = 1e-16,
+    *,
+    mu_dtype: StateDtype = None,
+    nu_dtype: StateDtype = None,
+) -> GradientTransformation:
+    """ACProp (Zhuang et al. 2021): AdaBelief's centred second moment, used one step late (asynchronously).
+
+    .. math::
+
+        m_t &= \\beta_1 m_{t-1} + (1 - \\beta_1) g_t, \\qquad
+        s_t = \\beta_2 s_{t-1} + (1 - \\beta_2) (g_t - m_t)^2 + \\bar\\varepsilon, \\\\
+        u_t &= \\frac{g_t}{\\sqrt{s_{t-1} / (1 - \\beta_2^{t-1})} + \\varepsilon} \\quad (t > 1), \\qquad
+        u_1 = \\frac{g_1}{1 + \\varepsilon},
+
+    from zero moments. The denominator holds information up to step :math:`t-1` only, so it is
+    independent of the numerator's :math:`g_t` (the asynchronous update that gives the method its
+    convergence guarantee); the moments are AdaBelief's (:func:`scale_by_belief`), the first moment
+    serving only to centre the second. For complex gradients the square is :math:`|g_t - m_t|^2`.
+
+    Differences from ``optax.contrib.scale_by_acprop`` (whose state is also a ``ScaleByBeliefState``):
+    Optax centres the gradient on the *previous* mean, :math:`(g_t - m_{t-1})^2`, against its own
+    docstring's formula, the paper and the authors' code (``grad - exp_avg`` after ``exp_avg`` took
+    :math:`g_t`); here it is :math:`(g_t - m_t)^2`, so from the second step on the two differ (the
+    first step is the same). With ``eps = eps_root = 0`` the update is 0 where the denominator is 0, not
+    0/0; a ``None`` update keeps its moments; ``mu_dtype`` and ``nu_dtype`` are additions.
+
+    Args:
+        b1: decay :math:`\\beta_1 \\in [0, 1)` of the running mean.
+        b2: decay :math:`\\beta_2 \\in [0, 1)` of the centred second moment.
+        eps: :math:`\\varepsilon \\ge 0`, added outside the square root.
+        eps_root: :math:`\\bar\\varepsilon \\ge 0`, added to :math:`s_t` every step.
+        mu_dtype: storage of the running mean: a storage (see :mod:`jaxopt_zoo.storage`).
+        nu_dtype: storage of the centred second moment, as for ``mu_dtype``.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxopt_zoo as jz
+        >>> tx = jz.scale_by_acprop()
+        >>> state = tx.init(jnp.zeros(2))
+        >>> updates, state = tx.update(jnp.array([0.5, -2.0]), state)
+        >>> updates  # no second moment yet: the first step is the gradient
+        Array([ 0.5, -2. ], dtype=float32)
+        >>> updates, state = tx.update(jnp.array([0.5, -2.0]), state)
+        >>> updates  # g / sqrt(s_1 / (1 - b2)) = g / (b1 |g|): s_1 = (1 - b2) (b1 g)^2
+        Array([ 1.1111..., -1.1111...], dtype=float32)
+
+    References:
+        Zhuang, Ding, Tang, Dvornek, Tatikonda & Duncan, "Momentum Centering and Asynchronous Update for
+        Adaptive Gradient Methods", NeurIPS 2021 (arXiv:2110.05454).
+    """
+    owner = "scale_by_acprop"
+    validation.decay_rate(owner, "b1", b1)
+    validation.decay_rate(owner, "b2", b2)
+    validation.epsilon(owner, "eps", eps)
+    validation.epsilon(owner, "eps_root", eps_root)
+    guard = validation.may_all_be_zero(eps, eps_root)
+    mu_dtype = resolve(owner, "mu_dtype", mu_dtype)
+    nu_dtype = resolve(owner, "nu_dtype", nu_dtype)
+
+    def init(params):
+        return ScaleByBeliefState(zero_count(), tree.moments_like(params), tree.moments_like(params))
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        tree.check_same_structure(owner, updates, state.mu, "the first moment (state.mu)")
+        count = safe_increment(state.count)
+        mu = tree.update_moment(updates, state.mu, b1, 1)
+        nu = _prediction_error_moment(updates, mu, state.nu, b2, eps_root)
+        # The denominator is s_{t-1}, corrected for its t - 1 steps; on the first step (s_0 = 0) it is 1.
+        first = state.count == 0
+        previous = tree.bias_correction(state.nu, b2, jnp.where(first, count, state.count))
+        previous = tree.map_updates(lambda g, v: jnp.where(first, 1, v), updates, previous)
+        gradient = tree.map_updates(tree.widen, updates)
+        return tree.moment_ratio(updates, gradient, previous, eps, 0.0, guard), ScaleByBeliefState(count, mu, nu)
 
     tx = with_storage(GradientTransformation(init, update), signed={"mu": mu_dtype}, non_negative={"nu": nu_dtype})
     return expects_state(owner, tx, ScaleByBeliefState)

@@ -4,6 +4,8 @@ Each keeps a step count and Adam's two per-parameter moments (first moment
 ``mu``, signed; second moment or infinity norm ``nu``, non-negative), which
 take the storage options ``mu_dtype`` and ``nu_dtype``. ``None`` update leaves
 pass through and keep their state.
+ADOPT (:func:`scale_by_adopt`) keeps Adam's state and normalises each gradient
+by the second moment of the steps before it.
 
     >>> import jaxopt_zoo as jz
     >>> tx = jz.chain(jz.scale_by_radam(), jz.scale_by_learning_rate(1e-3))
@@ -11,6 +13,7 @@ pass through and keep their state.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -19,12 +22,14 @@ import jax.numpy as jnp
 from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, safe_increment, zero_count
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
+from jaxopt_zoo.transforms.adaptive import ScaleByAdamState
 
 __all__ = [
     "ScaleByAdamaxState",
     "ScaleByRAdamState",
     "ScaleByScheduledNadamState",
     "scale_by_adamax",
+    "scale_by_adopt",
     "scale_by_radam",
     "scale_by_scheduled_nadam",
 ]
@@ -375,3 +380,113 @@ def scale_by_radam(
 
     tx = with_storage(GradientTransformation(init, update), signed={"mu": mu_dtype}, non_negative={"nu": nu_dtype})
     return expects_state(owner, tx, ScaleByRAdamState)
+
+
+def _fourth_root(count: jax.Array) -> jax.Array:
+    """ADOPT's default clipping bound :math:`c_t = t^{1/4}` of the 0-based step count."""
+    return count**0.25
+
+
+def scale_by_adopt(
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.9999,
+    eps: jax.typing.ArrayLike = 1e-6,
+    mu_dtype: StateDtype = None,
+    *,
+    nesterov: bool = False,
+    use_clipping: bool = True,
+    clip_value_fn: Callable[[jax.Array], jax.Array] = _fourth_root,
+    nu_dtype: StateDtype = None,
+) -> GradientTransformation:
+    """ADOPT (Taniguchi et al. 2024): Adam that normalises the gradient by the second moment of the steps
+    *before* it, then averages the normalised gradients.
+
+    .. math::
+
+        v_0 &= g_0^2 \\quad (\\text{the first call only sets } v \\text{: its update is } 0), \\\\
+        m_t &= \\beta_1 m_{t-1}
+        + (1 - \\beta_1)\\, \\operatorname{clip}\\big(g_t / \\max(\\sqrt{v_{t-1}}, \\varepsilon),\\ c_t\\big),
+        \\qquad u_t = m_t, \\\\
+        v_t &= \\beta_2 v_{t-1} + (1 - \\beta_2) g_t^2,
+
+    from :math:`m_0 = 0`, where :math:`\\operatorname{clip}(x, c)` clips to :math:`[-c, c]` and
+    :math:`c_t` is ``clip_value_fn`` of the 0-based step count (:math:`t^{1/4}` by default; the paper's
+    stabilisation; ``use_clipping=False`` leaves the normalised gradient as it is). Because :math:`v_{t-1}`
+    does not contain :math:`g_t`, the step converges for any :math:`\\beta_2` (the paper's point). With
+    ``nesterov=True`` the update is :math:`\\beta_1 m_t + (1 - \\beta_1)\\operatorname{clip}(\\cdot)`. No bias
+    correction. For complex gradients :math:`g_t^2` is :math:`|g_t|^2`.
+
+    Numerically identical to ``optax.contrib.scale_by_adopt``, whose state is also a ``ScaleByAdamState``.
+    Differences from ``optax.contrib.scale_by_adopt``: with ``eps=0`` the normalised gradient is 0 where
+    :math:`v_{t-1} = 0`, not 0/0 (NaN, which Optax's first step turns into a NaN momentum without
+    clipping); a ``None`` update keeps its moments; ``nu_dtype`` (storage of :math:`v`, which Optax keeps
+    in the params' dtype) is an addition, and ``mu_dtype`` also takes
+    :class:`~jaxopt_zoo.storage.StochasticBF16` and :class:`~jaxopt_zoo.quantization.Blockwise8Bit`.
+
+    Args:
+        b1: decay :math:`\\beta_1 \\in [0, 1)` of the momentum of normalised gradients.
+        b2: decay :math:`\\beta_2 \\in [0, 1)` of the second moment.
+        eps: :math:`\\varepsilon \\ge 0`, the floor of :math:`\\sqrt{v}`.
+        mu_dtype: storage of the momentum: a storage (see :mod:`jaxopt_zoo.storage`).
+        nesterov: use Nesterov momentum.
+        use_clipping: clip the normalised gradient to :math:`[-c_t, c_t]`.
+        clip_value_fn: :math:`c_t` as a function of the int32 step count (0 on the first call).
+        nu_dtype: storage of the second moment, as for ``mu_dtype``.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxopt_zoo as jz
+        >>> tx = jz.scale_by_adopt()
+        >>> state = tx.init(jnp.zeros(2))
+        >>> updates, state = tx.update(jnp.array([0.5, -2.0]), state)
+        >>> updates, state.nu  # the first call only records g^2
+        (Array([0., 0.], dtype=float32), Array([0.25, 4.  ], dtype=float32))
+        >>> updates, state = tx.update(jnp.array([1.0, -2.0]), state)
+        >>> updates  # (1 - b1) clip(g / |g_0|, 1)
+        Array([ 0.1000..., -0.1000...], dtype=float32)
+
+    References:
+        Taniguchi, Harada, Minegishi, Oshima, Jeong, Nagahara, Iiyama, Suzuki, Iwasawa & Matsuo, "ADOPT:
+        Modified Adam Can Converge with Any beta2 with the Optimal Rate", NeurIPS 2024.
+    """
+    owner = "scale_by_adopt"
+    validation.decay_rate(owner, "b1", b1)
+    validation.decay_rate(owner, "b2", b2)
+    validation.epsilon(owner, "eps", eps)
+    validation.flag(owner, "nesterov", nesterov)
+    validation.flag(owner, "use_clipping", use_clipping)
+    if not callable(clip_value_fn):
+        raise ValueError(f"{owner}: clip_value_fn must be a function of the step count, got {clip_value_fn!r}.")
+    guard = validation.may_all_be_zero(eps)
+    mu_dtype = resolve(owner, "mu_dtype", mu_dtype)
+    nu_dtype = resolve(owner, "nu_dtype", nu_dtype)
+
+    def init(params):
+        return ScaleByAdamState(zero_count(), tree.moments_like(params), tree.moments_like(params))
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        tree.check_same_structure(owner, updates, state.mu, "the first moment (state.mu)")
+        started = state.count > 0
+        # The first call sets v_0 = g_0^2 and leaves m at 0: decays of 0 and 1, as Optax forms them.
+        b1_t, b2_t = jnp.where(started, b1, 1), jnp.where(started, b2, 0)
+        bound = clip_value_fn(state.count) if use_clipping else None
+
+        def normalised(g, v):
+            floor = jnp.maximum(jnp.sqrt(v), eps)
+            if guard:  # 0, not 0/0, where v and eps are both 0
+                ratio = jnp.where(floor == 0, 0, tree.widen(g) / jnp.where(floor == 0, 1, floor))
+            else:
+                ratio = tree.widen(g) / floor
+            return jnp.clip(ratio, -bound, bound) if use_clipping else ratio
+
+        nu = tree.update_moment_per_elem_norm(updates, state.nu, b2_t, 2)
+        steps = tree.map_updates(normalised, updates, state.nu)
+        mu = tree.update_moment(steps, state.mu, b1_t, 1)
+        if nesterov:
+            direction = tree.map_updates(lambda x, m: (1 - b1_t) * x + b1_t * m, steps, mu)
+        else:
+            direction = tree.map_updates(lambda x, m: m, steps, mu)
+        return direction, ScaleByAdamState(safe_increment(state.count), mu, nu)
+
+    tx = with_storage(GradientTransformation(init, update), signed={"mu": mu_dtype}, non_negative={"nu": nu_dtype})
+    return expects_state(owner, tx, ScaleByAdamState)

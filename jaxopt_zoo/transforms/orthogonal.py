@@ -2,31 +2,178 @@
 
 A matrix update :math:`G = U S V^\\top` is replaced by (an approximation of)
 its orthogonal polar factor :math:`U V^\\top`, computed with matrix products
-only. Every function here acts on 2-D leaves; give other parameters another
-optimizer with :func:`~jaxopt_zoo.combine.partition`.
+only. :func:`scale_by_muon` is ``optax.contrib.scale_by_muon``; its keyword-only
+options at the end give ``torch.optim.Muon``'s variant of the same rule
+(:func:`jaxopt_zoo.torch.muon`). Higher-rank leaves are orthogonalised as
+batches of matrices described by :class:`MuonDimensionNumbers`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxopt_zoo import tree, validation
-from jaxopt_zoo.base import GradientTransformation, Updates, expects_state
+from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, safe_increment, zero_count
 from jaxopt_zoo.sharding import require_whole_arrays
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
 
-__all__ = ["NS_COEFFICIENTS", "ScaleByMuonState", "newton_schulz", "require_matrices", "scale_by_muon"]
+__all__ = [
+    "MuonDimensionNumbers",
+    "MuonState",
+    "NS_COEFFICIENTS",
+    "ScaleByMuonState",
+    "newton_schulz",
+    "require_matrices",
+    "scale_by_muon",
+]
 
 NS_COEFFICIENTS = (3.4445, -4.775, 2.0315)
 """Keller Jordan's quintic coefficients :math:`(a, b, c)`, PyTorch's and Optax's default."""
 
+NS_COEFFICIENT_PRESETS = {
+    "standard": NS_COEFFICIENTS,
+    "muon": NS_COEFFICIENTS,  # the name Optax's docstring gives the standard preset (its code knows only "standard")
+    # Ahn et al. (Dion), one row per step, the most aggressive first.
+    "dion": (
+        (4.0848, -6.8946, 2.9270),
+        (3.9505, -6.3029, 2.6377),
+        (3.7418, -5.5913, 2.3037),
+        (2.8769, -3.1427, 1.2046),
+        (2.8366, -3.0525, 1.2012),
+    ),
+}
+PRECONDITIONINGS = ("frobenius", "spectral", "aol", "schatten")
 ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
 MAX_NS_STEPS = 99  # PyTorch refuses 100 or more
+
+
+class MuonDimensionNumbers(NamedTuple):
+    """Which axes of a weight form the matrix Muon orthogonalises: ``x @ W = y`` contracts ``reduction_axis``.
+
+    The reduction axes (fan-in) become the matrix's rows and the output axes
+    (fan-out) its columns; every other axis is a batch axis, whose matrices are
+    orthogonalised independently. Axes may be negative. The default, ``(0, 1)``,
+    is a Flax ``(in, out)`` kernel; PyTorch's ``(out, in)`` weights are ``(1, 0)``.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> heads = jz.MuonDimensionNumbers(reduction_axis=0, output_axis=(2,))  # (in, heads, out): one per head
+    """
+
+    reduction_axis: Sequence[int] | int = 0
+    output_axis: Sequence[int] | int = 1
+
+
+WeightDimensionNumbers = MuonDimensionNumbers | Any | Callable[[Any], Any] | None
+TORCH_LAYOUT = MuonDimensionNumbers(reduction_axis=1, output_axis=0)
+"""PyTorch's ``(out, in)`` weight layout."""
+
+
+def _is_spec(x: Any) -> bool:
+    return x is None or isinstance(x, MuonDimensionNumbers)
+
+
+def _axes(owner: str, shape: tuple[int, ...], spec: MuonDimensionNumbers) -> tuple[tuple[int, ...], ...]:
+    """(batch, reduction, output) axes of a leaf of ``shape``, checked; raises naming ``owner``."""
+    as_tuple = lambda a: (a,) if isinstance(a, (int, np.integer)) else tuple(a)
+    ndim = len(shape)
+    if ndim < 2:
+        raise ValueError(f"{owner}: a leaf orthogonalised as matrices must have rank >= 2, got shape {shape}.")
+    named = as_tuple(spec.reduction_axis) + as_tuple(spec.output_axis)
+    if not named or any(not -ndim <= a < ndim for a in named):
+        raise ValueError(f"{owner}: {spec} names axes outside a leaf of shape {shape}.")
+    reduction = tuple(a % ndim for a in as_tuple(spec.reduction_axis))
+    output = tuple(a % ndim for a in as_tuple(spec.output_axis))
+    if not reduction or not output or len(set(reduction + output)) != len(reduction + output):
+        raise ValueError(f"{owner}: {spec} must name disjoint, non-empty reduction and output axes (shape {shape}).")
+    batch = tuple(a for a in range(ndim) if a not in reduction + output)
+    return batch, reduction, output
+
+
+def _fans(owner: str, shape: tuple[int, ...], spec: MuonDimensionNumbers) -> tuple[int, int]:
+    _, reduction, output = _axes(owner, shape, spec)
+    return math.prod(shape[a] for a in reduction), math.prod(shape[a] for a in output)
+
+
+def _as_matrices(
+    owner: str, x: jax.Array, spec: MuonDimensionNumbers, fn: Callable[[jax.Array], jax.Array]
+) -> jax.Array:
+    """``fn`` vmapped over ``x`` seen as a (batch, fan-in, fan-out) stack of matrices, and ``x``'s layout restored."""
+    batch, reduction, output = _axes(owner, x.shape, spec)
+    order = batch + reduction + output
+    sizes = lambda axes: tuple(x.shape[a] for a in axes)
+    stacked = x.transpose(order).reshape(math.prod(sizes(batch)), math.prod(sizes(reduction)), math.prod(sizes(output)))
+    result = jax.vmap(fn)(stacked).reshape(sizes(order))
+    return result.transpose(tuple(sorted(range(x.ndim), key=lambda i: order[i])))
+
+
+# --- the iteration -----------------------------------------------------------------------------------
+
+
+def _step(x: jax.Array, c: jax.Array, eps: Any) -> jax.Array:
+    # X <- a X + (b A + c A A) X with A = X X^T, the products grouped as Optax groups them ((c A) A).
+    del eps
+    gram = x @ x.T.conj()
+    return c[0] * x + (c[1] * gram + c[2] * gram @ gram) @ x
+
+
+def _aol_step(x: jax.Array, c: jax.Array, eps: Any) -> jax.Array:
+    # Boissin et al.: rescale row i of X by 1 / sqrt(sum_j |A_ij|) (Gershgorin: then ||X||_2 <= 1), then step.
+    gram = x @ x.T.conj()
+    rescaling = jnp.clip(jnp.abs(gram).sum(axis=-1), min=eps)
+    s = jnp.expand_dims(jax.lax.rsqrt(jnp.where(rescaling == 0, 1, rescaling)), -1)  # 0 only for eps = 0: keep 0
+    x, gram = x * s, gram * s * s.T
+    return c[0] * x + (c[1] * gram + c[2] * gram @ gram) @ x
+
+
+def _schatten_step(x: jax.Array, c: jax.Array, eps: Any) -> jax.Array:
+    # Grishina et al.: divide X by ||X X^T||_F^(1/2), its Schatten-4 norm (>= its spectral norm), then step.
+    gram = x @ x.T
+    rescaling = jnp.clip(jnp.linalg.norm(gram, ord="fro"), min=eps)
+    s = jax.lax.rsqrt(jnp.where(rescaling == 0, 1, rescaling))
+    x, gram = x * s, gram * s**2
+    return c[0] * x + (c[1] * gram + c[2] * gram @ gram) @ x
+
+
+FIRST_STEPS = {"frobenius": _step, "spectral": _step, "aol": _aol_step, "schatten": _schatten_step}
+
+
+def _orthogonalize(x, coefficients, ns_steps, preconditioning, eps, eps_floor):
+    """Newton–Schulz on one matrix in its own dtype; ``coefficients`` has shape (3,) or (steps, 3)."""
+    tall = x.shape[0] > x.shape[1]  # iterate on the wide orientation, where X X^T is the smaller Gram matrix
+    if tall:
+        x = x.T
+    if preconditioning in ("frobenius", "spectral"):
+        norm = jnp.linalg.norm(x, ord="fro" if preconditioning == "frobenius" else 2)
+        divisor = jnp.maximum(norm, eps) if eps_floor else norm + eps
+        x = x / jnp.where(divisor == 0, 1, divisor)  # 0 / 0 only for eps = 0: keep 0
+    first = FIRST_STEPS[preconditioning]
+    if coefficients.ndim == 2:
+        for k in range(coefficients.shape[0]):
+            x = (first if k == 0 else _step)(x, coefficients[k], eps)
+    elif isinstance(ns_steps, int):
+        for k in range(ns_steps):
+            x = (first if k == 0 else _step)(x, coefficients, eps)
+    else:  # a traced step count (inject_hyperparams)
+        body = lambda i, z: jax.lax.cond(i == 0, first, _step, z, coefficients, eps)
+        x = jax.lax.fori_loop(0, ns_steps, body, x)
+    return x.T if tall else x
+
+
+def _gathered(x: jax.Array) -> tuple[jax.Array, Any]:
+    # On Explicit mesh axes a sharded matrix is gathered first (JAX refuses to choose a layout for products
+    # that contract over a sharded axis), and the result is laid out like it again. On Auto axes the
+    # partitioner chooses the collectives itself.
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    if sharding is None or all(axis is None for axis in getattr(sharding, "spec", ())):
+        return x, None
+    return jax.sharding.reshard(x, NamedSharding(sharding.mesh, PartitionSpec())), sharding
 
 
 def newton_schulz(
@@ -51,13 +198,13 @@ def newton_schulz(
     default coefficients and 5 steps, those that start above 0.003 end in
     [0.68, 1.21] rather than at 1 (more slope at 0 for fewer steps; smaller ones
     grow by up to :math:`a^5 \\approx 490`); ``(15/8, -10/8, 3/8)`` converges to the
-    polar factor :math:`U V^\\top`.
+    polar factor :math:`U V^\\top`. :func:`scale_by_muon` runs the same iteration
+    (with Optax's :math:`\\|G\\|_F + \\varepsilon` unless ``eps_floor=True``).
 
     Precision: the iteration runs in ``dtype`` (``None``: ``x``'s dtype, float16
     widened to float32) and the result is cast back to ``x``'s dtype. PyTorch
-    always runs it in bfloat16 (``dtype=jnp.bfloat16`` does the same). The norm
-    is accumulated in float32 or wider. Where :math:`G = 0` and
-    :math:`\\varepsilon = 0` the result is 0, not PyTorch's 0/0 = NaN.
+    always runs it in bfloat16 (``dtype=jnp.bfloat16`` does the same). Where
+    :math:`G = 0` and :math:`\\varepsilon = 0` the result is 0, not PyTorch's 0/0 = NaN.
 
     Args:
         x: a 2-D array.
@@ -84,68 +231,46 @@ def newton_schulz(
         raise ValueError(f"newton_schulz: x must be a 2-D array, got shape {jnp.shape(x)}.")
     if jnp.iscomplexobj(x):
         raise ValueError(f"newton_schulz: x must be real, got {jnp.result_type(x)}.")
-    a, b, c = ns_coefficients
     work, layout = _gathered(tree.widen(x) if dtype is None else x.astype(dtype))
-    tall = x.shape[0] > x.shape[1]
-    if tall:
-        work = work.T
-    wide = jnp.promote_types(work.dtype, jnp.float32)
-    norm = jnp.sqrt(jnp.sum(jnp.square(work.astype(wide))))
-    divisor = jnp.maximum(norm, eps)
-    work = (work / jnp.where(divisor == 0, 1, divisor)).astype(work.dtype)  # 0 / 0 only for eps = 0: keep 0
-
-    def step(_, z):
-        gram = z @ z.T
-        return a * z + (b * gram + c * (gram @ gram)) @ z
-
-    if isinstance(ns_steps, int):
-        for _ in range(ns_steps):
-            work = step(None, work)
-    else:
-        work = jax.lax.fori_loop(0, ns_steps, step, work)
-    work = (work.T if tall else work).astype(x.dtype)
-    return work if layout is None else jax.sharding.reshard(work, layout)
+    coefficients = jnp.asarray(ns_coefficients).astype(work.dtype)
+    result = _orthogonalize(work, coefficients, ns_steps, "frobenius", eps, eps_floor=True).astype(x.dtype)
+    return result if layout is None else jax.sharding.reshard(result, layout)
 
 
-def _gathered(x: jax.Array) -> tuple[jax.Array, Any]:
-    # On Explicit mesh axes a sharded matrix is gathered first (JAX refuses to choose a layout for products
-    # that contract over a sharded axis), and the result is laid out like it again. On Auto axes the
-    # partitioner chooses the collectives itself.
-    sharding = getattr(jax.typeof(x), "sharding", None)
-    if sharding is None or all(axis is None for axis in getattr(sharding, "spec", ())):
-        return x, None
-    return jax.sharding.reshard(x, NamedSharding(sharding.mesh, PartitionSpec())), sharding
-
-
-def _shape_factor(shape: tuple[int, ...], adjust_lr_fn: str | None) -> float:
-    # PyTorch's _adjust_lr without the lr: the factor the step of a (rows, cols) matrix is scaled by.
-    rows, cols = shape
-    if adjust_lr_fn == "match_rms_adamw":
-        return 0.2 * math.sqrt(max(rows, cols))
-    return math.sqrt(max(1, rows / cols)) if cols else 1.0
+# --- checks ------------------------------------------------------------------------------------------
 
 
 def require_matrices(owner: str, params: Any) -> None:
     """Raise, naming the leaf's path and shape, unless every leaf of ``params`` is a real 2-D array."""
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         where = jax.tree_util.keystr(path) or "<root>"
-        if jnp.ndim(leaf) != 2:
-            raise ValueError(
-                f"{owner}: Muon orthogonalises matrices and takes 2-D parameters only (as torch.optim.Muon), but "
-                f"the leaf at {where} has shape {jnp.shape(leaf)}. Give the other parameters another optimizer with "
-                "jz.partition, e.g. jz.partition({'muon': jz.torch.muon(), 'adamw': jz.torch.adamw()}, "
-                "lambda params: jax.tree.map(lambda p: 'muon' if p.ndim == 2 else 'adamw', params))."
-            )
-        if jnp.iscomplexobj(leaf):
-            raise ValueError(
-                f"{owner}: Muon does not support complex parameters (as torch.optim.Muon); the leaf at {where} is "
-                f"{jnp.result_type(leaf)}."
-            )
+        _require_matrix(owner, where, leaf)
+        _require_real(owner, where, leaf)
+
+
+def _require_matrix(owner: str, where: str, leaf: Any) -> None:
+    if jnp.ndim(leaf) != 2:
+        raise ValueError(
+            f"{owner}: Muon orthogonalises matrices and takes 2-D parameters only (as torch.optim.Muon; "
+            f"describe other layouts with weight_dimension_numbers), but the leaf at {where} has shape "
+            f"{jnp.shape(leaf)}. Give the other parameters another optimizer with jz.partition, e.g. "
+            "jz.partition({'muon': jz.torch.muon(), 'adamw': jz.torch.adamw()}, "
+            "lambda params: jax.tree.map(lambda p: 'muon' if p.ndim == 2 else 'adamw', params)), or use jz.muon "
+            "(Adam for the other leaves)."
+        )
+
+
+def _require_real(owner: str, where: str, leaf: Any) -> None:
+    if jnp.iscomplexobj(leaf):
+        raise ValueError(
+            f"{owner}: Muon does not support complex parameters (as torch.optim.Muon); the leaf at {where} is "
+            f"{jnp.result_type(leaf)}."
+        )
 
 
 def check_options(owner, momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn, ns_dtype) -> int | jax.Array:
-    """Check Muon's options under ``owner``'s name (``scale_by_muon``, ``torch.muon``); return ``ns_steps`` as an int
-    (or as it is when traced)."""
+    """Check torch.optim.Muon's options under ``owner``'s name; return ``ns_steps`` as an int (or as it is when
+    traced)."""
     validation.non_negative(owner, "momentum", momentum)
     validation.flag(owner, "nesterov", nesterov)
     if not (isinstance(ns_coefficients, (tuple, list)) and len(ns_coefficients) == 3):
@@ -158,111 +283,267 @@ def check_options(owner, momentum, nesterov, ns_coefficients, eps, ns_steps, adj
             f"{owner}: adjust_lr_fn must be None, 'original' or 'match_rms_adamw', got {adjust_lr_fn!r}."
         )
     validation.optional_dtype(owner, "ns_dtype", ns_dtype)
-    if isinstance(ns_steps, jax.core.Tracer):  # under inject_hyperparams: newton_schulz runs a fori_loop then
+    if isinstance(ns_steps, jax.core.Tracer):  # under inject_hyperparams: the iteration runs a fori_loop then
         return ns_steps
     return validation.whole_number(owner, "ns_steps", ns_steps, maximum=MAX_NS_STEPS)
 
 
-class ScaleByMuonState(NamedTuple):
-    """Muon's momentum buffer; ``count``: see :func:`~jaxopt_zoo.storage.with_storage`."""
+def resolve_ns_coeffs(owner: str, ns_coeffs: Any, ns_steps: Any) -> Any:
+    """``ns_coeffs`` checked: three numbers, rows of three (one per step: the last ``ns_steps`` are run), or a
+    preset name (``"standard"``, ``"dion"``)."""
+    if isinstance(ns_coeffs, str):
+        if ns_coeffs not in NS_COEFFICIENT_PRESETS:
+            raise ValueError(
+                f"{owner}: ns_coeffs must be one of {sorted(NS_COEFFICIENT_PRESETS)} or numbers, got {ns_coeffs!r}."
+            )
+        ns_coeffs = NS_COEFFICIENT_PRESETS[ns_coeffs]
+    try:
+        shape = jnp.shape(jnp.asarray(ns_coeffs))
+    except (TypeError, ValueError):
+        shape = None
+    if shape is None or len(shape) not in (1, 2) or shape[-1] != 3 or (len(shape) == 2 and shape[0] == 0):
+        raise ValueError(
+            f"{owner}: ns_coeffs must be three numbers (a, b, c) or rows of them (n, 3), got {ns_coeffs!r}."
+        )
+    rows = [ns_coeffs] if len(shape) == 1 else list(ns_coeffs)
+    for i, row in enumerate(rows):
+        for j, value in enumerate(row):
+            validation.real_scalar(owner, f"ns_coeffs[{i}][{j}]" if len(shape) == 2 else f"ns_coeffs[{j}]", value)
+    if len(shape) == 2:
+        if isinstance(ns_steps, jax.core.Tracer):
+            raise ValueError(f"{owner}: with a row of ns_coeffs per step, ns_steps must be a Python integer.")
+        return tuple(rows[len(rows) - min(ns_steps, len(rows)):])
+    return ns_coeffs
 
-    momentum_buffer: Updates
-    count: jax.Array | None = None
+
+# --- Muon --------------------------------------------------------------------------------------------
+
+
+class MuonState(NamedTuple):
+    """Muon's step count, momentum and Newton–Schulz coefficients (shape (3,) or (steps, 3)), as Optax's.
+
+    Without bias correction (PyTorch's rule) ``count`` and ``ns_coeffs`` are ``None``, so that the state
+    holds only PyTorch's buffer (a ``count`` appears where a stochastic storage draws from it).
+    """
+
+    count: jax.Array | None
+    mu: Updates
+    ns_coeffs: jax.Array | None
+
+    @property
+    def momentum_buffer(self) -> Updates:
+        """``mu`` under ``torch.optim.Muon``'s name."""
+        return self.mu
+
+
+ScaleByMuonState = MuonState
+"""The name this library gave Muon's state before it took Optax's (``MuonState``)."""
+
+
+def _shape_factor(owner: str, shape: tuple[int, ...], spec: MuonDimensionNumbers, shape_scale: Any) -> jax.Array:
+    # Optax's scale_by_shape: sqrt(max(1, fan_out / fan_in)) (width), or consistent_rms * sqrt(max(fan_in, fan_out)).
+    fan_in, fan_out = _fans(owner, shape, spec)
+    if isinstance(shape_scale, str):
+        return jnp.sqrt(jnp.maximum(1, fan_out / fan_in))
+    return jnp.sqrt(jnp.maximum(fan_in, fan_out)) * shape_scale
+
+
+def _specs_for(owner: str, weight_dimension_numbers: WeightDimensionNumbers, tree_: Any) -> Any:
+    """One :class:`MuonDimensionNumbers` (or ``None``: a plain matrix) per leaf of ``tree_``, from a spec, a tree
+    of them (or a prefix of one), or a callable of ``tree_`` returning one."""
+    specs = weight_dimension_numbers(tree_) if callable(weight_dimension_numbers) else weight_dimension_numbers
+    try:
+        return jax.tree.map(lambda s, sub: jax.tree.map(lambda _: s, sub), specs, tree_, is_leaf=_is_spec)
+    except ValueError as error:
+        raise ValueError(
+            f"{owner}: weight_dimension_numbers must have the params' structure (or a prefix of it): {error}"
+        ) from None
+
+
+def _check_leaves(owner: str, params: Any, specs: Any) -> None:
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    for (path, leaf), spec in zip(leaves, jax.tree.leaves(specs, is_leaf=_is_spec)):
+        where = jax.tree_util.keystr(path) or "<root>"
+        if spec is None:
+            _require_matrix(owner, where, leaf)
+        else:
+            try:
+                _axes(owner, jnp.shape(leaf), spec)
+            except ValueError as error:
+                raise ValueError(f"{owner}: the leaf at {where}: {str(error).removeprefix(owner + ': ')}") from None
+        _require_real(owner, where, leaf)
 
 
 def scale_by_muon(
-    momentum: jax.typing.ArrayLike = 0.95,
-    nesterov: bool = True,
-    ns_coefficients: tuple[Any, Any, Any] = NS_COEFFICIENTS,
-    eps: jax.typing.ArrayLike = 1e-7,
-    ns_steps: int = 5,
-    adjust_lr_fn: str | None = None,
-    *,
-    ns_dtype: jax.typing.DTypeLike | None = None,
+    ns_coeffs: Any = NS_COEFFICIENTS,
+    ns_steps: int | jax.Array = 5,
+    beta: jax.typing.ArrayLike = 0.95,
+    eps: jax.typing.ArrayLike = 1e-8,
     mu_dtype: StateDtype = None,
+    *,
+    nesterov: bool = True,
+    adaptive: bool = False,
+    preconditioning: str = "frobenius",
+    weight_dimension_numbers: WeightDimensionNumbers = None,
+    bias_correction: bool = True,
+    eps_floor: bool = False,
+    shape_scale: str | jax.typing.ArrayLike | None = None,
+    ns_dtype: jax.typing.DTypeLike | None = None,
 ) -> GradientTransformation:
-    """Muon's direction for 2-D parameters, as ``torch.optim.Muon`` computes it (Jordan et al. 2024).
+    """Muon's direction (Jordan et al. 2024): momentum orthogonalised by Newton–Schulz, as Optax computes it.
 
     .. math::
 
-        B_t = \\mu B_{t-1} + (1 - \\mu) G_t, \\ B_0 = 0, \\qquad
-        \\tilde B_t = (1 - \\mu) G_t + \\mu B_t \\text{ if nesterov else } B_t, \\qquad
-        U_t = s(m, n) \\, \\mathrm{NS}(\\tilde B_t)
+        m_t = \\beta m_{t-1} + (1 - \\beta) g_t, \\ m_0 = 0, \\qquad
+        \\hat m_t = \\frac{\\beta m_t}{1 - \\beta^{t+1}} + \\frac{(1 - \\beta) g_t}{1 - \\beta^t}
+        \\text{ (nesterov) or } \\frac{m_t}{1 - \\beta^t}, \\qquad
+        u_t = \\mathrm{NS}(\\hat m_t)
+        \\; [\\times \\langle \\hat m_t, \\mathrm{NS}(\\hat m_t) \\rangle \\text{ if adaptive}]
 
-    with :math:`\\mathrm{NS}` the Newton–Schulz orthogonalisation
-    (:func:`newton_schulz`) of an :math:`m \\times n` matrix and the shape factor
-    :math:`s = \\sqrt{\\max(1, m/n)}` (``adjust_lr_fn`` None or ``"original"``,
-    Keller Jordan's) or :math:`0.2 \\sqrt{\\max(m, n)}` (``"match_rms_adamw"``,
-    Moonshot's). PyTorch multiplies the learning rate by :math:`s`; here it
-    multiplies the update, so ``chain(scale_by_muon(), add_decayed_weights(wd),
-    scale_by_learning_rate(lr))`` is PyTorch's step
-    :math:`\\theta \\leftarrow (1 - \\gamma\\lambda)\\theta - \\gamma s\\,\\mathrm{NS}(\\tilde B_t)`
-    (that is :func:`jaxopt_zoo.torch.muon`). PyTorch's documented pseudocode writes
-    :math:`B_t = \\mu B_{t-1} + G_t`; its code (followed here) keeps the moving
-    average above, which differs by the factor :math:`1 - \\mu` that the
-    normalisation removes (except where :math:`\\|\\tilde B_t\\|_F < \\varepsilon`).
+    with :math:`\\mathrm{NS}` ``ns_steps`` Newton–Schulz steps
+    :math:`X \\leftarrow a X + (b A + c A^2) X`, :math:`A = X X^\\top`, on the
+    wide orientation of the matrix, started from (``preconditioning``)
+    :math:`X_0 = \\hat m / (\\|\\hat m\\|_F + \\varepsilon)` (``"frobenius"``),
+    :math:`\\hat m / (\\|\\hat m\\|_2 + \\varepsilon)` (``"spectral"``), or
+    :math:`\\hat m` with a rescaled first step: rows by
+    :math:`1/\\sqrt{\\max(\\sum_j |A_{ij}|, \\varepsilon)}` (``"aol"``, Boissin et al.
+    2025) or all by :math:`1/\\sqrt{\\max(\\|A\\|_F, \\varepsilon)}` (``"schatten"``,
+    Grishina et al. 2025). ``ns_coeffs`` :math:`(a, b, c)` may be rows of them,
+    one per step (``"dion"``: Ahn et al. 2025). ``adaptive`` scales by the dual
+    norm :math:`\\langle \\hat m, \\mathrm{NS}(\\hat m) \\rangle \\approx \\|\\hat m\\|_*`
+    (Bernstein & Newhouse 2024), summed over the whole leaf. A leaf of higher rank
+    is a batch of matrices given by ``weight_dimension_numbers``.
 
-    Every leaf must be a real 2-D array (``init`` raises otherwise, naming it).
-    ``None`` updates keep their buffer. The Frobenius norm and the products
-    span whole matrices, so inside ``shard_map`` the leaves must be whole
-    (replicated): a sharded leaf raises (under ``jax.jit`` with sharded arrays
-    the partitioner computes it exactly, and on Explicit mesh axes each sharded matrix is gathered for its
-    iteration and its update laid out like it again).
+    The keyword-only options after ``weight_dimension_numbers`` are additions that
+    give ``torch.optim.Muon``'s rule (see :func:`jaxopt_zoo.torch.muon`):
+    ``bias_correction=False`` drops the :math:`1 - \\beta^t` divisors (the two
+    differ only in the Nesterov blend's first steps; a scale is normalised away)
+    and with them the state's ``count`` and ``ns_coeffs`` (PyTorch keeps only the buffer),
+    ``eps_floor=True`` divides by :math:`\\max(\\|\\hat m\\|, \\varepsilon)`
+    (PyTorch's clamp) instead of adding :math:`\\varepsilon`, ``shape_scale``
+    multiplies by Optax's ``muon`` shape factor (``"width"``:
+    :math:`\\sqrt{\\max(1, \\text{fan-out}/\\text{fan-in})}`; a number :math:`r`:
+    :math:`r \\sqrt{\\max(\\text{fan-in}, \\text{fan-out})}`, Moonshot's consistent RMS,
+    ``optax.contrib.muon``'s ``consistent_rms``), and ``ns_dtype`` runs the
+    iteration in another dtype (``jnp.bfloat16``: PyTorch's precision).
 
-    Differences from ``optax.contrib.scale_by_muon`` (different argument names;
-    ``beta``, ``ns_coeffs``): Optax's Nesterov form
-    :math:`\\beta B_t / (1 - \\beta^{t+1}) + (1 - \\beta) G_t / (1 - \\beta^t)` is
-    bias-corrected and so points elsewhere in the first steps (without
-    ``nesterov`` the two agree, bias correction being a scale); Optax divides by
-    :math:`\\|X\\|_F + \\varepsilon` with ``eps=1e-8``; Optax scales by shape in a
-    separate ``scale_by_shape`` with :math:`\\sqrt{\\max(1, n/m)}` (fan-out over
-    fan-in for Flax's (in, out) kernels; PyTorch's weights are (out, in)), and it
-    reshapes higher-rank leaves where this raises.
+    Every leaf must be a real 2-D array unless ``weight_dimension_numbers`` names
+    its matrix axes (``init`` raises otherwise, naming the leaf). ``None`` updates
+    keep their momentum. The norms and products span whole matrices, so inside
+    ``shard_map`` the leaves must be whole (replicated): a sharded leaf raises
+    (under ``jax.jit`` with sharded arrays the partitioner computes it exactly,
+    and on Explicit mesh axes each sharded leaf is gathered for its iteration and
+    its update laid out like it again).
+
+    Differences from ``optax.contrib.scale_by_muon`` (the same numbers otherwise, bit
+    for bit in float32 under ``jit``): ``weight_dimension_numbers=None`` means
+    "every leaf is a matrix", as Optax documents (Optax's code fails on a tree of
+    params then), and a single :class:`MuonDimensionNumbers` or a prefix tree applies
+    to every leaf below it; ``ns_coeffs`` may be a preset name here too; with rows
+    of coefficients the last ``ns_steps`` rows are run (Optax's slice), where Optax
+    raises "not enough coeffs" when there are more rows than steps; ``"aol"`` and
+    ``"schatten"`` floor their rescaling at the ``eps`` given (Optax always uses
+    1e-8, the default); with ``eps=0`` a zero update stays 0 (Optax: NaN); leaves
+    that cannot be orthogonalised and complex leaves raise at ``init`` (Optax
+    raises at ``update``, and runs complex matrices); ``beta`` must be in [0, 1)
+    (with ``bias_correction``) and the other options are checked when built;
+    ``mu_dtype`` also takes a storage (:mod:`jaxopt_zoo.storage`); float16
+    momentum is kept in float32 (:func:`jaxopt_zoo.tree.moment_dtype`).
 
     Args:
-        momentum: :math:`\\mu \\ge 0`.
-        nesterov: blend the gradient into the buffer as above.
-        ns_coefficients: :math:`(a, b, c)` of the Newton–Schulz polynomial.
-        eps: :math:`\\varepsilon \\ge 0`, the smallest norm divided by.
-        ns_steps: Newton–Schulz steps, an integer in [0, 99].
-        adjust_lr_fn: the shape factor: None or ``"original"``, or ``"match_rms_adamw"``.
-        ns_dtype: the dtype the iteration runs in (``None``: the update's;
-            ``jnp.bfloat16`` is PyTorch's precision). An addition to PyTorch.
-        mu_dtype: storage of the momentum buffer: a storage (see :mod:`jaxopt_zoo.storage`).
+        ns_coeffs: :math:`(a, b, c)`, rows of them (one per step), or ``"standard"``/``"dion"``.
+        ns_steps: Newton–Schulz steps, an integer >= 0 (with rows: the last ``ns_steps`` rows run).
+        beta: :math:`\\beta`, the momentum's decay.
+        eps: :math:`\\varepsilon \\ge 0`.
+        mu_dtype: storage of the momentum: a storage (see :mod:`jaxopt_zoo.storage`).
+        nesterov: blend the gradient into the momentum as above.
+        adaptive: scale by the dual norm as above.
+        preconditioning: ``"frobenius"``, ``"spectral"``, ``"aol"`` or ``"schatten"``.
+        weight_dimension_numbers: a :class:`MuonDimensionNumbers`, a tree of them
+            (``None`` leaves: plain matrices) with the params' structure or a prefix
+            of it, or a callable of the updates returning one.
+        bias_correction: divide by :math:`1 - \\beta^t` (Optax); ``False``: PyTorch.
+        eps_floor: divide by :math:`\\max(\\|X\\|, \\varepsilon)` (PyTorch) instead of :math:`\\|X\\| + \\varepsilon`.
+        shape_scale: ``None`` (no factor), ``"width"``, or a consistent-RMS factor :math:`r \\ge 0`.
+        ns_dtype: the floating dtype the iteration runs in (``None``: the momentum's).
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
         >>> tx = jz.chain(jz.scale_by_muon(), jz.scale_by_learning_rate(0.02))
         >>> w = jnp.ones((2, 3))
         >>> updates, state = tx.update(jnp.array([[1.0, 0, 0], [0, 2, 0]]), tx.init(w))
-        >>> updates.shape, state[0].momentum_buffer.shape
-        ((2, 3), (2, 3))
+        >>> updates.shape, state[0].mu.shape, int(state[0].count)
+        ((2, 3), (2, 3), 1)
 
     References:
         Jordan et al., "Muon: An optimizer for hidden layers in neural networks", 2024,
         https://kellerjordan.github.io/posts/muon/.
+        Bernstein & Newhouse, "Old Optimizer, New Norm: An Anthology", 2024, arXiv:2409.20325.
         Liu et al., "Muon is Scalable for LLM Training", 2025, arXiv:2502.16982.
+        Boissin et al., "Turbo-Muon: Accelerating Orthogonality-Based Optimization with Pre-Conditioning",
+        2025, arXiv:2512.04632.
+        Grishina et al., "Accelerating Newton-Schulz Iteration for Orthogonalization via Chebyshev-type
+        Polynomials", 2025, arXiv:2506.10935.
+        Ahn et al., "Dion: Distributed Orthonormalized Updates", 2025, arXiv:2504.05295.
     """
     owner = "scale_by_muon"
-    ns_steps = check_options(owner, momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn, ns_dtype)
+    for name, value in (("nesterov", nesterov), ("adaptive", adaptive), ("bias_correction", bias_correction),
+                        ("eps_floor", eps_floor)):
+        validation.flag(owner, name, value)
+    if not isinstance(ns_steps, jax.core.Tracer):
+        ns_steps = validation.whole_number(owner, "ns_steps", ns_steps)
+    ns_coeffs = resolve_ns_coeffs(owner, ns_coeffs, ns_steps)
+    if bias_correction:  # 1 - beta^t divides
+        validation.decay_rate(owner, "beta", beta)
+    else:  # PyTorch accepts any momentum >= 0
+        validation.non_negative(owner, "beta", beta)
+    validation.epsilon(owner, "eps", eps)
+    if preconditioning not in PRECONDITIONINGS:
+        raise ValueError(f"{owner}: preconditioning must be one of {', '.join(map(repr, PRECONDITIONINGS))}, "
+                         f"got {preconditioning!r}.")
+    if shape_scale is not None and not (isinstance(shape_scale, str) and shape_scale == "width"):
+        if isinstance(shape_scale, str):
+            raise ValueError(f"{owner}: shape_scale must be None, 'width' or a number, got {shape_scale!r}.")
+        validation.non_negative(owner, "shape_scale", shape_scale)
+    ns_dtype = validation.optional_dtype(owner, "ns_dtype", ns_dtype)
     mu_dtype = resolve(owner, "mu_dtype", mu_dtype)
 
     def init(params):
-        require_matrices(owner, params)
-        return ScaleByMuonState(tree.moments_like(params))
+        _check_leaves(owner, params, _specs_for(owner, weight_dimension_numbers, params))
+        if not bias_correction:
+            return MuonState(None, tree.moments_like(params), None)
+        return MuonState(zero_count(), tree.moments_like(params), jnp.asarray(ns_coeffs))
+
+    def direction(m_hat, spec, coefficients):
+        spec = MuonDimensionNumbers() if spec is None else spec
+        work, layout = _gathered(m_hat if ns_dtype is None else m_hat.astype(ns_dtype))
+        rows = coefficients.astype(work.dtype)
+        matrix_rule = lambda x: _orthogonalize(x, rows, ns_steps, preconditioning, eps, eps_floor)
+        u = _as_matrices(owner, work, spec, matrix_rule).astype(m_hat.dtype)
+        u = u if layout is None else jax.sharding.reshard(u, layout)
+        if adaptive:
+            u = jnp.sum(m_hat.conj() * u) * u
+        if shape_scale is not None:
+            u = _shape_factor(owner, m_hat.shape, spec, shape_scale) * u
+        return u
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        tree.check_same_structure(owner, updates, state.momentum_buffer, "the momentum buffer (state.momentum_buffer)")
+        tree.check_same_structure(owner, updates, state.mu, "the momentum (state.mu)")
         require_whole_arrays(owner, updates)
-        buffer = tree.update_moment(updates, state.momentum_buffer, momentum, 1)
+        specs = _specs_for(owner, weight_dimension_numbers, updates)
+        count = safe_increment(state.count) if bias_correction else state.count
+        mu = tree.update_moment(updates, state.mu, beta, 1)
+        if bias_correction:
+            mu_hat = tree.bias_correction(mu, beta, safe_increment(count) if nesterov else count)
+            grads = tree.bias_correction(updates, beta, count)
+        else:
+            mu_hat, grads = mu, updates
+        if nesterov:
+            mu_hat = tree.map_updates(lambda g, m: beta * m + (1 - beta) * tree.widen(g), grads, mu_hat)
+        coefficients = jnp.asarray(ns_coeffs) if state.ns_coeffs is None else state.ns_coeffs
+        new_updates = tree.map_updates(lambda g, m, s: direction(m, s, coefficients), updates, mu_hat, specs)
+        return new_updates, MuonState(count, mu, state.ns_coeffs)
 
-        def direction(g, b):
-            blended = (1 - momentum) * tree.widen(g) + momentum * b if nesterov else b
-            orthogonal = newton_schulz(blended, ns_coefficients, ns_steps, eps, dtype=ns_dtype)
-            return (_shape_factor(g.shape, adjust_lr_fn) * orthogonal).astype(g.dtype)
-
-        return tree.map_updates(direction, updates, buffer), ScaleByMuonState(buffer)
-
-    tx = with_storage(GradientTransformation(init, update), signed={"momentum_buffer": mu_dtype})
-    return expects_state(owner, tx, ScaleByMuonState)
+    tx = with_storage(GradientTransformation(init, update), signed={"mu": mu_dtype})
+    return expects_state(owner, tx, MuonState)
