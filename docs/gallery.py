@@ -13,7 +13,6 @@ import ast
 import hashlib
 import os
 import pathlib
-import re
 import shutil
 import subprocess
 import sys

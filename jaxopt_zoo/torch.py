@@ -51,7 +51,7 @@ not depend on its value; the numbers are PyTorch's either way.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

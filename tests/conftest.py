@@ -154,3 +154,34 @@ def assert_trees_close(actual, expected, rtol: float, atol: float = 0.0):
 def assert_trees_equal(actual, expected):
     """Bitwise equality (same dtypes, same values)."""
     jax.tree.map(lambda a, e: np.testing.assert_array_equal(np.asarray(a), np.asarray(e), strict=True), actual, expected)
+
+
+# --- shard_map against one device: the whole-tree reductions that take axis_name -------------------------
+SHARD_AXES = ("data", "model")
+SHARD_SPECS = {"w": jax.sharding.PartitionSpec("data", "model"), "b": jax.sharding.PartitionSpec("model")}
+
+
+def sharded_params() -> dict:
+    """A matrix split over both mesh axes and a vector split over "model" (as arrays on one device)."""
+    rng = np.random.default_rng(0)
+    return {"w": jnp.asarray(rng.normal(size=(8, 16)), jnp.float32), "b": jnp.asarray(rng.normal(size=16), jnp.float32)}
+
+
+def shard_map_steps(tx, steps: int = 2, value_fn=None):
+    """``steps`` jitted ``shard_map`` steps of ``tx`` on :func:`sharded_params` over a 2 x 4 mesh, gradients from
+    :func:`grad_fn`; with ``value_fn``, ``update`` also gets ``value=value_fn(params)`` (replicated)."""
+    mesh = jax.make_mesh((2, 4), SHARD_AXES, devices=jax.devices("cpu")[:8])
+    params = {k: jax.device_put(v, jax.sharding.NamedSharding(mesh, SHARD_SPECS[k])) for k, v in sharded_params().items()}
+    state = jz.init_sharded(tx, params)
+    state_specs = jax.tree.map(lambda s: s.spec, jz.state_shardings(tx, params))
+
+    def step(params, state, grads, value):
+        updates, state = tx.update(grads, state, params, **({} if value_fn is None else {"value": value}))
+        return jz.apply_updates(params, updates), state
+
+    in_specs = (SHARD_SPECS, state_specs, SHARD_SPECS, jax.sharding.PartitionSpec())
+    local = jax.jit(jax.shard_map(step, mesh=mesh, in_specs=in_specs, out_specs=(SHARD_SPECS, state_specs)))
+    for t in range(1, steps + 1):
+        grads = {k: grad_fn(p, t, jnp) for k, p in params.items()}
+        params, state = local(params, state, grads, jnp.zeros(()) if value_fn is None else value_fn(params))
+    return params

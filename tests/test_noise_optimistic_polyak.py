@@ -3,7 +3,6 @@ None leaves, jit with donation, vmap, inject_hyperparams, shard_map and validati
 
 from __future__ import annotations
 
-import functools
 import warnings
 
 import jax
@@ -11,13 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 import jaxopt_zoo as jz
 from jaxopt_zoo.quantization import is_encoded
 from tests import reference
 from tests.conftest import (
+    SHARD_AXES,
+    shard_map_steps,
+    sharded_params,
     assert_trees_close,
     assert_trees_equal,
     assert_vmap_matches_separate_runs,
@@ -396,40 +396,11 @@ def test_inject_hyperparams_gives_the_plain_trajectory(factory, hyperparams, sta
 
 # --- shard_map: whole-array norms with axis_name ------------------------------------------------
 
-AXES = ("data", "model")
-SPECS = {"w": P("data", "model"), "b": P("model")}
-
-
-@functools.cache
-def _mesh():
-    return jax.make_mesh((2, 4), AXES, devices=jax.devices("cpu")[:8])
-
-
-def _sharded_params():
-    rng = np.random.default_rng(0)
-    return {"w": jnp.asarray(rng.normal(size=(8, 16)), jnp.float32), "b": jnp.asarray(rng.normal(size=16), jnp.float32)}
-
-
-def _shard_map_steps(tx, steps=2):
-    mesh = _mesh()
-    params = {k: jax.device_put(v, NamedSharding(mesh, SPECS[k])) for k, v in _sharded_params().items()}
-    state = jz.init_sharded(tx, params)
-    state_specs = jax.tree.map(lambda s: s.spec, jz.state_shardings(tx, params))
-
-    def step(params, state, grads, value):
-        updates, state = tx.update(grads, state, params, value=value)
-        return jz.apply_updates(params, updates), state
-
-    local = jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(SPECS, state_specs, SPECS, P()),
-                                  out_specs=(SPECS, state_specs)))
-    for t in range(1, steps + 1):
-        grads = {k: grad_fn(p, t, jnp) for k, p in params.items()}
-        params, state = local(params, state, grads, value_fn(params))
-    return params
+AXES = SHARD_AXES
 
 
 def _single_device_steps(tx, steps=2):
-    params = _sharded_params()
+    params = sharded_params()
     return run_with_value(tx, params, steps=steps)[0][-1]
 
 
@@ -440,15 +411,15 @@ def _single_device_steps(tx, steps=2):
     ids=["polyak_sgd", "distance_over_gradients"],
 )
 def test_shard_map_with_axis_name_is_exact_and_without_it_raises(make):
-    assert_trees_close(_shard_map_steps(make(AXES)), _single_device_steps(make(None)), rtol=2e-5, atol=1e-6)
+    assert_trees_close(shard_map_steps(make(AXES), value_fn=value_fn), _single_device_steps(make(None)), rtol=2e-5, atol=1e-6)
     with pytest.raises(ValueError, match="varies over mesh axes"):
-        _shard_map_steps(make(None), steps=1)
+        shard_map_steps(make(None), steps=1, value_fn=value_fn)
 
 
 def test_noise_inside_shard_map_on_sharded_leaves_raises():
     # Each shard would draw the same local noise: refused (under plain jit a sharded leaf draws its part).
     with pytest.raises(ValueError, match="add_noise: inside shard_map.*varies over mesh axes"):
-        _shard_map_steps(jz.noisy_sgd(0.1, key=0), steps=1)
+        shard_map_steps(jz.noisy_sgd(0.1, key=0), steps=1, value_fn=value_fn)
 
 
 # --- validation --------------------------------------------------------------------------------

@@ -3,20 +3,20 @@ optax.contrib bit for bit, float64 references from the papers, storage, sharding
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 import jaxopt_zoo as jz
 from jaxopt_zoo.quantization import is_encoded
 from tests import reference
 from tests.conftest import (
+    SHARD_AXES,
+    shard_map_steps,
+    sharded_params,
     assert_trees_close,
     assert_trees_equal,
     assert_vmap_matches_separate_runs,
@@ -231,44 +231,16 @@ def test_inject_hyperparams_gives_the_plain_trajectory(factory, hyperparams, sta
 
 # --- shard_map: whole-tree norms and inner products with axis_name -----------------------------------
 
-AXES = ("data", "model")
-SPECS = {"w": P("data", "model"), "b": P("model")}
-
-
-@functools.cache
-def _mesh():
-    return jax.make_mesh((2, 4), AXES, devices=jax.devices("cpu")[:8])
-
-
-def _sharded_params():
-    rng = np.random.default_rng(0)
-    return {"w": jnp.asarray(rng.normal(size=(8, 16)), jnp.float32), "b": jnp.asarray(rng.normal(size=16), jnp.float32)}
-
-
-def _shard_map_steps(tx, steps=2):
-    mesh = _mesh()
-    params = {k: jax.device_put(v, NamedSharding(mesh, SPECS[k])) for k, v in _sharded_params().items()}
-    state = jz.init_sharded(tx, params)
-    state_specs = jax.tree.map(lambda s: s.spec, jz.state_shardings(tx, params))
-
-    def step(params, state, grads):
-        updates, state = tx.update(grads, state, params)
-        return jz.apply_updates(params, updates), state
-
-    specs = (SPECS, state_specs)
-    local = jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(*specs, SPECS), out_specs=specs))
-    for t in range(1, steps + 1):
-        params, state = local(params, state, {k: grad_fn(p, t, jnp) for k, p in params.items()})
-    return params
+AXES = SHARD_AXES
 
 
 def test_shard_map_with_axis_name_is_exact_and_without_it_raises():
     # Mechanic's norms and inner product and DoWG's norms (DoG's are the same helper) over sharded params.
     make = lambda axes: jz.mechanize(jz.dowg(axis_name=axes), s_init=1e-2, axis_name=axes)  # noqa: E731
-    expected = run_ours(make(None), _sharded_params(), steps=2)[0][-1]
-    assert_trees_close(_shard_map_steps(make(AXES)), expected, rtol=2e-5, atol=1e-6)
+    expected = run_ours(make(None), sharded_params(), steps=2)[0][-1]
+    assert_trees_close(shard_map_steps(make(AXES)), expected, rtol=2e-5, atol=1e-6)
     with pytest.raises(ValueError, match="varies over mesh axes"):
-        _shard_map_steps(make(None), steps=1)
+        shard_map_steps(make(None), steps=1)
 
 
 # --- validation -------------------------------------------------------------------------------------
