@@ -207,3 +207,18 @@ def _contrib_page() -> str:
 def _write_if_changed(path: pathlib.Path, text: str) -> None:
     if not path.exists() or path.read_text() != text:  # unchanged pages keep Sphinx's incremental build fast
         path.write_text(text)
+
+
+def torch_arguments_table() -> str:
+    """docs/guides/switching_from_pytorch.md's table of every jz.torch function's arguments (tests/test_docs.py
+    checks that the guide holds exactly this text, so it follows the signatures)."""
+    rows = ["| `torch.optim` | here, with PyTorch's argument names and defaults | added (keyword-only) |",
+            "|---|---|---|"]
+    for name in jz.torch.__all__:
+        parameters = inspect.signature(getattr(jz.torch, name)).parameters.values()
+        added = [p.name for p in parameters if p.name.endswith("_dtype") or p.name == "axis_name"]
+        torch_args = [(p.name if p.default is p.empty else f"{p.name}={p.default!r}") for p in parameters
+                      if p.name not in added]
+        cls = getattr(jz.torch, name).__doc__.split("torch.optim.", 1)[1].split("`", 1)[0].split("(", 1)[0]
+        rows.append(f"| `{cls}` | `jz.torch.{name}({', '.join(torch_args)})` | {', '.join(f'`{a}`' for a in added)} |")
+    return "\n".join(rows) + "\n"

@@ -216,6 +216,12 @@ def test_every_public_name_has_an_api_entry():
     assert documented == expected
 
 
+def test_the_pytorch_guide_lists_every_torch_function_with_its_current_arguments():
+    # The table is generated from the signatures; rewrite it with docs/api_pages.py's torch_arguments_table().
+    guide = (ROOT / "docs" / "guides" / "switching_from_pytorch.md").read_text()
+    assert load_api_pages().torch_arguments_table() in guide
+
+
 def test_docs_build_without_warnings(tmp_path):
     import subprocess
     import sys
