@@ -161,6 +161,10 @@ SLOW_ON_CPU = {"torch.muon"}
 # GaLore's first step (an SVD refresh) takes the SVD of that 4096 x 4096 leaf, tens of seconds on such a CPU.
 SLOW_ON_CPU |= {"galore"}
 SLOW_ON_CPU |= {"muon"}  # the same Newton-Schulz work as torch.muon
+# Compiling the step on 1024 leaves takes too long on a 2-core CPU, in both libraries alike: on 64 leaves of 1024
+# polyak_sgd compiles in 2.1 s (Optax's 2.2 s) and lbfgs in 18.9 s (Optax's 20.0 s); on the 1024-leaf tree
+# polyak_sgd had not finished after 35 minutes of a loaded machine. Name them in --optimizers to run them.
+SLOW_ON_CPU |= {"polyak_sgd", "lbfgs", "noisy_sgd"}
 
 
 def select(names: str | None) -> dict[str, SeedOptimizer]:
