@@ -7,6 +7,7 @@ as the browser rendered it (after its scripts ran, from ``--dump-dom``):
 
 - the math of ``scale_by_adam``'s page is typeset by the bundled MathJax (no raw TeX delimiters remain), offline;
 - the search page finds ``scale_by_adam`` and links to its entry;
+- the gallery's optimizer comparison shows its plots;
 - every ``<img>`` of the guides and the gallery points at a file that is there and is an image.
 """
 
@@ -59,6 +60,16 @@ def check_search() -> None:
     print(f"search: scale_by_adam -> {hits[0]}")
 
 
+def check_gallery_page() -> None:
+    dom = rendered("gallery/compare_optimizers.html")
+    images = re.findall(r'<img[^>]+src="([^"]+)"', dom)
+    if "This build ran no examples" in dom:
+        print("gallery: built with -D gallery=off, no images to show")
+        return
+    assert any(src.endswith("trajectories.png") for src in images), f"no trajectories plot on the page: {images}"
+    print(f"gallery: compare_optimizers.html shows {len(images)} images ({', '.join(images)})")
+
+
 def check_images() -> None:
     pages = sorted((HTML / "guides").glob("*.html")) + sorted((HTML / "gallery").glob("*.html"))
     count = 0
@@ -75,5 +86,6 @@ if __name__ == "__main__":
         sys.exit(f"build the docs first: .venv/bin/python -m sphinx -W -b html docs {HTML}")
     check_math()
     check_search()
+    check_gallery_page()
     check_images()
     print(f"screenshots in {CHECKS}")
