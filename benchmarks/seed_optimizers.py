@@ -112,10 +112,10 @@ SEED_OPTIMIZERS: dict[str, SeedOptimizer] = {
     "rprop": SeedOptimizer(jz.rprop, optax.rprop, 1e-2),
     # optax.contrib's Adam family: the same rules as Optax's, twins in cost and in numbers, except ACProp, whose
     # second moment Optax centres on the previous mean (the same work per step; see jz.scale_by_acprop).
-    "adopt": SeedOptimizer(jz.optimizers.adam_relatives.adopt, optax.contrib.adopt, 1e-3),
+    "adopt": SeedOptimizer(jz.adopt, optax.contrib.adopt, 1e-3),
     "ademamix": SeedOptimizer(jz.ademamix, optax.contrib.ademamix, 1e-3),
     "simplified_ademamix": SeedOptimizer(jz.simplified_ademamix, optax.contrib.simplified_ademamix, 1e-4),
-    "acprop": SeedOptimizer(jz.optimizers.adam_relatives.acprop, optax.contrib.acprop, 1e-3),
+    "acprop": SeedOptimizer(jz.acprop, optax.contrib.acprop, 1e-3),
     "madgrad": SeedOptimizer(jz.madgrad, optax.contrib.madgrad, 1e-2),
     # SAM (transparent mode: every other call is the ascent step), SGD outside, normalised SGD as the adversary:
     # optax.contrib.sam's recipe, twins in cost and numbers. (dpsgd needs per-example gradients: not in this harness.)

@@ -102,7 +102,7 @@ CASES = {
     # Sophia saved between Hessian refreshes: the Hutchinson key and the count decide the next refresh and draw.
     "sophia": lambda: driven(jz.sophia(1e-2, update_interval=3, nu_dtype=jz.StochasticBF16())),
     # ADOPT saved after its first (recording) step: its count decides the decays and the clipping bound.
-    "adopt": lambda: jz.optimizers.adam_relatives.adopt(1e-2, nesterov=True, nu_dtype=jz.StochasticBF16()),
+    "adopt": lambda: jz.adopt(1e-2, nesterov=True, nu_dtype=jz.StochasticBF16()),
     # AdEMAMix's two step counts drive the b3 and alpha schedules; its slow EMA is stochastically rounded.
     "ademamix": lambda: jz.ademamix(1e-2, b3=lambda step: 0.99 - 0.09 / (1.0 + step),
                                     alpha=lambda step: jnp.minimum(step, 5.0), m2_dtype=jz.StochasticBF16()),

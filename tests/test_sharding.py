@@ -83,10 +83,10 @@ OPTIMIZERS = {  # name: factory of axis_name (used only by the transforms with r
     ),
     # optax.contrib's Adam family: per-parameter moments only, some stochastically rounded (AdEMAMix's two EMAs and
     # two counts, MADGRAD's sums and bfloat16 initial params), no reductions.
-    "adopt": lambda axes: jz.optimizers.adam_relatives.adopt(1e-2, mu_dtype=jz.StochasticBF16()),
+    "adopt": lambda axes: jz.adopt(1e-2, mu_dtype=jz.StochasticBF16()),
     "ademamix": lambda axes: jz.ademamix(1e-2, b3=lambda step: 0.99 - 0.09 / (1.0 + step), weight_decay=1e-2),
     "simplified_ademamix": lambda axes: jz.simplified_ademamix(1e-3, alpha=2.0, nu_dtype=jz.StochasticBF16()),
-    "acprop": lambda axes: jz.optimizers.adam_relatives.acprop(1e-2, weight_decay=1e-2),
+    "acprop": lambda axes: jz.acprop(1e-2, weight_decay=1e-2),
     "madgrad": lambda axes: jz.madgrad(1e-2, weight_decay=1e-3, x0_dtype=jnp.bfloat16),
     # Parameter-free (optax.contrib): global norms (replicated scalars), initial params sharded like the params.
     "dog": lambda axes: jz.dog(init_step=("learning_rate", 1e-2), param_dtype=jz.StochasticBF16(), axis_name=axes),
