@@ -9,7 +9,7 @@ HERE = pathlib.Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
 import api_pages  # noqa: E402  (docs/api_pages.py: the API reference's pages, written below)
-import gallery  # noqa: E402  (docs/gallery.py: the examples, run and shown)
+import gallery as examples_gallery  # noqa: E402  (docs/gallery.py; not "gallery": conf.py's names are config values)
 
 project = "jaxopt_zoo"
 author = "the jaxopt_zoo authors"
@@ -45,7 +45,7 @@ suppress_warnings = ["config.cache"]
 
 def _write_generated_pages(app) -> None:
     api_pages.write(HERE / "api")
-    gallery.write(app.config.gallery)
+    examples_gallery.write(app.config.gallery)
 
 
 def setup(app) -> None:

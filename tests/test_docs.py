@@ -222,6 +222,15 @@ def test_the_pytorch_guide_lists_every_torch_function_with_its_current_arguments
     assert load_api_pages().torch_arguments_table() in guide
 
 
+def test_conf_py_defines_no_name_that_would_shadow_the_gallery_option():
+    # Sphinx reads conf.py's top-level names as config values: a module imported as "gallery" replaced the option's
+    # default, so the README's build command (without -D gallery=...) failed while the -D builds passed.
+    import runpy
+
+    namespace = runpy.run_path(str(ROOT / "docs" / "conf.py"))
+    assert "gallery" not in namespace
+
+
 def test_docs_build_without_warnings(tmp_path):
     import subprocess
     import sys
