@@ -28,6 +28,23 @@ def _is_typed_key(key) -> bool:
     return isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
 
 
+def resolve_key(owner: str, key, seed):
+    """The key a random transformation starts from, checked: ``key`` (an integer seed or a typed key), or Optax's
+    deprecated ``seed`` (with a warning), or seed 0 when neither is given (with a warning, as Optax). Returned as a
+    function that ``init`` calls: an integer seed becomes a key array only there, once per ``init``."""
+    if seed is not None:
+        warnings.warn(f'{owner}: "seed" is deprecated (as in Optax); pass key.', DeprecationWarning, stacklevel=3)
+        if key is not None:
+            raise ValueError(f"{owner}: give key or seed, not both (got key={key!r}, seed={seed!r}).")
+        _check_seed(owner, "seed", seed)
+        key = seed
+    if key is None:
+        warnings.warn(f"{owner}: no key given; using seed 0, as Optax does. Pass key= for other draws.", stacklevel=3)
+        key = 0
+    _check_seed(owner, "key", key)
+    return lambda: key if _is_typed_key(key) else jax.random.key(key)
+
+
 def _check_seed(owner: str, name: str, value) -> None:
     # jax.random.key takes an integer seed (a Python, NumPy or JAX integer scalar).
     if _is_typed_key(value):
@@ -113,20 +130,11 @@ def add_noise(
     owner = "add_noise"
     validation.non_negative(owner, "eta", eta)
     validation.non_negative(owner, "gamma", gamma)
-    if seed is not None:
-        warnings.warn(f'{owner}: "seed" is deprecated (as in Optax); pass key.', DeprecationWarning, stacklevel=2)
-        if key is not None:
-            raise ValueError(f"{owner}: give key or seed, not both (got key={key!r}, seed={seed!r}).")
-        _check_seed(owner, "seed", seed)
-        key = seed
-    if key is None:
-        warnings.warn(f"{owner}: no key given; using seed 0, as Optax does. Pass key= for other draws.", stacklevel=2)
-        key = 0
-    _check_seed(owner, "key", key)
+    initial_key = resolve_key(owner, key, seed)
 
     def init(params):
         del params
-        return AddNoiseState(zero_count(), key if _is_typed_key(key) else jax.random.key(key))
+        return AddNoiseState(zero_count(), initial_key())
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args

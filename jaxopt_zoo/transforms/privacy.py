@@ -11,7 +11,6 @@ goes first in a chain.
 
 from __future__ import annotations
 
-import warnings
 from typing import NamedTuple
 
 import jax
@@ -20,7 +19,7 @@ from jaxopt_zoo import validation
 from jaxopt_zoo.base import GradientTransformation, expects_state
 from jaxopt_zoo.sharding import require_whole_arrays
 from jaxopt_zoo.transforms.clipping import _clip_norm, per_example_global_norm_clip
-from jaxopt_zoo.transforms.noise import _check_seed, _is_typed_key
+from jaxopt_zoo.transforms.noise import resolve_key
 
 __all__ = ["DifferentiallyPrivateAggregateState", "differentially_private_aggregate"]
 
@@ -83,21 +82,12 @@ def differentially_private_aggregate(
     owner = "differentially_private_aggregate"
     _clip_norm(owner, "l2_norm_clip", l2_norm_clip)
     validation.non_negative(owner, "noise_multiplier", noise_multiplier)
-    if seed is not None:
-        warnings.warn(f'{owner}: "seed" is deprecated (as in Optax); pass key.', DeprecationWarning, stacklevel=2)
-        if key is not None:
-            raise ValueError(f"{owner}: give key or seed, not both (got key={key!r}, seed={seed!r}).")
-        _check_seed(owner, "seed", seed)
-        key = seed
-    if key is None:
-        warnings.warn(f"{owner}: no key given; using seed 0, as Optax does. Pass key= for other draws.", stacklevel=2)
-        key = 0
-    _check_seed(owner, "key", key)
+    initial_key = resolve_key(owner, key, seed)
     noise_std = l2_norm_clip * noise_multiplier
 
     def init(params):
         del params
-        return DifferentiallyPrivateAggregateState(key if _is_typed_key(key) else jax.random.key(key))
+        return DifferentiallyPrivateAggregateState(initial_key())
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
