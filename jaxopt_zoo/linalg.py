@@ -13,17 +13,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxopt_zoo.tree import abs_sq
+from jaxopt_zoo.tree import abs_sq, tree_vdot
 
 __all__ = ["matrix_inverse_pth_root", "nnls", "power_iteration"]
 
 
 def _norm(tree: Any) -> jax.Array:
     return jnp.sqrt(jax.tree.reduce(operator.add, jax.tree.map(lambda x: jnp.sum(abs_sq(x)), tree), 0))
-
-
-def _vdot(a: Any, b: Any) -> jax.Array:
-    return jax.tree.reduce(operator.add, jax.tree.map(lambda x, y: jnp.tensordot(jnp.conj(x), y, x.ndim), a, b), 0)
 
 
 def _normalized(tree: Any) -> Any:
@@ -80,7 +76,7 @@ def power_iteration(
         _, image, _, i = carry
         vector = _normalized(image)
         image = product(vector)
-        return vector, image, _vdot(vector, image), i + 1
+        return vector, image, tree_vdot(vector, image), i + 1
 
     v0 = _normalized(v0)
     _, image, value, _ = lax.while_loop(unconverged, iterate, (v0, product(v0), jnp.asarray(0.0), jnp.asarray(0)))

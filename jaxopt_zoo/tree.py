@@ -49,9 +49,16 @@ def tree_vdot(xs: Any, ys: Any, axis_name: AxisName = None, owner: str = "tree_v
     """:math:`\\sum_i \\langle x_i, y_i \\rangle` over the leaves where ``xs`` is not ``None`` (conjugating ``x``),
     at full precision, summed over the mesh axes ``axis_name`` inside ``shard_map``."""
     pairs = zip(jax.tree.leaves(xs, is_leaf=is_none), jax.tree.leaves(ys, is_leaf=is_none))
-    dots = ((jnp.tensordot(jnp.conj(x), y, jnp.ndim(x), precision=jax.lax.Precision.HIGHEST), x) for x, y in pairs
-            if x is not None and y is not None)
-    return sum_over_shards(owner, dots, axis_name)
+    return sum_over_shards(owner, ((_vdot(x, y), x) for x, y in pairs if x is not None and y is not None), axis_name)
+
+
+def _vdot(x: jax.Array, y: jax.Array) -> jax.Array:
+    # One contraction at the highest precision (Optax's order of operations, for its bits); the scalar is
+    # replicated on Explicit-axes meshes, where JAX asks for the result's layout.
+    x = jnp.asarray(x)
+    mesh = jax.typeof(x).sharding.mesh
+    replicated = jax.sharding.NamedSharding(mesh, jax.P()) if mesh.are_all_axes_explicit else None
+    return jnp.tensordot(jnp.conj(x), y, x.ndim, precision=jax.lax.Precision.HIGHEST, out_sharding=replicated)
 
 
 def widen(x: jax.Array) -> jax.Array:

@@ -85,19 +85,6 @@ def _raised_estimate(estimate: jax.Array, numerator: jax.Array, denominator: jax
     return jnp.where(positive, jnp.maximum(estimate, ratio), estimate).astype(estimate.dtype)
 
 
-def _inner(a: jax.Array, b: jax.Array) -> jax.Array:
-    # Optax's inner product (a tensordot at HIGHEST precision, for its bits); replicated on Explicit-axes meshes.
-    mesh = jax.typeof(a).sharding.mesh
-    out_sharding = jax.sharding.NamedSharding(mesh, jax.P()) if mesh.are_all_axes_explicit else None
-    return jnp.tensordot(a, b, a.ndim, precision=jax.lax.Precision.HIGHEST, out_sharding=out_sharding)
-
-
-def _tree_inner(owner: str, updates: Updates, others: Any, axis_name: AxisName) -> jax.Array:
-    """:math:`\\sum \\langle g, y \\rangle` over the leaves with an update, each summed over the shards of its array."""
-    pairs = zip(jax.tree.leaves(updates, is_leaf=tree.is_none), jax.tree.leaves(others, is_leaf=tree.is_none))
-    return sum_over_shards(owner, ((_inner(g, y), g) for g, y in pairs if g is not None), axis_name)
-
-
 def _tree_l1(owner: str, moments: Any, axis_name: AxisName) -> jax.Array:
     """:math:`\\|s\\|_1` of the whole tree (a kept leaf, where an update was ``None``, counts too)."""
     return sum_over_shards(owner, ((jnp.sum(jnp.abs(s)), s) for s in jax.tree.leaves(moments)), axis_name)
@@ -250,7 +237,7 @@ def scale_by_prodigy(
         dlr = _step_size(d, _rate(learning_rate, state.count), count, b1, b2)
         s_rate = d if safeguard_warmup else dlr
         moved = tree.map_updates(lambda g, x0, x: x0 - x, updates, state.params0, params)
-        progress = _tree_inner(owner, updates, moved, axis_name)  # <g_t, x_0 - x_t>
+        progress = tree.tree_vdot(updates, moved, axis_name, owner)  # <g_t, x_0 - x_t>
         exp_avg = tree.map_state(lambda g, m: b1 * m + (1 - b1) * (d * tree.widen(g)), updates, state.exp_avg)
         exp_avg_sq = tree.map_state(
             lambda g, v: b2 * v + (1 - b2) * (d * tree.widen(g)) * (d * tree.widen(g)), updates, state.exp_avg_sq
@@ -401,7 +388,7 @@ def scale_by_dadapt_adamw(
         dlr = _step_size(d, _rate(learning_rate, state.count), count, b1, b2)
         weighted = tree.map_updates(lambda g, s, v: _divide(guard, s, jnp.sqrt(v) + eps), updates, state.grad_sum,
                                     state.exp_avg_sq)
-        progress = _tree_inner(owner, updates, weighted, axis_name)  # <g_t, s_{t-1} / (sqrt(v_{t-1}) + eps)>
+        progress = tree.tree_vdot(updates, weighted, axis_name, owner)  # <g_t, s_{t-1} / (sqrt(v_{t-1}) + eps)>
         exp_avg = tree.map_state(lambda g, m: b1 * m + (1 - b1) * dlr * tree.widen(g), updates, state.exp_avg)
         exp_avg_sq = tree.map_state(lambda g, v: b2 * v + (1 - b2) * tree.widen(g) * tree.widen(g), updates,
                                     state.exp_avg_sq)

@@ -60,15 +60,9 @@ def _present(updates: Any, *trees: Any) -> tuple[list[Any], ...]:
     return tuple([xs[i] for i in keep] for xs in (leaves, *others))
 
 
-def _vdot(x: jax.Array, y: jax.Array) -> jax.Array:
-    # <x, y> = sum conj(x) y as one contraction at the highest precision (the order of operations Optax uses).
-    x = jnp.conj(x) if jnp.iscomplexobj(x) else x
-    return jnp.tensordot(x, y, x.ndim, precision=jax.lax.Precision.HIGHEST)
-
-
 def _inner(owner: str, xs: list[jax.Array], ys: list[jax.Array], axis_name: AxisName) -> jax.Array:
     """:math:`\\operatorname{Re} \\sum_i \\langle x_i, y_i \\rangle` over leaf lists, each leaf whole (all shards)."""
-    return jnp.real(sum_over_shards(owner, ((_vdot(x, y), x) for x, y in zip(xs, ys)), axis_name))
+    return jnp.real(tree.tree_vdot(xs, ys, axis_name, owner))
 
 
 def _norm_sq(owner: str, xs: list[jax.Array], axis_name: AxisName) -> jax.Array:

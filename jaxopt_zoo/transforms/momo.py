@@ -46,14 +46,8 @@ def _present(updates, *trees):
 
 
 def _inner(owner, xs, ys, axis_name):
-    """:math:`\\sum_i \\operatorname{Re}\\langle x_i, y_i\\rangle`, each leaf contracted at the highest precision
-    (Optax's order of operations)."""
-
-    def vdot(x, y):
-        x = jnp.conj(x) if jnp.iscomplexobj(x) else x
-        return jnp.tensordot(x, y, x.ndim, precision=jax.lax.Precision.HIGHEST)
-
-    return jnp.real(sum_over_shards(owner, ((vdot(x, y), x) for x, y in zip(xs, ys)), axis_name))
+    """:math:`\sum_i \operatorname{Re}\langle x_i, y_i\rangle` over leaf lists."""
+    return jnp.real(tree.tree_vdot(xs, ys, axis_name, owner))
 
 
 def _lowest_dtype(params):

@@ -68,10 +68,6 @@ def _tree_sum_of_squares(values: Any, axis_name: AxisName, owner: str) -> jax.Ar
     return sum_over_shards(owner, ((jnp.sum(tree.abs_sq(x)), x) for x in leaves), axis_name)
 
 
-def _tree_vdot(xs: Any, ys: Any, axis_name: AxisName, owner: str) -> jax.Array:
-    return tree.tree_vdot(xs, ys, axis_name, owner)
-
-
 def _scalar_dtype(params: Any) -> jnp.dtype:
     # float32 at least (tree.scalar_dtype): Optax's DoG/DoWG/Mechanic scalars take the params' lowest dtype, so a
     # bfloat16 sum of squared gradient norms stops at 256 and, in a mixed tree, they change dtype at the first step
@@ -614,7 +610,7 @@ def mechanize(
         decayed = tree.map_updates(decay, updates, params)
         # The memory-light form: Delta_t is recomputed from the params instead of kept.
         delta_prev = jax.tree.map(lambda x, x0i: (x0i - x) / (s_sum + eps), params, x0)
-        h = _tree_vdot(decayed, delta_prev, axis_name, owner)
+        h = tree.tree_vdot(decayed, delta_prev, axis_name, owner)
         clipped_h = jax.lax.clamp(-state.m, jnp.ones_like(state.m) * h, state.m)
         beta = jnp.array(betas, dtype=state.s.dtype)
         m = jnp.maximum(beta * state.m, jnp.abs(h) + eps)
