@@ -46,7 +46,7 @@ def _present(updates, *trees):
 
 
 def _inner(owner, xs, ys, axis_name):
-    """:math:`\sum_i \operatorname{Re}\langle x_i, y_i\rangle` over leaf lists."""
+    """:math:`\\sum_i \\operatorname{Re}\\langle x_i, y_i\\rangle` over leaf lists."""
     return jnp.real(tree.tree_vdot(xs, ys, axis_name, owner))
 
 
