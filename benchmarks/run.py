@@ -13,7 +13,8 @@ Measures, for each optimizer (ours and Optax's alternately):
 * memory from XLA's ``memory_analysis()`` and the optimizer state per parameter;
 * compile time (trace + lower, and XLA compile) on the 1024-leaf tree, with
   JAX's caches cleared before each compilation;
-* Muon's Newton–Schulz time against its matrix products alone (part ``muon``, benchmarks/muon.py).
+* Muon's Newton–Schulz time against its matrix products alone, and layer-sharded Muon's collectives, FLOPs and
+  step time on 8 (simulated) devices against Optax's Muon (part ``muon``, benchmarks/muon.py).
 
 Sizes follow the backend: on a GPU/TPU each synthetic tree holds 256M params (16M on CPU). Prints
 markdown tables and writes them to --output. Ratios are ours / Optax, so
@@ -39,7 +40,7 @@ from flax import nnx
 import jaxopt_zoo as jz
 from report import machine_header, number, table
 from seed_optimizers import SLOW_ON_CPU, ExtraArgs, SeedOptimizer, select
-from muon import newton_schulz_section
+from muon import layer_sharded_section, newton_schulz_section
 
 MIB = 2**20
 
@@ -593,6 +594,7 @@ def main() -> None:
     if "muon" in parts:
         size = "quick" if args.quick else "cpu" if backend == "cpu" else "accelerator"
         report.add(newton_schulz_section(size, sizes.repeats, sizes.steps))
+        report.add(layer_sharded_section(size, sizes.repeats, sizes.steps))
     report.write(args.output)
 
 

@@ -41,6 +41,9 @@ FAMILIES: tuple[tuple[str, tuple[Family, ...]], ...] = (
         Family("Polyak steps and model-based steps", ("jaxopt_zoo.optimizers.polyak", "jaxopt_zoo.optimizers.momo")),
         Family("Second-order: Sophia, L-BFGS", ("jaxopt_zoo.optimizers.sophia", "jaxopt_zoo.optimizers.linesearch")),
         Family("Low-rank projection (GaLore)", ("jaxopt_zoo.optimizers.galore",)),
+        Family("Kronecker-factored preconditioners: Shampoo, SOAP, PSGD-Kron", (
+            "jaxopt_zoo.optimizers.shampoo", "jaxopt_zoo.optimizers.soap", "jaxopt_zoo.optimizers.psgd")),
+        Family("Cautious and variance-reduced (MARS) variants", ("jaxopt_zoo.optimizers.cautious",)),
         Family("Noise, games, Rprop and privacy", ("jaxopt_zoo.optimizers.noise", "jaxopt_zoo.optimizers.optimistic",
                                                    "jaxopt_zoo.optimizers.rprop", "jaxopt_zoo.optimizers.privacy")),
     )),
@@ -55,7 +58,8 @@ FAMILIES: tuple[tuple[str, tuple[Family, ...]], ...] = (
         Family("Layer-wise and trust-ratio methods", ("jaxopt_zoo.transforms.trust_ratio",
                                                       "jaxopt_zoo.transforms.layerwise")),
         Family("Factored second moments", ("jaxopt_zoo.transforms.factored", "jaxopt_zoo.transforms.sm3")),
-        Family("Orthogonalised updates (Muon)", ("jaxopt_zoo.transforms.orthogonal",)),
+        Family("Orthogonalised updates (Muon)", ("jaxopt_zoo.transforms.orthogonal",
+                                                 "jaxopt_zoo.transforms.gram_newton_schulz")),
         Family("Schedule-Free", ("jaxopt_zoo.transforms.schedule_free",)),
         Family("Learning-rate-free and parameter-free", ("jaxopt_zoo.transforms.d_adaptation",
                                                          "jaxopt_zoo.transforms.parameter_free")),
@@ -63,6 +67,10 @@ FAMILIES: tuple[tuple[str, tuple[Family, ...]], ...] = (
         Family("Second-order: Sophia, L-BFGS and line searches", (
             "jaxopt_zoo.transforms.sophia", "jaxopt_zoo.transforms.linesearch", "jaxopt_zoo.transforms.lbfgs")),
         Family("Low-rank projection (GaLore)", ("jaxopt_zoo.transforms.galore",)),
+        Family("Kronecker-factored preconditioners and grafting", (
+            "jaxopt_zoo.transforms.kronecker", "jaxopt_zoo.transforms.shampoo", "jaxopt_zoo.transforms.soap",
+            "jaxopt_zoo.transforms.psgd", "jaxopt_zoo.transforms.grafting")),
+        Family("Cautious masking and MARS", ("jaxopt_zoo.transforms.cautious", "jaxopt_zoo.transforms.mars")),
         Family("Step-size adaptation, noise, games and averaging", (
             "jaxopt_zoo.transforms.rprop", "jaxopt_zoo.transforms.noise", "jaxopt_zoo.transforms.optimistic",
             "jaxopt_zoo.transforms.averaging")),

@@ -87,8 +87,11 @@ def best_rate(losses: np.ndarray) -> int:
     return int(np.argmin(np.where(np.isfinite(losses), losses, np.inf)))
 
 
-def descend(make: MakeOptimizer, f: Callable, start: jax.Array, steps: int) -> Callable[[jax.Array], jax.Array]:
-    """A function of the learning rate giving the path of `steps` optimizer steps on f."""
+def descend(
+    make: MakeOptimizer, f: Callable, start: jax.Array, steps: int, evaluate_at: Callable | None = None
+) -> Callable[[jax.Array], jax.Array]:
+    """A function of the learning rate giving the path of `steps` optimizer steps on f (the points
+    ``evaluate_at(opt_state, params)``, for optimizers whose training point is not the point to evaluate)."""
 
     def run(learning_rate: jax.Array) -> jax.Array:
         tx = make(learning_rate)
@@ -97,7 +100,7 @@ def descend(make: MakeOptimizer, f: Callable, start: jax.Array, steps: int) -> C
             p, state = carry
             updates, state = tx.update(jax.grad(f)(p), state, p)
             p = jz.apply_updates(p, updates)
-            return (p, state), p
+            return (p, state), p if evaluate_at is None else evaluate_at(state, p)
 
         _, path = jax.lax.scan(step, (start, tx.init(start)), length=steps)
         return jnp.concatenate([start[None], path])
@@ -105,11 +108,26 @@ def descend(make: MakeOptimizer, f: Callable, start: jax.Array, steps: int) -> C
     return run
 
 
-def train(make: MakeOptimizer, initial: nnx.Module, data: tuple[jax.Array, ...], steps: int) -> Callable:
-    """A function of the learning rate giving the full-batch training losses and the final test accuracy."""
+def train(
+    make: MakeOptimizer,
+    initial: nnx.Module,
+    data: tuple[jax.Array, ...],
+    steps: int,
+    evaluate_at: Callable | None = None,
+) -> Callable:
+    """A function of the learning rate giving the full-batch training losses and the final test accuracy.
+
+    ``evaluate_at(opt_state, params)``, for optimizers whose training point is not the point to evaluate
+    (Schedule-Free: ``jz.schedule_free_eval_params``), moves every loss and the accuracy to that point."""
     x_train, y_train, x_test, y_test = data
     # Initialising outside the compiled run keeps the random initialisers out of it (over half the compile time).
     initial_graphdef, initial_params = nnx.split(initial)
+
+    def evaluated(model: nnx.Module, optimizer: nnx.Optimizer) -> nnx.Module:
+        if evaluate_at is None:
+            return model
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        return nnx.merge(graphdef, evaluate_at(optimizer.opt_state, params), rest)
 
     def run(learning_rate: jax.Array) -> tuple[jax.Array, jax.Array]:
         model = nnx.merge(initial_graphdef, initial_params)  # the same starting weights for every optimizer and rate
@@ -120,12 +138,14 @@ def train(make: MakeOptimizer, initial: nnx.Module, data: tuple[jax.Array, ...],
         def step(state, _):
             model, optimizer = nnx.merge(graphdef, state)
             (loss, _), grads = nnx.value_and_grad(loss_and_accuracy, has_aux=True)(model, x_train, y_train)
+            if evaluate_at is not None:
+                loss = loss_and_accuracy(evaluated(model, optimizer), x_train, y_train)[0]
             optimizer.update(model, grads)
             return nnx.state((model, optimizer)), loss
 
         state, losses = jax.lax.scan(step, state, length=steps)
-        model, _ = nnx.merge(graphdef, state)
-        return losses, loss_and_accuracy(model, x_test, y_test)[1]
+        model, optimizer = nnx.merge(graphdef, state)
+        return losses, loss_and_accuracy(evaluated(model, optimizer), x_test, y_test)[1]
 
     return run
 

@@ -276,3 +276,17 @@ def split_axes(owner: str, x: Any, reduced: Any, axis_name: AxisName) -> tuple[s
     if not axis_name:
         return ()
     return tuple(a for a in axis_name if a in varying_axes(x) and a not in varying_axes(reduced))
+
+
+def explicit_layout(x: Any) -> NamedSharding | None:
+    """The sharding of ``x`` when it is split over Explicit mesh axes (sharding in types), else ``None``.
+
+    On Explicit axes JAX refuses to choose a layout itself for a reshape or a product over a split axis, so code
+    that needs whole arrays (Kronecker factors, Newton–Schulz) gathers such an ``x`` first
+    (``jax.sharding.reshard(x, NamedSharding(mesh, PartitionSpec()))``) and lays its result out like ``x`` again with this sharding.
+    On Auto axes (``None`` here) the partitioner chooses the collectives itself.
+    """
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    mesh, spec = getattr(sharding, "mesh", None), getattr(sharding, "spec", None)
+    explicit = any(t == AxisType.Explicit for t in getattr(mesh, "axis_types", ()))
+    return sharding if explicit and spec is not None and any(a is not None for a in spec) else None

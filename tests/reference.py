@@ -2054,3 +2054,463 @@ def galore(learning_rate, rank, update_proj_gap, scale=1.0, b1=0.9, b2=0.999, ep
         return -schedule_value(learning_rate, t) * (update + weight_decay * params), {"m": mu, "v": nu, "P": P}
 
     return Reference(init, update)
+
+
+# === graft ===
+def graft_adam_sign(learning_rate, b1=0.9, b2=0.999, eps=1e-8):
+    """Agarwal et al. (2020), layer-wise grafting: the direction sign(g), rescaled to the norm of Adam's step
+    m_hat / (sqrt(v_hat) + eps) of the same leaf (0 where the direction is 0); p <- p - lr * grafted."""
+
+    def init(params):
+        return {"m": np.zeros_like(params), "v": np.zeros_like(params)}
+
+    def update(g, state, params, t):
+        m = b1 * state["m"] + (1 - b1) * g
+        v = b2 * state["v"] + (1 - b2) * g * g
+        adam_step = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+        direction = np.sign(g)
+        d_norm = np.linalg.norm(direction)
+        grafted = direction * np.linalg.norm(adam_step) / d_norm if d_norm > 0 else np.zeros_like(g)
+        return -learning_rate * grafted, {"m": m, "v": v}
+
+    return Reference(init, update)
+
+
+# === gram newton-schulz ===
+
+
+def quintic_newton_schulz(g, coefficient_rows, eps=1e-7):
+    """The plain quintic Newton-Schulz iteration (Jordan et al. 2024) on one matrix, in float64.
+
+    On the wide orientation (G^T when G has more rows than columns, transposed back at the end):
+    X_0 = G / max(||G||_F, eps) (a zero G stays 0); for each row (a, b, c): A = X X^T, X <- a X + b A X + c A A X.
+    """
+    g = np.asarray(g, np.float64)
+    tall = g.shape[0] > g.shape[1]
+    x = g.T if tall else g
+    norm = max(np.linalg.norm(x), eps)
+    x = x / norm if norm > 0 else x
+    for a, b, c in coefficient_rows:
+        gram = x @ x.T
+        x = a * x + b * (gram @ x) + c * (gram @ (gram @ x))
+    return x.T if tall else x
+
+
+def polar_factor(g):
+    """U V^T of the thin SVD G = U S V^T: the orthogonal polar factor, the limit of the convergent iteration."""
+    u, _, vt = np.linalg.svd(np.asarray(g, np.float64), full_matrices=False)
+    return u @ vt
+
+
+# === cautious, mars ===
+def _caution(u, g):
+    """Liang et al. (2024), Algorithm 1: phi = 1[u * g > 0], the step u * phi scaled by d / (nnz(phi) + 1)."""
+    phi = (u * g > 0).astype(np.float64)
+    return u * phi * (phi.size / (phi.sum() + 1.0))
+
+
+def cautious_adamw(learning_rate, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, weight_decay=0.0, nesterov=False):
+    """C-AdamW (Liang et al. 2024, Algorithm 1): Adam's u_t = m_hat / (sqrt(v_hat + eps_root) + eps) (NAdam's
+    m_hat with nesterov), masked and rescaled by _caution against g_t; the decay unmasked, of p_t (as AdamW and
+    the authors' code; see jz.cautious_adamw): p <- p - lr (caution(u_t, g_t) + weight_decay p)."""
+
+    def init(params):
+        return {"m": np.zeros_like(params), "v": np.zeros_like(params)}
+
+    def update(g, state, params, t):
+        m = b1 * state["m"] + (1 - b1) * g
+        v = b2 * state["v"] + (1 - b2) * g * g
+        if nesterov:
+            m_hat = b1 * m / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1**t)
+        else:
+            m_hat = m / (1 - b1**t)
+        u = m_hat / (np.sqrt(v / (1 - b2**t) + eps_root) + eps)
+        return -schedule_value(learning_rate, t) * (_caution(u, g) + weight_decay * params), {"m": m, "v": v}
+
+    return Reference(init, update)
+
+
+def cautious_lion(learning_rate, b1=0.9, b2=0.99, weight_decay=0.0):
+    """C-Lion (Liang et al. 2024): Lion's u_t = sign(b1 m + (1 - b1) g) masked by _caution against g_t;
+    m <- b2 m + (1 - b2) g;  p <- p - lr (caution(u_t, g_t) + weight_decay p)."""
+
+    def init(params):
+        return {"m": np.zeros_like(params)}
+
+    def update(g, state, params, t):
+        u = np.sign(b1 * state["m"] + (1 - b1) * g)
+        m = b2 * state["m"] + (1 - b2) * g
+        return -schedule_value(learning_rate, t) * (_caution(u, g) + weight_decay * params), {"m": m}
+
+    return Reference(init, update)
+
+
+def cautious_sgd(learning_rate, momentum, nesterov=False):
+    """Cautious heavy-ball SGD: b_t = g + mu b_{t-1} (b_0 = 0), u_t = b_t or g + mu b_t (Nesterov);
+    p <- p - lr caution(u_t, g_t)."""
+
+    def init(params):
+        return {"b": np.zeros_like(params)}
+
+    def update(g, state, params, t):
+        b = g + momentum * state["b"]
+        u = g + momentum * b if nesterov else b
+        return -schedule_value(learning_rate, t) * _caution(u, g), {"b": b}
+
+    return Reference(init, update)
+
+
+def _mars_corrected(g, prev, gamma, b1, max_norm):
+    """Yuan et al. (2024), Algorithm 1 with MARS-approx: c_t = g_t + gamma_t b1 / (1 - b1) (g_t - g_{t-1}), with
+    c_1 = g_1 (x_1 = x_0); c_t / ||c_t|| * max_norm where ||c_t|| > max_norm (the paper: max_norm = 1)."""
+    c = g if prev is None else g + gamma * b1 / (1 - b1) * (g - prev)
+    norm = np.sqrt(np.sum(c * c))
+    return c * (max_norm / norm) if max_norm is not None and norm > max_norm else c
+
+
+def mars_adamw(learning_rate, b1=0.95, b2=0.99, eps=1e-8, weight_decay=0.0, gamma=0.025, max_norm=1.0):
+    """MARS-AdamW (Yuan et al. 2024, Algorithm 2, approximate form): m_t = b1 m + (1 - b1) c~_t,
+    v_t = b2 v + (1 - b2) c~_t^2;  p <- p - lr (m_hat / (sqrt(v_hat) + eps) + weight_decay p).
+    gamma may be a schedule of the 0-based step t - 1."""
+
+    def init(params):
+        return {"m": np.zeros_like(params), "v": np.zeros_like(params), "prev": None}
+
+    def update(g, state, params, t):
+        c = _mars_corrected(g, state["prev"], schedule_value(gamma, t), b1, max_norm)
+        m = b1 * state["m"] + (1 - b1) * c
+        v = b2 * state["v"] + (1 - b2) * c * c
+        direction = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps) + weight_decay * params
+        return -schedule_value(learning_rate, t) * direction, {"m": m, "v": v, "prev": g}
+
+    return Reference(init, update)
+
+
+def mars_lion(learning_rate, b1=0.95, weight_decay=0.0, gamma=0.025, max_norm=1.0):
+    """MARS-Lion (Yuan et al. 2024, H_t = sqrt(diag(m_t^2))): m_t = b1 m + (1 - b1) c~_t;
+    p <- p - lr (sign(m_t) + weight_decay p)."""
+
+    def init(params):
+        return {"m": np.zeros_like(params), "prev": None}
+
+    def update(g, state, params, t):
+        c = _mars_corrected(g, state["prev"], schedule_value(gamma, t), b1, max_norm)
+        m = b1 * state["m"] + (1 - b1) * c
+        return -schedule_value(learning_rate, t) * (np.sign(m) + weight_decay * params), {"m": m, "prev": g}
+
+    return Reference(init, update)
+
+
+# === psgd_kron ===
+_PSGD_RELATIVE_DAMPING = float(np.sqrt(np.finfo(np.float32).eps))
+
+
+def psgd_norm_lower_bound(a):
+    """psgd-jax 0.2.9's ``_norm_lower_bound``: a lower bound of the spectral norm of A from its largest row/column.
+
+    A <- A / max|A|; take the column i (row j) of largest 2-norm; if the column wins, x = A[:, i]^T A and the
+    bound is max|A| ||x A^T|| / ||x||; else x = A A[j, :]^T and the bound is max|A| ||A^T x|| / ||x||; 0 for A = 0.
+    """
+    scale = np.max(np.abs(a))
+    if scale == 0:
+        return 0.0
+    a = a / scale
+    columns, rows = np.sum(a * a, axis=0), np.sum(a * a, axis=1)
+    i, j = int(np.argmax(columns)), int(np.argmax(rows))
+    if columns[i] > rows[j]:
+        x = a[:, i] @ a
+        return scale * np.linalg.norm((x / np.linalg.norm(x)) @ a.T)
+    x = a @ a[j, :]
+    return scale * np.linalg.norm(a.T @ (x / np.linalg.norm(x)))
+
+
+def psgd_kron(learning_rate, probes, fits, triangular, b1=0.9, precond_lr=0.1, precond_init_scale=None,
+              momentum_into_precond_update=True, damping=1e-9, weight_decay=0.0):
+    """PSGD-Kron (Li, arXiv:1512.04202 and 2211.04422) as psgd-jax 0.2.9's ``kron`` defines it, on one leaf,
+    written on the full Kronecker matrices (row-major vec: vec(X x_1 Q_1 ... x_n Q_n) = (Q_1 kron ... kron Q_n) vec X).
+
+    The random inputs are given: ``probes(t)`` is the probe V of step t (1-based), ``fits(t)`` whether the
+    preconditioner is fitted at step t; ``triangular`` lists, per dim, whether its factor is dense triangular
+    (else diagonal). Q_k = s^(1/n) I, s = precond_init_scale, or on the first step Li's
+    s = (mean g^4 + damping^4)^(-1/8) (1 if not finite or if g = 0). Each step:
+    m = b1 m + (1 - b1) g, m_hat = m / (1 - b1^t) (m_hat = g when b1 = 0); on fitted steps, with
+    h = m_hat (or g) + (sqrt(eps_f32) mean|h| + damping) V, A = Q h, B = Q^{-T} V (the full inverse), and the
+    mode-k unfoldings A_k, B_k: Q_k <- Q_k - lr_Q triu(A_k A_k^T - B_k B_k^T) / (lb(A_k A_k^T + B_k B_k^T) + tiny) Q_k
+    (a diagonal factor: the diagonals, divided by the max of |diag(A_k A_k^T + B_k B_k^T)|), all from the same A, B;
+    then u = Q^T Q m_hat, u <- u / max(1, rms(u) / 1.1), and the step is -lr (u + weight_decay p).
+    No balancing of the factors: it leaves Q = Q_1 kron ... kron Q_n unchanged.
+    """
+    tiny = np.finfo(np.float64).tiny
+
+    def init(params):
+        scale = 1.0 if precond_init_scale is None else precond_init_scale
+        each = scale ** (1 / max(1, params.ndim))
+        factors = [each * (np.eye(d) if dense else np.ones(d)) for d, dense in zip(params.shape, triangular)]
+        return {"m": np.zeros_like(params), "q": factors if params.ndim else [np.array(each)]}
+
+    def full(factors):
+        out = np.ones((1, 1))
+        for q in factors:
+            out = np.kron(out, q if q.ndim == 2 else np.diag(np.atleast_1d(q)))
+        return out
+
+    def unfold(x, k):
+        return x.reshape(1, 1) if x.ndim == 0 else np.moveaxis(x, k, 0).reshape(x.shape[k], -1)
+
+    def update(g, state, params, t):
+        factors = [q.copy() for q in state["q"]]
+        if precond_init_scale is None and t == 1:
+            s = (np.mean(g**4) + damping**4) ** (-1 / 8)
+            s = s if np.isfinite(s) and np.mean(g**4) > 0 else 1.0  # (1 also for a zero first gradient)
+            factors = [q * s ** (1 / len(factors)) for q in factors]
+        m = b1 * state["m"] + (1 - b1) * g
+        m_hat = m / (1 - b1**t) if b1 else g
+        if fits(t):
+            v = probes(t)
+            h = m_hat if momentum_into_precond_update else g
+            h = h + (_PSGD_RELATIVE_DAMPING * np.mean(np.abs(h)) + damping) * v
+            q_full = full(factors)
+            a = (q_full @ h.ravel()).reshape(g.shape)
+            b = (np.linalg.inv(q_full).T @ v.ravel()).reshape(g.shape)
+            new = []
+            for k, q in enumerate(factors):
+                t1, t2 = unfold(a, k) @ unfold(a, k).T, unfold(b, k) @ unfold(b, k).T
+                if q.ndim == 2:
+                    new.append(q - precond_lr * np.triu(t1 - t2) / (psgd_norm_lower_bound(t1 + t2) + tiny) @ q)
+                else:
+                    d1, d2 = np.diag(t1), np.diag(t2)
+                    new.append(q - precond_lr * (d1 - d2).reshape(q.shape) * q / (np.max(np.abs(d1 + d2)) + tiny))
+            factors = new
+        q_full = full(factors)
+        u = (q_full.T @ q_full @ m_hat.ravel()).reshape(g.shape)
+        u = u / max(1.0, np.sqrt(np.mean(u * u)) / 1.1)
+        return -schedule_value(learning_rate, t) * (u + weight_decay * params), {"m": m, "q": factors}
+
+    return Reference(init, update)
+
+
+# === soap ===
+def _soap_merged_shape(shape, max_dim):
+    """The official SOAP code's merge: a running product of dimensions is closed (kept as one dimension) when the
+    next dimension would take it above ``max_dim``; a dimension above ``max_dim`` stands alone."""
+    merged, running = [], 1
+    for d in shape:
+        if running * d <= max_dim:
+            running *= d
+        elif running > 1:
+            merged.append(running)
+            running = d
+        else:
+            merged.append(d)
+    if running > 1 or not merged:
+        merged.append(running)
+    return tuple(merged)
+
+
+def _soap_turn(x, bases, into):
+    # x multiplied along each dimension i by Q_i^T (into the eigenbasis) or by Q_i (back); None: left alone.
+    for i, q in enumerate(bases):
+        if q is not None:
+            x = np.moveaxis(np.tensordot(q.T if into else q, x, axes=(1, i)), 0, i)
+    return x
+
+
+def _soap_unfolded_square(x, i):
+    rows = np.moveaxis(x, i, 0).reshape(x.shape[i], -1)
+    return rows @ rows.T
+
+
+def soap(learning_rate, b1=0.95, b2=0.95, shampoo_b2=None, eps=1e-8, weight_decay=0.0, precondition_frequency=10,
+         max_precond_dim=10000, merge_dims=False, precondition_1d=False, correct_bias=True, normalize_grads=False,
+         blocking=True, decay="chain"):
+    """SOAP as the official code (github.com/nikhilvyas/SOAP, soap.py) runs it, plus Distributed Shampoo's blocks.
+
+    Call 1 only accumulates L_i = (1 - bs) G_(i) G_(i)^T and sets Q_i to its eigenvectors (decreasing eigenvalues);
+    the params do not move (decay="official": not even by the weight decay). Call t > 1 (Adam step k = t - 1):
+    G~ = G x_i Q_i^T;  m = b1 m + (1 - b1) G~;  v = b2 v + (1 - b2) G~^2;
+    d = (m / (sqrt(v) + eps)) x_i Q_i;  d /= 1e-30 + rms(d) (normalize_grads);
+    p <- p - lr sqrt(1 - b2^k) / (1 - b1^k) d (the factor only with correct_bias); then, with m rotated back to
+    the original space: L_i = bs L_i + (1 - bs) G_(i) G_(i)^T, and when k % precondition_frequency == 0, per
+    dimension: columns of Q_i and entries of v (along i) sorted by diag(Q_i^T L_i Q_i) decreasing,
+    Q_i = QR(L_i Q_i); m rotated into the (new) bases. Leaves: merged (merge_dims, leaves of 2+ dimensions) by the
+    official rule; with blocking, each merged dimension cut into pieces of max_precond_dim and a remainder, each
+    block with its own L, Q, in explicit loops; without, dimensions above max_precond_dim unrotated. 1-D leaves are
+    rotated only with precondition_1d, scalars never. Weight decay: decay="chain" as chain(soap, add_decayed_weights,
+    scale_by_learning_rate), -lr (u + wd p) on every call; decay="official": p <- p (1 - lr wd) after the step, from
+    call 2 on.
+    """
+    beta_s = b2 if shampoo_b2 is None else shampoo_b2
+
+    def layout(shape):
+        rotate = len(shape) >= 2 or (len(shape) == 1 and precondition_1d)
+        merged = _soap_merged_shape(shape, max_precond_dim) if merge_dims and len(shape) >= 2 else tuple(shape)
+        cuts = [list(range(0, d, max_precond_dim)) + [d] if rotate and blocking else [0, d] for d in merged]
+        blocks = []
+        for index in np.ndindex(*[len(c) - 1 for c in cuts]):
+            blocks.append(tuple(slice(c[j], c[j + 1]) for c, j in zip(cuts, index)))
+        return rotate, merged, blocks
+
+    def init(params):
+        rotate, merged, blocks = layout(params.shape)
+        state = {"blocks": [], "t": 0}
+        for block in blocks:
+            sizes = [s.stop - s.start for s in block]
+            has = [rotate and d <= max_precond_dim for d in sizes]
+            state["blocks"].append({
+                "L": [np.zeros((d, d)) if h else None for d, h in zip(sizes, has)],
+                "Q": [None] * len(sizes), "m": np.zeros(sizes), "v": np.zeros(sizes)})
+        return state
+
+    def update(g, state, params, t):
+        lr = schedule_value(learning_rate, t)
+        if g.size == 0:
+            return np.zeros_like(g), state
+        rotate, merged, blocks = layout(g.shape)
+        g = g.reshape(merged)
+        direction = np.zeros(merged)
+        k = t - 1
+        for block, s in zip(blocks, state["blocks"]):
+            gb = g[block]
+            if t > 1:
+                turned = _soap_turn(gb, s["Q"], into=True)
+                s["m"] = b1 * s["m"] + (1 - b1) * turned
+                s["v"] = b2 * s["v"] + (1 - b2) * turned**2
+                direction[block] = _soap_turn(s["m"] / (np.sqrt(s["v"]) + eps), s["Q"], into=False)
+                s["m"] = _soap_turn(s["m"], s["Q"], into=False)  # back to the original space
+            s["L"] = [None if L is None else beta_s * L + (1 - beta_s) * _soap_unfolded_square(gb, i)
+                      for i, L in enumerate(s["L"])]
+            if t == 1:
+                s["Q"] = [None if L is None else np.linalg.eigh(L)[1][:, ::-1] for L in s["L"]]
+            elif k % precondition_frequency == 0:
+                for i, (L, Q) in enumerate(zip(s["L"], s["Q"])):
+                    if L is None:
+                        continue
+                    order = np.argsort(-np.diag(Q.T @ L @ Q), kind="stable")
+                    s["v"] = np.take(s["v"], order, axis=i)
+                    s["Q"][i] = np.linalg.qr(L @ Q[:, order])[0]
+            if t > 1:
+                s["m"] = _soap_turn(s["m"], s["Q"], into=True)
+        direction = direction.reshape(params.shape)
+        if normalize_grads and t > 1:
+            direction = direction / (1e-30 + np.sqrt(np.mean(direction**2)))
+        if correct_bias and t > 1:
+            direction = direction * np.sqrt(1 - b2**k) / (1 - b1**k)
+        if decay == "official":
+            stepped = params - lr * direction
+            return (stepped * (1 - lr * weight_decay) if t > 1 else params) - params, state
+        return -lr * (direction + weight_decay * params), state
+
+    return Reference(init, update)
+
+
+# === shampoo ===
+def _shampoo_merged_shape(shape, max_dim):
+    """Distributed Shampoo's merge of small dimensions: size-1 dimensions dropped, then, from the first dimension
+    on, each joins the previous group while the group's product stays within max_dim."""
+    groups = []
+    for d in shape:
+        if d == 1:
+            continue
+        if groups and groups[-1] * d <= max_dim:
+            groups[-1] *= d
+        else:
+            groups.append(d)
+    return tuple(groups) or (1,)
+
+
+def _shampoo_block_indices(shape, max_dim):
+    """Every block of an array of ``shape``: each dimension cut at multiples of max_dim (loops, no stacking)."""
+    indices = [()]
+    for d in shape:
+        indices = [index + (slice(a, min(a + max_dim, d)),) for index in indices for a in range(0, d, max_dim)]
+    return indices
+
+
+def _shampoo_inverse_root(matrix, p, eps):
+    """(A + eps I)^(-1/p) from the eigendecomposition of A + eps I, its eigenvalues shifted up to eps when rounding
+    puts the smallest below it (Distributed Shampoo's matrix_inverse_root with its default perturbation)."""
+    values, vectors = np.linalg.eigh(matrix + eps * np.eye(matrix.shape[0]))
+    if values.min() < eps:
+        values = values - values.min() + eps
+    return (vectors * values ** (-1.0 / p)) @ vectors.T
+
+
+def shampoo(learning_rate, b1=0.0, b2=1.0, eps=1e-12, weight_decay=0.0, grafting=None, grafting_b2=0.999,
+            grafting_eps=1e-8, precondition_frequency=1, start_preconditioning_step=None, max_precond_dim=1024,
+            merge_dims=True, exponent_override=None, precondition_1d=False, inverse_root=None):
+    """Shampoo (Gupta, Koren & Singer 2018, Algorithm 1 / 2 for tensors) as Distributed Shampoo runs it
+    (Shi et al. 2023, the DistributedShampoo docstring and README), one param at a time.
+
+    A param of order >= 2 (or a vector with precondition_1d) is reshaped to its merged shape (merge_dims) and cut
+    into blocks of at most max_precond_dim per dimension. For each block G of order k and each dimension i:
+    L_i <- b2 L_i + w G_(i) G_(i)^T (w = 1 if b2 = 1 else 1 - b2); at steps t = s, and t > s with t % f = 0,
+    Q_i = (L_i / c_t + eps I)^(-1/p), c_t = 1 - b2^t (b2 < 1) or 1, p = exponent_override or 2k; before the first
+    refresh Q_i = I. The filtered gradient M = m_t / (1 - b1^t), m_t = b1 m_{t-1} + (1 - b1) g (M = g if b1 = 0)
+    is multiplied along each dimension i of each block by Q_i. Scalars, empty params, vectors (without
+    precondition_1d) keep M. Grafting (per param, as jaxopt_zoo's graft): the direction rescaled to the norm of the
+    grafting step on M: adam M / (sqrt(v / (1 - gb2^t)) + geps), rmsprop M / (sqrt(v) + geps), adagrad
+    M / (sqrt(sum g^2) + geps), sgd M, with v = gb2 v + (1 - gb2) g^2 of the raw gradients; before step s the
+    grafting step itself. Then p <- p - lr (u + weight_decay p). inverse_root is ignored: the roots here are exact.
+    """
+    del inverse_root
+    frequency = precondition_frequency
+    start = frequency if start_preconditioning_step is None else start_preconditioning_step
+    weight = 1.0 if b2 == 1 else 1.0 - b2
+
+    def init(params):
+        preconditioned = params.size > 0 and (params.ndim >= 2 or (params.ndim == 1 and precondition_1d))
+        shape = (_shampoo_merged_shape(params.shape, max_precond_dim) if merge_dims else params.shape) if preconditioned else None
+        blocks = _shampoo_block_indices(shape, max_precond_dim) if preconditioned else []
+        sizes = [[s.stop - s.start for s in index] for index in blocks]
+        return {
+            "shape": shape, "blocks": blocks,
+            "L": [[np.zeros((d, d)) for d in dims] for dims in sizes],
+            "Q": [[np.eye(d) for d in dims] for dims in sizes],
+            "m": np.zeros_like(params), "v": np.zeros_like(params),
+        }
+
+    def update(g, state, params, t):
+        shape, blocks = state["shape"], state["blocks"]
+        L = [[f.copy() for f in fs] for fs in state["L"]]
+        Q = [list(qs) for qs in state["Q"]]
+        refresh = t == start or (t > start and t % frequency == 0)
+        correction = 1 - b2**t if b2 < 1 else 1.0
+        for j, index in enumerate(blocks):
+            block = g.reshape(shape)[index]
+            k = block.ndim
+            for i in range(k):
+                others = [a for a in range(k) if a != i]
+                L[j][i] = b2 * L[j][i] + weight * np.tensordot(block, block, axes=(others, others))
+                if refresh:
+                    Q[j][i] = _shampoo_inverse_root(L[j][i] / correction, exponent_override or 2 * k, eps)
+        m = b1 * state["m"] + (1 - b1) * g
+        filtered = m / (1 - b1**t) if b1 else g
+        direction = filtered.copy()
+        if blocks:
+            out = filtered.reshape(shape).copy()
+            for j, index in enumerate(blocks):
+                block = out[index]
+                for i in range(block.ndim):
+                    block = np.moveaxis(np.tensordot(Q[j][i], block, axes=(1, i)), 0, i)
+                out[index] = block
+            direction = out.reshape(g.shape)
+        v = state["v"]
+        if grafting is not None:
+            if grafting == "adagrad":
+                v = v + g * g
+            elif grafting in ("adam", "rmsprop"):
+                v = grafting_b2 * v + (1 - grafting_b2) * g * g
+            if grafting == "sgd":
+                step = filtered
+            else:
+                v_hat = v / (1 - grafting_b2**t) if grafting == "adam" else v
+                step = filtered / (np.sqrt(v_hat) + grafting_eps)
+            d_norm = np.linalg.norm(direction)
+            if t < start:  # Distributed Shampoo's "grafting method": the grafting step itself
+                direction = step
+            else:
+                direction = direction * np.linalg.norm(step) / d_norm if d_norm > 0 else np.zeros_like(direction)
+        delta = -schedule_value(learning_rate, t) * (direction + weight_decay * params)
+        return delta, {**state, "L": L, "Q": Q, "m": m, "v": v}
+
+    return Reference(init, update)

@@ -38,7 +38,7 @@ def test_speed_benchmark_quick_mode_reports_its_optimizers(tmp_path):
     report = _run("run.py", tmp_path / "results.md")
     for name in NAMES:
         assert f"| {name} " in report, name
-    for heading in ("step time", "bandwidth", "compile", "memory", "low-bit state"):
+    for heading in ("step time", "bandwidth", "compile", "memory", "low-bit state", "layer-sharded muon"):
         assert heading in report.lower(), heading
     low_bit = report[report.index("## Low-bit state"):]
     for row in ("float32", "bfloat16", "bfloat16 SR", "8-bit", "8-bit arithmetic, one pass"):
@@ -74,3 +74,12 @@ def test_every_benchmark_entry_steps_with_both_libraries(name):
 
         swept = jax.vmap(first_update)(jnp.asarray([entry.learning_rate, 2 * entry.learning_rate]))
         np.testing.assert_allclose(jax.tree.leaves(swept)[0][0], jax.tree.leaves(updates)[0], rtol=1e-5, atol=1e-7)
+
+
+def test_gram_newton_schulz_benchmark_quick_mode_reports_its_table(tmp_path):
+    # benchmarks/gram_ns.py takes no optimizer list: run alone, it times and checks both iterations on one shape.
+    output = tmp_path / "gram_ns.md"
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "gram_ns.py"), "--quick", "--output", str(output)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"^\| 32 x 256 +\|", output.read_text(), re.MULTILINE)

@@ -131,6 +131,24 @@ CASES = {
     "prodigy": lambda: jz.prodigy(0.5, estim_lr0=1e-3, weight_decay=0.1, exp_avg_dtype=jz.StochasticBF16(),
                                   params0_dtype=jnp.bfloat16),
     "dadapt_adamw": lambda: jz.dadapt_adamw(jz.linear_schedule(0.0, 1.0, 4), grad_sum_dtype=jz.StochasticBF16()),
+    # PSGD-Kron mid-run: the key data decides the next update draws and probes, the count the stochastic rounding of
+    # the momentum; the triangular and diagonal factors (float32, also for the bfloat16 scalar) must come back exact.
+    "psgd_kron": lambda: jz.psgd_kron(1e-2, weight_decay=0.1, preconditioner_update_probability=0.5,
+                                      mu_dtype=jz.StochasticBF16(), key=3),
+    # Shampoo saved between root refreshes (every 3 steps): blocked factors and roots (float32), the grafting Adam
+    # state and both filtered gradients stochastically rounded; the count decides the next refresh.
+    "shampoo": lambda: jz.shampoo(1e-2, eps=1e-4, precondition_frequency=3, max_precond_dim=2, weight_decay=0.1,
+                                  mu_dtype=jz.StochasticBF16()),
+    # SOAP saved between basis refreshes (every 3 steps): blocked factors and eigenbases (float32), Adam's moments
+    # in the rotated coordinates (the first stochastically rounded, the second 8-bit); the count decides the next.
+    "soap": lambda: jz.soap(1e-2, precondition_frequency=3, max_precond_dim=2, precondition_1d=True,
+                            mu_dtype=jz.StochasticBF16(), nu_dtype=jz.Blockwise8Bit()),
+    # C-AdamW: the wrapped Adam state (its first moment stochastically rounded) inside CautiousState.
+    "cautious_adamw": lambda: jz.cautious_adamw(1e-2, weight_decay=0.1, mu_dtype=jz.StochasticBF16()),
+    # MARS-AdamW: the previous gradient (stochastically rounded) and the count that says a previous one exists,
+    # under a scheduled gamma.
+    "mars_adamw": lambda: jz.mars_adamw(1e-2, weight_decay=0.1, gamma=lambda step: 0.01 * jnp.minimum(step, 5.0),
+                                        prev_dtype=jz.StochasticBF16()),
 }
 
 

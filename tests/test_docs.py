@@ -84,6 +84,18 @@ MODULES = [
     "jaxopt_zoo.optimizers.momo",
     "jaxopt_zoo.transforms.sophia",
     "jaxopt_zoo.optimizers.sophia",
+    "jaxopt_zoo.transforms.kronecker",
+    "jaxopt_zoo.transforms.grafting",
+    "jaxopt_zoo.transforms.gram_newton_schulz",
+    "jaxopt_zoo.transforms.cautious",
+    "jaxopt_zoo.transforms.mars",
+    "jaxopt_zoo.optimizers.cautious",
+    "jaxopt_zoo.transforms.soap",
+    "jaxopt_zoo.optimizers.soap",
+    "jaxopt_zoo.transforms.psgd",
+    "jaxopt_zoo.optimizers.psgd",
+    "jaxopt_zoo.transforms.shampoo",
+    "jaxopt_zoo.optimizers.shampoo",
 ]
 WITHOUT_EXAMPLES = {"jaxopt_zoo.tree", "jaxopt_zoo.validation"}  # internal helpers, tested in test_tree.py
 

@@ -100,6 +100,11 @@ OPTIMIZERS = {  # name: factory of axis_name (used only by the transforms with r
     # D-adaptation: whole-tree sums (inner products, l1 norm) over shards; 4 per-parameter states incl. a params copy.
     "prodigy": lambda axes: jz.prodigy(0.5, estim_lr0=1e-3, weight_decay=1e-2, axis_name=axes),
     "dadapt_adamw": lambda axes: jz.dadapt_adamw(0.5, estim_lr0=1e-3, grad_sum_dtype=jz.StochasticBF16(), axis_name=axes),
+    # Cautious masking: each leaf's count of agreeing entries and its size summed over shards (axis_name).
+    "cautious_adamw": lambda axes: jz.cautious_adamw(1e-2, weight_decay=1e-2, axis_name=axes),
+    # MARS: each leaf's clip norm over shards; the previous gradient sharded like its param. (Not stochastically
+    # rounded here: a norm summed in another order moves a gradient by an ulp, which redraws its rounding.)
+    "mars_adamw": lambda axes: jz.mars_adamw(1e-2, weight_decay=1e-2, axis_name=axes),
 }
 
 

@@ -85,3 +85,13 @@ from jaxopt_zoo.optimizers.sophia import *  # noqa: E402,F403
 for _family in (_ademamix, _d_adaptation, _dual_averaging, _galore, _momo, _orthogonal, _parameter_free, _privacy,
                 _schedule_free, _sophia):
     __all__ += _family.__all__
+
+# Families added by issue 19 (Kronecker-factored preconditioners, cautious and MARS variants).
+from jaxopt_zoo.optimizers import cautious as _cautious, psgd as _psgd, shampoo as _shampoo, soap as _soap  # noqa: E402
+from jaxopt_zoo.optimizers.cautious import *  # noqa: E402,F403
+from jaxopt_zoo.optimizers.psgd import *  # noqa: E402,F403
+from jaxopt_zoo.optimizers.shampoo import *  # noqa: E402,F403
+from jaxopt_zoo.optimizers.soap import *  # noqa: E402,F403
+
+for _family in (_cautious, _psgd, _shampoo, _soap):
+    __all__ += _family.__all__

@@ -9,6 +9,7 @@ import jax
 from jaxopt_zoo import validation
 from jaxopt_zoo.base import GradientTransformation, Params, ScalarOrSchedule
 from jaxopt_zoo.combine import chain, partition
+from jaxopt_zoo.sharding import AxisName
 from jaxopt_zoo.optimizers.classic import adamw
 from jaxopt_zoo.storage import StateDtype
 from jaxopt_zoo.transforms import add_decayed_weights, scale_by_learning_rate
@@ -57,6 +58,10 @@ def muon(
     muon_weight_dimension_numbers: WeightDimensionNumbers = None,
     consistent_rms: jax.typing.ArrayLike | None = None,
     nu_dtype: StateDtype = None,
+    ns_method: str = "plain",
+    layer_sharding: bool = False,
+    axis_name: AxisName = None,
+    partition_specs: Any = None,
 ) -> GradientTransformation:
     """Muon (Jordan et al. 2024) on the matrices, Nesterov AdamW on the other parameters, as ``optax.contrib.muon``.
 
@@ -88,7 +93,8 @@ def muon(
     ``ns_steps`` run the last ``ns_steps`` rows instead of raising; ``"muon"`` is accepted as
     the standard preset, as Optax's docstring names it); the options are checked when built;
     ``mu_dtype`` also takes a storage (:mod:`jaxopt_zoo.storage`), for both Muon's momentum
-    and Adam's first moment; ``nu_dtype`` (Adam's second moment) is an addition.
+    and Adam's first moment; ``nu_dtype`` (Adam's second moment), ``ns_method`` and the layer-sharding
+    options (``layer_sharding``, ``axis_name``, ``partition_specs``) are additions.
 
     Args:
         learning_rate: :math:`\\alpha \\ge 0`, or a schedule of the step count.
@@ -112,6 +118,15 @@ def muon(
             function of the params returning one; ``None``: the 2-D leaves, as ``(in, out)``.
         consistent_rms: ``None`` for the width factor, or :math:`r \\ge 0` (0.2 matches AdamW's RMS).
         nu_dtype: storage of Adam's second moment (an addition; Optax keeps it in the params' dtype).
+        ns_method: ``"plain"`` or ``"gram"``: Gram Newton–Schulz on rectangular matrices (an addition; see
+            :func:`~jaxopt_zoo.scale_by_muon`).
+        layer_sharding: orthogonalise each matrix whole on one device (an addition; see
+            :func:`~jaxopt_zoo.scale_by_muon`): on sharded params, each device runs about 1/N of the
+            Newton–Schulz work, with no collective inside the iteration.
+        axis_name: with ``layer_sharding`` inside ``shard_map``: the mesh axes to spread the matrices over
+            (every axis the params are split along must be named). Adam's leaves need none.
+        partition_specs: with ``layer_sharding``: the params' ``PartitionSpec`` (a tree or prefix of the
+            params), needed inside ``shard_map``, and under ``jit`` on Auto mesh axes for an all-to-all exchange.
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
@@ -147,6 +162,7 @@ def muon(
             ns_coeffs, ns_steps, beta, eps, mu_dtype, nesterov=nesterov, adaptive=adaptive,
             preconditioning=preconditioning, weight_dimension_numbers=muon_weight_dimension_numbers,
             shape_scale="width" if consistent_rms is None else consistent_rms,
+            ns_method=ns_method, layer_sharding=layer_sharding, axis_name=axis_name, partition_specs=partition_specs,
         )
     except ValueError as error:  # ns_coeffs, ns_steps, preconditioning: say whose argument it is
         raise ValueError(f"{owner}: {str(error).removeprefix('scale_by_muon: ')}") from None

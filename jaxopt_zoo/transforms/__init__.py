@@ -196,3 +196,20 @@ from jaxopt_zoo.transforms.sophia import *  # noqa: E402,F403
 for _family in (_ademamix, _d_adaptation, _dual_averaging, _galore, _momo, _plateau, _privacy, _sam, _schedule_free,
                 _sophia):
     __all__ += _family.__all__
+
+# Families added by issue 19 (Kronecker-factored preconditioners and their composable extras) and issue 18's
+# Gram-space Newton-Schulz.
+from jaxopt_zoo.transforms import cautious as _cautious, gram_newton_schulz as _gram_newton_schulz  # noqa: E402
+from jaxopt_zoo.transforms import grafting as _grafting, kronecker as _kronecker, mars as _mars  # noqa: E402
+from jaxopt_zoo.transforms import psgd as _psgd, shampoo as _shampoo, soap as _soap  # noqa: E402
+from jaxopt_zoo.transforms.cautious import *  # noqa: E402,F403
+from jaxopt_zoo.transforms.grafting import *  # noqa: E402,F403
+from jaxopt_zoo.transforms.gram_newton_schulz import *  # noqa: E402,F403
+from jaxopt_zoo.transforms.kronecker import *  # noqa: E402,F403
+from jaxopt_zoo.transforms.mars import *  # noqa: E402,F403
+from jaxopt_zoo.transforms.psgd import *  # noqa: E402,F403
+from jaxopt_zoo.transforms.shampoo import *  # noqa: E402,F403
+from jaxopt_zoo.transforms.soap import *  # noqa: E402,F403
+
+for _family in (_cautious, _grafting, _gram_newton_schulz, _kronecker, _mars, _psgd, _shampoo, _soap):
+    __all__ += _family.__all__

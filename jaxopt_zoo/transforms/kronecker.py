@@ -1,0 +1,162 @@
+"""What Kronecker-factored preconditioners share: merged and blocked shapes, per-dimension statistics, mode products.
+
+Shampoo, SOAP and PSGD-Kron precondition a leaf with one matrix per dimension. Before that, Distributed Shampoo
+reshapes the leaf: adjacent dimensions whose product stays within ``max_precond_dim`` are *merged* into one (a
+``(3, 3, 64, 128)`` convolution kernel becomes ``(576, 128)`` at 1024) and size-1 dimensions are dropped; then every
+dimension larger than ``max_precond_dim`` is *blocked*, cut into pieces of ``max_precond_dim`` and a remainder, and
+each block is preconditioned alone, so that no factor is larger than ``max_precond_dim`` squared. Blocks of the same
+shape are stacked: a leaf becomes at most :math:`2^k` stacks of shape ``(blocks, *block_shape)`` (full pieces and
+remainders along each of its :math:`k` dimensions), each processed by one vmapped program.
+
+    >>> import jax.numpy as jnp, jaxopt_zoo as jz
+    >>> layout = jz.block_layout((3, 3, 64, 1000), max_precond_dim=600)
+    >>> layout.merged, layout.stack_shapes  # 3 * 3 * 64 = 576 <= 600; 1000 = 600 + 400
+    ((576, 1000), ((1, 576, 600), (1, 576, 400)))
+    >>> x = jnp.arange(3 * 3 * 64 * 1000.0).reshape(3, 3, 64, 1000)
+    >>> bool((jz.from_blocks(jz.to_blocks(x, layout), layout) == x).all())
+    True
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
+
+from jaxopt_zoo.sharding import explicit_layout
+
+__all__ = [
+    "BlockLayout", "block_layout", "dim_statistics", "from_blocks", "merge_dims", "mode_product", "stacked_eigh", "to_blocks",
+]
+
+PRECISION = jax.lax.Precision.HIGHEST  # factor statistics and rotations lose too much at TPU/GPU default precision
+
+
+class _Piece(NamedTuple):
+    start: int
+    count: int  # blocks along the dimension in this piece
+    size: int  # each block's size along the dimension
+
+
+class BlockLayout(NamedTuple):
+    """How a leaf of ``shape`` is merged (``merged``) and cut into stacks of equal blocks (``stack_shapes``)."""
+
+    shape: tuple[int, ...]
+    merged: tuple[int, ...]
+    pieces: tuple[tuple[_Piece, ...], ...]  # per merged dimension: full blocks, then the remainder
+
+    @property
+    def stack_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """``(blocks, *block_shape)`` of each stack, in the order :func:`to_blocks` returns them."""
+        return tuple((math.prod(p.count for p in combo), *(p.size for p in combo)) for combo in self._combos())
+
+    def _combos(self) -> list[tuple[_Piece, ...]]:
+        return list(itertools.product(*self.pieces))
+
+
+def merge_dims(shape: Sequence[int], max_dim: int) -> tuple[int, ...]:
+    """``shape`` without its size-1 dimensions and with adjacent ones merged while their product is ``<= max_dim``.
+
+    Distributed Shampoo's rule (``merge_small_dims``): scanning from the first dimension, each one joins the
+    previous group when the group's product times it stays within ``max_dim``. A shape of size-1 dimensions only
+    becomes ``(1,)``; a scalar's ``()`` stays ``()``.
+    """
+    if not shape:
+        return ()
+    merged: list[int] = []
+    for d in (d for d in shape if d != 1):
+        if merged and merged[-1] * d <= max_dim:
+            merged[-1] *= d
+        else:
+            merged.append(d)
+    return tuple(merged) or (1,)
+
+
+def block_layout(shape: Sequence[int], max_precond_dim: int, merge: bool = True) -> BlockLayout:
+    """The layout of a leaf: merged (unless ``merge=False``), then each dimension cut into blocks of at most
+    ``max_precond_dim``."""
+    shape = tuple(int(d) for d in shape)
+    merged = merge_dims(shape, max_precond_dim) if merge else shape
+
+    def pieces(d: int) -> tuple[_Piece, ...]:
+        full, rest = divmod(d, max_precond_dim)
+        return tuple(p for p in (_Piece(0, full, max_precond_dim), _Piece(full * max_precond_dim, 1, rest)) if p.count and p.size)
+
+    return BlockLayout(shape, merged, tuple(pieces(d) for d in merged))
+
+
+def to_blocks(x: jax.Array, layout: BlockLayout) -> tuple[jax.Array, ...]:
+    """``x`` as the stacks of blocks of ``layout`` (each ``(blocks, *block_shape)``, block index row-major).
+
+    An ``x`` split over Explicit mesh axes is gathered first (blocks are whole; see
+    :func:`jaxopt_zoo.sharding.explicit_layout`); under ``jit`` on Auto axes the partitioner lays the blocks out."""
+    split = explicit_layout(x)
+    if split is not None:
+        x = jax.sharding.reshard(x, NamedSharding(split.mesh, PartitionSpec()))
+    x = x.reshape(layout.merged)
+    stacks = []
+    for combo in layout._combos():
+        piece = x[tuple(slice(p.start, p.start + p.count * p.size) for p in combo)]
+        k = len(combo)
+        piece = piece.reshape([n for p in combo for n in (p.count, p.size)])
+        piece = piece.transpose([*range(0, 2 * k, 2), *range(1, 2 * k, 2)])
+        stacks.append(piece.reshape(-1, *(p.size for p in combo)))
+    return tuple(stacks)
+
+
+def from_blocks(stacks: Sequence[jax.Array], layout: BlockLayout, like: jax.Array | None = None) -> jax.Array:
+    """The inverse of :func:`to_blocks`: the leaf, in its original shape (laid out like ``like`` where that is split
+    over Explicit mesh axes)."""
+    pieces = {}
+    indices = itertools.product(*(range(len(p)) for p in layout.pieces))  # the same order as layout._combos()
+    for index, combo, stack in zip(indices, layout._combos(), stacks, strict=True):
+        k = len(combo)
+        piece = stack.reshape(*(p.count for p in combo), *(p.size for p in combo))
+        piece = piece.transpose([i for j in range(k) for i in (j, k + j)])
+        pieces[index] = piece.reshape([p.count * p.size for p in combo])
+
+    def assemble(prefix: tuple[int, ...]) -> jax.Array:
+        axis = len(prefix)
+        if axis == len(layout.pieces):
+            return pieces[prefix]
+        parts = [assemble(prefix + (j,)) for j in range(len(layout.pieces[axis]))]
+        return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=axis)
+
+    leaf = assemble(()).reshape(layout.shape)
+    target = None if like is None else explicit_layout(like)
+    return leaf if target is None else jax.sharding.reshard(leaf, target)
+
+
+def dim_statistics(block: jax.Array) -> tuple[jax.Array, ...]:
+    """:math:`G_{(i)} G_{(i)}^\\top` for each dimension :math:`i` of one block: the block contracted with itself over
+    every other dimension (for a matrix, :math:`G G^\\top` and :math:`G^\\top G`)."""
+    axes = range(block.ndim)
+    return tuple(
+        jnp.tensordot(block, block, axes=([j for j in axes if j != i],) * 2, precision=PRECISION) for i in axes
+    )
+
+
+def mode_product(x: jax.Array, matrices: Sequence[jax.Array | None], transpose: bool = False) -> jax.Array:
+    """``x`` multiplied along each dimension :math:`i` by ``matrices[i]`` (its transpose with ``transpose=True``):
+    :math:`x \\times_1 M_1 \\times_2 M_2 \\cdots`; a ``None`` matrix leaves its dimension alone. For a matrix,
+    :math:`M_1 X M_2^\\top` (:math:`M_1^\\top X M_2` transposed)."""
+    for i, m in enumerate(matrices):
+        if m is not None:
+            x = jnp.moveaxis(jnp.tensordot(m, x, axes=(0 if transpose else 1, i), precision=PRECISION), 0, i)
+    return x
+
+
+def stacked_eigh(matrices: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``jnp.linalg.eigh`` of a stack ``(blocks, d, d)`` of symmetric matrices (eigenvalues ascending).
+
+    On CPUs the matrices are decomposed one after the other (``lax.map``), not as one batched LAPACK call: jaxlib
+    0.10's batched CPU ``eigh`` hands the batch to a thread pool and has been seen to hang when several such calls
+    run at once (two leaves' refreshes, simulated devices). Other backends take the whole batch.
+    """
+    return jax.lax.platform_dependent(
+        matrices, cpu=lambda m: jax.lax.map(jnp.linalg.eigh, m), default=jnp.linalg.eigh
+    )

@@ -1,0 +1,135 @@
+"""The Kronecker-factored preconditioners' shared pieces (merged and blocked layouts, statistics, mode products)
+and layer-wise grafting."""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxopt_zoo as jz
+from tests import reference
+from tests.conftest import assert_trees_close, make_params, run_ours, run_reference, shard_map_steps, sharded_params
+
+
+# --- merging and blocking ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "shape, max_dim, expected",
+    [
+        ((3, 3, 64, 128), 1024, (576, 128)),  # a convolution kernel: 3 * 3 * 64 = 576 <= 1024 < 576 * 128
+        ((1, 2, 5, 1), 10, (10,)),  # size-1 dimensions dropped, the rest merged
+        ((4, 1, 3), 11, (4, 3)),  # 12 > 11
+        ((2, 3, 4), 100, (24,)),
+        ((1, 1), 4, (1,)),
+        ((), 4, ()),
+        ((5000,), 4, (5000,)),  # a dimension over the limit stays (it is blocked, not merged)
+    ],
+)
+def test_merge_dims_follows_distributed_shampoos_rule(shape, max_dim, expected):
+    assert jz.merge_dims(shape, max_dim) == expected
+
+
+@pytest.mark.parametrize(
+    "shape, max_dim, merge",
+    [((7, 5), 4, True), ((2, 3, 5), 4, True), ((2, 3, 5), 4, False), ((9,), 4, True), ((8, 8), 4, True),
+     ((), 4, True), ((1, 6), 6, True), ((3, 1, 2), 100, False)],
+)
+def test_blocks_are_the_slices_of_the_merged_leaf_and_round_trip(shape, max_dim, merge):
+    x = np.arange(float(np.prod(shape))).reshape(shape)
+    layout = jz.block_layout(shape, max_dim, merge)
+    stacks = jz.to_blocks(jnp.asarray(x), layout)
+    assert tuple(s.shape for s in stacks) == layout.stack_shapes
+    assert all(size <= max_dim for stack in layout.stack_shapes for size in stack[1:])
+    np.testing.assert_array_equal(np.asarray(jz.from_blocks(stacks, layout)), x)
+    # Every block, in row-major block order, is the slice of the merged leaf it stands for: cut each merged
+    # dimension into pieces of max_dim and a remainder and check all blocks of every combination of pieces.
+    merged = x.reshape(layout.merged)
+    cuts = [[(s, min(s + max_dim, d)) for s in range(0, d, max_dim)] for d in layout.merged]
+    seen = 0
+    for stack in stacks:
+        for block in np.asarray(stack):
+            matches = [
+                c for c in itertools.product(*cuts)
+                if tuple(b - a for a, b in c) == block.shape and np.array_equal(merged[tuple(slice(a, b) for a, b in c)], block)
+            ]
+            assert len(matches) == 1
+            seen += 1
+    assert seen == max(1, int(np.prod([len(c) for c in cuts])))
+
+
+def test_dim_statistics_and_mode_products_match_their_definitions():
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(2, 3, 4))
+    stats = jz.dim_statistics(jnp.asarray(g))
+    np.testing.assert_allclose(stats[0], np.einsum("ijk,ljk->il", g, g), rtol=1e-5)
+    np.testing.assert_allclose(stats[1], np.einsum("ijk,ilk->jl", g, g), rtol=1e-5)
+    np.testing.assert_allclose(stats[2], np.einsum("ijk,ijl->kl", g, g), rtol=1e-5)
+    a, c = rng.normal(size=(2, 2)), rng.normal(size=(4, 4))
+    np.testing.assert_allclose(jz.mode_product(jnp.asarray(g), [a, None, c]), np.einsum("ai,ijk,ck->ajc", a, g, c), rtol=1e-5)
+    np.testing.assert_allclose(
+        jz.mode_product(jnp.asarray(g), [a, None, c], transpose=True), np.einsum("ia,ijk,kc->ajc", a, g, c), rtol=1e-5
+    )
+    m = rng.normal(size=(3, 5))
+    left, right = rng.normal(size=(3, 3)), rng.normal(size=(5, 5))
+    np.testing.assert_allclose(jz.mode_product(jnp.asarray(m), [left, right]), left @ m @ right.T, rtol=1e-5)
+
+
+# --- grafting ----------------------------------------------------------------------------------------------
+
+GRAFTED = jz.chain(jz.graft(jz.scale_by_adam(), jz.scale_by_sign()), jz.scale(-0.05))
+
+
+def test_graft_matches_the_float64_reference(x64):
+    params = make_params(jnp.float64)
+    ours, _ = run_ours(GRAFTED, params, steps=20, jit=False)
+    assert_trees_close(ours, run_reference(reference.graft_adam_sign(0.05), params, steps=20), rtol=1e-10)
+
+
+def test_graft_of_a_zero_direction_is_zero_and_none_leaves_pass():
+    tx = jz.graft(jz.scale(2.0), jz.scale(0.0))
+    g = {"w": jnp.array([1.0, 2.0]), "skip": None}
+    updates, state = tx.update(g, tx.init({"w": g["w"], "skip": None}))
+    np.testing.assert_array_equal(updates["w"], [0.0, 0.0])
+    assert updates["skip"] is None and isinstance(state, jz.GraftState)
+
+
+def test_graft_rejects_what_is_not_a_transformation():
+    with pytest.raises(TypeError, match="graft: expected gradient transformations"):
+        jz.graft(3.0, jz.scale_by_sign())
+
+
+def test_graft_under_shard_map_needs_axis_name_and_is_then_exact():
+    one_device, _ = run_ours(jz.chain(jz.graft(jz.scale_by_adam(), jz.scale_by_sign()), jz.scale(-0.05)),
+                             sharded_params(), steps=2, jit=False)
+    sharded = shard_map_steps(
+        jz.chain(jz.graft(jz.scale_by_adam(), jz.scale_by_sign(), axis_name=("data", "model")), jz.scale(-0.05))
+    )
+    assert_trees_close(sharded, one_device[-1], rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="graft: inside shard_map.*axis_name"):
+        shard_map_steps(jz.chain(jz.graft(jz.scale_by_adam(), jz.scale_by_sign()), jz.scale(-0.05)))
+
+
+def test_graft_vmaps_and_jits_with_donation():
+    from tests.conftest import assert_vmap_matches_separate_runs
+
+    assert_vmap_matches_separate_runs(GRAFTED, rtol=1e-5, atol=1e-6)  # norms of jitted and eager float32 steps round apart
+    params = make_params()
+    state = GRAFTED.init(params)
+    step = jax.jit(GRAFTED.update, donate_argnums=(1,))
+    updates, state = step(params, state, params)
+    assert all(jnp.isfinite(u).all() for u in jax.tree.leaves(updates))
+
+
+def test_stacked_eigh_decomposes_each_matrix_of_the_stack():
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(3, 5, 5))
+    stack = jnp.asarray(a @ a.transpose(0, 2, 1), jnp.float32)
+    values, vectors = jax.jit(jz.stacked_eigh)(stack)
+    np.testing.assert_allclose(values, np.linalg.eigvalsh(np.asarray(stack, np.float64)), rtol=1e-4, atol=1e-4)
+    rebuilt = np.einsum("bij,bj,bkj->bik", vectors, values, vectors)
+    np.testing.assert_allclose(rebuilt, stack, rtol=1e-4, atol=1e-4)

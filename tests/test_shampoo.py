@@ -1,0 +1,433 @@
+"""Shampoo: scale_by_shampoo and the shampoo alias against a float64 NumPy reference (tests/reference.py, written
+from Distributed Shampoo's documented algorithm), blocking, merging, refresh schedule, storage, jit/vmap/NNX,
+sharding, non-finite factors and bad input."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+import jaxopt_zoo as jz
+from jaxopt_zoo.quantization import is_encoded
+from tests import reference as R
+from tests.conftest import assert_trees_close, assert_trees_equal, assert_vmap_matches_separate_runs, run_reference
+from tests.test_adam_contrib import run_together
+
+STEPS = 20
+PARAMS1 = {"w": jnp.ones((2, 3))}
+
+
+def shampoo_params(dtype=jnp.float32, seed: int = 0) -> dict:
+    """A matrix blocked at max_precond_dim=4 ((4|3) x (4|1): four stacks), a 3-D leaf that merges ((2, 2, 3) ->
+    (4, 3)), a vector and a scalar."""
+    rng = np.random.default_rng(seed)
+    shapes = {"w": (7, 5), "t": (2, 2, 3), "b": (7,), "s": ()}
+    return {k: jnp.asarray(rng.normal(size=shape), dtype) for k, shape in shapes.items()}
+
+
+def transform(lr, **options):
+    return jz.chain(jz.scale_by_shampoo(**options), jz.scale_by_learning_rate(lr))
+
+
+def by_name(flat, params=None) -> dict:
+    """The state's flat per-leaf factors (or roots) keyed like ``params`` (default: shampoo_params())."""
+    return jax.tree.unflatten(jax.tree.structure(shampoo_params() if params is None else params), flat)
+
+
+# Refreshes at 3, 6, 9, ... from a start step (5: refreshes at 5, 6, 9, 12, 15, 18; 2: at 2, 3, 6, ...).
+COMMON = dict(precondition_frequency=3, max_precond_dim=4, inverse_root="eigh")  # eigh: exact to 1e-9
+CASES = {  # name: (ours, reference)
+    "transform_ema_1d": (
+        lambda: transform(0.02, b2=0.9, eps=1e-3, start_preconditioning_step=5, precondition_1d=True, **COMMON),
+        lambda: R.shampoo(0.02, b2=0.9, eps=1e-3, start_preconditioning_step=5, precondition_1d=True, **COMMON),
+    ),
+    "transform_sums_unmerged_momentum": (
+        lambda: transform(0.02, b1=0.5, eps=1e-3, start_preconditioning_step=2, merge_dims=False,
+                          exponent_override=2, **COMMON),
+        lambda: R.shampoo(0.02, b1=0.5, eps=1e-3, start_preconditioning_step=2, merge_dims=False,
+                          exponent_override=2, **COMMON),
+    ),
+    "shampoo_adam": (
+        lambda: jz.shampoo(0.01, b1=0.9, b2=0.99, eps=1e-4, weight_decay=0.1, start_preconditioning_step=4, **COMMON),
+        lambda: R.shampoo(0.01, b1=0.9, b2=0.99, eps=1e-4, weight_decay=0.1, grafting="adam",
+                          start_preconditioning_step=4, **COMMON),
+    ),
+    "shampoo_rmsprop_1d": (
+        lambda: jz.shampoo(0.01, b2=1.0, eps=1e-4, grafting="rmsprop", grafting_b2=0.9, precondition_1d=True, **COMMON),
+        lambda: R.shampoo(0.01, b1=0.9, b2=1.0, eps=1e-4, grafting="rmsprop", grafting_b2=0.9, precondition_1d=True,
+                          **COMMON),
+    ),
+    "shampoo_adagrad": (
+        lambda: jz.shampoo(0.01, b1=0.5, eps=1e-4, grafting="adagrad", grafting_eps=1e-6, **COMMON),
+        lambda: R.shampoo(0.01, b1=0.5, b2=0.999, eps=1e-4, grafting="adagrad", grafting_eps=1e-6, **COMMON),
+    ),
+    "shampoo_sgd_no_merge": (
+        lambda: jz.shampoo(0.01, b1=0.0, eps=1e-4, grafting="sgd", merge_dims=False, **COMMON),
+        lambda: R.shampoo(0.01, b1=0.0, b2=0.999, eps=1e-4, grafting="sgd", merge_dims=False, **COMMON),
+    ),
+    # Coupled Newton iterations stop at max|M - I| <= 1e-6, so they agree with the exact root to about 1e-6.
+    "newton": (
+        lambda: transform(0.02, b2=0.9, eps=1e-3, start_preconditioning_step=5, precondition_1d=True,
+                          **(COMMON | dict(inverse_root="newton"))),
+        lambda: R.shampoo(0.02, b2=0.9, eps=1e-3, start_preconditioning_step=5, precondition_1d=True, **COMMON),
+    ),
+}
+TOLERANCE = {"newton": 1e-5}
+
+
+@functools.cache
+def float64_runs():
+    with jax.enable_x64(True):
+        runs = run_together({name: make() for name, (make, _) in CASES.items()}, shampoo_params(jnp.float64), STEPS)
+        return jax.tree.map(np.asarray, runs)
+
+
+def max_error(actual, expected) -> float:
+    """The largest error of a leaf relative to that leaf's largest entry, over the iterates."""
+    pairs = zip(jax.tree.leaves(actual), jax.tree.leaves(expected))
+    return max(float(np.max(np.abs(np.asarray(a) - e)) / np.max(np.abs(e))) for a, e in pairs)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_matches_float64_reference(name, x64):
+    iterates, _ = float64_runs()[name]
+    expected = run_reference(CASES[name][1](), shampoo_params(jnp.float64), steps=STEPS)
+    assert iterates[0]["w"].dtype == np.float64
+    assert max_error(iterates, expected) < TOLERANCE.get(name, 1e-9)
+    # The preconditioner acted: a plain step differs from the reference's (this test can fail).
+    plain = run_reference(R.shampoo(0.02, max_precond_dim=4, precondition_frequency=10**6), shampoo_params(jnp.float64),
+                          steps=STEPS)
+    assert max_error(plain, expected) > 1e-3
+
+
+def test_float32_stays_close_to_the_float64_reference():
+    make, ref = CASES["shampoo_adam"]
+    iterates, _ = run_together({"f32": make()}, shampoo_params(), STEPS)["f32"]
+    expected = run_reference(ref(), shampoo_params(), steps=STEPS)  # the same float32 start, in float64
+    assert iterates[-1]["w"].dtype == jnp.float32
+    assert max_error(iterates, expected) < 1e-3
+
+
+def test_roots_refresh_exactly_on_schedule_and_stats_every_step():
+    tx = jz.scale_by_shampoo(eps=1e-3, precondition_frequency=3, start_preconditioning_step=2, max_precond_dim=4,
+                             inverse_root="eigh")
+    params = shampoo_params()
+    state, update = tx.init(params), jax.jit(tx.update)
+    refreshed = []
+    for t in range(1, 9):
+        grads = jax.tree.map(lambda p: jnp.sin(p * t) + 0.1 * t, params)
+        old = state
+        _, state = update(grads, state, params)
+        changed = lambda a, b: any(not np.array_equal(x, y) for x, y in zip(*map(jax.tree.leaves, (a, b))))  # noqa
+        assert changed(by_name(state.factors)["w"], by_name(old.factors)["w"])
+        if changed(by_name(state.roots)["w"], by_name(old.roots)["w"]):
+            refreshed.append(t)
+    assert refreshed == [2, 3, 6]  # t == start, then t > start with t % 3 == 0
+    roots, factors = by_name(state.roots), by_name(state.factors)
+    assert roots["b"] == () and roots["s"] == ()  # vectors and scalars are not preconditioned
+    assert [len(stack) for stack in factors["t"]] == [2]  # (2, 2, 3) merged to one (4, 3) block
+
+
+def test_before_the_start_and_unpreconditioned_leaves_pass_through():
+    tx = jz.scale_by_shampoo(b1=0.9, start_preconditioning_step=3, inverse_root="eigh")
+    params = shampoo_params()
+    grads = jax.tree.map(lambda p: p + 1.0, params)
+    update = jax.jit(tx.update)
+    updates, state = update(grads, tx.init(params), params)  # step 1: identity roots; b1's EMA debiased = g
+    assert_trees_close(updates, grads, rtol=1e-6)
+    updates, _ = update(grads, state, params)
+    assert_trees_close(updates, grads, rtol=1e-6)
+
+
+def test_the_alias_takes_the_grafting_step_before_the_start_and_on_scalars():
+    # Distributed Shampoo's "grafting method" before start_preconditioning_step; a grafted scalar is Adam's step.
+    runs = run_together({"shampoo": jz.shampoo(0.1, eps=1e-4, start_preconditioning_step=3, **COMMON),
+                         "adam": jz.adam(0.1)}, shampoo_params(), 4)
+    (ours, _), (adam, _) = runs["shampoo"], runs["adam"]
+    assert_trees_close(ours[:2], adam[:2], rtol=1e-6)
+    np.testing.assert_allclose(ours[3]["s"], adam[3]["s"], rtol=1e-6)
+    assert max_error(ours[3]["w"], adam[3]["w"]) > 1e-3
+
+
+def test_none_leaves_pass_through_and_keep_their_state():
+    tx = jz.shampoo(0.01, **COMMON, start_preconditioning_step=1)
+    params = shampoo_params()
+    state = tx.init(params)
+    grads = jax.tree.map(lambda p: p + 1.0, params)
+    _, state = jax.jit(tx.update)(grads, state, params)
+    partial = grads | {"w": None, "b": None}
+    updates, new_state = jax.jit(tx.update)(partial, state, params)
+    assert updates["w"] is None and updates["b"] is None and updates["t"] is not None
+    old, new = state[0].direction, new_state[0].direction  # chain -> graft -> scale_by_shampoo
+    assert_trees_equal(by_name(new.factors)["w"], by_name(old.factors)["w"])
+    assert_trees_equal(by_name(new.roots)["w"], by_name(old.roots)["w"])
+    assert_trees_equal(new.mu["b"], old.mu["b"])
+    assert not np.array_equal(by_name(new.factors)["t"][0][0], by_name(old.factors)["t"][0][0])
+
+
+def test_jit_with_donation_matches_plain_jit():
+    tx = jz.shampoo(0.01, **COMMON, start_preconditioning_step=2)
+    params = shampoo_params()
+
+    def run(update):
+        p, state = params, tx.init(params)
+        for t in range(1, 6):
+            grads = jax.tree.map(lambda x: jnp.sin(x * t) + 0.1, p)
+            updates, state = update(grads, state, p)
+            p = jz.apply_updates(p, updates)
+        return p, state
+
+    donated = run(jax.jit(tx.update, donate_argnums=(0, 1)))
+    assert_trees_equal(donated, run(jax.jit(tx.update)))
+
+
+def test_vmap_matches_separate_runs():
+    # The update jitted, so that the separate runs do not step eagerly (op by op: slow for eigh and friends).
+    tx = jz.shampoo(0.01, eps=1e-4, **COMMON, start_preconditioning_step=2)
+    batch = [shampoo_params(seed=s) for s in range(2)]
+    assert_vmap_matches_separate_runs(jz.GradientTransformation(tx.init, jax.jit(tx.update)), batch, steps=3,
+                                      rtol=1e-5, atol=1e-6)
+
+
+def test_inject_hyperparams_schedules_the_learning_rate():
+    schedule = lambda count: 0.02 / (1.0 + count)  # noqa: E731
+    # The block layout and the refresh schedule shape the program: they stay static.
+    static = ("precondition_frequency", "max_precond_dim")
+    # eps=1e-4: at the default 1e-12 the roots amplify float32 rounding (an injected eps is a float32 array, a
+    # Python float is not) into visible differences.
+    injected = jz.inject_hyperparams(jz.shampoo, static_args=static)(learning_rate=schedule, eps=1e-4, **COMMON)
+    runs = run_together({"injected": injected, "plain": jz.shampoo(schedule, eps=1e-4, **COMMON)}, shampoo_params(), 6)
+    # Injected hyperparameters are float32 arrays, not Python floats: roundings differ, then the roots amplify them.
+    assert_trees_close(runs["injected"][0], runs["plain"][0], rtol=1e-4, atol=1e-5)
+    assert float(runs["injected"][1].hyperparams["learning_rate"]) == pytest.approx(0.02 / 6)
+    with pytest.raises(ValueError, match="shampoo: precondition_frequency shapes .* name it in static_args"):
+        unstatic = jz.inject_hyperparams(jz.shampoo)(learning_rate=0.1)
+        jax.jit(unstatic.update)(PARAMS1, unstatic.init(PARAMS1), PARAMS1)
+
+
+STORAGES = {"bf16": jnp.bfloat16, "sbf16": jz.StochasticBF16(), "8bit": jz.Blockwise8Bit(min_size=256)}
+
+
+@functools.cache
+def storage_runs():
+    # A last axis of 128 so that 8-bit blocks fit (see jz.Blockwise8Bit); 64 cuts it into two blocks.
+    rng = np.random.default_rng(0)
+    params = {"w": jnp.asarray(rng.normal(size=(4, 128)), jnp.float32), "b": jnp.asarray(rng.normal(size=128))}
+    options = dict(eps=1e-4, precondition_frequency=3, max_precond_dim=64, inverse_root="eigh")
+    txs = {name: jz.shampoo(0.01, mu_dtype=store, nu_dtype=store, **options) for name, store in STORAGES.items()}
+    return run_together(txs | {"fp32": jz.shampoo(0.01, **options)}, params, 12)
+
+
+@pytest.mark.parametrize("name", list(STORAGES))
+def test_storage_options_run_and_stay_close(name):
+    (ours, state), (full, _) = storage_runs()[name], storage_runs()["fp32"]
+    # Rounding puts a little of the momentum outside the gradients' span, where the rank-deficient factor R (64 x 64,
+    # fed 4 rows a step) has eigenvalues eps: the root scales it up by eps^(-1/4) = 10. Hence 10%, not 1%.
+    assert 0 < max_error(ours[-1], full[-1]) < 0.1
+    graft_state = state[0]
+    for mu in (graft_state.direction.mu["w"], graft_state.magnitude.mu["w"]):  # Shampoo's and Adam's
+        assert is_encoded(mu) if name == "8bit" else mu.dtype == jnp.bfloat16
+    assert all(f.dtype == jnp.float32 for f in jax.tree.leaves(graft_state.direction.factors))  # factors stay float32
+
+
+class MLP(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.hidden = nnx.Linear(5, 8, rngs=rngs)
+        self.out = nnx.Linear(8, 1, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(jax.nn.tanh(self.hidden(x)))
+
+
+def test_nnx_optimizer_trains_and_equals_the_raw_pytree_run():
+    x = jax.random.normal(jax.random.key(0), (16, 5))
+    y = jnp.sin(x.sum(axis=1, keepdims=True))
+    tx = jz.shampoo(0.05, eps=1e-4, precondition_frequency=2, inverse_root="eigh")  # eps: see the inject test
+    model = MLP(nnx.Rngs(0))
+    graphdef, params = nnx.split(model)  # the raw pytree, before training
+    params = jax.tree.map(jnp.array, params)  # copies
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer):
+        loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
+        optimizer.update(model, grads)
+        return loss
+
+    @jax.jit
+    def raw_step(params, state):
+        grads = jax.grad(lambda p: jnp.mean((nnx.merge(graphdef, p)(x) - y) ** 2))(params)
+        updates, state = tx.update(grads, state, params)
+        return jz.apply_updates(params, updates), state
+
+    state = tx.init(params)
+    for _ in range(6):  # the raw run first: the model's variables are updated in place below
+        params, state = raw_step(params, state)
+    losses = [float(step(model, optimizer)) for _ in range(6)]
+    assert losses[-1] < losses[0]
+    assert_trees_close(nnx.state(model), params, rtol=1e-5, atol=1e-6)
+
+
+def test_nnx_state_keeps_its_structure_under_scan_and_jit():
+    # The per-leaf factors live in a flat tuple outside the params' tree: inside an NNX Variable a tuple comes back
+    # from optimizer.update as an nnx.State, which broke jax.lax.scan's carry and made nnx.jit retrace.
+    x = jax.random.normal(jax.random.key(1), (8, 3))
+    y = jnp.cos(x @ jnp.arange(12.0).reshape(3, 4) / 6)
+    # The kernel gets two factors, the bias none (its entry is an empty tuple, which must survive NNX too).
+    tx = jz.shampoo(0.05, eps=1e-4, precondition_frequency=1, merge_dims=False, inverse_root="eigh")
+    loss = lambda m: jnp.mean((m(x) - y) ** 2)  # noqa: E731
+    model = nnx.Linear(3, 4, rngs=nnx.Rngs(0))
+    raw = jax.tree.map(jnp.array, nnx.to_pure_dict(nnx.state(model, nnx.Param)))  # {"bias", "kernel"} copies
+
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    graphdef, carry = nnx.split((model, optimizer))
+
+    def step(carry, _):  # as examples/compare_optimizers.py's train
+        model, optimizer = nnx.merge(graphdef, carry)
+        optimizer.update(model, nnx.grad(loss)(model))
+        return nnx.state((model, optimizer)), None
+
+    carry, _ = jax.lax.scan(step, carry, length=3)
+    scanned, _ = nnx.merge(graphdef, carry)
+
+    @jax.jit
+    def raw_step(params, state):
+        grads = jax.grad(lambda p: jnp.mean((x @ p["kernel"] + p["bias"] - y) ** 2))(params)
+        updates, state = tx.update(grads, state, params)
+        return jz.apply_updates(params, updates), state
+
+    state = tx.init(raw)
+    for _ in range(3):
+        raw, state = raw_step(raw, state)
+    # float32: the scan and the loop compile to different programs, whose roundings the roots amplify a little.
+    assert_trees_close(nnx.to_pure_dict(nnx.state(scanned, nnx.Param)), raw, rtol=1e-5, atol=1e-6)
+
+    before = jax.tree.structure(nnx.state(optimizer))
+    nnx.jit(lambda model, optimizer: optimizer.update(model, nnx.grad(loss)(model)))(model, optimizer)
+    assert jax.tree.structure(nnx.state(optimizer)) == before
+
+
+def test_map_params_maps_the_factors_and_mu_but_not_the_count():
+    tx = jz.shampoo(0.01, max_precond_dim=4)
+    state = tx.init(shampoo_params())
+    shifted = jz.tree.map_params(tx, lambda x: x + 1, state)
+    for old, new in ((state[0].direction, shifted[0].direction), (state[0].magnitude, shifted[0].magnitude)):
+        assert int(new.count) == int(old.count) == 0
+        for name in ("mu", "factors", "roots") if hasattr(old, "factors") else ("mu", "nu"):
+            assert jax.tree.structure(getattr(new, name)) == jax.tree.structure(getattr(old, name))
+            for a, b in zip(jax.tree.leaves(getattr(new, name)), jax.tree.leaves(getattr(old, name)), strict=True):
+                np.testing.assert_array_equal(a, b + 1)
+
+
+# --- sharding: factors need whole arrays ---------------------------------------------------------------------
+def _mesh(axis_type=AxisType.Auto):
+    return jax.make_mesh((2, 4), ("data", "model"), axis_types=(axis_type,) * 2, devices=jax.devices("cpu")[:8])
+
+
+@pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit])  # Explicit: jax.make_mesh's default
+def test_init_sharded_replicates_factors_and_shards_moments_and_jit_equals_one_device(axis_type):
+    mesh = _mesh(axis_type)
+    specs = {"w": P("data", "model"), "b": P("model")}
+    rng = np.random.default_rng(0)
+    host = {"w": jnp.asarray(rng.normal(size=(8, 16)), jnp.float32), "b": jnp.asarray(rng.normal(size=16), jnp.float32)}
+    params = {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in host.items()}
+    tx = jz.shampoo(0.01, eps=1e-4, precondition_frequency=2, max_precond_dim=8, inverse_root="eigh")
+    state = jz.init_sharded(tx, params)
+    shampoo_state = state[0].direction
+    assert shampoo_state.mu["w"].sharding.spec == specs["w"]
+    assert all(f.sharding.is_fully_replicated for f in jax.tree.leaves(shampoo_state.factors))
+    assert all(q.sharding.is_fully_replicated for q in jax.tree.leaves(shampoo_state.roots))
+
+    def run(params, state):
+        step = jax.jit(tx.update)
+        for t in range(1, 4):
+            grads = jax.tree.map(lambda p: jnp.sin(p * t) + 0.1, params)
+            updates, state = step(grads, state, params)
+            params = jz.apply_updates(params, updates)
+        return params
+
+    assert_trees_close(run(params, state), run(host, tx.init(host)), rtol=1e-5, atol=1e-6)
+
+
+def test_shard_map_on_local_shards_raises_and_on_whole_arrays_works():
+    mesh = _mesh()
+    tx = jz.scale_by_shampoo(max_precond_dim=8)
+    x = jnp.arange(64.0).reshape(8, 8) / 64
+    local = jax.jit(jax.shard_map(lambda g: tx.update(g, tx.init(g))[0], mesh=mesh, in_specs=P("data", "model"),
+                                  out_specs=P("data", "model")))
+    with pytest.raises(ValueError, match="scale_by_shampoo has no axis_name option"):
+        local(x)
+    whole = jax.jit(jax.shard_map(lambda g: tx.update(g, tx.init(g))[0], mesh=mesh, in_specs=P(), out_specs=P()))
+    np.testing.assert_allclose(whole(x), tx.update(x, tx.init(x))[0], rtol=1e-5, atol=1e-6)
+
+
+# --- non-finite values, zero gradients, empty leaves, bad input ----------------------------------------------
+def test_a_non_finite_factor_keeps_the_previous_root():
+    tx = jz.scale_by_shampoo(eps=1e-3, precondition_frequency=1, max_precond_dim=4)
+    params = shampoo_params()
+    grads = jax.tree.map(lambda p: p + 1.0, params)
+    update = jax.jit(tx.update)
+    _, state = update(grads, tx.init(params), params)
+    bad = grads | {"w": grads["w"].at[0, 0].set(jnp.nan)}
+    _, poisoned = update(bad, state, params)
+    # The blocks the NaN reached keep their roots; the others refresh.
+    np.testing.assert_array_equal(by_name(poisoned.roots)["w"][0][0][0], by_name(state.roots)["w"][0][0][0])
+    assert all(bool(jnp.all(jnp.isfinite(q))) for q in jax.tree.leaves(poisoned.roots))
+    assert not np.array_equal(by_name(poisoned.roots)["t"][0][0], by_name(state.roots)["t"][0][0])
+
+
+def test_apply_if_finite_skips_a_nan_gradient_and_training_continues():
+    tx = jz.apply_if_finite(jz.shampoo(0.01, precondition_frequency=2, max_precond_dim=4), 3)
+    params = {"w": shampoo_params()["w"]}
+    state, update = tx.init(params), jax.jit(tx.update)
+    for t in range(1, 7):
+        grads = jax.tree.map(lambda p: jnp.sin(p * t) + 0.1, params)
+        if t == 3:
+            grads = grads | {"w": grads["w"].at[1, 1].set(jnp.nan)}
+        updates, state = update(grads, state, params)
+        params = jz.apply_updates(params, updates)
+    assert int(state.total_notfinite) == 1
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(params))
+
+
+def test_zero_gradients_and_empty_leaves_give_finite_updates():
+    tx = jz.shampoo(0.01, precondition_frequency=1, precondition_1d=True)
+    params = {"w": jnp.ones((3, 4)), "e": jnp.ones((0, 3)), "b": jnp.ones(3)}
+    state, update = tx.init(params), jax.jit(tx.update)
+    for _ in range(2):
+        updates, state = update(jax.tree.map(jnp.zeros_like, params), state, params)
+    assert updates["e"].shape == (0, 3)
+    for leaf in jax.tree.leaves(updates):
+        assert bool(jnp.all(leaf == 0))
+
+
+@pytest.mark.parametrize(
+    "factory, kwargs, owner, name",
+    [
+        (jz.scale_by_shampoo, dict(max_precond_dim=0), "scale_by_shampoo", "max_precond_dim"),
+        (jz.scale_by_shampoo, dict(precondition_frequency=0), "scale_by_shampoo", "precondition_frequency"),
+        (jz.scale_by_shampoo, dict(eps=-1.0), "scale_by_shampoo", "eps"),
+        (jz.scale_by_shampoo, dict(eps=0.0), "scale_by_shampoo", "eps"),
+        (jz.scale_by_shampoo, dict(b1=1.0), "scale_by_shampoo", "b1"),
+        (jz.scale_by_shampoo, dict(b2=1.5), "scale_by_shampoo", "b2"),
+        (jz.scale_by_shampoo, dict(inverse_root="svd"), "scale_by_shampoo", "inverse_root"),
+        (jz.scale_by_shampoo, dict(exponent_override=0), "scale_by_shampoo", "exponent_override"),
+        (jz.scale_by_shampoo, dict(start_preconditioning_step=0), "scale_by_shampoo", "start_preconditioning_step"),
+        (jz.scale_by_shampoo, dict(mu_dtype=jnp.int8), "scale_by_shampoo", "mu_dtype"),
+        (jz.shampoo, dict(learning_rate=0.1, grafting="lion"), "shampoo", "grafting"),
+        (jz.shampoo, dict(learning_rate=0.1, grafting_b2=1.0), "shampoo", "grafting_b2"),
+        (jz.shampoo, dict(learning_rate=0.1, max_precond_dim=0), "shampoo", "max_precond_dim"),
+        (jz.shampoo, dict(learning_rate=0.1, b2=-0.1), "shampoo", "b2"),
+        (jz.scale_by_diagonal_grafting, dict(eps=-1.0), "scale_by_diagonal_grafting", "eps"),
+    ],
+)
+def test_bad_input_raises_naming_the_argument(factory, kwargs, owner, name):
+    with pytest.raises(ValueError) as error:
+        factory(**kwargs)
+    assert str(error.value).startswith(f"{owner}: {name}"), str(error.value)
