@@ -133,3 +133,14 @@ def test_stacked_eigh_decomposes_each_matrix_of_the_stack():
     np.testing.assert_allclose(values, np.linalg.eigvalsh(np.asarray(stack, np.float64)), rtol=1e-4, atol=1e-4)
     rebuilt = np.einsum("bij,bj,bkj->bik", vectors, values, vectors)
     np.testing.assert_allclose(rebuilt, stack, rtol=1e-4, atol=1e-4)
+
+
+def test_graft_passes_the_magnitude_through_where_it_is_not_active():
+    # active reads the direction's new state: here a step count, grafting from the second step on.
+    tx = jz.graft(jz.scale(3.0), jz.chain(jz.scale_by_sign(), jz.scale_by_schedule(lambda count: 1.0)),
+                  active=lambda state: state[1].count >= 2)
+    g = jnp.array([3.0, -4.0])
+    first, state = tx.update(g, tx.init(g))
+    second, _ = tx.update(g, state)
+    np.testing.assert_allclose(first, 3.0 * g)  # the magnitude's own update
+    np.testing.assert_allclose(second, np.sign(g) * 15.0 / np.sqrt(2.0), rtol=1e-6)  # grafted

@@ -6,14 +6,12 @@ from typing import Any, Callable, Literal
 
 import jax
 
-import jax.numpy as jnp
-
-from jaxopt_zoo import tree, validation
+from jaxopt_zoo import validation
 from jaxopt_zoo.base import GradientTransformation, Params, ScalarOrSchedule
 from jaxopt_zoo.combine import chain
 from jaxopt_zoo.storage import StateDtype
 from jaxopt_zoo.transforms import add_decayed_weights, ema, scale_by_adam, scale_by_learning_rate
-from jaxopt_zoo.transforms.grafting import GraftState
+from jaxopt_zoo.transforms.grafting import graft
 from jaxopt_zoo.transforms.shampoo import _whole_number, scale_by_diagonal_grafting, scale_by_shampoo
 
 __all__ = ["shampoo"]
@@ -31,30 +29,6 @@ def _grafting(
         return ema(b1, debias=True, accumulator_dtype=mu_dtype)
     b2 = 1.0 if kind == "adagrad" else b2
     return scale_by_diagonal_grafting(b1, b2, eps, bias_correction=False, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
-
-
-def _graft_from_start(
-    magnitude: GradientTransformation, direction: GradientTransformation, start: int
-) -> GradientTransformation:
-    # jz.graft(magnitude, direction) from step `start` on; before it, the grafting optimizer's own update (Distributed
-    # Shampoo's "grafting method" before start_preconditioning_step). The state is graft's. `direction` is
-    # scale_by_shampoo, whose count is the 1-based step.
-    def init(params):
-        return GraftState(magnitude.init(params), direction.init(params))
-
-    def update(updates, state, params=None, **extra_args):
-        m_updates, m_state = magnitude.update(updates, state.magnitude, params, **extra_args)
-        d_updates, d_state = direction.update(updates, state.direction, params, **extra_args)
-        started = d_state.count >= start
-
-        def grafted(d: jax.Array, m: jax.Array) -> jax.Array:
-            d_norm, m_norm = jnp.sqrt(tree.sum_of_squares(d)), jnp.sqrt(tree.sum_of_squares(m))
-            scale = jnp.where(d_norm == 0, 0, m_norm / jnp.where(d_norm == 0, 1, d_norm))
-            return jnp.where(started, d * scale, m).astype(d.dtype)
-
-        return tree.map_updates(grafted, d_updates, m_updates), GraftState(m_state, d_state)
-
-    return GradientTransformation(init, update)
 
 
 def shampoo(
@@ -89,10 +63,10 @@ def shampoo(
     and :math:`a_t` the grafting optimizer's step on :math:`\\hat m_t`: ``"adam"``
     :math:`\\hat m_t / (\\sqrt{\\hat v_t} + \\epsilon_g)`, ``"rmsprop"`` the same without :math:`v`'s bias
     correction, ``"adagrad"`` with :math:`v` the sum of squares, ``"sgd"`` :math:`\\hat m_t`. Recipe:
-    ``chain(graft(<grafting>(b1, grafting_b2, grafting_eps), scale_by_shampoo(b1, b2, eps, ...)),
-    add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate))``, except that before
-    ``start_preconditioning_step`` the update is the grafting optimizer's own (Distributed Shampoo's "grafting
-    method"; the state is :func:`jaxopt_zoo.graft`'s); with ``grafting=None`` the Shampoo step is used as it is
+    ``chain(graft(<grafting>(b1, grafting_b2, grafting_eps), scale_by_shampoo(b1, b2, eps, ...), active=...),
+    add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate))``, ``active`` grafting from
+    ``start_preconditioning_step`` on: before it the update is the grafting optimizer's own (Distributed
+    Shampoo's "grafting method"); with ``grafting=None`` the Shampoo step is used as it is
     (the filtered gradient before the start). The momentum is where Distributed Shampoo puts it: on the gradients,
     before preconditioning and grafting (its "filtered gradient"); grafting rescales the preconditioned direction.
 
@@ -170,6 +144,8 @@ def shampoo(
                                  merge_dims, inverse_root, exponent_override, precondition_1d, mu_dtype=mu_dtype)
     if grafting is not None:
         start = precondition_frequency if start_preconditioning_step is None else start_preconditioning_step
-        direction = _graft_from_start(_grafting(grafting, b1, grafting_b2, grafting_eps, mu_dtype, nu_dtype), direction,
-                                      int(start))
+        # Before the start step, the grafting optimizer's own update (Distributed Shampoo's "grafting method"):
+        # scale_by_shampoo's count is the 1-based step.
+        direction = graft(_grafting(grafting, b1, grafting_b2, grafting_eps, mu_dtype, nu_dtype), direction,
+                          active=lambda shampoo_state: shampoo_state.count >= int(start))
     return chain(direction, add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate))

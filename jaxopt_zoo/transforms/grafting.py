@@ -6,7 +6,7 @@ optimizer's step (Adam, RMSprop, Adagrad, SGD), so that learning-rate schedules 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +27,11 @@ class GraftState(NamedTuple):
 
 
 def graft(
-    magnitude: GradientTransformation, direction: GradientTransformation, *, axis_name: AxisName = None
+    magnitude: GradientTransformation,
+    direction: GradientTransformation,
+    *,
+    active: Callable[[OptState], jax.Array] | None = None,
+    axis_name: AxisName = None,
 ) -> GradientTransformation:
     """``direction``'s update of each leaf, rescaled to the norm of ``magnitude``'s update of the same leaf.
 
@@ -38,7 +42,9 @@ def graft(
     with :math:`m` and :math:`d` the two transformations' updates of the same gradients (both see the same
     ``params`` and extra arguments). Norms are per leaf ("layer-wise grafting", as in Agarwal et al. and in
     heavyball); inside ``shard_map``, ``axis_name`` names the mesh axes the leaves may be sharded over, so that each
-    norm is that of the whole leaf.
+    norm is that of the whole leaf. ``active``, a function of the direction's new state, says on which steps to
+    graft; on the others the magnitude's update passes unchanged (Distributed Shampoo's steps before its
+    preconditioner starts).
 
     Differences from heavyball 3.2.1's grafting: where the direction's norm is 0 the update is 0 (heavyball divides
     by :math:`\\max(\\|d\\|, 10^{-6})`, which scales directions smaller than that by less). Distributed Shampoo
@@ -47,6 +53,8 @@ def graft(
     Args:
         magnitude: the transformation whose update norms are used (e.g. ``jz.scale_by_adam()``).
         direction: the transformation whose update directions are used (e.g. ``jz.scale_by_shampoo()``).
+        active: ``None`` (always graft) or a function of the direction's new state returning whether to graft
+            this step (a boolean scalar).
         axis_name: inside ``shard_map``, the mesh axes the leaves may be sharded over.
 
     Example:
@@ -71,12 +79,13 @@ def graft(
     def update(updates, state, params=None, **extra_args):
         m_updates, m_state = magnitude.update(updates, state.magnitude, params, **extra_args)
         d_updates, d_state = direction.update(updates, state.direction, params, **extra_args)
+        grafting = True if active is None else active(d_state)
 
         def grafted(d: jax.Array, m: jax.Array) -> jax.Array:
             d_norm = jnp.sqrt(tree.sum_of_squares(d, axis_name, owner))
             m_norm = jnp.sqrt(tree.sum_of_squares(m, axis_name, owner))
             scale = jnp.where(d_norm == 0, 0, m_norm / jnp.where(d_norm == 0, 1, d_norm))
-            return (d * scale).astype(d.dtype)
+            return jnp.where(grafting, d * scale, m).astype(d.dtype)
 
         return tree.map_updates(grafted, d_updates, m_updates), GraftState(m_state, d_state)
 
