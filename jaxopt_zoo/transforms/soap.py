@@ -15,11 +15,11 @@ moments take the storage options, the factors and bases stay in float32 (or the 
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxopt_zoo import sharding, tree, validation
 from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, safe_increment, zero_count
@@ -83,14 +83,6 @@ def _statistic(stack: jax.Array, i: int) -> jax.Array:
     # G_(i) G_(i)^T of each block: contract every block dimension but i (axis 0 is the stack).
     others = [j for j in range(1, stack.ndim) if j != i + 1]
     return jax.vmap(lambda b: jnp.tensordot(b, b, axes=([j - 1 for j in others],) * 2, precision=PRECISION))(stack)
-
-
-def _explicit_spec(x: jax.Array) -> Any:
-    """The ``PartitionSpec`` of ``x`` when it is sharded over Explicit mesh axes (sharding in types), else ``None``."""
-    sharding = getattr(jax.typeof(x), "sharding", None)
-    mesh, spec = getattr(sharding, "mesh", None), getattr(sharding, "spec", None)
-    explicit = any(t == jax.sharding.AxisType.Explicit for t in getattr(mesh, "axis_types", ()))
-    return spec if explicit and spec is not None and any(a is not None for a in spec) else None
 
 
 def _finite(x: jax.Array) -> jax.Array:
@@ -306,12 +298,13 @@ def scale_by_soap(
         plan = plan_of(g.shape)
         if plan.layout is None:
             return jnp.zeros_like(g), mu, nu, stats, bases
-        specs = [_explicit_spec(x) for x in (g, mu, nu)]
-        if any(specs):  # Explicit mesh axes: whole matrices are needed, so gather the leaf and scatter the results
-            g, mu, nu = (x if spec is None else jax.sharding.reshard(x, P()) for x, spec in zip((g, mu, nu), specs))
+        layouts = [sharding.explicit_layout(x) for x in (g, mu, nu)]
+        if any(layouts):  # Explicit mesh axes: whole matrices are needed, so gather the leaf and scatter the results
+            whole = lambda x, at: x if at is None else jax.sharding.reshard(x, NamedSharding(at.mesh, P()))
+            g, mu, nu = (whole(x, at) for x, at in zip((g, mu, nu), layouts))
             out = leaf(g, mu, nu, stats, bases, count)
-            back = lambda x, spec: x if spec is None else jax.sharding.reshard(x, spec)
-            return (*(back(x, spec) for x, spec in zip(out[:3], specs)), *out[3:])
+            back = lambda x, at: x if at is None else jax.sharding.reshard(x, at)
+            return (*(back(x, at) for x, at in zip(out[:3], layouts)), *out[3:])
         dtype = jnp.promote_types(g.dtype, jnp.float32)
         live, k = count > 0, jnp.maximum(count, 1).astype(dtype)
         gs = to_blocks(g.astype(dtype), plan.layout)
