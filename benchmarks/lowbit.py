@@ -59,6 +59,7 @@ import numpy as np
 from flax import nnx
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "examples"))
+from char_lm import CharLM, cross_entropy, load_text  # noqa: E402  (examples/char_lm.py: the same model and text)
 from train_digits import load_data  # noqa: E402
 
 import jaxopt_zoo as jz  # noqa: E402
@@ -121,48 +122,6 @@ class MLP(nnx.Module):
         return self.out(nnx.relu(self.hidden2(nnx.relu(self.hidden1(x)))))
 
 
-class Block(nnx.Module):
-    """Pre-norm transformer block: causal self-attention, then a 4x GELU MLP."""
-
-    def __init__(self, d_model: int, heads: int, rngs: nnx.Rngs):
-        self.heads = heads
-        self.norm1 = nnx.LayerNorm(d_model, rngs=rngs)
-        self.qkv = nnx.Linear(d_model, 3 * d_model, rngs=rngs)
-        self.proj = nnx.Linear(d_model, d_model, rngs=rngs)
-        self.norm2 = nnx.LayerNorm(d_model, rngs=rngs)
-        self.up = nnx.Linear(d_model, 4 * d_model, rngs=rngs)
-        self.down = nnx.Linear(4 * d_model, d_model, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        batch, length, d_model = x.shape
-        q, k, v = jnp.split(self.qkv(self.norm1(x)), 3, axis=-1)
-        q, k, v = (a.reshape(batch, length, self.heads, d_model // self.heads) for a in (q, k, v))
-        attended = jax.nn.dot_product_attention(q, k, v, is_causal=True).reshape(batch, length, d_model)
-        x = x + self.proj(attended)
-        return x + self.down(nnx.gelu(self.up(self.norm2(x))))
-
-
-class CharLM(nnx.Module):
-    """Causal character-level transformer: token and learned position embeddings, blocks, a final norm, a head."""
-
-    def __init__(self, vocab: int, d_model: int, heads: int, layers: int, context: int, rngs: nnx.Rngs):
-        self.embed = nnx.Embed(vocab, d_model, embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
-        self.position = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (context, d_model)))
-        self.blocks = nnx.List([Block(d_model, heads, rngs) for _ in range(layers)])
-        self.norm = nnx.LayerNorm(d_model, rngs=rngs)
-        self.head = nnx.Linear(d_model, vocab, use_bias=False, rngs=rngs)
-
-    def __call__(self, tokens: jax.Array) -> jax.Array:
-        x = self.embed(tokens) + self.position[: tokens.shape[-1]]
-        for block in self.blocks:
-            x = block(x)
-        return self.head(self.norm(x))
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[..., None], axis=-1))
-
-
 # ----------------------------------------------------------------------------- tasks
 
 
@@ -222,13 +181,6 @@ def digits_task(steps: int, width: int = 256, batch_size: int = 64, peak_rate: f
     )
 
 
-def help_text() -> str:
-    """Python's help texts (``pydoc_data.topics``, standard library): about 465,000 characters of English."""
-    from pydoc_data.topics import topics
-
-    return "\n\n".join(topics[key] for key in sorted(topics))
-
-
 def lm_task(
     steps: int,
     d_model: int = 128,
@@ -239,16 +191,8 @@ def lm_task(
     peak_rate: float = 3e-3,
     held_out_windows: int = 256,
 ) -> Task:
-    text = help_text()
-    vocab = sorted(set(text))
-    index = {c: i for i, c in enumerate(vocab)}
-    tokens = np.fromiter((index[c] for c in text), np.int32, len(text))
-    split = int(0.9 * len(tokens))
-    train, held_out = tokens[:split], tokens[split:]
-    # Held-out windows of context + 1 characters, evenly spaced over the last tenth of the text.
-    starts = np.linspace(0, len(held_out) - context - 1, held_out_windows).astype(np.int64)
-    windows = np.stack([held_out[s : s + context + 1] for s in starts])
-    data = (jnp.asarray(train), jnp.asarray(windows))
+    text = load_text(context, held_out_windows)  # the training text and held-out windows of examples/char_lm.py
+    data, train = (text.train, text.held_out), text.train
 
     def batches(seed: int) -> np.ndarray:
         return np.random.default_rng(seed).integers(0, len(train) - context - 1, (steps, batch_size)).astype(np.int32)
@@ -265,12 +209,12 @@ def lm_task(
         name="char LM",
         description=(
             f"{layers}-layer causal transformer (d_model {d_model}, {heads} heads, context {context}, "
-            f"vocabulary {len(vocab)} characters) on Python's help texts (pydoc_data.topics, {len(text):,} "
+            f"vocabulary {text.vocab} characters) on Python's help texts (pydoc_data.topics, {text.characters:,} "
             f"characters; the last 10% held out, {held_out_windows} windows of it evaluated), {steps} steps of "
             f"{batch_size} random windows, learning rate warmed up over {warmup} steps to {peak_rate:g} "
             f"then cosine to 0, weight decay 0.1 on the kernels and embeddings"
         ),
-        model=lambda seed: CharLM(len(vocab), d_model, heads, layers, context, nnx.Rngs(seed)),
+        model=lambda seed: CharLM(text.vocab, d_model, heads, layers, context, nnx.Rngs(seed)),
         data=data,
         batches=batches,
         loss=loss,

@@ -199,3 +199,16 @@ def test_train_sharded_matches_one_device(capsys):
         assert difference < 1e-4  # float32 rounding is ~1e-6; a gradient summed, not averaged, over "data" is ~3e-2
         losses = [float(line.split("loss")[1]) for line in stdout.splitlines() if line.startswith(f"{mode} ")]
         assert len(losses) >= 2 and losses[-1] < losses[0]
+
+
+def test_char_lm_trains_soap_and_adamw_and_plots_both(tmp_path, capsys):
+    """The script's main, on a smaller transformer: what takes the time here is compiling two training runs."""
+    import runpy
+
+    char_lm = runpy.run_path(str(EXAMPLES / "char_lm.py"))
+    tiny = char_lm["Config"](d_model=16, heads=2, layers=1, context=8, batch_size=8, held_out_windows=8)
+    finals = char_lm["main"](30, 0, 1e-2, tmp_path, tiny)
+    stdout = capsys.readouterr().out
+    assert set(finals) == {"adamw", "soap"} and all(f"{name:6s} final training loss" in stdout for name in finals)
+    assert all(1.0 < loss < 4.0 for loss in finals.values())  # from ~4.6 (a uniform guess over ~100 characters)
+    assert (tmp_path / "char_lm.png").stat().st_size > 10_000

@@ -1,0 +1,244 @@
+"""Steps to AdamW's loss on a small transformer: the Kronecker preconditioners and the recent optimizers.
+
+    python benchmarks/lm_convergence.py                        # every optimizer; hours on 2 CPU cores
+    python benchmarks/lm_convergence.py --optimizers adamw soap --seeds 2
+    python benchmarks/lm_convergence.py --quick                # a smoke run: 30 steps, one seed, minutes
+
+The task is examples/char_lm.py's: a 2-layer causal transformer (d_model 128,
+context 64) predicting the next character of Python's help texts, minibatches of
+16 windows, a learning rate warmed up linearly over the first 5% of the steps
+then cosine to 0, decoupled weight decay 0.1 on the matrices where the optimizer
+takes a mask. Every optimizer gets the same budget, written down before any run:
+
+1. Tuning: three peak rates half a decade apart, centred on the optimizer's usual
+   rate (``OPTIMIZERS``), seed 0, full-length runs; the rate with the lowest final
+   training loss (the mean minibatch loss over the last tenth of the steps) wins.
+   A winner at the edge of the grid is flagged: the grid may not hold the best rate.
+2. Seeds 1..S at the winning rate (new weights, new minibatches).
+3. The target is AdamW's median final training loss over those seeds.
+   *Steps to target* is the first step at which a run's trailing mean loss over
+   the last tenth of the steps is at or below the target; the ratio divides the
+   median over seeds by AdamW's median. A run that never gets there counts as
+   infinitely many steps. Issue 19's goal: a ratio of at most 0.7 for SOAP and
+   Shampoo, as their papers report for language models.
+4. The papers' own test: the same optimizer with its whole schedule shortened to
+   70% of the steps (``--short``), its final loss against the target.
+
+Each run's losses are saved to ``--runs`` (JSON) as they finish, keyed by optimizer,
+rate, seed and steps: a later call with more optimizers or seeds reuses them.
+Writes a markdown report (``--output``) and the median smoothed curves (a PNG next to it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import pathlib
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "examples"))
+import char_lm  # noqa: E402
+from char_lm import matrices, schedule  # noqa: E402
+
+import jaxopt_zoo as jz  # noqa: E402
+
+sys.path.insert(0, str(HERE))
+from report import machine_header, number, table  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    make: char_lm.MakeOptimizer  # (peak rate, steps) -> optimizer
+    centre: float  # the middle of the tuning grid: the optimizer's documented or customary rate
+    note: str
+    evaluated_at: Callable[[Any, Any], Any] | None = None  # where the held-out loss is measured
+
+
+def ademamix(peak: jax.Array, steps: int) -> jz.GradientTransformation:
+    """AdEMAMix with the paper's warm-ups over the whole run: alpha linear from 0 to 5, b3 from b1 to 0.9999."""
+    b1, b3 = 0.9, 0.9999
+
+    def b3_schedule(count):  # linear in the EMA's half-life (the paper's Eq. for beta_3's scheduler)
+        t = jnp.minimum(count / steps, 1.0)
+        return jnp.exp(math.log(b1) * math.log(b3) / ((1 - t) * math.log(b3) + t * math.log(b1)))
+
+    return jz.ademamix(schedule(peak, steps), b1=b1, b3=b3_schedule, alpha=lambda count: 5.0 * jnp.minimum(count / steps, 1.0),
+                       weight_decay=0.1, mask=matrices)
+
+
+OPTIMIZERS: dict[str, Entry] = {
+    "adamw": Entry(char_lm.OPTIMIZERS["adamw"], 3e-3, "the baseline"),
+    "soap": Entry(char_lm.OPTIMIZERS["soap"], 3e-3, "defaults (b1 = b2 = 0.95, preconditioners refreshed every 10 steps)"),
+    "shampoo": Entry(lambda peak, steps: jz.shampoo(schedule(peak, steps), weight_decay=0.1, mask=matrices,
+                                                    precondition_frequency=10),
+                     3e-3, "Adam grafting, inverse roots refreshed every 10 steps (the default is 100)"),
+    "psgd_kron": Entry(lambda peak, steps: jz.psgd_kron(schedule(peak, steps), weight_decay=0.1, mask=matrices),
+                       1e-3, "defaults (preconditioner updated with probability 1 falling to 0.03)"),
+    "muon": Entry(lambda peak, steps: jz.muon(schedule(peak, steps), weight_decay=0.1, weight_decay_mask=matrices,
+                                              adam_learning_rate=schedule(peak * 0.15, steps)),
+                  2e-2, "every 2-D leaf (embeddings and head too) orthogonalized; the others by Adam at 0.15x the rate"),
+    "schedule_free_adamw": Entry(
+        lambda peak, steps: jz.schedule_free_adamw(peak, warmup_steps=max(1, steps // 20), weight_decay=0.1),
+        2.5e-3, "no schedule (its warm-up only); held-out loss at the averaged point; decay on every leaf (no mask)",
+        evaluated_at=jz.schedule_free_eval_params),
+    "prodigy": Entry(lambda peak, steps: jz.prodigy(schedule(peak, steps), weight_decay=0.0),
+                     1.0, "the rate multiplies its own estimate; no weight decay (it takes no mask)"),
+    "adopt": Entry(lambda peak, steps: jz.chain(jz.scale_by_adopt(), jz.add_decayed_weights(0.1, matrices),
+                                                jz.scale_by_learning_rate(schedule(peak, steps))),
+                   3e-3, "decoupled weight decay chained after it"),
+    "ademamix": Entry(ademamix, 3e-3, "alpha and b3 warmed up over the whole run, as the paper does"),
+}
+KRONECKER = ("soap", "shampoo", "psgd_kron")
+GOAL = 0.7  # issue 19: SOAP and Shampoo reach AdamW's loss in at most 70% of its steps
+
+
+def rate_grid(centre: float) -> list[float]:
+    return [centre / math.sqrt(10), centre, centre * math.sqrt(10)]
+
+
+class Runs:
+    """Every finished run, kept in a JSON file as it finishes: ``key -> {losses, held_out, seconds}``."""
+
+    def __init__(self, path: pathlib.Path):
+        self.path = path
+        self.runs = json.loads(path.read_text()) if path.exists() else {}
+
+    def get(self, name: str, rate: float, seed: int, steps: int, log: Callable[[str], None]) -> dict:
+        key = f"{name} rate={rate:.4g} seed={seed} steps={steps}"
+        if key not in self.runs:
+            entry, start = OPTIMIZERS[name], time.perf_counter()
+            losses, held_out = char_lm.train(entry.make, rate, seed, steps, evaluated_at=entry.evaluated_at)
+            self.runs[key] = dict(losses=losses.tolist(), held_out=held_out, seconds=time.perf_counter() - start)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(self.runs))
+            log(f"  {key}: final {char_lm.final_loss(losses):.4f}, held-out {held_out:.4f}, "
+                f"{self.runs[key]['seconds']:.0f} s")
+        return self.runs[key]
+
+
+def steps_to(target: float, losses: list[float], steps: int) -> float:
+    """The first step (1-based) whose trailing mean over a tenth of the run is at or below ``target``."""
+    reached = np.flatnonzero(char_lm.smoothed(np.asarray(losses), max(1, steps // 10)) <= target)
+    return float(reached[0] + 1) if len(reached) else math.inf
+
+
+@dataclasses.dataclass
+class Result:
+    name: str
+    rate: float
+    edge: bool  # the winning rate is the grid's smallest or largest
+    runs: list[dict]  # one per seed at the winning rate
+    short: list[dict]  # the 70%-schedule runs (Kronecker optimizers with --short)
+
+    def finals(self, runs=None) -> list[float]:
+        return [char_lm.final_loss(np.asarray(r["losses"])) for r in (self.runs if runs is None else runs)]
+
+
+def evaluate(names: list[str], seeds: list[int], steps: int, short: float | None, runs: Runs,
+             log: Callable[[str], None]) -> dict[str, Result]:
+    results = {}
+    for name in names:
+        grid = rate_grid(OPTIMIZERS[name].centre)
+        log(f"{name}: tuning over {[float(f'{r:.3g}') for r in grid]}")
+        tuned = [char_lm.final_loss(np.asarray(runs.get(name, rate, 0, steps, log)["losses"])) for rate in grid]
+        best = int(np.nanargmin(tuned)) if not np.all(np.isnan(tuned)) else 1
+        rate = grid[best]
+        log(f"{name}: rate {rate:.3g}; seeds {seeds}")
+        seeded = [runs.get(name, rate, seed, steps, log) for seed in seeds]
+        shortened = []
+        if short is not None and name in KRONECKER:
+            shortened = [runs.get(name, rate, seed, int(short * steps), log) for seed in seeds]
+        results[name] = Result(name, rate, best in (0, len(grid) - 1), seeded, shortened)
+    return results
+
+
+def section(results: dict[str, Result], steps: int, short: float | None) -> tuple[str, float]:
+    target = statistics.median(results["adamw"].finals())
+    baseline = statistics.median(steps_to(target, r["losses"], steps) for r in results["adamw"].runs)
+    rows = []
+    for name, result in results.items():
+        reached = [steps_to(target, r["losses"], steps) for r in result.runs]
+        median_steps = statistics.median(reached)
+        shortened = (number(statistics.median(result.finals(result.short))) if result.short else "")
+        rows.append([
+            name, f"{result.rate:.3g}" + (" (edge)" if result.edge else ""),
+            number(statistics.median(result.finals())),
+            f"{min(result.finals()):.3f}-{max(result.finals()):.3f}",
+            number(statistics.median(r["held_out"] for r in result.runs)),
+            "never" if math.isinf(median_steps) else f"{median_steps:.0f}",
+            "" if math.isinf(median_steps) else f"{median_steps / baseline:.2f}",
+            shortened,
+            f"{statistics.median(r['seconds'] for r in result.runs):.0f}",
+        ])
+    headers = ["optimizer", "peak rate", "final loss (median)", "range over seeds", "held-out loss",
+               "steps to target", "ratio to AdamW", f"final loss, {short:g}x schedule" if short else "", "s per run"]
+    if not short:
+        headers, rows = headers[:7] + headers[8:], [row[:7] + row[8:] for row in rows]
+    notes = "\n".join(f"- **{name}**: {OPTIMIZERS[name].note}." for name in results)
+    text = (f"Target: AdamW's median final training loss, **{target:.4f}**; AdamW's own median steps to it: "
+            f"{baseline:.0f} of {steps}. Issue 19's goal: SOAP and Shampoo at a ratio of at most {GOAL}.\n\n"
+            + table(headers, rows) + "\n\n" + notes + "\n")
+    return text, target
+
+
+def plot(results: dict[str, Result], steps: int, target: float, path: pathlib.Path) -> None:
+    figure, axes = plt.subplots(figsize=(8, 4.5))
+    window = max(1, steps // 10)
+    for name, result in results.items():
+        curves = np.stack([char_lm.smoothed(np.asarray(r["losses"]), window) for r in result.runs])
+        axes.plot(np.arange(1, steps + 1), np.median(curves, axis=0), label=f"{name} (peak {result.rate:.3g})",
+                  linewidth=2.2 if name in ("adamw", "soap", "shampoo") else 1.3)
+    axes.axhline(target, color="black", linestyle=":", linewidth=1, label=f"target {target:.3f} (AdamW's final)")
+    axes.set(xlabel="step", ylabel=f"training loss, trailing mean over {window} steps", ylim=(target - 0.4, target + 1.0),
+             title="Char LM: median over seeds at each optimizer's tuned rate")
+    axes.legend(fontsize=8, ncol=2)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 1..S at the tuned rate")
+    parser.add_argument("--short", type=float, default=0.7, help="the shortened schedule's fraction (0: none)")
+    parser.add_argument("--quick", action="store_true", help="30 steps, one seed, no shortened runs")
+    parser.add_argument("--runs", type=pathlib.Path, default=HERE / "output" / "lm_convergence_runs.json")
+    parser.add_argument("--output", type=pathlib.Path, default=HERE / "output" / "lm_convergence.md")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.seeds, args.short = 30, 1, 0.0
+    if not 0 <= args.short < 1:
+        parser.error(f"--short must be in [0, 1); got {args.short}")
+    names = ["adamw"] + [n for n in args.optimizers if n != "adamw"]  # AdamW sets the target
+    start = time.perf_counter()
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    results = evaluate(names, list(range(1, args.seeds + 1)), args.steps, args.short or None, Runs(args.runs), log)
+    text, target = section(results, args.steps, args.short or None)
+    header = machine_header("Steps to AdamW's loss: examples/char_lm.py's transformer",
+                            f"{args.steps} steps, seeds 1-{args.seeds}, runs in {args.runs.name}")
+    report = f"{header}\n\n{text}\nTotal {time.perf_counter() - start:.0f} s (runs reused from the file not counted).\n"
+    print(report)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(report)
+    plot(results, args.steps, target, args.output.with_suffix(".png"))
+    print(f"written to {args.output} and {args.output.with_suffix('.png')}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
