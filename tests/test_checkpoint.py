@@ -167,6 +167,8 @@ def test_resumed_trajectory_is_bit_identical(name, tmp_path):
         return jz.apply_updates(params, updates), state
 
     def run(params, state, start, stop):
+        # Committed to one device, as Orbax restores them: otherwise the resumed run would compile step again.
+        params, state = jax.device_put((params, state), jax.devices()[0])
         trajectory = []
         for t in range(start, stop):
             params, state = step(params, state, t)
