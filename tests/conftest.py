@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 # The compiled programs go to disk (.jax_cache/ in the repository, ignored by git) and are read back
 # whenever a test compiles a program some test compiled before, in this run (the other worker, a fresh
@@ -86,6 +87,17 @@ def x64():
     """Run the test body with 64-bit JAX types (float64 references are compared there)."""
     with jax.enable_x64(True):
         yield
+
+
+class MLP(nnx.Module):
+    """5 -> width -> 1 tanh MLP: the NNX model of the tests that train through ``nnx.Optimizer``."""
+
+    def __init__(self, rngs: nnx.Rngs, width: int = 8):
+        self.hidden = nnx.Linear(5, width, rngs=rngs)
+        self.out = nnx.Linear(width, 1, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(jax.nn.tanh(self.hidden(x)))
 
 
 def make_params(dtype=jnp.float32, seed: int = 0) -> dict:

@@ -19,6 +19,7 @@ from flax import nnx
 import jaxopt_zoo as jz
 from tests import reference
 from tests.conftest import (
+    MLP,
     assert_trees_close,
     assert_trees_equal,
     grad_fn,
@@ -395,15 +396,6 @@ def test_a_state_from_another_transformation_raises():
 
 X = jax.random.normal(jax.random.key(0), (16, 5))
 Y = jnp.sin(X.sum(axis=1, keepdims=True))
-
-
-class MLP(nnx.Module):
-    def __init__(self, rngs: nnx.Rngs):
-        self.hidden = nnx.Linear(5, 8, rngs=rngs)
-        self.out = nnx.Linear(8, 1, rngs=rngs)
-
-    def __call__(self, x):
-        return self.out(jax.nn.tanh(self.hidden(x)))
 
 
 def test_nnx_optimizer_equals_the_same_transformation_on_the_raw_params():

@@ -12,20 +12,11 @@ from flax.training import train_state
 
 import jaxopt_zoo as jz
 from jaxopt_zoo.base import init_empty_state
-from tests.conftest import assert_trees_equal
+from tests.conftest import MLP, assert_trees_equal
 from tests.test_momo_sophia import driven
 
 X = jax.random.normal(jax.random.key(0), (16, 5))
 Y = jnp.sin(X.sum(axis=1, keepdims=True))
-
-
-class MLP(nnx.Module):
-    def __init__(self, rngs: nnx.Rngs):
-        self.hidden = nnx.Linear(5, 8, rngs=rngs)
-        self.out = nnx.Linear(8, 1, rngs=rngs)
-
-    def __call__(self, x):
-        return self.out(jax.nn.tanh(self.hidden(x)))
 
 
 def _train_nnx(tx, steps=10, **extra):

@@ -16,7 +16,7 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 import jaxopt_zoo as jz
 from jaxopt_zoo.quantization import is_encoded
 from tests import reference as R
-from tests.conftest import assert_trees_close, assert_trees_equal, assert_vmap_matches_separate_runs, run_reference
+from tests.conftest import MLP, assert_trees_close, assert_trees_equal, assert_vmap_matches_separate_runs, run_reference
 from tests.test_adam_contrib import run_together
 
 STEPS = 20
@@ -234,15 +234,6 @@ def test_storage_options_run_and_stay_close(name):
     for mu in (graft_state.direction.mu["w"], graft_state.magnitude.mu["w"]):  # Shampoo's and Adam's
         assert is_encoded(mu) if name == "8bit" else mu.dtype == jnp.bfloat16
     assert all(f.dtype == jnp.float32 for f in jax.tree.leaves(graft_state.direction.factors))  # factors stay float32
-
-
-class MLP(nnx.Module):
-    def __init__(self, rngs: nnx.Rngs):
-        self.hidden = nnx.Linear(5, 8, rngs=rngs)
-        self.out = nnx.Linear(8, 1, rngs=rngs)
-
-    def __call__(self, x):
-        return self.out(jax.nn.tanh(self.hidden(x)))
 
 
 def test_nnx_optimizer_trains_and_equals_the_raw_pytree_run():

@@ -16,7 +16,7 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 import jaxopt_zoo as jz
 from jaxopt_zoo.quantization import is_encoded
 from tests import reference
-from tests.conftest import assert_trees_close, assert_trees_equal, grad_fn, make_params
+from tests.conftest import MLP, assert_trees_close, assert_trees_equal, grad_fn, make_params
 
 STEPS = 22
 
@@ -339,22 +339,13 @@ def test_vmap_matches_separate_runs():
     assert not np.allclose(alone[0][0]["dense"]["w"], batch[0]["dense"]["w"])
 
 
-class MLP(nnx.Module):
-    def __init__(self, rngs: nnx.Rngs):
-        self.hidden = nnx.Linear(5, 6, rngs=rngs)
-        self.out = nnx.Linear(6, 1, rngs=rngs)
-
-    def __call__(self, x):
-        return self.out(jax.nn.tanh(self.hidden(x)))
-
-
 def test_nnx_optimizer_trains_and_equals_the_raw_pytree_run():
     x = jax.random.normal(jax.random.key(0), (16, 5))
     y = jnp.sin(x.sum(axis=1, keepdims=True))
     # The (5, 6) kernel's 5 x 5 factor is rotated, its 6 and the (6, 1) kernel's 6 are not (above 5): no factor
     # is rank deficient in more than one dimension at the first eigh (see FIELDS), so two programs agree.
     make_tx = lambda: jz.soap(1e-2, precondition_frequency=2, max_precond_dim=5, blocking=False)
-    model = MLP(nnx.Rngs(0))
+    model = MLP(nnx.Rngs(0), width=6)
     params = jax.tree.map(jnp.copy, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     optimizer = nnx.Optimizer(model, make_tx(), wrt=nnx.Param)
     loss = lambda m: jnp.mean((m(x) - y) ** 2)
