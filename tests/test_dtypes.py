@@ -101,3 +101,29 @@ def test_integer_and_bool_params_keep_float32_moments(name, dtype):
     _, state = run(tx, ints, grads, steps=1)  # one step: after it the int params themselves have moved
     _, expected = run(tx, {"w": ints["w"].astype(jnp.float32)}, grads, steps=1)
     assert_trees_equal(state, expected)
+
+
+KRONECKER = {
+    "soap": lambda: jz.soap(0.01, precondition_frequency=2),
+    "shampoo": lambda: jz.shampoo(0.01, precondition_frequency=2, start_preconditioning_step=1),
+    "psgd_kron": lambda: jz.psgd_kron(0.01),
+}
+
+
+@pytest.mark.parametrize("name", list(KRONECKER))
+def test_kronecker_preconditioners_widen_float16_like_the_moment_keepers(name):
+    """A matrix's factors and updates: float16 gradients give the float32 gradients' updates, in float32.
+
+    The old SOAP and Shampoo computed in float32 but returned the update in the gradient's float16,
+    rounding it by ~5e-4 relative even on float32 params.
+    """
+    g16 = jnp.asarray(np.random.default_rng(0).normal(size=(4, 3)) * SMALL, jnp.float16)
+    params = {"w": jnp.ones((4, 3), jnp.float32)}
+    ours, _ = run(KRONECKER[name](), params, {"w": g16}, steps=4)
+    expected, _ = run(KRONECKER[name](), params, {"w": g16.astype(jnp.float32)}, steps=4)
+    for a, e in zip(ours, expected):
+        assert a["w"].dtype == jnp.float32
+        np.testing.assert_allclose(np.asarray(a["w"]), np.asarray(e["w"]), rtol=1e-6, atol=0)
+    _, state = run(KRONECKER[name](), {"w": jnp.ones((4, 3), jnp.float16)}, {"w": g16}, steps=4)
+    floats = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]
+    assert floats and all(x.dtype == jnp.float32 for x in floats), [x.dtype for x in floats]

@@ -120,10 +120,10 @@ def _refresh(factors: Factors, roots: Factors, root_fn: Any, p: float, scale: ja
 def _precondition(g: jax.Array, m: jax.Array, layout: BlockLayout | None, roots: Factors) -> jax.Array:
     # m multiplied along each dimension of each block by its root.
     if layout is None:
-        return m.astype(g.dtype)
+        return m.astype(tree.moment_dtype(g.dtype))
     blocks = to_blocks(m.astype(_factor_dtype(m)), layout)
     out = [jax.vmap(lambda x, *q: mode_product(x, q))(x, *qs) for x, qs in zip(blocks, roots, strict=True)]
-    return from_blocks(out, layout, like=g).astype(g.dtype)
+    return from_blocks(out, layout, like=g).astype(tree.moment_dtype(g.dtype))
 
 
 def scale_by_shampoo(

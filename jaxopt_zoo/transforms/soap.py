@@ -327,7 +327,7 @@ def scale_by_soap(
                 lambda: _refresh(count, new_stats, bases, mus, nus, plan),
                 lambda: (bases, mus, nus),
             )
-        update = jnp.where(live, direction, 0).astype(g.dtype)
+        update = jnp.where(live, direction, 0).astype(tree.moment_dtype(g.dtype))
         return update, from_blocks(mus, plan.layout), from_blocks(nus, plan.layout), new_stats, new_bases
 
     def update(updates, state, params=None, **extra_args):
