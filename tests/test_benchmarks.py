@@ -83,3 +83,62 @@ def test_gram_newton_schulz_benchmark_quick_mode_reports_its_table(tmp_path):
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"^\| 32 x 256 +\|", output.read_text(), re.MULTILINE)
+
+
+def _lm_convergence():
+    sys.path.insert(0, str(BENCHMARKS))
+    import lm_convergence
+
+    return lm_convergence
+
+
+@pytest.mark.parametrize("name", ["adamw", "soap", "shampoo", "psgd_kron", "muon", "schedule_free_adamw", "prodigy",
+                                  "adopt", "ademamix"])
+def test_every_lm_convergence_entry_steps_from_a_traced_peak_rate(name):
+    # As benchmarks/lm_convergence.py runs it: the peak rate is traced (one compilation per sweep), the schedule
+    # spans `steps`; a matrix, a vector and an embedding-like leaf.
+    entry = _lm_convergence().OPTIMIZERS[name]
+    params = {"w": jnp.ones((6, 4)), "b": jnp.zeros(4), "embed": jnp.full((5, 4), 0.5)}
+    grads = jax.tree.map(lambda p: jnp.cos(p + jnp.arange(p.size).reshape(p.shape)), params)
+
+    @jax.jit
+    def three_steps(peak):
+        tx = entry.make(peak, 10)
+        state, current = tx.init(params), params
+        for _ in range(3):
+            updates, state = tx.update(grads, state, current)
+            current = jax.tree.map(lambda p, u: p + u, current, updates)
+        held_out_at = current if entry.evaluated_at is None else entry.evaluated_at(state, current)
+        return current, held_out_at
+
+    moved, evaluated = three_steps(jnp.float32(entry.centre))
+    assert jax.tree.structure(evaluated) == jax.tree.structure(params)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves((moved, evaluated)))
+    assert any(bool(jnp.any(m != p)) for m, p in zip(jax.tree.leaves(moved), jax.tree.leaves(params)))
+
+
+def test_lm_convergence_report_counts_steps_to_adamw_target(tmp_path):
+    """The report from made-up runs: the target is AdamW's median final loss, ratios are of median steps."""
+    lm = _lm_convergence()
+    steps = 100
+
+    def run(level, seconds=1.0):  # a loss falling linearly from 4 to `level`
+        return {"losses": list(np.linspace(4.0, level, steps)), "held_out": level + 0.1, "seconds": seconds}
+
+    adamw = lm.Result("adamw", 3e-3, False, [run(2.0), run(2.1), run(1.9)], [])
+    soap = lm.Result("soap", 1e-2, True, [run(1.0), run(1.1), run(4.0)], [run(1.5)] * 3)
+    text, target = lm.section({"adamw": adamw, "soap": soap}, steps, 0.7)
+    # A final loss is the mean of the last tenth: for a linear fall to 2.0, 2.0 + 4.5 steps' worth of the fall.
+    assert target == pytest.approx(2.0 + 4.5 * 2.0 / 99)
+    assert lm.steps_to(target, run(2.0)["losses"], steps) == steps  # AdamW's median run gets there at its end
+    # SOAP's median run: its mean over 10 steps at step t is its loss at t - 4.5, 4 - 2.9 (t - 5.5) / 99, which
+    # is at the target from t = 70.67 on.
+    soap_steps = lm.steps_to(target, run(1.1)["losses"], steps)
+    assert soap_steps == 71
+    row = next(line for line in text.splitlines() if line.startswith("| soap"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[1] == "0.01 (edge)" and cells[5] == f"{soap_steps:.0f}" and cells[6] == f"{soap_steps / steps:.2f}"
+    assert float(cells[7]) == pytest.approx(1.5 + 4.5 * 2.5 / 99, rel=1e-2)  # the 0.7x schedule's final loss
+    assert lm.steps_to(target, run(4.0)["losses"], steps) == np.inf and "never" not in row  # 2 of 3 reach it
+    lm.plot({"adamw": adamw, "soap": soap}, steps, target, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
