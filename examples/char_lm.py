@@ -1,6 +1,6 @@
 """Train a small character-level transformer with SOAP and with AdamW, and plot both loss curves.
 
-    python examples/char_lm.py               # about 2 minutes on 2 CPU cores
+    python examples/char_lm.py               # about 2.5 minutes on one CPU core
     python examples/char_lm.py --steps 40    # a smoke run
 
 The model is a 2-layer causal transformer (d_model 128, 4 heads, context 64)
