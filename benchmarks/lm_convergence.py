@@ -1,6 +1,6 @@
 """Steps to AdamW's loss on a small transformer: the Kronecker preconditioners and the recent optimizers.
 
-    python benchmarks/lm_convergence.py                        # every optimizer; hours on 2 CPU cores
+    python benchmarks/lm_convergence.py                        # every optimizer: about 2 hours on one CPU core
     python benchmarks/lm_convergence.py --optimizers adamw soap --seeds 2
     python benchmarks/lm_convergence.py --quick                # a smoke run: 30 steps, one seed, minutes
 
@@ -20,9 +20,14 @@ takes a mask. Every optimizer gets the same budget, written down before any run:
    the last tenth of the steps is at or below the target; the ratio divides the
    median over seeds by AdamW's median. A run that never gets there counts as
    infinitely many steps. Issue 19's goal: a ratio of at most 0.7 for SOAP and
-   Shampoo, as their papers report for language models.
-4. The papers' own test: the same optimizer with its whole schedule shortened to
-   70% of the steps (``--short``), its final loss against the target.
+   Shampoo (the SOAP paper reports 35-40% fewer iterations than AdamW on its
+   language models).
+4. The SOAP paper's own test, for the Kronecker preconditioners only (SOAP, Shampoo,
+   PSGD-Kron): the whole schedule shortened to 70% of the steps (``--short``),
+   its final loss against the target.
+
+With an even number of seeds the target is the higher of AdamW's two middle final
+losses, so that AdamW's median run reaches it.
 
 Each run's losses are saved to ``--runs`` (JSON) as they finish, keyed by optimizer,
 rate, seed and steps: a later call with more optimizers or seeds reuses them.
@@ -68,6 +73,13 @@ class Entry:
     evaluated_at: Callable[[Any, Any], Any] | None = None  # where the held-out loss is measured
 
 
+def hidden_matrices(params: Any) -> Any:
+    """Muon's leaves: the transformer blocks' matrices (the usual recipe leaves embeddings and the head to Adam)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, p: jz.MuonDimensionNumbers() if p.ndim == 2 and "blocks" in jax.tree_util.keystr(path) else None,
+        params)
+
+
 def ademamix(peak: jax.Array, steps: int) -> jz.GradientTransformation:
     """AdEMAMix with the paper's warm-ups over the whole run: alpha linear from 0 to 5, b3 from b1 to 0.9999."""
     b1, b3 = 0.9, 0.9999
@@ -87,16 +99,20 @@ OPTIMIZERS: dict[str, Entry] = {
                                                     precondition_frequency=10),
                      3e-3, "Adam grafting, inverse roots refreshed every 10 steps (the default is 100)"),
     "psgd_kron": Entry(lambda peak, steps: jz.psgd_kron(schedule(peak, steps), weight_decay=0.1, mask=matrices),
-                       1e-3, "defaults (preconditioner updated with probability 1 falling to 0.03)"),
-    "muon": Entry(lambda peak, steps: jz.muon(schedule(peak, steps), weight_decay=0.1, weight_decay_mask=matrices,
-                                              adam_learning_rate=schedule(peak * 0.15, steps)),
-                  2e-2, "every 2-D leaf (embeddings and head too) orthogonalized; the others by Adam at 0.15x the rate"),
+                       1e-3, "defaults: the preconditioner is fitted at every step (its update probability stays 1 "
+                       "for the first 500 steps)"),
+    "muon": Entry(lambda peak, steps: jz.muon(schedule(peak, steps), weight_decay=0.1,
+                                              muon_weight_dimension_numbers=hidden_matrices,
+                                              adam_learning_rate=schedule(peak * 0.15, steps), adam_weight_decay=0.1),
+                  2e-2, "the blocks' matrices orthogonalized; embeddings, positions, head, biases and norms by AdamW "
+                  "at 0.15x the rate (decay 0.1 on all: Muon's AdamW takes no mask)"),
     "schedule_free_adamw": Entry(
         lambda peak, steps: jz.schedule_free_adamw(peak, warmup_steps=max(1, steps // 20), weight_decay=0.1),
-        2.5e-3, "no schedule (its warm-up only); held-out loss at the averaged point; decay on every leaf (no mask)",
-        evaluated_at=jz.schedule_free_eval_params),
-    "prodigy": Entry(lambda peak, steps: jz.prodigy(schedule(peak, steps), weight_decay=0.0),
-                     1.0, "the rate multiplies its own estimate; no weight decay (it takes no mask)"),
+        2.5e-3, "no schedule (its warm-up only); held-out loss at the averaged point; decay 0.1 on every leaf "
+        "(it takes no mask)", evaluated_at=jz.schedule_free_eval_params),
+    "prodigy": Entry(lambda peak, steps: jz.prodigy(schedule(peak, steps), weight_decay=0.1, safeguard_warmup=True),
+                     1.0, "the rate multiplies its own estimate; safeguard_warmup for the warm-up, as its authors "
+                     "advise; decay 0.1 on every leaf (it takes no mask)"),
     "adopt": Entry(lambda peak, steps: jz.chain(jz.scale_by_adopt(), jz.add_decayed_weights(0.1, matrices),
                                                 jz.scale_by_learning_rate(schedule(peak, steps))),
                    3e-3, "decoupled weight decay chained after it"),
@@ -168,7 +184,7 @@ def evaluate(names: list[str], seeds: list[int], steps: int, short: float | None
 
 
 def section(results: dict[str, Result], steps: int, short: float | None) -> tuple[str, float]:
-    target = statistics.median(results["adamw"].finals())
+    target = statistics.median_high(results["adamw"].finals())
     baseline = statistics.median(steps_to(target, r["losses"], steps) for r in results["adamw"].runs)
     rows = []
     for name, result in results.items():
@@ -217,7 +233,8 @@ def main() -> None:
     parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--seeds", type=int, default=3, help="seeds 1..S at the tuned rate")
-    parser.add_argument("--short", type=float, default=0.7, help="the shortened schedule's fraction (0: none)")
+    parser.add_argument("--short", type=float, default=0.7,
+                        help="the Kronecker preconditioners' shortened schedule, a fraction of --steps (0: none)")
     parser.add_argument("--quick", action="store_true", help="30 steps, one seed, no shortened runs")
     parser.add_argument("--runs", type=pathlib.Path, default=HERE / "output" / "lm_convergence_runs.json")
     parser.add_argument("--output", type=pathlib.Path, default=HERE / "output" / "lm_convergence.md")
