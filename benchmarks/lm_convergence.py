@@ -81,8 +81,13 @@ def hidden_matrices(params: Any) -> Any:
 
 
 def ademamix(peak: jax.Array, steps: int) -> jz.GradientTransformation:
-    """AdEMAMix with the paper's warm-ups over the whole run: alpha linear from 0 to 5, b3 from b1 to 0.9999."""
-    b1, b3 = 0.9, 0.9999
+    """AdEMAMix with the paper's warm-ups over the whole run: alpha linear from 0 to 5, b3 from b1 to 0.999.
+
+    0.999, not the default 0.9999, as :func:`jaxopt_zoo.ademamix` advises for short runs: at 0.9999 the slow EMA
+    would still hold the first steps' large gradients at the end of 500 (final losses 2.55-2.95 against
+    AdamW's 1.82 in a first run at the three rates).
+    """
+    b1, b3 = 0.9, 0.999
 
     def b3_schedule(count):  # linear in the EMA's half-life (the paper's Eq. for beta_3's scheduler)
         t = jnp.minimum(count / steps, 1.0)
@@ -116,7 +121,8 @@ OPTIMIZERS: dict[str, Entry] = {
     "adopt": Entry(lambda peak, steps: jz.chain(jz.scale_by_adopt(), jz.add_decayed_weights(0.1, matrices),
                                                 jz.scale_by_learning_rate(schedule(peak, steps))),
                    3e-3, "decoupled weight decay chained after it"),
-    "ademamix": Entry(ademamix, 3e-3, "alpha and b3 warmed up over the whole run, as the paper does"),
+    "ademamix": Entry(ademamix, 3e-3, "alpha (to 5) and b3 (to 0.999, the short-run value) warmed up over the whole "
+                      "run, as the paper does"),
 }
 KRONECKER = ("soap", "shampoo", "psgd_kron")
 GOAL = 0.7  # issue 19: SOAP and Shampoo reach AdamW's loss in at most 70% of its steps
