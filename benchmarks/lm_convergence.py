@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import pathlib
 import statistics
 import sys
@@ -81,19 +80,15 @@ def hidden_matrices(params: Any) -> Any:
 
 
 def ademamix(peak: jax.Array, steps: int) -> jz.GradientTransformation:
-    """AdEMAMix with the paper's warm-ups over the whole run: alpha linear from 0 to 5, b3 from b1 to 0.999.
+    """AdEMAMix with alpha warmed up linearly from 0 to 5 over the whole run and b3 = 0.999.
 
-    0.999, not the default 0.9999, as :func:`jaxopt_zoo.ademamix` advises for short runs: at 0.9999 the slow EMA
-    would still hold the first steps' large gradients at the end of 500 (final losses 2.55-2.95 against
-    AdamW's 1.82 in a first run at the three rates).
+    0.999, not the default 0.9999, as :func:`jaxopt_zoo.ademamix` advises for short runs. Without the paper's
+    b3 scheduler (b3 rising from b1): over 500 steps it fills the slow EMA with the first steps' large gradients
+    and keeps them. First runs here, at the three rates, with both warm-ups: final losses 2.55-2.95 with b3
+    rising to 0.9999, 2.32-2.38 to 0.999, against AdamW's 1.82; on a smaller model (1 layer, d_model 32, 300
+    steps) the b3 scheduler alone took AdamW's 2.54 to 3.30, the alpha warm-up alone to 2.53.
     """
-    b1, b3 = 0.9, 0.999
-
-    def b3_schedule(count):  # linear in the EMA's half-life (the paper's Eq. for beta_3's scheduler)
-        t = jnp.minimum(count / steps, 1.0)
-        return jnp.exp(math.log(b1) * math.log(b3) / ((1 - t) * math.log(b3) + t * math.log(b1)))
-
-    return jz.ademamix(schedule(peak, steps), b1=b1, b3=b3_schedule, alpha=lambda count: 5.0 * jnp.minimum(count / steps, 1.0),
+    return jz.ademamix(schedule(peak, steps), b3=0.999, alpha=lambda count: 5.0 * jnp.minimum(count / steps, 1.0),
                        weight_decay=0.1, mask=matrices)
 
 
@@ -121,8 +116,8 @@ OPTIMIZERS: dict[str, Entry] = {
     "adopt": Entry(lambda peak, steps: jz.chain(jz.scale_by_adopt(), jz.add_decayed_weights(0.1, matrices),
                                                 jz.scale_by_learning_rate(schedule(peak, steps))),
                    3e-3, "decoupled weight decay chained after it"),
-    "ademamix": Entry(ademamix, 3e-3, "alpha (to 5) and b3 (to 0.999, the short-run value) warmed up over the whole "
-                      "run, as the paper does"),
+    "ademamix": Entry(ademamix, 3e-3, "alpha warmed up to 5 over the whole run, b3 = 0.999 (the short-run value); "
+                      "not the paper's b3 scheduler, which hurt here (see `ademamix`)"),
 }
 KRONECKER = ("soap", "shampoo", "psgd_kron")
 GOAL = 0.7  # issue 19: SOAP and Shampoo reach AdamW's loss in at most 70% of its steps
