@@ -129,7 +129,11 @@ def rate_grid(centre: float) -> list[float]:
 
 
 class Runs:
-    """Every finished run, kept in a JSON file as it finishes: ``key -> {losses, held_out, seconds}``."""
+    """Every finished run, kept in a JSON file as it finishes: ``key -> {losses, held_out, seconds}``.
+
+    The key names the optimizer, rate, seed and steps, not the entry's settings: after changing an entry in
+    ``OPTIMIZERS``, delete its runs from the file (or pass another ``--runs``).
+    """
 
     def __init__(self, path: pathlib.Path):
         self.path = path
