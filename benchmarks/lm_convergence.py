@@ -220,13 +220,14 @@ def section(results: dict[str, Result], steps: int, short: float | None) -> tupl
 
 def plot(results: dict[str, Result], steps: int, target: float, path: pathlib.Path) -> None:
     figure, axes = plt.subplots(figsize=(8, 4.5))
-    window = max(1, steps // 10)
+    window, lowest = max(1, steps // 10), target - 0.4
     for name, result in results.items():
         curves = np.stack([char_lm.smoothed(np.asarray(r["losses"]), window) for r in result.runs])
+        lowest = min(lowest, float(np.median(curves, axis=0).min()) - 0.05)
         axes.plot(np.arange(1, steps + 1), np.median(curves, axis=0), label=f"{name} (peak {result.rate:.3g})",
                   linewidth=2.2 if name in ("adamw", "soap", "shampoo") else 1.3)
     axes.axhline(target, color="black", linestyle=":", linewidth=1, label=f"target {target:.3f} (AdamW's final)")
-    axes.set(xlabel="step", ylabel=f"training loss, trailing mean over {window} steps", ylim=(target - 0.4, target + 1.0),
+    axes.set(xlabel="step", ylabel=f"training loss, trailing mean over {window} steps", ylim=(lowest, target + 1.0),
              title="Char LM: median over seeds at each optimizer's tuned rate")
     axes.legend(fontsize=8, ncol=2)
     axes.grid(alpha=0.3)
