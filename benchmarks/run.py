@@ -14,7 +14,9 @@ Measures, for each optimizer (ours and Optax's alternately):
 * compile time (trace + lower, and XLA compile) on the 1024-leaf tree, with
   JAX's caches cleared before each compilation;
 * Muon's Newton–Schulz time against its matrix products alone, and layer-sharded Muon's collectives, FLOPs and
-  step time on 8 (simulated) devices against Optax's Muon (part ``muon``, benchmarks/muon.py).
+  step time on 8 (simulated) devices against Optax's Muon (part ``muon``, benchmarks/muon.py);
+* Shampoo, SOAP and PSGD-Kron against AdamW on the transformer tree: step time, and refresh time against its
+  eigh/QR/products alone (part ``kronecker``, benchmarks/kronecker.py; ``--torch-python`` adds heavyball's SOAP).
 
 Sizes follow the backend: on a GPU/TPU each synthetic tree holds 256M params (16M on CPU). Prints
 markdown tables and writes them to --output. Ratios are ours / Optax, so
@@ -40,6 +42,7 @@ from flax import nnx
 import jaxopt_zoo as jz
 from report import machine_header, number, table
 from seed_optimizers import SLOW_ON_CPU, ExtraArgs, SeedOptimizer, select
+from kronecker import kronecker_section
 from muon import layer_sharded_section, newton_schulz_section
 
 MIB = 2**20
@@ -557,16 +560,18 @@ def main() -> None:
     parser.add_argument("--compile-repeats", type=int, help="compilations per optimizer and library (default 3)")
     parser.add_argument("--optimizers", help="comma-separated subset, e.g. adam,adamw,lamb (default all; on a CPU all but torch.muon)")
     parser.add_argument(
-        "--parts", default="step,compile,lowbit,muon",
+        "--parts", default="step,compile,lowbit,muon,kronecker",
         help="any of step (time, bandwidth, memory), compile, "
         "lowbit (Adam with float32, bfloat16, bfloat16 SR, 8-bit moments), "
-        "muon (Newton-Schulz time against its matrix products alone)",
+        "muon (Newton-Schulz time against its matrix products alone), "
+        "kronecker (Shampoo, SOAP, PSGD-Kron against AdamW on the transformer tree)",
     )
+    parser.add_argument("--torch-python", help="a Python with torch and heavyball: part kronecker times heavyball's SOAP")
     parser.add_argument("--output", type=pathlib.Path, default=pathlib.Path(__file__).parent / "results.md")
     args = parser.parse_args()
     parts = {p.strip() for p in args.parts.split(",")}
-    if not parts or parts - {"step", "compile", "lowbit", "muon"}:
-        parser.error(f"--parts takes step, compile, lowbit and/or muon, got {args.parts!r}")
+    if not parts or parts - {"step", "compile", "lowbit", "muon", "kronecker"}:
+        parser.error(f"--parts takes step, compile, lowbit, muon and/or kronecker, got {args.parts!r}")
 
     # Compile times must not come from a cache on disk.
     jax.config.update("jax_enable_compilation_cache", False)
@@ -595,6 +600,8 @@ def main() -> None:
         size = "quick" if args.quick else "cpu" if backend == "cpu" else "accelerator"
         report.add(newton_schulz_section(size, sizes.repeats, sizes.steps))
         report.add(layer_sharded_section(size, sizes.repeats, sizes.steps))
+    if "kronecker" in parts:
+        report.add(kronecker_section(list(shapes.values())[2], sizes.repeats, torch_python=args.torch_python))
     report.write(args.output)
 
 

@@ -25,9 +25,10 @@ BENCHMARKS = pathlib.Path(__file__).parent.parent / "benchmarks"
 NAMES = ["adam", "lamb"]
 
 
-def _run(script: str, output: pathlib.Path) -> str:
+def _run(script: str, output: pathlib.Path, *options: str) -> str:
     result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), "--quick", "--optimizers", ",".join(NAMES), "--output", str(output)],
+        [sys.executable, str(BENCHMARKS / script), "--quick", "--optimizers", ",".join(NAMES), "--output", str(output),
+         *options],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -35,7 +36,8 @@ def _run(script: str, output: pathlib.Path) -> str:
 
 
 def test_speed_benchmark_quick_mode_reports_its_optimizers(tmp_path):
-    report = _run("run.py", tmp_path / "results.md")
+    # Part kronecker has its own test below, in this process.
+    report = _run("run.py", tmp_path / "results.md", "--parts", "step,compile,lowbit,muon")
     for name in NAMES:
         assert f"| {name} " in report, name
     for heading in ("step time", "bandwidth", "compile", "memory", "low-bit state", "layer-sharded muon"):
@@ -146,3 +148,17 @@ def test_lm_convergence_report_counts_steps_to_adamw_target(tmp_path):
     assert target == pytest.approx(2.2 + 4.5 * 1.8 / 99) and "never" not in text
     lm.plot({"adamw": adamw, "soap": soap}, steps, target, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 10_000
+
+
+def test_kronecker_benchmark_reports_steps_and_refresh_floors():
+    sys.path.insert(0, str(BENCHMARKS))  # its sibling modules, as when run as a script
+    from kronecker import kronecker_section
+
+    shapes = {"w": jax.ShapeDtypeStruct((8, 12), jnp.float32), "b": jax.ShapeDtypeStruct((12,), jnp.float32)}
+    # This Python has no heavyball: the section says so instead of failing.
+    report = kronecker_section(shapes, 1, ["AdamW", "SOAP", "Shampoo"], torch_python=sys.executable)
+    for name in ("AdamW", "SOAP", "Shampoo"):
+        assert re.search(rf"^\| {name} +\| +[0-9.]+ \|", report, re.MULTILINE), name
+    refresh = report[report.index("### Refresh time"):]
+    assert re.search(r"^\| SOAP +\| +-?[0-9.]+ \| +[0-9.]+ \|", refresh, re.MULTILINE)
+    assert "heavyball's SOAP" in report and "not run (ModuleNotFoundError" in report

@@ -1,0 +1,221 @@
+"""Shampoo, SOAP and PSGD-Kron against AdamW on run.py's transformer tree: step time and refresh time (issue 19).
+
+    python benchmarks/run.py --parts kronecker     # part of run.py's default parts
+    python benchmarks/kronecker.py --size cpu      # this part alone (quick, cpu or accelerator sizes)
+
+Each optimizer's jitted, donated ``update + apply_updates`` step is compiled three times on the transformer's
+params: as used (SOAP and Shampoo refresh every 10th step; PSGD-Kron fits its preconditioner with probability
+0.1), refreshing at every step, and refreshing at no step after the first. The three are timed alternately with
+AdamW's step, in runs of 10 steps for the steps as used and AdamW's (one refresh per run; each step of a run has its
+own fixed random gradient) and of 2 steps for the other two, medians over the repeats. The *average* step is the
+measured one as used; *plain* and *refresh* are the other two. Issue 19's goal: average <= 1.5x AdamW's.
+
+The refresh's extra time (refresh - plain) is set against a *floor*: its linear algebra alone, jitted, on the same
+factor shapes. SOAP's floor is, for each factor, the product :math:`L Q` and its QR, and the first moment's rotation
+out of the old bases and into the new ones (two mode products per rotated dimension); Shampoo's is an ``eigh`` of
+each factor (what the ``"eigh"`` root costs at least; the default coupled Newton root runs a data-dependent number
+of products, so it is compared with the same floor). fraction = floor / extra: 1 would mean the rest is free.
+PSGD-Kron has no refresh in this sense (its fit is a few triangular solves and products per step it runs).
+
+With ``--torch-python`` naming a Python with torch and heavyball, heavyball's ``SOAP`` steps the same shapes on the
+same CPU (same settings where they exist: frequency 10, no frequency schedule, no torch.compile), for reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+import jaxopt_zoo as jz
+from report import table
+
+FREQUENCY = 10
+GOAL = 1.5  # average step / AdamW's step (issue 19)
+NEVER = 2**30  # a refresh interval no run reaches
+
+
+def optimizers(frequency: int) -> dict[str, jz.GradientTransformation]:
+    """The contenders refreshing every ``frequency`` steps (PSGD-Kron: with probability 1 / frequency)."""
+    return {
+        "AdamW": jz.adamw(1e-3, weight_decay=0.01),
+        "SOAP": jz.soap(3e-3, precondition_frequency=frequency),
+        "SOAP, blocks <= 1024": jz.soap(3e-3, precondition_frequency=frequency, max_precond_dim=1024),
+        "Shampoo": jz.shampoo(1e-3, precondition_frequency=frequency),
+        "Shampoo, eigh root": jz.shampoo(1e-3, precondition_frequency=frequency, inverse_root="eigh"),
+        "PSGD-Kron": jz.psgd_kron(1e-3, preconditioner_update_probability=0.0 if frequency == NEVER else 1 / frequency),
+    }
+
+
+class Stepper:
+    """One compiled, donated step with its own params and state."""
+
+    def __init__(self, tx: jz.GradientTransformation, params: Any, grads: list[Any]):
+        def step(params, state, grads):
+            updates, state = tx.update(grads, state, params)
+            return jz.apply_updates(params, updates), state
+
+        self.params = jax.tree.map(jnp.copy, params)
+        self.state = jax.tree.map(jnp.copy, tx.init(self.params))
+        self.compiled = jax.jit(step, donate_argnums=(0, 1)).lower(self.params, self.state, grads[0]).compile()
+        self.times: list[float] = []
+        self.run(grads[:1])  # the first step: SOAP's eigh, Shampoo's first roots, allocations
+
+    def run(self, grads: list[Any]) -> None:
+        """One timed run: a step with each gradient in turn."""
+        params, state = self.params, self.state
+        start = time.perf_counter()
+        for g in grads:
+            params, state = self.compiled(params, state, g)
+        jax.block_until_ready((params, state))
+        self.times.append((time.perf_counter() - start) / len(grads))
+        self.params, self.state = params, state
+
+
+def soap_floor(shapes: Any, max_precond_dim: int) -> Callable[[], Any]:
+    """SOAP's refresh work alone: per factor L Q and its QR, the moment's rotation out of and into the bases."""
+    stacks = []
+    for leaf in jax.tree.leaves(shapes):
+        if leaf.ndim < 2:
+            continue  # vectors are not rotated (precondition_1d=False)
+        for n, *dims in jz.block_layout(leaf.shape, max_precond_dim, merge=False).stack_shapes:
+            stacks.append((n, tuple(dims)))
+    key = iter(jax.random.split(jax.random.key(0), 4 * len(stacks)))
+    operands = []
+    for n, dims in stacks:
+        eye = [jnp.broadcast_to(jnp.eye(d), (n, d, d)) for d in dims]
+        stats = [jax.random.normal(next(key), (n, d, d)) for d in dims]
+        operands.append((jax.random.normal(next(key), (n, *dims)), stats, eye))
+
+    @jax.jit
+    def floor(operands):
+        out = []
+        for moment, stats, bases in operands:
+            new = [jnp.linalg.qr(jnp.matmul(s, q, precision="highest"))[0] for s, q in zip(stats, bases)]
+            rotate = jax.vmap(lambda x, old, new: jz.mode_product(jz.mode_product(x, old), new, transpose=True))
+            out.append((new, rotate(moment, bases, new)))
+        return out
+
+    return lambda: floor(operands)
+
+
+def shampoo_floor(shapes: Any, max_precond_dim: int) -> Callable[[], Any]:
+    """Shampoo's refresh work at least: an eigh of each factor (lax.map over the blocks on CPU, as its roots do)."""
+    factors = []
+    for leaf in jax.tree.leaves(shapes):
+        if leaf.ndim < 2:
+            continue  # vectors are grafted, not preconditioned (precondition_1d=False)
+        for n, *dims in jz.block_layout(leaf.shape, max_precond_dim, merge=True).stack_shapes:
+            for d in dims:
+                a = jax.random.normal(jax.random.key(len(factors)), (n, d, d))
+                factors.append(a @ jnp.swapaxes(a, -1, -2) + jnp.eye(d))
+    floor = jax.jit(lambda factors: [jz.stacked_eigh(f) for f in factors])
+    return lambda: floor(factors)
+
+
+def time_floor(floor: Callable[[], Any], repeats: int) -> float:
+    jax.block_until_ready(floor())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(floor())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def heavyball_step(torch_python: str, shapes: Any, repeats: int) -> float | str:
+    """Median seconds per heavyball SOAP step on the same shapes, run by ``torch_python``; a reason when it cannot."""
+    request = json.dumps({"shapes": [list(x.shape) for x in jax.tree.leaves(shapes)], "repeats": repeats,
+                          "frequency": FREQUENCY})
+    script = pathlib.Path(__file__).with_name("heavyball_step.py")
+    try:
+        done = subprocess.run([torch_python, str(script), request], capture_output=True, text=True)
+    except OSError as error:
+        return f"not run ({error.strerror}: {torch_python})"
+    if done.returncode:
+        return f"not run ({done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode})"
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def kronecker_section(shapes: Any, repeats: int, names: list[str] | None = None, torch_python: str | None = None) -> str:
+    """The markdown section: step times against AdamW (first of ``names``, default all), refresh times against their
+    floors, heavyball's SOAP."""
+    params = jax.tree.map(lambda s: 0.02 * jax.random.normal(jax.random.key(0), s.shape, s.dtype), shapes)
+    # A different gradient at each step of a run: with one, each factor would stay of that gradient's rank and the
+    # Newton root would run all its iterations on it (real gradients fill the factors).
+    grads = [jax.tree.map(lambda s, k=k: 1e-3 * jax.random.normal(k, s.shape, s.dtype), shapes)
+             for k in jax.random.split(jax.random.key(1), FREQUENCY)]
+    names = names or list(optimizers(FREQUENCY))
+    if names[0] != "AdamW":
+        raise ValueError(f"kronecker_section: names must start with 'AdamW', the baseline, got {names!r}.")
+    rows, refresh_rows = [], []
+    adamw = None
+    for name in names:
+        print(f"kronecker: {name}", file=sys.stderr, flush=True)
+        variants = [Stepper(optimizers(f)[name], params, grads) for f in ((FREQUENCY, 1, NEVER) if name != "AdamW" else (FREQUENCY,))]
+        for _ in range(repeats):
+            for v, run in zip(variants, (grads, *[grads[:2]] * 2)):  # alternating: drift hits each alike
+                gc.collect()
+                v.run(run)  # every step of the refresh and plain variants is alike: runs of 2 steps
+        average, *split = (statistics.median(v.times[1:]) for v in variants)
+        del variants
+        if name == "AdamW":
+            adamw = average
+            rows.append([name, f"{1e3 * average:.1f}", "1", "", ""])
+            continue
+        refresh, plain = split
+        goal = "met" if average / adamw <= GOAL else "not met"
+        rows.append([name, f"{1e3 * average:.1f}", f"{average / adamw:.2f} ({goal})", f"{1e3 * plain:.1f}",
+                     f"{1e3 * refresh:.1f}"])
+        if name.startswith(("SOAP", "Shampoo")):
+            dim = 1024 if "1024" in name or name.startswith("Shampoo") else 10000
+            floor = (soap_floor if name.startswith("SOAP") else shampoo_floor)(shapes, dim)
+            floor_time = time_floor(floor, repeats)
+            extra = refresh - plain
+            refresh_rows.append([name, f"{1e3 * extra:.1f}", f"{1e3 * floor_time:.1f}",
+                                 f"{floor_time / extra:.2f}" if extra > 0 else "n/a"])
+    text = (
+        f"## Kronecker preconditioners: step time against AdamW\n\n"
+        f"A tree of {len(jax.tree.leaves(shapes))} leaves, {sum(x.size for x in jax.tree.leaves(shapes)):,} params "
+        f"(run.py: its transformer's); milliseconds per jitted, donated step, medians of {repeats} alternating runs "
+        f"of {FREQUENCY} steps (2 for plain and refresh). "
+        f"Average: refreshing every {FREQUENCY}th step (PSGD-Kron: fitting with probability 1/{FREQUENCY}); "
+        f"plain: no refresh; refresh: refreshing every step. Goal: average <= {GOAL}x AdamW's.\n\n"
+        + table(["optimizer", "average ms", "/ AdamW", "plain ms", "refresh ms"], rows)
+        + "\n### Refresh time against its linear algebra alone\n\n"
+        "extra = refresh - plain; floor = the refresh's products, QRs (SOAP) or eighs (Shampoo) alone on the same "
+        "factor shapes; fraction = floor / extra.\n\n"
+        + table(["optimizer", "extra ms", "floor ms", "fraction"], refresh_rows)
+    )
+    if torch_python:
+        hb = heavyball_step(torch_python, shapes, repeats)
+        ours = next((f" (ours: {r[1]} ms)" for r in rows if r[0] == "SOAP"), "")
+        shown = f"{1e3 * hb:.1f} ms per step{ours}" if isinstance(hb, float) else hb
+        text += (f"\n### heavyball's SOAP on the same shapes and CPU\n\nheavyball.SOAP (frequency {FREQUENCY}, no "
+                 f"frequency schedule, max_precond_dim 10000, no merged dims, no torch.compile), same "
+                 f"repeats: {shown}.\n")
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=["quick", "cpu", "accelerator"], default="quick")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--torch-python", help="a Python with torch and heavyball, for heavyball's SOAP")
+    args = parser.parse_args()
+    from run import SIZES, transformer_shapes
+
+    print(kronecker_section(transformer_shapes(SIZES[args.size].model), args.repeats, torch_python=args.torch_python))
+
+
+if __name__ == "__main__":
+    main()
