@@ -260,13 +260,15 @@ def test_injected_learning_rate_schedule_gives_the_plain_trajectory():
     assert float(runs["injected"][1].hyperparams["learning_rate"]) == pytest.approx(decaying(7), rel=1e-6)
 
 
-def test_refresh_runs_inside_a_cond():
-    # eigh and QR appear only inside cond branches of the traced update (not at the top level of the step).
+def test_refresh_runs_inside_one_cond_for_the_whole_tree():
+    # eigh and QR appear only inside cond branches of the traced update (not at the top level of the step), and
+    # in one cond for all leaves: one per leaf made a 128-leaf tree compile ~10% slower.
     tx = soap_at(precondition_1d=True)
     params = shaped_params(SMALL)
+    assert sum(jnp.ndim(x) >= 1 for x in jax.tree.leaves(params)) >= 2  # several rotated leaves
     jaxpr = jax.make_jaxpr(tx.update)(params, tx.init(params), params)
-    top = {str(e.primitive) for e in jaxpr.eqns}
-    assert "cond" in top and not top & {"eigh", "householder_product", "geqrf", "qr", "sort"}
+    top = [str(e.primitive) for e in jaxpr.eqns]
+    assert top.count("cond") == 1 and not set(top) & {"eigh", "householder_product", "geqrf", "qr", "sort"}
     text = str(jaxpr)
     assert "eigh" in text and ("householder_product" in text or "qr" in text)
 

@@ -106,31 +106,36 @@ def _power_qr(stat: jax.Array, old: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.where(ok, q, old), jnp.where(ok[..., 0], order, jnp.arange(order.shape[-1]))
 
 
-def _refresh(count, stats: Factors, bases: Factors, mus, nus, plan: _Plan):
-    """New bases (eigh at the first step, else power iteration + QR), the first moment rotated from the old bases
-    into the new ones, the second moment's entries permuted with the sorted basis vectors."""
+def _refresh(count, stats, bases, mus, nus, dims):
+    """New bases of every leaf (eigh at the first step, else power iteration + QR), each first moment rotated from
+    the old bases into the new ones, each second moment's entries permuted with the sorted basis vectors. Every
+    argument has one entry per leaf (``dims``: its plan's); one ``lax.cond`` for the whole tree."""
 
     def eigh_step(operands):
         stats, bases, nus = operands
-        return tuple(tuple(map(_eigenbasis, s, q)) for s, q in zip(stats, bases)), nus
+        return jax.tree.map(_eigenbasis, stats, bases), nus
 
     def qr_step(operands):
         stats, bases, nus = operands
         new_bases, new_nus = [], []
-        for s_k, q_k, nu, dims in zip(stats, bases, nus, plan.dims):
-            qs = []
-            for s, q, i in zip(s_k, q_k, dims):
-                q, order = _power_qr(s, q)
-                nu = jax.vmap(lambda x, o: jnp.take(x, o, axis=i))(nu, order)
-                qs.append(q)
-            new_bases.append(tuple(qs))
-            new_nus.append(nu)
+        for leaf_stats, leaf_bases, leaf_nus, leaf_dims in zip(stats, bases, nus, dims):
+            leaf_new_bases, leaf_new_nus = [], []
+            for s_k, q_k, nu, stack_dims in zip(leaf_stats, leaf_bases, leaf_nus, leaf_dims):
+                qs = []
+                for s, q, i in zip(s_k, q_k, stack_dims):
+                    q, order = _power_qr(s, q)
+                    nu = jax.vmap(lambda x, o: jnp.take(x, o, axis=i))(nu, order)
+                    qs.append(q)
+                leaf_new_bases.append(tuple(qs))
+                leaf_new_nus.append(nu)
+            new_bases.append(tuple(leaf_new_bases))
+            new_nus.append(tuple(leaf_new_nus))
         return tuple(new_bases), tuple(new_nus)
 
-    new_bases, nus = jax.lax.cond(count == 0, eigh_step, qr_step, (stats, bases, tuple(nus)))
+    new_bases, nus = jax.lax.cond(count == 0, eigh_step, qr_step, (stats, bases, nus))
     mus = tuple(
-        _rotate(_rotate(mu, dims, old, into=False), dims, new, into=True)
-        for mu, dims, old, new in zip(mus, plan.dims, bases, new_bases)
+        tuple(_rotate(_rotate(mu, d, old, into=False), d, new, into=True) for mu, d, old, new in zip(*leaf))
+        for leaf in zip(mus, dims, bases, new_bases)
     )
     return new_bases, mus, nus
 
@@ -183,8 +188,8 @@ def scale_by_soap(
     dimension never (plain Adam; an empty leaf gets an empty update). Size-1 dimensions get no factor (their
     basis would be :math:`\\pm 1`).
 
-    The eigen and QR work runs in a ``jax.lax.cond`` on the steps that refresh, so the other steps do not pay for
-    it under ``jit`` (under ``vmap`` over states the condition is batched and both branches run). The factors and
+    The eigen and QR work runs in one ``jax.lax.cond`` for the whole tree on the steps that refresh, so the other
+    steps do not pay for it under ``jit`` (under ``vmap`` over states the condition is batched and both branches run). The factors and
     bases are float32, or the params' dtype when wider: eigendecompositions in bfloat16 or 8 bits lose the small
     eigenvalues whose directions Adam then rescales most. Adam's moments take the storage options (``mu_dtype``,
     ``nu_dtype``). A non-finite factor contribution (a NaN or infinite gradient) is not accumulated, and a
@@ -294,17 +299,8 @@ def scale_by_soap(
             ratio = m / denominator
         return m, v, _rotate(ratio, dims, qs, into=False)
 
-    def leaf(g, mu, nu, stats, bases, count):
-        plan = plan_of(g.shape)
-        if plan.layout is None:
-            return jnp.zeros_like(g), mu, nu, stats, bases
-        layouts = [sharding.explicit_layout(x) for x in (g, mu, nu)]
-        if any(layouts):  # Explicit mesh axes: whole matrices are needed, so gather the leaf and scatter the results
-            whole = lambda x, at: x if at is None else jax.sharding.reshard(x, NamedSharding(at.mesh, P()))
-            g, mu, nu = (whole(x, at) for x, at in zip((g, mu, nu), layouts))
-            out = leaf(g, mu, nu, stats, bases, count)
-            back = lambda x, at: x if at is None else jax.sharding.reshard(x, at)
-            return (*(back(x, at) for x, at in zip(out[:3], layouts)), *out[3:])
+    def before_refresh(g, mu, nu, stats, bases, plan, count):
+        # One leaf (whole arrays): its update, and Adam's moments and the new factors as stacks of blocks.
         dtype = jnp.promote_types(g.dtype, jnp.float32)
         live, k = count > 0, jnp.maximum(count, 1).astype(dtype)
         gs = to_blocks(g.astype(dtype), plan.layout)
@@ -320,15 +316,7 @@ def scale_by_soap(
                           for s_k, g_k, dims in zip(stats, gs, plan.dims))
         mus = tuple(jnp.where(live, m, m_old) for m, m_old in zip(mus, old_mus))  # the first step keeps them 0
         nus = tuple(jnp.where(live, v, v_old) for v, v_old in zip(nus, old_nus))
-        new_bases = bases
-        if any(plan.dims):
-            new_bases, mus, nus = jax.lax.cond(
-                count % frequency == 0,
-                lambda: _refresh(count, new_stats, bases, mus, nus, plan),
-                lambda: (bases, mus, nus),
-            )
-        update = jnp.where(live, direction, 0).astype(tree.moment_dtype(g.dtype))
-        return update, from_blocks(mus, plan.layout), from_blocks(nus, plan.layout), new_stats, new_bases
+        return jnp.where(live, direction, 0).astype(tree.moment_dtype(g.dtype)), mus, nus, new_stats
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -339,7 +327,31 @@ def scale_by_soap(
             raise ValueError(f"{owner}: the state holds factors for {len(state.stats)} leaves, the updates have "
                              f"{treedef.num_leaves}: build the state with init on params shaped like the updates.")
         columns = [*(treedef.flatten_up_to(x) for x in (updates, state.mu, state.nu)), state.stats, state.bases]
-        rows = [(None, *rest) if g is None else leaf(g, *rest, state.count) for g, *rest in zip(*columns)]
+        rows = []  # per leaf: [update, mu, nu, stats, bases] (mu and nu as blocks where the leaf is blocked)
+        blocked = []  # per blocked leaf: (its row, plan, Explicit layouts of g, mu, nu)
+        for g, mu, nu, stats, bases in zip(*columns):
+            plan = None if g is None else plan_of(g.shape)
+            if plan is None or plan.layout is None:  # a None leaf keeps its entries; an empty one gets zeros
+                rows.append([g if g is None else jnp.zeros_like(g), mu, nu, stats, bases])
+                continue
+            # Explicit mesh axes: whole matrices are needed, so gather the leaf here and scatter the results below.
+            layouts = [sharding.explicit_layout(x) for x in (g, mu, nu)]
+            g, mu, nu = (x if at is None else jax.sharding.reshard(x, NamedSharding(at.mesh, P()))
+                         for x, at in zip((g, mu, nu), layouts))
+            rows.append([*before_refresh(g, mu, nu, stats, bases, plan, state.count), bases])
+            blocked.append((rows[-1], plan, layouts))
+        rotated = [(row, plan) for row, plan, _ in blocked if any(plan.dims)]
+        if rotated:  # one cond for the whole tree: the other steps skip every leaf's eigh/QR work
+            operands = tuple(tuple(row[j] for row, _ in rotated) for j in (3, 4, 1, 2))  # stats, bases, mus, nus
+            dims = [plan.dims for _, plan in rotated]
+            new_bases, mus, nus = jax.lax.cond(state.count % frequency == 0,
+                                               lambda ops: _refresh(state.count, *ops, dims), lambda ops: ops[1:],
+                                               operands)
+            for (row, _), b, m, n in zip(rotated, new_bases, mus, nus):
+                row[1:3], row[4] = [m, n], b
+        for row, plan, layouts in blocked:
+            row[1:3] = [from_blocks(x, plan.layout) for x in row[1:3]]
+            row[:3] = [x if at is None else jax.sharding.reshard(x, at) for x, at in zip(row[:3], layouts)]
         new_updates, mu, nu = (treedef.unflatten([row[j] for row in rows]) for j in range(3))
         stats, bases = (tuple(row[j] for row in rows) for j in (3, 4))
         return new_updates, ScaleBySoapState(safe_increment(state.count), mu, nu, stats, bases)
