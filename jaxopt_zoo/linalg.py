@@ -54,6 +54,9 @@ def power_iteration(
         >>> round(float(value), 4), [round(abs(float(x)), 4) for x in vector]
         (5.0, [0.0, 1.0])
     """
+    # A matrix is whole wherever it is (inside shard_map: one device's own matrix), so its products are reduced
+    # locally; a function's vectors may be shards, whose reductions the shard_map checks guard.
+    local = () if not callable(matrix) else None
     if callable(matrix):
         if v0 is None:
             raise ValueError("power_iteration: when matrix is a function, pass v0=, a start vector shaped like its input.")
@@ -76,7 +79,7 @@ def power_iteration(
         _, image, _, i = carry
         vector = _normalized(image)
         image = product(vector)
-        return vector, image, tree_vdot(vector, image), i + 1
+        return vector, image, tree_vdot(vector, image, axis_name=local), i + 1
 
     v0 = _normalized(v0)
     _, image, value, _ = lax.while_loop(unconverged, iterate, (v0, product(v0), jnp.asarray(0.0), jnp.asarray(0)))

@@ -322,28 +322,43 @@ def _mesh(axis_type=AxisType.Auto):
 
 
 @pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit])  # Explicit: jax.make_mesh's default
-def test_init_sharded_replicates_factors_and_shards_moments_and_jit_equals_one_device(axis_type):
+@pytest.mark.parametrize("inverse_root", ["eigh", "newton"])
+def test_init_sharded_lays_factor_blocks_across_devices_and_jit_equals_one_device(axis_type, inverse_root):
     mesh = _mesh(axis_type)
-    specs = {"w": P("data", "model"), "b": P("model")}
+    # At max_precond_dim 4: w has 16 blocks (8 devices hold 2 each), v 6 (split over "data" only, like v),
+    # u 3 (3 does not divide over 4 "model" devices: replicated); b is a vector (grafted, no factors).
+    specs = {"w": P("data", "model"), "v": P("data", None), "u": P("model", None), "b": P("model")}
+    shapes = {"w": (16, 16), "v": (8, 12), "u": (12, 4), "b": (16,)}
     rng = np.random.default_rng(0)
-    host = {"w": jnp.asarray(rng.normal(size=(8, 16)), jnp.float32), "b": jnp.asarray(rng.normal(size=16), jnp.float32)}
+    host = {k: jnp.asarray(rng.normal(size=shape), jnp.float32) for k, shape in shapes.items()}
     params = {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in host.items()}
-    tx = jz.shampoo(0.01, eps=1e-4, precondition_frequency=2, max_precond_dim=8, inverse_root="eigh")
+    tx = jz.shampoo(0.01, eps=1e-4, precondition_frequency=2, max_precond_dim=4, inverse_root=inverse_root)
+    expected = {"w": (P(("data", "model")), 2), "v": (P(("data",)), 3), "u": (P(), 3)}
+
+    def assert_blocks_laid_out(state):
+        shampoo_state = state[0].direction
+        assert shampoo_state.mu["w"].sharding.spec == specs["w"]
+        # factors and roots follow jax.tree.leaves(params) order: b, u, v, w.
+        for name, factors, roots in zip("buvw", shampoo_state.factors, shampoo_state.roots, strict=True):
+            for f in jax.tree.leaves((factors, roots)):
+                spec, local_blocks = expected[name]
+                assert f.sharding.is_equivalent_to(NamedSharding(mesh, spec), 3), (name, f.sharding)
+                assert f.addressable_shards[0].data.shape[0] == local_blocks, name  # each device's own blocks
+
     state = jz.init_sharded(tx, params)
-    shampoo_state = state[0].direction
-    assert shampoo_state.mu["w"].sharding.spec == specs["w"]
-    assert all(f.sharding.is_fully_replicated for f in jax.tree.leaves(shampoo_state.factors))
-    assert all(q.sharding.is_fully_replicated for q in jax.tree.leaves(shampoo_state.roots))
+    assert_blocks_laid_out(state)
 
     def run(params, state):
         step = jax.jit(tx.update)
-        for t in range(1, 4):
+        for t in range(1, 4):  # refreshes at steps 2 (the start) and 3 is not one; 3 steps
             grads = jax.tree.map(lambda p: jnp.sin(p * t) + 0.1, params)
             updates, state = step(grads, state, params)
             params = jz.apply_updates(params, updates)
-        return params
+        return params, state
 
-    assert_trees_close(run(params, state), run(host, tx.init(host)), rtol=1e-5, atol=1e-6)
+    sharded, final_state = run(params, state)
+    assert_blocks_laid_out(final_state)  # the steps keep them there
+    assert_trees_close(sharded, run(host, tx.init(host))[0], rtol=1e-5, atol=1e-6)
 
 
 def test_shard_map_on_local_shards_raises_and_on_whole_arrays_works():

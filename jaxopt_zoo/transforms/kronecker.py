@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +30,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 from jaxopt_zoo.sharding import explicit_layout
 
 __all__ = [
-    "BlockLayout", "block_layout", "dim_statistics", "from_blocks", "merge_dims", "mode_product", "stacked_eigh", "to_blocks",
+    "BlockLayout", "block_layout", "dim_statistics", "from_blocks", "merge_dims", "mode_product", "on_blocks",
+    "stack_sharding", "stacked_eigh", "to_blocks",
 ]
 
 PRECISION = jax.lax.Precision.HIGHEST  # factor statistics and rotations lose too much at TPU/GPU default precision
@@ -89,15 +90,18 @@ def block_layout(shape: Sequence[int], max_precond_dim: int, merge: bool = True)
     return BlockLayout(shape, merged, tuple(pieces(d) for d in merged))
 
 
+def _whole(x: jax.Array) -> jax.Array:
+    # x gathered onto every device when it is split over Explicit mesh axes (which refuse reshapes of split axes).
+    split = explicit_layout(x)
+    return x if split is None else jax.sharding.reshard(x, NamedSharding(split.mesh, PartitionSpec()))
+
+
 def to_blocks(x: jax.Array, layout: BlockLayout) -> tuple[jax.Array, ...]:
     """``x`` as the stacks of blocks of ``layout`` (each ``(blocks, *block_shape)``, block index row-major).
 
     An ``x`` split over Explicit mesh axes is gathered first (blocks are whole; see
     :func:`jaxopt_zoo.sharding.explicit_layout`); under ``jit`` on Auto axes the partitioner lays the blocks out."""
-    split = explicit_layout(x)
-    if split is not None:
-        x = jax.sharding.reshard(x, NamedSharding(split.mesh, PartitionSpec()))
-    x = x.reshape(layout.merged)
+    x = _whole(x).reshape(layout.merged)
     stacks = []
     for combo in layout._combos():
         piece = x[tuple(slice(p.start, p.start + p.count * p.size) for p in combo)]
@@ -110,7 +114,8 @@ def to_blocks(x: jax.Array, layout: BlockLayout) -> tuple[jax.Array, ...]:
 
 def from_blocks(stacks: Sequence[jax.Array], layout: BlockLayout, like: jax.Array | None = None) -> jax.Array:
     """The inverse of :func:`to_blocks`: the leaf, in its original shape (laid out like ``like`` where that is split
-    over Explicit mesh axes)."""
+    over Explicit mesh axes; stacks split over devices, as :func:`on_blocks` returns them, are gathered first)."""
+    stacks = [_whole(s) for s in stacks]
     pieces = {}
     indices = itertools.product(*(range(len(p)) for p in layout.pieces))  # the same order as layout._combos()
     for index, combo, stack in zip(indices, layout._combos(), stacks, strict=True):
@@ -129,6 +134,37 @@ def from_blocks(stacks: Sequence[jax.Array], layout: BlockLayout, like: jax.Arra
     leaf = assemble(()).reshape(layout.shape)
     target = None if like is None else explicit_layout(like)
     return leaf if target is None else jax.sharding.reshard(leaf, target)
+
+
+def stack_sharding(x: Any, blocks: int) -> NamedSharding | None:
+    """Where the factors of a stack of ``blocks`` blocks of the leaf ``x`` go: their block axis split over every mesh
+    axis ``x`` is split over, when those are Explicit axes (as :func:`jaxopt_zoo.init_sharded` sees them) whose
+    devices divide ``blocks``; else ``None`` (replicated). Each device then keeps, refreshes and applies the factors
+    of its own blocks, as Distributed Shampoo distributes its blocks."""
+    split = explicit_layout(x)
+    if split is None:
+        return None
+    axes = tuple(a for entry in split.spec if entry is not None for a in ((entry,) if isinstance(entry, str) else entry))
+    if blocks % math.prod(split.mesh.shape[a] for a in axes):
+        return None
+    return NamedSharding(split.mesh, PartitionSpec(axes))
+
+
+def on_blocks(fn: Callable[..., Any], *stacks: jax.Array, shared: Sequence[Any] = ()) -> Any:
+    """``fn(*stacks, *shared)`` for stacks of blocks (axis 0) and scalars ``shared``, run by each device on its own
+    blocks when the first stack's block axis is split over Explicit mesh axes (:func:`stack_sharding`); the other
+    stacks are split like it first (whole ones are sliced: no communication). Otherwise, and under Auto axes, a
+    plain call."""
+    split = explicit_layout(stacks[0])
+    if split is None:
+        return fn(*stacks, *shared)
+    spec = PartitionSpec(split.spec[0])
+    stacks = tuple(jax.sharding.reshard(s, NamedSharding(split.mesh, spec)) for s in stacks)
+    shared = tuple(jnp.asarray(x) for x in shared)  # passed in: shard_map cannot close over Explicit-axes arrays
+    specs = (spec,) * len(stacks) + (PartitionSpec(),) * len(shared)
+    # check_vma=False: nothing in fn reduces across blocks, and its loops (Newton, power iteration) start from values
+    # that do not vary over devices, which the check would reject.
+    return jax.shard_map(fn, mesh=split.mesh, in_specs=specs, out_specs=spec, check_vma=False)(*stacks, *shared)
 
 
 def dim_statistics(block: jax.Array) -> tuple[jax.Array, ...]:
