@@ -150,6 +150,12 @@ def stack_sharding(x: Any, blocks: int) -> NamedSharding | None:
     return NamedSharding(split.mesh, PartitionSpec(axes))
 
 
+def place_stack(stack: jax.Array, x: Any) -> jax.Array:
+    # A new stack of factors of the leaf x, laid out by stack_sharding.
+    where = stack_sharding(x, stack.shape[0])
+    return stack if where is None else jax.sharding.reshard(stack, where)
+
+
 def on_blocks(fn: Callable[..., Any], *stacks: jax.Array, shared: Sequence[Any] = ()) -> Any:
     """``fn(*stacks, *shared)`` for stacks of blocks (axis 0) and scalars ``shared``, run by each device on its own
     blocks when the first stack's block axis is split over Explicit mesh axes (:func:`stack_sharding`); the other

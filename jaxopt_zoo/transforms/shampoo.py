@@ -34,7 +34,7 @@ from jaxopt_zoo.transforms.kronecker import (
     from_blocks,
     mode_product,
     on_blocks,
-    stack_sharding,
+    place_stack,
     stacked_eigh,
     to_blocks,
 )
@@ -101,9 +101,7 @@ def _new_factors(x: Any, layout: BlockLayout | None, dtype: jnp.dtype, identity:
     stacks = () if layout is None else layout.stack_shapes
 
     def fill(n: int, d: int) -> jax.Array:
-        f = jnp.broadcast_to(jnp.eye(d, dtype=dtype), (n, d, d)) if identity else jnp.zeros((n, d, d), dtype)
-        where = stack_sharding(x, n)
-        return f if where is None else jax.sharding.reshard(f, where)
+        return place_stack(jnp.broadcast_to(jnp.eye(d, dtype=dtype), (n, d, d)) if identity else jnp.zeros((n, d, d), dtype), x)
 
     return tuple(tuple(fill(n, d) for d in dims) for n, *dims in stacks)
 
@@ -196,7 +194,7 @@ def scale_by_shampoo(
     own blocks. Under ``jax.jit`` on sharded params the update is exact; with Explicit mesh axes each device
     accumulates, refreshes and applies its own blocks' factors (:func:`jaxopt_zoo.on_blocks`; the leaf is gathered
     for its blocks and the preconditioned blocks gathered back), with Auto axes XLA's partitioner places the work
-    (measured on 8 simulated devices: the factors stay where they were put). Inside ``shard_map`` the factors need
+    and the outputs (pin them with ``out_shardings=jz.state_shardings(tx, params)``). Inside ``shard_map`` the factors need
     whole arrays: a leaf that is a shard raises; replicated leaves work.
 
     Differences from Distributed Shampoo (``DistributedShampoo`` with its ``RootInvShampooPreconditionerConfig``):

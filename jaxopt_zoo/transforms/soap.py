@@ -14,6 +14,7 @@ moments take the storage options, the factors and bases stay in float32 (or the 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -25,7 +26,7 @@ from jaxopt_zoo import sharding, tree, validation
 from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, safe_increment, zero_count
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
 from jaxopt_zoo.transforms.kronecker import (
-    PRECISION, BlockLayout, block_layout, from_blocks, mode_product, stacked_eigh, to_blocks,
+    PRECISION, BlockLayout, block_layout, from_blocks, mode_product, on_blocks, place_stack, stacked_eigh, to_blocks,
 )
 
 __all__ = ["ScaleBySoapState", "scale_by_soap"]
@@ -113,7 +114,7 @@ def _refresh(count, stats, bases, mus, nus, dims):
 
     def eigh_step(operands):
         stats, bases, nus = operands
-        return jax.tree.map(_eigenbasis, stats, bases), nus
+        return jax.tree.map(lambda s, q: on_blocks(_eigenbasis, s, q), stats, bases), nus
 
     def qr_step(operands):
         stats, bases, nus = operands
@@ -123,8 +124,8 @@ def _refresh(count, stats, bases, mus, nus, dims):
             for s_k, q_k, nu, stack_dims in zip(leaf_stats, leaf_bases, leaf_nus, leaf_dims):
                 qs = []
                 for s, q, i in zip(s_k, q_k, stack_dims):
-                    q, order = _power_qr(s, q)
-                    nu = jax.vmap(lambda x, o: jnp.take(x, o, axis=i))(nu, order)
+                    q, order = on_blocks(_power_qr, s, q)
+                    nu = on_blocks(jax.vmap(lambda o, x, i=i: jnp.take(x, o, axis=i)), order, nu)
                     qs.append(q)
                 leaf_new_bases.append(tuple(qs))
                 leaf_new_nus.append(nu)
@@ -133,8 +134,13 @@ def _refresh(count, stats, bases, mus, nus, dims):
         return tuple(new_bases), tuple(new_nus)
 
     new_bases, nus = jax.lax.cond(count == 0, eigh_step, qr_step, (stats, bases, nus))
+    def rotate(*args, dims):  # the first moment of one stack, from the old bases (first half) into the new ones
+        *qs, mu = args
+        old, new = tuple(qs[:len(qs) // 2]), tuple(qs[len(qs) // 2:])
+        return _rotate(_rotate(mu, dims, old, into=False), dims, new, into=True)
+
     mus = tuple(
-        tuple(_rotate(_rotate(mu, d, old, into=False), d, new, into=True) for mu, d, old, new in zip(*leaf))
+        tuple(mu if not d else on_blocks(functools.partial(rotate, dims=d), *old, *new, mu) for mu, d, old, new in zip(*leaf))
         for leaf in zip(mus, dims, bases, new_bases)
     )
     return new_bases, mus, nus
@@ -194,11 +200,12 @@ def scale_by_soap(
     eigenvalues whose directions Adam then rescales most. Adam's moments take the storage options (``mu_dtype``,
     ``nu_dtype``). A non-finite factor contribution (a NaN or infinite gradient) is not accumulated, and a
     non-finite new basis keeps the previous one (as Distributed Shampoo keeps its roots), so the factors recover;
-    Adam's moments are Adam's, so guard them with :func:`jaxopt_zoo.apply_if_finite`. Factors and bases are built
-    from shapes, so :func:`jaxopt_zoo.init_sharded` replicates them while ``mu`` and ``nu`` follow the params'
-    sharding. Whole matrices are needed: under ``jit`` with sharded params the update is exact (with Explicit mesh
-    axes each leaf is gathered for its update and the results are scattered back to its sharding); inside
-    ``shard_map`` on local shards it raises (whole, replicated arrays work).
+    Adam's moments are Adam's, so guard them with :func:`jaxopt_zoo.apply_if_finite`. Sharding: :func:`jaxopt_zoo.init_sharded`
+    lays ``mu`` and ``nu`` out like their params and each stack of factors and bases across the devices by
+    :func:`jaxopt_zoo.stack_sharding` (as Shampoo's, see :func:`jaxopt_zoo.scale_by_shampoo`). Whole matrices are
+    needed: under ``jit`` with sharded params the update is exact (with Explicit mesh axes each leaf is gathered for
+    its blocks, each device rotates, accumulates and refreshes its own blocks, and the results are scattered back
+    to the leaf's sharding); inside ``shard_map`` on local shards it raises (whole, replicated arrays work).
 
     Differences from the official code (github.com/nikhilvyas/SOAP, ``soap.py``): blocking of dimensions above
     ``max_precond_dim`` (``blocking=True``, the default; the official code leaves them unrotated, which is
@@ -276,7 +283,7 @@ def scale_by_soap(
             return ()
         plan, dtype = plan_of(jnp.shape(p)), jnp.promote_types(jnp.result_type(p), jnp.float32)
         stacks = plan.layout.stack_shapes if plan.layout else ()
-        return tuple(tuple(fill(s[0], s[1 + i], dtype) for i in dims) for s, dims in zip(stacks, plan.dims))
+        return tuple(tuple(place_stack(fill(s[0], s[1 + i], dtype), p) for i in dims) for s, dims in zip(stacks, plan.dims))
 
     def init(params):
         zeros = lambda n, d, dtype: jnp.zeros((n, d, d), dtype)
@@ -288,16 +295,23 @@ def scale_by_soap(
             stats, bases = (tuple(factors(p, fill) for p in leaves) for fill in (zeros, eyes))
         return ScaleBySoapState(zero_count(), tree.moments_like(params), tree.moments_like(params), stats, bases)
 
-    def adam_in_bases(g, m, v, dims, qs):
-        # One stack of blocks: Adam's moments of the rotated gradient, and Adam's direction rotated back.
+    def adam_in_bases(g, m, v, dims, qs, live):
+        # One stack of blocks: Adam's moments of the rotated gradient (kept at 0 on the first step, live False),
+        # and Adam's direction rotated back; each device its own blocks where the bases are laid out across devices.
+        step = functools.partial(adam_on_blocks, dims=dims, n=len(qs))
+        return on_blocks(step, *qs, g, m, v, shared=(b1, b2, eps, live)) if qs else step(g, m, v, b1, b2, eps, live)
+
+    def adam_on_blocks(*args, dims, n):
+        *qs, g, m_old, v_old, b1, b2, eps, live = args
+        qs = tuple(qs[:n])
         rotated = _rotate(g, dims, qs, into=True)
-        m, v = b1 * m + (1 - b1) * rotated, b2 * v + (1 - b2) * rotated * rotated
+        m, v = b1 * m_old + (1 - b1) * rotated, b2 * v_old + (1 - b2) * rotated * rotated
         denominator = jnp.sqrt(v) + eps
         if guard:  # eps may be 0: 0 where the denominator is
             ratio = jnp.where(denominator == 0, 0, m / jnp.where(denominator == 0, 1, denominator))
         else:
             ratio = m / denominator
-        return m, v, _rotate(ratio, dims, qs, into=False)
+        return jnp.where(live, m, m_old), jnp.where(live, v, v_old), _rotate(ratio, dims, qs, into=False)
 
     def before_refresh(g, mu, nu, stats, bases, plan, count):
         # One leaf (whole arrays): its update, and Adam's moments and the new factors as stacks of blocks.
@@ -305,17 +319,18 @@ def scale_by_soap(
         live, k = count > 0, jnp.maximum(count, 1).astype(dtype)
         gs = to_blocks(g.astype(dtype), plan.layout)
         old_mus, old_nus = to_blocks(mu, plan.layout), to_blocks(nu, plan.layout)
-        mus, nus, directions = zip(*map(adam_in_bases, gs, old_mus, old_nus, plan.dims, bases))
+        mus, nus, directions = zip(*(adam_in_bases(*args, live) for args in zip(gs, old_mus, old_nus, plan.dims, bases)))
         direction = from_blocks(directions, plan.layout)
         if normalize_grads:
             direction = direction / (1e-30 + jnp.sqrt(jnp.mean(direction * direction)))
         if correct_bias:
             direction = direction * jnp.sqrt(1 - b2**k) / (1 - b1**k)
-        accumulate = lambda s, c: jnp.where(_finite(c), beta_s * s + (1 - beta_s) * c, s)  # skip a non-finite G
-        new_stats = tuple(tuple(accumulate(s, _statistic(g_k, i)) for s, i in zip(s_k, dims))
-                          for s_k, g_k, dims in zip(stats, gs, plan.dims))
-        mus = tuple(jnp.where(live, m, m_old) for m, m_old in zip(mus, old_mus))  # the first step keeps them 0
-        nus = tuple(jnp.where(live, v, v_old) for v, v_old in zip(nus, old_nus))
+        def accumulate(s, g, beta_s, i):  # a non-finite G is skipped
+            c = _statistic(g, i)
+            return jnp.where(_finite(c), beta_s * s + (1 - beta_s) * c, s)
+
+        new_stats = tuple(tuple(on_blocks(functools.partial(accumulate, i=i), s, g_k, shared=(beta_s,))
+                                for s, i in zip(s_k, dims)) for s_k, g_k, dims in zip(stats, gs, plan.dims))
         return jnp.where(live, direction, 0).astype(tree.moment_dtype(g.dtype)), mus, nus, new_stats
 
     def update(updates, state, params=None, **extra_args):
