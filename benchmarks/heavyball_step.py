@@ -1,11 +1,11 @@
 """heavyball's SOAP step time on given shapes: run by benchmarks/kronecker.py under a Python with torch and heavyball.
 
-    python benchmarks/heavyball_step.py '{"shapes": [[512, 2048], [2048]], "repeats": 5, "frequency": 10}'
+    python benchmarks/heavyball_step.py '{"shapes": [[512, 2048], [2048]], "repeats": 5, "frequency": 10, "max_precond_dim": 1024}'
 
 Prints the median seconds per step over ``repeats`` runs of ``frequency`` steps, the gradients cycling through
 ``frequency`` fixed random ones as in kronecker.py. Settings as close to ours as heavyball allows: SOAP's betas and
-rate, the bases refreshed every ``frequency`` steps (no frequency schedule), factors for every dimension up to 10000
-(no merged dimensions), no torch.compile.
+rate, the bases refreshed every ``frequency`` steps (no frequency schedule), factors for the dimensions up to
+``max_precond_dim`` (heavyball leaves larger ones unrotated; ours are blocked), no merged dimensions, no torch.compile.
 """
 
 import json
@@ -23,7 +23,7 @@ def main(request: str) -> None:
     params = [torch.nn.Parameter(0.02 * torch.randn(*shape)) for shape in spec["shapes"]]
     grads = [[1e-3 * torch.randn(*shape) for shape in spec["shapes"]] for _ in range(spec["frequency"])]
     opt = heavyball.SOAP(params, lr=3e-3, betas=(0.95, 0.95), precondition_frequency=spec["frequency"],
-                         use_precond_schedule=False, max_precond_dim=10000, merge_dims=False, compile_step=False)
+                         use_precond_schedule=False, max_precond_dim=spec["max_precond_dim"], merge_dims=False, compile_step=False)
 
     def run() -> float:
         start = time.perf_counter()

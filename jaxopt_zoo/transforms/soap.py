@@ -134,13 +134,15 @@ def _refresh(count, stats, bases, mus, nus, dims):
         return tuple(new_bases), tuple(new_nus)
 
     new_bases, nus = jax.lax.cond(count == 0, eigh_step, qr_step, (stats, bases, nus))
+
     def rotate(*args, dims):  # the first moment of one stack, from the old bases (first half) into the new ones
         *qs, mu = args
         old, new = tuple(qs[:len(qs) // 2]), tuple(qs[len(qs) // 2:])
         return _rotate(_rotate(mu, dims, old, into=False), dims, new, into=True)
 
     mus = tuple(
-        tuple(mu if not d else on_blocks(functools.partial(rotate, dims=d), *old, *new, mu) for mu, d, old, new in zip(*leaf))
+        tuple(on_blocks(functools.partial(rotate, dims=d), *old, *new, mu) if d else mu
+              for mu, d, old, new in zip(*leaf))
         for leaf in zip(mus, dims, bases, new_bases)
     )
     return new_bases, mus, nus
@@ -325,6 +327,7 @@ def scale_by_soap(
             direction = direction / (1e-30 + jnp.sqrt(jnp.mean(direction * direction)))
         if correct_bias:
             direction = direction * jnp.sqrt(1 - b2**k) / (1 - b1**k)
+
         def accumulate(s, g, beta_s, i):  # a non-finite G is skipped
             c = _statistic(g, i)
             return jnp.where(_finite(c), beta_s * s + (1 - beta_s) * c, s)
