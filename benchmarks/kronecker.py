@@ -1,4 +1,5 @@
-"""Shampoo, SOAP and PSGD-Kron against AdamW on run.py's transformer tree: step time and refresh time (issue 19).
+"""Shampoo, SOAP and PSGD-Kron against AdamW: step time and refresh time on run.py's transformer tree, and the
+sharded step's collectives and per-device state on 8 devices (issue 19).
 
     python benchmarks/run.py --parts kronecker     # part of run.py's default parts
     python benchmarks/kronecker.py --size cpu      # this part alone (quick, cpu or accelerator sizes)
@@ -19,6 +20,10 @@ PSGD-Kron has no refresh in this sense (its fit is a few triangular solves and p
 
 With ``--torch-python`` naming a Python with torch and heavyball, heavyball's ``SOAP`` steps the same shapes on the
 same CPU (same settings where they exist: frequency 10, no frequency schedule, no torch.compile), for reference.
+
+:func:`sharded_section`: on 8 devices (simulated on a CPU, in a subprocess when this process has fewer), one compiled
+step of Shampoo and SOAP on matrices split over a 2 x 4 mesh, with the factor blocks laid out across the devices by
+:func:`jaxopt_zoo.init_sharded` or replicated: collectives and their bytes, state and FLOPs per device.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import pathlib
 import statistics
 import subprocess
@@ -207,15 +213,92 @@ def kronecker_section(shapes: Any, repeats: int, names: list[str] | None = None,
     return text
 
 
+# Square matrices split P("data", "model") over 2 x 4 devices, cut into blocks of BLOCK[size]: 16 blocks each.
+SHARDED = {"quick": (2, 64, 16), "cpu": (4, 1024, 256), "accelerator": (4, 4096, 1024)}  # (matrices, rows, block)
+
+
+def sharded_measurements(size: str) -> list[list[str]]:
+    """One compiled, donated step per optimizer and layout on the 2 x 4 mesh (needs 8 devices): collectives and their
+    bytes per device, state bytes per device, FLOPs per device."""
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+    from muon import collectives
+
+    count, n, block = SHARDED[size]
+    rows = []
+    for axis_type in (AxisType.Auto, AxisType.Explicit):
+        mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(axis_type,) * 2, devices=jax.devices()[:8])
+        put = lambda x: jax.device_put(x, NamedSharding(mesh, PartitionSpec("data", "model")))  # noqa: E731
+        params = {f"w{i}": put(0.02 * jax.random.normal(jax.random.key(i), (n, n))) for i in range(count)}
+        grads = {k: put(1e-3 * jax.random.normal(jax.random.key(100 + i), (n, n))) for i, k in enumerate(params)}
+        variants = {
+            "AdamW": (jz.adamw(1e-3), False),
+            "Shampoo, factor blocks across devices": (jz.shampoo(1e-3, precondition_frequency=FREQUENCY,
+                                                                 max_precond_dim=block, inverse_root="eigh"), False),
+            "Shampoo, factors replicated": (jz.shampoo(1e-3, precondition_frequency=FREQUENCY,
+                                                       max_precond_dim=block, inverse_root="eigh"), True),
+            "SOAP, factor blocks across devices": (jz.soap(3e-3, max_precond_dim=block), False),
+            "SOAP, factors replicated": (jz.soap(3e-3, max_precond_dim=block), True),
+        }
+        for name, (tx, replicate) in variants.items():
+            state = jz.init_sharded(tx, params)
+            if replicate:  # the layout before issue 19's rule: every (blocks, d, d) stack whole on every device
+                whole = NamedSharding(mesh, PartitionSpec())
+                state = jax.tree.map(lambda x: jax.device_put(x, whole) if x.ndim == 3 else x, state)
+
+            def step(params, state, grads, tx=tx):
+                updates, state = tx.update(grads, state, params)
+                return jz.apply_updates(params, updates), state
+
+            with jax.set_mesh(mesh):
+                compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile()
+            found = collectives(compiled.as_text())
+            cost = compiled.cost_analysis()
+            cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+            state_bytes = sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(state))
+            rows.append([axis_type.name, name, ", ".join(f"{k} {c}" for k, (c, _) in sorted(found.items())) or "none",
+                         f"{sum(b for _, b in found.values()) / 2**20:.2f}", f"{state_bytes / 2**20:.2f}",
+                         f"{cost.get('flops', float('nan')) / 1e6:.1f}"])
+    return rows
+
+
+def sharded_section(size: str) -> str:
+    """The report section; run in a fresh process with 8 simulated CPU devices when this one has fewer."""
+    if jax.device_count() < 8:
+        if jax.default_backend() != "cpu":
+            return "### Kronecker factors on 8 devices\n\nSkipped: needs 8 devices.\n"
+        env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8")
+        done = subprocess.run([sys.executable, __file__, "--size", size, "--sharded-only"], capture_output=True,
+                              text=True, env=env, timeout=1800, check=True)
+        return done.stdout
+    count, n, block = SHARDED[size]
+    return (
+        "### Kronecker factors on 8 devices\n\n"
+        f"One jitted, donated step on {count} float32 matrices of {n} x {n}, each split `P('data', 'model')` over a "
+        f"2 x 4 mesh of simulated CPU devices and cut into 16 blocks of {block} x {block} (Shampoo with the eigh "
+        "root, refreshing every 10th step; SOAP's defaults), with the factors laid out by `init_sharded` (2 blocks' "
+        "factors per device) or replicated as before that rule. From the compiled per-device program: its collectives "
+        "(both branches of the refresh cond count) and the bytes of their results, the state on one device, XLA's "
+        "`cost_analysis()` FLOPs on one device (a cond's branches counted as XLA counts them).\n\n"
+        + table(["mesh axes", "optimizer", "collectives", "MiB moved per device", "state MiB per device",
+                 "MFLOP per device"], sharded_measurements(size))
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=["quick", "cpu", "accelerator"], default="quick")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--torch-python", help="a Python with torch and heavyball, for heavyball's SOAP")
+    parser.add_argument("--sharded-only", action="store_true", help="only the 8-device section")
     args = parser.parse_args()
+    if args.sharded_only:
+        print(sharded_section(args.size))
+        return
     from run import SIZES, transformer_shapes
 
     print(kronecker_section(transformer_shapes(SIZES[args.size].model), args.repeats, torch_python=args.torch_python))
+    print(sharded_section(args.size))
 
 
 if __name__ == "__main__":

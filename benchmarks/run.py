@@ -16,7 +16,9 @@ Measures, for each optimizer (ours and Optax's alternately):
 * Muon's Newton–Schulz time against its matrix products alone, and layer-sharded Muon's collectives, FLOPs and
   step time on 8 (simulated) devices against Optax's Muon (part ``muon``, benchmarks/muon.py);
 * Shampoo, SOAP and PSGD-Kron against AdamW on the transformer tree: step time, and refresh time against its
-  eigh/QR/products alone (part ``kronecker``, benchmarks/kronecker.py; ``--torch-python`` adds heavyball's SOAP).
+  eigh/QR/products alone, and their collectives, state and FLOPs per device on 8 (simulated) devices with the
+  factors laid out across devices or replicated (part ``kronecker``, benchmarks/kronecker.py; ``--torch-python``
+  adds heavyball's SOAP).
 
 Sizes follow the backend: on a GPU/TPU each synthetic tree holds 256M params (16M on CPU). Prints
 markdown tables and writes them to --output. Ratios are ours / Optax, so
@@ -42,7 +44,7 @@ from flax import nnx
 import jaxopt_zoo as jz
 from report import machine_header, number, table
 from seed_optimizers import SLOW_ON_CPU, ExtraArgs, SeedOptimizer, select
-from kronecker import kronecker_section
+from kronecker import kronecker_section, sharded_section
 from muon import layer_sharded_section, newton_schulz_section
 
 MIB = 2**20
@@ -602,6 +604,7 @@ def main() -> None:
         report.add(layer_sharded_section(size, sizes.repeats, sizes.steps))
     if "kronecker" in parts:
         report.add(kronecker_section(list(shapes.values())[2], sizes.repeats, torch_python=args.torch_python))
+        report.add(sharded_section("quick" if args.quick else "cpu" if backend == "cpu" else "accelerator"))
     report.write(args.output)
 
 

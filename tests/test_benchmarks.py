@@ -150,7 +150,7 @@ def test_lm_convergence_report_counts_steps_to_adamw_target(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 10_000
 
 
-def test_kronecker_benchmark_reports_steps_and_refresh_floors():
+def test_kronecker_benchmark_reports_steps_refresh_floors_and_sharded_layouts():
     sys.path.insert(0, str(BENCHMARKS))  # its sibling modules, as when run as a script
     from kronecker import kronecker_section
 
@@ -162,3 +162,10 @@ def test_kronecker_benchmark_reports_steps_and_refresh_floors():
     refresh = report[report.index("### Refresh time"):]
     assert re.search(r"^\| SOAP +\| +-?[0-9.]+ \| +[0-9.]+ \|", refresh, re.MULTILINE)
     assert "heavyball's SOAP" in report and "not run (ModuleNotFoundError" in report
+    # This process has conftest's 8 simulated devices: the 8-device section runs here, at its quick size.
+    from kronecker import sharded_section
+
+    sharded = sharded_section("quick")
+    for axes, name in [(a, n) for a in ("Auto", "Explicit") for n in ("AdamW", "Shampoo, factor blocks across devices",
+                                                                       "SOAP, factors replicated")]:
+        assert re.search(rf"^\| {axes} +\| +{re.escape(name)} \|", sharded, re.MULTILINE), (axes, name)
