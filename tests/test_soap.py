@@ -166,6 +166,9 @@ def soap_at(**options):
     return jz.soap(0.01, precondition_frequency=3, max_precond_dim=options.pop("max_precond_dim", 4), **options)
 
 
+NUMERIC = dict(learning_rate=0.02, b1=0.9, b2=0.8, eps=1e-6, weight_decay=0.05, shampoo_b2=0.7)
+
+
 @functools.cache
 def float32_runs() -> dict:
     tiny, big = shaped_params(TINY), big_params()
@@ -180,6 +183,10 @@ def float32_runs() -> dict:
         "scheduled": (jz.soap(decaying, precondition_frequency=3, max_precond_dim=4), tiny, "plain"),
         "injected": (jz.inject_hyperparams(jz.soap, static_args=("precondition_frequency", "max_precond_dim"))(
             learning_rate=decaying, precondition_frequency=3, max_precond_dim=4), tiny, "plain"),
+        # Every numeric hyperparameter injected (traced in the state), against the same values given plainly.
+        "all_injected": (jz.inject_hyperparams(jz.soap, static_args=("precondition_frequency", "max_precond_dim"))(
+            **NUMERIC, precondition_frequency=3, max_precond_dim=4), tiny, "plain"),
+        "all_plain": (jz.soap(**NUMERIC, precondition_frequency=3, max_precond_dim=4), tiny, "plain"),
     }
     return run_together(cases, steps=8)
 
@@ -253,9 +260,13 @@ def test_eight_bit_and_bfloat16_moments_stay_close_to_full_precision():
     assert jz.storage.state_bytes(runs["8bit"][1]) < jz.storage.state_bytes(runs["full"][1])
 
 
-def test_injected_learning_rate_schedule_gives_the_plain_trajectory():
+def test_injected_hyperparameters_give_the_plain_trajectory():
     runs = float32_runs()
     assert_trees_close(runs["injected"][0], runs["scheduled"][0], rtol=1e-5, atol=1e-6)  # float32 hyperparameters
+    assert_trees_close(runs["all_injected"][0], runs["all_plain"][0], rtol=1e-5, atol=1e-6)
+    assert set(NUMERIC) <= set(runs["all_injected"][1].hyperparams)
+    # The values matter (the default hyperparameters give another trajectory).
+    assert not np.allclose(runs["all_plain"][0][-1]["w"], runs["scheduled"][0][-1]["w"], rtol=1e-3)
     # The last step's rate (count 7) is in the state.
     assert float(runs["injected"][1].hyperparams["learning_rate"]) == pytest.approx(decaying(7), rel=1e-6)
 
