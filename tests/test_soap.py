@@ -5,6 +5,7 @@ NNX, sharding (init_sharded, jit over a mesh, shard_map), non-finite gradients, 
 from __future__ import annotations
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -282,6 +283,20 @@ def test_refresh_runs_inside_one_cond_for_the_whole_tree():
     assert top.count("cond") == 1 and not set(top) & {"eigh", "householder_product", "geqrf", "qr", "sort"}
     text = str(jaxpr)
     assert "eigh" in text and ("householder_product" in text or "qr" in text)
+
+
+@pytest.mark.parametrize("tx, decompositions", [
+    (jz.scale_by_soap(max_precond_dim=4), {"lapack_sgeqrf_ffi", "lapack_ssyevd_ffi"}),
+    (jz.scale_by_shampoo(max_precond_dim=4, inverse_root="eigh"), {"lapack_ssyevd_ffi"}),
+])
+def test_cpu_decompositions_take_one_matrix_at_a_time(tx, decompositions):
+    # jaxlib's batched CPU QR and eigh wait on XLA's intra-op pool for their pieces: two at once (two leaves) can
+    # deadlock a 2-thread pool; SOAP's batched QR did, on the benchmark's transformer. One matrix per LAPACK call.
+    params = {"a": jnp.ones((8, 4)), "b": jnp.ones((12, 8))}  # 2 and 6 blocks
+    text = jax.jit(tx.update).lower(params, tx.init(params), params).as_text()
+    calls = re.findall(r"custom_call @(lapack_\w+)\(.*?num_batch_dims = \"(\d+)\"", text)
+    assert {name for name, _ in calls} >= decompositions
+    assert all(batch == "0" for _, batch in calls), calls
 
 
 # --- None leaves, jit with donation, vmap, NNX ---------------------------------------------------------------

@@ -31,7 +31,7 @@ from jaxopt_zoo.sharding import explicit_layout
 
 __all__ = [
     "BlockLayout", "block_layout", "dim_statistics", "from_blocks", "merge_dims", "mode_product", "on_blocks",
-    "stack_sharding", "stacked_eigh", "to_blocks",
+    "stack_sharding", "stacked_eigh", "stacked_qr", "to_blocks",
 ]
 
 PRECISION = jax.lax.Precision.HIGHEST  # factor statistics and rotations lose too much at TPU/GPU default precision
@@ -196,9 +196,18 @@ def stacked_eigh(matrices: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``jnp.linalg.eigh`` of a stack ``(blocks, d, d)`` of symmetric matrices (eigenvalues ascending).
 
     On CPUs the matrices are decomposed one after the other (``lax.map``), not as one batched LAPACK call: jaxlib
-    0.10's batched CPU ``eigh`` hands the batch to a thread pool and has been seen to hang when several such calls
-    run at once (two leaves' refreshes, simulated devices). Other backends take the whole batch.
+    0.10's batched CPU decompositions split the batch over XLA's intra-op thread pool and wait for the pieces, so
+    two of them running at once (two leaves' refreshes) can each hold a pool thread while waiting for the other's
+    pieces, forever (seen with eigh under simulated devices, and with QR in SOAP's refresh of a transformer on 2
+    cores). Other backends take the whole batch.
     """
     return jax.lax.platform_dependent(
         matrices, cpu=lambda m: jax.lax.map(jnp.linalg.eigh, m), default=jnp.linalg.eigh
     )
+
+
+def stacked_qr(matrices: jax.Array) -> jax.Array:
+    """The orthogonal factor :math:`Q` of ``jnp.linalg.qr`` of each matrix of a stack ``(blocks, m, n)``; on CPUs one
+    matrix after the other, for the reason :func:`stacked_eigh` gives."""
+    q = lambda m: jnp.linalg.qr(m)[0]  # noqa: E731
+    return jax.lax.platform_dependent(matrices, cpu=lambda m: jax.lax.map(q, m), default=q)

@@ -26,7 +26,8 @@ from jaxopt_zoo import sharding, tree, validation
 from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, safe_increment, zero_count
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
 from jaxopt_zoo.transforms.kronecker import (
-    PRECISION, BlockLayout, block_layout, from_blocks, mode_product, on_blocks, place_stack, stacked_eigh, to_blocks,
+    PRECISION, BlockLayout, block_layout, from_blocks, mode_product, on_blocks, place_stack, stacked_eigh, stacked_qr,
+    to_blocks,
 )
 
 __all__ = ["ScaleBySoapState", "scale_by_soap"]
@@ -102,7 +103,7 @@ def _power_qr(stat: jax.Array, old: jax.Array) -> tuple[jax.Array, jax.Array]:
     :math:`\\mathrm{diag}(Q^\\top L Q)`, decreasing; and the order, so that Adam's second moment follows it."""
     power = jnp.matmul(stat, old, precision=PRECISION)  # L Q: one product serves the estimates and the iteration
     order = jnp.argsort(-jnp.sum(old * power, axis=-2), axis=-1)
-    q = jnp.linalg.qr(jnp.take_along_axis(power, order[:, None, :], axis=-1))[0]
+    q = stacked_qr(jnp.take_along_axis(power, order[:, None, :], axis=-1))
     ok = _finite(q)
     return jnp.where(ok, q, old), jnp.where(ok[..., 0], order, jnp.arange(order.shape[-1]))
 
