@@ -107,7 +107,7 @@ def soap_floor(shapes: Any, max_precond_dim: int) -> Callable[[], Any]:
     def floor(operands):
         out = []
         for moment, stats, bases in operands:
-            new = [jnp.linalg.qr(jnp.matmul(s, q, precision="highest"))[0] for s, q in zip(stats, bases)]
+            new = [jz.stacked_qr(jnp.matmul(s, q, precision="highest")) for s, q in zip(stats, bases)]
             rotate = jax.vmap(lambda x, old, new: jz.mode_product(jz.mode_product(x, old), new, transpose=True))
             out.append((new, rotate(moment, bases, new)))
         return out
