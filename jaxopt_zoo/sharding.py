@@ -290,3 +290,12 @@ def explicit_layout(x: Any) -> NamedSharding | None:
     mesh, spec = getattr(sharding, "mesh", None), getattr(sharding, "spec", None)
     explicit = any(t == AxisType.Explicit for t in getattr(mesh, "axis_types", ()))
     return sharding if explicit and spec is not None and any(a is not None for a in spec) else None
+
+
+
+def gathered(x: jax.Array) -> tuple[jax.Array, NamedSharding | None]:
+    """``x`` whole on every device and its sharding, when it is split over Explicit mesh axes (see
+    :func:`explicit_layout`); else ``(x, None)``. Lay a result out like ``x`` again with
+    ``jax.sharding.reshard(result, sharding)``."""
+    split = explicit_layout(x)
+    return (x, None) if split is None else (jax.sharding.reshard(x, NamedSharding(split.mesh, PartitionSpec())), split)

@@ -17,8 +17,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxopt_zoo import tree
+from jaxopt_zoo.sharding import gathered
 from jaxopt_zoo.transforms.orthogonal import (
-    NS_COEFFICIENTS, _check_iteration_args, _gathered, _normalized, _orthogonalize,
+    NS_COEFFICIENTS, _check_iteration_args, _normalized, _orthogonalize,
 )
 
 __all__ = ["gram_newton_schulz"]
@@ -217,7 +218,7 @@ def gram_newton_schulz(
     owner = "gram_newton_schulz"
     dtype = _check_iteration_args(owner, x, ns_coefficients, ns_steps, eps, dtype)
     restarts = _check_restarts(owner, restarts)
-    work, layout = _gathered(tree.widen(x) if dtype is None else x.astype(dtype))
+    work, layout = gathered(tree.widen(x) if dtype is None else x.astype(dtype))
     coefficients = jnp.asarray(ns_coefficients).astype(work.dtype)
     result = _gram_orthogonalize(work, coefficients, ns_steps, eps, True, restarts=restarts, min_aspect_ratio=1)
     result = result.astype(x.dtype)

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxopt_zoo.sharding import explicit_layout
+from jaxopt_zoo.sharding import explicit_layout, gathered
 
 __all__ = [
     "BlockLayout", "block_layout", "dim_statistics", "from_blocks", "merge_dims", "mode_product", "on_blocks",
@@ -92,8 +92,7 @@ def block_layout(shape: Sequence[int], max_precond_dim: int, merge: bool = True)
 
 def _whole(x: jax.Array) -> jax.Array:
     # x gathered onto every device when it is split over Explicit mesh axes (which refuse reshapes of split axes).
-    split = explicit_layout(x)
-    return x if split is None else jax.sharding.reshard(x, NamedSharding(split.mesh, PartitionSpec()))
+    return gathered(x)[0]
 
 
 def to_blocks(x: jax.Array, layout: BlockLayout) -> tuple[jax.Array, ...]:

@@ -20,7 +20,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxopt_zoo import sharding, tree, validation
 from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, safe_increment, zero_count
@@ -354,9 +353,7 @@ def scale_by_soap(
                 rows.append([g if g is None else jnp.zeros_like(g), mu, nu, stats, bases])
                 continue
             # Explicit mesh axes: whole matrices are needed, so gather the leaf here and scatter the results below.
-            layouts = [sharding.explicit_layout(x) for x in (g, mu, nu)]
-            g, mu, nu = (x if at is None else jax.sharding.reshard(x, NamedSharding(at.mesh, P()))
-                         for x, at in zip((g, mu, nu), layouts))
+            (g, mu, nu), layouts = zip(*map(sharding.gathered, (g, mu, nu)))
             rows.append([*before_refresh(g, mu, nu, stats, bases, plan, state.count), bases])
             blocked.append((rows[-1], plan, layouts))
         rotated = [(row, plan) for row, plan, _ in blocked if any(plan.dims)]
