@@ -57,6 +57,9 @@ def optimizers(frequency: int) -> dict[str, jz.GradientTransformation]:
         # Blocks of at most 1024, as Shampoo's: at SOAP's default (10000) the CPU tree's 8192 x 512 embedding would
         # get an 8192 x 8192 factor (a 1.1 TFLOP QR at each refresh, tens of seconds on a CPU; add the row to see).
         "SOAP": jz.soap(3e-3, precondition_frequency=frequency, max_precond_dim=1024),
+        # The official code's and heavyball's rule: dimensions above max_precond_dim are not rotated (heavyball's row).
+        "SOAP, larger dims unrotated": jz.soap(3e-3, precondition_frequency=frequency, max_precond_dim=1024,
+                                               blocking=False),
         "Shampoo": jz.shampoo(1e-3, precondition_frequency=frequency),
         "Shampoo, eigh root": jz.shampoo(1e-3, precondition_frequency=frequency, inverse_root="eigh"),
         "PSGD-Kron": jz.psgd_kron(1e-3, preconditioner_update_probability=0.0 if frequency == NEVER else 1 / frequency),
@@ -129,6 +132,9 @@ def shampoo_floor(shapes: Any, max_precond_dim: int) -> Callable[[], Any]:
     return lambda: floor(factors)
 
 
+FLOORS = {"SOAP": soap_floor, "Shampoo": shampoo_floor, "Shampoo, eigh root": shampoo_floor}
+
+
 def time_floor(floor: Callable[[], Any], repeats: int) -> float:
     jax.block_until_ready(floor())
     times = []
@@ -184,8 +190,8 @@ def kronecker_section(shapes: Any, repeats: int, names: list[str] | None = None,
         goal = "met" if average / adamw <= GOAL else "not met"
         rows.append([name, f"{1e3 * average:.1f}", f"{average / adamw:.2f} ({goal})", f"{1e3 * plain:.1f}",
                      f"{1e3 * refresh:.1f}"])
-        if name.startswith(("SOAP", "Shampoo")):
-            floor = (soap_floor if name.startswith("SOAP") else shampoo_floor)(shapes, 1024)
+        if name in FLOORS:
+            floor = FLOORS[name](shapes, 1024)
             floor_time = time_floor(floor, repeats)
             extra = refresh - plain
             refresh_rows.append([name, f"{1e3 * extra:.1f}", f"{1e3 * floor_time:.1f}",
@@ -205,7 +211,8 @@ def kronecker_section(shapes: Any, repeats: int, names: list[str] | None = None,
     )
     if torch_python:
         hb = heavyball_step(torch_python, shapes, repeats)
-        ours = next((f" (ours: {r[1]} ms)" for r in rows if r[0] == "SOAP"), "")
+        ours = ", ".join(f"{r[0]}: {r[1]} ms" for r in rows if r[0].startswith("SOAP"))
+        ours = f" (ours: {ours})" if ours else ""
         shown = f"{1e3 * hb:.1f} ms per step{ours}" if isinstance(hb, float) else hb
         text += (f"\n### heavyball's SOAP on the same shapes and CPU\n\nheavyball.SOAP (frequency {FREQUENCY}, no "
                  f"frequency schedule, max_precond_dim 1024: larger dimensions are not rotated, where ours are "
