@@ -181,7 +181,9 @@ def scale_by_shampoo(
     Newton's roots are within :math:`10^{-6}` where ``eigh``'s are within :math:`10^{-2}` (the small eigenvalues
     ``eigh`` gets wrong are the ones the root magnifies), at a cost from 3x ``eigh``'s (64 rows) to the same
     (1024 rows) on a CPU; on singular early factors (:math:`\\varepsilon = 10^{-12}`) both are within
-    :math:`10^{-4}` on the gradients' span. It is matrix products only, which accelerators run fastest. On CPUs,
+    :math:`10^{-4}` on the gradients' span, but Newton then runs up to its 100 iterations: on the 23M-parameter
+    transformer of ``benchmarks/run.py`` after 10 steps its refresh took 8.4x ``eigh``'s on a CPU
+    (``benchmarks/RESULTS.md``). It is matrix products only, which accelerators run fastest. On CPUs,
     ``eigh`` runs one block at a time (:func:`jaxopt_zoo.stacked_eigh`).
     A block whose new root is not finite (non-finite statistics, a failed iteration) keeps its previous root, as
     Distributed Shampoo keeps its previous preconditioner when a computation fails. Statistics and roots are kept in
