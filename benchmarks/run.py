@@ -1,6 +1,6 @@
 """Speed and memory of every seed optimizer against its Optax twin, same process, same inputs.
 
-    python benchmarks/run.py                       # full run: ~20 min on 2 CPU cores
+    python benchmarks/run.py                       # full run: ~20 min on 2 CPU cores, and ~35 more for part kronecker
     python benchmarks/run.py --quick               # smoke test: tiny sizes, one repeat
     python benchmarks/run.py --parts compile --optimizers adam,adamw,lamb
 

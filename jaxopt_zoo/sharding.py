@@ -292,7 +292,6 @@ def explicit_layout(x: Any) -> NamedSharding | None:
     return sharding if explicit and spec is not None and any(a is not None for a in spec) else None
 
 
-
 def gathered(x: jax.Array) -> tuple[jax.Array, NamedSharding | None]:
     """``x`` whole on every device and its sharding, when it is split over Explicit mesh axes (see
     :func:`explicit_layout`); else ``(x, None)``. Lay a result out like ``x`` again with

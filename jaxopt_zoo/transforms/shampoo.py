@@ -101,7 +101,8 @@ def _new_factors(x: Any, layout: BlockLayout | None, dtype: jnp.dtype, identity:
     stacks = () if layout is None else layout.stack_shapes
 
     def fill(n: int, d: int) -> jax.Array:
-        return place_stack(jnp.broadcast_to(jnp.eye(d, dtype=dtype), (n, d, d)) if identity else jnp.zeros((n, d, d), dtype), x)
+        f = jnp.broadcast_to(jnp.eye(d, dtype=dtype), (n, d, d)) if identity else jnp.zeros((n, d, d), dtype)
+        return place_stack(f, x)
 
     return tuple(tuple(fill(n, d) for d in dims) for n, *dims in stacks)
 
@@ -109,6 +110,7 @@ def _new_factors(x: Any, layout: BlockLayout | None, dtype: jnp.dtype, identity:
 def _accumulate(g: jax.Array, factors: Factors, layout: BlockLayout, b2: Any, weight: jax.Array) -> Factors:
     # b2 L + w G_(i) G_(i)^T for each block and dimension.
     blocks = to_blocks(g.astype(_factor_dtype(g)), layout)
+
     def step(*args):
         *fs, x, b2, weight = args
         return tuple(b2 * f + weight * s for f, s in zip(fs, jax.vmap(dim_statistics)(x), strict=True))
