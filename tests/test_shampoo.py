@@ -325,7 +325,7 @@ def _mesh(axis_type=AxisType.Auto):
 @pytest.mark.parametrize("inverse_root", ["eigh", "newton"])
 def test_init_sharded_lays_factor_blocks_across_devices_and_jit_equals_one_device(axis_type, inverse_root):
     mesh = _mesh(axis_type)
-    # At max_precond_dim 4: w has 16 blocks (8 devices hold 2 each), v 6 (split over "data" only, like v),
+    # At max_precond_dim 4: w has 16 blocks (8 devices hold 2 each), v 6 (split over "data" only, as v is),
     # u 3 (3 does not divide over 4 "model" devices: replicated); b is a vector (grafted, no factors).
     specs = {"w": P("data", "model"), "v": P("data", None), "u": P("model", None), "b": P("model")}
     shapes = {"w": (16, 16), "v": (8, 12), "u": (12, 4), "b": (16,)}
@@ -350,7 +350,7 @@ def test_init_sharded_lays_factor_blocks_across_devices_and_jit_equals_one_devic
 
     def run(params, state):
         step = jax.jit(tx.update)
-        for t in range(1, 4):  # refreshes at steps 2 (the start) and 3 is not one; 3 steps
+        for t in range(1, 4):  # the roots are refreshed at the second step
             grads = jax.tree.map(lambda p: jnp.sin(p * t) + 0.1, params)
             updates, state = step(grads, state, params)
             params = jz.apply_updates(params, updates)
