@@ -23,6 +23,7 @@ from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import GradientTransformation, ScalarOrSchedule, Updates, expects_state, safe_increment, zero_count
 from jaxopt_zoo.sharding import require_whole_arrays
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
+from jaxopt_zoo.transforms.kronecker import mode_product
 from jaxopt_zoo.transforms.noise import resolve_key
 
 __all__ = ["ScaleByPsgdKronState", "precond_update_prob_schedule", "scale_by_psgd_kron"]
@@ -90,9 +91,7 @@ def _apply(qs: tuple[jax.Array, ...], x: jax.Array, transpose: bool = False) -> 
     for k, q in enumerate(qs):
         if q.ndim < 2:
             x = x * _along(x, q, k)
-        else:
-            x = jnp.moveaxis(jnp.tensordot(q.T if transpose else q, x, axes=(1, k), precision=_HIGHEST), 0, k)
-    return x
+    return mode_product(x, [q if q.ndim == 2 else None for q in qs], transpose=transpose)
 
 
 def _solve_transposed(qs: tuple[jax.Array, ...], v: jax.Array) -> jax.Array:
