@@ -106,12 +106,14 @@ def test_mode_products_and_soaps_step_move_no_data(shape, rotated):
     matrices = [jnp.eye(d) if i in rotated else None for i, d in enumerate(shape)]
     for transpose in (False, True):
         hlo = jax.jit(lambda x, ms: jz.mode_product(x, ms, transpose=transpose)).lower(x, matrices).compile().as_text()
+        assert f"f32[{','.join(map(str, shape))}]" in hlo  # the check below looks at something
         assert _moved(hlo, shape) == [], (transpose, _moved(hlo, shape))
     # SOAP's whole step, its refresh branch included, for the moments' shape (dimensions above max_precond_dim stay
     # unrotated); its factors (d x d) may be laid out as LAPACK wants them.
     tx = jz.soap(0.1, precondition_frequency=2, max_precond_dim=max(shape[i] for i in rotated), blocking=False,
                  merge_dims=False)
     step = jax.jit(lambda g, s: tx.update(g, s, g)).lower([x], tx.init([x])).compile().as_text()
+    assert f"f32[{','.join(map(str, shape))}]" in step
     assert _moved(step, shape) == [], _moved(step, shape)
 
 
