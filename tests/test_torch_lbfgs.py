@@ -159,7 +159,9 @@ def test_equals_optax_lbfgs_where_the_conventions_meet(x64):
     for t, a in enumerate(ours, 1):
         updates, state = step(gradient(x, t), state, x)
         x = optax.apply_updates(x, updates)
-        np.testing.assert_allclose(a, flat(x), rtol=1e-10)
+        # Relative to the largest entry: the two compute the same iterate by different sums, and an entry 100x
+        # smaller than the rest carries their rounding (1e-10 of itself, 1e-12 of the largest, seen).
+        np.testing.assert_allclose(a, flat(x), rtol=1e-10, atol=1e-10 * float(np.abs(flat(x)).max()))
     # The documented difference: a first step scaled by min(1, 1/|g|_1) here, min(1, 1/|g|_2) in Optax.
     start = make_params(jnp.float64)
     g = value_and_grad_np(flat(start), 1, w)[1]
