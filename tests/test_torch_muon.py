@@ -55,15 +55,15 @@ def run_compiled(tx, params, steps: int):
     return iterates, state
 
 
-def _check(ours, ref, compiled=False):
+def _check(ours, ref):
     with jax.enable_x64(True):
         params = matrices(jnp.float64)
-        iterates, _ = run_compiled(ours, params, STEPS) if compiled else run_ours(ours, params, STEPS, jit=False)
+        iterates, _ = run_compiled(ours, params, STEPS)
         assert_trees_close(iterates, run_reference(ref, params, STEPS), rtol=1e-10, atol=1e-12)
 
 
 # Every nesterov x adjust_lr_fn pair, with weight decay on and off for each nesterov value and each
-# adjust_lr_fn value (eager runs of a few small matrices: a compilation per combination would cost more).
+# adjust_lr_fn value (compiled: run eagerly, a case took 1.6 s dispatching Newton–Schulz op by op).
 GRID = [
     dict(nesterov=n, adjust_lr_fn=a, weight_decay=0.05 * ((i + j) % 2))
     for (i, n), (j, a) in itertools.product(enumerate([False, True]), enumerate([None, "original", "match_rms_adamw"]))
@@ -82,7 +82,7 @@ def test_defaults_are_torchs():
 
 def test_schedule_stands_in_for_an_lr_scheduler():
     schedule = lambda count: 0.02 * 0.9**count
-    _check(jz.torch.muon(lr=schedule), reference.torch_muon(schedule), compiled=True)
+    _check(jz.torch.muon(lr=schedule), reference.torch_muon(schedule))
 
 
 def test_float32_follows_the_reference_to_float32_tolerance():
