@@ -36,13 +36,17 @@ def _xla_accepts(flags: str) -> bool:
 
     answer = pathlib.Path(__file__).resolve().parent.parent / ".jax_cache" / (
         f"xla-flags-probe-{importlib.metadata.version('jaxlib')}-{flags.strip().replace(' ', '').replace('-', '')}")
-    if not answer.exists():
-        probe = "import jax.numpy as jnp; jnp.zeros(1).block_until_ready()"
-        env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
-        ok = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True).returncode == 0
+    if answer.exists():
+        return answer.read_text() == "yes"
+    probe = "import jax.numpy as jnp; jnp.zeros(1).block_until_ready()"
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
+    ok = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True).returncode == 0
+    try:
         answer.parent.mkdir(exist_ok=True)
         answer.write_text("yes" if ok else "no")
-    return answer.read_text() == "yes"
+    except OSError:  # a read-only checkout: probe again next time
+        pass
+    return ok
 
 
 _DIRECT_EMITTERS = " --xla_cpu_use_fusion_emitters=false --xla_cpu_max_isa=AVX"
