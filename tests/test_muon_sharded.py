@@ -18,7 +18,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jaxopt_zoo as jz
-from tests.conftest import assert_trees_close, assert_trees_equal, grad_fn
+from tests.conftest import assert_programs_agree, assert_trees_close, grad_fn
 
 AXES = ("data", "model")
 LR = 0.05
@@ -98,8 +98,8 @@ def test_layer_sharding_on_one_device_is_muon(one_device, x64):
 def test_jit_on_sharded_params_equals_one_device(one_device, axis_type, specs):
     mesh = mesh_of(axis_type)
     params, states = run([muon(layer_sharding=True, partition_specs=specs)], make_params(), mesh)
-    assert_trees_equal(params[0], one_device[0][0])
-    assert_trees_equal(jax.tree.leaves(states[0]), jax.tree.leaves(one_device[1][0]))
+    assert_programs_agree(params[0], one_device[0][0])
+    assert_programs_agree(jax.tree.leaves(states[0]), jax.tree.leaves(one_device[1][0]))
     for k, p in params[0].items():  # laid out as before, the state too (init_sharded)
         assert p.sharding.is_equivalent_to(NamedSharding(mesh, SPECS[k]), p.ndim), k
     muon_state = states[0].inner_states["muon"].inner_state[0]
@@ -120,7 +120,7 @@ def test_shard_map_with_axis_name_equals_one_device_and_without_it_raises():
     # (the state an argument: a zero momentum folded into the program would round the first step differently)
     one = jax.jit(lambda p, s: [tx.update(p, x, p) for tx, x in zip(txs, s)])(params, [tx.init(params) for tx in txs])
     local = shard_map_update(txs, mesh, put(params, mesh))
-    assert_trees_equal(local[0], one[0])
+    assert_programs_agree(local[0], one[0])
     assert_trees_close(local[1], one[1], rtol=1e-5, atol=1e-6)  # adaptive: its sum is psummed over blocks
     with pytest.raises(ValueError, match=r"scale_by_muon: inside shard_map, an array of local shape \(4, 4\) varies "
                                          r"over mesh axes \['data', 'model'\].*Pass axis_name=\('data', 'model'\)"):
