@@ -10,9 +10,10 @@ import platform
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 # Most of the suite's time is XLA compiling thousands of small programs that the tests then run for
-# microseconds. Three flags make compiling cheaper without changing any program's HLO (fusion, buffer
+# microseconds. Four flags make compiling cheaper without changing any program's HLO (fusion, buffer
 # assignment, donation are as users get them). Each is added only when XLA_FLAGS does not name it: run the
-# suite as users compile with XLA_FLAGS="--xla_backend_optimization_level=3 --xla_cpu_use_fusion_emitters=true".
+# suite as users compile with XLA_FLAGS="--xla_backend_optimization_level=3 --xla_cpu_use_fusion_emitters=true
+# --xla_cpu_parallel_codegen_split_count=32" (XLA's defaults).
 # - Optimisation level 0: LLVM does not optimise the machine code (a fifth of the suite's time).
 # - No fusion emitters: XLA's CPU backend writes each fused kernel as LLVM IR directly, not through its MLIR
 #   fusion emitters (about 4 ms per kernel instead of 11 here): small programs compile 2.5x faster, the suite
@@ -24,7 +25,10 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 #   hardware too. At level 3 (as users compile) LLVM contracts there as well, and 7 of them differed by a few ulps
 #   on an AVX-512 machine (Muon's float32 and sharded runs, Shampoo donated against plain jit, SOAP's NaN skip):
 #   those compare with assert_programs_agree, bitwise here, within 64 ulps where XLA may contract.
-# XLA aborts at a flag it does not know; a jaxlib without these two is left with its defaults (probed once in a
+# - One LLVM module per program: XLA splits each program's LLVM IR into up to 32 modules to compile them on
+#   several threads, which costs more than it saves for small programs on 2 busy cores (three test files under
+#   `-n 2` from an empty .jax_cache/: 78 s instead of 99). Only the compiling is split, not the kernels.
+# XLA aborts at a flag it does not know; a jaxlib without one of these is left with its default (probed once in a
 # subprocess per jaxlib version, the answer kept in .jax_cache/).
 if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
@@ -54,6 +58,9 @@ _DIRECT_EMITTERS = " --xla_cpu_use_fusion_emitters=false --xla_cpu_max_isa=AVX"
 if ("xla_cpu_use_fusion_emitters" not in os.environ["XLA_FLAGS"] and platform.machine().lower() in ("x86_64", "amd64")
         and _xla_accepts(_DIRECT_EMITTERS)):
     os.environ["XLA_FLAGS"] += _DIRECT_EMITTERS
+_ONE_MODULE = " --xla_cpu_parallel_codegen_split_count=1"
+if "xla_cpu_parallel_codegen_split_count" not in os.environ["XLA_FLAGS"] and _xla_accepts(_ONE_MODULE):
+    os.environ["XLA_FLAGS"] += _ONE_MODULE
 
 import jax
 import jax.numpy as jnp

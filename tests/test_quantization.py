@@ -77,11 +77,11 @@ def test_a_slowly_decaying_second_moment_is_not_lost():
     """Zero gradients except one large element per block: the others' v must decay by b2 each step."""
     tx = jz.scale_by_adam(b2=0.999, mu_dtype=Q8, nu_dtype=Q8)
     rng = np.random.default_rng(100)
-    g = np.zeros((256, 512), np.float32)
+    g = np.zeros((64, 512), np.float32)  # 32,000 walks: their mean moves by ~0.3% between seeds (ratio ~1.01)
     # One element keeps each block's maximum (and so its scale) steady. The scales differ between blocks, so
     # the stored values do too: elements of equal value round alike, and with few distinct values the mean
     # below would measure a handful of rounding draws instead of the rounding's bias.
-    g[:, ::256] = rng.uniform(1, 2, (256, 2))
+    g[:, ::256] = rng.uniform(1, 2, (64, 2))
     state = tx.init({"w": jnp.zeros(g.shape)})
     step = jax.jit(tx.update)
     warm = np.random.default_rng(0).uniform(0.5, 1.5, g.shape).astype(np.float32)
