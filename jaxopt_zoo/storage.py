@@ -41,7 +41,7 @@ import numpy as np
 
 from jaxopt_zoo import rounding, tree, validation
 from jaxopt_zoo.base import GradientTransformation, safe_increment, zero_count
-from jaxopt_zoo.quantization import Blockwise8Bit, dequantize, is_encoded
+from jaxopt_zoo.quantization import Blockwise8Bit, _dequantize, is_encoded
 
 
 class Storage(Protocol):
@@ -103,7 +103,10 @@ class StochasticBF16:
     def write(self, value, stored, step):
         if stored.dtype != jnp.bfloat16:  # a leaf restored or mapped into another dtype keeps it
             return jnp.asarray(value).astype(stored.dtype)
-        return rounding.to_bfloat16(value, step)
+        return _to_bfloat16(value, step)
+
+
+_to_bfloat16 = jax.jit(rounding.to_bfloat16)  # outside jit: one program per shape, not one per operation
 
 
 StateDtype: TypeAlias = "jax.typing.DTypeLike | Storage | None"
@@ -180,7 +183,7 @@ def _create(store: Storage, signed: bool, path: Any, value: jax.Array) -> jax.Ar
 
 def read_leaf(stored: jax.Array) -> jax.Array:
     """The value of any stored leaf (8-bit codes decoded; arrays as they are), for inspection and tests."""
-    return dequantize(stored) if is_encoded(stored) else stored
+    return _dequantize(stored) if is_encoded(stored) else stored
 
 
 def non_finite_leaves(state: Any) -> list[tuple[jax.Array, jax.Array]]:
