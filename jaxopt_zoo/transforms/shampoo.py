@@ -15,6 +15,7 @@ a simpler optimizer by grafting (:func:`jaxopt_zoo.graft`; the :func:`jaxopt_zoo
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -99,12 +100,14 @@ def _new_factors(x: Any, layout: BlockLayout | None, dtype: jnp.dtype, identity:
     # Zeros (statistics) or identities (roots), one (blocks, d, d) array per stack and dimension, laid out across
     # devices by stack_sharding.
     stacks = () if layout is None else layout.stack_shapes
+    return tuple(tuple(place_stack(_stack_of_eyes(n, d, dtype) if identity else jnp.zeros((n, d, d), dtype), x)
+                       for d in dims) for n, *dims in stacks)
 
-    def fill(n: int, d: int) -> jax.Array:
-        f = jnp.broadcast_to(jnp.eye(d, dtype=dtype), (n, d, d)) if identity else jnp.zeros((n, d, d), dtype)
-        return place_stack(f, x)
 
-    return tuple(tuple(fill(n, d) for d in dims) for n, *dims in stacks)
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _stack_of_eyes(n: int, d: int, dtype: jnp.dtype) -> jax.Array:
+    # One program: an eager init (nnx.Optimizer's) compiled eye's five operations for each size.
+    return jnp.broadcast_to(jnp.eye(d, dtype=dtype), (n, d, d))
 
 
 def _accumulate(g: jax.Array, factors: Factors, layout: BlockLayout, b2: Any, weight: jax.Array) -> Factors:
