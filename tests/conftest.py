@@ -230,8 +230,8 @@ def assert_trees_equal(actual, expected):
 
 # Whether XLA may contract a multiply and an add into one FMA, rounding once (see the flags at the top): not
 # with AVX at most, nor at level 0 with the default (fusion) emitters, measured on an AVX-512 machine.
-_FLAGS = os.environ["XLA_FLAGS"]
-MAY_CONTRACT = not ("--xla_cpu_max_isa=AVX" in _FLAGS or (
+_FLAGS = os.environ["XLA_FLAGS"].lower().split()
+MAY_CONTRACT = not ("--xla_cpu_max_isa=avx" in _FLAGS or (
     "--xla_backend_optimization_level=0" in _FLAGS and "--xla_cpu_use_fusion_emitters=false" not in _FLAGS))
 
 
