@@ -249,8 +249,10 @@ def assert_programs_agree(actual, expected):
         assert a.dtype == e.dtype and a.shape == e.shape, (a.dtype, a.shape, e.dtype, e.shape)
         if not jnp.issubdtype(a.dtype, jnp.inexact):
             return np.testing.assert_array_equal(a, e)
-        ulp = float(jnp.finfo(a.dtype).eps) * np.max(np.abs(e[np.isfinite(e)]), initial=0.0)
-        np.testing.assert_allclose(a.astype(np.float64), e.astype(np.float64), rtol=0, atol=64 * ulp)
+        eps = float(jnp.finfo(a.dtype).eps)  # of the compared dtype, before widening
+        wide = np.complex128 if np.iscomplexobj(a) else np.float64
+        a, e = a.astype(wide), e.astype(wide)
+        np.testing.assert_allclose(a, e, rtol=0, atol=64 * eps * np.max(np.abs(e[np.isfinite(e)]), initial=0.0))
 
     jax.tree.map(agree, actual, expected)
 
