@@ -15,7 +15,6 @@ a simpler optimizer by grafting (:func:`jaxopt_zoo.graft`; the :func:`jaxopt_zoo
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -36,6 +35,7 @@ from jaxopt_zoo.transforms.kronecker import (
     mode_product,
     on_blocks,
     place_stack,
+    stack_of_eyes,
     stacked_eigh,
     to_blocks,
 )
@@ -100,14 +100,8 @@ def _new_factors(x: Any, layout: BlockLayout | None, dtype: jnp.dtype, identity:
     # Zeros (statistics) or identities (roots), one (blocks, d, d) array per stack and dimension, laid out across
     # devices by stack_sharding.
     stacks = () if layout is None else layout.stack_shapes
-    return tuple(tuple(place_stack(_stack_of_eyes(n, d, dtype) if identity else jnp.zeros((n, d, d), dtype), x)
+    return tuple(tuple(place_stack(stack_of_eyes(n, d, dtype) if identity else jnp.zeros((n, d, d), dtype), x)
                        for d in dims) for n, *dims in stacks)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _stack_of_eyes(n: int, d: int, dtype: jnp.dtype) -> jax.Array:
-    # One program: an eager init (nnx.Optimizer's) compiled eye's five operations for each size.
-    return jnp.broadcast_to(jnp.eye(d, dtype=dtype), (n, d, d))
 
 
 def _accumulate(g: jax.Array, factors: Factors, layout: BlockLayout, b2: Any, weight: jax.Array) -> Factors:

@@ -25,8 +25,8 @@ from jaxopt_zoo import sharding, tree, validation
 from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, safe_increment, zero_count
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
 from jaxopt_zoo.transforms.kronecker import (
-    PRECISION, BlockLayout, block_layout, from_blocks, mode_product, on_blocks, place_stack, stacked_eigh, stacked_qr,
-    to_blocks,
+    PRECISION, BlockLayout, block_layout, from_blocks, mode_product, on_blocks, place_stack, stack_of_eyes, stacked_eigh,
+    stacked_qr, to_blocks,
 )
 
 __all__ = ["ScaleBySoapState", "scale_by_soap"]
@@ -299,12 +299,11 @@ def scale_by_soap(
 
     def init(params):
         zeros = lambda n, d, dtype: jnp.zeros((n, d, d), dtype)
-        eyes = lambda n, d, dtype: jnp.broadcast_to(jnp.eye(d, dtype=dtype), (n, d, d))
         if tree.is_params_placeholder(params):  # tree.map_params: the factors are per-parameter parts too
             stats = bases = params
         else:  # flat, outside the params' tree (see ScaleBySoapState)
             leaves = jax.tree.leaves(params, is_leaf=tree.is_none)
-            stats, bases = (tuple(factors(p, fill) for p in leaves) for fill in (zeros, eyes))
+            stats, bases = (tuple(factors(p, fill) for p in leaves) for fill in (zeros, stack_of_eyes))
         return ScaleBySoapState(zero_count(), tree.moments_like(params), tree.moments_like(params), stats, bases)
 
     def adam_in_bases(g, m, v, dims, qs, live):
