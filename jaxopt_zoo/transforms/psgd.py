@@ -23,7 +23,7 @@ from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import GradientTransformation, ScalarOrSchedule, Updates, expects_state, safe_increment, zero_count
 from jaxopt_zoo.sharding import require_whole_arrays
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
-from jaxopt_zoo.transforms.kronecker import mode_product
+from jaxopt_zoo.transforms.kronecker import mode_product, stack_of_eyes
 from jaxopt_zoo.transforms.noise import resolve_key
 
 __all__ = ["ScaleByPsgdKronState", "precond_update_prob_schedule", "scale_by_psgd_kron"]
@@ -405,7 +405,7 @@ def _initial_factors(owner: str, p: Any, init_scale: Any, max_size: int, min_ndi
         return (scale,)
     shape = tuple(jnp.shape(p))
     dense = _triangular_dims(shape, max_size, min_ndim, mode)
-    return tuple(scale * (jnp.eye(d, dtype=dtype) if t else jnp.ones(d, dtype)) for d, t in zip(shape, dense))
+    return tuple(scale * (stack_of_eyes(1, d, dtype)[0] if t else jnp.ones(d, dtype)) for d, t in zip(shape, dense))
 
 
 def _key_impl(key: Any) -> Any:
