@@ -72,8 +72,11 @@ from flax import nnx
 # whenever a test compiles a program some test compiled before, in this run (the other worker, a fresh
 # closure over the same optimizer) or an earlier one. Three test files on one core: 245 s without it,
 # 215 s from an empty cache, 60 s run again. Set here, not in the environment, so the scripts the tests
-# start compile afresh. JAX writes an entry in place: a run killed while writing one leaves it broken, and
-# later runs warn and compile that program again until .jax_cache/ is deleted.
+# start compile afresh. JAX writes an entry in place, unlocked: a worker can read an entry the other is still
+# writing (and a run killed while writing one leaves it broken); JAX then warns "Error reading persistent
+# compilation cache entry" and compiles that program again, which pyproject.toml's filterwarnings hides. (A size
+# limit, jax_compilation_cache_max_size, would lock each read and write, but every write then reads the whole
+# directory: quadratic in the suite's ~8,000 entries.)
 if jax.config.jax_compilation_cache_dir is None:
     jax.config.update("jax_compilation_cache_dir", str(pathlib.Path(__file__).resolve().parent.parent / ".jax_cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # the suite's programs are small and many
@@ -163,28 +166,58 @@ def grad_fn(params, t, xp=np):
     Leaf-wise ``g = c * p + sin(t + k)`` with curvature ``c`` spread over [0.1, 10]
     so momentum and adaptive rules take visibly different paths.
     """
+    if xp is jnp and not any(isinstance(x, jax.core.Tracer) for x in (params, t)):
+        # Outside a trace: one compiled program per param shape and dtype, not seven eager ones (the suite
+        # would otherwise compile ~550 of them). Python ints stay weakly typed arguments, as eagerly.
+        return _grad_fn_jitted(jnp.asarray(params), t)
     n = xp.size(params)
     curvature = xp.reshape(xp.linspace(0.1, 10.0, n), xp.shape(params)) if n > 1 else 3.0
     drift = xp.reshape(xp.sin(t + xp.arange(n)), xp.shape(params)) if n > 1 else xp.sin(t)
     return curvature * params + drift
 
 
+_grad_fn_jitted = jax.jit(lambda params, t: grad_fn(params, t, jnp))
+
+
 def run_ours(tx, params, steps: int = STEPS, jit: bool = True):
-    """Iterates of ``tx`` on :func:`grad_fn`, as a list of param trees.
+    """Iterates of ``tx`` on :func:`grad_fn`, as a list of param trees, and the last state.
 
     ``jit=False`` steps eagerly: for comparisons within a tolerance, cheaper than compiling each case
     (the eager operations are compiled once for the whole suite). Bit-for-bit comparisons with Optax
     need ``jit=True``: XLA rewrites both sides' arithmetic the same way, eager operations do not.
     """
+    if jit:
+        return run_together([tx], params, steps)[0]
     state = tx.init(params)
-    update = jax.jit(tx.update) if jit else tx.update
     iterates = []
     for t in range(1, steps + 1):
         grads = jax.tree.map(lambda p: grad_fn(p, t, jnp).astype(p.dtype), params)
-        updates, state = update(grads, state, params)
+        updates, state = tx.update(grads, state, params)
         params = jz.apply_updates(params, updates)
         iterates.append(params)
     return iterates, state
+
+
+def run_together(txs, params, steps: int = STEPS):
+    """:func:`run_ours` of each transformation (``[(iterates, state), ...]``), all stepped by one jitted program.
+
+    Most of the suite's time is XLA compiling small programs, each with a fixed cost: ours and Optax's
+    side by side compile once, not twice. Each side sees only its own params, state and gradients.
+    """
+
+    def step(carry, grads):
+        updated = [tx.update(g, state, p) for tx, g, (p, state) in zip(txs, grads, carry)]
+        return [(jz.apply_updates(p, u), state) for (p, _), (u, state) in zip(carry, updated)]
+
+    step = jax.jit(step)
+    carry = [(params, tx.init(params)) for tx in txs]
+    iterates = [[] for _ in txs]
+    for t in range(1, steps + 1):
+        grads = [jax.tree.map(lambda p: grad_fn(p, t, jnp).astype(p.dtype), p) for p, _ in carry]
+        carry = step(carry, grads)
+        for run, (p, _) in zip(iterates, carry):
+            run.append(p)
+    return [(run, state) for run, (_, state) in zip(iterates, carry)]
 
 
 def assert_vmap_matches_separate_runs(tx, batch=None, steps: int = 3, rtol: float = 1e-6, atol: float = 1e-7):

@@ -24,6 +24,7 @@ from tests.conftest import (
     make_params,
     run_ours,
     run_reference,
+    run_together,
 )
 from tests.test_optimizers import assert_updates_close, check_eight_bit_state, eight_bit_params, summed_updates
 
@@ -64,8 +65,7 @@ BIT_FOR_BIT = {
 def test_matches_optax_bit_for_bit(name):
     ours, theirs = BIT_FOR_BIT[name]
     params = make_params()
-    our_iterates, our_state = run_ours(ours(), params)
-    their_iterates, their_state = run_ours(theirs(), params)
+    (our_iterates, our_state), (their_iterates, their_state) = run_together([ours(), theirs()], params)
     assert_trees_equal(our_iterates, their_iterates)
     assert_trees_equal(jax.tree.leaves(our_state), jax.tree.leaves(their_state))
     assert not np.allclose(our_iterates[-1]["dense"]["w"], params["dense"]["w"])  # the params really moved
@@ -85,8 +85,7 @@ RADAM = {
 def test_radam_matches_optax_in_float64(name, x64):
     ours, theirs = RADAM[name]
     params = make_params(jnp.float64)
-    our_iterates, our_state = run_ours(ours(), params)
-    their_iterates, their_state = run_ours(theirs(), params)  # Optax's jitted helpers are slow eagerly
+    (our_iterates, our_state), (their_iterates, their_state) = run_together([ours(), theirs()], params)
     assert_trees_close(our_iterates, their_iterates, rtol=1e-9, atol=1e-12)
     assert_trees_close(jax.tree.leaves(our_state), jax.tree.leaves(their_state), rtol=1e-9, atol=1e-12)
 

@@ -36,7 +36,15 @@ from jaxopt_zoo.wrappers import (
     inject_stateful_hyperparams,
 )
 from tests import reference
-from tests.conftest import assert_trees_close, assert_trees_equal, grad_fn, make_params, run_ours, run_reference
+from tests.conftest import (
+    assert_trees_close,
+    assert_trees_equal,
+    grad_fn,
+    make_params,
+    run_ours,
+    run_reference,
+    run_together,
+)
 
 LABELS = {"dense": {"w": "adam", "b": "sgd"}, "scale": "sgd"}
 FREEZE = {"dense": {"w": False, "b": True}, "scale": False}
@@ -102,8 +110,7 @@ OPTAX_CASES = {
 def test_matches_optax_bit_for_bit(name):
     ours, theirs = OPTAX_CASES[name]
     params = make_params(jnp.float32)
-    our_iterates, our_state = run_ours(ours(), params)
-    their_iterates, their_state = run_ours(theirs(), params)
+    (our_iterates, our_state), (their_iterates, their_state) = run_together([ours(), theirs()], params)
     assert_trees_equal(our_iterates, their_iterates)
     assert_trees_equal(jax.tree.leaves(our_state), jax.tree.leaves(their_state))
     assert not np.allclose(np.asarray(our_iterates[-1]["dense"]["w"]), np.asarray(params["dense"]["w"]))

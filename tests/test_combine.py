@@ -10,7 +10,7 @@ import pytest
 
 import jaxopt_zoo as jz
 from jaxopt_zoo.base import init_empty_state
-from tests.conftest import assert_trees_equal, make_params, run_ours
+from tests.conftest import assert_trees_equal, make_params, run_ours, run_together
 
 MASK = {"dense": {"w": True, "b": False}, "scale": True}
 
@@ -50,8 +50,7 @@ def test_chain_forwards_extra_args_to_every_member():
 def test_optax_member_in_our_chain_gets_no_extra_args():
     params = make_params()
     tx = jz.chain(jz.scale_by_adam(), optax.scale(-1e-2))  # optax.scale takes no **extra_args
-    ours, _ = run_ours(tx, params)
-    theirs, _ = run_ours(optax.adam(1e-2), params)
+    (ours, _), (theirs, _) = run_together([tx, optax.adam(1e-2)], params)
     assert_trees_equal(ours, theirs)
     updates, _ = tx.update(params, tx.init(params), params, value=1.0)  # must not raise
     assert jax.tree.structure(updates) == jax.tree.structure(params)
@@ -71,8 +70,10 @@ def test_optax_extra_args_member_receives_them():
 
 def test_ours_inside_optax_chain():
     params = make_params()
-    ours, _ = run_ours(optax.chain(jz.scale_by_adam(), jz.add_decayed_weights(0.1), optax.scale(-1e-2)), params)
-    theirs, _ = run_ours(optax.adamw(1e-2, weight_decay=0.1), params)
+    (ours, _), (theirs, _) = run_together([
+        optax.chain(jz.scale_by_adam(), jz.add_decayed_weights(0.1), optax.scale(-1e-2)),
+        optax.adamw(1e-2, weight_decay=0.1),
+    ], params)
     assert_trees_equal(ours, theirs)
 
 
@@ -94,8 +95,7 @@ def test_named_chain_matches_chain_and_names_state():
     state = named.init(params)
     assert list(state) == ["adam", "lr"]
     assert isinstance(state["adam"], jz.ScaleByAdamState)
-    a, _ = run_ours(named, params)
-    b, _ = run_ours(jz.adam(1e-2), params)
+    (a, _), (b, _) = run_together([named, jz.adam(1e-2)], params)
     assert_trees_equal(a, b)
     with pytest.raises(ValueError, match="named_chain: names must be distinct"):
         jz.named_chain(("a", jz.identity()), ("a", jz.identity()))
@@ -104,8 +104,10 @@ def test_named_chain_matches_chain_and_names_state():
 @pytest.mark.parametrize("mask", [MASK, lambda p: jax.tree.map(lambda x: x.ndim != 1, p)])
 def test_masked_matches_optax_and_keeps_no_state_for_masked_out(mask):
     params = make_params()
-    ours, our_state = run_ours(jz.chain(jz.masked(jz.scale_by_adam(), mask), jz.scale(-1e-2)), params)
-    theirs, _ = run_ours(optax.chain(optax.masked(optax.scale_by_adam(), mask), optax.scale(-1e-2)), params)
+    (ours, our_state), (theirs, _) = run_together([
+        jz.chain(jz.masked(jz.scale_by_adam(), mask), jz.scale(-1e-2)),
+        optax.chain(optax.masked(optax.scale_by_adam(), mask), optax.scale(-1e-2)),
+    ], params)
     assert_trees_equal(ours, theirs)
     inner = our_state[0].inner_state
     assert isinstance(inner.mu["dense"]["b"], jz.MaskedNode)

@@ -21,6 +21,7 @@ from tests.conftest import (
     grad_fn,
     make_params,
     run_ours,
+    run_together,
 )
 from tests.test_optimizers import assert_updates_close, eight_bit_params
 
@@ -103,8 +104,7 @@ def test_float64_matches_optax_contrib_bit_for_bit_and_the_paper_to_1e_9(name, x
 def test_float32_matches_optax_contrib_bit_for_bit(name):
     ours, theirs, _ = CASES[name]
     params = make_params(jnp.float32)
-    iterates, state = run_ours(ours(), params, STEPS)
-    their_iterates, their_state = run_ours(theirs(), params, STEPS)
+    (iterates, state), (their_iterates, their_state) = run_together([ours(), theirs()], params, steps=STEPS)
     assert_trees_equal(iterates, their_iterates)
     assert_trees_equal(jax.tree.leaves(state), jax.tree.leaves(their_state))
 

@@ -24,6 +24,7 @@ from tests.conftest import (
     make_params,
     run_ours,
     run_reference,
+    run_together,
 )
 from jaxopt_zoo.storage import read_leaf
 from tests.test_optimizers import assert_updates_close, check_eight_bit_state, eight_bit_params
@@ -79,8 +80,7 @@ OPTAX_CASES = {
 def test_matches_optax_bit_for_bit(name):
     ours, theirs = OPTAX_CASES[name]
     params = make_params(jnp.float32)
-    our_iterates, our_state = run_ours(ours(), params, steps=20)
-    their_iterates, their_state = run_ours(theirs(), params, steps=20)
+    (our_iterates, our_state), (their_iterates, their_state) = run_together([ours(), theirs()], params, steps=20)
     assert_trees_equal(our_iterates, their_iterates)
     assert_trees_equal(jax.tree.leaves(our_state), jax.tree.leaves(their_state))
     assert not np.allclose(np.asarray(our_iterates[-1]["dense"]["w"]), np.asarray(params["dense"]["w"]))
@@ -187,8 +187,10 @@ def test_scale_gradient_takes_a_traced_scale_and_keeps_the_cotangent_dtype():
 @pytest.mark.parametrize("storage", [jnp.bfloat16, jz.StochasticBF16()], ids=["bfloat16", "stochastic"])
 def test_rprop_bfloat16_storages(storage):
     params = make_params()
-    expected, _ = run_ours(jz.rprop(0.05), params, steps=6)
-    iterates, state = run_ours(jz.rprop(0.05, step_size_dtype=storage, prev_dtype=storage), params, steps=6)
+    (expected, _), (iterates, state) = run_together([
+        jz.rprop(0.05),
+        jz.rprop(0.05, step_size_dtype=storage, prev_dtype=storage),
+    ], params, steps=6)
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves((state[0].step_sizes, state[0].prev_updates)))
     assert (state[0].count is None) == (storage is jnp.bfloat16)
     assert_trees_close(iterates[-1], expected[-1], rtol=0, atol=0.01)

@@ -26,6 +26,7 @@ from tests.conftest import (
     make_params,
     run_ours,
     run_reference,
+    run_together,
 )
 from tests.test_optimizers import assert_updates_close, eight_bit_params, summed_updates
 
@@ -72,8 +73,10 @@ OURS = _Ours()
 def test_matches_optax_bit_for_bit(name):
     factory, scalar = OPTAX_CASES[name]
     params = tree_params(scalar=scalar)
-    our_iterates, our_state = run_ours(factory(OURS), params, STEPS)
-    their_iterates, their_state = run_ours(factory(optax), params, STEPS)
+    (our_iterates, our_state), (their_iterates, their_state) = run_together([
+        factory(OURS),
+        factory(optax),
+    ], params, steps=STEPS)
     assert_trees_equal(our_iterates, their_iterates)
     assert_trees_equal(jax.tree.leaves(our_state), jax.tree.leaves(their_state))
     assert not np.allclose(np.asarray(our_iterates[-1]["conv"]), np.asarray(params["conv"]))
@@ -168,8 +171,7 @@ def test_eight_bit_state(name):
 def test_bfloat16_factors_and_variance():
     params = tree_params()
     tx = jz.adafactor(0.05, 3, factors_dtype=jz.StochasticBF16(), variance_dtype=jnp.bfloat16)
-    iterates, state = run_ours(tx, params, 6)
-    expected, _ = run_ours(jz.adafactor(0.05, 3), params, 6)
+    (iterates, state), (expected, _) = run_together([tx, jz.adafactor(0.05, 3)], params, steps=6)
     moments = [x for x in jax.tree.leaves(state) if x.dtype != jnp.int32]
     assert len(moments) == 12 and all(x.dtype == jnp.bfloat16 for x in moments)
     assert_trees_close(iterates[-1], expected[-1], rtol=0, atol=0.02)

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 import jaxopt_zoo as jz
-from tests.conftest import assert_trees_close, assert_trees_equal, grad_fn, make_params, run_ours
+from tests.conftest import assert_trees_close, assert_trees_equal, grad_fn, make_params, run_ours, run_together
 
 STEPS = 20
 CLIP = 1.0  # the gradient norms of this trajectory straddle it: some steps are clipped, some are not
@@ -58,8 +58,10 @@ def measurements(state):
 @pytest.mark.parametrize("accumulator_dtype", [None, jnp.bfloat16], ids=["default", "bfloat16"])
 def test_matches_optax_bit_for_bit(accumulator_dtype):
     params = make_params()
-    our_iterates, our_state = run_ours(ours_monitored(accumulator_dtype), params, steps=STEPS)
-    their_iterates, their_state = run_ours(optax_monitored(accumulator_dtype), params, steps=STEPS)
+    (our_iterates, our_state), (their_iterates, their_state) = run_together([
+        ours_monitored(accumulator_dtype),
+        optax_monitored(accumulator_dtype),
+    ], params, steps=STEPS)
     assert_trees_equal(our_iterates, their_iterates)
     assert_trees_equal(measurements(our_state), measurements(their_state))
     assert 0.0 < float(our_state[2].measurements["clipped_ema"]) < 1.0  # clipped at some steps only

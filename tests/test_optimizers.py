@@ -19,6 +19,7 @@ from tests.conftest import (
     make_params,
     run_ours,
     run_reference,
+    run_together,
 )
 
 MASK = {"dense": {"w": True, "b": False}, "scale": True}
@@ -145,8 +146,7 @@ def test_matches_float64_reference(name, x64):
 def test_matches_optax_bit_for_bit(name):
     ours, theirs, _ = CASES[name]
     params = make_params(jnp.float32)
-    our_iterates, our_state = run_ours(ours(), params)
-    their_iterates, their_state = run_ours(theirs(), params)
+    (our_iterates, our_state), (their_iterates, their_state) = run_together([ours(), theirs()], params)
     assert_trees_equal(our_iterates, their_iterates)
     assert_trees_equal(jax.tree.leaves(our_state), jax.tree.leaves(their_state))
 

@@ -23,6 +23,7 @@ from tests.conftest import (
     grad_fn,
     make_params,
     run_ours,
+    run_together,
 )
 from tests.test_optimizers import assert_updates_close, eight_bit_params, summed_updates
 
@@ -62,8 +63,7 @@ OPTAX_CASES = {
 def test_matches_optax_bit_for_bit(name):
     ours, theirs = OPTAX_CASES[name]
     params = make_params(jnp.float32)
-    our_iterates, our_state = run_ours(ours(), params, STEPS)
-    their_iterates, their_state = run_ours(theirs(), params, STEPS)
+    (our_iterates, our_state), (their_iterates, their_state) = run_together([ours(), theirs()], params, steps=STEPS)
     assert_trees_equal(our_iterates, their_iterates)
     assert_trees_equal(jax.tree.leaves(our_state), jax.tree.leaves(their_state))
     assert not np.array_equal(np.asarray(our_iterates[-1]["dense"]["w"]), np.asarray(params["dense"]["w"]))
@@ -115,8 +115,7 @@ FLOAT64_CASES = {
 def test_matches_optax_and_the_paper_in_float64(name, x64):
     ours, theirs, ref = FLOAT64_CASES[name]
     params = make_params(jnp.float64)
-    our_iterates, our_state = run_ours(ours(), params, STEPS)
-    their_iterates, their_state = run_ours(theirs(), params, STEPS)
+    (our_iterates, our_state), (their_iterates, their_state) = run_together([ours(), theirs()], params, steps=STEPS)
     assert_trees_close(our_iterates, their_iterates, rtol=1e-9, atol=1e-12)
     assert_trees_close(jax.tree.leaves(our_state), jax.tree.leaves(their_state), rtol=1e-9, atol=1e-12)
     assert_trees_close(our_iterates, run_flat_reference(ref(), params), rtol=1e-9, atol=1e-12)

@@ -19,6 +19,7 @@ from tests.conftest import (
     grad_fn,
     make_params,
     run_ours,
+    run_together,
 )
 
 # --- sam and normalize ---------------------------------------------------------------------------
@@ -88,8 +89,10 @@ def test_sam_with_sync_period_1_is_the_outer_optimizer_where_optax_is_not():
     # Optax's transparent mode reads the cache of the call before, so each step restarts from the params
     # before the previous step; the outer optimizer alone is what sync_period=1 (no adversarial step) means.
     params = make_params()
-    ours, _ = run_ours(jz.sam(jz.sgd(0.05), _adv(True), sync_period=1), params, steps=3)
-    plain, _ = run_ours(jz.sgd(0.05), params, steps=3)
+    (ours, _), (plain, _) = run_together([
+        jz.sam(jz.sgd(0.05), _adv(True), sync_period=1),
+        jz.sgd(0.05),
+    ], params, steps=3)
     theirs, _ = run_ours(optax.contrib.sam(optax.sgd(0.05), _adv(False), sync_period=1), params, steps=3)
     assert_trees_close(ours, plain, rtol=1e-6, atol=1e-7)
     assert not np.allclose(theirs[-1]["dense"]["w"], plain[-1]["dense"]["w"], rtol=1e-3)

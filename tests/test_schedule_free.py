@@ -17,6 +17,7 @@ from tests.conftest import (
     grad_fn,
     make_params,
     run_ours,
+    run_together,
 )
 
 SF = optax.contrib
@@ -55,8 +56,7 @@ OPTAX_CASES = {
 def test_matches_optax_bit_for_bit(name):
     ours, theirs = OPTAX_CASES[name]
     params = make_params(jnp.float32)
-    our_iterates, our_state = run_ours(ours(), params, steps=20)
-    their_iterates, their_state = run_ours(theirs(), params, steps=20)
+    (our_iterates, our_state), (their_iterates, their_state) = run_together([ours(), theirs()], params, steps=20)
     assert_trees_equal(our_iterates, their_iterates)
     assert_trees_equal(jax.tree.leaves(our_state), jax.tree.leaves(their_state))
     ours_at_x = jz.schedule_free_eval_params(our_state, our_iterates[-1])
@@ -154,8 +154,10 @@ def test_zero_warmup_steps_means_no_warmup():
 
 def test_stochastic_bfloat16_iterate_tracks_full_precision():
     params = make_params()
-    expected, _ = run_ours(jz.schedule_free_adamw(0.02), params, steps=8)
-    iterates, state = run_ours(jz.schedule_free_adamw(0.02, state_dtype=jz.StochasticBF16()), params, steps=8)
+    (expected, _), (iterates, state) = run_together([
+        jz.schedule_free_adamw(0.02),
+        jz.schedule_free_adamw(0.02, state_dtype=jz.StochasticBF16()),
+    ], params, steps=8)
     assert all(z.dtype == jnp.bfloat16 for z in jax.tree.leaves(state.z))
     assert_trees_close(iterates[-1], expected[-1], rtol=0, atol=0.05)
     assert int(state.step_count) == 9  # the 1-based step the stochastic rounding draws from
@@ -236,8 +238,7 @@ def test_inject_hyperparams_with_a_scheduled_rate_matches_optax():
         learning_rate=optax.linear_schedule(0.05, 0.01, 10), weight_decay=0.1
     )
     params = make_params()
-    our_iterates, our_state = run_ours(ours, params, steps=6)
-    their_iterates, their_state = run_ours(theirs, params, steps=6)
+    (our_iterates, our_state), (their_iterates, their_state) = run_together([ours, theirs], params, steps=6)
     # Up to the injected b1, a float32 array on both sides here, against which 1 - b1 rounds like Optax's.
     assert_trees_close(our_iterates, their_iterates, rtol=1e-6, atol=1e-7)
     assert float(our_state.hyperparams["learning_rate"]) == pytest.approx(0.05 - 5 * 0.004)
@@ -253,8 +254,7 @@ def test_multisteps_matches_optax_bit_for_bit():
     ours = jz.MultiSteps(jz.schedule_free_adamw(0.05, weight_decay=0.1), every_k_schedule=3)
     theirs = optax.MultiSteps(SF.schedule_free_adamw(0.05, weight_decay=0.1), every_k_schedule=3)
     params = make_params()
-    our_iterates, our_state = run_ours(ours, params, steps=10)
-    their_iterates, their_state = run_ours(theirs, params, steps=10)
+    (our_iterates, our_state), (their_iterates, their_state) = run_together([ours, theirs], params, steps=10)
     assert_trees_equal(our_iterates, their_iterates)
     assert_trees_equal(
         jz.schedule_free_eval_params(our_state, our_iterates[-1]),

@@ -249,8 +249,9 @@ def test_traced_cases_cover_every_public_schedule():
 def test_schedule_takes_a_traced_argument_under_vmap_and_jit(name):
     make, values = TRACED_CASES[name]
     concrete = np.array([[float(make(v)(t)) for t in TRACED_STEPS] for v in values])
-    # Built and run inside vmap: the argument is a batched tracer (a learning-rate sweep).
-    swept = jax.vmap(lambda v: jnp.stack([make(v)(t) for t in TRACED_STEPS]))(jnp.asarray(values, jnp.float32))
+    # Built and run inside vmap: the argument is a batched tracer (a learning-rate sweep). Jitted: one program,
+    # not one per batched operation.
+    swept = jax.jit(jax.vmap(lambda v: jnp.stack([make(v)(t) for t in TRACED_STEPS])))(jnp.asarray(values, jnp.float32))
     np.testing.assert_allclose(np.asarray(swept), concrete, rtol=2e-6, atol=1e-7)
     # Built inside jit with the argument as a jit parameter, the step traced too.
     jitted = jax.jit(lambda v, t: make(v)(t))

@@ -19,6 +19,7 @@ from tests.conftest import (
     make_params,
     run_ours,
     run_reference,
+    run_together,
 )
 from tests.test_optimizers import assert_eight_bit_state_tracks_full_precision, eight_bit_params
 
@@ -59,8 +60,7 @@ OPTAX_CASES = {
 def test_matches_optax_bit_for_bit(name):
     ours, theirs = OPTAX_CASES[name]
     params = make_params(jnp.float32)
-    our_iterates, our_state = run_ours(ours(), params)
-    their_iterates, their_state = run_ours(theirs(), params)
+    (our_iterates, our_state), (their_iterates, their_state) = run_together([ours(), theirs()], params)
     assert_trees_equal(our_iterates, their_iterates)
     assert_trees_equal(jax.tree.leaves(our_state), jax.tree.leaves(their_state))
     assert not np.allclose(np.asarray(our_iterates[-1]["dense"]["w"]), np.asarray(params["dense"]["w"]))

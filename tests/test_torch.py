@@ -18,7 +18,7 @@ import pytest
 
 import jaxopt_zoo as jz
 from tests import reference
-from tests.conftest import assert_trees_close, make_params, run_ours, run_reference
+from tests.conftest import assert_trees_close, make_params, run_ours, run_reference, run_together
 
 
 def schedule(count):
@@ -207,8 +207,10 @@ def test_options_injected_as_arrays_give_torchs_trajectory(name):
     options, plain = INJECTABLE[name]
     function = getattr(jz.torch, name.split("_")[0])
     params = make_params()
-    injected, _ = run_ours(optax.inject_hyperparams(function)(**options), params)
-    expected, _ = run_ours(function(**plain), params)
+    (injected, _), (expected, _) = run_together([
+        optax.inject_hyperparams(function)(**options),
+        function(**plain),
+    ], params)
     assert_trees_close(injected, expected, rtol=1e-5, atol=1e-6)
 
 

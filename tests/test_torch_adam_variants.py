@@ -20,7 +20,15 @@ import pytest
 import jaxopt_zoo as jz
 from jaxopt_zoo.transforms.adam_variants import _sma_length
 from tests import reference
-from tests.conftest import assert_trees_close, assert_trees_equal, grad_fn, make_params, run_ours, run_reference
+from tests.conftest import (
+    assert_trees_close,
+    assert_trees_equal,
+    grad_fn,
+    make_params,
+    run_ours,
+    run_reference,
+    run_together,
+)
 
 NAMES = ["adamax", "nadam", "radam"]
 Q8 = jz.Blockwise8Bit()
@@ -89,8 +97,10 @@ def test_sma_length_keeps_float32_precision():
 
 def test_adamax_is_optax_adamax_bit_for_bit():
     params = make_params()
-    ours, _ = run_ours(jz.torch.adamax(lr=0.02, betas=(0.8, 0.99), eps=1e-3), params)
-    theirs, _ = run_ours(optax.adamax(0.02, 0.8, 0.99, 1e-3), params)
+    (ours, _), (theirs, _) = run_together([
+        jz.torch.adamax(lr=0.02, betas=(0.8, 0.99), eps=1e-3),
+        optax.adamax(0.02, 0.8, 0.99, 1e-3),
+    ], params)
     assert_trees_equal(ours, theirs)
 
 

@@ -11,7 +11,7 @@ import pytest
 import jaxopt_zoo as jz
 from jaxopt_zoo.transforms import nesterov, trace
 from tests import reference
-from tests.conftest import STEPS, assert_trees_close, assert_trees_equal, make_params, run_ours, run_reference
+from tests.conftest import assert_trees_close, assert_trees_equal, make_params, run_ours, run_reference, run_together
 
 RTOL64 = 1e-11
 
@@ -157,8 +157,10 @@ def test_scheduled_weight_decay_matches_reference(x64):
 def test_dampening_leaves_the_first_step_undamped(x64):
     # torch: the buffer starts as the first gradient, so step one is plain SGD.
     params = make_params(jnp.float64)
-    (first, *_), _ = run_ours(jz.chain(trace(0.9, dampening=0.5), jz.scale_by_learning_rate(0.1)), params, steps=1)
-    (plain, *_), _ = run_ours(jz.scale_by_learning_rate(0.1), params, steps=1)
+    ((first, *_), _), ((plain, *_), _) = run_together([
+        jz.chain(trace(0.9, dampening=0.5), jz.scale_by_learning_rate(0.1)),
+        jz.scale_by_learning_rate(0.1),
+    ], params, steps=1)
     assert_trees_close(first, plain, rtol=1e-15)
 
 
@@ -239,8 +241,7 @@ def test_matches_optax_bit_for_bit(name, dtype):
     ours, theirs = OPTAX_CASES[name]
     with jax.enable_x64(dtype == jnp.float64):
         params = make_params(dtype)
-        our_iterates, our_state = run_ours(ours(), params)
-        their_iterates, their_state = run_ours(theirs(), params)
+        (our_iterates, our_state), (their_iterates, their_state) = run_together([ours(), theirs()], params)
     assert_trees_equal(our_iterates, their_iterates)
     assert_trees_equal(jax.tree.leaves(our_state), jax.tree.leaves(their_state))
     # The parameters really moved (the comparison is not of two no-ops).
@@ -506,6 +507,5 @@ def test_hyperparameters_injected_as_arrays_give_the_same_trajectory(name):
     # structure must not depend on that, and the numbers must match the plain call.
     injected, hyperparameters, plain = INJECTED[name]
     params = make_params()
-    ours, _ = run_ours(injected(**hyperparameters), params)
-    expected, _ = run_ours(plain(), params)
+    (ours, _), (expected, _) = run_together([injected(**hyperparameters), plain()], params)
     assert_trees_close(ours, expected, rtol=1e-5, atol=1e-6)  # float32 arrays vs Python floats round apart

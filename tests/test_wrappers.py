@@ -11,7 +11,7 @@ import optax
 import pytest
 
 import jaxopt_zoo as jz
-from tests.conftest import assert_trees_close, assert_trees_equal, grad_fn, make_params, run_ours
+from tests.conftest import assert_trees_close, assert_trees_equal, grad_fn, make_params, run_ours, run_together
 
 SEEDS = {
     "sgd": lambda: jz.sgd(0.05, momentum=0.9),
@@ -43,8 +43,7 @@ INJECTED = {
 def test_injected_hyperparams_follow_the_unwrapped_optimizer(name):
     factory, kwargs, optax_factory = INJECTED[name]
     params = make_params()
-    injected, state = run_ours(jz.inject_hyperparams(factory)(**kwargs), params)
-    plain, _ = run_ours(factory(**kwargs), params)
+    (injected, state), (plain, _) = run_together([jz.inject_hyperparams(factory)(**kwargs), factory(**kwargs)], params)
     assert_trees_close(injected, plain, rtol=1e-5, atol=1e-6)  # arrays vs Python floats round apart
     theirs, _ = run_ours(optax.inject_hyperparams(optax_factory)(**kwargs), params)
     assert_trees_equal(injected, theirs)  # float32 params: both keep float32 hyperparameters
@@ -85,8 +84,7 @@ def test_injected_schedule_is_evaluated_each_step_and_recorded():
         _, state = jax.jit(tx.update)(jax.tree.map(jnp.ones_like, params), state, params)
         recorded.append(float(state.hyperparams["learning_rate"]))
     np.testing.assert_allclose(recorded, [0.1, 0.09, 0.08, 0.07], rtol=1e-6)
-    injected, _ = run_ours(tx, params)
-    plain, _ = run_ours(jz.sgd(schedule), params)
+    (injected, _), (plain, _) = run_together([tx, jz.sgd(schedule)], params)
     assert_trees_close(injected, plain, rtol=1e-6, atol=1e-7)
 
 
@@ -218,8 +216,7 @@ def test_multisteps_matches_optax_bit_for_bit_with_a_schedule_of_k():
     every_k = lambda step: jnp.where(step < 2, 2, 3)
     ours = jz.MultiSteps(jz.adamw(0.01), every_k).gradient_transformation()
     theirs = optax.MultiSteps(optax.adamw(0.01), every_k).gradient_transformation()
-    a, state = run_ours(ours, params, steps=13)
-    b, _ = run_ours(theirs, params, steps=13)
+    (a, state), (b, _) = run_together([ours, theirs], params, steps=13)
     assert_trees_equal(a, b)
     assert (int(state.gradient_step), int(state.mini_step)) == (5, 0)  # 2 + 2 + 3 + 3 + 3 = 13 micro-steps
 
@@ -385,17 +382,21 @@ WRAPPERS = {
 @pytest.mark.parametrize("wrapper", list(WRAPPERS))
 def test_wrapper_composes_with_seed_and_survives_serialization(wrapper, seed):
     tx = WRAPPERS[wrapper](SEEDS[seed])
-    params = make_params()
-    step = jax.jit(tx.update)
-    state = tx.init(params)
-    trajectory = []
-    for t in range(1, 7):
-        if t == 4:  # save and restore mid-run, into a fresh template
-            blob = flax.serialization.to_bytes(state)
-            state = flax.serialization.from_bytes(tx.init(params), blob)
-        updates, state = step(jax.tree.map(lambda p: grad_fn(p, t, jnp), params), state, params)
-        params = jz.apply_updates(params, updates)
-        trajectory.append(params)
-    uninterrupted, _ = run_ours(tx, make_params(), steps=6)
-    assert_trees_equal(trajectory, uninterrupted)
+    step = jax.jit(tx.update)  # one program for both runs
+
+    def run(interrupted: bool) -> list:
+        params = make_params()
+        state = tx.init(params)
+        trajectory = []
+        for t in range(1, 7):
+            if interrupted and t == 4:  # save and restore mid-run, into a fresh template
+                blob = flax.serialization.to_bytes(state)
+                state = flax.serialization.from_bytes(tx.init(params), blob)
+            updates, state = step(jax.tree.map(lambda p: grad_fn(p, t, jnp), params), state, params)
+            params = jz.apply_updates(params, updates)
+            trajectory.append(params)
+        return trajectory
+
+    trajectory = run(interrupted=True)
+    assert_trees_equal(trajectory, run(interrupted=False))
     assert not np.allclose(np.asarray(trajectory[-1]["dense"]["w"]), np.asarray(make_params()["dense"]["w"]))
