@@ -282,6 +282,7 @@ BAD_ARGUMENTS = [
     (jz.psgd_kron, dict(b1=1.0), "psgd_kron", "b1"),
     (jz.psgd_kron, dict(learning_rate=-1e-3), "psgd_kron", "learning_rate"),
     (jz.psgd_kron, dict(key="seed"), "psgd_kron", "key"),
+    (jz.psgd_kron, dict(cached=1), "psgd_kron", "cached"),
     (jz.scale_by_psgd_kron, dict(precond_init_scale=0.0), "scale_by_psgd_kron", "precond_init_scale"),
     (jz.scale_by_psgd_kron, dict(damping=-1e-9), "scale_by_psgd_kron", "damping"),
     (jz.scale_by_psgd_kron, dict(momentum_into_precond_update=1), "scale_by_psgd_kron", "momentum_into_precond_update"),

@@ -135,6 +135,8 @@ CASES = {
     # the momentum; the triangular and diagonal factors (float32, also for the bfloat16 scalar) must come back exact.
     "psgd_kron": lambda: jz.psgd_kron(1e-2, weight_decay=0.1, preconditioner_update_probability=0.5,
                                       mu_dtype=jz.StochasticBF16(), key=3),
+    # ... with the factors' products kept (cached): formed on fits only, so a resume must bring them back too.
+    "psgd_kron_cached": lambda: jz.psgd_kron(1e-2, preconditioner_update_probability=0.5, key=3, cached=True),
     # Shampoo saved between root refreshes (every 3 steps): blocked factors and roots (float32), the grafting Adam
     # state and both filtered gradients stochastically rounded; the count decides the next refresh.
     "shampoo": lambda: jz.shampoo(1e-2, eps=1e-4, precondition_frequency=3, max_precond_dim=2, weight_decay=0.1,

@@ -77,6 +77,10 @@ CASES = {
     "drawn_half_weight_decay_3d": (
         lambda: jz.psgd_kron(decaying, weight_decay=0.1, preconditioner_update_probability=0.5, key=2),
         "tv", dict(learning_rate=decaying, weight_decay=0.1), 2, lambda c: 0.5, DEFAULT_DENSE),
+    # The same rule with Q_k^T Q_k kept in the state (formed on the first step and on each fit).
+    "cached": (
+        lambda: jz.psgd_kron(decaying, weight_decay=0.1, preconditioner_update_probability=0.5, key=2, cached=True),
+        "tvs", dict(learning_rate=decaying, weight_decay=0.1), 2, lambda c: 0.5, DEFAULT_DENSE),
     # No momentum, the fit on the gradient, one dense factor per leaf (a dense vector too), psgd-jax's schedule.
     "options": (
         lambda: jz.psgd_kron(0.05, b1=0.0, max_size_triangular=7, min_ndim_triangular=1, memory_save_mode="one_triu",
@@ -134,6 +138,19 @@ def test_matches_float64_reference_with_the_same_probes_and_draws(name, x64):
     assert 3 <= sum(fits) < STEPS  # fitted on some steps only
     assert all(q.dtype == np.float64 for q in jax.tree.leaves(state[0].qs))
     assert max_relative_error(iterates, expected) < 1e-9
+
+
+def test_cached_products_are_those_of_the_factors_and_need_a_cached_state(x64):
+    _, (state, *_) = float64_runs()["cached"]
+    pairs = [(np.asarray(q), np.asarray(p)) for qs, ps in zip(state.qs, state.ps) for q, p in zip(qs, ps)]
+    assert {q.ndim for q, _ in pairs} == {0, 1, 2}  # a scalar, diagonal and dense factors
+    for q, p in pairs:
+        np.testing.assert_allclose(p, q * q if q.ndim < 2 else q.T @ q, rtol=1e-12, atol=1e-300)
+    assert float64_runs()["drawn_half_weight_decay_3d"][1][0].ps is None
+    plain, cached = jz.scale_by_psgd_kron(), jz.scale_by_psgd_kron(cached=True)
+    params = tree_params("tv")
+    with pytest.raises(ValueError, match="cached=True needs a state built by this transformation's init"):
+        cached.update(params, plain.init(params))
 
 
 def test_the_fit_changes_the_path(x64):
@@ -354,6 +371,19 @@ def test_init_sharded_and_jit_on_sharded_params_equals_one_device():
     assert_trees_close(jax.device_get(carry[0]), runs[0][-1][0], rtol=2e-5, atol=1e-6)
 
 
+def test_cached_products_are_replicated_by_init_sharded_and_kept_so_under_explicit_axes():
+    tx = jz.scale_by_psgd_kron(preconditioner_update_probability=1.0, key=4, cached=True)
+    mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Explicit,) * 2, devices=jax.devices("cpu")[:8])
+    placed = {k: jax.device_put(v, NamedSharding(mesh, SHARD_SPECS[k])) for k, v in shared_params(0).items()}
+    grads = jax.tree.map(lambda p: grad_fn(p, 1, jnp), shared_params(0))
+    with jax.set_mesh(mesh):
+        updates, state = jax.jit(tx.update)(jax.device_put(grads, jax.tree.map(lambda x: x.sharding, placed)),
+                                            jz.init_sharded(tx, placed))
+    assert all(p.sharding.is_fully_replicated for p in jax.tree.leaves(state.ps))
+    expected, _ = jax.jit(tx.update)(grads, tx.init(shared_params(0)))
+    assert_trees_close(jax.device_get(updates), expected, rtol=2e-5, atol=1e-6)
+
+
 def test_shard_map_on_local_shards_raises():
     with pytest.raises(ValueError, match="scale_by_psgd_kron: inside shard_map, an array of local shape"):
         shard_map_steps(TX)
@@ -361,7 +391,8 @@ def test_shard_map_on_local_shards_raises():
 
 # --- NNX ------------------------------------------------------------------------------------------------
 
-NNX_TX = jz.psgd_kron(1e-2, preconditioner_update_probability=0.5, memory_save_mode="all_diag", key=0)
+# The kernel's larger dim diagonal, its other dense; the factors' products kept (cached) as further flat tuples.
+NNX_TX = jz.psgd_kron(1e-2, preconditioner_update_probability=0.5, memory_save_mode="one_diag", key=0, cached=True)
 NNX_STEPS = 6
 
 

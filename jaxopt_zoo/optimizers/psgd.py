@@ -32,6 +32,7 @@ def psgd_kron(
     *,
     key: jax.Array | int = 0,
     damping: jax.typing.ArrayLike = 1e-9,
+    cached: bool = False,
 ) -> GradientTransformation:
     """PSGD-Kron (Li 2015, 2022): momentum whitened by a learned Kronecker-factored preconditioner, then SGD.
 
@@ -43,9 +44,10 @@ def psgd_kron(
     with :math:`P_t = Q_t^\\top Q_t` and the momentum of :func:`jaxopt_zoo.scale_by_psgd_kron`. Recipe:
     ``chain(scale_by_psgd_kron(b1, preconditioner_update_probability, max_size_triangular, min_ndim_triangular,
     memory_save_mode, momentum_into_precond_update, precond_lr, precond_init_scale, mu_dtype, key=key,
-    damping=damping), add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate))``, as
-    psgd-jax 0.2.9's ``kron`` (its defaults: ``learning_rate=1e-3``, decoupled decay multiplied by the rate).
-    The capped RMS of :math:`u_t` (1.1) makes learning rates Adam-like in scale.
+    damping=damping, cached=cached), add_decayed_weights(weight_decay, mask),
+    scale_by_learning_rate(learning_rate))``, as psgd-jax 0.2.9's ``kron`` (its defaults: ``learning_rate=1e-3``,
+    decoupled decay multiplied by the rate). The capped RMS of :math:`u_t` (1.1) makes learning rates Adam-like
+    in scale.
 
     Differences from psgd-jax's ``kron``: those of :func:`jaxopt_zoo.scale_by_psgd_kron` (random update
     draws from ``key``, ``precond_init_scale=None`` by default, the absolute ``damping``, balancing every fit,
@@ -68,6 +70,7 @@ def psgd_kron(
         mu_dtype: storage of the momentum (see :mod:`jaxopt_zoo.storage`).
         key: an integer seed or a ``jax.random.key`` for the update draws and probes.
         damping: the absolute damping of the fitted input, >= 0.
+        cached: keep :math:`Q_k^\\top Q_k` in the state: one product per dimension per step instead of two.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -84,7 +87,7 @@ def psgd_kron(
     try:
         inner = scale_by_psgd_kron(b1, preconditioner_update_probability, max_size_triangular, min_ndim_triangular,
                                    memory_save_mode, momentum_into_precond_update, precond_lr, precond_init_scale,
-                                   mu_dtype, key=key, damping=damping)
+                                   mu_dtype, key=key, damping=damping, cached=cached)
     except ValueError as error:  # the same checks, under the alias's name
         message = str(error)
         prefix = "scale_by_psgd_kron: "

@@ -161,6 +161,19 @@ def _direction(m: jax.Array, qs: tuple[jax.Array, ...]) -> jax.Array:
     return u / jnp.maximum(1.0, jnp.sqrt(jnp.mean(u * u)) / _MAX_RMS)
 
 
+def _preconditioner(qs: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+    """The per-dimension factors of :math:`P`: :math:`Q_k^\\top Q_k` (a diagonal one's entries squared)."""
+    return tuple(q * q if q.ndim < 2 else jnp.matmul(q.T, q, precision=_HIGHEST) for q in qs)
+
+
+def _cached_direction(m: jax.Array, ps: tuple[jax.Array, ...]) -> jax.Array:
+    """:func:`_direction` from :func:`_preconditioner`'s factors: one product per dimension instead of two."""
+    if m.size == 0:
+        return m
+    u = _apply(ps, m.astype(ps[0].dtype))
+    return u / jnp.maximum(1.0, jnp.sqrt(jnp.mean(u * u)) / _MAX_RMS)
+
+
 def _first_scale(g: jax.Array, qs: tuple[jax.Array, ...], first: jax.Array, damping: Any) -> tuple[jax.Array, ...]:
     # Li's initial scale (E|g|^4 + damping^4)^(-1/8) of Q, spread evenly over the factors, on the first step only;
     # 1 for a leaf whose first gradient is 0 (a zero-initialised layer), where it would be 1/damping^(1/2).
@@ -204,17 +217,28 @@ def _checked_factors(owner: str, leaves: list, qs: Any) -> tuple[Factors, ...]:
     return qs
 
 
+def _checked_cache(owner: str, qs: tuple[Factors, ...], ps: Any) -> tuple[Factors, ...]:
+    # The cached products must pair with the factors one for one (a state built with cached=False has None).
+    shapes = lambda fs: [[jnp.shape(x) for x in f] for f in fs]  # noqa: E731
+    if not isinstance(ps, tuple) or shapes(ps) != shapes(qs):
+        raise ValueError(f"{owner}: cached=True needs a state built by this transformation's init (state.ps holding "
+                         f"Q^T Q for every factor), got state.ps={type(ps).__name__}.")
+    return ps
+
+
 class ScaleByPsgdKronState(NamedTuple):
     """The step count, the PRNG key data (``jax.random.key_data``) the next step splits, the momentum ``mu``
     (shaped like the params; ``None`` when ``b1`` is a literal 0) and the Kronecker factors ``qs``: a flat tuple
     with one entry per param leaf, in ``jax.tree.leaves(params, is_leaf=lambda x: x is None)`` order, each the
     tuple of that param's factors (``()`` for a ``None`` param). Not a tree shaped like the params: Flax NNX
-    would turn a container held as a param's value into a mapping, changing the state's structure."""
+    would turn a container held as a param's value into a mapping, changing the state's structure. With
+    ``cached=True``, ``ps`` holds :math:`Q_k^\\top Q_k` in the same layout (``None`` otherwise)."""
 
     count: jax.Array
     key: jax.Array
     mu: Updates
     qs: tuple[Factors, ...]
+    ps: tuple[Factors, ...] | None = None
 
 
 def scale_by_psgd_kron(
@@ -230,6 +254,7 @@ def scale_by_psgd_kron(
     *,
     key: jax.Array | int = 0,
     damping: jax.typing.ArrayLike = 1e-9,
+    cached: bool = False,
 ) -> GradientTransformation:
     """PSGD-Kron (Li 2015, 2022): the (momentum of the) gradient whitened by a learned Kronecker-factored :math:`P`.
 
@@ -269,15 +294,23 @@ def scale_by_psgd_kron(
     probes run inside ``jax.lax.cond``: under ``jit`` the other steps do not pay for them (under ``vmap`` with
     a batched state both branches run).
 
+    ``cached=True`` (heavyball's ``cached``) keeps :math:`P_k = Q_k^\\top Q_k` in the state (``ps``), formed
+    when the factors change (a fit, the first step's scale), and forms :math:`P \\hat m = \\hat m \\times_1 P_1
+    \\cdots \\times_n P_n`: one product per dimension instead of two on every step, for
+    :math:`\\sum_k d_k^2` more numbers of state per param. The same rule, rounded differently. Forming the
+    products costs about what they save on a fitted step, so the gain grows as :math:`p` falls (on a 1024 x 1024
+    and a 512 x 2048 leaf on 2 CPU cores: 0.84x the step time at :math:`p = 0.1`, 1.08x at :math:`p = 1`).
+    heavyball uses its cache only while :math:`p < 0.5`; here it is kept whenever asked for.
+
     Storage and layout: the factors are float32 (float64 for float64 params) whatever the params' dtype, and
     take no storage option: the triangular solves lose accuracy with the factors' condition number, and the
     multiplicative Lie-group steps (relative changes of about ``precond_lr`` times a normalised matrix, smaller
     late in training) fall below bfloat16's resolution (:math:`2^{-8}`). The momentum takes one (``mu_dtype``:
     a dtype, ``jz.StochasticBF16()`` or ``jz.Blockwise8Bit()``). The factors need whole arrays: under ``jit``
     on sharded params the partitioner computes them exactly; inside ``shard_map`` on local shards this raises.
-    :func:`jaxopt_zoo.init_sharded` shards the momentum like its param and replicates the factors (they are
-    small: :math:`\\sum_k d_k^2` numbers per param); under Explicit mesh axes the fit keeps them replicated and
-    each update is laid out like its gradient. Complex params raise (use
+    :func:`jaxopt_zoo.init_sharded` shards the momentum like its param and replicates the factors and their
+    cached products (they are small: :math:`\\sum_k d_k^2` numbers per param); under Explicit mesh axes the fit
+    keeps them replicated and each update is laid out like its gradient. Complex params raise (use
     :func:`jaxopt_zoo.combine.split_real_and_imaginary`); a param with a zero dimension passes through. The
     factors live outside the params' tree (``state.qs`` is a flat tuple, one entry per param leaf in
     ``jax.tree.leaves`` order), so that Flax NNX keeps the state's structure from step to step.
@@ -314,6 +347,7 @@ def scale_by_psgd_kron(
         mu_dtype: storage of the momentum (see :mod:`jaxopt_zoo.storage`).
         key: an integer seed or a ``jax.random.key`` for the update draws and probes.
         damping: :math:`\\delta \\ge 0`, the absolute damping of the fitted input (Li's default).
+        cached: keep :math:`Q_k^\\top Q_k` in the state, as above.
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
@@ -344,6 +378,7 @@ def scale_by_psgd_kron(
     if precond_init_scale is not None:
         validation.positive(owner, "precond_init_scale", precond_init_scale)
     validation.epsilon(owner, "damping", damping)
+    validation.flag(owner, "cached", cached)
     mu_store = resolve(owner, "mu_dtype", mu_dtype)
     initial_key = resolve_key(owner, key, None)
     impl = _key_impl(key)
@@ -355,10 +390,11 @@ def scale_by_psgd_kron(
 
         mu = tree.moments_like(params) if has_mu else None
         if tree.is_params_placeholder(params):  # tree.map_params: the factors are per-parameter parts too
-            qs = params
+            qs = ps = params
         else:  # flat, outside the params' tree (see ScaleByPsgdKronState)
             qs = tuple(() if p is None else factors(p) for p in jax.tree.leaves(params, is_leaf=tree.is_none))
-        return ScaleByPsgdKronState(zero_count(), jax.random.key_data(initial_key()), mu, qs)
+            ps = tuple(map(_preconditioner, qs))
+        return ScaleByPsgdKronState(zero_count(), jax.random.key_data(initial_key()), mu, qs, ps if cached else None)
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -381,11 +417,18 @@ def scale_by_psgd_kron(
                          for g, q, h, v in zip(leaves, qs, fit_to, probes))
 
         p = probability(state.count) if callable(probability) else probability
-        qs = jax.lax.cond(jax.random.uniform(draw_key, (), jnp.float32) < p, fit, lambda qs: qs, qs)
+        fitting = jax.random.uniform(draw_key, (), jnp.float32) < p
+        qs = jax.lax.cond(fitting, fit, lambda qs: qs, qs)
+        ps = None
+        if cached:  # formed again only where the factors changed: a fit, or the first step's scale
+            changed = fitting | (state.count == 0) if precond_init_scale is None else fitting
+            formed = lambda qs, ps: tuple(tuple(map(_laid_out_like, _preconditioner(q), old)) for q, old in zip(qs, ps))
+            ps = jax.lax.cond(changed, formed, lambda _, ps: ps, qs, _checked_cache(owner, qs, state.ps))
+        direction, factors = (_direction, qs) if ps is None else (_cached_direction, ps)
         # Updates in the gradients' dtype, float16 widened (tree.moment_dtype), as the library's other rules.
-        new_updates = [None if g is None else _laid_out_like(_direction(m, q).astype(tree.moment_dtype(g.dtype)), g)
-                       for g, m, q in zip(leaves, m_hat, qs)]
-        return treedef.unflatten(new_updates), ScaleByPsgdKronState(count, jax.random.key_data(next_key), mu, qs)
+        new_updates = [None if g is None else _laid_out_like(direction(m, f).astype(tree.moment_dtype(g.dtype)), g)
+                       for g, m, f in zip(leaves, m_hat, factors)]
+        return treedef.unflatten(new_updates), ScaleByPsgdKronState(count, jax.random.key_data(next_key), mu, qs, ps)
 
     tx = GradientTransformation(init, update)
     if has_mu:
