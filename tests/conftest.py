@@ -259,7 +259,8 @@ def run_reference(ref: reference.Reference, params, steps: int = STEPS):
 
 def assert_trees_close(actual, expected, rtol: float, atol: float = 0.0):
     jax.tree.map(
-        lambda a, e: np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(e, np.float64), rtol=rtol, atol=atol),
+        lambda a, e: np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(e, np.float64), rtol=rtol,
+                                                atol=atol),
         actual,
         expected,
     )
@@ -267,7 +268,8 @@ def assert_trees_close(actual, expected, rtol: float, atol: float = 0.0):
 
 def assert_trees_equal(actual, expected):
     """Bitwise equality (same dtypes, same values)."""
-    jax.tree.map(lambda a, e: np.testing.assert_array_equal(np.asarray(a), np.asarray(e), strict=True), actual, expected)
+    jax.tree.map(lambda a, e: np.testing.assert_array_equal(np.asarray(a), np.asarray(e), strict=True), actual,
+                 expected)
 
 
 # Whether XLA may contract a multiply and an add into one FMA, rounding once (see the flags at the top): not
@@ -314,7 +316,8 @@ def shard_map_steps(tx, steps: int = 2, value_fn=None):
     """``steps`` jitted ``shard_map`` steps of ``tx`` on :func:`sharded_params` over a 2 x 4 mesh, gradients from
     :func:`grad_fn`; with ``value_fn``, ``update`` also gets ``value=value_fn(params)`` (replicated)."""
     mesh = jax.make_mesh((2, 4), SHARD_AXES, devices=jax.devices("cpu")[:8])
-    params = {k: jax.device_put(v, jax.sharding.NamedSharding(mesh, SHARD_SPECS[k])) for k, v in sharded_params().items()}
+    params = {k: jax.device_put(v, jax.sharding.NamedSharding(mesh, SHARD_SPECS[k]))
+              for k, v in sharded_params().items()}
     state = jz.init_sharded(tx, params)
     state_specs = jax.tree.map(lambda s: s.spec, jz.state_shardings(tx, params))
 
