@@ -155,9 +155,11 @@ def _laid_out_like(new: jax.Array, old: jax.Array) -> jax.Array:
 
 def _direction(m: jax.Array, qs: tuple[jax.Array, ...]) -> jax.Array:
     """:math:`P m = Q^\\top Q m`, its RMS capped at 1.1."""
-    if m.size == 0:
-        return m
-    u = _apply(qs, _apply(qs, m.astype(qs[0].dtype)), transpose=True)
+    return m if m.size == 0 else _capped(_apply(qs, _apply(qs, m.astype(qs[0].dtype)), transpose=True))
+
+
+def _capped(u: jax.Array) -> jax.Array:
+    # psgd-jax's cap of the preconditioned leaf's RMS.
     return u / jnp.maximum(1.0, jnp.sqrt(jnp.mean(u * u)) / _MAX_RMS)
 
 
@@ -168,10 +170,7 @@ def _preconditioner(qs: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
 
 def _cached_direction(m: jax.Array, ps: tuple[jax.Array, ...]) -> jax.Array:
     """:func:`_direction` from :func:`_preconditioner`'s factors: one product per dimension instead of two."""
-    if m.size == 0:
-        return m
-    u = _apply(ps, m.astype(ps[0].dtype))
-    return u / jnp.maximum(1.0, jnp.sqrt(jnp.mean(u * u)) / _MAX_RMS)
+    return m if m.size == 0 else _capped(_apply(ps, m.astype(ps[0].dtype)))
 
 
 def _first_scale(g: jax.Array, qs: tuple[jax.Array, ...], first: jax.Array, damping: Any) -> tuple[jax.Array, ...]:
@@ -393,7 +392,7 @@ def scale_by_psgd_kron(
             qs = ps = params
         else:  # flat, outside the params' tree (see ScaleByPsgdKronState)
             qs = tuple(() if p is None else factors(p) for p in jax.tree.leaves(params, is_leaf=tree.is_none))
-            ps = tuple(map(_preconditioner, qs))
+            ps = tuple(map(_preconditioner, qs)) if cached else None
         return ScaleByPsgdKronState(zero_count(), jax.random.key_data(initial_key()), mu, qs, ps if cached else None)
 
     def update(updates, state, params=None, **extra_args):
