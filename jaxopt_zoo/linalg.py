@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxopt_zoo.sharding import varying_like
 from jaxopt_zoo.tree import abs_sq, tree_vdot
 
 __all__ = ["matrix_inverse_pth_root", "nnls", "power_iteration"]
@@ -82,7 +83,9 @@ def power_iteration(
         return vector, image, tree_vdot(vector, image, axis_name=local), i + 1
 
     v0 = _normalized(v0)
-    _, image, value, _ = lax.while_loop(unconverged, iterate, (v0, product(v0), jnp.asarray(0.0), jnp.asarray(0)))
+    image = product(v0)
+    start = (*varying_like((v0, image, jnp.asarray(0.0)), image), jnp.asarray(0))  # (shard_map: see varying_like)
+    _, image, value, _ = lax.while_loop(unconverged, iterate, start)
     return value, _normalized(image)
 
 
@@ -159,7 +162,7 @@ def matrix_inverse_pth_root(
 
     m0 = z * damped
     h0 = identity * z ** (1.0 / p)
-    start = (0, m0, h0, h0, jnp.max(jnp.abs(m0 - identity)), jnp.asarray(True))
+    start = (0, *varying_like((m0, h0, h0, jnp.max(jnp.abs(m0 - identity)), jnp.asarray(True)), m0))
     _, m, h, previous_h, _, improving = lax.while_loop(running, newton_step, start)
     return jnp.where(improving, h, previous_h).astype(matrix.dtype), jnp.max(jnp.abs(m - identity))
 

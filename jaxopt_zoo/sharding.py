@@ -167,6 +167,19 @@ def varying_axes(x: Any) -> frozenset[str]:
     return frozenset(manual.varying if manual is not None else getattr(aval, "vma", ()))
 
 
+def varying_like(tree: Any, *refs: Any) -> Any:
+    """``tree``'s arrays marked as varying over every ``shard_map`` axis that an array of ``refs`` varies over: a
+    loop's carry that starts from constants, for a body that mixes them with varying operands (``check_vma``
+    wants its input and output types equal). Unchanged outside ``shard_map``."""
+    axes = frozenset().union(*map(varying_axes, jax.tree.leaves(refs)))
+
+    def cast(x: Any) -> Any:
+        missing = tuple(sorted(axes - varying_axes(x)))
+        return jax.lax.pcast(x, missing, to="varying") if missing else x
+
+    return jax.tree.map(cast, tree) if axes else tree
+
+
 class _ManualContext(NamedTuple):
     mesh_axes: tuple[str, ...]  # all axes of the enclosing mesh
     manual: tuple[str, ...]  # those shard_map made manual (empty under plain jit)
@@ -298,3 +311,105 @@ def gathered(x: jax.Array) -> tuple[jax.Array, NamedSharding | None]:
     ``jax.sharding.reshard(result, sharding)``."""
     split = explicit_layout(x)
     return (x, None) if split is None else (jax.sharding.reshard(x, NamedSharding(split.mesh, PartitionSpec())), split)
+
+
+# Inside shard_map: leaves as local blocks of whole arrays, for rules that need the whole arrays (Newton–Schulz,
+# Kronecker factors). A leaf's placement lists, per dimension, the mesh axes it is split over (``()``: whole).
+Placement = tuple[tuple[str, ...], ...]
+
+
+def is_partition_spec(x: Any) -> bool:
+    return x is None or isinstance(x, PartitionSpec)
+
+
+def check_partition_specs(owner: str, partition_specs: Any) -> None:
+    """Raise unless ``partition_specs`` is ``None`` or a tree (or prefix of one) of PartitionSpecs."""
+    bad = [s for s in jax.tree.leaves(partition_specs, is_leaf=is_partition_spec) if not is_partition_spec(s)]
+    if bad:
+        raise ValueError(f"{owner}: partition_specs must be PartitionSpecs (a tree or prefix of them), got {bad[0]!r}.")
+
+
+def leaf_specs(partition_specs: Any, tree: Any) -> list | None:
+    """``partition_specs`` (a tree of specs, or a prefix of ``tree``'s) as one spec per leaf of ``tree``, ``None``
+    leaves counted (``jax.tree.leaves(tree, is_leaf=lambda x: x is None)`` order); ``None`` when not given."""
+    if partition_specs is None:
+        return None
+    is_none = lambda x: x is None  # noqa: E731
+    spread = jax.tree.map(lambda s, sub: jax.tree.map(lambda _: s, sub, is_leaf=is_none), partition_specs, tree,
+                          is_leaf=is_partition_spec)
+    return jax.tree.structure(tree, is_leaf=is_none).flatten_up_to(spread)
+
+
+def placement_of(owner: str, spec: PartitionSpec | None, ndim: int) -> Placement:
+    entries = () if spec is None else tuple(spec)
+    if len(entries) > ndim or any(e is not None and not isinstance(e, (str, tuple)) for e in entries):
+        raise ValueError(f"{owner}: partition_specs gives {spec} for a leaf of rank {ndim}; give mesh axis names or "
+                         "None for at most that many dimensions.")
+    whole = ((),) * (ndim - len(entries))
+    return tuple(() if e is None else (e,) if isinstance(e, str) else tuple(e) for e in entries) + whole
+
+
+def local_placements(owner: str, leaves: list, specs: list | None, axis_name: tuple[str, ...] | None,
+                     needs: str) -> list[Placement] | None:
+    """Inside ``shard_map``, each leaf's placement (from ``specs``, the params' ``in_specs`` per leaf), checked
+    against ``axis_name`` and the axes the leaf varies over; ``None`` outside ``shard_map``. ``needs`` says, in the
+    message for a split leaf without ``axis_name``, what needs whole arrays. ``None`` leaves get ``None``."""
+    context = manual_context()
+    if not context.manual:
+        return None
+    unknown = [a for a in axis_name or () if a not in context.manual]
+    if unknown:
+        raise ValueError(f"{owner}: axis_name={axis_name!r} names {unknown}, not shard_map axes {context.manual}.")
+    if not context.tracked and specs is None:
+        raise ValueError(f"{owner}: inside shard_map(..., check_vma=False) nothing tells blocks from whole arrays: "
+                         "pass axis_name and partition_specs (the params' in_specs; P() for whole arrays).")
+    placements = [None if x is None else placement_of(owner, None if specs is None else s, x.ndim)
+                  for x, s in zip(leaves, specs or leaves)]
+    for x, p in zip(leaves, placements):
+        if x is None:
+            continue
+        named, varying = set().union(*p), varying_axes(x)
+        if varying and axis_name is None:
+            raise ValueError(
+                f"{owner}: inside shard_map, an array of local shape {x.shape} varies over mesh axes "
+                f"{sorted(varying)}: it is a block of a whole array, and {needs}. Pass "
+                f"axis_name={context.manual!r} and partition_specs (the params' in_specs).")
+        if varying and specs is None:
+            raise ValueError(f"{owner}: inside shard_map, axis_name needs partition_specs (the params' in_specs): "
+                             f"an array of local shape {x.shape} does not say which of its dimensions are split.")
+        if (context.tracked and named != varying) or not named <= set(axis_name or ()):
+            raise ValueError(
+                f"{owner}: partition_specs gives {PartitionSpec(*p)} for an array of local shape {x.shape} that "
+                f"varies over mesh axes {sorted(varying)}, with axis_name={axis_name!r}: the spec must name exactly "
+                "the axes the array varies over, each of them in axis_name.")
+    return placements
+
+
+def split_over(placement: Placement) -> tuple[str, ...]:
+    """Every mesh axis of ``placement``, in the order of its dimensions (the order :func:`jaxopt_zoo.stack_sharding`
+    splits a stack of the leaf's blocks over)."""
+    return tuple(a for axes in placement for a in axes)
+
+
+def whole_shape(x: Any, placement: Placement | None) -> tuple[int, ...]:
+    """Inside ``shard_map``: the shape of the whole array of which ``x`` is the local block placed by ``placement``."""
+    placement = placement or ((),) * jnp.ndim(x)
+    return tuple(n * (jax.lax.axis_size(axes) if axes else 1) for n, axes in zip(jnp.shape(x), placement))
+
+
+def whole_leaf(x: jax.Array, placement: Placement | None) -> jax.Array:
+    """Inside ``shard_map``: the whole array of which ``x`` is the local block placed by ``placement`` (the same on
+    every device)."""
+    for d, axes in enumerate(placement or ()):
+        if axes:
+            x = jax.lax.all_gather(x, axes, axis=d, tiled=True, to="invarying")
+    return x
+
+
+def local_block(x: jax.Array, placement: Placement | None) -> jax.Array:
+    """Inside ``shard_map``: this device's block of the whole array ``x``, placed by ``placement``."""
+    for d, axes in enumerate(placement or ()):
+        if axes:
+            size = x.shape[d] // jax.lax.axis_size(axes)
+            x = jax.lax.dynamic_slice_in_dim(x, jax.lax.axis_index(axes) * size, size, axis=d)
+    return x

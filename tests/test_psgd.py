@@ -22,11 +22,14 @@ import jaxopt_zoo as jz
 from jaxopt_zoo.quantization import is_encoded
 from tests import reference
 from tests.conftest import (
+    SHARD_AXES,
     SHARD_SPECS,
     assert_trees_close,
     assert_trees_equal,
     grad_fn,
+    run_ours,
     shard_map_steps,
+    sharded_params,
 )
 
 STEPS = 20
@@ -384,8 +387,15 @@ def test_cached_products_are_replicated_by_init_sharded_and_kept_so_under_explic
     assert_trees_close(jax.device_get(updates), expected, rtol=2e-5, atol=1e-6)
 
 
-def test_shard_map_on_local_shards_raises():
-    with pytest.raises(ValueError, match="scale_by_psgd_kron: inside shard_map, an array of local shape"):
+def test_shard_map_with_axis_name_equals_one_device_and_without_it_raises():
+    # Every device gathers w (8 x 16, split over both axes) and b, fits the same replicated factors (the key is
+    # replicated) and keeps its block of the update; the fit happens at p = 1, with the factors cached.
+    make = lambda **k: jz.psgd_kron(0.1, preconditioner_update_probability=1.0, key=3, cached=True, **k)  # noqa: E731
+    expected = run_ours(make(), sharded_params(), steps=2)[0][-1]
+    assert_trees_close(shard_map_steps(make(axis_name=SHARD_AXES, partition_specs=SHARD_SPECS)), expected,
+                       rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match=r"scale_by_psgd_kron: inside shard_map, an array of local shape \(4,\) "
+                                         r"varies over mesh axes \['model'\]: it is a block of a whole array"):
         shard_map_steps(TX)
 
 

@@ -18,11 +18,16 @@ from jaxopt_zoo.quantization import is_encoded
 from tests import reference as R
 from tests.conftest import (
     MLP,
+    SHARD_AXES,
+    SHARD_SPECS,
     assert_programs_agree,
     assert_trees_close,
     assert_trees_equal,
     assert_vmap_matches_separate_runs,
+    run_ours,
     run_reference,
+    shard_map_steps,
+    sharded_params,
 )
 from tests.test_adam_contrib import run_together
 
@@ -368,14 +373,37 @@ def test_init_sharded_lays_factor_blocks_across_devices_and_jit_equals_one_devic
     assert_trees_close(sharded, run(host, tx.init(host))[0], rtol=1e-5, atol=1e-6)
 
 
-def test_shard_map_on_local_shards_raises_and_on_whole_arrays_works():
+@pytest.mark.parametrize("max_precond_dim", [4, 8])
+def test_shard_map_with_axis_name_equals_one_device_and_without_it_raises(max_precond_dim):
+    # w (8 x 16) split over both axes: at 4 its 8 blocks' factors are shared out, one block per device
+    # (state_shardings' layout); at 8 its 2 blocks' factors are whole on every device. The grafting norms and b
+    # (a vector: grafted only) take axis_name too.
+    make = lambda **k: jz.shampoo(0.1, precondition_frequency=1, max_precond_dim=max_precond_dim, **k)  # noqa: E731
+    expected = run_ours(make(), sharded_params(), steps=2)[0][-1]
+    assert_trees_close(shard_map_steps(make(axis_name=SHARD_AXES, partition_specs=SHARD_SPECS)), expected,
+                       rtol=1e-5, atol=1e-6)  # (two programs: products rounded apart)
+    if max_precond_dim == 4:
+        with pytest.raises(ValueError, match=r"scale_by_shampoo: inside shard_map, an array of local shape \(4,\) "
+                                             r"varies over mesh axes \['model'\]: it is a block of a whole array"):
+            shard_map_steps(make(), steps=1)
+
+
+def test_shard_map_with_factors_laid_out_otherwise_raises():
+    # w's 8 blocks split over "data" only: 4 per device, neither all 8 nor the 1 of a share over both axes.
+    tx = jz.scale_by_shampoo(max_precond_dim=4, axis_name=SHARD_AXES, partition_specs=SHARD_SPECS)
+    params = sharded_params()
+    state = tx.init(params)
+    specs = state._replace(count=P(), factors=((), ((P("data"),) * 2,)), roots=((), ((P("data"),) * 2,)))
+    local = jax.shard_map(tx.update, mesh=_mesh(), in_specs=(SHARD_SPECS, specs), out_specs=(SHARD_SPECS, specs))
+    with pytest.raises(ValueError, match=r"scale_by_shampoo: state.factors holds a stack of 4 blocks for a leaf of "
+                                         r"shape \(8, 16\) whose stack has 8 .*jz.state_shardings"):
+        jax.jit(local).lower(params, state)
+
+
+def test_shard_map_on_whole_arrays_needs_no_axis_name():
     mesh = _mesh()
     tx = jz.scale_by_shampoo(max_precond_dim=8)
     x = jnp.arange(64.0).reshape(8, 8) / 64
-    local = jax.jit(jax.shard_map(lambda g: tx.update(g, tx.init(g))[0], mesh=mesh, in_specs=P("data", "model"),
-                                  out_specs=P("data", "model")))
-    with pytest.raises(ValueError, match="scale_by_shampoo has no axis_name option"):
-        local(x)
     whole = jax.jit(jax.shard_map(lambda g: tx.update(g, tx.init(g))[0], mesh=mesh, in_specs=P(), out_specs=P()))
     np.testing.assert_allclose(whole(x), tx.update(x, tx.init(x))[0], rtol=1e-5, atol=1e-6)
 

@@ -450,7 +450,7 @@ def test_nnx_state_keeps_its_structure_so_a_scan_over_steps_runs():
     assert not np.allclose(params["kernel"], nnx.to_pure_dict(nnx.state(model, nnx.Param))["kernel"])
 
 
-# --- sharding: init_sharded, jit over a mesh equals one device, shard_map needs whole arrays ------------------
+# --- sharding: init_sharded, jit over a mesh and shard_map equal one device ---------------------------------------
 
 # Full-rank factors from the first gradient (see FIELDS). At max_precond_dim 8, v has 16 blocks (2 per device),
 # w one (replicated factors); b is not rotated.
@@ -467,7 +467,7 @@ def assert_factor_blocks_laid_out(soap_state, mesh, names="vw"):
             assert f.addressable_shards[0].data.shape[0] == local_blocks, name
 
 
-def test_sharded_init_jit_equals_one_device_and_shard_map_needs_whole_arrays():
+def test_sharded_init_jit_and_shard_map_equal_one_device():
     mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2, devices=jax.devices("cpu")[:8])
     tx = jz.soap(0.01, precondition_frequency=2, max_precond_dim=8)
     params = shaped_params(SHARD_SHAPES)
@@ -508,10 +508,25 @@ def test_sharded_init_jit_equals_one_device_and_shard_map_needs_whole_arrays():
     assert run[1][0].mu["w"].sharding.spec == P("data", "model")
     assert_factor_blocks_laid_out(run[1][0], explicit)
 
+    # Inside shard_map: with axis_name and the params' specs, each device gathers the leaves and works its share
+    # of v's blocks (w's factors are whole on every device); without them a local block raises.
     specs = jax.tree.map(lambda s: s.spec, jz.state_shardings(tx, placed))
+    sharded_tx = jz.soap(0.01, precondition_frequency=2, max_precond_dim=8, axis_name=("data", "model"),
+                         partition_specs=SHARD_SPECS)
+    def local_step(p, s, g):  # (the gradients come in: grad_fn of a local block is not the block of grad_fn)
+        u, s = sharded_tx.update(g, s, p)
+        return jz.apply_updates(p, u), s
+
+    local_step = jax.jit(jax.shard_map(local_step, mesh=mesh, in_specs=(SHARD_SPECS, specs, SHARD_SPECS),
+                                       out_specs=(SHARD_SPECS, specs)))
+    run = (placed, state)
+    for t in range(1, 5):
+        run = local_step(*run, jax.tree.map(lambda x: grad_fn(x, t, jnp), run[0]))
+    assert_trees_close(run[0], single[0], rtol=1e-5, atol=1e-5)  # (rounding as under Explicit axes, above)
     local = jax.shard_map(lambda p, s: step(p, s, 1), mesh=mesh, in_specs=(SHARD_SPECS, specs),
                           out_specs=(SHARD_SPECS, specs))
-    with pytest.raises(ValueError, match="scale_by_soap.*varies over mesh axes"):
+    with pytest.raises(ValueError, match=r"scale_by_soap: inside shard_map, an array of local shape \(3,\) varies "
+                                         r"over mesh axes \['model'\]: it is a block of a whole array.*Pass axis_name"):
         jax.jit(local).lower(placed, state)
     # Whole (replicated) arrays inside shard_map are accepted, and give the one-device numbers.
     whole = jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P(), P()), out_specs=(P(), P())))

@@ -9,6 +9,7 @@ import jax
 from jaxopt_zoo import validation
 from jaxopt_zoo.base import GradientTransformation, Params, ScalarOrSchedule
 from jaxopt_zoo.combine import chain
+from jaxopt_zoo.sharding import AxisName
 from jaxopt_zoo.storage import StateDtype
 from jaxopt_zoo.transforms import add_decayed_weights, scale_by_learning_rate
 from jaxopt_zoo.transforms.psgd import precond_update_prob_schedule, scale_by_psgd_kron
@@ -33,6 +34,8 @@ def psgd_kron(
     key: jax.Array | int = 0,
     damping: jax.typing.ArrayLike = 1e-9,
     cached: bool = False,
+    axis_name: AxisName = None,
+    partition_specs: Any = None,
 ) -> GradientTransformation:
     """PSGD-Kron (Li 2015, 2022): momentum whitened by a learned Kronecker-factored preconditioner, then SGD.
 
@@ -71,6 +74,9 @@ def psgd_kron(
         key: an integer seed or a ``jax.random.key`` for the update draws and probes.
         damping: the absolute damping of the fitted input, >= 0.
         cached: keep :math:`Q_k^\\top Q_k` in the state: one product per dimension per step instead of two.
+        axis_name: inside ``shard_map``, the mesh axes the params may be split over.
+        partition_specs: inside ``shard_map``, the ``PartitionSpec`` of each update leaf (the params' ``in_specs``;
+            a tree or a prefix of one).
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -87,7 +93,8 @@ def psgd_kron(
     try:
         inner = scale_by_psgd_kron(b1, preconditioner_update_probability, max_size_triangular, min_ndim_triangular,
                                    memory_save_mode, momentum_into_precond_update, precond_lr, precond_init_scale,
-                                   mu_dtype, key=key, damping=damping, cached=cached)
+                                   mu_dtype, key=key, damping=damping, cached=cached,
+                                   axis_name=axis_name, partition_specs=partition_specs)
     except ValueError as error:  # the same checks, under the alias's name
         message = str(error)
         prefix = "scale_by_psgd_kron: "

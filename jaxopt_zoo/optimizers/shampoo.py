@@ -9,6 +9,7 @@ import jax
 from jaxopt_zoo import validation
 from jaxopt_zoo.base import GradientTransformation, Params, ScalarOrSchedule
 from jaxopt_zoo.combine import chain
+from jaxopt_zoo.sharding import AxisName, check_partition_specs
 from jaxopt_zoo.storage import StateDtype
 from jaxopt_zoo.transforms import add_decayed_weights, ema, scale_by_adam, scale_by_learning_rate
 from jaxopt_zoo.transforms.grafting import graft
@@ -51,6 +52,8 @@ def shampoo(
     precondition_1d: bool = False,
     mu_dtype: StateDtype = None,
     nu_dtype: StateDtype = None,
+    axis_name: AxisName = None,
+    partition_specs: Any = None,
 ) -> GradientTransformation:
     """Shampoo (Gupta et al. 2018) as Distributed Shampoo runs it: grafted, filtered, with AdamW's weight decay.
 
@@ -107,6 +110,10 @@ def shampoo(
         precondition_1d: give vectors a (full-matrix) factor too.
         mu_dtype: storage of the filtered gradients: a storage (see :mod:`jaxopt_zoo.storage`).
         nu_dtype: storage of the grafting optimizer's second moment.
+        axis_name: inside ``shard_map``, the mesh axes the params may be split over (for the factors and the
+            grafting norms).
+        partition_specs: inside ``shard_map``, the ``PartitionSpec`` of each update leaf (the params' ``in_specs``;
+            a tree or a prefix of one).
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -140,12 +147,15 @@ def shampoo(
     validation.flag(owner, "precondition_1d", precondition_1d)
     if inverse_root not in ("eigh", "newton"):
         raise ValueError(f"{owner}: inverse_root must be 'eigh' or 'newton', got {inverse_root!r}.")
+    axis_name = validation.axis_name(owner, axis_name)
+    check_partition_specs(owner, partition_specs)
     direction = scale_by_shampoo(b1, b2, eps, precondition_frequency, start_preconditioning_step, max_precond_dim,
-                                 merge_dims, inverse_root, exponent_override, precondition_1d, mu_dtype=mu_dtype)
+                                 merge_dims, inverse_root, exponent_override, precondition_1d, mu_dtype=mu_dtype,
+                                 axis_name=axis_name, partition_specs=partition_specs)
     if grafting is not None:
         start = precondition_frequency if start_preconditioning_step is None else start_preconditioning_step
         # Before the start step, the grafting optimizer's own update (Distributed Shampoo's "grafting method"):
         # scale_by_shampoo's count is the 1-based step.
         direction = graft(_grafting(grafting, b1, grafting_b2, grafting_eps, mu_dtype, nu_dtype), direction,
-                          active=lambda shampoo_state: shampoo_state.count >= int(start))
+                          active=lambda shampoo_state: shampoo_state.count >= int(start), axis_name=axis_name)
     return chain(direction, add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate))

@@ -9,6 +9,7 @@ import jax
 from jaxopt_zoo import validation
 from jaxopt_zoo.base import GradientTransformation, Params, ScalarOrSchedule
 from jaxopt_zoo.combine import chain
+from jaxopt_zoo.sharding import AxisName, check_partition_specs
 from jaxopt_zoo.storage import StateDtype
 from jaxopt_zoo.transforms import add_decayed_weights, scale_by_learning_rate
 from jaxopt_zoo.transforms.soap import scale_by_soap
@@ -34,6 +35,8 @@ def soap(
     *,
     mu_dtype: StateDtype = None,
     nu_dtype: StateDtype = None,
+    axis_name: AxisName = None,
+    partition_specs: Any = None,
 ) -> GradientTransformation:
     """SOAP (Vyas et al. 2024): Adam in the eigenbasis of Shampoo's factors, with decoupled weight decay.
 
@@ -76,6 +79,9 @@ def soap(
             one: ``True`` where the weight decay applies.
         mu_dtype: storage of Adam's first moment: a storage (see :mod:`jaxopt_zoo.storage`).
         nu_dtype: storage of Adam's second moment, as for ``mu_dtype``.
+        axis_name: inside ``shard_map``, the mesh axes the params may be split over.
+        partition_specs: inside ``shard_map``, the ``PartitionSpec`` of each update leaf (the params' ``in_specs``;
+            a tree or a prefix of one).
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
@@ -104,9 +110,12 @@ def soap(
                         ("normalize_grads", normalize_grads), ("correct_bias", correct_bias), ("blocking", blocking)):
         validation.flag(owner, name, value)
     validation.state_dtypes(owner, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    axis_name = validation.axis_name(owner, axis_name)
+    check_partition_specs(owner, partition_specs)
     return chain(
         scale_by_soap(b1, b2, shampoo_b2, eps, precondition_frequency, max_precond_dim, merge_dims, precondition_1d,
-                      correct_bias, normalize_grads, blocking, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+                      correct_bias, normalize_grads, blocking, mu_dtype=mu_dtype, nu_dtype=nu_dtype,
+                      axis_name=axis_name, partition_specs=partition_specs),
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )

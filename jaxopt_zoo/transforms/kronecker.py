@@ -15,6 +15,16 @@ remainders along each of its :math:`k` dimensions), each processed by one vmappe
     >>> x = jnp.arange(3 * 3 * 64 * 1000.0).reshape(3, 3, 64, 1000)
     >>> bool((jz.from_blocks(jz.to_blocks(x, layout), layout) == x).all())
     True
+
+Inside ``shard_map`` each leaf arrives as its device's block, and the factors need whole arrays. Given
+``axis_name`` (the mesh axes the params may be split over) and ``partition_specs`` (the params' ``in_specs``),
+Shampoo, SOAP and PSGD-Kron gather each preconditioned leaf whole (one all-gather per split dimension), cut it into
+blocks as one device would, and keep their block of the result. A stack of factors that the state holds whole
+(``in_specs`` ``P()``) is worked in full by every device; one held in shares, as :func:`jaxopt_zoo.state_shardings`
+lays it out (:func:`stack_sharding`), is worked by each device for its own blocks, whose results are then
+gathered. PSGD-Kron's factors are whole: every device forms the whole update. The numbers are one device's, up to
+the rounding of products batched over fewer blocks; the price is the gathers (and, with whole stacks, every
+device repeating the work). Without ``axis_name`` a leaf that is a block raises.
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxopt_zoo.sharding import explicit_layout, gathered
+from jaxopt_zoo.sharding import Placement, explicit_layout, gathered, split_over
 
 __all__ = [
     "BlockLayout", "block_layout", "dim_statistics", "from_blocks", "merge_dims", "mode_product", "on_blocks",
@@ -45,11 +55,14 @@ class _Piece(NamedTuple):
 
 
 class BlockLayout(NamedTuple):
-    """How a leaf of ``shape`` is merged (``merged``) and cut into stacks of equal blocks (``stack_shapes``)."""
+    """How a leaf of ``shape`` is merged (``merged``) and cut into stacks of equal blocks (``stack_shapes``);
+    inside ``shard_map``, ``shares`` names per stack the mesh axes whose devices each hold a share of its blocks
+    (see :func:`shared_layout`; ``()`` or empty: every device holds all of them)."""
 
     shape: tuple[int, ...]
     merged: tuple[int, ...]
     pieces: tuple[tuple[_Piece, ...], ...]  # per merged dimension: full blocks, then the remainder
+    shares: tuple[tuple[str, ...], ...] = ()
 
     @property
     def stack_shapes(self) -> tuple[tuple[int, ...], ...]:
@@ -97,25 +110,32 @@ def _whole(x: jax.Array) -> jax.Array:
 
 
 def to_blocks(x: jax.Array, layout: BlockLayout) -> tuple[jax.Array, ...]:
-    """``x`` as the stacks of blocks of ``layout`` (each ``(blocks, *block_shape)``, block index row-major).
+    """``x`` as the stacks of blocks of ``layout`` (each ``(blocks, *block_shape)``, block index row-major; inside
+    ``shard_map`` this device's share of a stack that ``layout.shares`` splits).
 
     An ``x`` split over Explicit mesh axes is gathered first (blocks are whole; see
     :func:`jaxopt_zoo.sharding.explicit_layout`); under ``jit`` on Auto axes the partitioner lays the blocks out."""
     x = _whole(x).reshape(layout.merged)
     stacks = []
-    for combo in layout._combos():
+    for combo, axes in zip(layout._combos(), layout.shares or itertools.repeat(())):
         piece = x[tuple(slice(p.start, p.start + p.count * p.size) for p in combo)]
         k = len(combo)
         piece = piece.reshape([n for p in combo for n in (p.count, p.size)])
         piece = piece.transpose([*range(0, 2 * k, 2), *range(1, 2 * k, 2)])
-        stacks.append(piece.reshape(-1, *(p.size for p in combo)))
+        stack = piece.reshape(-1, *(p.size for p in combo))
+        if axes:
+            share = stack.shape[0] // jax.lax.axis_size(axes)
+            stack = jax.lax.dynamic_slice_in_dim(stack, jax.lax.axis_index(axes) * share, share)
+        stacks.append(stack)
     return tuple(stacks)
 
 
 def from_blocks(stacks: Sequence[jax.Array], layout: BlockLayout, like: jax.Array | None = None) -> jax.Array:
     """The inverse of :func:`to_blocks`: the leaf, in its original shape (laid out like ``like`` where that is split
-    over Explicit mesh axes; stacks split over devices, as :func:`on_blocks` returns them, are gathered first)."""
-    stacks = [_whole(s) for s in stacks]
+    over Explicit mesh axes; stacks split over devices, as :func:`on_blocks` returns them, are gathered first, and
+    inside ``shard_map`` the shares of ``layout.shares``)."""
+    stacks = [jax.lax.all_gather(s, axes, tiled=True, to="invarying") if axes else _whole(s)
+              for s, axes in zip(stacks, layout.shares or itertools.repeat(()))]
     pieces = {}
     indices = itertools.product(*(range(len(p)) for p in layout.pieces))  # the same order as layout._combos()
     for index, combo, stack in zip(indices, layout._combos(), stacks, strict=True):
@@ -148,6 +168,28 @@ def stack_sharding(x: Any, blocks: int) -> NamedSharding | None:
     if blocks % math.prod(split.mesh.shape[a] for a in axes):
         return None
     return NamedSharding(split.mesh, PartitionSpec(axes))
+
+
+def shared_layout(owner: str, layout: BlockLayout | None, state: Sequence[Sequence[jax.Array]],
+                  placement: Placement | None, name: str) -> BlockLayout | None:
+    """Inside ``shard_map``: ``layout`` with the ``shares`` held by the state's stacks (``state``: per stack of
+    ``layout``, its factors, each ``(blocks, d, d)``). A stack of all the blocks is whole on every device; one of a
+    share holds this device's part of the block axis split over every mesh axis the leaf is split over, as
+    :func:`stack_sharding` lays it out. A stack without factors is whole. Outside ``shard_map`` (``placement``
+    ``None``), ``layout``."""
+    if placement is None or layout is None:
+        return layout
+    axes, shares = split_over(placement), []
+    ways = jax.lax.axis_size(axes) if axes else 1
+    for (count, *_), factors in zip(layout.stack_shapes, state, strict=True):
+        held = factors[0].shape[0] if factors else count
+        if held != count and held * ways != count:
+            raise ValueError(
+                f"{owner}: {name} holds a stack of {held} blocks for a leaf of shape {layout.shape} whose stack has "
+                f"{count} (a share over {axes or 'no axes'} would hold {count // ways}); lay the state out with "
+                "jz.state_shardings(tx, params) for shard_map's in_specs, or replicate it.")
+        shares.append(() if held == count else axes)
+    return layout._replace(shares=tuple(shares))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))

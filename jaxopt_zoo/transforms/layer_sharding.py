@@ -17,28 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxopt_zoo.sharding import manual_context, varying_axes
+from jaxopt_zoo.sharding import Placement, local_placements, placement_of
 
 __all__: list[str] = []
 
 MatrixAxes = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]  # a leaf's (batch, reduction, output) axes
 
-
-
-Placement = tuple[tuple[str, ...], ...]  # the mesh axes each dimension of a leaf is split over (() : whole)
-
-
-def _placement(owner: str, spec: PartitionSpec | None, ndim: int) -> Placement:
-    entries = () if spec is None else tuple(spec)
-    if len(entries) > ndim or any(e is not None and not isinstance(e, (str, tuple)) for e in entries):
-        raise ValueError(f"{owner}: partition_specs gives {spec} for a leaf of rank {ndim}; give mesh axis names or "
-                         "None for at most that many dimensions.")
-    whole = ((),) * (ndim - len(entries))
-    return tuple(() if e is None else (e,) if isinstance(e, str) else tuple(e) for e in entries) + whole
-
-
-def is_partition_spec(x: Any) -> bool:
-    return x is None or isinstance(x, PartitionSpec)
 
 
 class _StackView(NamedTuple):
@@ -143,41 +127,13 @@ def _mesh_of_leaves(leaves: list) -> Any:
     return None if mesh.empty else mesh
 
 
-def _check_local_blocks(owner, leaves, placements, axis_name, context) -> None:
-    """Inside shard_map: the blocks' varying axes must be the spec's axes (when tracked), named in axis_name."""
-    for x, p in zip(leaves, placements):
-        named, varying = set().union(*p), varying_axes(x)
-        if varying and axis_name is None:
-            raise ValueError(
-                f"{owner}: inside shard_map, an array of local shape {x.shape} varies over mesh axes "
-                f"{sorted(varying)}: it is a block of its matrices, and Newton-Schulz needs them whole. Pass "
-                f"axis_name={context.manual!r} and partition_specs (the params' in_specs), so that layer sharding "
-                "assembles each matrix on one device.")
-        if (context.tracked and named != varying) or not named <= set(axis_name or ()):
-            raise ValueError(
-                f"{owner}: partition_specs gives {PartitionSpec(*p)} for an array of local shape {x.shape} that "
-                f"varies over mesh axes {sorted(varying)}, with axis_name={axis_name!r}: the spec must name exactly "
-                "the axes the array varies over, each of them in axis_name.")
-
-
 def layer_sharded(owner: str, rule: Callable, operands: Any, leaves: list, dims: list[MatrixAxes],
                   specs: list | None, axis_name: tuple[str, ...] | None) -> tuple[list, list]:
     """``rule(matrix, operands)`` (``operands``: replicated arrays) on every matrix of ``leaves``, each whole on one
     device; returns the results and the leaves' global shapes (inside shard_map the leaves are local blocks, laid
     out as ``specs`` say; under jit the layouts come from ``specs``, the arrays' Explicit types, or the partitioner)."""
-    context = manual_context()
-    if context.manual:
-        unknown = [a for a in axis_name or () if a not in context.manual]
-        if unknown:
-            raise ValueError(f"{owner}: axis_name={axis_name!r} names {unknown}, not shard_map axes {context.manual}.")
-        if not context.tracked and specs is None:
-            raise ValueError(f"{owner}: inside shard_map(..., check_vma=False) nothing tells blocks from whole arrays: "
-                             "pass axis_name and partition_specs (the params' in_specs) for layer sharding.")
-        placements = [_placement(owner, None if specs is None else s, x.ndim) for x, s in zip(leaves, specs or leaves)]
-        if specs is None and any(varying_axes(x) for x in leaves) and axis_name is not None:
-            raise ValueError(f"{owner}: layer sharding inside shard_map needs partition_specs (the params' in_specs): "
-                             "local blocks do not say which of their dimensions are split.")
-        _check_local_blocks(owner, leaves, placements, axis_name, context)
+    placements = local_placements(owner, leaves, specs, axis_name, "Newton-Schulz needs whole matrices")
+    if placements is not None:
         sizes = dict(jax.sharding.get_abstract_mesh().shape)
         shapes = [tuple(n * math.prod(sizes[a] for a in axes) for n, axes in zip(x.shape, p))
                   for x, p in zip(leaves, placements)]
@@ -192,7 +148,7 @@ def layer_sharded(owner: str, rule: Callable, operands: Any, leaves: list, dims:
         spread = NamedSharding(mesh, PartitionSpec(mesh.axis_names))
         return _at_home_leaves(rule, operands, leaves, dims, whole, (), {}, spread), shapes
     specs = [PartitionSpec() if s is None else s for s in specs]
-    placements = [_placement(owner, s, x.ndim) for x, s in zip(leaves, specs)]
+    placements = [placement_of(owner, s, x.ndim) for x, s in zip(leaves, specs)]
     local = lambda o, *xs: tuple(_at_home_leaves(rule, o, xs, dims, placements, mesh.axis_names,
                                                  dict(mesh.shape)))
     in_specs = (jax.tree.map(lambda _: PartitionSpec(), operands), *specs)

@@ -19,8 +19,15 @@ import numpy as np
 
 from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, safe_increment, zero_count
-from jaxopt_zoo.sharding import AxisName, gathered, require_whole_arrays, sum_over_shards
-from jaxopt_zoo.transforms.layer_sharding import is_partition_spec, layer_sharded
+from jaxopt_zoo.sharding import (
+    AxisName,
+    check_partition_specs,
+    gathered,
+    leaf_specs,
+    require_whole_arrays,
+    sum_over_shards,
+)
+from jaxopt_zoo.transforms.layer_sharding import layer_sharded
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
 
 __all__ = [
@@ -601,10 +608,7 @@ def scale_by_muon(
     mu_dtype = resolve(owner, "mu_dtype", mu_dtype)
     validation.flag(owner, "layer_sharding", layer_sharding)
     axis_name = validation.axis_name(owner, axis_name)
-    bad_specs = [s for s in jax.tree.leaves(partition_specs, is_leaf=is_partition_spec) if not is_partition_spec(s)]
-    if bad_specs:
-        raise ValueError(
-            f"{owner}: partition_specs must be PartitionSpecs (a tree or prefix of them), got {bad_specs[0]!r}.")
+    check_partition_specs(owner, partition_specs)
     if not layer_sharding and (axis_name is not None or partition_specs is not None):
         raise ValueError(f"{owner}: axis_name and partition_specs are options of layer_sharding=True.")
 
@@ -634,9 +638,7 @@ def scale_by_muon(
         if not where:
             return mu_hat
         dims = [MuonDimensionNumbers() if s is None else s for s in structure.flatten_up_to(specs)]
-        layouts = None if partition_specs is None else structure.flatten_up_to(
-            jax.tree.map(lambda s, sub: jax.tree.map(lambda _: s, sub, is_leaf=tree.is_none), partition_specs,
-                         mu_hat, is_leaf=is_partition_spec))
+        layouts = leaf_specs(partition_specs, mu_hat)
         work = [leaves[i] if ns_dtype is None else leaves[i].astype(ns_dtype) for i in where]
         operands = {k: v for k, v in (("rows", coefficients), ("steps", ns_steps), ("eps", eps))
                     if isinstance(v, jax.Array)}  # (traced ones: inject_hyperparams)

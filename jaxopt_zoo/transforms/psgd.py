@@ -21,7 +21,14 @@ import numpy as np
 
 from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import GradientTransformation, ScalarOrSchedule, Updates, expects_state, safe_increment, zero_count
-from jaxopt_zoo.sharding import require_whole_arrays
+from jaxopt_zoo.sharding import (
+    AxisName,
+    check_partition_specs,
+    leaf_specs,
+    local_block,
+    local_placements,
+    whole_leaf,
+)
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
 from jaxopt_zoo.transforms.kronecker import mode_product, stack_of_eyes
 from jaxopt_zoo.transforms.noise import resolve_key
@@ -254,6 +261,8 @@ def scale_by_psgd_kron(
     key: jax.Array | int = 0,
     damping: jax.typing.ArrayLike = 1e-9,
     cached: bool = False,
+    axis_name: AxisName = None,
+    partition_specs: Any = None,
 ) -> GradientTransformation:
     """PSGD-Kron (Li 2015, 2022): the (momentum of the) gradient whitened by a learned Kronecker-factored :math:`P`.
 
@@ -306,7 +315,9 @@ def scale_by_psgd_kron(
     multiplicative Lie-group steps (relative changes of about ``precond_lr`` times a normalised matrix, smaller
     late in training) fall below bfloat16's resolution (:math:`2^{-8}`). The momentum takes one (``mu_dtype``:
     a dtype, ``jz.StochasticBF16()`` or ``jz.Blockwise8Bit()``). The factors need whole arrays: under ``jit``
-    on sharded params the partitioner computes them exactly; inside ``shard_map`` on local shards this raises.
+    on sharded params the partitioner computes them exactly; inside ``shard_map``, with ``axis_name`` and
+    ``partition_specs``, each device gathers the leaves, forms the whole update with its replicated factors
+    (every device the same fit) and keeps its block; a leaf that is a shard raises without them.
     :func:`jaxopt_zoo.init_sharded` shards the momentum like its param and replicates the factors and their
     cached products (they are small: :math:`\\sum_k d_k^2` numbers per param); under Explicit mesh axes the fit
     keeps them replicated and each update is laid out like its gradient. Complex params raise (use
@@ -347,6 +358,9 @@ def scale_by_psgd_kron(
         key: an integer seed or a ``jax.random.key`` for the update draws and probes.
         damping: :math:`\\delta \\ge 0`, the absolute damping of the fitted input (Li's default).
         cached: keep :math:`Q_k^\\top Q_k` in the state, as above.
+        axis_name: inside ``shard_map``, the mesh axes the params may be split over.
+        partition_specs: inside ``shard_map``, the ``PartitionSpec`` of each update leaf (the params' ``in_specs``;
+            a tree or a prefix of one).
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
@@ -378,6 +392,8 @@ def scale_by_psgd_kron(
         validation.positive(owner, "precond_init_scale", precond_init_scale)
     validation.epsilon(owner, "damping", damping)
     validation.flag(owner, "cached", cached)
+    axis_name = validation.axis_name(owner, axis_name)
+    check_partition_specs(owner, partition_specs)
     mu_store = resolve(owner, "mu_dtype", mu_dtype)
     initial_key = resolve_key(owner, key, None)
     impl = _key_impl(key)
@@ -397,15 +413,19 @@ def scale_by_psgd_kron(
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        require_whole_arrays(owner, updates)
         leaves, treedef = jax.tree.flatten(updates, is_leaf=tree.is_none)
+        # Inside shard_map every device forms the whole update from the gathered leaves and keeps its block of it.
+        placements = local_placements(owner, leaves, leaf_specs(partition_specs, updates), axis_name,
+                                      "the Kronecker factors need whole arrays") or [None] * len(leaves)
+        whole = lambda xs: [None if x is None else whole_leaf(x, at) for x, at in zip(xs, placements)]  # noqa: E731
+        leaves = whole(leaves)
         qs = _checked_factors(owner, leaves, state.qs)
         if has_mu:  # the flat factors cannot tell two trees with leaves of the same shapes apart; the momentum can
             tree.check_same_structure(owner, updates, state.mu, "the momentum (state.mu)")
         count = safe_increment(state.count)
         next_key, draw_key, probe_key = jax.random.split(jax.random.wrap_key_data(state.key, impl=impl), 3)
         mu = tree.update_moment(updates, state.mu, b1, 1) if has_mu else None
-        m_hat = treedef.flatten_up_to(tree.bias_correction(mu, b1, count)) if has_mu else leaves
+        m_hat = whole(treedef.flatten_up_to(tree.bias_correction(mu, b1, count))) if has_mu else leaves
         if precond_init_scale is None:
             qs = tuple(q if g is None else _first_scale(g, q, state.count == 0, damping) for g, q in zip(leaves, qs))
         fit_to = m_hat if momentum_into_precond_update else leaves
@@ -425,8 +445,9 @@ def scale_by_psgd_kron(
             ps = jax.lax.cond(changed, formed, lambda _, ps: ps, qs, _checked_cache(owner, qs, state.ps))
         direction, factors = (_direction, qs) if ps is None else (_cached_direction, ps)
         # Updates in the gradients' dtype, float16 widened (tree.moment_dtype), as the library's other rules.
-        new_updates = [None if g is None else _laid_out_like(direction(m, f).astype(tree.moment_dtype(g.dtype)), g)
-                       for g, m, f in zip(leaves, m_hat, factors)]
+        new_updates = [None if g is None else local_block(
+                           _laid_out_like(direction(m, f).astype(tree.moment_dtype(g.dtype)), g), at)
+                       for g, m, f, at in zip(leaves, m_hat, factors, placements)]
         return treedef.unflatten(new_updates), ScaleByPsgdKronState(count, jax.random.key_data(next_key), mu, qs, ps)
 
     tx = GradientTransformation(init, update)

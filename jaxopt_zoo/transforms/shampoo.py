@@ -24,7 +24,15 @@ from jax import lax
 from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, safe_increment, zero_count
 from jaxopt_zoo.linalg import matrix_inverse_pth_root
-from jaxopt_zoo.sharding import require_whole_arrays
+from jaxopt_zoo.sharding import (
+    AxisName,
+    check_partition_specs,
+    leaf_specs,
+    local_block,
+    local_placements,
+    whole_leaf,
+    whole_shape,
+)
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
 from jaxopt_zoo.transforms.kronecker import (
     PRECISION,
@@ -35,6 +43,7 @@ from jaxopt_zoo.transforms.kronecker import (
     mode_product,
     on_blocks,
     place_stack,
+    shared_layout,
     stack_of_eyes,
     stacked_eigh,
     to_blocks,
@@ -66,9 +75,8 @@ def _whole_number(owner: str, name: str, value: Any) -> int:
     return validation.whole_number(owner, name, value, 1, validation.INT32_MAX)
 
 
-def _layout(x: Any, max_precond_dim: int, merge: bool, precondition_1d: bool) -> BlockLayout | None:
+def _layout(shape: tuple[int, ...], max_precond_dim: int, merge: bool, precondition_1d: bool) -> BlockLayout | None:
     # None: the leaf passes through (a scalar, an empty array, a vector unless precondition_1d).
-    shape = jnp.shape(x)
     if len(shape) == 0 or 0 in shape or (len(shape) == 1 and not precondition_1d):
         return None
     return block_layout(shape, max_precond_dim, merge)
@@ -124,10 +132,8 @@ def _refresh(factors: Factors, roots: Factors, root_fn: Any, p: float, scale: ja
     return jax.tree.map(lambda f, q: on_blocks(fresh, f, q, shared=(scale, eps)), factors, roots)
 
 
-def _precondition(g: jax.Array, m: jax.Array, layout: BlockLayout | None, roots: Factors) -> jax.Array:
+def _precondition(g: jax.Array, m: jax.Array, layout: BlockLayout, roots: Factors) -> jax.Array:
     # m multiplied along each dimension of each block by its root.
-    if layout is None:
-        return m.astype(tree.moment_dtype(g.dtype))
     blocks = to_blocks(m.astype(_factor_dtype(m)), layout)
     product = lambda *qs_x: jax.vmap(lambda x, *q: mode_product(x, q))(qs_x[-1], *qs_x[:-1])  # noqa: E731
     out = [on_blocks(product, *qs, x) for x, qs in zip(blocks, roots, strict=True)]
@@ -147,6 +153,8 @@ def scale_by_shampoo(
     precondition_1d: bool = False,
     *,
     mu_dtype: StateDtype = None,
+    axis_name: AxisName = None,
+    partition_specs: Any = None,
 ) -> GradientTransformation:
     """Shampoo's preconditioner (Gupta et al. 2018) with Distributed Shampoo's blocking, merging and schedule.
 
@@ -195,8 +203,9 @@ def scale_by_shampoo(
     own blocks. Under ``jax.jit`` on sharded params the update is exact; with Explicit mesh axes each device
     accumulates, refreshes and applies its own blocks' factors (:func:`jaxopt_zoo.on_blocks`; the leaf is gathered
     for its blocks and the preconditioned blocks gathered back), with Auto axes XLA's partitioner places the work
-    and the outputs (pin them with ``out_shardings=jz.state_shardings(tx, params)``). Inside ``shard_map`` the factors need
-    whole arrays: a leaf that is a shard raises; replicated leaves work.
+    and the outputs (pin them with ``out_shardings=jz.state_shardings(tx, params)``). Inside ``shard_map``, with
+    ``axis_name`` and ``partition_specs``, the update is exact too (:mod:`jaxopt_zoo.transforms.kronecker` says how);
+    a leaf that is a shard raises without them.
 
     Differences from Distributed Shampoo (``DistributedShampoo`` with its ``RootInvShampooPreconditionerConfig``):
     the default inverse root is coupled Newton (Distributed Shampoo's is ``eigh``, an option here); scalars, empty
@@ -224,6 +233,9 @@ def scale_by_shampoo(
         exponent_override: an integer :math:`p \\ge 1` for every factor instead of :math:`2k`.
         precondition_1d: give vectors a factor too.
         mu_dtype: storage of the filtered gradient: a storage (see :mod:`jaxopt_zoo.storage`).
+        axis_name: inside ``shard_map``, the mesh axes the params may be split over.
+        partition_specs: inside ``shard_map``, the ``PartitionSpec`` of each update leaf (the params' ``in_specs``;
+            a tree or a prefix of one).
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
@@ -255,34 +267,41 @@ def scale_by_shampoo(
     root = None if exponent_override is None else _whole_number(owner, "exponent_override", exponent_override)
     momentum = not validation.is_literal_zero(b1)
     mu_store = resolve(owner, "mu_dtype", mu_dtype)
+    axis_name = validation.axis_name(owner, axis_name)
+    check_partition_specs(owner, partition_specs)
     root_fn = _eigh_root if inverse_root == "eigh" else _newton_root
 
-    def layout(x: Any) -> BlockLayout | None:
-        return _layout(x, max_dim, merge_dims, precondition_1d)
+    def layout(shape: tuple[int, ...]) -> BlockLayout | None:
+        return _layout(shape, max_dim, merge_dims, precondition_1d)
 
     def init(params):
         mu = tree.moments_like(params) if momentum else None
         if tree.is_params_placeholder(params):  # tree.map_params: the factors are per-parameter parts too
             return ScaleByShampooState(zero_count(), mu, params, params)
         leaves = jax.tree.leaves(params, is_leaf=tree.is_none)  # flat, outside the params' tree (see the state)
-        stats, roots = (tuple(() if x is None else _new_factors(x, layout(x), _factor_dtype(x), eye) for x in leaves)
-                        for eye in (False, True))
+        stats, roots = (tuple(() if x is None else _new_factors(x, layout(jnp.shape(x)), _factor_dtype(x), eye)
+                              for x in leaves) for eye in (False, True))
         return ScaleByShampooState(zero_count(), mu, stats, roots)
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        require_whole_arrays(owner, updates)
         if momentum:
             tree.check_same_structure(owner, updates, state.mu, "the filtered gradient (state.mu)")
         grads, treedef = jax.tree.flatten(updates, is_leaf=tree.is_none)  # a None update keeps its entry
         if len(grads) != len(state.factors):
             raise ValueError(f"{owner}: the updates have {len(grads)} leaves but the state has factors for "
                              f"{len(state.factors)}; pass updates shaped like the params given to init.")
-        layouts = [None if g is None else layout(g) for g in grads]  # None: the entry is kept as it is
+        # Inside shard_map the preconditioned leaves are gathered whole, their blocks shared as the state's are.
+        placements = local_placements(owner, grads, leaf_specs(partition_specs, updates), axis_name,
+                                      "the Kronecker factors need whole arrays") or [None] * len(grads)
+        layouts = [None if g is None else shared_layout(owner, layout(whole_shape(g, at)), f, at, "state.factors")
+                   for g, f, at in zip(grads, state.factors, placements)]  # None: the entry is kept as it is
+        whole = lambda xs: [x if lay is None else whole_leaf(x, at) for x, lay, at in zip(xs, layouts, placements)]
         count = safe_increment(state.count)
         mu = tree.update_moment(updates, state.mu, b1, 1) if momentum else None
         direction = tree.bias_correction(mu, b1, count) if momentum else updates
         weight = jnp.where(jnp.asarray(b2) == 1, 1.0, 1 - jnp.asarray(b2))
+        grads = whole(grads)
         factors = tuple(f if lay is None else _accumulate(g, f, lay, b2, weight)
                         for g, f, lay in zip(grads, state.factors, layouts, strict=True))
         scale = jnp.where(jnp.asarray(b2) < 1, 1 - jnp.asarray(b2) ** count, 1.0)  # in float64 under x64
@@ -293,9 +312,11 @@ def scale_by_shampoo(
 
         refresh = ((count % frequency == 0) & (count > start)) | (count == start)
         roots = lax.cond(refresh, refreshed, lambda roots: roots, state.roots)  # the other steps skip the roots
-        new_updates = tree.map_updates(lambda g, m, q: _precondition(g, m, layout(g), q), updates, direction,
-                                       jax.tree.unflatten(treedef, roots))
-        return new_updates, ScaleByShampooState(count, mu, factors, roots)
+        new_updates = [None if g is None else m.astype(tree.moment_dtype(g.dtype)) if lay is None
+                       else local_block(_precondition(g, m, lay, q), at)
+                       for g, m, lay, q, at in zip(grads, whole(treedef.flatten_up_to(direction)), layouts, roots,
+                                                   placements, strict=True)]
+        return treedef.unflatten(new_updates), ScaleByShampooState(count, mu, factors, roots)
 
     tx = GradientTransformation(init, update)
     if momentum:

@@ -15,18 +15,20 @@ moments take the storage options, the factors and bases stay in float32 (or the 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from jaxopt_zoo import sharding, tree, validation
 from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, safe_increment, zero_count
+from jaxopt_zoo.sharding import local_block
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
 from jaxopt_zoo.transforms.kronecker import (
-    PRECISION, BlockLayout, block_layout, from_blocks, mode_product, on_blocks, place_stack, stack_of_eyes, stacked_eigh,
-    stacked_qr, to_blocks,
+    PRECISION, BlockLayout, block_layout, from_blocks, mode_product, on_blocks, place_stack, shared_layout,
+    stack_of_eyes, stacked_eigh, stacked_qr, to_blocks,
 )
 
 __all__ = ["ScaleBySoapState", "scale_by_soap"]
@@ -173,6 +175,8 @@ def scale_by_soap(
     *,
     mu_dtype: StateDtype = None,
     nu_dtype: StateDtype = None,
+    axis_name: sharding.AxisName = None,
+    partition_specs: Any = None,
 ) -> GradientTransformation:
     """SOAP (Vyas et al. 2024): Adam in the eigenbasis of Shampoo's per-dimension factors.
 
@@ -217,7 +221,8 @@ def scale_by_soap(
     :func:`jaxopt_zoo.stack_sharding` (as Shampoo's, see :func:`jaxopt_zoo.scale_by_shampoo`). Whole matrices are
     needed: under ``jit`` with sharded params the update is exact (with Explicit mesh axes each leaf is gathered for
     its blocks, each device rotates, accumulates and refreshes its own blocks, and the results are scattered back
-    to the leaf's sharding); inside ``shard_map`` on local shards it raises (whole, replicated arrays work).
+    to the leaf's sharding); inside ``shard_map``, with ``axis_name`` and ``partition_specs``, it is exact too
+    (:mod:`jaxopt_zoo.transforms.kronecker` says how); a leaf that is a shard raises without them.
 
     Differences from the official code (github.com/nikhilvyas/SOAP, ``soap.py``): blocking of dimensions above
     ``max_precond_dim`` (``blocking=True``, the default; the official code leaves them unrotated, which is
@@ -255,6 +260,9 @@ def scale_by_soap(
         blocking: cut dimensions above ``max_precond_dim`` into blocks (``False``: leave them unrotated).
         mu_dtype: storage of the first moment: a storage (see :mod:`jaxopt_zoo.storage`).
         nu_dtype: storage of the second moment, as for ``mu_dtype``.
+        axis_name: inside ``shard_map``, the mesh axes the params may be split over.
+        partition_specs: inside ``shard_map``, the ``PartitionSpec`` of each update leaf (the params' ``in_specs``;
+            a tree or a prefix of one).
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
@@ -287,6 +295,8 @@ def scale_by_soap(
         validation.flag(owner, name, value)
     guard = validation.may_all_be_zero(eps)
     mu_store, nu_store = resolve(owner, "mu_dtype", mu_dtype), resolve(owner, "nu_dtype", nu_dtype)
+    axis_name = validation.axis_name(owner, axis_name)
+    sharding.check_partition_specs(owner, partition_specs)
     beta_s = b2 if shampoo_b2 is None else shampoo_b2
     plan_of = lambda shape: _plan(tuple(shape), max_dim, merge_dims, precondition_1d, blocking)
 
@@ -348,24 +358,28 @@ def scale_by_soap(
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
         tree.check_same_structure(owner, updates, state.mu, "the first moment (state.mu)")
-        sharding.require_whole_arrays(owner, updates)
         treedef = jax.tree.structure(updates, is_leaf=tree.is_none)
         if not len(state.stats) == len(state.bases) == treedef.num_leaves:
             raise ValueError(f"{owner}: the state holds factors for {len(state.stats)} leaves, the updates have "
                              f"{treedef.num_leaves}: build the state with init on params shaped like the updates.")
         columns = [*(treedef.flatten_up_to(x) for x in (updates, state.mu, state.nu)), state.stats, state.bases]
+        placements = sharding.local_placements(owner, columns[0], sharding.leaf_specs(partition_specs, updates),
+                                               axis_name, "the Kronecker factors need whole arrays")
         rows = []  # per leaf: [update, mu, nu, stats, bases] (mu and nu as blocks where the leaf is blocked)
-        blocked = []  # per blocked leaf: (its row, plan, Explicit layouts of g, mu, nu)
-        for g, mu, nu, stats, bases in zip(*columns):
-            plan = None if g is None else plan_of(g.shape)
+        blocked = []  # per blocked leaf: (its row, plan, Explicit layouts of g, mu, nu, shard_map placement)
+        for g, mu, nu, stats, bases, at in zip(*columns, placements or itertools.repeat(None)):
+            plan = None if g is None else plan_of(sharding.whole_shape(g, at))
             if plan is None or plan.layout is None:  # a None leaf keeps its entries; an empty one gets zeros
                 rows.append([g if g is None else jnp.zeros_like(g), mu, nu, stats, bases])
                 continue
-            # Explicit mesh axes: whole matrices are needed, so gather the leaf here and scatter the results below.
+            # Whole matrices are needed: on Explicit mesh axes or inside shard_map, gather the leaf here and
+            # scatter the results below (inside shard_map its blocks are shared as the state's stacks are).
+            g, mu, nu = (sharding.whole_leaf(x, at) for x in (g, mu, nu))
             (g, mu, nu), layouts = zip(*map(sharding.gathered, (g, mu, nu)))
+            plan = plan._replace(layout=shared_layout(owner, plan.layout, stats, at, "state.stats"))
             rows.append([*before_refresh(g, mu, nu, stats, bases, plan, state.count), bases])
-            blocked.append((rows[-1], plan, layouts))
-        rotated = [(row, plan) for row, plan, _ in blocked if any(plan.dims)]
+            blocked.append((rows[-1], plan, layouts, at))
+        rotated = [(row, plan) for row, plan, _, _ in blocked if any(plan.dims)]
         if rotated:  # one cond for the whole tree: the other steps skip every leaf's eigh/QR work
             operands = tuple(tuple(row[j] for row, _ in rotated) for j in (3, 4, 1, 2))  # stats, bases, mus, nus
             dims = [plan.dims for _, plan in rotated]
@@ -374,9 +388,10 @@ def scale_by_soap(
                                                operands)
             for (row, _), b, m, n in zip(rotated, new_bases, mus, nus):
                 row[1:3], row[4] = [m, n], b
-        for row, plan, layouts in blocked:
+        for row, plan, layouts, at in blocked:
             row[1:3] = [from_blocks(x, plan.layout) for x in row[1:3]]
-            row[:3] = [x if at is None else jax.sharding.reshard(x, at) for x, at in zip(row[:3], layouts)]
+            row[:3] = [local_block(x if split is None else jax.sharding.reshard(x, split), at)
+                       for x, split in zip(row[:3], layouts)]
         new_updates, mu, nu = (treedef.unflatten([row[j] for row in rows]) for j in range(3))
         stats, bases = (tuple(row[j] for row in rows) for j in (3, 4))
         return new_updates, ScaleBySoapState(safe_increment(state.count), mu, nu, stats, bases)
