@@ -22,8 +22,9 @@ With ``--torch-python`` naming a Python with torch and heavyball, heavyball's ``
 same CPU (same settings where they exist: frequency 10, no frequency schedule, no torch.compile), for reference.
 
 :func:`sharded_section`: on 8 devices (simulated on a CPU, in a subprocess when this process has fewer), one compiled
-step of Shampoo and SOAP on matrices split over a 2 x 4 mesh, with the factor blocks laid out across the devices by
-:func:`jaxopt_zoo.init_sharded` or replicated: collectives and their bytes, state and FLOPs per device.
+step of Shampoo and SOAP on matrices split over a 2 x 4 mesh, under ``jit`` (Auto and Explicit axes) and inside
+``shard_map``, with the factor blocks laid out across the devices by :func:`jaxopt_zoo.init_sharded` or replicated:
+collectives and their bytes, state and FLOPs per device.
 """
 
 from __future__ import annotations
@@ -232,38 +233,47 @@ def sharded_measurements(size: str) -> list[list[str]]:
     from muon import collectives
 
     count, n, block = SHARDED[size]
+    axes, split = ("data", "model"), PartitionSpec("data", "model")
     rows = []
-    for axis_type in (AxisType.Auto, AxisType.Explicit):
-        mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(axis_type,) * 2, devices=jax.devices()[:8])
-        put = lambda x: jax.device_put(x, NamedSharding(mesh, PartitionSpec("data", "model")))  # noqa: E731
+    for kind in ("Auto", "Explicit", "shard_map"):
+        axis_type = AxisType.Explicit if kind == "Explicit" else AxisType.Auto
+        mesh = jax.make_mesh((2, 4), axes, axis_types=(axis_type,) * 2, devices=jax.devices()[:8])
+        put = lambda x: jax.device_put(x, NamedSharding(mesh, split))  # noqa: E731
         params = {f"w{i}": put(0.02 * jax.random.normal(jax.random.key(i), (n, n))) for i in range(count)}
         grads = {k: put(1e-3 * jax.random.normal(jax.random.key(100 + i), (n, n))) for i, k in enumerate(params)}
+        param_specs = {k: split for k in params}
+        local = dict(axis_name=axes, partition_specs=param_specs) if kind == "shard_map" else {}
+        shampoo = lambda: jz.shampoo(1e-3, precondition_frequency=FREQUENCY, max_precond_dim=block,  # noqa: E731
+                                     inverse_root="eigh", **local)
         variants = {
             "AdamW": (jz.adamw(1e-3), False),
-            "Shampoo, factor blocks across devices": (jz.shampoo(1e-3, precondition_frequency=FREQUENCY,
-                                                                 max_precond_dim=block, inverse_root="eigh"), False),
-            "Shampoo, factors replicated": (jz.shampoo(1e-3, precondition_frequency=FREQUENCY,
-                                                       max_precond_dim=block, inverse_root="eigh"), True),
-            "SOAP, factor blocks across devices": (jz.soap(3e-3, max_precond_dim=block), False),
-            "SOAP, factors replicated": (jz.soap(3e-3, max_precond_dim=block), True),
+            "Shampoo, factor blocks across devices": (shampoo(), False),
+            "Shampoo, factors replicated": (shampoo(), True),
+            "SOAP, factor blocks across devices": (jz.soap(3e-3, max_precond_dim=block, **local), False),
+            "SOAP, factors replicated": (jz.soap(3e-3, max_precond_dim=block, **local), True),
         }
         for name, (tx, replicate) in variants.items():
             state = jz.init_sharded(tx, params)
+            state_specs = jax.tree.map(lambda s: s.spec, jz.state_shardings(tx, params))
             if replicate:  # the layout before issue 19's rule: every (blocks, d, d) stack whole on every device
                 whole = NamedSharding(mesh, PartitionSpec())
                 state = jax.tree.map(lambda x: jax.device_put(x, whole) if x.ndim == 3 else x, state)
+                state_specs = jax.tree.map(lambda x: x.sharding.spec, state)
 
             def step(params, state, grads, tx=tx):
                 updates, state = tx.update(grads, state, params)
                 return jz.apply_updates(params, updates), state
 
+            if kind == "shard_map":  # each device's blocks of the params, gradients and state
+                step = jax.shard_map(step, mesh=mesh, in_specs=(param_specs, state_specs, param_specs),
+                                     out_specs=(param_specs, state_specs))
             with jax.set_mesh(mesh):
                 compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile()
             found = collectives(compiled.as_text())
             cost = compiled.cost_analysis()
             cost = cost[0] if isinstance(cost, (list, tuple)) else cost
             state_bytes = sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(state))
-            rows.append([axis_type.name, name, ", ".join(f"{k} {c}" for k, (c, _) in sorted(found.items())) or "none",
+            rows.append([kind, name, ", ".join(f"{k} {c}" for k, (c, _) in sorted(found.items())) or "none",
                          f"{sum(b for _, b in found.values()) / 2**20:.2f}", f"{state_bytes / 2**20:.2f}",
                          f"{cost.get('flops', float('nan')) / 1e6:.1f}"])
     return rows
@@ -284,10 +294,12 @@ def sharded_section(size: str) -> str:
         f"One jitted, donated step on {count} float32 matrices of {n} x {n}, each split `P('data', 'model')` over a "
         f"2 x 4 mesh of simulated CPU devices and cut into 16 blocks of {block} x {block} (Shampoo with the eigh "
         "root, refreshing every 10th step; SOAP's defaults), with the factors laid out by `init_sharded` (2 blocks' "
-        "factors per device) or replicated as before that rule. From the compiled per-device program: its collectives "
+        "factors per device) or replicated as before that rule, under `jit` on Auto and on Explicit mesh axes and "
+        "inside `shard_map` (with `axis_name` and `partition_specs`, on Auto axes). From the compiled per-device "
+        "program: its collectives "
         "(both branches of the refresh cond count) and the bytes of their results, the state on one device, XLA's "
         "`cost_analysis()` FLOPs on one device (a cond's branches counted as XLA counts them).\n\n"
-        + table(["mesh axes", "optimizer", "collectives", "MiB moved per device", "state MiB per device",
+        + table(["mesh axes / shard_map", "optimizer", "collectives", "MiB moved per device", "state MiB per device",
                  "MFLOP per device"], sharded_measurements(size))
     )
 

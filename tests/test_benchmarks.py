@@ -168,6 +168,6 @@ def test_kronecker_benchmark_reports_steps_refresh_floors_and_sharded_layouts():
     from kronecker import sharded_section
 
     sharded = sharded_section("quick")
-    for axes, name in [(a, n) for a in ("Auto", "Explicit") for n in ("AdamW", "Shampoo, factor blocks across devices",
-                                                                       "SOAP, factors replicated")]:
+    for axes, name in [(a, n) for a in ("Auto", "Explicit", "shard_map")
+                       for n in ("AdamW", "Shampoo, factor blocks across devices", "SOAP, factors replicated")]:
         assert re.search(rf"^\| {axes} +\| +{re.escape(name)} \|", sharded, re.MULTILINE), (axes, name)
