@@ -19,7 +19,7 @@ of products, so it is compared with the same floor). fraction = floor / extra: 1
 PSGD-Kron has no refresh in this sense (its fit is a few triangular solves and products per step it runs).
 
 With ``--torch-python`` naming a Python with torch and heavyball, heavyball's ``SOAP`` steps the same shapes on the
-same CPU (same settings where they exist: frequency 10, no frequency schedule, no torch.compile), for reference.
+same device (same settings where they exist: frequency 10, no frequency schedule, no torch.compile), for reference.
 
 :func:`sharded_section`: on 8 devices (simulated on a CPU, in a subprocess when this process has fewer), one compiled
 step of Shampoo and SOAP on matrices split over a 2 x 4 mesh, under ``jit`` (Auto and Explicit axes) and inside
@@ -215,7 +215,7 @@ def kronecker_section(shapes: Any, repeats: int, names: list[str] | None = None,
         ours = ", ".join(f"{r[0]}: {r[1]} ms" for r in rows if r[0].startswith("SOAP"))
         ours = f" (ours: {ours})" if ours else ""
         shown = f"{1e3 * hb:.1f} ms per step{ours}" if isinstance(hb, float) else hb
-        text += (f"\n### heavyball's SOAP on the same shapes and CPU\n\nheavyball.SOAP (frequency {FREQUENCY}, no "
+        text += (f"\n### heavyball's SOAP on the same shapes and device\n\nheavyball.SOAP (frequency {FREQUENCY}, no "
                  f"frequency schedule, max_precond_dim 1024: larger dimensions are not rotated, where ours are "
                  f"blocked; no merged dims, no torch.compile), same repeats: {shown}.\n")
     return text
