@@ -329,14 +329,19 @@ def check_partition_specs(owner: str, partition_specs: Any) -> None:
         raise ValueError(f"{owner}: partition_specs must be PartitionSpecs (a tree or prefix of them), got {bad[0]!r}.")
 
 
-def leaf_specs(partition_specs: Any, tree: Any) -> list | None:
+def leaf_specs(owner: str, partition_specs: Any, tree: Any) -> list | None:
     """``partition_specs`` (a tree of specs, or a prefix of ``tree``'s) as one spec per leaf of ``tree``, ``None``
     leaves counted (``jax.tree.leaves(tree, is_leaf=lambda x: x is None)`` order); ``None`` when not given."""
     if partition_specs is None:
         return None
     is_none = lambda x: x is None  # noqa: E731
-    spread = jax.tree.map(lambda s, sub: jax.tree.map(lambda _: s, sub, is_leaf=is_none), partition_specs, tree,
-                          is_leaf=is_partition_spec)
+    try:
+        spread = jax.tree.map(lambda s, sub: jax.tree.map(lambda _: s, sub, is_leaf=is_none), partition_specs, tree,
+                              is_leaf=is_partition_spec)
+    except ValueError as error:
+        raise ValueError(
+            f"{owner}: partition_specs must be shaped like the updates (or a prefix of them): one PartitionSpec per "
+            f"leaf, as shard_map's in_specs for the params. JAX: {' '.join(str(error).split())}") from None
     return jax.tree.structure(tree, is_leaf=is_none).flatten_up_to(spread)
 
 

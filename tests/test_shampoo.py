@@ -400,6 +400,13 @@ def test_shard_map_with_factors_laid_out_otherwise_raises():
         jax.jit(local).lower(params, state)
 
 
+def test_partition_specs_not_shaped_like_the_updates_raise():
+    tx = jz.scale_by_shampoo(max_precond_dim=4, axis_name=SHARD_AXES, partition_specs={"x": P()})
+    with pytest.raises(ValueError, match=r"scale_by_shampoo: partition_specs must be shaped like the updates .* "
+                                         r"1 child keys x but .* 2 child keys b w"):
+        shard_map_steps(tx, steps=1)
+
+
 def test_shard_map_on_whole_arrays_needs_no_axis_name():
     mesh = _mesh()
     tx = jz.scale_by_shampoo(max_precond_dim=8)

@@ -638,7 +638,7 @@ def scale_by_muon(
         if not where:
             return mu_hat
         dims = [MuonDimensionNumbers() if s is None else s for s in structure.flatten_up_to(specs)]
-        layouts = leaf_specs(partition_specs, mu_hat)
+        layouts = leaf_specs(owner, partition_specs, mu_hat)
         work = [leaves[i] if ns_dtype is None else leaves[i].astype(ns_dtype) for i in where]
         operands = {k: v for k, v in (("rows", coefficients), ("steps", ns_steps), ("eps", eps))
                     if isinstance(v, jax.Array)}  # (traced ones: inject_hyperparams)

@@ -415,7 +415,7 @@ def scale_by_psgd_kron(
         del params, extra_args
         leaves, treedef = jax.tree.flatten(updates, is_leaf=tree.is_none)
         # Inside shard_map every device forms the whole update from the gathered leaves and keeps its block of it.
-        placements = local_placements(owner, leaves, leaf_specs(partition_specs, updates), axis_name,
+        placements = local_placements(owner, leaves, leaf_specs(owner, partition_specs, updates), axis_name,
                                       "the Kronecker factors need whole arrays") or [None] * len(leaves)
         whole = lambda xs: [None if x is None else whole_leaf(x, at) for x, at in zip(xs, placements)]  # noqa: E731
         leaves = whole(leaves)

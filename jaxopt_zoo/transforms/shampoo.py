@@ -292,7 +292,7 @@ def scale_by_shampoo(
             raise ValueError(f"{owner}: the updates have {len(grads)} leaves but the state has factors for "
                              f"{len(state.factors)}; pass updates shaped like the params given to init.")
         # Inside shard_map the preconditioned leaves are gathered whole, their blocks shared as the state's are.
-        placements = local_placements(owner, grads, leaf_specs(partition_specs, updates), axis_name,
+        placements = local_placements(owner, grads, leaf_specs(owner, partition_specs, updates), axis_name,
                                       "the Kronecker factors need whole arrays") or [None] * len(grads)
         layouts = [None if g is None else shared_layout(owner, layout(whole_shape(g, at)), f, at, "state.factors")
                    for g, f, at in zip(grads, state.factors, placements)]  # None: the entry is kept as it is

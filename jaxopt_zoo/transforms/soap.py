@@ -363,7 +363,7 @@ def scale_by_soap(
             raise ValueError(f"{owner}: the state holds factors for {len(state.stats)} leaves, the updates have "
                              f"{treedef.num_leaves}: build the state with init on params shaped like the updates.")
         columns = [*(treedef.flatten_up_to(x) for x in (updates, state.mu, state.nu)), state.stats, state.bases]
-        placements = sharding.local_placements(owner, columns[0], sharding.leaf_specs(partition_specs, updates),
+        placements = sharding.local_placements(owner, columns[0], sharding.leaf_specs(owner, partition_specs, updates),
                                                axis_name, "the Kronecker factors need whole arrays")
         rows = []  # per leaf: [update, mu, nu, stats, bases] (mu and nu as blocks where the leaf is blocked)
         blocked = []  # per blocked leaf: (its row, plan, Explicit layouts of g, mu, nu, shard_map placement)
