@@ -1,7 +1,8 @@
 """Train a tensor- and data-parallel MLP on 8 devices, under ``jax.jit`` and under ``jax.shard_map``.
 
-    python examples/train_sharded.py              # ~10 s on 2 CPU cores
-    python examples/train_sharded.py --steps 10   # quick check
+    python examples/train_sharded.py                    # ~10 s on 2 CPU cores
+    python examples/train_sharded.py --steps 10         # quick check
+    python examples/train_sharded.py --optimizer shampoo  # each device refreshes its own factor blocks
 
 Runs anywhere: it asks XLA for 8 simulated CPU devices (set JAX_PLATFORMS to
 use real accelerators instead) and lays them out as a 2 x 4 mesh, ("data",
@@ -12,6 +13,9 @@ over "model" (w1 by columns, w2 by rows) and the batch over "data". It shows:
   ``jz.check_state_shardings`` confirming the layout survives training;
 * one optimizer for every run: under plain ``jax.jit`` the partitioner makes the
   global norm exact, inside ``shard_map`` ``clip_by_global_norm``'s ``axis_name`` does;
+* with ``--optimizer shampoo``, Shampoo's factors cut into 64-wide blocks laid out across
+  the devices (each "model" shard keeps and refreshes its own blocks' factors), inside
+  ``shard_map`` given ``axis_name`` and the params' specs;
 * that each device holds about a quarter of the params and state;
 * that both runs end where a single-device run ends, up to float32 rounding.
 """
@@ -66,13 +70,20 @@ def loss_fn(params: Params, x: jax.Array, y: jax.Array, in_shard_map: bool) -> j
     return loss
 
 
-def make_optimizer() -> jz.GradientTransformation:
+def make_optimizer(name: str = "adamw") -> jz.GradientTransformation:
     # The global norm sums over every shard: jit's partitioner does that by
     # itself, inside shard_map the norm needs the mesh axes to psum over (and
     # outside shard_map axis_name changes nothing, so one optimizer serves all). The
     # gradient norm starts near 0.8, so a 0.5 limit clips most of the first 20 steps
     # and a wrong norm would show in the final comparison.
-    return jz.chain(jz.clip_by_global_norm(0.5, axis_name=AXES), jz.adamw(1e-2))
+    if name == "shampoo":  # w1's and w2's 4 blocks each: one block's factors per "model" shard
+        # eps 1e-6, not the default 1e-12: these factors are nearly singular early on, and a root at 1e-12 magnifies
+        # their near-null directions, float32 rounding with them, 1000-fold (the runs would agree to ~1e-2 only).
+        inner = jz.shampoo(3e-3, eps=1e-6, precondition_frequency=5, max_precond_dim=64, axis_name=AXES,
+                           partition_specs=SPECS)
+    else:
+        inner = jz.adamw(1e-2)
+    return jz.chain(jz.clip_by_global_norm(0.5, axis_name=AXES), inner)
 
 
 def make_step(tx: jz.GradientTransformation, in_shard_map: bool) -> Step:
@@ -110,6 +121,11 @@ def per_device_bytes(tree: Any) -> tuple[int, int]:
     return sum(x.addressable_shards[0].data.nbytes for x in leaves), sum(x.nbytes for x in leaves)
 
 
+def _first_state(state: Any, wanted: Callable[[Any], bool]) -> Any:
+    # The first state in the optimizer's nested state that is wanted, in tree order.
+    return next(s for s in jax.tree.leaves(state, is_leaf=wanted) if wanted(s))
+
+
 def max_abs_difference(a: Params, b: Params) -> float:
     return max(float(np.max(np.abs(np.asarray(a[k]) - np.asarray(b[k])))) for k in a)
 
@@ -117,6 +133,7 @@ def max_abs_difference(a: Params, b: Params) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--optimizer", choices=["adamw", "shampoo"], default="adamw")
     args = parser.parse_args()
     if jax.device_count() < 8:
         raise SystemExit(f"needs 8 devices, found {jax.device_count()}: is XLA_FLAGS asking for fewer?")
@@ -131,7 +148,7 @@ def main() -> None:
     place_batch = lambda a: jax.device_put(a, NamedSharding(mesh, BATCH_SPEC))
 
     print("single device: the reference")
-    tx = make_optimizer()
+    tx = make_optimizer(args.optimizer)
     params = jax.tree.map(jnp.asarray, init_params())
     jit_step = jax.jit(make_step(tx, in_shard_map=False), donate_argnums=(0, 1))
     single, _ = train("single device", jit_step, params, tx.init(params), batches, jnp.asarray)
@@ -141,10 +158,14 @@ def main() -> None:
     state = jz.init_sharded(tx, params)  # jax.jit(tx.init) would put the moments on one device
     by_jit, state = train("jit", jit_step, params, state, batches, place_batch)
     jz.check_state_shardings(tx, by_jit, state)
-    adam = state[1][0]
+    moments = _first_state(state, lambda s: hasattr(s, "mu"))  # AdamW's (Shampoo's grafting Adam's) moments
     for name in ("w1", "w2", "b2"):
-        print(f"  param {name}: {by_jit[name].sharding.spec}  ->  adam mu[{name!r}]: {adam.mu[name].sharding.spec}")
-    print(f"  adam count: {adam.count.sharding.spec} (a scalar, replicated)")
+        print(f"  param {name}: {by_jit[name].sharding.spec}  ->  mu[{name!r}]: {moments.mu[name].sharding.spec}")
+    print(f"  count: {moments.count.sharding.spec} (a scalar, replicated)")
+    if args.optimizer == "shampoo":  # factors: one entry per leaf, in jax.tree.leaves order (b1, b2, w1, w2)
+        factors = _first_state(state, lambda s: isinstance(s, jz.ScaleByShampooState)).factors[2][0][0]
+        print(f"  Shampoo's w1 factor blocks {factors.shape}: {factors.sharding.spec}, "
+              f"{factors.addressable_shards[0].data.shape[0]} per device")
     local, total = per_device_bytes((by_jit, state))
     print(f"  params+state: {local} bytes per device of {total} ({local / total:.2f}; replicated over 'data')")
 

@@ -7,6 +7,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 EXAMPLES = pathlib.Path(__file__).parent.parent / "examples"
 
 
@@ -190,10 +192,14 @@ def test_compare_optimizers_names_the_choices_for_an_unknown_optimizer(capsys):
     assert "unknown names ['adamax']" in message and "choose from sgd, momentum" in message
 
 
-def test_train_sharded_matches_one_device(capsys):
+@pytest.mark.parametrize("optimizer", ["adamw", "shampoo"])
+def test_train_sharded_matches_one_device(capsys, optimizer):
     # 20 steps: past the ~15 where clipping hides a gradient off by a constant factor (e.g. summed over "data").
-    # In this process: the 8 CPU devices it asks XLA for are conftest.py's too.
-    stdout = _run_example_here(capsys, "train_sharded.py", "--steps", "20")
+    # In this process: the 8 CPU devices it asks XLA for are conftest.py's too. Shampoo: its factor blocks laid out
+    # across the devices, refreshed at steps 5, 10, 15, 20.
+    stdout = _run_example_here(capsys, "train_sharded.py", "--steps", "20", "--optimizer", optimizer)
+    if optimizer == "shampoo":
+        assert "Shampoo's w1 factor blocks (4, 64, 64): P('model',), 1 per device" in stdout
     for mode in ("jit", "shard_map"):
         difference = float(stdout.split(f"max |{mode} - single device| =")[1].split()[0])
         assert difference < 1e-4  # float32 rounding is ~1e-6; a gradient summed, not averaged, over "data" is ~3e-2
