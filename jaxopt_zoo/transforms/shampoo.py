@@ -224,7 +224,9 @@ def scale_by_shampoo(
         b2: decay :math:`\\beta_2 \\in [0, 1]` of the statistics; 1 sums them (the paper's, and Distributed
             Shampoo's default).
         eps: :math:`\\varepsilon > 0` added to each factor's diagonal before its root (the first steps' factors are
-            singular).
+            singular). Small values magnify the near-null directions of such factors, and float32 rounding with
+            them: on ``examples/train_sharded.py``'s MLP, sharded and one-device runs agree to ~1e-2 after 20 steps
+            at the default and to ~1e-6 at :math:`10^{-6}`.
         precondition_frequency: :math:`f \\ge 1`, steps between root refreshes.
         start_preconditioning_step: :math:`s \\ge 1`, the first refresh; ``None`` is :math:`f`.
         max_precond_dim: the largest factor; larger dimensions are cut into blocks of this size.
