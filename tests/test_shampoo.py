@@ -388,6 +388,23 @@ def test_shard_map_with_axis_name_equals_one_device_and_without_it_raises(max_pr
             shard_map_steps(make(), steps=1)
 
 
+def test_shard_map_over_some_mesh_axes_equals_one_device():
+    # Manual over "model" only ("data" left to the partitioner): w's 8 blocks are shared out over "model", 2 each.
+    specs = {"w": P(None, "model"), "b": P("model")}
+    tx = jz.scale_by_shampoo(max_precond_dim=4, axis_name="model", partition_specs=specs)
+    mesh, params = _mesh(), sharded_params()
+    placed = {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in params.items()}
+    state_specs = jax.tree.map(lambda s: s.spec, jz.state_shardings(tx, placed))
+    assert state_specs.factors[1][0][0] == P("model", None, None)  # (leaves in tree order: b, w)
+    local = jax.jit(jax.shard_map(tx.update, mesh=mesh, in_specs=(specs, state_specs), out_specs=(specs, state_specs),
+                                  axis_names={"model"}))
+    grads = jax.tree.map(lambda p: jnp.sin(3 * p), params)
+    expected, _ = jax.jit(tx.update)(grads, tx.init(params))
+    updates, _ = local(jax.tree.map(lambda g, p: jax.device_put(g, p.sharding), grads, placed),
+                       jz.init_sharded(tx, placed))
+    assert_trees_close(updates, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_shard_map_with_factors_laid_out_otherwise_raises():
     # w's 8 blocks split over "data" only: 4 per device, neither all 8 nor the 1 of a share over both axes.
     tx = jz.scale_by_shampoo(max_precond_dim=4, axis_name=SHARD_AXES, partition_specs=SHARD_SPECS)

@@ -24,7 +24,8 @@ blocks as one device would, and keep their block of the result. A stack of facto
 lays it out (:func:`stack_sharding`), is worked by each device for its own blocks, whose results are then
 gathered. PSGD-Kron's factors are whole: every device forms the whole update. The numbers are one device's, up to
 the rounding of products batched over fewer blocks; the price is the gathers (and, with whole stacks, every
-device repeating the work). Without ``axis_name`` a leaf that is a block raises.
+device repeating the work). A ``shard_map`` over some of the mesh's axes works alike (``axis_name`` and the specs
+name those axes). Without ``axis_name`` a leaf that is a block raises.
 """
 
 from __future__ import annotations
