@@ -24,7 +24,6 @@ import jax.numpy as jnp
 
 from jaxopt_zoo import sharding, tree, validation
 from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, safe_increment, zero_count
-from jaxopt_zoo.sharding import local_block
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
 from jaxopt_zoo.transforms.kronecker import (
     PRECISION, BlockLayout, block_layout, from_blocks, mode_product, on_blocks, place_stack, shared_layout,
@@ -390,7 +389,7 @@ def scale_by_soap(
                 row[1:3], row[4] = [m, n], b
         for row, plan, layouts, at in blocked:
             row[1:3] = [from_blocks(x, plan.layout) for x in row[1:3]]
-            row[:3] = [local_block(x if split is None else jax.sharding.reshard(x, split), at)
+            row[:3] = [sharding.local_block(x if split is None else jax.sharding.reshard(x, split), at)
                        for x, split in zip(row[:3], layouts)]
         new_updates, mu, nu = (treedef.unflatten([row[j] for row in rows]) for j in range(3))
         stats, bases = (tuple(row[j] for row in rows) for j in (3, 4))
