@@ -1,7 +1,7 @@
 """Train a tensor- and data-parallel MLP on 8 devices, under ``jax.jit`` and under ``jax.shard_map``.
 
-    python examples/train_sharded.py                    # ~10 s on 2 CPU cores
-    python examples/train_sharded.py --steps 10         # quick check
+    python examples/train_sharded.py                      # ~10 s on 2 CPU cores
+    python examples/train_sharded.py --steps 10           # quick check
     python examples/train_sharded.py --optimizer shampoo  # each device refreshes its own factor blocks
 
 Runs anywhere: it asks XLA for 8 simulated CPU devices (set JAX_PLATFORMS to
