@@ -391,7 +391,7 @@ def progress(message: str) -> None:
 
 
 def step_sections(report: Report, optimizers: dict[str, SeedOptimizer], sizes: Sizes, shapes: dict[str, Any]) -> None:
-    reference_elements = next(iter(shapes.values()))["w"].size
+    reference_elements = sizes.single_leaf[0] * sizes.single_leaf[1]
     progress(f"triad over {millions(reference_elements)} float32 elements")
     reference = triad_bandwidth(reference_elements, sizes)
     by_tree: dict[str, list[StepResult]] = {}
@@ -569,11 +569,18 @@ def main() -> None:
         "kronecker (Shampoo, SOAP, PSGD-Kron against AdamW on the transformer tree)",
     )
     parser.add_argument("--torch-python", help="a Python with torch and heavyball: part kronecker times heavyball's SOAP")
+    parser.add_argument(
+        "--trees", default="single,many,transformer",
+        help="part step's trees: any of single (one big leaf), many (1024 small leaves), transformer",
+    )
     parser.add_argument("--output", type=pathlib.Path, default=pathlib.Path(__file__).parent / "results.md")
     args = parser.parse_args()
     parts = {p.strip() for p in args.parts.split(",")}
     if not parts or parts - {"step", "compile", "lowbit", "muon", "kronecker"}:
         parser.error(f"--parts takes step, compile, lowbit, muon and/or kronecker, got {args.parts!r}")
+    trees = [t.strip() for t in args.trees.split(",")]
+    if not trees or set(trees) - {"single", "many", "transformer"}:
+        parser.error(f"--trees takes single, many and/or transformer, got {args.trees!r}")
 
     # Compile times must not come from a cache on disk.
     jax.config.update("jax_enable_compilation_cache", False)
@@ -589,10 +596,12 @@ def main() -> None:
     report = Report(machine_header(
         "jaxopt_zoo vs Optax: step time, bandwidth, memory, compile time",
         f"{'quick' if args.quick else 'full'} sizes for {backend}; {sizes.repeats} repeats of {sizes.steps} steps; "
-        f"{sizes.compile_repeats} compilations; optimizers: {', '.join(optimizers)}; parts: {', '.join(sorted(parts))}",
+        f"{sizes.compile_repeats} compilations; optimizers: {', '.join(optimizers)}; parts: {', '.join(sorted(parts))}"
+        + ("" if len(trees) == 3 else f"; step's trees: {', '.join(trees)}"),
     ))
     if "step" in parts:
-        step_sections(report, optimizers, sizes, shapes)
+        by_kind = dict(zip(("single", "many", "transformer"), shapes))  # tree_shapes' order
+        step_sections(report, optimizers, sizes, {by_kind[t]: shapes[by_kind[t]] for t in by_kind if t in trees})
     if "compile" in parts:
         many = list(shapes)[1]
         compile_section(report, optimizers, sizes, shapes[many], many)
