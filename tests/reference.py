@@ -2437,7 +2437,7 @@ def _shampoo_inverse_root(matrix, p, eps):
 
 def shampoo(learning_rate, b1=0.0, b2=1.0, eps=1e-12, weight_decay=0.0, grafting=None, grafting_b2=0.999,
             grafting_eps=1e-8, precondition_frequency=1, start_preconditioning_step=None, max_precond_dim=1024,
-            merge_dims=True, exponent_override=None, precondition_1d=False, inverse_root=None):
+            merge_dims=True, exponent_override=None, precondition_1d=False, inverse_root=None, graft_per_block=True):
     """Shampoo (Gupta, Koren & Singer 2018, Algorithm 1 / 2 for tensors) as Distributed Shampoo runs it
     (Shi et al. 2023, the DistributedShampoo docstring and README), one param at a time.
 
@@ -2450,7 +2450,9 @@ def shampoo(learning_rate, b1=0.0, b2=1.0, eps=1e-12, weight_decay=0.0, grafting
     precondition_1d) keep M. Grafting (per param, as jaxopt_zoo's graft): the direction rescaled to the norm of the
     grafting step on M: adam M / (sqrt(v / (1 - gb2^t)) + geps), rmsprop M / (sqrt(v) + geps), adagrad
     M / (sqrt(sum g^2) + geps), sgd M, with v = gb2 v + (1 - gb2) g^2 of the raw gradients; before step s the
-    grafting step itself. Then p <- p - lr (u + weight_decay p). inverse_root is ignored: the roots here are exact.
+    grafting step itself. With graft_per_block (Distributed Shampoo's grafting) each block of the param's merged
+    (merge_dims) shape cut at max_precond_dim gets its own ratio of norms, vectors included; else the param's norms
+    are used. Then p <- p - lr (u + weight_decay p). inverse_root is ignored: the roots here are exact.
     """
     del inverse_root
     frequency = precondition_frequency
@@ -2505,10 +2507,17 @@ def shampoo(learning_rate, b1=0.0, b2=1.0, eps=1e-12, weight_decay=0.0, grafting
             else:
                 v_hat = v / (1 - grafting_b2**t) if grafting == "adam" else v
                 step = filtered / (np.sqrt(v_hat) + grafting_eps)
-            d_norm = np.linalg.norm(direction)
             if t < start:  # Distributed Shampoo's "grafting method": the grafting step itself
                 direction = step
+            elif graft_per_block and g.ndim >= 1 and g.size > 0:
+                shape_g = _shampoo_merged_shape(g.shape, max_precond_dim) if merge_dims else g.shape
+                out, steps = direction.reshape(shape_g).copy(), step.reshape(shape_g)
+                for index in _shampoo_block_indices(shape_g, max_precond_dim):
+                    d_norm = np.linalg.norm(out[index])
+                    out[index] = out[index] * np.linalg.norm(steps[index]) / d_norm if d_norm > 0 else 0.0
+                direction = out.reshape(g.shape)
             else:
+                d_norm = np.linalg.norm(direction)
                 direction = direction * np.linalg.norm(step) / d_norm if d_norm > 0 else np.zeros_like(direction)
         delta = -schedule_value(learning_rate, t) * (direction + weight_decay * params)
         return delta, {**state, "L": L, "Q": Q, "m": m, "v": v}

@@ -13,7 +13,9 @@ import pytest
 
 import jaxopt_zoo as jz
 from tests import reference
-from tests.conftest import assert_trees_close, make_params, run_ours, run_reference, shard_map_steps, sharded_params
+from tests.conftest import (
+    SHARD_SPECS, assert_trees_close, make_params, run_ours, run_reference, shard_map_steps, sharded_params,
+)
 
 
 # --- merging and blocking ----------------------------------------------------------------------------------
@@ -150,6 +152,40 @@ def test_graft_under_shard_map_needs_axis_name_and_is_then_exact():
     assert_trees_close(sharded, one_device[-1], rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="graft: inside shard_map.*axis_name"):
         shard_map_steps(jz.chain(jz.graft(jz.scale_by_adam(), jz.scale_by_sign()), jz.scale(-0.05)))
+
+
+def test_graft_per_block_takes_each_blocks_norms():
+    # Blocks of 2: [3, -4] -> sign [1, -1] at the norm 5 of g's block, [0, 2] -> [0, 1] at norm 2. Per leaf, every
+    # entry of sign(g) would get sqrt(29) / sqrt(3).
+    g = jnp.array([3.0, -4.0, 0.0, 2.0])
+    per_block = jz.graft(jz.scale(1.0), jz.scale_by_sign(), max_block_dim=2)
+    np.testing.assert_allclose(per_block.update(g, per_block.init(g))[0], [5 / 2**0.5, -5 / 2**0.5, 0.0, 2.0],
+                               rtol=1e-6)
+    per_leaf = jz.graft(jz.scale(1.0), jz.scale_by_sign())
+    np.testing.assert_allclose(per_leaf.update(g, per_leaf.init(g))[0], np.array([1, -1, 0, 1]) * np.sqrt(29 / 3), rtol=1e-6)
+    # A matrix's blocks are those of jz.block_layout: (3, 4) at 2 is four 2 x 2 blocks and two 1 x 2 ones.
+    m = jnp.arange(1.0, 13.0).reshape(3, 4)
+    tx = jz.graft(jz.scale_by_sign(), jz.scale(1.0), max_block_dim=2)  # each block at the norm of its signs
+    out = np.asarray(tx.update(m, tx.init(m))[0])
+    for rows, cols in itertools.product((slice(0, 2), slice(2, 3)), (slice(0, 2), slice(2, 4))):
+        block = np.asarray(m)[rows, cols]
+        np.testing.assert_allclose(out[rows, cols], block * np.sqrt(block.size) / np.linalg.norm(block), rtol=1e-6)
+
+
+def test_graft_per_block_inside_shard_map_equals_one_device_and_needs_partition_specs():
+    # w (8, 16) split 2 x 4 is eight 4 x 4 blocks across the devices' shards; b (16,) four blocks of 4.
+    make = lambda **k: jz.chain(jz.graft(jz.scale_by_adam(), jz.scale_by_sign(), max_block_dim=4, **k),  # noqa: E731
+                                jz.scale(-0.05))
+    one_device, _ = run_ours(make(), sharded_params(), steps=2, jit=False)
+    sharded = shard_map_steps(make(axis_name=("data", "model"), partition_specs=SHARD_SPECS))
+    assert_trees_close(sharded, one_device[-1], rtol=1e-6, atol=1e-7)
+    per_leaf, _ = run_ours(jz.chain(jz.graft(jz.scale_by_adam(), jz.scale_by_sign()), jz.scale(-0.05)),
+                           sharded_params(), steps=2, jit=False)
+    assert not np.allclose(per_leaf[-1]["w"], one_device[-1]["w"], rtol=1e-3)  # the blocks' norms did differ
+    with pytest.raises(ValueError, match="graft: inside shard_map, axis_name needs partition_specs"):
+        shard_map_steps(make(axis_name=("data", "model")))
+    with pytest.raises(ValueError, match="graft: max_block_dim must be"):
+        jz.graft(jz.scale(1.0), jz.scale(1.0), max_block_dim=0)
 
 
 def test_graft_vmaps_and_jits_with_donation():

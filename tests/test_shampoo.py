@@ -70,6 +70,10 @@ CASES = {  # name: (ours, reference)
         lambda: R.shampoo(0.01, b1=0.9, b2=0.99, eps=1e-4, weight_decay=0.1, grafting="adam",
                           start_preconditioning_step=4, **COMMON),
     ),
+    "shampoo_adam_per_leaf": (
+        lambda: jz.shampoo(0.01, b1=0.9, b2=0.99, eps=1e-4, graft_per_block=False, **COMMON),
+        lambda: R.shampoo(0.01, b1=0.9, b2=0.99, eps=1e-4, grafting="adam", graft_per_block=False, **COMMON),
+    ),
     "shampoo_rmsprop_1d": (
         lambda: jz.shampoo(0.01, b2=1.0, eps=1e-4, grafting="rmsprop", grafting_b2=0.9, precondition_1d=True, **COMMON),
         lambda: R.shampoo(0.01, b1=0.9, b2=1.0, eps=1e-4, grafting="rmsprop", grafting_b2=0.9, precondition_1d=True,
@@ -488,6 +492,7 @@ def test_zero_gradients_and_empty_leaves_give_finite_updates():
         (jz.shampoo, dict(learning_rate=0.1, grafting="lion"), "shampoo", "grafting"),
         (jz.shampoo, dict(learning_rate=0.1, grafting_b2=1.0), "shampoo", "grafting_b2"),
         (jz.shampoo, dict(learning_rate=0.1, max_precond_dim=0), "shampoo", "max_precond_dim"),
+        (jz.shampoo, dict(learning_rate=0.1, graft_per_block="yes"), "shampoo", "graft_per_block"),
         (jz.shampoo, dict(learning_rate=0.1, b2=-0.1), "shampoo", "b2"),
         (jz.scale_by_diagonal_grafting, dict(eps=-1.0), "scale_by_diagonal_grafting", "eps"),
     ],

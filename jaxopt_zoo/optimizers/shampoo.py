@@ -43,6 +43,7 @@ def shampoo(
     grafting: Literal["adam", "rmsprop", "adagrad", "sgd"] | None = "adam",
     grafting_b2: jax.typing.ArrayLike = 0.999,
     grafting_eps: jax.typing.ArrayLike = 1e-8,
+    graft_per_block: bool = True,
     precondition_frequency: int = 100,
     start_preconditioning_step: int | None = None,
     max_precond_dim: int = 1024,
@@ -61,12 +62,14 @@ def shampoo(
 
         \\theta_{t+1} = \\theta_t - \\eta_t \\Big(\\frac{\\|a_t\\|_F}{\\|s_t\\|_F}\\, s_t + \\lambda \\theta_t\\Big),
 
-    per leaf, with :math:`s_t` the Shampoo step of :func:`jaxopt_zoo.scale_by_shampoo` (its factors fed the raw
-    gradients, applied to the filtered gradient :math:`\\hat m_t`, the bias-corrected EMA of decay :math:`\\beta_1`)
-    and :math:`a_t` the grafting optimizer's step on :math:`\\hat m_t`: ``"adam"``
+    per block of :func:`jaxopt_zoo.block_layout` ``(shape, max_precond_dim, merge_dims)`` (Shampoo's blocks; per
+    leaf with ``graft_per_block=False``), with :math:`s_t` the Shampoo step of :func:`jaxopt_zoo.scale_by_shampoo`
+    (its factors fed the raw gradients, applied to the filtered gradient :math:`\\hat m_t`, the bias-corrected EMA of
+    decay :math:`\\beta_1`) and :math:`a_t` the grafting optimizer's step on :math:`\\hat m_t`: ``"adam"``
     :math:`\\hat m_t / (\\sqrt{\\hat v_t} + \\epsilon_g)`, ``"rmsprop"`` the same without :math:`v`'s bias
     correction, ``"adagrad"`` with :math:`v` the sum of squares, ``"sgd"`` :math:`\\hat m_t`. Recipe:
-    ``chain(graft(<grafting>(b1, grafting_b2, grafting_eps), scale_by_shampoo(b1, b2, eps, ...), active=...),
+    ``chain(graft(<grafting>(b1, grafting_b2, grafting_eps), scale_by_shampoo(b1, b2, eps, ...), active=...,
+    max_block_dim=max_precond_dim, merge_dims=merge_dims),
     add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate))``, ``active`` grafting from
     ``start_preconditioning_step`` on: before it the update is the grafting optimizer's own (Distributed
     Shampoo's "grafting method"); with ``grafting=None`` the Shampoo step is used as it is
@@ -84,8 +87,11 @@ def shampoo(
     ``static_args``. A NaN gradient poisons the moments as in any optimizer (factors keep their last finite roots):
     wrap the optimizer in :func:`jaxopt_zoo.apply_if_finite` to skip such steps.
 
-    Differences from Distributed Shampoo: grafting norms are taken per leaf, not per block (see
-    :func:`jaxopt_zoo.graft`); on the leaves Shampoo leaves alone (scalars, and vectors unless
+    Grafting is per block, as Distributed Shampoo's, also on the leaves Shampoo leaves alone (cut into blocks by the
+    same rule). With ``graft_per_block=False`` the blocks of a leaf share the leaf's norms (layer-wise grafting, as
+    heavyball's): sharded leaves of several blocks then need no gathering for the norms (:func:`jaxopt_zoo.graft`).
+
+    Differences from Distributed Shampoo: on the leaves Shampoo leaves alone (scalars, and vectors unless
     ``precondition_1d``) the update is the filtered gradient rescaled to the grafting optimizer's norm (Distributed
     Shampoo preconditions them with full-matrix factors; the two agree for scalars); the grafting and Shampoo
     transformations each keep their own copy of the filtered gradient (one extra param-sized moment; ``mu_dtype``
@@ -101,6 +107,7 @@ def shampoo(
         grafting: ``"adam"``, ``"rmsprop"``, ``"adagrad"``, ``"sgd"`` or ``None``.
         grafting_b2: the grafting optimizer's :math:`\\beta_2` (Adam, RMSprop).
         grafting_eps: the grafting optimizer's :math:`\\epsilon_g \\ge 0`.
+        graft_per_block: take the grafting norms per block (Distributed Shampoo's), else per leaf.
         precondition_frequency: steps between inverse-root refreshes.
         start_preconditioning_step: the first refresh (``None``: ``precondition_frequency``).
         max_precond_dim: the largest factor; larger dimensions are blocked.
@@ -143,8 +150,9 @@ def shampoo(
             _whole_number(owner, name, value)
     if grafting == "adam":
         validation.decay_rate(owner, "grafting_b2", grafting_b2)
-    validation.flag(owner, "merge_dims", merge_dims)
-    validation.flag(owner, "precondition_1d", precondition_1d)
+    for name, value in (("merge_dims", merge_dims), ("precondition_1d", precondition_1d),
+                        ("graft_per_block", graft_per_block)):
+        validation.flag(owner, name, value)
     if inverse_root not in ("eigh", "newton"):
         raise ValueError(f"{owner}: inverse_root must be 'eigh' or 'newton', got {inverse_root!r}.")
     axis_name = validation.axis_name(owner, axis_name)
@@ -157,5 +165,7 @@ def shampoo(
         # Before the start step, the grafting optimizer's own update (Distributed Shampoo's "grafting method"):
         # scale_by_shampoo's count is the 1-based step.
         direction = graft(_grafting(grafting, b1, grafting_b2, grafting_eps, mu_dtype, nu_dtype), direction,
-                          active=lambda shampoo_state: shampoo_state.count >= int(start), axis_name=axis_name)
+                          active=lambda shampoo_state: shampoo_state.count >= int(start),
+                          max_block_dim=max_precond_dim if graft_per_block else None, merge_dims=merge_dims,
+                          axis_name=axis_name, partition_specs=partition_specs)
     return chain(direction, add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate))
