@@ -14,7 +14,7 @@ import pytest
 import jaxopt_zoo as jz
 from tests import reference
 from tests.conftest import (
-    SHARD_SPECS, assert_trees_close, make_params, run_ours, run_reference, shard_map_steps, sharded_params,
+    SHARD_AXES, SHARD_SPECS, assert_trees_close, make_params, run_ours, run_reference, shard_map_steps, sharded_params,
 )
 
 
@@ -182,6 +182,15 @@ def test_graft_per_block_inside_shard_map_equals_one_device_and_needs_partition_
     per_leaf, _ = run_ours(jz.chain(jz.graft(jz.scale_by_adam(), jz.scale_by_sign()), jz.scale(-0.05)),
                            sharded_params(), steps=2, jit=False)
     assert not np.allclose(per_leaf[-1]["w"], one_device[-1]["w"], rtol=1e-3)  # the blocks' norms did differ
+    # Nothing gathered: per-block sums of squares, completed by an all-reduce of the small table.
+    tx, mesh = make(axis_name=SHARD_AXES, partition_specs=SHARD_SPECS), jax.make_mesh((2, 4), SHARD_AXES)
+    params = {k: jax.device_put(v, jax.sharding.NamedSharding(mesh, SHARD_SPECS[k])) for k, v in sharded_params().items()}
+    state = jz.init_sharded(tx, params)
+    specs = jax.tree.map(lambda s: s.spec, jz.state_shardings(tx, params))
+    update = jax.shard_map(lambda g, s: tx.update(g, s), mesh=mesh, in_specs=(SHARD_SPECS, specs),
+                           out_specs=(SHARD_SPECS, specs))
+    hlo = jax.jit(update).lower(params, state).compile().as_text()
+    assert "all-gather" not in hlo and "all-reduce" in hlo
     with pytest.raises(ValueError, match="graft: inside shard_map, axis_name needs partition_specs"):
         shard_map_steps(make(axis_name=("data", "model")))
     with pytest.raises(ValueError, match="graft: max_block_dim must be"):

@@ -62,14 +62,14 @@ def shampoo(
 
         \\theta_{t+1} = \\theta_t - \\eta_t \\Big(\\frac{\\|a_t\\|_F}{\\|s_t\\|_F}\\, s_t + \\lambda \\theta_t\\Big),
 
-    per block of :func:`jaxopt_zoo.block_layout` ``(shape, max_precond_dim, merge_dims)`` (Shampoo's blocks; per
+    per block of :func:`jaxopt_zoo.block_layout` ``(shape, max_precond_dim)`` (Shampoo's blocks; per
     leaf with ``graft_per_block=False``), with :math:`s_t` the Shampoo step of :func:`jaxopt_zoo.scale_by_shampoo`
     (its factors fed the raw gradients, applied to the filtered gradient :math:`\\hat m_t`, the bias-corrected EMA of
     decay :math:`\\beta_1`) and :math:`a_t` the grafting optimizer's step on :math:`\\hat m_t`: ``"adam"``
     :math:`\\hat m_t / (\\sqrt{\\hat v_t} + \\epsilon_g)`, ``"rmsprop"`` the same without :math:`v`'s bias
     correction, ``"adagrad"`` with :math:`v` the sum of squares, ``"sgd"`` :math:`\\hat m_t`. Recipe:
     ``chain(graft(<grafting>(b1, grafting_b2, grafting_eps), scale_by_shampoo(b1, b2, eps, ...), active=...,
-    max_block_dim=max_precond_dim, merge_dims=merge_dims),
+    max_block_dim=max_precond_dim),
     add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate))``, ``active`` grafting from
     ``start_preconditioning_step`` on: before it the update is the grafting optimizer's own (Distributed
     Shampoo's "grafting method"); with ``grafting=None`` the Shampoo step is used as it is
@@ -89,7 +89,7 @@ def shampoo(
 
     Grafting is per block, as Distributed Shampoo's, also on the leaves Shampoo leaves alone (cut into blocks by the
     same rule). With ``graft_per_block=False`` the blocks of a leaf share the leaf's norms (layer-wise grafting, as
-    heavyball's): sharded leaves of several blocks then need no gathering for the norms (:func:`jaxopt_zoo.graft`).
+    heavyball's).
 
     Differences from Distributed Shampoo: on the leaves Shampoo leaves alone (scalars, and vectors unless
     ``precondition_1d``) the update is the filtered gradient rescaled to the grafting optimizer's norm (Distributed
@@ -166,6 +166,6 @@ def shampoo(
         # scale_by_shampoo's count is the 1-based step.
         direction = graft(_grafting(grafting, b1, grafting_b2, grafting_eps, mu_dtype, nu_dtype), direction,
                           active=lambda shampoo_state: shampoo_state.count >= int(start),
-                          max_block_dim=max_precond_dim if graft_per_block else None, merge_dims=merge_dims,
-                          axis_name=axis_name, partition_specs=partition_specs)
+                          max_block_dim=max_precond_dim if graft_per_block else None, axis_name=axis_name,
+                          partition_specs=partition_specs)
     return chain(direction, add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate))

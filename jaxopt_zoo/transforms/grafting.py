@@ -15,10 +15,13 @@ import jax.numpy as jnp
 from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import GradientTransformation, OptState, expects_state
 from jaxopt_zoo.combine import as_transformation
+from jax.sharding import PartitionSpec
+
 from jaxopt_zoo.sharding import (
-    AxisName, Placement, check_partition_specs, leaf_specs, local_block, local_placements, whole_leaf, whole_shape,
+    AxisName, Placement, check_partition_specs, explicit_layout, leaf_specs, local_placements, placement_of, split_over,
+    whole_shape,
 )
-from jaxopt_zoo.transforms.kronecker import block_layout, from_blocks, to_blocks
+from jaxopt_zoo.transforms.kronecker import mode_product
 
 __all__ = ["GraftState", "graft"]
 
@@ -36,7 +39,6 @@ def graft(
     *,
     active: Callable[[OptState], jax.Array] | None = None,
     max_block_dim: int | None = None,
-    merge_dims: bool = True,
     axis_name: AxisName = None,
     partition_specs: Any = None,
 ) -> GradientTransformation:
@@ -48,16 +50,17 @@ def graft(
 
     with :math:`m` and :math:`d` the two transformations' updates of the same gradients (both see the same
     ``params`` and extra arguments). Norms are per leaf ("layer-wise grafting", as in Agarwal et al. and in
-    heavyball), or, with ``max_block_dim``, per block of :func:`jaxopt_zoo.block_layout` ``(shape, max_block_dim,
-    merge_dims)``, as Distributed Shampoo grafts each of its blocks (pass Shampoo's ``max_precond_dim`` and
-    ``merge_dims``: the blocks are then its). ``active``, a function of the direction's new state, says on which
+    heavyball), or, with ``max_block_dim``, per block of :func:`jaxopt_zoo.block_layout` ``(shape, max_block_dim)``,
+    as Distributed Shampoo grafts each of its blocks (pass Shampoo's ``max_precond_dim``: the blocks are then its,
+    with or without ``merge_dims``, since merged dimensions never exceed it: every dimension is cut at the multiples
+    of ``max_block_dim``). ``active``, a function of the direction's new state, says on which
     steps to graft; on the others the magnitude's update passes unchanged (Distributed Shampoo's steps before its
     preconditioner starts).
 
-    Sharding: under ``jit`` the norms are exact whatever the layout (a leaf of several blocks split over Explicit
-    mesh axes is gathered for them). Inside ``shard_map``, ``axis_name`` names the mesh axes the leaves may be split
-    over, so that each norm is that of the whole leaf; a leaf of several blocks is gathered whole, which needs
-    ``partition_specs`` too (the params' ``in_specs``).
+    Sharding: the norms are those of whole leaves (or blocks) under ``jit`` and, with ``axis_name``, inside
+    ``shard_map``. Nothing is gathered: each device sums the squares of its own entries per block and one
+    all-reduce of that small table (blocks x 2 numbers per leaf) completes the sums; inside ``shard_map`` that
+    needs ``partition_specs`` too (the params' ``in_specs``), to place each device's entries in their blocks.
 
     Differences from heavyball 3.2.1's grafting: where the direction's norm is 0 the update is 0 (heavyball divides
     by :math:`\\max(\\|d\\|, 10^{-6})`, which scales directions smaller than that by less); so does Distributed
@@ -69,7 +72,6 @@ def graft(
         active: ``None`` (always graft) or a function of the direction's new state returning whether to graft
             this step (a boolean scalar).
         max_block_dim: ``None`` (a norm per leaf) or the largest block dimension, :math:`\\ge 1` (a norm per block).
-        merge_dims: with ``max_block_dim``, merge adjacent small dimensions before blocking.
         axis_name: inside ``shard_map``, the mesh axes the leaves may be sharded over.
         partition_specs: inside ``shard_map`` with ``max_block_dim``, the ``PartitionSpec`` of each update leaf
             (the params' ``in_specs``; a tree or a prefix of one).
@@ -91,7 +93,6 @@ def graft(
     direction = as_transformation(owner, direction)
     if max_block_dim is not None:
         max_block_dim = validation.whole_number(owner, "max_block_dim", max_block_dim, 1)
-    validation.flag(owner, "merge_dims", merge_dims)
     axis_name = validation.axis_name(owner, axis_name)
     check_partition_specs(owner, partition_specs)
 
@@ -109,15 +110,11 @@ def graft(
                                           "grafting per block needs whole arrays")
 
         def grafted(d: jax.Array, m: jax.Array, at: Placement | None) -> jax.Array:
-            blocked = max_block_dim is not None and d.ndim > 0 and d.size > 0
-            layout = block_layout(whole_shape(d, at), max_block_dim, merge_dims) if blocked else None
-            if layout is None or sum(n for n, *_ in layout.stack_shapes) == 1:
-                d_norm = jnp.sqrt(tree.sum_of_squares(d, axis_name, owner))
-                m_norm = jnp.sqrt(tree.sum_of_squares(m, axis_name, owner))
-                return jnp.where(grafting, d * _ratio(m_norm, d_norm), m).astype(d.dtype)
-            stacks = zip(*(to_blocks(whole_leaf(x, at), layout) for x in (d, m)))
-            scaled = [ds * _ratio(_block_norms(ms), _block_norms(ds)) for ds, ms in stacks]
-            return jnp.where(grafting, local_block(from_blocks(scaled, layout, like=d), at), m).astype(d.dtype)
+            if max_block_dim is not None and any(n > max_block_dim for n in whole_shape(d, at)):
+                return _grafted_per_block(d, m, at, max_block_dim, grafting).astype(d.dtype)
+            d_norm = jnp.sqrt(tree.sum_of_squares(d, axis_name, owner))
+            m_norm = jnp.sqrt(tree.sum_of_squares(m, axis_name, owner))
+            return jnp.where(grafting, d * _ratio(m_norm, d_norm), m).astype(d.dtype)
 
         m_leaves = treedef.flatten_up_to(m_updates)
         new_updates = [None if d is None else grafted(d, m, at)
@@ -127,9 +124,30 @@ def graft(
     return expects_state(owner, GradientTransformation(init, update), GraftState)
 
 
-def _block_norms(stack: jax.Array) -> jax.Array:
-    # The Frobenius norm of each block of a stack (blocks on axis 0), shaped to broadcast against it.
-    return jnp.sqrt(jnp.sum(tree.abs_sq(stack), axis=tuple(range(1, stack.ndim)), keepdims=True))
+def _grafted_per_block(d: jax.Array, m: jax.Array, at: Placement | None, max_dim: int, grafting: Any) -> jax.Array:
+    """``d`` rescaled block by block to ``m``'s norms, blocks cutting every dimension at the multiples of
+    ``max_dim``. Each device sums its own entries' squares per block (a product with each dimension's one-hot
+    block indices) and a ``psum`` over the leaf's mesh axes (inside ``shard_map``, placed by ``at``) completes the
+    sums; on Explicit mesh axes the same runs in a ``shard_map`` over the leaf's layout; elsewhere the partitioner
+    places it."""
+    split = explicit_layout(d) if at is None else None
+    if split is not None:
+        placement = placement_of("graft", split.spec, d.ndim)
+        local = lambda d, m, on: _grafted_per_block(d, m, placement, max_dim, on)  # noqa: E731
+        specs = (split.spec, split.spec, PartitionSpec())
+        local = jax.shard_map(local, mesh=split.mesh, in_specs=specs, out_specs=split.spec, check_vma=False)
+        return local(d, jax.sharding.reshard(m, split), jnp.asarray(grafting))
+    placement = at or ((),) * d.ndim
+    first = [jax.lax.axis_index(axes) * n if axes else 0 for n, axes in zip(d.shape, placement)]
+    blocks = [(start + jnp.arange(n)) // max_dim for start, n in zip(first, d.shape)]  # each entry's block, per dim
+    counts = [-(-n // max_dim) for n in whole_shape(d, at)]
+    real = jnp.promote_types(jnp.finfo(d.dtype).dtype, jnp.float32)  # sums of squares in float32 at least
+    one_hots = [jax.nn.one_hot(b, c, dtype=real) for b, c in zip(blocks, counts)]
+    sums = jnp.stack([mode_product(tree.abs_sq(x).astype(real), one_hots, transpose=True) for x in (d, m)])
+    if split_over(placement):
+        sums = jax.lax.psum(sums, split_over(placement))
+    ratio = _ratio(jnp.sqrt(sums[1]), jnp.sqrt(sums[0]))  # per block
+    return jnp.where(grafting, d * ratio[jnp.ix_(*blocks)], m)
 
 
 def _ratio(m_norm: jax.Array, d_norm: jax.Array) -> jax.Array:
