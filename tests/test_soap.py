@@ -523,6 +523,14 @@ def test_sharded_init_jit_and_shard_map_equal_one_device():
     for t in range(1, 5):
         run = local_step(*run, jax.tree.map(lambda x: grad_fn(x, t, jnp), run[0]))
     assert_trees_close(run[0], single[0], rtol=1e-5, atol=1e-5)  # (rounding as under Explicit axes, above)
+    # A leaf no basis rotates (the vector b) is stepped where it lies: a step of b alone moves nothing.
+    b_tx = jz.soap(0.01, axis_name=("data", "model"), partition_specs={"b": P("model")})
+    only_b = {"b": placed["b"]}
+    b_specs = jax.tree.map(lambda s: s.spec, jz.state_shardings(b_tx, only_b))
+    b_step = jax.shard_map(lambda g, s: b_tx.update(g, s, g), mesh=mesh, in_specs=({"b": P("model")}, b_specs),
+                           out_specs=({"b": P("model")}, b_specs))
+    hlo = jax.jit(b_step).lower(only_b, jz.init_sharded(b_tx, only_b)).compile().as_text()
+    assert not re.search("all-gather|all-reduce|all-to-all|collective-permute", hlo)
     local = jax.shard_map(lambda p, s: step(p, s, 1), mesh=mesh, in_specs=(SHARD_SPECS, specs),
                           out_specs=(SHARD_SPECS, specs))
     with pytest.raises(ValueError, match=r"scale_by_soap: inside shard_map, an array of local shape \(3,\) varies "

@@ -221,7 +221,9 @@ def scale_by_soap(
     needed: under ``jit`` with sharded params the update is exact (with Explicit mesh axes each leaf is gathered for
     its blocks, each device rotates, accumulates and refreshes its own blocks, and the results are scattered back
     to the leaf's sharding); inside ``shard_map``, with ``axis_name`` and ``partition_specs``, it is exact too
-    (:mod:`jaxopt_zoo.transforms.kronecker` says how); a leaf that is a shard raises without them.
+    (:mod:`jaxopt_zoo.transforms.kronecker` says how); a leaf that is a shard raises without them. A leaf without
+    bases (a scalar, or a vector unless ``precondition_1d``) is stepped entry by entry where it lies, nothing
+    gathered (unless ``normalize_grads``, whose root mean square is the whole leaf's).
 
     Differences from the official code (github.com/nikhilvyas/SOAP, ``soap.py``): blocking of dimensions above
     ``max_precond_dim`` (``blocking=True``, the default; the official code leaves them unrotated, which is
@@ -333,18 +335,30 @@ def scale_by_soap(
             ratio = m / denominator
         return jnp.where(live, m, m_old), jnp.where(live, v, v_old), _rotate(ratio, dims, qs, into=False)
 
-    def before_refresh(g, mu, nu, stats, bases, plan, count):
-        # One leaf (whole arrays): its update, and Adam's moments and the new factors as stacks of blocks.
-        dtype = jnp.promote_types(g.dtype, jnp.float32)
-        live, k = count > 0, jnp.maximum(count, 1).astype(dtype)
-        gs = to_blocks(g.astype(dtype), plan.layout)
-        old_mus, old_nus = to_blocks(mu, plan.layout), to_blocks(nu, plan.layout)
-        mus, nus, directions = zip(*(adam_in_bases(*args, live) for args in zip(gs, old_mus, old_nus, plan.dims, bases)))
-        direction = from_blocks(directions, plan.layout)
+    def finish(direction, g, count):
+        # Adam's direction of a whole leaf: normalised, bias-corrected, 0 on the first step.
+        live, k = count > 0, jnp.maximum(count, 1).astype(direction.dtype)
         if normalize_grads:
             direction = direction / (1e-30 + jnp.sqrt(jnp.mean(direction * direction)))
         if correct_bias:
             direction = direction * jnp.sqrt(1 - b2**k) / (1 - b1**k)
+        return jnp.where(live, direction, 0).astype(tree.moment_dtype(g.dtype))
+
+    def unrotated(g, mu, nu, count):
+        # A leaf without bases: Adam entry by entry on the leaf as this device holds it (nothing gathered).
+        step = functools.partial(adam_on_blocks, dims=(), n=0)
+        m, v, ratio = step(g.astype(jnp.promote_types(g.dtype, jnp.float32))[None], mu[None], nu[None], b1, b2, eps,
+                           count > 0)
+        return finish(ratio[0], g, count), m[0], v[0]
+
+    def before_refresh(g, mu, nu, stats, bases, plan, count):
+        # One leaf (whole arrays): its update, and Adam's moments and the new factors as stacks of blocks.
+        dtype = jnp.promote_types(g.dtype, jnp.float32)
+        gs = to_blocks(g.astype(dtype), plan.layout)
+        old_mus, old_nus = to_blocks(mu, plan.layout), to_blocks(nu, plan.layout)
+        mus, nus, directions = zip(*(adam_in_bases(*args, count > 0)
+                                     for args in zip(gs, old_mus, old_nus, plan.dims, bases)))
+        direction = from_blocks(directions, plan.layout)
 
         def accumulate(s, g, beta_s, i):  # a non-finite G is skipped
             c = _statistic(g, i)
@@ -352,7 +366,7 @@ def scale_by_soap(
 
         new_stats = tuple(tuple(on_blocks(functools.partial(accumulate, i=i), s, g_k, shared=(beta_s,))
                                 for s, i in zip(s_k, dims)) for s_k, g_k, dims in zip(stats, gs, plan.dims))
-        return jnp.where(live, direction, 0).astype(tree.moment_dtype(g.dtype)), mus, nus, new_stats
+        return finish(direction, g, count), mus, nus, new_stats
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -370,6 +384,9 @@ def scale_by_soap(
             plan = None if g is None else plan_of(sharding.whole_shape(g, at))
             if plan is None or plan.layout is None:  # a None leaf keeps its entries; an empty one gets zeros
                 rows.append([g if g is None else jnp.zeros_like(g), mu, nu, stats, bases])
+                continue
+            if not any(plan.dims) and not normalize_grads:
+                rows.append([*unrotated(g, mu, nu, state.count), stats, bases])
                 continue
             # Whole matrices are needed: on Explicit mesh axes or inside shard_map, gather the leaf here and
             # scatter the results below (inside shard_map its blocks are shared as the state's stacks are).
