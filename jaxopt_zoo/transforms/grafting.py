@@ -11,12 +11,11 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
 from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import GradientTransformation, OptState, expects_state
 from jaxopt_zoo.combine import as_transformation
-from jax.sharding import PartitionSpec
-
 from jaxopt_zoo.sharding import (
     AxisName, Placement, check_partition_specs, explicit_layout, leaf_specs, local_placements, placement_of, split_over,
     whole_shape,
@@ -63,8 +62,7 @@ def graft(
     needs ``partition_specs`` too (the params' ``in_specs``), to place each device's entries in their blocks.
 
     Differences from heavyball 3.2.1's grafting: where the direction's norm is 0 the update is 0 (heavyball divides
-    by :math:`\\max(\\|d\\|, 10^{-6})`, which scales directions smaller than that by less); so does Distributed
-    Shampoo's (which divides by the norm unguarded).
+    by :math:`\\max(\\|d\\|, 10^{-6})`, which scales directions smaller than that by less).
 
     Args:
         magnitude: the transformation whose update norms are used (e.g. ``jz.scale_by_adam()``).
