@@ -2447,7 +2447,7 @@ def shampoo(learning_rate, b1=0.0, b2=1.0, eps=1e-12, weight_decay=0.0, grafting
     Q_i = (L_i / c_t + eps I)^(-1/p), c_t = 1 - b2^t (b2 < 1) or 1, p = exponent_override or 2k; before the first
     refresh Q_i = I. The filtered gradient M = m_t / (1 - b1^t), m_t = b1 m_{t-1} + (1 - b1) g (M = g if b1 = 0)
     is multiplied along each dimension i of each block by Q_i. Scalars, empty params, vectors (without
-    precondition_1d) keep M. Grafting (per param, as jaxopt_zoo's graft): the direction rescaled to the norm of the
+    precondition_1d) keep M. Grafting: the direction rescaled to the norm of the
     grafting step on M: adam M / (sqrt(v / (1 - gb2^t)) + geps), rmsprop M / (sqrt(v) + geps), adagrad
     M / (sqrt(sum g^2) + geps), sgd M, with v = gb2 v + (1 - gb2) g^2 of the raw gradients; before step s the
     grafting step itself. With graft_per_block (Distributed Shampoo's grafting) each block of the param's merged

@@ -37,7 +37,8 @@ def _run(script: str, output: pathlib.Path, *options: str) -> str:
 
 def test_speed_benchmark_quick_mode_reports_its_optimizers(tmp_path):
     # Part kronecker has its own test below, in this process.
-    report = _run("run.py", tmp_path / "results.md", "--parts", "step,compile,lowbit,muon", "--trees", "many,transformer")
+    report = _run("run.py", tmp_path / "results.md", "--parts", "step,compile,lowbit,muon",
+                  "--trees", "many,transformer")
     step = report[report.index("## Step time"):report.index("## Achieved bandwidth")]
     assert "### 4 leaves of" in step and "### transformer" in step and "### 1 leaf of" not in step
     for name in NAMES:

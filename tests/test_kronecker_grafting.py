@@ -162,7 +162,8 @@ def test_graft_per_block_takes_each_blocks_norms():
     np.testing.assert_allclose(per_block.update(g, per_block.init(g))[0], [5 / 2**0.5, -5 / 2**0.5, 0.0, 2.0],
                                rtol=1e-6)
     per_leaf = jz.graft(jz.scale(1.0), jz.scale_by_sign())
-    np.testing.assert_allclose(per_leaf.update(g, per_leaf.init(g))[0], np.array([1, -1, 0, 1]) * np.sqrt(29 / 3), rtol=1e-6)
+    np.testing.assert_allclose(per_leaf.update(g, per_leaf.init(g))[0], np.array([1, -1, 0, 1]) * np.sqrt(29 / 3),
+                               rtol=1e-6)
     # A matrix's blocks are those of jz.block_layout: (3, 4) at 2 is four 2 x 2 blocks and two 1 x 2 ones.
     m = jnp.arange(1.0, 13.0).reshape(3, 4)
     tx = jz.graft(jz.scale_by_sign(), jz.scale(1.0), max_block_dim=2)  # each block at the norm of its signs
@@ -184,7 +185,8 @@ def test_graft_per_block_inside_shard_map_equals_one_device_and_needs_partition_
     assert not np.allclose(per_leaf[-1]["w"], one_device[-1]["w"], rtol=1e-3)  # the blocks' norms did differ
     # Nothing gathered: per-block sums of squares, completed by an all-reduce of the small table.
     tx, mesh = make(axis_name=SHARD_AXES, partition_specs=SHARD_SPECS), jax.make_mesh((2, 4), SHARD_AXES)
-    params = {k: jax.device_put(v, jax.sharding.NamedSharding(mesh, SHARD_SPECS[k])) for k, v in sharded_params().items()}
+    params = {k: jax.device_put(v, jax.sharding.NamedSharding(mesh, SHARD_SPECS[k]))
+              for k, v in sharded_params().items()}
     state = jz.init_sharded(tx, params)
     specs = jax.tree.map(lambda s: s.spec, jz.state_shardings(tx, params))
     update = jax.shard_map(lambda g, s: tx.update(g, s), mesh=mesh, in_specs=(SHARD_SPECS, specs),

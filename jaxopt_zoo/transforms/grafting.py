@@ -105,7 +105,7 @@ def graft(
         placements = None
         if max_block_dim is not None:
             placements = local_placements(owner, d_leaves, leaf_specs(owner, partition_specs, d_updates), axis_name,
-                                          "grafting per block needs whole arrays")
+                                          "grafting per block needs to know where each shard lies in its leaf")
 
         def grafted(d: jax.Array, m: jax.Array, at: Placement | None) -> jax.Array:
             if max_block_dim is not None and any(n > max_block_dim for n in whole_shape(d, at)):
