@@ -187,9 +187,11 @@ def _orthogonalize(x, coefficients, ns_steps, preconditioning, eps, eps_floor):
     if coefficients.ndim == 2:
         for k in range(coefficients.shape[0]):
             x = (first if k == 0 else _step)(x, coefficients[k], eps)
-    elif isinstance(ns_steps, int):
-        for k in range(ns_steps):
-            x = (first if k == 0 else _step)(x, coefficients, eps)
+    elif isinstance(ns_steps, int):  # traced once, unrolled when lowered (as Optax's: tracing 5 steps cost 5x)
+        if ns_steps and first is not _step:
+            x = first(x, coefficients, eps)
+        start = 0 if first is _step else 1
+        x = jax.lax.fori_loop(start, max(ns_steps, start), lambda _, z: _step(z, coefficients, eps), x, unroll=True)
     else:  # a traced step count (inject_hyperparams)
         body = lambda i, z: jax.lax.cond(i == 0, first, _step, z, coefficients, eps)
         x = jax.lax.fori_loop(0, ns_steps, body, x)
