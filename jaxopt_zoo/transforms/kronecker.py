@@ -24,8 +24,10 @@ blocks as one device would, and keep their block of the result. A stack of facto
 lays it out (:func:`stack_sharding`), is worked by each device for its own blocks, whose results are then
 gathered. PSGD-Kron's factors are whole: every device forms the whole update. The numbers are one device's, up to
 the rounding of products batched over fewer blocks; the price is the gathers (and, with whole stacks, every
-device repeating the work). A ``shard_map`` over some of the mesh's axes works alike (``axis_name`` and the specs
-name those axes). Without ``axis_name`` a leaf that is a block raises.
+device repeating the work). Nothing is gathered for a leaf split along its first dimension only, at block
+boundaries, whose stacks are held in shares (a fully sharded data-parallel layout): each device's rows are then its
+blocks. A ``shard_map`` over some of the mesh's axes works alike (``axis_name`` and the specs name those axes).
+Without ``axis_name`` a leaf that is a block raises.
 """
 
 from __future__ import annotations
@@ -191,6 +193,28 @@ def shared_layout(owner: str, layout: BlockLayout | None, state: Sequence[Sequen
                 "jz.state_shardings(tx, params) for shard_map's in_specs, or replicate it.")
         shares.append(() if held == count else axes)
     return layout._replace(shares=tuple(shares))
+
+
+def local_share(layout: BlockLayout | None,
+                placement: Placement | None) -> tuple[BlockLayout | None, Placement | None]:
+    """Inside ``shard_map``: when this device's block of the leaf is exactly its share of every stack (the leaf split
+    along its first dimension only, at block boundaries, and every stack held in shares), the layout of that local
+    block and no placement, so that the leaf is neither gathered nor sliced; otherwise ``(layout, placement)``
+    unchanged. Blocks are numbered row-major, so a device's rows of blocks are consecutive in each stack: the share
+    :func:`stack_sharding` gives it."""
+    if layout is None or placement is None or not layout.shares or not layout.merged:
+        return layout, placement
+    axes = split_over(placement)
+    first, *rest = layout.pieces
+    ways = jax.lax.axis_size(axes) if axes else 1
+    if (not axes or placement[0] != axes or any(s != axes for s in layout.shares) or len(first) != 1
+            or first[0].count % ways):
+        return layout, placement
+    rows = first[0].count // ways
+    local = layout._replace(shape=(layout.shape[0] // ways, *layout.shape[1:]),
+                            merged=(rows * first[0].size, *layout.merged[1:]),
+                            pieces=((_Piece(0, rows, first[0].size),), *rest), shares=())
+    return local, None
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))

@@ -40,6 +40,7 @@ from jaxopt_zoo.transforms.kronecker import (
     block_layout,
     dim_statistics,
     from_blocks,
+    local_share,
     mode_product,
     on_blocks,
     place_stack,
@@ -298,6 +299,7 @@ def scale_by_shampoo(
                                       "the Kronecker factors need whole arrays") or [None] * len(grads)
         layouts = [None if g is None else shared_layout(owner, layout(whole_shape(g, at)), f, at, "state.factors")
                    for g, f, at in zip(grads, state.factors, placements)]  # None: the entry is kept as it is
+        layouts, placements = zip(*map(local_share, layouts, placements))  # a device's rows that are its share stay
         whole = lambda xs: [x if lay is None else whole_leaf(x, at) for x, lay, at in zip(xs, layouts, placements)]
         count = safe_increment(state.count)
         mu = tree.update_moment(updates, state.mu, b1, 1) if momentum else None

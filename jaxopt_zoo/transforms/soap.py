@@ -26,7 +26,7 @@ from jaxopt_zoo import sharding, tree, validation
 from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, safe_increment, zero_count
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
 from jaxopt_zoo.transforms.kronecker import (
-    PRECISION, BlockLayout, block_layout, from_blocks, mode_product, on_blocks, place_stack, shared_layout,
+    PRECISION, BlockLayout, block_layout, from_blocks, local_share, mode_product, on_blocks, place_stack, shared_layout,
     stack_of_eyes, stacked_eigh, stacked_qr, to_blocks,
 )
 
@@ -390,9 +390,12 @@ def scale_by_soap(
                 continue
             # Whole matrices are needed: on Explicit mesh axes or inside shard_map, gather the leaf here and
             # scatter the results below (inside shard_map its blocks are shared as the state's stacks are).
+            layout = shared_layout(owner, plan.layout, stats, at, "state.stats")
+            if not normalize_grads:  # (whose root mean square is the whole leaf's)
+                layout, at = local_share(layout, at)  # a device's rows that are its share: nothing gathered
+            plan = plan._replace(layout=layout)
             g, mu, nu = (sharding.whole_leaf(x, at) for x in (g, mu, nu))
             (g, mu, nu), layouts = zip(*map(sharding.gathered, (g, mu, nu)))
-            plan = plan._replace(layout=shared_layout(owner, plan.layout, stats, at, "state.stats"))
             rows.append([*before_refresh(g, mu, nu, stats, bases, plan, state.count), bases])
             blocked.append((rows[-1], plan, layouts, at))
         rotated = [(row, plan) for row, plan, _, _ in blocked if any(plan.dims)]
