@@ -120,33 +120,38 @@ def test_mode_products_and_soaps_step_move_no_data(shape, rotated):
     assert _moved(step, shape) == [], _moved(step, shape)
 
 
+@pytest.mark.parametrize("where", ["shard_map", "explicit"])
 @pytest.mark.parametrize("name", ["shampoo", "soap"])
-def test_rows_of_blocks_split_over_devices_are_worked_where_they_lie_inside_shard_map(name):
+def test_rows_of_blocks_split_over_devices_are_worked_where_they_lie(name, where):
     # Leaves split along their first dimension at block boundaries (w: one row of 4 x 4 blocks per device, v: two
-    # per "data" shard): each device's rows are its share of the factors' stacks, so nothing is gathered, and the
-    # steps equal one device's.
+    # per "data" shard): each device's rows are its share of the factors' stacks, so nothing is gathered, inside
+    # shard_map or under jit on Explicit axes, and the steps equal one device's.
     make = {"shampoo": lambda **k: jz.shampoo(0.1, eps=1e-4, precondition_frequency=1, max_precond_dim=4, **k),
             "soap": lambda **k: jz.soap(0.01, precondition_frequency=2, max_precond_dim=4, **k)}[name]
     rng = np.random.default_rng(0)
     params = {"w": jnp.asarray(rng.normal(size=(32, 8)), jnp.float32),
               "v": jnp.asarray(rng.normal(size=(16, 12)), jnp.float32)}
     specs = {"w": jax.sharding.PartitionSpec(SHARD_AXES), "v": jax.sharding.PartitionSpec("data")}
-    mesh = jax.make_mesh((2, 4), SHARD_AXES)
-    tx = make(axis_name=SHARD_AXES, partition_specs=specs)
+    axis_type = jax.sharding.AxisType.Explicit if where == "explicit" else jax.sharding.AxisType.Auto
+    mesh = jax.make_mesh((2, 4), SHARD_AXES, axis_types=(axis_type,) * 2)
+    tx = make(axis_name=SHARD_AXES, partition_specs=specs) if where == "shard_map" else make()
     placed = {k: jax.device_put(v, jax.sharding.NamedSharding(mesh, specs[k])) for k, v in params.items()}
-    state_specs = jax.tree.map(lambda s: s.spec, jz.state_shardings(tx, placed))
 
     def step(p, s, g):
         u, s = tx.update(g, s, p)
         return jz.apply_updates(p, u), s
 
-    local = jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(specs, state_specs, specs),
-                                  out_specs=(specs, state_specs)))
-    sharded = (placed, jz.init_sharded(tx, placed))
-    assert "all-gather" not in local.lower(*sharded, placed).compile().as_text()
-    for t in range(1, 5):  # conftest's gradients (of the whole arrays, outside shard_map), as run_ours takes them
-        sharded = local(*sharded, {k: grad_fn(x, t, jnp) for k, x in sharded[0].items()})
+    with jax.set_mesh(mesh):
+        sharded = (placed, jz.init_sharded(tx, placed))
+        if where == "shard_map":
+            state_specs = jax.tree.map(lambda s: s.spec, jz.state_shardings(tx, placed))
+            step = jax.shard_map(step, mesh=mesh, in_specs=(specs, state_specs, specs), out_specs=(specs, state_specs))
+        local = jax.jit(step)
+        assert "all-gather" not in local.lower(*sharded, placed).compile().as_text()
+        for t in range(1, 5):  # conftest's gradients (of the whole arrays, outside shard_map), as run_ours takes them
+            sharded = local(*sharded, {k: grad_fn(x, t, jnp) for k, x in sharded[0].items()})
     assert_trees_close(sharded[0], run_ours(make(), params, steps=4)[0][-1], rtol=1e-5, atol=1e-6)
+    assert sharded[0]["w"].sharding.is_equivalent_to(jax.sharding.NamedSharding(mesh, specs["w"]), 2)
 
 
 # --- grafting ----------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ gathered. PSGD-Kron's factors are whole: every device forms the whole update. Th
 the rounding of products batched over fewer blocks; the price is the gathers (and, with whole stacks, every
 device repeating the work). Nothing is gathered for a leaf split along its first dimension only, at block
 boundaries, whose stacks are held in shares (a fully sharded data-parallel layout): each device's rows are then its
-blocks. A ``shard_map`` over some of the mesh's axes works alike (``axis_name`` and the specs name those axes).
+blocks (under ``jit`` on Explicit axes too: :func:`to_blocks` and :func:`from_blocks` then work each device's rows). A ``shard_map`` over some of the mesh's axes works alike (``axis_name`` and the specs name those axes).
 Without ``axis_name`` a leaf that is a block raises.
 """
 
@@ -112,12 +112,49 @@ def _whole(x: jax.Array) -> jax.Array:
     return gathered(x)[0]
 
 
+def _rows(layout: BlockLayout, ways: int) -> BlockLayout | None:
+    """The layout of one device's rows of blocks when the leaf is split ``ways`` ways along its first dimension, if
+    that split falls on block boundaries (else ``None``). Blocks are numbered row-major, so those rows are consecutive
+    blocks of every stack: the device's share as :func:`stack_sharding` gives it."""
+    if not layout.merged or len(layout.pieces[0]) != 1 or layout.pieces[0][0].count % ways:
+        return None
+    (first,), *rest = layout.pieces
+    rows = first.count // ways
+    return layout._replace(shape=(layout.shape[0] // ways, *layout.shape[1:]), merged=(rows * first.size,
+                           *layout.merged[1:]), pieces=((_Piece(0, rows, first.size),), *rest), shares=())
+
+
+def _explicit_rows(x: jax.Array, layout: BlockLayout) -> tuple[BlockLayout, NamedSharding, tuple[str, ...]] | None:
+    """For ``x`` split over Explicit mesh axes along its first dimension only, at block boundaries: one device's rows
+    layout, ``x``'s sharding and those axes (the stacks' block axis is split over them); else ``None``."""
+    split, axes = explicit_layout(x), _first_axes(x)
+    local = None if not axes else _rows(layout, math.prod(split.mesh.shape[a] for a in axes))
+    return None if local is None else (local, split, axes)
+
+
+def _first_axes(x: jax.Array) -> tuple[str, ...]:
+    # The Explicit mesh axes x is split over when that is along its first dimension only; else ().
+    split = explicit_layout(x)
+    entries = () if split is None else tuple(split.spec)
+    if not entries or entries[0] is None or any(e is not None for e in entries[1:]):
+        return ()
+    return (entries[0],) if isinstance(entries[0], str) else tuple(entries[0])
+
+
 def to_blocks(x: jax.Array, layout: BlockLayout) -> tuple[jax.Array, ...]:
     """``x`` as the stacks of blocks of ``layout`` (each ``(blocks, *block_shape)``, block index row-major; inside
     ``shard_map`` this device's share of a stack that ``layout.shares`` splits).
 
     An ``x`` split over Explicit mesh axes is gathered first (blocks are whole; see
-    :func:`jaxopt_zoo.sharding.explicit_layout`); under ``jit`` on Auto axes the partitioner lays the blocks out."""
+    :func:`jaxopt_zoo.sharding.explicit_layout`), unless it is split along its first dimension only, at block
+    boundaries: each device then cuts its own rows, and the stacks come out split over the same axes (as
+    :func:`stack_sharding` lays factors out); under ``jit`` on Auto axes the partitioner lays the blocks out."""
+    rows = _explicit_rows(x, layout)
+    if rows is not None:
+        local, split, axes = rows
+        cut = lambda y: to_blocks(y, local)  # noqa: E731
+        out_specs = (PartitionSpec(axes),) * len(local.stack_shapes)
+        return jax.shard_map(cut, mesh=split.mesh, in_specs=split.spec, out_specs=out_specs)(x)
     x = _whole(x).reshape(layout.merged)
     stacks = []
     for combo, axes in zip(layout._combos(), layout.shares or itertools.repeat(())):
@@ -136,7 +173,15 @@ def to_blocks(x: jax.Array, layout: BlockLayout) -> tuple[jax.Array, ...]:
 def from_blocks(stacks: Sequence[jax.Array], layout: BlockLayout, like: jax.Array | None = None) -> jax.Array:
     """The inverse of :func:`to_blocks`: the leaf, in its original shape (laid out like ``like`` where that is split
     over Explicit mesh axes; stacks split over devices, as :func:`on_blocks` returns them, are gathered first, and
-    inside ``shard_map`` the shares of ``layout.shares``)."""
+    inside ``shard_map`` the shares of ``layout.shares``). When ``like`` is split along its first dimension only, at
+    block boundaries, and every stack is split as :func:`to_blocks` splits them then, each device assembles its own
+    rows."""
+    rows = None if like is None else _explicit_rows(like, layout)
+    if rows is not None and all(_first_axes(s) == rows[2] for s in stacks):
+        local, split, axes = rows
+        join = lambda *s: from_blocks(s, local)  # noqa: E731
+        in_specs = (PartitionSpec(axes),) * len(stacks)
+        return jax.shard_map(join, mesh=split.mesh, in_specs=in_specs, out_specs=split.spec)(*stacks)
     stacks = [jax.lax.all_gather(s, axes, tiled=True, to="invarying") if axes else _whole(s)
               for s, axes in zip(stacks, layout.shares or itertools.repeat(()))]
     pieces = {}
@@ -202,19 +247,13 @@ def local_share(layout: BlockLayout | None,
     block and no placement, so that the leaf is neither gathered nor sliced; otherwise ``(layout, placement)``
     unchanged. Blocks are numbered row-major, so a device's rows of blocks are consecutive in each stack: the share
     :func:`stack_sharding` gives it."""
-    if layout is None or placement is None or not layout.shares or not layout.merged:
+    if layout is None or placement is None or not layout.shares:
         return layout, placement
     axes = split_over(placement)
-    first, *rest = layout.pieces
-    ways = jax.lax.axis_size(axes) if axes else 1
-    if (not axes or placement[0] != axes or any(s != axes for s in layout.shares) or len(first) != 1
-            or first[0].count % ways):
+    if not axes or placement[0] != axes or any(s != axes for s in layout.shares):
         return layout, placement
-    rows = first[0].count // ways
-    local = layout._replace(shape=(layout.shape[0] // ways, *layout.shape[1:]),
-                            merged=(rows * first[0].size, *layout.merged[1:]),
-                            pieces=((_Piece(0, rows, first[0].size),), *rest), shares=())
-    return local, None
+    local = _rows(layout, jax.lax.axis_size(axes))
+    return (layout, placement) if local is None else (local, None)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))

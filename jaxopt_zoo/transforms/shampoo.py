@@ -203,7 +203,8 @@ def scale_by_shampoo(
     when their devices divide the number of blocks (else replicated), so each device keeps the factors of its
     own blocks. Under ``jax.jit`` on sharded params the update is exact; with Explicit mesh axes each device
     accumulates, refreshes and applies its own blocks' factors (:func:`jaxopt_zoo.on_blocks`; the leaf is gathered
-    for its blocks and the preconditioned blocks gathered back), with Auto axes XLA's partitioner places the work
+    for its blocks and the preconditioned blocks gathered back, unless it is split along its first dimension only, at
+    block boundaries, when each device's rows are its blocks), with Auto axes XLA's partitioner places the work
     and the outputs (pin them with ``out_shardings=jz.state_shardings(tx, params)``). Inside ``shard_map``, with
     ``axis_name`` and ``partition_specs``, the update is exact too (:mod:`jaxopt_zoo.transforms.kronecker` says how);
     a leaf that is a shard raises without them.

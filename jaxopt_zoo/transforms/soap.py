@@ -220,7 +220,8 @@ def scale_by_soap(
     :func:`jaxopt_zoo.stack_sharding` (as Shampoo's, see :func:`jaxopt_zoo.scale_by_shampoo`). Whole matrices are
     needed: under ``jit`` with sharded params the update is exact (with Explicit mesh axes each leaf is gathered for
     its blocks, each device rotates, accumulates and refreshes its own blocks, and the results are scattered back
-    to the leaf's sharding); inside ``shard_map``, with ``axis_name`` and ``partition_specs``, it is exact too
+    to the leaf's sharding; a leaf split along its first dimension only, at block boundaries, is not gathered: each
+    device's rows are its blocks); inside ``shard_map``, with ``axis_name`` and ``partition_specs``, it is exact too
     (:mod:`jaxopt_zoo.transforms.kronecker` says how); a leaf that is a shard raises without them. A leaf without
     bases (a scalar, or a vector unless ``precondition_1d``) is stepped entry by entry where it lies, nothing
     gathered (unless ``normalize_grads``, whose root mean square is the whole leaf's).
@@ -358,7 +359,7 @@ def scale_by_soap(
         old_mus, old_nus = to_blocks(mu, plan.layout), to_blocks(nu, plan.layout)
         mus, nus, directions = zip(*(adam_in_bases(*args, count > 0)
                                      for args in zip(gs, old_mus, old_nus, plan.dims, bases)))
-        direction = from_blocks(directions, plan.layout)
+        direction = from_blocks(directions, plan.layout, like=g)
 
         def accumulate(s, g, beta_s, i):  # a non-finite G is skipped
             c = _statistic(g, i)
@@ -388,16 +389,16 @@ def scale_by_soap(
             if not any(plan.dims) and not normalize_grads:
                 rows.append([*unrotated(g, mu, nu, state.count), stats, bases])
                 continue
-            # Whole matrices are needed: on Explicit mesh axes or inside shard_map, gather the leaf here and
-            # scatter the results below (inside shard_map its blocks are shared as the state's stacks are).
+            # Whole matrices are needed: on Explicit mesh axes (to_blocks) or inside shard_map (here) the leaf is
+            # gathered, unless each device's rows are its share of the blocks, and the results go back below.
             layout = shared_layout(owner, plan.layout, stats, at, "state.stats")
             if not normalize_grads:  # (whose root mean square is the whole leaf's)
                 layout, at = local_share(layout, at)  # a device's rows that are its share: nothing gathered
             plan = plan._replace(layout=layout)
-            g, mu, nu = (sharding.whole_leaf(x, at) for x in (g, mu, nu))
-            (g, mu, nu), layouts = zip(*map(sharding.gathered, (g, mu, nu)))
+            likes = (g, mu, nu)  # the results go back to these layouts
+            g, mu, nu = (sharding.whole_leaf(x, at) for x in likes)
             rows.append([*before_refresh(g, mu, nu, stats, bases, plan, state.count), bases])
-            blocked.append((rows[-1], plan, layouts, at))
+            blocked.append((rows[-1], plan, likes, at))
         rotated = [(row, plan) for row, plan, _, _ in blocked if any(plan.dims)]
         if rotated:  # one cond for the whole tree: the other steps skip every leaf's eigh/QR work
             operands = tuple(tuple(row[j] for row, _ in rotated) for j in (3, 4, 1, 2))  # stats, bases, mus, nus
@@ -407,10 +408,9 @@ def scale_by_soap(
                                                operands)
             for (row, _), b, m, n in zip(rotated, new_bases, mus, nus):
                 row[1:3], row[4] = [m, n], b
-        for row, plan, layouts, at in blocked:
-            row[1:3] = [from_blocks(x, plan.layout) for x in row[1:3]]
-            row[:3] = [sharding.local_block(x if split is None else jax.sharding.reshard(x, split), at)
-                       for x, split in zip(row[:3], layouts)]
+        for row, plan, likes, at in blocked:
+            row[1:3] = [from_blocks(x, plan.layout, like=like) for x, like in zip(row[1:3], likes[1:])]
+            row[:3] = [sharding.local_block(x, at) for x in row[:3]]
         new_updates, mu, nu = (treedef.unflatten([row[j] for row in rows]) for j in range(3))
         stats, bases = (tuple(row[j] for row in rows) for j in (3, 4))
         return new_updates, ScaleBySoapState(safe_increment(state.count), mu, nu, stats, bases)
