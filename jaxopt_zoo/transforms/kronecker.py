@@ -26,7 +26,8 @@ gathered. PSGD-Kron's factors are whole: every device forms the whole update. Th
 the rounding of products batched over fewer blocks; the price is the gathers (and, with whole stacks, every
 device repeating the work). Nothing is gathered for a leaf split along its first dimension only, at block
 boundaries, whose stacks are held in shares (a fully sharded data-parallel layout): each device's rows are then its
-blocks (under ``jit`` on Explicit axes too: :func:`to_blocks` and :func:`from_blocks` then work each device's rows). A ``shard_map`` over some of the mesh's axes works alike (``axis_name`` and the specs name those axes).
+blocks (under ``jit`` on Explicit axes too: :func:`to_blocks` and :func:`from_blocks` then work each device's
+rows). A ``shard_map`` over some of the mesh's axes works alike (``axis_name`` and the specs name those axes).
 Without ``axis_name`` a leaf that is a block raises.
 """
 
