@@ -3,6 +3,7 @@
     python benchmarks/run.py                       # full run: ~20 min on 2 CPU cores, and ~35 more for part kronecker
     python benchmarks/run.py --quick               # smoke test: tiny sizes, one repeat
     python benchmarks/run.py --parts compile --optimizers adam,adamw,lamb
+    python benchmarks/run.py --parts step --trees transformer  # step time on one of the three trees
 
 Measures, for each optimizer (ours and Optax's alternately):
 
