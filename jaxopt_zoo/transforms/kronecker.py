@@ -24,11 +24,14 @@ blocks as one device would, and keep their block of the result. A stack of facto
 lays it out (:func:`stack_sharding`), is worked by each device for its own blocks, whose results are then
 gathered. PSGD-Kron's factors are whole: every device forms the whole update. The numbers are one device's, up to
 the rounding of products batched over fewer blocks; the price is the gathers (and, with whole stacks, every
-device repeating the work). Nothing is gathered for a leaf split along its first dimension only, at block
-boundaries, whose stacks are held in shares (a fully sharded data-parallel layout): each device's rows are then its
-blocks (under ``jit`` on Explicit axes too: :func:`to_blocks` and :func:`from_blocks` then work each device's
-rows). A ``shard_map`` over some of the mesh's axes works alike (``axis_name`` and the specs name those axes).
-Without ``axis_name`` a leaf that is a block raises.
+device repeating the work). Nothing is gathered for a leaf split at block boundaries (each device's part of it
+whole blocks) whose stacks are held in shares: each device cuts its own blocks and sends each, in rounds of one
+block per device (``ppermute``), to the device whose share of the stack holds it, and the results come back the same
+way: each device moves its part of the leaf, not the leaf. A leaf split along its first dimension only (a fully
+sharded data-parallel layout) needs no moves: a device's rows of blocks are its share. The same holds under ``jit``
+on Explicit axes (:func:`to_blocks` and :func:`from_blocks` work each device's part there). A ``shard_map`` over
+some of the mesh's axes works alike (``axis_name`` and the specs name those axes). Without ``axis_name`` a leaf
+that is a block raises.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxopt_zoo.sharding import Placement, explicit_layout, gathered, split_over
+from jaxopt_zoo.sharding import Placement, explicit_layout, gathered, placement_of, split_over
 
 __all__ = [
     "BlockLayout", "block_layout", "dim_statistics", "from_blocks", "merge_dims", "mode_product", "on_blocks",
@@ -58,6 +61,19 @@ class _Piece(NamedTuple):
     size: int  # each block's size along the dimension
 
 
+class _Round(NamedTuple):
+    pairs: tuple[tuple[int, int], ...]  # (source, destination) devices, numbered over the axes; not all (i, i)
+    send: tuple[int, ...]  # per device: the block of its stack it sends
+    receive: tuple[int, ...]  # per device: where in its stack the block it receives goes
+
+
+class _Moves(NamedTuple):
+    """How one device's blocks reach the devices that hold their factors: per stack, rounds of one block each."""
+
+    axes: tuple[str, ...]
+    rounds: tuple[tuple[_Round, ...], ...]
+
+
 class BlockLayout(NamedTuple):
     """How a leaf of ``shape`` is merged (``merged``) and cut into stacks of equal blocks (``stack_shapes``);
     inside ``shard_map``, ``shares`` names per stack the mesh axes whose devices each hold a share of its blocks
@@ -67,6 +83,7 @@ class BlockLayout(NamedTuple):
     merged: tuple[int, ...]
     pieces: tuple[tuple[_Piece, ...], ...]  # per merged dimension: full blocks, then the remainder
     shares: tuple[tuple[str, ...], ...] = ()
+    moves: _Moves | None = None  # one device's blocks (see _local_layout): where they go after to_blocks
 
     @property
     def stack_shapes(self) -> tuple[tuple[int, ...], ...]:
@@ -113,27 +130,124 @@ def _whole(x: jax.Array) -> jax.Array:
     return gathered(x)[0]
 
 
-def _rows(layout: BlockLayout, ways: int) -> BlockLayout | None:
-    """The layout of one device's rows of blocks when the leaf is split ``ways`` ways along its first dimension, if
-    that split falls on block boundaries (else ``None``). Blocks are numbered row-major, so those rows are consecutive
-    blocks of every stack: the device's share as :func:`stack_sharding` gives it."""
-    if not layout.merged or len(layout.pieces[0]) != 1 or layout.pieces[0][0].count % ways:
+def _groups(shape: tuple[int, ...], merged: tuple[int, ...]) -> list[int | None]:
+    # The merged dimension each dimension of shape went into (None: a dropped size-1 dimension).
+    if shape == merged:
+        return list(range(len(shape)))
+    groups, j, product = [], 0, 1
+    for n in shape:
+        groups.append(None if n == 1 else j)
+        product *= n
+        if n != 1 and product == merged[j]:
+            j, product = j + 1, 1
+    return groups
+
+
+def _matchings(edges: list[tuple[int, int, int, int]], devices: int) -> list[list[tuple[int, int, int, int]]]:
+    """``edges`` (source, its block, destination, its slot), each device sending and receiving ``k`` of them, cut
+    into ``k`` rounds in which every device sends one block and receives one (a ``k``-regular bipartite multigraph
+    is ``k`` perfect matchings: König). Blocks that stay on their device are matched first, so that rounds of them
+    only need no collective."""
+    left, rounds = list(edges), []
+    while left:
+        out: dict[int, list[int]] = {}
+        for e, (src, _, dst, _) in enumerate(left):
+            out.setdefault(src, []).append(e)
+        taken: dict[int, int] = {}  # destination -> edge
+
+        def augment(src: int, seen: set[int]) -> bool:
+            for e in sorted(out[src], key=lambda e: left[e][2] != src):  # its own device first
+                dst = left[e][2]
+                if dst not in seen:
+                    seen.add(dst)
+                    if dst not in taken or augment(left[taken[dst]][0], seen):
+                        taken[dst] = e
+                        return True
+            return False
+
+        for src in range(devices):
+            augment(src, set())
+        chosen = set(taken.values())
+        rounds.append([left[e] for e in sorted(chosen, key=lambda e: left[e][0])])
+        left = [x for e, x in enumerate(left) if e not in chosen]
+    return rounds
+
+
+def _local_layout(layout: BlockLayout, placement: Placement, sizes: dict[str, int]) -> BlockLayout | None:
+    """The layout of one device's block of a leaf split by ``placement`` (mesh axis sizes ``sizes``) when that block
+    is a whole number of blocks along every split dimension, with the moves that send them to the devices whose
+    shares of the stacks hold them (:func:`_block_moves`); else ``None``. A dimension merged with others is at most
+    one block, so only dimensions that merging left alone can be split into whole blocks."""
+    groups, ways = _groups(layout.shape, layout.merged), [math.prod(sizes[a] for a in p) for p in placement]
+    split = [1] * len(layout.merged)  # per merged dimension: the devices it is split over
+    for d, (w, j) in enumerate(zip(ways, groups)):
+        if w > 1 and (j is None or layout.merged[j] != layout.shape[d]):
+            return None
+        if w > 1:
+            split[j] = w
+    if any(w > 1 and (len(p) != 1 or p[0].count % w) for p, w in zip(layout.pieces, split)):
         return None
-    (first,), *rest = layout.pieces
-    rows = first.count // ways
-    return layout._replace(shape=(layout.shape[0] // ways, *layout.shape[1:]), merged=(rows * first.size,
-                           *layout.merged[1:]), pieces=((_Piece(0, rows, first.size),), *rest), shares=())
+    local = layout._replace(
+        shape=tuple(n // w for n, w in zip(layout.shape, ways)),
+        merged=tuple(n // w for n, w in zip(layout.merged, split)),
+        pieces=tuple(p if w == 1 else (p[0]._replace(count=p[0].count // w),) for p, w in zip(layout.pieces, split)),
+        shares=())
+    # Each device's position along each merged dimension, from its mesh coordinates (row-major over the axes of
+    # placement, as stack_sharding splits the stacks and ppermute numbers the devices).
+    axes = split_over(placement)
+    where = []
+    for coords in itertools.product(*(range(sizes[a]) for a in axes)):
+        at, coords = [0] * len(split), dict(zip(axes, coords))
+        for d, j in enumerate(groups):
+            for a in placement[d] if j is not None else ():
+                at[j] = at[j] * sizes[a] + coords[a]
+        where.append(at)
+    moves = tuple(_block_moves(combo, local_combo, where) for combo, local_combo in zip(layout._combos(),
+                                                                                        local._combos()))
+    return local._replace(moves=_Moves(axes, moves) if any(moves) else None)
 
 
-def _explicit_rows(x: jax.Array, layout: BlockLayout) -> tuple[BlockLayout, NamedSharding, tuple[str, ...]] | None:
-    """For ``x`` split over Explicit mesh axes along its first dimension only, at block boundaries: one device's rows
-    layout, ``x``'s sharding and those axes (the stacks' block axis is split over them); else ``None``."""
-    split, axes = explicit_layout(x), _first_axes(x)
-    local = None if not axes else _rows(layout, math.prod(split.mesh.shape[a] for a in axes))
-    return None if local is None else (local, split, axes)
+def _block_moves(combo: Sequence[_Piece], local_combo: Sequence[_Piece], where: list[list[int]]) -> tuple[_Round, ...]:
+    """For one stack: the rounds that take each device's blocks (``local_combo``'s, at its position ``where``) to the
+    device whose share of the stack holds them (blocks numbered row-major over ``combo``'s, shares consecutive)."""
+    counts, local_counts = [p.count for p in combo], [p.count for p in local_combo]
+    k = math.prod(local_counts)  # blocks per device
+    edges = []
+    for device, at in enumerate(where):
+        for slot, index in enumerate(itertools.product(*map(range, local_counts))):
+            block = 0
+            for count, local_count, a, i in zip(counts, local_counts, at, index):
+                block = block * count + a * local_count + i
+            edges.append((device, slot, block // k, block % k))
+    rounds = [r for r in _matchings(edges, len(where)) if any(s != d or i != j for s, i, d, j in r)]
+    return tuple(_Round(tuple((s, d) for s, _, d, _ in r), tuple(i for _, i, _, _ in r),
+                        tuple(j for *_, j in sorted(r, key=lambda e: e[2]))) for r in rounds)
 
 
-def _first_axes(x: jax.Array) -> tuple[str, ...]:
+def _moved(stack: jax.Array, rounds: Sequence[_Round], axes: tuple[str, ...], back: bool = False) -> jax.Array:
+    # A device's stack of blocks sent round by round to where the moves take it (back: to where they came from).
+    device, out = jax.lax.axis_index(axes), stack
+    for r in rounds:
+        pairs, send, receive = (tuple((d, s) for s, d in r.pairs), r.receive, r.send) if back else r
+        block = stack[jnp.asarray(send)[device]]
+        if any(s != d for s, d in pairs):
+            block = jax.lax.ppermute(block, axes, pairs)
+        out = out.at[jnp.asarray(receive)[device]].set(block)
+    return out
+
+
+def _explicit_local(x: jax.Array, layout: BlockLayout) -> tuple[BlockLayout, NamedSharding, tuple[str, ...]] | None:
+    """For ``x`` split over Explicit mesh axes into whole blocks (see :func:`_local_layout`): one device's layout,
+    ``x``'s sharding and the axes the stacks' block axis is split over; else ``None``."""
+    split = explicit_layout(x)
+    if split is None:
+        return None
+    placement = placement_of("to_blocks", split.spec, x.ndim)
+    local = _local_layout(layout, placement, dict(split.mesh.shape))
+    return None if local is None else (local, split, split_over(placement))
+
+
+def _block_axes(x: jax.Array) -> tuple[str, ...]:
     # The Explicit mesh axes x is split over when that is along its first dimension only; else ().
     split = explicit_layout(x)
     entries = () if split is None else tuple(split.spec)
@@ -147,12 +261,12 @@ def to_blocks(x: jax.Array, layout: BlockLayout) -> tuple[jax.Array, ...]:
     ``shard_map`` this device's share of a stack that ``layout.shares`` splits).
 
     An ``x`` split over Explicit mesh axes is gathered first (blocks are whole; see
-    :func:`jaxopt_zoo.sharding.explicit_layout`), unless it is split along its first dimension only, at block
-    boundaries: each device then cuts its own rows, and the stacks come out split over the same axes (as
-    :func:`stack_sharding` lays factors out); under ``jit`` on Auto axes the partitioner lays the blocks out."""
-    rows = _explicit_rows(x, layout)
-    if rows is not None:
-        local, split, axes = rows
+    :func:`jaxopt_zoo.sharding.explicit_layout`), unless it is split at block boundaries: each device then cuts its
+    own blocks and sends them where :func:`stack_sharding` lays their factors out, so the stacks come out split over
+    the leaf's axes; under ``jit`` on Auto axes the partitioner lays the blocks out."""
+    mine = _explicit_local(x, layout)
+    if mine is not None:
+        local, split, axes = mine
         cut = lambda y: to_blocks(y, local)  # noqa: E731
         out_specs = (PartitionSpec(axes),) * len(local.stack_shapes)
         return jax.shard_map(cut, mesh=split.mesh, in_specs=split.spec, out_specs=out_specs)(x)
@@ -168,21 +282,25 @@ def to_blocks(x: jax.Array, layout: BlockLayout) -> tuple[jax.Array, ...]:
             share = stack.shape[0] // jax.lax.axis_size(axes)
             stack = jax.lax.dynamic_slice_in_dim(stack, jax.lax.axis_index(axes) * share, share)
         stacks.append(stack)
+    if layout.moves:
+        stacks = [_moved(s, rounds, layout.moves.axes) for s, rounds in zip(stacks, layout.moves.rounds)]
     return tuple(stacks)
 
 
 def from_blocks(stacks: Sequence[jax.Array], layout: BlockLayout, like: jax.Array | None = None) -> jax.Array:
     """The inverse of :func:`to_blocks`: the leaf, in its original shape (laid out like ``like`` where that is split
     over Explicit mesh axes; stacks split over devices, as :func:`on_blocks` returns them, are gathered first, and
-    inside ``shard_map`` the shares of ``layout.shares``). When ``like`` is split along its first dimension only, at
-    block boundaries, and every stack is split as :func:`to_blocks` splits them then, each device assembles its own
-    rows."""
-    rows = None if like is None else _explicit_rows(like, layout)
-    if rows is not None and all(_first_axes(s) == rows[2] for s in stacks):
-        local, split, axes = rows
+    inside ``shard_map`` the shares of ``layout.shares``). When ``like`` is split at block boundaries and every stack
+    is split as :func:`to_blocks` splits them then, the blocks go back to the devices whose part of the leaf they are,
+    and each device assembles its part."""
+    mine = None if like is None else _explicit_local(like, layout)
+    if mine is not None and all(_block_axes(s) == mine[2] for s in stacks):
+        local, split, axes = mine
         join = lambda *s: from_blocks(s, local)  # noqa: E731
         in_specs = (PartitionSpec(axes),) * len(stacks)
         return jax.shard_map(join, mesh=split.mesh, in_specs=in_specs, out_specs=split.spec)(*stacks)
+    if layout.moves:
+        stacks = [_moved(s, rounds, layout.moves.axes, back=True) for s, rounds in zip(stacks, layout.moves.rounds)]
     stacks = [jax.lax.all_gather(s, axes, tiled=True, to="invarying") if axes else _whole(s)
               for s, axes in zip(stacks, layout.shares or itertools.repeat(()))]
     pieces = {}
@@ -243,17 +361,16 @@ def shared_layout(owner: str, layout: BlockLayout | None, state: Sequence[Sequen
 
 def local_share(layout: BlockLayout | None,
                 placement: Placement | None) -> tuple[BlockLayout | None, Placement | None]:
-    """Inside ``shard_map``: when this device's block of the leaf is exactly its share of every stack (the leaf split
-    along its first dimension only, at block boundaries, and every stack held in shares), the layout of that local
-    block and no placement, so that the leaf is neither gathered nor sliced; otherwise ``(layout, placement)``
-    unchanged. Blocks are numbered row-major, so a device's rows of blocks are consecutive in each stack: the share
-    :func:`stack_sharding` gives it."""
+    """Inside ``shard_map``: when this device's block of the leaf is whole blocks of every stack and every stack is
+    held in shares, the layout of that local block (with the moves that take its blocks to the devices holding their
+    factors, see :func:`_local_layout`) and no placement, so that the leaf is neither gathered nor sliced; otherwise
+    ``(layout, placement)`` unchanged."""
     if layout is None or placement is None or not layout.shares:
         return layout, placement
     axes = split_over(placement)
-    if not axes or placement[0] != axes or any(s != axes for s in layout.shares):
+    if not axes or any(s != axes for s in layout.shares):
         return layout, placement
-    local = _rows(layout, jax.lax.axis_size(axes))
+    local = _local_layout(layout, placement, {a: jax.lax.axis_size(a) for a in axes})
     return (layout, placement) if local is None else (local, None)
 
 
@@ -272,11 +389,12 @@ def place_stack(stack: jax.Array, x: Any) -> jax.Array:
 def on_blocks(fn: Callable[..., Any], *stacks: jax.Array, shared: Sequence[Any] = ()) -> Any:
     """``fn(*stacks, *shared)`` for stacks of blocks (axis 0) and scalars ``shared``, run by each device on its own
     blocks when the first stack's block axis is split over Explicit mesh axes (:func:`stack_sharding`); the other
-    stacks are split like it first (whole ones are sliced: no communication). Otherwise, and under Auto axes, a
-    plain call."""
+    stacks are split like it first (whole ones are sliced: no communication). When the first stack is whole on
+    every device (factors replicated), the others are gathered whole, so that the results are laid out like it.
+    Otherwise, and under Auto axes, a plain call."""
     split = explicit_layout(stacks[0])
     if split is None:
-        return fn(*stacks, *shared)
+        return fn(stacks[0], *map(_whole, stacks[1:]), *shared)
     spec = PartitionSpec(split.spec[0])
     stacks = tuple(jax.sharding.reshard(s, NamedSharding(split.mesh, spec)) for s in stacks)
     shared = tuple(jnp.asarray(x) for x in shared)  # passed in: shard_map cannot close over Explicit-axes arrays

@@ -203,8 +203,8 @@ def scale_by_shampoo(
     when their devices divide the number of blocks (else replicated), so each device keeps the factors of its
     own blocks. Under ``jax.jit`` on sharded params the update is exact; with Explicit mesh axes each device
     accumulates, refreshes and applies its own blocks' factors (:func:`jaxopt_zoo.on_blocks`; the leaf is gathered
-    for its blocks and the preconditioned blocks gathered back, unless it is split along its first dimension only, at
-    block boundaries, when each device's rows are its blocks), with Auto axes XLA's partitioner places the work
+    for its blocks and the preconditioned blocks gathered back, unless it is split at block boundaries, when each
+    device sends its own blocks to their factors' devices and back), with Auto axes XLA's partitioner places the work
     and the outputs (pin them with ``out_shardings=jz.state_shardings(tx, params)``). Inside ``shard_map``, with
     ``axis_name`` and ``partition_specs``, the update is exact too (:mod:`jaxopt_zoo.transforms.kronecker` says how);
     a leaf that is a shard raises without them.
@@ -300,7 +300,7 @@ def scale_by_shampoo(
                                       "the Kronecker factors need whole arrays") or [None] * len(grads)
         layouts = [None if g is None else shared_layout(owner, layout(whole_shape(g, at)), f, at, "state.factors")
                    for g, f, at in zip(grads, state.factors, placements)]  # None: the entry is kept as it is
-        layouts, placements = zip(*map(local_share, layouts, placements))  # a device's rows that are its share stay
+        layouts, placements = zip(*map(local_share, layouts, placements))  # a part of whole blocks is not gathered
         whole = lambda xs: [x if lay is None else whole_leaf(x, at) for x, lay, at in zip(xs, layouts, placements)]
         count = safe_increment(state.count)
         mu = tree.update_moment(updates, state.mu, b1, 1) if momentum else None

@@ -220,8 +220,8 @@ def scale_by_soap(
     :func:`jaxopt_zoo.stack_sharding` (as Shampoo's, see :func:`jaxopt_zoo.scale_by_shampoo`). Whole matrices are
     needed: under ``jit`` with sharded params the update is exact (with Explicit mesh axes each leaf is gathered for
     its blocks, each device rotates, accumulates and refreshes its own blocks, and the results are scattered back
-    to the leaf's sharding; a leaf split along its first dimension only, at block boundaries, is not gathered: each
-    device's rows are its blocks); inside ``shard_map``, with ``axis_name`` and ``partition_specs``, it is exact too
+    to the leaf's sharding; a leaf split at block boundaries is not gathered: each device sends its own blocks to
+    their factors' devices and back); inside ``shard_map``, with ``axis_name`` and ``partition_specs``, it is exact too
     (:mod:`jaxopt_zoo.transforms.kronecker` says how); a leaf that is a shard raises without them. A leaf without
     bases (a scalar, or a vector unless ``precondition_1d``) is stepped entry by entry where it lies, nothing
     gathered (unless ``normalize_grads``, whose root mean square is the whole leaf's).
@@ -390,10 +390,10 @@ def scale_by_soap(
                 rows.append([*unrotated(g, mu, nu, state.count), stats, bases])
                 continue
             # Whole matrices are needed: on Explicit mesh axes (to_blocks) or inside shard_map (here) the leaf is
-            # gathered, unless each device's rows are its share of the blocks, and the results go back below.
+            # gathered, unless each device's part is whole blocks (moved to their factors), and the results go back below.
             layout = shared_layout(owner, plan.layout, stats, at, "state.stats")
             if not normalize_grads:  # (whose root mean square is the whole leaf's)
-                layout, at = local_share(layout, at)  # a device's rows that are its share: nothing gathered
+                layout, at = local_share(layout, at)  # a device's part is whole blocks: nothing gathered
             plan = plan._replace(layout=layout)
             likes = (g, mu, nu)  # the results go back to these layouts
             g, mu, nu = (sharding.whole_leaf(x, at) for x in likes)
