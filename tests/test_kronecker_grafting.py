@@ -207,6 +207,31 @@ def test_block_moves_bring_every_device_its_share_of_each_stack(shape, block, pl
             np.testing.assert_array_equal(h, stack[device * share:(device + 1) * share])
 
 
+@pytest.mark.parametrize("shape, spec", [
+    ((16, 16), ("data", "model")),
+    ((32, 16), ("model", "data")),  # axes in the other order than the mesh's
+    ((8, 64), (None, ("model", "data"))),
+    ((12, 16, 32), (None, "data", "model")),
+    ((20, 16), ("data", "model")),  # 10 rows per device: not whole blocks, gathered
+])
+def test_blocks_of_a_split_leaf_on_explicit_axes_are_one_devices_blocks(shape, spec):
+    # Whatever the split, to_blocks gives one device's stacks (split over the leaf's axes where its parts are whole
+    # blocks, each device sending its blocks by ppermute) and from_blocks gives the leaf back in its layout. (jax
+    # 0.10's ppermute numbers devices in the mesh's axis order whatever order it is given: ("model", "data") failed.)
+    layout = jz.block_layout(shape, 4)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=shape), jnp.float32)
+    mesh = jax.make_mesh((2, 4), SHARD_AXES, axis_types=(jax.sharding.AxisType.Explicit,) * 2)
+    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
+    with jax.set_mesh(mesh):
+        placed = jax.device_put(x, split)
+        stacks = jax.jit(lambda y: jz.to_blocks(y, layout))(placed)
+        back = jax.jit(lambda s, y: jz.from_blocks(s, layout, like=y))(stacks, placed)
+    for ours, one in zip(stacks, jz.to_blocks(x, layout), strict=True):
+        np.testing.assert_array_equal(ours, one)
+    np.testing.assert_array_equal(back, x)
+    assert back.sharding.is_equivalent_to(split, len(shape))
+
+
 def test_a_split_of_merged_dimensions_is_not_whole_blocks():
     from jaxopt_zoo.transforms import kronecker
     layout = jz.block_layout((2, 2, 16), 4)  # merged (4, 16): the first two dimensions are one block

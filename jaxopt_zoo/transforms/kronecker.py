@@ -226,12 +226,18 @@ def _block_moves(combo: Sequence[_Piece], local_combo: Sequence[_Piece], where: 
 
 def _moved(stack: jax.Array, rounds: Sequence[_Round], axes: tuple[str, ...], back: bool = False) -> jax.Array:
     # A device's stack of blocks sent round by round to where the moves take it (back: to where they came from).
+    # Devices are numbered over axes in their order (as axis_index and the stacks' shares count them); ppermute
+    # (jax 0.10) numbers them in the mesh's order of those axes whatever order it is given, so pairs are renumbered.
+    order = tuple(a for a in jax.sharding.get_abstract_mesh().axis_names if a in axes)
+    sizes = {a: jax.lax.axis_size(a) for a in axes}
+    renumber = [sum(c[axes.index(a)] * math.prod(sizes[b] for b in order[i + 1:]) for i, a in enumerate(order))
+                for c in itertools.product(*(range(sizes[a]) for a in axes))]
     device, out = jax.lax.axis_index(axes), stack
     for r in rounds:
         pairs, send, receive = (tuple((d, s) for s, d in r.pairs), r.receive, r.send) if back else r
         block = stack[jnp.asarray(send)[device]]
         if any(s != d for s, d in pairs):
-            block = jax.lax.ppermute(block, axes, pairs)
+            block = jax.lax.ppermute(block, order, [(renumber[s], renumber[d]) for s, d in pairs])
         out = out.at[jnp.asarray(receive)[device]].set(block)
     return out
 
