@@ -63,8 +63,8 @@ class _Piece(NamedTuple):
 
 class _Round(NamedTuple):
     pairs: tuple[tuple[int, int], ...]  # (source, destination) devices, numbered over the axes; not all (i, i)
-    send: tuple[int, ...]  # per device: the block of its stack it sends
-    receive: tuple[int, ...]  # per device: where in its stack the block it receives goes
+    send: tuple[tuple[int, ...], ...]  # per device: the blocks of its stack it sends
+    receive: tuple[tuple[int, ...], ...]  # per device: where in its stack the blocks it receives go
 
 
 class _Moves(NamedTuple):
@@ -143,33 +143,32 @@ def _groups(shape: tuple[int, ...], merged: tuple[int, ...]) -> list[int | None]
     return groups
 
 
-def _matchings(edges: list[tuple[int, int, int, int]], devices: int) -> list[list[tuple[int, int, int, int]]]:
-    """``edges`` (source, its block, destination, its slot), each device sending and receiving ``k`` of them, cut
-    into ``k`` rounds in which every device sends one block and receives one (a ``k``-regular bipartite multigraph
-    is ``k`` perfect matchings: König). Blocks that stay on their device are matched first, so that rounds of them
-    only need no collective."""
-    left, rounds = list(edges), []
+def _matchings(edges: list[tuple[int, int]], devices: int) -> list[list[int]]:
+    """``edges`` (source, destination), each device the source and the destination of ``k`` of them, cut into ``k``
+    rounds (indices into ``edges``) in which every device sends once and receives once (a ``k``-regular bipartite
+    multigraph is ``k`` perfect matchings: König). Edges from a device to itself are matched first, so that rounds
+    of them only need no collective."""
+    left, rounds = list(range(len(edges))), []
     while left:
         out: dict[int, list[int]] = {}
-        for e, (src, _, dst, _) in enumerate(left):
-            out.setdefault(src, []).append(e)
+        for e in left:
+            out.setdefault(edges[e][0], []).append(e)
         taken: dict[int, int] = {}  # destination -> edge
 
         def augment(src: int, seen: set[int]) -> bool:
-            for e in sorted(out[src], key=lambda e: left[e][2] != src):  # its own device first
-                dst = left[e][2]
+            for e in sorted(out[src], key=lambda e: edges[e][1] != src):  # its own device first
+                dst = edges[e][1]
                 if dst not in seen:
                     seen.add(dst)
-                    if dst not in taken or augment(left[taken[dst]][0], seen):
+                    if dst not in taken or augment(edges[taken[dst]][0], seen):
                         taken[dst] = e
                         return True
             return False
 
         for src in range(devices):
             augment(src, set())
-        chosen = set(taken.values())
-        rounds.append([left[e] for e in sorted(chosen, key=lambda e: left[e][0])])
-        left = [x for e, x in enumerate(left) if e not in chosen]
+        rounds.append(sorted(taken.values(), key=lambda e: edges[e][0]))
+        left = [e for e in left if e not in set(taken.values())]
     return rounds
 
 
@@ -209,19 +208,30 @@ def _local_layout(layout: BlockLayout, placement: Placement, sizes: dict[str, in
 
 def _block_moves(combo: Sequence[_Piece], local_combo: Sequence[_Piece], where: list[list[int]]) -> tuple[_Round, ...]:
     """For one stack: the rounds that take each device's blocks (``local_combo``'s, at its position ``where``) to the
-    device whose share of the stack holds them (blocks numbered row-major over ``combo``'s, shares consecutive)."""
+    device whose share of the stack holds them (blocks numbered row-major over ``combo``'s, shares consecutive).
+    When every device sends the same number of blocks to each device it sends to, those go together: one round per
+    destination (e.g. 8 rounds of 8 blocks, not 64 of one, when each device's 8 x 8 blocks go to 8 devices)."""
     counts, local_counts = [p.count for p in combo], [p.count for p in local_combo]
     k = math.prod(local_counts)  # blocks per device
-    edges = []
+    bundles: dict[tuple[int, int], list[tuple[int, int]]] = {}  # (source, destination) -> [(its slot, their slot)]
     for device, at in enumerate(where):
         for slot, index in enumerate(itertools.product(*map(range, local_counts))):
             block = 0
             for count, local_count, a, i in zip(counts, local_counts, at, index):
                 block = block * count + a * local_count + i
-            edges.append((device, slot, block // k, block % k))
-    rounds = [r for r in _matchings(edges, len(where)) if any(s != d or i != j for s, i, d, j in r)]
-    return tuple(_Round(tuple((s, d) for s, _, d, _ in r), tuple(i for _, i, _, _ in r),
-                        tuple(j for *_, j in sorted(r, key=lambda e: e[2]))) for r in rounds)
+            bundles.setdefault((device, block // k), []).append((slot, block % k))
+    if len({len(b) for b in bundles.values()}) != 1:  # uneven: one block per round
+        bundles = {(s, d, n): [slots] for (s, d), b in bundles.items() for n, slots in enumerate(b)}
+    edges, slots = [key[:2] for key in bundles], list(bundles.values())
+    rounds = []
+    for r in _matchings(edges, len(where)):
+        pairs = tuple(edges[e] for e in r)
+        send = tuple(tuple(i for i, _ in slots[e]) for e in r)
+        receive = tuple(tuple(j for _, j in slots[e]) for e in sorted(r, key=lambda e: edges[e][1]))
+        if any(s != d for s, d in pairs) or any(tuple(i for i, _ in slots[e]) != tuple(j for _, j in slots[e])
+                                                for e in r):
+            rounds.append(_Round(pairs, send, receive))
+    return tuple(rounds)
 
 
 def _moved(stack: jax.Array, rounds: Sequence[_Round], axes: tuple[str, ...], back: bool = False) -> jax.Array:
@@ -235,10 +245,10 @@ def _moved(stack: jax.Array, rounds: Sequence[_Round], axes: tuple[str, ...], ba
     device, out = jax.lax.axis_index(axes), stack
     for r in rounds:
         pairs, send, receive = (tuple((d, s) for s, d in r.pairs), r.receive, r.send) if back else r
-        block = stack[jnp.asarray(send)[device]]
+        blocks = stack[jnp.asarray(send)[device]]
         if any(s != d for s, d in pairs):
-            block = jax.lax.ppermute(block, order, [(renumber[s], renumber[d]) for s, d in pairs])
-        out = out.at[jnp.asarray(receive)[device]].set(block)
+            blocks = jax.lax.ppermute(blocks, order, [(renumber[s], renumber[d]) for s, d in pairs])
+        out = out.at[jnp.asarray(receive)[device]].set(blocks)
     return out
 
 
