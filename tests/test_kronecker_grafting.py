@@ -126,7 +126,7 @@ def test_leaves_split_into_whole_blocks_are_worked_where_they_lie(name, where):
     # Leaves split at block boundaries (w: one row of 4 x 4 blocks per device, v: two per "data" shard, u: 2 x 1
     # blocks per device of a 2 x 4 split, x: split along its last dimension): nothing is gathered, inside shard_map
     # or under jit on Explicit axes. A device's rows are its share of the factors' stacks; u's and x's blocks go to
-    # the devices whose shares hold them, one block per device in each of 2 rounds, for each leaf taken to blocks
+    # the devices whose shares hold them, one block to each of 2 devices (2 rounds), for each leaf taken to blocks
     # or back (Shampoo: g, the momentum, the result; SOAP: g, mu, nu and back). The steps equal one device's.
     make = {"shampoo": lambda **k: jz.shampoo(0.1, eps=1e-4, precondition_frequency=1, max_precond_dim=4, **k),
             "soap": lambda **k: jz.soap(0.01, precondition_frequency=2, max_precond_dim=4, **k)}[name]

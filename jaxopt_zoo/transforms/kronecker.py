@@ -25,8 +25,8 @@ lays it out (:func:`stack_sharding`), is worked by each device for its own block
 gathered. PSGD-Kron's factors are whole: every device forms the whole update. The numbers are one device's, up to
 the rounding of products batched over fewer blocks; the price is the gathers (and, with whole stacks, every
 device repeating the work). Nothing is gathered for a leaf split at block boundaries (each device's part of it
-whole blocks) whose stacks are held in shares: each device cuts its own blocks and sends each, in rounds of one
-block per device (``ppermute``), to the device whose share of the stack holds it, and the results come back the same
+whole blocks) whose stacks are held in shares: each device cuts its own blocks and sends each to the device whose
+share of the stack holds it (``ppermute``, one round per destination device), and the results come back the same
 way: each device moves its part of the leaf, not the leaf. A leaf split along its first dimension only (a fully
 sharded data-parallel layout) needs no moves: a device's rows of blocks are its share. The same holds under ``jit``
 on Explicit axes (:func:`to_blocks` and :func:`from_blocks` work each device's part there). A ``shard_map`` over
@@ -68,7 +68,7 @@ class _Round(NamedTuple):
 
 
 class _Moves(NamedTuple):
-    """How one device's blocks reach the devices that hold their factors: per stack, rounds of one block each."""
+    """How one device's blocks reach the devices that hold their factors: per stack, rounds of ``ppermute``."""
 
     axes: tuple[str, ...]
     rounds: tuple[tuple[_Round, ...], ...]
