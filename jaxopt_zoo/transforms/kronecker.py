@@ -167,8 +167,9 @@ def _matchings(edges: list[tuple[int, int]], devices: int) -> list[list[int]]:
 
         for src in range(devices):
             augment(src, set())
-        rounds.append(sorted(taken.values(), key=lambda e: edges[e][0]))
-        left = [e for e in left if e not in set(taken.values())]
+        chosen = set(taken.values())
+        rounds.append(sorted(chosen, key=lambda e: edges[e][0]))
+        left = [e for e in left if e not in chosen]
     return rounds
 
 
@@ -191,8 +192,8 @@ def _local_layout(layout: BlockLayout, placement: Placement, sizes: dict[str, in
         merged=tuple(n // w for n, w in zip(layout.merged, split)),
         pieces=tuple(p if w == 1 else (p[0]._replace(count=p[0].count // w),) for p, w in zip(layout.pieces, split)),
         shares=())
-    # Each device's position along each merged dimension, from its mesh coordinates (row-major over the axes of
-    # placement, as stack_sharding splits the stacks and ppermute numbers the devices).
+    # Each device's position along each merged dimension, from its mesh coordinates (devices numbered row-major over
+    # the axes of placement, as stack_sharding splits the stacks and axis_index counts them).
     axes = split_over(placement)
     where = []
     for coords in itertools.product(*(range(sizes[a]) for a in axes)):
@@ -209,8 +210,9 @@ def _local_layout(layout: BlockLayout, placement: Placement, sizes: dict[str, in
 def _block_moves(combo: Sequence[_Piece], local_combo: Sequence[_Piece], where: list[list[int]]) -> tuple[_Round, ...]:
     """For one stack: the rounds that take each device's blocks (``local_combo``'s, at its position ``where``) to the
     device whose share of the stack holds them (blocks numbered row-major over ``combo``'s, shares consecutive).
-    When every device sends the same number of blocks to each device it sends to, those go together: one round per
-    destination (e.g. 8 rounds of 8 blocks, not 64 of one, when each device's 8 x 8 blocks go to 8 devices)."""
+    When every device sends the same number of blocks to each device it sends to, those go together: a round per
+    destination (each device's 8 x 8 blocks bound for 8 devices: 8 rounds of 8 blocks, not 64 of one), less the
+    rounds in which every block stays where it is."""
     counts, local_counts = [p.count for p in combo], [p.count for p in local_combo]
     k = math.prod(local_counts)  # blocks per device
     bundles: dict[tuple[int, int], list[tuple[int, int]]] = {}  # (source, destination) -> [(its slot, their slot)]
@@ -226,11 +228,11 @@ def _block_moves(combo: Sequence[_Piece], local_combo: Sequence[_Piece], where: 
     rounds = []
     for r in _matchings(edges, len(where)):
         pairs = tuple(edges[e] for e in r)
+        if all(s == d for s, d in pairs) and all(i == j for e in r for i, j in slots[e]):
+            continue  # every block stays where it is
         send = tuple(tuple(i for i, _ in slots[e]) for e in r)
         receive = tuple(tuple(j for _, j in slots[e]) for e in sorted(r, key=lambda e: edges[e][1]))
-        if any(s != d for s, d in pairs) or any(tuple(i for i, _ in slots[e]) != tuple(j for _, j in slots[e])
-                                                for e in r):
-            rounds.append(_Round(pairs, send, receive))
+        rounds.append(_Round(pairs, send, receive))
     return tuple(rounds)
 
 
