@@ -235,14 +235,15 @@ def sharded_measurements(size: str) -> list[list[str]]:
     count, n, block = SHARDED[size]
     axes, split = ("data", "model"), PartitionSpec("data", "model")
     rows = []
-    for kind in ("Auto", "Explicit", "shard_map"):
+    for kind in ("Auto", "Auto, partition_specs", "Explicit", "shard_map"):
         axis_type = AxisType.Explicit if kind == "Explicit" else AxisType.Auto
         mesh = jax.make_mesh((2, 4), axes, axis_types=(axis_type,) * 2, devices=jax.devices()[:8])
         put = lambda x: jax.device_put(x, NamedSharding(mesh, split))  # noqa: E731
         params = {f"w{i}": put(0.02 * jax.random.normal(jax.random.key(i), (n, n))) for i in range(count)}
         grads = {k: put(1e-3 * jax.random.normal(jax.random.key(100 + i), (n, n))) for i, k in enumerate(params)}
         param_specs = {k: split for k in params}
-        local = dict(axis_name=axes, partition_specs=param_specs) if kind == "shard_map" else {}
+        local = {"shard_map": dict(axis_name=axes, partition_specs=param_specs),
+                 "Auto, partition_specs": dict(partition_specs=param_specs)}.get(kind, {})
         shampoo = lambda: jz.shampoo(1e-3, precondition_frequency=FREQUENCY, max_precond_dim=block,  # noqa: E731
                                      inverse_root="eigh", **local)
         variants = {
@@ -294,9 +295,9 @@ def sharded_section(size: str) -> str:
         f"One jitted, donated step on {count} float32 matrices of {n} x {n}, each split `P('data', 'model')` over a "
         f"2 x 4 mesh of simulated CPU devices and cut into 16 blocks of {block} x {block} (Shampoo with the eigh "
         "root, refreshing every 10th step; SOAP's defaults), with the factors laid out by `init_sharded` (2 blocks' "
-        "factors per device) or replicated as before that rule, under `jit` on Auto and on Explicit mesh axes and "
-        "inside `shard_map` (with `axis_name` and `partition_specs`, on Auto axes). From the compiled per-device "
-        "program: its collectives "
+        "factors per device) or replicated as before that rule, under `jit` on Auto axes (without and with the "
+        "params' `partition_specs`) and on Explicit mesh axes, and inside `shard_map` (with `axis_name` and "
+        "`partition_specs`, on Auto axes). From the compiled per-device program: its collectives "
         "(both branches of the refresh cond count) and the bytes of their results, the state on one device, XLA's "
         "`cost_analysis()` FLOPs on one device (a cond's branches counted as XLA counts them).\n\n"
         + table(["mesh axes / shard_map", "optimizer", "collectives", "MiB moved per device", "state MiB per device",

@@ -27,7 +27,7 @@ catch: the gradient of a param replicated over ``"data"`` comes out of
 
 from __future__ import annotations
 
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -418,3 +418,25 @@ def local_block(x: jax.Array, placement: Placement | None) -> jax.Array:
             size = x.shape[d] // jax.lax.axis_size(axes)
             x = jax.lax.dynamic_slice_in_dim(x, jax.lax.axis_index(axes) * size, size, axis=d)
     return x
+
+
+def on_auto_axes(update: Callable[[Any, Any, tuple[str, ...]], Any], updates: Any, state: Any,
+                 partition_specs: Any, state_specs: Callable[[list, dict[str, int]], Any]) -> Any:
+    """Under ``jit`` on Auto mesh axes (a mesh set by ``jax.set_mesh``), where the arrays' types do not say how they
+    are split, given ``partition_specs`` (the params' specs, a tree or prefix): ``update(updates, state, axis_name)``
+    run inside a ``shard_map`` over the mesh, ``axis_name`` every mesh axis, the updates laid out by
+    ``partition_specs`` and the state by ``state_specs(specs per leaf, mesh axis sizes)``, so that the update's own
+    collectives serve (as inside a user's ``shard_map``) rather than the partitioner's. ``None`` elsewhere: no
+    specs, no mesh, inside ``shard_map``, or on Explicit axes (whose types say it)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if (partition_specs is None or mesh.empty or manual_context().manual
+            or any(t == AxisType.Explicit for t in mesh.axis_types)):
+        return None
+    specs = leaf_specs("on_auto_axes", partition_specs, updates)
+    update_specs = jax.tree.structure(updates, is_leaf=lambda x: x is None).unflatten(
+        [PartitionSpec() if s is None else s for s in specs])
+    state_tree = state_specs(specs, dict(mesh.shape))
+    run = lambda u, s: update(u, s, tuple(mesh.axis_names))  # noqa: E731
+    return jax.shard_map(run, mesh=mesh, in_specs=(update_specs, state_tree),
+                         out_specs=(update_specs, state_tree))(updates, state)
+

@@ -120,14 +120,16 @@ def test_mode_products_and_soaps_step_move_no_data(shape, rotated):
     assert _moved(step, shape) == [], _moved(step, shape)
 
 
-@pytest.mark.parametrize("where", ["shard_map", "explicit"])
+@pytest.mark.parametrize("where", ["shard_map", "explicit", "auto"])
 @pytest.mark.parametrize("name", ["shampoo", "soap"])
 def test_leaves_split_into_whole_blocks_are_worked_where_they_lie(name, where):
     # Leaves split at block boundaries (w: one row of 4 x 4 blocks per device, v: two per "data" shard, u: 2 x 1
     # blocks per device of a 2 x 4 split, x: split along its last dimension): nothing is gathered, inside shard_map
     # or under jit on Explicit axes. A device's rows are its share of the factors' stacks; u's and x's blocks go to
     # the devices whose shares hold them, one block to each of 2 devices (2 rounds), for each leaf taken to blocks
-    # or back (Shampoo: g, the momentum, the result; SOAP: g, mu, nu and back). The steps equal one device's.
+    # or back (Shampoo: g, the momentum, the result; SOAP: g, mu, nu and back). Under jit on Auto axes, given
+    # partition_specs, the update runs as inside shard_map (the partitioner gathered the factors for the refresh's
+    # eighs and QRs). The steps equal one device's.
     make = {"shampoo": lambda **k: jz.shampoo(0.1, eps=1e-4, precondition_frequency=1, max_precond_dim=4, **k),
             "soap": lambda **k: jz.soap(0.01, precondition_frequency=2, max_precond_dim=4, **k)}[name]
     rng = np.random.default_rng(0)
@@ -139,7 +141,8 @@ def test_leaves_split_into_whole_blocks_are_worked_where_they_lie(name, where):
              "u": jax.sharding.PartitionSpec(*SHARD_AXES), "x": jax.sharding.PartitionSpec(None, None, "model")}
     axis_type = jax.sharding.AxisType.Explicit if where == "explicit" else jax.sharding.AxisType.Auto
     mesh = jax.make_mesh((2, 4), SHARD_AXES, axis_types=(axis_type,) * 2)
-    tx = make(axis_name=SHARD_AXES, partition_specs=specs) if where == "shard_map" else make()
+    tx = {"shard_map": lambda: make(axis_name=SHARD_AXES, partition_specs=specs), "explicit": make,
+          "auto": lambda: make(partition_specs=specs)}[where]()
     placed = {k: jax.device_put(v, jax.sharding.NamedSharding(mesh, specs[k])) for k, v in params.items()}
 
     def step(p, s, g):

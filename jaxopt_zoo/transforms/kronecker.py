@@ -29,7 +29,8 @@ whole blocks) whose stacks are held in shares: each device cuts its own blocks a
 share of the stack holds it (``ppermute``, one round per destination device), and the results come back the same
 way: each device moves its part of the leaf, not the leaf. A leaf split along its first dimension only (a fully
 sharded data-parallel layout) needs no moves: a device's rows of blocks are its share. The same holds under ``jit``
-on Explicit axes (:func:`to_blocks` and :func:`from_blocks` work each device's part there). A ``shard_map`` over
+on Explicit axes (:func:`to_blocks` and :func:`from_blocks` work each device's part there), and on Auto axes when
+Shampoo and SOAP are given ``partition_specs`` (:func:`jaxopt_zoo.sharding.on_auto_axes`). A ``shard_map`` over
 some of the mesh's axes works alike (``axis_name`` and the specs name those axes). Without ``axis_name`` a leaf
 that is a block raises.
 """
@@ -347,12 +348,23 @@ def stack_sharding(x: Any, blocks: int) -> NamedSharding | None:
     devices divide ``blocks``; else ``None`` (replicated). Each device then keeps, refreshes and applies the factors
     of its own blocks, as Distributed Shampoo distributes its blocks."""
     split = explicit_layout(x)
-    if split is None:
-        return None
-    axes = tuple(a for entry in split.spec if entry is not None for a in ((entry,) if isinstance(entry, str) else entry))
-    if blocks % math.prod(split.mesh.shape[a] for a in axes):
-        return None
-    return NamedSharding(split.mesh, PartitionSpec(axes))
+    spec = None if split is None else stack_spec(split.spec, blocks, dict(split.mesh.shape))
+    return None if spec is None or spec == PartitionSpec() else NamedSharding(split.mesh, spec)
+
+
+def stack_spec(spec: PartitionSpec | None, blocks: int, sizes: dict[str, int]) -> PartitionSpec:
+    """:func:`stack_sharding`'s rule as a spec: for a stack of ``blocks`` blocks of a leaf laid out by ``spec`` (mesh
+    axis sizes ``sizes``), its block axis split over every axis ``spec`` names, when their devices divide ``blocks``;
+    else ``P()``."""
+    axes = tuple(a for e in spec or () if e is not None for a in ((e,) if isinstance(e, str) else e))
+    return PartitionSpec(axes) if axes and not blocks % math.prod(sizes[a] for a in axes) else PartitionSpec()
+
+
+def factor_specs(spec: PartitionSpec | None, factors: Sequence[Sequence[jax.Array]],
+                 sizes: dict[str, int]) -> tuple[tuple[PartitionSpec, ...], ...]:
+    """The specs of a leaf's stacks of factors (per stack, per dimension, ``(blocks, d, d)``) as
+    :func:`jaxopt_zoo.init_sharded` lays them out (:func:`stack_spec`), for ``shard_map``'s specs."""
+    return tuple(tuple(stack_spec(spec, f.shape[0], sizes) for f in stack) for stack in factors)
 
 
 def shared_layout(owner: str, layout: BlockLayout | None, state: Sequence[Sequence[jax.Array]],

@@ -20,6 +20,7 @@ from typing import Any, Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import PartitionSpec
 
 from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, safe_increment, zero_count
@@ -30,6 +31,7 @@ from jaxopt_zoo.sharding import (
     leaf_specs,
     local_block,
     local_placements,
+    on_auto_axes,
     whole_leaf,
     whole_shape,
 )
@@ -39,6 +41,7 @@ from jaxopt_zoo.transforms.kronecker import (
     BlockLayout,
     block_layout,
     dim_statistics,
+    factor_specs,
     from_blocks,
     local_share,
     mode_product,
@@ -205,9 +208,11 @@ def scale_by_shampoo(
     accumulates, refreshes and applies its own blocks' factors (:func:`jaxopt_zoo.on_blocks`; the leaf is gathered
     for its blocks and the preconditioned blocks gathered back, unless it is split at block boundaries, when each
     device sends its own blocks to their factors' devices and back), with Auto axes XLA's partitioner places the work
-    and the outputs (pin them with ``out_shardings=jz.state_shardings(tx, params)``). Inside ``shard_map``, with
-    ``axis_name`` and ``partition_specs``, the update is exact too (:mod:`jaxopt_zoo.transforms.kronecker` says how);
-    a leaf that is a shard raises without them.
+    and the outputs (pin them with ``out_shardings=jz.state_shardings(tx, params)``), unless given
+    ``partition_specs`` under a mesh set by ``jax.set_mesh``: the update then runs as inside ``shard_map``
+    (:func:`jaxopt_zoo.sharding.on_auto_axes`; the partitioner gathered the factors for the eighs). Inside
+    ``shard_map``, with ``axis_name`` and ``partition_specs``, the update is exact too
+    (:mod:`jaxopt_zoo.transforms.kronecker` says how); a leaf that is a shard raises without them.
 
     Differences from Distributed Shampoo (``DistributedShampoo`` with its ``RootInvShampooPreconditionerConfig``):
     the default inverse root is coupled Newton (Distributed Shampoo's is ``eigh``, an option here); scalars, empty
@@ -238,8 +243,8 @@ def scale_by_shampoo(
         precondition_1d: give vectors a factor too.
         mu_dtype: storage of the filtered gradient: a storage (see :mod:`jaxopt_zoo.storage`).
         axis_name: inside ``shard_map``, the mesh axes the params may be split over.
-        partition_specs: inside ``shard_map``, the ``PartitionSpec`` of each update leaf (the params' ``in_specs``;
-            a tree or a prefix of one).
+        partition_specs: the ``PartitionSpec`` of each update leaf (a tree or a prefix of one): inside
+            ``shard_map`` the params' ``in_specs``; under ``jit`` on Auto mesh axes the params' layout.
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
@@ -291,10 +296,20 @@ def scale_by_shampoo(
         del params, extra_args
         if momentum:
             tree.check_same_structure(owner, updates, state.mu, "the filtered gradient (state.mu)")
+        if len(jax.tree.leaves(updates, is_leaf=tree.is_none)) != len(state.factors):
+            raise ValueError(f"{owner}: the updates have {len(jax.tree.leaves(updates, is_leaf=tree.is_none))} "
+                             f"leaves but the state has factors for {len(state.factors)}; pass updates shaped like "
+                             "the params given to init.")
+
+        def state_specs(specs: list, sizes: dict[str, int]) -> ScaleByShampooState:
+            factors = tuple(factor_specs(s, f, sizes) for s, f in zip(specs, state.factors, strict=True))
+            return ScaleByShampooState(PartitionSpec(), partition_specs if momentum else None, factors, factors)
+
+        auto = on_auto_axes(step, updates, state, partition_specs, state_specs)
+        return step(updates, state, axis_name) if auto is None else auto
+
+    def step(updates, state, axis_name):
         grads, treedef = jax.tree.flatten(updates, is_leaf=tree.is_none)  # a None update keeps its entry
-        if len(grads) != len(state.factors):
-            raise ValueError(f"{owner}: the updates have {len(grads)} leaves but the state has factors for "
-                             f"{len(state.factors)}; pass updates shaped like the params given to init.")
         # Inside shard_map the preconditioned leaves are gathered whole, their blocks shared as the state's are.
         placements = local_placements(owner, grads, leaf_specs(owner, partition_specs, updates), axis_name,
                                       "the Kronecker factors need whole arrays") or [None] * len(grads)

@@ -21,13 +21,14 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
 from jaxopt_zoo import sharding, tree, validation
 from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, safe_increment, zero_count
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
 from jaxopt_zoo.transforms.kronecker import (
-    PRECISION, BlockLayout, block_layout, from_blocks, local_share, mode_product, on_blocks, place_stack, shared_layout,
-    stack_of_eyes, stacked_eigh, stacked_qr, to_blocks,
+    PRECISION, BlockLayout, block_layout, factor_specs, from_blocks, local_share, mode_product, on_blocks, place_stack,
+    shared_layout, stack_of_eyes, stacked_eigh, stacked_qr, to_blocks,
 )
 
 __all__ = ["ScaleBySoapState", "scale_by_soap"]
@@ -221,7 +222,9 @@ def scale_by_soap(
     needed: under ``jit`` with sharded params the update is exact (with Explicit mesh axes each leaf is gathered for
     its blocks, each device rotates, accumulates and refreshes its own blocks, and the results are scattered back
     to the leaf's sharding; a leaf split at block boundaries is not gathered: each device sends its own blocks to
-    their factors' devices and back); inside ``shard_map``, with ``axis_name`` and ``partition_specs``, it is exact too
+    their factors' devices and back; on Auto axes given ``partition_specs`` under a mesh set by ``jax.set_mesh``, the
+    update runs as inside ``shard_map``: :func:`jaxopt_zoo.sharding.on_auto_axes`); inside ``shard_map``, with
+    ``axis_name`` and ``partition_specs``, it is exact too
     (:mod:`jaxopt_zoo.transforms.kronecker` says how); a leaf that is a shard raises without them. A leaf without
     bases (a scalar, or a vector unless ``precondition_1d``) is stepped entry by entry where it lies, nothing
     gathered (unless ``normalize_grads``, whose root mean square is the whole leaf's).
@@ -263,8 +266,8 @@ def scale_by_soap(
         mu_dtype: storage of the first moment: a storage (see :mod:`jaxopt_zoo.storage`).
         nu_dtype: storage of the second moment, as for ``mu_dtype``.
         axis_name: inside ``shard_map``, the mesh axes the params may be split over.
-        partition_specs: inside ``shard_map``, the ``PartitionSpec`` of each update leaf (the params' ``in_specs``;
-            a tree or a prefix of one).
+        partition_specs: the ``PartitionSpec`` of each update leaf (a tree or a prefix of one): inside
+            ``shard_map`` the params' ``in_specs``; under ``jit`` on Auto mesh axes the params' layout.
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
@@ -376,6 +379,16 @@ def scale_by_soap(
         if not len(state.stats) == len(state.bases) == treedef.num_leaves:
             raise ValueError(f"{owner}: the state holds factors for {len(state.stats)} leaves, the updates have "
                              f"{treedef.num_leaves}: build the state with init on params shaped like the updates.")
+
+        def state_specs(specs: list, sizes: dict[str, int]) -> ScaleBySoapState:
+            factors = tuple(factor_specs(s, f, sizes) for s, f in zip(specs, state.stats, strict=True))
+            return ScaleBySoapState(PartitionSpec(), partition_specs, partition_specs, factors, factors)
+
+        auto = sharding.on_auto_axes(step, updates, state, partition_specs, state_specs)
+        return step(updates, state, axis_name) if auto is None else auto
+
+    def step(updates, state, axis_name):
+        treedef = jax.tree.structure(updates, is_leaf=tree.is_none)
         columns = [*(treedef.flatten_up_to(x) for x in (updates, state.mu, state.nu)), state.stats, state.bases]
         placements = sharding.local_placements(owner, columns[0], sharding.leaf_specs(owner, partition_specs, updates),
                                                axis_name, "the Kronecker factors need whole arrays")
