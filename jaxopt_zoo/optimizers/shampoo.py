@@ -119,8 +119,9 @@ def shampoo(
         nu_dtype: storage of the grafting optimizer's second moment.
         axis_name: inside ``shard_map``, the mesh axes the params may be split over (for the factors and the
             grafting norms).
-        partition_specs: inside ``shard_map``, the ``PartitionSpec`` of each update leaf (the params' ``in_specs``;
-            a tree or a prefix of one).
+        partition_specs: the ``PartitionSpec`` of each update leaf (a tree or a prefix of one): inside
+            ``shard_map`` the params' ``in_specs``; under ``jit`` on Auto mesh axes the params' layout (the update
+            then runs in a ``shard_map`` of its own, see :func:`jaxopt_zoo.sharding.on_auto_axes`).
 
     Example:
         >>> import jaxopt_zoo as jz
