@@ -27,6 +27,7 @@ catch: the gradient of a param replicated over ``"data"`` comes out of
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Iterable, NamedTuple
 
 import jax
@@ -427,15 +428,22 @@ def on_auto_axes(update: Callable[[Any, Any, tuple[str, ...]], Any], updates: An
     run inside a ``shard_map`` over the mesh, ``axis_name`` every mesh axis, the updates laid out by
     ``partition_specs`` and the state by ``state_specs(specs per leaf, mesh axis sizes)``, so that the update's own
     collectives serve (as inside a user's ``shard_map``) rather than the partitioner's. ``None`` elsewhere: no
-    specs, no mesh, inside ``shard_map``, or on Explicit axes (whose types say it)."""
+    specs, no mesh, inside ``shard_map``, on Explicit axes (whose types say it), or a leaf its spec does not split
+    evenly (which ``shard_map`` cannot take, and the partitioner pads)."""
     mesh = jax.sharding.get_abstract_mesh()
     if (partition_specs is None or mesh.empty or manual_context().manual
             or any(t == AxisType.Explicit for t in mesh.axis_types)):
         return None
     specs = leaf_specs("on_auto_axes", partition_specs, updates)
+    leaves = jax.tree.leaves(updates, is_leaf=lambda x: x is None)
+    sizes = dict(mesh.shape)
+    if any(x is not None and any(n % math.prod(sizes[a] for a in axes) for n, axes in
+                                 zip(jnp.shape(x), placement_of("on_auto_axes", s, jnp.ndim(x))))
+           for x, s in zip(leaves, specs)):
+        return None
     update_specs = jax.tree.structure(updates, is_leaf=lambda x: x is None).unflatten(
         [PartitionSpec() if s is None else s for s in specs])
-    state_tree = state_specs(specs, dict(mesh.shape))
+    state_tree = state_specs(specs, sizes)
     run = lambda u, s: update(u, s, tuple(mesh.axis_names))  # noqa: E731
     return jax.shard_map(run, mesh=mesh, in_specs=(update_specs, state_tree),
                          out_specs=(update_specs, state_tree))(updates, state)

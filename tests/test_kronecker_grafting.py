@@ -243,6 +243,21 @@ def test_a_split_of_merged_dimensions_is_not_whole_blocks():
     assert kronecker._local_layout(layout, ((), (), ("a",)), {"a": 2}) is not None
 
 
+def test_specs_that_do_not_split_a_leaf_evenly_leave_auto_axes_to_the_partitioner():
+    # partition_specs naming 4 devices for 10 rows (the leaf itself replicated): shard_map cannot take such a
+    # split, so the update falls back to the partitioner's collectives instead of raising.
+    params = {"w": jnp.asarray(np.random.default_rng(2).normal(size=(10, 16)), jnp.float32)}
+    make = lambda **k: jz.soap(0.01, precondition_frequency=2, max_precond_dim=4, **k)  # noqa: E731
+    tx = make(partition_specs={"w": jax.sharding.PartitionSpec("model")})
+    mesh = jax.make_mesh((2, 4), SHARD_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    with jax.set_mesh(mesh):
+        state, p = tx.init(params), params
+        for t in range(1, 4):
+            updates, state = jax.jit(tx.update)({"w": grad_fn(p["w"], t, jnp)}, state, p)
+            p = jz.apply_updates(p, updates)
+    assert_trees_close(p, run_ours(make(), params, steps=3)[0][-1], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", ["shampoo", "soap"])
 def test_factors_held_whole_serve_leaves_split_into_whole_blocks_on_explicit_axes(name):
     # A state whose factors are replicated (not init_sharded's layout) still steps a leaf whose blocks each device
