@@ -174,3 +174,7 @@ def test_kronecker_benchmark_reports_steps_refresh_floors_and_sharded_layouts():
     for axes, name in [(a, n) for a in ("Auto", "Explicit", "shard_map")
                        for n in ("AdamW", "Shampoo, factor blocks across devices", "SOAP, factors replicated")]:
         assert re.search(rf"^\| {axes} +\| +{re.escape(name)} \|", sharded, re.MULTILINE), (axes, name)
+    for name in ("Shampoo", "SOAP"):  # on Auto axes given the params' specs: blocks moved, nothing gathered
+        row = re.search(rf"^\| Auto, partition_specs +\| +{name}, factor blocks across devices \|(.*)$", sharded,
+                        re.MULTILINE)
+        assert row and "collective-permute" in row[1] and "all-gather" not in row[1], row
