@@ -428,8 +428,8 @@ def on_auto_axes(update: Callable[[Any, Any, tuple[str, ...]], Any], updates: An
     run inside a ``shard_map`` over the mesh, ``axis_name`` every mesh axis, the updates laid out by
     ``partition_specs`` and the state by ``state_specs(specs per leaf, mesh axis sizes)``, so that the update's own
     collectives serve (as inside a user's ``shard_map``) rather than the partitioner's. ``None`` elsewhere: no
-    specs, no mesh, inside ``shard_map``, on Explicit axes (whose types say it), or a leaf its spec does not split
-    evenly (which ``shard_map`` cannot take, and the partitioner pads)."""
+    specs, no mesh, inside ``shard_map``, on Explicit axes (whose types say it), or a leaf that its spec does not
+    split evenly (which ``shard_map`` cannot take, and the partitioner pads)."""
     mesh = jax.sharding.get_abstract_mesh()
     if (partition_specs is None or mesh.empty or manual_context().manual
             or any(t == AxisType.Explicit for t in mesh.axis_types)):
@@ -447,4 +447,3 @@ def on_auto_axes(update: Callable[[Any, Any, tuple[str, ...]], Any], updates: An
     run = lambda u, s: update(u, s, tuple(mesh.axis_names))  # noqa: E731
     return jax.shard_map(run, mesh=mesh, in_specs=(update_specs, state_tree),
                          out_specs=(update_specs, state_tree))(updates, state)
-

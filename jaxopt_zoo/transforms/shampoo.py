@@ -296,10 +296,10 @@ def scale_by_shampoo(
         del params, extra_args
         if momentum:
             tree.check_same_structure(owner, updates, state.mu, "the filtered gradient (state.mu)")
-        if len(jax.tree.leaves(updates, is_leaf=tree.is_none)) != len(state.factors):
-            raise ValueError(f"{owner}: the updates have {len(jax.tree.leaves(updates, is_leaf=tree.is_none))} "
-                             f"leaves but the state has factors for {len(state.factors)}; pass updates shaped like "
-                             "the params given to init.")
+        leaves = len(jax.tree.leaves(updates, is_leaf=tree.is_none))
+        if leaves != len(state.factors):
+            raise ValueError(f"{owner}: the updates have {leaves} leaves but the state has factors for "
+                             f"{len(state.factors)}; pass updates shaped like the params given to init.")
 
         def state_specs(specs: list, sizes: dict[str, int]) -> ScaleByShampooState:
             factors = tuple(factor_specs(s, f, sizes) for s, f in zip(specs, state.factors, strict=True))
