@@ -121,7 +121,7 @@ def shampoo(
             grafting norms).
         partition_specs: the ``PartitionSpec`` of each update leaf (a tree or a prefix of one): inside
             ``shard_map`` the params' ``in_specs``; under ``jit`` on Auto mesh axes the params' layout (the update
-            then runs in a ``shard_map`` of its own, see :func:`jaxopt_zoo.sharding.on_auto_axes`).
+            then runs in a ``shard_map`` of its own, as :func:`jaxopt_zoo.scale_by_shampoo` says).
 
     Example:
         >>> import jaxopt_zoo as jz

@@ -82,7 +82,7 @@ def soap(
         axis_name: inside ``shard_map``, the mesh axes the params may be split over.
         partition_specs: the ``PartitionSpec`` of each update leaf (a tree or a prefix of one): inside
             ``shard_map`` the params' ``in_specs``; under ``jit`` on Auto mesh axes the params' layout (the update
-            then runs in a ``shard_map`` of its own, see :func:`jaxopt_zoo.sharding.on_auto_axes`).
+            then runs in a ``shard_map`` of its own, as :func:`jaxopt_zoo.scale_by_soap` says).
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz

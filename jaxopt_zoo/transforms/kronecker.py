@@ -16,23 +16,22 @@ remainders along each of its :math:`k` dimensions), each processed by one vmappe
     >>> bool((jz.from_blocks(jz.to_blocks(x, layout), layout) == x).all())
     True
 
-Inside ``shard_map`` each leaf arrives as its device's block, and the factors need whole arrays. Given
-``axis_name`` (the mesh axes the params may be split over) and ``partition_specs`` (the params' ``in_specs``),
-Shampoo, SOAP and PSGD-Kron gather each preconditioned leaf whole (one all-gather per split dimension), cut it into
-blocks as one device would, and keep their block of the result. A stack of factors that the state holds whole
-(``in_specs`` ``P()``) is worked in full by every device; one held in shares, as :func:`jaxopt_zoo.state_shardings`
-lays it out (:func:`stack_sharding`), is worked by each device for its own blocks, whose results are then
-gathered. PSGD-Kron's factors are whole: every device forms the whole update. The numbers are one device's, up to
-the rounding of products batched over fewer blocks; the price is the gathers (and, with whole stacks, every
-device repeating the work). Nothing is gathered for a leaf split at block boundaries (each device's part of it
-whole blocks) whose stacks are held in shares: each device cuts its own blocks and sends each to the device whose
-share of the stack holds it (``ppermute``, one round per destination device), and the results come back the same
-way: each device moves its part of the leaf, not the leaf. A leaf split along its first dimension only (a fully
-sharded data-parallel layout) needs no moves: a device's rows of blocks are its share. The same holds under ``jit``
-on Explicit axes (:func:`to_blocks` and :func:`from_blocks` work each device's part there), and on Auto axes when
-Shampoo and SOAP are given ``partition_specs`` (:func:`jaxopt_zoo.sharding.on_auto_axes`). A ``shard_map`` over
-some of the mesh's axes works alike (``axis_name`` and the specs name those axes). Without ``axis_name`` a leaf
-that is a block raises.
+Inside ``shard_map`` each leaf arrives as its device's block, and the factors need whole arrays. Given ``axis_name``
+(the mesh axes the params may be split over) and ``partition_specs`` (the params' ``in_specs``), Shampoo, SOAP and
+PSGD-Kron gather each preconditioned leaf whole (one all-gather per split dimension), cut it into blocks as one
+device would, and keep their block of the result. A stack of factors that the state holds whole (``in_specs``
+``P()``) is worked in full by every device; one held in shares, as :func:`jaxopt_zoo.state_shardings` lays it out
+(:func:`stack_sharding`), is worked by each device for its own blocks, whose results are then gathered. PSGD-Kron's
+factors are whole: every device forms the whole update. The numbers are one device's, up to the rounding of products
+batched over fewer blocks; the price is the gathers (and, with whole stacks, every device repeating the work).
+Nothing is gathered for a leaf split at block boundaries (each device's part of it whole blocks) whose stacks are
+held in shares: each device cuts its own blocks and sends each to the device whose share of the stack holds it
+(``ppermute``, one round per destination device), and the results come back the same way: each device moves its part
+of the leaf, not the leaf. A leaf split along its first dimension only (a fully sharded data-parallel layout) needs
+no moves: a device's rows of blocks are its share. The same holds under ``jit`` on Explicit axes (:func:`to_blocks`
+and :func:`from_blocks` work each device's part there), and on Auto axes when Shampoo and SOAP are given
+``partition_specs`` (the update then runs in a ``shard_map`` of its own). A ``shard_map`` over some of the mesh's
+axes works alike (``axis_name`` and the specs name those axes). Without ``axis_name`` a leaf that is a block raises.
 """
 
 from __future__ import annotations

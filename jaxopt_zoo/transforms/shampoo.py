@@ -210,7 +210,7 @@ def scale_by_shampoo(
     device sends its own blocks to their factors' devices and back), with Auto axes XLA's partitioner places the work
     and the outputs (pin them with ``out_shardings=jz.state_shardings(tx, params)``), unless given
     ``partition_specs`` under a mesh set by ``jax.set_mesh``: the update then runs as inside ``shard_map``
-    (:func:`jaxopt_zoo.sharding.on_auto_axes`; the partitioner gathered the factors for the eighs). Inside
+    (a ``shard_map`` of its own; left to itself, the partitioner gathers the factors for the eighs). Inside
     ``shard_map``, with ``axis_name`` and ``partition_specs``, the update is exact too
     (:mod:`jaxopt_zoo.transforms.kronecker` says how); a leaf that is a shard raises without them.
 

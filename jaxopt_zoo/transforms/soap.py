@@ -223,7 +223,7 @@ def scale_by_soap(
     its blocks, each device rotates, accumulates and refreshes its own blocks, and the results are scattered back
     to the leaf's sharding; a leaf split at block boundaries is not gathered: each device sends its own blocks to
     their factors' devices and back; on Auto axes given ``partition_specs`` under a mesh set by ``jax.set_mesh``, the
-    update runs as inside ``shard_map``: :func:`jaxopt_zoo.sharding.on_auto_axes`); inside ``shard_map``, with
+    update runs as inside ``shard_map``, in a ``shard_map`` of its own); inside ``shard_map``, with
     ``axis_name`` and ``partition_specs``, it is exact too
     (:mod:`jaxopt_zoo.transforms.kronecker` says how); a leaf that is a shard raises without them. A leaf without
     bases (a scalar, or a vector unless ``precondition_1d``) is stepped entry by entry where it lies, nothing
