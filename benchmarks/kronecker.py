@@ -222,7 +222,7 @@ def kronecker_section(shapes: Any, repeats: int, names: list[str] | None = None,
 
 
 # Square matrices split P("data", "model") over 2 x 4 devices, cut into blocks of BLOCK[size]: 16 blocks each.
-SHARDED = {"quick": (2, 64, 16), "cpu": (4, 1024, 256), "accelerator": (4, 4096, 1024)}  # (matrices, rows, block)
+SHARDED = {"quick": (1, 64, 16), "cpu": (4, 1024, 256), "accelerator": (4, 4096, 1024)}  # (matrices, rows, block)
 
 
 def sharded_measurements(size: str) -> list[list[str]]:
@@ -294,8 +294,8 @@ def sharded_section(size: str) -> str:
     count, n, block = SHARDED[size]
     return (
         "### Kronecker factors on 8 devices\n\n"
-        f"One jitted, donated step on {count} float32 matrices of {n} x {n}, each split `P('data', 'model')` over a "
-        f"2 x 4 mesh of simulated CPU devices and cut into 16 blocks of {block} x {block} (Shampoo with the eigh "
+        f"One jitted, donated step on {count} float32 {'matrix' if count == 1 else 'matrices'} of {n} x {n}, each "
+        f"split `P('data', 'model')` over a 2 x 4 mesh of simulated CPU devices and cut into 16 blocks of {block} x {block} (Shampoo with the eigh "
         "root, refreshing every 10th step; SOAP's defaults), with the factors laid out by `init_sharded` (2 blocks' "
         "factors per device) or replicated as before that rule, under `jit` on Auto axes (without and with the "
         "params' `partition_specs`) and on Explicit mesh axes, and inside `shard_map` (with `axis_name` and "
