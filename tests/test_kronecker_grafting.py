@@ -276,8 +276,7 @@ def test_factors_held_whole_serve_leaves_split_into_whole_blocks_on_explicit_axe
     # A state whose factors are replicated (not init_sharded's layout) still steps a leaf whose blocks each device
     # cuts from its own share: the blocks are gathered to the factors' layout, and the state keeps its layout (a
     # refresh cond whose branches came out laid out differently failed to trace).
-    make = {"shampoo": lambda: jz.shampoo(0.1, eps=1e-4, precondition_frequency=1, max_precond_dim=4),
-            "soap": lambda: jz.soap(0.01, precondition_frequency=2, max_precond_dim=4)}[name]
+    make = WHOLE_BLOCKS[name]
     params = {"w": jnp.asarray(np.random.default_rng(1).normal(size=(32, 8)), jnp.float32)}
     mesh = jax.make_mesh((2, 4), SHARD_AXES, axis_types=(jax.sharding.AxisType.Explicit,) * 2)
     split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(SHARD_AXES))
