@@ -210,27 +210,27 @@ def scale_by_soap(
     dimension never (plain Adam; an empty leaf gets an empty update). Size-1 dimensions get no factor (their
     basis would be :math:`\\pm 1`).
 
-    The eigen and QR work runs in one ``jax.lax.cond`` for the whole tree on the steps that refresh, so the other
-    steps do not pay for it under ``jit`` (under ``vmap`` over states the condition is batched and both branches run). The factors and
-    bases are float32, or the params' dtype when wider: eigendecompositions in bfloat16 or 8 bits lose the small
-    eigenvalues whose directions Adam then rescales most. Adam's moments take the storage options (``mu_dtype``,
-    ``nu_dtype``). A non-finite factor contribution (a NaN or infinite gradient) is not accumulated, and a
-    non-finite new basis keeps the previous one (as Distributed Shampoo keeps its roots), so the factors recover;
-    Adam's moments are Adam's, so guard them with :func:`jaxopt_zoo.apply_if_finite`. Sharding: :func:`jaxopt_zoo.init_sharded`
-    lays ``mu`` and ``nu`` out like their params and each stack of factors and bases across the devices by
+    The eigen and QR work runs in one ``jax.lax.cond`` for the whole tree on the steps that refresh, so the other steps
+    do not pay for it under ``jit`` (under ``vmap`` over states the condition is batched and both branches run). The
+    factors and bases are float32, or the params' dtype when wider: eigendecompositions in bfloat16 or 8 bits lose the
+    small eigenvalues whose directions Adam then rescales most. Adam's moments take the storage options (``mu_dtype``,
+    ``nu_dtype``). A non-finite factor contribution (a NaN or infinite gradient) is not accumulated, and a non-finite
+    new basis keeps the previous one (as Distributed Shampoo keeps its roots), so the factors recover; Adam's moments
+    are Adam's, so guard them with :func:`jaxopt_zoo.apply_if_finite`. Sharding: :func:`jaxopt_zoo.init_sharded` lays
+    ``mu`` and ``nu`` out like their params and each stack of factors and bases across the devices by
     :func:`jaxopt_zoo.stack_sharding` (as Shampoo's, see :func:`jaxopt_zoo.scale_by_shampoo`). Whole matrices are
-    needed: under ``jit`` with sharded params the update is exact (with Explicit mesh axes each leaf is gathered for
-    its blocks, each device rotates, accumulates and refreshes its own blocks, and the results are scattered back
-    to the leaf's sharding; a leaf split at block boundaries is not gathered: each device sends its own blocks to
-    their factors' devices and back; on Auto axes given ``partition_specs`` under a mesh set by ``jax.set_mesh``, the
-    update runs as inside ``shard_map``, in a ``shard_map`` of its own); inside ``shard_map``, with
-    ``axis_name`` and ``partition_specs``, it is exact too
-    (:mod:`jaxopt_zoo.transforms.kronecker` says how); a leaf that is a shard raises without them. A leaf without
-    bases (a scalar, or a vector unless ``precondition_1d``) is stepped entry by entry where it lies, nothing
-    gathered (unless ``normalize_grads``, whose root mean square is the whole leaf's). Sharded steps equal one
-    device's up to rounding, which the first steps can magnify: Adam's first step is about the sign of each rotated
-    component, so a component near zero can go either way (on an ``nnx.Linear(16, 32)`` with blocks of 4, a 1e-6
-    relative change of the inputs moved the kernel by 6e-3 in one step, as much as 8 devices against one did).
+    needed: under ``jit`` with sharded params the update is exact (with Explicit mesh axes each leaf is gathered for its
+    blocks, each device rotates, accumulates and refreshes its own blocks, and the results are scattered back to the
+    leaf's sharding; a leaf split at block boundaries is not gathered: each device sends its own blocks to their
+    factors' devices and back; on Auto axes given ``partition_specs`` under a mesh set by ``jax.set_mesh``, the update
+    runs as inside ``shard_map``, in a ``shard_map`` of its own); inside ``shard_map``, with ``axis_name`` and
+    ``partition_specs``, it is exact too (:mod:`jaxopt_zoo.transforms.kronecker` says how); a leaf that is a shard
+    raises without them. A leaf without bases (a scalar, or a vector unless ``precondition_1d``) is stepped entry by
+    entry where it lies, nothing gathered (unless ``normalize_grads``, whose root mean square is the whole leaf's).
+    Sharded steps equal one device's up to rounding, which the first steps can magnify: Adam's first step is about the
+    sign of each rotated component, so a component near zero can go either way (on a 16 x 32 ``nnx.Linear`` kernel with
+    blocks of 4, a 1e-6 relative change of the inputs moved the kernel by 6e-3 in one step, as much as 8 devices against
+    one did).
 
     Differences from the official code (github.com/nikhilvyas/SOAP, ``soap.py``): blocking of dimensions above
     ``max_precond_dim`` (``blocking=True``, the default; the official code leaves them unrotated, which is
