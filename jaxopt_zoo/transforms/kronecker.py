@@ -174,10 +174,18 @@ def _matchings(edges: list[tuple[int, int]], devices: int) -> list[list[int]]:
 
 
 def _local_layout(layout: BlockLayout, placement: Placement, sizes: dict[str, int]) -> BlockLayout | None:
+    # Planned once per layout, split and mesh (leaves of the same shape and split share it; tracing asks per move).
+    return _planned_local_layout(layout, placement, tuple(sizes.items()))
+
+
+@functools.lru_cache(maxsize=4096)
+def _planned_local_layout(layout: BlockLayout, placement: Placement,
+                          sizes_items: tuple[tuple[str, int], ...]) -> BlockLayout | None:
     """The layout of one device's block of a leaf split by ``placement`` (mesh axis sizes ``sizes``) when that block
     is a whole number of blocks along every split dimension, with the moves that send them to the devices whose
     shares of the stacks hold them (:func:`_block_moves`); else ``None``. A dimension merged with others is at most
     one block, so only dimensions that merging left alone can be split into whole blocks."""
+    sizes = dict(sizes_items)
     groups, ways = _groups(layout.shape, layout.merged), [math.prod(sizes[a] for a in p) for p in placement]
     split = [1] * len(layout.merged)  # per merged dimension: the devices it is split over
     for d, (w, j) in enumerate(zip(ways, groups)):
