@@ -146,8 +146,8 @@ def _groups(shape: tuple[int, ...], merged: tuple[int, ...]) -> list[int | None]
 def _matchings(edges: list[tuple[int, int]], devices: int) -> list[list[int]]:
     """``edges`` (source, destination), each device the source and the destination of ``k`` of them, cut into ``k``
     rounds (indices into ``edges``) in which every device sends once and receives once (a ``k``-regular bipartite
-    multigraph is ``k`` perfect matchings: König). Edges from a device to itself are matched first, so that rounds
-    of them only need no collective."""
+    multigraph is ``k`` perfect matchings: König). Edges from a device to itself are matched first, so that a round
+    of them alone needs no collective."""
     left, rounds = list(range(len(edges))), []
     while left:
         out: dict[int, list[int]] = {}
