@@ -119,7 +119,8 @@ def matrix_inverse_pth_root(
 
     while :math:`\\max|M_k - I| >` ``error_tolerance``, at most ``num_iters``
     times, and stops (keeping the previous :math:`H`) once the error grows by
-    more than 1.2x. :math:`\\lambda_{max}` comes from :func:`power_iteration`.
+    more than 1.2x. :math:`\\lambda_{max}` comes from :func:`power_iteration`
+    (not run when ``ridge_epsilon`` is a Python 0, as for :func:`jaxopt_zoo.shampoo`'s roots).
     Returns ``(root, error)``, the error being :math:`\\max|M - I|` at the end.
 
     Deliberate difference: ``p`` must be a concrete positive integer, and every
@@ -140,8 +141,11 @@ def matrix_inverse_pth_root(
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"matrix_inverse_pth_root: matrix must be square (n, n), got shape {matrix.shape}.")
     alpha = -1.0 / p
-    max_eigenvalue, _ = power_iteration(matrix, num_iters=100, error_tolerance=1e-6, precision=precision)
-    ridge = ridge_epsilon * jnp.maximum(max_eigenvalue, 1e-16)
+    if isinstance(ridge_epsilon, (int, float)) and ridge_epsilon == 0:
+        ridge = 0.0  # lambda_max (a loop of up to 100 products per root) would only be multiplied by 0
+    else:
+        max_eigenvalue, _ = power_iteration(matrix, num_iters=100, error_tolerance=1e-6, precision=precision)
+        ridge = ridge_epsilon * jnp.maximum(max_eigenvalue, 1e-16)
     if matrix.shape[0] == 1:
         return (matrix + ridge) ** alpha, jnp.asarray(0.0)
     identity = jnp.eye(matrix.shape[0], dtype=jnp.promote_types(matrix.dtype, jnp.float32))

@@ -90,6 +90,19 @@ def test_matrix_inverse_pth_root_against_the_eigendecomposition(x64, p):
     assert float(error) < 1e-10
 
 
+def test_matrix_inverse_pth_root_without_a_ridge_runs_no_power_iteration():
+    # lambda_max only scales the ridge: with ridge_epsilon=0 (Shampoo's roots) the program is Newton's loop alone,
+    # not also the power iteration's (a loop of up to 100 products, per root, whose result was multiplied by 0).
+    m = jnp.asarray(symmetric_psd(4, 2), jnp.float32)
+    loops = lambda ridge: jax.jit(  # noqa: E731
+        lambda a: jz.matrix_inverse_pth_root(a, 2, ridge_epsilon=ridge)).lower(m).as_text().count("stablehlo.while")
+    assert loops(0.0) == 1 < loops(1e-6)
+    shampoo = jz.scale_by_shampoo(max_precond_dim=4)  # Newton roots: one loop per stack of factors, two stacks here
+    params = {"w": jnp.ones((8, 4))}
+    program = jax.jit(shampoo.update).lower(params, shampoo.init(params)).as_text()
+    assert program.count("stablehlo.while") == 2
+
+
 def test_matrix_inverse_pth_root_matches_optax_for_powers_of_two_and_differs_where_optax_is_wrong(x64):
     m = jnp.asarray(symmetric_psd(4, 7))
     for p in (2, 4):
