@@ -18,6 +18,9 @@ each factor (what the ``"eigh"`` root costs at least; the default coupled Newton
 of products, so it is compared with the same floor). fraction = floor / extra: 1 would mean the rest is free.
 PSGD-Kron has no refresh in this sense (its fit is a few triangular solves and products per step it runs).
 
+:func:`compile_section` (alone: ``--compile-only``): the seconds each step as used takes to trace and lower, and
+for XLA to compile, against AdamW's.
+
 With ``--torch-python`` naming a Python with torch and heavyball, heavyball's ``SOAP`` steps the same shapes on the
 same device (same settings where they exist: frequency 10, no frequency schedule, no torch.compile), for reference.
 
@@ -221,6 +224,41 @@ def kronecker_section(shapes: Any, repeats: int, names: list[str] | None = None,
     return text
 
 
+def compile_section(shapes: Any, repeats: int, names: list[str] | None = None) -> str:
+    """The markdown section: each optimizer's step (as used: refreshing every FREQUENCY steps) traced and lowered,
+    then compiled by XLA, in seconds (medians of ``repeats`` fresh compiles), against AdamW's (first of ``names``)."""
+    names = names or list(optimizers(FREQUENCY))
+    if names[0] != "AdamW":
+        raise ValueError(f"compile_section: names must start with 'AdamW', the baseline, got {names!r}.")
+    params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), shapes)
+    rows, adamw = [], None
+    for name in names:
+        print(f"kronecker compile: {name}", file=sys.stderr, flush=True)
+        tx = optimizers(FREQUENCY)[name]
+        state = jax.eval_shape(tx.init, params)
+        lowering, compiling = [], []
+        for _ in range(repeats):
+            def step(params, state, grads):  # a new function each time: nothing is reused from the last compile
+                updates, state = tx.update(grads, state, params)
+                return jz.apply_updates(params, updates), state
+
+            start = time.perf_counter()
+            lowered = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, params)
+            middle = time.perf_counter()
+            lowered.compile()
+            lowering.append(middle - start)
+            compiling.append(time.perf_counter() - middle)
+        lower, compile_ = statistics.median(lowering), statistics.median(compiling)
+        adamw = adamw or lower + compile_
+        rows.append([name, f"{lower:.2f}", f"{compile_:.2f}", f"{(lower + compile_) / adamw:.1f}"])
+    return (
+        f"### Compile time against AdamW\n\n"
+        f"The same tree; seconds to trace and lower each optimizer's jitted, donated step (as used) and for XLA to "
+        f"compile it, medians of {repeats} fresh compiles (JAX's persistent compilation cache off, as by default).\n\n"
+        + table(["optimizer", "trace + lower s", "compile s", "total / AdamW"], rows)
+    )
+
+
 # Square matrices split P("data", "model") over 2 x 4 devices, cut into blocks of BLOCK[size]: 16 blocks each.
 SHARDED = {"quick": (1, 64, 16), "cpu": (4, 1024, 256), "accelerator": (4, 4096, 1024)}  # (matrices, rows, block)
 
@@ -313,14 +351,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--torch-python", help="a Python with torch and heavyball, for heavyball's SOAP")
     parser.add_argument("--sharded-only", action="store_true", help="only the 8-device section")
+    parser.add_argument("--compile-only", action="store_true", help="only the compile times")
     args = parser.parse_args()
     if args.sharded_only:
         print(sharded_section(args.size))
         return
     from run import SIZES, transformer_shapes
 
-    print(kronecker_section(transformer_shapes(SIZES[args.size].model), args.repeats, torch_python=args.torch_python))
-    print(sharded_section(args.size))
+    shapes = transformer_shapes(SIZES[args.size].model)
+    if not args.compile_only:
+        print(kronecker_section(shapes, args.repeats, torch_python=args.torch_python))
+    print(compile_section(shapes, args.repeats))
+    if not args.compile_only:
+        print(sharded_section(args.size))
 
 
 if __name__ == "__main__":

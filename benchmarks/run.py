@@ -16,8 +16,8 @@ Measures, for each optimizer (ours and Optax's alternately):
   JAX's caches cleared before each compilation;
 * Muon's Newton–Schulz time against its matrix products alone, and layer-sharded Muon's collectives, FLOPs and
   step time on 8 (simulated) devices against Optax's Muon (part ``muon``, benchmarks/muon.py);
-* Shampoo, SOAP and PSGD-Kron against AdamW on the transformer tree: step time, and refresh time against its
-  eigh/QR/products alone, and their collectives, state and FLOPs per device on 8 (simulated) devices with the
+* Shampoo, SOAP and PSGD-Kron against AdamW on the transformer tree: step time, refresh time against its
+  eigh/QR/products alone, compile time, and their collectives, state and FLOPs per device on 8 (simulated) devices with the
   factors laid out across devices or replicated (part ``kronecker``, benchmarks/kronecker.py; ``--torch-python``
   adds heavyball's SOAP).
 
@@ -45,7 +45,7 @@ from flax import nnx
 import jaxopt_zoo as jz
 from report import machine_header, number, table
 from seed_optimizers import SLOW_ON_CPU, ExtraArgs, SeedOptimizer, select
-from kronecker import kronecker_section, sharded_section
+from kronecker import compile_section, kronecker_section, sharded_section
 from muon import layer_sharded_section, newton_schulz_section
 
 MIB = 2**20
@@ -614,6 +614,7 @@ def main() -> None:
         report.add(layer_sharded_section(size, sizes.repeats, sizes.steps))
     if "kronecker" in parts:
         report.add(kronecker_section(list(shapes.values())[2], sizes.repeats, torch_python=args.torch_python))
+        report.add(compile_section(list(shapes.values())[2], sizes.compile_repeats))
         report.add(sharded_section("quick" if args.quick else "cpu" if backend == "cpu" else "accelerator"))
     report.write(args.output)
 

@@ -167,6 +167,11 @@ def test_kronecker_benchmark_reports_steps_refresh_floors_and_sharded_layouts():
     refresh = report[report.index("### Refresh time"):]
     assert re.search(r"^\| SOAP +\| +-?[0-9.]+ \| +[0-9.]+ \|", refresh, re.MULTILINE)
     assert "heavyball's SOAP" in report and "not run (ModuleNotFoundError" in report
+    from kronecker import compile_section
+
+    compiled = compile_section(shapes, 1, ["AdamW", "Shampoo"])
+    assert re.search(r"^\| AdamW +\| +[0-9.]+ \| +[0-9.]+ \| +1\.0 \|", compiled, re.MULTILINE), compiled
+    assert re.search(r"^\| Shampoo +\| +[0-9.]+ \| +[0-9.]+ \| +[0-9.]+ \|", compiled, re.MULTILINE), compiled
     # This process has conftest's 8 simulated devices: the 8-device section runs here, at its quick size.
     from kronecker import sharded_section
 
