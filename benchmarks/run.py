@@ -17,8 +17,8 @@ Measures, for each optimizer (ours and Optax's alternately):
 * Muon's Newton–Schulz time against its matrix products alone, and layer-sharded Muon's collectives, FLOPs and
   step time on 8 (simulated) devices against Optax's Muon (part ``muon``, benchmarks/muon.py);
 * Shampoo, SOAP and PSGD-Kron against AdamW on the transformer tree: step time, refresh time against its
-  eigh/QR/products alone, compile time, and their collectives, state and FLOPs per device on 8 (simulated) devices with the
-  factors laid out across devices or replicated (part ``kronecker``, benchmarks/kronecker.py; ``--torch-python``
+  eigh/QR/products alone, compile time, and their collectives, state and FLOPs per device on 8 (simulated) devices
+  with the factors laid out across devices or replicated (part ``kronecker``, benchmarks/kronecker.py; ``--torch-python``
   adds heavyball's SOAP).
 
 Sizes follow the backend: on a GPU/TPU each synthetic tree holds 256M params (16M on CPU). Prints
