@@ -251,10 +251,12 @@ def compile_section(shapes: Any, repeats: int, names: list[str] | None = None) -
         lower, compile_ = statistics.median(lowering), statistics.median(compiling)
         adamw = adamw or lower + compile_
         rows.append([name, f"{lower:.2f}", f"{compile_:.2f}", f"{(lower + compile_) / adamw:.1f}"])
+    cache = ("JAX's persistent compilation cache off, as by default" if jax.config.jax_compilation_cache_dir is None
+             else "JAX's persistent compilation cache on: a repeat may read the first compile back")
     return (
         f"### Compile time against AdamW\n\n"
         f"The same tree; seconds to trace and lower each optimizer's jitted, donated step (as used) and for XLA to "
-        f"compile it, medians of {repeats} fresh compiles (JAX's persistent compilation cache off, as by default).\n\n"
+        f"compile it, medians of {repeats} fresh compiles ({cache}).\n\n"
         + table(["optimizer", "trace + lower s", "compile s", "total / AdamW"], rows)
     )
 
