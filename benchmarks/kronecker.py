@@ -70,17 +70,29 @@ def optimizers(frequency: int) -> dict[str, jz.GradientTransformation]:
     }
 
 
+def update_step(tx: jz.GradientTransformation) -> Callable[..., Any]:
+    """``tx``'s update and ``apply_updates`` as one step, ``(params, state, grads) -> (params, state)``; a new
+    function at each call, so that nothing is reused from an earlier compile."""
+
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return jz.apply_updates(params, updates), state
+
+    return step
+
+
+def donated_step(tx: jz.GradientTransformation) -> Any:
+    """:func:`update_step` jitted, donating the params and state."""
+    return jax.jit(update_step(tx), donate_argnums=(0, 1))
+
+
 class Stepper:
     """One compiled, donated step with its own params and state."""
 
     def __init__(self, tx: jz.GradientTransformation, params: Any, grads: list[Any]):
-        def step(params, state, grads):
-            updates, state = tx.update(grads, state, params)
-            return jz.apply_updates(params, updates), state
-
         self.params = jax.tree.map(jnp.copy, params)
         self.state = jax.tree.map(jnp.copy, tx.init(self.params))
-        self.compiled = jax.jit(step, donate_argnums=(0, 1)).lower(self.params, self.state, grads[0]).compile()
+        self.compiled = donated_step(tx).lower(self.params, self.state, grads[0]).compile()
         self.times: list[float] = []
         self.run(grads[:1])  # the first step: SOAP's eigh, Shampoo's first roots, allocations
 
@@ -238,12 +250,8 @@ def compile_section(shapes: Any, repeats: int, names: list[str] | None = None) -
         state = jax.eval_shape(tx.init, params)
         lowering, compiling = [], []
         for _ in range(repeats):
-            def step(params, state, grads):  # a new function each time: nothing is reused from the last compile
-                updates, state = tx.update(grads, state, params)
-                return jz.apply_updates(params, updates), state
-
             start = time.perf_counter()
-            lowered = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, params)
+            lowered = donated_step(tx).lower(params, state, params)
             middle = time.perf_counter()
             lowered.compile()
             lowering.append(middle - start)
@@ -303,10 +311,7 @@ def sharded_measurements(size: str) -> list[list[str]]:
                 state = jax.tree.map(lambda x: jax.device_put(x, whole) if x.ndim == 3 else x, state)
                 state_specs = jax.tree.map(lambda x: x.sharding.spec, state)
 
-            def step(params, state, grads, tx=tx):
-                updates, state = tx.update(grads, state, params)
-                return jz.apply_updates(params, updates), state
-
+            step = update_step(tx)
             if kind == "shard_map":  # each device's blocks of the params, gradients and state
                 step = jax.shard_map(step, mesh=mesh, in_specs=(param_specs, state_specs, param_specs),
                                      out_specs=(param_specs, state_specs))
