@@ -490,7 +490,7 @@ def stacked_qr(matrices: jax.Array) -> jax.Array:
 
 def _one_by_one(fn: Callable[[jax.Array], Any], matrices: jax.Array) -> Any:
     # fn of each matrix of the stack, in a loop; a stack of one matrix (most leaves' stacks) without the loop, whose
-    # machinery took 5 of every 6 ms of compiling a 128 x 128 QR.
+    # machinery took 5 of every 6 ms of tracing, lowering and compiling a 128 x 128 QR alone.
     if matrices.shape[0] == 1:
         return jax.tree.map(lambda x: x[None], fn(matrices[0]))
     return jax.lax.map(fn, matrices)
