@@ -471,11 +471,11 @@ def mode_product(x: jax.Array, matrices: Sequence[jax.Array | None], transpose: 
 def stacked_eigh(matrices: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``jnp.linalg.eigh`` of a stack ``(blocks, d, d)`` of symmetric matrices (eigenvalues ascending).
 
-    On CPUs the matrices are decomposed one after the other (``lax.map``), not as one batched LAPACK call: jaxlib
-    0.10's batched CPU decompositions split the batch over XLA's intra-op thread pool and wait for the pieces, so
-    two of them running at once (two leaves' refreshes) can each hold a pool thread while waiting for the other's
-    pieces, forever (seen with eigh under simulated devices, and with QR in SOAP's refresh of a transformer on 2
-    cores). Other backends take the whole batch.
+    On CPUs the matrices are decomposed one after the other (``lax.map``; a stack of one, its matrix without the
+    loop), not as one batched LAPACK call: jaxlib 0.10's batched CPU decompositions split the batch over XLA's
+    intra-op thread pool and wait for the pieces, so two of them running at once (two leaves' refreshes) can each
+    hold a pool thread while waiting for the other's pieces, forever (seen with eigh under simulated devices, and with
+    QR in SOAP's refresh of a transformer on 2 cores). Other backends take the whole batch.
     """
     return jax.lax.platform_dependent(matrices, cpu=functools.partial(_one_by_one, jnp.linalg.eigh),
                                       default=jnp.linalg.eigh)
