@@ -109,7 +109,8 @@ def _recipe(
 
 
 def _pair(owner: str, name: str, value: Any, meaning: str) -> tuple[Any, Any]:
-    if not (isinstance(value, (tuple, list)) and len(value) == 2):
+    # A NumPy or JAX array of two numbers is a pair too, as torch unpacks it.
+    if not (isinstance(value, (tuple, list)) and len(value) == 2 or getattr(value, "shape", None) == (2,)):
         raise ValueError(f"{owner}: {name} must be a pair {meaning}, got {value!r}.")
     return value[0], value[1]
 

@@ -18,7 +18,7 @@ import pytest
 
 import jaxopt_zoo as jz
 from tests import reference
-from tests.conftest import assert_trees_close, make_params, run_ours, run_reference, run_together
+from tests.conftest import assert_trees_close, assert_trees_equal, make_params, run_ours, run_reference, run_together
 
 
 def schedule(count):
@@ -155,6 +155,18 @@ def test_kernel_options_are_accepted():
 def test_invalid_options_fail_at_construction(factory, message):
     with pytest.raises(ValueError, match=message):
         factory()
+
+
+def test_a_pair_may_be_an_array_of_two_numbers():
+    # torch unpacks betas, etas, step_sizes and Adafactor's eps from any sequence of two, a NumPy array included.
+    grads = {"w": jnp.asarray([0.3, -2.0, 0.0])}
+    for make, options in [(jz.torch.adam, dict(betas=(0.8, 0.9))), (jz.torch.adafactor, dict(eps=(1e-3, 1e-2))),
+                          (jz.torch.rprop, dict(etas=(0.4, 1.3), step_sizes=(1e-4, 5.0)))]:
+        tx, as_arrays = make(**options), make(**{k: np.asarray(v) for k, v in options.items()})
+        assert_trees_equal(tx.update(grads, tx.init(grads), grads)[0],
+                           as_arrays.update(grads, as_arrays.init(grads), grads)[0])
+    with pytest.raises(ValueError, match=r"torch\.adam: betas must be a pair \(beta1, beta2\), got array\(\[0\.9"):
+        jz.torch.adam(betas=np.asarray([0.9, 0.99, 0.999]))
 
 
 def _complex_check(ours, ref):
