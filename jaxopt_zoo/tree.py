@@ -54,10 +54,12 @@ def tree_vdot(xs: Any, ys: Any, axis_name: AxisName = None, owner: str = "tree_v
 
 def _vdot(x: jax.Array, y: jax.Array) -> jax.Array:
     # One contraction at the highest precision (Optax's order of operations, for its bits); the scalar is
-    # replicated on Explicit-axes meshes, where JAX asks for the result's layout.
+    # replicated when the mesh has Explicit axes (some of them Manual inside a shard_map naming only others),
+    # where JAX asks for the result's layout.
     x = jnp.asarray(x)
     mesh = jax.typeof(x).sharding.mesh
-    replicated = jax.sharding.NamedSharding(mesh, jax.P()) if mesh.are_all_axes_explicit else None
+    explicit = any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types)
+    replicated = jax.sharding.NamedSharding(mesh, jax.P()) if explicit else None
     return jnp.tensordot(jnp.conj(x), y, x.ndim, precision=jax.lax.Precision.HIGHEST, out_sharding=replicated)
 
 

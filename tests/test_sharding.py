@@ -281,8 +281,8 @@ def test_check_state_shardings_names_the_offending_path():
     jz.check_state_shardings(tx, params, state)
 
 
-def _in_shard_map(tx, check_vma=True, manual_axes=AXES):
-    mesh = make_mesh()
+def _in_shard_map(tx, check_vma=True, manual_axes=AXES, axis_type=AxisType.Auto):
+    mesh = make_mesh(axis_type)
     params = place(make_params(), mesh)
     state = jz.init_sharded(tx, params)
     # shard_map's specs name only its manual axes; the partitioner splits the others.
@@ -325,6 +325,14 @@ def test_axis_name_is_exact_under_plain_jit_and_partially_manual_shard_map():
     # Only "model" is manual; "data" stays with the partitioner, which is exact by itself.
     partial, _ = _in_shard_map(tx, manual_axes=("model",))
     assert_trees_close(partial, expected, rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["momo", "clip_by_global_norm+adamw"])
+def test_partially_manual_shard_map_on_explicit_axes_matches_one_device(name):
+    # "data" stays Explicit inside the shard_map: a contraction over it (momo's inner products) must be told
+    # its result's layout, which only all-Explicit meshes were told before.
+    partial, _ = _in_shard_map(OPTIMIZERS[name](AXES), manual_axes=("model",), axis_type=AxisType.Explicit)
+    assert_trees_close(partial, single_device_trajectory(name)[0], rtol=2e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["adamw", "lamb", "clip_by_global_norm+adamw", "adaptive_grad_clip+sgd"])
