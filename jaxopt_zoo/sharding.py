@@ -15,7 +15,9 @@ mesh axis, rather than return one shard's answer. ``adaptive_grad_clip``, whose
 unit norms cannot be told from shard norms, raises there in any case. Naming
 every ``shard_map`` axis is always safe: each array is summed only over the
 axes it varies along, which ``shard_map``'s default ``check_vma=True`` tracks
-(with ``check_vma=False`` these transformations raise). Outside ``shard_map``
+(with ``check_vma=False`` these transformations raise). ``centralize``, whose
+row means must not mix the shards of a leaf's first axis, needs the updates'
+``partition_specs`` for that too. Outside ``shard_map``
 ``axis_name`` changes nothing, so one optimizer serves both. Axes of ``pmap``
 and ``vmap`` are not mesh axes: there, reduce the updates yourself first.
 

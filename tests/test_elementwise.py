@@ -319,6 +319,29 @@ def test_centralize_inside_shard_map_rows_split_only_and_a_misspelt_axis():
         _shard_map_step(centralize(axis_name="modle"))
 
 
+def test_centralize_with_partition_specs_averages_only_over_axes_splitting_rows_entries():
+    # One axis splits the rows of one leaf and the columns of another: no axis_name alone is right for both.
+    mesh = jax.make_mesh((2, 4), AXES, devices=jax.devices("cpu")[:8])
+    rng = np.random.default_rng(1)
+    grads = {"rows": rng.normal(size=(8, 4)), "cols": rng.normal(size=(4, 8)), "w": rng.normal(size=(4, 8, 2)),
+             "b": rng.normal(size=(8,)), "none": None}
+    grads = jax.tree.map(lambda g: jnp.asarray(g, jnp.float32), grads)
+    specs = {"rows": P(("model", "data")), "cols": P(None, ("data", "model")), "w": P("data", "model"),
+             "b": P("model"), "none": None}
+    tx = centralize(axis_name=AXES, partition_specs=specs)
+    local = jax.jit(jax.shard_map(lambda g: tx.update(g, tx.init(g))[0], mesh=mesh, in_specs=(specs,),
+                                  out_specs=specs))
+    placed = jax.tree.map(lambda g, s: None if g is None else jax.device_put(g, NamedSharding(mesh, s)), grads, specs,
+                          is_leaf=lambda x: x is None)
+    expected = jax.tree.map(np.asarray, centralize().update(grads, jz.EmptyState())[0])
+    assert_trees_close(local(placed), expected, rtol=1e-6, atol=1e-6)
+    assert_trees_close(tx.update(grads, jz.EmptyState())[0], expected, rtol=0, atol=0)  # outside shard_map: ignored
+    partial = centralize(axis_name="data", partition_specs=specs)
+    with pytest.raises(ValueError, match=r"trailing axes over \['model'\], which axis_name=\('data',\) does not"):
+        jax.shard_map(lambda g: partial.update(g, jz.EmptyState())[0], mesh=mesh, in_specs=(specs,),
+                      out_specs=specs)(placed)
+
+
 def test_zero_nans_flags_cover_the_whole_array_inside_shard_map():
     mesh = jax.make_mesh((8,), ("x",), devices=jax.devices("cpu")[:8])
     grads = jax.device_put(jnp.zeros(16).at[3].set(jnp.nan), NamedSharding(mesh, P("x")))  # one NaN, on one shard

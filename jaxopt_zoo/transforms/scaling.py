@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -17,8 +17,16 @@ from jaxopt_zoo.base import (
     safe_increment,
     zero_count,
 )
-from jaxopt_zoo.sharding import AxisName, manual_context, require_whole_arrays, varying_axes
-from jaxopt_zoo.tree import global_norm, map_updates
+from jaxopt_zoo.sharding import (
+    AxisName,
+    check_partition_specs,
+    leaf_specs,
+    manual_context,
+    placement_of,
+    require_whole_arrays,
+    varying_axes,
+)
+from jaxopt_zoo.tree import global_norm, is_none, map_updates
 
 
 def scale(step_size: jax.typing.ArrayLike) -> GradientTransformation:
@@ -203,9 +211,10 @@ def normalize_by_update_norm(
     return GradientTransformation(init_empty_state, update)
 
 
-def _row_mean(owner: str, g: jax.Array, axis_name: AxisName) -> jax.Array:
-    """The mean of each row of ``g`` (over every axis but the first), kept as a broadcastable array;
-    inside ``shard_map`` averaged over the shards along the named axes that ``g`` varies along."""
+def _row_mean(owner: str, g: jax.Array, axis_name: AxisName, trailing: tuple[str, ...] | None) -> jax.Array:
+    """The mean of each row of ``g`` (over every axis but the first), kept as a broadcastable array; inside
+    ``shard_map`` averaged over the shards along the mesh axes ``trailing`` that split its trailing axes (when
+    unknown, ``None``: those of ``axis_name``) and that ``g`` varies along."""
     local = jnp.mean(g, tuple(range(1, g.ndim)), keepdims=True)
     if axis_name is None:
         require_whole_arrays(owner, g)  # inside shard_map, a sharded leaf cannot tell which of its axes is split
@@ -219,29 +228,36 @@ def _row_mean(owner: str, g: jax.Array, axis_name: AxisName) -> jax.Array:
     unknown = [name for name in axis_name if context.manual and name not in context.mesh_axes]
     if unknown:
         raise ValueError(f"{owner}: axis_name={axis_name!r} names {unknown}, not axes of the mesh {context.mesh_axes}.")
-    split = tuple(name for name in axis_name if name in varying_axes(g))
+    unnamed = [name for name in trailing or () if context.manual and name not in axis_name]
+    if unnamed:
+        raise ValueError(f"{owner}: partition_specs splits a leaf's trailing axes over {unnamed}, which "
+                         f"axis_name={axis_name!r} does not name; name every shard_map axis.")
+    split = tuple(name for name in (axis_name if trailing is None else trailing) if name in varying_axes(g))
     # Every shard holds as many entries of a row, so the mean of the shards' row means is the row mean.
     return jax.lax.psum(local, split) / jax.lax.psum(1, split) if split else local
 
 
-def centralize(*, axis_name: AxisName = None) -> GradientTransformation:
+def centralize(*, axis_name: AxisName = None, partition_specs: Any = None) -> GradientTransformation:
     """Gradient centralization (Yong et al. 2020): subtract from each row of a leaf its mean,
     :math:`u_{i\\ldots} = g_{i\\ldots} - \\operatorname{mean}_{\\ldots}(g_{i\\ldots})`,
     the mean taken over every axis but the first. Scalars and vectors pass unchanged. Stateless.
 
     Numerically identical to ``optax.centralize`` (an integer gradient becomes floating, as there).
 
-    Inside ``shard_map`` (an addition to Optax, whose means there are silently the shard's): ``axis_name``
-    names the mesh axes that split a leaf's *trailing* axes (its rows' entries): each row's mean is averaged
-    over the shards along those of them the leaf varies along; the leaf may also vary along other axes,
-    which must split only its first axis (each shard there holds whole rows). So for a weight sharded
-    ``P("data", "model")`` pass ``axis_name="model"``, and ``axis_name=()`` when only rows are split. Never
-    name an axis that splits the first axis: its shards hold different rows, and their means would be
-    mixed. Without ``axis_name``, a leaf of two or more dimensions that varies over a mesh axis raises,
-    since which of its axes is split cannot be told.
+    Inside ``shard_map`` (an addition to Optax, whose means there are silently the shard's) pass ``axis_name``,
+    the ``shard_map`` axes, and ``partition_specs``, the updates' specs (``shard_map``'s ``in_specs`` for the
+    params): each row's mean is averaged over the shards of the axes that split the leaf's *trailing* axes
+    (its rows' entries), and only those, since a shard of the first axis holds whole rows. Without
+    ``partition_specs``, which of a shard's axes is split cannot be told, so ``axis_name`` must name only axes
+    that split trailing axes (for a weight sharded ``P("data", "model")``, ``axis_name="model"``; ``()`` when
+    only rows are split), and a tree with one leaf split along its rows and another along its columns over
+    the same axis needs ``partition_specs``: an axis named there that splits the first axis mixes the means of
+    different rows. Without ``axis_name``, a leaf of two or more dimensions that varies over a mesh axis raises.
 
     Args:
-        axis_name: inside ``shard_map``, the mesh axes splitting the trailing axes (see above).
+        axis_name: inside ``shard_map``, the mesh axes (see above).
+        partition_specs: inside ``shard_map``, the ``PartitionSpec`` of each update leaf (a tree or a prefix of
+            one), as its ``in_specs`` for the params; ignored outside.
 
     Example:
         >>> import jax.numpy as jnp
@@ -257,14 +273,20 @@ def centralize(*, axis_name: AxisName = None) -> GradientTransformation:
     """
     owner = "centralize"
     axis_name = validation.axis_name(owner, axis_name)
+    check_partition_specs(owner, partition_specs)
 
-    def center(g):
-        if g.ndim <= 1:
+    def center(g, spec=None):
+        if g is None or g.ndim <= 1:
             return g
-        return g - _row_mean(owner, g, axis_name)
+        trailing = None if spec is None else tuple(a for axes in placement_of(owner, spec, g.ndim)[1:] for a in axes)
+        return g - _row_mean(owner, g, axis_name, trailing)
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        return map_updates(center, updates), state
+        specs = leaf_specs(owner, partition_specs, updates)
+        if specs is None:
+            return map_updates(center, updates), state
+        leaves, treedef = jax.tree.flatten(updates, is_leaf=is_none)
+        return treedef.unflatten([center(g, spec) for g, spec in zip(leaves, specs)]), state
 
     return GradientTransformation(init_empty_state, update)
