@@ -241,22 +241,25 @@ def sum_of_squares(x: jax.Array, axis_name: AxisName = None, owner: str = "sum_o
     return sum_over_shards(owner, [(jnp.sum(abs_sq(x)), x)], axis_name)
 
 
-def moment_ratio(updates: Any, mu_hat: Any, nu_hat: Any, eps: Any, eps_root: Any, guard: bool = False) -> Any:
-    """Adam's direction :math:`\\hat m / (\\sqrt{\\hat v + \\epsilon_{root}} + \\epsilon)`, leaf by leaf; ``None`` updates stay ``None``.
+def over_root(numerator: jax.Array, inner: jax.Array, eps: Any, guard: bool) -> jax.Array:
+    """:math:`n / (\\sqrt{a} + \\epsilon)` for :math:`a \\ge 0`, :math:`\\epsilon \\ge 0`, formed as Optax forms it.
 
-    ``guard`` (when both epsilons may be 0, see :func:`jaxopt_zoo.validation.may_all_be_zero`)
-    gives 0 where the denominator is 0 instead of 0/0 = NaN; without it the
-    graph is Optax's exactly, and with it only a zero denominator changes.
+    ``guard`` (when :math:`\\epsilon` may be 0, see :func:`jaxopt_zoo.validation.may_all_be_zero`) gives 0
+    where the denominator is 0 instead of 0/0 = NaN, with a finite gradient; elsewhere the bits are the
+    unguarded ones. The guard goes under the square root: with a literal zero :math:`\\epsilon` XLA computes
+    :math:`n / \\sqrt{a}` as :math:`n \\cdot \\mathrm{rsqrt}(a)`, for Optax and here alike (a guard around the
+    whole denominator rounded differently).
     """
     if not guard:
-        return map_updates(lambda g, m, v: m / (jnp.sqrt(v + eps_root) + eps), updates, mu_hat, nu_hat)
+        return numerator / (jnp.sqrt(inner) + eps)
+    zero = (inner == 0) & (eps == 0)
+    return jnp.where(zero, 0, numerator / (jnp.sqrt(jnp.where(zero, 1, inner)) + eps))
 
-    def ratio(g, m, v):
-        denominator = jnp.sqrt(v + eps_root) + eps
-        zero = denominator == 0
-        return jnp.where(zero, 0, m / jnp.where(zero, 1, denominator))
 
-    return map_updates(ratio, updates, mu_hat, nu_hat)
+def moment_ratio(updates: Any, mu_hat: Any, nu_hat: Any, eps: Any, eps_root: Any, guard: bool = False) -> Any:
+    """Adam's direction :math:`\\hat m / (\\sqrt{\\hat v + \\epsilon_{root}} + \\epsilon)`, leaf by leaf; ``None`` updates
+    stay ``None``; ``guard`` as in :func:`over_root` (when both epsilons may be 0)."""
+    return map_updates(lambda g, m, v: over_root(m, v + eps_root, eps, guard), updates, mu_hat, nu_hat)
 
 
 def norm_at_least(x: jax.Array, min_norm: jax.typing.ArrayLike, axis_name: AxisName = None, owner: str = "norm_at_least") -> jax.Array:

@@ -151,6 +151,20 @@ def test_matches_optax_bit_for_bit(name):
     assert_trees_equal(jax.tree.leaves(our_state), jax.tree.leaves(their_state))
 
 
+def test_zero_epsilons_keep_optax_bits():
+    # With eps = eps_root = 0 ours gives a step of 0 where the denominator is 0 (Optax: 0/0); elsewhere the guard
+    # must not change a bit. It did: a guard around the whole denominator hid m / sqrt(v) from XLA's rewrite into
+    # m * rsqrt(v), which Optax's graph gets (ulps from the first steps, 1e-5 apart after 12).
+    zero = dict(eps=0.0, eps_root=0.0)
+    pairs = [(jz.adam(0.03, nesterov=True, **zero), optax.adam(0.03, nesterov=True, **zero)),
+             (jz.amsgrad(0.03, **zero), optax.amsgrad(0.03, **zero)),
+             (jz.novograd(0.03, **zero), optax.novograd(0.03, **zero)),
+             (jz.ademamix(0.03, alpha=2.0, **zero), optax.contrib.ademamix(0.03, alpha=2.0, **zero))]
+    runs = run_together([tx for pair in pairs for tx in pair], make_params(jnp.float32), steps=12)
+    for (ours, _), (theirs, _) in zip(runs[::2], runs[1::2]):
+        assert_trees_equal(ours, theirs)
+
+
 def test_readme_quick_start_runs():
     params = make_params()
     tx = jz.chain(jz.scale_by_adam(), jz.add_decayed_weights(1e-4), jz.scale_by_learning_rate(1e-3))

@@ -367,12 +367,7 @@ def scale_by_radam(
         eps_t = eps / jnp.sqrt(1 - jnp.asarray(b2, t.dtype) ** t) if eps_before_correction else eps
 
         def step(g, m, v):
-            denominator = jnp.sqrt(v + eps_root) + jnp.asarray(eps_t, v.dtype)
-            if guard:  # 0, not 0/0, where the denominator is 0
-                zero = denominator == 0
-                adapted = jnp.where(zero, 0, m / jnp.where(zero, 1, denominator))
-            else:
-                adapted = m / denominator
+            adapted = tree.over_root(m, v + eps_root, jnp.asarray(eps_t, v.dtype), guard)
             return jnp.where(rectified, _times(r, adapted), m)
 
         updates = tree.map_updates(step, updates, mu_hat, nu_hat)

@@ -129,11 +129,7 @@ def scale_by_novograd(
         return (norm_sq if first else (1 - b2) * norm_sq + b2 * v).astype(v.dtype)  # v keeps its dtype
 
     def first_moment(first, rate, g, m, v, *p):
-        denominator = jnp.sqrt(v + eps_root) + eps
-        if guard:  # 0, not 0/0, where every gradient so far was 0
-            d = jnp.where(denominator == 0, 0, g / jnp.where(denominator == 0, 1, denominator))
-        else:
-            d = g / denominator
+        d = tree.over_root(g, v + eps_root, eps, guard)  # guarded: 0 where every gradient so far was 0
         if p:
             d = d + rate * p[0]
         return d.astype(jnp.result_type(d, m)) if first else b1 * m + d

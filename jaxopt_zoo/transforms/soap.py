@@ -335,11 +335,7 @@ def scale_by_soap(
         qs = tuple(qs[:n])
         rotated = _rotate(g, dims, qs, into=True)
         m, v = b1 * m_old + (1 - b1) * rotated, b2 * v_old + (1 - b2) * rotated * rotated
-        denominator = jnp.sqrt(v) + eps
-        if guard:  # eps may be 0: 0 where the denominator is
-            ratio = jnp.where(denominator == 0, 0, m / jnp.where(denominator == 0, 1, denominator))
-        else:
-            ratio = m / denominator
+        ratio = tree.over_root(m, v, eps, guard)  # guarded when eps may be 0
         return jnp.where(live, m, m_old), jnp.where(live, v, v_old), _rotate(ratio, dims, qs, into=False)
 
     def finish(direction, g, count):
