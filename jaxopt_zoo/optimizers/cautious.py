@@ -186,7 +186,7 @@ def cautious_sgd(
     scale_by_learning_rate(learning_rate))``. The paper's rule applies to any momentum method; heavyball 3.2.1's
     ``SGD`` takes ``caution=True``. Without momentum every nonzero entry agrees, so the mask only drops the
     zeros and scales by :math:`d / (\\operatorname{nnz} + 1)`. Optax's ``sgd`` signature and defaults;
-    ``caution=False`` is ``jaxopt_zoo.sgd`` bit for bit.
+    ``caution=False`` is ``jaxopt_zoo.sgd`` bit for bit (``nesterov=True`` without a ``momentum`` raises there too).
 
     Differences from heavyball's ``SGD(caution=True)``: those of :func:`jaxopt_zoo.cautious` (its momentum buffer
     is :math:`b_t = \\beta b_{t-1} + g_t`, as here); ``caution`` and ``axis_name`` are additions.

@@ -387,7 +387,8 @@ def rmsprop(
     initial_scale, eps_in_sqrt, bias_correction, nu_dtype=nu_dtype)`` or, when ``centered``,
     ``scale_by_stddev(..., mu_dtype=mu_dtype, nu_dtype=nu_dtype)``. ``nu_dtype``, ``mu_dtype``
     and ``accumulator_dtype`` are additions to Optax; each is checked even where the recipe
-    does not use it.
+    does not use it. Deviation from Optax: ``nesterov=True`` without a ``momentum`` raises
+    (Optax ignores it silently), as in :func:`sgd`.
 
     Args:
         nu_dtype: storage of the mean square: a storage (see :mod:`jaxopt_zoo.storage`).
