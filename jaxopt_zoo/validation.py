@@ -190,6 +190,15 @@ def state_dtype(owner: str, name: str, value: Any) -> Any:
     return optional_dtype(owner, name, value)
 
 
+def rectification_threshold(owner: str, value: Any) -> None:
+    """RAdam's ``threshold``: a finite real >= 4, since its rectification :math:`r_t` is the square root of a
+    negative number for :math:`2 < \\rho_t < 4`."""
+    x = real_scalar(owner, "threshold", value)
+    if x is not None and x < 4:
+        raise ValueError(f"{owner}: threshold must be >= 4 (the rectification of a step with threshold <= rho_t < 4 "
+                         f"is the square root of a negative number: NaN), got {value!r}.")
+
+
 def state_dtypes(owner: str, **storage: Any) -> None:
     """Check each named storage option with :func:`state_dtype`, under ``owner``'s name.
 

@@ -301,6 +301,8 @@ def test_injected_hyperparams_follow_the_plain_optimizer(name, x64):
         (lambda: jz.adamaxw(0.1, weight_decay="0.1"), r"adamaxw: weight_decay"),
         (lambda: jz.adamaxw(-1.0), r"adamaxw: learning_rate must be >= 0, got -1\.0"),
         (lambda: jz.radam(0.1, threshold="5"), r"radam: threshold must be a finite real number, got '5'"),
+        (lambda: jz.radam(0.1, threshold=3.0), r"^radam: threshold must be >= 4 \(.*NaN\), got 3\.0"),
+        (lambda: jz.scale_by_radam(threshold=2), r"^scale_by_radam: threshold must be >= 4"),
         (lambda: jz.radam(0.1, eps_root=-1.0), r"radam: eps_root must be >= 0, got -1\.0"),
         (lambda: jz.radam(0.1, nesterov=0), r"radam: nesterov must be True or False"),
         (lambda: jz.radam(0.1, mu_dtype="x"), r"radam: mu_dtype"),

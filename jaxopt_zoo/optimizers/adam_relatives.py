@@ -153,7 +153,7 @@ def radam(
     """
     validation.learning_rate("radam", learning_rate)
     validation.adam_options("radam", b1, b2, eps, eps_root, nesterov)
-    validation.real_scalar("radam", "threshold", threshold)
+    validation.rectification_threshold("radam", threshold)
     validation.state_dtypes("radam", mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     return chain(
         scale_by_radam(b1, b2, eps, eps_root, threshold, nesterov=nesterov, mu_dtype=mu_dtype, nu_dtype=nu_dtype),

@@ -297,7 +297,8 @@ def scale_by_radam(
     (Optax's direct formula subtracts two numbers near :math:`\\rho_\\infty`: at
     :math:`\\beta_2 = 0.9999` its float32 :math:`\\rho_5` is 4.23 instead of 5.00), so float32
     trajectories differ from Optax's by that error; with ``eps = eps_root = 0`` the update is 0 where
-    the denominator is 0, not NaN; a ``None`` update keeps its moments; ``eps_before_correction``,
+    the denominator is 0, not NaN; a ``threshold`` below 4 raises (Optax's steps with
+    :math:`\\tau \\le \\rho_t < 4` are NaN); a ``None`` update keeps its moments; ``eps_before_correction``,
     ``mu_dtype`` and ``nu_dtype`` are additions. PyTorch's RAdam is ``eps_before_correction=True``
     with :math:`\\tau = 5`, except that it switches on :math:`\\rho_t > 5`, not :math:`\\ge`: the two
     differ only at a step whose :math:`\\rho_t` rounds to exactly 5.
@@ -307,7 +308,7 @@ def scale_by_radam(
         b2: decay :math:`\\beta_2 \\in [0, 1)` of the second moment.
         eps: :math:`\\varepsilon \\ge 0`, added outside the square root.
         eps_root: :math:`\\bar\\varepsilon \\ge 0`, added inside the square root.
-        threshold: :math:`\\tau`, the :math:`\\rho_t` from which the step is rectified (Optax's and PyTorch's 5).
+        threshold: :math:`\\tau \\ge 4`, the :math:`\\rho_t` from which the step is rectified (Optax's and PyTorch's 5).
         nesterov: use Nesterov momentum, as in ``optax.scale_by_radam``.
         eps_before_correction: add :math:`\\varepsilon` to :math:`\\sqrt{v_t}` before the bias correction (PyTorch).
         mu_dtype: storage of the first moment: a storage (see :mod:`jaxopt_zoo.storage`).
@@ -330,7 +331,7 @@ def scale_by_radam(
     validation.decay_rate(owner, "b2", b2)
     validation.epsilon(owner, "eps", eps)
     validation.epsilon(owner, "eps_root", eps_root)
-    validation.real_scalar(owner, "threshold", threshold)
+    validation.rectification_threshold(owner, threshold)
     validation.flag(owner, "nesterov", nesterov)
     validation.flag(owner, "eps_before_correction", eps_before_correction)
     guard = validation.may_all_be_zero(eps, eps_root)
