@@ -489,3 +489,23 @@ def test_multisteps_matches_optax_bit_for_bit_in_a_jitted_nnx_optimizer():
     theirs = trajectory(optax.MultiSteps(optax.adam(1e-2), 3), grads)
     np.testing.assert_array_equal(ours, theirs)
     assert not np.array_equal(ours[0], ours[3])  # updates were applied
+
+
+ZERO_SIZE = {  # optimizers whose zero-size leaves once left NaN in the state (a mean over an empty axis) or raised
+    "torch.adafactor": lambda: jz.torch.adafactor(lr=0.01),
+    "sm3": lambda: jz.sm3(0.1),
+    "muon": lambda: jz.muon(0.01),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ZERO_SIZE))
+def test_a_zero_size_matrix_leaves_the_state_finite_and_the_other_leaves_alone(name):
+    # A NaN in the state would make apply_if_finite skip every step of the whole model.
+    w = jnp.asarray(np.random.default_rng(0).normal(size=(4, 6)), jnp.float32)
+    tx = ZERO_SIZE[name]()
+    with_empty = {"w": w, "z": jnp.zeros((0, 4))}
+    updates, state = tx.update(with_empty, tx.init(with_empty), with_empty)
+    assert updates["z"].shape == (0, 4)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.inexact))
+    alone, _ = tx.update({"w": w}, tx.init({"w": w}), {"w": w})
+    np.testing.assert_array_equal(updates["w"], alone["w"])

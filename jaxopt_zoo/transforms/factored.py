@@ -54,7 +54,10 @@ __all__ = [
 
 
 def _mean(x: jax.Array, axis: int, split: tuple[str, ...], keepdims: bool = True) -> jax.Array:
-    # The mean over `axis` of the whole array whose shards along `split` this is one of.
+    # The mean over `axis` of the whole array whose shards along `split` this is one of; 0 over an empty axis
+    # (a zero-size param's factors stay 0: a NaN in the state would stop apply_if_finite's every step).
+    if x.shape[axis] == 0:
+        return jnp.sum(x, axis=axis, keepdims=keepdims)
     if not split:
         return jnp.mean(x, axis=axis, keepdims=keepdims)
     return jax.lax.psum(jnp.sum(x, axis=axis, keepdims=keepdims), split) / (x.shape[axis] * jax.lax.psum(1, split))

@@ -363,7 +363,7 @@ def _shape_factor(owner: str, shape: tuple[int, ...], spec: MuonDimensionNumbers
     # Optax's scale_by_shape: sqrt(max(1, fan_out / fan_in)) (width), or consistent_rms * sqrt(max(fan_in, fan_out)).
     fan_in, fan_out = _fans(owner, shape, spec)
     if isinstance(shape_scale, str):
-        return jnp.sqrt(jnp.maximum(1, fan_out / fan_in))
+        return jnp.sqrt(jnp.maximum(1, fan_out / max(fan_in, 1)))  # fan_in 0: a zero-size matrix, no update
     return jnp.sqrt(jnp.maximum(fan_in, fan_out)) * shape_scale
 
 

@@ -144,7 +144,7 @@ def scale_by_sm3(
         maxima = []
         for a, m in enumerate(mu):
             split = split_axes(owner, g, m, axis_name)  # the mesh axes this slice is split across
-            local = jnp.max(v, axis=_other_axes(a, jnp.ndim(g)))
+            local = jnp.max(v, axis=_other_axes(a, jnp.ndim(g)), initial=0.0 if v.size == 0 else None)  # v >= 0
             maxima.append(jax.lax.pmax(local, split) if split else local)
         return maxima
 
