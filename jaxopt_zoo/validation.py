@@ -96,7 +96,11 @@ def whole_number(owner: str, name: str, value: Any, minimum: int = 0, maximum: i
     compared with int32 counters) a larger value raises too.
     """
     bad = ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}.")
-    if isinstance(value, (bool, np.bool_, jax.core.Tracer)) or not isinstance(
+    if isinstance(value, jax.core.Tracer):
+        raise ValueError(
+            f"{owner}: {name} must be a concrete integer, not traced, got {value!r}; with jz.inject_hyperparams "
+            f"pass static_args=({name!r},).")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
         value, (int, float, np.integer, np.floating, np.ndarray, jax.Array)
     ):
         raise bad

@@ -132,6 +132,16 @@ def test_only_numeric_hyperparameters_are_injected_or_scheduled():
     assert float(expected["w"][0]) != float(expected["b"][0])  # the mask matters here
 
 
+def test_an_integer_checked_when_built_names_static_args_under_jit():
+    # galore's rank, lbfgs' memory_size, soap's precondition_frequency are checked as whole numbers when built,
+    # which a traced value cannot be: the message names the fix instead of "must be an integer, got JitTracer".
+    params = {"w": jnp.ones((4, 8))}
+    tx = jz.inject_hyperparams(jz.lbfgs)(learning_rate=0.1, memory_size=3, linesearch=None)
+    with pytest.raises(ValueError, match=r"^lbfgs: memory_size must be a concrete integer, not traced, got .*"
+                                         r"pass static_args=\('memory_size',\)"):
+        jax.jit(tx.update)(params, tx.init(params), params)
+
+
 def test_static_args_and_hyperparam_dtype():
     tx = jz.inject_hyperparams(jz.rmsprop, static_args=("momentum",))(learning_rate=0.01, momentum=0.9)
     state = tx.init(make_params())
