@@ -339,3 +339,23 @@ def test_arguments_are_optax_names_order_and_defaults(name):
     for key, parameter in theirs.items():
         if key != "linesearch":  # an instance of Optax's zoom search there, of ours here (same arguments)
             assert ours[key].default == parameter.default, key
+
+
+def test_a_jitted_lbfgs_step_compiles_once():
+    # The line searches' first states were weakly typed where update writes strong types: two compilations.
+    params = {"w": jnp.asarray([1.0, -2.0, 0.5])}
+    loss = lambda p: jnp.sum(p["w"] ** 2 + jnp.sin(p["w"]))
+    for tx in (jz.lbfgs(), jz.lbfgs(linesearch=jz.scale_by_backtracking_linesearch(max_backtracking_steps=5))):
+        traces = []
+
+        @jax.jit
+        def step(p, s):
+            traces.append(1)
+            value, grad = jax.value_and_grad(loss)(p)
+            updates, s = tx.update(grad, s, p, value=value, grad=grad, value_fn=loss)
+            return jz.apply_updates(p, updates), s
+
+        p, s = params, tx.init(params)
+        for _ in range(3):
+            p, s = step(p, s)
+        assert len(traces) == 1

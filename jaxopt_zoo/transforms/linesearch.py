@@ -283,6 +283,12 @@ def scale_by_lbfgs(
 # --- backtracking (Armijo) line search ---------------------------------------------------------
 
 
+def _no_steps() -> jax.Array:
+    # The step counter as update writes it (the default int, not weakly typed): a state whose types change after
+    # the first update would compile a jitted step twice (Optax's weakly typed 0 does).
+    return jnp.asarray(0, dtype=int)
+
+
 class BacktrackingLinesearchInfo(NamedTuple):
     """How the last backtracking search went: trials made, and how far the last trial missed the criterion (0: met)."""
 
@@ -411,7 +417,7 @@ def scale_by_backtracking_linesearch(
             learning_rate=jnp.array(1.0, dtype),
             value=jnp.array(jnp.inf, dtype),
             grad=tree.zeros_like(params) if store_grad else None,
-            info=BacktrackingLinesearchInfo(jnp.asarray(0), jnp.array(jnp.inf, dtype)),
+            info=BacktrackingLinesearchInfo(_no_steps(), jnp.array(jnp.inf, dtype)),
         )
 
     def excess(eta, slope, value, new_value):
@@ -662,7 +668,7 @@ def scale_by_zoom_linesearch(
             learning_rate=jnp.asarray(1.0, dtype),
             value=jnp.asarray(jnp.inf, dtype),
             grad=tree.zeros_like(params),
-            info=ZoomLinesearchInfo(jnp.asarray(0), jnp.asarray(jnp.inf), jnp.asarray(jnp.inf)),
+            info=ZoomLinesearchInfo(_no_steps(), jnp.asarray(jnp.inf, dtype), jnp.asarray(jnp.inf, dtype)),
         )
 
     def update(updates, state, params=None, **extra_args):
