@@ -207,6 +207,8 @@ def test_guide_python_blocks_run_in_order(guide, tmp_path, capsys):
         assert namespace["manager"].latest_step() == namespace["step"]
     if guide.stem == "sharded_training":  # the state really is laid out on the 8 devices
         assert len(namespace["params"]["w"].sharding.device_set) == 8
+    if guide.stem == "performance":  # "Compile once": setting a hyperparameter does not compile the step again
+        assert namespace["update"]._cache_size() == 1
 
 
 # The documentation site (docs/, issue 20): every public name has an entry, and the build is warning-free.
