@@ -83,6 +83,11 @@ def scale_by_sm3(
     state is float32 (see :func:`jaxopt_zoo.tree.moments_like`). ``mu_dtype``, ``nu_dtype`` and
     ``axis_name`` are additions (named after the state's fields: here ``mu`` is the second moment).
 
+    Known limitation (Optax's state has the same layout): inside ``flax.nnx.Optimizer`` each param's
+    list of accumulators becomes an ``nnx.State`` after the first update, so a jitted step compiles
+    twice and a checkpoint of the optimizer's state does not match a freshly built optimizer's
+    structure (restore the plain pytree state, or use :func:`jaxopt_zoo.adafactor` there).
+
     Args:
         b1: :math:`\\beta_1 \\in [0, 1)`, the decay of the momentum.
         b2: :math:`\\beta_2 \\in [0, 1]`, the decay of the accumulators (1: none, the paper's rule).
