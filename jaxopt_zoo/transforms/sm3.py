@@ -85,8 +85,8 @@ def scale_by_sm3(
 
     Known limitation (Optax's state has the same layout): inside ``flax.nnx.Optimizer`` each param's
     list of accumulators becomes an ``nnx.State`` after the first update, so a jitted step compiles
-    twice and a checkpoint of the optimizer's state does not match a freshly built optimizer's
-    structure (restore the plain pytree state, or use :func:`jaxopt_zoo.adafactor` there).
+    twice and a checkpoint of the optimizer's state taken after a step does not match a freshly built
+    optimizer's structure. Outside NNX (plain pytrees, linen's ``TrainState``) neither happens.
 
     Args:
         b1: :math:`\\beta_1 \\in [0, 1)`, the decay of the momentum.
