@@ -359,3 +359,18 @@ def test_a_jitted_lbfgs_step_compiles_once():
         for _ in range(3):
             p, s = step(p, s)
         assert len(traces) == 1
+
+
+def test_a_none_gradient_leaf_freezes_its_param_through_both_line_searches():
+    loss = lambda p: jnp.sum((p["w"] - 3.0) ** 2) + jnp.sum(p["b"] ** 2)
+    params = {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}
+    for tx in (jz.lbfgs(), jz.lbfgs(linesearch=jz.scale_by_backtracking_linesearch(max_backtracking_steps=5))):
+        p, s = params, tx.init(params)
+        for _ in range(2):
+            value, grad = jax.value_and_grad(loss)(p)
+            grad = {"w": grad["w"], "b": None}
+            updates, s = tx.update(grad, s, p, value=value, grad=grad, value_fn=loss)
+            assert updates["b"] is None
+            p = jz.apply_updates(p, updates)
+        np.testing.assert_allclose(p["w"], 3.0, rtol=1e-6)
+        np.testing.assert_array_equal(p["b"], params["b"])

@@ -96,6 +96,9 @@ def _objective_arguments(owner: str, params: Any, extra_args: dict) -> tuple[Any
         )
     extra_args = dict(extra_args)
     value, grad, value_fn = extra_args.pop("value"), extra_args.pop("grad"), extra_args.pop("value_fn")
+    # A None leaf of grad (a frozen param, whose update is None too) is kept as zeros: the state's grad is whole.
+    grad = jax.tree.map(lambda g, p: jnp.zeros_like(p) if g is None and p is not None else g, grad, params,
+                        is_leaf=tree.is_none)
     accepted = inspect.signature(value_fn).parameters
     fn_kwargs = {k: v for k, v in extra_args.items() if k in accepted}
     unused = sorted(set(extra_args) - set(fn_kwargs))
