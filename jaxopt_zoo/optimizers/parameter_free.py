@@ -59,7 +59,8 @@ def dog(
         weight_decay: :math:`\\lambda \\ge 0`, or ``None`` for none.
         mask: a tree of booleans shaped like (a prefix of) the params, or a function of the
             params returning one: ``True`` where the weight decay applies.
-        param_dtype: storage of the initial params (see :mod:`jaxopt_zoo.storage`).
+        param_dtype: storage of the initial params (see :mod:`jaxopt_zoo.storage`); a lossy one adds its
+            rounding to the distance (see :mod:`jaxopt_zoo.transforms.parameter_free`).
         axis_name: inside ``shard_map``, the mesh axes the params may be sharded over.
 
     Example:
@@ -119,7 +120,8 @@ def dowg(
         weight_decay: :math:`\\lambda \\ge 0`, or ``None`` for none.
         mask: a tree of booleans shaped like (a prefix of) the params, or a function of the
             params returning one: ``True`` where the weight decay applies.
-        param_dtype: storage of the initial params (see :mod:`jaxopt_zoo.storage`).
+        param_dtype: storage of the initial params (see :mod:`jaxopt_zoo.storage`); a lossy one adds its
+            rounding to the distance (see :mod:`jaxopt_zoo.transforms.parameter_free`).
         axis_name: inside ``shard_map``, the mesh axes the params may be sharded over.
 
     Example:

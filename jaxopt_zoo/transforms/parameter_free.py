@@ -11,7 +11,12 @@ distance and one gradient sum per parameter array); :func:`scale_by_dog` and
 :func:`scale_by_dowg` are ``optax.contrib``'s global ones (one number for the
 whole tree). Every whole-array or whole-tree reduction takes ``axis_name``, so
 that inside ``shard_map`` it is the whole array's or tree's. The copies of the
-initial params take the storage option ``param_dtype``.
+initial params take the storage option ``param_dtype``. For the distance rules
+(DoG, DoWG) a lossy copy's rounding adds to :math:`\\|x_t - x_0\\|`: about
+:math:`2^{-9} |x_0|` in bfloat16, up to 1/254 of a block's largest entry in
+8 bits. Until the params have moved further than that it sets the step size
+in place of the first distance :math:`r_0` (or :math:`\\bar r_0`), so such a
+copy suits a first distance above it (e.g. ``reps_rel`` 1e-2 rather than 1e-6).
 
     >>> import jaxopt_zoo as jz
     >>> tx = jz.scale_by_distance_over_gradients()
@@ -118,9 +123,8 @@ def scale_by_distance_over_gradients(
     ``max_dist`` keeps the dtype it is created in, the wider of the param's and
     the initial copy's (Optax's changes dtype at the first step where they
     differ, e.g. bfloat16 params); ``param_dtype`` also takes the other
-    storages (``jz.StochasticBF16()``, ``jz.Blockwise8Bit()``: an 8-bit copy's
-    rounding, about 1% of :math:`\\|x_0\\|`, adds to :math:`\\|x_t - x_0\\|`, so it
-    suits a ``reps_rel`` whose :math:`r_0` exceeds it); squares of float16
+    storages (``jz.StochasticBF16()``, ``jz.Blockwise8Bit()``: see the module's
+    note on a lossy copy and the first distance); squares of float16
     values are summed in float32 and complex ones as :math:`|x|^2` (Optax sums
     float16 squares, and squares complex values); bad numbers raise when
     built; a ``None`` update keeps its state; ``axis_name`` is an addition.
@@ -253,7 +257,8 @@ def scale_by_dog(
         init_step: ``(kind, value)``, kind one of ``"distance"``, ``"learning_rate"``,
             ``"heuristic"``, value > 0 (1e-6 for ``"heuristic"``, 1e-4 with batch norm).
         eps: :math:`\\epsilon \\ge 0`, added under the square root.
-        param_dtype: storage of the initial params (``None``: the params' dtype).
+        param_dtype: storage of the initial params (``None``: the params' dtype; a lossy one adds its
+            rounding to the distance, see :mod:`jaxopt_zoo.transforms.parameter_free`).
         axis_name: inside ``shard_map``, the mesh axes the params may be sharded over.
 
     Example:
@@ -342,7 +347,8 @@ def scale_by_dowg(
     Args:
         init_estim_sq_dist: :math:`\\bar r_0^2 > 0`, a guess of the squared distance to a solution.
         eps: :math:`\\epsilon`, added to the denominator (> 0 when ``init_estim_sq_dist`` is ``None``).
-        param_dtype: storage of the initial params (``None``: the params' dtype).
+        param_dtype: storage of the initial params (``None``: the params' dtype; a lossy one adds its
+            rounding to the distance, see :mod:`jaxopt_zoo.transforms.parameter_free`).
         axis_name: inside ``shard_map``, the mesh axes the params may be sharded over.
 
     Example:
