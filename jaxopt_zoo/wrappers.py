@@ -258,8 +258,18 @@ class MultiSteps:
     at some step stops the updates from then on, silently. Everything is
     computed with ``jnp.where``: no Python control flow inside ``jit``.
 
+    A ``None`` update leaf (a frozen param) stays ``None``, and its
+    accumulator and inner state are kept as they were for that call (Optax
+    steps it with its stale accumulator); the mean assumes a leaf is given
+    at every call of a cycle.
+
     Same interface as ``optax.MultiSteps``, and the same numbers bit for bit
-    under ``jax.jit`` (or ``nnx.jit``, e.g. a jitted ``nnx.Optimizer.update``).
+    under ``jax.jit`` (or ``nnx.jit``, e.g. a jitted ``nnx.Optimizer.update``)
+    while the gradients are finite. A non-finite gradient (without a
+    ``should_skip_update_fn`` that skips it) differs: here the accumulator
+    is reset to zeros at each applied step and the calls in between return
+    exact zeros (``jnp.where``), where Optax multiplies by 0 and 1, so its
+    accumulator keeps a NaN for good and its in-between updates are NaN.
     Run eagerly, op by op (``nnx.Optimizer.update`` outside ``nnx.jit``), the
     two drift apart in the last bits (with ``adam(1e-2)``, ``k = 3``: equal
     for 5 steps, then about 1e-7 after 30): Optax runs the inner update inside
@@ -317,15 +327,18 @@ class MultiSteps:
         else:
             accumulate = lambda g, acc: g + acc
         acc_grads = tree.map_state(accumulate, updates, state.acc_grads)
-        final, inner_state = self._opt.update(tree.cast_like(acc_grads, updates), state.inner_opt_state, params, **extra_args)
+        # A None update leaf stays None for the inner optimizer, and its accumulator is kept as it was.
+        mean = tree.map_updates(lambda g, acc: acc.astype(jnp.result_type(g)), updates, acc_grads)
+        final, inner_state = self._opt.update(mean, state.inner_opt_state, params, **extra_args)
         emit = jnp.logical_and(state.mini_step == k - 1, jnp.logical_not(skip))
         keep = lambda new, old: jnp.where(emit, new, old).astype(jnp.asarray(old).dtype)
         new_state = MultiStepsState(
             mini_step=jnp.where(skip, state.mini_step, safe_increment(state.mini_step) % k),
             gradient_step=jnp.where(emit, safe_increment(state.gradient_step), state.gradient_step),
             inner_opt_state=jax.tree.map(keep, inner_state, state.inner_opt_state),
-            acc_grads=jax.tree.map(
-                lambda new, old: jnp.where(skip, old, jnp.where(emit, 0, new)).astype(old.dtype), acc_grads, state.acc_grads
+            acc_grads=tree.map_state(
+                lambda g, old, new: jnp.where(skip, old, jnp.where(emit, 0, new)).astype(old.dtype),
+                updates, state.acc_grads, acc_grads,
             ),
             skip_state=skip_state,
         )

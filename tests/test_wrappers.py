@@ -258,6 +258,22 @@ def test_multisteps_sum_matches_optax():
     assert_trees_equal(a, b)
 
 
+def test_multisteps_keeps_a_none_leaf_frozen_with_its_accumulator_and_inner_state():
+    # It used to hand the inner optimizer the leaf's stale accumulator: the frozen param moved.
+    tx = jz.MultiSteps(jz.sgd(0.1, momentum=0.9), every_k_schedule=2)
+    params = {"w": jnp.ones(3), "b": jnp.ones(2)}
+    state = tx.init(params)
+    for t in (1, 2):  # one applied step with both leaves: a history for b
+        _, state = tx.update(jax.tree.map(lambda p: grad_fn(p, t, jnp), params), state, params)
+    for t in (3, 4):  # b frozen for a whole cycle, the second call applying it
+        updates, new_state = tx.update({"w": grad_fn(params["w"], t, jnp), "b": None}, state, params)
+        assert updates["b"] is None
+        assert_trees_equal(new_state.acc_grads["b"], state.acc_grads["b"])
+        assert_trees_equal(new_state.inner_opt_state[0].trace["b"], state.inner_opt_state[0].trace["b"])
+        state = new_state
+    assert int(state.gradient_step) == 2
+
+
 def test_multisteps_rejects_bad_k():
     with pytest.raises(ValueError, match="MultiSteps: every_k_schedule must be an integer >= 1, got 0"):
         jz.MultiSteps(jz.sgd(0.1), 0)
