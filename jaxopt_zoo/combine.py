@@ -20,6 +20,7 @@ from jaxopt_zoo.base import (
     check_state,
     set_to_zero,
 )
+from jaxopt_zoo.sharding import explicit_layout, gathered
 from jaxopt_zoo.tree import is_none, is_params_placeholder, map_params, params_placeholder
 
 
@@ -385,14 +386,21 @@ def selective_transform(optimizer: GradientTransformation, *, freeze_mask: Any) 
 
 
 def _flat_vector(tree: Any) -> jax.Array:
-    return jnp.concatenate([jnp.reshape(leaf, [-1]) for leaf in jax.tree.leaves(tree)])
+    # On Explicit mesh axes the vector is whole on every device: JAX concatenates only alike-sharded pieces.
+    return jnp.concatenate([jnp.reshape(gathered(leaf)[0], [-1]) for leaf in jax.tree.leaves(tree)])
 
 
 def _unflatten_like(tree: Any, flat: jax.Array) -> Any:
     leaves, treedef = jax.tree.flatten(tree)
     ends = np.cumsum([np.size(leaf) for leaf in leaves])[:-1]
     pieces = jnp.split(flat, ends)
-    return jax.tree.unflatten(treedef, [jnp.reshape(piece, jnp.shape(leaf)) for piece, leaf in zip(pieces, leaves)])
+
+    def like(piece, leaf):
+        split = explicit_layout(leaf)  # laid out like the leaf again
+        piece = jnp.reshape(piece, jnp.shape(leaf))
+        return piece if split is None else jax.sharding.reshard(piece, split)
+
+    return jax.tree.unflatten(treedef, [like(piece, leaf) for piece, leaf in zip(pieces, leaves)])
 
 
 def flatten(inner: GradientTransformation) -> GradientTransformation:
@@ -403,9 +411,11 @@ def flatten(inner: GradientTransformation) -> GradientTransformation:
     are concatenated in tree order (so mixed dtypes are promoted to one).
     Same state and numbers as ``optax.flatten``.
 
-    Deviation from Optax (which fails with a shape error there): a ``None``
+    Deviations from Optax (which fails with a shape error there): a ``None``
     update leaf raises a ``ValueError`` naming it, since a vector has no place
-    to leave out.
+    to leave out; on Explicit mesh axes (and so in :func:`jaxopt_zoo.init_sharded`)
+    the vector is whole on every device and the updates are laid out like the
+    params again (Optax's concatenation of differently split leaves is refused there).
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
