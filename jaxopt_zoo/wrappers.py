@@ -317,6 +317,7 @@ class MultiSteps:
 
     def update(self, updates, state: MultiStepsState, params=None, **extra_args):
         check_state("MultiSteps", state, MultiStepsState)
+        tree.check_same_structure("MultiSteps", updates, state.acc_grads, "the accumulated gradients (state.acc_grads)")
         k = self._every_k(state.gradient_step)
         skip, skip_state = self._should_skip(updates, state.gradient_step, params)
         skip = jnp.asarray(skip)  # a Python bool too: ~True would be -2

@@ -274,6 +274,15 @@ def test_multisteps_keeps_a_none_leaf_frozen_with_its_accumulator_and_inner_stat
     assert int(state.gradient_step) == 2
 
 
+def test_multisteps_names_a_gradient_tree_unlike_its_accumulator():
+    # MultiSteps(lookahead(...)) accumulates LookaheadParams-shaped gradients (Optax's raises JAX's bare error).
+    params = {"w": jnp.ones(3)}
+    tx = jz.MultiSteps(jz.lookahead(jz.sgd(0.1), 2, 0.5), every_k_schedule=2)
+    state = tx.init(jz.LookaheadParams.init_synced(params))
+    with pytest.raises(ValueError, match=r"^MultiSteps: the updates tree does not match the accumulated gradients"):
+        tx.update(params, state)
+
+
 def test_multisteps_rejects_bad_k():
     with pytest.raises(ValueError, match="MultiSteps: every_k_schedule must be an integer >= 1, got 0"):
         jz.MultiSteps(jz.sgd(0.1), 0)
