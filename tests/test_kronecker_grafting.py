@@ -417,3 +417,14 @@ def test_graft_passes_the_magnitude_through_where_it_is_not_active():
     second, _ = tx.update(g, state)
     np.testing.assert_allclose(first, 3.0 * g)  # the magnitude's own update
     np.testing.assert_allclose(second, np.sign(g) * 15.0 / np.sqrt(2.0), rtol=1e-6)  # grafted
+
+
+def test_block_layout_and_merge_dims_refuse_a_size_below_one_or_fractional():
+    # The optimizers check their max_precond_dim; the public helpers divided by 0 or returned negative blocks.
+    for call, message in [
+        (lambda: jz.block_layout((4, 4), 0), r"^block_layout: max_precond_dim must be an integer >= 1, got 0"),
+        (lambda: jz.block_layout((4, 4), 1.5), r"^block_layout: max_precond_dim .* got 1\.5"),
+        (lambda: jz.merge_dims((4, 4), -1), r"^merge_dims: max_dim must be an integer >= 1, got -1"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            call()

@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
+from jaxopt_zoo import validation
 from jaxopt_zoo.sharding import Placement, explicit_layout, gathered, placement_of, split_over
 
 __all__ = [
@@ -99,8 +100,9 @@ def merge_dims(shape: Sequence[int], max_dim: int) -> tuple[int, ...]:
 
     Distributed Shampoo's rule (``merge_small_dims``): scanning from the first dimension, each one joins the
     previous group when the group's product times it stays within ``max_dim``. A shape of size-1 dimensions only
-    becomes ``(1,)``; a scalar's ``()`` stays ``()``.
+    becomes ``(1,)``; a scalar's ``()`` stays ``()``. ``max_dim`` is a whole number >= 1.
     """
+    max_dim = validation.whole_number("merge_dims", "max_dim", max_dim, 1)
     if not shape:
         return ()
     merged: list[int] = []
@@ -114,7 +116,8 @@ def merge_dims(shape: Sequence[int], max_dim: int) -> tuple[int, ...]:
 
 def block_layout(shape: Sequence[int], max_precond_dim: int, merge: bool = True) -> BlockLayout:
     """The layout of a leaf: merged (unless ``merge=False``), then each dimension cut into blocks of at most
-    ``max_precond_dim``."""
+    ``max_precond_dim`` (a whole number >= 1)."""
+    max_precond_dim = validation.whole_number("block_layout", "max_precond_dim", max_precond_dim, 1)
     shape = tuple(int(d) for d in shape)
     merged = merge_dims(shape, max_precond_dim) if merge else shape
 
