@@ -212,7 +212,9 @@ def microbatch(
 
     Same arguments and numbers as ``optax.microbatch``. Deviations: arguments
     are checked when ``microbatch`` is called (``microbatch_size`` a whole
-    number >= 1, ``argnums``/``argnames``/``in_axes`` consistent), and
+    number >= 1, ``argnums``/``argnames``/``in_axes`` consistent), a
+    ``num_real_microbatches`` above :math:`n` raises when the batch is seen
+    (a traced one stops at :math:`n`; Optax reads past the batch: NaN), and
     ``RUNNING_MEAN`` keeps the carry's dtype (Optax's carry is promoted by its
     float weight, which fails for bfloat16 results or under x64).
 
@@ -274,7 +276,17 @@ def microbatch(
                 sliced_kwargs[k] = take(kwargs[k], ax)
             return fun(*sliced_args, **sliced_kwargs)
 
-        steps = count if num_real_microbatches is None else num_real_microbatches
+        if num_real_microbatches is None:
+            steps = count
+        elif isinstance(num_real_microbatches, jax.core.Tracer):
+            steps = jnp.minimum(num_real_microbatches, count)
+        elif int(num_real_microbatches) > count:
+            raise ValueError(
+                f"{owner}: num_real_microbatches={num_real_microbatches!r} is more than the {count} microbatches "
+                f"of this batch (batch size {batch_size}, microbatch_size={microbatch_size})."
+            )
+        else:
+            steps = num_real_microbatches
         carry = combine.init(jax.eval_shape(on_microbatch, 0))
         carry = jax.lax.fori_loop(0, steps, lambda i, c: combine.update(c, on_microbatch(i), i), carry)
         return combine.finalize(carry)

@@ -418,6 +418,16 @@ def test_microbatch_matches_optax_bit_for_bit():
     assert microbatching.microbatch(fun, 0, None) is fun
 
 
+def test_microbatch_refuses_more_real_microbatches_than_the_batch_has():
+    # Optax (and this library before) read past the batch: NaN. A traced count stops at the batch's.
+    x = jnp.arange(8.0)
+    fun = lambda a: jnp.sum(a)
+    with pytest.raises(ValueError, match=r"^microbatch: num_real_microbatches=5 is more than the 4 microbatches"):
+        microbatching.microbatch(fun, 0, 2, MB.SUM, num_real_microbatches=5)(x)
+    traced = jax.jit(lambda x, n: microbatching.microbatch(fun, 0, 2, MB.SUM, num_real_microbatches=n)(x))
+    assert float(traced(x, 5)) == float(traced(x, 4)) == 28.0
+
+
 def test_microbatch_matches_the_reference(x64):
     rng = np.random.default_rng(1)
     batch = rng.normal(size=(12, 3))

@@ -357,6 +357,7 @@ def test_split_real_and_imaginary_matches_optax_numbers():
         (lambda: jz.dpsgd(0.1, 1.0, -1.0, 0), r"^dpsgd: noise_multiplier must be >= 0, got -1.0"),
         (lambda: jz.dpsgd(0.1, 1.0, 1.0, 0.5), r"^dpsgd: seed must be an integer seed"),
         (lambda: jz.dpsgd(0.1, 1.0, 1.0, 0, momentum=1.0), r"^dpsgd: momentum must be in \[0, 1\), got 1.0"),
+        (lambda: jz.dpsgd(0.1, 1.0, 1.0, 0, nesterov=True), r"^dpsgd: nesterov=True needs a momentum"),
     ],
 )
 def test_bad_arguments_name_the_function_and_the_argument(factory, message):

@@ -42,7 +42,8 @@ def dpsgd(
     noise draws included, for the same ``seed``. Differences: ``accumulator_dtype``
     (an addition at the end, keyword only: the momentum's storage, see
     :mod:`jaxopt_zoo.storage`); Optax's deprecation warning about ``seed`` is not
-    raised; bad arguments raise when the optimizer is built.
+    raised; bad arguments raise when the optimizer is built, ``nesterov=True``
+    without a ``momentum`` too (Optax ignores it), as in :func:`jaxopt_zoo.sgd`.
 
     Args:
         learning_rate: :math:`\\alpha \\ge 0`, or a schedule of the step count.
@@ -70,6 +71,8 @@ def dpsgd(
     if momentum is not None:
         validation.decay_rate(owner, "momentum", momentum)
     validation.flag(owner, "nesterov", nesterov)
+    if momentum is None and nesterov:
+        raise ValueError(f"{owner}: nesterov=True needs a momentum, got momentum=None.")
     validation.state_dtypes(owner, accumulator_dtype=accumulator_dtype)
     _clip_norm(owner, "l2_norm_clip", l2_norm_clip)
     validation.non_negative(owner, "noise_multiplier", noise_multiplier)

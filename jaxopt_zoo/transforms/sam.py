@@ -35,7 +35,9 @@ def normalize(*, axis_name: AxisName = None) -> GradientTransformation:
     Numerically ``optax.contrib.normalize`` wherever :math:`\\|g\\| > 0`.
     Differences from ``optax.contrib.normalize``: a zero gradient gives a zero
     update (Optax's 0/0 gives NaN, which SAM would add to the params); ``None``
-    updates stay ``None``; ``axis_name`` (an addition): inside ``shard_map``,
+    updates stay ``None``; each update keeps its leaf's dtype (in a tree mixing
+    bfloat16 and float32 leaves Optax widens the bfloat16 ones); ``axis_name``
+    (an addition): inside ``shard_map``,
     the mesh axes the updates may be sharded over, so the norm is the whole
     tree's (without it a sharded leaf raises).
 
