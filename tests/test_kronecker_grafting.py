@@ -428,3 +428,11 @@ def test_block_layout_and_merge_dims_refuse_a_size_below_one_or_fractional():
     ]:
         with pytest.raises(ValueError, match=message):
             call()
+
+
+def test_shampoo_and_soap_refuse_complex_params():
+    # Their factors G G^T of a complex G are not Hermitian: they used to step on, silently wrong.
+    params = {"w": jnp.ones((3, 4), jnp.complex64), "b": jnp.ones(4)}
+    for tx, owner in [(jz.shampoo(0.1), "scale_by_shampoo"), (jz.soap(0.1), "scale_by_soap")]:
+        with pytest.raises(ValueError, match=rf"^{owner}: complex params are not supported .*split_real_and_imag"):
+            tx.init(params)

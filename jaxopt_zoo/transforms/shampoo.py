@@ -47,6 +47,7 @@ from jaxopt_zoo.transforms.kronecker import (
     mode_product,
     on_blocks,
     place_stack,
+    refuse_complex,
     shared_layout,
     stack_of_eyes,
     stacked_eigh,
@@ -199,7 +200,9 @@ def scale_by_shampoo(
     A block whose new root is not finite (non-finite statistics, a failed iteration) keeps its previous root, as
     Distributed Shampoo keeps its previous preconditioner when a computation fails. Statistics and roots are kept in
     float32 (float64 for float64 params) whatever the storage options: an eigendecomposition in bfloat16 or 8 bits
-    loses the small eigenvalues the roots invert. Only ``mu`` takes a storage (``mu_dtype``).
+    loses the small eigenvalues the roots invert. Only ``mu`` takes a storage (``mu_dtype``). Complex params raise
+    (their factors :math:`GG^\\top` would not be Hermitian: wrap the optimizer in
+    :func:`jaxopt_zoo.combine.split_real_and_imaginary`).
 
     Sharding: :func:`jaxopt_zoo.init_sharded` shards ``mu`` like its param and lays each stack of factors and roots
     out by :func:`jaxopt_zoo.stack_sharding`: the block axis split over every mesh axis the param is split over,
@@ -287,6 +290,7 @@ def scale_by_shampoo(
         mu = tree.moments_like(params) if momentum else None
         if tree.is_params_placeholder(params):  # tree.map_params: the factors are per-parameter parts too
             return ScaleByShampooState(zero_count(), mu, params, params)
+        refuse_complex(owner, params)
         leaves = jax.tree.leaves(params, is_leaf=tree.is_none)  # flat, outside the params' tree (see the state)
         stats, roots = (tuple(() if x is None else _new_factors(x, layout(jnp.shape(x)), _factor_dtype(x), eye)
                               for x in leaves) for eye in (False, True))

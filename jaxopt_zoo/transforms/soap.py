@@ -28,6 +28,7 @@ from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, safe
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
 from jaxopt_zoo.transforms.kronecker import (
     PRECISION, BlockLayout, block_layout, factor_specs, from_blocks, local_share, mode_product, on_blocks, place_stack,
+    refuse_complex,
     shared_layout, stack_of_eyes, stacked_eigh, stacked_qr, to_blocks,
 )
 
@@ -208,7 +209,8 @@ def scale_by_soap(
     (:mod:`jaxopt_zoo.transforms.kronecker`); with ``blocking=False`` such a dimension is left unrotated, as the
     official code does. 1-D leaves are rotated only with ``precondition_1d``; scalars and leaves with a zero
     dimension never (plain Adam; an empty leaf gets an empty update). Size-1 dimensions get no factor (their
-    basis would be :math:`\\pm 1`).
+    basis would be :math:`\\pm 1`). Complex params raise (their factors :math:`GG^\\top` would not be Hermitian:
+    wrap the optimizer in :func:`jaxopt_zoo.combine.split_real_and_imaginary`).
 
     The eigen and QR work runs in one ``jax.lax.cond`` for the whole tree on the steps that refresh, so the other steps
     do not pay for it under ``jit`` (under ``vmap`` over states the condition is batched and both branches run). The
@@ -320,6 +322,7 @@ def scale_by_soap(
         if tree.is_params_placeholder(params):  # tree.map_params: the factors are per-parameter parts too
             stats = bases = params
         else:  # flat, outside the params' tree (see ScaleBySoapState)
+            refuse_complex(owner, params)
             leaves = jax.tree.leaves(params, is_leaf=tree.is_none)
             stats, bases = (tuple(factors(p, fill) for p in leaves) for fill in (zeros, stack_of_eyes))
         return ScaleBySoapState(zero_count(), tree.moments_like(params), tree.moments_like(params), stats, bases)
