@@ -509,3 +509,15 @@ def test_a_zero_size_matrix_leaves_the_state_finite_and_the_other_leaves_alone(n
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.inexact))
     alone, _ = tx.update({"w": w}, tx.init({"w": w}), {"w": w})
     np.testing.assert_array_equal(updates["w"], alone["w"])
+
+
+def test_complex_params_raise_where_the_rule_has_no_complex_meaning():
+    # MADGRAD's cube root and ADOPT's clip to [-c, c] failed with JAX's bare errors (Optax's too).
+    params = {"w": jnp.ones(3, jnp.complex64)}
+    for tx, message in [(jz.madgrad(0.1), r"^scale_by_madgrad: complex params are not supported"),
+                        (jz.adopt(0.1), r"^scale_by_adopt: use_clipping=True clips each entry")]:
+        with pytest.raises(ValueError, match=message):
+            tx.init(params)
+    tx = jz.adopt(0.1, use_clipping=False)  # |g|^2 in the second moment: complex steps work
+    updates, _ = tx.update(params, tx.init(params), params)
+    assert updates["w"].dtype == jnp.complex64 and bool(jnp.all(jnp.isfinite(updates["w"])))

@@ -410,7 +410,8 @@ def scale_by_adopt(
     stabilisation; ``use_clipping=False`` leaves the normalised gradient as it is). Because :math:`v_{t-1}`
     does not contain :math:`g_t`, the step converges for any :math:`\\beta_2` (the paper's point). With
     ``nesterov=True`` the update is :math:`\\beta_1 m_t + (1 - \\beta_1)\\operatorname{clip}(\\cdot)`. No bias
-    correction. For complex gradients :math:`g_t^2` is :math:`|g_t|^2`.
+    correction. For complex gradients :math:`g_t^2` is :math:`|g_t|^2`, with ``use_clipping=False`` (a clip to
+    :math:`[-c, c]` has no complex meaning: complex params raise with it, where Optax's clip fails).
 
     Numerically identical to ``optax.contrib.scale_by_adopt``, whose state is also a ``ScaleByAdamState``.
     Differences from ``optax.contrib.scale_by_adopt``: with ``eps=0`` the normalised gradient is 0 where
@@ -457,6 +458,9 @@ def scale_by_adopt(
     nu_dtype = resolve(owner, "nu_dtype", nu_dtype)
 
     def init(params):
+        if use_clipping and any(jnp.iscomplexobj(p) for p in jax.tree.leaves(params)):
+            raise ValueError(f"{owner}: use_clipping=True clips each entry to [-c, c], which a complex one has no "
+                             "place in; pass use_clipping=False, or wrap in jz.combine.split_real_and_imaginary.")
         return ScaleByAdamState(zero_count(), tree.moments_like(params), tree.moments_like(params))
 
     def update(updates, state, params=None, **extra_args):

@@ -67,8 +67,8 @@ def scale_by_madgrad(
     from :math:`s_0 = \\nu_0 = 0`. :math:`\\varepsilon` is added to the learning rate, as in the authors'
     code and Optax (the paper's :math:`\\lambda_k = \\gamma_k \\sqrt{k+1}`). The update reads the params
     (:math:`x_k`): call ``update(updates, state, params)``. The learning rate acts inside the rule, so
-    this transformation is the whole optimizer (put no ``scale_by_learning_rate`` after it). For complex
-    gradients :math:`g_k^2` is :math:`|g_k|^2`.
+    this transformation is the whole optimizer (put no ``scale_by_learning_rate`` after it). Complex params
+    raise (wrap in :func:`jaxopt_zoo.combine.split_real_and_imaginary`; Optax's cube root of a complex sum fails).
 
     Numerically identical to ``optax.contrib.scale_by_madgrad`` in float32, with the same state.
     Differences from ``optax.contrib.scale_by_madgrad``: :math:`\\sqrt{k+1}` is formed in the default
@@ -109,6 +109,9 @@ def scale_by_madgrad(
 
     def init(params):
         # A copy of the params, in their own dtype: the state must not alias buffers the caller may donate.
+        if any(jnp.iscomplexobj(p) for p in jax.tree.leaves(params)):
+            raise ValueError(f"{owner}: complex params are not supported; wrap the optimizer in "
+                             "jz.combine.split_real_and_imaginary.")
         x0 = jax.tree.map(lambda p: jnp.array(p, copy=True), params)
         return MadgradState(zero_count(), tree.moments_like(params), tree.moments_like(params), x0)
 
