@@ -215,14 +215,16 @@ def test_shapes_of_optax_examples_and_map_params():
 # --- sharding ----------------------------------------------------------------------------------
 
 
-def test_sharded_donated_jit_matches_the_reference_and_shard_map_asks_for_whole_matrices():
+@pytest.mark.parametrize("axis_type", ["Auto", "Explicit"])
+def test_sharded_donated_jit_matches_the_reference_and_shard_map_asks_for_whole_matrices(axis_type):
     from tests.test_sharding import SPECS, make_mesh, place, step_fn
     from tests.test_sharding import make_params as sharding_params
 
-    # Every matrix read transposed (one spec, Optax's class), on the 2 x 4 mesh of test_sharding.py.
+    # Every matrix read transposed (one spec, Optax's class), on the 2 x 4 mesh of test_sharding.py. On Explicit
+    # axes each projected leaf is gathered for its SVD (Optax's, and this library's before, raised there).
     options = dict(learning_rate=1e-2, rank=4, update_proj_gap=2, weight_decay=1e-2)
     tx = jz.galore(**options, weight_dimension_numbers=optax.contrib.GaLoreDimensionNumbers(1, 0))
-    mesh = make_mesh()
+    mesh = make_mesh(getattr(jax.sharding.AxisType, axis_type))
     params = place(sharding_params(), mesh)
     state = jz.init_sharded(tx, params)
     mu = state[0].base_optimizer_state.mu
@@ -232,8 +234,9 @@ def test_sharded_donated_jit_matches_the_reference_and_shard_map_asks_for_whole_
     def step(params, state, t):
         return step_fn(tx)(params, state, jax.tree.map(lambda p: grad_fn(p, t, jnp), params))
 
-    for t in range(1, 4):
-        params, state = step(params, state, t)
+    with jax.set_mesh(mesh):
+        for t in range(1, 4):
+            params, state = step(params, state, t)
     assert params["w1"].sharding.is_equivalent_to(NamedSharding(mesh, SPECS["w1"]), 2)
     expected = _per_leaf_reference(
         sharding_params(), lambda path: reference.galore(**options, axes=((1,), (0,)) if "w" in path else None), steps=3

@@ -24,7 +24,7 @@ import numpy as np
 from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import GradientTransformation, OptState, Updates, expects_state, safe_increment, zero_count
 from jaxopt_zoo.combine import as_transformation
-from jaxopt_zoo.sharding import require_whole_arrays
+from jaxopt_zoo.sharding import explicit_layout, gathered, require_whole_arrays
 from jaxopt_zoo.transforms.adaptive import scale_by_adam
 
 __all__ = [
@@ -216,7 +216,9 @@ def scale_by_galore(
     the step count is batched and ``cond`` becomes a select: both run.) The SVD
     and the projections span whole matrices, so inside ``shard_map`` the
     projected leaves must be whole (a sharded one raises); under ``jax.jit`` with
-    sharded arrays the partitioner gathers what the SVD needs.
+    sharded arrays the partitioner gathers what the SVD needs on Auto mesh axes,
+    and on Explicit ones each projected leaf is gathered and its update laid out
+    like it again (Optax's SVD of a split leaf is refused there).
 
     Storage: the base optimizer's moments take its own storage options (e.g.
     ``scale_by_adam(mu_dtype=jz.Blockwise8Bit())``), on the projected shapes. The
@@ -290,19 +292,23 @@ def scale_by_galore(
         require_whole_arrays(owner, matrices)
         refresh = state.count % update_proj_gap == 0
 
+        # On Explicit mesh axes a projected leaf is gathered whole (the SVD and the products span the matrix) and
+        # its update laid out like it again; on Auto axes the partitioner does both.
         def new_projector(g, p, view):
             if g is None or view is None:
                 return p
-            matrix = view.to_matrix(g)
+            matrix = view.to_matrix(gathered(g)[0])
             return jax.lax.cond(refresh, lambda: _top_singular_vectors(matrix, view, svd_dtype), lambda: p)
 
         def project(g, p, view):
-            return g if g is None or view is None else _project(view.to_matrix(g), p, view)
+            return g if g is None or view is None else _project(view.to_matrix(gathered(g)[0]), p, view)
 
         def project_back(u, p, g, view):
             if u is None or view is None:
                 return u
-            return (scale * view.from_matrix(_project_back(u, p, view))).astype(g.dtype)
+            update = (scale * view.from_matrix(_project_back(u, p, view))).astype(g.dtype)
+            split = explicit_layout(g)
+            return update if split is None else jax.sharding.reshard(update, split)
 
         projectors = jax.tree.map(new_projector, updates, state.projector, views, is_leaf=tree.is_none)
         low_rank = jax.tree.map(project, updates, projectors, views, is_leaf=tree.is_none)
