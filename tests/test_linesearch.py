@@ -374,3 +374,11 @@ def test_a_none_gradient_leaf_freezes_its_param_through_both_line_searches():
             p = jz.apply_updates(p, updates)
         np.testing.assert_allclose(p["w"], 3.0, rtol=1e-6)
         np.testing.assert_array_equal(p["b"], params["b"])
+
+
+def test_line_search_scalars_take_the_first_floating_params_dtype():
+    # An int first leaf (Optax's rule: the first leaf's dtype) could not hold the initial infinite value.
+    for tx in (jz.lbfgs(), jz.lbfgs(linesearch=jz.scale_by_backtracking_linesearch(max_backtracking_steps=5))):
+        state = tx.init({"0_count": jnp.array([1, 2], jnp.int32), "w": jnp.ones(2, jnp.bfloat16)})
+        search = state[-1]
+        assert search.value.dtype == jnp.bfloat16 and bool(jnp.isinf(search.value))

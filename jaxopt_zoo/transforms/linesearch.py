@@ -80,9 +80,11 @@ def _scaled(a: jax.Array, updates: Any) -> Any:
 
 
 def _value_dtype(params: Any) -> jnp.dtype:
-    # The real dtype of the first param (JAX's default float where init only sees tree.map_params' placeholder).
-    leaves = jax.tree.leaves(params)
-    return jnp.real(jnp.empty((), leaves[0].dtype)).dtype if leaves else jnp.zeros(()).dtype
+    # The real dtype of the first inexact param, as Optax takes the first param's (whose int or bool first leaf
+    # cannot hold the initial infinite value); JAX's default float where there is none (e.g. the placeholder of
+    # tree.map_params).
+    inexact = [x for x in jax.tree.leaves(params) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return jnp.real(jnp.empty((), inexact[0].dtype)).dtype if inexact else jnp.zeros(()).dtype
 
 
 def _objective_arguments(owner: str, params: Any, extra_args: dict) -> tuple[Any, Any, Callable]:
