@@ -194,6 +194,22 @@ def state_dtype(owner: str, name: str, value: Any) -> Any:
     return optional_dtype(owner, name, value)
 
 
+def nesterov_needs_momentum(owner: str, momentum: Any, nesterov: Any) -> None:
+    """Check ``nesterov`` is a flag, and refuse ``nesterov=True`` without a ``momentum`` (Optax ignores the flag)."""
+    flag(owner, "nesterov", nesterov)
+    if momentum is None and nesterov:
+        raise ValueError(f"{owner}: nesterov=True needs a momentum, got momentum=None.")
+
+
+def refuse_complex(owner: str, params: Any) -> None:
+    """Raise for a complex param, pointing to ``jz.combine.split_real_and_imaginary`` (for rules with no complex
+    form: Kronecker factors :math:`GG^\\top` that would not be Hermitian, a cube root of a sum of squares)."""
+    for p in jax.tree.leaves(params):
+        if jnp.iscomplexobj(p):
+            raise ValueError(f"{owner}: complex params are not supported (a param of dtype {jnp.result_type(p)}); "
+                             "wrap the optimizer in jz.combine.split_real_and_imaginary.")
+
+
 def rectification_threshold(owner: str, value: Any) -> None:
     """RAdam's ``threshold``: a finite real >= 4, since its rectification :math:`r_t` is the square root of a
     negative number for :math:`2 < \\rho_t < 4`."""

@@ -211,10 +211,8 @@ def cautious_sgd(
     validation.learning_rate(owner, learning_rate)
     if momentum is not None:
         validation.non_negative(owner, "momentum", momentum)
-    validation.flag(owner, "nesterov", nesterov)
+    validation.nesterov_needs_momentum(owner, momentum, nesterov)
     validation.state_dtypes(owner, accumulator_dtype=accumulator_dtype)
-    if momentum is None and nesterov:
-        raise ValueError(f"{owner}: nesterov=True needs a momentum, got momentum=None.")
     if momentum is None:
         direction = identity()
     else:

@@ -61,11 +61,9 @@ def sgd(
     validation.learning_rate("sgd", learning_rate)
     if momentum is not None:
         validation.non_negative("sgd", "momentum", momentum)
-    validation.flag("sgd", "nesterov", nesterov)
+    validation.nesterov_needs_momentum("sgd", momentum, nesterov)
     validation.state_dtypes("sgd", accumulator_dtype=accumulator_dtype)
     if momentum is None:
-        if nesterov:
-            raise ValueError("sgd: nesterov=True needs a momentum, got momentum=None.")
         return chain(identity(), scale_by_learning_rate(learning_rate))
     return chain(
         trace(momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype),
@@ -414,9 +412,7 @@ def rmsprop(
     if momentum is not None:
         validation.non_negative("rmsprop", "momentum", momentum)
     validation.flag("rmsprop", "centered", centered)
-    validation.flag("rmsprop", "nesterov", nesterov)
-    if momentum is None and nesterov:
-        raise ValueError("rmsprop: nesterov=True needs a momentum, got momentum=None.")
+    validation.nesterov_needs_momentum("rmsprop", momentum, nesterov)
     validation.state_dtypes("rmsprop", nu_dtype=nu_dtype, mu_dtype=mu_dtype, accumulator_dtype=accumulator_dtype)
     options = (decay, eps, initial_scale, eps_in_sqrt, bias_correction)
     if centered:

@@ -70,9 +70,7 @@ def dpsgd(
     validation.learning_rate(owner, learning_rate)
     if momentum is not None:
         validation.decay_rate(owner, "momentum", momentum)
-    validation.flag(owner, "nesterov", nesterov)
-    if momentum is None and nesterov:
-        raise ValueError(f"{owner}: nesterov=True needs a momentum, got momentum=None.")
+    validation.nesterov_needs_momentum(owner, momentum, nesterov)
     validation.state_dtypes(owner, accumulator_dtype=accumulator_dtype)
     _clip_norm(owner, "l2_norm_clip", l2_norm_clip)
     validation.non_negative(owner, "noise_multiplier", noise_multiplier)

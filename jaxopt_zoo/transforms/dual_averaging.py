@@ -108,10 +108,8 @@ def scale_by_madgrad(
               for name, value in (("grad_sum_sq", grad_sum_sq_dtype), ("s", s_dtype), ("x0", x0_dtype))}
 
     def init(params):
+        validation.refuse_complex(owner, params)
         # A copy of the params, in their own dtype: the state must not alias buffers the caller may donate.
-        if any(jnp.iscomplexobj(p) for p in jax.tree.leaves(params)):
-            raise ValueError(f"{owner}: complex params are not supported; wrap the optimizer in "
-                             "jz.combine.split_real_and_imaginary.")
         x0 = jax.tree.map(lambda p: jnp.array(p, copy=True), params)
         return MadgradState(zero_count(), tree.moments_like(params), tree.moments_like(params), x0)
 

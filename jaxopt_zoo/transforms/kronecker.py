@@ -95,14 +95,6 @@ class BlockLayout(NamedTuple):
         return list(itertools.product(*self.pieces))
 
 
-def refuse_complex(owner: str, params: Any) -> None:
-    """Raise for a complex param: Kronecker factors :math:`GG^\\top` of a complex :math:`G` are not Hermitian."""
-    for p in jax.tree.leaves(params):
-        if jnp.iscomplexobj(p):
-            raise ValueError(f"{owner}: complex params are not supported (a param of dtype {jnp.result_type(p)}); "
-                             "wrap the optimizer in jz.combine.split_real_and_imaginary.")
-
-
 def merge_dims(shape: Sequence[int], max_dim: int) -> tuple[int, ...]:
     """``shape`` without its size-1 dimensions and with adjacent ones merged while their product is ``<= max_dim``.
 

@@ -30,7 +30,7 @@ from jaxopt_zoo.sharding import (
     whole_leaf,
 )
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
-from jaxopt_zoo.transforms.kronecker import mode_product, refuse_complex, stack_of_eyes
+from jaxopt_zoo.transforms.kronecker import mode_product, stack_of_eyes
 from jaxopt_zoo.transforms.noise import resolve_key
 
 __all__ = ["ScaleByPsgdKronState", "precond_update_prob_schedule", "scale_by_psgd_kron"]
@@ -459,7 +459,7 @@ def scale_by_psgd_kron(
 def _initial_factors(owner: str, p: Any, init_scale: Any, max_size: int, min_ndim: int,
                      mode: str | None) -> tuple[jax.Array, ...]:
     # Q_0 = s I spread evenly over the factors (s = 1 until the first gradient sets it), float32 or wider.
-    refuse_complex(owner, p)
+    validation.refuse_complex(owner, p)
     dtype = jnp.promote_types(tree.moment_dtype(jnp.result_type(p)), jnp.float32)
     scale = jnp.asarray(1.0 if init_scale is None else init_scale, dtype) ** (1 / max(1, jnp.ndim(p)))
     if jnp.ndim(p) == 0:

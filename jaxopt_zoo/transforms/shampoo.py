@@ -47,7 +47,6 @@ from jaxopt_zoo.transforms.kronecker import (
     mode_product,
     on_blocks,
     place_stack,
-    refuse_complex,
     shared_layout,
     stack_of_eyes,
     stacked_eigh,
@@ -290,7 +289,7 @@ def scale_by_shampoo(
         mu = tree.moments_like(params) if momentum else None
         if tree.is_params_placeholder(params):  # tree.map_params: the factors are per-parameter parts too
             return ScaleByShampooState(zero_count(), mu, params, params)
-        refuse_complex(owner, params)
+        validation.refuse_complex(owner, params)
         leaves = jax.tree.leaves(params, is_leaf=tree.is_none)  # flat, outside the params' tree (see the state)
         stats, roots = (tuple(() if x is None else _new_factors(x, layout(jnp.shape(x)), _factor_dtype(x), eye)
                               for x in leaves) for eye in (False, True))

@@ -28,7 +28,6 @@ from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, safe
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
 from jaxopt_zoo.transforms.kronecker import (
     PRECISION, BlockLayout, block_layout, factor_specs, from_blocks, local_share, mode_product, on_blocks, place_stack,
-    refuse_complex,
     shared_layout, stack_of_eyes, stacked_eigh, stacked_qr, to_blocks,
 )
 
@@ -322,7 +321,7 @@ def scale_by_soap(
         if tree.is_params_placeholder(params):  # tree.map_params: the factors are per-parameter parts too
             stats = bases = params
         else:  # flat, outside the params' tree (see ScaleBySoapState)
-            refuse_complex(owner, params)
+            validation.refuse_complex(owner, params)
             leaves = jax.tree.leaves(params, is_leaf=tree.is_none)
             stats, bases = (tuple(factors(p, fill) for p in leaves) for fill in (zeros, stack_of_eyes))
         return ScaleBySoapState(zero_count(), tree.moments_like(params), tree.moments_like(params), stats, bases)
