@@ -112,7 +112,7 @@ def test_matches_float64_reference(name, x64):
     assert_trees_close(iterates, expected(params), rtol=1e-9, atol=1e-13)
 
 
-def test_state_layout_is_optaxs():
+def test_state_layout_is_optaxs_but_sm3s_accumulators_are_flat():
     params = tree_params()
     state = scale_by_factored_rms(min_dim_size_to_factor=3).init(params)
     assert isinstance(state, FactoredState)
@@ -122,7 +122,10 @@ def test_state_layout_is_optaxs():
     assert shapes[2] == {"conv": (1,), "dense": {"w": (1,), "b": (4,)}, "scale": ()}
     sm3_state = scale_by_sm3().init(params)
     assert isinstance(sm3_state, ScaleBySM3State)
-    assert jax.tree.map(jnp.shape, sm3_state.mu) == {"conv": [(2,), (3,), (4,)], "dense": {"w": [(3,), (4,)], "b": [(4,)]}, "scale": [()]}
+    # One entry per param leaf in jax.tree.leaves order (conv, dense/b, dense/w, scale): Optax's leaves, in its order.
+    assert jax.tree.map(jnp.shape, sm3_state.mu) == (((2,), (3,), (4,)), ((4,),), ((3,), (4,)), ((),))
+    ours, theirs = (tx.init(tree_params(scalar=False))[0] for tx in (scale_by_sm3(), optax.scale_by_sm3()))
+    assert [x.shape for x in jax.tree.leaves(ours)] == [x.shape for x in jax.tree.leaves(theirs)]
 
 
 def test_step_offset_restarts_the_decay_schedule():
@@ -144,8 +147,9 @@ def test_sm3_first_step_and_scalar_params():
     updates, state = tx.update(grads, tx.init(grads))
     np.testing.assert_allclose(updates["w"], [[0.1, -0.1], [0.0, 0.1]], rtol=1e-6)
     np.testing.assert_allclose(updates["s"], -0.1, rtol=1e-6)
-    np.testing.assert_array_equal(state.mu["w"][0], [4.0, 16.0])  # each row's largest g^2
-    np.testing.assert_array_equal(state.mu["s"][0], 9.0)
+    s, w = state.mu  # in the order of jax.tree.leaves(grads)
+    np.testing.assert_array_equal(w[0], [4.0, 16.0])  # each row's largest g^2
+    np.testing.assert_array_equal(s[0], 9.0)
 
 
 # --- storage options ---------------------------------------------------------------------------
@@ -187,8 +191,11 @@ def test_none_update_keeps_param_and_state_bit_for_bit(factory):
     updates, new_state = update(dict(grads, conv=None, dense={"w": None, "b": grads["dense"]["b"]}), state, params)
     assert updates["conv"] is None and updates["dense"]["w"] is None
     assert not np.array_equal(jz.apply_updates(params, updates)["scale"], params["scale"])
-    kept = lambda s: [x for path, x in jax.tree_util.tree_flatten_with_path(s)[0]
-                      if {jax.tree_util.DictKey("w"), jax.tree_util.DictKey("conv")} & set(path)]
+    frozen = lambda path: bool({jax.tree_util.DictKey("w"), jax.tree_util.DictKey("conv")} & set(path))
+    # SM3's accumulators are one entry per param leaf, outside the params' tree: those of the frozen leaves too.
+    frozen_leaves = [i for i, (path, _) in enumerate(jax.tree_util.tree_flatten_with_path(params)[0]) if frozen(path)]
+    kept = lambda s: [x for path, x in jax.tree_util.tree_flatten_with_path(s)[0] if frozen(path)] + [
+        x for part in s if isinstance(part, ScaleBySM3State) for i in frozen_leaves for x in part.mu[i]]
     assert len(kept(state)) >= 4 and any(np.any(np.asarray(x) != 0) for x in kept(state))
     for a, b in zip(kept(state), kept(new_state), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), strict=True)

@@ -17,11 +17,13 @@ from tests.test_momo_sophia import driven
 
 X = jax.random.normal(jax.random.key(0), (16, 5))
 Y = jnp.sin(X.sum(axis=1, keepdims=True))
+OPTAX_SM3 = lambda: optax.sm3(1e-2)  # noqa: E731  its state's structure changes inside nnx.Optimizer (ours does not)
 
 
-def _train_nnx(tx, steps=10, **extra):
+def _train_nnx(tx, steps=10, same_structure=True, **extra):
     model = MLP(nnx.Rngs(0))
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    fresh = jax.tree.structure(nnx.state(optimizer))
 
     @nnx.jit
     def step(model, optimizer):
@@ -30,6 +32,9 @@ def _train_nnx(tx, steps=10, **extra):
         return loss
 
     losses = [float(step(model, optimizer)) for _ in range(steps)]
+    # A state whose structure changed after a step compiles the step again, and its checkpoint no longer restores
+    # into a freshly built optimizer (Optax's SM3, whose per-param lists become nnx.State objects).
+    assert not same_structure or jax.tree.structure(nnx.state(optimizer)) == fresh
     return losses, nnx.state(model, nnx.Param), optimizer
 
 
@@ -42,7 +47,7 @@ def _train_nnx(tx, steps=10, **extra):
         (lambda: jz.lion(1e-3, weight_decay=0.1), lambda: optax.lion(1e-3, weight_decay=0.1)),
         (lambda: jz.muon(1e-2, weight_decay=0.1), lambda: optax.contrib.muon(1e-2, weight_decay=0.1)),
         (lambda: jz.adafactor(1e-2, 4, momentum=0.9), lambda: optax.adafactor(1e-2, 4, momentum=0.9)),
-        (lambda: jz.sm3(1e-2), lambda: optax.sm3(1e-2)),
+        (lambda: jz.sm3(1e-2), OPTAX_SM3),
         (lambda: jz.adabelief(1e-2, nesterov=True), lambda: optax.adabelief(1e-2, nesterov=True)),
         (lambda: jz.novograd(1e-2, weight_decay=0.1), lambda: optax.novograd(1e-2, weight_decay=0.1)),
         (lambda: jz.noisy_sgd(0.1, key=5), lambda: optax.noisy_sgd(0.1, key=5)),  # a PRNG key in the NNX state
@@ -88,7 +93,7 @@ def _train_nnx(tx, steps=10, **extra):
 )
 def test_nnx_optimizer_trains_like_optax(ours, theirs):
     our_losses, our_params, _ = _train_nnx(ours())
-    their_losses, their_params, _ = _train_nnx(theirs())
+    their_losses, their_params, _ = _train_nnx(theirs(), same_structure=theirs is not OPTAX_SM3)
     assert our_losses == their_losses
     assert our_losses[-1] < our_losses[0]
     assert_trees_equal(jax.tree.leaves(our_params), jax.tree.leaves(their_params))

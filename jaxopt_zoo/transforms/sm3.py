@@ -13,7 +13,6 @@ Its parts, the accumulators ``mu`` and the momentum ``nu``, take storage options
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import NamedTuple
 
@@ -37,18 +36,15 @@ def _along(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
     return tuple(n if a == axis else 1 for a, n in enumerate(shape))
 
 
-@dataclasses.dataclass(frozen=True)
-class _Leaf:  # one param's results; a dataclass is a leaf to jax.tree, so the results can be unzipped
-    momentum: jax.Array
-    accumulators: list[jax.Array]
-
-
 class ScaleBySM3State(NamedTuple):
-    """The accumulators ``mu`` (per param a list: for a scalar or a vector one accumulator per entry, for
-    more dims one vector per axis) and the momentum ``nu``, shaped like the params (Optax's
-    ``ScaleBySM3State``); ``count``: see :func:`~jaxopt_zoo.storage.with_storage`."""
+    """The accumulators ``mu`` and the momentum ``nu``, shaped like the params; ``count``: see
+    :func:`~jaxopt_zoo.storage.with_storage`. ``mu`` is a flat tuple with one entry per param leaf, in
+    ``jax.tree.leaves(params)`` order (``None`` params included, as ``()``), each entry a tuple of
+    accumulators: for a scalar or a vector one accumulator shaped like it, for more dims one vector per axis.
+    Kept outside the params' tree so that Flax NNX, which wraps each param leaf in a Variable, keeps their
+    tuples (Optax's per-param lists become ``nnx.State`` after the first update there)."""
 
-    mu: Updates
+    mu: tuple[tuple[jax.Array, ...], ...]
     nu: Updates
     count: jax.Array | None = None
 
@@ -77,16 +73,13 @@ def scale_by_sm3(
     for a scalar or a vector :math:`\\nu_t = c \\, g_t^2 + \\beta_2 \\nu_{t-1}` entrywise (Adagrad's
     sum when :math:`\\beta_2 = 1`). The update is the momentum itself.
 
-    Numerically identical to ``optax.scale_by_sm3`` in float32, with the same state leaves.
-    Deviations from Optax: a scalar param works (its accumulator is a one-element list holding a
+    Numerically identical to ``optax.scale_by_sm3`` in float32, with the same state leaves in the same order.
+    Deviations from Optax: ``mu`` is a flat tuple outside the params' tree (see :class:`ScaleBySM3State`; Optax's
+    is a params-shaped tree of lists, which inside ``flax.nnx.Optimizer`` become ``nnx.State`` objects after
+    the first update: a jitted step compiles twice and a checkpoint stops matching a fresh optimizer's); a scalar param works (its accumulator is a one-element list holding a
     0-d array; Optax raises ``IndexError``); a ``None`` update keeps its state; a float16 param's
     state is float32 (see :func:`jaxopt_zoo.tree.moments_like`). ``mu_dtype``, ``nu_dtype`` and
     ``axis_name`` are additions (named after the state's fields: here ``mu`` is the second moment).
-
-    Known limitation (Optax's state has the same layout): inside ``flax.nnx.Optimizer`` each param's
-    list of accumulators becomes an ``nnx.State`` after the first update, so a jitted step compiles
-    twice and a checkpoint of the optimizer's state taken after a step does not match a freshly built
-    optimizer's structure. Outside NNX (plain pytrees, linen's ``TrainState``) neither happens.
 
     Args:
         b1: :math:`\\beta_1 \\in [0, 1)`, the decay of the momentum.
@@ -106,8 +99,8 @@ def scale_by_sm3(
         >>> g = jnp.array([[1.0, -2.0], [3.0, 0.0]])
         >>> state = tx.init(g)
         >>> updates, state = tx.update(g, state)
-        >>> state.mu  # the largest g^2 of each row, then of each column
-        [Array([4., 9.], dtype=float32), Array([9., 4.], dtype=float32)]
+        >>> state.mu  # of the one param: the largest g^2 of each row, then of each column
+        ((Array([4., 9.], dtype=float32), Array([9., 4.], dtype=float32)),)
 
     References:
         Anil, Gupta, Koren & Singer, "Memory-Efficient Adaptive Optimization", NeurIPS 2019.
@@ -127,13 +120,16 @@ def scale_by_sm3(
             raise ValueError(f"{owner}: complex parameters are not supported (as in Optax).")
         dtype = tree.moment_dtype(jnp.result_type(p))
         if jnp.ndim(p) == 0:
-            return [jnp.zeros((), dtype)]
+            return (jnp.zeros((), dtype),)
         # Reduced from the param abstractly, so that each accumulator keeps the sharding of its axis.
         slices = lambda a: jax.eval_shape(lambda x: jnp.sum(x, axis=_other_axes(a, jnp.ndim(x))), p)
-        return [jnp.zeros_like(slices(a), dtype=dtype) for a in range(jnp.ndim(p))]
+        return tuple(jnp.zeros_like(slices(a), dtype=dtype) for a in range(jnp.ndim(p)))
 
     def init(params):
-        return ScaleBySM3State(jax.tree.map(accumulators, params), tree.moments_like(params))
+        if tree.is_params_placeholder(params):  # tree.map_params: the accumulators are per-parameter parts too
+            return ScaleBySM3State(params, tree.moments_like(params))
+        leaves = jax.tree.leaves(params, is_leaf=tree.is_none)  # flat, outside the params' tree (see the state)
+        return ScaleBySM3State(tuple(() if p is None else accumulators(p) for p in leaves), tree.moments_like(params))
 
     def second_moment(g, mu):
         # v_t: the new squared gradient on top of the smallest accumulator of the slices through each entry.
@@ -145,17 +141,17 @@ def scale_by_sm3(
 
     def slice_maxima(g, v, mu):
         if jnp.ndim(g) < 2:
-            return [v]
+            return (v,)
         maxima = []
         for a, m in enumerate(mu):
             split = split_axes(owner, g, m, axis_name)  # the mesh axes this slice is split across
             local = jnp.max(v, axis=_other_axes(a, jnp.ndim(g)), initial=0.0 if v.size == 0 else None)  # v >= 0
             maxima.append(jax.lax.pmax(local, split) if split else local)
-        return maxima
+        return tuple(maxima)
 
     def leaf(g, mu, m):
-        # A param's accumulators are a list; inside nnx.Optimizer each of its entries is a Variable.
-        mu = jax.tree.leaves(mu)
+        if g is None:  # a frozen param: its state is handed back as it came (with_storage keeps it bit for bit)
+            return m, mu
         shape = jnp.shape(g)
         expected = [shape] if len(shape) < 2 else [(n,) for n in shape]
         if [jnp.shape(x) for x in mu] != expected:
@@ -165,22 +161,19 @@ def scale_by_sm3(
             )
         v = second_moment(g, mu)
         scaled = g * jnp.where(v > 0, jax.lax.rsqrt(v + eps), 0.0)
-        return _Leaf((1 - b1) * scaled + b1 * m, slice_maxima(g, v, mu))
+        return (1 - b1) * scaled + b1 * m, slice_maxima(g, v, mu)
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
         tree.check_same_structure(owner, updates, state.nu, "the momentum (state.nu)")
-        results = tree.map_updates(leaf, updates, state.mu, state.nu)
-        is_result = lambda x: x is None or isinstance(x, _Leaf)
-        # Where the update is None, the state passed in is handed back (with_storage keeps it bit for bit).
-        field = lambda name, old: jax.tree.map(
-            lambda r, s: s if r is None else jax.tree.unflatten(jax.tree.structure(s), jax.tree.leaves(getattr(r, name))),
-            results,
-            old,
-            is_leaf=is_result,
-        )
-        new_updates = jax.tree.map(lambda r: None if r is None else r.momentum, results, is_leaf=is_result)
-        return new_updates, state._replace(mu=field("accumulators", state.mu), nu=field("momentum", state.nu))
+        grads, structure = jax.tree.flatten(updates, is_leaf=tree.is_none)
+        if len(grads) != len(state.mu):
+            raise ValueError(f"{owner}: the updates have {len(grads)} leaves but the state has accumulators for "
+                             f"{len(state.mu)}; pass updates shaped like the params given to init.")
+        momenta = structure.flatten_up_to(state.nu)
+        momentum, mu = zip(*map(leaf, grads, state.mu, momenta)) if grads else ((), ())
+        new_updates = jax.tree.unflatten(structure, [None if g is None else m for g, m in zip(grads, momentum)])
+        return new_updates, state._replace(mu=tuple(mu), nu=jax.tree.unflatten(structure, momentum))
 
     tx = with_storage(GradientTransformation(init, update), signed={"nu": nu_dtype}, non_negative={"mu": mu_dtype})
     return expects_state(owner, tx, ScaleBySM3State)
