@@ -30,13 +30,15 @@ class Accumulator:
     """How :func:`microbatch` combines the results :math:`x_0, \\ldots, x_{n-1}` of the microbatches.
 
     ``carry = init(shape_of_x0)``; for each ``i``: ``carry = update(carry, x_i, i)``;
-    the result is ``finalize(carry)``. ``aggregate`` reduces a stacked batch of
+    the result is ``finalize(carry)``. ``init`` gets a ``jax.ShapeDtypeStruct`` tree, or inside
+    ``shard_map`` the traced :math:`x_0` itself: build the carry with ``jnp.zeros_like`` or
+    ``jnp.full_like``, which take both and make it vary over the manual mesh axes as the results do. ``aggregate`` reduces a stacked batch of
     results along axis 0 the same way (Optax's ``micro_vmap`` uses it).
 
     Example:
         >>> import jax.numpy as jnp
         >>> from jaxopt_zoo.microbatching import Accumulator, microbatch
-        >>> largest = Accumulator(lambda x: jnp.full(x.shape, -jnp.inf, x.dtype), lambda c, x, i: jnp.maximum(c, x),
+        >>> largest = Accumulator(lambda x: jnp.full_like(x, -jnp.inf), lambda c, x, i: jnp.maximum(c, x),
         ...                       lambda c: c, lambda xs: xs.max(axis=0))
         >>> microbatch(jnp.max, 0, 2, largest)(jnp.array([3.0, 1.0, 4.0, 1.0]))
         Array(4., dtype=float32)
@@ -216,7 +218,9 @@ def microbatch(
     ``num_real_microbatches`` above :math:`n` raises when the batch is seen
     (a traced one stops at :math:`n`; Optax reads past the batch: NaN), and
     ``RUNNING_MEAN`` keeps the carry's dtype (Optax's carry is promoted by its
-    float weight, which fails for bfloat16 results or under x64).
+    float weight, which fails for bfloat16 results or under x64), and it runs
+    inside a ``shard_map`` that is manual over some of the mesh's axes only
+    (Optax's fails there in JAX's ``zeros_like``).
 
     Example:
         >>> import jax.numpy as jnp
@@ -287,7 +291,11 @@ def microbatch(
             )
         else:
             steps = num_real_microbatches
-        carry = combine.init(jax.eval_shape(on_microbatch, 0))
+        # Inside shard_map the zeros must vary over the manual axes as the results do (the loop carry's type), and
+        # zeros_like of an abstract result there asserts in JAX (Optax's microbatch too): they are built from the
+        # first microbatch's traced result, of which only the shape is used (dead code for XLA).
+        inside_shard_map = bool(jax.sharding.get_abstract_mesh().manual_axes)
+        carry = combine.init(on_microbatch(0) if inside_shard_map else jax.eval_shape(on_microbatch, 0))
         carry = jax.lax.fori_loop(0, steps, lambda i, c: combine.update(c, on_microbatch(i), i), carry)
         return combine.finalize(carry)
 

@@ -440,10 +440,34 @@ def test_microbatch_matches_the_reference(x64):
     np.testing.assert_allclose(microbatching.microbatch(fun, 0, 4, MB.CONCAT)(jnp.asarray(batch)), fun(batch), rtol=1e-15)
 
 
+LARGEST = microbatching.Accumulator(lambda s: jnp.full_like(s, -jnp.inf), lambda c, x, i: jnp.maximum(c, x),
+                                    lambda c: c, lambda xs: xs.max(axis=0))
+
+
+@pytest.mark.parametrize("axis_type", ["Auto", "Explicit"])
+def test_microbatch_inside_a_shard_map_over_some_mesh_axes(axis_type):
+    # Manual over "x" (the batch split there), the weights split over the automatic "y": each x-shard's result is
+    # its half of the batch microbatched on one device. JAX asserted in zeros_like of the abstract result (Optax's too).
+    mesh = jax.make_mesh((2, 4), ("x", "y"), axis_types=(getattr(jax.sharding.AxisType, axis_type),) * 2)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(12, 3)), jnp.float32)
+    y, w = jnp.linspace(-1.0, 1.0, 12), jax.device_put(jnp.arange(1.0, 9.0), NamedSharding(mesh, P("y")))
+
+    def fun(x, y, w):  # not features_fun's "grad": a gradient for an unvarying input is summed over "x" by JAX itself
+        features = features_fun(x, y, scale=2.0)
+        return {"rows": features["rows"], "total": features["total"], "largest": jnp.max(jnp.outer(x[:, 0], w), axis=0)}
+
+    for accumulators in ACCUMULATORS.values():
+        accumulators = {"rows": accumulators["rows"], "total": accumulators["total"], "largest": LARGEST}
+        local = lambda x, y, w: jax.tree.map(lambda r: r[None], microbatching.microbatch(fun, (0, 1), 3, accumulators)(x, y, w))
+        with jax.set_mesh(mesh):
+            sharded = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P("x"), P("x"), P()), out_specs=P("x"),
+                                            axis_names={"x"}))(x, y, w)
+        halves = [local(x[i * 6:(i + 1) * 6], y[i * 6:(i + 1) * 6], jnp.arange(1.0, 9.0)) for i in (0, 1)]
+        assert_trees_close(sharded, jax.tree.map(lambda a, b: jnp.concatenate([a, b]), *halves), rtol=1e-6, atol=0)
+
+
 def test_microbatch_custom_accumulator_and_reshape():
-    largest = microbatching.Accumulator(lambda s: jnp.full(s.shape, -jnp.inf, s.dtype), lambda c, x, i: jnp.maximum(c, x),
-                                        lambda c: c, lambda xs: xs.max(axis=0))
-    assert float(microbatching.microbatch(jnp.max, 0, 2, largest)(jnp.array([3.0, 1.0, 4.0, 1.0, 5.0, 9.0]))) == 9.0
+    assert float(microbatching.microbatch(jnp.max, 0, 2, LARGEST)(jnp.array([3.0, 1.0, 4.0, 1.0, 5.0, 9.0]))) == 9.0
     np.testing.assert_array_equal(microbatching.reshape_batch_axis(jnp.arange(6), 2),
                                   optax.microbatching.reshape_batch_axis(jnp.arange(6), 2))
     with pytest.raises(ValueError, match="not divisible by microbatch_size=4"):
