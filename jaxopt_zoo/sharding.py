@@ -17,7 +17,7 @@ every ``shard_map`` axis is always safe: each array is summed only over the
 axes it varies along, which ``shard_map``'s default ``check_vma=True`` tracks
 (with ``check_vma=False`` these transformations raise). ``centralize``, whose
 row means must not mix the shards of a leaf's first axis, needs the updates'
-``partition_specs`` for that too. Outside ``shard_map``
+``partition_specs`` with ``axis_name`` (it raises without them). Outside ``shard_map``
 ``axis_name`` changes nothing, so one optimizer serves both. Axes of ``pmap``
 and ``vmap`` are not mesh axes: there, reduce the updates yourself first.
 
@@ -231,23 +231,25 @@ def _axes_to_sum(owner: str, x: Any, axis_name: AxisName, context: _ManualContex
     return tuple(name for name in axis_name if name in varying)
 
 
-def require_whole_arrays(owner: str, tree: Any) -> None:
+def require_whole_arrays(owner: str, tree: Any, *, remedy: str | None = None,
+                         operation: str = "this reduction would see one shard only") -> None:
     """Raise if, inside ``shard_map``, any leaf may be a shard rather than a whole array.
 
-    For transformations with no ``axis_name`` (their reduction cannot be made
-    exact from shards), so the message offers what the caller can do instead.
+    For transformations that cannot work on shards as they are configured, so the message offers what the
+    caller can do instead: ``remedy`` (by default: the transformation has no ``axis_name`` option, and what
+    works without one); ``operation`` says what would go wrong on a shard.
     """
     context = manual_context()
     if not context.manual:
         return
-    remedy = (
+    remedy = remedy or (
         f"{owner} has no axis_name option: call it outside shard_map, under jax.jit with sharded arrays (where it is "
         f"exact), or hand it whole arrays inside shard_map (replicated, e.g. gathered with jax.lax.all_gather)."
     )
     if not context.tracked:
         raise ValueError(
             f"{owner}: inside shard_map(..., check_vma=False) nothing tells sharded arrays from replicated ones, so "
-            f"this reduction may see one shard only. {remedy} With check_vma=True (the default) replicated arrays "
+            f"{operation.replace(' would ', ' may ')}. {remedy} With check_vma=True (the default) replicated arrays "
             "are accepted."
         )
     for x in jax.tree.leaves(tree):
@@ -255,7 +257,7 @@ def require_whole_arrays(owner: str, tree: Any) -> None:
         if varying:
             raise ValueError(
                 f"{owner}: inside shard_map, an array of local shape {jnp.shape(x)} varies over mesh axes "
-                f"{sorted(varying)}, so this reduction would see one shard only. {remedy}"
+                f"{sorted(varying)}, so {operation}. {remedy}"
             )
 
 

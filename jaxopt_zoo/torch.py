@@ -59,6 +59,7 @@ import jax.numpy as jnp
 from jaxopt_zoo import validation
 from jaxopt_zoo.base import GradientTransformation, ScalarOrSchedule
 from jaxopt_zoo.combine import as_real_pairs, chain
+from jaxopt_zoo.sharding import AxisName
 from jaxopt_zoo.storage import StateDtype
 from jaxopt_zoo.transforms import (
     add_decayed_weights,
@@ -437,6 +438,9 @@ def muon(
     *,
     ns_dtype: Any = None,
     mu_dtype: StateDtype = None,
+    layer_sharding: bool = False,
+    axis_name: AxisName = None,
+    partition_specs: Any = None,
 ) -> GradientTransformation:
     """``torch.optim.Muon`` (2-D parameters only, as PyTorch):
 
@@ -471,8 +475,9 @@ def muon(
     (PyTorch checks ``ns_steps < 100`` at the first step); with ``eps=0`` a zero
     update stays 0 (PyTorch: NaN). The quintic's :math:`c A^2` is formed as :math:`(cA)A`
     (Optax's grouping; PyTorch's ``addmm`` forms :math:`c(AA)`): equal up to rounding. ``mu_dtype`` (storage of the momentum
-    buffer, see :mod:`jaxopt_zoo.storage`) is an addition. PyTorch's Muon has no
-    ``maximize``, ``foreach`` or complex support, and neither has this.
+    buffer, see :mod:`jaxopt_zoo.storage`) and ``layer_sharding``, ``axis_name`` and
+    ``partition_specs`` (sharded params; those of :func:`~jaxopt_zoo.scale_by_muon`) are additions.
+    PyTorch's Muon has no ``maximize``, ``foreach`` or complex support, and neither has this.
 
     Differences from ``optax.contrib.muon(learning_rate, ns_coeffs, ns_steps, beta, eps, weight_decay, ...)``:
     Optax's defaults are ``eps=1e-8`` (added to the norm: :math:`X / (\\|X\\|_F + \\varepsilon)`) and
@@ -485,6 +490,8 @@ def muon(
     Args:
         ns_dtype: the floating dtype the Newton–Schulz iteration runs in (``None``: the update's).
         mu_dtype: storage of the momentum buffer: a storage (see :mod:`jaxopt_zoo.storage`).
+        layer_sharding, axis_name, partition_specs: orthogonalise each matrix whole on one device, as
+            :func:`~jaxopt_zoo.scale_by_muon` (inside ``shard_map``: all three).
 
     Example:
         >>> import jax, jax.numpy as jnp, jaxopt_zoo as jz
@@ -502,7 +509,7 @@ def muon(
     orthogonalised = scale_by_muon(
         ns_coefficients, ns_steps, momentum, eps, mu_dtype, nesterov=nesterov, weight_dimension_numbers=TORCH_LAYOUT,
         bias_correction=False, eps_floor=True, shape_scale=0.2 if adjust_lr_fn == "match_rms_adamw" else "width",
-        ns_dtype=ns_dtype,
+        ns_dtype=ns_dtype, layer_sharding=layer_sharding, axis_name=axis_name, partition_specs=partition_specs,
     )
     decay = [] if validation.is_literal_zero(weight_decay) else [add_decayed_weights(weight_decay)]
     tx = chain(orthogonalised, *decay, scale_by_learning_rate(lr))

@@ -293,7 +293,7 @@ def _shard_map_step(tx, axis_specs=SPECS):
     "name, tx",
     [
         ("normalize_by_update_norm", normalize_by_update_norm(-0.1, axis_name=AXES)),
-        ("centralize", centralize(axis_name="model")),  # "data" splits the rows of w: not named
+        ("centralize", centralize(axis_name=AXES, partition_specs=SPECS)),
         ("zero_nans", zero_nans(axis_name=AXES)),
     ],
 )
@@ -306,8 +306,11 @@ def test_shard_map_with_axis_name_matches_one_device(name, tx):
 
 def test_shard_map_without_axis_name_raises_for_a_sharded_leaf():
     for tx in (normalize_by_update_norm(), centralize(), zero_nans()):
-        with pytest.raises(ValueError, match="inside shard_map"):
+        with pytest.raises(ValueError, match="inside shard_map") as error:
             _shard_map_step(tx)
+        assert "has no axis_name option" not in str(error.value)  # each of them has one
+    with pytest.raises(ValueError, match=r"centralize: .*Pass axis_name= \(the shard_map axes\) and partition_specs="):
+        _shard_map_step(centralize())
 
 
 def test_centralize_inside_shard_map_rows_split_only_and_a_misspelt_axis():
@@ -317,6 +320,11 @@ def test_centralize_inside_shard_map_rows_split_only_and_a_misspelt_axis():
     assert_trees_close(sharded, single, rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match=r"^centralize: axis_name=\('modle',\) names \['modle'\]"):
         _shard_map_step(centralize(axis_name="modle"))
+    # Without partition_specs, a named axis may split the rows (here "data" does: per-row means would mix rows).
+    for axis_name in (AXES, "data", "model"):
+        with pytest.raises(ValueError, match=r"^centralize: inside shard_map, a leaf of local shape \(\d+, \d+\) "
+                                             r"varies over mesh axes .* Pass partition_specs="):
+            _shard_map_step(centralize(axis_name=axis_name))
 
 
 def test_centralize_with_partition_specs_averages_only_over_axes_splitting_rows_entries():

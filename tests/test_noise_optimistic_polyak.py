@@ -418,7 +418,7 @@ def test_shard_map_with_axis_name_is_exact_and_without_it_raises(make):
 
 def test_noise_inside_shard_map_on_sharded_leaves_raises():
     # Each shard would draw the same local noise: refused (under plain jit a sharded leaf draws its part).
-    with pytest.raises(ValueError, match="add_noise: inside shard_map.*varies over mesh axes"):
+    with pytest.raises(ValueError, match="add_noise: inside shard_map.*varies over mesh axes.*, so each shard would draw"):
         shard_map_steps(jz.noisy_sgd(0.1, key=0), steps=1, value_fn=value_fn)
 
 

@@ -337,11 +337,19 @@ def test_shard_map_needs_whole_matrices():
     expected = jax.tree.map(lambda a, b: a - b, _reference_iterates(params, 1, lr=0.02)[0], params)
     assert_trees_close(replicated, expected, rtol=1e-4, atol=1e-6)
 
-    w = jax.device_put(jnp.ones((16, 4)), NamedSharding(mesh, P("data")))
-    sharded = jax.shard_map(lambda g, s, p: tx.update(g, s, p)[0], mesh=mesh,
-                            in_specs=(P("data"), P("data"), P("data")), out_specs=P("data"))
-    with pytest.raises(ValueError, match=r"scale_by_muon: inside shard_map.*varies over mesh axes \['data'\]"):
-        jax.jit(sharded)(w, tx.init(w), w)
+    params = {"w": jnp.asarray(np.random.default_rng(3).normal(size=(16, 4)), jnp.float32)}
+    grads = jax.tree.map(lambda p: np.asarray(grad_fn(np.asarray(p, np.float64), 1), np.float32), params)
+    place = lambda tree: jax.device_put(tree, NamedSharding(mesh, P("data")))
+    sharded = lambda tx: jax.jit(jax.shard_map(lambda g, s, p: tx.update(g, s, p)[0], mesh=mesh,
+                                               in_specs=(P("data"), P("data"), P("data")), out_specs=P("data")))
+    with pytest.raises(ValueError, match=r"scale_by_muon: inside shard_map.*varies over mesh axes \['data'\]") as error:
+        sharded(tx)(place(grads), place(tx.init(params)), place(params))
+    assert "its orthogonalization would see one shard only. Pass layer_sharding=True" in str(error.value)
+    # What the message says: each matrix orthogonalised whole on one device, exact.
+    tx = jz.torch.muon(lr=0.02, layer_sharding=True, axis_name="data", partition_specs=P("data"))
+    updates = sharded(tx)(place(grads), place(tx.init(params)), place(params))
+    expected = jax.tree.map(lambda a, b: a - b, _reference_iterates(params, 1, lr=0.02)[0], params)
+    assert_trees_close(updates, expected, rtol=1e-4, atol=1e-6)
 
 
 # --- Flax -----------------------------------------------------------------------------------------------------

@@ -138,7 +138,7 @@ def add_noise(
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        require_whole_arrays(owner, updates)
+        require_whole_arrays(owner, updates, operation="each shard would draw its own copy of the same noise")
         count = safe_increment(state.count)
         std = jnp.sqrt(eta / count**gamma)
         next_key, sample_key = jax.random.split(state.rng_key)

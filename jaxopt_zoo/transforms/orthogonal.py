@@ -659,7 +659,10 @@ def scale_by_muon(
         del params, extra_args
         tree.check_same_structure(owner, updates, state.mu, "the momentum (state.mu)")
         if not layer_sharding:
-            require_whole_arrays(owner, updates)
+            require_whole_arrays(owner, updates, remedy=(
+                "Pass layer_sharding=True with axis_name= (the shard_map axes) and partition_specs= (the updates' "
+                "specs), which gathers each matrix on one device; or call it under jax.jit with sharded arrays."),
+                operation="its orthogonalization would see one shard only")
         specs = _specs_for(owner, weight_dimension_numbers, updates)
         count = safe_increment(state.count) if bias_correction else state.count
         mu = tree.update_moment(updates, state.mu, beta, 1)

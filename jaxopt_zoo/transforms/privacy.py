@@ -91,7 +91,8 @@ def differentially_private_aggregate(
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        require_whole_arrays(owner, updates)
+        require_whole_arrays(owner, updates, operation=(
+            "each shard would draw its own copy of the noise and see only its part of each example's norm"))
         leaves, treedef = jax.tree.flatten(updates)  # None is an empty subtree: no key, stays None
         if not leaves or any(g.ndim == 0 for g in leaves):
             raise ValueError(

@@ -213,11 +213,13 @@ def normalize_by_update_norm(
 
 def _row_mean(owner: str, g: jax.Array, axis_name: AxisName, trailing: tuple[str, ...] | None) -> jax.Array:
     """The mean of each row of ``g`` (over every axis but the first), kept as a broadcastable array; inside
-    ``shard_map`` averaged over the shards along the mesh axes ``trailing`` that split its trailing axes (when
-    unknown, ``None``: those of ``axis_name``) and that ``g`` varies along."""
+    ``shard_map`` averaged over the shards along the mesh axes ``trailing`` that split its trailing axes and
+    that ``g`` varies along (``None``, unknown: ``g`` must vary over none of ``axis_name``)."""
     local = jnp.mean(g, tuple(range(1, g.ndim)), keepdims=True)
     if axis_name is None:
-        require_whole_arrays(owner, g)  # inside shard_map, a sharded leaf cannot tell which of its axes is split
+        require_whole_arrays(owner, g, remedy=(  # inside shard_map, a sharded leaf cannot tell which axis is split
+            "Pass axis_name= (the shard_map axes) and partition_specs= (the updates' specs, shard_map's in_specs "
+            "for the params), or hand it whole arrays."))
         return local
     context = manual_context()
     if context.manual and not context.tracked:
@@ -232,7 +234,16 @@ def _row_mean(owner: str, g: jax.Array, axis_name: AxisName, trailing: tuple[str
     if unnamed:
         raise ValueError(f"{owner}: partition_specs splits a leaf's trailing axes over {unnamed}, which "
                          f"axis_name={axis_name!r} does not name; name every shard_map axis.")
-    split = tuple(name for name in (axis_name if trailing is None else trailing) if name in varying_axes(g))
+    if trailing is None:  # no partition_specs: whether a named axis splits the rows or their entries is unknown
+        ambiguous = sorted(name for name in axis_name if name in varying_axes(g))
+        if ambiguous:
+            raise ValueError(
+                f"{owner}: inside shard_map, a leaf of local shape {jnp.shape(g)} varies over mesh axes {ambiguous}, "
+                f"named in axis_name={axis_name!r}: whether they split its rows (whose means stay per shard) or the "
+                "rows' entries (whose means are averaged over the shards) cannot be told from a shard. Pass "
+                "partition_specs= (the updates' specs, shard_map's in_specs for the params).")
+        return local
+    split = tuple(name for name in trailing if name in varying_axes(g))
     # Every shard holds as many entries of a row, so the mean of the shards' row means is the row mean.
     return jax.lax.psum(local, split) / jax.lax.psum(1, split) if split else local
 
@@ -248,11 +259,10 @@ def centralize(*, axis_name: AxisName = None, partition_specs: Any = None) -> Gr
     the ``shard_map`` axes, and ``partition_specs``, the updates' specs (``shard_map``'s ``in_specs`` for the
     params): each row's mean is averaged over the shards of the axes that split the leaf's *trailing* axes
     (its rows' entries), and only those, since a shard of the first axis holds whole rows. Without
-    ``partition_specs``, which of a shard's axes is split cannot be told, so ``axis_name`` must name only axes
-    that split trailing axes (for a weight sharded ``P("data", "model")``, ``axis_name="model"``; ``()`` when
-    only rows are split), and a tree with one leaf split along its rows and another along its columns over
-    the same axis needs ``partition_specs``: an axis named there that splits the first axis mixes the means of
-    different rows. Without ``axis_name``, a leaf of two or more dimensions that varies over a mesh axis raises.
+    ``partition_specs``, which of a shard's axes is split cannot be told: a leaf of two or more dimensions that
+    varies over an axis named in ``axis_name`` raises (averaging over an axis that splits the rows would mix
+    the means of different rows), and ``axis_name=()`` keeps every mean per shard (exact when only rows are
+    split). Without ``axis_name``, such a leaf that varies over any mesh axis raises.
 
     Args:
         axis_name: inside ``shard_map``, the mesh axes (see above).
