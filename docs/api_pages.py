@@ -224,7 +224,8 @@ def torch_arguments_table() -> str:
             "|---|---|---|"]
     for name in jz.torch.__all__:
         parameters = inspect.signature(getattr(jz.torch, name)).parameters.values()
-        added = [p.name for p in parameters if p.name.endswith("_dtype") or p.name == "axis_name"]
+        added = [p.name for p in parameters
+                 if p.name.endswith("_dtype") or p.name in ("axis_name", "layer_sharding", "partition_specs")]
         torch_args = [(p.name if p.default is p.empty else f"{p.name}={p.default!r}") for p in parameters
                       if p.name not in added]
         cls = getattr(jz.torch, name).__doc__.split("torch.optim.", 1)[1].split("`", 1)[0].split("(", 1)[0]
