@@ -33,7 +33,6 @@ collectives and their bytes, state and FLOPs per device.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import pathlib
@@ -47,7 +46,7 @@ import jax
 import jax.numpy as jnp
 
 import jaxopt_zoo as jz
-from report import table
+from report import table, without_gc
 
 FREQUENCY = 10
 GOAL = 1.5  # average step / AdamW's step (issue 19)
@@ -194,8 +193,8 @@ def kronecker_section(shapes: Any, repeats: int, names: list[str] | None = None,
         variants = [Stepper(optimizers(f)[name], params, grads) for f in ((FREQUENCY, 1, NEVER) if name != "AdamW" else (FREQUENCY,))]
         for _ in range(repeats):
             for v, run in zip(variants, (grads, *[grads[:2]] * 2)):  # alternating: drift hits each alike
-                gc.collect()
-                v.run(run)  # every step of the refresh and plain variants is alike: runs of 2 steps
+                with without_gc():
+                    v.run(run)  # every step of the refresh and plain variants is alike: runs of 2 steps
         average, *split = (statistics.median(v.times[1:]) for v in variants)
         del variants
         if name == "AdamW":

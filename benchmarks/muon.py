@@ -18,7 +18,6 @@ error of Optax's Muon inside ``shard_map``.
 from __future__ import annotations
 
 import argparse
-import gc
 import math
 import os
 import re
@@ -33,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxopt_zoo as jz
-from report import table
+from report import table, without_gc
 
 GOAL = 0.8  # of the floor (issue 16)
 NS_STEPS = 5
@@ -62,12 +61,12 @@ def orthonormal_rows(rows: int, cols: int, dtype: Any) -> jax.Array:
 
 def seconds_per_call(compiled: Callable, x: jax.Array, calls: int) -> float:
     jax.block_until_ready(compiled(x))
-    gc.collect()
-    start = time.perf_counter()
-    for _ in range(calls):
-        out = compiled(x)
-    jax.block_until_ready(out)
-    return (time.perf_counter() - start) / calls
+    with without_gc():
+        start = time.perf_counter()
+        for _ in range(calls):
+            out = compiled(x)
+        jax.block_until_ready(out)
+        return (time.perf_counter() - start) / calls
 
 
 def product_flops(rows: int, cols: int) -> int:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import pathlib
 import statistics
 import sys
@@ -43,7 +42,7 @@ import optax
 from flax import nnx
 
 import jaxopt_zoo as jz
-from report import machine_header, number, table
+from report import machine_header, number, table, without_gc
 from seed_optimizers import SLOW_ON_CPU, ExtraArgs, SeedOptimizer, select
 from kronecker import compile_section, kronecker_section, sharded_section
 from muon import layer_sharded_section, newton_schulz_section
@@ -223,8 +222,8 @@ def time_pair(name: str, pair: SeedOptimizer, tree: str, params: Any, grads: Any
         c.run(grads, 1)
     for _ in range(sizes.repeats):
         for c in runs:  # alternating, so that drift in the machine's speed hits both alike
-            gc.collect()
-            c.times.append(c.run(grads, sizes.steps))
+            with without_gc():
+                c.times.append(c.run(grads, sizes.steps))
     ours, theirs = runs
     pairs = zip(jax.tree.leaves(ours.params), jax.tree.leaves(theirs.params))
     difference = max(float(jnp.max(jnp.abs(a - b))) for a, b in pairs)
@@ -249,12 +248,12 @@ def triad_bandwidth(n: int, sizes: Sizes) -> float:
     x = jax.block_until_ready(triad(x, y, s))
     times = []
     for _ in range(max(sizes.repeats, 3)):
-        gc.collect()
-        start = time.perf_counter()
-        for _ in range(sizes.steps):
-            x = triad(x, y, s)
-        jax.block_until_ready(x)
-        times.append((time.perf_counter() - start) / sizes.steps)
+        with without_gc():
+            start = time.perf_counter()
+            for _ in range(sizes.steps):
+                x = triad(x, y, s)
+            jax.block_until_ready(x)
+            times.append((time.perf_counter() - start) / sizes.steps)
     return 12 * n / statistics.median(times)
 
 
@@ -271,13 +270,13 @@ class CompileResult:
 def compile_once(tx: Any, apply_updates: Callable, shapes: Any, extra_args: ExtraArgs | None = None) -> tuple[float, float]:
     """Seconds to trace+lower and to compile the step, from cold caches."""
     jax.clear_caches()  # else the second library would reuse jitted helpers (norms, casts) the first traced
-    gc.collect()
     state_shapes = jax.eval_shape(tx.init, shapes)
-    start = time.perf_counter()
-    lowered = jitted_step(tx, apply_updates, extra_args).lower(shapes, state_shapes, shapes)
-    lowered_at = time.perf_counter()
-    lowered.compile()
-    return lowered_at - start, time.perf_counter() - lowered_at
+    with without_gc():
+        start = time.perf_counter()
+        lowered = jitted_step(tx, apply_updates, extra_args).lower(shapes, state_shapes, shapes)
+        lowered_at = time.perf_counter()
+        lowered.compile()
+        return lowered_at - start, time.perf_counter() - lowered_at
 
 
 def time_compilation(name: str, pair: SeedOptimizer, shapes: Any, repeats: int) -> CompileResult:
@@ -526,8 +525,8 @@ def lowbit_section(report: Report, sizes: Sizes, shapes: dict[str, Any]) -> None
     runs[FLOOR].run(grads, 1)
     for _ in range(sizes.repeats):
         for c in runs.values():
-            gc.collect()
-            c.times.append(c.run(grads, sizes.steps))
+            with without_gc():
+                c.times.append(c.run(grads, sizes.steps))
     params_bytes = tree_bytes(params)
     base = statistics.median(runs["float32"].times)
     rows = []

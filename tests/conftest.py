@@ -62,11 +62,18 @@ _ONE_MODULE = " --xla_cpu_parallel_codegen_split_count=1"
 if "xla_cpu_parallel_codegen_split_count" not in os.environ["XLA_FLAGS"] and _xla_accepts(_ONE_MODULE):
     os.environ["XLA_FLAGS"] += _ONE_MODULE
 
+import gc
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+
+# Python's collector runs a full collection whenever enough objects survived its younger ones, and each walks every
+# live object: in a worker holding JAX's caches of thousands of programs, ~0.3 s. Python's default thresholds
+# (700, 10, 10) spent about 10 of every 180 test-seconds there; these, under 4.
+gc.set_threshold(5000, 20, 20)
 
 # The compiled programs go to disk (.jax_cache/ in the repository, ignored by git) and are read back
 # whenever a test compiles a program some test compiled before, in this run (the other worker, a fresh
