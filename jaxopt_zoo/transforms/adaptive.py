@@ -333,7 +333,6 @@ def _scale_by_rms_or_stddev(
     validation.flag(owner, "bias_correction", bias_correction)
     mu_dtype = resolve(owner, "mu_dtype", mu_dtype)
     nu_dtype = resolve(owner, "nu_dtype", nu_dtype)
-    low_precision = mu_dtype != resolve(owner, "mu_dtype", None) or nu_dtype != resolve(owner, "nu_dtype", None)
     if bias_correction and rate == 1.0:
         raise ValueError(f"{owner}: decay=1 with bias_correction=True divides by 1 - 1^t = 0; use decay < 1.")
     correct = _bias_corrector(bias_correction)
@@ -362,10 +361,8 @@ def _scale_by_rms_or_stddev(
         if centered:
             mu = tree.update_moment(updates, state.mu, decay, 1)
             mu_hat = correct(mu, decay, count)
-            variance = tree.map_updates(lambda g, m, v: v - tree.abs_sq(m), updates, mu_hat, nu_hat)
-            if low_precision:
-                # Moments rounded apart in storage can put m^2 above v where the gradients barely vary.
-                variance = tree.map_updates(lambda g, var: jnp.maximum(var, 0), updates, variance)
+            # Where the gradients barely vary, m^2 can round above v (more so with moments rounded apart in storage).
+            variance = tree.map_updates(lambda g, m, v: jnp.maximum(v - tree.abs_sq(m), 0), updates, mu_hat, nu_hat)
             new["mu"] = mu
         else:
             variance = nu_hat
@@ -438,10 +435,11 @@ def scale_by_stddev(
     with the hats the optional bias corrections, as in :func:`scale_by_rms`.
     Numerically ``optax.scale_by_stddev``; ``decay`` must lie in [0, 1]. With ``eps=0``
     the update is 0 where the variance is exactly 0, instead of NaN, as in :func:`scale_by_rms`.
+    The variance :math:`\\hat v_t - \\hat m_t^2` is clamped at 0: where the gradients barely vary it
+    can round below 0, and below :math:`-\\varepsilon` Optax's step is NaN (a steady gradient of
+    20,000 entries did so in 10% of them after 129 steps; with ``decay=0`` on the first step).
     ``mu_dtype`` and ``nu_dtype`` (additions to Optax) store :math:`m` and
-    :math:`v`, as in :func:`scale_by_rms`; when either is given, the variance
-    is clamped at 0, since moments rounded apart in storage can make it
-    negative (a NaN step) where the gradients barely vary.
+    :math:`v`, as in :func:`scale_by_rms`.
 
     Example:
         >>> import jaxopt_zoo as jz
