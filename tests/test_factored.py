@@ -138,6 +138,15 @@ def test_step_offset_restarts_the_decay_schedule():
     np.testing.assert_allclose(state.v["dense"]["b"], grads["dense"]["b"] ** 2 + 1e-30, rtol=1e-6)
     np.testing.assert_allclose(state.v_row["dense"]["w"], np.mean(np.asarray(grads["dense"]["w"]) ** 2, axis=1), rtol=1e-6)
     assert int(state.count) == 4
+    # From a fresh state (count 0 < 3) every step takes the schedule's first decay, 0 (Optax's were NaN).
+    params = {"w": params["dense"]["w"], "b": params["dense"]["b"]}
+    grads = {"w": grads["dense"]["w"], "b": grads["dense"]["b"]}
+    for tx in (scale_by_factored_rms(step_offset=3, min_dim_size_to_factor=3), jz.adafactor(1e-2, 3, decay_offset=2.5)):
+        state, update = tx.init(params), jax.jit(tx.update)
+        for t in range(4):
+            updates, state = update(grads, state, params)
+            assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates)), (tx, t)
+    np.testing.assert_allclose(state[0].v["b"], grads["b"] ** 2 + 1e-30, rtol=1e-6)  # the same gradient each step
 
 
 def test_sm3_first_step_and_scalar_params():

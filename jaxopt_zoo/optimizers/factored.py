@@ -69,7 +69,8 @@ def adafactor(
         learning_rate: :math:`\\alpha \\ge 0`, a schedule of the step count, or ``None`` (no scaling).
         min_dim_size_to_factor: factor only params whose two largest dims have at least this many entries.
         decay_rate: :math:`c \\in (0, 1]`: the second moment decays by :math:`1 - (t + 1)^{-c}`.
-        decay_offset: the step the decay schedule restarts from (e.g. fine-tuning's first).
+        decay_offset: the step the decay schedule restarts from (e.g. fine-tuning's first); until the count
+            reaches it each step takes the schedule's first decay, 0 (Optax's steps are NaN there).
         multiply_by_parameter_scale: scale the step by each param's RMS (at least :math:`10^{-3}`).
         clipping_threshold: :math:`d > 0` (1 in the paper), or ``None`` for no clipping.
         momentum: :math:`\\beta \\in [0, 1)`, or ``None`` for no momentum (and no momentum state).

@@ -376,7 +376,8 @@ def scale_by_factored_rms(
     Deviations from Optax: ``params`` are not needed (the gradient's shape decides the factoring);
     ``decay_rate_fn=None`` (the default) is the power decay above, computed in float32 as Optax
     does, or in float64 for float64 moments (Optax: float32 always); a custom ``decay_rate_fn(count
-    - step_offset, decay_rate)`` is called as in Optax. A float16 param's moments are float32 (see
+    - step_offset, decay_rate)`` is called as in Optax; before ``step_offset`` (a fresh state's count is 0) the
+    power decay is its first step's, 0, where Optax's is NaN. A float16 param's moments are float32 (see
     :func:`jaxopt_zoo.tree.moments_like`); a ``None`` update keeps its moments; complex params are
     refused. ``factors_dtype``, ``variance_dtype`` and ``axis_name`` are additions. Each update reads
     the factored axes off the state's shapes (which ``init`` chose from the whole params), so that
@@ -449,7 +450,10 @@ def scale_by_factored_rms(
     def leaf(count, g, r, c, v):
         axes = _state_axes(owner, g, jnp.shape(r), jnp.shape(c), jnp.shape(v))
         moment = v if axes is None else r
-        decay = _power_decay(count - step_offset, decay_rate, moment.dtype) if decay_rate_fn is None else decay_rate_fn(count - step_offset, decay_rate)
+        if decay_rate_fn is None:  # before the offset, each step is the schedule's first (decay 0: v = g^2)
+            decay = _power_decay(jnp.maximum(count - step_offset, 0), decay_rate, moment.dtype)
+        else:
+            decay = decay_rate_fn(count - step_offset, decay_rate)
         g2 = tree.abs_sq(g) + epsilon
         if axes is None:
             v = (decay * v + (1.0 - decay) * g2).astype(v.dtype)
