@@ -353,6 +353,13 @@ def test_split_real_and_imaginary_matches_optax_numbers():
         (lambda: jz.reduce_on_plateau(rtol=1.5), r"^reduce_on_plateau: rtol must be in \[0, 1\], got 1.5"),
         (lambda: jz.reduce_on_plateau(cooldown=1.5), r"^reduce_on_plateau: cooldown must be an integer >= 0"),
         (lambda: jz.differentially_private_aggregate(-1.0, 1.0, 0), r"^differentially_private_aggregate: l2_norm_clip"),
+        # An infinite C made the noise's scale C * sigma infinite (NaN with sigma = 0); a string multiplied a str.
+        (lambda: jz.differentially_private_aggregate(float("inf"), 0.0, 0),
+         r"^differentially_private_aggregate: l2_norm_clip must be a finite real number >= 0, got inf"),
+        (lambda: jz.dpsgd(0.1, float("inf"), 1.0, 0), r"^dpsgd: l2_norm_clip must be a finite real number >= 0, got inf"),
+        (lambda: jz.dpsgd(0.1, "1.0", 1.0, 0), r"^dpsgd: l2_norm_clip must be a finite real number >= 0, got '1.0'"),
+        (lambda: jz.transforms.clipping.per_example_global_norm_clip([jnp.ones((2, 3))], "1.0"),
+         r"^per_example_global_norm_clip: l2_norm_clip must be a real number >= 0 \(inf for no clipping\), got '1.0'"),
         (lambda: jz.differentially_private_aggregate(1.0, 1.0, "k"), r"^differentially_private_aggregate: key must be"),
         (lambda: jz.dpsgd(0.1, 1.0, -1.0, 0), r"^dpsgd: noise_multiplier must be >= 0, got -1.0"),
         (lambda: jz.dpsgd(0.1, 1.0, 1.0, 0.5), r"^dpsgd: seed must be an integer seed"),

@@ -47,7 +47,7 @@ def dpsgd(
 
     Args:
         learning_rate: :math:`\\alpha \\ge 0`, or a schedule of the step count.
-        l2_norm_clip: :math:`C \\ge 0`, the largest norm of an example's gradient.
+        l2_norm_clip: :math:`C \\ge 0`, finite, the largest norm of an example's gradient.
         noise_multiplier: :math:`\\sigma \\ge 0`, the noise's standard deviation relative to :math:`C`.
         seed: the integer seed (or ``jax.random.key``) of the noise.
         momentum: :math:`\\mu \\in [0, 1)`, or ``None`` for no momentum (and no momentum state).
@@ -72,7 +72,7 @@ def dpsgd(
         validation.decay_rate(owner, "momentum", momentum)
     validation.nesterov_needs_momentum(owner, momentum, nesterov)
     validation.state_dtypes(owner, accumulator_dtype=accumulator_dtype)
-    _clip_norm(owner, "l2_norm_clip", l2_norm_clip)
+    _clip_norm(owner, "l2_norm_clip", l2_norm_clip, finite=True)  # the noise is C * sigma
     validation.non_negative(owner, "noise_multiplier", noise_multiplier)
     _check_seed(owner, "seed", seed)
     momentum_step = identity() if momentum is None else trace(momentum, nesterov, accumulator_dtype=accumulator_dtype)

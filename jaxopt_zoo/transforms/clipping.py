@@ -192,16 +192,19 @@ def adaptive_grad_clip(
     return GradientTransformation(init_empty_state, update)
 
 
-def _clip_norm(owner: str, name: str, value: jax.typing.ArrayLike) -> None:
-    # A clip norm may be +inf (no clipping), unlike the finite hyperparameters validation.non_negative takes.
+def _clip_norm(owner: str, name: str, value: jax.typing.ArrayLike, *, finite: bool = False) -> None:
+    # A clip norm may be +inf (no clipping), unlike the finite hyperparameters validation.non_negative takes,
+    # unless it also scales something else (``finite``: the noise of differential privacy).
     if isinstance(value, jax.core.Tracer):
         return
     try:
-        number = float(np.asarray(value)) if np.ndim(value) == 0 and not isinstance(value, (bool, np.bool_)) else None
+        array = None if isinstance(value, (bool, np.bool_)) else np.asarray(value)
     except (TypeError, ValueError):
-        number = None
-    if number is None or not number >= 0:
-        raise ValueError(f"{owner}: {name} must be a real number >= 0 (inf for no clipping), got {value!r}.")
+        array = None
+    number = float(array) if array is not None and array.ndim == 0 and array.dtype.kind in "iuf" else None
+    if number is None or not number >= 0 or (finite and number == np.inf):
+        kind = "a finite real number >= 0" if finite else "a real number >= 0 (inf for no clipping)"
+        raise ValueError(f"{owner}: {name} must be {kind}, got {value!r}.")
 
 
 def _per_example_leaves(owner: str, grads: Any) -> list[jax.Array]:

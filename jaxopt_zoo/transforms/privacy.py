@@ -64,7 +64,7 @@ def differentially_private_aggregate(
     the noise and the clipping belong to one batch.
 
     Args:
-        l2_norm_clip: :math:`C \\ge 0`, the largest norm of an example's gradient.
+        l2_norm_clip: :math:`C \\ge 0`, finite, the largest norm of an example's gradient.
         noise_multiplier: :math:`\\sigma \\ge 0`, the noise's standard deviation relative to :math:`C`.
         key: an integer seed or a ``jax.random.key``.
         seed: deprecated: an integer seed; give ``key`` instead.
@@ -80,7 +80,7 @@ def differentially_private_aggregate(
         Abadi et al., "Deep Learning with Differential Privacy", CCS 2016 (Algorithm 1).
     """
     owner = "differentially_private_aggregate"
-    _clip_norm(owner, "l2_norm_clip", l2_norm_clip)
+    _clip_norm(owner, "l2_norm_clip", l2_norm_clip, finite=True)  # the noise is C * sigma
     validation.non_negative(owner, "noise_multiplier", noise_multiplier)
     initial_key = resolve_key(owner, key, seed)
     noise_std = l2_norm_clip * noise_multiplier
