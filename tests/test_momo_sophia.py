@@ -150,6 +150,22 @@ def test_matches_optax_bit_for_bit(name):
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(ours[-1]))
 
 
+@pytest.mark.parametrize("factory", [jz.momo, jz.momo_adam])
+def test_learning_rate_none_is_a_rate_of_one(factory):
+    # As every alias here (tests/test_optimizers.py); it was accepted and then failed at the update (None * float).
+    params, loss = {"x": jnp.asarray([2.0, -3.0])}, lambda p: jnp.sum(0.1 * p["x"] ** 2)
+
+    def iterates(tx, p=params, out=()):
+        state = tx.init(p)
+        for _ in range(3):
+            updates, state = tx.update(jax.grad(loss)(p), state, p, value=loss(p))
+            p = jz.apply_updates(p, updates)
+            out += (p,)
+        return out
+
+    assert_trees_equal(iterates(factory(None)), iterates(factory(1.0)))
+
+
 # --- float64 references (the papers' algorithms) -------------------------------------------------
 
 

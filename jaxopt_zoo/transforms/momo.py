@@ -96,11 +96,12 @@ def _as_before(state, barf, gamma, lb):
 
 
 def _hyperparameters(owner, learning_rate, lower_bound, weight_decay, adapt_lower_bound, axis_name):
+    """``(learning_rate, axis_name)``, validated; a ``None`` rate is 1, as for every optimizer here."""
     validation.learning_rate(owner, learning_rate)
     validation.real_scalar(owner, "lower_bound", lower_bound)
     validation.non_negative(owner, "weight_decay", weight_decay)
     validation.flag(owner, "adapt_lower_bound", adapt_lower_bound)
-    return validation.axis_name(owner, axis_name)
+    return 1.0 if learning_rate is None else learning_rate, validation.axis_name(owner, axis_name)
 
 
 class MomoState(NamedTuple):
@@ -164,7 +165,7 @@ def scale_by_momo(
 
     Args:
         learning_rate: :math:`\\alpha \\ge 0`, the largest step, or a schedule of the step count
-            (1 is the authors' recommendation).
+            (1 is the authors' recommendation; ``None`` is 1).
         beta: :math:`\\beta \\in [0, 1)`, the decay of the moving averages.
         lower_bound: :math:`f_\\ast`, a lower bound of the loss (0 for most losses).
         weight_decay: :math:`\\lambda \\ge 0`.
@@ -188,7 +189,8 @@ def scale_by_momo(
         Learning Rates", ICML 2024 (arXiv:2305.07583), Algorithms 1 and 3.
     """
     owner = "scale_by_momo"
-    axis_name = _hyperparameters(owner, learning_rate, lower_bound, weight_decay, adapt_lower_bound, axis_name)
+    learning_rate, axis_name = _hyperparameters(
+        owner, learning_rate, lower_bound, weight_decay, adapt_lower_bound, axis_name)
     validation.decay_rate(owner, "beta", beta)
     mu_dtype = resolve(owner, "mu_dtype", mu_dtype)
 
@@ -283,7 +285,8 @@ def scale_by_momo_adam(
     state and leaves the sums; bad hyperparameters raise when built.
 
     Args:
-        learning_rate: :math:`\\alpha \\ge 0`, or a schedule of the step count (1e-2 is the authors' recommendation).
+        learning_rate: :math:`\\alpha \\ge 0`, or a schedule of the step count (1e-2 is the authors'
+            recommendation; ``None`` is 1).
         b1: :math:`\\beta_1 \\in [0, 1)`, the decay of the gradient, loss and inner-product averages.
         b2: :math:`\\beta_2 \\in [0, 1)`, the decay of the squared-gradient average.
         eps: :math:`\\epsilon \\ge 0`, added to :math:`\\sqrt{\\hat v}`.
@@ -307,7 +310,8 @@ def scale_by_momo_adam(
         Learning Rates", ICML 2024 (arXiv:2305.07583), Algorithm 2 (MoMo-Adam).
     """
     owner = "scale_by_momo_adam"
-    axis_name = _hyperparameters(owner, learning_rate, lower_bound, weight_decay, adapt_lower_bound, axis_name)
+    learning_rate, axis_name = _hyperparameters(
+        owner, learning_rate, lower_bound, weight_decay, adapt_lower_bound, axis_name)
     validation.decay_rate(owner, "b1", b1)
     validation.decay_rate(owner, "b2", b2)
     validation.epsilon(owner, "eps", eps)
