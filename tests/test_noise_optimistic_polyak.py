@@ -434,6 +434,8 @@ def test_noise_inside_shard_map_on_sharded_leaves_raises():
         (quiet(lambda: jz.add_noise(0.1, 0.5, key=0, seed=1)), r"^add_noise: give key or seed, not both"),
         (lambda: jz.noisy_sgd(-1.0, key=0), r"^noisy_sgd: learning_rate must be >= 0"),
         (lambda: jz.noisy_sgd(0.1, eta=-1.0, key=0), r"^noisy_sgd: eta must be >= 0"),
+        (lambda: jz.noisy_sgd(0.1, key=1.5), r"^noisy_sgd: key must be an integer seed or a key"),
+        (quiet(lambda: jz.noisy_sgd(0.1, seed=0.5)), r"^noisy_sgd: seed must be an integer seed or a key"),
         (lambda: jz.scale_by_optimistic_gradient(alpha=float("nan")), r"^scale_by_optimistic_gradient: alpha must be"),
         (lambda: jz.optimistic_gradient_descent(0.1, beta=decaying), r"^optimistic_gradient_descent: beta must be"),
         (lambda: jz.optimistic_gradient_descent(0.1, previous_gradient_dtype=jnp.int8),

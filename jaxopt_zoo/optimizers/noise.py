@@ -8,6 +8,7 @@ from jaxopt_zoo import validation
 from jaxopt_zoo.base import GradientTransformation, ScalarOrSchedule
 from jaxopt_zoo.combine import chain
 from jaxopt_zoo.transforms import add_noise, scale_by_learning_rate
+from jaxopt_zoo.transforms.noise import _check_seed
 
 __all__ = ["noisy_sgd"]
 
@@ -49,4 +50,7 @@ def noisy_sgd(
     validation.learning_rate("noisy_sgd", learning_rate)
     validation.non_negative("noisy_sgd", "eta", eta)
     validation.non_negative("noisy_sgd", "gamma", gamma)
+    for name, value in (("key", key), ("seed", seed)):  # named here, not as add_noise's
+        if value is not None:
+            _check_seed("noisy_sgd", name, value)
     return chain(add_noise(eta, gamma, key, seed=seed), scale_by_learning_rate(learning_rate))

@@ -132,6 +132,8 @@ def nesterov(decay: jax.typing.ArrayLike, accumulator_dtype: StateDtype = None) 
         Nesterov, "A method for solving the convex programming problem with convergence rate O(1/k^2)", 1983.
         Sutskever et al., "On the importance of initialization and momentum in deep learning", ICML 2013.
     """
+    validation.non_negative("nesterov", "decay", decay)  # named here, not as trace's
+    validation.state_dtypes("nesterov", accumulator_dtype=accumulator_dtype)
     return trace(decay, nesterov=True, accumulator_dtype=accumulator_dtype)
 
 
