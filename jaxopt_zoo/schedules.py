@@ -20,6 +20,9 @@ one is refused at construction (Optax accepts it and overflows at the first call
 
 from __future__ import annotations
 
+import inspect
+import math
+import types
 from typing import Iterable, Mapping, Sequence
 
 import jax
@@ -44,6 +47,23 @@ __all__ = [
     "warmup_cosine_decay_schedule",
     "warmup_exponential_decay_schedule",
 ]
+
+
+_OWN_NAMES: Mapping[str, str] = types.MappingProxyType({})
+"""The builders' ``names``: each argument under its own name. A composed schedule passes the names its user
+wrote instead (``warmup_constant_schedule``'s ``peak_value`` is the warm-up's ``end_value``), so that its
+messages name them."""
+
+
+def _derived(owner: str, name: str, numerator, denominator):
+    """``numerator / denominator`` of checked arguments, as Optax computes it; refused, under ``name``
+    (``"end_value / peak_value"``), when it is not a finite number."""
+    try:
+        value = numerator / denominator
+    except ZeroDivisionError:  # a product of positive floats that underflowed to 0
+        value = math.inf
+    validation.real_scalar(owner, name, value)
+    return value
 
 
 def _steps(owner: str, name: str, value: int, minimum: int = 0) -> int:
@@ -94,12 +114,14 @@ def polynomial_schedule(
     return _polynomial("polynomial_schedule", init_value, end_value, power, transition_steps, transition_begin)
 
 
-def _polynomial(owner: str, init_value, end_value, power, transition_steps: int, transition_begin: int) -> Schedule:
+def _polynomial(
+    owner: str, init_value, end_value, power, transition_steps: int, transition_begin: int, names=_OWN_NAMES
+) -> Schedule:
     for name, value in (("init_value", init_value), ("end_value", end_value)):
-        validation.real_scalar(owner, name, value)
-    validation.non_negative(owner, "power", power)  # a negative power is infinite at the end
-    transition_steps = _steps(owner, "transition_steps", transition_steps)
-    transition_begin = _steps(owner, "transition_begin", transition_begin)
+        validation.real_scalar(owner, names.get(name, name), value)
+    validation.non_negative(owner, names.get("power", "power"), power)  # a negative power is infinite at the end
+    transition_steps = _steps(owner, names.get("transition_steps", "transition_steps"), transition_steps)
+    transition_begin = _steps(owner, names.get("transition_begin", "transition_begin"), transition_begin)
     if transition_steps == 0:
         return lambda count: init_value
 
@@ -144,12 +166,9 @@ def warmup_constant_schedule(
         >>> [float(schedule(t)) for t in (0, 2, 4, 100)]
         [0.0, 0.5, 1.0, 1.0]
     """
-    owner = "warmup_constant_schedule"
-    validation.real_scalar(owner, "init_value", init_value)
-    if _steps(owner, "warmup_steps", warmup_steps) == 0:
-        validation.real_scalar(owner, "peak_value", peak_value)
-        return lambda count: peak_value
-    return _polynomial(owner, init_value, peak_value, 1, warmup_steps, 0)
+    names = {"end_value": "peak_value", "transition_steps": "warmup_steps"}
+    schedule = _polynomial("warmup_constant_schedule", init_value, peak_value, 1, warmup_steps, 0, names)
+    return (lambda count: peak_value) if warmup_steps == 0 else schedule
 
 
 def exponential_decay(
@@ -174,18 +193,23 @@ def exponential_decay(
         >>> float(jz.exponential_decay(1.0, transition_steps=10, decay_rate=0.5)(20))
         0.25
     """
-    owner = "exponential_decay"
-    validation.real_scalar(owner, "init_value", init_value)
-    rate = validation.real_scalar(owner, "decay_rate", decay_rate)
-    if rate is not None and rate <= 0:
-        raise ValueError(f"{owner}: decay_rate must be > 0, got {decay_rate!r}.")
+    return _exponential(
+        "exponential_decay", init_value, transition_steps, decay_rate, transition_begin, staircase, end_value
+    )
+
+
+def _exponential(
+    owner: str, init_value, transition_steps, decay_rate, transition_begin, staircase, end_value, names=_OWN_NAMES
+) -> Schedule:
+    validation.real_scalar(owner, names.get("init_value", "init_value"), init_value)
+    rate = validation.positive(owner, "decay_rate", decay_rate)
     validation.flag(owner, "staircase", staircase)
     transition_steps = _steps(owner, "transition_steps", transition_steps)
     transition_begin = _steps(owner, "transition_begin", transition_begin)
-    if transition_steps == 0:
-        return lambda count: init_value
     if end_value is not None:
         validation.real_scalar(owner, "end_value", end_value)
+    if transition_steps == 0:
+        return lambda count: init_value
     if end_value is None:
         bound = None
     elif rate is not None:
@@ -226,11 +250,14 @@ def cosine_decay_schedule(
         >>> round(float(jz.cosine_decay_schedule(1.0, decay_steps=10)(5)), 6)
         0.5
     """
-    owner = "cosine_decay_schedule"
-    validation.real_scalar(owner, "init_value", init_value)
-    validation.real_scalar(owner, "alpha", alpha)
-    validation.non_negative(owner, "exponent", exponent)
-    decay_steps = _steps(owner, "decay_steps", decay_steps, minimum=1)
+    return _cosine("cosine_decay_schedule", init_value, decay_steps, alpha, exponent)
+
+
+def _cosine(owner: str, init_value, decay_steps: int, alpha, exponent, names=_OWN_NAMES) -> Schedule:
+    for name, value in (("init_value", init_value), ("alpha", alpha)):
+        validation.real_scalar(owner, names.get(name, name), value)
+    validation.non_negative(owner, names.get("exponent", "exponent"), exponent)
+    decay_steps = _steps(owner, names.get("decay_steps", "decay_steps"), decay_steps, minimum=1)
 
     def schedule(count):
         # A float count avoids int32 overflow in count / decay_steps for huge step numbers.
@@ -275,13 +302,19 @@ def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> 
 
 
 def _checked_boundaries(owner: str, boundaries_and_scales: Mapping[int, float] | None) -> list[tuple[int, float]]:
-    items = sorted((boundaries_and_scales or {}).items())
-    for boundary, factor in items:
+    if boundaries_and_scales is None:
+        return []
+    if not isinstance(boundaries_and_scales, Mapping):
+        raise ValueError(
+            f"{owner}: boundaries_and_scales must be a mapping of step to scale (a dict) or None, "
+            f"got {boundaries_and_scales!r}."
+        )
+    for boundary, factor in boundaries_and_scales.items():  # checked before sorting: a str key cannot be sorted
         _steps(owner, "boundaries_and_scales boundary", boundary)
         checked = validation.real_scalar(owner, f"the scale at boundary {boundary}", factor)
         if checked is not None and checked < 0:
             raise ValueError(f"{owner}: scales must be >= 0, got {factor!r} at boundary {boundary}.")
-    return items
+    return sorted(boundaries_and_scales.items())
 
 
 def piecewise_constant_schedule(
@@ -364,6 +397,7 @@ def _onecycle_checks(
 def _onecycle(interpolate_type: str, init_value, transition_steps: int, fractions, factors) -> Schedule:
     """The one-cycle ``piecewise_interpolate_schedule``: a boundary at ``int(pct * transition_steps)`` per fraction.
 
+    The arguments are checked, ``init_value`` and the ``factors`` too (by :func:`_derived`).
     With concrete fractions this is Optax's construction (boundaries that coincide
     merge, as dict keys do). A traced fraction's boundary is computed when the
     schedule runs, as ``floor(pct * transition_steps)`` in the fraction's dtype.
@@ -371,7 +405,8 @@ def _onecycle(interpolate_type: str, init_value, transition_steps: int, fraction
     transition_steps = int(transition_steps)
     if not any(isinstance(pct, jax.core.Tracer) for pct in fractions):
         boundaries = [int(pct * transition_steps) for pct in fractions] + [transition_steps]
-        return piecewise_interpolate_schedule(interpolate_type, init_value, dict(zip(boundaries, factors)))
+        items = sorted(dict(zip(boundaries, factors)).items())
+        return _interpolated(interpolate_type, init_value, tuple(b for b, _ in items), tuple(s for _, s in items))
     boundaries = tuple(
         jnp.floor(jnp.asarray(pct, jnp.result_type(float)) * transition_steps).astype(jnp.int32) for pct in fractions
     )
@@ -409,10 +444,14 @@ def linear_onecycle_schedule(
         raise ValueError(f"{owner}: pct_final must be >= pct_start, got {pct_final!r} < {pct_start!r}.")
     return _onecycle(
         "linear",
-        peak_value / div_factor,
+        _derived(owner, "peak_value / div_factor", peak_value, div_factor),
         transition_steps,
         (pct_start, pct_final),
-        (div_factor, 1.0 / div_factor, 1.0 / final_div_factor),
+        (
+            div_factor,
+            _derived(owner, "1 / div_factor", 1.0, div_factor),
+            _derived(owner, "1 / final_div_factor", 1.0, final_div_factor),
+        ),
     )
 
 
@@ -437,7 +476,11 @@ def cosine_onecycle_schedule(
     owner = "cosine_onecycle_schedule"
     _onecycle_checks(owner, transition_steps, peak_value, (("pct_start", pct_start),), div_factor, final_div_factor)
     return _onecycle(
-        "cosine", peak_value / div_factor, transition_steps, (pct_start,), (div_factor, 1.0 / (div_factor * final_div_factor))
+        "cosine",
+        _derived(owner, "peak_value / div_factor", peak_value, div_factor),
+        transition_steps,
+        (pct_start,),
+        (div_factor, _derived(owner, "1 / (div_factor * final_div_factor)", 1.0, div_factor * final_div_factor)),
     )
 
 
@@ -461,23 +504,37 @@ def warmup_cosine_decay_schedule(
         >>> round(float(schedule(5)), 6), round(float(schedule(60)), 6)
         (0.5, 0.5)
     """
-    owner = "warmup_cosine_decay_schedule"
-    _steps(owner, "warmup_steps", warmup_steps)
-    if _steps(owner, "decay_steps", decay_steps) <= warmup_steps:
-        raise ValueError(f"{owner}: decay_steps must be > warmup_steps, got {decay_steps!r} <= {warmup_steps!r}.")
-    peak = validation.real_scalar(owner, "peak_value", peak_value)
-    validation.real_scalar(owner, "end_value", end_value)
+    return _warmup_cosine(
+        "warmup_cosine_decay_schedule", init_value, peak_value, warmup_steps, decay_steps, end_value, exponent
+    )
+
+
+def _warmup_cosine(
+    owner: str, init_value, peak_value, warmup_steps: int, decay_steps: int, end_value, exponent, names=_OWN_NAMES
+) -> Schedule:
+    def name(argument):
+        return names.get(argument, argument)
+
+    warmup = _polynomial(
+        owner, init_value, peak_value, 1, warmup_steps, 0,
+        {"init_value": name("init_value"), "end_value": name("peak_value"), "transition_steps": name("warmup_steps")},
+    )
+    if _steps(owner, name("decay_steps"), decay_steps) <= warmup_steps:
+        raise ValueError(
+            f"{owner}: {name('decay_steps')} must be > {name('warmup_steps')}, got {decay_steps!r} <= {warmup_steps!r}."
+        )
+    peak = validation.real_scalar(owner, name("peak_value"), peak_value)
+    validation.real_scalar(owner, name("end_value"), end_value)
     if peak is not None:
-        alpha = 0.0 if peak == 0.0 else end_value / peak_value
+        quotient = f"{name('end_value')} / {name('peak_value')}"
+        alpha = 0.0 if peak == 0.0 else _derived(owner, quotient, end_value, peak_value)
     else:  # traced: the cosine part is 0 * ... = 0 for a zero peak whatever alpha is, so any finite alpha does
         alpha = end_value / jnp.where(peak_value == 0.0, 1.0, peak_value)
-    return join_schedules(
-        [
-            linear_schedule(init_value, peak_value, warmup_steps),
-            cosine_decay_schedule(peak_value, decay_steps - warmup_steps, alpha, exponent),
-        ],
-        [warmup_steps],
+    decay = _cosine(
+        owner, peak_value, decay_steps - warmup_steps, alpha, exponent,
+        {"init_value": name("peak_value"), "exponent": name("exponent")},
     )
+    return join_schedules([warmup, decay], [warmup_steps])
 
 
 def warmup_exponential_decay_schedule(
@@ -500,14 +557,12 @@ def warmup_exponential_decay_schedule(
         >>> float(schedule(30))
         0.25
     """
-    _steps("warmup_exponential_decay_schedule", "warmup_steps", warmup_steps)
-    return join_schedules(
-        [
-            linear_schedule(init_value, peak_value, warmup_steps),
-            exponential_decay(peak_value, transition_steps, decay_rate, transition_begin, staircase, end_value),
-        ],
-        [warmup_steps],
-    )
+    owner = "warmup_exponential_decay_schedule"
+    names = {"end_value": "peak_value", "transition_steps": "warmup_steps"}
+    warmup = _polynomial(owner, init_value, peak_value, 1, warmup_steps, 0, names)
+    names = {"init_value": "peak_value"}
+    decay = _exponential(owner, peak_value, transition_steps, decay_rate, transition_begin, staircase, end_value, names)
+    return join_schedules([warmup, decay], [warmup_steps])
 
 
 def sgdr_schedule(cosine_kwargs: Iterable[Mapping[str, jax.typing.ArrayLike]]) -> Schedule:
@@ -522,16 +577,35 @@ def sgdr_schedule(cosine_kwargs: Iterable[Mapping[str, jax.typing.ArrayLike]]) -
         >>> float(schedule(11))  # one step into the second warm-up
         0.5
     """
+    owner = "sgdr_schedule"
+    if isinstance(cosine_kwargs, Mapping) or not isinstance(cosine_kwargs, Iterable):
+        raise ValueError(
+            f"{owner}: cosine_kwargs must be a sequence of dicts of warmup_cosine_decay_schedule's arguments, "
+            f"one per cycle, got {cosine_kwargs!r}."
+        )
+    signature = inspect.signature(warmup_cosine_decay_schedule)
     schedules, boundaries, start = [], [], 0
-    for kwargs in cosine_kwargs:
-        schedules.append(warmup_cosine_decay_schedule(**kwargs))
-        start += kwargs["decay_steps"]
+    for i, kwargs in enumerate(cosine_kwargs):
+        bound, why = None, ""
+        try:
+            bound = signature.bind(**kwargs) if isinstance(kwargs, Mapping) else None
+        except TypeError as error:  # a missing or an unknown key
+            why = f" ({error})"
+        if bound is None:
+            raise ValueError(
+                f"{owner}: cosine_kwargs[{i}] must hold warmup_cosine_decay_schedule's arguments "
+                f"{tuple(signature.parameters)} (end_value and exponent optional), got {kwargs!r}{why}."
+            )
+        bound.apply_defaults()
+        names = {argument: f"cosine_kwargs[{i}][{argument!r}]" for argument in signature.parameters}
+        schedules.append(_warmup_cosine(owner, **bound.arguments, names=names))
+        start += bound.arguments["decay_steps"]
         boundaries.append(start)
     if len(boundaries) > 1 and boundaries[-2] > validation.INT32_MAX:
         raise ValueError(
-            f"sgdr_schedule: the cycles' decay_steps add up to {boundaries[-2]} before the last cycle, beyond the "
+            f"{owner}: the cycles' decay_steps add up to {boundaries[-2]} before the last cycle, beyond the "
             f"int32 step count ({validation.INT32_MAX}); use fewer or shorter cycles."
         )
     if not schedules:
-        raise ValueError("sgdr_schedule: cosine_kwargs must hold at least one cycle, got none.")
+        raise ValueError(f"{owner}: cosine_kwargs must hold at least one cycle, got none.")
     return join_schedules(schedules, boundaries[:-1])

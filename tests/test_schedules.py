@@ -301,3 +301,82 @@ def test_warmup_constant_schedule_without_warmup_is_the_peak_not_optaxs_init_val
     # Deliberate difference: Optax's warmup_constant_schedule(0.0, 1.0, 0) stays at 0.0 for ever.
     assert float(optax.warmup_constant_schedule(0.0, 1.0, 0)(100)) == 0.0
     assert float(jz.warmup_constant_schedule(0.0, 1.0, 0)(100)) == 1.0
+
+
+CYCLE = dict(init_value=0.0, peak_value=1.0, warmup_steps=5, decay_steps=20)
+NAN = float("nan")
+
+
+@pytest.mark.parametrize(
+    "factory, message",
+    [
+        # Composed schedules name themselves and the argument the user wrote, not the schedule they are built from.
+        (lambda: jz.warmup_constant_schedule(0.0, NAN, 5), r"^warmup_constant_schedule: peak_value must be a finite real number, got nan"),
+        (lambda: jz.warmup_constant_schedule(0.0, "x", 0), r"^warmup_constant_schedule: peak_value must be a finite real number, got 'x'"),
+        (lambda: jz.warmup_constant_schedule(None, 1.0, 0), r"^warmup_constant_schedule: init_value must be a finite real number, got None"),
+        (lambda: jz.warmup_exponential_decay_schedule(NAN, 1.0, 5, 10, 0.5), r"^warmup_exponential_decay_schedule: init_value must be a finite"),
+        (lambda: jz.warmup_exponential_decay_schedule(0.0, NAN, 5, 10, 0.5), r"^warmup_exponential_decay_schedule: peak_value must be a finite"),
+        (lambda: jz.warmup_exponential_decay_schedule(0.0, 1.0, 5, 10, 0.0), r"^warmup_exponential_decay_schedule: decay_rate must be > 0, got 0\.0"),
+        (lambda: jz.warmup_exponential_decay_schedule(0.0, 1.0, 5, 10, "x"), r"^warmup_exponential_decay_schedule: decay_rate must be a finite"),
+        (lambda: jz.warmup_exponential_decay_schedule(0.0, 1.0, 5, -1, 0.5), r"^warmup_exponential_decay_schedule: transition_steps must be an integer >= 0, got -1"),
+        (lambda: jz.warmup_exponential_decay_schedule(0.0, 1.0, 5, 10, 0.5, 1.5), r"^warmup_exponential_decay_schedule: transition_begin must be an integer >= 0, got 1\.5"),
+        (lambda: jz.warmup_exponential_decay_schedule(0.0, 1.0, 5, 10, 0.5, staircase=1), r"^warmup_exponential_decay_schedule: staircase must be True or False"),
+        (lambda: jz.warmup_exponential_decay_schedule(0.0, 1.0, 5, 10, 0.5, end_value=NAN), r"^warmup_exponential_decay_schedule: end_value must be a finite"),
+        (lambda: jz.warmup_exponential_decay_schedule(0.0, 1.0, 5, 0, 0.5, end_value="x"), r"^warmup_exponential_decay_schedule: end_value must be a finite"),
+        (lambda: jz.warmup_cosine_decay_schedule(NAN, 1.0, 5, 20), r"^warmup_cosine_decay_schedule: init_value must be a finite real number, got nan"),
+        (lambda: jz.warmup_cosine_decay_schedule(0.0, 1.0, 5, 20, exponent=-1.0), r"^warmup_cosine_decay_schedule: exponent must be >= 0, got -1\.0"),
+        (lambda: jz.warmup_cosine_decay_schedule(0.0, 1.0, 5, 20, exponent="x"), r"^warmup_cosine_decay_schedule: exponent must be a finite"),
+        # The cosine part's alpha is end_value / peak_value: the message names both.
+        (
+            lambda: jz.warmup_cosine_decay_schedule(0.0, 1e-300, 5, 20, end_value=1e300),
+            r"^warmup_cosine_decay_schedule: end_value / peak_value must be a finite real number, got inf",
+        ),
+        # The one-cycle schedules' values are quotients of their arguments.
+        (
+            lambda: jz.linear_onecycle_schedule(100, 1e300, div_factor=1e-10),
+            r"^linear_onecycle_schedule: peak_value / div_factor must be a finite real number, got inf",
+        ),
+        (
+            lambda: jz.linear_onecycle_schedule(100, 1.0, div_factor=1e-320),
+            r"^linear_onecycle_schedule: peak_value / div_factor must be a finite real number, got inf",
+        ),
+        (
+            lambda: jz.linear_onecycle_schedule(100, 1.0, final_div_factor=1e-320),
+            r"^linear_onecycle_schedule: 1 / final_div_factor must be a finite real number, got inf",
+        ),
+        (  # div_factor * final_div_factor underflows to 0: was a ZeroDivisionError
+            lambda: jz.cosine_onecycle_schedule(100, 1e-300, div_factor=1e-200, final_div_factor=1e-200),
+            r"^cosine_onecycle_schedule: 1 / \(div_factor \* final_div_factor\) must be a finite real number, got inf",
+        ),
+        # sgdr_schedule: the cycle and the key.
+        (lambda: jz.sgdr_schedule([CYCLE, dict(CYCLE, peak_value=NAN)]), r"^sgdr_schedule: cosine_kwargs\[1\]\['peak_value'\] must be a finite"),
+        (lambda: jz.sgdr_schedule([dict(CYCLE, init_value=NAN)]), r"^sgdr_schedule: cosine_kwargs\[0\]\['init_value'\] must be a finite"),
+        (lambda: jz.sgdr_schedule([dict(CYCLE, exponent=-1.0)]), r"^sgdr_schedule: cosine_kwargs\[0\]\['exponent'\] must be >= 0"),
+        (lambda: jz.sgdr_schedule([dict(CYCLE, end_value="x")]), r"^sgdr_schedule: cosine_kwargs\[0\]\['end_value'\] must be a finite"),
+        (lambda: jz.sgdr_schedule([dict(CYCLE, warmup_steps=-1)]), r"^sgdr_schedule: cosine_kwargs\[0\]\['warmup_steps'\] must be an integer >= 0"),
+        (
+            lambda: jz.sgdr_schedule([CYCLE, dict(CYCLE, decay_steps=5)]),
+            r"^sgdr_schedule: cosine_kwargs\[1\]\['decay_steps'\] must be > cosine_kwargs\[1\]\['warmup_steps'\], got 5 <= 5",
+        ),
+        (
+            lambda: jz.sgdr_schedule([dict(CYCLE, peak_value=1e-300, end_value=1e300)]),
+            r"^sgdr_schedule: cosine_kwargs\[0\]\['end_value'\] / cosine_kwargs\[0\]\['peak_value'\] must be a finite",
+        ),
+        # Was a TypeError naming warmup_cosine_decay_schedule.
+        (lambda: jz.sgdr_schedule([dict(CYCLE, peak=1.0)]), r"^sgdr_schedule: cosine_kwargs\[0\] must hold warmup_cosine_decay_schedule's arguments"),
+        (lambda: jz.sgdr_schedule([dict(init_value=0.0)]), r"^sgdr_schedule: cosine_kwargs\[0\] must hold warmup_cosine_decay_schedule's arguments"),
+        (lambda: jz.sgdr_schedule([CYCLE, 1]), r"^sgdr_schedule: cosine_kwargs\[1\] must hold warmup_cosine_decay_schedule's arguments"),
+        (lambda: jz.sgdr_schedule(CYCLE), r"^sgdr_schedule: cosine_kwargs must be a sequence of dicts"),
+        (lambda: jz.sgdr_schedule(None), r"^sgdr_schedule: cosine_kwargs must be a sequence of dicts"),
+        # Checked before the early return for transition_steps=0 (was accepted).
+        (lambda: jz.exponential_decay(1.0, 0, 0.5, end_value="x"), r"^exponential_decay: end_value must be a finite real number, got 'x'"),
+        (lambda: jz.exponential_decay(1.0, 0, 0.5, end_value=NAN), r"^exponential_decay: end_value must be a finite real number, got nan"),
+        # A falsy non-mapping was read as no boundaries; a truthy one was an AttributeError.
+        (lambda: jz.piecewise_constant_schedule(1.0, 0.0), r"^piecewise_constant_schedule: boundaries_and_scales must be a mapping"),
+        (lambda: jz.piecewise_interpolate_schedule("linear", 1.0, [(10, 0.5)]), r"^piecewise_interpolate_schedule: boundaries_and_scales must be a mapping"),
+        (lambda: jz.piecewise_constant_schedule(1.0, {10: 0.5, "20": 0.5}), r"^piecewise_constant_schedule: boundaries_and_scales boundary must be an integer >= 0, got '20'"),
+    ],
+)
+def test_bad_arguments_are_named_as_the_user_wrote_them(factory, message):
+    with pytest.raises(ValueError, match=message):
+        factory()
