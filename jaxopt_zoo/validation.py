@@ -20,13 +20,24 @@ def real_scalar(owner: str, name: str, value: Any) -> float | None:
 
     Raises ``ValueError`` naming ``owner`` and ``name`` for anything that is not
     a finite real scalar (strings, ``None``, booleans, arrays of several
-    elements, complex numbers, NaN and infinities).
+    elements, complex numbers, NaN and infinities), and for a Python or NumPy
+    integer beyond int32's range: JAX converts it to int32, which a Python int
+    overflows (an ``OverflowError`` naming none of the user's arguments) and a
+    NumPy one wraps silently; the message says to pass it as a float.
     """
     if isinstance(value, jax.core.Tracer):
         return None
     bad = ValueError(f"{owner}: {name} must be a finite real number, got {value!r} ({type(value).__name__}).")
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.generic, np.ndarray, jax.Array)):
         raise bad
+    integer = isinstance(value, (int, np.integer)) or (isinstance(value, np.ndarray) and value.dtype.kind in "iu")
+    if integer and np.ndim(value) == 0 and abs(int(value)) > INT32_MAX:
+        try:
+            as_float = float(value)
+        except OverflowError:  # beyond float64 too
+            raise bad from None
+        raise ValueError(f"{owner}: {name} must be a float when it is beyond int32's range (JAX converts an integer "
+                         f"to int32), got {value!r}; pass {as_float!r} instead.")
     array = np.asarray(value)
     # jnp.issubdtype also knows bfloat16 and the other ml_dtypes floats.
     if array.shape != () or not (jnp.issubdtype(array.dtype, jnp.integer) or jnp.issubdtype(array.dtype, jnp.floating)):
@@ -46,7 +57,7 @@ def non_negative(owner: str, name: str, value: Any) -> float | None:
 
 
 INT32_MAX = 2**31 - 1
-"""The largest step count: counts are int32 scalars."""
+"""The largest int32, JAX's integer type: the bound of step counts (int32 scalars), loop bounds and sizes."""
 
 SMALLEST_NORMAL = float(np.finfo(np.float32).tiny)
 """float32's smallest normal number; below it a value is denormal and flushed to 0 by CPUs and GPUs."""
@@ -93,7 +104,8 @@ def whole_number(owner: str, name: str, value: Any, minimum: int = 0, maximum: i
     """Require an integer ``>= minimum`` (a Python or NumPy integer, or an integral float); return it as an int.
 
     With ``maximum`` (for example :data:`INT32_MAX` for a step count, which is
-    compared with int32 counters) a larger value raises too.
+    compared with int32 counters, or a size) a larger value raises too, with a
+    message stating that bound (a Python int of any size is compared exactly).
     """
     bad = ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}.")
     if isinstance(value, jax.core.Tracer):
@@ -104,15 +116,18 @@ def whole_number(owner: str, name: str, value: Any, minimum: int = 0, maximum: i
         value, (int, float, np.integer, np.floating, np.ndarray, jax.Array)
     ):
         raise bad
-    array = np.asarray(value)
-    if array.shape != () or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise bad
-    number = float(array)
-    if not number.is_integer() or number < minimum:
-        raise bad
-    if maximum is not None and number > maximum:
-        why = " (step counts are int32 scalars, so a larger one would overflow)" if maximum == INT32_MAX else ""
+    if isinstance(value, int):  # exactly, and beyond int64 (NumPy would make it an object array)
+        number: int | float = value
+    else:
+        array = np.asarray(value)
+        if array.shape != () or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+            raise bad
+        number = int(array) if np.issubdtype(array.dtype, np.integer) else float(array)
+    if maximum is not None and number > maximum:  # before the integer check: 3e9 + 0.5 fails the bound too
+        why = " (the largest int32, JAX's integer type)" if maximum == INT32_MAX else ""
         raise ValueError(f"{owner}: {name} must be at most {maximum}{why}, got {value!r}.")
+    if (isinstance(number, float) and not number.is_integer()) or number < minimum:
+        raise bad
     return int(number)
 
 

@@ -1,6 +1,8 @@
 """Bad inputs from issue 15: mismatched states, errors that name what the user wrote,
 step counts beyond int32, eps=0, and MultiSteps against Optax."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -293,6 +295,15 @@ BAD_ARGUMENTS = [
     (jz.scale_by_psgd_kron, dict(damping=-1e-9), "scale_by_psgd_kron", "damping"),
     (jz.scale_by_psgd_kron, dict(momentum_into_precond_update=1), "scale_by_psgd_kron", "momentum_into_precond_update"),
     (jz.scale_by_psgd_kron, dict(mu_dtype=jnp.int8), "scale_by_psgd_kron", "mu_dtype"),
+    # An integer beyond int32 for a float hyperparameter: JAX cannot convert it (a Python int) or wraps it (NumPy's).
+    (jz.clip_by_global_norm, dict(max_norm=10**10), "clip_by_global_norm", "max_norm"),
+    (jz.adam, dict(learning_rate=3_000_000_000), "adam", "learning_rate"),
+    (jz.adam, dict(learning_rate=np.int64(10**10)), "adam", "learning_rate"),
+    (jz.average_iterates, dict(t0=3_000_000_000), "average_iterates", "t0"),
+    (jz.cosine_decay_schedule, dict(init_value=1.0, decay_steps=10, exponent=2**40), "cosine_decay_schedule",
+     "exponent"),
+    (jz.add_noise, dict(eta=0.1, gamma=2**40, key=0), "add_noise", "gamma"),
+    (jz.noisy_sgd, dict(learning_rate=0.1, gamma=2**40, key=0), "noisy_sgd", "gamma"),
 ]
 
 
@@ -303,6 +314,39 @@ def test_errors_name_the_optimizer_and_the_argument_written(factory, kwargs, own
     with pytest.raises(ValueError) as error:
         factory(**kwargs)
     assert str(error.value).startswith(f"{owner}: {name}"), str(error.value)
+
+
+@pytest.mark.parametrize(
+    "build, value",
+    [(lambda v: jz.clip_by_global_norm(v), 10**10), (lambda v: jz.adam(v), np.int64(3_000_000_000)),
+     (lambda v: jz.add_noise(0.1, v, 0), -(2**40))],
+    ids=["python-int", "numpy-int", "negative"],
+)
+def test_an_integer_beyond_int32_for_a_float_hyperparameter_asks_for_a_float(build, value):
+    with pytest.raises(ValueError, match=re.escape(f"got {value!r}; pass {float(value)!r} instead.")):
+        build(value)
+
+
+def test_the_same_numbers_as_floats_or_within_int32_work():
+    grads = {"w": jnp.array([3.0, 4.0])}
+    for max_norm in (1e10, 2**31 - 1):
+        tx = jz.clip_by_global_norm(max_norm)
+        np.testing.assert_array_equal(tx.update(grads, tx.init(grads))[0]["w"], grads["w"])
+    schedule = jz.cosine_decay_schedule(1.0, 10, exponent=2.0**40)
+    np.testing.assert_array_equal([jax.jit(schedule)(s) for s in (0, 5, 10)], [1.0, 0.0, 0.0])
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: jz.shampoo(0.1, max_precond_dim=2**31), r"^shampoo: max_precond_dim must be at most 2147483647 "
+         r"\(the largest int32, JAX's integer type\), got 2147483648\."),
+    ],
+    ids=["shampoo"],
+)
+def test_a_size_beyond_its_bound_says_the_bound_that_failed(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
 
 
 def test_adaptive_grad_clip_in_shard_map_gives_advice_that_can_be_followed():
@@ -340,7 +384,7 @@ def test_adaptive_grad_clip_in_shard_map_gives_advice_that_can_be_followed():
          "piecewise", "onecycle", "sgdr"],
 )
 def test_step_counts_beyond_int32_are_refused_at_construction(build):
-    with pytest.raises(ValueError, match=r"must be at most 2147483647 \(step counts are int32"):
+    with pytest.raises(ValueError, match=r"must be at most 2147483647 \(the largest int32"):
         build(2**31)
 
 
