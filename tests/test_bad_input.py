@@ -304,6 +304,9 @@ BAD_ARGUMENTS = [
      "exponent"),
     (jz.add_noise, dict(eta=0.1, gamma=2**40, key=0), "add_noise", "gamma"),
     (jz.noisy_sgd, dict(learning_rate=0.1, gamma=2**40, key=0), "noisy_sgd", "gamma"),
+    # Integer sizes beyond their bound: an unrolled loop that never finishes tracing, a loop that never ends.
+    (jz.muon, dict(learning_rate=1e-2, ns_steps=10**6), "muon", "ns_steps"),
+    (jz.scale_by_muon, dict(ns_steps=100), "scale_by_muon", "ns_steps"),
 ]
 
 
@@ -339,10 +342,11 @@ def test_the_same_numbers_as_floats_or_within_int32_work():
 @pytest.mark.parametrize(
     "build, message",
     [
+        (lambda: jz.muon(1e-2, ns_steps=10**6), r"^muon: ns_steps must be at most 99, got 1000000\."),
         (lambda: jz.shampoo(0.1, max_precond_dim=2**31), r"^shampoo: max_precond_dim must be at most 2147483647 "
          r"\(the largest int32, JAX's integer type\), got 2147483648\."),
     ],
-    ids=["shampoo"],
+    ids=["muon", "shampoo"],
 )
 def test_a_size_beyond_its_bound_says_the_bound_that_failed(build, message):
     with pytest.raises(ValueError, match=message):

@@ -91,15 +91,15 @@ def muon(
     float32 under ``jit``): those of :func:`~jaxopt_zoo.scale_by_muon` (Muon's leaves must be
     real; ``"aol"``/``"schatten"`` use the ``eps`` given; more rows of ``ns_coeffs`` than
     ``ns_steps`` run the last ``ns_steps`` rows instead of raising; ``"muon"`` is accepted as
-    the standard preset, as Optax's docstring names it); the options are checked when built;
-    ``mu_dtype`` also takes a storage (:mod:`jaxopt_zoo.storage`), for both Muon's momentum
-    and Adam's first moment; ``nu_dtype`` (Adam's second moment), ``ns_method`` and the layer-sharding
-    options (``layer_sharding``, ``axis_name``, ``partition_specs``) are additions.
+    the standard preset, as Optax's docstring names it; ``ns_steps`` is at most 99); the options
+    are checked when built; ``mu_dtype`` also takes a storage (:mod:`jaxopt_zoo.storage`), for
+    both Muon's momentum and Adam's first moment; ``nu_dtype`` (Adam's second moment), ``ns_method``
+    and the layer-sharding options (``layer_sharding``, ``axis_name``, ``partition_specs``) are additions.
 
     Args:
         learning_rate: :math:`\\alpha \\ge 0`, or a schedule of the step count.
         ns_coeffs: :math:`(a, b, c)`, rows of them (one per step), or ``"standard"``/``"dion"``.
-        ns_steps: Newton–Schulz steps.
+        ns_steps: Newton–Schulz steps, an integer in [0, 99].
         beta: Muon's momentum decay, in [0, 1).
         eps: Muon's :math:`\\varepsilon` (added to the norm), also Adam's.
         weight_decay: :math:`\\lambda \\ge 0` for Muon's leaves (multiplied by the learning rate).
