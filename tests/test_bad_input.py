@@ -307,6 +307,14 @@ BAD_ARGUMENTS = [
     # Integer sizes beyond their bound: an unrolled loop that never finishes tracing, a loop that never ends.
     (jz.muon, dict(learning_rate=1e-2, ns_steps=10**6), "muon", "ns_steps"),
     (jz.scale_by_muon, dict(ns_steps=100), "scale_by_muon", "ns_steps"),
+    (jz.scale_by_zoom_linesearch, dict(max_linesearch_steps=1e30), "scale_by_zoom_linesearch", "max_linesearch_steps"),
+    (jz.scale_by_zoom_linesearch, dict(max_linesearch_steps=2**31), "scale_by_zoom_linesearch",
+     "max_linesearch_steps"),
+    (jz.scale_by_backtracking_linesearch, dict(max_backtracking_steps=2**40), "scale_by_backtracking_linesearch",
+     "max_backtracking_steps"),
+    (jz.lbfgs, dict(memory_size=1e30), "lbfgs", "memory_size"),
+    (jz.scale_by_lbfgs, dict(memory_size=2**31), "scale_by_lbfgs", "memory_size"),
+    (jz.scale_by_soap, dict(max_precond_dim=1e30), "scale_by_soap", "max_precond_dim"),
 ]
 
 
@@ -343,10 +351,17 @@ def test_the_same_numbers_as_floats_or_within_int32_work():
     "build, message",
     [
         (lambda: jz.muon(1e-2, ns_steps=10**6), r"^muon: ns_steps must be at most 99, got 1000000\."),
+        (lambda: jz.scale_by_zoom_linesearch(1e30), r"^scale_by_zoom_linesearch: max_linesearch_steps must be at most "
+         r"2147483647 \(the largest int32"),
+        (lambda: jz.scale_by_zoom_linesearch(-1), r"^scale_by_zoom_linesearch: max_linesearch_steps must be an integer "
+         r">= 1, got -1\."),
+        (lambda: jz.scale_by_lbfgs(2**100), r"^scale_by_lbfgs: memory_size must be at most 2147483647"),
+        (lambda: jz.scale_by_soap(max_precond_dim=2**100), r"^scale_by_soap: max_precond_dim must be at most "
+         r"2147483647"),
         (lambda: jz.shampoo(0.1, max_precond_dim=2**31), r"^shampoo: max_precond_dim must be at most 2147483647 "
          r"\(the largest int32, JAX's integer type\), got 2147483648\."),
     ],
-    ids=["muon", "shampoo"],
+    ids=["muon", "zoom", "zoom-negative", "lbfgs-python-int", "scale_by_soap", "shampoo"],
 )
 def test_a_size_beyond_its_bound_says_the_bound_that_failed(build, message):
     with pytest.raises(ValueError, match=message):

@@ -74,7 +74,7 @@ def lbfgs(
     """
     owner = "lbfgs"
     validation.learning_rate(owner, learning_rate)
-    validation.whole_number(owner, "memory_size", memory_size, minimum=1)
+    validation.whole_number(owner, "memory_size", memory_size, 1, validation.INT32_MAX)
     validation.flag(owner, "scale_init_precond", scale_init_precond)
     is_transformation = callable(getattr(linesearch, "init", None)) and callable(getattr(linesearch, "update", None))
     if linesearch is not None and not is_transformation:

@@ -215,7 +215,7 @@ def scale_by_lbfgs(
         Nocedal and Wright, "Numerical Optimization", Springer 1999 (Algorithms 7.4, 7.5).
     """
     owner = "scale_by_lbfgs"
-    memory_size = validation.whole_number(owner, "memory_size", memory_size, minimum=1)
+    memory_size = validation.whole_number(owner, "memory_size", memory_size, 1, validation.INT32_MAX)
     validation.flag(owner, "scale_init_precond", scale_init_precond)
     store = resolve(owner, "memory_dtype", memory_dtype)
     axis_name = validation.axis_name(owner, axis_name)
@@ -318,9 +318,10 @@ class _Backtrack(NamedTuple):
     iter_num: jax.Array
 
 
-def _check_search_options(owner: str, max_steps_name: str, max_steps: Any) -> None:
+def _check_search_options(owner: str, max_steps_name: str, max_steps: Any, minimum: int) -> None:
     if not isinstance(max_steps, jax.core.Tracer):  # a traced count (inject_hyperparams) is taken as it is
-        validation.whole_number(owner, max_steps_name, max_steps)
+        # compared with an int32 count: beyond int32 the loop never ends (the count saturates) or overflows
+        validation.whole_number(owner, max_steps_name, max_steps, minimum, validation.INT32_MAX)
 
 
 def scale_by_backtracking_linesearch(
@@ -366,7 +367,7 @@ def scale_by_backtracking_linesearch(
     ``None`` (their params do not move in the trials).
 
     Args:
-        max_backtracking_steps: the most reductions of :math:`\\eta` per step (an integer >= 0).
+        max_backtracking_steps: the most reductions of :math:`\\eta` per step (an integer in [0, 2**31 - 1]).
         slope_rtol: :math:`c \\in [0, 1)`, the fraction of the linear decrease required.
         decrease_factor: :math:`\\kappa_- \\in (0, 1)`, the reduction factor.
         increase_factor: :math:`\\kappa_+ \\ge 1`, how much larger than the last accepted step the first trial is
@@ -398,7 +399,7 @@ def scale_by_backtracking_linesearch(
         Vaswani et al., "Painless Stochastic Gradient", NeurIPS 2019 (the increasing initial guess).
     """
     owner = "scale_by_backtracking_linesearch"
-    _check_search_options(owner, "max_backtracking_steps", max_backtracking_steps)
+    _check_search_options(owner, "max_backtracking_steps", max_backtracking_steps, 0)
     c = validation.non_negative(owner, "slope_rtol", slope_rtol)
     if c is not None and c >= 1:
         raise ValueError(f"{owner}: slope_rtol must be in [0, 1), got {slope_rtol!r}.")
@@ -596,7 +597,7 @@ def scale_by_zoom_linesearch(
     ``shard_map``; ``None`` update leaves stay ``None``.
 
     Args:
-        max_linesearch_steps: the most trial points per step (an integer >= 1).
+        max_linesearch_steps: the most trial points per step (an integer in [1, 2**31 - 1]).
         max_learning_rate: the largest step tried (> 0), or ``None`` for no bound.
         tol: :math:`\\epsilon \\ge 0`.
         increase_factor: > 1, the growth of the trial steps while bracketing.
@@ -624,9 +625,7 @@ def scale_by_zoom_linesearch(
         Hager and Zhang, "Algorithm 851: CG_DESCENT", ACM TOMS 32, 2006 (the approximate Wolfe condition).
     """
     owner = "scale_by_zoom_linesearch"
-    _check_search_options(owner, "max_linesearch_steps", max_linesearch_steps)
-    if isinstance(max_linesearch_steps, (int, float)) and max_linesearch_steps < 1:
-        raise ValueError(f"{owner}: max_linesearch_steps must be an integer >= 1, got {max_linesearch_steps!r}.")
+    _check_search_options(owner, "max_linesearch_steps", max_linesearch_steps, 1)
     if max_learning_rate is not None:
         validation.positive(owner, "max_learning_rate", max_learning_rate)
     validation.non_negative(owner, "tol", tol)

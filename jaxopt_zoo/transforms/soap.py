@@ -298,7 +298,7 @@ def scale_by_soap(
     validation.epsilon(owner, "eps", eps)
     frequency = validation.whole_number(owner, "precondition_frequency", precondition_frequency, 1,
                                         validation.INT32_MAX)
-    max_dim = validation.whole_number(owner, "max_precond_dim", max_precond_dim, 1)
+    max_dim = validation.whole_number(owner, "max_precond_dim", max_precond_dim, 1, validation.INT32_MAX)
     for name, value in (("merge_dims", merge_dims), ("precondition_1d", precondition_1d),
                         ("correct_bias", correct_bias), ("normalize_grads", normalize_grads), ("blocking", blocking)):
         validation.flag(owner, name, value)
