@@ -315,6 +315,8 @@ BAD_ARGUMENTS = [
     (jz.lbfgs, dict(memory_size=1e30), "lbfgs", "memory_size"),
     (jz.scale_by_lbfgs, dict(memory_size=2**31), "scale_by_lbfgs", "memory_size"),
     (jz.scale_by_soap, dict(max_precond_dim=1e30), "scale_by_soap", "max_precond_dim"),
+    (jz.soap, dict(learning_rate=1e-3, max_precond_dim=1e30), "soap", "max_precond_dim"),
+    (jz.newton_schulz, dict(x=jnp.ones((2, 3)), ns_steps=10**6), "newton_schulz", "ns_steps"),
 ]
 
 

@@ -106,7 +106,7 @@ def soap(
     validation.epsilon(owner, "eps", eps)
     validation.scalar_or_schedule(owner, "weight_decay", weight_decay)
     validation.whole_number(owner, "precondition_frequency", precondition_frequency, 1, validation.INT32_MAX)
-    validation.whole_number(owner, "max_precond_dim", max_precond_dim, 1)
+    validation.whole_number(owner, "max_precond_dim", max_precond_dim, 1, validation.INT32_MAX)
     for name, value in (("merge_dims", merge_dims), ("precondition_1d", precondition_1d),
                         ("normalize_grads", normalize_grads), ("correct_bias", correct_bias), ("blocking", blocking)):
         validation.flag(owner, name, value)

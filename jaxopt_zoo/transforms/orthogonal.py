@@ -166,8 +166,8 @@ def _check_iteration_args(owner: str, x: Any, ns_coefficients: Any, ns_steps: An
         raise ValueError(f"{owner}: x must be a 2-D array, got shape {jnp.shape(x)}.")
     if jnp.iscomplexobj(x):
         raise ValueError(f"{owner}: x must be real, got {jnp.result_type(x)}.")
-    if not isinstance(ns_steps, jax.core.Tracer):
-        validation.whole_number(owner, "ns_steps", ns_steps)
+    if not isinstance(ns_steps, jax.core.Tracer):  # a Python integer unrolls the loop: 10**6 never finished tracing
+        validation.whole_number(owner, "ns_steps", ns_steps, maximum=MAX_NS_STEPS)
     validation.epsilon(owner, "eps", eps)
     shape = jnp.shape(jnp.asarray(ns_coefficients))  # (the coefficients may be traced)
     if len(shape) not in (1, 2) or shape[-1] != 3:
@@ -231,7 +231,7 @@ def newton_schulz(
     Args:
         x: a 2-D array.
         ns_coefficients: :math:`(a, b, c)`.
-        ns_steps: the number of steps, a Python integer (the loop is unrolled) or
+        ns_steps: the number of steps, a Python integer up to 99 (the loop is unrolled) or
             an integer array (a ``fori_loop``, as under ``inject_hyperparams``).
         eps: :math:`\\varepsilon \\ge 0`, the smallest norm divided by.
         dtype: the floating dtype the iteration runs in.
