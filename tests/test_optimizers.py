@@ -269,7 +269,7 @@ def test_mismatched_grads_reported_even_for_stateless_sgd():
 
 NONE_LEARNING_RATE = {
     name: getattr(jz, name) for name in
-    ("sgd", "adam", "adamw", "nadam", "nadamw", "amsgrad", "adagrad", "adadelta", "rmsprop", "lars", "lamb")
+    ("sgd", "adam", "adamw", "nadam", "nadamw", "amsgrad", "adagrad", "adadelta", "rmsprop", "lars", "lamb", "sm3")
 }
 
 

@@ -321,6 +321,9 @@ def test_nnx_and_linen_evaluation_pattern():
         (lambda: jz.schedule_free_sgd(decaying, warmup_steps=3), r"^schedule_free_sgd: with warmup_steps, learning_"),
         (lambda: jz.schedule_free_sgd(weight_decay=-1.0), r"^schedule_free_sgd: weight_decay must be >= 0"),
         (lambda: jz.schedule_free_adamw(b1=0.0), r"^schedule_free_adamw: b1 must be in \(0, 1\]"),
+        # The rate weights the average: no None (it was refused under schedule_free's name).
+        (lambda: jz.schedule_free_adamw(None), r"^schedule_free_adamw: learning_rate must be a finite real number"),
+        (lambda: jz.schedule_free_sgd(None), r"^schedule_free_sgd: learning_rate must be a finite real number"),
         (lambda: jz.schedule_free_adamw(b2=1.0), r"^schedule_free_adamw: b2 must be in \[0, 1\), got 1.0"),
         (lambda: jz.schedule_free_adamw(eps=-1.0), r"^schedule_free_adamw: eps must be >= 0"),
         (lambda: jz.schedule_free_adamw(nu_dtype="x"), r"^schedule_free_adamw: nu_dtype must be"),

@@ -131,7 +131,7 @@ def adafactor(
 
 
 def sm3(
-    learning_rate: jax.typing.ArrayLike,
+    learning_rate: jax.typing.ArrayLike | None,
     momentum: jax.typing.ArrayLike = 0.9,
     *,
     mu_dtype: StateDtype = None,
@@ -154,7 +154,7 @@ def sm3(
     ``nu_dtype`` (the momentum) and ``axis_name`` are additions.
 
     Args:
-        learning_rate: :math:`\\alpha \\ge 0`.
+        learning_rate: :math:`\\alpha \\ge 0`, or ``None`` (a rate of 1).
         momentum: :math:`\\beta \\in [0, 1)`.
         mu_dtype: storage of the accumulators: a storage (see :mod:`jaxopt_zoo.storage`).
         nu_dtype: storage of the momentum, likewise.
@@ -168,6 +168,8 @@ def sm3(
         Anil, Gupta, Koren & Singer, "Memory-Efficient Adaptive Optimization", NeurIPS 2019.
     """
     owner = "sm3"
+    if learning_rate is None:  # a rate of 1, as for every optimizer whose rate scales its final step
+        learning_rate = 1.0
     validation.non_negative(owner, "learning_rate", learning_rate)
     validation.decay_rate(owner, "momentum", momentum)
     validation.state_dtypes(owner, mu_dtype=mu_dtype, nu_dtype=nu_dtype)

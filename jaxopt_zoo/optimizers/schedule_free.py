@@ -19,7 +19,7 @@ __all__ = ["schedule_free_adamw", "schedule_free_sgd"]
 
 def _with_warmup(owner: str, learning_rate: ScalarOrSchedule, warmup_steps: int | None) -> ScalarOrSchedule:
     """The rate, or a linear warmup from 0 to it over ``warmup_steps`` steps (then constant)."""
-    validation.learning_rate(owner, learning_rate)
+    validation.scalar_or_schedule(owner, "learning_rate", learning_rate)  # no None: the rate weights the average
     if warmup_steps is None:
         return learning_rate
     warmup_steps = validation.whole_number(owner, "warmup_steps", warmup_steps, 0, validation.INT32_MAX)
