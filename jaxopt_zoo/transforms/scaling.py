@@ -112,6 +112,9 @@ def scale_by_learning_rate(
     sign = -1 if flip_sign else 1
     if callable(learning_rate):
         return scale_by_schedule(lambda count: sign * learning_rate(count))
+    if jnp.issubdtype(jnp.result_type(learning_rate), jnp.unsignedinteger):  # -1 times it would overflow or wrap
+        learning_rate = (learning_rate.astype(jnp.result_type(float)) if isinstance(learning_rate, jax.core.Tracer)
+                         else float(learning_rate))
     return scale(sign * learning_rate)
 
 
