@@ -299,9 +299,10 @@ def test_learning_rate_none_descends_at_a_rate_of_one(name):
 @pytest.mark.parametrize("rate", [np.uint32(5), np.uint8(5), np.int64(5), 5], ids=["uint32", "uint8", "int64", "int"])
 def test_an_integer_learning_rate_descends_as_its_float(rate):
     # An unsigned NumPy rate times the descent's -1 raised OverflowError (uint32) or wrapped (Optax: the same).
-    params = {"x": jnp.asarray([2.0, -3.0])}
-    updates, _ = jz.sgd(rate).update(params, jz.sgd(rate).init(params), params)
-    assert_trees_equal(updates, jz.sgd(5.0).update(params, jz.sgd(5.0).init(params), params)[0])
+    params = {"x": jnp.asarray([[2.0, -3.0]])}
+    for alias in (jz.sgd, jz.sm3):
+        updates, _ = alias(rate).update(params, alias(rate).init(params), params)
+        assert_trees_equal(updates, alias(5.0).update(params, alias(5.0).init(params), params)[0])
 
 
 def test_lamb_variant_of_widely_used_code_matches_its_reference(x64):
