@@ -148,7 +148,7 @@ def sm3(
         \\theta_{t+1} = \\theta_t - \\alpha m_t
 
     (:func:`~jaxopt_zoo.scale_by_sm3` has the details, and the rule for scalars and vectors).
-    Recipe: ``chain(scale_by_sm3(momentum, mu_dtype=..., nu_dtype=...), scale(-learning_rate))``.
+    Recipe: ``chain(scale_by_sm3(momentum, mu_dtype=..., nu_dtype=...), scale_by_learning_rate(learning_rate))``.
     Numerically identical to ``optax.sm3`` in float32, where Optax works (it raises on scalar params).
     ``learning_rate`` is a number, as in Optax (no schedules). ``mu_dtype`` (the accumulators),
     ``nu_dtype`` (the momentum) and ``axis_name`` are additions.
@@ -175,4 +175,4 @@ def sm3(
     validation.state_dtypes(owner, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     validation.axis_name(owner, axis_name)
     return chain(scale_by_sm3(momentum, mu_dtype=mu_dtype, nu_dtype=nu_dtype, axis_name=axis_name),
-                 scale_by_learning_rate(learning_rate))  # scale(-learning_rate), also for an unsigned integer rate
+                 scale_by_learning_rate(learning_rate))  # -rate, also for an unsigned integer
