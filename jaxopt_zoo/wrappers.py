@@ -35,11 +35,16 @@ def _hyperparam_dtype(params: Params, requested: Any) -> Any:
 
 
 def _takes_numbers(parameter: inspect.Parameter) -> bool:
-    # A hyperparameter that may be a schedule: required (learning_rate), or a number by default.
-    # One whose default is None, a flag or an object (mask, mu_dtype, weight_decay_mask) never is.
+    # A hyperparameter that may be a schedule: a number by default, or required with a numeric annotation
+    # (learning_rate: ScalarOrSchedule) or none. One whose default is None, a flag or an object (mask, mu_dtype,
+    # weight_decay_mask) never is, nor a required function or object (masked's mask, partition's param_labels).
     default = parameter.default
     if default is inspect.Parameter.empty:
-        return True
+        annotation = parameter.annotation
+        if annotation is inspect.Parameter.empty:
+            return True
+        text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+        return "Callable" not in text and any(word in text for word in ("Schedule", "ArrayLike", "float", "int"))
     return isinstance(default, (int, float)) and not isinstance(default, bool)
 
 
@@ -67,6 +72,14 @@ def _split_hyperparameters(
     return schedules, numeric, other
 
 
+def _in_gradient_dtypes(new_updates: Any, updates: Any) -> Any:
+    # Injected float32 hyperparameters must not widen bfloat16 updates. Updates shaped otherwise than the
+    # gradients (lookahead's LookaheadParams) are left as they are: their dtypes follow the params'.
+    if jax.tree.structure(new_updates, is_leaf=tree.is_none) != jax.tree.structure(updates, is_leaf=tree.is_none):
+        return new_updates
+    return tree.cast_like(new_updates, updates)
+
+
 def _state_array(value: Any, dtype: Any) -> jax.Array:
     # A copy: the state must not alias the caller's array (donation would delete it).
     value = jnp.array(value, copy=True)
@@ -85,10 +98,11 @@ def inject_hyperparams(
     edited between steps without recompiling. A hyperparameter given as a
     schedule is evaluated at the step count each step and stored there too.
     Only numeric hyperparameters are injected: a callable is a schedule only
-    for an argument that is required or numeric by default (``learning_rate``,
-    ``weight_decay``, ``b1``, ...). Booleans, ``None``, strings, dtypes,
-    storages, masks (a callable ``mask``, whose default is ``None``) and the
-    names in ``static_args`` stay static. Deviation from Optax, which takes
+    for an argument that is numeric by default or required and annotated as a
+    number or schedule (``learning_rate``, ``weight_decay``, ``b1``, ...).
+    Booleans, ``None``, strings, dtypes, storages, masks and labels (a callable
+    ``mask``, ``param_labels``, required or not) and the names in
+    ``static_args`` stay static. Deviation from Optax, which takes
     any callable for a schedule: ``mu_dtype=jnp.bfloat16`` (a callable class)
     or ``mask=fn`` would become a "schedule" there.
 
@@ -140,7 +154,7 @@ def inject_hyperparams(
             hyperparams = current(state.hyperparams, state.count, dtype)
             inner = as_transformation("inject_hyperparams", inner_factory(**other, **hyperparams))
             new_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
-            new_updates = tree.cast_like(new_updates, updates)  # float32 hyperparameters must not widen bf16 updates
+            new_updates = _in_gradient_dtypes(new_updates, updates)
             return new_updates, InjectHyperparamsState(safe_increment(state.count), hyperparams, inner_state)
 
         return GradientTransformation(init, update)
@@ -595,7 +609,7 @@ def inject_stateful_hyperparams(
             states = {k: s.update(state.hyperparams_states[k], **extra_args) for k, s in schedules.items()}
             inner = as_transformation(owner, inner_factory(**other, **hyperparams))
             new_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
-            new_updates = tree.cast_like(new_updates, updates)
+            new_updates = _in_gradient_dtypes(new_updates, updates)
             return new_updates, InjectStatefulHyperparamsState(safe_increment(state.count), hyperparams, states, inner_state)
 
         return GradientTransformation(init, update)

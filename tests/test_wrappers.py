@@ -132,6 +132,24 @@ def test_only_numeric_hyperparameters_are_injected_or_scheduled():
     assert float(expected["w"][0]) != float(expected["b"][0])  # the mask matters here
 
 
+def test_required_functions_stay_static_and_lookahead_can_be_injected():
+    # masked's mask and partition's param_labels are required: they were taken for schedules and called with the
+    # step count; lookahead's updates (LookaheadParams of plain gradients) failed the cast back to their dtypes.
+    params, grads = {"w": jnp.ones((2, 3)), "b": jnp.ones(3)}, {"w": jnp.full((2, 3), 0.5), "b": jnp.full(3, 0.5)}
+    matrices = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)
+    labels = lambda p: jax.tree.map(lambda x: "sgd" if x.ndim > 1 else "adam", p)
+    cases = [
+        (jz.masked, (jz.sgd(0.1), matrices), (), params),
+        (jz.partition, ({"sgd": jz.sgd(0.1), "adam": jz.adam(0.1)}, labels), (), params),
+        (jz.lookahead, (jz.sgd(0.1), 2, 0.5), ("sync_period",), jz.LookaheadParams.init_synced(params)),
+    ]
+    for factory, args, static, p in cases:
+        injected, plain = jz.inject_hyperparams(factory, static_args=static)(*args), factory(*args)
+        state = injected.init(p)
+        assert not {"mask", "param_labels"} & set(state.hyperparams)
+        assert_trees_equal(jax.jit(injected.update)(grads, state, p)[0], plain.update(grads, plain.init(p), p)[0])
+
+
 def test_an_integer_checked_when_built_names_static_args_under_jit():
     # galore's rank, lbfgs' memory_size, soap's precondition_frequency are checked as whole numbers when built,
     # which a traced value cannot be: the message names the fix instead of "must be an integer, got JitTracer".
