@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 from typing import Any, Callable, Iterable, NamedTuple
 
 import jax
@@ -44,7 +45,8 @@ def _takes_numbers(parameter: inspect.Parameter) -> bool:
         if annotation is inspect.Parameter.empty:
             return True
         text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-        return "Callable" not in text and any(word in text for word in ("Schedule", "ArrayLike", "float", "int"))
+        names = set(re.findall(r"\w+", text))  # whole names: "Sequence[int]" takes numbers, "Point" does not
+        return "Callable" not in names and bool(names & {"ScalarOrSchedule", "Schedule", "ArrayLike", "float", "int"})
     return isinstance(default, (int, float)) and not isinstance(default, bool)
 
 
