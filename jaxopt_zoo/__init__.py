@@ -30,6 +30,7 @@ from jaxopt_zoo.base import (
     apply_updates,
     identity,
     init_empty_state,
+    init_only,
     safe_increment,
     set_to_zero,
     stateless,

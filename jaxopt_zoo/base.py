@@ -13,7 +13,8 @@ transformation, so a transformation is a static value that ``jax.jit``, Flax's
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Protocol, TypeAlias, runtime_checkable
+import inspect
+from typing import Any, Callable, NamedTuple, Protocol, TypeAlias, TypeVar, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -155,6 +156,37 @@ def expects_state(owner: str, tx: GradientTransformation, *expected: type) -> Gr
         return tx.update(updates, state, params, **extra_args)
 
     return GradientTransformation(tx.init, update)
+
+
+Factory = TypeVar("Factory", bound=Callable[..., GradientTransformation])
+
+
+def init_only(*names: str) -> Callable[[Factory], Factory]:
+    """Declare the arguments of a transformation factory that only ``init`` reads.
+
+    A starting value (Adagrad's ``initial_accumulator_value``) or a PRNG seed is
+    used once, to build the state. :func:`~jaxopt_zoo.inject_hyperparams` keeps
+    these arguments static: injected, an edit in ``state.hyperparams`` would
+    silently change nothing. The names are kept in the factory's
+    ``init_only_args``.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> @jz.init_only("start")
+        ... def scale_from(start: float = 1.0):
+        ...     return jz.identity()
+        >>> scale_from.init_only_args
+        frozenset({'start'})
+    """
+
+    def mark(factory: Factory) -> Factory:
+        unknown = sorted(set(names) - set(inspect.signature(factory).parameters))
+        if unknown:
+            raise TypeError(f"init_only: {unknown} are not parameters of {factory.__name__}.")
+        factory.init_only_args = frozenset(names)  # type: ignore[attr-defined]
+        return factory
+
+    return mark
 
 
 def init_empty_state(params: Params) -> EmptyState:

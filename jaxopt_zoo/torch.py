@@ -57,7 +57,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxopt_zoo import validation
-from jaxopt_zoo.base import GradientTransformation, ScalarOrSchedule
+from jaxopt_zoo.base import GradientTransformation, ScalarOrSchedule, init_only
 from jaxopt_zoo.combine import as_real_pairs, chain
 from jaxopt_zoo.sharding import AxisName
 from jaxopt_zoo.storage import StateDtype
@@ -177,6 +177,7 @@ def sgd(
     return _recipe("torch.sgd", lr, maximize, weight_decay, momentum_trace)
 
 
+@init_only("initial_accumulator_value")
 def adagrad(
     lr: ScalarOrSchedule = 1e-2,
     lr_decay: Number = 0,
@@ -525,6 +526,7 @@ def muon(
 # themselves (Rprop's step sizes, ASGD's eta), so no scale_by_learning_rate follows them.
 
 
+@init_only("lr")
 def rprop(
     lr: Number = 1e-2,
     etas: tuple[Number, Number] = (0.5, 1.2),

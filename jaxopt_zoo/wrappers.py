@@ -50,6 +50,21 @@ def _takes_numbers(parameter: inspect.Parameter) -> bool:
     return isinstance(default, (int, float)) and not isinstance(default, bool)
 
 
+def _static_arguments(
+    owner: str, inner_factory: Callable[..., GradientTransformation], static_args: str | Iterable[str]
+) -> tuple[inspect.Signature, set[str]]:
+    """The factory's signature, and the names kept static: ``static_args`` and those only ``init`` reads
+    (declared with :func:`~jaxopt_zoo.init_only`; an edit of them could change nothing)."""
+    static = {static_args} if isinstance(static_args, str) else set(static_args)
+    signature = inspect.signature(inner_factory)
+    if not static <= set(signature.parameters):
+        raise ValueError(
+            f"{owner}: static_args {sorted(static - set(signature.parameters))} are not "
+            f"parameters of {getattr(inner_factory, '__name__', inner_factory)}."
+        )
+    return signature, static | getattr(inner_factory, "init_only_args", set())
+
+
 def _split_hyperparameters(
     signature: inspect.Signature, static: set[str], arguments: dict[str, Any], *, stateful: bool
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -108,6 +123,12 @@ def inject_hyperparams(
     any callable for a schedule: ``mu_dtype=jnp.bfloat16`` (a callable class)
     or ``mask=fn`` would become a "schedule" there.
 
+    Deviation from Optax: arguments that only ``init`` reads (declared with
+    :func:`~jaxopt_zoo.init_only`: Adagrad's ``initial_accumulator_value``,
+    RMSprop's ``initial_scale``, Rprop's initial step ``learning_rate``, PRNG
+    ``key``/``seed``, ...) stay static and are not in ``state.hyperparams``.
+    Optax injects them, and an edit there silently changes nothing.
+
     Deviation from Optax: hyperparameters are float32 (float64 with float64
     params) whatever the params' dtype; Optax uses the params' widest dtype,
     where bfloat16 rounds ``b2=0.999`` to 1. With bfloat16 params the
@@ -125,13 +146,7 @@ def inject_hyperparams(
         >>> # Takes effect at the next step; keep it a float32 array so a jitted step is not retraced.
         >>> state.hyperparams["learning_rate"] = jnp.asarray(1e-4, jnp.float32)
     """
-    static = {static_args} if isinstance(static_args, str) else set(static_args)
-    signature = inspect.signature(inner_factory)
-    if not static <= set(signature.parameters):
-        raise ValueError(
-            f"inject_hyperparams: static_args {sorted(static - set(signature.parameters))} are not "
-            f"parameters of {getattr(inner_factory, '__name__', inner_factory)}."
-        )
+    signature, static = _static_arguments("inject_hyperparams", inner_factory, static_args)
 
     @functools.wraps(inner_factory)
     def build(*args, **kwargs) -> GradientTransformation:
@@ -558,8 +573,8 @@ def inject_stateful_hyperparams(
     inner optimizer runs with it, and then :math:`\\sigma_{t+1} = \\mathrm{update}(\\sigma_t)`.
     A plain schedule becomes a :class:`WrappedSchedule`. Which arguments are
     injected follows :func:`inject_hyperparams` (numbers; schedules only for
-    numeric hyperparameters; flags, masks, storages and ``static_args`` stay
-    static), as does the hyperparameter dtype (float32, float64 with float64
+    numeric hyperparameters; flags, masks, storages, init-only arguments and
+    ``static_args`` stay static), as does the hyperparameter dtype (float32, float64 with float64
     params). The state is :class:`InjectStatefulHyperparamsState`, as Optax's.
 
     Same numbers as ``optax.inject_stateful_hyperparams`` (and Optax 0.2.8's
@@ -577,13 +592,7 @@ def inject_stateful_hyperparams(
         Array(1, dtype=int32)
     """
     owner = "inject_stateful_hyperparams"
-    static = {static_args} if isinstance(static_args, str) else set(static_args)
-    signature = inspect.signature(inner_factory)
-    if not static <= set(signature.parameters):
-        raise ValueError(
-            f"{owner}: static_args {sorted(static - set(signature.parameters))} are not "
-            f"parameters of {getattr(inner_factory, '__name__', inner_factory)}."
-        )
+    signature, static = _static_arguments(owner, inner_factory, static_args)
 
     @functools.wraps(inner_factory)
     def build(*args, **kwargs) -> GradientTransformation:

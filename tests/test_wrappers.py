@@ -150,6 +150,92 @@ def test_required_functions_stay_static_and_lookahead_can_be_injected():
         assert_trees_equal(jax.jit(injected.update)(grads, state, p)[0], plain.update(grads, plain.init(p), p)[0])
 
 
+# Every factory declaring init-only arguments (jz.init_only): the other arguments it needs, and two values of each
+# init-only argument. Per-example gradients (a leading batch axis) for the DP-SGD pair.
+INIT_ONLY = {
+    "adagrad": (jz.adagrad, dict(learning_rate=0.1), dict(initial_accumulator_value=(0.1, 3.0))),
+    "scale_by_rss": (jz.scale_by_rss, {}, dict(initial_accumulator_value=(0.1, 3.0))),
+    "scale_by_yogi": (jz.scale_by_yogi, {}, dict(initial_accumulator_value=(1e-6, 3.0))),
+    "torch.adagrad": (jz.torch.adagrad, dict(lr=0.1), dict(initial_accumulator_value=(0.0, 3.0))),
+    "rmsprop": (jz.rmsprop, dict(learning_rate=0.1), dict(initial_scale=(0.0, 3.0))),
+    "scale_by_rms": (jz.scale_by_rms, {}, dict(initial_scale=(0.0, 3.0))),
+    "scale_by_stddev": (jz.scale_by_stddev, {}, dict(initial_scale=(0.0, 3.0))),
+    "rprop": (jz.rprop, {}, dict(learning_rate=(0.01, 0.5))),
+    "scale_by_rprop": (jz.scale_by_rprop, {}, dict(learning_rate=(0.01, 0.5))),
+    "scale_by_resilient_step": (jz.scale_by_resilient_step, {}, dict(learning_rate=(0.01, 0.5))),
+    "torch.rprop": (jz.torch.rprop, {}, dict(lr=(0.01, 0.5))),
+    "dadapt_adamw": (jz.dadapt_adamw, {}, dict(estim_lr0=(1e-6, 1e-2))),
+    "scale_by_dadapt_adamw": (jz.scale_by_dadapt_adamw, {}, dict(estim_lr0=(1e-6, 1e-2))),
+    "cocob": (jz.cocob, {}, dict(eps=(1e-8, 1.0))),
+    "scale_by_cocob": (jz.scale_by_cocob, {}, dict(eps=(1e-8, 1.0))),
+    "dowg": (jz.dowg, {}, dict(init_estim_sq_dist=(1e-4, 1.0))),
+    "scale_by_dowg": (jz.scale_by_dowg, {}, dict(init_estim_sq_dist=(1e-4, 1.0))),
+    "scale_by_distance_over_gradients": (jz.scale_by_distance_over_gradients, {}, dict(reps_rel=(1e-6, 0.5))),
+    "psgd_kron": (jz.psgd_kron, {}, dict(key=(0, 7), precond_init_scale=(1.0, 3.0))),
+    "scale_by_psgd_kron": (jz.scale_by_psgd_kron, {}, dict(key=(0, 7), precond_init_scale=(1.0, 3.0))),
+    "add_noise": (jz.add_noise, dict(eta=0.5, gamma=0.55), dict(key=(0, 7), seed=(0, 7))),
+    "noisy_sgd": (jz.noisy_sgd, dict(learning_rate=0.1), dict(key=(0, 7), seed=(0, 7))),
+    "differentially_private_aggregate": (jz.differentially_private_aggregate,
+                                         dict(l2_norm_clip=1.0, noise_multiplier=0.5), dict(key=(0, 7), seed=(0, 7))),
+    "dpsgd": (jz.dpsgd, dict(learning_rate=0.1, l2_norm_clip=1.0, noise_multiplier=0.5), dict(seed=(0, 7))),
+}
+
+
+def test_the_init_only_table_lists_every_declaring_factory():
+    declaring = {f"{prefix}{name}" for namespace, prefix in ((jz, ""), (jz.torch, "torch."))
+                 for name in namespace.__all__ if getattr(getattr(namespace, name), "init_only_args", None)}
+    declaring -= {name.removeprefix("torch.") for name in declaring if name.startswith("torch.")
+                  and getattr(jz.torch, name.removeprefix("torch.")) is getattr(jz, name.removeprefix("torch."), None)}
+    assert declaring == set(INIT_ONLY)
+    assert all(set(values) == INIT_ONLY[name][0].init_only_args for name, (_, _, values) in INIT_ONLY.items())
+
+
+@pytest.mark.filterwarnings("ignore:.*seed.*:DeprecationWarning")
+@pytest.mark.parametrize("name", list(INIT_ONLY))
+def test_init_only_arguments_are_read_by_init_alone_and_not_injected(name):
+    """An argument declared init-only changes nothing after init (so the declaration is true), and
+    inject_hyperparams keeps it out of state.hyperparams, where Optax injects it and an edit does nothing."""
+    factory, required, values = INIT_ONLY[name]
+    per_example = name in ("differentially_private_aggregate", "dpsgd")
+    params = {"w": jnp.asarray([1.0, -2.0, 0.5]), "m": jnp.asarray([[0.5, 1.0], [-1.0, 2.0]])}
+    for arg, (first, second) in values.items():
+        built = factory(**required, **{arg: first})
+        state = built.init(params)
+        for t in range(2):  # two steps from the same state: init's value, then the other value
+            grads = jax.tree.map(lambda p: jnp.sin(p + t) + 0.1 * p, params)
+            if per_example:
+                grads = jax.tree.map(lambda g: jnp.stack([g, -0.5 * g]), grads)
+            expected, next_state = built.update(grads, state, params)
+            actual, other_state = factory(**required, **{arg: second}).update(grads, state, params)
+            assert_trees_equal(*(jax.tree.map(_key_data, (u, s)) for u, s in ((actual, other_state),
+                                                                                 (expected, next_state))))
+            state = next_state
+        injected = jz.inject_hyperparams(factory)(**required, **{arg: first})
+        assert arg not in injected.init(params).hyperparams
+
+
+def _key_data(x):
+    return jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+
+
+def test_momo_reads_an_edited_lower_bound():
+    # Without adapt_lower_bound MoMo read the copy of lower_bound that init stored: an injected edit did nothing.
+    params = {"w": jnp.asarray([1.0, -2.0, 0.5])}
+    loss = lambda p: jnp.sum(p["w"] ** 2) + 1.0
+    for factory in (jz.momo, jz.momo_adam):
+        tx = jz.inject_hyperparams(factory)(learning_rate=1.0, lower_bound=0.0)
+        state = tx.init(params)
+        _, state = tx.update(jax.grad(loss)(params), state, params, value=loss(params))
+        state.hyperparams["lower_bound"] = jnp.asarray(0.9, jnp.float32)
+        edited, _ = tx.update(jax.grad(loss)(params), state, params, value=loss(params))
+        plain = factory(learning_rate=1.0, lower_bound=0.9)
+        expected, _ = plain.update(jax.grad(loss)(params), state.inner_state, params, value=loss(params))
+        assert_trees_close(edited, expected, rtol=1e-6, atol=0)
+        unedited = factory(learning_rate=1.0, lower_bound=0.0).update(
+            jax.grad(loss)(params), state.inner_state, params, value=loss(params))[0]
+        assert not np.allclose(np.asarray(edited["w"]), np.asarray(unedited["w"]))
+
+
 def test_an_integer_checked_when_built_names_static_args_under_jit():
     # galore's rank, lbfgs' memory_size, soap's precondition_frequency are checked as whole numbers when built,
     # which a traced value cannot be: the message names the fix instead of "must be an integer, got JitTracer".

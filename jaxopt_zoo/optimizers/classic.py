@@ -7,7 +7,7 @@ from typing import Any, Callable
 import jax
 
 from jaxopt_zoo import validation
-from jaxopt_zoo.base import GradientTransformation, Params, ScalarOrSchedule, identity
+from jaxopt_zoo.base import GradientTransformation, Params, ScalarOrSchedule, identity, init_only
 from jaxopt_zoo.combine import chain, masked
 from jaxopt_zoo.storage import StateDtype
 from jaxopt_zoo.sharding import AxisName
@@ -279,6 +279,7 @@ def amsgrad(
     )
 
 
+@init_only("initial_accumulator_value")
 def adagrad(
     learning_rate: ScalarOrSchedule,
     initial_accumulator_value: jax.typing.ArrayLike = 0.1,
@@ -355,6 +356,7 @@ def adadelta(
     )
 
 
+@init_only("initial_scale")
 def rmsprop(
     learning_rate: ScalarOrSchedule,
     decay: jax.typing.ArrayLike = 0.9,

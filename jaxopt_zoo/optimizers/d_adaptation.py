@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import jax
 
-from jaxopt_zoo.base import GradientTransformation, ScalarOrSchedule
+from jaxopt_zoo.base import GradientTransformation, ScalarOrSchedule, init_only
 from jaxopt_zoo.sharding import AxisName
 from jaxopt_zoo.storage import StateDtype
 from jaxopt_zoo.transforms.d_adaptation import (
@@ -86,6 +86,7 @@ def prodigy(
                             **storages, axis_name=axis_name)
 
 
+@init_only("estim_lr0")
 def dadapt_adamw(
     learning_rate: ScalarOrSchedule = 1.0,
     betas: tuple[jax.typing.ArrayLike, jax.typing.ArrayLike] = (0.9, 0.999),

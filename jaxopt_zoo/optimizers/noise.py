@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 
 from jaxopt_zoo import validation
-from jaxopt_zoo.base import GradientTransformation, ScalarOrSchedule
+from jaxopt_zoo.base import GradientTransformation, ScalarOrSchedule, init_only
 from jaxopt_zoo.combine import chain
 from jaxopt_zoo.transforms import add_noise, scale_by_learning_rate
 from jaxopt_zoo.transforms.noise import _check_seed
@@ -13,6 +13,7 @@ from jaxopt_zoo.transforms.noise import _check_seed
 __all__ = ["noisy_sgd"]
 
 
+@init_only("key", "seed")
 def noisy_sgd(
     learning_rate: ScalarOrSchedule,
     eta: jax.typing.ArrayLike = 0.01,

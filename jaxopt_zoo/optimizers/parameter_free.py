@@ -7,7 +7,7 @@ from typing import Any, Callable
 import jax
 
 from jaxopt_zoo import validation
-from jaxopt_zoo.base import GradientTransformation, Params, ScalarOrSchedule, identity
+from jaxopt_zoo.base import GradientTransformation, Params, ScalarOrSchedule, identity, init_only
 from jaxopt_zoo.combine import chain
 from jaxopt_zoo.sharding import AxisName
 from jaxopt_zoo.storage import StateDtype
@@ -86,6 +86,7 @@ def dog(
     )
 
 
+@init_only("init_estim_sq_dist")
 def dowg(
     learning_rate: ScalarOrSchedule = 1.0,
     init_estim_sq_dist: jax.typing.ArrayLike | None = None,
@@ -149,6 +150,7 @@ def dowg(
     )
 
 
+@init_only("eps")
 def cocob(
     learning_rate: ScalarOrSchedule = 1.0,
     alpha: jax.typing.ArrayLike = 100.0,

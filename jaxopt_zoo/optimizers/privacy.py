@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 
 from jaxopt_zoo import validation
-from jaxopt_zoo.base import GradientTransformation, ScalarOrSchedule, identity
+from jaxopt_zoo.base import GradientTransformation, ScalarOrSchedule, identity, init_only
 from jaxopt_zoo.combine import chain
 from jaxopt_zoo.storage import StateDtype
 from jaxopt_zoo.transforms import scale_by_learning_rate, trace
@@ -16,6 +16,7 @@ from jaxopt_zoo.transforms.privacy import differentially_private_aggregate
 __all__ = ["dpsgd"]
 
 
+@init_only("seed")
 def dpsgd(
     learning_rate: ScalarOrSchedule,
     l2_norm_clip: jax.typing.ArrayLike,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 
 from jaxopt_zoo import validation
-from jaxopt_zoo.base import GradientTransformation
+from jaxopt_zoo.base import GradientTransformation, init_only
 from jaxopt_zoo.combine import chain
 from jaxopt_zoo.storage import StateDtype
 from jaxopt_zoo.transforms.rprop import check_options, scale_by_rprop
@@ -14,6 +14,7 @@ from jaxopt_zoo.transforms.scaling import scale
 __all__ = ["rprop"]
 
 
+@init_only("learning_rate")
 def rprop(
     learning_rate: jax.typing.ArrayLike,
     eta_minus: jax.typing.ArrayLike = 0.5,

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxopt_zoo import tree, validation
-from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, safe_increment, zero_count
+from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, init_only, safe_increment, zero_count
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
 from jaxopt_zoo.transforms.adaptive import ScaleByAdamState
 
@@ -35,6 +35,7 @@ __all__ = [
 ]
 
 
+@init_only("initial_accumulator_value")
 def scale_by_yogi(
     b1: jax.typing.ArrayLike = 0.9,
     b2: jax.typing.ArrayLike = 0.999,

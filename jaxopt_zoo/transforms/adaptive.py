@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxopt_zoo import tree, validation
-from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, safe_increment, zero_count
+from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, init_only, safe_increment, zero_count
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
 
 
@@ -237,6 +237,7 @@ class ScaleByRssState(NamedTuple):
     count: jax.Array | None = None
 
 
+@init_only("initial_accumulator_value")
 def scale_by_rss(
     initial_accumulator_value: jax.typing.ArrayLike = 0.1,
     eps: jax.typing.ArrayLike = 1e-7,
@@ -376,6 +377,7 @@ def _scale_by_rms_or_stddev(
     return expects_state(owner, tx, state_type)
 
 
+@init_only("initial_scale")
 def scale_by_rms(
     decay: jax.typing.ArrayLike = 0.9,
     eps: jax.typing.ArrayLike = 1e-8,
@@ -413,6 +415,7 @@ def scale_by_rms(
     )
 
 
+@init_only("initial_scale")
 def scale_by_stddev(
     decay: jax.typing.ArrayLike = 0.9,
     eps: jax.typing.ArrayLike = 1e-8,

@@ -26,7 +26,15 @@ import jax
 import jax.numpy as jnp
 
 from jaxopt_zoo import tree, validation
-from jaxopt_zoo.base import GradientTransformation, ScalarOrSchedule, Updates, expects_state, safe_increment, zero_count
+from jaxopt_zoo.base import (
+    GradientTransformation,
+    ScalarOrSchedule,
+    Updates,
+    expects_state,
+    init_only,
+    safe_increment,
+    zero_count,
+)
 from jaxopt_zoo.sharding import AxisName, sum_over_shards
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
 
@@ -298,6 +306,7 @@ class DAdaptAdamWState(NamedTuple):
     count: jax.Array
 
 
+@init_only("estim_lr0")
 def scale_by_dadapt_adamw(
     learning_rate: ScalarOrSchedule = 1.0,
     betas: tuple[jax.typing.ArrayLike, jax.typing.ArrayLike] = (0.9, 0.999),

@@ -82,6 +82,12 @@ def _polyak_step(barf, gamma, iprod, norm_sq, lb, alpha, weight_decay, lower_bou
     return tau, shrink
 
 
+def _lower_bound_now(state, lower_bound, adapt):
+    # Without adaptation the bound is the argument's current value (an edit through inject_hyperparams takes
+    # effect; Optax reads the copy init made), in the state's dtype as Optax's.
+    return state.lb if adapt else jnp.asarray(lower_bound, state.lb.dtype)
+
+
 def _next_lower_bound(barf, gamma, iprod, norm_sq, tau, lb, lower_bound, adapt, rho=None):
     if not adapt:
         return lb
@@ -161,7 +167,9 @@ def scale_by_momo(
     param's moments are float32; the scalars are float32 at least (:func:`jaxopt_zoo.tree.scalar_dtype`:
     Optax keeps them in the params' lowest dtype, bfloat16 too) and keep the dtype ``init`` gives them
     (Optax's widen after the first step when the params' dtypes are mixed); a
-    ``None`` update keeps its state and leaves the sums; bad hyperparameters raise when built.
+    ``None`` update keeps its state and leaves the sums; bad hyperparameters raise when built;
+    without ``adapt_lower_bound`` each step reads ``lower_bound`` itself (Optax reads the copy
+    ``init`` stored, so an edit through ``inject_hyperparams`` does nothing there).
 
     Args:
         learning_rate: :math:`\\alpha \\ge 0`, the largest step, or a schedule of the step count
@@ -214,11 +222,11 @@ def scale_by_momo(
         norm_sq = sum_over_shards(owner, ((jnp.sum(tree.abs_sq(d)), d) for d in ds), axis_name)
         iprod = _inner(owner, ds, xs, axis_name)
         alpha = learning_rate(count) if callable(learning_rate) else learning_rate
-        tau, shrink = _polyak_step(barf, gamma, iprod, norm_sq, state.lb, alpha, weight_decay, lower_bound,
-                                   adapt_lower_bound)
+        lb = _lower_bound_now(state, lower_bound, adapt_lower_bound)
+        tau, shrink = _polyak_step(barf, gamma, iprod, norm_sq, lb, alpha, weight_decay, lower_bound, adapt_lower_bound)
         decay, momentum_step = alpha * weight_decay / shrink, tau / shrink
         step = tree.map_updates(lambda g, d, x: -decay * x - momentum_step * d, updates, exp_avg, params)
-        lb = _next_lower_bound(barf, gamma, iprod, norm_sq, tau, state.lb, lower_bound, adapt_lower_bound)
+        lb = _next_lower_bound(barf, gamma, iprod, norm_sq, tau, lb, lower_bound, adapt_lower_bound)
         return step, MomoState(exp_avg, *_as_before(state, barf, gamma, lb), safe_increment(count))
 
     tx = with_storage(GradientTransformation(init, update), signed={"exp_avg": mu_dtype})
@@ -282,7 +290,8 @@ def scale_by_momo_adam(
     ``exp_avg_sq``) and ``axis_name`` are additions; a missing ``value`` raises a
     ``ValueError``; a float16 param's moments and the scalars are float32; the scalars keep
     their ``init`` dtype with mixed-dtype params (Optax's widen); a ``None`` update keeps its
-    state and leaves the sums; bad hyperparameters raise when built.
+    state and leaves the sums; bad hyperparameters raise when built; ``lower_bound`` is read
+    each step as in :func:`scale_by_momo`.
 
     Args:
         learning_rate: :math:`\\alpha \\ge 0`, or a schedule of the step count (1e-2 is the authors'
@@ -343,11 +352,12 @@ def scale_by_momo_adam(
         iprod = _inner(owner, ds, xs, axis_name)
         alpha = learning_rate(state.count) if callable(learning_rate) else learning_rate
         bc1 = jnp.asarray(1 - b1**count, dtype=barf.dtype)
-        tau, shrink = _polyak_step(barf, gamma, iprod, norm_sq, state.lb, alpha, weight_decay, lower_bound,
+        lb = _lower_bound_now(state, lower_bound, adapt_lower_bound)
+        tau, shrink = _polyak_step(barf, gamma, iprod, norm_sq, lb, alpha, weight_decay, lower_bound,
                                    adapt_lower_bound, rho=bc1)
         decay, adam_step = alpha * weight_decay / shrink, tau / shrink
         step = tree.map_updates(lambda g, d, dk, x: -decay * x - adam_step * d / dk, updates, exp_avg, precond, params)
-        lb = _next_lower_bound(barf, gamma, iprod, norm_sq, tau, state.lb, lower_bound, adapt_lower_bound, rho=bc1)
+        lb = _next_lower_bound(barf, gamma, iprod, norm_sq, tau, lb, lower_bound, adapt_lower_bound, rho=bc1)
         return step, MomoAdamState(exp_avg, exp_avg_sq, *_as_before(state, barf, gamma, lb), count)
 
     tx = with_storage(GradientTransformation(init, update), signed={"exp_avg": mu_dtype},

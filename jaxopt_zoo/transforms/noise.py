@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxopt_zoo import tree, validation
-from jaxopt_zoo.base import GradientTransformation, expects_state, safe_increment, zero_count
+from jaxopt_zoo.base import GradientTransformation, expects_state, init_only, safe_increment, zero_count
 from jaxopt_zoo.sharding import require_whole_arrays
 
 __all__ = ["AddNoiseState", "add_noise"]
@@ -81,6 +81,7 @@ class AddNoiseState(NamedTuple):
     rng_key: jax.Array
 
 
+@init_only("key", "seed")
 def add_noise(
     eta: jax.typing.ArrayLike,
     gamma: jax.typing.ArrayLike,

@@ -30,7 +30,15 @@ import jax
 import jax.numpy as jnp
 
 from jaxopt_zoo import tree, validation
-from jaxopt_zoo.base import GradientTransformation, OptState, Updates, expects_state, safe_increment, zero_count
+from jaxopt_zoo.base import (
+    GradientTransformation,
+    OptState,
+    Updates,
+    expects_state,
+    init_only,
+    safe_increment,
+    zero_count,
+)
 from jaxopt_zoo.combine import as_transformation
 from jaxopt_zoo.sharding import AxisName, sum_over_shards
 from jaxopt_zoo.storage import Dtype, StateDtype, resolve, with_storage
@@ -94,6 +102,7 @@ class ScaleByDistanceOverGradientsState(NamedTuple):
     count: jax.Array | None = None
 
 
+@init_only("reps_rel")
 def scale_by_distance_over_gradients(
     reps_rel: jax.typing.ArrayLike = 1e-6,
     eps: jax.typing.ArrayLike = 1e-8,
@@ -319,6 +328,7 @@ class DoWGState(NamedTuple):
     count: jax.Array | None = None
 
 
+@init_only("init_estim_sq_dist")
 def scale_by_dowg(
     init_estim_sq_dist: jax.typing.ArrayLike | None = None,
     eps: jax.typing.ArrayLike = 1e-4,
@@ -420,6 +430,7 @@ class COCOBState(NamedTuple):
     count: jax.Array | None = None
 
 
+@init_only("eps")
 def scale_by_cocob(
     alpha: jax.typing.ArrayLike = 100.0,
     eps: jax.typing.ArrayLike = 1e-8,

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import jax
 
 from jaxopt_zoo import validation
-from jaxopt_zoo.base import GradientTransformation, expects_state
+from jaxopt_zoo.base import GradientTransformation, expects_state, init_only
 from jaxopt_zoo.sharding import require_whole_arrays
 from jaxopt_zoo.transforms.clipping import _clip_norm, per_example_global_norm_clip
 from jaxopt_zoo.transforms.noise import resolve_key
@@ -30,6 +30,7 @@ class DifferentiallyPrivateAggregateState(NamedTuple):
     rng_key: jax.Array
 
 
+@init_only("key", "seed")
 def differentially_private_aggregate(
     l2_norm_clip: jax.typing.ArrayLike,
     noise_multiplier: jax.typing.ArrayLike,

@@ -20,7 +20,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxopt_zoo import tree, validation
-from jaxopt_zoo.base import GradientTransformation, ScalarOrSchedule, Updates, expects_state, safe_increment, zero_count
+from jaxopt_zoo.base import (
+    GradientTransformation,
+    ScalarOrSchedule,
+    Updates,
+    expects_state,
+    init_only,
+    safe_increment,
+    zero_count,
+)
 from jaxopt_zoo.sharding import (
     AxisName,
     check_partition_specs,
@@ -247,6 +255,7 @@ class ScaleByPsgdKronState(NamedTuple):
     ps: tuple[Factors, ...] | None = None
 
 
+@init_only("key", "precond_init_scale")
 def scale_by_psgd_kron(
     b1: jax.typing.ArrayLike = 0.9,
     preconditioner_update_probability: ScalarOrSchedule = precond_update_prob_schedule(),

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxopt_zoo import tree, validation
-from jaxopt_zoo.base import GradientTransformation, Updates, expects_state
+from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, init_only
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
 
 __all__ = ["ScaleByResilientStepState", "ScaleByRpropState", "scale_by_resilient_step", "scale_by_rprop"]
@@ -50,6 +50,7 @@ class ScaleByResilientStepState(NamedTuple):
     count: jax.Array | None = None
 
 
+@init_only("learning_rate")
 def scale_by_resilient_step(
     learning_rate: jax.typing.ArrayLike = 1e-2,
     eta_minus: jax.typing.ArrayLike = 0.5,
@@ -175,6 +176,7 @@ class ScaleByRpropState(NamedTuple):
     count: jax.Array | None = None
 
 
+@init_only("learning_rate")
 def scale_by_rprop(
     learning_rate: jax.typing.ArrayLike,
     eta_minus: jax.typing.ArrayLike = 0.5,
