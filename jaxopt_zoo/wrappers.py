@@ -35,19 +35,38 @@ def _hyperparam_dtype(params: Params, requested: Any) -> Any:
     return jnp.float64 if wide else jnp.float32
 
 
+def _annotation_names(parameter: inspect.Parameter) -> set[str]:
+    # Whole names of the annotation: "Sequence[int]" holds int, "Point" does not.
+    annotation = parameter.annotation
+    if annotation is inspect.Parameter.empty:
+        return set()
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    return set(re.findall(r"\w+", text))
+
+
 def _takes_numbers(parameter: inspect.Parameter) -> bool:
     # A hyperparameter that may be a schedule: a number by default, or required with a numeric annotation
     # (learning_rate: ScalarOrSchedule) or none. One whose default is None, a flag or an object (mask, mu_dtype,
     # weight_decay_mask) never is, nor a required function or object (masked's mask, partition's param_labels).
     default = parameter.default
     if default is inspect.Parameter.empty:
-        annotation = parameter.annotation
-        if annotation is inspect.Parameter.empty:
+        if parameter.annotation is inspect.Parameter.empty:
             return True
-        text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-        names = set(re.findall(r"\w+", text))  # whole names: "Sequence[int]" takes numbers, "Point" does not
+        names = _annotation_names(parameter)
         return "Callable" not in names and bool(names & {"ScalarOrSchedule", "Schedule", "ArrayLike", "float", "int"})
     return isinstance(default, (int, float)) and not isinstance(default, bool)
+
+
+def _takes_reals(parameter: inspect.Parameter) -> bool:
+    # A real-valued hyperparameter (annotated float or a schedule without int, or a float by default), which a
+    # Python or NumPy integer such as jz.torch's momentum=0 must not make an int32 array: an edit to 0.9 would
+    # need a float array and a second compilation. Counts (ns_steps: int, patience: ArrayLike = 10) stay ints.
+    names = _annotation_names(parameter)
+    if "int" in names:
+        return False
+    default = parameter.default
+    return bool(names & {"float", "Number", "ScalarOrSchedule", "Schedule"}) or (
+        isinstance(default, float) and not isinstance(default, bool))
 
 
 def _static_arguments(
@@ -80,6 +99,8 @@ def _split_hyperparameters(
             other[name] = value
         elif stateful and _is_stateful_schedule(value):
             schedules[name] = value
+        elif isinstance(value, (int, np.integer)) and _takes_reals(signature.parameters[name]):
+            numeric[name] = float(value)
         elif isinstance(value, (int, float, np.ndarray, np.generic, jax.Array)):
             numeric[name] = value
         elif callable(value) and _takes_numbers(signature.parameters[name]):
@@ -130,7 +151,10 @@ def inject_hyperparams(
     Optax injects them, and an edit there silently changes nothing.
 
     Deviation from Optax: hyperparameters are float32 (float64 with float64
-    params) whatever the params' dtype; Optax uses the params' widest dtype,
+    params) whatever the params' dtype, a Python integer given for a real one
+    too (``jz.torch.sgd``'s ``momentum=0``: Optax keeps an int32 array, which an
+    edit to 0.9 must replace, compiling the step again; counts such as
+    ``ns_steps`` stay integers); Optax uses the params' widest dtype,
     where bfloat16 rounds ``b2=0.999`` to 1. With bfloat16 params the
     optimizer's arithmetic therefore runs in float32 (its state keeps its own
     dtypes, and the updates are cast back to the gradients' dtype), so it is

@@ -236,6 +236,22 @@ def test_momo_reads_an_edited_lower_bound():
         assert not np.allclose(np.asarray(edited["w"]), np.asarray(unedited["w"]))
 
 
+def test_an_integer_for_a_real_hyperparameter_is_injected_as_a_float():
+    # jz.torch's momentum=0 was an int32 array: editing it to 0.9 needed a float array and compiled the step again.
+    params = {"w": jnp.asarray([1.0, -2.0, 0.5])}
+    tx = jz.inject_hyperparams(jz.torch.sgd)(lr=0.1, momentum=0, weight_decay=np.int64(0))
+    state = tx.init(params)
+    assert state.hyperparams["momentum"].dtype == state.hyperparams["weight_decay"].dtype == jnp.float32
+    step = jax.jit(tx.update)
+    _, state = step(params, state, params)
+    state.hyperparams["momentum"] = jnp.asarray(0.9, jnp.float32)
+    updates, _ = step(params, state, params)  # torch's buffer: g, then 0.9 g + g
+    np.testing.assert_allclose(updates["w"], -0.1 * 1.9 * np.asarray(params["w"]), rtol=1e-6)
+    assert step._cache_size() == 1
+    muon = jz.inject_hyperparams(jz.muon)(learning_rate=0.1, ns_steps=3).init({"w": jnp.ones((2, 3))})
+    assert muon.hyperparams["ns_steps"].dtype == jnp.int32  # a count stays an integer
+
+
 def test_an_integer_checked_when_built_names_static_args_under_jit():
     # galore's rank, lbfgs' memory_size, soap's precondition_frequency are checked as whole numbers when built,
     # which a traced value cannot be: the message names the fix instead of "must be an integer, got JitTracer".
