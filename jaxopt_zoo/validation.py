@@ -23,7 +23,9 @@ def real_scalar(owner: str, name: str, value: Any) -> float | None:
     elements, complex numbers, NaN and infinities), and for a Python or NumPy
     integer beyond int32's range: JAX converts it to int32, which a Python int
     overflows (an ``OverflowError`` naming none of the user's arguments) and a
-    NumPy one wraps silently; the message says to pass it as a float.
+    NumPy one wraps silently; the message says to pass it as a float. Without
+    ``jax_enable_x64`` a float beyond float32's range raises too (it would be
+    inf inside JAX).
     """
     if isinstance(value, jax.core.Tracer):
         return None
@@ -45,6 +47,9 @@ def real_scalar(owner: str, name: str, value: Any) -> float | None:
     result = float(array)
     if not math.isfinite(result):
         raise bad
+    if abs(result) > FLOAT32_MAX and not jax.config.jax_enable_x64:
+        raise ValueError(f"{owner}: {name} is beyond float32's range (largest {FLOAT32_MAX:.8g}), got {value!r}: JAX "
+                         "computes in float32 unless jax_enable_x64 is set, where it would be inf.")
     return result
 
 
@@ -58,6 +63,9 @@ def non_negative(owner: str, name: str, value: Any) -> float | None:
 
 INT32_MAX = 2**31 - 1
 """The largest int32, JAX's integer type: the bound of step counts (int32 scalars), loop bounds and sizes."""
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+"""float32's largest finite number: a hyperparameter beyond it is inf in JAX's default precision."""
 
 SMALLEST_NORMAL = float(np.finfo(np.float32).tiny)
 """float32's smallest normal number; below it a value is denormal and flushed to 0 by CPUs and GPUs."""

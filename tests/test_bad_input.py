@@ -350,6 +350,21 @@ def test_the_same_numbers_as_floats_or_within_int32_work():
 
 
 @pytest.mark.parametrize(
+    "build, name, value",
+    [(jz.adam, "learning_rate", 1e39), (jz.constant_schedule, "value", -3.5e38),
+     (lambda v: jz.clip_by_global_norm(v), "max_norm", np.float64(1e300))],
+    ids=["adam", "constant_schedule", "numpy-float64"],
+)
+def test_a_float_beyond_float32_is_refused_without_x64(build, name, value):
+    # It became inf inside JAX with no error (adam stepped by inf, the schedule returned -inf).
+    with pytest.raises(ValueError, match=rf": {name} is beyond float32's range \(largest 3.4028235e\+38\), got "):
+        build(value)
+    build(3.4e38)  # the largest float32s are accepted
+    with jax.enable_x64(True):
+        build(value)  # float64 holds it
+
+
+@pytest.mark.parametrize(
     "build, message",
     [
         (lambda: jz.muon(1e-2, ns_steps=10**6), r"^muon: ns_steps must be at most 99, got 1000000\."),

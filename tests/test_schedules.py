@@ -328,12 +328,12 @@ NAN = float("nan")
         (lambda: jz.warmup_cosine_decay_schedule(0.0, 1.0, 5, 20, exponent="x"), r"^warmup_cosine_decay_schedule: exponent must be a finite"),
         # The cosine part's alpha is end_value / peak_value: the message names both.
         (
-            lambda: jz.warmup_cosine_decay_schedule(0.0, 1e-300, 5, 20, end_value=1e300),
+            lambda: jz.warmup_cosine_decay_schedule(0.0, 1e-300, 5, 20, end_value=3e38),
             r"^warmup_cosine_decay_schedule: end_value / peak_value must be a finite real number, got inf",
         ),
         # The one-cycle schedules' values are quotients of their arguments.
         (
-            lambda: jz.linear_onecycle_schedule(100, 1e300, div_factor=1e-10),
+            lambda: jz.linear_onecycle_schedule(100, 3e38, div_factor=1e-300),
             r"^linear_onecycle_schedule: peak_value / div_factor must be a finite real number, got inf",
         ),
         (
@@ -359,7 +359,7 @@ NAN = float("nan")
             r"^sgdr_schedule: cosine_kwargs\[1\]\['decay_steps'\] must be > cosine_kwargs\[1\]\['warmup_steps'\], got 5 <= 5",
         ),
         (
-            lambda: jz.sgdr_schedule([dict(CYCLE, peak_value=1e-300, end_value=1e300)]),
+            lambda: jz.sgdr_schedule([dict(CYCLE, peak_value=1e-300, end_value=3e38)]),
             r"^sgdr_schedule: cosine_kwargs\[0\]\['end_value'\] / cosine_kwargs\[0\]\['peak_value'\] must be a finite",
         ),
         # Was a TypeError naming warmup_cosine_decay_schedule.
