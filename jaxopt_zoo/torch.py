@@ -76,6 +76,7 @@ from jaxopt_zoo.transforms import (
     trace,
 )
 from jaxopt_zoo.transforms.adam_variants import scale_by_adamax, scale_by_radam, scale_by_scheduled_nadam
+from jaxopt_zoo.transforms.adaptive import check_rms_options
 from jaxopt_zoo.transforms.averaging import average_iterates, scale_by_asgd
 from jaxopt_zoo.transforms.factored import relative_step_size, scale_by_factored_second_moment, scale_by_param_block_rms
 from jaxopt_zoo.transforms.lbfgs import torch_lbfgs
@@ -291,9 +292,10 @@ def rmsprop(
         \\theta \\leftarrow \\theta - \\gamma b_t \\quad (b_t = g / (\\sqrt{\\tilde v_t} + \\varepsilon) \\text{ when } \\mu = 0).
 
     Unlike :func:`jaxopt_zoo.rmsprop` (Optax's form) the learning rate comes
-    after the momentum, as in PyTorch. ``alpha`` must lie in [0, 1] (PyTorch
-    accepts any ``alpha >= 0``). Recipe: ``chain(..., scale_by_rms(alpha, eps, 0.0, eps_in_sqrt=False,
-    nu_dtype=nu_dtype)`` (or ``scale_by_stddev(..., mu_dtype=mu_dtype, nu_dtype=nu_dtype)`` when
+    after the momentum, as in PyTorch. ``alpha`` must lie in [0, 1) (PyTorch
+    accepts any ``alpha >= 0``; with 1 its average stays 0 and each step is
+    g / eps). Recipe: ``chain(..., scale_by_rms(alpha, eps, 0.0, eps_in_sqrt=False, nu_dtype=nu_dtype)``
+    (or ``scale_by_stddev(..., mu_dtype=mu_dtype, nu_dtype=nu_dtype)`` when
     ``centered``), ``trace(momentum, accumulator_dtype=accumulator_dtype), scale_by_learning_rate(lr))``.
     The three storage options are additions to PyTorch.
 
@@ -308,8 +310,7 @@ def rmsprop(
     """
     del capturable, foreach, differentiable
     owner = "torch.rmsprop"
-    validation.fraction(owner, "alpha", alpha)
-    validation.epsilon(owner, "eps", eps)
+    check_rms_options(owner, alpha, eps, 0.0, False, False, decay_name="alpha")
     validation.flag(owner, "centered", centered)
     validation.non_negative(owner, "momentum", momentum)
     validation.state_dtypes(owner, nu_dtype=nu_dtype, mu_dtype=mu_dtype, accumulator_dtype=accumulator_dtype)

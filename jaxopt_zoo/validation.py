@@ -164,6 +164,16 @@ def decay_rate(owner: str, name: str, value: Any) -> None:
         raise ValueError(f"{owner}: {name} must be in [0, 1), got {value!r}.")
 
 
+def belief_b1(owner: str, b1: Any) -> None:
+    """AdaBelief's and ACProp's ``b1`` in (0, 1): with ``b1 = 0`` the running mean is the gradient itself, the
+    prediction error ``g - m`` is 0 and every step is ``g / (sqrt(eps_root) + eps)`` (1e8 g at Optax's defaults,
+    which accept it)."""
+    decay_rate(owner, "b1", b1)
+    if real_scalar(owner, "b1", b1) == 0.0:
+        raise ValueError(f"{owner}: b1 must be in (0, 1), got {b1!r}: with b1=0 the mean is the gradient itself, "
+                         "the prediction error g - m is 0 and each step is g / (sqrt(eps_root) + eps).")
+
+
 def fraction(owner: str, name: str, value: Any) -> float | None:
     """Require a finite real ``value`` in ``[0, 1]``; return it as a float (``None`` when traced)."""
     x = real_scalar(owner, name, value)

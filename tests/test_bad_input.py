@@ -317,6 +317,17 @@ BAD_ARGUMENTS = [
     (jz.scale_by_soap, dict(max_precond_dim=1e30), "scale_by_soap", "max_precond_dim"),
     (jz.soap, dict(learning_rate=1e-3, max_precond_dim=1e30), "soap", "max_precond_dim"),
     (jz.newton_schulz, dict(x=jnp.ones((2, 3)), ns_steps=10**6), "newton_schulz", "ns_steps"),
+    # Degenerate settings whose every step is g / eps (about 1e8 g): AdaBelief's and ACProp's b1=0 (the prediction
+    # error g - m is 0), RMSprop's decay=1 from a zero average (it stays 0).
+    (jz.adabelief, dict(learning_rate=0.1, b1=0.0), "adabelief", "b1"),
+    (jz.scale_by_belief, dict(b1=0), "scale_by_belief", "b1"),
+    (jz.acprop, dict(learning_rate=0.1, b1=0.0), "acprop", "b1"),
+    (jz.scale_by_acprop, dict(b1=0.0), "scale_by_acprop", "b1"),
+    (jz.rmsprop, dict(learning_rate=0.1, decay=1.0), "rmsprop", "decay"),
+    (jz.rmsprop, dict(learning_rate=0.1, decay=1, centered=True), "rmsprop", "decay"),
+    (jz.scale_by_rms, dict(decay=1.0), "scale_by_rms", "decay"),
+    (jz.scale_by_stddev, dict(decay=1.0), "scale_by_stddev", "decay"),
+    (jz.torch.rmsprop, dict(alpha=1.0), "torch.rmsprop", "alpha"),
 ]
 
 
@@ -347,6 +358,16 @@ def test_the_same_numbers_as_floats_or_within_int32_work():
         np.testing.assert_array_equal(tx.update(grads, tx.init(grads))[0]["w"], grads["w"])
     schedule = jz.cosine_decay_schedule(1.0, 10, exponent=2.0**40)
     np.testing.assert_array_equal([jax.jit(schedule)(s) for s in (0, 5, 10)], [1.0, 0.0, 0.0])
+
+
+def test_the_neighbours_of_the_degenerate_settings_work():
+    grads = {"w": jnp.array([0.5, -2.0])}
+    for tx in (jz.adabelief(0.1, b1=0.5), jz.acprop(0.1, b1=0.5), jz.rmsprop(0.1, decay=1.0, initial_scale=4.0)):
+        updates, _ = tx.update(grads, tx.init(grads), grads)
+        assert np.all(np.abs(np.asarray(updates["w"])) < 1.0)  # not g / eps
+    tx = jz.rmsprop(0.1, decay=1.0, initial_scale=4.0)
+    updates, _ = tx.update(grads, tx.init(grads))
+    np.testing.assert_allclose(updates["w"], -0.1 * np.array([0.5, -2.0]) / np.sqrt(4.0 + 1e-8), rtol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -240,6 +240,7 @@ def adabelief(
     """
     validation.learning_rate("adabelief", learning_rate)
     validation.adam_options("adabelief", b1, b2, eps, eps_root, nesterov)
+    validation.belief_b1("adabelief", b1)
     validation.state_dtypes("adabelief", mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     return chain(
         scale_by_belief(b1, b2, eps, eps_root, nesterov=nesterov, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
@@ -391,7 +392,7 @@ def acprop(
 
     Args:
         learning_rate: :math:`\\alpha \\ge 0`, or a schedule of the step count.
-        b1: decay :math:`\\beta_1 \\in [0, 1)` of the running mean.
+        b1: decay :math:`\\beta_1 \\in (0, 1)` of the running mean (0 raises, as in :func:`scale_by_acprop`).
         b2: decay :math:`\\beta_2 \\in [0, 1)` of the centred second moment.
         eps: :math:`\\varepsilon \\ge 0`, added outside the square root.
         eps_root: :math:`\\bar\\varepsilon \\ge 0`, added to the second moment every step.
@@ -410,7 +411,7 @@ def acprop(
     """
     owner = "acprop"
     validation.learning_rate(owner, learning_rate)
-    validation.decay_rate(owner, "b1", b1)
+    validation.belief_b1(owner, b1)
     validation.decay_rate(owner, "b2", b2)
     validation.epsilon(owner, "eps", eps)
     validation.epsilon(owner, "eps_root", eps_root)

@@ -23,6 +23,7 @@ from jaxopt_zoo.transforms import (
     scale_by_trust_ratio,
     trace,
 )
+from jaxopt_zoo.transforms.adaptive import check_rms_options
 
 
 def sgd(
@@ -404,13 +405,7 @@ def rmsprop(
         Recurrent Neural Networks", 2013.
     """
     validation.learning_rate("rmsprop", learning_rate)
-    rate = validation.fraction("rmsprop", "decay", decay)
-    validation.epsilon("rmsprop", "eps", eps)
-    validation.non_negative("rmsprop", "initial_scale", initial_scale)
-    validation.flag("rmsprop", "eps_in_sqrt", eps_in_sqrt)
-    validation.flag("rmsprop", "bias_correction", bias_correction)
-    if bias_correction and rate == 1.0:
-        raise ValueError("rmsprop: decay=1 with bias_correction=True divides by 1 - 1^t = 0; use decay < 1.")
+    check_rms_options("rmsprop", decay, eps, initial_scale, eps_in_sqrt, bias_correction)
     if momentum is not None:
         validation.non_negative("rmsprop", "momentum", momentum)
     validation.flag("rmsprop", "centered", centered)

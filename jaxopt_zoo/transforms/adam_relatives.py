@@ -153,11 +153,13 @@ def scale_by_belief(
 
     Numerically identical to ``optax.scale_by_belief`` (defaults ``eps = eps_root = 1e-16`` are
     Optax's; the paper's are ``eps=1e-8``, ``eps_root=0``). Deviations from Optax: with
-    ``eps = eps_root = 0`` the update is 0 where the denominator is 0, not 0/0; a ``None`` update
-    keeps its moments; ``mu_dtype`` and ``nu_dtype`` are additions.
+    ``eps = eps_root = 0`` the update is 0 where the denominator is 0, not 0/0; ``b1 = 0`` raises
+    (the prediction error is then 0 and Optax's steps are :math:`g_t / (\\sqrt{\\bar\\varepsilon} + \\varepsilon)`,
+    :math:`10^8 g_t` at the defaults); a ``None`` update keeps its moments; ``mu_dtype`` and
+    ``nu_dtype`` are additions.
 
     Args:
-        b1: decay :math:`\\beta_1 \\in [0, 1)` of the first moment.
+        b1: decay :math:`\\beta_1 \\in (0, 1)` of the first moment (0 raises: the prediction error would be 0).
         b2: decay :math:`\\beta_2 \\in [0, 1)` of the second moment of the prediction error.
         eps: :math:`\\varepsilon \\ge 0`, added outside the square root.
         eps_root: :math:`\\bar\\varepsilon \\ge 0`, added to :math:`s_t` (inside the square root) every step.
@@ -179,6 +181,7 @@ def scale_by_belief(
     """
     owner = "scale_by_belief"
     validation.adam_options(owner, b1, b2, eps, eps_root, nesterov)
+    validation.belief_b1(owner, b1)
     guard = validation.may_all_be_zero(eps, eps_root)
     mu_dtype = resolve(owner, "mu_dtype", mu_dtype)
     nu_dtype = resolve(owner, "nu_dtype", nu_dtype)
@@ -247,7 +250,7 @@ def scale_by_acprop(
     0/0; a ``None`` update keeps its moments; ``mu_dtype`` and ``nu_dtype`` are additions.
 
     Args:
-        b1: decay :math:`\\beta_1 \\in [0, 1)` of the running mean.
+        b1: decay :math:`\\beta_1 \\in (0, 1)` of the running mean (0 raises, as for :func:`scale_by_belief`).
         b2: decay :math:`\\beta_2 \\in [0, 1)` of the centred second moment.
         eps: :math:`\\varepsilon \\ge 0`, added outside the square root.
         eps_root: :math:`\\bar\\varepsilon \\ge 0`, added to :math:`s_t` every step.
@@ -270,7 +273,7 @@ def scale_by_acprop(
         Adaptive Gradient Methods", NeurIPS 2021 (arXiv:2110.05454).
     """
     owner = "scale_by_acprop"
-    validation.decay_rate(owner, "b1", b1)
+    validation.belief_b1(owner, b1)
     validation.decay_rate(owner, "b2", b2)
     validation.epsilon(owner, "eps", eps)
     validation.epsilon(owner, "eps_root", eps_root)

@@ -321,21 +321,32 @@ class ScaleByRStdDevWithCountState(NamedTuple):
     nu: Updates
 
 
+def check_rms_options(owner: str, decay, eps, initial_scale, eps_in_sqrt, bias_correction, decay_name="decay") -> None:
+    """RMSprop's options: ``decay`` in [0, 1], an ``eps``, ``initial_scale >= 0``, two flags; ``decay = 1`` neither
+    with bias correction (1 - 1^t = 0) nor with ``initial_scale = 0`` (the average stays 0: steps of g / eps)."""
+    rate = validation.fraction(owner, decay_name, decay)
+    validation.epsilon(owner, "eps", eps)
+    start = validation.non_negative(owner, "initial_scale", initial_scale)
+    validation.flag(owner, "eps_in_sqrt", eps_in_sqrt)
+    validation.flag(owner, "bias_correction", bias_correction)
+    if rate == 1.0 and bias_correction:
+        raise ValueError(f"{owner}: {decay_name}=1 with bias_correction=True divides by 1 - 1^t = 0; "
+                         f"use {decay_name} < 1.")
+    if rate == 1.0 and start == 0.0:
+        alternative = " or initial_scale > 0" if decay_name == "decay" else ""
+        raise ValueError(f"{owner}: {decay_name}=1 keeps the squares' average at its start, 0, for good, so each step "
+                         f"is g / eps; use {decay_name} < 1{alternative}.")
+
+
 def _scale_by_rms_or_stddev(
     owner: str, centered: bool, decay, eps, initial_scale, eps_in_sqrt: bool, bias_correction: bool,
     mu_dtype: StateDtype, nu_dtype: StateDtype,
 ) -> GradientTransformation:
     # RMSprop's scaling, plain or centered: the two differ only by the mean they subtract.
-    rate = validation.fraction(owner, "decay", decay)
-    validation.epsilon(owner, "eps", eps)
+    check_rms_options(owner, decay, eps, initial_scale, eps_in_sqrt, bias_correction)
     guard = validation.may_all_be_zero(eps)
-    validation.non_negative(owner, "initial_scale", initial_scale)
-    validation.flag(owner, "eps_in_sqrt", eps_in_sqrt)
-    validation.flag(owner, "bias_correction", bias_correction)
     mu_dtype = resolve(owner, "mu_dtype", mu_dtype)
     nu_dtype = resolve(owner, "nu_dtype", nu_dtype)
-    if bias_correction and rate == 1.0:
-        raise ValueError(f"{owner}: decay=1 with bias_correction=True divides by 1 - 1^t = 0; use decay < 1.")
     correct = _bias_corrector(bias_correction)
     state_type = {
         (False, False): ScaleByRmsState,
@@ -396,7 +407,8 @@ def scale_by_rms(
         g_t / (\\sqrt{\\hat v_t} + \\varepsilon) & \\text{otherwise (PyTorch)} \\end{cases}
 
     with :math:`\\hat v_t = v_t / (1 - \\rho^t)` if ``bias_correction`` else :math:`v_t`.
-    Numerically ``optax.scale_by_rms``; ``decay`` must lie in [0, 1]. With ``eps=0``
+    Numerically ``optax.scale_by_rms``; ``decay`` must lie in [0, 1] (1 only with
+    ``initial_scale > 0``: from 0, v stays 0 and Optax steps g / eps). With ``eps=0``
     the update is 0 where :math:`\\hat v_t = 0` (all gradients so far zero), where
     Optax and PyTorch give NaN (:math:`0 \\cdot \\infty`): a deliberate difference that
     changes no number for ``eps > 0``; a denormal ``eps`` raises. ``nu_dtype``
@@ -436,7 +448,8 @@ def scale_by_stddev(
         \\ \\text{or} \\ g_t / (\\sqrt{\\hat v_t - \\hat m_t^2} + \\varepsilon),
 
     with the hats the optional bias corrections, as in :func:`scale_by_rms`.
-    Numerically ``optax.scale_by_stddev``; ``decay`` must lie in [0, 1]. With ``eps=0``
+    Numerically ``optax.scale_by_stddev``; ``decay`` must lie in [0, 1] (1 only with
+    ``initial_scale > 0``, as for :func:`scale_by_rms`). With ``eps=0``
     the update is 0 where the variance is exactly 0, instead of NaN, as in :func:`scale_by_rms`.
     The variance :math:`\\hat v_t - \\hat m_t^2` is clamped at 0: where the gradients barely vary it
     can round below 0, and below :math:`-\\varepsilon` Optax's step is NaN (a steady gradient of
