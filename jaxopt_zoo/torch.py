@@ -474,8 +474,9 @@ def muon(
     dtype (float32 for float32 params), where PyTorch runs it in bfloat16 whatever
     the params' dtype; ``ns_dtype=jnp.bfloat16`` (an addition) does the same.
     ``ns_steps`` must be an integer in [0, 99] and ``eps >= 0``, checked here
-    (PyTorch checks ``ns_steps < 100`` at the first step); with ``eps=0`` a zero
-    update stays 0 (PyTorch: NaN). The quintic's :math:`c A^2` is formed as :math:`(cA)A`
+    (PyTorch checks ``ns_steps < 100`` at the first step); ``ns_coefficients`` whose
+    iteration diverges on [0, 1] raise (PyTorch's updates are then inf or NaN);
+    with ``eps=0`` a zero update stays 0 (PyTorch: NaN). The quintic's :math:`c A^2` is formed as :math:`(cA)A`
     (Optax's grouping; PyTorch's ``addmm`` forms :math:`c(AA)`): equal up to rounding. ``mu_dtype`` (storage of the momentum
     buffer, see :mod:`jaxopt_zoo.storage`) and ``layer_sharding``, ``axis_name`` and
     ``partition_specs`` (sharded params; those of :func:`~jaxopt_zoo.scale_by_muon`) are additions.

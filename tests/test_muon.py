@@ -272,6 +272,31 @@ def test_bad_hyperparameters_name_the_function_the_argument_and_the_value(factor
         factory()
 
 
+DIVERGING = (1.0, -4.775, 2.0315)  # p(1) = -1.74: the singular values grow as 1.74, 9.1, 1.3e5, ...
+
+
+def test_coefficients_whose_iteration_diverges_are_refused_where_optax_steps_nan():
+    # A rank-one gradient (one example through a linear layer) has one singular value, 1 once normalised.
+    params = {"w": jnp.asarray(np.outer([1.0, -2.0, 0.5, 1.5], [0.3, 1.0, -1.0, 2.0, 0.1, -0.5]), jnp.float32)}
+    theirs = optax.contrib.muon(0.1, ns_coeffs=DIVERGING)
+    updates, _ = theirs.update(params, theirs.init(params), params)
+    assert not np.isfinite(np.asarray(updates["w"])).all()
+    message = (r"muon: ns_coeffs=\(+1.0, -4.775, 2.0315\).* make the Newton-Schulz iteration diverge: a singular value "
+               r"of 0.966 or more \(a rank-one gradient's is 1\) reaches 1.28e\+05 after 3 step\(s\)")
+    for build in (lambda: jz.muon(0.1, ns_coeffs=DIVERGING), lambda: jz.scale_by_muon(ns_coeffs=DIVERGING),
+                  lambda: jz.scale_by_muon(ns_coeffs=[DIVERGING] * 4, ns_steps=4)):
+        with pytest.raises(ValueError, match=message):
+            build()
+    for build in (lambda: jz.torch.muon(ns_coefficients=DIVERGING), lambda: jz.newton_schulz(params["w"], DIVERGING)):
+        with pytest.raises(ValueError, match=r"ns_coefficients=\(1.0, -4.775, 2.0315\) make the Newton-Schulz"):
+            build()
+    # Two steps stay finite (1.74, then 9.1): accepted, and so are every preset and the convergent quintic.
+    jz.scale_by_muon(ns_coeffs=DIVERGING, ns_steps=2)
+    for preset in ("standard", "muon", "dion"):
+        jz.muon(0.1, ns_coeffs=preset, ns_steps=99)
+    jz.newton_schulz(params["w"], (15 / 8, -10 / 8, 3 / 8), 99)
+
+
 def test_leaves_that_are_not_matrices_raise_at_init_naming_the_leaf():
     with pytest.raises(ValueError, match=r"^scale_by_muon: .*the leaf at \['b'\] has shape \(4,\)"):
         jz.scale_by_muon().init({"w": jnp.ones((3, 4)), "b": jnp.ones(4)})

@@ -98,7 +98,8 @@ def muon(
 
     Args:
         learning_rate: :math:`\\alpha \\ge 0`, or a schedule of the step count.
-        ns_coeffs: :math:`(a, b, c)`, rows of them (one per step), or ``"standard"``/``"dion"``.
+        ns_coeffs: :math:`(a, b, c)`, rows of them (one per step), or ``"standard"``/``"dion"``;
+            coefficients whose iteration diverges on [0, 1] raise (Optax's updates are then inf or NaN).
         ns_steps: Newton–Schulz steps, an integer in [0, 99].
         beta: Muon's momentum decay, in [0, 1).
         eps: Muon's :math:`\\varepsilon` (added to the norm), also Adam's.

@@ -193,7 +193,8 @@ def gram_newton_schulz(
 
     Args:
         x: a real 2-D array.
-        ns_coefficients: :math:`(a, b, c)`, or rows of them (one per step; ``ns_steps`` is then ignored).
+        ns_coefficients: :math:`(a, b, c)`, or rows of them (one per step; ``ns_steps`` is then ignored);
+            coefficients whose iteration diverges on [0, 1] raise.
         ns_steps: the number of steps, a Python integer up to 99 (the loop is unrolled) or
             an integer array (a ``fori_loop``, as under ``inject_hyperparams``).
         eps: :math:`\\varepsilon \\ge 0`, the smallest norm divided by.

@@ -173,6 +173,7 @@ def _check_iteration_args(owner: str, x: Any, ns_coefficients: Any, ns_steps: An
     if len(shape) not in (1, 2) or shape[-1] != 3:
         raise ValueError(f"{owner}: ns_coefficients must be (a, b, c) or rows of them, shape (3,) or (steps, 3); "
                          f"got shape {shape}.")
+    check_bounded_iteration(owner, "ns_coefficients", ns_coefficients, ns_steps)
     return validation.optional_dtype(owner, "dtype", dtype)
 
 
@@ -230,7 +231,8 @@ def newton_schulz(
 
     Args:
         x: a 2-D array.
-        ns_coefficients: :math:`(a, b, c)`.
+        ns_coefficients: :math:`(a, b, c)`; coefficients whose iteration diverges on [0, 1] raise
+            (PyTorch's and Optax's updates are then inf or NaN).
         ns_steps: the number of steps, a Python integer up to 99 (the loop is unrolled) or
             an integer array (a ``fori_loop``, as under ``inject_hyperparams``).
         eps: :math:`\\varepsilon \\ge 0`, the smallest norm divided by.
@@ -304,7 +306,32 @@ def check_options(owner, momentum, nesterov, ns_coefficients, eps, ns_steps, adj
     validation.optional_dtype(owner, "ns_dtype", ns_dtype)
     if isinstance(ns_steps, jax.core.Tracer):  # under inject_hyperparams: the iteration runs a fori_loop then
         return ns_steps
-    return validation.whole_number(owner, "ns_steps", ns_steps, maximum=MAX_NS_STEPS)
+    ns_steps = validation.whole_number(owner, "ns_steps", ns_steps, maximum=MAX_NS_STEPS)
+    check_bounded_iteration(owner, "ns_coefficients", tuple(ns_coefficients), ns_steps)
+    return ns_steps
+
+
+def check_bounded_iteration(owner: str, name: str, rows: Any, ns_steps: Any) -> None:
+    """Refuse coefficients whose iteration diverges. Every preconditioning starts the singular values in [0, 1]
+    (a Frobenius, spectral or Schatten-4 norm, or AOL's Gershgorin rescaling, bounds the spectral norm), and each
+    step maps a singular value s to |a s + b s^3 + c s^5|: where that passes 1e3 within the steps run, the float
+    iteration overflows to inf and the update is NaN (Optax's and PyTorch's too). ``rows``: (a, b, c) repeated
+    ``ns_steps`` times, or one row per step (shape (n, 3)). Traced values are not checked."""
+    if isinstance(ns_steps, jax.core.Tracer) or any(isinstance(v, jax.core.Tracer) for v in jax.tree.leaves(rows)):
+        return
+    table = np.asarray(rows, np.float64)
+    steps = list(table) if table.ndim == 2 else [table] * int(ns_steps)
+    start = np.geomspace(1e-6, 1.0, 2001)
+    s = start
+    for k, (a, b, c) in enumerate(steps, 1):
+        s = np.abs(a * s + b * s**3 + c * s**5)
+        if s.max() > 1e3:
+            escaped = start[s > 1e3].min()
+            raise ValueError(
+                f"{owner}: {name}={rows!r} make the Newton-Schulz iteration diverge: a singular value of "
+                f"{escaped:.3g} or more (a rank-one gradient's is 1) reaches {s.max():.3g} after {k} step(s) of "
+                f"s <- |a s + b s^3 + c s^5|, and the update is inf or NaN. Use coefficients that keep [0, 1] "
+                f"bounded, e.g. the default {NS_COEFFICIENTS}.")
 
 
 def resolve_ns_coeffs(owner: str, ns_coeffs: Any, ns_steps: Any) -> Any:
@@ -331,7 +358,10 @@ def resolve_ns_coeffs(owner: str, ns_coeffs: Any, ns_steps: Any) -> Any:
     if len(shape) == 2:
         if isinstance(ns_steps, jax.core.Tracer):
             raise ValueError(f"{owner}: with a row of ns_coeffs per step, ns_steps must be a Python integer.")
-        return tuple(rows[len(rows) - min(ns_steps, len(rows)):])
+        run = tuple(rows[len(rows) - min(ns_steps, len(rows)):])
+        check_bounded_iteration(owner, "ns_coeffs", run, ns_steps)
+        return run
+    check_bounded_iteration(owner, "ns_coeffs", ns_coeffs, ns_steps)
     return ns_coeffs
 
 
@@ -539,7 +569,8 @@ def scale_by_muon(
     alone inside ``shard_map``).
 
     Args:
-        ns_coeffs: :math:`(a, b, c)`, rows of them (one per step), or ``"standard"``/``"dion"``.
+        ns_coeffs: :math:`(a, b, c)`, rows of them (one per step), or ``"standard"``/``"dion"``;
+            coefficients whose iteration diverges on [0, 1] raise (Optax's updates are then inf or NaN).
         ns_steps: Newton–Schulz steps, an integer in [0, 99] (with rows: the last ``ns_steps`` rows run).
         beta: :math:`\\beta`, the momentum's decay.
         eps: :math:`\\varepsilon \\ge 0`.
