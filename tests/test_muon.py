@@ -228,6 +228,21 @@ def test_inject_hyperparams_gives_the_plain_trajectory():
     assert set(hyperparams) <= set(state.hyperparams)
 
 
+def test_an_injected_ns_steps_edited_to_a_float_says_how_to_edit_it():
+    # The fori_loop over a float step count failed inside JAX, naming nothing the user wrote.
+    params = {"w": jnp.ones((3, 4))}
+    for factory, options in ((jz.muon, dict(learning_rate=LR)), (jz.torch.muon, {})):
+        tx = jz.inject_hyperparams(factory)(ns_steps=3, **options)
+        state = tx.init(params)
+        state.hyperparams["ns_steps"] = jnp.asarray(4.0)
+        owner = "torch.muon" if factory is jz.torch.muon else "scale_by_muon|muon"
+        with pytest.raises(ValueError, match=rf"^({owner}): ns_steps must be an integer array, got a float32 one; "
+                                             r"with jz.inject_hyperparams edit it as jnp.asarray\(5, jnp.int32\)"):
+            jax.jit(tx.update)(params, state, params)
+        state.hyperparams["ns_steps"] = jnp.asarray(4, jnp.int32)
+        jax.jit(tx.update)(params, state, params)
+
+
 def test_init_sharded_lays_out_the_state_like_the_params():
     # Each momentum keeps its param's layout; under jit with sharded arrays the partitioner gathers what
     # Newton-Schulz needs, and inside shard_map a sharded leaf raises (both tested in tests/test_torch_muon.py,

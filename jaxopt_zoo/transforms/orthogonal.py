@@ -160,14 +160,24 @@ def _normalized(x: jax.Array, eps: Any, eps_floor: bool, order: Any = "fro") -> 
     return (wide / jnp.where(divisor == 0, 1, divisor)).astype(x.dtype)  # 0 / 0 only for eps = 0: keep 0
 
 
+def checked_ns_steps(owner: str, ns_steps: Any) -> Any:
+    """``ns_steps`` as an int in [0, 99] (a Python integer unrolls the loop: 10**6 steps never finished tracing),
+    or a traced integer array as it is (``inject_hyperparams``: the iteration is then a ``fori_loop``)."""
+    if not isinstance(ns_steps, jax.core.Tracer):
+        return validation.whole_number(owner, "ns_steps", ns_steps, maximum=MAX_NS_STEPS)
+    if not jnp.issubdtype(ns_steps.dtype, jnp.integer):
+        raise ValueError(f"{owner}: ns_steps must be an integer array, got a {ns_steps.dtype} one; with "
+                         f"jz.inject_hyperparams edit it as jnp.asarray(5, jnp.int32).")
+    return ns_steps
+
+
 def _check_iteration_args(owner: str, x: Any, ns_coefficients: Any, ns_steps: Any, eps: Any, dtype: Any) -> Any:
     """The checks of :func:`newton_schulz` and its Gram form; returns ``dtype`` as a floating dtype or ``None``."""
     if jnp.ndim(x) != 2:
         raise ValueError(f"{owner}: x must be a 2-D array, got shape {jnp.shape(x)}.")
     if jnp.iscomplexobj(x):
         raise ValueError(f"{owner}: x must be real, got {jnp.result_type(x)}.")
-    if not isinstance(ns_steps, jax.core.Tracer):  # a Python integer unrolls the loop: 10**6 never finished tracing
-        validation.whole_number(owner, "ns_steps", ns_steps, maximum=MAX_NS_STEPS)
+    ns_steps = checked_ns_steps(owner, ns_steps)
     validation.epsilon(owner, "eps", eps)
     shape = jnp.shape(jnp.asarray(ns_coefficients))  # (the coefficients may be traced)
     if len(shape) not in (1, 2) or shape[-1] != 3:
@@ -304,9 +314,7 @@ def check_options(owner, momentum, nesterov, ns_coefficients, eps, ns_steps, adj
             f"{owner}: adjust_lr_fn must be None, 'original' or 'match_rms_adamw', got {adjust_lr_fn!r}."
         )
     validation.optional_dtype(owner, "ns_dtype", ns_dtype)
-    if isinstance(ns_steps, jax.core.Tracer):  # under inject_hyperparams: the iteration runs a fori_loop then
-        return ns_steps
-    ns_steps = validation.whole_number(owner, "ns_steps", ns_steps, maximum=MAX_NS_STEPS)
+    ns_steps = checked_ns_steps(owner, ns_steps)
     check_bounded_iteration(owner, "ns_coefficients", tuple(ns_coefficients), ns_steps)
     return ns_steps
 
@@ -623,8 +631,7 @@ def scale_by_muon(
     for name, value in (("nesterov", nesterov), ("adaptive", adaptive), ("bias_correction", bias_correction),
                         ("eps_floor", eps_floor)):
         validation.flag(owner, name, value)
-    if not isinstance(ns_steps, jax.core.Tracer):  # unrolled: 1000 steps take over 20 s to trace
-        ns_steps = validation.whole_number(owner, "ns_steps", ns_steps, maximum=MAX_NS_STEPS)
+    ns_steps = checked_ns_steps(owner, ns_steps)
     ns_coeffs = resolve_ns_coeffs(owner, ns_coeffs, ns_steps)
     if bias_correction:  # 1 - beta^t divides
         validation.decay_rate(owner, "beta", beta)
