@@ -268,10 +268,30 @@ def _cosine(owner: str, init_value, decay_steps: int, alpha, exponent, names=_OW
     return schedule
 
 
+def _listed(owner: str, name: str, value, what: str) -> list:
+    # A str would be read as its characters, and a non-iterable would fail with a bare TypeError.
+    if not isinstance(value, (str, bytes)):
+        try:
+            return list(value)
+        except TypeError:
+            pass
+    raise ValueError(f"{owner}: {name} must be {what}, got {value!r}.")
+
+
 def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
     """Run ``schedules[i]`` from ``boundaries[i-1]`` on, each seeing steps counted from its own start.
 
     The ``boundaries`` must be concrete integers; the schedules may close over traced values.
+    Deviations from ``optax.join_schedules``, which checks nothing: bad arguments raise a
+    ``ValueError`` when built (Optax fails at the first call, with a ``TypeError`` or an
+    ``IndexError``), as do decreasing boundaries (with which Optax's schedule silently skips
+    some schedules and cuts others short). Equal boundaries are accepted, as in Optax: the
+    schedules between them never run. Any iterables are accepted, not only sequences.
+
+    Args:
+        schedules: a non-empty sequence of schedules (callables of the step count).
+        boundaries: integers >= 0 in non-decreasing order, one fewer than the schedules: the
+            steps at which each next schedule takes over.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -280,17 +300,25 @@ def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> 
         0.5
     """
     owner = "join_schedules"
-    schedules, boundaries = list(schedules), list(boundaries)
+    what = "a non-empty sequence of schedules (callables of the step count)"
+    written, schedules = schedules, _listed(owner, "schedules", schedules, what)
+    if not schedules:
+        raise ValueError(f"{owner}: schedules must be {what}, got {written!r}.")
+    for i, later in enumerate(schedules):
+        if not callable(later):
+            raise ValueError(
+                f"{owner}: schedules[{i}] must be a schedule (a callable of the step count), got {later!r}."
+            )
+    what = f"a sequence of integers, one fewer than the schedules ({len(schedules) - 1})"
+    written, boundaries = boundaries, _listed(owner, "boundaries", boundaries, what)
     if len(boundaries) != len(schedules) - 1:
         raise ValueError(
-            f"{owner}: expected {len(schedules) - 1} boundaries for {len(schedules)} schedules, got {boundaries!r}."
+            f"{owner}: expected {len(schedules) - 1} boundaries for {len(schedules)} schedules, got {written!r}."
         )
-    for boundary in boundaries:
-        _steps(owner, "boundaries", boundary)
-    if any(b <= a for a, b in zip(boundaries, boundaries[1:])):
-        raise ValueError(f"{owner}: boundaries must be strictly increasing, got {boundaries!r}.")
-    if not all(callable(s) for s in schedules):
-        raise ValueError(f"{owner}: schedules must be callables of the step count, got {schedules!r}.")
+    for i, boundary in enumerate(boundaries):
+        _steps(owner, f"boundaries[{i}]", boundary)
+    if any(b < a for a, b in zip(boundaries, boundaries[1:])):
+        raise ValueError(f"{owner}: boundaries must be non-decreasing, got {written!r}.")
 
     def schedule(count):
         value = schedules[0](count)

@@ -102,6 +102,16 @@ CASES = {
         lambda: optax.join_schedules([optax.constant_schedule(1.0), optax.linear_schedule(1.0, 0.0, 100)], [30]),
         lambda t: 1.0 if t < 30 else 1.0 - min(t - 30, 100) / 100,
     ),
+    # Equal boundaries (a phase of no steps, the middle schedule never runs) are Optax's too; they were refused.
+    "join_equal_boundaries": (
+        lambda: jz.join_schedules(
+            (jz.constant_schedule(1.0), jz.constant_schedule(5.0), jz.linear_schedule(1.0, 0.0, 100)),
+            np.array([30, 30]),
+        ),
+        lambda: optax.join_schedules((optax.constant_schedule(1.0), optax.constant_schedule(5.0),
+                                      optax.linear_schedule(1.0, 0.0, 100)), np.array([30, 30])),
+        lambda t: 1.0 if t < 30 else 1.0 - min(t - 30, 100) / 100,
+    ),
 }
 
 
@@ -137,7 +147,10 @@ def test_schedule_drives_an_optimizer_under_jit():
         (lambda: jz.exponential_decay(1.0, 10.5, 0.5), r"transition_steps must be an integer"),
         (lambda: jz.exponential_decay(1.0, "10", 0.5), r"transition_steps must be an integer >= 0, got '10'"),
         (lambda: jz.cosine_decay_schedule(1.0, 0), r"cosine_decay_schedule: decay_steps must be an integer >= 1, got 0"),
-        (lambda: jz.join_schedules([jz.constant_schedule(1.0)] * 3, [20, 10]), r"boundaries must be strictly increasing, got \[20, 10\]"),
+        (
+            lambda: jz.join_schedules([jz.constant_schedule(1.0)] * 3, [20, 10]),
+            r"boundaries must be non-decreasing, got \[20, 10\]",
+        ),
         (lambda: jz.join_schedules([jz.constant_schedule(1.0)] * 3, [10]), r"expected 2 boundaries for 3 schedules"),
         (lambda: jz.piecewise_constant_schedule(1.0, {-10: 0.5}), r"boundary must be an integer >= 0, got -10"),
         (lambda: jz.piecewise_constant_schedule(1.0, {10: -0.5}), r"scales must be >= 0, got -0\.5 at boundary 10"),
@@ -375,6 +388,39 @@ NAN = float("nan")
         (lambda: jz.piecewise_constant_schedule(1.0, 0.0), r"^piecewise_constant_schedule: boundaries_and_scales must be a mapping"),
         (lambda: jz.piecewise_interpolate_schedule("linear", 1.0, [(10, 0.5)]), r"^piecewise_interpolate_schedule: boundaries_and_scales must be a mapping"),
         (lambda: jz.piecewise_constant_schedule(1.0, {10: 0.5, "20": 0.5}), r"^piecewise_constant_schedule: boundaries_and_scales boundary must be an integer >= 0, got '20'"),
+        # join_schedules: a non-iterable was a bare TypeError, no schedules an "expected -1 boundaries", a str
+        # boundaries was read as its characters, and the bad element was not named.
+        (
+            lambda: jz.join_schedules(jz.constant_schedule(1.0), 5),
+            r"^join_schedules: schedules must be a non-empty sequence of schedules \(callables of the step count\), "
+            r"got <function",
+        ),
+        (lambda: jz.join_schedules(None, [5]), r"^join_schedules: schedules must be a non-empty sequence .*, got None"),
+        (lambda: jz.join_schedules([], []), r"^join_schedules: schedules must be a non-empty sequence .*, got \[\]\.$"),
+        (
+            lambda: jz.join_schedules([jz.constant_schedule(1.0), 0.5], [5]),
+            r"^join_schedules: schedules\[1\] must be a schedule \(a callable of the step count\), got 0\.5\.$",
+        ),
+        (
+            lambda: jz.join_schedules([jz.constant_schedule(1.0)] * 2, 3),
+            r"^join_schedules: boundaries must be a sequence of integers, one fewer than the schedules \(1\), got 3\.$",
+        ),
+        (
+            lambda: jz.join_schedules([jz.constant_schedule(1.0)] * 2, None),
+            r"^join_schedules: boundaries must be a sequence of integers, .*, got None\.$",
+        ),
+        (
+            lambda: jz.join_schedules([jz.constant_schedule(1.0)] * 2, "5"),
+            r"^join_schedules: boundaries must be a sequence of integers, .*, got '5'\.$",
+        ),
+        (
+            lambda: jz.join_schedules([jz.constant_schedule(1.0)] * 3, [5, -1]),
+            r"^join_schedules: boundaries\[1\] must be an integer >= 0, got -1\.$",
+        ),
+        (
+            lambda: jz.join_schedules([jz.constant_schedule(1.0)] * 3, (10,)),
+            r"^join_schedules: expected 2 boundaries for 3 schedules, got \(10,\)\.$",
+        ),
     ],
 )
 def test_bad_arguments_are_named_as_the_user_wrote_them(factory, message):
