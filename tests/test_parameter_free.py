@@ -181,8 +181,35 @@ def test_storages():
     # The layouts the other storage options give (the storages themselves are tested in test_storage.py).
     shapes = jax.eval_shape(jz.cocob(accumulator_dtype=jz.StochasticBF16(), param_dtype=jnp.bfloat16).init, params)
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(shapes[2]) if x.ndim > 0)
-    for tx in (jz.dog(param_dtype=Q8), jz.dowg(param_dtype=Q8)):
-        assert jax.eval_shape(tx.init, params)[1].init_params["w"].dtype == jnp.int8
+    for tx in (jz.dog(param_dtype=jz.StochasticBF16()), jz.dowg(param_dtype=jnp.bfloat16)):
+        assert jax.eval_shape(tx.init, params)[1].init_params["w"].dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize(
+    "build, owner, first",
+    [
+        (lambda s: jz.scale_by_distance_over_gradients(param_dtype=s), "scale_by_distance_over_gradients", "reps_rel"),
+        (lambda s: jz.scale_by_dog(("heuristic", 1e-6), param_dtype=s), "scale_by_dog", "init_step"),
+        (lambda s: jz.dog(param_dtype=s), "dog", "init_step"),
+        (lambda s: jz.scale_by_dowg(param_dtype=s), "scale_by_dowg", r"init_estim_sq_dist \(or eps\)"),
+        (lambda s: jz.dowg(1.0, 1e-6, param_dtype=s), "dowg", r"init_estim_sq_dist \(or eps\)"),
+    ],
+    ids=["ldog", "scale_by_dog", "dog", "scale_by_dowg", "dowg"],
+)
+def test_distance_rules_refuse_an_eight_bit_copy_of_the_initial_params(build, owner, first):
+    # At the first step ||x_t - x_0|| is the copy's rounding alone: 8-bit codes (3 mantissa bits) round x_0 by
+    # about 3% of its norm, where the first distance is reps_rel (1 + ||x_0||) with reps_rel 1e-6 to 1e-4.
+    # They were accepted, and the first step was some 28,000 times the float32 copy's (as Prodigy's x_0, refused).
+    params = eight_bit_params()
+    rounding = jz.storage.read_leaf(Q8.create(params["w"], True)) - params["w"]
+    assert 0.02 < float(jnp.linalg.norm(rounding) / jnp.linalg.norm(params["w"])) < 0.05  # the message's "about 3%"
+    message = rf"^{owner}: param_dtype=Blockwise8Bit\(.*\) keeps the initial params as 8-bit codes, .* not {first},"
+    with pytest.raises(ValueError, match=message):
+        build(Q8)
+    with pytest.raises(ValueError, match=message):
+        build(jz.Blockwise8Bit(min_size=1 << 30))  # refused even where every leaf would stay float32
+    for storage in (None, jnp.bfloat16, jz.StochasticBF16()):  # the lossy floating copies stay accepted
+        build(storage).init(params)
 
 
 def test_cocob_refuses_a_rounding_storage_for_its_anchor():

@@ -15,6 +15,7 @@ from jaxopt_zoo.transforms import add_decayed_weights, scale_by_learning_rate
 from jaxopt_zoo.transforms.parameter_free import (
     _anchor_dtype,
     _check_init_step,
+    _distance_anchor_storage,
     scale_by_cocob,
     scale_by_dog,
     scale_by_dowg,
@@ -49,8 +50,8 @@ def dog(
     identity(), scale_by_dog(init_step, eps), scale_by_learning_rate(learning_rate))``, so the
     decay enters the gradient norms (as in Optax). Numerically identical to
     ``optax.contrib.dog``. Differences from ``optax.contrib.dog``: bad arguments raise when
-    built; ``None`` updates pass through; ``param_dtype`` (storage of the initial params)
-    and ``axis_name`` are additions. The authors recommend averaging the iterates.
+    built; ``None`` updates pass through; ``param_dtype`` (storage of the initial params, not
+    8-bit) and ``axis_name`` are additions. The authors recommend averaging the iterates.
 
     Args:
         learning_rate: :math:`\\alpha \\ge 0` (1 for plain DoG), or a schedule of the step count.
@@ -59,8 +60,9 @@ def dog(
         weight_decay: :math:`\\lambda \\ge 0`, or ``None`` for none.
         mask: a tree of booleans shaped like (a prefix of) the params, or a function of the
             params returning one: ``True`` where the weight decay applies.
-        param_dtype: storage of the initial params (see :mod:`jaxopt_zoo.storage`); a lossy one adds its
-            rounding to the distance (see :mod:`jaxopt_zoo.transforms.parameter_free`).
+        param_dtype: storage of the initial params: ``None`` (the params' dtype), a floating dtype or
+            :class:`~jaxopt_zoo.storage.StochasticBF16`, not 8-bit (a lossy one adds its rounding to the
+            distance, see :mod:`jaxopt_zoo.transforms.parameter_free`).
         axis_name: inside ``shard_map``, the mesh axes the params may be sharded over.
 
     Example:
@@ -77,7 +79,7 @@ def dog(
     validation.epsilon(owner, "eps", eps)
     if weight_decay is not None:
         validation.scalar_or_schedule(owner, "weight_decay", weight_decay)
-    validation.state_dtypes(owner, param_dtype=param_dtype)
+    _distance_anchor_storage(owner, param_dtype, "init_step")
     validation.axis_name(owner, axis_name)
     return chain(
         identity() if weight_decay is None else add_decayed_weights(weight_decay, mask),
@@ -111,8 +113,8 @@ def dowg(
     Recipe: ``chain(add_decayed_weights(weight_decay, mask) if weight_decay is not None else
     identity(), scale_by_dowg(init_estim_sq_dist, eps), scale_by_learning_rate(learning_rate))``.
     Numerically identical to ``optax.contrib.dowg``. Differences from ``optax.contrib.dowg``:
-    bad arguments raise when built; ``None`` updates pass through; ``param_dtype`` and
-    ``axis_name`` are additions.
+    bad arguments raise when built; ``None`` updates pass through; ``param_dtype`` (not 8-bit)
+    and ``axis_name`` are additions.
 
     Args:
         learning_rate: :math:`\\alpha \\ge 0` (1 for plain DoWG), or a schedule of the step count.
@@ -121,8 +123,9 @@ def dowg(
         weight_decay: :math:`\\lambda \\ge 0`, or ``None`` for none.
         mask: a tree of booleans shaped like (a prefix of) the params, or a function of the
             params returning one: ``True`` where the weight decay applies.
-        param_dtype: storage of the initial params (see :mod:`jaxopt_zoo.storage`); a lossy one adds its
-            rounding to the distance (see :mod:`jaxopt_zoo.transforms.parameter_free`).
+        param_dtype: storage of the initial params: ``None`` (the params' dtype), a floating dtype or
+            :class:`~jaxopt_zoo.storage.StochasticBF16`, not 8-bit (a lossy one adds its rounding to the
+            distance, see :mod:`jaxopt_zoo.transforms.parameter_free`).
         axis_name: inside ``shard_map``, the mesh axes the params may be sharded over.
 
     Example:
@@ -141,7 +144,7 @@ def dowg(
                        why_positive=" (it is the first squared distance when init_estim_sq_dist is None)")
     if weight_decay is not None:
         validation.scalar_or_schedule(owner, "weight_decay", weight_decay)
-    validation.state_dtypes(owner, param_dtype=param_dtype)
+    _distance_anchor_storage(owner, param_dtype, "init_estim_sq_dist (or eps)")
     validation.axis_name(owner, axis_name)
     return chain(
         identity() if weight_decay is None else add_decayed_weights(weight_decay, mask),

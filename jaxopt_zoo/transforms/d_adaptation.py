@@ -184,8 +184,8 @@ def scale_by_prodigy(
     still counts in :math:`\\|s\\|_1`) and adds nothing to :math:`r`; bad numbers raise when built.
     Additions: the storage options and ``axis_name``. ``params0_dtype`` refuses
     :class:`~jaxopt_zoo.quantization.Blockwise8Bit`: :math:`x_0 - x_t` is read every step, and
-    8-bit rounding of :math:`x_0` (up to 1/254 of a block's largest entry) would swamp the distance
-    travelled in the first steps; bfloat16 (rounding :math:`2^{-9}` of :math:`|x_0|`) is accepted.
+    8-bit rounding of :math:`x_0` (3 mantissa bits: up to 1/8 of each entry, about 3% of
+    :math:`\\|x_0\\|`) would swamp the distance travelled in the first steps; bfloat16 (rounding :math:`2^{-9}` of :math:`|x_0|`) is accepted.
 
     Args:
         learning_rate: :math:`\\alpha_t \\ge 0` around 1, or a schedule of the step count (the paper
@@ -284,7 +284,7 @@ def _params0_storage(owner: str, params0_dtype: StateDtype):
     if storage.encoded:
         raise ValueError(
             f"{owner}: params0_dtype={params0_dtype!r} keeps the initial params as 8-bit codes, whose rounding "
-            "(up to 1/254 of a block's largest entry) would swamp x_0 - x_t in the first steps and so the "
+            "(3 mantissa bits: up to 1/8 of each entry) would swamp x_0 - x_t in the first steps and so the "
             "distance estimate; use None (the params' dtype), a floating dtype or jz.StochasticBF16()."
         )
     return storage

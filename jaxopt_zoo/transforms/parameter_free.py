@@ -12,11 +12,18 @@ distance and one gradient sum per parameter array); :func:`scale_by_dog` and
 whole tree). Every whole-array or whole-tree reduction takes ``axis_name``, so
 that inside ``shard_map`` it is the whole array's or tree's. The copies of the
 initial params take the storage option ``param_dtype``. For the distance rules
-(DoG, DoWG) a lossy copy's rounding adds to :math:`\\|x_t - x_0\\|`: about
-:math:`2^{-9} |x_0|` in bfloat16, up to 1/254 of a block's largest entry in
-8 bits. Until the params have moved further than that it sets the step size
-in place of the first distance :math:`r_0` (or :math:`\\bar r_0`), so such a
-copy suits a first distance above it (e.g. ``reps_rel`` 1e-2 rather than 1e-6).
+(DoG, DoWG) a lossy copy's rounding adds to :math:`\\|x_t - x_0\\|`, and at the
+first step it is all of it. In bfloat16 it is about :math:`2^{-9} \\|x_0\\|`:
+until the params have moved further than that it sets the step size in place
+of a smaller first distance :math:`r_0` (or :math:`\\bar r_0`), so such a copy
+suits a first distance above it (e.g. ``reps_rel`` 1e-2 rather than 1e-6).
+8-bit codes (:class:`~jaxopt_zoo.quantization.Blockwise8Bit`, 3 mantissa bits)
+round by about 3% of :math:`\\|x_0\\|` (up to 1/8 of each entry), far above the
+first distances the DoG authors recommend (``reps_rel`` 1e-6 to 1e-4): the
+rounding, not the first distance, would set the first steps (with the default
+``reps_rel=1e-6`` a first step some 30,000 times larger), so the distance rules
+refuse them, as Prodigy does for its :math:`x_0`. COCOB's copy takes a dtype
+only (see :func:`scale_by_cocob`).
 
     >>> import jaxopt_zoo as jz
     >>> tx = jz.scale_by_distance_over_gradients()
@@ -88,6 +95,18 @@ def _scalar_dtype(params: Any) -> jnp.dtype:
     return tree.scalar_dtype(params)
 
 
+def _distance_anchor_storage(owner: str, param_dtype: StateDtype, first: str):
+    """The storage of DoG's, LDoG's or DoWG's initial params: not 8-bit (see the module docstring)."""
+    storage = resolve(owner, "param_dtype", param_dtype)
+    if storage.encoded:
+        raise ValueError(
+            f"{owner}: param_dtype={param_dtype!r} keeps the initial params as 8-bit codes, whose rounding (about "
+            f"3% of ||x_0||) is all of ||x_t - x_0|| at the first step, so it, not {first}, would set the first "
+            "step sizes; use None (the params' dtype), a floating dtype or jz.StochasticBF16()."
+        )
+    return storage
+
+
 # --- layer-wise DoG (Optax core) ------------------------------------------------------------------
 
 
@@ -131,8 +150,8 @@ def scale_by_distance_over_gradients(
     (Optax's is ``(1,)``, which turns the scalar param into a vector);
     ``max_dist`` keeps the dtype it is created in, the wider of the param's and
     the initial copy's (Optax's changes dtype at the first step where they
-    differ, e.g. bfloat16 params); ``param_dtype`` also takes the other
-    storages (``jz.StochasticBF16()``, ``jz.Blockwise8Bit()``: see the module's
+    differ, e.g. bfloat16 params); ``param_dtype`` also takes
+    ``jz.StochasticBF16()`` but refuses ``jz.Blockwise8Bit()`` (see the module's
     note on a lossy copy and the first distance); squares of float16
     values are summed in float32 and complex ones as :math:`|x|^2` (Optax sums
     float16 squares, and squares complex values); bad numbers raise when
@@ -142,7 +161,9 @@ def scale_by_distance_over_gradients(
         reps_rel: :math:`r_\\epsilon > 0`, the first distance relative to :math:`1 + \\|x_0\\|`
             (1e-4 for models with batch norm, 1e-6 otherwise).
         eps: :math:`\\epsilon \\ge 0`, added under the square root.
-        param_dtype: storage of the initial params (see :mod:`jaxopt_zoo.storage`).
+        param_dtype: storage of the initial params: a floating dtype or
+            :class:`~jaxopt_zoo.storage.StochasticBF16`, not 8-bit (a lossy one adds its rounding to the
+            distance, see :mod:`jaxopt_zoo.transforms.parameter_free`).
         global_scale: :math:`s`, a factor on every update (typically 1 or -1).
         axis_name: inside ``shard_map``, the mesh axes the params may be sharded
             over, so that each norm is the whole array's.
@@ -162,7 +183,7 @@ def scale_by_distance_over_gradients(
     owner = "scale_by_distance_over_gradients"
     validation.positive(owner, "reps_rel", reps_rel)
     validation.epsilon(owner, "eps", eps)
-    storage = resolve(owner, "param_dtype", param_dtype)
+    storage = _distance_anchor_storage(owner, param_dtype, "reps_rel")
     validation.real_scalar(owner, "global_scale", global_scale)
     axis_name = validation.axis_name(owner, axis_name)
 
@@ -260,14 +281,15 @@ def scale_by_dog(
     and keep it: Optax creates them in the least precise dtype, so with bfloat16 params the sum stops
     growing at 256, and in a tree of mixed dtypes they change dtype at the first step; ``None`` updates pass through (their params still
     count in the distance); ``param_dtype`` (the storage of the initial params, see
-    :mod:`jaxopt_zoo.storage`) and ``axis_name`` are additions.
+    :mod:`jaxopt_zoo.storage`; not 8-bit) and ``axis_name`` are additions.
 
     Args:
         init_step: ``(kind, value)``, kind one of ``"distance"``, ``"learning_rate"``,
             ``"heuristic"``, value > 0 (1e-6 for ``"heuristic"``, 1e-4 with batch norm).
         eps: :math:`\\epsilon \\ge 0`, added under the square root.
-        param_dtype: storage of the initial params (``None``: the params' dtype; a lossy one adds its
-            rounding to the distance, see :mod:`jaxopt_zoo.transforms.parameter_free`).
+        param_dtype: storage of the initial params: ``None`` (the params' dtype), a floating dtype or
+            :class:`~jaxopt_zoo.storage.StochasticBF16`, not 8-bit (a lossy one adds its rounding to the
+            distance, see :mod:`jaxopt_zoo.transforms.parameter_free`).
         axis_name: inside ``shard_map``, the mesh axes the params may be sharded over.
 
     Example:
@@ -285,7 +307,7 @@ def scale_by_dog(
     owner = "scale_by_dog"
     kind, value = _check_init_step(owner, init_step)
     validation.epsilon(owner, "eps", eps)
-    storage = resolve(owner, "param_dtype", param_dtype)
+    storage = _distance_anchor_storage(owner, param_dtype, "init_step")
     axis_name = validation.axis_name(owner, axis_name)
 
     def init(params):
@@ -352,13 +374,14 @@ def scale_by_dowg(
     Numerically identical to ``optax.contrib``'s ``scale_by_dowg`` (states included; Optax
     does not export it from ``optax.contrib``). Differences: bad numbers raise when built;
     the scalars are float32 at least and keep their dtype (as for :func:`scale_by_dog`); ``None``
-    updates pass through; ``param_dtype`` and ``axis_name`` are additions.
+    updates pass through; ``param_dtype`` (not 8-bit) and ``axis_name`` are additions.
 
     Args:
         init_estim_sq_dist: :math:`\\bar r_0^2 > 0`, a guess of the squared distance to a solution.
         eps: :math:`\\epsilon`, added to the denominator (> 0 when ``init_estim_sq_dist`` is ``None``).
-        param_dtype: storage of the initial params (``None``: the params' dtype; a lossy one adds its
-            rounding to the distance, see :mod:`jaxopt_zoo.transforms.parameter_free`).
+        param_dtype: storage of the initial params: ``None`` (the params' dtype), a floating dtype or
+            :class:`~jaxopt_zoo.storage.StochasticBF16`, not 8-bit (a lossy one adds its rounding to the
+            distance, see :mod:`jaxopt_zoo.transforms.parameter_free`).
         axis_name: inside ``shard_map``, the mesh axes the params may be sharded over.
 
     Example:
@@ -378,7 +401,7 @@ def scale_by_dowg(
         validation.positive(owner, "init_estim_sq_dist", init_estim_sq_dist)
     why = " (it is the first squared distance when init_estim_sq_dist is None)"
     validation.epsilon(owner, "eps", eps, allow_zero=init_estim_sq_dist is not None, why_positive=why)
-    storage = resolve(owner, "param_dtype", param_dtype)
+    storage = _distance_anchor_storage(owner, param_dtype, "init_estim_sq_dist (or eps)")
     axis_name = validation.axis_name(owner, axis_name)
     first = eps if init_estim_sq_dist is None else init_estim_sq_dist
 
