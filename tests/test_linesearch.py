@@ -376,9 +376,143 @@ def test_a_none_gradient_leaf_freezes_its_param_through_both_line_searches():
         np.testing.assert_array_equal(p["b"], params["b"])
 
 
-def test_line_search_scalars_take_the_first_floating_params_dtype():
-    # An int first leaf (Optax's rule: the first leaf's dtype) could not hold the initial infinite value.
+def test_line_search_scalars_take_the_first_floating_params_dtype_and_at_least_float32():
+    # An int first leaf (Optax's rule: the first leaf's dtype) could not hold the initial infinite value; a
+    # bfloat16 one is widened to float32 (Optax keeps bfloat16).
     for tx in (jz.lbfgs(), jz.lbfgs(linesearch=jz.scale_by_backtracking_linesearch(max_backtracking_steps=5))):
         state = tx.init({"0_count": jnp.array([1, 2], jnp.int32), "w": jnp.ones(2, jnp.bfloat16)})
         search = state[-1]
-        assert search.value.dtype == jnp.bfloat16 and bool(jnp.isinf(search.value))
+        assert search.value.dtype == jnp.float32 and bool(jnp.isinf(search.value))
+
+
+def _shapes_and_dtypes(state):
+    return jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x), getattr(x, "weak_type", False)), state)
+
+
+LOW_PRECISION_SEARCHES = {
+    "lbfgs": lambda: jz.lbfgs(),
+    "lbfgs_backtracking": lambda: jz.lbfgs(linesearch=jz.scale_by_backtracking_linesearch(15, store_grad=True)),
+    "sgd_zoom": lambda: jz.chain(jz.sgd(1.0), jz.scale_by_zoom_linesearch(15)),
+    "sgd_backtracking": lambda: jz.chain(jz.sgd(1.0), jz.scale_by_backtracking_linesearch(15, store_grad=True)),
+}
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("name", list(LOW_PRECISION_SEARCHES))
+def test_low_precision_params_keep_float32_search_scalars_and_stable_state_dtypes(name, dtype):
+    """The old searches kept step sizes, values and errors in bfloat16/float16 (8 or 11 bits), and the backtracking
+    search with store_grad failed on such params (its cotangent 1.0 was float32, f's value was not)."""
+    tx = LOW_PRECISION_SEARCHES[name]()
+    loss = lambda w: jnp.sum((w - 3) ** 2)
+    params = jnp.asarray([0.0, 1.0, 2.0, 5.0], dtype)
+    state = tx.init(params)
+    expected = _shapes_and_dtypes(state)
+    for _ in range(2):
+        value, grad = jz.value_and_grad_from_state(loss)(params, state=state)
+        assert value.dtype == dtype and grad.dtype == dtype  # what loss returns, stored or computed
+        updates, state = tx.update(grad, state, params, value=value, grad=grad, value_fn=loss)
+        assert updates.dtype == dtype
+        params = jz.apply_updates(params, updates)
+        assert _shapes_and_dtypes(state) == expected
+    search = state[-1]
+    scalars = [search.learning_rate, search.value, search.info.decrease_error]
+    assert all(x.dtype == jnp.float32 for x in scalars), [x.dtype for x in scalars]
+    assert search.grad.dtype == dtype
+    # f where the search stopped, up to f's own rounding (XLA may fuse f's bfloat16 operations in float32).
+    np.testing.assert_allclose(np.asarray(search.value), np.asarray(loss(params), np.float32), rtol=2**-7)
+    assert float(loss(params)) < 18.0  # f at the start
+
+
+@pytest.mark.parametrize("search", ["zoom", "backtracking"])
+def test_a_float32_objective_of_bfloat16_params_is_searched_and_stored_in_float32(search):
+    """A loss computed in float32 from bfloat16 params: the old searches rounded the stored value to bfloat16
+    (16447.875 kept as 16384, so value_and_grad_from_state could not even pair it with f's float32 value),
+    and the zoom bracketed in bfloat16 values and steps and stopped at w = 1.5 instead of the minimizer 1."""
+    offset = 16448.1 - 1.5  # f(0) = 16448.1, which bfloat16 rounds to 16512
+
+    def loss(w):
+        return offset + 1.5 * jnp.sum((w.astype(jnp.float32) - 1.0) ** 2)
+
+    tx = jz.chain(jz.sgd(1.0), jz.scale_by_zoom_linesearch(15) if search == "zoom"
+                  else jz.scale_by_backtracking_linesearch(15, store_grad=True))
+
+    @jax.jit
+    def step(w, state):
+        value, grad = jz.value_and_grad_from_state(loss)(w, state=state)
+        updates, state = tx.update(grad, state, w, value=value, grad=grad, value_fn=loss)
+        return jz.apply_updates(w, updates), state, value
+
+    w, state = jnp.zeros(1, jnp.bfloat16), tx.init(jnp.zeros(1, jnp.bfloat16))
+    for _ in range(2):
+        w_before = w
+        w, state, value = step(w, state)
+        assert value.dtype == jnp.float32
+        np.testing.assert_array_equal(np.asarray(value), np.asarray(loss(w_before)))
+        np.testing.assert_array_equal(np.asarray(state[-1].value), np.asarray(loss(w)))  # f where it stopped
+        assert float(loss(w)) <= float(value)
+    if search == "zoom":
+        np.testing.assert_array_equal(np.asarray(w, np.float32), 1.0)  # w = 3 eta, eta = 1/3 exactly
+
+
+def test_scale_by_lbfgs_first_direction_from_float16_gradients_beyond_256():
+    """The old norm of the gradient was a float16 sum of squares: 4 * 300**2 overflowed to inf, so
+    gamma_0 = min(1, 1 / inf) = 0 and the first direction was 0."""
+    grads = jnp.full(4, 300.0, jnp.float16)
+    tx = jz.scale_by_lbfgs()
+    direction, state = tx.update(grads, tx.init(grads), grads)
+    assert direction.dtype == jnp.float16
+    np.testing.assert_array_equal(np.asarray(direction, np.float32), 0.5)  # g / ||g||
+    direction, _ = tx.update(grads * 0.5, state, grads - direction)
+    assert bool(jnp.all(jnp.isfinite(direction)))
+
+
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_])
+def test_integer_and_bool_params_keep_float32_gradients_and_stable_state_dtypes(dtype):
+    """The old L-BFGS state kept its gradients and their differences in the param's integer dtype: state.updates
+    became float32 at the first step (a jitted step compiled again; lax.scan refused it), the secant memory
+    truncated y = g - g_old to integers, the searches' stored gradients were truncated (bool params failed), and
+    the backtracking search with store_grad failed. Now they are float32, as Adam's moments of such params."""
+    target = jnp.asarray([3.0, -2.0, 0.5, 1.0])
+    loss = lambda w: jnp.sum((w.astype(jnp.float32) - target) ** 2)
+    start = jnp.asarray([0, 1, 1, 0], dtype)
+    for tx in (jz.lbfgs(linesearch=None), jz.lbfgs(),
+               jz.lbfgs(linesearch=jz.scale_by_backtracking_linesearch(15, store_grad=True))):
+        traces = []
+
+        @jax.jit
+        def step(w, state):
+            traces.append(1)
+            value, grad = jax.value_and_grad(loss)(w.astype(jnp.float32))  # jax.grad refuses integer inputs
+            updates, state = tx.update(grad, state, w, value=value, grad=grad, value_fn=loss)
+            return jz.apply_updates(w, updates), state, updates
+
+        state = tx.init(start)
+        expected = _shapes_and_dtypes(state)
+        lbfgs_state = state[0]
+        assert lbfgs_state.params.dtype == dtype and lbfgs_state.weights_memory.dtype == jnp.float32
+        for x in (lbfgs_state.updates, lbfgs_state.diff_params_memory, lbfgs_state.diff_updates_memory):
+            assert x.dtype == jnp.float32
+        w = start
+        for _ in range(3):
+            w_before = w
+            w, state, updates = step(w, state)
+            assert _shapes_and_dtypes(state) == expected
+        assert len(traces) == 1
+        np.testing.assert_array_equal(state[0].updates, jax.grad(loss)(w_before.astype(jnp.float32)))
+        if state[-1] != ():
+            search = state[-1]
+            assert search.grad.dtype == jnp.float32 and search.value.dtype == jnp.float32
+            # The gradient where the search stopped (w + eta u, a float point), not truncated to integers.
+            trial_point = w_before.astype(jnp.float32) + updates
+            np.testing.assert_allclose(search.grad, jax.grad(loss)(trial_point), rtol=1e-6)
+
+
+def test_first_scale_by_lbfgs_step_of_integer_params_equals_the_float32_params_step():
+    grads = jnp.asarray([-0.5, 0.25, 0.75, -1.0])
+    ints = jnp.asarray([1, 0, 1, 0], jnp.int32)
+    tx = jz.scale_by_lbfgs()
+    ours, state = tx.update(grads, tx.init(ints), ints)
+    theirs, expected = tx.update(grads, tx.init(ints.astype(jnp.float32)), ints.astype(jnp.float32))
+    assert_trees_equal(ours, theirs)
+    assert_trees_equal(state._replace(params=None), expected._replace(params=None))
+    assert state.params.dtype == jnp.int32

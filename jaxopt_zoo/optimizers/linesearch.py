@@ -36,7 +36,10 @@ def lbfgs(
 
     Recipe: ``chain(scale_by_lbfgs(memory_size, scale_init_precond), scale(-1.0)
     or scale_by_learning_rate(learning_rate), linesearch or identity())``.
-    Numerically identical to ``optax.lbfgs``, with the same state. ``update``
+    Numerically identical to ``optax.lbfgs`` for float32 and float64 params,
+    with the same state (for bfloat16, float16, integer and bool params the
+    scalars are float32 at least and the gradients of integer params float32:
+    see the deviations of the three members). ``update``
     takes ``value``, ``grad`` and ``value_fn`` (the loop below); without a
     line search (``linesearch=None``) they are not needed. Additions:
     ``memory_dtype`` (storage of the secant memory) and ``axis_name`` (exact

@@ -60,12 +60,20 @@ def _present(updates: Any, *trees: Any) -> tuple[list[Any], ...]:
     return tuple([xs[i] for i in keep] for xs in (leaves, *others))
 
 
+def _wide(x: jax.Array) -> jax.Array:
+    # At least float32 (a no-op for float32 and float64): a float16 sum of squares overflows past 65504, and a
+    # bfloat16 inner product keeps 8 bits; integer and bool leaves (params, their differences) become float32.
+    return x.astype(jnp.promote_types(jnp.result_type(x), jnp.float32))
+
+
 def _inner(owner: str, xs: list[jax.Array], ys: list[jax.Array], axis_name: AxisName) -> jax.Array:
-    """:math:`\\operatorname{Re} \\sum_i \\langle x_i, y_i \\rangle` over leaf lists, each leaf whole (all shards)."""
-    return jnp.real(tree.tree_vdot(xs, ys, axis_name, owner))
+    """:math:`\\operatorname{Re} \\sum_i \\langle x_i, y_i \\rangle` over leaf lists, each leaf whole (all shards),
+    in float32 at least."""
+    return jnp.real(tree.tree_vdot([_wide(x) for x in xs], [_wide(y) for y in ys], axis_name, owner))
 
 
 def _norm_sq(owner: str, xs: list[jax.Array], axis_name: AxisName) -> jax.Array:
+    xs = [_wide(x) for x in xs]
     return sum_over_shards(owner, ((jnp.sum(jnp.square(x.real) + jnp.square(x.imag)), x) for x in xs), axis_name)
 
 
@@ -76,15 +84,47 @@ def _axpy(x: Any, a: jax.Array, y: Any) -> Any:
 
 
 def _scaled(a: jax.Array, updates: Any) -> Any:
-    return tree.map_updates(lambda u: a * u, updates)
+    """``a u`` in the dtype of ``u`` (``a`` is float32 at least; a bfloat16 direction stays bfloat16)."""
+    return tree.map_updates(lambda u: (a * u).astype(jnp.result_type(u)), updates)
+
+
+def _trial_point(params: Any, eta: jax.Array, updates: Any) -> Any:
+    """The params :func:`~jaxopt_zoo.apply_updates` would make of ``_scaled(eta, updates)``: ``w + eta u`` in
+    each param's dtype, except for integer and bool params, kept as the float sum (``f`` is differentiated there).
+    Where ``u`` is ``None`` the param is kept."""
+
+    def point(p, s):
+        if s is None:
+            return p
+        return (p + s).astype(jnp.result_type(p)) if _gradient_dtype(p) is None else p + s
+
+    return jax.tree.map(point, params, _scaled(eta, updates), is_leaf=tree.is_none)
 
 
 def _value_dtype(params: Any) -> jnp.dtype:
     # The real dtype of the first inexact param, as Optax takes the first param's (whose int or bool first leaf
     # cannot hold the initial infinite value); JAX's default float where there is none (e.g. the placeholder of
-    # tree.map_params).
+    # tree.map_params). At least float32 (Optax keeps the params' dtype): in bfloat16 a value near 1000 was kept
+    # off by up to 2 (the zoom's bracket values, the stored value reused as the next f(w)), and trial steps had 8 bits.
     inexact = [x for x in jax.tree.leaves(params) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
-    return jnp.real(jnp.empty((), inexact[0].dtype)).dtype if inexact else jnp.zeros(()).dtype
+    dtype = jnp.real(jnp.empty((), inexact[0].dtype)).dtype if inexact else jnp.zeros(()).dtype
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def _as_scalar(x: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    # A value of f widened to dtype, never narrowed (an f of float32 params may return float64 under x64).
+    x = jnp.asarray(x)
+    return x.astype(jnp.promote_types(x.dtype, dtype))
+
+
+def _gradient_dtype(p: Any) -> jnp.dtype | None:
+    # The dtype a gradient (or difference) of the param p is kept in: p's (None), or float32 for an integer or
+    # bool param, whose gradient would be truncated (Optax keeps p's dtype, and its state changes dtype after a step).
+    return None if jnp.issubdtype(jnp.result_type(p), jnp.inexact) else jnp.dtype(jnp.float32)
+
+
+def _gradient_zeros(params: Any) -> Any:
+    return jax.tree.map(lambda p: jnp.zeros_like(p, dtype=_gradient_dtype(p)), params)
 
 
 def _objective_arguments(owner: str, params: Any, extra_args: dict) -> tuple[Any, Any, Callable]:
@@ -99,8 +139,8 @@ def _objective_arguments(owner: str, params: Any, extra_args: dict) -> tuple[Any
     extra_args = dict(extra_args)
     value, grad, value_fn = extra_args.pop("value"), extra_args.pop("grad"), extra_args.pop("value_fn")
     # A None leaf of grad (a frozen param, whose update is None too) is kept as zeros: the state's grad is whole.
-    grad = jax.tree.map(lambda g, p: jnp.zeros_like(p) if g is None and p is not None else g, grad, params,
-                        is_leaf=tree.is_none)
+    grad = jax.tree.map(lambda g, p: jnp.zeros_like(p, dtype=_gradient_dtype(p)) if g is None and p is not None
+                        else g, grad, params, is_leaf=tree.is_none)
     accepted = inspect.signature(value_fn).parameters
     fn_kwargs = {k: v for k, v in extra_args.items() if k in accepted}
     unused = sorted(set(extra_args) - set(fn_kwargs))
@@ -146,7 +186,7 @@ def _two_loop(owner, g, s_mem, y_mem, rho, gamma, newest, axis_name):
         return tree.cast_like(_axpy(q, -alpha, y), q), alpha
 
     q, alphas = jax.lax.scan(backward, g, order, reverse=True)
-    r = _scaled(gamma, q)
+    r = tree.cast_like(_scaled(gamma, q), q)  # gamma is float32 at least; the direction keeps the gradient's dtype
 
     def forward(r, j_alpha):
         j, alpha = j_alpha
@@ -185,7 +225,16 @@ def scale_by_lbfgs(
     direction itself: chain ``scale(-1.0)`` (or a learning rate) and a line
     search after it, as :func:`jaxopt_zoo.lbfgs` does.
 
-    Numerically identical to ``optax.scale_by_lbfgs``, with the same state.
+    Numerically identical to ``optax.scale_by_lbfgs`` for float32 and float64
+    params, with the same state. Deviations for other dtypes: the inner
+    products and norms are formed in float32 at least (Optax forms them in the
+    params' dtype, where a float16 sum of squares overflows past 65504 and the
+    first direction became 0), and the direction keeps the gradient's dtype; for
+    integer and bool params the last gradient, the param differences and both
+    memories are float32 (Optax keeps the param's dtype, which truncated
+    :math:`y = g_{k+1} - g_k`, and its ``updates`` field turned float at the
+    first step); a gradient of another dtype than at ``init`` is kept in that
+    one, so the state's dtypes never change at a step.
     Additions: ``memory_dtype`` keeps the two stacked memories in a storage
     (a dtype, :class:`~jaxopt_zoo.storage.StochasticBF16`,
     :class:`~jaxopt_zoo.quantization.Blockwise8Bit`); ``axis_name`` makes the
@@ -224,12 +273,16 @@ def scale_by_lbfgs(
         def stacked():
             # A leading axis of length m on every leaf, built from the param so it keeps the param's sharding;
             # a new buffer for each memory, so that the state can be donated.
-            return jax.tree.map(lambda p: jnp.broadcast_to(jnp.zeros_like(p), (memory_size,) + jnp.shape(p)), params)
+            # Differences of an integer or bool param are float32, as its gradients are.
+            return jax.tree.map(
+                lambda p: jnp.broadcast_to(jnp.zeros_like(p, dtype=_gradient_dtype(p)), (memory_size,) + jnp.shape(p)),
+                params,
+            )
 
         return ScaleByLBFGSState(
             count=jnp.zeros([], jnp.int32),
             params=tree.zeros_like(params),
-            updates=tree.zeros_like(params),
+            updates=_gradient_zeros(params),
             diff_params_memory=stacked(),
             diff_updates_memory=stacked(),
             weights_memory=jnp.zeros(memory_size),
@@ -246,10 +299,13 @@ def scale_by_lbfgs(
         slot, last_slot = k % memory_size, (k - 1) % memory_size
         started = k > 0  # no secant pair before the second step
 
-        s = [jnp.where(started, a - b, jnp.zeros_like(a - b)) for a, b in zip(w, w_old)]
+        # An integer or bool param's steps in float32 (bools cannot be subtracted); float params as they are.
+        as_gradient = lambda x: x if _gradient_dtype(x) is None else x.astype(jnp.float32)
+        wg, wg_old = [as_gradient(a) for a in w], [as_gradient(b) for b in w_old]
+        s = [jnp.where(started, a - b, jnp.zeros_like(a - b)) for a, b in zip(wg, wg_old)]
         y = [jnp.where(started, a - b, jnp.zeros_like(a - b)) for a, b in zip(g, g_old)]
         # <y, s> of the unmasked differences (equal to the masked ones once started).
-        sy_raw = _inner(owner, [a - b for a, b in zip(g, g_old)], [a - b for a, b in zip(w, w_old)], axis_name)
+        sy_raw = _inner(owner, [a - b for a, b in zip(g, g_old)], [a - b for a, b in zip(wg, wg_old)], axis_name)
         rho = jnp.where(started, jnp.where(sy_raw == 0.0, 0.0, 1.0 / sy_raw), 0.0)
         s_mem = [m.at[last_slot].set(x.astype(m.dtype)) for m, x in zip(s_mem, s)]
         y_mem = [m.at[last_slot].set(x.astype(m.dtype)) for m, x in zip(y_mem, y)]
@@ -273,7 +329,8 @@ def scale_by_lbfgs(
         return put(updates, direction), ScaleByLBFGSState(
             count=safe_increment(k),
             params=put(state.params, w),
-            updates=put(state.updates, g),
+            # In the state's dtype, so that the state's dtypes do not change at a step (gradients of another dtype).
+            updates=put(state.updates, tree.cast_like(g, g_old)),
             diff_params_memory=put(state.diff_params_memory, s_mem),
             diff_updates_memory=put(state.diff_updates_memory, y_mem),
             weights_memory=rho_mem,
@@ -364,7 +421,16 @@ def scale_by_backtracking_linesearch(
     own wording when the search fails; a missing ``value``/``grad``/``value_fn``
     raises a ``ValueError`` saying what to pass; ``axis_name`` (an addition)
     makes the slope exact inside ``shard_map``; ``None`` update leaves stay
-    ``None`` (their params do not move in the trials).
+    ``None`` (their params do not move in the trials). For bfloat16 and float16
+    params the step size, value and decrease error are float32, and the slope
+    and :math:`f`'s values are widened to float32 for the test (Optax keeps them
+    in the first param's dtype: in bfloat16 a value near 16500 is off by up to
+    64 and a step size keeps 8 bits), while the update and the trial points keep
+    the updates' and params' dtypes; ``store_grad`` works there (Optax seeds the
+    transpose with a float32 1.0 and fails). For integer and bool params the
+    kept gradient and the trial points are float32 (Optax truncates the
+    gradient to the param's dtype); the update is applied, and rounded, as usual.
+    With these, the state's dtypes never change at a step.
 
     Args:
         max_backtracking_steps: the most reductions of :math:`\\eta` per step (an integer in [0, 2**31 - 1]).
@@ -422,7 +488,7 @@ def scale_by_backtracking_linesearch(
         return ScaleByBacktrackingLinesearchState(
             learning_rate=jnp.array(1.0, dtype),
             value=jnp.array(jnp.inf, dtype),
-            grad=tree.zeros_like(params) if store_grad else None,
+            grad=_gradient_zeros(params) if store_grad else None,
             info=BacktrackingLinesearchInfo(_no_steps(), jnp.array(jnp.inf, dtype)),
         )
 
@@ -433,6 +499,8 @@ def scale_by_backtracking_linesearch(
 
     def update(updates, state, params=None, **extra_args):
         value, grad, f = _objective_arguments(owner, params, extra_args)
+        dtype = _value_dtype(params)
+        value = _as_scalar(value, dtype)
         u, g = _present(updates, grad)
         # d/d eta f(w + eta u) at 0, in Optax's complex convention <u, conj(g)>.
         slope = _inner(owner, u, [jnp.conj(x) for x in g], axis_name)
@@ -442,24 +510,29 @@ def scale_by_backtracking_linesearch(
 
         def trial(search):
             eta = jnp.where(search.iter_num > 0, decrease_factor * search.learning_rate, search.learning_rate)
-            w = _axpy(params, eta, updates)
+            w = _trial_point(params, eta, updates)
             if store_grad:
                 # The value through a linearization, so the gradient (its transpose) costs nothing more
-                # than a backward pass, and only at the accepted point.
-                new_value, tangent_map = jax.linearize(f, w)
+                # than a backward pass, and only at the accepted point. The cotangent has f's dtype.
+                raw_value, tangent_map = jax.linearize(f, w)
+                new_value = _as_scalar(raw_value, dtype)
                 error = excess(eta, slope, value, new_value)
                 accepted = (error <= atol) | (search.iter_num == max_backtracking_steps)
                 new_grad = jax.lax.cond(
-                    accepted, lambda p: jax.linear_transpose(tangent_map, p)(1.0)[0], lambda p: search.new_grad, w
+                    accepted,
+                    lambda p: tree.cast_like(jax.linear_transpose(tangent_map, p)(jnp.ones_like(raw_value))[0],
+                                             search.new_grad),
+                    lambda p: search.new_grad,
+                    w,
                 )
             else:
-                new_value = f(w)
+                new_value = _as_scalar(f(w), dtype)
                 error = excess(eta, slope, value, new_value)
                 new_grad = search.new_grad
             return tree.cast_like(_Backtrack(eta, new_value, new_grad, error, search.iter_num + 1), search)
 
         first = jnp.minimum(increase_factor * state.learning_rate, max_learning_rate)
-        start = _Backtrack(first, value, tree.zeros_like(params), jnp.array(jnp.inf), 0)
+        start = _Backtrack(first, value, _gradient_zeros(params), jnp.array(jnp.inf), 0)
         search = jax.lax.while_loop(searching, trial, start)
         eta = jnp.where(jnp.isinf(search.decrease_error), 0.0, search.learning_rate)
         if verbose:
@@ -594,7 +667,15 @@ def scale_by_zoom_linesearch(
     ``verbose`` prints one line of our own wording when the search fails; a
     missing ``value``/``grad``/``value_fn`` raises a ``ValueError`` saying what
     to pass; ``axis_name`` (an addition) makes the slopes exact inside
-    ``shard_map``; ``None`` update leaves stay ``None``.
+    ``shard_map``; ``None`` update leaves stay ``None``. For bfloat16 and
+    float16 params the step sizes, values, slopes and errors (in the state and
+    in the search) are float32 (Optax keeps them in the first param's dtype,
+    where trial steps keep 8 bits and the bracket's values near 16500 are off by
+    up to 64), while the update and the trial points keep the updates' and
+    params' dtypes. For integer and bool params the kept gradient and the trial
+    points are float32 (Optax truncates the gradient to the param's dtype); the
+    update is applied, and rounded, as usual. With these, the state's dtypes
+    never change at a step.
 
     Args:
         max_linesearch_steps: the most trial points per step (an integer in [1, 2**31 - 1]).
@@ -671,12 +752,14 @@ def scale_by_zoom_linesearch(
         return ScaleByZoomLinesearchState(
             learning_rate=jnp.asarray(1.0, dtype),
             value=jnp.asarray(jnp.inf, dtype),
-            grad=tree.zeros_like(params),
+            grad=_gradient_zeros(params),
             info=ZoomLinesearchInfo(_no_steps(), jnp.asarray(jnp.inf, dtype), jnp.asarray(jnp.inf, dtype)),
         )
 
     def update(updates, state, params=None, **extra_args):
         value_init, grad, f = _objective_arguments(owner, params, extra_args)
+        dtype = _value_dtype(params)
+        value_init = _as_scalar(value_init, dtype)
         u, g = _present(updates, grad)
         value_and_grad = jax.value_and_grad(f)
         slope_init = _inner(owner, u, g, axis_name)
@@ -684,7 +767,8 @@ def scale_by_zoom_linesearch(
 
         def measure(eta):
             # f, its gradient and its slope along u at w + eta u.
-            value, grad = value_and_grad(_axpy(params, eta, updates))
+            value, grad = value_and_grad(_trial_point(params, eta, updates))
+            value = _as_scalar(value, dtype)
             slope = _inner(owner, [jnp.conj(x) for x in _present(updates, grad)[1]], u, axis_name)
             return value, grad, slope
 
@@ -767,7 +851,6 @@ def scale_by_zoom_linesearch(
             )
             return tree.cast_like(jax.lax.cond(new.failed, fall_back, lambda x: x, new), s)
 
-        dtype = _value_dtype(params)
         zero, inf, false = jnp.asarray(0.0), jnp.asarray(jnp.inf), jnp.asarray(False)
         start = _Zoom(jnp.asarray(0), jnp.asarray(0.0, dtype), jnp.array(value_init, dtype), grad, slope_init,
                       inf, inf, inf, false, false, false, zero, value_init, slope_init, zero, value_init, slope_init,
@@ -816,7 +899,10 @@ def value_and_grad_from_state(
     ``jax.value_and_grad(value_fn)(params, *args, **kwargs)`` instead. Only
     valid for a deterministic objective: with mini-batches, compute the value
     and gradient on each batch. Same behaviour as
-    ``optax.value_and_grad_from_state``; the errors say what to change.
+    ``optax.value_and_grad_from_state``; the errors say what to change. The
+    stored value and gradient are returned in the dtypes ``value_fn`` returns
+    (the searches keep the value in float32 at least, where Optax's stored
+    value would not match a float32 ``value_fn`` of bfloat16 params).
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
@@ -848,13 +934,12 @@ def value_and_grad_from_state(
             raise ValueError(
                 f"{owner}: the state keeps no gradient; build scale_by_backtracking_linesearch with store_grad=True."
             )
-        return jax.lax.cond(
-            ~jnp.isinf(value) & ~jnp.isnan(value),
-            lambda *_: (value, grad),
-            lambda p, a, kw: jax.value_and_grad(value_fn)(p, *a, **kw),
-            params,
-            fn_args,
-            fn_kwargs,
-        )
+        computed = lambda p, a, kw: jax.value_and_grad(value_fn)(p, *a, **kw)
+        # The searches keep the value in float32 at least (f of bfloat16 params may return bfloat16, which
+        # the widened value holds exactly): both branches return what value_fn returns.
+        returned = jax.eval_shape(computed, params, fn_args, fn_kwargs)
+        stored = jax.tree.map(lambda x, r: jnp.asarray(x).astype(r.dtype), (value, grad), returned)
+        return jax.lax.cond(~jnp.isinf(value) & ~jnp.isnan(value), lambda *_: stored, computed, params, fn_args,
+                            fn_kwargs)
 
     return value_and_grad
