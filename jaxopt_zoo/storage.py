@@ -117,7 +117,8 @@ def resolve(owner: str, name: str, value: Any) -> Storage:
     """The storage a ``*_dtype`` argument asks for; a ``ValueError`` naming ``owner`` and ``name`` otherwise."""
     if isinstance(value, (Blockwise8Bit, StochasticBF16, Dtype)):
         return value
-    return Dtype(validation.state_dtype(owner, name, value))
+    checked = validation.state_dtype(owner, name, value)
+    return Dtype(checked) if checked is None or isinstance(checked, jnp.dtype) else checked  # or the user's storage
 
 
 def with_storage(

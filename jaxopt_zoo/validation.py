@@ -205,9 +205,14 @@ def optional_dtype(owner: str, name: str, value: Any) -> jnp.dtype | None:
 def state_dtype(owner: str, name: str, value: Any) -> Any:
     """A moment's storage: ``None``, a floating dtype of 16 bits or more, or a storage object (returned as it is).
 
-    A storage object is anything with ``create``, ``read`` and ``write`` (see :mod:`jaxopt_zoo.storage`).
+    A storage object is anything with ``create``, ``read`` and ``write`` and the boolean flags ``stochastic`` and
+    ``encoded`` (see :mod:`jaxopt_zoo.storage`).
     """
     if not isinstance(value, type) and all(callable(getattr(value, m, None)) for m in ("create", "read", "write")):
+        missing = [flag for flag in ("stochastic", "encoded") if not isinstance(getattr(value, flag, None), bool)]
+        if missing:
+            raise ValueError(f"{owner}: {name}={value!r} has create, read and write but no boolean "
+                             f"{' or '.join(missing)} flag, which a storage needs (see jaxopt_zoo.storage).")
         return value
     hint = (
         "a floating dtype such as jnp.bfloat16, None for the params' dtype, jz.StochasticBF16() or "

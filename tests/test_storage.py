@@ -548,3 +548,39 @@ def test_stochastic_bf16_matches_the_float64_reference_given_its_random_numbers(
         u = np.asarray(rounding.random_bits(bits, step) >> 16, np.float64) / 2**16
         expected = stochastic_bf16_reference(values, u)
         np.testing.assert_array_equal(draws[i], expected, err_msg=f"step {step}")
+
+
+# --- a storage of the user's own -------------------------------------------------------------------------------
+
+
+class _Bfloat16Cast:
+    """What mu_dtype=jnp.bfloat16 does, written as a storage object of the user's own."""
+
+    stochastic = False
+    encoded = False
+
+    def create(self, value, signed):
+        return value.astype(jnp.bfloat16)
+
+    def read(self, stored):
+        return stored
+
+    def write(self, value, stored, step):
+        return jnp.asarray(value).astype(stored.dtype)
+
+
+def test_a_storage_object_of_the_users_own_is_used_as_it_is():
+    # The module documents the protocol (create, read, write, stochastic, encoded); resolve wrapped such an
+    # object as a dtype, and init failed with "Cannot interpret ... as a data type".
+    params = {"w": jnp.linspace(-1.0, 1.0, 6).reshape(2, 3), "b": jnp.ones(3)}
+    own, cast = jz.adam(0.1, mu_dtype=_Bfloat16Cast()), jz.adam(0.1, mu_dtype=jnp.bfloat16)
+    states = [tx.init(params) for tx in (own, cast)]
+    for t in range(3):
+        grads = jax.tree.map(lambda p: grad_fn(p, t, jnp), params)
+        (mine, states[0]), (theirs, states[1]) = own.update(grads, states[0], params), cast.update(grads, states[1], params)
+        assert_trees_equal((mine, states[0]), (theirs, states[1]))
+    class NoFlags:
+        create, read, write = _Bfloat16Cast.create, _Bfloat16Cast.read, _Bfloat16Cast.write
+    with pytest.raises(ValueError, match=r"^adam: mu_dtype=.* has create, read and write but no boolean stochastic "
+                                         r"or encoded flag"):
+        jz.adam(0.1, mu_dtype=NoFlags())
