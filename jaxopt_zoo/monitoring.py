@@ -121,8 +121,8 @@ def monitor(measures: Mapping[str, GradientTransformation | Measure]) -> Gradien
     and measure states as ``optax.monitor``.
 
     Deviations from Optax: ``measurements`` holds every name from ``init``
-    on, as zeros shaped like what the measure returns for updates shaped like
-    the params (Optax's starts as ``{}`` and gains its keys at the first
+    on, as zeros shaped (and, under :func:`~jaxopt_zoo.init_sharded`, laid out)
+    like what the measure returns for updates shaped like the params (Optax's starts as ``{}`` and gains its keys at the first
     update, so its state changes structure: a ``lax.scan`` carry, a
     donated jitted step or a checkpoint template built from ``init`` do not
     match it; a measure that reads an extra argument of ``update``, which
@@ -151,7 +151,8 @@ def monitor(measures: Mapping[str, GradientTransformation | Measure]) -> Gradien
         for name, t in transforms.items():
             shape = _measurement_shape(t, params)
             if shape is not None:
-                measurements[name] = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shape)
+                # zeros_like keeps the sharding a traced measurement has under init_sharded's Explicit axes.
+                measurements[name] = jax.tree.map(jnp.zeros_like, shape)
         return MonitorState(measurements, states)
 
     def update(updates, state, params=None, **extra_args):

@@ -163,3 +163,24 @@ def test_jitted_donated_steps_and_inject_hyperparams():
 def test_bad_arguments_name_the_function_and_the_argument(build, message):
     with pytest.raises(ValueError, match=message):
         build()
+
+
+def test_init_sharded_lays_out_per_parameter_measurements_like_the_params():
+    # The measurements were built as replicated zeros from their shapes: a per-parameter measurement sat whole on
+    # every device, and the jitted step returned it sharded (a second compilation).
+    from jax.sharding import NamedSharding
+
+    from tests.conftest import SHARD_AXES, SHARD_SPECS, sharded_params
+
+    mesh = jax.make_mesh((2, 4), SHARD_AXES, devices=jax.devices("cpu")[:8])
+    params = {k: jax.device_put(v, NamedSharding(mesh, SHARD_SPECS[k])) for k, v in sharded_params().items()}
+    tx = jz.monitor({"abs": lambda u: jax.tree.map(jnp.abs, u),
+                     "abs_ema": jz.measure_with_ema(lambda u: jax.tree.map(jnp.abs, u), decay=0.9)})
+    state = jz.init_sharded(tx, params)
+    for name in ("abs", "abs_ema"):
+        for k, spec in SHARD_SPECS.items():
+            assert state.measurements[name][k].sharding.spec == spec, (name, k)
+    step = jax.jit(tx.update)
+    _, state = step(params, state, params)
+    _, state = step(params, state, params)
+    assert step._cache_size() == 1
