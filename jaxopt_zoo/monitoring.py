@@ -122,12 +122,13 @@ def monitor(measures: Mapping[str, GradientTransformation | Measure]) -> Gradien
 
     Deviations from Optax: ``measurements`` holds every name from ``init``
     on, as zeros shaped (and, under :func:`~jaxopt_zoo.init_sharded`, laid out)
-    like what the measure returns for updates shaped like the params (Optax's starts as ``{}`` and gains its keys at the first
-    update, so its state changes structure: a ``lax.scan`` carry, a
-    donated jitted step or a checkpoint template built from ``init`` do not
-    match it; a measure that reads an extra argument of ``update``, which
-    ``init`` does not have, still joins at the first update); a name that is not a string or a measure that is neither
-    callable nor a transformation raises when it is built.
+    like what the measure returns for updates shaped like the params (Optax's
+    starts as ``{}`` and gains its keys at the first update, so its state
+    changes structure: a ``lax.scan`` carry, a donated jitted step or a
+    checkpoint template built from ``init`` do not match it; a measure that
+    reads an extra argument of ``update``, which ``init`` does not have, still
+    joins at the first update); a name that is not a string or a measure that
+    is neither callable nor a transformation raises when it is built.
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
