@@ -100,6 +100,7 @@ __all__ = [
     "GradientTransformationExtraArgs",
     "stateless_with_tree_map",
     "init_empty_state",
+    "init_only",
     "multi_transform",
     "MultiTransformState",
     "selective_transform",

@@ -117,6 +117,12 @@ def test_public_names_are_documented(name):
     assert obj.__doc__ and obj.__doc__.strip(), f"jaxopt_zoo.{name} has no docstring of its own"
 
 
+def test_every_public_name_of_the_namespace_is_listed_in_all():
+    # __all__ decides the API reference's entries: jz.init_only was importable but had no entry.
+    listed = set(jz.__all__)
+    assert [n for n in dir(jz) if not n.startswith("_") and not inspect.ismodule(getattr(jz, n)) and n not in listed] == []
+
+
 @pytest.mark.parametrize("name", jz.torch.__all__)
 def test_torch_functions_are_documented(name):
     assert getattr(jz.torch, name).__doc__.strip()
