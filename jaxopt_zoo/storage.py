@@ -19,6 +19,12 @@ A *storage* is what a ``*_dtype`` argument accepts:
 * :class:`~jaxopt_zoo.quantization.Blockwise8Bit`: 8-bit codes with a scale per
   block (:mod:`jaxopt_zoo.quantization`), read as float32.
 
+Complex params: a moment that can be complex (``signed``) is kept complex at
+the precision asked for, float32 as complex64 and float64 as complex128 (Optax
+casts it to the real dtype, dropping its imaginary part); bfloat16, float16,
+:class:`StochasticBF16` and 8 bits, which have no complex form, raise for it. A
+non-negative moment (a magnitude such as :math:`|g|^2`) is kept real.
+
 Every storage keeps a leaf as one array, created from the param it belongs to
 (so it keeps the param's Flax ``Variable`` metadata and sharding), and is an
 object with ``create(value, signed)``, ``read(stored)`` and
@@ -66,13 +72,35 @@ class Dtype:
     encoded = False
 
     def create(self, value, signed):
-        return value if self.dtype is None else value.astype(self.dtype)
+        if self.dtype is None:
+            return value
+        target = jnp.dtype(self.dtype)
+        if jnp.iscomplexobj(value) and not jnp.issubdtype(target, jnp.complexfloating):
+            if not signed:  # a magnitude (|g|^2): its imaginary part is 0
+                return jnp.real(value).astype(target)
+            return value.astype(_complex_of(target))  # a cast to a real dtype would drop the imaginary part
+        return value.astype(target)
 
     def read(self, stored):
         return stored
 
     def write(self, value, stored, step):
-        return jnp.asarray(value).astype(stored.dtype)
+        return _real_if_stored_real(value, stored).astype(stored.dtype)
+
+
+def _real_if_stored_real(value: Any, stored: jax.Array) -> jax.Array:
+    # A magnitude of a complex param, kept real (see create): its imaginary part is 0, and JAX deprecates the cast.
+    value = jnp.asarray(value)
+    return jnp.real(value) if jnp.iscomplexobj(value) and not jnp.iscomplexobj(stored) else value
+
+
+def _complex_of(dtype: jnp.dtype) -> jnp.dtype:
+    # The complex dtype of a real one's precision, for a complex param's moment kept "in float32".
+    if dtype in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)):
+        return jnp.result_type(dtype, jnp.complex64)
+    raise ValueError(f"a complex moment cannot be kept in {dtype}: JAX has no complex {dtype}. Use None (the param's "
+                     "dtype) or jnp.float32 (complex64) for complex params, for example with jz.partition, or "
+                     "jz.split_real_and_imaginary.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,14 +123,21 @@ class StochasticBF16:
     encoded = False
 
     def create(self, value, signed):
+        if jnp.iscomplexobj(value):
+            if signed:
+                raise ValueError("StochasticBF16 stores real bfloat16 numbers, and this complex param's moment would "
+                                 "lose its imaginary part. Use None or jnp.float32 (complex64) for complex params, for "
+                                 "example with jz.partition, or jz.split_real_and_imaginary.")
+            value = jnp.real(value)  # a magnitude (|g|^2): its imaginary part is 0
         return value.astype(jnp.bfloat16)
 
     def read(self, stored):
         return stored.astype(jnp.promote_types(stored.dtype, jnp.float32))
 
     def write(self, value, stored, step):
+        value = _real_if_stored_real(value, stored)
         if stored.dtype != jnp.bfloat16:  # a leaf restored or mapped into another dtype keeps it
-            return jnp.asarray(value).astype(stored.dtype)
+            return value.astype(stored.dtype)
         return _to_bfloat16(value, step)
 
 

@@ -584,3 +584,34 @@ def test_a_storage_object_of_the_users_own_is_used_as_it_is():
     with pytest.raises(ValueError, match=r"^adam: mu_dtype=.* has create, read and write but no boolean stochastic "
                                          r"or encoded flag"):
         jz.adam(0.1, mu_dtype=NoFlags())
+
+
+# --- complex params ---------------------------------------------------------------------------------------------
+
+
+def test_a_real_storage_dtype_keeps_a_complex_moment_complex_or_refuses():
+    # mu_dtype=jnp.float32 cast a complex param's momentum to float32 and dropped its imaginary part (as Optax's
+    # does); LDoG's default float32 copy of the initial params did the same, and its first step was ~600,000x too
+    # large. float32 now keeps it as complex64; bfloat16 and StochasticBF16 have no complex form and raise.
+    params = {"z": jnp.asarray([1 + 2j, -0.5 + 0.3j], jnp.complex64), "x": jnp.asarray([0.5, -1.0])}
+    grads = [jax.tree.map(lambda p: (p * (0.5 - 1j) if jnp.iscomplexobj(p) else p) + t, params) for t in range(3)]
+
+    def run(tx):
+        state, out = tx.init(params), []
+        for g in grads:
+            updates, state = tx.update(g, state, params)
+            out.append(updates)
+        return out, state
+
+    ldog = jz.scale_by_distance_over_gradients
+    for stored, plain in [(jz.adam(0.1, mu_dtype=jnp.float32), jz.adam(0.1)),
+                          (jz.sgd(0.1, momentum=0.9, accumulator_dtype=jnp.float32), jz.sgd(0.1, momentum=0.9)),
+                          (ldog(), ldog(param_dtype=None))]:
+        assert_trees_equal(run(stored), run(plain))
+    # A magnitude stays real: Adam's nu in bfloat16 next to a complex64 mu.
+    _, state = run(jz.adam(0.1, nu_dtype=jnp.bfloat16))
+    assert state[0].nu["z"].dtype == jnp.bfloat16 and state[0].mu["z"].dtype == jnp.complex64
+    for storage, message in [(jnp.bfloat16, r"a complex moment cannot be kept in bfloat16: JAX has no complex"),
+                             (jz.StochasticBF16(), r"StochasticBF16 stores real bfloat16 numbers, and this complex")]:
+        with pytest.raises(ValueError, match=r"^the param at \['z'\]: " + message):
+            jz.adam(0.1, mu_dtype=storage).init(params)
