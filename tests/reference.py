@@ -1889,6 +1889,8 @@ def momo(learning_rate=1.0, beta=0.9, lower_bound=0.0, weight_decay=0.0, adapt_l
     """MoMo and MoMo-Adam (Schaipp et al. 2023, Algorithms 1-3, MoMo* for the bound), over ONE flat vector x
     (the whole parameter tree raveled: every sum below is over the whole tree). ``update`` takes the loss too.
 
+    Complex params: <x, y> is Re(vdot(x, y)) and g^2 is |g|^2, which is this algorithm on the real pairs (Re, Im)
+    except that the pair shares one second moment.
     MoMo: beta_1 = 0 (the averages start at the first values), then beta; rho = 1, D = 1.
     MoMo-Adam: beta_t = beta (= b1) from zero averages; rho_t = 1 - b1^t; D_t = sqrt(v_t / (1 - b2^t)) + eps.
       d_t = beta_t d + (1 - beta_t) g;  fbar_t = beta_t fbar + (1 - beta_t) f;  gamma_t = beta_t gamma + (1 - beta_t) <g, x>
@@ -1898,9 +1900,12 @@ def momo(learning_rate=1.0, beta=0.9, lower_bound=0.0, weight_decay=0.0, adapt_l
       x_next = (x - tau d / D) / (1 + lr wd)     (the proximal step of the paper and the authors' code)
     """
 
+    def inner(x, y):
+        return float(np.real(np.vdot(x, y)))
+
     def init(params):
-        zeros = np.zeros_like(params)
-        return {"d": zeros, "v": zeros, "fbar": 0.0, "gamma": 0.0, "lb": float(lower_bound)}
+        return {"d": np.zeros_like(params), "v": np.zeros(np.shape(params)), "fbar": 0.0, "gamma": 0.0,
+                "lb": float(lower_bound)}
 
     def update(g, state, x, t, value):
         lr, shrink = schedule_value(learning_rate, t), 1 + schedule_value(learning_rate, t) * weight_decay
@@ -1908,10 +1913,10 @@ def momo(learning_rate=1.0, beta=0.9, lower_bound=0.0, weight_decay=0.0, adapt_l
         rho = 1 - beta**t if adam else 1.0
         d = beta_t * state["d"] + (1 - beta_t) * g
         fbar = beta_t * state["fbar"] + (1 - beta_t) * value
-        gamma = beta_t * state["gamma"] + (1 - beta_t) * float(g @ x)
-        v = b2 * state["v"] + (1 - b2) * g * g
-        D = np.sqrt(v / (1 - b2**t)) + eps if adam else np.ones_like(x)
-        norm, dot, lb = float(d @ (d / D)), float(d @ x), state["lb"]
+        gamma = beta_t * state["gamma"] + (1 - beta_t) * inner(g, x)
+        v = b2 * state["v"] + (1 - b2) * np.abs(g) ** 2
+        D = np.sqrt(v / (1 - b2**t)) + eps if adam else np.ones(np.shape(x))
+        norm, dot, lb = inner(d, d / D), inner(d, x), state["lb"]
         if adapt_lower_bound:
             cap = shrink * (fbar - gamma) + dot
             if cap < shrink * rho * lb:

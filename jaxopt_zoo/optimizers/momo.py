@@ -119,7 +119,10 @@ def momo_adam(
     Differences from ``optax.contrib.momo_adam``: with ``weight_decay > 0`` Optax does not
     divide the Adam step by :math:`1 + \\alpha\\lambda` (a bug: the paper's proximal step and the
     authors' code do); the paper's update is taken here. With ``weight_decay=0`` the numbers and
-    states are Optax's bit for bit. ``mu_dtype``, ``nu_dtype`` and ``axis_name`` are additions.
+    states are Optax's bit for bit, for real params. For complex gradients the squared-gradient
+    average takes :math:`|g|^2`, where Optax's takes the complex square :math:`g^2` (negative for
+    an imaginary :math:`g`, which turns the step). ``mu_dtype``, ``nu_dtype`` and ``axis_name``
+    are additions.
 
     Args:
         learning_rate: :math:`\\alpha \\ge 0`, or a schedule of the step count.

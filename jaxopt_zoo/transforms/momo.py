@@ -55,6 +55,13 @@ def _lowest_dtype(params):
     return tree.scalar_dtype(params)
 
 
+def _weighted_square(weight, g):
+    """``weight * |g|^2``."""
+    if jnp.iscomplexobj(g):  # |g|^2: Optax's g * g makes the second moment complex, negative where g is imaginary
+        return weight * tree.abs_sq(g)
+    return weight * tree.widen(g) * tree.widen(g)  # left to right, as Optax rounds it
+
+
 def _check_value(owner, value):
     if value is None:
         raise ValueError(
@@ -283,15 +290,17 @@ def scale_by_momo_adam(
     The output is the whole step :math:`x_{t+1} - x_t`.
 
     Numerically identical to ``optax.contrib.momo_adam`` (states included) when
-    ``weight_decay`` is 0. Differences from ``optax.contrib.momo_adam``: with weight decay
-    Optax steps :math:`x_t / (1 + \\alpha\\lambda) - \\tau_t d_t / D_t`, not dividing the Adam step
+    ``weight_decay`` is 0 and the params are real. Differences from ``optax.contrib.momo_adam``:
+    with weight decay Optax steps :math:`x_t / (1 + \\alpha\\lambda) - \\tau_t d_t / D_t`, not dividing the Adam step
     by :math:`1 + \\alpha\\lambda` as the paper's proximal step and the authors' code do; the
     paper's update is taken here. ``mu_dtype``/``nu_dtype`` (storage of ``exp_avg`` and
     ``exp_avg_sq``) and ``axis_name`` are additions; a missing ``value`` raises a
     ``ValueError``; a float16 param's moments and the scalars are float32; the scalars keep
     their ``init`` dtype with mixed-dtype params (Optax's widen); a ``None`` update keeps its
     state and leaves the sums; bad hyperparameters raise when built; ``lower_bound`` is read
-    each step as in :func:`scale_by_momo`.
+    each step as in :func:`scale_by_momo`; for complex gradients :math:`g_t^2` is :math:`|g_t|^2`
+    (Optax squares the complex number, so its :math:`v_t` is complex and goes negative where
+    :math:`g_t` is imaginary, which turns its step away from :math:`-d_t`).
 
     Args:
         learning_rate: :math:`\\alpha \\ge 0`, or a schedule of the step count (1e-2 is the authors'
@@ -341,9 +350,7 @@ def scale_by_momo_adam(
         count = safe_increment(state.count)
         barf = b1 * state.barf + (1 - b1) * jnp.asarray(value, dtype=state.barf.dtype)
         exp_avg = tree.map_state(lambda g, d: b1 * d + (1 - b1) * tree.widen(g), updates, state.exp_avg)
-        exp_avg_sq = tree.map_state(
-            lambda g, v: b2 * v + (1 - b2) * tree.widen(g) * tree.widen(g), updates, state.exp_avg_sq
-        )
+        exp_avg_sq = tree.map_state(lambda g, v: b2 * v + _weighted_square(1 - b2, g), updates, state.exp_avg_sq)
         bc2 = jnp.asarray(1 - b2**count, dtype=barf.dtype)
         precond = tree.map_updates(lambda g, v: eps + jnp.sqrt(v / bc2), updates, exp_avg_sq)
         grads, ds, xs, dks = _present(updates, exp_avg, params, precond)
