@@ -69,13 +69,21 @@ def adam(learning_rate, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, nesterov=False
     return Reference(init, update)
 
 
+def _float64(x) -> np.ndarray:
+    x = np.asarray(x)
+    return np.asarray(x, np.complex128 if np.iscomplexobj(x) else np.float64)
+
+
 def trajectory(reference: Reference, params: np.ndarray, grad_fn: Callable, steps: int) -> list[np.ndarray]:
-    """Run ``reference`` for ``steps`` steps on gradients ``grad_fn(params, t)``; return every iterate."""
-    params = np.asarray(params, np.float64)
+    """Run ``reference`` for ``steps`` steps on gradients ``grad_fn(params, t)``; return every iterate.
+
+    Real inputs are taken in float64, complex ones in complex128.
+    """
+    params = _float64(params)
     state = reference.init(params)
     iterates = []
     for t in range(1, steps + 1):
-        delta, state = reference.update(np.asarray(grad_fn(params, t), np.float64), state, params, t)
+        delta, state = reference.update(_float64(grad_fn(params, t)), state, params, t)
         params = params + delta
         iterates.append(params)
     return iterates
@@ -1857,7 +1865,9 @@ def mechanic(base, weight_decay=1e-2, eps=1e-8, s_init=1e-6, num_betas=6):
     Delta_{t+1} = Delta_t + u_t;  g~ = g + lam S ||g|| / (||x|| + eps) x;  h = <g~, Delta_t>  (paper's sign);
     m = max(beta m, |h| + eps); v = beta^2 v + h^2; r = beta r - clip(h, m_{t-1}) s; W = s_init m / n + max(r, 0);
     s = W / (sqrt(v) + eps);  x_{t+1} = x_ref + (sum s) Delta_{t+1}, x_ref the params at the first step.
-    Delta is kept exactly here (the paper's form); Optax recomputes it as (x_t - x_ref) / (S + eps)."""
+    Delta is kept exactly here (the paper's form); Optax recomputes it as (x_t - x_ref) / (S + eps).
+    Complex params: h = Re<g~, Delta> (Re vdot), the inner product of the real pairs (Re, Im): the scalars stay
+    real."""
     betas = np.array([1.0 - 0.1**i for i in range(1, num_betas + 1)])
 
     def init(params):
@@ -1871,7 +1881,7 @@ def mechanic(base, weight_decay=1e-2, eps=1e-8, s_init=1e-6, num_betas=6):
         S = np.sum(state["s"])
         delta = (params - x_ref) / (S + eps)  # Delta_t as Optax keeps it: exact up to the eps
         g = g + weight_decay * S * np.linalg.norm(g) / (np.linalg.norm(params) + eps) * params
-        h = np.dot(g, delta)
+        h = np.real(np.vdot(g, delta))
         m = np.maximum(betas * state["m"], np.abs(h) + eps)
         v = betas**2 * state["v"] + h**2
         r = betas * state["r"] - np.clip(h, -state["m"], state["m"]) * state["s"]

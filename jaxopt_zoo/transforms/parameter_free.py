@@ -590,11 +590,17 @@ def mechanize(
     update returned is :math:`x_{t+1} - x_t`. (The paper writes :math:`h` with the other
     sign and clips nothing; Optax's clipping and :math:`\\epsilon` are kept.)
 
-    Numerically identical to ``optax.contrib.mechanize`` (states included). Differences:
-    bad numbers raise when built; ``None`` updates pass through (their params still count
-    in :math:`\\|x_t\\|`; Optax fails on them); the scalars are float32 at least
-    (:func:`jaxopt_zoo.tree.scalar_dtype`) and each update in its param's dtype: Optax takes the least
-    precise dtype (bfloat16 sums stop growing), and fails on a tree mixing bfloat16 and float32 (``lax.clamp`` of a bfloat16 bound and a float32 :math:`h`);
+    Numerically identical to ``optax.contrib.mechanize`` (states included) for real params.
+    Differences: for complex params :math:`h_t` is :math:`\\operatorname{Re}\\langle \\tilde g_t,
+    \\Delta_t\\rangle`, the inner product of the real pairs :math:`(\\Re x, \\Im x)`, so the scalars
+    stay real and a complex param steps as its real pair would; Optax keeps the complex inner
+    product, so its scales turn complex (rotating the step), XLA may fail to compile its clamp of
+    complex numbers, and a tree mixing real and complex params fails (``lax.clamp`` of a real bound
+    and a complex :math:`h`). Also: bad numbers raise when built; ``None`` updates pass through
+    (their params still count in :math:`\\|x_t\\|`; Optax fails on them); the scalars are float32
+    at least (:func:`jaxopt_zoo.tree.scalar_dtype`) and each update in its param's dtype: Optax
+    takes the least precise dtype (bfloat16 sums stop growing), and fails on a tree mixing
+    bfloat16 and float32 (``lax.clamp`` of a bfloat16 bound and a float32 :math:`h`);
     ``axis_name`` is an addition. ``base_optimizer`` is any object with ``init`` and ``update``
     (ours or Optax's). :math:`x_0` has no storage option: it stays in the params' dtype, since
     :math:`\\Delta_t` divides its rounding error by :math:`S_t` (which starts near
@@ -650,7 +656,9 @@ def mechanize(
         decayed = tree.map_updates(decay, updates, params)
         # The memory-light form: Delta_t is recomputed from the params instead of kept.
         delta_prev = jax.tree.map(lambda x, x0i: (x0i - x) / (s_sum + eps), params, x0)
-        h = tree.tree_vdot(decayed, delta_prev, axis_name, owner)
+        # The derivative of the loss along the scale is a real number: for complex params, Re<g, Delta>, the
+        # inner product of the real pairs (Re, Im). Optax keeps the complex vdot, which turns its scales complex.
+        h = jnp.real(tree.tree_vdot(decayed, delta_prev, axis_name, owner))
         clipped_h = jax.lax.clamp(-state.m, jnp.ones_like(state.m) * h, state.m)
         beta = jnp.array(betas, dtype=state.s.dtype)
         m = jnp.maximum(beta * state.m, jnp.abs(h) + eps)
