@@ -239,13 +239,28 @@ def nesterov_needs_momentum(owner: str, momentum: Any, nesterov: Any) -> None:
         raise ValueError(f"{owner}: nesterov=True needs a momentum, got momentum=None.")
 
 
-def refuse_complex(owner: str, params: Any) -> None:
+def refuse_complex(owner: str, params: Any, why: str | None = None) -> None:
     """Raise for a complex param, pointing to ``jz.combine.split_real_and_imaginary`` (for rules with no complex
-    form: Kronecker factors :math:`GG^\\top` that would not be Hermitian, a cube root of a sum of squares)."""
+    form: Kronecker factors :math:`GG^\\top` that would not be Hermitian, a cube root of a sum of squares).
+
+    ``why``, when given, says in the message what in the rule has no complex meaning.
+    """
     for p in jax.tree.leaves(params):
         if jnp.iscomplexobj(p):
-            raise ValueError(f"{owner}: complex params are not supported (a param of dtype {jnp.result_type(p)}); "
-                             "wrap the optimizer in jz.combine.split_real_and_imaginary.")
+            reason = f"{why}; " if why else ""
+            raise ValueError(f"{owner}: complex params are not supported ({reason}a leaf of dtype "
+                             f"{jnp.result_type(p)}); wrap the optimizer in jz.combine.split_real_and_imaginary.")
+
+
+def refusing_complex(owner: str, tx: Any, why: str | None = None) -> Any:
+    """``tx`` whose ``init`` first applies :func:`refuse_complex` under ``owner``: an optimizer recipe names itself,
+    where its inner transformation's own refusal would name the part the user did not call."""
+
+    def init(params):
+        refuse_complex(owner, params, why)
+        return tx.init(params)
+
+    return type(tx)(init, tx.update)
 
 
 def rectification_threshold(owner: str, value: Any) -> None:

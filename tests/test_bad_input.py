@@ -613,12 +613,27 @@ def test_a_zero_size_matrix_leaves_the_state_finite_and_the_other_leaves_alone(n
 
 
 def test_complex_params_raise_where_the_rule_has_no_complex_meaning():
-    # MADGRAD's cube root and ADOPT's clip to [-c, c] failed with JAX's bare errors (Optax's too).
+    # MADGRAD's cube root and ADOPT's clip to [-c, c] failed with JAX's bare errors (Optax's too); so did Rprop's
+    # signs, clip's and Sophia's orderings ("Clip received a complex value", at the first update, naming nothing).
+    # A recipe names itself, not its inner transformation.
     params = {"w": jnp.ones(3, jnp.complex64)}
+    remedy = r".*a leaf of dtype complex64\); wrap the optimizer in jz\.combine\.split_real_and_imaginary\.$"
     for tx, message in [(jz.madgrad(0.1), r"^scale_by_madgrad: complex params are not supported"),
-                        (jz.adopt(0.1), r"^scale_by_adopt: use_clipping=True clips each entry")]:
+                        (jz.adopt(0.1), r"^scale_by_adopt: use_clipping=True clips each entry"),
+                        (jz.rprop(0.1), r"^rprop: complex params are not supported \(Rprop adapts" + remedy),
+                        (jz.transforms.rprop.scale_by_rprop(0.1), r"^scale_by_rprop: complex params" + remedy),
+                        (jz.scale_by_resilient_step(0.1), r"^scale_by_resilient_step: complex params" + remedy),
+                        (jz.clip(1.0), r"^clip: complex params .*clip_by_global_norm" + remedy),
+                        (jz.sophia(0.1), r"^sophia: complex params are not supported \(Sophia clips" + remedy),
+                        (jz.sophia(0.1, clip_threshold=None), r"^sophia: complex params" + remedy),
+                        (jz.scale_by_sophia(), r"^scale_by_sophia: complex params" + remedy)]:
         with pytest.raises(ValueError, match=message):
             tx.init(params)
+    with pytest.raises(ValueError, match=r"^clip: complex params"):  # stateless: often updated without init
+        jz.clip(1.0).update(params, jz.EmptyState())
+    tx = jz.split_real_and_imaginary(jz.rprop(0.1))  # the way out: each part's own sign
+    updates, _ = tx.update(params, tx.init(params), params)
+    assert updates["w"].dtype == jnp.complex64 and bool(jnp.all(jnp.isfinite(updates["w"])))
     tx = jz.adopt(0.1, use_clipping=False)  # |g|^2 in the second moment: complex steps work
     updates, _ = tx.update(params, tx.init(params), params)
     assert updates["w"].dtype == jnp.complex64 and bool(jnp.all(jnp.isfinite(updates["w"])))

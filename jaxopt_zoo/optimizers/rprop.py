@@ -8,7 +8,7 @@ from jaxopt_zoo import validation
 from jaxopt_zoo.base import GradientTransformation, init_only
 from jaxopt_zoo.combine import chain
 from jaxopt_zoo.storage import StateDtype
-from jaxopt_zoo.transforms.rprop import check_options, scale_by_rprop
+from jaxopt_zoo.transforms.rprop import COMPLEX_WHY, check_options, scale_by_rprop
 from jaxopt_zoo.transforms.scaling import scale
 
 __all__ = ["rprop"]
@@ -40,8 +40,10 @@ def rprop(
     :func:`jaxopt_zoo.torch.rprop`.
 
     Deviations from Optax: the options are checked (see ``scale_by_rprop``), a ``None``
-    update keeps its state, and ``step_size_dtype``/``prev_dtype`` (storage of the step sizes
-    and of the previous step) are additions.
+    update keeps its state, ``step_size_dtype``/``prev_dtype`` (storage of the step sizes
+    and of the previous step) are additions, and complex params, which have no sign, raise at
+    ``init`` naming ``rprop`` (Optax fails at the first update inside ``jnp.clip``): wrap it in
+    :func:`~jaxopt_zoo.split_real_and_imaginary`, or use :func:`jaxopt_zoo.torch.rprop`, which does.
 
     Args:
         learning_rate: the initial step size :math:`\\gamma \\ge 0` (a number: it is read at init only).
@@ -73,10 +75,8 @@ def rprop(
         ("min_step_size", min_step_size), ("max_step_size", max_step_size),
     )
     validation.state_dtypes(owner, step_size_dtype=step_size_dtype, prev_dtype=prev_dtype)
-    return chain(
-        scale_by_rprop(
-            learning_rate, eta_minus, eta_plus, min_step_size, max_step_size,
-            step_size_dtype=step_size_dtype, prev_dtype=prev_dtype,
-        ),
-        scale(-1.0),
+    steps = scale_by_rprop(
+        learning_rate, eta_minus, eta_plus, min_step_size, max_step_size,
+        step_size_dtype=step_size_dtype, prev_dtype=prev_dtype,
     )
+    return validation.refusing_complex(owner, chain(steps, scale(-1.0)), COMPLEX_WHY)

@@ -12,7 +12,7 @@ from jaxopt_zoo.combine import chain
 from jaxopt_zoo.sharding import AxisName
 from jaxopt_zoo.storage import StateDtype
 from jaxopt_zoo.transforms import add_decayed_weights, scale_by_learning_rate
-from jaxopt_zoo.transforms.sophia import hutchinson_estimator_diag_hessian, scale_by_sophia
+from jaxopt_zoo.transforms.sophia import COMPLEX_WHY, hutchinson_estimator_diag_hessian, scale_by_sophia
 
 __all__ = ["sophia"]
 
@@ -55,7 +55,9 @@ def sophia(
     scale_by_learning_rate(learning_rate))``, Optax's. Numerically identical to
     ``optax.contrib.sophia`` (states included). Differences from ``optax.contrib.sophia``:
     ``nu_dtype`` and ``axis_name`` are additions, ``mu_dtype`` also takes the storage objects,
-    and the rest as listed in :func:`~jaxopt_zoo.transforms.sophia.scale_by_sophia`. Like
+    and the rest as listed in :func:`~jaxopt_zoo.transforms.sophia.scale_by_sophia`; complex
+    params raise at ``init`` naming ``sophia`` (Optax's fails at the first update inside
+    ``jnp.clip``): wrap it in :func:`~jaxopt_zoo.split_real_and_imaginary`. Like
     Optax's, it differs from the paper's Algorithm 3 by bias-correcting the momentum and by
     stepping with the Hessian average from before the step's refresh.
 
@@ -107,9 +109,9 @@ def sophia(
     if not isinstance(print_win_rate_every_n_steps, jax.core.Tracer):
         validation.whole_number(owner, "print_win_rate_every_n_steps", print_win_rate_every_n_steps)
     validation.axis_name(owner, axis_name)
-    return chain(
+    return validation.refusing_complex(owner, chain(
         scale_by_sophia(b1, b2, eps, gamma, clip_threshold, update_interval, hessian_diagonal_fn, mu_dtype, verbose,
                         print_win_rate_every_n_steps, nu_dtype=nu_dtype, axis_name=axis_name),
         add_decayed_weights(weight_decay, weight_decay_mask),
         scale_by_learning_rate(learning_rate),
-    )
+    ), COMPLEX_WHY)

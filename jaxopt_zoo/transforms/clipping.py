@@ -17,18 +17,32 @@ from jaxopt_zoo.sharding import AxisName, manual_context, axis_size, require_who
 def clip(max_delta: jax.typing.ArrayLike) -> GradientTransformation:
     """Clip each coordinate: :math:`u = \\operatorname{clip}(g, -\\delta, \\delta)`.
 
+    Complex params (at ``init``) and complex updates raise a ``ValueError`` naming ``clip``,
+    where ``optax.clip`` fails inside ``jnp.clip`` at the first update: :math:`[-\\delta, \\delta]`
+    orders numbers, and complex ones have no order. Wrapped in
+    :func:`~jaxopt_zoo.split_real_and_imaginary` it clips the real and imaginary parts apart;
+    :func:`clip_by_global_norm` and :func:`clip_by_block_rms` bound the modulus instead.
+
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
         >>> jz.clip(1.0).update(jnp.array([-3.0, 0.5, 2.0]), jz.EmptyState())[0]
         Array([-1. ,  0.5,  1. ], dtype=float32)
     """
-    validation.non_negative("clip", "max_delta", max_delta)
+    owner = "clip"
+    validation.non_negative(owner, "max_delta", max_delta)
+    why = ("clipping each coordinate to [-max_delta, max_delta] needs an order, which complex numbers do not have; "
+           "clip_by_global_norm and clip_by_block_rms bound the modulus instead")
+
+    def init(params):
+        validation.refuse_complex(owner, params, why)
+        return init_empty_state(params)
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
+        validation.refuse_complex(owner, updates, why)  # a stateless transform is often updated without init
         return tree.map_updates(lambda g: jnp.clip(g, -max_delta, max_delta), updates), state
 
-    return GradientTransformation(init_empty_state, update)
+    return GradientTransformation(init, update)
 
 
 def clip_by_block_rms(threshold: jax.typing.ArrayLike, *, axis_name: AxisName = None) -> GradientTransformation:

@@ -21,6 +21,10 @@ from jaxopt_zoo.storage import StateDtype, resolve, with_storage
 __all__ = ["ScaleByResilientStepState", "ScaleByRpropState", "scale_by_resilient_step", "scale_by_rprop"]
 
 
+# Said by every Rprop's refusal of complex params.
+COMPLEX_WHY = "Rprop adapts each step size to the sign of each coordinate, which a complex number does not have"
+
+
 def check_options(owner: str, rate, minus, plus, smallest, largest) -> None:
     """Rprop's options, each a ``(name, value)`` pair, named as the caller names them: a constant initial
     step size >= 0, 0 < minus < 1 < plus, and 0 <= smallest <= largest, all finite."""
@@ -78,8 +82,8 @@ def scale_by_resilient_step(
     no learning-rate scaling follows). The clip is applied every step, so an
     initial step outside :math:`[\\Delta_{\\min}, \\Delta_{\\max}]` is clipped at
     the first step, as PyTorch does. A NaN gradient makes its step size NaN, as in PyTorch.
-    For complex params wrap it in :func:`~jaxopt_zoo.split_real_and_imaginary` (as
-    :func:`jaxopt_zoo.torch.rprop` does): the rule is for real numbers.
+    The rule is for real numbers: complex params raise at ``init``, naming this function; wrap it
+    in :func:`~jaxopt_zoo.split_real_and_imaginary` (as :func:`jaxopt_zoo.torch.rprop` does).
 
     Deviations. From PyTorch (``torch.optim.Rprop``, see :func:`jaxopt_zoo.torch.rprop`):
     ``prev`` keeps :math:`\\operatorname{sign}(g'_t)` instead of :math:`g'_t`, and
@@ -136,6 +140,7 @@ def scale_by_resilient_step(
     prev_dtype = resolve(owner, "prev_dtype", prev_dtype)
 
     def init(params):
+        validation.refuse_complex(owner, params, COMPLEX_WHY)
         return ScaleByResilientStepState(tree.moments_like(params, learning_rate), tree.moments_like(params))
 
     def update(updates, state, params=None, **extra_args):
@@ -217,7 +222,9 @@ def scale_by_rprop(
     :math:`0 \\le \\Delta_{\\min} \\le \\Delta_{\\max}`, all finite); the
     storage options ``step_size_dtype`` and ``prev_dtype`` are additions; a
     float16 param's state is float32 (see :func:`jaxopt_zoo.tree.moments_like`),
-    and the updates keep the gradient's dtype.
+    and the updates keep the gradient's dtype; complex params, which have no sign, raise at
+    ``init`` naming this function (Optax fails at the first update inside ``jnp.clip``): wrap
+    it in :func:`~jaxopt_zoo.split_real_and_imaginary`.
 
     Args:
         learning_rate: the initial step size :math:`\\gamma \\ge 0` (a number; read at init only).
@@ -254,6 +261,7 @@ def scale_by_rprop(
     prev_dtype = resolve(owner, "prev_dtype", prev_dtype)
 
     def init(params):
+        validation.refuse_complex(owner, params, COMPLEX_WHY)
         return ScaleByRpropState(tree.moments_like(params, learning_rate), tree.moments_like(params))
 
     def adapted(s, size):  # kept where s = 0 (unclipped), grown or shrunk and clipped elsewhere

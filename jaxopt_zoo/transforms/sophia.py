@@ -151,6 +151,11 @@ def _win_rate_printer(owner, clip_threshold, every, axis_name):
     return report
 
 
+# Said by both Sophias' refusal of complex params.
+COMPLEX_WHY = ("Sophia clips m / max(gamma h, eps), which needs ordered, real numbers, and a complex coordinate's "
+               "curvature is a 2x2 block, not one number: Hutchinson's real probes see only its real part")
+
+
 def scale_by_sophia(
     b1: jax.typing.ArrayLike = 0.965,
     b2: jax.typing.ArrayLike = 0.99,
@@ -196,7 +201,12 @@ def scale_by_sophia(
     count inside ``shard_map``) are additions; ``mu_dtype`` also takes the storage objects; with
     ``verbose`` and ``print_win_rate_every_n_steps=0`` nothing is printed (Optax takes the count
     modulo 0); a ``None`` update keeps its momentum and Hessian average; any object with
-    ``init``/``update`` is accepted as ``hessian_diagonal_fn``; bad hyperparameters raise when built.
+    ``init``/``update`` is accepted as ``hessian_diagonal_fn``; bad hyperparameters raise when built;
+    complex params raise at ``init``, naming this function (wrap it in
+    :func:`~jaxopt_zoo.split_real_and_imaginary`): the clip and :math:`\\max(\\gamma h, \\epsilon)`
+    need real numbers, and Hutchinson's real probes measure only the curvature along a complex
+    coordinate's real part. Optax fails at the first update inside ``jnp.clip`` and, with
+    ``clip_threshold=None``, runs on that real-part curvature.
 
     Args:
         b1: :math:`\\beta_1 \\in [0, 1)`, the decay of the momentum.
@@ -251,6 +261,7 @@ def scale_by_sophia(
     report = _win_rate_printer(owner, clip_threshold, every, axis_name) if printing else None
 
     def init(params):
+        validation.refuse_complex(owner, params, COMPLEX_WHY)
         return SophiaState(zero_count(), tree.moments_like(params), tree.moments_like(params), hessian.init(params))
 
     def refresh_hessian(updates, state, params, extra_args):
