@@ -78,6 +78,7 @@ from jaxopt_zoo.transforms import (
 from jaxopt_zoo.transforms.adam_variants import scale_by_adamax, scale_by_radam, scale_by_scheduled_nadam
 from jaxopt_zoo.transforms.adaptive import check_rms_options
 from jaxopt_zoo.transforms.averaging import average_iterates, scale_by_asgd
+from jaxopt_zoo.transforms.factored import TORCH_COMPLEX_WHY as _ADAFACTOR_COMPLEX_WHY
 from jaxopt_zoo.transforms.factored import relative_step_size, scale_by_factored_second_moment, scale_by_param_block_rms
 from jaxopt_zoo.transforms.lbfgs import torch_lbfgs
 from jaxopt_zoo.transforms.orthogonal import NS_COEFFICIENTS, TORCH_LAYOUT, check_options, require_matrices, scale_by_muon
@@ -891,7 +892,9 @@ def adafactor(
     Differences from PyTorch: ``eps1=None`` takes each gradient's dtype (PyTorch takes the first
     param's for all); with ``eps1=0`` the step is 0 where :math:`\\hat V_t = 0`, not NaN; a
     non-zero ``eps1`` whose square is denormal in float32 raises. The step count is the optimizer's,
-    not per parameter. Additions: the storage options and ``axis_name``.
+    not per parameter. Additions: the storage options and ``axis_name``. Complex params raise at
+    ``init``, as PyTorch's Adafactor refuses them (unlike most recipes here, it is not wrapped in
+    :func:`split_real_and_imaginary`; wrap it to update their real and imaginary parts as real params).
 
     Args:
         factors_dtype: storage of the row and column factors: a storage (see :mod:`jaxopt_zoo.storage`).
@@ -930,6 +933,6 @@ def adafactor(
     ]
     if not validation.is_literal_zero(weight_decay):  # theta <- theta - lr wd theta, with PyTorch's lr (not rho_t)
         steps.append(add_decayed_weights((lambda count: lr(count) * weight_decay) if callable(lr) else lr * weight_decay))
-    return chain(*steps, scale(-1.0))
+    return validation.refusing_complex(owner, chain(*steps, scale(-1.0)), _ADAFACTOR_COMPLEX_WHY)
 
 lbfgs = torch_lbfgs  # torch.optim.LBFGS: a whole step(closure) per update, driven by value_fn; see its docstring

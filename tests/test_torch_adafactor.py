@@ -302,8 +302,17 @@ def test_invalid_options_fail_at_construction(options, message):
 
 
 def test_complex_params_are_refused_as_in_pytorch():
-    with pytest.raises(ValueError, match="scale_by_factored_second_moment: complex parameters are not supported"):
-        jz.torch.adafactor().init({"z": jnp.ones((2, 3), jnp.complex64)})
+    # The recipe names itself, and both messages say the way out (the transform's named neither).
+    params = {"z": jnp.ones((2, 3), jnp.complex64)}
+    remedy = r"torch\.optim\.Adafactor refuses them; a leaf of dtype complex64\); wrap the optimizer in jz\.combine\."
+    with pytest.raises(ValueError, match=r"^torch\.adafactor: complex params are not supported \(as " + remedy):
+        jz.torch.adafactor().init(params)
+    with pytest.raises(ValueError, match=r"^scale_by_factored_second_moment: complex params are not supported \(as "
+                       + remedy):
+        jz.scale_by_factored_second_moment().init(params)
+    tx = jz.split_real_and_imaginary(jz.torch.adafactor())
+    updates, _ = tx.update(params, tx.init(params), params)
+    assert updates["z"].dtype == jnp.complex64 and bool(jnp.all(jnp.isfinite(updates["z"])))
 
 
 def test_a_state_of_other_shapes_raises_naming_the_paths():

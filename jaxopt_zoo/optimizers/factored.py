@@ -59,7 +59,10 @@ def adafactor(
     the step out (a rate of 1: the paper's relative step size :math:`\\min(10^{-2}, 1/\\sqrt t)` is not
     applied; pass ``jz.relative_step_size()`` for it).
 
-    Numerically identical to ``optax.adafactor`` in float32. Deviations from Optax: arguments are
+    Numerically identical to ``optax.adafactor`` in float32, and on complex64 params (squared as
+    :math:`|g|^2`, as Optax does) except with a momentum: its default ``dtype_momentum=jnp.float32``
+    keeps a complex param's momentum complex64 here, where Optax casts it to float32 and drops its
+    imaginary part (``dtype_momentum=None`` gives Optax's numbers). Deviations from Optax: arguments are
     validated (``clipping_threshold`` > 0, ``momentum`` in [0, 1), ...); ``dtype_momentum`` also takes
     :class:`~jaxopt_zoo.storage.StochasticBF16` and :class:`~jaxopt_zoo.quantization.Blockwise8Bit`;
     ``factors_dtype``, ``variance_dtype`` and ``axis_name`` (for the RMS and the factored means inside

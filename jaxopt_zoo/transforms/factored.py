@@ -87,6 +87,10 @@ class ScaleByFactoredSecondMomentState(NamedTuple):
     variance: Updates
 
 
+# Said by PyTorch's Adafactor's refusal of complex params (ours and jz.torch.adafactor's).
+TORCH_COMPLEX_WHY = "as torch.optim.Adafactor refuses them"
+
+
 def scale_by_factored_second_moment(
     beta2_decay: jax.typing.ArrayLike = -0.8,
     eps: jax.typing.ArrayLike | None = None,
@@ -112,7 +116,9 @@ def scale_by_factored_second_moment(
     to :math:`g_t^2` instead. Optax's ``scale_by_factored_rms`` differs also in factoring only params
     whose two largest dims are both at least ``min_dim_size_to_factor`` (128), over those two dims,
     and in ``decay_rate`` :math:`= -\\tau`. With :math:`\\varepsilon_1 = 0` the update is 0 where
-    :math:`\\hat V_t = 0` (PyTorch divides 0 by 0 there). Complex params are refused, as in PyTorch.
+    :math:`\\hat V_t = 0` (PyTorch divides 0 by 0 there). Complex params raise at ``init``, as
+    PyTorch's Adafactor refuses them; :func:`~jaxopt_zoo.split_real_and_imaginary` updates their
+    real and imaginary parts as real params.
 
     Args:
         beta2_decay: :math:`\\tau \\le 0`.
@@ -148,8 +154,7 @@ def scale_by_factored_second_moment(
     def zeros(p, factored, shaped):
         # The factors of a param of >= 2 dims reduce it over one axis (so keep its sharding elsewhere);
         # a scalar 0 stands in where a param has no such moment.
-        if jnp.iscomplexobj(p):
-            raise ValueError(f"{owner}: complex parameters are not supported (PyTorch's Adafactor refuses them too).")
+        validation.refuse_complex(owner, p, TORCH_COMPLEX_WHY)
         dtype = tree.moment_dtype(jnp.result_type(p))
         return jnp.zeros_like(shaped(p), dtype=dtype) if (jnp.ndim(p) >= 2) == factored else jnp.zeros((), dtype)
 
@@ -326,8 +331,9 @@ def static_size(owner: str, name: str, value: Any) -> int:
 
 def _power_decay(count: jax.Array, decay_rate: jax.typing.ArrayLike, dtype: jnp.dtype) -> jax.Array:
     # The paper's second-moment decay 1 - (t + 1)^(-decay_rate) of the 0-based count t, in float32 as
-    # Optax forms it, or in the moment's dtype where that is wider (float64).
-    t = jnp.asarray(count + 1, jnp.promote_types(dtype, jnp.float32))
+    # Optax forms it, or in the moment's dtype where that is wider (float64). A complex param's moment is
+    # complex (Optax's layout): the decay is real, at its precision.
+    t = jnp.asarray(count + 1, jnp.promote_types(jnp.finfo(dtype).dtype, jnp.float32))
     return 1.0 - t ** (-decay_rate)
 
 
@@ -372,18 +378,20 @@ def scale_by_factored_rms(
     ``torch.optim.Adafactor``'s placement of :math:`\\varepsilon_1` and choice of axes is
     :func:`scale_by_factored_second_moment`.
 
-    Numerically identical to ``optax.scale_by_factored_rms`` in float32, with the same state.
-    Deviations from Optax: ``params`` are not needed (the gradient's shape decides the factoring);
-    ``decay_rate_fn=None`` (the default) is the power decay above, computed in float32 as Optax
-    does, or in float64 for float64 moments (Optax: float32 always); a custom ``decay_rate_fn(count
-    - step_offset, decay_rate)`` is called as in Optax; before ``step_offset`` (a fresh state's count is 0) the
-    power decay is its first step's, 0, where Optax's is NaN. A float16 param's moments are float32 (see
-    :func:`jaxopt_zoo.tree.moments_like`); a ``None`` update keeps its moments; complex params are
-    refused. ``factors_dtype``, ``variance_dtype`` and ``axis_name`` are additions. Each update reads
-    the factored axes off the state's shapes (which ``init`` chose from the whole params), so that
-    inside ``shard_map`` local shapes do not change the choice; a shard whose factors fit along
-    several axes of equal local size (e.g. a ``(32, 16)`` param split into ``(8, 8)`` shards) is
-    ambiguous there and raises, rather than guess.
+    Numerically identical to ``optax.scale_by_factored_rms`` in float32 and complex64, with the same
+    state. A complex gradient's :math:`g_t^2` is :math:`|g_t|^2`, as in Optax; its moments are kept
+    in the param's complex dtype with a zero imaginary part (Optax's layout), so the update keeps
+    the gradient's phase. Deviations from Optax: ``params`` are not needed (the gradient's shape
+    decides the factoring); ``decay_rate_fn=None`` (the default) is the power decay above, computed
+    in float32 as Optax does, or in float64 for float64 moments (Optax: float32 always); a custom
+    ``decay_rate_fn(count - step_offset, decay_rate)`` is called as in Optax; before ``step_offset``
+    (a fresh state's count is 0) the power decay is its first step's, 0, where Optax's is NaN. A
+    float16 param's moments are float32 (see :func:`jaxopt_zoo.tree.moments_like`); a ``None``
+    update keeps its moments. ``factors_dtype``, ``variance_dtype`` and ``axis_name`` are additions.
+    Each update reads the factored axes off the state's shapes (which ``init`` chose from the whole
+    params), so that inside ``shard_map`` local shapes do not change the choice; a shard whose
+    factors fit along several axes of equal local size (e.g. a ``(32, 16)`` param split into
+    ``(8, 8)`` shards) is ambiguous there and raises, rather than guess.
 
     Args:
         factored: whether to factor params of two or more dims.
@@ -430,8 +438,6 @@ def scale_by_factored_rms(
     axis_name = validation.axis_name(owner, axis_name)
 
     def init_leaf(p):
-        if jnp.iscomplexobj(p):
-            raise ValueError(f"{owner}: complex parameters are not supported (Optax's Adafactor squares them as reals).")
         dtype = tree.moment_dtype(jnp.result_type(p))
         unused = lambda: jnp.zeros((1,), dtype)  # one array each: a state leaf given twice cannot be donated
         axes = _factored_axes(jnp.shape(p), factored, min_dim_size_to_factor)
