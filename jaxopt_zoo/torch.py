@@ -17,7 +17,10 @@ step (decoupled), and NAdam and RAdam do so with ``decoupled_weight_decay=True``
 each docstring gives its rule.
 
 Complex parameters are updated as pairs of real numbers, as PyTorch does
-(``view_as_real``): each recipe is wrapped in :func:`split_real_and_imaginary`.
+(``view_as_real``): each recipe is wrapped in :func:`split_real_and_imaginary`,
+except three that raise for complex params at ``init``: ``adafactor`` and ``muon``,
+as PyTorch's Adafactor and Muon refuse them, and ``lbfgs``, where PyTorch's
+LBFGS takes them as real pairs (a deviation, named in its docstring).
 
 The options ``foreach``, ``fused``, ``capturable`` and ``differentiable``
 select PyTorch kernels, not update rules; they are accepted and have no effect

@@ -8,7 +8,9 @@ import importlib
 import inspect
 import pathlib
 import re
+import warnings
 
+import jax.numpy as jnp
 import pytest
 
 import jaxopt_zoo as jz
@@ -126,6 +128,58 @@ def test_every_public_name_of_the_namespace_is_listed_in_all():
 @pytest.mark.parametrize("name", jz.torch.__all__)
 def test_torch_functions_are_documented(name):
     assert getattr(jz.torch, name).__doc__.strip()
+
+
+# The optimizers' arguments that take a rate or a bound: enough to build every factory that needs no other argument.
+RATE_ARGUMENTS = {"learning_rate", "lr", "max_delta", "max_norm", "threshold"}
+
+
+def _built_with_rates(namespace):
+    """``(name, function, transformation)`` for each factory of ``namespace`` whose required arguments are rates."""
+    for name in namespace.__all__:
+        function = getattr(namespace, name)
+        if not inspect.isfunction(function) or "GradientTransformation" not in str(inspect.signature(function)):
+            continue
+        required = [p.name for p in inspect.signature(function).parameters.values()
+                    if p.default is inspect.Parameter.empty and p.kind is not p.VAR_KEYWORD]
+        if set(required) <= RATE_ARGUMENTS:
+            with warnings.catch_warnings():  # a deprecated alias, a default seed: said to users, not to this test
+                warnings.simplefilter("ignore")
+                tx = function(*[0.1] * len(required))
+            yield name, function, tx
+
+
+def _refuses_complex(tx):
+    try:
+        tx.init({"w": jnp.ones((3, 4), jnp.complex64)})  # a matrix, which Muon-like rules take
+    except ValueError as error:
+        return "complex" in str(error)
+    return False
+
+
+@pytest.mark.parametrize("namespace", [jz, jz.torch], ids=["jz", "jz.torch"])
+def test_an_optimizer_that_refuses_complex_params_says_so_in_its_docstring(namespace):
+    # The recipes jz.muon, jz.adopt, jz.madgrad, jz.psgd_kron, jz.shampoo and jz.soap said it only in their
+    # transformations' docstrings.
+    built = list(_built_with_rates(namespace))
+    assert len(built) > 10
+    silent = [name for name, function, tx in built
+              if _refuses_complex(tx) and "complex" not in function.__doc__.lower()]
+    assert silent == []
+
+
+def test_the_torch_module_names_the_recipes_that_refuse_complex_params():
+    # Its docstring said every recipe updates complex params as real pairs.
+    paragraph = next(p for p in jz.torch.__doc__.split("\n\n") if "Complex parameters" in p)
+    refusing = [name for name, _, tx in _built_with_rates(jz.torch) if _refuses_complex(tx)]
+    assert sorted(refusing) == ["adafactor", "lbfgs", "muon"]
+    assert all(f"``{name}``" in paragraph for name in refusing)
+
+
+@pytest.mark.parametrize("name", ["adadelta", "momo_adam", "simplified_ademamix"])
+def test_recipes_name_their_complex_squares_deviation_from_optax(name):
+    # Each squares a complex gradient as |g|^2 where Optax takes the complex square; jz.adadelta did not say so.
+    assert re.search(r"complex.*\|g\|\^2", " ".join(getattr(jz, name).__doc__.split()))
 
 
 # README.md's and the guides' ```python blocks run as written (issue 15). README's blocks after the Quick start

@@ -327,7 +327,8 @@ def adopt(
     :math:`\\beta_2 = 0.9999` works because :math:`v_{t-1}` excludes :math:`g_t`.
 
     Differences from ``optax.contrib.adopt``: those of :func:`jaxopt_zoo.scale_by_adopt` (``eps=0`` gives 0,
-    not NaN, where :math:`v_{t-1} = 0`; ``nu_dtype`` is an addition).
+    not NaN, where :math:`v_{t-1} = 0`; ``nu_dtype`` is an addition; with ``use_clipping`` complex params
+    raise at ``init``, where Optax's clip fails at the first update).
 
     Args:
         learning_rate: :math:`\\alpha \\ge 0`, or a schedule of the step count.

@@ -334,6 +334,8 @@ def adadelta(
     (see :func:`~jaxopt_zoo.transforms.scale_by_learning_rate`).
     ``accumulator_dtype`` is an addition to Optax. ``eps`` must be positive:
     Optax accepts ``eps=0``, with which every step is 0 (see :func:`scale_by_adadelta`).
+    Deviation from Optax for complex params: :math:`g^2` is :math:`|g|^2`, so both running means
+    are real (Optax squares the complex number, so its "mean square" is complex).
 
     Args:
         accumulator_dtype: storage of both running means: a storage (see :mod:`jaxopt_zoo.storage`).

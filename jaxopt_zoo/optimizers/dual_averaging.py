@@ -41,7 +41,8 @@ def madgrad(
     1e-3 to 1e-4 for language models, and no momentum term outside (it has its own).
 
     Differences from ``optax.contrib.madgrad``: those of :func:`jaxopt_zoo.scale_by_madgrad` (float64 step
-    weights under 64-bit types, ``x0`` a copy, ``eps=0`` safe); the storage options are additions.
+    weights under 64-bit types, ``x0`` a copy, ``eps=0`` safe, complex params raise at ``init`` where Optax's
+    cube root fails); the storage options are additions.
 
     Args:
         learning_rate: :math:`\\gamma \\ge 0`, or a schedule of the step count.

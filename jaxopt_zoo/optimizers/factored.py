@@ -154,7 +154,8 @@ def sm3(
     Recipe: ``chain(scale_by_sm3(momentum, mu_dtype=..., nu_dtype=...), scale_by_learning_rate(learning_rate))``.
     Numerically identical to ``optax.sm3`` in float32, where Optax works (it raises on scalar params).
     ``learning_rate`` is a number, as in Optax (no schedules). ``mu_dtype`` (the accumulators),
-    ``nu_dtype`` (the momentum) and ``axis_name`` are additions.
+    ``nu_dtype`` (the momentum) and ``axis_name`` are additions. Complex params raise at ``init``,
+    as in Optax (wrap it in :func:`~jaxopt_zoo.split_real_and_imaginary`).
 
     Args:
         learning_rate: :math:`\\alpha \\ge 0`, or ``None`` (a rate of 1).

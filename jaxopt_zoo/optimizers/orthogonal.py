@@ -88,13 +88,15 @@ def muon(
     ``shape_scale`` (the same product): the states hold the same leaves.
 
     Differences from ``optax.contrib.muon`` (the same numbers otherwise, bit for bit in
-    float32 under ``jit``): those of :func:`~jaxopt_zoo.scale_by_muon` (Muon's leaves must be
-    real; ``"aol"``/``"schatten"`` use the ``eps`` given; more rows of ``ns_coeffs`` than
-    ``ns_steps`` run the last ``ns_steps`` rows instead of raising; ``"muon"`` is accepted as
-    the standard preset, as Optax's docstring names it; ``ns_steps`` is at most 99); the options
-    are checked when built; ``mu_dtype`` also takes a storage (:mod:`jaxopt_zoo.storage`), for
-    both Muon's momentum and Adam's first moment; ``nu_dtype`` (Adam's second moment), ``ns_method``
-    and the layer-sharding options (``layer_sharding``, ``axis_name``, ``partition_specs``) are additions.
+    float32 under ``jit``): those of :func:`~jaxopt_zoo.scale_by_muon` (a complex leaf given to
+    Muon raises at ``init``, as in ``torch.optim.Muon``, where Optax runs complex matrices through
+    Newton–Schulz; complex leaves given to Adam are updated, as in Optax; ``"aol"``/``"schatten"``
+    use the ``eps`` given; more rows of ``ns_coeffs`` than ``ns_steps`` run the last ``ns_steps``
+    rows instead of raising; ``"muon"`` is accepted as the standard preset, as Optax's docstring
+    names it; ``ns_steps`` is at most 99); the options are checked when built; ``mu_dtype`` also
+    takes a storage (:mod:`jaxopt_zoo.storage`), for both Muon's momentum and Adam's first moment;
+    ``nu_dtype`` (Adam's second moment), ``ns_method`` and the layer-sharding options
+    (``layer_sharding``, ``axis_name``, ``partition_specs``) are additions.
 
     Args:
         learning_rate: :math:`\\alpha \\ge 0`, or a schedule of the step count.

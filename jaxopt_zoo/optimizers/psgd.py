@@ -55,7 +55,8 @@ def psgd_kron(
 
     Differences from psgd-jax's ``kron``: those of :func:`jaxopt_zoo.scale_by_psgd_kron` (random update
     draws from ``key``, ``precond_init_scale=None`` by default, the absolute ``damping``, balancing every fit,
-    0-based schedules, full-precision products, the storage options of ``mu_dtype``); ``mask`` is psgd-jax's
+    0-based schedules, full-precision products, the storage options of ``mu_dtype``, complex params raise at
+    ``init``); ``mask`` is psgd-jax's
     ``weight_decay_mask``; ``precond_lr`` and ``precond_init_scale`` are its ``preconditioner_lr`` and
     ``preconditioner_init_scale``.
 

@@ -95,7 +95,8 @@ def shampoo(
     ``precondition_1d``) the update is the filtered gradient rescaled to the grafting optimizer's norm (Distributed
     Shampoo preconditions them with full-matrix factors; the two agree for scalars); the grafting and Shampoo
     transformations each keep their own copy of the filtered gradient (one extra param-sized moment; ``mu_dtype``
-    stores both); no ``beta3``, iterate averaging or L2 weight decay; those of :func:`jaxopt_zoo.scale_by_shampoo`.
+    stores both); no ``beta3``, iterate averaging or L2 weight decay; those of :func:`jaxopt_zoo.scale_by_shampoo`
+    (complex params raise at ``init``, among them).
 
     Args:
         learning_rate: :math:`\\eta \\ge 0`, or a schedule of the step count.

@@ -55,8 +55,9 @@ def soap(
     dimensions alone.
 
     Differences from the official code: those of :func:`jaxopt_zoo.scale_by_soap` (blocking by default, NaN
-    guards on the factors), and the weight decay's place: here it is AdamW's, :math:`-\\eta\\lambda\\theta_t` from
-    the params before the step and on every step; the official code shrinks the params after the step,
+    guards on the factors, complex params raise at ``init``), and the weight decay's place: here it is
+    AdamW's, :math:`-\\eta\\lambda\\theta_t` from the params before the step and on every step; the
+    official code shrinks the params after the step,
     :math:`\\theta \\leftarrow (\\theta_t - \\eta u_t)(1 - \\eta\\lambda)` (an extra :math:`\\eta^2\\lambda u_t`),
     and not at all on the first step. ``mask`` (where the decay applies), ``blocking`` and the storage options
     are additions.

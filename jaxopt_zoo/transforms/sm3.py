@@ -80,6 +80,8 @@ def scale_by_sm3(
     0-d array; Optax raises ``IndexError``); a ``None`` update keeps its state; a float16 param's
     state is float32 (see :func:`jaxopt_zoo.tree.moments_like`). ``mu_dtype``, ``nu_dtype`` and
     ``axis_name`` are additions (named after the state's fields: here ``mu`` is the second moment).
+    Complex params raise at ``init``, as in Optax; :func:`~jaxopt_zoo.split_real_and_imaginary`
+    runs it on their real and imaginary parts.
 
     Args:
         b1: :math:`\\beta_1 \\in [0, 1)`, the decay of the momentum.
@@ -116,8 +118,7 @@ def scale_by_sm3(
     new_weight = (1.0 if beta2 == 1.0 else 1.0 - b2) if beta2 is not None else jnp.where(b2 == 1.0, 1.0, 1.0 - b2)
 
     def accumulators(p):
-        if jnp.iscomplexobj(p):
-            raise ValueError(f"{owner}: complex parameters are not supported (as in Optax).")
+        validation.refuse_complex(owner, p, "as in Optax")
         dtype = tree.moment_dtype(jnp.result_type(p))
         if jnp.ndim(p) == 0:
             return (jnp.zeros((), dtype),)
