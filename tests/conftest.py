@@ -266,12 +266,12 @@ def run_reference(ref: reference.Reference, params, steps: int = STEPS):
 
 
 def assert_trees_close(actual, expected, rtol: float, atol: float = 0.0):
-    jax.tree.map(
-        lambda a, e: np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(e, np.float64), rtol=rtol,
-                                                atol=atol),
-        actual,
-        expected,
-    )
+    def close(a, e):
+        # In float64, or complex128 where either side is complex (a float64 cast would drop the imaginary parts).
+        wide = np.complex128 if np.iscomplexobj(a) or np.iscomplexobj(e) else np.float64
+        np.testing.assert_allclose(np.asarray(a, wide), np.asarray(e, wide), rtol=rtol, atol=atol)
+
+    jax.tree.map(close, actual, expected)
 
 
 def assert_trees_equal(actual, expected):

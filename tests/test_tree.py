@@ -74,3 +74,12 @@ def test_check_same_structure_lists_differing_paths():
         tree.check_same_structure("demo", a, {"x": 0.0, "y": {"w": 0.0}}, "the state")
     with pytest.raises(ValueError, match="same paths but different containers"):
         tree.check_same_structure("demo", [1.0, 2.0], (1.0, 2.0), "the state")
+
+
+def test_the_suites_closeness_check_compares_imaginary_parts():
+    # It cast both sides to float64, which drops imaginary parts: a test of complex params could not fail there.
+    from tests.conftest import assert_trees_close
+
+    assert_trees_close({"z": jnp.asarray([1 + 2j])}, {"z": jnp.asarray([1 + 2j])}, rtol=0)
+    with pytest.raises(AssertionError):
+        assert_trees_close({"z": jnp.asarray([1 + 2j])}, {"z": jnp.asarray([1 - 2j])}, rtol=1e-6)
