@@ -37,12 +37,14 @@ def moment_dtype(dtype: jax.typing.DTypeLike) -> jnp.dtype:
 def scalar_dtype(params: Any) -> jnp.dtype:
     """The dtype of an optimizer's whole-tree scalars (step-size estimates, weight sums, running losses).
 
-    float64 when every floating param is float64, float32 otherwise. Optax keeps such scalars in the params'
-    lowest dtype; in bfloat16 a running sum stops growing after ~256 equal terms and a decay of 0.9995 rounds
-    to 1, so here they never go below float32 (the same numbers as Optax's for float32 and float64 params).
+    float64 when every floating param is float64 (a complex one counts by its parts: complex128 as float64),
+    float32 otherwise. Optax keeps such scalars in the params' lowest dtype; in bfloat16 a running sum stops
+    growing after ~256 equal terms and a decay of 0.9995 rounds to 1, so here they never go below float32 (the
+    same numbers as Optax's for float32 and float64 params).
     """
-    floating = [d for d in (jnp.result_type(x) for x in jax.tree.leaves(params)) if jnp.issubdtype(d, jnp.floating)]
-    return jnp.dtype(jnp.float64 if floating and all(d == jnp.float64 for d in floating) else jnp.float32)
+    inexact = [jnp.finfo(d).dtype for d in (jnp.result_type(x) for x in jax.tree.leaves(params))
+               if jnp.issubdtype(d, jnp.inexact)]
+    return jnp.dtype(jnp.float64 if inexact and all(d == jnp.float64 for d in inexact) else jnp.float32)
 
 
 def tree_vdot(xs: Any, ys: Any, axis_name: AxisName = None, owner: str = "tree_vdot") -> jax.Array:

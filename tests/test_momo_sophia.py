@@ -228,7 +228,7 @@ def test_momo_matches_float64_reference_where_optax_misses_the_weight_decay(name
 def test_momo_on_complex_params_matches_float64_reference(name, x64):
     # The reference's inner products are Re<x, y> and MoMo-Adam's second moment is |g|^2; the complex square g^2
     # that Optax takes made the second moment negative where g is imaginary.
-    # A real leaf in the tree keeps the scalars float64 (tree.scalar_dtype counts only real floating leaves).
+    # complex128 leaves with a float64 one: the scalars are float64 (tree.scalar_dtype counts complex128 as float64).
     factory, options = MOMO_REFERENCES[name]
     params = make_params(jnp.float64)
     params["dense"] = jax.tree.map(lambda re, im: re + 1j * im, params["dense"], make_params(jnp.float64, 1)["dense"])

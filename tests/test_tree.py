@@ -83,3 +83,12 @@ def test_the_suites_closeness_check_compares_imaginary_parts():
     assert_trees_close({"z": jnp.asarray([1 + 2j])}, {"z": jnp.asarray([1 + 2j])}, rtol=0)
     with pytest.raises(AssertionError):
         assert_trees_close({"z": jnp.asarray([1 + 2j])}, {"z": jnp.asarray([1 - 2j])}, rtol=1e-6)
+
+
+def test_scalar_dtype_counts_a_complex_param_by_its_parts(x64):
+    # A tree of complex128 params had float32 scalars (only real floating leaves were counted): MoMo's, D-Adapt's
+    # and the parameter-free optimizers' step-size estimates lost float64's precision.
+    assert tree.scalar_dtype({"z": jnp.ones(2, jnp.complex128)}) == jnp.float64
+    assert tree.scalar_dtype({"z": jnp.ones(2, jnp.complex128), "x": jnp.ones(2)}) == jnp.float64
+    assert tree.scalar_dtype({"z": jnp.ones(2, jnp.complex64)}) == jnp.float32
+    assert tree.scalar_dtype({"z": jnp.ones(2, jnp.complex128), "x": jnp.ones(2, jnp.float32)}) == jnp.float32
