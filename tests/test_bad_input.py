@@ -616,10 +616,23 @@ def test_complex_params_raise_where_the_rule_has_no_complex_meaning():
     # MADGRAD's cube root and ADOPT's clip to [-c, c] failed with JAX's bare errors (Optax's too); so did Rprop's
     # signs, clip's and Sophia's orderings ("Clip received a complex value", at the first update, naming nothing).
     # A recipe names itself, not its inner transformation.
-    params = {"w": jnp.ones(3, jnp.complex64)}
+    params = {"w": jnp.ones((2, 3), jnp.complex64)}
     remedy = r".*a leaf of dtype complex64\); wrap the optimizer in jz\.combine\.split_real_and_imaginary\.$"
-    for tx, message in [(jz.madgrad(0.1), r"^scale_by_madgrad: complex params are not supported"),
-                        (jz.adopt(0.1), r"^scale_by_adopt: use_clipping=True clips each entry"),
+    for tx, message in [(jz.madgrad(0.1), r"^madgrad: complex params are not supported" + remedy),
+                        (jz.scale_by_madgrad(0.1), r"^scale_by_madgrad: complex params are not supported" + remedy),
+                        (jz.adopt(0.1), r"^adopt: complex params are not supported \(use_clipping=True clips each "
+                                        r"entry to \[-c, c\], which a complex one has no place in: pass use_clipping="
+                                        r"False" + remedy),
+                        (jz.scale_by_adopt(), r"^scale_by_adopt: use_clipping=True clips each entry"),
+                        (jz.dadapt_adamw(), r"^dadapt_adamw: complex params are not supported \(the distance" + remedy),
+                        (jz.prodigy(), r"^prodigy: complex params are not supported \(the distance" + remedy),
+                        (jz.scale_by_prodigy(), r"^scale_by_prodigy: complex params are not supported" + remedy),
+                        (jz.sm3(0.1), r"^sm3: complex params are not supported \(as in Optax" + remedy),
+                        (jz.shampoo(0.1), r"^shampoo: complex params are not supported" + remedy),
+                        (jz.soap(0.1), r"^soap: complex params are not supported" + remedy),
+                        (jz.psgd_kron(), r"^psgd_kron: complex params are not supported" + remedy),
+                        (jz.muon(0.1), r"^scale_by_muon: Muon does not support complex parameters .* Give complex "
+                                       r"matrices another optimizer with jz.partition"),
                         (jz.rprop(0.1), r"^rprop: complex params are not supported \(Rprop adapts" + remedy),
                         (jz.transforms.rprop.scale_by_rprop(0.1), r"^scale_by_rprop: complex params" + remedy),
                         (jz.scale_by_resilient_step(0.1), r"^scale_by_resilient_step: complex params" + remedy),

@@ -369,6 +369,6 @@ def test_bad_updates_and_states_are_refused():
         tx.update(bad, tx.init(params), params)
     with pytest.raises(ValueError, match=r"scale_by_sm3: the updates tree does not match the momentum"):
         jz.sm3(0.1).update(bad, jz.sm3(0.1).init(params), params)
-    with pytest.raises(ValueError, match=r"^scale_by_sm3: complex params are not supported \(as in Optax; a leaf of "
+    with pytest.raises(ValueError, match=r"^sm3: complex params are not supported \(as in Optax; a leaf of "
                        r"dtype complex64\); wrap the optimizer in jz\.combine\.split_real_and_imaginary\.$"):
         jz.sm3(0.1).init({"z": jnp.ones(3, jnp.complex64)})

@@ -360,11 +360,13 @@ def adopt(
     if not callable(clip_value_fn):
         raise ValueError(f"{owner}: clip_value_fn must be a function of the step count, got {clip_value_fn!r}.")
     validation.state_dtypes(owner, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
-    return chain(
+    tx = chain(
         scale_by_adopt(b1, b2, eps, mu_dtype, nesterov=nesterov, use_clipping=use_clipping,
                        clip_value_fn=clip_value_fn, nu_dtype=nu_dtype),
         scale_by_learning_rate(learning_rate),
     )
+    why = "use_clipping=True clips each entry to [-c, c], which a complex one has no place in: pass use_clipping=False"
+    return validation.refusing_complex(owner, tx, why) if use_clipping else tx
 
 
 def acprop(

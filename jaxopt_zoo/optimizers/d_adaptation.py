@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import jax
 
+from jaxopt_zoo import validation
 from jaxopt_zoo.base import GradientTransformation, ScalarOrSchedule, init_only
 from jaxopt_zoo.sharding import AxisName
 from jaxopt_zoo.storage import StateDtype
 from jaxopt_zoo.transforms.d_adaptation import (
+    DISTANCE_IS_REAL,
     check_options,
     check_prodigy_options,
     scale_by_dadapt_adamw,
@@ -82,8 +84,9 @@ def prodigy(
                     params0_dtype=params0_dtype)
     check_prodigy_options("prodigy", learning_rate, betas, beta3, eps, estim_lr0, estim_lr_coef, weight_decay,
                           safeguard_warmup, axis_name, **storages)
-    return scale_by_prodigy(learning_rate, betas, beta3, eps, estim_lr0, estim_lr_coef, weight_decay, safeguard_warmup,
-                            **storages, axis_name=axis_name)
+    return validation.refusing_complex("prodigy", scale_by_prodigy(
+        learning_rate, betas, beta3, eps, estim_lr0, estim_lr_coef, weight_decay, safeguard_warmup, **storages,
+        axis_name=axis_name), DISTANCE_IS_REAL)
 
 
 @init_only("estim_lr0")
@@ -131,4 +134,5 @@ def dadapt_adamw(
     """
     storages = dict(exp_avg_dtype=exp_avg_dtype, exp_avg_sq_dtype=exp_avg_sq_dtype, grad_sum_dtype=grad_sum_dtype)
     check_options("dadapt_adamw", learning_rate, betas, eps, estim_lr0, weight_decay, axis_name, **storages)
-    return scale_by_dadapt_adamw(learning_rate, betas, eps, estim_lr0, weight_decay, **storages, axis_name=axis_name)
+    return validation.refusing_complex("dadapt_adamw", scale_by_dadapt_adamw(
+        learning_rate, betas, eps, estim_lr0, weight_decay, **storages, axis_name=axis_name), DISTANCE_IS_REAL)

@@ -69,8 +69,8 @@ def madgrad(
     validation.scalar_or_schedule(owner, "weight_decay", weight_decay)
     validation.epsilon(owner, "eps", eps)
     validation.state_dtypes(owner, grad_sum_sq_dtype=grad_sum_sq_dtype, s_dtype=s_dtype, x0_dtype=x0_dtype)
-    return chain(
+    return validation.refusing_complex(owner, chain(
         add_decayed_weights(weight_decay),
         scale_by_madgrad(learning_rate, momentum, eps, grad_sum_sq_dtype=grad_sum_sq_dtype, s_dtype=s_dtype,
                          x0_dtype=x0_dtype),
-    )
+    ))

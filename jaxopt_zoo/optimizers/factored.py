@@ -178,5 +178,7 @@ def sm3(
     validation.decay_rate(owner, "momentum", momentum)
     validation.state_dtypes(owner, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     validation.axis_name(owner, axis_name)
-    return chain(scale_by_sm3(momentum, mu_dtype=mu_dtype, nu_dtype=nu_dtype, axis_name=axis_name),
-                 scale_by_learning_rate(learning_rate))  # -rate, also for an unsigned integer
+    return validation.refusing_complex(owner, chain(  # as in Optax
+        scale_by_sm3(momentum, mu_dtype=mu_dtype, nu_dtype=nu_dtype, axis_name=axis_name),
+        scale_by_learning_rate(learning_rate),  # -rate, also for an unsigned integer
+    ), "as in Optax")

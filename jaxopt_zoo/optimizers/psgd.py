@@ -101,4 +101,5 @@ def psgd_kron(
         message = str(error)
         prefix = "scale_by_psgd_kron: "
         raise ValueError(owner + ": " + message[len(prefix):] if message.startswith(prefix) else message) from None
-    return chain(inner, add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate))
+    return validation.refusing_complex(
+        owner, chain(inner, add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate)))

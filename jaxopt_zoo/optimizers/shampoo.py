@@ -170,4 +170,5 @@ def shampoo(
                           active=lambda shampoo_state: shampoo_state.count >= int(start),
                           max_block_dim=max_precond_dim if graft_per_block else None, axis_name=axis_name,
                           partition_specs=partition_specs)
-    return chain(direction, add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate))
+    return validation.refusing_complex(
+        owner, chain(direction, add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate)))

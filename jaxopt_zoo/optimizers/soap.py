@@ -114,10 +114,10 @@ def soap(
     validation.state_dtypes(owner, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     axis_name = validation.axis_name(owner, axis_name)
     check_partition_specs(owner, partition_specs)
-    return chain(
+    return validation.refusing_complex(owner, chain(
         scale_by_soap(b1, b2, shampoo_b2, eps, precondition_frequency, max_precond_dim, merge_dims, precondition_1d,
                       correct_bias, normalize_grads, blocking, mu_dtype=mu_dtype, nu_dtype=nu_dtype,
                       axis_name=axis_name, partition_specs=partition_specs),
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
-    )
+    ))

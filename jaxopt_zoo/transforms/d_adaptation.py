@@ -64,15 +64,13 @@ def check_options(owner: str, learning_rate: Any, betas: Any, eps: Any, estim_lr
     return betas[0], betas[1], validation.axis_name(owner, axis_name)
 
 
+DISTANCE_IS_REAL = "the distance estimate is a real number"
+
+
 def _scalar_dtype(owner: str, params: Any) -> jnp.dtype:
     # float64 when every param is float64, float32 otherwise. Optax uses the params' narrowest dtype: in
     # bfloat16 the numerator's decay beta3 = 0.9995 rounds to 1 and d_t has 8 bits.
-    leaves = jax.tree.leaves(params)
-    if any(jnp.iscomplexobj(p) for p in leaves):
-        raise ValueError(
-            f"{owner}: complex params are not supported (the distance estimate is a real number); "
-            "wrap the optimizer in jz.split_real_and_imaginary(...)."
-        )
+    validation.refuse_complex(owner, params, DISTANCE_IS_REAL)
     return tree.scalar_dtype(params)
 
 

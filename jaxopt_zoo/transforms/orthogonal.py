@@ -295,7 +295,8 @@ def _require_real(owner: str, where: str, leaf: Any) -> None:
     if jnp.iscomplexobj(leaf):
         raise ValueError(
             f"{owner}: Muon does not support complex parameters (as torch.optim.Muon); the leaf at {where} is "
-            f"{jnp.result_type(leaf)}."
+            f"{jnp.result_type(leaf)}. Give complex matrices another optimizer with jz.partition, or wrap Muon in "
+            "jz.split_real_and_imaginary to orthogonalise the real and imaginary parts apart."
         )
 
 
