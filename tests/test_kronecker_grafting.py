@@ -433,6 +433,7 @@ def test_block_layout_and_merge_dims_refuse_a_size_below_one_or_fractional():
 def test_shampoo_and_soap_refuse_complex_params():
     # Their factors G G^T of a complex G are not Hermitian: they used to step on, silently wrong.
     params = {"w": jnp.ones((3, 4), jnp.complex64), "b": jnp.ones(4)}
-    for tx, owner in [(jz.shampoo(0.1), "scale_by_shampoo"), (jz.soap(0.1), "scale_by_soap")]:
+    for tx, owner in [(jz.shampoo(0.1), "shampoo"), (jz.soap(0.1), "soap"), (jz.scale_by_shampoo(), "scale_by_shampoo"),
+                      (jz.scale_by_soap(), "scale_by_soap")]:
         with pytest.raises(ValueError, match=rf"^{owner}: complex params are not supported .*split_real_and_imag"):
             tx.init(params)
