@@ -227,6 +227,27 @@ def full_like(tree: Any, value: jax.typing.ArrayLike, dtype: jax.typing.DTypeLik
     return jax.tree.map(lambda x: jnp.full_like(x, value, dtype=dtype), tree)
 
 
+@jax.custom_jvp
+def root(x: jax.Array) -> jax.Array:
+    """:math:`\\sqrt{x}` for :math:`x \\ge 0`, whose derivative at 0 is taken as 0 instead of :math:`\\infty`.
+
+    The same values as ``jnp.sqrt``. Its argument is a sum of squares (a second moment, a squared norm),
+    which is 0 only at its minimum, where its own derivative is 0 too: there ``jnp.sqrt``'s chain rule gives
+    :math:`\\infty \\cdot 0 = \\text{NaN}`, so a gradient taken through an optimizer step (of a loss after
+    some steps, with respect to the initial params or a hyperparameter) was NaN wherever a gradient entry
+    or a whole leaf's gradient was exactly 0 (a dead unit, an unused embedding). Optax's are NaN there.
+    """
+    return jnp.sqrt(x)
+
+
+@root.defjvp
+def _root_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    y = jnp.sqrt(x)
+    positive = x > 0
+    return y, jnp.where(positive, dx / (2 * jnp.where(positive, y, 1)), jnp.zeros_like(y))
+
+
 def global_norm(tree: Any, axis_name: AxisName = None, owner: str = "global_norm") -> jax.Array:
     """The Euclidean norm of all leaves taken together: :math:`\\sqrt{\\sum_i \\|x_i\\|^2}`.
 
@@ -235,7 +256,7 @@ def global_norm(tree: Any, axis_name: AxisName = None, owner: str = "global_norm
     varies along (see :mod:`jaxopt_zoo.sharding`).
     """
     leaves = [x for x in jax.tree.leaves(tree) if x is not None]
-    return jnp.sqrt(sum_over_shards(owner, ((jnp.sum(abs_sq(x)), x) for x in leaves), axis_name))
+    return root(sum_over_shards(owner, ((jnp.sum(abs_sq(x)), x) for x in leaves), axis_name))
 
 
 def sum_of_squares(x: jax.Array, axis_name: AxisName = None, owner: str = "sum_of_squares") -> jax.Array:
@@ -253,9 +274,9 @@ def over_root(numerator: jax.Array, inner: jax.Array, eps: Any, guard: bool) -> 
     whole denominator rounded differently).
     """
     if not guard:
-        return numerator / (jnp.sqrt(inner) + eps)
+        return numerator / (root(inner) + eps)
     zero = (inner == 0) & (eps == 0)
-    return jnp.where(zero, 0, numerator / (jnp.sqrt(jnp.where(zero, 1, inner)) + eps))
+    return jnp.where(zero, 0, numerator / (root(jnp.where(zero, 1, inner)) + eps))
 
 
 def moment_ratio(updates: Any, mu_hat: Any, nu_hat: Any, eps: Any, eps_root: Any, guard: bool = False) -> Any:

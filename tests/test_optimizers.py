@@ -235,6 +235,48 @@ def test_grad_through_steps_wrt_learning_rate(optimizer, ref, x64):
     assert abs(central) > 1e-3  # the learning rate really matters here
 
 
+# Gradients through optimizer steps where some gradient entries, a whole leaf's gradient, or the distance moved
+# are exactly 0: the square roots of those sums of squares had an infinite derivative there, and the chain rule
+# gave inf * 0 = NaN (Optax's too).
+THROUGH_ZEROS = {
+    "adam": jz.adam,
+    "lamb": jz.lamb,
+    "adafactor": jz.adafactor,
+    "novograd": jz.novograd,
+    "adopt": jz.adopt,
+    "prodigy": jz.prodigy,
+    "dog": jz.dog,
+    "clip+block_rms+adam": lambda lr: jz.chain(jz.clip_by_global_norm(1.0), jz.clip_by_block_rms(1.0), jz.adam(lr)),
+}
+
+
+@pytest.mark.parametrize("name", list(THROUGH_ZEROS))
+def test_grad_through_steps_with_exactly_zero_gradients_is_finite_and_right(name, x64):
+    target = {"w": jnp.array([[1.0, 0.0], [2.0, -1.0]]), "b": jnp.array([0.5, 0.0]), "unused": jnp.zeros(3)}
+    weight = {"w": jnp.array([[1.0, 0.0], [1.0, 1.0]]), "b": jnp.array([1.0, 0.0]), "unused": jnp.zeros(3)}
+
+    def loss(p):
+        return sum(jnp.sum(weight[k] * (p[k] - target[k]) ** 2) for k in p)
+
+    @jax.jit
+    def loss_after_steps(params, rate):
+        tx = THROUGH_ZEROS[name](rate)
+        state = tx.init(params)
+        for _ in range(3):
+            updates, state = tx.update(jax.grad(loss)(params), state, params)
+            params = jz.apply_updates(params, updates)
+        return loss(params)
+
+    params = {"w": jnp.ones((2, 2)), "b": jnp.ones(2), "unused": jnp.ones(3)}
+    d_params, d_rate = jax.jit(jax.grad(loss_after_steps, argnums=(0, 1)))(params, 0.1)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(d_params))
+    h = 1e-6
+    central = (loss_after_steps(params, 0.1 + h) - loss_after_steps(params, 0.1 - h)) / (2 * h)
+    np.testing.assert_allclose(float(d_rate), float(central), rtol=1e-4, atol=1e-9)
+    if name != "dog":  # DoG's first distance is read from all the params, the unused leaf too
+        np.testing.assert_array_equal(d_params["unused"], 0.0)
+
+
 def test_sgd_rejects_nesterov_without_momentum():
     with pytest.raises(ValueError, match="sgd: nesterov=True needs a momentum"):
         jz.sgd(0.1, nesterov=True)

@@ -472,7 +472,7 @@ def scale_by_adopt(
         bound = clip_value_fn(state.count) if use_clipping else None
 
         def normalised(g, v):
-            floor = jnp.maximum(jnp.sqrt(v), eps)
+            floor = jnp.maximum(tree.root(v), eps)
             if guard:  # 0, not 0/0, where v and eps are both 0
                 ratio = jnp.where(floor == 0, 0, tree.widen(g) / jnp.where(floor == 0, 1, floor))
             else:

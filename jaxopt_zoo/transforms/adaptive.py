@@ -18,7 +18,7 @@ from jaxopt_zoo.storage import StateDtype, resolve, with_storage
 
 def _inverse_root(v: jax.Array, eps: jax.typing.ArrayLike, eps_in_sqrt: bool) -> jax.Array:
     # 1/sqrt(v + eps) or 1/(sqrt(v) + eps), formed as Optax forms them so the two agree bit for bit.
-    return jax.lax.rsqrt(v + eps) if eps_in_sqrt else 1 / (jnp.sqrt(v) + eps)
+    return jax.lax.rsqrt(v + eps) if eps_in_sqrt else 1 / (tree.root(v) + eps)
 
 
 def _scaled_by_inverse_root(g: jax.Array, v: jax.Array, eps, eps_in_sqrt: bool, guard: bool) -> jax.Array:

@@ -62,8 +62,8 @@ def clip_by_block_rms(threshold: jax.typing.ArrayLike, *, axis_name: AxisName = 
 
     def rms(g):
         if not (axis_name or varying_axes(g)):
-            return jnp.sqrt(jnp.mean(tree.abs_sq(g)))  # Optax's operations
-        return jnp.sqrt(tree.sum_of_squares(g, axis_name, owner) / (g.size * axis_size(owner, g, axis_name)))
+            return tree.root(jnp.mean(tree.abs_sq(g)))  # Optax's operations
+        return tree.root(tree.sum_of_squares(g, axis_name, owner) / (g.size * axis_size(owner, g, axis_name)))
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -137,7 +137,7 @@ def _unit_norms(x: jax.Array, axis: int | tuple[int, ...] | None) -> jax.Array:
             raise ValueError(
                 f"adaptive_grad_clip: cannot tell the units of a parameter of shape {x.shape}; pass axis=..."
             )
-    return jnp.sqrt(jnp.sum(tree.abs_sq(x), axis=axis, keepdims=True))
+    return tree.root(jnp.sum(tree.abs_sq(x), axis=axis, keepdims=True))
 
 
 def unitwise_clip(
@@ -251,7 +251,7 @@ def _per_example_sq_norms(owner: str, leaves: list[jax.Array], axis_name: AxisNa
 
 
 def _clipped_sum(owner: str, leaves: list[jax.Array], clip_norm: jax.typing.ArrayLike, axis_name: AxisName):
-    norms = jnp.sqrt(_per_example_sq_norms(owner, leaves, axis_name))
+    norms = tree.root(_per_example_sq_norms(owner, leaves, axis_name))
     # 0/0 (a zero gradient with a zero clip norm) and inf/inf keep the example as it is.
     multipliers = jnp.nan_to_num(jnp.minimum(clip_norm / norms, 1.0), nan=1.0)
     return multipliers, jnp.sum(multipliers < 1.0)

@@ -255,7 +255,7 @@ def scale_by_prodigy(
         new_d = _raised_estimate(d, estim_lr_coef * numerator, _tree_l1(owner, grad_sum, axis_name))
 
         def step(g, m, v, x):
-            u = -weight_decay * dlr * x - _divide(guard, dlr * m, jnp.sqrt(v) + new_d * eps)
+            u = -weight_decay * dlr * x - _divide(guard, dlr * m, tree.root(v) + new_d * eps)
             return u.astype(tree.moment_dtype(jnp.result_type(g)))
 
         new_updates = tree.map_updates(step, updates, exp_avg, exp_avg_sq, params)
@@ -393,7 +393,7 @@ def scale_by_dadapt_adamw(
         tree.check_same_structure(owner, updates, params, "the params")
         d, count = state.estim_lr, safe_increment(state.count)
         dlr = _step_size(d, _rate(learning_rate, state.count), count, b1, b2)
-        weighted = tree.map_updates(lambda g, s, v: _divide(guard, s, jnp.sqrt(v) + eps), updates, state.grad_sum,
+        weighted = tree.map_updates(lambda g, s, v: _divide(guard, s, tree.root(v) + eps), updates, state.grad_sum,
                                     state.exp_avg_sq)
         progress = tree.tree_vdot(updates, weighted, axis_name, owner)  # <g_t, s_{t-1} / (sqrt(v_{t-1}) + eps)>
         exp_avg = tree.map_state(lambda g, m: b1 * m + (1 - b1) * dlr * tree.widen(g), updates, state.exp_avg)
@@ -405,7 +405,7 @@ def scale_by_dadapt_adamw(
         new_d = _raised_estimate(d, numerator, (1 - root_b2) * _tree_l1(owner, grad_sum, axis_name))
 
         def step(g, m, v, x):
-            u = -weight_decay * dlr * x - _divide(guard, m, jnp.sqrt(v) + eps)
+            u = -weight_decay * dlr * x - _divide(guard, m, tree.root(v) + eps)
             return u.astype(tree.moment_dtype(jnp.result_type(g)))
 
         new_updates = tree.map_updates(step, updates, exp_avg, exp_avg_sq, params)

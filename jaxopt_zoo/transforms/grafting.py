@@ -110,8 +110,8 @@ def graft(
         def grafted(d: jax.Array, m: jax.Array, at: Placement | None) -> jax.Array:
             if max_block_dim is not None and any(n > max_block_dim for n in whole_shape(d, at)):
                 return _grafted_per_block(d, m, at, max_block_dim, grafting).astype(d.dtype)
-            d_norm = jnp.sqrt(tree.sum_of_squares(d, axis_name, owner))
-            m_norm = jnp.sqrt(tree.sum_of_squares(m, axis_name, owner))
+            d_norm = tree.root(tree.sum_of_squares(d, axis_name, owner))
+            m_norm = tree.root(tree.sum_of_squares(m, axis_name, owner))
             return jnp.where(grafting, d * _ratio(m_norm, d_norm), m).astype(d.dtype)
 
         m_leaves = treedef.flatten_up_to(m_updates)
@@ -144,7 +144,7 @@ def _grafted_per_block(d: jax.Array, m: jax.Array, at: Placement | None, max_dim
     sums = jnp.stack([mode_product(tree.abs_sq(x).astype(real), one_hots, transpose=True) for x in (d, m)])
     if split_over(placement):
         sums = jax.lax.psum(sums, split_over(placement))
-    ratio = _ratio(jnp.sqrt(sums[1]), jnp.sqrt(sums[0]))  # per block
+    ratio = _ratio(tree.root(sums[1]), tree.root(sums[0]))  # per block
     return jnp.where(grafting, d * ratio[jnp.ix_(*blocks)], m)
 
 

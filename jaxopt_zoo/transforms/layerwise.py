@@ -125,7 +125,7 @@ def scale_by_novograd(
 
     def second_moment(first, g, v):
         # ||g||**2 formed as Optax forms it (a norm, then its square), for the same bits.
-        norm_sq = jnp.sqrt(tree.sum_of_squares(g, axis_name, owner)) ** 2
+        norm_sq = tree.root(tree.sum_of_squares(g, axis_name, owner)) ** 2
         return (norm_sq if first else (1 - b2) * norm_sq + b2 * v).astype(v.dtype)  # v keeps its dtype
 
     def first_moment(first, rate, g, m, v, *p):

@@ -188,7 +188,7 @@ def scale_by_distance_over_gradients(
     axis_name = validation.axis_name(owner, axis_name)
 
     def norm(x):
-        return jnp.sqrt(tree.sum_of_squares(x, axis_name, owner))
+        return tree.root(tree.sum_of_squares(x, axis_name, owner))
 
     def init(params):
         def initial_distance(p):
@@ -314,7 +314,7 @@ def scale_by_dog(
         if kind == "distance":
             r0 = value
         elif kind == "heuristic":
-            r0 = _dog_first_distance(value, jnp.sqrt(_tree_sum_of_squares(params, axis_name, owner)))
+            r0 = _dog_first_distance(value, tree.root(_tree_sum_of_squares(params, axis_name, owner)))
         else:
             r0 = 0.0
         dtype = _scalar_dtype(params)
@@ -326,7 +326,7 @@ def scale_by_dog(
         tree.check_same_structure(owner, updates, params, "the params")
         dtype = state.max_dist.dtype
         moved = jax.tree.map(lambda x0, x: x0 - x, state.init_params, params)
-        distance = jnp.sqrt(_tree_sum_of_squares(moved, axis_name, owner))
+        distance = tree.root(_tree_sum_of_squares(moved, axis_name, owner))
         max_dist = jnp.maximum(state.max_dist, distance).astype(dtype)
         sum_sq = (state.sum_sq_norm_grads + _tree_sum_of_squares(updates, axis_name, owner)).astype(dtype)
         rate = _dog_step_size(max_dist, sum_sq, eps)
@@ -636,7 +636,7 @@ def mechanize(
     betas = [1.0 - 0.1**i for i in range(1, num_betas + 1)]
 
     def norm(values):
-        return jnp.sqrt(_tree_sum_of_squares(values, axis_name, owner))
+        return tree.root(_tree_sum_of_squares(values, axis_name, owner))
 
     def init(params):
         dtype = _scalar_dtype(params)
