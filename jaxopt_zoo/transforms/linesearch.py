@@ -234,7 +234,10 @@ def scale_by_lbfgs(
     memories are float32 (Optax keeps the param's dtype, which truncated
     :math:`y = g_{k+1} - g_k`, and its ``updates`` field turned float at the
     first step); a gradient of another dtype than at ``init`` is kept in that
-    one, so the state's dtypes never change at a step.
+    one, so the state's dtypes never change at a step. A gradient taken
+    through its steps (``jax.grad`` of a loss after them) includes the first
+    step's normalisation, whose gradient Optax stops, and stays finite where a
+    gradient or :math:`y^\\top s` is 0.
     Additions: ``memory_dtype`` keeps the two stacked memories in a storage
     (a dtype, :class:`~jaxopt_zoo.storage.StochasticBF16`,
     :class:`~jaxopt_zoo.quantization.Blockwise8Bit`); ``axis_name`` makes the
@@ -306,16 +309,18 @@ def scale_by_lbfgs(
         y = [jnp.where(started, a - b, jnp.zeros_like(a - b)) for a, b in zip(g, g_old)]
         # <y, s> of the unmasked differences (equal to the masked ones once started).
         sy_raw = _inner(owner, [a - b for a, b in zip(g, g_old)], [a - b for a, b in zip(wg, wg_old)], axis_name)
-        rho = jnp.where(started, jnp.where(sy_raw == 0.0, 0.0, 1.0 / sy_raw), 0.0)
+        rho = jnp.where(started, jnp.where(sy_raw == 0.0, 0.0, 1.0 / jnp.where(sy_raw == 0.0, 1.0, sy_raw)), 0.0)
         s_mem = [m.at[last_slot].set(x.astype(m.dtype)) for m, x in zip(s_mem, s)]
         y_mem = [m.at[last_slot].set(x.astype(m.dtype)) for m, x in zip(y_mem, y)]
         rho_mem = state.weights_memory.at[last_slot].set(rho)
 
         if scale_init_precond:
             sy, yy = _inner(owner, y, s, axis_name), _norm_sq(owner, y, axis_name)
-            gamma = jnp.where(yy > 0.0, sy / yy, 1.0)
-            g_norm = jnp.sqrt(_norm_sq(owner, jax.lax.stop_gradient(g), axis_name))
-            gamma = jnp.where(started, gamma, jnp.minimum(1.0, 1.0 / g_norm))
+            gamma = jnp.where(yy > 0.0, sy / jnp.where(yy > 0.0, yy, 1.0), 1.0)  # no 0/0 in the untaken branch
+            # Differentiable (Optax stops the gradient of g here, so a gradient taken through the first step missed
+            # the normalisation's share); 1/0 is kept out of the unused branch so that g = 0 stays finite.
+            g_norm = tree.root(_norm_sq(owner, g, axis_name))
+            gamma = jnp.where(started, gamma, jnp.minimum(1.0, 1.0 / jnp.where(g_norm > 0, g_norm, 1.0)))
         else:
             gamma = 1.0
         direction = _two_loop(owner, g, s_mem, y_mem, rho_mem, gamma, slot, axis_name)
