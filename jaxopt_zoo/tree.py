@@ -248,6 +248,43 @@ def _root_jvp(primals, tangents):
     return y, jnp.where(positive, dx / (2 * jnp.where(positive, y, 1)), jnp.zeros_like(y))
 
 
+@jax.custom_jvp
+def cube_root(x: jax.Array) -> jax.Array:
+    """:math:`\\sqrt[3]{x}` for :math:`x \\ge 0` (a sum of squares), its derivative at 0 taken as 0 as :func:`root`'s."""
+    return jnp.cbrt(x)
+
+
+@cube_root.defjvp
+def _cube_root_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    y = jnp.cbrt(x)
+    positive = x > 0
+    return y, jnp.where(positive, dx / (3 * jnp.where(positive, y, 1) ** 2), jnp.zeros_like(y))
+
+
+def divide_unless_small(numerator: jax.Array, denominator: jax.Array, small: jax.typing.ArrayLike) -> jax.Array:
+    """:math:`n / d`, or 0 where :math:`d \\le` ``small``: the division by a small :math:`d` is never formed (a ``where``
+    around it would still give its NaN/inf slope to a gradient taken through the step). Elsewhere the bits of ``n / d``."""
+    tiny = denominator <= small
+    return jnp.where(tiny, jnp.zeros_like(numerator), numerator / jnp.where(tiny, 1, denominator))
+
+
+@jax.custom_jvp
+def divide_with_finite_slope(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
+    """:math:`n / d`, the same program (and bits) as ``n / d``, whose derivative is taken with :math:`d = 1` where
+    :math:`d = 0`: for a branch a ``select`` discards there (a clip of a zero gradient), where the chain rule
+    would give :math:`0 \\cdot \\infty = \\text{NaN}` to a gradient taken through the step. A guard on the
+    denominator itself would change the program XLA fuses, and the bits."""
+    return numerator / denominator
+
+
+@divide_with_finite_slope.defjvp
+def _divide_with_finite_slope_jvp(primals, tangents):
+    (n, d), (dn, dd) = primals, tangents
+    safe = jnp.where(d == 0, 1, d)
+    return n / d, dn / safe - (n / safe) * (dd / safe)
+
+
 def global_norm(tree: Any, axis_name: AxisName = None, owner: str = "global_norm") -> jax.Array:
     """The Euclidean norm of all leaves taken together: :math:`\\sqrt{\\sum_i \\|x_i\\|^2}`.
 

@@ -30,6 +30,9 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 #   `-n 2` from an empty .jax_cache/: 78 s instead of 99). Only the compiling is split, not the kernels.
 # XLA aborts at a flag it does not know; a jaxlib without one of these is left with its default (probed once in a
 # subprocess per jaxlib version, the answer kept in .jax_cache/).
+# XLA's defaults, for the tests that must compile as users do (in a process of their own).
+USER_XLA_FLAGS = ("--xla_backend_optimization_level=3", "--xla_cpu_use_fusion_emitters=true",
+                  "--xla_cpu_parallel_codegen_split_count=32")
 if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 

@@ -104,8 +104,10 @@ def clip_by_global_norm(max_norm: jax.typing.ArrayLike, *, axis_name: AxisName =
         del params, extra_args
         norm = tree.global_norm(updates, axis_name, "clip_by_global_norm")
         keep = norm < max_norm
-        # The cast keeps g's dtype when max_norm is a wider array (e.g. injected as float32).
-        scale = lambda g: jax.lax.select(keep, g, ((g / norm.astype(g.dtype)) * max_norm).astype(g.dtype))
+        # The cast keeps g's dtype when max_norm is a wider array (e.g. injected as float32); the untaken branch
+        # of a zero gradient divides by 0 (its slope kept finite).
+        scale = lambda g: jax.lax.select(
+            keep, g, (tree.divide_with_finite_slope(g, norm.astype(g.dtype)) * max_norm).astype(g.dtype))
         return tree.map_updates(scale, updates), state
 
     return GradientTransformation(init_empty_state, update)

@@ -126,7 +126,7 @@ def scale_by_madgrad(
         s = tree.map_state(lambda g, s: added(tree.widen(g), s), updates, state.s)
 
         def step(g, s, v, x0, x):
-            root = jnp.cbrt(v) + eps
+            root = tree.cube_root(v) + eps
             if guard:  # z = x0 where nothing has been summed yet (0/0 otherwise)
                 root = jnp.where(root == 0, 1, root)
             z = x0 - s / root

@@ -111,7 +111,7 @@ def mars_correction(
             c = jnp.where(state.count == 0, wide, wide + weight * (wide - prev))
             if max_norm is None:
                 return c.astype(g.dtype)
-            norm = jnp.sqrt(tree.sum_of_squares(c, axis_name, owner))
+            norm = tree.root(tree.sum_of_squares(c, axis_name, owner))
             clipped = norm > max_norm
             return jnp.where(clipped, c * (max_norm / jnp.where(clipped, norm, 1)), c).astype(g.dtype)
 

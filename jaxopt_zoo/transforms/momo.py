@@ -83,8 +83,8 @@ def _polyak_step(barf, gamma, iprod, norm_sq, lb, alpha, weight_decay, lower_bou
         threshold = shrink * lb if rho is None else shrink * rho * lb
         restart = cap / (2 * shrink) if rho is None else cap / (2 * rho * shrink)
         lb = jnp.where(cap < threshold, jnp.maximum(restart, lower_bound), lb)
-    gap = jnp.maximum(shrink * (barf - times_rho(lb) - gamma) + iprod, 0.0) / norm_sq
-    polyak = jnp.where(norm_sq <= _TINY_NORM, 0.0, gap)  # no direction: no step
+    gap = jnp.maximum(shrink * (barf - times_rho(lb) - gamma) + iprod, 0.0)
+    polyak = tree.divide_unless_small(gap, norm_sq, _TINY_NORM)  # no direction: no step
     tau = jnp.minimum(alpha if rho is None else alpha / rho, polyak)
     return tau, shrink
 
@@ -352,7 +352,7 @@ def scale_by_momo_adam(
         exp_avg = tree.map_state(lambda g, d: b1 * d + (1 - b1) * tree.widen(g), updates, state.exp_avg)
         exp_avg_sq = tree.map_state(lambda g, v: b2 * v + _weighted_square(1 - b2, g), updates, state.exp_avg_sq)
         bc2 = jnp.asarray(1 - b2**count, dtype=barf.dtype)
-        precond = tree.map_updates(lambda g, v: eps + jnp.sqrt(v / bc2), updates, exp_avg_sq)
+        precond = tree.map_updates(lambda g, v: eps + tree.root(v / bc2), updates, exp_avg_sq)
         grads, ds, xs, dks = _present(updates, exp_avg, params, precond)
         norm_sq = _inner(owner, ds, [d / dk for d, dk in zip(ds, dks)], axis_name)
         gamma = b1 * state.gamma + (1 - b1) * _inner(owner, grads, xs, axis_name)

@@ -142,7 +142,7 @@ def _aol_step(x: jax.Array, c: jax.Array, eps: Any) -> jax.Array:
 def _schatten_step(x: jax.Array, c: jax.Array, eps: Any) -> jax.Array:
     # Grishina et al.: divide X by ||X X^T||_F^(1/2), its Schatten-4 norm (>= its spectral norm), then step.
     gram = x @ x.T
-    rescaling = jnp.clip(jnp.linalg.norm(gram, ord="fro"), min=eps)
+    rescaling = jnp.clip(tree.root(jnp.sum(tree.abs_sq(gram))), min=eps)
     s = jax.lax.rsqrt(jnp.where(rescaling == 0, 1, rescaling))
     x, gram = x * s, gram * s**2
     return c[0] * x + (c[1] * gram + c[2] * gram @ gram) @ x
@@ -155,7 +155,8 @@ def _normalized(x: jax.Array, eps: Any, eps_floor: bool, order: Any = "fro") -> 
     """``x`` divided by its norm plus (or floored at) ``eps``; 0 stays 0. A float16 norm is taken in float32: the
     sum of squares of a float16 matrix whose norm passes 256 overflows, and ``x / inf`` would be a silent 0."""
     wide = x.astype(jnp.float32) if x.dtype == jnp.float16 else x
-    norm = jnp.linalg.norm(wide, ord=order)
+    # The Frobenius norm's root has slope 0 at 0 (tree.root): a gradient through a step of an all-zero matrix is finite.
+    norm = tree.root(jnp.sum(tree.abs_sq(wide))) if order == "fro" else jnp.linalg.norm(wide, ord=order)
     divisor = jnp.maximum(norm, eps) if eps_floor else norm + eps
     return (wide / jnp.where(divisor == 0, 1, divisor)).astype(x.dtype)  # 0 / 0 only for eps = 0: keep 0
 

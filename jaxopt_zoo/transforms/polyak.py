@@ -96,11 +96,8 @@ def scale_by_polyak(
         gap = jnp.array(value - f_min).astype(norm_sq.dtype)
         if variant == "sps+":
             gap = jnp.maximum(gap, 0)
-        step = jnp.where(
-            norm_sq + eps <= _TINY_DENOMINATOR,
-            jnp.array(0.0),  # no direction to step along
-            jnp.minimum(gap / (norm_sq + eps), max_learning_rate),
-        )
+        # No direction to step along: no step.
+        step = jnp.minimum(tree.divide_unless_small(gap, norm_sq + eps, _TINY_DENOMINATOR), max_learning_rate)
         return tree.map_updates(lambda u: step * u, updates), state
 
     return GradientTransformation(init_empty_state, update)

@@ -175,7 +175,7 @@ def _direction(m: jax.Array, qs: tuple[jax.Array, ...]) -> jax.Array:
 
 def _capped(u: jax.Array) -> jax.Array:
     # psgd-jax's cap of the preconditioned leaf's RMS.
-    return u / jnp.maximum(1.0, jnp.sqrt(jnp.mean(u * u)) / _MAX_RMS)
+    return u / jnp.maximum(1.0, tree.root(jnp.mean(u * u)) / _MAX_RMS)
 
 
 def _preconditioner(qs: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:

@@ -344,7 +344,7 @@ def scale_by_soap(
         # Adam's direction of a whole leaf: normalised, bias-corrected, 0 on the first step.
         live, k = count > 0, jnp.maximum(count, 1).astype(direction.dtype)
         if normalize_grads:
-            direction = direction / (1e-30 + jnp.sqrt(jnp.mean(direction * direction)))
+            direction = direction / (1e-30 + tree.root(jnp.mean(direction * direction)))
         if correct_bias:
             direction = direction * jnp.sqrt(1 - b2**k) / (1 - b1**k)
         return jnp.where(live, direction, 0).astype(tree.moment_dtype(g.dtype))
