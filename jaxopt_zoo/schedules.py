@@ -23,7 +23,7 @@ from __future__ import annotations
 import inspect
 import math
 import types
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -114,6 +114,12 @@ def polynomial_schedule(
     return _polynomial("polynomial_schedule", init_value, end_value, power, transition_steps, transition_begin)
 
 
+def _as_real(steps: Any) -> jax.Array:
+    # An int32 step count divided by an int is float32 even with jax_enable_x64, which rounded float64 values;
+    # in the default float dtype instead (float32 without x64: the same bits as the division's own conversion).
+    return jnp.asarray(steps, jnp.result_type(float))
+
+
 def _polynomial(
     owner: str, init_value, end_value, power, transition_steps: int, transition_begin: int, names=_OWN_NAMES
 ) -> Schedule:
@@ -126,7 +132,7 @@ def _polynomial(
         return lambda count: init_value
 
     def schedule(count):
-        elapsed = jnp.clip(count - transition_begin, 0, transition_steps)
+        elapsed = _as_real(jnp.clip(count - transition_begin, 0, transition_steps))
         # Exactly 0 at the end: under jit XLA divides by the constant T as a multiplication by 1/T, which
         # leaves 1 - T/T at 2e-8, and a power of 0.5 would turn that into 1.5e-4 above end_value (as Optax does).
         fraction = jnp.where(elapsed >= transition_steps, 0.0, 1 - elapsed / transition_steps)
@@ -221,7 +227,7 @@ def _exponential(
 
 
     def schedule(count):
-        elapsed = count - transition_begin
+        elapsed = _as_real(count - transition_begin)
         exponent = elapsed / transition_steps
         if staircase:
             exponent = jnp.floor(exponent)
@@ -404,7 +410,7 @@ def _interpolated(interpolate_type: str, init_value, boundaries: tuple, factors:
         bounds = jnp.stack((0,) + boundaries)
         values = jnp.cumprod(jnp.stack((init_value,) + factors))
         inside = jnp.logical_and(bounds[:-1] <= count, count < bounds[1:])
-        fraction = (count - bounds[:-1]) / jnp.maximum(bounds[1:] - bounds[:-1], 1)
+        fraction = _as_real(count - bounds[:-1]) / jnp.maximum(bounds[1:] - bounds[:-1], 1)
         return inside.dot(interpolate(values[:-1], values[1:], fraction)) + (bounds[-1] <= count) * values[-1]
 
     return schedule

@@ -126,6 +126,15 @@ def test_matches_closed_form_and_optax(name):
         np.testing.assert_allclose(value, float(theirs(count)), rtol=1e-6, atol=1e-7, err_msg=f"step {t}")
 
 
+@pytest.mark.parametrize("name", list(CASES))
+def test_float64_values_at_an_int32_count_with_x64(name, x64):
+    """An int32 count (an optimizer's) divided by an int is float32 even with x64: linear, polynomial,
+    exponential and warmup-constant schedules rounded their float64 values to float32 (Optax's do)."""
+    values = jax.jit(jax.vmap(CASES[name][0]()))(jnp.asarray(STEPS, jnp.int32))
+    assert values.dtype == jnp.float64
+    np.testing.assert_allclose(values, [CASES[name][2](int(t)) for t in STEPS], rtol=1e-12, atol=1e-15)
+
+
 def test_schedule_drives_an_optimizer_under_jit():
     tx = jz.sgd(jz.warmup_cosine_decay_schedule(0.0, 1.0, 5, 20))
     params = jnp.ones(3)
