@@ -47,6 +47,9 @@ def lbfgs(
     with ``axis_name`` the default line search is built with it too (a line
     search of your own needs its own ``axis_name``). Memory: two stacked copies
     of the params per secant pair, so it suits small and medium problems.
+    Both line searches run in a ``while_loop``, which JAX differentiates forward (``jax.jvp``) but not in
+    reverse: ``jax.grad`` through the steps (of a loss after them, w.r.t. the initial params or a
+    hyperparameter) needs ``linesearch=None``, as with Optax's.
 
     Args:
         learning_rate: an extra factor on the step (a number >= 0 or a schedule), or ``None`` for none.

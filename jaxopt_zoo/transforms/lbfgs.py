@@ -262,6 +262,8 @@ def torch_lbfgs(
     schedule: wrap with :func:`~jaxopt_zoo.inject_hyperparams` for one, with
     ``static_args=("history_size",)`` (the history's shape). Inside
     ``shard_map`` every array must be whole (the inner products span all params).
+    Its iterations are a ``while_loop``, which JAX differentiates forward (``jax.jvp``) but not in reverse:
+    ``jax.grad`` through its steps raises (PyTorch's is not differentiable either).
 
     Versus :func:`optax.lbfgs`: Optax's ``update`` is one iteration, not
     ``max_iter`` of them; its zoom line search (Nocedal & Wright's algorithms 3.5

@@ -240,7 +240,9 @@ def scale_by_shampoo(
         start_preconditioning_step: :math:`s \\ge 1`, the first refresh; ``None`` is :math:`f`.
         max_precond_dim: the largest factor; larger dimensions are cut into blocks of this size.
         merge_dims: merge adjacent small dimensions (see :func:`jaxopt_zoo.block_layout`).
-        inverse_root: ``"eigh"`` or ``"newton"``.
+        inverse_root: ``"eigh"`` or ``"newton"``. Newton's iterations (and the power iteration that scales
+            them) run in a ``while_loop``, which JAX differentiates forward (``jax.jvp``) but not in reverse:
+            ``jax.grad`` through the steps (of a loss after them) needs ``"eigh"``.
         exponent_override: an integer :math:`p \\ge 1` for every factor instead of :math:`2k`.
         precondition_1d: give vectors a factor too.
         mu_dtype: storage of the filtered gradient: a storage (see :mod:`jaxopt_zoo.storage`).
