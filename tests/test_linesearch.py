@@ -507,6 +507,34 @@ def test_integer_and_bool_params_keep_float32_gradients_and_stable_state_dtypes(
             np.testing.assert_allclose(search.grad, jax.grad(loss)(trial_point), rtol=1e-6)
 
 
+@pytest.mark.parametrize("search", ["zoom", "backtracking"])
+def test_an_integer_leaf_without_a_gradient_stays_put_and_the_rest_steps_as_without_it(search):
+    """A frozen integer leaf (its gradient None) stays in the trial points, where jax.grad refused it: both searches
+    and value_and_grad_from_state failed (Optax's too). Its gradient is float32 zeros; the float leaf steps as alone."""
+    make = {"zoom": lambda: jz.lbfgs(),
+            "backtracking": lambda: jz.lbfgs(linesearch=jz.scale_by_backtracking_linesearch(15, store_grad=True))}[search]
+    target = jnp.asarray([3.0, -2.0])
+    loss = lambda p: jnp.sum((p["w"] - target) ** 2 * (1 + 0.5 * p["w"] ** 2)) + jnp.sum(p["n"]).astype(jnp.float32)
+
+    def run(params, frozen):
+        tx = make()
+        state = tx.init(params)
+        for _ in range(3):
+            value, grad = jz.value_and_grad_from_state(loss)(params, state=state)
+            if frozen:
+                grad = {**grad, "n": None}
+            updates, state = tx.update(grad, state, params, value=value, grad=grad, value_fn=loss)
+            params = jz.apply_updates(params, updates)
+        return params
+
+    n = jnp.asarray([4, 5], jnp.int32)
+    with_int = run({"w": jnp.zeros(2), "n": n}, frozen=True)
+    np.testing.assert_array_equal(with_int["n"], n)
+    alone = run({"w": jnp.zeros(2), "n": jnp.zeros((0,), jnp.int32)}, frozen=True)
+    np.testing.assert_allclose(with_int["w"], alone["w"], rtol=1e-6)
+    assert float(loss({"w": with_int["w"], "n": n * 0})) < float(loss({"w": jnp.zeros(2), "n": n * 0}))
+
+
 def test_first_scale_by_lbfgs_step_of_integer_params_equals_the_float32_params_step():
     grads = jnp.asarray([-0.5, 0.25, 0.75, -1.0])
     ints = jnp.asarray([1, 0, 1, 0], jnp.int32)

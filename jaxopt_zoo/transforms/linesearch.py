@@ -127,6 +127,24 @@ def _gradient_zeros(params: Any) -> Any:
     return jax.tree.map(lambda p: jnp.zeros_like(p, dtype=_gradient_dtype(p)), params)
 
 
+def _in_gradient_dtypes(grads: Any, params: Any) -> Any:
+    # An integer or bool param's gradient is float0 (jax.grad's allow_int, jax.vjp): float32 zeros instead.
+    return jax.tree.map(
+        lambda g, p: jnp.zeros(jnp.shape(p), _gradient_dtype(p)) if g.dtype == jax.dtypes.float0 else g, grads, params)
+
+
+def _value_and_grad(f: Callable) -> Callable:
+    """``jax.value_and_grad(f)`` of a tree that may hold integer or bool params (frozen, their updates ``None``),
+    whose gradients are float32 zeros: ``jax.grad`` refuses such inputs, so a search over them failed (Optax's too)."""
+    value_and_grad = jax.value_and_grad(f, allow_int=True)
+
+    def value_and_float_grad(params, *args, **kwargs):
+        value, grads = value_and_grad(params, *args, **kwargs)
+        return value, _in_gradient_dtypes(grads, params)
+
+    return value_and_float_grad
+
+
 def _objective_arguments(owner: str, params: Any, extra_args: dict) -> tuple[Any, Any, Callable]:
     """``value``, ``grad`` and ``value_fn`` bound to the extra arguments it takes; else an error saying what to pass."""
     validation.require_params(owner, params)
@@ -517,15 +535,15 @@ def scale_by_backtracking_linesearch(
             eta = jnp.where(search.iter_num > 0, decrease_factor * search.learning_rate, search.learning_rate)
             w = _trial_point(params, eta, updates)
             if store_grad:
-                # The value through a linearization, so the gradient (its transpose) costs nothing more
-                # than a backward pass, and only at the accepted point. The cotangent has f's dtype.
-                raw_value, tangent_map = jax.linearize(f, w)
+                # The value with its pullback, so the gradient costs nothing more than a backward pass, and only
+                # at the accepted point. The cotangent has f's dtype.
+                raw_value, pullback = jax.vjp(f, w)
                 new_value = _as_scalar(raw_value, dtype)
                 error = excess(eta, slope, value, new_value)
                 accepted = (error <= atol) | (search.iter_num == max_backtracking_steps)
                 new_grad = jax.lax.cond(
                     accepted,
-                    lambda p: tree.cast_like(jax.linear_transpose(tangent_map, p)(jnp.ones_like(raw_value))[0],
+                    lambda p: tree.cast_like(_in_gradient_dtypes(pullback(jnp.ones_like(raw_value))[0], p),
                                              search.new_grad),
                     lambda p: search.new_grad,
                     w,
@@ -766,7 +784,7 @@ def scale_by_zoom_linesearch(
         dtype = _value_dtype(params)
         value_init = _as_scalar(value_init, dtype)
         u, g = _present(updates, grad)
-        value_and_grad = jax.value_and_grad(f)
+        value_and_grad = _value_and_grad(f)
         slope_init = _inner(owner, u, g, axis_name)
         guess = jnp.asarray(1.0) if initial_guess_strategy == "one" else state.learning_rate
 
@@ -939,7 +957,7 @@ def value_and_grad_from_state(
             raise ValueError(
                 f"{owner}: the state keeps no gradient; build scale_by_backtracking_linesearch with store_grad=True."
             )
-        computed = lambda p, a, kw: jax.value_and_grad(value_fn)(p, *a, **kw)
+        computed = lambda p, a, kw: _value_and_grad(value_fn)(p, *a, **kw)
         # The searches keep the value in float32 at least (f of bfloat16 params may return bfloat16, which
         # the widened value holds exactly): both branches return what value_fn returns.
         returned = jax.eval_shape(computed, params, fn_args, fn_kwargs)
