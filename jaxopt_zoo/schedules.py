@@ -16,6 +16,8 @@ Step counts (``transition_steps``, ``transition_begin``, ``decay_steps``,
 ``warmup_steps``, boundaries) shape the schedule and must be concrete Python or
 NumPy integers no larger than ``2**31 - 1``: the step count is int32, so a larger
 one is refused at construction (Optax accepts it and overflows at the first call).
+With ``jax_enable_x64`` a schedule's value at an int32 count is float64 (Optax's
+linear, polynomial, exponential and interpolating schedules round it to float32).
 """
 
 from __future__ import annotations
