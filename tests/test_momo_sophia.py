@@ -271,6 +271,16 @@ def test_hutchinson_estimate_is_unbiased():
     assert float(draws.std(axis=0).max()) > 0.1  # the off-diagonal terms do enter each draw
 
 
+def test_hutchinson_of_complex_params_is_the_real_curvature_and_minus_the_mixed_one():
+    # f = sum c |x|^2 + 5 Re(x) Im(x): d2f/dRe2 = 2c, d2f/dRe dIm = 5, whatever the signs drawn (diagonal Hessian).
+    c = jnp.asarray([1.0, 3.0])
+    objective = lambda x: jnp.sum(c * jnp.abs(x) ** 2 + 5 * x.real * x.imag)  # noqa: E731
+    x = jnp.asarray([1 + 1j, 2 - 1j], jnp.complex64)
+    tx = jz.hutchinson_estimator_diag_hessian()
+    diag, _ = tx.update(x, tx.init(x), x, obj_fn=objective)
+    np.testing.assert_allclose(diag, 2 * c - 5j, rtol=1e-6)
+
+
 def test_hutchinson_takes_mixed_precision_params():
     # Each probe is cast to its param's dtype (Optax casts all to the lowest, which jax.jvp refuses).
     params = {"a": jnp.ones(3, jnp.bfloat16), "b": jnp.ones(2, jnp.float32)}

@@ -157,6 +157,23 @@ def test_mechanize_on_complex_params_is_mechanize_on_their_real_pairs(x64):
     assert not np.allclose(np.asarray(ours[-1]["dense"]["w"]), np.asarray(ours[0]["dense"]["w"]), rtol=1e-3)
 
 
+def test_ldog_keeps_real_distances_of_complex_params(x64):
+    # Its max_dist of a complex leaf was kept complex (the param's dtype): a distance is real. Two steps by hand:
+    # eta_t = max(r_eps, |x_t - x_0|) / sqrt(sum of |g|^2 so far + eps), r_eps = reps_rel (1 + |x_0|).
+    x0 = np.asarray([1 + 2j, -0.5 + 1j, 3 - 1j])
+    g1, g2 = np.asarray([0.5 - 1j, 2 + 0.5j, -1 + 1j]), np.asarray([1j, -1 + 0.5j, 0.5])
+    tx = jz.scale_by_distance_over_gradients(reps_rel=0.1, eps=1e-8)
+    state = tx.init(jnp.asarray(x0))
+    u1, state = tx.update(jnp.asarray(g1), state, jnp.asarray(x0))
+    u2, state = tx.update(jnp.asarray(g2), state, jnp.asarray(x0 + np.asarray(u1)))
+    r = 0.1 * (1 + np.linalg.norm(x0))
+    sq1 = np.sum(np.abs(g1) ** 2)
+    np.testing.assert_allclose(u1, r / np.sqrt(sq1 + 1e-8) * g1, rtol=1e-12)
+    d = max(r, np.linalg.norm(np.asarray(u1)))
+    np.testing.assert_allclose(u2, d / np.sqrt(sq1 + np.sum(np.abs(g2) ** 2) + 1e-8) * g2, rtol=1e-12)
+    assert state.max_dist.dtype == jnp.float64
+
+
 def test_dog_heuristic_first_distance_is_relative_to_the_initial_norm():
     params = {"a": jnp.array([3.0]), "b": jnp.array([[4.0]])}
     state = jz.scale_by_dog(("heuristic", 0.5)).init(params)

@@ -192,9 +192,10 @@ def scale_by_distance_over_gradients(
 
     def init(params):
         def initial_distance(p):
-            # In the dtype the update computes distances in: the param's or the read initial copy's, the wider.
+            # In the dtype the update computes distances in: the param's or the read initial copy's, the wider
+            # (its real counterpart for complex params: a distance is real).
             read_dtype = jax.eval_shape(lambda: storage.read(storage.create(p, True))).dtype
-            dtype = jnp.promote_types(tree.moment_dtype(p.dtype), read_dtype)
+            dtype = jnp.finfo(jnp.promote_types(tree.moment_dtype(p.dtype), read_dtype)).dtype
             return _dog_first_distance(reps_rel, norm(p)).astype(dtype)
 
         return ScaleByDistanceOverGradientsState(

@@ -70,6 +70,10 @@ def hutchinson_estimator_diag_hessian(random_seed: jax.Array | None = None) -> G
     per-shard terms, and picks up the cross-shard Hessian entries :math:`H_{ii'}` when it couples
     shards (a loss summed over the mesh); ``init`` keeps a copy
     of ``random_seed`` (Optax's state holds the caller's key itself, which a donated step deletes).
+    For complex params the probes are real (:math:`\\pm 1`), so the estimate's real part is the curvature along
+    the real parts, :math:`\\partial^2 f / \\partial x_r^2`, and its imaginary part
+    :math:`-\\partial^2 f / \\partial x_r \\partial x_i` (JAX's complex gradient), as Optax's
+    (:func:`jaxopt_zoo.sophia` refuses complex params).
 
     Args:
         random_seed: the first key (``jax.random.PRNGKey(0)`` when ``None``).
