@@ -267,6 +267,7 @@ THROUGH_ZEROS = {
     "mars_adamw": jz.mars_adamw,
     "psgd_kron": jz.psgd_kron,
     "soap_normalized": lambda lr: jz.soap(lr, normalize_grads=True, max_precond_dim=1, blocking=False),  # no eigh
+    "shampoo_eigh": lambda lr: jz.shampoo(lr, eps=1e-4, inverse_root="eigh", precondition_frequency=1),
 }
 
 

@@ -501,3 +501,19 @@ def test_bad_input_raises_naming_the_argument(factory, kwargs, owner, name):
     with pytest.raises(ValueError) as error:
         factory(**kwargs)
     assert str(error.value).startswith(f"{owner}: {name}"), str(error.value)
+
+
+def test_derivative_of_the_eigh_root_of_a_rank_deficient_statistic_is_central_differences(x64):
+    """(G G^T + eps I)^(-1/4) of a rank-2 G G^T of size 5 (the eigenvalue eps three times, as every statistic of fewer
+    gradients than its size): eigh's own derivative divides by differences of equal eigenvalues, 26% off here."""
+    from jaxopt_zoo.transforms.shampoo import _eigh_root
+
+    rng = np.random.default_rng(0)
+    g, dg = rng.normal(size=(5, 2)), rng.normal(size=(5, 2))
+    root = lambda e: _eigh_root(jnp.asarray((g + e * dg) @ (g + e * dg).T)[None], 4, 1e-3)  # noqa: E731
+    _, tangent = jax.jvp(root, (0.0,), (1.0,))
+    central = (root(1e-6) - root(-1e-6)) / 2e-6
+    np.testing.assert_allclose(tangent, central, atol=1e-6 * float(jnp.max(jnp.abs(central))))
+    cotangent = jnp.asarray(rng.normal(size=(1, 5, 5)))
+    np.testing.assert_allclose(jax.grad(lambda e: jnp.sum(root(e) * cotangent))(0.0), jnp.sum(tangent * cotangent),
+                               rtol=1e-10)

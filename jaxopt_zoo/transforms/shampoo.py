@@ -15,6 +15,7 @@ a simpler optimizer by grafting (:func:`jaxopt_zoo.graft`; the :func:`jaxopt_zoo
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -95,10 +96,40 @@ def _eigh_root(matrices: jax.Array, p: float, eps: jax.typing.ArrayLike) -> jax.
     # (A + eps I)^(-1/p) of a stack of symmetric matrices, as Distributed Shampoo's default: eigenvalues of A + eps I,
     # shifted up to eps when rounding made the smallest one fall below it.
     eye = jnp.eye(matrices.shape[-1], dtype=matrices.dtype)
-    values, vectors = stacked_eigh(matrices + eps * eye)
+    return _floored_power(matrices + eps * eye, -1.0 / p, eps)
+
+
+def _floored_eigh(b: jax.Array, floor: Any) -> tuple[jax.Array, jax.Array]:
+    values, vectors = stacked_eigh(b)
     smallest = jnp.min(values, axis=-1, keepdims=True)
-    values = jnp.where(smallest < eps, values - smallest + eps, values)
-    return jnp.matmul(vectors * values[..., None, :] ** (-1.0 / p), jnp.swapaxes(vectors, -1, -2), precision=PRECISION)
+    return jnp.where(smallest < floor, values - smallest + floor, values), vectors
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _floored_power(b: jax.Array, power: float, floor: Any) -> jax.Array:
+    """:math:`B^q` of a stack of symmetric positive definite matrices from their eigenvalues, floored as above."""
+    values, vectors = _floored_eigh(b, floor)
+    return jnp.matmul(vectors * values[..., None, :] ** power, jnp.swapaxes(vectors, -1, -2), precision=PRECISION)
+
+
+@_floored_power.defjvp
+def _floored_power_jvp(power, primals, tangents):
+    # Daleckii-Krein: the derivative of B^q along dB is V (D o V^T dB V) V^T, D_ij the divided difference of
+    # l^q at the eigenvalues l_i, l_j (q l_i^(q-1) where they are equal). Differentiating eigh instead divides by
+    # l_i - l_j, and a statistic of rank below d - 1 (a zero or low-rank gradient) repeats an eigenvalue: NaN, or
+    # rounding noise over 1e-16. The floor's shift only undoes rounding: it is held constant.
+    (b, floor), (db, _) = primals, tangents
+    values, vectors = _floored_eigh(b, floor)
+    vt = jnp.swapaxes(vectors, -1, -2)
+    out = jnp.matmul(vectors * values[..., None, :] ** power, vt, precision=PRECISION)
+    li, lj = values[..., :, None], values[..., None, :]
+    # (l_j^q - l_i^q) / (l_j - l_i) = l_i^(q-1) expm1(q log1p(r)) / r with r = l_j / l_i - 1: no cancellation.
+    r = lj / li - 1
+    ratio = jnp.where(r == 0, power, jnp.expm1(power * jnp.log1p(r)) / jnp.where(r == 0, 1, r))
+    divided = li ** (power - 1) * ratio
+    divided = (divided + jnp.swapaxes(divided, -1, -2)) / 2
+    rotated = jnp.matmul(jnp.matmul(vt, db, precision=PRECISION), vectors, precision=PRECISION)
+    return out, jnp.matmul(jnp.matmul(vectors, divided * rotated, precision=PRECISION), vt, precision=PRECISION)
 
 
 def _newton_root(matrices: jax.Array, p: int, eps: jax.typing.ArrayLike) -> jax.Array:
@@ -242,7 +273,9 @@ def scale_by_shampoo(
         merge_dims: merge adjacent small dimensions (see :func:`jaxopt_zoo.block_layout`).
         inverse_root: ``"eigh"`` or ``"newton"``. Newton's iterations (and the power iteration that scales
             them) run in a ``while_loop``, which JAX differentiates forward (``jax.jvp``) but not in reverse:
-            ``jax.grad`` through the steps (of a loss after them) needs ``"eigh"``.
+            ``jax.grad`` through the steps (of a loss after them) needs ``"eigh"``, whose derivative is the
+            matrix function's (Daleckii-Krein), exact where a factor repeats an eigenvalue (a statistic of fewer
+            gradients than its size, or none): differentiating ``eigh`` itself is NaN or wrong there.
         exponent_override: an integer :math:`p \\ge 1` for every factor instead of :math:`2k`.
         precondition_1d: give vectors a factor too.
         mu_dtype: storage of the filtered gradient: a storage (see :mod:`jaxopt_zoo.storage`).
