@@ -31,7 +31,9 @@ Schedule: TypeAlias = Callable[[jax.Array], jax.typing.ArrayLike]
 """A pure function of the int32 step count returning a scalar."""
 ScalarOrSchedule: TypeAlias = float | jax.Array | Schedule
 MaskOrFn: TypeAlias = Any | Callable[[Params], Any] | None
-"""A tree of booleans shaped like the params, or a function of the params returning one (``None``: no mask)."""
+"""A tree of booleans shaped like the params, or a function of the params returning one (``None``: no mask).
+A tree whose class is callable (an Equinox module of booleans) is a tree: a function is a callable whose tree
+leaves are all callable (:func:`jaxopt_zoo.tree.is_function_of_params`, Optax's rule)."""
 
 
 class TransformInitFn(Protocol):

@@ -21,7 +21,7 @@ from jaxopt_zoo.base import (
     set_to_zero,
 )
 from jaxopt_zoo.sharding import explicit_layout, gathered
-from jaxopt_zoo.tree import is_none, is_params_placeholder, map_params, params_placeholder
+from jaxopt_zoo.tree import is_function_of_params, is_none, is_params_placeholder, map_params, params_placeholder
 
 
 def _takes_extra_args(transformation: Any) -> bool:
@@ -141,7 +141,7 @@ def _as_static_bool(leaf: Any) -> bool:
 
 
 def _mask_tree(mask: Any, tree: Any) -> Any:
-    mask_tree = mask(tree) if callable(mask) else mask
+    mask_tree = mask(tree) if is_function_of_params(mask) else mask
     return jax.tree.map(_as_static_bool, mask_tree)
 
 
@@ -235,7 +235,7 @@ def partition(
     members = {label: as_transformation("partition", tx) for label, tx in transforms.items()}
 
     def labels_for(tree: Any) -> Any:
-        labels = param_labels(tree) if callable(param_labels) else param_labels
+        labels = param_labels(tree) if is_function_of_params(param_labels) else param_labels
         unknown = sorted({repr(x) for x in jax.tree.leaves(labels) if x not in members})
         if unknown:
             raise ValueError(

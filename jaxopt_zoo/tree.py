@@ -222,6 +222,13 @@ def bias_correction(moments: Any, decay: jax.typing.ArrayLike, count: jax.Array)
     return jax.tree.map(lambda m: None if m is None else m / correction.astype(m.dtype), moments, is_leaf=is_none)
 
 
+def is_function_of_params(x: Any) -> bool:
+    """Whether a mask, labels or spec argument is a function to call on the params rather than a tree: a tree whose
+    class happens to be callable (an Equinox module of booleans, with its ``__call__``) is a tree (Optax's rule)."""
+    leaves = jax.tree.leaves(x)
+    return callable(x) and bool(leaves) and all(callable(leaf) for leaf in leaves)
+
+
 def full_like(tree: Any, value: jax.typing.ArrayLike, dtype: jax.typing.DTypeLike | None = None) -> Any:
     """A tree filled with ``value``, shaped like ``tree``; ``dtype=None`` keeps each leaf's dtype."""
     return jax.tree.map(lambda x: jnp.full_like(x, value, dtype=dtype), tree)

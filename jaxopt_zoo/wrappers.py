@@ -220,9 +220,10 @@ def apply_if_finite(
     A skipped step returns updates of ``-0.0`` (so ``apply_updates`` leaves
     every parameter bit for bit unchanged, ``-0.0`` included) and keeps the
     inner state exactly as it was; it is counted in ``notfinite_count`` and
-    ``total_notfinite``. After more than ``max_consecutive_errors`` skipped
-    steps in a row, the next non-finite step is applied anyway (as in Optax),
-    so that a run that cannot recover fails visibly instead of stalling.
+    ``total_notfinite``. After ``max_consecutive_errors`` skipped steps in a
+    row, every further non-finite step is applied (as in Optax) until a finite
+    one resets the count, so that a run that cannot recover fails visibly
+    instead of stalling.
 
     Inside ``shard_map`` every device must take the same decision, so pass
     ``axis_name`` (an addition to Optax), the mesh axes the updates may be

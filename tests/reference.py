@@ -1993,7 +1993,8 @@ def sam_trajectory(leaves, grad_fn, steps, learning_rate, rho, sync_period=2):
 def reduce_on_plateau_scales(values, factor=0.1, patience=10, rtol=1e-4, atol=0.0, cooldown=0,
                              accumulation_size=1, min_scale=0.0):
     """Keras/PyTorch ReduceLROnPlateau (mode min, relative threshold) over averages of accumulation_size
-    values: an average a improves when a < best (1 - rtol) - atol (any finite a improves on the first);
+    values: an average a improves when a < best - rtol |best| - atol (any finite a improves on the first; the
+    libraries' best (1 - rtol) is the same for a positive best, above a negative one);
     after `patience` averages without improvement the scale becomes max(scale factor, min_scale), the
     count restarts and the next `cooldown` averages count no plateau. Returns the scale after each value."""
     scale, best, bad, cooling, window, scales = 1.0, None, 0, 0, [], []
@@ -2002,7 +2003,7 @@ def reduce_on_plateau_scales(values, factor=0.1, patience=10, rtol=1e-4, atol=0.
         if len(window) == accumulation_size:
             average = sum(window) / accumulation_size
             window = []
-            improved = best is None or average < best * (1 - rtol) - atol
+            improved = best is None or average < best - rtol * abs(best) - atol
             if improved:
                 best, bad = average, 0
             else:

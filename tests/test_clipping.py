@@ -102,3 +102,18 @@ def test_adaptive_grad_clip_needs_params_and_known_unit_axes():
     six_d = {"w": jnp.ones((2, 2, 2, 2, 2, 2))}
     with pytest.raises(ValueError, match=r"cannot tell the units of a parameter of shape \(2, 2, 2, 2, 2, 2\); pass axis"):
         tx.update(six_d, tx.init(six_d), six_d)
+
+
+def test_global_norm_clip_at_a_max_norm_injected_as_zero_keeps_zero_gradients_zero():
+    """max_norm = 0 is refused when built, but a schedule or an edit can reach it: zero gradients gave 0/0 = NaN
+    under jit (Optax's too). A gradient whose norm equals max_norm is kept as it is."""
+    tx = jz.inject_hyperparams(jz.clip_by_global_norm)(max_norm=jz.linear_schedule(1.0, 0.0, 1))
+    zeros = {"w": jnp.zeros(3)}
+    step = jax.jit(tx.update)
+    state = tx.init(zeros)
+    for _ in range(2):
+        updates, state = step(zeros, state)
+    assert float(state.hyperparams["max_norm"]) == 0.0
+    np.testing.assert_array_equal(updates["w"], 0.0)
+    grads = {"w": jnp.asarray([3.0, 4.0, 0.0])}
+    np.testing.assert_array_equal(jz.clip_by_global_norm(5.0).update(grads, ())[0]["w"], grads["w"])

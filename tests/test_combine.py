@@ -146,6 +146,40 @@ def test_callable_mask_with_none_update_leaves():
     np.testing.assert_array_equal(updates["dense"]["w"], full["dense"]["w"])
 
 
+@jax.tree_util.register_pytree_node_class
+class CallableModel:
+    """A tree whose class is callable, as an Equinox module with a forward pass: a mask of it is a tree."""
+
+    def __init__(self, w, b):
+        self.w, self.b = w, b
+
+    def __call__(self, x):
+        return self.w * x + self.b
+
+    def tree_flatten(self):
+        return (self.w, self.b), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children)
+
+
+def test_a_mask_or_labels_tree_whose_class_is_callable_is_a_tree_not_a_function():
+    """It was called as a function of the params ("unsupported operand ... 'Model'"), as Optax did before 0.2.8."""
+    params, grads = CallableModel(jnp.ones(2), -jnp.ones(2)), CallableModel(jnp.ones(2), jnp.ones(2))
+    mask = CallableModel(True, False)
+    updates, _ = jz.masked(jz.scale(-1.0), mask).update(grads, jz.masked(jz.scale(-1.0), mask).init(params))
+    np.testing.assert_array_equal(updates.w, -1.0)
+    np.testing.assert_array_equal(updates.b, 1.0)
+    ours, theirs = jz.adamw(0.1, weight_decay=0.5, mask=mask), optax.adamw(0.1, weight_decay=0.5, mask=mask)
+    (ours, _), (theirs, _) = run_together([ours, theirs], params, steps=3)
+    assert_trees_equal(ours, theirs)
+    labels = jz.partition({"a": jz.sgd(1.0), "b": jz.set_to_zero()}, CallableModel("a", "b"))
+    updates, _ = labels.update(grads, labels.init(params), params)
+    np.testing.assert_array_equal(updates.w, -1.0)
+    np.testing.assert_array_equal(updates.b, 0.0)
+
+
 def test_masked_accepts_numpy_bools():
     params = make_params()
     tx = jz.masked(jz.scale(0.0), {"dense": np.False_, "scale": np.True_})

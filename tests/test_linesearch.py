@@ -563,3 +563,30 @@ def test_a_gradient_through_the_first_lbfgs_step_includes_its_normalisation(x64)
     zero = {"w": jnp.zeros(2)}  # g = 0 there: finite, the direction 0
     assert bool(jnp.all(jnp.isfinite(jax.jacrev(lambda w: tx.update({"w": w}, tx.init(zero), zero)[0]["w"])(
         jnp.zeros(2)))))
+
+
+def test_a_pair_without_positive_curvature_is_skipped_and_the_direction_still_descends():
+    """On cos, concave near 0, a fixed-rate step gives <s, y> < 0: Optax stores 1/<s, y> < 0 and its next direction
+    climbs (f rose). Here the pair's weight is 0, gamma the first step's scale, and every direction descends."""
+    f = lambda x: jnp.sum(jnp.cos(x))  # noqa: E731
+    tx = jz.chain(jz.scale_by_lbfgs(), jz.scale(-0.5))
+    x = jnp.asarray([0.1, 0.2])
+    state = tx.init(x)
+    values = [float(f(x))]
+    for _ in range(4):
+        g = jax.grad(f)(x)
+        u, state = tx.update(g, state, x)
+        assert float(jnp.vdot(g, u)) < 0
+        x = x + u
+        values.append(float(f(x)))
+    assert float(jnp.min(state[0].weights_memory)) >= 0.0
+    assert all(b < a for a, b in zip(values, values[1:]))
+    # The first skipped pair's step is the first step's rule from the current gradient: -0.5 min(1, 1/|g|) g.
+    x1 = jnp.asarray([0.1, 0.2]) - 0.5 * jnp.minimum(1.0, 1.0 / jnp.linalg.norm(jnp.sin(jnp.asarray([0.1, 0.2])))) * (
+        -jnp.sin(jnp.asarray([0.1, 0.2])))
+    tx2 = jz.chain(jz.scale_by_lbfgs(), jz.scale(-0.5))
+    s2 = tx2.init(jnp.asarray([0.1, 0.2]))
+    _, s2 = tx2.update(jax.grad(f)(jnp.asarray([0.1, 0.2])), s2, jnp.asarray([0.1, 0.2]))
+    g1 = jax.grad(f)(x1)
+    u1, _ = tx2.update(g1, s2, x1)
+    np.testing.assert_allclose(u1, -0.5 * jnp.minimum(1.0, 1.0 / jnp.linalg.norm(g1)) * g1, rtol=1e-6)

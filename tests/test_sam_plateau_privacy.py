@@ -200,6 +200,17 @@ def test_reduce_on_plateau_matches_the_keras_rule_in_float64(name, x64):
         assert_trees_close(updates, expected, rtol=1e-12)
 
 
+def test_reduce_on_plateau_of_a_negative_loss_drops_on_a_plateau(x64):
+    """A negative loss (a negative log-likelihood) that stays flat or slowly worsens: Optax's (1 - rtol) best lies
+    above a negative best, so each value "improved" and the scale never dropped. Relative to |best| it drops."""
+    params = {"w": jnp.ones(2, jnp.float64)}
+    values = [v - 3.0 for v in VALUES] + [-1.0 + 4e-5 * i for i in range(6)]
+    outputs = _plateau_run(jz.reduce_on_plateau(patience=2), params, values)
+    scales = [float(s.scale) for _, s in outputs]
+    np.testing.assert_allclose(scales, reference.reduce_on_plateau_scales(values, patience=2), rtol=1e-12)
+    assert scales[-1] < scales[len(VALUES)]  # the slowly worsening tail drops the scale
+
+
 def test_reduce_on_plateau_with_rtol_1_records_its_first_value_where_optax_does_not():
     # (1 - rtol) * inf is NaN in Optax at rtol = 1: no value ever improves, and the best stays inf.
     params = {"w": jnp.ones(2)}

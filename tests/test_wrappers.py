@@ -320,6 +320,18 @@ def test_apply_if_finite_counts_like_optax_and_resets_on_a_finite_step():
     assert int(s1.total_notfinite) == 3 and int(s1.notfinite_count) == 0
 
 
+def test_apply_if_finite_applies_every_non_finite_step_after_max_skipped_until_a_finite_one():
+    # The docstring said "after more than max ... the next non-finite step": it is every one after exactly max.
+    params = {"w": jnp.ones(1)}
+    nan, finite = {"w": jnp.asarray([jnp.nan])}, {"w": jnp.asarray([1.0])}
+    tx = jz.apply_if_finite(jz.sgd(1.0), max_consecutive_errors=2)
+    state, applied = tx.init(params), []
+    for grads in (nan, nan, nan, nan, finite, nan):
+        updates, state = tx.update(grads, state, params)
+        applied.append(not bool(jnp.all(updates["w"] == 0)))
+    assert applied == [False, False, True, True, True, False]
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_multisteps_applies_the_mean_gradient_once_every_k(dtype):
     params = make_params(dtype)

@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import jax
 
-from jaxopt_zoo import validation
+from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import GradientTransformation, Params, ScalarOrSchedule
 from jaxopt_zoo.combine import chain, partition
 from jaxopt_zoo.sharding import AxisName
@@ -30,7 +30,7 @@ def _labels(muon_weight_dimension_numbers: WeightDimensionNumbers) -> Callable[[
 
     def labels(params):
         specs = muon_weight_dimension_numbers
-        specs = specs(params) if callable(specs) else specs
+        specs = specs(params) if tree.is_function_of_params(specs) else specs
         label = lambda spec, sub: jax.tree.map(lambda _: "adam" if spec is None else "muon", sub)
         return jax.tree.map(label, specs, params, is_leaf=lambda x: x is None or isinstance(x, MuonDimensionNumbers))
 

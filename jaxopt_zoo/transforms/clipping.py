@@ -77,11 +77,13 @@ def clip_by_global_norm(max_norm: jax.typing.ArrayLike, *, axis_name: AxisName =
 
     .. math::
 
-        u = \\begin{cases} g & \\|g\\| < c \\\\ c \\, g / \\|g\\| & \\text{otherwise,} \\end{cases}
+        u = \\begin{cases} g & \\|g\\| \\le c \\\\ c \\, g / \\|g\\| & \\text{otherwise,} \\end{cases}
         \\qquad \\|g\\| = \\sqrt{\\textstyle\\sum_i \\|g_i\\|^2}.
 
     Numerically ``optax.clip_by_global_norm``; ``max_norm`` must be positive
-    (Optax accepts 0 and returns NaN for zero gradients).
+    (Optax accepts 0 and returns NaN for zero gradients), and a gradient whose
+    norm equals it is kept as it is (Optax forms :math:`c\\, g / \\|g\\|`, which
+    is NaN when an injected or scheduled ``max_norm`` reaches 0 with zero gradients).
 
     Under ``jit`` with sharded arrays the norm is exact as it is. Inside
     ``shard_map`` (an addition to Optax, whose norm there is silently the local
@@ -103,7 +105,7 @@ def clip_by_global_norm(max_norm: jax.typing.ArrayLike, *, axis_name: AxisName =
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
         norm = tree.global_norm(updates, axis_name, "clip_by_global_norm")
-        keep = norm < max_norm
+        keep = norm <= max_norm  # (a max_norm injected as 0 keeps a zero gradient: 0 / 0 else)
         # The cast keeps g's dtype when max_norm is a wider array (e.g. injected as float32); the untaken branch
         # of a zero gradient divides by 0 (its slope kept finite).
         scale = lambda g: jax.lax.select(

@@ -122,7 +122,7 @@ def _dimension_numbers(spec: DimensionNumbersSpec, leaves_of: Any) -> Any:
         spec = jax.tree.map(lambda x: GaLoreDimensionNumbers() if jnp.ndim(x) == 2 else None, leaves_of)
     elif _is_spec(spec):
         spec = jax.tree.map(lambda x, d=spec: d if jnp.ndim(x) >= 2 else None, leaves_of)
-    elif callable(spec):
+    elif tree.is_function_of_params(spec):
         spec = spec(leaves_of)
     return jax.tree.map(lambda x, d: None if x is None else d, leaves_of, spec, is_leaf=tree.is_none)
 

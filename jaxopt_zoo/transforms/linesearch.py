@@ -244,7 +244,12 @@ def scale_by_lbfgs(
     search after it, as :func:`jaxopt_zoo.lbfgs` does.
 
     Numerically identical to ``optax.scale_by_lbfgs`` for float32 and float64
-    params, with the same state. Deviations for other dtypes: the inner
+    params, with the same state, while every pair has positive curvature. A pair
+    with :math:`s^\\top y \\le 0` (possible without the Wolfe conditions: a fixed
+    rate, or backtracking over a concave stretch) is kept with weight 0, so the
+    recursion skips it, and :math:`\\gamma_k` is then the first step's scale
+    (Nocedal and Wright 7.2; Optax stores the negative weight, and its direction
+    can climb). Deviations for other dtypes: the inner
     products and norms are formed in float32 at least (Optax forms them in the
     params' dtype, where a float16 sum of squares overflows past 65504 and the
     first direction became 0), and the direction keeps the gradient's dtype; for
@@ -327,7 +332,11 @@ def scale_by_lbfgs(
         y = [jnp.where(started, a - b, jnp.zeros_like(a - b)) for a, b in zip(g, g_old)]
         # <y, s> of the unmasked differences (equal to the masked ones once started).
         sy_raw = _inner(owner, [a - b for a, b in zip(g, g_old)], [a - b for a, b in zip(wg, wg_old)], axis_name)
-        rho = jnp.where(started, jnp.where(sy_raw == 0.0, 0.0, 1.0 / jnp.where(sy_raw == 0.0, 1.0, sy_raw)), 0.0)
+        # A pair without positive curvature (<s, y> <= 0: possible without the Wolfe conditions, e.g. a fixed rate or
+        # backtracking on a concave stretch) gets weight 0, so the two-loop recursion skips it; Optax stores
+        # 1 / <s, y> < 0, and the direction can then climb.
+        curved = started & (sy_raw > 0.0)
+        rho = jnp.where(curved, 1.0 / jnp.where(curved, sy_raw, 1.0), 0.0)
         s_mem = [m.at[last_slot].set(x.astype(m.dtype)) for m, x in zip(s_mem, s)]
         y_mem = [m.at[last_slot].set(x.astype(m.dtype)) for m, x in zip(y_mem, y)]
         rho_mem = state.weights_memory.at[last_slot].set(rho)
@@ -338,7 +347,8 @@ def scale_by_lbfgs(
             # Differentiable (Optax stops the gradient of g here, so a gradient taken through the first step missed
             # the normalisation's share); 1/0 is kept out of the unused branch so that g = 0 stays finite.
             g_norm = tree.root(_norm_sq(owner, g, axis_name))
-            gamma = jnp.where(started, gamma, jnp.minimum(1.0, 1.0 / jnp.where(g_norm > 0, g_norm, 1.0)))
+            # Without a usable pair (the first step, or no positive curvature): the first step's scale.
+            gamma = jnp.where(curved, gamma, jnp.minimum(1.0, 1.0 / jnp.where(g_norm > 0, g_norm, 1.0)))
         else:
             gamma = 1.0
         direction = _two_loop(owner, g, s_mem, y_mem, rho_mem, gamma, slot, axis_name)

@@ -410,7 +410,8 @@ def _shape_factor(owner: str, shape: tuple[int, ...], spec: MuonDimensionNumbers
 def _specs_for(owner: str, weight_dimension_numbers: WeightDimensionNumbers, tree_: Any) -> Any:
     """One :class:`MuonDimensionNumbers` (or ``None``: a plain matrix) per leaf of ``tree_``, from a spec, a tree
     of them (or a prefix of one), or a callable of ``tree_`` returning one."""
-    specs = weight_dimension_numbers(tree_) if callable(weight_dimension_numbers) else weight_dimension_numbers
+    specs = (weight_dimension_numbers(tree_) if tree.is_function_of_params(weight_dimension_numbers)
+             else weight_dimension_numbers)
     try:
         return jax.tree.map(lambda s, sub: jax.tree.map(lambda _: s, sub), specs, tree_, is_leaf=_is_spec)
     except ValueError as error:

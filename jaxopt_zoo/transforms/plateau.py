@@ -54,14 +54,18 @@ def reduce_on_plateau(
 
     .. math::
 
-        \\text{improved} \\iff \\bar v < (1 - r)\\, v_{best} - a, \\qquad
+        \\text{improved} \\iff \\bar v < v_{best} - r\\, |v_{best}| - a, \\qquad
         s \\leftarrow \\max(\\gamma s, s_{min}) \\text{ after } p \\text{ averages without improvement},
 
     after which the plateau counter restarts and, for ``cooldown`` averages,
     plateaus are not counted. The updates are :math:`s\\, g` at every call.
     Keras's and PyTorch's ``ReduceLROnPlateau`` (mode ``min``, relative threshold).
 
-    Numerically ``optax.contrib.reduce_on_plateau``. Differences: the first
+    Numerically ``optax.contrib.reduce_on_plateau`` for positive values. Differences:
+    the relative threshold is taken of :math:`|v_{best}|` (Optax's, Keras's and
+    PyTorch's :math:`(1 - r)\\, v_{best}` lies above a negative best, so a negative
+    loss, such as a negative log-likelihood, that stays flat or slowly worsens
+    counts as improving and the scale never drops); the first
     average always improves on the initial :math:`v_{best} = +\\infty` (with
     ``rtol=1`` Optax forms :math:`0 \\cdot \\infty = \\mathrm{NaN}` there and never
     records a best value); ``patience``, ``cooldown`` and ``accumulation_size``
@@ -121,7 +125,9 @@ def reduce_on_plateau(
     def compare(state):
         # Called once per accumulation_size values, on their average.
         average, best = state.avg_value, state.best_value
-        threshold = jnp.where(best == jnp.inf, jnp.inf, (1 - rtol) * best - atol)  # +inf: nothing yet
+        # best - rtol |best| - atol, formed as Optax's (1 - rtol) best - atol where best >= 0; +inf: nothing yet.
+        relative = jnp.where(best >= 0, (1 - rtol) * best, (1 + rtol) * best)
+        threshold = jnp.where(best == jnp.inf, jnp.inf, relative - atol)
         improved = average < threshold
         plateau = jnp.where(improved, 0, safe_increment(state.plateau_count))
         reduce = (state.cooldown_count <= 0) & (plateau == patience)
