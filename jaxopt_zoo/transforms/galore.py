@@ -239,6 +239,8 @@ def scale_by_galore(
     ``base_optimizer`` (Optax forwards none); a non-integer ``rank`` raises
     ``ValueError`` (Optax: ``TypeError``) and ``update_proj_gap`` must be a
     positive integer (Optax does not check it); axis errors name this function.
+    A gradient taken through its steps is NaN where a refresh meets an all-zero gradient matrix (repeated
+    singular values: the projector has no derivative there), as Optax's.
 
     Args:
         rank: :math:`r \\ge 1`, the rank of the projection (clipped to :math:`\\min(m, n)` per leaf).

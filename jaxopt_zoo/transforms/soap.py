@@ -253,6 +253,10 @@ def scale_by_soap(
     :math:`3 \\cdot 10^{-9}`); ours matches the
     official algorithm written in torch to :math:`3 \\cdot 10^{-13}`.
 
+    A gradient taken through its steps (``jax.grad`` of a loss after them) has no meaning where a factor repeats
+    an eigenvalue, as every factor of fewer gradients than its size does (the first steps): the basis of that
+    eigenspace is arbitrary, Adam's per-component scaling depends on it, and the loss jumps under a perturbation.
+
     Args:
         b1: decay :math:`\\beta_1 \\in [0, 1)` of Adam's first moment (the official default, 0.95).
         b2: decay :math:`\\beta_2 \\in [0, 1)` of Adam's second moment (the official default, 0.95).
