@@ -462,7 +462,7 @@ def muon(
     uses the plain :math:`\\gamma`. Recipe: Optax's transformation with PyTorch's options,
     ``chain(scale_by_muon(ns_coefficients, ns_steps, momentum, eps, mu_dtype, nesterov=nesterov,
     weight_dimension_numbers=MuonDimensionNumbers(1, 0), bias_correction=False, eps_floor=True,
-    shape_scale="width" (or 0.2 for "match_rms_adamw"), ns_dtype=ns_dtype), add_decayed_weights(weight_decay),
+    fan_out_first=True, shape_scale="width" (or 0.2 for "match_rms_adamw"), ns_dtype=ns_dtype), add_decayed_weights(weight_decay),
     scale_by_learning_rate(lr))`` (PyTorch's weights are (out, in): fan-in is axis 1). The state's
     ``mu`` is PyTorch's ``momentum_buffer`` (also readable under that name).
 
@@ -476,7 +476,9 @@ def muon(
 
     Differences from PyTorch: the Newton–Schulz iteration runs in the update's
     dtype (float32 for float32 params), where PyTorch runs it in bfloat16 whatever
-    the params' dtype; ``ns_dtype=jnp.bfloat16`` (an addition) does the same.
+    the params' dtype; ``ns_dtype=jnp.bfloat16`` (an addition) does the same, rounded
+    where PyTorch rounds (each ``addmm`` summed in float32 and rounded once, the
+    coefficients in float32).
     ``ns_steps`` must be an integer in [0, 99] and ``eps >= 0``, checked here
     (PyTorch checks ``ns_steps < 100`` at the first step); ``ns_coefficients`` whose
     iteration diverges on [0, 1] raise (PyTorch's updates are then inf or NaN);
@@ -515,7 +517,7 @@ def muon(
     validation.state_dtypes(owner, mu_dtype=mu_dtype)
     orthogonalised = scale_by_muon(
         ns_coefficients, ns_steps, momentum, eps, mu_dtype, nesterov=nesterov, weight_dimension_numbers=TORCH_LAYOUT,
-        bias_correction=False, eps_floor=True, shape_scale=0.2 if adjust_lr_fn == "match_rms_adamw" else "width",
+        bias_correction=False, eps_floor=True, fan_out_first=True, shape_scale=0.2 if adjust_lr_fn == "match_rms_adamw" else "width",
         ns_dtype=ns_dtype, layer_sharding=layer_sharding, axis_name=axis_name, partition_specs=partition_specs,
     )
     decay = [] if validation.is_literal_zero(weight_decay) else [add_decayed_weights(weight_decay)]

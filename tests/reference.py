@@ -438,8 +438,12 @@ def nearest_code(y: np.ndarray, table: np.ndarray) -> np.ndarray:
 
 
 def torch_muon(lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True, ns_coefficients=(3.4445, -4.775, 2.0315),
-               eps=1e-7, ns_steps=5, adjust_lr_fn=None):
+               eps=1e-7, ns_steps=5, adjust_lr_fn=None, bfloat16=False):
     """torch.optim.Muon (its source, torch/optim/_muon.py, in float64; PyTorch runs Newton-Schulz in bfloat16).
+
+    ``bfloat16=True``: Newton-Schulz rounded where PyTorch's rounds: X cast to bfloat16; its norm summed in float32
+    and rounded; X / norm, X X^T and each addmm (b A + c A A, a X + B X) formed in float32 and rounded once, with
+    the coefficients as Python floats.
 
     B = mu B + (1 - mu) g (buf.lerp_(g, 1 - mu); the docs' B = mu B + g differs by a scale the normalisation
     removes); U = (1 - mu) g + mu B (g.lerp(B, mu)) if nesterov else B;
@@ -451,6 +455,18 @@ def torch_muon(lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True, ns_coeff
     def orthogonalize(u):
         tall = u.shape[0] > u.shape[1]
         x = u.T if tall else u
+        if bfloat16:
+            import ml_dtypes
+
+            bf16 = lambda v: np.asarray(v, np.float32).astype(ml_dtypes.bfloat16).astype(np.float64)  # noqa: E731
+            f32 = lambda v: np.asarray(v, np.float32)  # noqa: E731
+            x = bf16(x)
+            x = bf16(f32(x) / max(bf16(np.sqrt(np.sum(f32(x) ** 2, dtype=np.float32))), eps))
+            for _ in range(ns_steps):
+                gram = bf16(f32(x) @ f32(x).T)
+                update = bf16(b * f32(gram) + c * (f32(gram) @ f32(gram)))
+                x = bf16(a * f32(x) + f32(update) @ f32(x))
+            return x.T if tall else x
         x = x / max(np.sqrt(np.sum(x * x)), eps)
         for _ in range(ns_steps):
             gram = x @ x.T

@@ -375,3 +375,17 @@ def test_nnx_state_keeps_its_variables_with_muon_for_matrices_and_adamw_for_the_
     kernel = np.asarray(params["layers"][0]["kernel"][...])
     expected = -0.05 * (s * np.ones((5, 8)) / np.sqrt(40) + 0.1 * kernel)
     np.testing.assert_allclose(updates["layers"][0]["kernel"][...], expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("momentum, nesterov", [(0.0, False), (0.95, True)])
+def test_bfloat16_iteration_rounds_where_pytorchs_does(momentum, nesterov):
+    """PyTorch's bfloat16 Newton-Schulz: each addmm summed in float32 and rounded once, Python-float coefficients.
+    Here the coefficients were rounded to bfloat16 (another polynomial) and every operation apart: 3-6% from
+    PyTorch's update, and square matrices were iterated on the transpose of PyTorch's (out, in) weight."""
+    params, grads = matrices(), matrices(seed=1)
+    tx = jz.torch.muon(lr=0.02, momentum=momentum, nesterov=nesterov, ns_dtype=jnp.bfloat16)
+    updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+    for name, p in params.items():
+        expected, _ = reference.torch_muon(0.02, momentum=momentum, nesterov=nesterov, bfloat16=True).update(
+            np.asarray(grads[name], np.float64), {"buf": np.zeros(p.shape)}, np.asarray(p, np.float64), 1)
+        np.testing.assert_allclose(updates[name], expected, rtol=0, atol=1e-6 * np.max(np.abs(expected)), err_msg=name)

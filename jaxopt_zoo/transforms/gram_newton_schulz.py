@@ -103,7 +103,7 @@ def _gram_orthogonalize(
 ) -> jax.Array:
     """``orthogonal._orthogonalize(x, coefficients, ns_steps, "frobenius", eps, eps_floor)`` by the Gram iteration
     where it is cheaper (long side >= ``min_aspect_ratio`` times the short one; 1: always), by that function
-    otherwise; ``coefficients`` has shape (3,) or (steps, 3), in ``x``'s dtype."""
+    otherwise; ``coefficients`` has shape (3,) or (steps, 3) (the Gram iteration casts them to ``x``'s dtype)."""
     restarts = _check_restarts("gram_newton_schulz", restarts)
     if max(x.shape) < min_aspect_ratio * min(x.shape):
         return _orthogonalize(x, coefficients, ns_steps, "frobenius", eps, eps_floor)
@@ -111,6 +111,7 @@ def _gram_orthogonalize(
     if tall:
         x = x.T
     x = _normalized(x, eps, eps_floor)
+    coefficients = coefficients.astype(x.dtype)
     if coefficients.ndim == 2:
         x = _unrolled(x, [coefficients[k] for k in range(coefficients.shape[0])], restarts)
     elif isinstance(ns_steps, int):
