@@ -41,6 +41,9 @@ def real_scalar(owner: str, name: str, value: Any) -> float | None:
         raise ValueError(f"{owner}: {name} must be a float when it is beyond int32's range (JAX converts an integer "
                          f"to int32), got {value!r}; pass {as_float!r} instead.")
     array = np.asarray(value)
+    if array.shape != () and array.size == 1:  # (PyTorch takes a one-element tensor lr; here it would broadcast)
+        raise ValueError(f"{owner}: {name} must be a scalar (a 0-d array), got an array of shape {array.shape}; "
+                         f"pass {name}.reshape(()) or a float.")
     # jnp.issubdtype also knows bfloat16 and the other ml_dtypes floats.
     if array.shape != () or not (jnp.issubdtype(array.dtype, jnp.integer) or jnp.issubdtype(array.dtype, jnp.floating)):
         raise bad

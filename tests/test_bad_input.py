@@ -650,3 +650,12 @@ def test_complex_params_raise_where_the_rule_has_no_complex_meaning():
     tx = jz.adopt(0.1, use_clipping=False)  # |g|^2 in the second moment: complex steps work
     updates, _ = tx.update(params, tx.init(params), params)
     assert updates["w"].dtype == jnp.complex64 and bool(jnp.all(jnp.isfinite(updates["w"])))
+
+
+def test_a_one_element_array_hyperparameter_is_asked_for_as_a_scalar():
+    """PyTorch (2.6+) takes lr=torch.tensor([0.1]); the message said "must be a finite real number" of a finite one."""
+    with pytest.raises(ValueError, match=r"torch\.adam: lr must be a scalar \(a 0-d array\), got an array of shape "
+                                         r"\(1,\); pass lr\.reshape\(\(\)\) or a float"):
+        jz.torch.adam(lr=jnp.asarray([0.1]))
+    with pytest.raises(ValueError, match=r"adam: b1 must be a scalar .* shape \(1, 1\)"):
+        jz.adam(1e-3, b1=np.full((1, 1), 0.9))

@@ -59,7 +59,9 @@ def reduce_on_plateau(
 
     after which the plateau counter restarts and, for ``cooldown`` averages,
     plateaus are not counted. The updates are :math:`s\\, g` at every call.
-    Keras's and PyTorch's ``ReduceLROnPlateau`` (mode ``min``, relative threshold).
+    Keras's ``ReduceLROnPlateau`` (mode ``min``, relative threshold); PyTorch's
+    reduces after :math:`p + 1` values without improvement, so its ``patience=p``
+    is ``patience=p + 1`` here.
 
     Numerically ``optax.contrib.reduce_on_plateau`` for positive values. Differences:
     the relative threshold is taken of :math:`|v_{best}|` (Optax's, Keras's and
