@@ -487,3 +487,18 @@ def test_a_zero_first_gradient_keeps_the_unit_initial_scale_and_updates_keep_the
     np.testing.assert_allclose(np.asarray(zero[0]), np.eye(4), rtol=1e-6)
     np.testing.assert_allclose(np.asarray(live[0]), np.sqrt(0.5**4) ** (-1 / 8) * np.eye(4), rtol=1e-5)  # s^(1/2)
     assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))
+
+
+def test_a_first_gradient_whose_fourth_powers_overflow_float32_gets_li_s_scale_not_zero():
+    """mean(g^4) of 3e9 entries overflows float32: the scale (inf + damping^4)^(-1/8) was 0, every factor 0, and every
+    later step NaN (heavyball#55's large first gradients). Formed from g / max|g| there, it is (3e9)^(-1/2)."""
+    tx = jz.scale_by_psgd_kron(preconditioner_update_probability=0.0)  # no fit: Q after step 1 is the initial scale
+    params, grads = {"w": jnp.ones((4, 3))}, {"w": jnp.full((4, 3), 3e9)}
+    step = jax.jit(tx.update)
+    updates, state = step(grads, tx.init(params), params)
+    q_rows, q_cols = state.qs[0]
+    np.testing.assert_allclose(q_rows, 3e9 ** (-1 / 4) * np.eye(4), rtol=1e-5)
+    np.testing.assert_allclose(q_cols, 3e9 ** (-1 / 4) * np.eye(3), rtol=1e-5)
+    for _ in range(3):
+        updates, state = step({"w": jnp.full((4, 3), 0.5)}, state, params)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves((updates, state.qs)))
