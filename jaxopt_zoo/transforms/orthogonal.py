@@ -10,7 +10,6 @@ batches of matrices described by :class:`MuonDimensionNumbers`.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -147,7 +146,7 @@ def _narrow_step(x: jax.Array, c: jax.Array) -> jax.Array:
     return rounded(c[0] * xf + b @ xf).astype(x.dtype)
 
 
-def coefficient_dtype(work_dtype: Any) -> jnp.dtype:
+def _coefficient_dtype(work_dtype: Any) -> jnp.dtype:
     """The dtype the iteration's coefficients are kept in: float32 at least. In bfloat16, (3.4445, -4.775, 2.0315)
     round to (3.4375, -4.78125, 2.03125), another polynomial (PyTorch's are Python floats)."""
     return jnp.promote_types(work_dtype, jnp.float32)
@@ -296,7 +295,7 @@ def newton_schulz(
     """
     dtype = _check_iteration_args("newton_schulz", x, ns_coefficients, ns_steps, eps, dtype)
     work, layout = gathered(tree.widen(x) if dtype is None else x.astype(dtype))
-    coefficients = jnp.asarray(ns_coefficients).astype(coefficient_dtype(work.dtype))
+    coefficients = jnp.asarray(ns_coefficients).astype(_coefficient_dtype(work.dtype))
     result = _orthogonalize(work, coefficients, ns_steps, "frobenius", eps, eps_floor=True).astype(x.dtype)
     return result if layout is None else jax.sharding.reshard(result, layout)
 
@@ -706,7 +705,7 @@ def scale_by_muon(
     def direction(m_hat, spec, coefficients):
         spec = MuonDimensionNumbers() if spec is None else spec
         work, layout = gathered(m_hat if ns_dtype is None else m_hat.astype(ns_dtype))
-        rows = coefficients.astype(coefficient_dtype(work.dtype))
+        rows = coefficients.astype(_coefficient_dtype(work.dtype))
         matrix_rule = lambda x: orthogonalize(x, rows, ns_steps, eps)
         u = _as_matrices(owner, work, spec, matrix_rule).astype(m_hat.dtype)
         u = u if layout is None else jax.sharding.reshard(u, layout)
@@ -727,7 +726,7 @@ def scale_by_muon(
         work = [leaves[i] if ns_dtype is None else leaves[i].astype(ns_dtype) for i in where]
         operands = {k: v for k, v in (("rows", coefficients), ("steps", ns_steps), ("eps", eps))
                     if isinstance(v, jax.Array)}  # (traced ones: inject_hyperparams)
-        rule = lambda x, o: orthogonalize(x, o["rows"].astype(coefficient_dtype(x.dtype)), o.get("steps", ns_steps),
+        rule = lambda x, o: orthogonalize(x, o["rows"].astype(_coefficient_dtype(x.dtype)), o.get("steps", ns_steps),
                                           o.get("eps", eps))
         matrix_axes = [_axes(owner, leaves[i].shape, dims[i]) for i in where]
         us, shapes = layer_sharded(owner, rule, operands, work, matrix_axes,
