@@ -103,6 +103,7 @@ SEED_OPTIMIZERS: dict[str, SeedOptimizer] = {
     "radam": SeedOptimizer(jz.radam, optax.radam, 1e-3),
     "yogi": SeedOptimizer(jz.yogi, optax.yogi, 1e-2),
     "adabelief": SeedOptimizer(jz.adabelief, optax.adabelief, 1e-3),
+    # Adan weights its gradient difference by b2 as the authors' code (Optax by 1 - b2): the same cost, other numbers.
     "adan": SeedOptimizer(jz.adan, optax.adan, 1e-3),
     # Layer-wise rules: Optax's NovoGrad and Fromage, twins in cost and in numbers.
     "novograd": SeedOptimizer(jz.novograd, optax.novograd, 1e-2),

@@ -1003,11 +1003,12 @@ def param_block_norm_sgd(learning_rate, min_scale=1e-3):
 
 
 def adan(learning_rate, b1=0.98, b2=0.92, b3=0.99, eps=1e-8, eps_root=1e-8, weight_decay=0.0):
-    """Adan, Xie et al. (2022), Algorithm 1, in decay form (b = 1 - the paper's beta) with zero-started,
-    bias-corrected moments as in the authors' code, and decoupled decay (their no_prox=True, Optax's form).
+    """Adan, Xie et al. (2022), Algorithm 1, in decay form (b = 1 - the paper's beta, so its 1 - beta_2 is b2) with
+    zero-started, bias-corrected moments as in the authors' code (sail-sg/Adan: grad + beta2 * diff, exp_avg / bc1 +
+    beta2 * exp_avg_diff / bc2), and decoupled decay (their no_prox=True, Optax's form).
 
-    d = g - g_prev (0 at t = 1);  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) d;  n = b3 n + (1 - b3) (g + (1 - b2) d)^2;
-    p <- p - lr * ((m / (1 - b1^t) + (1 - b2) v / (1 - b2^t)) / (sqrt(n / (1 - b3^t) + eps_root) + eps) + weight_decay * p).
+    d = g - g_prev (0 at t = 1);  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) d;  n = b3 n + (1 - b3) (g + b2 d)^2;
+    p <- p - lr * ((m / (1 - b1^t) + b2 v / (1 - b2^t)) / (sqrt(n / (1 - b3^t) + eps_root) + eps) + weight_decay * p).
     """
 
     def init(params):
@@ -1017,8 +1018,8 @@ def adan(learning_rate, b1=0.98, b2=0.92, b3=0.99, eps=1e-8, eps_root=1e-8, weig
         d = np.zeros_like(g) if state["g"] is None else g - state["g"]
         m = b1 * state["m"] + (1 - b1) * g
         v = b2 * state["v"] + (1 - b2) * d
-        n = b3 * state["n"] + (1 - b3) * (g + (1 - b2) * d) ** 2
-        direction = (m / (1 - b1**t) + (1 - b2) * v / (1 - b2**t)) / (np.sqrt(n / (1 - b3**t) + eps_root) + eps)
+        n = b3 * state["n"] + (1 - b3) * np.abs(g + b2 * d) ** 2
+        direction = (m / (1 - b1**t) + b2 * v / (1 - b2**t)) / (np.sqrt(n / (1 - b3**t) + eps_root) + eps)
         return -schedule_value(learning_rate, t) * (direction + weight_decay * params), {"m": m, "v": v, "n": n, "g": g}
 
     return Reference(init, update)

@@ -334,15 +334,19 @@ def scale_by_adan(
 
         m_t &= \\beta_1 m_{t-1} + (1 - \\beta_1) g_t, \\qquad
         v_t = \\beta_2 v_{t-1} + (1 - \\beta_2) d_t, \\\\
-        n_t &= \\beta_3 n_{t-1} + (1 - \\beta_3) \\big(g_t + (1 - \\beta_2) d_t\\big)^2, \\\\
-        u_t &= \\frac{\\hat m_t + (1 - \\beta_2) \\hat v_t}{\\sqrt{\\hat n_t + \\bar\\varepsilon} + \\varepsilon},
+        n_t &= \\beta_3 n_{t-1} + (1 - \\beta_3) \\big(g_t + \\beta_2 d_t\\big)^2, \\\\
+        u_t &= \\frac{\\hat m_t + \\beta_2 \\hat v_t}{\\sqrt{\\hat n_t + \\bar\\varepsilon} + \\varepsilon},
 
     where the hats divide by :math:`1 - \\beta_i^t`. The betas are decays, as in Adam (the paper writes
     :math:`1 - \\beta` for them: its :math:`\\beta_1 = 0.02` is ``b1=0.98`` here). The moments start at 0
     and are bias-corrected, as in the authors' code, where the paper's Algorithm 1 starts them at the first
     gradient. For complex gradients the square is the squared modulus.
 
-    Numerically identical to ``optax.scale_by_adan``. Deviations from Optax: with ``eps = eps_root = 0``
+    The gradient difference enters with weight :math:`\\beta_2` (0.92 at the default), the paper's
+    :math:`1 - \\beta_2` in its notation and the authors' ``beta2``. Deliberate difference from Optax 0.2.8,
+    whose ``scale_by_adan`` weights it by :math:`1 - \\beta_2` (0.08: its Nesterov term is about 11 times too
+    weak from the second step on; Optax's open pull request 1715); the first step, where :math:`d_1 = 0`, is
+    Optax's bit for bit. Other deviations from Optax: with ``eps = eps_root = 0``
     the update is 0 where the denominator is 0, not 0/0; a ``None`` update keeps every state leaf; the
     storage options and the ``count`` field (``None`` unless a storage rounds stochastically) are additions.
 
@@ -390,13 +394,13 @@ def scale_by_adan(
         diff = tree.map_updates(lambda g, p: jnp.where(first, jnp.zeros_like(g), tree.widen(g) - p), updates, state.g)
         m = tree.update_moment(updates, state.m, b1, 1)
         v = tree.update_moment(diff, state.v, b2, 1)
-        nesterov_gradient = tree.map_updates(lambda g, d: tree.widen(g) + (1 - b2) * d, updates, diff)
+        nesterov_gradient = tree.map_updates(lambda g, d: tree.widen(g) + b2 * d, updates, diff)
         n = tree.update_moment_per_elem_norm(nesterov_gradient, state.n, b3, 2)
         t = safe_increment(state.t)
         m_hat = tree.bias_correction(m, b1, t)
         v_hat = tree.bias_correction(v, b2, t)
         n_hat = tree.bias_correction(n, b3, t)
-        direction = tree.map_updates(lambda g, a, b: a + (1 - b2) * b, updates, m_hat, v_hat)
+        direction = tree.map_updates(lambda g, a, b: a + b2 * b, updates, m_hat, v_hat)
         previous = tree.map_state(lambda g, p: tree.widen(g).astype(p.dtype), updates, state.g)
         updates = tree.moment_ratio(updates, direction, n_hat, eps, eps_root, guard)
         return updates, ScaleByAdanState(m, v, n, previous, t, state.count)
