@@ -64,7 +64,9 @@ def zero_nans(*, axis_name: AxisName = None) -> GradientTransformation:
     the state records, per param, whether its last update held one.
 
     ``found_nan`` is for the user to read (logging, skipping); the rule never reads it. Infinities
-    pass (see :func:`jaxopt_zoo.apply_if_finite` to skip such steps).
+    pass (see :func:`jaxopt_zoo.apply_if_finite` to skip such steps). Inside :class:`~jaxopt_zoo.MultiSteps`
+    it sees the accumulated gradient, where one NaN mini-batch has made the entry NaN: the other
+    mini-batches' gradients are lost with it; skip such a mini-batch with ``should_skip_update_fn``.
 
     Numerically identical to ``optax.zero_nans``. Deviations: a ``None`` update keeps its flag (Optax
     puts ``None`` in the state); inside ``shard_map`` (an addition), ``axis_name`` names the mesh axes
