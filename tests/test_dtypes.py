@@ -127,3 +127,15 @@ def test_kronecker_preconditioners_widen_float16_like_the_moment_keepers(name):
     _, state = run(KRONECKER[name](), {"w": jnp.ones((4, 3), jnp.float16)}, {"w": g16}, steps=4)
     floats = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]
     assert floats and all(x.dtype == jnp.float32 for x in floats), [x.dtype for x in floats]
+
+
+def test_float16_updates_are_float32_and_apply_updates_keeps_float16_params():
+    """As the guide says: updates from float32 moments stay float32 (Optax's have the gradients' float16), and
+    apply_updates rounds each sum once into the param's float16."""
+    params, grads = {"w": jnp.ones(4, jnp.float16)}, {"w": jnp.full(4, 0.01, jnp.float16)}
+    tx = jz.adam(0.01)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    assert updates["w"].dtype == jnp.float32
+    stepped = jz.apply_updates(params, updates)
+    assert stepped["w"].dtype == jnp.float16
+    np.testing.assert_array_equal(stepped["w"], (params["w"].astype(jnp.float32) + updates["w"]).astype(jnp.float16))
