@@ -250,3 +250,14 @@ def test_both_iterations_name_a_bad_argument(bad, name):
     for orthogonalize in (jz.newton_schulz, jz.gram_newton_schulz):
         with pytest.raises(ValueError, match=f"{orthogonalize.__name__}: {name}"):
             orthogonalize(jnp.ones((2, 3)), **bad)
+
+
+@pytest.mark.parametrize("fn", [jz.newton_schulz, jz.gram_newton_schulz], ids=["plain", "gram"])
+def test_bfloat16_iterations_keep_the_coefficients_unrounded(fn):
+    """In bfloat16 the coefficients (3.4445, -4.775, 2.0315) round to (3.4375, -4.78125, 2.03125), another polynomial:
+    both iterations keep them in float32 (the Gram one rounded them, the plain one did before it too)."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (16, 64))
+    exact = jnp.asarray(NS_COEFFICIENTS)
+    rounded = exact.astype(jnp.bfloat16).astype(jnp.float32)
+    assert not bool(jnp.all(rounded == exact))
+    assert not bool(jnp.all(fn(x, exact, 5, dtype=jnp.bfloat16) == fn(x, rounded, 5, dtype=jnp.bfloat16)))

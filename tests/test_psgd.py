@@ -502,3 +502,14 @@ def test_a_first_gradient_whose_fourth_powers_overflow_float32_gets_li_s_scale_n
     for _ in range(3):
         updates, state = step({"w": jnp.full((4, 3), 0.5)}, state, params)
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves((updates, state.qs)))
+
+
+def test_a_tiny_nonzero_first_gradient_gets_li_s_scale_not_the_zero_gradient_s():
+    """mean(g^4) of 1e-10 entries underflows float32 to 0: the scale was 1, as for a zero gradient, where Li's
+    (E|g|^4 + damping^4)^(-1/8) is ~damping^(-1/2) (as at 1e-9)."""
+    tx = jz.scale_by_psgd_kron(preconditioner_update_probability=0.0)
+    params = {"w": jnp.ones((4, 3))}
+    for value in (1e-9, 1e-10):
+        _, state = tx.update({"w": jnp.full((4, 3), value)}, tx.init(params), params)
+        li = (value**4 + 1e-9**4) ** (-1 / 8)  # float64
+        np.testing.assert_allclose(state.qs[0][0], np.sqrt(li) * np.eye(4), rtol=1e-5)

@@ -517,3 +517,14 @@ def test_derivative_of_the_eigh_root_of_a_rank_deficient_statistic_is_central_di
     cotangent = jnp.asarray(rng.normal(size=(1, 5, 5)))
     np.testing.assert_allclose(jax.grad(lambda e: jnp.sum(root(e) * cotangent))(0.0), jnp.sum(tangent * cotangent),
                                rtol=1e-10)
+
+
+def test_derivative_of_the_eigh_root_beside_a_distant_eigenvalue_is_finite_and_exact():
+    """float32 eigenvalues 1e-9 and 1: l_j / l_i - 1 rounds to -1 and log1p(-1) = -inf, so the divided difference
+    written through expm1/log1p was -inf (NaN gradients at rank-deficient statistics beside large ones). Along the
+    identity the derivative of B^q is q B^(q-1)."""
+    from jaxopt_zoo.transforms.shampoo import _floored_power
+
+    values = np.asarray([1e-9, 0.5, 1.0], np.float32)
+    _, tangent = jax.jvp(lambda m: _floored_power(m, -0.25, 1e-12), (jnp.diag(values)[None],), (jnp.eye(3)[None],))
+    np.testing.assert_allclose(tangent[0], np.diag(-0.25 * values.astype(np.float64) ** -1.25), rtol=1e-5)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jaxopt_zoo import tree
 from jaxopt_zoo.sharding import gathered
 from jaxopt_zoo.transforms.orthogonal import (
-    NS_COEFFICIENTS, _check_iteration_args, _normalized, _orthogonalize,
+    NS_COEFFICIENTS, _check_iteration_args, _coefficient_dtype, _normalized, _orthogonalize,
 )
 
 __all__ = ["gram_newton_schulz"]
@@ -63,7 +63,7 @@ def _unrolled(x: jax.Array, rows: list[jax.Array], restarts: tuple[int, ...] | N
         if k > 0 and _restarts_before(k, restarts):
             x = q @ x
             gram, q = x @ x.T, None
-        p = c[0] * eye + c[1] * gram + c[2] * gram @ gram
+        p = (c[0] * eye + c[1] * gram + c[2] * gram @ gram).astype(x.dtype)
         q = p if q is None else _symmetric(q @ p)
         if k + 1 < len(rows) and not _restarts_before(k + 1, restarts):  # the last R of a stretch is never read
             gram = _symmetric(p @ (gram @ p))
@@ -84,7 +84,7 @@ def _looped(x: jax.Array, c: jax.Array, ns_steps: jax.Array, restarts: tuple[int
         else:
             due = jnp.isin(k, jnp.asarray(restarts, dtype=jnp.int32)) if restarts else jnp.asarray(False)
         x, q, gram = jax.lax.cond(due, restart, lambda *carry: carry, *carry)
-        p = c[0] * eye + c[1] * gram + c[2] * gram @ gram
+        p = (c[0] * eye + c[1] * gram + c[2] * gram @ gram).astype(x.dtype)
         return x, _symmetric(q @ p), _symmetric(p @ (gram @ p))
 
     x, q, _ = jax.lax.fori_loop(0, ns_steps, body, (x, eye, x @ x.T))
@@ -103,7 +103,7 @@ def _gram_orthogonalize(
 ) -> jax.Array:
     """``orthogonal._orthogonalize(x, coefficients, ns_steps, "frobenius", eps, eps_floor)`` by the Gram iteration
     where it is cheaper (long side >= ``min_aspect_ratio`` times the short one; 1: always), by that function
-    otherwise; ``coefficients`` has shape (3,) or (steps, 3) (the Gram iteration casts them to ``x``'s dtype)."""
+    otherwise; ``coefficients`` has shape (3,) or (steps, 3)."""
     restarts = _check_restarts("gram_newton_schulz", restarts)
     if max(x.shape) < min_aspect_ratio * min(x.shape):
         return _orthogonalize(x, coefficients, ns_steps, "frobenius", eps, eps_floor)
@@ -111,7 +111,7 @@ def _gram_orthogonalize(
     if tall:
         x = x.T
     x = _normalized(x, eps, eps_floor)
-    coefficients = coefficients.astype(x.dtype)
+    coefficients = coefficients.astype(_coefficient_dtype(x.dtype))  # (each P is cast to x's dtype once)
     if coefficients.ndim == 2:
         x = _unrolled(x, [coefficients[k] for k in range(coefficients.shape[0])], restarts)
     elif isinstance(ns_steps, int):
@@ -221,7 +221,7 @@ def gram_newton_schulz(
     dtype = _check_iteration_args(owner, x, ns_coefficients, ns_steps, eps, dtype)
     restarts = _check_restarts(owner, restarts)
     work, layout = gathered(tree.widen(x) if dtype is None else x.astype(dtype))
-    coefficients = jnp.asarray(ns_coefficients).astype(work.dtype)
+    coefficients = jnp.asarray(ns_coefficients).astype(_coefficient_dtype(work.dtype))
     result = _gram_orthogonalize(work, coefficients, ns_steps, eps, True, restarts=restarts, min_aspect_ratio=1)
     result = result.astype(x.dtype)
     return result if layout is None else jax.sharding.reshard(result, layout)

@@ -191,16 +191,17 @@ def _cached_direction(m: jax.Array, ps: tuple[jax.Array, ...]) -> jax.Array:
 def _first_scale(g: jax.Array, qs: tuple[jax.Array, ...], first: jax.Array, damping: Any) -> tuple[jax.Array, ...]:
     # Li's initial scale (E|g|^4 + damping^4)^(-1/8) of Q, spread evenly over the factors, on the first step only;
     # 1 for a leaf whose first gradient is 0 (a zero-initialised layer), where it would be 1/damping^(1/2).
-    # Where the float32 sum of g^4 overflows (entries above ~1e8 to 3e9, by the leaf's size), the scale was 0 and
-    # every later step NaN: there it is formed from g / max|g|, s^(-1/2) (E|g/s|^4 + (damping/s)^4)^(-1/8).
+    # Where the float32 sum of g^4 overflows (entries above ~1e8 to 3e9, by the leaf's size; the scale was 0 and
+    # every later step NaN) or underflows (entries below ~1e-10: it was 1, as for a zero gradient), it is formed
+    # from g / max|g|: s^(-1/2) (E|g/s|^4 + (damping/s)^4)^(-1/8).
     g = g.astype(qs[0].dtype)
     fourth = jnp.mean(g**4)
     scale = (fourth + damping**4) ** (-1 / 8)
     largest = jnp.max(jnp.abs(g), initial=0.0)  # (a zero-size leaf: 0)
     safe_largest = jnp.where(largest > 0, largest, 1.0)
     rescaled = safe_largest ** -0.5 * (jnp.mean((g / safe_largest) ** 4) + (damping / safe_largest) ** 4) ** (-1 / 8)
-    scale = jnp.where(jnp.isfinite(fourth), scale, rescaled)
-    scale = jnp.where(first & jnp.isfinite(scale) & (fourth > 0), scale, 1.0) ** (1 / len(qs))
+    scale = jnp.where(jnp.isfinite(fourth) & (fourth > 0), scale, rescaled)
+    scale = jnp.where(first & jnp.isfinite(scale) & (largest > 0), scale, 1.0) ** (1 / len(qs))
     return tuple(q * scale for q in qs)
 
 
@@ -345,9 +346,10 @@ def scale_by_psgd_kron(
     deterministically every :math:`1/p` steps, and the draws come from the ``key`` in the state, not a fixed
     seed; (2) ``precond_init_scale=None`` (the default, as Li's and heavyball's) sets :math:`Q = s I` on the
     first step with Li's :math:`s = (\\mathrm{mean}|g_1|^4 + \\delta^4)^{-1/8}`, per leaf (Li takes the max of
-    :math:`\\mathrm{mean}|g|^4` over all leaves; 1 where it is not finite or where the first gradient is 0, as for
-    a zero-initialised layer, whose scale would otherwise be :math:`\\delta^{-1/2}` and its steps capped for
-    hundreds of fits); psgd-jax's default is 1.0;
+    :math:`\\mathrm{mean}|g|^4` over all leaves; 1 where the first gradient is 0, as for a zero-initialised
+    layer, whose scale would otherwise be :math:`\\delta^{-1/2}` and its steps capped for hundreds of fits, or
+    holds a NaN or infinity; where float32's :math:`\\mathrm{mean}\\, g^4` over- or underflows it is formed from
+    :math:`g / \\max|g|`); psgd-jax's default is 1.0;
     (3) the damping adds an absolute :math:`\\delta` (``damping``, Li's 1e-9) to psgd-jax's relative one, so
     that a leaf whose gradient stays zero does not grow its factors without bound; (4) factors are balanced on
     every fit (heavyball) instead of with probability 0.01 (same :math:`P`); (5) schedules see the 0-based

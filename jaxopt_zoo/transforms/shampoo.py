@@ -123,10 +123,15 @@ def _floored_power_jvp(power, primals, tangents):
     vt = jnp.swapaxes(vectors, -1, -2)
     out = jnp.matmul(vectors * values[..., None, :] ** power, vt, precision=PRECISION)
     li, lj = values[..., :, None], values[..., None, :]
-    # (l_j^q - l_i^q) / (l_j - l_i) = l_i^(q-1) expm1(q log1p(r)) / r with r = l_j / l_i - 1: no cancellation.
+    # (l_j^q - l_i^q) / (l_j - l_i): for close eigenvalues (r = l_j / l_i - 1 small) as l_i^(q-1) expm1(q log1p(r))
+    # / r, without cancellation; for distant ones as it is (r rounds to -1 when l_j << l_i, a floored eigenvalue
+    # beside a large one: log1p(-1) = -inf there). The untaken branch of each where divides by 1.
     r = lj / li - 1
-    ratio = jnp.where(r == 0, power, jnp.expm1(power * jnp.log1p(r)) / jnp.where(r == 0, 1, r))
-    divided = li ** (power - 1) * ratio
+    close = jnp.abs(r) < 0.5
+    r_close = jnp.where(close, r, 0.0)
+    ratio = jnp.where(r_close == 0, power, jnp.expm1(power * jnp.log1p(r_close)) / jnp.where(r_close == 0, 1, r_close))
+    quotient = (lj**power - li**power) / jnp.where(close, 1.0, lj - li)
+    divided = jnp.where(close, li ** (power - 1) * ratio, quotient)
     divided = (divided + jnp.swapaxes(divided, -1, -2)) / 2
     rotated = jnp.matmul(jnp.matmul(vt, db, precision=PRECISION), vectors, precision=PRECISION)
     return out, jnp.matmul(jnp.matmul(vectors, divided * rotated, precision=PRECISION), vt, precision=PRECISION)
