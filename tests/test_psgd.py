@@ -509,7 +509,7 @@ def test_a_tiny_nonzero_first_gradient_gets_li_s_scale_not_the_zero_gradient_s()
     (E|g|^4 + damping^4)^(-1/8) is ~damping^(-1/2) (as at 1e-9)."""
     tx = jz.scale_by_psgd_kron(preconditioner_update_probability=0.0)
     params = {"w": jnp.ones((4, 3))}
-    for value in (1e-9, 1e-10):
+    for value in (1e-9, 1e-10, 1e-30):  # (1e-30: (damping / max|g|)^4 must not overflow either)
         _, state = tx.update({"w": jnp.full((4, 3), value)}, tx.init(params), params)
         li = (value**4 + 1e-9**4) ** (-1 / 8)  # float64
         np.testing.assert_allclose(state.qs[0][0], np.sqrt(li) * np.eye(4), rtol=1e-5)

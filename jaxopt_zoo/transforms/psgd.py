@@ -193,13 +193,14 @@ def _first_scale(g: jax.Array, qs: tuple[jax.Array, ...], first: jax.Array, damp
     # 1 for a leaf whose first gradient is 0 (a zero-initialised layer), where it would be 1/damping^(1/2).
     # Where the float32 sum of g^4 overflows (entries above ~1e8 to 3e9, by the leaf's size; the scale was 0 and
     # every later step NaN) or underflows (entries below ~1e-10: it was 1, as for a zero gradient), it is formed
-    # from g / max|g|: s^(-1/2) (E|g/s|^4 + (damping/s)^4)^(-1/8).
+    # from g / s with s = max(max|g|, damping), both ratios at most 1: s^(-1/2) (E|g/s|^4 + (damping/s)^4)^(-1/8).
     g = g.astype(qs[0].dtype)
     fourth = jnp.mean(g**4)
     scale = (fourth + damping**4) ** (-1 / 8)
     largest = jnp.max(jnp.abs(g), initial=0.0)  # (a zero-size leaf: 0)
-    safe_largest = jnp.where(largest > 0, largest, 1.0)
-    rescaled = safe_largest ** -0.5 * (jnp.mean((g / safe_largest) ** 4) + (damping / safe_largest) ** 4) ** (-1 / 8)
+    s = jnp.maximum(largest, damping)
+    s = jnp.where(s > 0, s, 1.0)
+    rescaled = s**-0.5 * (jnp.mean((g / s) ** 4) + (damping / s) ** 4) ** (-1 / 8)
     scale = jnp.where(jnp.isfinite(fourth) & (fourth > 0), scale, rescaled)
     scale = jnp.where(first & jnp.isfinite(scale) & (largest > 0), scale, 1.0) ** (1 / len(qs))
     return tuple(q * scale for q in qs)
