@@ -86,6 +86,13 @@ def _state_shardings(owner: str, tx: Any, params: Any) -> Any:
 
     def like_traced(leaf):
         spec = leaf.sharding.spec if isinstance(getattr(leaf, "sharding", None), NamedSharding) else PartitionSpec()
+        if not mesh.explicit_axes:
+            # Under Auto axes a jitted step returns P('d') where the sharded types say P('d', None): the same
+            # layout, another cache key, so a state placed as the latter compiled the step a second time.
+            entries = list(spec)
+            while entries and entries[-1] is None:
+                entries.pop()
+            spec = PartitionSpec(*entries)
         return NamedSharding(mesh, spec)
 
     return jax.tree.map(like_traced, abstract_state)
@@ -101,7 +108,10 @@ def state_shardings(tx: Any, params: Any) -> Any:
     comes out replicated, and an init that JAX cannot trace with sharded types
     raises. Returns a tree of ``NamedSharding`` shaped like the state, usable as
     ``out_shardings`` or an Orbax restore target; or ``None`` when no param has
-    a ``NamedSharding``. ``tx`` may be a transformation or its ``init``.
+    a ``NamedSharding``. ``tx`` may be a transformation or its ``init``. Under
+    Auto mesh axes a spec has no trailing ``None`` (``P('d')`` for a matrix split
+    by rows), as a jitted step returns it, so that a state placed with it does
+    not compile the step a second time.
     """
     return _state_shardings("state_shardings", tx, params)
 

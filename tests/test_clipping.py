@@ -117,3 +117,9 @@ def test_global_norm_clip_at_a_max_norm_injected_as_zero_keeps_zero_gradients_ze
     np.testing.assert_array_equal(updates["w"], 0.0)
     grads = {"w": jnp.asarray([3.0, 4.0, 0.0])}
     np.testing.assert_array_equal(jz.clip_by_global_norm(5.0).update(grads, ())[0]["w"], grads["w"])
+    # Eagerly the injected 0 rebuilds the transformation with max_norm=0, which was refused: the same zeros.
+    state = tx.init(zeros)
+    for _ in range(2):
+        updates, state = tx.update(zeros, state)
+    np.testing.assert_array_equal(updates["w"], 0.0)
+    np.testing.assert_array_equal(jz.clip_by_global_norm(0.0).update(grads, ())[0]["w"], 0.0)

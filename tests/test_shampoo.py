@@ -399,7 +399,7 @@ def test_shard_map_over_some_mesh_axes_equals_one_device():
     mesh, params = _mesh(), sharded_params()
     placed = {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in params.items()}
     state_specs = jax.tree.map(lambda s: s.spec, jz.state_shardings(tx, placed))
-    assert state_specs.factors[1][0][0] == P("model", None, None)  # (leaves in tree order: b, w)
+    assert state_specs.factors[1][0][0] == P("model")  # (leaves in tree order: b, w; Auto axes: no trailing Nones)
     local = jax.jit(jax.shard_map(tx.update, mesh=mesh, in_specs=(specs, state_specs), out_specs=(specs, state_specs),
                                   axis_names={"model"}))
     grads = jax.tree.map(lambda p: jnp.sin(3 * p), params)

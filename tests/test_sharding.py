@@ -404,3 +404,17 @@ def test_apply_if_finite_skips_on_every_device_when_one_shard_is_not_finite():
     for name in SPECS:
         np.testing.assert_array_equal(new_params[name], params[name])
     assert int(new_state.notfinite_count) == 1 and not bool(new_state.last_finite)
+
+
+def test_a_state_from_init_sharded_compiles_the_jitted_step_once_under_auto_axes():
+    """Under Auto mesh axes a jitted step returns a (8, 3) leaf split over rows as P('d'); init_sharded placed the
+    state as P('d', None), the sharded types' spelling of the same layout, and the step compiled a second time."""
+    mesh = jax.make_mesh((8,), ("d",), axis_types=(AxisType.Auto,))
+    params = {"w": jax.device_put(jnp.ones((8, 3)), NamedSharding(mesh, P("d"))),
+              "b": jax.device_put(jnp.ones(3), NamedSharding(mesh, P()))}
+    tx = jz.adamw(1e-3)
+    step = jax.jit(lambda p, s, g: (lambda u, s: (jz.apply_updates(p, u), s))(*tx.update(g, s, p)))
+    state = jz.init_sharded(tx, params)
+    for _ in range(3):
+        params, state = step(params, state, jax.tree.map(lambda x: 0.1 * x, params))
+    assert step._cache_size() == 1

@@ -80,10 +80,10 @@ def clip_by_global_norm(max_norm: jax.typing.ArrayLike, *, axis_name: AxisName =
         u = \\begin{cases} g & \\|g\\| \\le c \\\\ c \\, g / \\|g\\| & \\text{otherwise,} \\end{cases}
         \\qquad \\|g\\| = \\sqrt{\\textstyle\\sum_i \\|g_i\\|^2}.
 
-    Numerically ``optax.clip_by_global_norm``; ``max_norm`` must be positive
-    (Optax accepts 0 and returns NaN for zero gradients), and a gradient whose
-    norm equals it is kept as it is (Optax forms :math:`c\\, g / \\|g\\|`, which
-    is NaN when an injected or scheduled ``max_norm`` reaches 0 with zero gradients).
+    Numerically ``optax.clip_by_global_norm``, except that a gradient whose
+    norm equals ``max_norm`` is kept as it is (Optax forms :math:`c\\, g / \\|g\\|`):
+    at ``max_norm = 0`` (given, injected or reached by a schedule) every update
+    is 0, where Optax's is NaN for zero gradients.
 
     Under ``jit`` with sharded arrays the norm is exact as it is. Inside
     ``shard_map`` (an addition to Optax, whose norm there is silently the local
@@ -99,7 +99,7 @@ def clip_by_global_norm(max_norm: jax.typing.ArrayLike, *, axis_name: AxisName =
     References:
         Pascanu, Mikolov & Bengio, "On the difficulty of training recurrent neural networks", ICML 2013.
     """
-    validation.positive("clip_by_global_norm", "max_norm", max_norm)
+    validation.non_negative("clip_by_global_norm", "max_norm", max_norm)
     axis_name = validation.axis_name("clip_by_global_norm", axis_name)
 
     def update(updates, state, params=None, **extra_args):
