@@ -283,10 +283,14 @@ def test_grad_through_steps_with_exactly_zero_gradients_is_finite_and_right(name
     def loss_after_steps(params, rate):
         tx = THROUGH_ZEROS[name](rate)
         state = tx.init(params)
-        for scale in (0.0, 1.0, 1.0):
+
+        def step(carry, scale):
+            params, state = carry
             value, grads = jax.value_and_grad(loss)(params, scale)
             updates, state = tx.update(grads, state, params, value=value)
-            params = jz.apply_updates(params, updates)
+            return (jz.apply_updates(params, updates), state), None
+
+        (params, _), _ = jax.lax.scan(step, (params, state), jnp.array([0.0, 1.0, 1.0]))
         return jnp.sum(jnp.asarray([jnp.sum((x - 0.3) ** 2) for x in jax.tree.leaves(params)]))
 
     params = {"w": jnp.array([[1.5, 0.5], [-0.5, 2.0]]), "b": jnp.array([1.0, -1.0]), "unused": jnp.zeros((2, 3))}
