@@ -228,7 +228,7 @@ def _loss_after_steps(optimizer, learning_rate, params, steps=6):
 def test_grad_through_steps_wrt_learning_rate(optimizer, ref, x64):
     params = make_params(jnp.float64)
     lr = 0.03
-    ours = jax.grad(lambda rate: _loss_after_steps(optimizer, rate, params))(lr)
+    ours = jax.jit(jax.grad(lambda rate: _loss_after_steps(optimizer, rate, params)))(lr)
 
     def reference_loss(rate):
         finals = run_reference(ref(rate), params, steps=6)[-1]
@@ -279,7 +279,6 @@ def test_grad_through_steps_with_exactly_zero_gradients_is_finite_and_right(name
     def loss(p, scale=1.0):
         return scale * sum(jnp.sum(weight[k] * ((p[k] - target[k]) ** 2 + 0.1 * (p[k] - target[k]) ** 4)) for k in p)
 
-    @jax.jit
     def loss_after_steps(params, rate):
         tx = THROUGH_ZEROS[name](rate)
         state = tx.init(params)
@@ -294,14 +293,16 @@ def test_grad_through_steps_with_exactly_zero_gradients_is_finite_and_right(name
         return jnp.sum(jnp.asarray([jnp.sum((x - 0.3) ** 2) for x in jax.tree.leaves(params)]))
 
     params = {"w": jnp.array([[1.5, 0.5], [-0.5, 2.0]]), "b": jnp.array([1.0, -1.0]), "unused": jnp.zeros((2, 3))}
-    d_params, d_rate = jax.jit(jax.grad(loss_after_steps, argnums=(0, 1)))(params, 0.1)
+    value_and_grads = jax.jit(jax.value_and_grad(loss_after_steps, argnums=(0, 1)))  # one program for both
+    _, (d_params, d_rate) = value_and_grads(params, 0.1)
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(d_params))
     h = 1e-6
-    central = (loss_after_steps(params, 0.1 + h) - loss_after_steps(params, 0.1 - h)) / (2 * h)
+    loss_at = lambda p, rate: value_and_grads(p, rate)[0]  # noqa: E731
+    central = (loss_at(params, 0.1 + h) - loss_at(params, 0.1 - h)) / (2 * h)
     np.testing.assert_allclose(float(d_rate), float(central), rtol=1e-4, atol=1e-9)
     direction = jax.tree.map(lambda x: jnp.asarray(np.random.default_rng(0).uniform(-1, 1, x.shape)), params)
     moved = lambda e: jax.tree.map(lambda x, d: x + e * d, params, direction)  # noqa: E731
-    central = (loss_after_steps(moved(h), 0.1) - loss_after_steps(moved(-h), 0.1)) / (2 * h)
+    central = (loss_at(moved(h), 0.1) - loss_at(moved(-h), 0.1)) / (2 * h)
     along = sum(jnp.sum(g * d) for g, d in zip(jax.tree.leaves(d_params), jax.tree.leaves(direction)))
     np.testing.assert_allclose(float(along), float(central), rtol=1e-4, atol=1e-9)
 
