@@ -7,6 +7,7 @@ passes them through and leaves the matching state leaf unchanged.
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any, Callable
 
 import jax
@@ -78,6 +79,35 @@ def moments_like(params: Any, fill: jax.typing.ArrayLike = 0.0) -> Any:
     flushing or truncating (a deviation from Optax for float16 params).
     """
     return jax.tree.map(lambda p: jnp.full_like(p, fill, dtype=moment_dtype(jnp.result_type(p))), params)
+
+
+def _is_flax_variable(x: Any) -> bool:
+    nnx = sys.modules.get("flax.nnx")  # not imported: no Variable exists
+    return nnx is not None and isinstance(x, nnx.Variable)
+
+
+def map_reshaped(fn: Callable[..., Any], params: Any, *rest: Any) -> Any:
+    """``jax.tree.map(fn, params, *rest)`` for state leaves that need not be shaped like their param.
+
+    ``nnx.Optimizer`` initialises on params wrapped in Flax NNX ``Variable``s, and a
+    ``jax.tree.map`` result keeps its Variable's metadata, the param's sharding names
+    among it; Flax then lays the state leaf out by those names, which do not fit a
+    leaf of another shape (an Adafactor factor, a NovoGrad scalar, an L-BFGS memory:
+    ``nnx.Optimizer`` raised for a model annotated with ``nnx.with_partitioning``, as
+    Optax's do). Here ``fn`` gets each Variable's value (and ``rest``'s); a result
+    shaped like that value stays in the Variable, any other is left bare (Flax keeps
+    it as the computation made it). ``None`` params are leaves too.
+    """
+
+    def leaf(p: Any, *others: Any) -> Any:
+        if not _is_flax_variable(p):
+            return fn(p, *others)
+        value = p.get_value()
+        result = fn(value, *(o.get_value() if _is_flax_variable(o) else o for o in others))
+        same_shape = isinstance(result, jax.Array | jax.ShapeDtypeStruct) and jnp.shape(result) == jnp.shape(value)
+        return jax.tree.map(lambda _: result, p) if same_shape else result
+
+    return jax.tree.map(leaf, params, *rest, is_leaf=lambda x: x is None or _is_flax_variable(x))
 
 
 def zeros_like(tree: Any, dtype: jax.typing.DTypeLike | None = None) -> Any:

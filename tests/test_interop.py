@@ -20,8 +20,8 @@ Y = jnp.sin(X.sum(axis=1, keepdims=True))
 OPTAX_SM3 = lambda: optax.sm3(1e-2)  # noqa: E731  its state's structure changes inside nnx.Optimizer (ours does not)
 
 
-def _train_nnx(tx, steps=10, same_structure=True, **extra):
-    model = MLP(nnx.Rngs(0))
+def _train_nnx(tx, steps=10, same_structure=True, model=None, **extra):
+    model = MLP(nnx.Rngs(0)) if model is None else model
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     fresh = jax.tree.structure(nnx.state(optimizer))
 
@@ -117,6 +117,48 @@ def test_state_keeps_flax_variable_metadata():
     state = jz.adam(1e-3).init(params)
     leaves = jax.tree.leaves(state[0].mu, is_leaf=lambda x: isinstance(x, nnx.Variable))
     assert leaves and all(isinstance(x, nnx.Param) for x in leaves)
+
+
+class _Annotated(nnx.Module):
+    """MLP's layers with sharding names on their params (``nnx.with_partitioning``), as a model laid out on a mesh."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        named = lambda init, names: nnx.with_partitioning(init, names)  # noqa: E731
+        kernel, bias = nnx.initializers.lecun_normal(), nnx.initializers.zeros_init()
+        self.hidden = nnx.Linear(5, 8, kernel_init=named(kernel, (None, "y")), bias_init=named(bias, ("y",)), rngs=rngs)
+        self.out = nnx.Linear(8, 1, kernel_init=named(kernel, (None, None)), bias_init=named(bias, (None,)), rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(jax.nn.tanh(self.hidden(x)))
+
+
+RESHAPED_STATE = {  # state leaves not shaped like their params: factors, scalars, histories, projections
+    "adafactor": lambda: jz.adafactor(1e-2, min_dim_size_to_factor=4),
+    "torch.adafactor": lambda: jz.torch.adafactor(1e-2),
+    "novograd": lambda: jz.novograd(1e-2),
+    "lbfgs": lambda: jz.lbfgs(0.1, memory_size=3, linesearch=None),
+    "galore": lambda: jz.galore(1e-2, rank=2),
+}
+
+
+@pytest.mark.parametrize("axis_type", ["Explicit", "Auto"])
+@pytest.mark.parametrize("name", list(RESHAPED_STATE))
+def test_nnx_optimizer_of_a_model_annotated_for_a_mesh_keeps_reshaped_state_leaves_bare(name, axis_type):
+    # A state leaf built from a param inherited its Variable's sharding names, which Flax then laid it out by:
+    # nnx.Optimizer raised ("Sharding spec ('y',) ... does not evenly divide", Optax's too). Now it is a bare array,
+    # a moment shaped like its param keeps the param's Variable, and the steps are those of the unannotated model.
+    mesh = jax.make_mesh((2, 4), ("x", "y"), axis_types=(getattr(jax.sharding.AxisType, axis_type),) * 2,
+                         devices=jax.devices("cpu")[:8])
+    with jax.set_mesh(mesh):
+        sharded = _train_nnx(RESHAPED_STATE[name](), steps=3, model=_Annotated(nnx.Rngs(0)))
+    plain = _train_nnx(RESHAPED_STATE[name](), steps=3)
+    np.testing.assert_allclose(sharded[0], plain[0], rtol=1e-5)
+    for ours, expected in zip(jax.tree.leaves(sharded[1]), jax.tree.leaves(plain[1])):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(expected), rtol=1e-5, atol=1e-6)
+    variables = jax.tree.leaves(nnx.state(sharded[2]), is_leaf=lambda x: isinstance(x, nnx.Variable))
+    names = [v.get_metadata().get("out_sharding") for v in variables if isinstance(v, nnx.Variable)]
+    assert any(names)  # a state leaf shaped like its param keeps the param's names
+    assert all(len(n) == jnp.ndim(v.get_value()) for n, v in zip(names, variables) if n), names
 
 
 def test_linen_train_state_trains_like_optax():

@@ -17,6 +17,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import jaxopt_zoo as jz
+from jaxopt_zoo.sharding import gathered
 from tests import reference
 from tests.conftest import make_params
 
@@ -271,3 +272,31 @@ def test_shard_map_needs_whole_arrays():
     x = jax.device_put(jnp.ones(2 * jax.device_count()), jax.sharding.NamedSharding(mesh, P("data")))
     with pytest.raises(ValueError, match="torch.lbfgs: inside shard_map"):
         jax.jit(local)(x, x)
+
+
+def test_params_split_over_explicit_mesh_axes_step_as_on_one_device():
+    # The flat vector concatenated leaves laid out differently (P(None, 'y') raveled, P('y')), which JAX refuses on
+    # Explicit axes ("All operands should have the same sharding"): init raised, in nnx.Optimizer too. The vector is
+    # gathered now, and each update laid out like its param.
+    tx = jz.torch.lbfgs(max_iter=3, history_size=3)
+    w = jnp.asarray((1, 0, 0.5, 0), jnp.float32)
+    # The objective ravels the params: those split over Explicit axes are gathered first, as a user's would be.
+    value_fn = lambda p: objective(flat(jax.tree.map(lambda x: gathered(x)[0], p), jnp), 1, w)  # noqa: E731
+
+    def run(params, steps=3):
+        step = jax.jit(lambda p, s: tx.update(jax.grad(value_fn)(p), s, p, value=value_fn(p), value_fn=value_fn))
+        state = tx.init(params)
+        for _ in range(steps):
+            updates, state = step(params, state)
+            params = jz.apply_updates(params, updates)
+        return params
+
+    mesh = jax.make_mesh((2, 4), ("x", "y"), axis_types=(jax.sharding.AxisType.Explicit,) * 2,
+                         devices=jax.devices("cpu")[:8])
+    specs = {"dense": {"w": P(None, "y"), "b": P("y")}, "scale": P()}
+    with jax.set_mesh(mesh):
+        split = run(jax.tree.map(lambda x, s: jax.device_put(x, s), make_params(), specs))
+        assert jax.tree.map(lambda x: jax.typeof(x).sharding.spec, split) == specs
+    whole = run(make_params())
+    for ours, expected in zip(jax.tree.leaves(split), jax.tree.leaves(whole)):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(expected), rtol=1e-5, atol=1e-6)

@@ -161,9 +161,9 @@ def scale_by_factored_second_moment(
     def init(params):
         return ScaleByFactoredSecondMomentState(
             zero_count(),
-            jax.tree.map(lambda p: zeros(p, True, lambda x: jnp.sum(x, axis=-1, keepdims=True)), params),
-            jax.tree.map(lambda p: zeros(p, True, lambda x: jnp.sum(x, axis=-2, keepdims=True)), params),
-            jax.tree.map(lambda p: zeros(p, False, lambda x: x), params),
+            tree.map_reshaped(lambda p: zeros(p, True, lambda x: jnp.sum(x, axis=-1, keepdims=True)), params),
+            tree.map_reshaped(lambda p: zeros(p, True, lambda x: jnp.sum(x, axis=-2, keepdims=True)), params),
+            tree.map_reshaped(lambda p: zeros(p, False, lambda x: x), params),
         )
 
     def leaf(count, g, r, c, v):
@@ -449,8 +449,7 @@ def scale_by_factored_rms(
         return _Leaf(unused(), without(largest), without(second), unused())
 
     def init(params):
-        leaves = jax.tree.map(init_leaf, params)
-        field = lambda name: jax.tree.map(lambda o: getattr(o, name), leaves)
+        field = lambda name: tree.map_reshaped(lambda p: getattr(init_leaf(p), name), params)
         return FactoredState(zero_count(), field("row_var"), field("col_var"), field("variance"))
 
     def leaf(count, g, r, c, v):

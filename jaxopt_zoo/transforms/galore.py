@@ -281,8 +281,8 @@ def scale_by_galore(
         def low_rank_stand_in(p, view):  # what the base optimizer is initialised on
             return jnp.zeros_like(p) if view is None else jnp.zeros(view.low_rank_shape, p.dtype)
 
-        projectors = jax.tree.map(projector, params, views, is_leaf=tree.is_none)
-        stand_ins = jax.tree.map(low_rank_stand_in, params, views, is_leaf=tree.is_none)
+        projectors = tree.map_reshaped(projector, params, views)
+        stand_ins = tree.map_reshaped(low_rank_stand_in, params, views)
         return GaLoreState(zero_count(), base.init(stand_ins), projectors)
 
     def update(updates, state, params=None, **extra_args):

@@ -120,7 +120,7 @@ def scale_by_novograd(
     decays = not validation.is_literal_zero(weight_decay)
 
     def init(params):
-        nu = jax.tree.map(lambda p: jnp.zeros((), tree.moment_dtype(p.dtype)), params)
+        nu = tree.map_reshaped(lambda p: jnp.zeros((), tree.moment_dtype(p.dtype)), params)
         return ScaleByNovogradState(zero_count(), tree.moments_like(params), nu)
 
     def second_moment(first, g, v):

@@ -14,7 +14,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxopt_zoo import tree, validation
+from jaxopt_zoo import sharding, tree, validation
 from jaxopt_zoo.base import GradientTransformation, check_state, safe_increment, zero_count
 from jaxopt_zoo.sharding import require_whole_arrays
 
@@ -182,7 +182,9 @@ class _Flat:
         self.scalar_dtype = jnp.promote_types(self.dtype, jnp.float32)
 
     def ravel(self, leaves):
-        parts = [jnp.ravel(x).astype(self.dtype) for x in leaves]
+        # Leaves split over Explicit mesh axes are gathered: JAX concatenates only parts laid out alike (the
+        # vector and its history are whole on every device; unravel lays each piece out like its leaf again).
+        parts = [jnp.ravel(sharding.gathered(jnp.asarray(x))[0]).astype(self.dtype) for x in leaves]
         return jnp.concatenate(parts) if parts else jnp.zeros((0,), self.dtype)
 
     def unravel(self, flat, like=None):
@@ -190,7 +192,8 @@ class _Flat:
         for leaf, keep in zip(self.leaves, like or self.leaves):
             size = jnp.size(leaf)
             piece = flat[offset: offset + size].reshape(jnp.shape(leaf)).astype(jnp.result_type(leaf))
-            out.append(None if keep is None else piece)
+            layout = sharding.explicit_layout(leaf)
+            out.append(None if keep is None else piece if layout is None else jax.sharding.reshard(piece, layout))
             offset += size
         return jax.tree.unflatten(self.treedef, out)
 
@@ -241,7 +244,9 @@ def torch_lbfgs(
 
     How it is stored: the parameter tree is flattened into one vector of the
     params' dtype (float32 for float16), in ``jax.tree.leaves`` order, as
-    PyTorch concatenates ``p.grad.view(-1)``. The history is two
+    PyTorch concatenates ``p.grad.view(-1)`` (params split over Explicit mesh
+    axes are gathered for it: the vector and its history are whole on every
+    device, and each update is laid out like its param). The history is two
     ``(history_size, n)`` ring buffers allocated at ``init`` (PyTorch grows its
     lists up to that size), so the state has a fixed shape and the step jits.
     There are no ``*_dtype`` storage options: the curvature pairs enter the

@@ -300,7 +300,7 @@ def scale_by_lbfgs(
             # A leading axis of length m on every leaf, built from the param so it keeps the param's sharding;
             # a new buffer for each memory, so that the state can be donated.
             # Differences of an integer or bool param are float32, as its gradients are.
-            return jax.tree.map(
+            return tree.map_reshaped(
                 lambda p: jnp.broadcast_to(jnp.zeros_like(p, dtype=_gradient_dtype(p)), (memory_size,) + jnp.shape(p)),
                 params,
             )
