@@ -295,9 +295,11 @@ def apply_updates(params: Params, updates: Updates) -> Params:
     """Return ``params + updates`` leaf by leaf, keeping each param's dtype.
 
     :math:`\\theta_{t+1} = \\theta_t + u_t`. A ``None`` update leaves its
-    parameter unchanged (Optax raises there); a ``None`` parameter stays ``None``.
-    Updates whose tree or leaf shapes differ from the params raise a
-    ``ValueError`` naming the paths (nothing is broadcast).
+    parameter unchanged (Optax raises there). An update for a ``None``
+    parameter raises, naming its path (Optax drops it: a gradient the user's
+    filtering let through would vanish unseen). Updates whose tree or leaf
+    shapes differ from the params raise a ``ValueError`` naming the paths
+    (nothing is broadcast).
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz

@@ -153,17 +153,25 @@ def check_same_structure(owner: str, updates: Any, other: Any, other_name: str) 
 
     ``other`` is a per-parameter tree the transformation pairs with the updates
     (a moment in its state, or the params). Both the tree structure and each
-    leaf's shape must agree (``None`` leaves match anything), so a gradient
-    never broadcasts into a state or parameter of another shape. The check runs
-    at trace time only.
+    leaf's shape must agree, so a gradient never broadcasts into a state or
+    parameter of another shape. A ``None`` update matches anything; an update
+    where ``other`` holds ``None`` (a param that was ``None`` when the state was
+    built, e.g. filtered out by ``eqx.filter``, that now has a gradient) raises.
+    The check runs at trace time only.
     """
     ours = jax.tree.structure(updates, is_leaf=is_none)
     theirs = jax.tree.structure(other, is_leaf=is_none)
     if ours == theirs:
-        shapes = [
-            None if u is None or o is None else (jnp.shape(u), jnp.shape(o))
-            for u, o in zip(jax.tree.leaves(updates, is_leaf=is_none), jax.tree.leaves(other, is_leaf=is_none))
-        ]
+        pairs = list(zip(jax.tree.leaves(updates, is_leaf=is_none), jax.tree.leaves(other, is_leaf=is_none)))
+        unexpected = [path for path, (u, o) in zip(_paths(updates), pairs) if u is not None and o is None]
+        if unexpected:
+            raise ValueError(
+                f"{owner}: the updates have arrays at {_listing(unexpected)}, where {other_name} is None (a leaf "
+                "left out of the params, e.g. by eqx.filter, when the state was built). Give those leaves None "
+                "updates too (filter the gradients as the params were: eqx.filter(grads, eqx.is_array)), or build "
+                "the state from params that have them."
+            )
+        shapes = [None if u is None else (jnp.shape(u), jnp.shape(o)) for u, o in pairs]
         if all(pair is None or pair[0] == pair[1] for pair in shapes):
             return
         wrong = [f"{path} {pair[0]} vs {pair[1]}" for path, pair in zip(_paths(updates), shapes) if pair and pair[0] != pair[1]]

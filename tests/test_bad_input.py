@@ -659,3 +659,19 @@ def test_a_one_element_array_hyperparameter_is_asked_for_as_a_scalar():
         jz.torch.adam(lr=jnp.asarray([0.1]))
     with pytest.raises(ValueError, match=r"adam: b1 must be a scalar .* shape \(1, 1\)"):
         jz.adam(1e-3, b1=np.full((1, 1), 0.9))
+
+
+@pytest.mark.parametrize("make", [lambda: jz.adamw(1e-2), lambda: jz.sgd(0.1, momentum=0.9), lambda: jz.lion(1e-3),
+                                  lambda: jz.MultiSteps(jz.adam(1e-2), 2), lambda: jz.sgd(0.1)],
+                         ids=["adamw", "momentum", "lion", "MultiSteps", "sgd"])
+def test_an_update_where_the_state_was_built_with_a_none_param_names_its_path(make):
+    # Equinox's filtered models: a leaf left out (None) when the state was built, given a gradient later, failed
+    # with "unsupported operand type(s) for *: 'float' and 'NoneType'" (Optax's too), or plain SGD dropped it.
+    params = {"w": jnp.ones(3), "p": None}
+    tx = make()
+    state = tx.init(params)
+    with pytest.raises(ValueError, match=r"the updates have arrays at \['p'\], where .* is None .*eqx\.filter"):
+        updates, _ = tx.update({"w": jnp.ones(3), "p": jnp.asarray(0.0)}, state, params)
+        jz.apply_updates(params, updates)
+    updates, _ = tx.update({"w": jnp.ones(3), "p": None}, state, params)  # filtered as the params were: fine
+    assert updates["p"] is None and jz.apply_updates(params, updates)["p"] is None

@@ -288,7 +288,9 @@ def scale_by_galore(
     def update(updates, state, params=None, **extra_args):
         del params
         shapeless = lambda t: jax.tree.map(lambda x: None if x is None else 0, t, is_leaf=tree.is_none)
-        tree.check_same_structure(owner, shapeless(updates), shapeless(state.projector), "state.projector")
+        # A None projector is a leaf not projected (a None param's own None is checked by the base optimizer).
+        projected = jax.tree.map(lambda x: 0, state.projector, is_leaf=tree.is_none)
+        tree.check_same_structure(owner, shapeless(updates), projected, "state.projector")
         views = _views(owner, _dimension_numbers(weight_dimension_numbers, updates), updates, rank)
         matrices = jax.tree.map(lambda g, view: None if view is None else g, updates, views, is_leaf=tree.is_none)
         require_whole_arrays(owner, matrices)
