@@ -5,6 +5,7 @@ and plumbing: ``with_extra_args_support``, ``tree_map_params``."""
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -154,7 +155,15 @@ def _select(mask_tree: Any, tree: Any, owner: str = "masked", what: str = "mask"
         raise ValueError(f"{owner}: the {what} must have the params' structure (or a prefix of it): {error}") from None
 
 
-def masked(inner: GradientTransformation, mask: Any | Callable[[Params], Any]) -> GradientTransformation:
+def _select_extra_args(extra_args: dict, updates: Any, mask_tree: Any, owner: str) -> dict:
+    # Optax's rule: an extra argument with the updates' tree structure is masked like them.
+    structure = jax.tree.structure(updates)
+    return {k: _select(mask_tree, v, owner) if jax.tree.structure(v) == structure else v for k, v in extra_args.items()}
+
+
+def masked(
+    inner: GradientTransformation, mask: Any | Callable[[Params], Any], *, mask_compatible_extra_args: bool = False
+) -> GradientTransformation:
     """Apply ``inner`` only where ``mask`` is ``True``; other updates pass unchanged.
 
     :math:`u_i = f(g)_i` where :math:`\\text{mask}_i`, else :math:`u_i = g_i`.
@@ -162,14 +171,16 @@ def masked(inner: GradientTransformation, mask: Any | Callable[[Params], Any]) -
 
     A callable mask is applied to the params (to the updates only when
     ``update`` gets no params), so ``None`` update leaves do not change the
-    mask. Deviations from Optax: Optax applies it to the updates; Optax's
-    ``mask_compatible_extra_args`` is not supported yet (extra args reach
-    ``inner`` unmasked).
+    mask. Deviation from Optax: Optax applies it to the updates.
 
     Args:
         inner: the transformation to apply to the selected leaves.
         mask: a tree of bools with the params' structure (or a prefix of it),
             or a callable that builds one from the params.
+        mask_compatible_extra_args: also mask each extra argument of ``update``
+            whose tree structure is the updates' (a gradient passed as
+            ``grad=``, per-parameter tags), as Optax does; others (a
+            ``value``, a ``value_fn``) reach ``inner`` as they are.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -185,6 +196,8 @@ def masked(inner: GradientTransformation, mask: Any | Callable[[Params], Any]) -
         check_state("masked", state, MaskedState)
         mask_tree = _mask_tree(mask, updates if params is None else params)
         selected_params = None if params is None else _select(mask_tree, params)
+        if mask_compatible_extra_args:
+            extra_args = _select_extra_args(extra_args, updates, mask_tree, "masked")
         new, inner_state = inner.update(_select(mask_tree, updates), state.inner_state, selected_params, **extra_args)
         merged = jax.tree.map(lambda keep, n, old: n if keep else old, mask_tree, new, updates)
         return merged, MaskedState(inner_state)
@@ -213,7 +226,10 @@ class PartitionState(NamedTuple):
 
 
 def partition(
-    transforms: dict[Any, GradientTransformation], param_labels: Any | Callable[[Params], Any]
+    transforms: Mapping[Any, GradientTransformation],
+    param_labels: Any | Callable[[Params], Any],
+    *,
+    mask_compatible_extra_args: bool = False,
 ) -> GradientTransformation:
     """Apply a different transformation to each group of parameters: :math:`u_i = f_{\\ell(i)}(g)_i`.
 
@@ -224,13 +240,15 @@ def partition(
         transforms: label -> transformation.
         param_labels: a tree of labels with the params' structure (or a prefix
             of it), or a callable building one from the params.
+        mask_compatible_extra_args: give each group its own leaves of every
+            extra argument shaped like the updates (see :func:`masked`).
 
     Example:
         >>> import jax, jaxopt_zoo as jz
         >>> labels = lambda params: jax.tree.map(lambda p: "decay" if p.ndim > 1 else "plain", params)
         >>> tx = jz.partition({"decay": jz.adamw(1e-3), "plain": jz.adam(1e-3)}, labels)
     """
-    if not isinstance(transforms, dict) or not transforms:
+    if not isinstance(transforms, Mapping) or not transforms:
         raise ValueError(f"partition: transforms must be a non-empty dict of label -> transformation, got {transforms!r}.")
     members = {label: as_transformation("partition", tx) for label, tx in transforms.items()}
 
@@ -246,7 +264,8 @@ def partition(
         return labels
 
     def group(labels: Any, label: Any) -> GradientTransformation:
-        return masked(members[label], jax.tree.map(lambda x: x == label, labels))
+        return masked(members[label], jax.tree.map(lambda x: x == label, labels),
+                      mask_compatible_extra_args=mask_compatible_extra_args)
 
     def init(params):
         labels = labels_for(params)

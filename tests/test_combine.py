@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 
 import jaxopt_zoo as jz
 from jaxopt_zoo.base import init_empty_state
-from tests.conftest import assert_trees_equal, make_params, run_ours, run_together
+from tests.conftest import assert_trees_close, assert_trees_equal, make_params, run_ours, run_together
 
 MASK = {"dense": {"w": True, "b": False}, "scale": True}
 
@@ -251,3 +253,23 @@ def test_freeze_and_set_to_zero():
     assert_trees_equal(frozen, theirs)
     updates, _ = jz.set_to_zero().update(params, jz.EmptyState())
     assert all(float(jnp.max(jnp.abs(u))) == 0.0 for u in jax.tree.leaves(updates))
+
+
+def test_partition_masks_extra_args_shaped_like_the_updates_when_asked_as_optax_does():
+    # Optax issue 1649: a line search in one group got the whole tree's grad= (its dot with the group's own
+    # direction failed: "dot_general requires contracting dimensions to have the same shape"); the keyword did
+    # not exist here. value= and value_fn= are not shaped like the updates and reach the group as they are.
+    params = {"l1": {"w": jnp.zeros((5, 6)), "b": jnp.zeros(5)}, "l2": {"w": jnp.zeros((6, 1)), "b": jnp.zeros(1)}}
+    grads = jax.tree.map(lambda p: jnp.linspace(0.5, 1.5, p.size).reshape(p.shape), params)
+    labels = {"l1": {"w": "w", "b": "b"}, "l2": {"w": "w", "b": "b"}}
+    results = []
+    for lib in (jz, optax):
+        tx = lib.partition(types.MappingProxyType({"w": lib.adam(1.0), "b": lib.chain(
+            lib.sgd(1.0), lib.scale_by_backtracking_linesearch(max_backtracking_steps=2))}), labels,
+            mask_compatible_extra_args=True)
+        state = tx.init(params)
+        for _ in range(2):
+            updates, state = tx.update(grads, state, params, value=jnp.asarray(0.0), grad=grads,
+                                       value_fn=lambda p: jnp.asarray(0.0))
+        results.append(updates)
+    assert_trees_close(results[0], results[1], rtol=1e-6)  # eagerly: Adam's rounding differs by an ulp
