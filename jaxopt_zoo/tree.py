@@ -250,14 +250,14 @@ def update_infinity_moment(updates: Any, moments: Any, decay: jax.typing.ArrayLi
     return map_state(lambda g, u: jnp.maximum(jnp.abs(widen(g)) + eps, decay * u), updates, moments)
 
 
-def bias_correction(moments: Any, decay: jax.typing.ArrayLike, count: jax.Array) -> Any:
+def bias_correction(moment: Any, decay: jax.typing.ArrayLike, count: jax.Array) -> Any:
     """Divide each moment by :math:`1 - \\beta^t`, with the scalar computed once per step.
 
     The scalar is formed in float32 (or wider) and only then cast to each
     moment's dtype, since :math:`\\beta^t` rounds to 1 in bfloat16.
     """
     correction = 1 - decay**count
-    return jax.tree.map(lambda m: None if m is None else m / correction.astype(m.dtype), moments, is_leaf=is_none)
+    return jax.tree.map(lambda m: None if m is None else m / correction.astype(m.dtype), moment, is_leaf=is_none)
 
 
 def is_function_of_params(x: Any) -> bool:
@@ -330,14 +330,14 @@ def _divide_with_finite_slope_jvp(primals, tangents):
     return n / d, dn / safe - (n / safe) * (dd / safe)
 
 
-def global_norm(tree: Any, axis_name: AxisName = None, owner: str = "global_norm") -> jax.Array:
+def global_norm(updates: Any, axis_name: AxisName = None, owner: str = "global_norm") -> jax.Array:
     """The Euclidean norm of all leaves taken together: :math:`\\sqrt{\\sum_i \\|x_i\\|^2}`.
 
     Inside ``shard_map``, ``axis_name`` names the mesh axes the leaves may be
     sharded over; each leaf's sum of squares is summed over those of them it
     varies along (see :mod:`jaxopt_zoo.sharding`).
     """
-    leaves = [x for x in jax.tree.leaves(tree) if x is not None]
+    leaves = [x for x in jax.tree.leaves(updates) if x is not None]
     return root(sum_over_shards(owner, ((jnp.sum(abs_sq(x)), x) for x in leaves), axis_name))
 
 

@@ -3,6 +3,7 @@ aside)."""
 
 from __future__ import annotations
 
+import inspect
 import types
 
 import optax
@@ -58,3 +59,40 @@ def test_every_contrib_name_is_in_jz_contrib_and_is_the_flat_name():
     assert not missing, f"missing from jaxopt_zoo.contrib: {missing}"
     assert all(getattr(jz.contrib, name) is getattr(jz, name) for name in names)
     assert sorted(jz.contrib.__all__, key=str.lower) == sorted(names, key=str.lower)
+
+
+def _same_default(theirs, ours) -> bool:
+    if theirs is inspect.Parameter.empty or ours is inspect.Parameter.empty:
+        return theirs is ours  # required in both, or optional in both
+    if isinstance(theirs, bool) or isinstance(ours, bool):
+        return theirs is ours
+    if isinstance(theirs, (int, float, str, type(None))):
+        return theirs == ours
+    return True  # a function, an enum of the other library, a transformation: equal in role, not in identity
+
+
+@pytest.mark.parametrize(
+    "namespace", [optax, optax.schedules, optax.transforms, optax.contrib], ids=lambda m: m.__name__
+)
+def test_every_optax_argument_is_taken_by_its_name_with_the_same_default(namespace):
+    # "Arguments and defaults are the same" (docs/guides/switching_from_optax.md): a call by keyword written for
+    # Optax must work here. partition/masked lacked mask_compatible_extra_args, bias_correction took moments=
+    # (Optax: moment=), global_norm tree= (Optax: updates=), and scale_by_learning_rate required its rate.
+    wrong = []
+    for name in required(namespace):
+        theirs, ours = getattr(namespace, name), getattr(jz, name)
+        if isinstance(theirs, (type, types.ModuleType)) or not callable(theirs):
+            continue
+        try:
+            their_parameters, our_parameters = (inspect.signature(f).parameters for f in (theirs, ours))
+        except (TypeError, ValueError):  # no signature to read (a builtin)
+            continue
+        for parameter in their_parameters.values():
+            if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD, parameter.POSITIONAL_ONLY):
+                continue
+            ours_ = our_parameters.get(parameter.name)
+            if ours_ is None:
+                wrong.append(f"{name}({parameter.name}=...) is not taken")
+            elif not _same_default(parameter.default, ours_.default):
+                wrong.append(f"{name}({parameter.name}): default {parameter.default!r} here {ours_.default!r}")
+    assert not wrong, wrong
