@@ -242,6 +242,12 @@ def scale_by_acprop(
     convergence guarantee); the moments are AdaBelief's (:func:`scale_by_belief`), the first moment
     serving only to centre the second. For complex gradients the square is :math:`|g_t - m_t|^2`.
 
+    A coordinate whose gradients so far were (nearly) constant has :math:`s_{t-1}` near
+    :math:`\bar\varepsilon`, so a gradient that then changes there is divided by about
+    :math:`\sqrt{\bar\varepsilon}`: a step of many times the learning rate (on Rosenbrock from a
+    point where one gradient entry is 0, a loss of ~1 rose to ~10^4 at step 3, in Optax too, Optax
+    issue 1132). It is the rule's, not rounding; a larger ``eps`` bounds it.
+
     Differences from ``optax.contrib.scale_by_acprop`` (whose state is also a ``ScaleByBeliefState``):
     Optax centres the gradient on the *previous* mean, :math:`(g_t - m_{t-1})^2`, against its own
     docstring's formula, the paper and the authors' code (``grad - exp_avg`` after ``exp_avg`` took

@@ -4,9 +4,10 @@ A weight matrix's gradient :math:`G \\in \\mathbb{R}^{m \\times n}` is projected
 onto the span of its top :math:`r` singular vectors, a base optimizer (Adam by
 default) keeps its moments in that :math:`r`-dimensional space, and its output
 is projected back. The projector is refreshed from an SVD every
-``update_proj_gap`` steps, so the moments cost :math:`r \\max(m, n)` numbers
-instead of :math:`mn`. Leaves that are not matrices go to the base optimizer
-unprojected.
+``update_proj_gap`` steps, so the moments cost :math:`r \\min(m, n)` numbers
+instead of :math:`mn` (the shorter side is kept, as in Optax; see
+:func:`scale_by_galore` for how this differs from the paper). Leaves that are
+not matrices go to the base optimizer unprojected.
 
     >>> import jaxopt_zoo as jz
     >>> tx = jz.galore(1e-3, rank=64, update_proj_gap=200)
@@ -210,6 +211,17 @@ def scale_by_galore(
     of the tree returns such a tree. ``base_optimizer`` sees ``params=None``: use
     one that does not read the params (``scale_by_adam``, ``scale_by_lion``, ...),
     and put weight decay after this transformation (see :func:`jaxopt_zoo.galore`).
+
+    Deviation from the paper's Algorithm 2 and its official code (the default
+    ``"std"`` projector), as in Optax: the side projected away is the longer
+    one. Here a tall :math:`G` (:math:`m \\ge n`) becomes :math:`P^\\top G`,
+    :math:`k \\times n`, and the base optimizer's moments cost
+    :math:`k \\min(m, n)` numbers; there it becomes :math:`G V_{:, :k}`,
+    :math:`m \\times k`, at :math:`k \\max(m, n)` (the official code's
+    ``"reverse_std"`` is the rule here). At a refresh both keep the same
+    rank-:math:`k` part of :math:`G`, but an elementwise base optimizer (Adam)
+    normalises other coordinates (:math:`k \\times n` here, :math:`m \\times k`
+    there), so the updates differ.
 
     Under ``jax.jit`` the SVD runs only at a refresh step: it sits in one branch
     of a ``lax.cond``, the other keeps :math:`P`. (Under ``vmap`` over the state
