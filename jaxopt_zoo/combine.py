@@ -21,6 +21,7 @@ from jaxopt_zoo.base import (
     check_state,
     set_to_zero,
 )
+from jaxopt_zoo import validation
 from jaxopt_zoo.sharding import explicit_layout, gathered
 from jaxopt_zoo.tree import is_function_of_params, is_none, is_params_placeholder, map_params, params_placeholder
 
@@ -68,6 +69,8 @@ def chain(*transformations: GradientTransformation) -> GradientTransformation:
     members = [as_transformation("chain", t) for t in transformations]
 
     def init(params):
+        if not is_params_placeholder(params):
+            validation.array_leaves("init", params)
         return tuple(member.init(params) for member in members)
 
     def update(updates, state, params=None, **extra_args):

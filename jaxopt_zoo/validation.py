@@ -297,6 +297,20 @@ def require_params(owner: str, params: Any) -> None:
         raise ValueError(f"{owner} needs the parameters: call update(updates, state, params) with params.")
 
 
+def array_leaves(owner: str, params: Any) -> None:
+    """Raise naming the first params leaf that is neither an array, a number nor ``None`` (a function, a string:
+    an Equinox model not filtered to its arrays), which would otherwise fail deep inside ``init``."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(params, is_leaf=lambda x: x is None)
+    for path, leaf in leaves:
+        if leaf is None or (hasattr(leaf, "shape") and hasattr(leaf, "dtype")) or isinstance(leaf, (int, float, complex)):
+            continue
+        raise TypeError(
+            f"{owner}: the params leaf at {jax.tree_util.keystr(path) or '<root>'} is {type(leaf).__name__} "
+            f"{leaf!r:.80}, not an array. Initialise on the array leaves only (with Equinox: "
+            "eqx.filter(model, eqx.is_array))."
+        )
+
+
 def axis_name(owner: str, value: Any) -> tuple[str, ...] | None:
     """``axis_name`` as ``None`` or a tuple of mesh axis names; anything else raises naming ``owner``."""
     if value is None:

@@ -675,3 +675,14 @@ def test_an_update_where_the_state_was_built_with_a_none_param_names_its_path(ma
         jz.apply_updates(params, updates)
     updates, _ = tx.update({"w": jnp.ones(3), "p": None}, state, params)  # filtered as the params were: fine
     assert updates["p"] is None and jz.apply_updates(params, updates)["p"] is None
+
+
+def test_init_on_a_tree_with_a_function_leaf_names_its_path():
+    # An Equinox model not filtered to its arrays: "Cannot determine dtype of <custom_jvp object>" from inside
+    # init, naming neither the leaf nor the fix (Optax: "zeros_like requires ndarray or scalar arguments").
+    params = {"layers": [{"w": jnp.ones((2, 2)), "act": jax.nn.relu}], "scale": 1.0, "frozen": None}
+    for tx in (jz.adamw(1e-2), jz.sgd(0.1, momentum=0.9), jz.lion(1e-3)):
+        with pytest.raises(TypeError, match=r"^init: the params leaf at \['layers'\]\[0\]\['act'\] is custom_jvp .*"
+                                            r"eqx\.filter\(model, eqx\.is_array\)"):
+            tx.init(params)
+    jz.adamw(1e-2).init({"layers": [{"w": jnp.ones((2, 2))}], "scale": 1.0, "frozen": None})  # arrays, numbers, None
