@@ -197,10 +197,10 @@ def _muon_run(ns_method, dtype, steps=4, **options):
     params = {"wide": jnp.asarray(rng.normal(size=(4, 12)), dtype), "tall": jnp.asarray(rng.normal(size=(10, 3)), dtype),
               "square": jnp.asarray(rng.normal(size=(4, 5)), dtype)}
     tx = jz.scale_by_muon(ns_method=ns_method, **options)
-    state, outputs = tx.init(params), []
+    state, outputs, update = tx.init(params), [], jax.jit(tx.update)
     for t in range(steps):
         grads = jax.tree.map(lambda p: jnp.sin(p * (t + 1)), params)
-        updates, state = tx.update(grads, state)
+        updates, state = update(grads, state)
         outputs.append(updates)
     return outputs
 

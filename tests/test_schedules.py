@@ -118,7 +118,7 @@ CASES = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_matches_closed_form_and_optax(name):
     ours, theirs, closed_form = CASES[name][0](), CASES[name][1](), CASES[name][2]
-    jitted = jax.jit(ours)
+    jitted, theirs = jax.jit(ours), jax.jit(theirs)
     for t in STEPS:
         count = jnp.asarray(t, jnp.int32)
         value = float(jitted(count))

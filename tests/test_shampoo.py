@@ -510,13 +510,14 @@ def test_derivative_of_the_eigh_root_of_a_rank_deficient_statistic_is_central_di
 
     rng = np.random.default_rng(0)
     g, dg = rng.normal(size=(5, 2)), rng.normal(size=(5, 2))
-    root = lambda e: _eigh_root(jnp.asarray((g + e * dg) @ (g + e * dg).T)[None], 4, 1e-3)  # noqa: E731
-    _, tangent = jax.jvp(root, (0.0,), (1.0,))
+    # Jitted: eagerly each of the few dozen operations would compile apart.
+    root = jax.jit(lambda e: _eigh_root(jnp.asarray((g + e * dg) @ (g + e * dg).T)[None], 4, 1e-3))
+    _, tangent = jax.jit(lambda e, de: jax.jvp(root, (e,), (de,)))(0.0, 1.0)
     central = (root(1e-6) - root(-1e-6)) / 2e-6
     np.testing.assert_allclose(tangent, central, atol=1e-6 * float(jnp.max(jnp.abs(central))))
-    cotangent = jnp.asarray(rng.normal(size=(1, 5, 5)))
-    np.testing.assert_allclose(jax.grad(lambda e: jnp.sum(root(e) * cotangent))(0.0), jnp.sum(tangent * cotangent),
-                               rtol=1e-10)
+    cotangent = rng.normal(size=(1, 5, 5))
+    np.testing.assert_allclose(jax.jit(jax.grad(lambda e: jnp.sum(root(e) * cotangent)))(0.0),
+                               np.sum(tangent * cotangent), rtol=1e-10)
 
 
 def test_derivative_of_the_eigh_root_beside_a_distant_eigenvalue_is_finite_and_exact():
@@ -526,5 +527,6 @@ def test_derivative_of_the_eigh_root_beside_a_distant_eigenvalue_is_finite_and_e
     from jaxopt_zoo.transforms.shampoo import _floored_power
 
     values = np.asarray([1e-9, 0.5, 1.0], np.float32)
-    _, tangent = jax.jvp(lambda m: _floored_power(m, -0.25, 1e-12), (jnp.diag(values)[None],), (jnp.eye(3)[None],))
+    jvp = jax.jit(lambda m, dm: jax.jvp(lambda x: _floored_power(x, -0.25, 1e-12), (m,), (dm,)))
+    _, tangent = jvp(jnp.diag(values)[None], jnp.eye(3)[None])
     np.testing.assert_allclose(tangent[0], np.diag(-0.25 * values.astype(np.float64) ** -1.25), rtol=1e-5)

@@ -19,12 +19,15 @@ X = jnp.asarray([[3.0, -4.0, 0.5], [0.0, 1e-3, -2.0]])
 )
 def test_safe_norm_matches_optax_in_value_and_gradient(kwargs):
     rows = X.at[1].set(0.0)  # a zero row: its norm is below min_norm and its gradient must be 0, not NaN
-    for min_norm in (0.0, 1e-6, 3.0):
-        ours = jz.safe_norm(rows, min_norm, **kwargs)
-        assert_trees_equal(ours, optax.safe_norm(rows, min_norm, **kwargs))
-        grad = jax.grad(lambda x: jnp.sum(jz.safe_norm(x, min_norm, **kwargs)))(rows)
-        assert_trees_equal(grad, jax.grad(lambda x: jnp.sum(optax.safe_norm(x, min_norm, **kwargs)))(rows))
-    assert np.all(np.isfinite(jax.grad(lambda x: jnp.sum(jz.safe_norm(x, 1e-6, axis=1)))(rows)))
+
+    @jax.jit  # both libraries side by side in one program (eagerly, each operation would compile apart)
+    def values_and_gradients(x):
+        return [[(norm(x, min_norm, **kwargs), jax.grad(lambda y: jnp.sum(norm(y, min_norm, **kwargs)))(x))
+                 for norm in (jz.safe_norm, optax.safe_norm)] for min_norm in (0.0, 1e-6, 3.0)]
+
+    for ours, theirs in values_and_gradients(rows):
+        assert_trees_equal(ours, theirs)
+    assert np.all(np.isfinite(jax.jit(jax.grad(lambda x: jnp.sum(jz.safe_norm(x, 1e-6, axis=1))))(rows)))
 
 
 def test_safe_root_mean_squares_matches_optax_and_its_closed_form():
