@@ -298,7 +298,7 @@ GRAFTED = jz.chain(jz.graft(jz.scale_by_adam(), jz.scale_by_sign()), jz.scale(-0
 
 def test_graft_matches_the_float64_reference(x64):
     params = make_params(jnp.float64)
-    ours, _ = run_ours(GRAFTED, params, steps=20, jit=False)
+    ours, _ = run_ours(GRAFTED, params, steps=20)
     assert_trees_close(ours, run_reference(reference.graft_adam_sign(0.05), params, steps=20), rtol=1e-10)
 
 
