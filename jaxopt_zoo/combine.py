@@ -183,7 +183,9 @@ def masked(
         mask_compatible_extra_args: also mask each extra argument of ``update``
             whose tree structure is the updates' (a gradient passed as
             ``grad=``, per-parameter tags), as Optax does; others (a
-            ``value``, a ``value_fn``) reach ``inner`` as they are.
+            ``value``, a ``value_fn``) reach ``inner`` as they are (unless the
+            params are one bare array: then every array argument has their
+            structure and is masked too, as in Optax).
 
     Example:
         >>> import jaxopt_zoo as jz

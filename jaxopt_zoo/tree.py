@@ -96,13 +96,17 @@ def map_reshaped(fn: Callable[..., Any], params: Any, *rest: Any) -> Any:
     ``nnx.Optimizer`` raised for a model annotated with ``nnx.with_partitioning``, as
     Optax's do). Here ``fn`` gets each Variable's value (and ``rest``'s); a result
     shaped like that value stays in the Variable, any other is left bare (Flax keeps
-    it as the computation made it). ``None`` params are leaves too.
+    it as the computation made it). ``None`` params stay ``None``.
     """
 
     def leaf(p: Any, *others: Any) -> Any:
+        if p is None:
+            return None
         if not _is_flax_variable(p):
             return fn(p, *others)
         value = p.get_value()
+        if not hasattr(value, "shape"):  # a Variable holding a tree: map inside it, as jax.tree.map would
+            return jax.tree.map(fn, p, *others)
         result = fn(value, *(o.get_value() if _is_flax_variable(o) else o for o in others))
         same_shape = isinstance(result, jax.Array | jax.ShapeDtypeStruct) and jnp.shape(result) == jnp.shape(value)
         return jax.tree.map(lambda _: result, p) if same_shape else result

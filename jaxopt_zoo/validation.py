@@ -302,7 +302,8 @@ def array_leaves(owner: str, params: Any) -> None:
     an Equinox model not filtered to its arrays), which would otherwise fail deep inside ``init``."""
     leaves, _ = jax.tree_util.tree_flatten_with_path(params, is_leaf=lambda x: x is None)
     for path, leaf in leaves:
-        if leaf is None or (hasattr(leaf, "shape") and hasattr(leaf, "dtype")) or isinstance(leaf, (int, float, complex)):
+        if (leaf is None or (hasattr(leaf, "shape") and hasattr(leaf, "dtype")) or hasattr(leaf, "__jax_array__")
+                or isinstance(leaf, (int, float, complex))):
             continue
         raise TypeError(
             f"{owner}: the params leaf at {jax.tree_util.keystr(path) or '<root>'} is {type(leaf).__name__} "

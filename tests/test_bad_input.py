@@ -686,3 +686,19 @@ def test_init_on_a_tree_with_a_function_leaf_names_its_path():
                                             r"eqx\.filter\(model, eqx\.is_array\)"):
             tx.init(params)
     jz.adamw(1e-2).init({"layers": [{"w": jnp.ones((2, 2))}], "scale": 1.0, "frozen": None})  # arrays, numbers, None
+
+
+@pytest.mark.parametrize("name", ["adafactor", "torch.adafactor", "novograd", "lbfgs", "galore"])
+def test_optimizers_with_reshaped_state_take_none_params(name):
+    # Their inits build state leaves of another shape than the param (tree.map_reshaped), which once called the
+    # leaf's function on a None param ("zeros_like requires ndarray"); galore never took one.
+    from tests.test_interop import RESHAPED_STATE
+
+    params = {"w": jnp.ones((4, 6)), "frozen": None}
+    tx = RESHAPED_STATE[name]()
+    state = tx.init(params)
+    grads = {"w": jnp.full((4, 6), 0.5), "frozen": None}
+    updates, _ = tx.update(grads, state, params, value=jnp.asarray(1.0), grad=grads, value_fn=lambda p: 1.0)
+    assert updates["frozen"] is None and np.all(np.isfinite(np.asarray(updates["w"])))
+    with pytest.raises(ValueError, match=r"arrays at \['frozen'\]"):
+        tx.update({**grads, "frozen": jnp.asarray(0.0)}, state, params)

@@ -273,3 +273,19 @@ def test_partition_masks_extra_args_shaped_like_the_updates_when_asked_as_optax_
                                        value_fn=lambda p: jnp.asarray(0.0))
         results.append(updates)
     assert_trees_close(results[0], results[1], rtol=1e-6)  # eagerly: Adam's rounding differs by an ulp
+
+
+def test_masked_masks_only_the_extra_args_shaped_like_the_updates_when_asked():
+    seen = {}
+
+    def update(updates, state, params=None, **extra_args):
+        seen.update(extra_args)
+        return updates, state
+
+    inner = jz.GradientTransformationExtraArgs(init_empty_state, update)
+    params = {"w": jnp.ones(2), "b": jnp.zeros(3)}
+    for flag in (True, False):
+        tx = jz.masked(inner, {"w": True, "b": False}, mask_compatible_extra_args=flag)
+        tx.update(params, tx.init(params), params, grad=params, value=jnp.asarray(2.0))
+        assert isinstance(seen["grad"]["b"], jz.MaskedNode) is flag and seen["grad"]["w"] is params["w"]
+        assert float(seen["value"]) == 2.0

@@ -188,3 +188,11 @@ def test_linen_train_state_trains_like_optax():
     assert_trees_equal(ours.params, theirs.params)
     assert int(ours.step) == 10
     assert not np.allclose(jax.tree.leaves(ours.params)[0], jax.tree.leaves(params)[0])
+
+
+def test_reshaped_state_of_a_variable_holding_a_tree_is_built_inside_it():
+    # nnx.Param((a, b)): tree.map_reshaped once handed the whole tuple to novograd's leaf function.
+    params = nnx.State({"pair": nnx.Param((jnp.ones(3), jnp.ones((2, 2))))})
+    for name in ("novograd", "adafactor", "lbfgs"):
+        state = RESHAPED_STATE[name]().init(params)
+        assert len(jax.tree.leaves(state)) > 2, name

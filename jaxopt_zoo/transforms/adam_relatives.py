@@ -242,7 +242,7 @@ def scale_by_acprop(
     convergence guarantee); the moments are AdaBelief's (:func:`scale_by_belief`), the first moment
     serving only to centre the second. For complex gradients the square is :math:`|g_t - m_t|^2`.
 
-    A coordinate whose gradients so far were (nearly) constant has :math:`s_{t-1}` near
+    A coordinate whose gradients so far were (nearly) zero has :math:`s_{t-1}` near
     :math:`\\bar\\varepsilon`, so a gradient that then changes there is divided by about
     :math:`\\sqrt{\\bar\\varepsilon}`: a step of many times the learning rate (on Rosenbrock from a
     point where one gradient entry is 0, a loss of ~1 rose to ~10^4 at step 3, in Optax too, Optax
