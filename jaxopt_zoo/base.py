@@ -83,13 +83,22 @@ class GradientTransformation(NamedTuple):
     update: TransformUpdateFn
 
 
-class GradientTransformationExtraArgs(GradientTransformation):
+class _TakesExtraArgs(type):
+    # Every transformation of this library takes extra args: each is an instance, as Optax's chain and aliases
+    # are instances of Optax's GradientTransformationExtraArgs.
+    def __instancecheck__(cls, instance: Any) -> bool:
+        return isinstance(instance, GradientTransformation)
+
+
+class GradientTransformationExtraArgs(GradientTransformation, metaclass=_TakesExtraArgs):
     """A :class:`GradientTransformation` whose ``update`` takes ``**extra_args`` (Optax's name for it).
 
     Every transformation of this library already takes and ignores extra
-    keyword arguments, so this subclass adds nothing but the type: it exists so
-    that code written for Optax (``isinstance`` checks, annotations) runs
-    unchanged. :func:`~jaxopt_zoo.combine.with_extra_args_support` builds one
+    keyword arguments, so this subclass adds nothing but the type, and every
+    one of them is an instance of it (``isinstance(jz.adam(1e-3),
+    GradientTransformationExtraArgs)`` is ``True``, as for Optax's aliases): it
+    exists so that code written for Optax (``isinstance`` checks, annotations)
+    runs unchanged. :func:`~jaxopt_zoo.combine.with_extra_args_support` builds one
     from any transformation.
 
     Example:

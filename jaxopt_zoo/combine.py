@@ -137,7 +137,7 @@ class MaskedState(NamedTuple):
 
 def _as_static_bool(leaf: Any) -> bool:
     # Python/NumPy bools, and concrete JAX bool scalars; a traced mask cannot select leaves.
-    if isinstance(leaf, (bool, np.bool_)):
+    if isinstance(leaf, (bool, np.bool_)) or (isinstance(leaf, np.ndarray) and leaf.shape == () and leaf.dtype == bool):
         return bool(leaf)
     if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer) and leaf.shape == () and leaf.dtype == bool:
         return bool(leaf)

@@ -420,8 +420,7 @@ def map_params(initable: Any, fn: Callable[..., Any], state: Any, *rest: Any,
     hyperparameters); the latter pass through, or through ``transform_non_params``.
     ``rest`` are trees shaped like the params, passed to ``fn`` leaf by leaf.
     Transformations whose init calls a function of the params (``masked`` with
-    a callable mask, ``partition`` with callable labels) or needs a special
-    params type (``lookahead``) cannot be mapped. A moment whose storage keeps
+    a callable mask, ``partition`` with callable labels) cannot be mapped. A moment whose storage keeps
     codes rather than values (8-bit moments) reaches ``fn`` as its stored
     array; ``fn`` may move it (a sharding, a device) but must not change its
     dtype or shape, which would change what it decodes to: that raises.

@@ -461,6 +461,8 @@ def lookahead(
     fast_optimizer = as_transformation("lookahead", fast_optimizer)
 
     def init(params):
+        if tree.is_params_placeholder(params):  # tree.map_params finding the per-parameter parts of the state
+            return LookaheadState(fast_optimizer.init(params), zero_count())
         if not isinstance(params, LookaheadParams):
             raise ValueError(
                 "lookahead: params must be LookaheadParams(fast=..., slow=...); "

@@ -289,3 +289,19 @@ def test_masked_masks_only_the_extra_args_shaped_like_the_updates_when_asked():
         tx.update(params, tx.init(params), params, grad=params, value=jnp.asarray(2.0))
         assert isinstance(seen["grad"]["b"], jz.MaskedNode) is flag and seen["grad"]["w"] is params["w"]
         assert float(seen["value"]) == 2.0
+
+
+def test_a_zero_dimensional_numpy_bool_is_a_mask_leaf():
+    # Optax's freezing tests pass np.array(True): refused here as "not known before tracing" though it is concrete.
+    params = {"a": jnp.ones(2), "b": jnp.ones(3)}
+    tx = jz.masked(jz.sgd(0.5), {"a": np.array(True), "b": np.array(False)})
+    updates, _ = tx.update(params, tx.init(params), params)
+    np.testing.assert_array_equal(updates["a"], [-0.5, -0.5])
+    np.testing.assert_array_equal(updates["b"], [1.0, 1.0, 1.0])  # passed through unchanged
+
+
+def test_every_transformation_here_is_a_gradient_transformation_extra_args():
+    # Optax's chain and aliases are instances of its GradientTransformationExtraArgs, and Optax code checks it.
+    assert all(isinstance(tx, jz.GradientTransformationExtraArgs)
+               for tx in (jz.adam(1e-3), jz.chain(jz.scale(1.0)), jz.scale(2.0), jz.masked(jz.sgd(1.0), {"a": True})))
+    assert not isinstance(optax.scale(1.0), jz.GradientTransformationExtraArgs)

@@ -567,3 +567,12 @@ def test_wrapper_composes_with_seed_and_survives_serialization(wrapper, seed):
     trajectory = run(interrupted=True)
     assert_trees_equal(trajectory, run(interrupted=False))
     assert not np.allclose(np.asarray(trajectory[-1]["dense"]["w"]), np.asarray(make_params()["dense"]["w"]))
+
+
+def test_tree_map_params_maps_a_lookahead_state():
+    # Optax's lookahead_test maps its state: here init refused the placeholder ("params must be LookaheadParams").
+    params = {"x": jnp.asarray(3.0), "y": jnp.asarray([-3.0, 1.0])}
+    tx = jz.lookahead(jz.adam(0.1), sync_period=3, slow_step_size=0.5)
+    state = tx.init(jz.LookaheadParams.init_synced(params))
+    halved = jz.tree_map_params(tx, lambda x: x.astype(jnp.bfloat16), state)
+    assert halved.fast_state[0].mu["y"].dtype == jnp.bfloat16 and halved.fast_state[0].count.dtype == jnp.int32
