@@ -139,3 +139,12 @@ def test_float16_updates_are_float32_and_apply_updates_keeps_float16_params():
     stepped = jz.apply_updates(params, updates)
     assert stepped["w"].dtype == jnp.float16
     np.testing.assert_array_equal(stepped["w"], (params["w"].astype(jnp.float32) + updates["w"]).astype(jnp.float16))
+
+
+@pytest.mark.parametrize("name", ["momo", "momo_adam"])
+def test_bfloat16_updates_stay_bfloat16_where_the_step_scalars_are_float32(name):
+    # Optax's common test (test_preserve_dtype): MoMo's float32 Polyak step made bfloat16 updates float32.
+    params = jnp.asarray([1.0, 2.0], jnp.bfloat16)
+    tx = getattr(jz, name)(0.1)
+    updates, _ = tx.update(params * 2, tx.init(params), params, value=jnp.sum(params**2))
+    assert updates.dtype == jnp.bfloat16

@@ -117,6 +117,12 @@ def _hyperparameters(owner, learning_rate, lower_bound, weight_decay, adapt_lowe
     return 1.0 if learning_rate is None else learning_rate, validation.axis_name(owner, axis_name)
 
 
+def _in_update_dtype(step: jax.Array, g: jax.Array) -> jax.Array:
+    # The float32 step scalars must not widen a bfloat16 update (Optax's keep the gradient's dtype); float16
+    # gradients' updates are float32, as everywhere here.
+    return step.astype(tree.moment_dtype(jnp.result_type(g)))
+
+
 class MomoState(NamedTuple):
     """The gradients' moving average ``exp_avg`` (per parameter), the moving averages of the loss
     ``barf`` and of :math:`\\langle g, x\\rangle` ``gamma``, the loss lower bound ``lb`` and the step ``count``
@@ -232,7 +238,8 @@ def scale_by_momo(
         lb = _lower_bound_now(state, lower_bound, adapt_lower_bound)
         tau, shrink = _polyak_step(barf, gamma, iprod, norm_sq, lb, alpha, weight_decay, lower_bound, adapt_lower_bound)
         decay, momentum_step = alpha * weight_decay / shrink, tau / shrink
-        step = tree.map_updates(lambda g, d, x: -decay * x - momentum_step * d, updates, exp_avg, params)
+        step = tree.map_updates(lambda g, d, x: _in_update_dtype(-decay * x - momentum_step * d, g), updates, exp_avg,
+                                params)
         lb = _next_lower_bound(barf, gamma, iprod, norm_sq, tau, lb, lower_bound, adapt_lower_bound)
         return step, MomoState(exp_avg, *_as_before(state, barf, gamma, lb), safe_increment(count))
 
@@ -363,7 +370,8 @@ def scale_by_momo_adam(
         tau, shrink = _polyak_step(barf, gamma, iprod, norm_sq, lb, alpha, weight_decay, lower_bound,
                                    adapt_lower_bound, rho=bc1)
         decay, adam_step = alpha * weight_decay / shrink, tau / shrink
-        step = tree.map_updates(lambda g, d, dk, x: -decay * x - adam_step * d / dk, updates, exp_avg, precond, params)
+        step = tree.map_updates(lambda g, d, dk, x: _in_update_dtype(-decay * x - adam_step * d / dk, g), updates,
+                                exp_avg, precond, params)
         lb = _next_lower_bound(barf, gamma, iprod, norm_sq, tau, lb, lower_bound, adapt_lower_bound, rho=bc1)
         return step, MomoAdamState(exp_avg, exp_avg_sq, *_as_before(state, barf, gamma, lb), count)
 
