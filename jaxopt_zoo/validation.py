@@ -208,7 +208,9 @@ def optional_dtype(owner: str, name: str, value: Any) -> jnp.dtype | None:
 def state_dtype(owner: str, name: str, value: Any) -> Any:
     """A moment's storage: ``None``, a floating dtype of 16 bits or more, or a storage object (returned as it is).
 
-    A storage object is anything with ``create``, ``read`` and ``write`` and the boolean flags ``stochastic`` and
+    A complex dtype is read as its real precision (``complex64`` as ``float32``), Optax's way to keep a complex
+    param's moment complex: here a complex param's moment is complex at the precision asked for anyway, and a real
+    param's stays real (Optax would make it complex). A storage object is anything with ``create``, ``read`` and ``write`` and the boolean flags ``stochastic`` and
     ``encoded`` (see :mod:`jaxopt_zoo.storage`).
     """
     if not isinstance(value, type) and all(callable(getattr(value, m, None)) for m in ("create", "read", "write")):
@@ -225,6 +227,8 @@ def state_dtype(owner: str, name: str, value: Any) -> Any:
         dtype = None if value is None else jnp.dtype(value)
     except TypeError:
         raise ValueError(f"{owner}: {name} must be {hint}; got {value!r}.") from None
+    if dtype is not None and jnp.issubdtype(dtype, jnp.complexfloating):
+        return optional_dtype(owner, name, jnp.finfo(dtype).dtype)
     if dtype is not None and jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize == 1:
         raise ValueError(
             f"{owner}: {name}={dtype} has no per-block scale, so small moments would flush to zero; "

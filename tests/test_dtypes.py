@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import jaxopt_zoo as jz
@@ -148,3 +149,17 @@ def test_bfloat16_updates_stay_bfloat16_where_the_step_scalars_are_float32(name)
     tx = getattr(jz, name)(0.1)
     updates, _ = tx.update(params * 2, tx.init(params), params, value=jnp.sum(params**2))
     assert updates.dtype == jnp.bfloat16
+
+
+def test_a_complex_moment_dtype_is_its_real_precision_as_optax_users_write_it():
+    # Optax's test_explicit_dtype: mu_dtype=jnp.complex64 keeps a complex param's momentum complex there; here it
+    # was refused at construction. A real param's moment stays real (Optax would make it complex).
+    p = jnp.asarray([1.0 + 1.0j, 2.0 - 1.0j], jnp.complex64)
+    g = jnp.asarray([0.5 - 0.5j, 1.0 + 0.25j], jnp.complex64)
+    for ours, theirs in ((jz.adam(0.1, mu_dtype=jnp.complex64), optax.adam(0.1, mu_dtype=jnp.complex64)),
+                         (jz.sgd(0.1, 0.9, accumulator_dtype=jnp.complex64),
+                          optax.sgd(0.1, 0.9, accumulator_dtype=jnp.complex64))):
+        np.testing.assert_allclose(ours.update(g, ours.init(p), p)[0], theirs.update(g, theirs.init(p), p)[0],
+                                   rtol=1e-6)
+    real = jz.adam(0.1, mu_dtype=jnp.complex128).init(jnp.ones(2))
+    assert real[0].mu.dtype == jnp.float32  # float64 is not enabled: the real precision, canonicalised
