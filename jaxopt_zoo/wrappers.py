@@ -160,8 +160,8 @@ def inject_hyperparams(
     dtypes, and the updates are cast back to the gradients' dtype), so it is
     more accurate than the unwrapped optimizer, not equal to it. With float32
     params the trajectory equals the unwrapped one up to the rounding of a
-    hyperparameter array against a Python float. Stateful schedules are not
-    supported.
+    hyperparameter array against a Python float. A stateful schedule among the
+    arguments makes it :func:`inject_stateful_hyperparams`, as in Optax.
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
@@ -176,6 +176,8 @@ def inject_hyperparams(
     def build(*args, **kwargs) -> GradientTransformation:
         arguments = signature.bind(*args, **kwargs)
         arguments.apply_defaults()
+        if any(_is_stateful_schedule(v) for k, v in arguments.arguments.items() if k not in static):
+            return inject_stateful_hyperparams(inner_factory, static_args, hyperparam_dtype)(*args, **kwargs)
         schedules, numeric, other = _split_hyperparameters(signature, static, arguments.arguments, stateful=False)
         # Bad hyperparameters fail here, not at init; schedules are checked by their first value.
         inner_factory(**other, **numeric, **{k: f(zero_count()) for k, f in schedules.items()})

@@ -3,6 +3,8 @@ against the equivalent unwrapped computation, against Optax, under jit, through 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import flax.serialization
 import jax
 import jax.numpy as jnp
@@ -576,3 +578,29 @@ def test_tree_map_params_maps_a_lookahead_state():
     state = tx.init(jz.LookaheadParams.init_synced(params))
     halved = jz.tree_map_params(tx, lambda x: x.astype(jnp.bfloat16), state)
     assert halved.fast_state[0].mu["y"].dtype == jnp.bfloat16 and halved.fast_state[0].count.dtype == jnp.int32
+
+
+def test_inject_hyperparams_given_a_stateful_schedule_is_inject_stateful_hyperparams():
+    # As in Optax (its schedules tests): it called the schedule with the step count, "'ArrayImpl' object has no
+    # attribute 'total'".
+    class Total(NamedTuple):
+        total: jax.Array
+
+    class Accumulating:  # the rate is the sum of the addenda seen so far
+        def init(self):
+            return Total(jnp.zeros([], jnp.float32))
+
+        def update(self, state, **extra_args):
+            return Total(state.total + extra_args["addendum"])
+
+        def __call__(self, state, **extra_args):
+            return state.total
+
+    params = (jnp.ones(3),)
+    tx = jz.inject_hyperparams(jz.scale)(step_size=Accumulating())
+    state = tx.init(params)
+    for _ in range(2):
+        updates, state = tx.update(params, state, params, addendum=jnp.float32(0.3))
+    assert isinstance(state, jz.InjectStatefulHyperparamsState)
+    np.testing.assert_allclose(updates[0], 0.3 * np.ones(3), rtol=1e-6)  # the second step's rate, 0.3
+    np.testing.assert_allclose(state.hyperparams["step_size"], 0.3, rtol=1e-6)
