@@ -645,3 +645,17 @@ def sgdr_schedule(cosine_kwargs: Iterable[Mapping[str, jax.typing.ArrayLike]]) -
     if not schedules:
         raise ValueError(f"{owner}: cosine_kwargs must hold at least one cycle, got none.")
     return join_schedules(schedules, boundaries[:-1])
+
+
+# optax.schedules also holds inject_hyperparams and its kin (jaxopt_zoo.wrappers here, and the top level): found here
+# too, so that optax.schedules.X is jz.schedules.X. Looked up when asked for: wrappers imports this module.
+_AT_THE_TOP_LEVEL = frozenset({"InjectHyperparamsState", "InjectStatefulHyperparamsState", "StatefulSchedule",
+                               "WrappedSchedule", "inject_hyperparams", "inject_stateful_hyperparams"})
+
+
+def __getattr__(name: str):
+    if name in _AT_THE_TOP_LEVEL:
+        import jaxopt_zoo
+
+        return getattr(jaxopt_zoo, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -96,3 +96,13 @@ def test_every_optax_argument_is_taken_by_its_name_with_the_same_default(namespa
             elif not _same_default(parameter.default, ours_.default):
                 wrong.append(f"{name}({parameter.name}): default {parameter.default!r} here {ours_.default!r}")
     assert not wrong, wrong
+
+
+@pytest.mark.parametrize("namespace, ours", [(optax.schedules, jz.schedules), (optax.transforms, jz.transforms)],
+                         ids=["schedules", "transforms"])
+def test_optax_submodule_names_are_in_the_same_submodule_here(namespace, ours):
+    # "Replace optax. by jz.": optax.transforms.masked is jz.transforms.masked, the top-level object; 27 names of
+    # optax.transforms and 6 of optax.schedules (inject_hyperparams) were only at the top level.
+    missing = [name for name in required(namespace) if not hasattr(ours, name)]
+    assert not missing, missing
+    assert all(getattr(ours, name) is getattr(jz, name) for name in required(namespace))

@@ -213,3 +213,22 @@ from jaxopt_zoo.transforms.soap import *  # noqa: E402,F403
 
 for _family in (_cautious, _grafting, _gram_newton_schulz, _kronecker, _mars, _psgd, _shampoo, _soap):
     __all__ += _family.__all__
+
+# optax.transforms also holds Optax's combinators and wrappers; here they live in their own modules (combine,
+# wrappers, conditional, monitoring) and at the top level, and are found here too, so that optax.transforms.X is
+# jz.transforms.X. Looked up when asked for: those modules import this package.
+_AT_THE_TOP_LEVEL = frozenset({
+    "ApplyIfFiniteState", "ConditionFn", "ConditionallyMaskState", "ConditionallyTransformState", "MaskedNode",
+    "MaskedState", "MonitorState", "MultiSteps", "MultiStepsState", "PartitionState", "ShouldSkipUpdateFunction",
+    "SnapshotState", "apply_if_finite", "chain", "conditionally_mask", "conditionally_transform", "flatten", "freeze",
+    "masked", "measure_with_ema", "monitor", "named_chain", "partition", "selective_transform", "skip_large_updates",
+    "skip_not_finite", "snapshot",
+})
+
+
+def __getattr__(name: str):
+    if name in _AT_THE_TOP_LEVEL:
+        import jaxopt_zoo
+
+        return getattr(jaxopt_zoo, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
