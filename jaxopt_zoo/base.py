@@ -286,13 +286,17 @@ def stateless_with_tree_map(
 
 
 def safe_increment(count: jax.Array) -> jax.Array:
-    """``count + 1``, saturating at the dtype's maximum instead of wrapping around."""
+    """``count + 1``, saturating at the dtype's maximum instead of wrapping around (integer or real counts)."""
     count = jnp.asarray(count)
     if jnp.issubdtype(count.dtype, jnp.integer):
         max_value = jnp.iinfo(count.dtype).max
-    else:
+    elif jnp.issubdtype(count.dtype, jnp.floating):
         max_value = jnp.finfo(count.dtype).max
-    return jnp.where(count < max_value, count + 1, max_value).astype(count.dtype)
+    else:
+        raise ValueError(f"safe_increment: count must be an integer or real floating array, got dtype {count.dtype}.")
+    # In the count's dtype: as a Python int, an unsigned maximum above int32's would not convert.
+    max_value = jnp.asarray(max_value, count.dtype)
+    return jnp.where(count < max_value, count + jnp.ones([], count.dtype), max_value)
 
 
 def zero_count() -> jax.Array:

@@ -33,13 +33,20 @@ def test_stateless_rejects_non_callable():
         jz.stateless(3)
 
 
-@pytest.mark.parametrize("dtype", [jnp.int32, jnp.int8, jnp.float32])
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.int8, jnp.uint32, jnp.uint8, jnp.float32])
 def test_safe_increment_saturates(dtype):
+    # uint32 (Optax's tests count with it): its maximum does not fit the int32 a Python int becomes.
     info = jnp.iinfo(dtype) if jnp.issubdtype(dtype, jnp.integer) else jnp.finfo(dtype)
     top = jnp.asarray(info.max, dtype)
-    assert jz.safe_increment(top) == top
-    assert jz.safe_increment(jnp.asarray(5, dtype)) == 6
-    assert jz.safe_increment(top).dtype == dtype
+    for increment in (jz.safe_increment, jax.jit(jz.safe_increment)):
+        assert increment(top) == top
+        assert increment(jnp.asarray(5, dtype)) == 6
+        assert increment(top).dtype == increment(jnp.asarray(5, dtype)).dtype == dtype
+
+
+def test_safe_increment_refuses_a_complex_count():
+    with pytest.raises(ValueError, match="count must be an integer or real floating array, got dtype complex64"):
+        jz.safe_increment(jnp.asarray(1, jnp.complex64))
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
