@@ -196,6 +196,32 @@ def test_value_and_grad_from_state_errors_name_the_fix():
         jz.value_and_grad_from_state(quadratic)(params, state=jz.adam(0.1).init(params))
 
 
+def _printed(capsys, search, w, u, fn):
+    state = search.init(w)
+    capsys.readouterr()
+    _, state = search.update(u, state, w, value=fn(w), grad=jax.grad(fn)(w), value_fn=fn)
+    jax.effects_barrier()
+    return capsys.readouterr().out, state
+
+
+def test_verbose_searches_print_one_line_when_they_fail_and_nothing_when_they_succeed(capsys):
+    fn = lambda x: jnp.dot(x, x)
+    w, u = jnp.array([-60.0, 0.0]), jnp.array([1.0, 0.0])  # the minimum along u is at step 60
+    # Capped at 10, below every step meeting the curvature criterion (>= 30 with c2 = 0.5): Optax prints there too.
+    capped = jz.scale_by_zoom_linesearch(10, max_learning_rate=10.0, curv_rtol=0.5, verbose=True)
+    out, state = _printed(capsys, capped, w, u, fn)
+    assert float(state.learning_rate) == 10.0 and float(state.info.curvature_error) > 0
+    assert out.count("\n") == 1 and "scale_by_zoom_linesearch: no step size up to max_learning_rate met" in out, out
+    out, _ = _printed(capsys, jz.scale_by_zoom_linesearch(1, verbose=True), w, u, fn)  # one trial, at step 1
+    assert out.count("\n") == 1 and "before the trials ran out" in out, out
+    out, state = _printed(capsys, jz.scale_by_zoom_linesearch(30, max_learning_rate=100.0, verbose=True), w, u, fn)
+    assert out == "" and float(state.info.curvature_error) == 0, out
+    out, _ = _printed(capsys, jz.scale_by_backtracking_linesearch(3, verbose=True), w, -u, fn)  # uphill: no decrease
+    assert out.count("\n") == 1 and "no step size met the sufficient decrease criterion" in out, out
+    out, _ = _printed(capsys, jz.scale_by_backtracking_linesearch(30, max_learning_rate=100.0, verbose=True), w, u, fn)
+    assert out == "", out
+
+
 # --- None updates, storage, shard_map --------------------------------------------------------
 
 

@@ -697,8 +697,8 @@ def scale_by_zoom_linesearch(
     (see :func:`scale_by_backtracking_linesearch`). Numerically identical to
     ``optax.scale_by_zoom_linesearch``, with the same state. Deviations:
     arguments are checked when it is built (including :math:`0 \\le c_1 < c_2`);
-    ``verbose`` prints one line of our own wording when the search fails; a
-    missing ``value``/``grad``/``value_fn`` raises a ``ValueError`` saying what
+    ``verbose`` prints one line of our own wording when the search fails (also when it stops at
+    ``max_learning_rate``); a missing ``value``/``grad``/``value_fn`` raises a ``ValueError`` saying what
     to pass; ``axis_name`` (an addition) makes the slopes exact inside
     ``shard_map``; ``None`` update leaves stay ``None``. For bfloat16 and
     float16 params the step sizes, values, slopes and errors (in the state and
@@ -829,6 +829,16 @@ def scale_by_zoom_linesearch(
             found = high_is_new | low_is_new | (error <= tol)
             # At the largest step with no bracket: nothing larger can meet the curvature criterion.
             done = (error <= tol) | (at_max & ~found)
+            if verbose:
+                jax.lax.cond(
+                    at_max & ~found & (error > tol),
+                    lambda: jax.debug.print(
+                        owner + ": no step size up to max_learning_rate met both criteria (value {v}, slope {sl}, "
+                        "decrease error {d}, curvature error {c}); taking step size {t}.",
+                        v=value_init, sl=slope_init, d=dec, c=curv, t=eta, ordered=True,
+                    ),
+                    lambda: None,
+                )
             failed = (s.count + 1 >= max_linesearch_steps) & ~done
             return _Zoom(safe_increment(s.count), eta, value, grad, slope, dec, curv, error, jnp.asarray(found),
                          jnp.asarray(done), jnp.asarray(failed), low, value_low, slope_low, high, value_high,
@@ -870,8 +880,9 @@ def scale_by_zoom_linesearch(
             eta, value, grad = where(use_safe, safe, last)
             if verbose:
                 jax.debug.print(
-                    owner + ": no step size met both criteria within the trials allowed (value {v}, slope {sl}, "
-                    "last step size {e}, decrease error {d}, curvature error {c}); taking step size {t}.",
+                    owner + ": no step size met both criteria before the trials ran out or the bracket became "
+                    "shorter than stepsize_precision (value {v}, slope {sl}, last step size {e}, decrease error {d}, "
+                    "curvature error {c}); taking step size {t}.",
                     v=value_init, sl=slope_init, e=s.stepsize, d=s.decrease_error, c=s.curvature_error, t=eta,
                     ordered=True,
                 )
