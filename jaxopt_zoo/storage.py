@@ -180,7 +180,9 @@ def with_storage(
         created = {}
         for name, (store, sign) in fields.items():
             value = getattr(state, name)
-            if tree.is_params_placeholder(value):  # tree.map_params looking for per-parameter parts
+            if tree.is_optax_params_placeholder(value):  # optax.tree.map_params: its marker, as it is
+                created[name] = value
+            elif tree.is_params_placeholder(value):  # tree.map_params looking for per-parameter parts
                 created[name] = tree.params_placeholder(encoded=store.is_encoded if store.encoded else None)
             else:
                 created[name] = jax.tree_util.tree_map_with_path(lambda path, v: _create(store, sign, path, v), value)

@@ -239,6 +239,26 @@ def test_tree_map_params_like_optax():
         tree_map_params(tx, lambda x: x.astype(jnp.float32), state, is_leaf=lambda x: False)
 
 
+def test_optax_tree_map_params_finds_the_per_parameter_parts_of_our_states():
+    # The Optax guide says optax.tree's utilities work alongside: Optax's map_params marks the per-parameter
+    # parts with its own placeholder, which the wrappers and the Kronecker inits must take for ours.
+    params = {"w": jnp.array([[3.0, 1.0], [0.5, 2.0]]), "b": jnp.array([-3.0])}
+    marked = lambda x: "per-parameter"
+    for tx, p in [
+        (jz.masked(jz.adam(0.1), {"w": True, "b": False}), params),
+        (jz.partition({"a": jz.adam(0.1), "s": jz.sgd(0.1, 0.9)}, {"w": "a", "b": "s"}), params),
+        (jz.lookahead(jz.adam(0.1), 3, 0.5), jz.LookaheadParams.init_synced(params)),
+        (jz.adam(0.1, mu_dtype=jz.Blockwise8Bit(min_size=1, block_size=16)), params),
+        (jz.shampoo(0.1), params),
+        (jz.MultiSteps(jz.adam(0.1), 2), params),
+    ]:
+        state = tx.init(p)
+        theirs, ours = optax.tree.map_params(tx, marked, state), tree_map_params(tx, marked, state)
+        assert jax.tree.structure(theirs) == jax.tree.structure(ours)
+        assert [str(x) for x in jax.tree.leaves(theirs)] == [str(x) for x in jax.tree.leaves(ours)]
+        assert "per-parameter" in jax.tree.leaves(ours)
+
+
 # --- None leaves, storage, jit/donation, vmap -------------------------------------------------
 
 
