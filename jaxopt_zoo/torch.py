@@ -46,7 +46,10 @@ Adadelta's ``eps`` must be positive (with 0 its steps stay 0); a denormal
 ``eps`` (below 1.18e-38, flushed to 0 by the hardware) raises.
 A numeric option given as an array (e.g. injected by ``inject_hyperparams``)
 keeps its step in the chain even when it is zero, so the state's structure does
-not depend on its value; the numbers are PyTorch's either way.
+not depend on its value; the numbers are PyTorch's either way. Such an array
+must be 0-d (PyTorch also takes a one-element tensor such as ``tensor([0.01])``:
+pass ``x.reshape(())``, as the error says), and ``betas`` may mix floats and
+arrays (PyTorch asks for both floats or both tensors).
 
     >>> import jaxopt_zoo as jz
     >>> tx = jz.torch.sgd(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=1e-4)
