@@ -141,6 +141,24 @@ def test_bfloat16_params_keep_float32_scalars_and_a_growing_weight_sum():
     assert ours.z["w"].dtype == jnp.bfloat16
 
 
+def test_a_jitted_bfloat16_step_builds_the_params_from_z_as_stored():
+    # Under jit XLA may keep a value in float32 where the program rounds it to bfloat16 and widens it back
+    # (excess precision): the params' update then used z + dz unrounded, not z as stored (the docstring's
+    # promise, on which the next step's recovery of x rests), and the program kept an extra copy of each leaf.
+    # b1 = c = 1/2 and params near 1: every float32 operation of the interpolation is exact, so the update is
+    # known exactly from the stored y and z whatever XLA reassociates; z's rounding moves it by up to 2**-8.
+    rng = np.random.default_rng(0)
+    params = {"w": jnp.asarray(1 + rng.uniform(0, 0.5, size=64), jnp.bfloat16)}
+    tx = jz.schedule_free_sgd(0.01, b1=0.5)
+    step = jax.jit(lambda p, s, g: (lambda u, s: (u, jz.apply_updates(p, u), s))(*tx.update(g, s, p)))
+    grads = lambda: {"w": jnp.asarray(rng.normal(size=64), jnp.bfloat16)}
+    _, y1, state1 = step(params, tx.init(params), grads())
+    update, _, state2 = step(y1, state1, grads())
+    y, z1, z2 = (np.asarray(x["w"], np.float64) for x in (y1, state1.z, state2.z))
+    x = 0.5 * ((y - 0.5 * z1) / 0.5) + 0.5 * z2  # c = 1/2: the second of two equal averaging weights
+    np.testing.assert_array_equal(np.asarray(update["w"]), (0.5 * x + 0.5 * z2 - y).astype(jnp.bfloat16))
+
+
 def test_zero_warmup_steps_means_no_warmup():
     # Optax's warmup_constant_schedule(0, lr, 0) stays at 0, so optax.contrib's optimizer never moves; ours trains.
     params, grads = {"w": jnp.ones(2)}, {"w": jnp.ones(2)}

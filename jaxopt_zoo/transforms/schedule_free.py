@@ -187,7 +187,9 @@ def schedule_free(
             x = (1.0 - c) * x_before + c * store.read(z_after)
             return (b1 * x + (1.0 - b1) * store.read(z_after) - y_wide).astype(y.dtype)
 
-        new_updates = tree.map_updates(interpolate, steps, params, state.z, z)
+        # Read through a barrier: otherwise XLA may skip the rounding of a narrow z that is widened right back
+        # (excess precision), build y from z + dz unrounded, and keep dz and a copy of the old z alive.
+        new_updates = tree.map_updates(interpolate, steps, params, state.z, jax.lax.optimization_barrier(z))
         # An injected (array) b1 may change between steps: record the one used, for the evaluation params.
         b1_used = state.b1 if isinstance(b1, (int, float)) else jnp.asarray(b1, state.b1.dtype)
         return new_updates, ScheduleFreeState(b1_used, weight_sum, step_count, max_lr, base_state, z)
