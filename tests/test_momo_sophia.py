@@ -348,6 +348,18 @@ INJECTED = {
 }
 
 
+@pytest.mark.parametrize("name", ["momo", "momo_adam"])
+def test_a_donated_step_takes_the_fixed_lower_bound_too(name):
+    # Without adapt_lower_bound the step reads the bound from its argument; the state's copy (kept as Optax keeps
+    # it) must still be read, or its donated buffer is left out of the program.
+    tx, params = getattr(jz, name)(0.1, adapt_lower_bound=False, lower_bound=0.25), make_params()
+    step = jax.jit(lambda g, s, p: tx.update(g, s, p, value=jnp.float32(1.0)), donate_argnums=(1,))
+    given = tx.init(params)
+    _, state = step(params, given, params)
+    assert [jax.tree_util.keystr(k) for k, x in jax.tree_util.tree_leaves_with_path(given) if not x.is_deleted()] == []
+    assert float(state.lb) == 0.25
+
+
 @pytest.mark.parametrize("name", list(INJECTED))
 def test_injected_and_donated_run_gives_the_plain_trajectory(name):
     hyperparams, static = INJECTED[name]

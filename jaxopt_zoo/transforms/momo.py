@@ -95,9 +95,9 @@ def _lower_bound_now(state, lower_bound, adapt):
     return state.lb if adapt else jnp.asarray(lower_bound, state.lb.dtype)
 
 
-def _next_lower_bound(barf, gamma, iprod, norm_sq, tau, lb, lower_bound, adapt, rho=None):
-    if not adapt:
-        return lb
+def _next_lower_bound(state, barf, gamma, iprod, norm_sq, tau, lb, lower_bound, adapt, rho=None):
+    if not adapt:  # kept as it is (as Optax's): an unread state leaf would not take its donated buffer
+        return state.lb
     estimate = (barf + iprod - gamma) - (1 / 2) * tau * norm_sq
     return jnp.maximum(estimate if rho is None else estimate / rho, lower_bound)
 
@@ -240,7 +240,7 @@ def scale_by_momo(
         decay, momentum_step = alpha * weight_decay / shrink, tau / shrink
         step = tree.map_updates(lambda g, d, x: _in_update_dtype(-decay * x - momentum_step * d, g), updates, exp_avg,
                                 params)
-        lb = _next_lower_bound(barf, gamma, iprod, norm_sq, tau, lb, lower_bound, adapt_lower_bound)
+        lb = _next_lower_bound(state, barf, gamma, iprod, norm_sq, tau, lb, lower_bound, adapt_lower_bound)
         return step, MomoState(exp_avg, *_as_before(state, barf, gamma, lb), safe_increment(count))
 
     tx = with_storage(GradientTransformation(init, update), signed={"exp_avg": mu_dtype})
@@ -372,7 +372,7 @@ def scale_by_momo_adam(
         decay, adam_step = alpha * weight_decay / shrink, tau / shrink
         step = tree.map_updates(lambda g, d, dk, x: _in_update_dtype(-decay * x - adam_step * d / dk, g), updates,
                                 exp_avg, precond, params)
-        lb = _next_lower_bound(barf, gamma, iprod, norm_sq, tau, lb, lower_bound, adapt_lower_bound, rho=bc1)
+        lb = _next_lower_bound(state, barf, gamma, iprod, norm_sq, tau, lb, lower_bound, adapt_lower_bound, rho=bc1)
         return step, MomoAdamState(exp_avg, exp_avg_sq, *_as_before(state, barf, gamma, lb), count)
 
     tx = with_storage(GradientTransformation(init, update), signed={"exp_avg": mu_dtype},
