@@ -450,8 +450,10 @@ def scale_by_psgd_kron(
         next_key, draw_key, probe_key = jax.random.split(jax.random.wrap_key_data(state.key, impl=impl), 3)
         mu = tree.update_moment(updates, state.mu, b1, 1) if has_mu else None
         m_hat = whole(treedef.flatten_up_to(tree.bias_correction(mu, b1, count))) if has_mu else leaves
-        if precond_init_scale is None:
-            qs = tuple(q if g is None else _first_scale(g, q, state.count == 0, damping) for g, q in zip(leaves, qs))
+        if precond_init_scale is None:  # on the first step only: its reductions over every leaf are skipped after
+            first_scaled = lambda qs: tuple(  # noqa: E731
+                q if g is None else _first_scale(g, q, jnp.asarray(True), damping) for g, q in zip(leaves, qs))
+            qs = jax.lax.cond(state.count == 0, first_scaled, lambda qs: qs, qs)
         fit_to = m_hat if momentum_into_precond_update else leaves
 
         def fit(qs):
