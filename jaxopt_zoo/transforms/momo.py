@@ -125,8 +125,9 @@ def _in_update_dtype(step: jax.Array, g: jax.Array) -> jax.Array:
 
 class MomoState(NamedTuple):
     """The gradients' moving average ``exp_avg`` (per parameter), the moving averages of the loss
-    ``barf`` and of :math:`\\langle g, x\\rangle` ``gamma``, the loss lower bound ``lb`` and the step ``count``
-    (Optax's fields, in its order)."""
+    ``barf`` and of :math:`\\langle g, x\\rangle` ``gamma``, the loss lower bound ``lb`` (the running estimate with
+    ``adapt_lower_bound``; without it the ``lower_bound`` given to ``init``, as Optax's, while the step reads the
+    argument's current value) and the step ``count`` (Optax's fields, in its order)."""
 
     exp_avg: Updates
     barf: jax.Array
