@@ -188,8 +188,10 @@ def schedule_free(
             return (b1 * x + (1.0 - b1) * store.read(z_after) - y_wide).astype(y.dtype)
 
         # Read through a barrier: otherwise XLA may skip the rounding of a narrow z that is widened right back
-        # (excess precision), build y from z + dz unrounded, and keep dz and a copy of the old z alive.
-        new_updates = tree.map_updates(interpolate, steps, params, state.z, jax.lax.optimization_barrier(z))
+        # (excess precision), build y from z + dz unrounded, and keep dz and a copy of the old z alive. One barrier
+        # per leaf: one for the tree would mark every leaf as varying over the shard_map axes any of them varies over.
+        stored = jax.tree.map(jax.lax.optimization_barrier, z)
+        new_updates = tree.map_updates(interpolate, steps, params, state.z, stored)
         # An injected (array) b1 may change between steps: record the one used, for the evaluation params.
         b1_used = state.b1 if isinstance(b1, (int, float)) else jnp.asarray(b1, state.b1.dtype)
         return new_updates, ScheduleFreeState(b1_used, weight_sum, step_count, max_lr, base_state, z)
