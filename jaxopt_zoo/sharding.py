@@ -18,8 +18,12 @@ axes it varies along, which ``shard_map``'s default ``check_vma=True`` tracks
 (with ``check_vma=False`` these transformations raise). ``centralize``, whose
 row means must not mix the shards of a leaf's first axis, needs the updates'
 ``partition_specs`` with ``axis_name`` (it raises without them). Outside ``shard_map``
-``axis_name`` changes nothing, so one optimizer serves both. Axes of ``pmap``
-and ``vmap`` are not mesh axes: there, reduce the updates yourself first.
+``axis_name`` changes nothing, so one optimizer serves both. Axes of ``vmap``
+are not mesh axes: there, reduce the updates yourself first. ``jax.pmap`` runs
+as a ``shard_map`` that does not track varying values, so there too these
+transformations raise without ``axis_name``: with the gradients already
+averaged across devices (``jax.lax.pmean``), pass ``axis_name=()``, and each
+device's own value is the global one (what Optax computes under ``pmap``).
 
 One pitfall of data parallelism inside ``shard_map`` that no optimizer can
 catch: the gradient of a param replicated over ``"data"`` comes out of
@@ -215,9 +219,11 @@ def _axes_to_sum(owner: str, x: Any, axis_name: AxisName, context: _ManualContex
         return ()  # per-shard values, asked for
     if not context.tracked:
         raise ValueError(
-            f"{owner}: inside shard_map(..., check_vma=False) nothing tells sharded arrays from replicated ones, so "
-            f"this reduction cannot be made exact. Use check_vma=True (the default) with axis_name={context.manual!r}, "
-            "or pass axis_name=() for per-shard values."
+            f"{owner}: inside jax.pmap, or shard_map(..., check_vma=False), nothing tells sharded arrays from "
+            "replicated ones, so this reduction cannot be made exact on its own. Under pmap, with the gradients "
+            "averaged across devices first (jax.lax.pmean), pass axis_name=(): each device's value is then the "
+            f"global one. Inside shard_map, use check_vma=True (the default) with axis_name={context.manual!r}, or "
+            "axis_name=() for per-shard values."
         )
     varying = varying_axes(x)
     if axis_name is None:
@@ -258,9 +264,9 @@ def require_whole_arrays(owner: str, tree: Any, *, remedy: str | None = None,
     )
     if not context.tracked:
         raise ValueError(
-            f"{owner}: inside shard_map(..., check_vma=False) nothing tells sharded arrays from replicated ones, so "
-            f"{operation.replace(' would ', ' may ')}. {remedy} With check_vma=True (the default) replicated arrays "
-            "are accepted."
+            f"{owner}: inside jax.pmap, or shard_map(..., check_vma=False), nothing tells sharded arrays from "
+            f"replicated ones, so {operation.replace(' would ', ' may ')}. {remedy} Inside shard_map with "
+            "check_vma=True (the default) replicated arrays are accepted."
         )
     for x in jax.tree.leaves(tree):
         varying = varying_axes(x)
@@ -381,8 +387,9 @@ def local_placements(owner: str, leaves: list, specs: list | None, axis_name: tu
     if unknown:
         raise ValueError(f"{owner}: axis_name={axis_name!r} names {unknown}, not shard_map axes {context.manual}.")
     if not context.tracked and specs is None:
-        raise ValueError(f"{owner}: inside shard_map(..., check_vma=False) nothing tells blocks from whole arrays: "
-                         "pass axis_name and partition_specs (the params' in_specs; P() for whole arrays).")
+        raise ValueError(f"{owner}: inside jax.pmap, or shard_map(..., check_vma=False), nothing tells blocks from "
+                         "whole arrays: pass axis_name and partition_specs (the params' in_specs, P() for whole "
+                         "arrays). Under pmap each device holds whole arrays: axis_name=() and P() for every leaf.")
     placements = [None if x is None else placement_of(owner, None if specs is None else s, x.ndim)
                   for x, s in zip(leaves, specs or leaves)]
     for x, p in zip(leaves, placements):

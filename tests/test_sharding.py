@@ -319,6 +319,35 @@ def test_axis_name_errors_name_the_problem():
         jz.clip_by_global_norm(1.0, axis_name=3)
 
 
+def test_under_pmap_the_reductions_say_to_pass_an_empty_axis_name_and_then_match_one_device():
+    # JAX runs pmap as a shard_map that does not track varying values: a reduction cannot tell a replicated array
+    # from a shard there. With the gradients pmean-ed, axis_name=() (and P() specs for the Kronecker
+    # preconditioners, which need whole arrays) gives each device the one-device answer, as Optax's under pmap.
+    params = make_params()
+    devices = jax.devices()[:2]
+    on_devices = lambda tree: jax.tree.map(lambda x: jnp.stack([x, 3 * x]), tree)  # noqa: E731
+    whole = jax.tree.map(lambda _: P(), params)
+
+    def pmapped(tx):
+        def update(g, p):
+            g = jax.lax.pmean(g, "batch")
+            return tx.update(g, tx.init(p), p)[0]
+
+        return jax.pmap(update, axis_name="batch", devices=devices)(on_devices(gradients(params, 1)),
+                                                                     jax.tree.map(lambda x: jnp.stack([x, x]), params))
+
+    with pytest.raises(ValueError, match=r"inside jax.pmap, .* pass axis_name=\(\)"):
+        pmapped(jz.clip_by_global_norm(0.1))
+    with pytest.raises(ValueError, match=r"Under pmap each device holds whole arrays: axis_name=\(\) and P\(\)"):
+        pmapped(jz.shampoo(0.1))
+    mean_grads = jax.tree.map(lambda g: 2 * g, gradients(params, 1))  # the mean of g and 3 g
+    for ours, one_device in [(jz.clip_by_global_norm(0.1, axis_name=()), jz.clip_by_global_norm(0.1)),
+                             (jz.shampoo(0.1, axis_name=(), partition_specs=whole), jz.shampoo(0.1))]:
+        expected = jax.jit(lambda g, p, tx=one_device: tx.update(g, tx.init(p), p)[0])(mean_grads, params)
+        for device in range(2):
+            assert_trees_close(jax.tree.map(lambda x: x[device], pmapped(ours)), expected, rtol=1e-6, atol=1e-7)
+
+
 def test_axis_name_is_exact_under_plain_jit_and_partially_manual_shard_map():
     expected = single_device_trajectory("clip_by_global_norm+adamw")[0]
     tx = OPTIMIZERS["clip_by_global_norm+adamw"](AXES)
