@@ -226,6 +226,22 @@ def test_vmap_over_param_trees_matches_separate_runs():
         batched = jz.apply_updates(batched, updates)
 
 
+def test_a_step_exported_for_any_number_of_rows_is_the_jitted_step():
+    # jax.export with a symbolic dimension (an embedding of any vocabulary): only row and column means, which need
+    # no static size; the structure check's stand-in arrays were NumPy's, which refuse a symbolic dimension.
+    rows = jax.export.symbolic_shape("rows")[0]
+    shaped = {"emb": jax.ShapeDtypeStruct((rows, 4), jnp.float32), "b": jax.ShapeDtypeStruct((4,), jnp.float32)}
+
+    def step(params, state, grads):
+        updates, state = TX.update(grads, state, params)
+        return jz.apply_updates(params, updates), state
+
+    exported = jax.export.export(jax.jit(step))(shaped, jax.eval_shape(TX.init, shaped), shaped)
+    params = {"emb": jnp.arange(12.0).reshape(3, 4) / 7, "b": jnp.ones(4)}
+    grads = jax.tree.map(lambda p: grad_fn(p, 1, jnp), params)
+    assert_trees_equal(exported.call(params, INIT(params), grads), jax.jit(step)(params, INIT(params), grads))
+
+
 def test_options_injected_as_arrays_give_the_same_trajectory():
     injected, _ = run_ours(jz.inject_hyperparams(jz.torch.adafactor)(**OPTIONS), make_params(), steps=10)
     assert_trees_close(injected, float32_trajectory()[:10], rtol=1e-5, atol=1e-6)

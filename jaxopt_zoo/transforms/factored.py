@@ -63,9 +63,10 @@ def _mean(x: jax.Array, axis: int, split: tuple[str, ...], keepdims: bool = True
     return jax.lax.psum(jnp.sum(x, axis=axis, keepdims=keepdims), split) / (x.shape[axis] * jax.lax.psum(1, split))
 
 
-def _shaped(shape: tuple[int, ...]) -> np.ndarray:
-    # A zero-copy stand-in of that shape, for tree.check_same_structure.
-    return np.broadcast_to(np.empty((), bool), shape)
+def _shaped(shape: tuple[int, ...]) -> jax.ShapeDtypeStruct:
+    # A stand-in of that shape, for tree.check_same_structure; symbolic dimensions too (jax.export with
+    # shape polymorphism), which a NumPy array refuses.
+    return jax.ShapeDtypeStruct(shape, jnp.bool_)
 
 
 @dataclasses.dataclass(frozen=True)
