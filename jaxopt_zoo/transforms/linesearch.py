@@ -943,7 +943,8 @@ def value_and_grad_from_state(
     ``jax.value_and_grad(value_fn)(params, *args, **kwargs)`` instead. Only
     valid for a deterministic objective: with mini-batches, compute the value
     and gradient on each batch. Same behaviour as
-    ``optax.value_and_grad_from_state``; the errors say what to change. The
+    ``optax.value_and_grad_from_state``; the errors say what to change (a
+    ``ValueError`` where the state lacks the fields, Optax's ``KeyError``). The
     stored value and gradient are returned in the dtypes ``value_fn`` returns
     (the searches keep the value in float32 at least, where Optax's stored
     value would not match a float32 ``value_fn`` of bfloat16 params).
