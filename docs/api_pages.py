@@ -8,10 +8,15 @@ a new family adds its line here when it lands.
 
 from __future__ import annotations
 
+import ast
+import functools
+import importlib
 import inspect
 import pathlib
 import types
 from typing import Iterator, NamedTuple
+
+from sphinx.pycode import ModuleAnalyzer
 
 import jaxopt_zoo as jz
 
@@ -104,7 +109,7 @@ class Entry(NamedTuple):
 
 
 def _directive(obj: object) -> str:
-    if inspect.isclass(obj):
+    if inspect.isclass(obj) and getattr(obj, "__module__", None) != "typing":  # typing.Any is a class on 3.11
         return "autoclass"
     if inspect.isfunction(obj):
         return "autofunction"
@@ -145,6 +150,28 @@ def page_name(family: Family) -> str:
     return family.modules[0].removeprefix("jaxopt_zoo.")
 
 
+def _module_title(module: str) -> str:
+    """A page section's heading: the module docstring's first sentence, up to its colon."""
+    first = " ".join((importlib.import_module(module).__doc__ or module).strip().split("\n\n", 1)[0].split())
+    return first.split(": ", 1)[0].split(". ", 1)[0].rstrip(".")
+
+
+@functools.cache
+def alias_docs() -> dict[str, str]:
+    """The type aliases' docstrings (the string under each assignment in base.py), which autodoc finds only in the
+    module that assigns them, not under the names users write (``jaxopt_zoo.Params``)."""
+    docs = ModuleAnalyzer.for_module("jaxopt_zoo.base").find_attr_docs()
+    return {name: " ".join(" ".join(lines).split()) for (scope, name), lines in docs.items() if not scope}
+
+
+@functools.cache
+def alias_sources() -> dict[str, str]:
+    """Each type alias as base.py writes it (``Callable[[jax.Array], jax.typing.ArrayLike]``), not its expansion."""
+    source = pathlib.Path(inspect.getsourcefile(importlib.import_module("jaxopt_zoo.base"))).read_text()
+    return {node.target.id: ast.get_source_segment(source, node.value) for node in ast.parse(source).body
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None}
+
+
 def _page(section: str, family: Family, entries: list[Entry]) -> str:
     lines = [family.title, "=" * len(family.title), ""]
     for module in family.modules:
@@ -152,12 +179,20 @@ def _page(section: str, family: Family, entries: list[Entry]) -> str:
                                                                                      e.name.lower()))
         if not members:
             continue
+        if len(family.modules) > 1:  # a heading per module, so that each intro does not run on from the last entry
+            title = _module_title(module)
+            lines += [title, "-" * len(title), ""]
         lines += [f".. automodule:: {module}", "   :no-members:", "", ".. rubric:: Contents", ""]
         lines += [f"- :py:obj:`{e.name.rsplit('.', 1)[1]} <{e.name}>`" for e in members] + [""]
         for e in members:
             lines += [f".. {e.directive}:: {e.name}", ""]
             if e.directive == "autoclass":
                 lines[-1:] = ["   :no-members:", ""]
+            elif e.directive == "autodata":  # written out: autodoc would show typing.Any's own docstring for Params
+                name = e.name.rsplit(".", 1)[1]
+                lines[-2:] = [f".. py:data:: {name}", f"   :module: {e.name.rsplit('.', 1)[0]}", "",
+                              f"   {alias_docs().get(name, '')}", "",
+                              f"   Alias of ``{alias_sources()[name]}``.", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -165,7 +200,7 @@ def summary(entry: Entry) -> str:
     """The first line of the object's docstring (its one-line rule), for the A-Z list."""
     namespace, _, name = entry.name.rpartition(".")
     obj = getattr(jz.torch if namespace == "jaxopt_zoo.torch" else jz, name)
-    doc = (inspect.getdoc(obj) if entry.directive != "autodata" else "") or ""
+    doc = (inspect.getdoc(obj) if entry.directive != "autodata" else alias_docs().get(name, "")) or ""
     paragraph = " ".join(doc.strip().split("\n\n", 1)[0].split())  # a sentence may run over several lines
     if paragraph.count("`") % 2:  # cut inside inline markup: keep what comes before it
         paragraph = paragraph[: paragraph.index(":math:")] if ":math:" in paragraph else paragraph.replace("`", "")

@@ -30,6 +30,7 @@ OptState: TypeAlias = Any
 Schedule: TypeAlias = Callable[[jax.Array], jax.typing.ArrayLike]
 """A pure function of the int32 step count returning a scalar."""
 ScalarOrSchedule: TypeAlias = float | jax.Array | Schedule
+"""A number, a scalar array, or a :data:`~jaxopt_zoo.Schedule` of the step count."""
 MaskOrFn: TypeAlias = Any | Callable[[Params], Any] | None
 """A tree of booleans shaped like the params, or a function of the params returning one (``None``: no mask).
 A tree whose class is callable (an Equinox module of booleans) is a tree: a function is a callable whose tree

@@ -204,7 +204,7 @@ def microbatch(
 
     The batch arguments (positions ``argnums`` and keywords ``argnames``, batch
     axis ``in_axes``, all of the same batch size :math:`B`) are split into
-    :math:`n = B / \\text{microbatch\\_size}` microbatches by
+    :math:`n = B / \\mathit{microbatch\\_size}` microbatches by
     :func:`reshape_batch_axis`, and ``fun`` runs on each in a
     ``jax.lax.fori_loop``: peak memory is one microbatch's. ``accumulator`` is
     an :class:`AccumulationType`, an :class:`Accumulator` or a tree of them (a

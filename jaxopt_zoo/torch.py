@@ -763,7 +763,7 @@ def nadam(
     Differences from PyTorch: :math:`\\Pi_t` is a float32 scalar in the state (float64 with
     64-bit types enabled), as PyTorch's ``mu_product`` tensor, but :math:`1 - \\Pi_t` and
     :math:`\\Pi_t \\mu_{t+1}` are formed in it too, where PyTorch uses Python floats (float32
-    rounding, relative 1e-7; :math:`1 - \beta_2^t` from a float32 :math:`\beta_2`, as in
+    rounding, relative 1e-7; :math:`1 - \\beta_2^t` from a float32 :math:`\\beta_2`, as in
     ``adam``, relative 1e-5 at 0.999); it advances once per step for the whole tree, not per parameter;
     with ``eps=0`` the step is 0 where the denominator is 0 (PyTorch: NaN). ``mu_dtype`` and
     ``nu_dtype`` are additions.

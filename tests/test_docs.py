@@ -7,6 +7,7 @@ import doctest
 import importlib
 import inspect
 import pathlib
+import pkgutil
 import re
 import warnings
 
@@ -107,6 +108,22 @@ def test_docstring_examples_run(name):
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS, verbose=False)
     assert result.failed == 0
     assert result.attempted > 0 or name in WITHOUT_EXAMPLES
+
+
+def test_no_docstring_holds_a_control_character():
+    # Docstrings are plain (not raw) strings: a LaTeX \\beta written with one backslash is a backspace and "eta"
+    # (MathJax showed "Math input error" on two pages), \\varepsilon a vertical tab, \\times a tab and "imes".
+    control = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
+    found = set()
+    for info in pkgutil.walk_packages(jz.__path__, "jaxopt_zoo."):
+        module = importlib.import_module(info.name)
+        ours = [module] + [x for x in vars(module).values() if getattr(x, "__module__", None) == info.name]
+        for obj in ours:
+            for member in [obj, *(vars(obj).values() if inspect.isclass(obj) else ())]:
+                doc = getattr(member, "__doc__", None)
+                if isinstance(doc, str) and control.search(doc):
+                    found.add(f"{info.name}.{getattr(member, '__qualname__', '')}")
+    assert not found, sorted(found)
 
 
 TYPE_ALIASES = {"MaskOrFn", "OptState", "Params", "ScalarOrSchedule", "Schedule", "Updates"}

@@ -71,7 +71,7 @@ def muon(
 
         W \\leftarrow W - \\alpha_t \\big(s \\, u_t + \\lambda W\\big), \\qquad
         s = \\sqrt{\\max(1, n_\\text{out} / n_\\text{in})} \\text{ or }
-        r \\sqrt{\\max(n_\\text{in}, n_\\text{out})} \\text{ (consistent\\_rms } r\\text{)},
+        r \\sqrt{\\max(n_\\text{in}, n_\\text{out})} \\text{ (consistent_rms } r\\text{)},
 
     with :math:`u_t` :func:`~jaxopt_zoo.scale_by_muon`'s orthogonalised (bias-corrected,
     Nesterov) momentum. Muon takes the 2-D leaves, or, given

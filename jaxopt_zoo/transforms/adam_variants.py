@@ -161,9 +161,9 @@ def scale_by_scheduled_nadam(
     under a float64 default dtype) but forms :math:`1 - \\Pi_t` and
     :math:`\\Pi_t \\mu_{t+1}` in Python's float64, so in float32 the two differ
     by float32 rounding of these scalars (relative 1e-7). The bias correction
-    :math:`1 - \beta_2^t` is formed from :math:`\beta_2` rounded to float32, as in
+    :math:`1 - \\beta_2^t` is formed from :math:`\\beta_2` rounded to float32, as in
     every Adam here, where PyTorch uses Python floats: relative 1e-5 at
-    :math:`\beta_2 = 0.999`, the size of float32 NAdam's difference from PyTorch.
+    :math:`\\beta_2 = 0.999`, the size of float32 NAdam's difference from PyTorch.
 
     Not ``optax.nadam`` (:func:`~jaxopt_zoo.transforms.adaptive.scale_by_adam`
     with ``nesterov=True``), which fixes :math:`\\mu_t = \\beta_1` and so uses

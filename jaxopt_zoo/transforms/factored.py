@@ -14,7 +14,7 @@ clipping of each update's RMS (:func:`~jaxopt_zoo.transforms.clipping.clip_by_bl
     >>> tx = jz.chain(jz.scale_by_factored_second_moment(), jz.clip_by_block_rms(1.0),
     ...               jz.scale_by_param_block_rms(1e-3), jz.scale_by_learning_rate(jz.relative_step_size(1e-2)))
 
-Optax's form of the rule is :func:`scale_by_factored_rms` (:math:`\varepsilon_1` added to
+Optax's form of the rule is :func:`scale_by_factored_rms` (:math:`\\varepsilon_1` added to
 :math:`g^2`, the two largest dims factored, Optax's state layout), which :func:`jaxopt_zoo.adafactor`
 chains as Optax does. The family's other sublinear-memory rule, SM3, lives in
 :mod:`jaxopt_zoo.transforms.sm3`.
@@ -400,7 +400,8 @@ def scale_by_factored_rms(
         step_offset: :math:`t_0 \\ge 0`, the step the schedule restarts from (e.g. fine-tuning's first).
         min_dim_size_to_factor: factor only params whose two largest dims have at least this many entries.
         epsilon: :math:`\\varepsilon_1 \\ge 0`, added to the squared gradients.
-        decay_rate_fn: ``None``, or a function ``(step, decay_rate) -> \\hat\\beta`` (e.g. a capped one, Zhai et al. 2021).
+        decay_rate_fn: ``None``, or a function of ``(step, decay_rate)`` returning :math:`\\hat\\beta` (e.g. a capped
+            one, Zhai et al. 2021).
         factors_dtype: storage of ``v_row`` and ``v_col``: a storage (see :mod:`jaxopt_zoo.storage`);
             they are small, so a dtype is usually enough.
         variance_dtype: storage of the full second moment ``v``, likewise.
