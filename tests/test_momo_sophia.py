@@ -293,6 +293,17 @@ def test_hutchinson_takes_mixed_precision_params():
     assert not np.array_equal(state.key, jax.random.PRNGKey(0))  # the key moved on
 
 
+def test_a_typed_key_state_can_be_built_abstractly_for_a_restore():
+    # Orbax and nnx.eval_shape build restore targets with jax.eval_shape(tx.init, ...); with a typed key
+    # (jax.random.key, as the docstring suggests) init failed under that trace with a bare AssertionError.
+    params = {"w": jnp.ones(3)}
+    tx = jz.sophia(0.1, hessian_diagonal_fn=jz.hutchinson_estimator_diag_hessian(jax.random.key(3)))
+    abstract, concrete = jax.eval_shape(tx.init, params), tx.init(params)
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), abstract) == jax.tree.map(lambda x: (x.shape, x.dtype), concrete)
+    assert jax.random.key_data(jax.jit(tx.init)(params)[0].hessian_fn_state.key).tolist() == \
+        jax.random.key_data(jax.random.key(3)).tolist()
+
+
 # --- storage options, None leaves ----------------------------------------------------------------
 
 

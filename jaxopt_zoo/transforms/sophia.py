@@ -102,8 +102,9 @@ def hutchinson_estimator_diag_hessian(random_seed: jax.Array | None = None) -> G
 
     def init(params):
         del params
-        # A copy: a donated state must not delete the caller's key (nor share it with another init).
-        return HutchinsonState(jax.random.PRNGKey(0) if random_seed is None else jnp.asarray(random_seed).copy())
+        # A copy: a donated state must not delete the caller's key (nor share it with another init). jnp.copy, not
+        # the array's .copy(): that one fails under a trace (eval_shape, jit) for a typed key (jax.random.key).
+        return HutchinsonState(jax.random.PRNGKey(0) if random_seed is None else jnp.copy(jnp.asarray(random_seed)))
 
     def update(updates, state, params=None, obj_fn=None, **extra_args):
         del updates, extra_args
