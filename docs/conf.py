@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
 import pathlib
 import sys
+
+from sphinx.util.nodes import make_refnode
 
 HERE = pathlib.Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -43,6 +47,39 @@ python_use_unqualified_type_names = True
 suppress_warnings = ["config.cache"]
 
 
+def _object_at(path: str) -> object | None:
+    """The Python object a dotted path names (``jaxopt_zoo.transforms.momo.MomoState``), or None."""
+    module, attribute = path, ""
+    while module:
+        try:
+            return functools.reduce(getattr, filter(None, attribute.split(".")), importlib.import_module(module))
+        except (ImportError, AttributeError, ValueError):
+            module, _, head = module.rpartition(".")
+            attribute = f"{head}.{attribute}"
+    return None
+
+
+def _link_to_documented_name(app, env, node, contnode):
+    """A cross-reference Sphinx could not resolve, to an object the reference documents under the name users write:
+    ``jaxopt_zoo.transforms.momo.MomoState`` or a bare ``apply_every`` in a module's text is the entry
+    ``jaxopt_zoo.MomoState`` or ``jaxopt_zoo.apply_every`` (the very same object; ``jaxopt_zoo.torch.adam`` is not
+    ``jaxopt_zoo.adam``)."""
+    if node.get("refdomain") != "py":
+        return None
+    target = node["reftarget"].lstrip("~.")
+    name = target.rpartition(".")[2]
+    objects = env.get_domain("py").objects
+    for path in (target, f"{node.get('py:module')}.{target}", f"jaxopt_zoo.{target}"):
+        obj = _object_at(path)
+        if obj is None:
+            continue
+        for documented in (f"jaxopt_zoo.{name}", f"jaxopt_zoo.torch.{name}"):
+            if documented in objects and _object_at(documented) is obj:
+                entry = objects[documented]
+                return make_refnode(app.builder, node["refdoc"], entry.docname, entry.node_id, contnode, documented)
+    return None
+
+
 def _write_generated_pages(app) -> None:
     api_pages.write(HERE / "api")
     examples_gallery.write(app.config.gallery)
@@ -51,3 +88,4 @@ def _write_generated_pages(app) -> None:
 def setup(app) -> None:
     app.add_config_value("gallery", "full", "env")  # -D gallery=fast|off: see docs/gallery.py
     app.connect("builder-inited", _write_generated_pages)
+    app.connect("missing-reference", _link_to_documented_name)

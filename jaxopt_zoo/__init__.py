@@ -74,7 +74,7 @@ from jaxopt_zoo.wrappers import (
     lookahead,
 )
 from jaxopt_zoo.quantization import Blockwise8Bit
-from jaxopt_zoo.storage import StochasticBF16
+from jaxopt_zoo.storage import StochasticBF16, with_storage
 from jaxopt_zoo.sharding import check_state_shardings, init_sharded, state_shardings
 from jaxopt_zoo import conditional, linalg, microbatching, monitoring, numerics, optimizers
 from jaxopt_zoo.conditional import *  # noqa: F403  (each module lists its names in its own __all__)
@@ -92,6 +92,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Blockwise8Bit",
     "StochasticBF16",
+    "with_storage",
     "check_state_shardings",
     "init_sharded",
     "state_shardings",

@@ -170,7 +170,22 @@ def with_storage(
     ``non_negative`` those that cannot (8-bit codes differ for the two). Where
     the update of a leaf is ``None``, ``tx`` returns the array it was given and
     the stored leaf is kept bit for bit. The storages must already be resolved
-    (:func:`resolve`), so that a bad one fails when the transformation is built.
+    (``jaxopt_zoo.storage.resolve(owner, "mu_dtype", mu_dtype)`` turns a user's ``*_dtype``
+    argument into one, raising for a bad one), so that a bad one fails when the
+    transformation is built.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxopt_zoo as jz
+        >>> from jaxopt_zoo.storage import resolve
+        >>> def scale_by_ema(decay, mu_dtype=None):  # a transformation of one's own, with a storage option
+        ...     store = resolve("scale_by_ema", "mu_dtype", mu_dtype)
+        ...     tx = jz.ema(decay, debias=False)
+        ...     return jz.with_storage(tx, signed={"ema": store})
+        >>> tx = scale_by_ema(0.9, mu_dtype=jnp.bfloat16)
+        >>> state = tx.init({"w": jnp.ones(3)})
+        >>> updates, state = tx.update({"w": jnp.ones(3)}, state)
+        >>> state.ema["w"].dtype, updates["w"]
+        (dtype(bfloat16), Array([0.1, 0.1, 0.1], dtype=float32))
     """
     fields = {**{k: (v, True) for k, v in (signed or {}).items()}, **{k: (v, False) for k, v in (non_negative or {}).items()}}
     stochastic = any(s.stochastic for s, _ in fields.values())
