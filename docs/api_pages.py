@@ -13,6 +13,7 @@ import functools
 import importlib
 import inspect
 import pathlib
+import re
 import types
 from typing import Iterator, NamedTuple
 
@@ -204,7 +205,14 @@ def summary(entry: Entry) -> str:
     paragraph = " ".join(doc.strip().split("\n\n", 1)[0].split())  # a sentence may run over several lines
     if paragraph.count("`") % 2:  # cut inside inline markup: keep what comes before it
         paragraph = paragraph[: paragraph.index(":math:")] if ":math:" in paragraph else paragraph.replace("`", "")
-    return paragraph.rstrip(" :,")
+    if paragraph.endswith(":") or ": with " in paragraph:  # "torch.optim.NAdam: with mu_t = ...": a formula's setup
+        paragraph = paragraph.split(": ", 1)[0]
+    # The first sentence, and of a long one (a state's fields) its first clause: the list is read at a glance.
+    first = re.split(r"(?<!\bal)(?<!e\.g)(?<!i\.e)\.\s+(?=[A-Z`(:])", paragraph, maxsplit=1)[0]
+    clause = re.split(r"[;:] ", first, maxsplit=1)[0]
+    if len(first) > 250 and clause != first and len(clause) >= 40 and clause.count("`") % 2 == 0 and clause.count("(") == clause.count(")"):
+        return clause + " ..."
+    return first.rstrip(" :,.") + ("." if paragraph.rstrip().endswith(".") or first != paragraph else "")
 
 
 def write(directory: pathlib.Path) -> list[pathlib.Path]:
