@@ -32,7 +32,8 @@ myst_heading_anchors = 2
 exclude_patterns = ["_build", "design.md", "gallery/_outputs"]
 html_theme = "furo"
 html_title = "jaxopt_zoo"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["math.css"]
 templates_path: list[str] = []
 
 autodoc_typehints = "description"  # types under the argument list, keeping signatures short

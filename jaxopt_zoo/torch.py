@@ -867,10 +867,13 @@ def adafactor(
 
     .. math::
 
-        \\rho_t = \\min(\\gamma_t, 1 / \\sqrt t), \\quad
-        \\alpha_t = \\max\\big(\\varepsilon_2, \\operatorname{RMS}(\\theta_{t-1})\\big) \\rho_t, \\quad
-        U_t = \\frac{\\pm g_t}{\\max(\\sqrt{\\hat V_t}, \\varepsilon_1)}, \\quad
-        \\theta_t = \\theta_{t-1} - \\gamma_t \\lambda \\theta_{t-1}
+        \\rho_t &= \\min(\\gamma_t, 1 / \\sqrt t),
+
+        \\alpha_t &= \\max\\big(\\varepsilon_2, \\operatorname{RMS}(\\theta_{t-1})\\big) \\rho_t,
+
+        U_t &= \\frac{\\pm g_t}{\\max(\\sqrt{\\hat V_t}, \\varepsilon_1)},
+
+        \\theta_t &= \\theta_{t-1} - \\gamma_t \\lambda \\theta_{t-1}
         - \\frac{\\alpha_t \\, U_t}{\\max\\big(1, \\operatorname{RMS}(U_t) / d\\big)}
 
     with :math:`\\hat V_t` the factored second moment of :func:`~jaxopt_zoo.scale_by_factored_second_moment`

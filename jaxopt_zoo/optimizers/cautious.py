@@ -122,9 +122,12 @@ def cautious_lion(
 
     .. math::
 
-        u_t = \\operatorname{sign}(\\beta_1 m_{t-1} + (1 - \\beta_1) g_t), \\qquad
-        \\theta_{t+1} = \\theta_t - \\alpha_t \\Big(\\frac{d}{\\operatorname{nnz}(\\phi_t) + 1}\\, \\phi_t \\odot u_t
-        + \\lambda \\theta_t\\Big), \\qquad m_t = \\beta_2 m_{t-1} + (1 - \\beta_2) g_t,
+        u_t &= \\operatorname{sign}(\\beta_1 m_{t-1} + (1 - \\beta_1) g_t),
+
+        \\theta_{t+1} &= \\theta_t - \\alpha_t \\Big(\\frac{d}{\\operatorname{nnz}(\\phi_t) + 1}\\, \\phi_t \\odot u_t
+        + \\lambda \\theta_t\\Big),
+
+        m_t &= \\beta_2 m_{t-1} + (1 - \\beta_2) g_t,
 
     with :math:`\\phi_t = \\mathbb{1}[u_t \\odot g_t > 0]` per leaf (see :func:`jaxopt_zoo.cautious`). Recipe:
     ``chain(cautious(scale_by_lion(b1, b2, mu_dtype), axis_name=axis_name), add_decayed_weights(weight_decay,

@@ -140,8 +140,10 @@ def gram_newton_schulz(
 
     .. math::
 
-        Q_0 = I, \\qquad P_k = a_k I + b_k R_k + c_k R_k^2, \\qquad
-        Q_{k+1} = Q_k P_k, \\qquad R_{k+1} = P_k R_k P_k \\;(= X_{k+1} X_{k+1}^\\top), \\qquad
+        Q_0 &= I, \\qquad P_k = a_k I + b_k R_k + c_k R_k^2,
+
+        Q_{k+1} &= Q_k P_k, \\qquad R_{k+1} = P_k R_k P_k \\;(= X_{k+1} X_{k+1}^\\top),
+
         \\text{result } Q_K X_0,
 
     all on :math:`m \\times m` matrices that commute, so :math:`Q_k` and :math:`R_k`

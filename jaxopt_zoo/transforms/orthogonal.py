@@ -507,10 +507,12 @@ def scale_by_muon(
 
     .. math::
 
-        m_t = \\beta m_{t-1} + (1 - \\beta) g_t, \\ m_0 = 0, \\qquad
-        \\hat m_t = \\frac{\\beta m_t}{1 - \\beta^{t+1}} + \\frac{(1 - \\beta) g_t}{1 - \\beta^t}
-        \\text{ (nesterov) or } \\frac{m_t}{1 - \\beta^t}, \\qquad
-        u_t = \\mathrm{NS}(\\hat m_t)
+        m_t &= \\beta m_{t-1} + (1 - \\beta) g_t, \\ m_0 = 0,
+
+        \\hat m_t &= \\frac{\\beta m_t}{1 - \\beta^{t+1}} + \\frac{(1 - \\beta) g_t}{1 - \\beta^t}
+        \\text{ (nesterov) or } \\frac{m_t}{1 - \\beta^t},
+
+        u_t &= \\mathrm{NS}(\\hat m_t)
         \\; [\\times \\langle \\hat m_t, \\mathrm{NS}(\\hat m_t) \\rangle \\text{ if adaptive}]
 
     with :math:`\\mathrm{NS}` ``ns_steps`` Newton–Schulz steps

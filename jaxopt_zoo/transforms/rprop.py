@@ -72,11 +72,13 @@ def scale_by_resilient_step(
 
     .. math::
 
-        \\Delta_t = \\operatorname{clip}\\big(\\Delta_{t-1} \\cdot
+        \\Delta_t &= \\operatorname{clip}\\big(\\Delta_{t-1} \\cdot
         (\\eta_+ \\text{ if } s_t > 0, \\ \\eta_- \\text{ if } s_t < 0, \\ 1 \\text{ else}),
-        \\Delta_{\\min}, \\Delta_{\\max}\\big), \\qquad
-        g'_t = 0 \\text{ if } s_t < 0 \\text{ else } g_t, \\qquad
-        u_t = \\Delta_t \\operatorname{sign}(g'_t).
+        \\Delta_{\\min}, \\Delta_{\\max}\\big),
+
+        g'_t &= 0 \\text{ if } s_t < 0 \\text{ else } g_t,
+
+        u_t &= \\Delta_t \\operatorname{sign}(g'_t).
 
     Chain ``scale(-1.0)`` after it to descend (it already holds the step sizes;
     no learning-rate scaling follows). The clip is applied every step, so an

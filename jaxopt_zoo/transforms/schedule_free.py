@@ -92,10 +92,13 @@ def schedule_free(
 
     .. math::
 
-        z_{t+1} = z_t + \\Delta_t, \\qquad
-        c_{t+1} = \\frac{w_t}{\\sum_{i \\le t} w_i}, \\ w_t = (\\max_{i \\le t} \\gamma_i)^{p}, \\qquad
-        x_{t+1} = (1 - c_{t+1})\\, x_t + c_{t+1} z_{t+1}, \\qquad
-        y_{t+1} = \\beta_1 x_{t+1} + (1 - \\beta_1)\\, z_{t+1},
+        z_{t+1} &= z_t + \\Delta_t,
+
+        c_{t+1} &= \\frac{w_t}{\\sum_{i \\le t} w_i}, \\ w_t = (\\max_{i \\le t} \\gamma_i)^{p},
+
+        x_{t+1} &= (1 - c_{t+1})\\, x_t + c_{t+1} z_{t+1},
+
+        y_{t+1} &= \\beta_1 x_{t+1} + (1 - \\beta_1)\\, z_{t+1},
 
     from :math:`z_1 = x_1 = y_1` (the initial params), with :math:`p` the ``weight_lr_power``.
     For SGD, :math:`\\Delta_t = -\\gamma_t \\nabla f(y_t)`. The state keeps :math:`z`; :math:`x_t`
