@@ -220,6 +220,16 @@ def test_verbose_searches_print_one_line_when_they_fail_and_nothing_when_they_su
     assert out.count("\n") == 1 and "no step size met the sufficient decrease criterion" in out, out
     out, _ = _printed(capsys, jz.scale_by_backtracking_linesearch(30, max_learning_rate=100.0, verbose=True), w, u, fn)
     assert out == "", out
+    # Two searches under vmap, one stopping at the cap and one (from -5: its minimum at step 5) succeeding: one line.
+    # A lax.cond around the print runs both branches under vmap, where the succeeding search printed too.
+    starts = jnp.array([[-60.0, 0.0], [-5.0, 0.0]])
+    search = jax.vmap(lambda w, s: capped.update(u, s, w, value=fn(w), grad=jax.grad(fn)(w), value_fn=fn)[1])
+    capsys.readouterr()
+    states = search(starts, jax.vmap(capped.init)(starts))
+    jax.effects_barrier()
+    assert float(states.learning_rate[0]) == 10.0 and float(states.info.curvature_error[0]) > 0
+    assert float(states.info.decrease_error[1]) == float(states.info.curvature_error[1]) == 0  # met both
+    assert capsys.readouterr().out.count("up to max_learning_rate") == 1
 
 
 # --- None updates, storage, shard_map --------------------------------------------------------

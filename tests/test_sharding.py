@@ -324,7 +324,7 @@ def test_under_pmap_the_reductions_say_to_pass_an_empty_axis_name_and_then_match
     # from a shard there. With the gradients pmean-ed, axis_name=() (and P() specs for the Kronecker
     # preconditioners, which need whole arrays) gives each device the one-device answer, as Optax's under pmap.
     params = make_params()
-    devices = jax.devices()[:2]
+    devices = jax.devices("cpu")[:2]  # conftest's simulated ones: a machine with one accelerator has one device
     on_devices = lambda tree: jax.tree.map(lambda x: jnp.stack([x, 3 * x]), tree)  # noqa: E731
     whole = jax.tree.map(lambda _: P(), params)
 
@@ -343,7 +343,8 @@ def test_under_pmap_the_reductions_say_to_pass_an_empty_axis_name_and_then_match
     mean_grads = jax.tree.map(lambda g: 2 * g, gradients(params, 1))  # the mean of g and 3 g
     for ours, one_device in [(jz.clip_by_global_norm(0.1, axis_name=()), jz.clip_by_global_norm(0.1)),
                              (jz.shampoo(0.1, axis_name=(), partition_specs=whole), jz.shampoo(0.1))]:
-        expected = jax.jit(lambda g, p, tx=one_device: tx.update(g, tx.init(p), p)[0])(mean_grads, params)
+        on_cpu = jax.device_put((mean_grads, params), devices[0])  # the same backend as the pmap
+        expected = jax.jit(lambda g, p, tx=one_device: tx.update(g, tx.init(p), p)[0])(*on_cpu)
         for device in range(2):
             assert_trees_close(jax.tree.map(lambda x: x[device], pmapped(ours)), expected, rtol=1e-6, atol=1e-7)
 

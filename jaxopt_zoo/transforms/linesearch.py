@@ -111,6 +111,12 @@ def _value_dtype(params: Any) -> jnp.dtype:
     return jnp.promote_types(dtype, jnp.float32)
 
 
+def _print_if(condition: jax.Array, message: str, **values: Any) -> None:
+    """Print ``message.format(**values)`` where ``condition`` holds, deciding on the host: under ``vmap`` a
+    ``lax.cond`` around ``jax.debug.print`` runs both branches, and every search printed its failure line."""
+    jax.debug.callback(lambda flag, **v: print(message.format(**v)) if flag else None, condition, **values)
+
+
 def _as_scalar(x: jax.Array, dtype: jnp.dtype) -> jax.Array:
     # A value of f widened to dtype, never narrowed (an f of float32 params may return float64 under x64).
     x = jnp.asarray(x)
@@ -451,9 +457,10 @@ def scale_by_backtracking_linesearch(
     arguments of ``value_fn``. Numerically identical to
     ``optax.scale_by_backtracking_linesearch``, with the same state. Deviations:
     arguments are checked when it is built; ``verbose`` prints one line of our
-    own wording when the search fails; a missing ``value``/``grad``/``value_fn``
-    raises a ``ValueError`` saying what to pass; ``axis_name`` (an addition)
-    makes the slope exact inside ``shard_map``; ``None`` update leaves stay
+    own wording when the search fails (one per failed search under ``vmap``,
+    where Optax's print on every search; one per device inside ``shard_map``);
+    a missing ``value``/``grad``/``value_fn`` raises a ``ValueError`` saying
+    what to pass; ``axis_name`` (an addition) makes the slope exact inside ``shard_map``; ``None`` update leaves stay
     ``None`` (their params do not move in the trials). For bfloat16 and float16
     params the step size, value and decrease error are float32, and the slope
     and :math:`f`'s values are widened to float32 for the test (Optax keeps them
@@ -569,15 +576,10 @@ def scale_by_backtracking_linesearch(
         search = jax.lax.while_loop(searching, trial, start)
         eta = jnp.where(jnp.isinf(search.decrease_error), 0.0, search.learning_rate)
         if verbose:
-            jax.lax.cond(
-                search.decrease_error > atol,
-                lambda: jax.debug.print(
-                    owner + ": no step size met the sufficient decrease criterion (value {v}, slope {s}, "
-                    "last step size {e}, decrease error {d}); taking step size {t}.",
-                    v=value, s=slope, e=search.learning_rate, d=search.decrease_error, t=eta, ordered=True,
-                ),
-                lambda: None,
-            )
+            _print_if(search.decrease_error > atol,
+                      owner + ": no step size met the sufficient decrease criterion (value {v}, slope {s}, "
+                      "last step size {e}, decrease error {d}); taking step size {t}.",
+                      v=value, s=slope, e=search.learning_rate, d=search.decrease_error, t=eta)
         info = BacktrackingLinesearchInfo(search.iter_num, search.decrease_error)
         new_state = ScaleByBacktrackingLinesearchState(
             eta, search.new_value, search.new_grad if store_grad else None, info
@@ -698,9 +700,9 @@ def scale_by_zoom_linesearch(
     ``optax.scale_by_zoom_linesearch``, with the same state. Deviations:
     arguments are checked when it is built (including :math:`0 \\le c_1 < c_2`);
     ``verbose`` prints one line of our own wording when the search fails (also when it stops at
-    ``max_learning_rate``); a missing ``value``/``grad``/``value_fn`` raises a ``ValueError`` saying what
-    to pass; ``axis_name`` (an addition) makes the slopes exact inside
-    ``shard_map``; ``None`` update leaves stay ``None``. For bfloat16 and
+    ``max_learning_rate``; one per failed search under ``vmap``, where Optax's print on every search); a
+    missing ``value``/``grad``/``value_fn`` raises a ``ValueError`` saying what to pass; ``axis_name`` (an
+    addition) makes the slopes exact inside ``shard_map``; ``None`` update leaves stay ``None``. For bfloat16 and
     float16 params the step sizes, values, slopes and errors (in the state and
     in the search) are float32 (Optax keeps them in the first param's dtype,
     where trial steps keep 8 bits and the bracket's values near 16500 are off by
@@ -829,16 +831,6 @@ def scale_by_zoom_linesearch(
             found = high_is_new | low_is_new | (error <= tol)
             # At the largest step with no bracket: nothing larger can meet the curvature criterion.
             done = (error <= tol) | (at_max & ~found)
-            if verbose:
-                jax.lax.cond(
-                    at_max & ~found & (error > tol),
-                    lambda: jax.debug.print(
-                        owner + ": no step size up to max_learning_rate met both criteria (value {v}, slope {sl}, "
-                        "decrease error {d}, curvature error {c}); taking step size {t}.",
-                        v=value_init, sl=slope_init, d=dec, c=curv, t=eta, ordered=True,
-                    ),
-                    lambda: None,
-                )
             failed = (s.count + 1 >= max_linesearch_steps) & ~done
             return _Zoom(safe_increment(s.count), eta, value, grad, slope, dec, curv, error, jnp.asarray(found),
                          jnp.asarray(done), jnp.asarray(failed), low, value_low, slope_low, high, value_high,
@@ -878,14 +870,6 @@ def scale_by_zoom_linesearch(
             use_safe = (s.safe_stepsize > 0.0) | jnp.isinf(s.decrease_error)
             safe, last = [s.safe_stepsize, s.safe_value, s.safe_grad], [s.stepsize, s.value, s.grad]
             eta, value, grad = where(use_safe, safe, last)
-            if verbose:
-                jax.debug.print(
-                    owner + ": no step size met both criteria before the trials ran out or the bracket became "
-                    "shorter than stepsize_precision (value {v}, slope {sl}, last step size {e}, decrease error {d}, "
-                    "curvature error {c}); taking step size {t}.",
-                    v=value_init, sl=slope_init, e=s.stepsize, d=s.decrease_error, c=s.curvature_error, t=eta,
-                    ordered=True,
-                )
             return tree.cast_like(s._replace(stepsize=eta, value=value, grad=grad), s)
 
         def trial(s):
@@ -900,6 +884,17 @@ def scale_by_zoom_linesearch(
                       inf, inf, inf, false, false, false, zero, value_init, slope_init, zero, value_init, slope_init,
                       zero, value_init, zero, value_init, grad)
         final = jax.lax.while_loop(lambda s: ~(s.done | s.failed), trial, start)
+        if verbose:  # from the final state: inside the loop, vmap runs every phase for every search
+            report = dict(v=value_init, sl=slope_init, d=final.decrease_error, c=final.curvature_error,
+                          t=final.stepsize)
+            # Done with an error above tol happens only where the bracketing stopped at max_learning_rate.
+            _print_if(final.done & (final.error > tol),
+                      owner + ": no step size up to max_learning_rate met both criteria (value {v}, slope {sl}, "
+                      "decrease error {d}, curvature error {c}); taking step size {t}.", **report)
+            _print_if(final.failed,
+                      owner + ": no step size met both criteria before the trials ran out or the bracket became "
+                      "shorter than stepsize_precision (value {v}, slope {sl}, last trial's decrease error {d}, "
+                      "curvature error {c}); taking step size {t}.", **report)
         info = ZoomLinesearchInfo(final.count, final.decrease_error, final.curvature_error)
         new_state = ScaleByZoomLinesearchState(final.stepsize, final.value, final.grad, info)
         return _scaled(final.stepsize, updates), tree.cast_like(new_state, state)
