@@ -210,7 +210,8 @@ def summary(entry: Entry) -> str:
     # The first sentence, and of a long one (a state's fields) its first clause: the list is read at a glance.
     first = re.split(r"(?<!\bal)(?<!e\.g)(?<!i\.e)\.\s+(?=[A-Z`(:])", paragraph, maxsplit=1)[0]
     clause = re.split(r"[;:] ", first, maxsplit=1)[0]
-    if len(first) > 250 and clause != first and len(clause) >= 40 and clause.count("`") % 2 == 0 and clause.count("(") == clause.count(")"):
+    balanced = clause.count("`") % 2 == 0 and clause.count("(") == clause.count(")")
+    if len(first) > 250 and clause != first and len(clause) >= 40 and balanced:
         return clause + " ..."
     return first.rstrip(" :,.") + ("." if paragraph.rstrip().endswith(".") or first != paragraph else "")
 

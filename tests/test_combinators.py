@@ -244,11 +244,12 @@ def test_optax_tree_map_params_finds_the_per_parameter_parts_of_our_states():
     # parts with its own placeholder, which the wrappers and the Kronecker inits must take for ours.
     params = {"w": jnp.array([[3.0, 1.0], [0.5, 2.0]]), "b": jnp.array([-3.0])}
     marked = lambda x: "per-parameter"
+    codes = jz.Blockwise8Bit(min_size=16, block_size=16, max_shards=1)  # one shard: quantized under 8 devices too
     for tx, p in [
         (jz.masked(jz.adam(0.1), {"w": True, "b": False}), params),
         (jz.partition({"a": jz.adam(0.1), "s": jz.sgd(0.1, 0.9)}, {"w": "a", "b": "s"}), params),
         (jz.lookahead(jz.adam(0.1), 3, 0.5), jz.LookaheadParams.init_synced(params)),
-        (jz.adam(0.1, mu_dtype=jz.Blockwise8Bit(min_size=1, block_size=16)), params),
+        (jz.adam(0.1, mu_dtype=codes), {"w": jnp.ones((2, 32))}),
         (jz.shampoo(0.1), params),
         (jz.MultiSteps(jz.adam(0.1), 2), params),
     ]:
@@ -257,6 +258,8 @@ def test_optax_tree_map_params_finds_the_per_parameter_parts_of_our_states():
         assert jax.tree.structure(theirs) == jax.tree.structure(ours)
         assert [str(x) for x in jax.tree.leaves(theirs)] == [str(x) for x in jax.tree.leaves(ours)]
         assert "per-parameter" in jax.tree.leaves(ours)
+    eight_bit = jz.adam(0.1, mu_dtype=codes).init({"w": jnp.ones((2, 32))})
+    assert any(x.dtype == jnp.int8 for x in jax.tree.leaves(eight_bit))  # the case above does hold 8-bit codes
 
 
 # --- None leaves, storage, jit/donation, vmap -------------------------------------------------
