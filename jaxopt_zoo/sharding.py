@@ -20,10 +20,10 @@ row means must not mix the shards of a leaf's first axis, needs the updates'
 ``partition_specs`` with ``axis_name`` (it raises without them). Outside ``shard_map``
 ``axis_name`` changes nothing, so one optimizer serves both. Axes of ``vmap``
 are not mesh axes: there, reduce the updates yourself first. ``jax.pmap`` runs
-as a ``shard_map`` that does not track varying values, so there too these
-transformations raise without ``axis_name``: with the gradients already
-averaged across devices (``jax.lax.pmean``), pass ``axis_name=()``, and each
-device's own value is the global one (what Optax computes under ``pmap``).
+as a ``shard_map`` that does not track varying values (as ``check_vma=False``):
+inside it these transformations raise unless ``axis_name=()``, which, with the
+gradients already averaged across devices (``jax.lax.pmean``), gives each
+device the global value (what Optax computes under ``pmap``).
 
 One pitfall of data parallelism inside ``shard_map`` that no optimizer can
 catch: the gradient of a param replicated over ``"data"`` comes out of
