@@ -40,6 +40,10 @@ autodoc_typehints = "description"  # types under the argument list, keeping sign
 autodoc_typehints_format = "short"
 autodoc_member_order = "bysource"
 autodoc_preserve_defaults = True  # NS_COEFFICIENTS, not (3.4445, -4.775, 2.0315)
+# Annotations as written (the modules use postponed annotations), not expanded: "jax.typing.ArrayLike", not
+# "Array | ndarray | bool | number | bool | int | float | complex" on 126 arguments.
+autodoc_type_aliases = {name: name for name in ("jax.typing.ArrayLike", "jax.typing.DTypeLike", "Schedule",
+                                                 "ScalarOrSchedule", "MaskOrFn", "Params", "Updates", "OptState")}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
