@@ -341,6 +341,8 @@ def test_docs_build_without_warnings(tmp_path):
     assert references and all(references), f"{references.count('')} of {len(references)} references unlinked"
     base = (tmp_path / "html" / "api" / "base.html").read_text()
     assert "the model’s parameters" in base and "Special type indicating" not in base
+    schedules = re.sub(r"<[^>]+>", "", (tmp_path / "html" / "api" / "schedules.html").read_text())
+    assert "jax.typing.ArrayLike" in schedules and "bool | number | bool" not in schedules  # types as written
     assert (tmp_path / "html" / "_static" / "mathjax" / "tex-chtml.js").is_file()  # the math renders offline
 
 
