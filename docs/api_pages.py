@@ -202,6 +202,10 @@ def summary(entry: Entry) -> str:
     namespace, _, name = entry.name.rpartition(".")
     obj = getattr(jz.torch if namespace == "jaxopt_zoo.torch" else jz, name)
     doc = (inspect.getdoc(obj) if entry.directive != "autodata" else alias_docs().get(name, "")) or ""
+    # A bare :func:`adam` means the entry's own module's (jz.torch.adamw's text: torch.adam); the index has no module.
+    module = importlib.import_module(entry.module)
+    doc = re.sub(r":(func|class|data|obj):`(\w+)`", lambda m: f":{m[1]}:`~{entry.module}.{m[2]}`"
+                 if hasattr(module, m[2]) else m[0], doc)
     paragraph = " ".join(doc.strip().split("\n\n", 1)[0].split())  # a sentence may run over several lines
     if paragraph.count("`") % 2:  # cut inside inline markup: keep what comes before it
         paragraph = paragraph[: paragraph.index(":math:")] if ":math:" in paragraph else paragraph.replace("`", "")

@@ -7,6 +7,7 @@ import importlib
 import pathlib
 import sys
 
+import sphinx.util.inspect
 from sphinx.util.nodes import make_refnode
 
 HERE = pathlib.Path(__file__).parent
@@ -44,6 +45,10 @@ autodoc_preserve_defaults = True  # NS_COEFFICIENTS, not (3.4445, -4.775, 2.0315
 # "Array | ndarray | bool | number | bool | int | float | complex" on 126 arguments.
 autodoc_type_aliases = {name: name for name in ("jax.typing.ArrayLike", "jax.typing.DTypeLike", "Schedule",
                                                  "ScalarOrSchedule", "MaskOrFn", "Params", "Updates", "OptState")}
+# Inside a union or a generic (ArrayLike | None) Sphinx 9 writes such an alias with its repr,
+# "TypeAliasForwardRef('jax.typing.ArrayLike')": its name instead.
+if hasattr(sphinx.util.inspect, "TypeAliasForwardRef"):
+    sphinx.util.inspect.TypeAliasForwardRef.__repr__ = lambda self: self.name
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
@@ -75,6 +80,8 @@ def _link_to_documented_name(app, env, node, contnode):
     name = target.rpartition(".")[2]
     objects = env.get_domain("py").objects
     for path in (target, f"{node.get('py:module')}.{target}", f"jaxopt_zoo.{target}"):
+        if not path.startswith("jaxopt_zoo."):  # never import anything else to look a name up
+            continue
         obj = _object_at(path)
         if obj is None:
             continue

@@ -343,6 +343,9 @@ def test_docs_build_without_warnings(tmp_path):
     assert "the model’s parameters" in base and "Special type indicating" not in base
     schedules = re.sub(r"<[^>]+>", "", (tmp_path / "html" / "api" / "schedules.html").read_text())
     assert "jax.typing.ArrayLike" in schedules and "bool | number | bool" not in schedules  # types as written
+    pages = [path.name for path in (tmp_path / "html" / "api").glob("*.html")
+             if "TypeAliasForwardRef" in path.read_text()]
+    assert pages == [], pages  # an alias inside a union (ArrayLike | None) was written as its repr
     assert (tmp_path / "html" / "_static" / "mathjax" / "tex-chtml.js").is_file()  # the math renders offline
 
 

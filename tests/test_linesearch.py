@@ -229,7 +229,16 @@ def test_verbose_searches_print_one_line_when_they_fail_and_nothing_when_they_su
     jax.effects_barrier()
     assert float(states.learning_rate[0]) == 10.0 and float(states.info.curvature_error[0]) > 0
     assert float(states.info.decrease_error[1]) == float(states.info.curvature_error[1]) == 0  # met both
-    assert capsys.readouterr().out.count("up to max_learning_rate") == 1
+    out = capsys.readouterr().out
+    assert out.count("\n") == out.count("up to max_learning_rate") == 1, out
+    # Inside a shard_map over two devices (an ordered print raised there): one line per device.
+    mesh = jax.make_mesh((2,), ("d",), devices=jax.devices("cpu")[:2])
+    on_each = jax.shard_map(lambda w: capped.update(u, capped.init(w), w, value=fn(w), grad=jax.grad(fn)(w),
+                                                    value_fn=fn)[1].learning_rate[None],
+                            mesh=mesh, in_specs=P(), out_specs=P("d"))
+    assert jax.jit(on_each)(w).tolist() == [10.0, 10.0]
+    jax.effects_barrier()
+    assert capsys.readouterr().out.count("up to max_learning_rate") == 2
 
 
 # --- None updates, storage, shard_map --------------------------------------------------------

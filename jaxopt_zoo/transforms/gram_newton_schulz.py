@@ -144,7 +144,7 @@ def gram_newton_schulz(
 
         Q_{k+1} &= Q_k P_k, \\qquad R_{k+1} = P_k R_k P_k \\;(= X_{k+1} X_{k+1}^\\top),
 
-        \\text{result } Q_K X_0,
+        &\\text{result } Q_K X_0,
 
     all on :math:`m \\times m` matrices that commute, so :math:`Q_k` and :math:`R_k`
     are symmetric (and are symmetrised after each product). In exact arithmetic the

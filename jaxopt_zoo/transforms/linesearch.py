@@ -458,7 +458,7 @@ def scale_by_backtracking_linesearch(
     ``optax.scale_by_backtracking_linesearch``, with the same state. Deviations:
     arguments are checked when it is built; ``verbose`` prints one line of our
     own wording when the search fails (one per failed search under ``vmap``,
-    where Optax's print on every search; one per device inside ``shard_map``);
+    where Optax's prints for every search; one per device inside ``shard_map``);
     a missing ``value``/``grad``/``value_fn`` raises a ``ValueError`` saying
     what to pass; ``axis_name`` (an addition) makes the slope exact inside ``shard_map``; ``None`` update leaves stay
     ``None`` (their params do not move in the trials). For bfloat16 and float16
@@ -700,9 +700,10 @@ def scale_by_zoom_linesearch(
     ``optax.scale_by_zoom_linesearch``, with the same state. Deviations:
     arguments are checked when it is built (including :math:`0 \\le c_1 < c_2`);
     ``verbose`` prints one line of our own wording when the search fails (also when it stops at
-    ``max_learning_rate``; one per failed search under ``vmap``, where Optax's print on every search); a
-    missing ``value``/``grad``/``value_fn`` raises a ``ValueError`` saying what to pass; ``axis_name`` (an
-    addition) makes the slopes exact inside ``shard_map``; ``None`` update leaves stay ``None``. For bfloat16 and
+    ``max_learning_rate``; one per failed search under ``vmap``, where Optax's prints for every search; one per
+    device inside ``shard_map``); a missing ``value``/``grad``/``value_fn`` raises a ``ValueError`` saying
+    what to pass; ``axis_name`` (an addition) makes the slopes exact inside ``shard_map``; ``None`` update
+    leaves stay ``None``. For bfloat16 and
     float16 params the step sizes, values, slopes and errors (in the state and
     in the search) are float32 (Optax keeps them in the first param's dtype,
     where trial steps keep 8 bits and the bracket's values near 16500 are off by
