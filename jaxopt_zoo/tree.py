@@ -276,6 +276,19 @@ def full_like(tree: Any, value: jax.typing.ArrayLike, dtype: jax.typing.DTypeLik
     return jax.tree.map(lambda x: jnp.full_like(x, value, dtype=dtype), tree)
 
 
+def once_per_shape(fn: Callable[..., Any] | None = None, *, static_argnums: int | tuple[int, ...] = ()) -> Any:
+    """``fn`` traced once per shape and dtype of its arguments, not at every call, and inlined where it is called, so
+    that the program (and its derivative) is the one written out: ``jax.jit(fn, inline=True)``.
+
+    For the pieces a step applies leaf by leaf or block by block (a transformer has hundreds of leaves of a handful of
+    shapes) and for ``custom_jvp`` functions, which JAX traces again at every call (~0.15 ms each). Scalar arguments
+    become traced values: give it only those that meet arrays, where they round alike traced or constant.
+    """
+    if fn is None:
+        return functools.partial(once_per_shape, static_argnums=static_argnums)
+    return jax.jit(fn, static_argnums=static_argnums, inline=True)
+
+
 @jax.custom_jvp
 def root(x: jax.Array) -> jax.Array:
     """:math:`\\sqrt{x}` for :math:`x \\ge 0`, whose derivative at 0 is taken as 0 instead of :math:`\\infty`.
@@ -297,9 +310,7 @@ def _root_jvp(primals, tangents):
     return y, jnp.where(positive, dx / (2 * jnp.where(positive, y, 1)), jnp.zeros_like(y))
 
 
-# A custom_jvp function is traced again at every call (~0.15 ms): per leaf, per step program, more than the
-# rest of Adam's direction. Inlined under jit, it is traced once per shape and dtype; the program is the same.
-root = jax.jit(root, inline=True)
+root = once_per_shape(root)  # per leaf of every step: its custom_jvp cost more to trace than Adam's direction
 
 
 @jax.custom_jvp
@@ -316,7 +327,7 @@ def _cube_root_jvp(primals, tangents):
     return y, jnp.where(positive, dx / (3 * jnp.where(positive, y, 1) ** 2), jnp.zeros_like(y))
 
 
-cube_root = jax.jit(cube_root, inline=True)  # traced once per shape, as root
+cube_root = once_per_shape(cube_root)
 
 
 def divide_unless_small(numerator: jax.Array, denominator: jax.Array, small: jax.typing.ArrayLike) -> jax.Array:
@@ -342,7 +353,7 @@ def _divide_with_finite_slope_jvp(primals, tangents):
     return n / d, dn / safe - (n / safe) * (dd / safe)
 
 
-divide_with_finite_slope = jax.jit(divide_with_finite_slope, inline=True)  # traced once per shape, as root
+divide_with_finite_slope = once_per_shape(divide_with_finite_slope)
 
 
 def global_norm(updates: Any, axis_name: AxisName = None, owner: str = "global_norm") -> jax.Array:

@@ -13,7 +13,6 @@ The fit runs inside a ``jax.lax.cond``: under ``jit`` the other steps do not pay
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -141,10 +140,7 @@ def _norm_lower_bound(a: jax.Array) -> jax.Array:
     return scale * jnp.linalg.norm(jnp.matmul(b, x / jnp.where(norm > 0, norm, 1), precision=_HIGHEST))
 
 
-# _fit and the directions are jitted with inline=True: traced once per leaf shape, not once per leaf (a transformer
-# has ~100 leaves of a handful of shapes), and inlined where they are called, so the program (and its derivative)
-# is the one written out. Their scalar arguments enter only array arithmetic, which rounds alike either way.
-@functools.partial(jax.jit, inline=True)
+@tree.once_per_shape  # as _direction and _cached_direction: lr and damping meet arrays only
 def _fit(h: jax.Array, qs: tuple[jax.Array, ...], v: jax.Array, lr: Any, damping: Any) -> tuple[jax.Array, ...]:
     """One step of the whitening fit of the factors on the pair (probe v, input h), after balancing them."""
     if h.size == 0:
@@ -173,7 +169,7 @@ def _laid_out_like(new: jax.Array, old: jax.Array) -> jax.Array:
     return new if jax.typeof(new).sharding == want else jax.sharding.reshard(new, want)
 
 
-@functools.partial(jax.jit, inline=True)
+@tree.once_per_shape
 def _direction(m: jax.Array, qs: tuple[jax.Array, ...]) -> jax.Array:
     """:math:`P m = Q^\\top Q m`, its RMS capped at 1.1."""
     return m if m.size == 0 else _capped(_apply(qs, _apply(qs, m.astype(qs[0].dtype)), transpose=True))
@@ -189,7 +185,7 @@ def _preconditioner(qs: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
     return tuple(q * q if q.ndim < 2 else jnp.matmul(q.T, q, precision=_HIGHEST) for q in qs)
 
 
-@functools.partial(jax.jit, inline=True)
+@tree.once_per_shape
 def _cached_direction(m: jax.Array, ps: tuple[jax.Array, ...]) -> jax.Array:
     """:func:`_direction` from :func:`_preconditioner`'s factors: one product per dimension instead of two."""
     return m if m.size == 0 else _capped(_apply(ps, m.astype(ps[0].dtype)))

@@ -163,11 +163,9 @@ def _accumulate(g: jax.Array, factors: Factors, layout: BlockLayout, b2: Any, we
     return tuple(on_blocks(step, *fs, x, shared=(b2, weight)) for fs, x in zip(factors, blocks, strict=True))
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3), inline=True)
+@tree.once_per_shape(static_argnums=(2, 3))  # a transformer's 92 stacks of roots: a handful of shapes
 def _fresh_roots(f: jax.Array, q: jax.Array, root_fn: Any, p: float, scale: jax.Array, eps: jax.Array) -> jax.Array:
     # New roots of one stack of bias-corrected factors; a block whose new root is not finite keeps its previous one.
-    # Jitted (and inlined where called: the same program): traced once per stack shape, not once per stack (a
-    # transformer's 92 stacks of roots have a handful of shapes; each vmapped Newton loop took ~30 ms to trace).
     r = root_fn(f / scale.astype(f.dtype), p, eps).astype(q.dtype)
     return jnp.where(jnp.all(jnp.isfinite(r), axis=(-2, -1), keepdims=True), r, q)
 

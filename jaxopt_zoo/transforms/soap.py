@@ -76,18 +76,14 @@ def _matrices(block_ndim: int, dims: tuple[int, ...], qs: tuple[jax.Array, ...])
     return matrices
 
 
-# The per-stack pieces below are jitted with inline=True: traced once per stack shape, not once per stack (a
-# transformer has hundreds of stacks of a handful of shapes), and inlined where they are called: the same program.
-
-
-@functools.partial(jax.jit, static_argnums=(1, 3), inline=True)
+@tree.once_per_shape(static_argnums=(1, 3))  # as the other per-stack pieces below
 def _rotate(stack: jax.Array, dims: tuple[int, ...], qs: tuple[jax.Array, ...], into: bool) -> jax.Array:
     """Each block of ``stack`` into its eigenbasis (:math:`x \\times_i Q_i^\\top`) or back (:math:`\\times_i Q_i`)."""
     matrices = _matrices(stack.ndim - 1, dims, qs)
     return jax.vmap(lambda x, ms: mode_product(x, ms, transpose=into))(stack, matrices)
 
 
-@functools.partial(jax.jit, static_argnums=1, inline=True)
+@tree.once_per_shape(static_argnums=1)
 def _statistic(stack: jax.Array, i: int) -> jax.Array:
     # G_(i) G_(i)^T of each block: contract every block dimension but i (axis 0 is the stack).
     others = [j for j in range(1, stack.ndim) if j != i + 1]
@@ -99,14 +95,14 @@ def _finite(x: jax.Array) -> jax.Array:
     return jnp.isfinite(x).all(axis=(-2, -1), keepdims=True)
 
 
-@functools.partial(jax.jit, inline=True)
+@tree.once_per_shape
 def _eigenbasis(stat: jax.Array, old: jax.Array) -> jax.Array:
     """The eigenvectors of each factor, by decreasing eigenvalue (the first refresh); ``old`` where not finite."""
     q = stacked_eigh(stat)[1][..., ::-1]
     return jnp.where(_finite(q), q, old)
 
 
-@functools.partial(jax.jit, inline=True)
+@tree.once_per_shape
 def _power_qr(stat: jax.Array, old: jax.Array) -> tuple[jax.Array, jax.Array]:
     """One power iteration and QR from ``old`` with its columns sorted by the estimated eigenvalues
     :math:`\\mathrm{diag}(Q^\\top L Q)`, decreasing; and the order, so that Adam's second moment follows it."""
