@@ -65,6 +65,7 @@ from jaxopt_zoo.wrappers import (
     LookaheadState,
     MultiSteps,
     MultiStepsState,
+    SwaParamsState,
     WrappedSchedule,
     WrappedScheduleState,
     apply_if_finite,
@@ -72,6 +73,7 @@ from jaxopt_zoo.wrappers import (
     inject_hyperparams,
     inject_stateful_hyperparams,
     lookahead,
+    swa_params,
 )
 from jaxopt_zoo.quantization import Blockwise8Bit
 from jaxopt_zoo.storage import StochasticBF16, with_storage
@@ -98,6 +100,7 @@ __all__ = [
     "state_shardings",
     "ApplyIfFiniteState",
     "EmaParamsState",
+    "SwaParamsState",
     "GradientTransformationExtraArgs",
     "stateless_with_tree_map",
     "init_empty_state",
@@ -148,6 +151,7 @@ __all__ = [
     "apply_updates",
     "chain",
     "ema_params",
+    "swa_params",
     "freeze",
     "identity",
     "inject_hyperparams",

@@ -1,6 +1,7 @@
 """Learning-rate schedules: pure, jit-safe functions of the int32 step count (0 on the first step).
 
-Names, arguments and values are Optax's. Deviations: arguments that make no
+Names, arguments and values are Optax's, and :func:`cyclic_schedule` is PyTorch's
+``CyclicLR``, which Optax lacks. Deviations: arguments that make no
 sense raise a ``ValueError`` naming them (a negative step count, boundaries out
 of order, a non-positive decay rate), where Optax logs and falls back to a
 constant schedule or to ``transition_begin=0``.
@@ -25,7 +26,7 @@ from __future__ import annotations
 import inspect
 import math
 import types
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +39,7 @@ __all__ = [
     "constant_schedule",
     "cosine_decay_schedule",
     "cosine_onecycle_schedule",
+    "cyclic_schedule",
     "exponential_decay",
     "join_schedules",
     "linear_onecycle_schedule",
@@ -518,6 +520,75 @@ def cosine_onecycle_schedule(
         (pct_start,),
         (div_factor, _derived(owner, "1 / (div_factor * final_div_factor)", 1.0, div_factor * final_div_factor)),
     )
+
+
+def cyclic_schedule(
+    init_value: jax.typing.ArrayLike,
+    peak_value: jax.typing.ArrayLike,
+    step_size_up: int = 2000,
+    step_size_down: int | None = None,
+    mode: str = "triangular",
+    gamma: jax.typing.ArrayLike = 1.0,
+    scale_fn: Callable[[jax.Array], jax.typing.ArrayLike] | None = None,
+    scale_mode: str = "cycle",
+) -> Schedule:
+    """Cyclical learning rates (Smith 2017), PyTorch's ``CyclicLR``: up from ``init_value`` to ``peak_value``
+    in ``step_size_up`` steps, back down in ``step_size_down`` (default ``step_size_up``), over and over:
+
+    .. math::
+
+        \\eta_t = \\eta_0 + (\\eta_1 - \\eta_0)\\, h_t\\, s, \\qquad
+        h_t = \\begin{cases} r / U & r \\le U \\\\ (U + D - r) / D & r > U \\end{cases}, \\qquad
+        r = t \\bmod (U + D),
+
+    where :math:`\\eta_0`, :math:`\\eta_1` are ``init_value``, ``peak_value`` and :math:`U`, :math:`D` the step
+    sizes, with the amplitude's scale :math:`s = 1` (``mode="triangular"``), :math:`2^{-(c - 1)}` in cycle
+    :math:`c = \\lfloor t / (U + D) \\rfloor + 1` (``"triangular2"``), or :math:`\\gamma^t` (``"exp_range"``).
+    A ``scale_fn`` replaces ``mode``: it is called with :math:`c` (``scale_mode="cycle"``) or with :math:`t`
+    (``"iterations"``) as a float array and must be written in ``jax.numpy``.
+
+    PyTorch's ``CyclicLR(base_lr, max_lr, ...)`` stepped once per optimizer step is
+    ``cyclic_schedule(base_lr, max_lr, ...)``; its ``cycle_momentum`` (on by default) cycles momentum
+    inversely, which is ``cyclic_schedule(max_momentum, base_momentum, ...)`` given to
+    :func:`inject_hyperparams` as the momentum. Deviations: the step sizes must be whole numbers of steps
+    (PyTorch takes floats) and ``step_size_up`` at least 1. The values and ``gamma`` may be traced.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> schedule = jz.cyclic_schedule(0.1, 1.0, step_size_up=4)
+        >>> [round(float(schedule(t)), 3) for t in (0, 2, 4, 6, 8)]
+        [0.1, 0.55, 1.0, 0.55, 0.1]
+
+    References:
+        Smith, "Cyclical Learning Rates for Training Neural Networks", 2017. https://arxiv.org/abs/1506.01186
+    """
+    owner = "cyclic_schedule"
+    validation.real_scalar(owner, "init_value", init_value)
+    validation.real_scalar(owner, "peak_value", peak_value)
+    up = _steps(owner, "step_size_up", step_size_up, minimum=1)
+    down = up if step_size_down is None else _steps(owner, "step_size_down", step_size_down)
+    if up + down > validation.INT32_MAX:
+        raise ValueError(f"{owner}: step_size_up + step_size_down must be at most {validation.INT32_MAX} (the int32 "
+                         f"step count), got {up} + {down}.")
+    if scale_fn is None:
+        if mode not in ("triangular", "triangular2", "exp_range"):
+            raise ValueError(f"{owner}: mode must be 'triangular', 'triangular2' or 'exp_range', got {mode!r}.")
+        validation.positive(owner, "gamma", gamma)
+        scale_fn = {"triangular": lambda c: 1.0, "triangular2": lambda c: 0.5 ** (c - 1),
+                    "exp_range": lambda t: gamma**t}[mode]
+        scale_mode = "iterations" if mode == "exp_range" else "cycle"
+    elif not callable(scale_fn):
+        raise ValueError(f"{owner}: scale_fn must be a function of the cycle or the step (or None), got {scale_fn!r}.")
+    if scale_mode not in ("cycle", "iterations"):
+        raise ValueError(f"{owner}: scale_mode must be 'cycle' or 'iterations', got {scale_mode!r}.")
+
+    def schedule(count):
+        cycle, position = jnp.divmod(jnp.asarray(count), up + down)
+        height = jnp.where(position <= up, _as_real(position) / up, _as_real(up + down - position) / max(down, 1))
+        scale = scale_fn(_as_real(cycle + 1) if scale_mode == "cycle" else _as_real(count))
+        return init_value + (peak_value - init_value) * height * scale
+
+    return schedule
 
 
 def warmup_cosine_decay_schedule(

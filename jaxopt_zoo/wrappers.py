@@ -45,15 +45,19 @@ def _annotation_names(parameter: inspect.Parameter) -> set[str]:
 
 
 def _takes_numbers(parameter: inspect.Parameter) -> bool:
-    # A hyperparameter that may be a schedule: a number by default, or required with a numeric annotation
-    # (learning_rate: ScalarOrSchedule) or none. One whose default is None, a flag or an object (mask, mu_dtype,
-    # weight_decay_mask) never is, nor a required function or object (masked's mask, partition's param_labels).
-    default = parameter.default
+    # A hyperparameter that may be a schedule: a number by default, required with a numeric annotation
+    # (learning_rate: ScalarOrSchedule) or none, or optional (None by default) with a real-number annotation
+    # (sgd's momentum: ArrayLike | None, as Optax schedules it). One whose default is a flag or an object, or None
+    # for an object, a count or a key (mask, mu_dtype, seed, max_block_dim) never is, nor a required function or
+    # object (masked's mask, partition's param_labels).
+    default, names = parameter.default, _annotation_names(parameter)
     if default is inspect.Parameter.empty:
         if parameter.annotation is inspect.Parameter.empty:
             return True
-        names = _annotation_names(parameter)
         return "Callable" not in names and bool(names & {"ScalarOrSchedule", "Schedule", "ArrayLike", "float", "int"})
+    if default is None:
+        not_a_real = {"Callable", "int", "str", "Mapping", "Sequence", "Array"}
+        return not names & not_a_real and bool(names & {"ScalarOrSchedule", "Schedule", "ArrayLike", "float"})
     return isinstance(default, (int, float)) and not isinstance(default, bool)
 
 
@@ -136,8 +140,9 @@ def inject_hyperparams(
     edited between steps without recompiling. A hyperparameter given as a
     schedule is evaluated at the step count each step and stored there too.
     Only numeric hyperparameters are injected: a callable is a schedule only
-    for an argument that is numeric by default or required and annotated as a
-    number or schedule (``learning_rate``, ``weight_decay``, ``b1``, ...).
+    for an argument that is numeric by default, or required or ``None`` by
+    default and annotated as a number or schedule (``learning_rate``,
+    ``weight_decay``, ``b1``, :func:`sgd`'s ``momentum``, ...).
     Booleans, ``None``, strings, dtypes, storages, masks and labels (a callable
     ``mask``, ``param_labels``, required or not) and the names in
     ``static_args`` stay static. Deviation from Optax, which takes
@@ -531,6 +536,75 @@ def ema_params(decay: float) -> GradientTransformation:
         tree.check_same_structure("ema_params", updates, params, "the params")
         average = lambda u, e, p: (decay * e + (1 - decay) * (p.astype(e.dtype) + u.astype(e.dtype))).astype(e.dtype)
         return updates, EmaParamsState(tree.map_state(average, updates, state.ema, params))
+
+    return GradientTransformation(init, update)
+
+
+class SwaParamsState(NamedTuple):
+    """The equal-weight average of the parameters (SWA): the steps seen, how many were averaged, the average."""
+
+    count: jax.Array
+    n_averaged: jax.Array
+    average: Params
+
+
+def swa_params(start: int = 1, every: int = 1) -> GradientTransformation:
+    """Keep the equal-weight average of the parameters, for evaluation (Stochastic Weight Averaging).
+
+    Put it last in a chain, so it sees the final updates :math:`u_t`. After step
+    :math:`t = 1, 2, \\dots` the params are :math:`\\theta_t = \\theta_{t-1} + u_t`; those of the
+    steps :math:`t \\ge` ``start`` with :math:`t -` ``start`` a multiple of ``every`` (as
+    :func:`~jaxopt_zoo.apply_updates` forms them, in the params' dtype) are averaged:
+
+    .. math::
+
+        \\bar\\theta \\leftarrow \\bar\\theta + \\frac{\\theta_t - \\bar\\theta}{n + 1}, \\qquad n \\leftarrow n + 1,
+
+    so the first one is taken as it is. The updates pass through unchanged; read the
+    average from the state's ``average`` field (``state[-1].average`` at the end of a
+    chain) once ``n_averaged`` is at least 1 (before, it holds the initial params).
+    It is kept in float32 at least, so that :math:`1 / (n + 1)` is not lost to
+    bfloat16's rounding. For an exponential average, see :func:`ema_params`.
+
+    PyTorch's ``AveragedModel(model)`` with ``update_parameters`` called after every
+    step from step ``start`` on is ``swa_params(start)``; called once an epoch from epoch
+    ``swa_start`` on, it is ``swa_params(swa_start * steps_per_epoch, every=steps_per_epoch)``.
+    As there, batch-norm statistics are not averaged: recompute them with the average
+    (PyTorch's ``update_bn``) before evaluating.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> tx = jz.chain(jz.sgd(0.05, momentum=0.9), jz.swa_params(start=750, every=50))
+
+    References:
+        Izmailov et al., "Averaging Weights Leads to Wider Optima and Better Generalization", 2018.
+        https://arxiv.org/abs/1803.05407
+    """
+    start = validation.whole_number("swa_params", "start", start, 1, validation.INT32_MAX)
+    every = validation.whole_number("swa_params", "every", every, 1, validation.INT32_MAX)
+
+    def init(params):
+        wide = lambda p: jnp.array(p, dtype=jnp.promote_types(p.dtype, jnp.float32))
+        return SwaParamsState(zero_count(), zero_count(), jax.tree.map(wide, params))
+
+    def update(updates, state, params=None, **extra_args):
+        del extra_args
+        check_state("swa_params", state, SwaParamsState)
+        validation.require_params("swa_params", params)
+        tree.check_same_structure("swa_params", updates, params, "the params")
+        count = safe_increment(state.count)
+        # In int32: count - start fits, both being in [1, 2**31 - 1].
+        take = jnp.logical_and(count >= start, (count - start) % every == 0)
+
+        def average(u, a, p):
+            new = jnp.asarray(p + u).astype(p.dtype)  # the params as jz.apply_updates forms them
+            if new.dtype != a.dtype:  # rounded as held: XLA would drop the round trip bfloat16 -> float32
+                new = jax.lax.optimization_barrier(new).astype(a.dtype)
+            moved = jnp.where(state.n_averaged == 0, new, a + (new - a) / (state.n_averaged.astype(a.dtype) + 1))
+            return jnp.where(take, moved, a)
+
+        n_averaged = jnp.where(take, safe_increment(state.n_averaged), state.n_averaged)
+        return updates, SwaParamsState(count, n_averaged, tree.map_state(average, updates, state.average, params))
 
     return GradientTransformation(init, update)
 

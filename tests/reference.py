@@ -2556,3 +2556,37 @@ def shampoo(learning_rate, b1=0.0, b2=1.0, eps=1e-12, weight_decay=0.0, grafting
         return delta, {**state, "L": L, "Q": Q, "m": m, "v": v}
 
     return Reference(init, update)
+
+
+def cyclic_lr(base_lr, max_lr, step_size_up, step_size_down=None, mode="triangular", gamma=1.0, scale_fn=None,
+              scale_mode="cycle", base_momentum=0.8, max_momentum=0.9, steps=100):
+    """torch.optim.lr_scheduler.CyclicLR's rates and momenta at the optimizer's first ``steps`` steps, from its
+    documented policy: cycle = floor(1 + k / (U + D)), x = 1 + k / (U + D) - cycle, the height x / (U / (U + D))
+    on the way up and (x - 1) / (U / (U + D) - 1) on the way down, times the scale: 1, 1 / 2^(cycle - 1) or
+    gamma^k, or ``scale_fn`` of the cycle or of k. The momentum goes from max_momentum down by as much."""
+    down = step_size_up if step_size_down is None else step_size_down
+    total, ratio = float(step_size_up + down), step_size_up / (step_size_up + down)
+    rates, momenta = [], []
+    for k in range(steps):
+        cycle = np.floor(1 + k / total)
+        x = 1.0 + k / total - cycle
+        height = x / ratio if x <= ratio else (x - 1) / (ratio - 1)
+        if scale_fn is None:
+            scale = {"triangular": 1.0, "triangular2": 1 / 2.0 ** (cycle - 1), "exp_range": gamma**k}[mode]
+        else:
+            scale = scale_fn(cycle if scale_mode == "cycle" else k)
+        rates.append(base_lr + (max_lr - base_lr) * height * scale)
+        momenta.append(max_momentum - (max_momentum - base_momentum) * height * scale)
+    return np.array(rates), np.array(momenta)
+
+def swa_average(iterates, start, every):
+    """torch.optim.swa_utils.AveragedModel's default (equal-weight) average of one array, ``update_parameters``
+    called after each optimizer step ``t`` (``iterates[t - 1]`` the params after it) with ``t >= start`` and
+    ``(t - start) % every == 0``: the first call copies the params, a later one moves the average by
+    (p - average) / (n + 1) after n calls. Returns the average (``None`` before the first call) and n."""
+    average, n = None, 0
+    for t, p in enumerate(iterates, start=1):
+        if t >= start and (t - start) % every == 0:
+            average = np.array(p, np.float64) if n == 0 else average + (p - average) / (n + 1)
+            n += 1
+    return average, n

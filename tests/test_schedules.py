@@ -12,6 +12,8 @@ import pytest
 
 import jaxopt_zoo as jz
 
+from . import reference
+
 STEPS = np.arange(0, 260, 7)
 
 
@@ -175,6 +177,15 @@ def test_schedule_drives_an_optimizer_under_jit():
         (lambda: jz.cosine_onecycle_schedule(100, 1.0, final_div_factor=-1.0), r"cosine_onecycle_schedule: final_div_factor must be > 0"),
         (lambda: jz.linear_schedule(1.0, 0.0, 10.5), r"transition_steps must be an integer >= 0, got 10\.5"),
         (lambda: jz.warmup_constant_schedule(0.0, 1.0, -3), r"warmup_constant_schedule: warmup_steps must be an integer >= 0, got -3"),
+        (lambda: jz.cyclic_schedule(0.1, 1.0, 0), r"cyclic_schedule: step_size_up must be an integer >= 1, got 0"),
+        (lambda: jz.cyclic_schedule(0.1, 1.0, 10, -1), r"cyclic_schedule: step_size_down must be an integer >= 0, got -1"),
+        (lambda: jz.cyclic_schedule(0.1, 1.0, 2.5), r"cyclic_schedule: step_size_up must be an integer >= 1, got 2\.5"),
+        (lambda: jz.cyclic_schedule(0.1, 1.0, 2**30, 2**30), r"step_size_up \+ step_size_down must be at most 2147483647"),
+        (lambda: jz.cyclic_schedule(0.1, 1.0, mode="exp"), r"mode must be 'triangular', 'triangular2' or 'exp_range', got 'exp'"),
+        (lambda: jz.cyclic_schedule(0.1, 1.0, mode="exp_range", gamma=0.0), r"cyclic_schedule: gamma must be > 0, got 0\.0"),
+        (lambda: jz.cyclic_schedule(0.1, 1.0, scale_fn=0.5), r"cyclic_schedule: scale_fn must be a function"),
+        (lambda: jz.cyclic_schedule(0.1, 1.0, scale_fn=abs, scale_mode="step"), r"scale_mode must be 'cycle' or 'iterations'"),
+        (lambda: jz.cyclic_schedule(float("nan"), 1.0), r"cyclic_schedule: init_value must be a finite real number"),
     ],
 )
 def test_senseless_arguments_fail_at_construction(factory, message):
@@ -254,6 +265,9 @@ TRACED_CASES = {
         lambda v: jz.join_schedules([jz.constant_schedule(v), jz.linear_schedule(v, 0.0, 100)], [30]),
         [1.0, 0.5],
     ),
+    "cyclic_schedule.init_value": (lambda v: jz.cyclic_schedule(v, 1.0, 20, 30, "triangular2"), [0.1, 0.5]),
+    "cyclic_schedule.peak_value": (lambda v: jz.cyclic_schedule(0.1, v, 20, 30), [1.0, 0.05]),
+    "cyclic_schedule.gamma": (lambda v: jz.cyclic_schedule(0.1, 1.0, 20, mode="exp_range", gamma=v), [0.99, 0.995]),
     "sgdr_schedule.peak_value": (
         lambda v: jz.sgdr_schedule([dict(init_value=0.0, peak_value=v, warmup_steps=10, decay_steps=100)] * 3),
         [1.0, 0.5],
@@ -435,3 +449,61 @@ NAN = float("nan")
 def test_bad_arguments_are_named_as_the_user_wrote_them(factory, message):
     with pytest.raises(ValueError, match=message):
         factory()
+
+
+# PyTorch's CyclicLR, whose float64 reference (tests/reference.py, from its documented policy) equals torch 2.13's
+# rates and momenta exactly on these cases. (U, D) = (3, 5) and (5, 2): unequal halves; D = 0: a sawtooth.
+CYCLIC_CASES = {
+    "triangular": dict(base_lr=0.1, max_lr=1.0, step_size_up=4),
+    "triangular2_unequal": dict(base_lr=0.01, max_lr=0.5, step_size_up=3, step_size_down=5, mode="triangular2"),
+    "exp_range": dict(base_lr=0.02, max_lr=0.3, step_size_up=5, step_size_down=2, mode="exp_range", gamma=0.97),
+    "sawtooth_downwards": dict(base_lr=0.5, max_lr=0.1, step_size_up=3, step_size_down=0),
+    "scale_fn_of_cycle": dict(base_lr=0.1, max_lr=1.0, step_size_up=4, step_size_down=3,
+                              scale_fn=lambda c: 1 / (1 + 0.1 * c)),
+    "scale_fn_of_step": dict(base_lr=0.1, max_lr=1.0, step_size_up=4, step_size_down=3,
+                             scale_fn=lambda k: 1 / (1 + 0.1 * k), scale_mode="iterations"),
+}
+
+
+def _cyclic(case, momentum=False):
+    kwargs = dict(CYCLIC_CASES[case])
+    base, peak = kwargs.pop("base_lr"), kwargs.pop("max_lr")
+    return jz.cyclic_schedule(0.9, 0.8, **kwargs) if momentum else jz.cyclic_schedule(base, peak, **kwargs)
+
+
+@pytest.mark.parametrize("case", list(CYCLIC_CASES))
+def test_cyclic_schedule_is_pytorchs_cyclic_lr(case, x64):
+    rates, momenta = reference.cyclic_lr(**CYCLIC_CASES[case], steps=60)
+    steps = jnp.arange(60, dtype=jnp.int32)
+    # In float64 under x64; the momentum that CyclicLR cycles (base 0.8, max 0.9) is the schedule from 0.9 to 0.8.
+    np.testing.assert_allclose(jax.jit(jax.vmap(_cyclic(case)))(steps), rates, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(jax.jit(jax.vmap(_cyclic(case, momentum=True)))(steps), momenta, rtol=1e-13)
+
+
+def test_cyclic_schedule_in_float32_and_far_into_training():
+    rates, _ = reference.cyclic_lr(**CYCLIC_CASES["triangular2_unequal"], steps=60)
+    schedule = jax.jit(_cyclic("triangular2_unequal"))
+    np.testing.assert_allclose([float(schedule(jnp.int32(t))) for t in range(60)], rates, rtol=2e-6, atol=1e-8)
+    # Two billion steps in, the position within the cycle is still exact (an integer remainder).
+    schedule = jax.jit(jz.cyclic_schedule(0.0, 1.0, 1000, 3000))
+    for t, expected in ((2_000_000_250, 0.25), (2_000_003_000, 0.5), (2_147_483_647, 0.0)):
+        position = t % 4000
+        expected = position / 1000 if position <= 1000 else (4000 - position) / 3000
+        np.testing.assert_allclose(float(schedule(jnp.int32(t))), expected, rtol=1e-6, atol=1e-7, err_msg=f"step {t}")
+
+
+def test_cyclic_momentum_drives_sgd_through_inject_hyperparams():
+    """The guide's recipe for CyclicLR's cycle_momentum: both schedules injected into SGD with momentum, against
+    PyTorch's SGD (tests/reference.py) stepped with the rate and momentum of each step."""
+    rates, momenta = reference.cyclic_lr(0.05, 0.2, 3, steps=12)
+    tx = jz.inject_hyperparams(jz.sgd)(learning_rate=jz.cyclic_schedule(0.05, 0.2, 3),
+                                       momentum=jz.cyclic_schedule(0.9, 0.8, 3))
+    params, p = jnp.array([1.0, -2.0]), np.array([1.0, -2.0])
+    state, b = tx.init(params), None
+    for t in range(12):
+        g = np.sin(p * (t + 1))
+        b = g if b is None else momenta[t] * b + g
+        p = p - rates[t] * b
+        updates, state = tx.update(jnp.sin(params * (t + 1)), state, params)
+        params = jz.apply_updates(params, updates)
+        np.testing.assert_allclose(np.asarray(params), p, rtol=2e-6, atol=1e-6, err_msg=f"step {t + 1}")

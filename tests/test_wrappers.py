@@ -13,6 +13,7 @@ import optax
 import pytest
 
 import jaxopt_zoo as jz
+from tests import reference
 from tests.conftest import assert_trees_close, assert_trees_equal, grad_fn, make_params, run_ours, run_together
 
 SEEDS = {
@@ -133,6 +134,21 @@ def test_only_numeric_hyperparameters_are_injected_or_scheduled():
         np.testing.assert_allclose(np.asarray(updates["b"]), np.asarray(expected["b"]), rtol=2e-5)
     assert float(expected["w"][0]) != float(expected["b"][0])  # the mask matters here
 
+
+
+def test_an_optional_real_hyperparameter_takes_a_schedule():
+    """sgd's and rmsprop's momentum is None by default: a schedule for it reached sgd as a function ("momentum
+    must be a finite real number"), where Optax schedules it (PyTorch's CyclicLR cycles momentum). Optional
+    options that are not real numbers (seed, max_block_dim, mask) stay static."""
+    params, grads = {"w": jnp.ones(3)}, {"w": jnp.full(3, 0.5)}
+    for factory in (jz.sgd, jz.rmsprop):
+        tx = jz.inject_hyperparams(factory)(learning_rate=0.1, momentum=lambda count: 0.5 + 0.1 * count)
+        state = tx.init(params)
+        for t in range(3):  # the state keeps the value of the step just taken, at count t
+            _, state = jax.jit(tx.update)(grads, state, params)
+            assert float(state.hyperparams["momentum"]) == pytest.approx(0.5 + 0.1 * t)
+    tx = jz.inject_hyperparams(jz.noisy_sgd)(learning_rate=0.1, key=3)
+    assert "key" not in tx.init(params).hyperparams
 
 def test_required_functions_stay_static_and_lookahead_can_be_injected():
     # masked's mask and partition's param_labels are required: they were taken for schedules and called with the
@@ -518,6 +534,47 @@ def test_ema_params_tracks_the_average_of_the_iterates(x64):
     assert_trees_close(state[-1].ema, expected, rtol=1e-12)
 
 
+
+@pytest.mark.parametrize("start, every", [(1, 1), (4, 3), (30, 1)])
+def test_swa_params_is_pytorchs_averaged_model(start, every, x64):
+    """The equal-weight average of the iterates from step ``start`` on, every ``every`` steps, as PyTorch's
+    AveragedModel.update_parameters keeps it (tests/reference.py); (30, 1): no step averaged in 20."""
+    params = make_params(jnp.float64)
+    tx = jz.chain(jz.adam(0.05), jz.swa_params(start, every))
+    iterates, state = run_ours(tx, params, steps=20)
+    leaves = [jax.tree.leaves(iterate) for iterate in iterates]
+    expected = [reference.swa_average([leaf[i] for leaf in leaves], start, every) for i in range(len(leaves[0]))]
+    assert int(state[-1].n_averaged) == expected[0][1] == max(0, (20 - start) // every + 1)
+    average = [np.asarray(params_leaf) if n == 0 else a
+               for params_leaf, (a, n) in zip(jax.tree.leaves(params), expected)]  # before any: the initial params
+    assert_trees_close(jax.tree.leaves(state[-1].average), average, rtol=1e-13)
+
+
+def test_swa_params_averages_bfloat16_params_as_held_in_float32():
+    # 1 / (n + 1) in bfloat16 is off by up to 0.4%: the average is float32, of the params as apply_updates rounds them.
+    params = {"w": jnp.linspace(-1, 1, 5).astype(jnp.bfloat16), "skip": None}
+    tx = jz.swa_params(every=2)
+    state, update, held = tx.init(params), jax.jit(tx.update), []
+    for t in range(1, 41):
+        updates = {"w": jnp.full(5, 0.01 * (-1) ** t, jnp.bfloat16) * t, "skip": None}
+        _, state = update(updates, state, params)
+        params = jz.apply_updates(params, updates)
+        held.append(np.asarray(params["w"], np.float64))
+    assert state.average["w"].dtype == jnp.float32 and state.average["skip"] is None
+    expected, n = reference.swa_average(held, 1, 2)
+    assert int(state.n_averaged) == n == 20
+    np.testing.assert_allclose(np.asarray(state.average["w"]), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_swa_params_reports_bad_input():
+    with pytest.raises(ValueError, match="swa_params: start must be an integer >= 1, got 0"):
+        jz.swa_params(0)
+    with pytest.raises(ValueError, match="swa_params: every must be an integer >= 1, got 2.5"):
+        jz.swa_params(every=2.5)
+    with pytest.raises(ValueError, match="swa_params needs the parameters"):
+        tx = jz.swa_params()
+        tx.update({"w": jnp.ones(2)}, tx.init({"w": jnp.ones(2)}))
+
 @pytest.mark.parametrize(
     "tx",
     [
@@ -544,6 +601,7 @@ WRAPPERS = {
     "MultiSteps": lambda make: jz.MultiSteps(make(), 2),
     "masked": lambda make: jz.masked(make(), {"dense": True, "scale": False}),
     "ema_params": lambda make: jz.chain(make(), jz.ema_params(0.9)),
+    "swa_params": lambda make: jz.chain(make(), jz.swa_params(2)),
 }
 
 
