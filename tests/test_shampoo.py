@@ -421,6 +421,25 @@ def test_shard_map_with_factors_laid_out_otherwise_raises():
         jax.jit(local).lower(params, state)
 
 
+
+@pytest.mark.parametrize("make", [
+    lambda **k: jz.scale_by_shampoo(max_precond_dim=16, inverse_root="eigh", **k),
+    lambda **k: jz.scale_by_shampoo(max_precond_dim=16, inverse_root="newton", **k),
+    lambda **k: jz.scale_by_soap(max_precond_dim=16, **k),
+], ids=["shampoo_eigh", "shampoo_newton", "soap"])
+def test_shard_map_with_a_state_built_from_local_shards_raises(make):
+    # tx.init inside shard_map sees w's (4, 4) shard (merged into one dimension of 16 by Shampoo): its factors met
+    # those of the whole (8, 16) block in a raw "add got incompatible shapes" TypeError (the review of session 43).
+    tx = make(axis_name=SHARD_AXES, partition_specs=SHARD_SPECS)
+    local_init = jax.shard_map(tx.init, mesh=_mesh(), in_specs=(SHARD_SPECS,), out_specs=P(), check_vma=False)
+    state = jax.eval_shape(local_init, sharded_params())
+    specs = jax.tree.map(lambda _: P(), state)
+    local = jax.shard_map(tx.update, mesh=_mesh(), in_specs=(SHARD_SPECS, specs), out_specs=(SHARD_SPECS, specs))
+    with pytest.raises(ValueError, match=r"holds factors of shapes \[\(1, (16, 16|4, 4\), \(1, 4, 4)\)\] for blocks of shape \(8, 16\) "
+                                         r"of a leaf of shape \(8, 16\), which take \(blocks, d, d\) for d in "
+                                         r"\[8, 16\].*jz.init_sharded\(tx, params\)"):
+        jax.jit(local).lower(sharded_params(), state)
+
 def test_partition_specs_not_shaped_like_the_updates_raise():
     tx = jz.scale_by_shampoo(max_precond_dim=4, axis_name=SHARD_AXES, partition_specs={"x": P()})
     with pytest.raises(ValueError, match=r"scale_by_shampoo: partition_specs must be shaped like the updates .* "

@@ -378,17 +378,27 @@ def factor_specs(spec: PartitionSpec | None, factors: Sequence[Sequence[jax.Arra
 
 
 def shared_layout(owner: str, layout: BlockLayout | None, state: Sequence[Sequence[jax.Array]],
-                  placement: Placement | None, name: str) -> BlockLayout | None:
+                  placement: Placement | None, name: str,
+                  dims: Sequence[Sequence[int]] | None = None) -> BlockLayout | None:
     """Inside ``shard_map``: ``layout`` with the ``shares`` held by the state's stacks (``state``: per stack of
     ``layout``, its factors, each ``(blocks, d, d)``). A stack of all the blocks is whole on every device; one of a
     share holds this device's part of the block axis split over every mesh axis the leaf is split over, as
-    :func:`stack_sharding` lays it out. A stack without factors is whole. Outside ``shard_map`` (``placement``
-    ``None``), ``layout``."""
+    :func:`stack_sharding` lays it out. A stack without factors is whole. ``dims``: per stack, the dimensions of its
+    blocks that have factors, in order (``None``: every one). Outside ``shard_map`` (``placement`` ``None``),
+    ``layout``."""
     if placement is None or layout is None:
         return layout
     axes, shares = split_over(placement), []
     ways = jax.lax.axis_size(axes) if axes else 1
-    for (count, *_), factors in zip(layout.stack_shapes, state, strict=True):
+    for k, ((count, *block), factors) in enumerate(zip(layout.stack_shapes, state, strict=True)):
+        sizes = [block[i] for i in (range(len(block)) if dims is None else dims[k])]
+        if [jnp.shape(f)[1:] for f in factors] != [(d, d) for d in sizes]:
+            raise ValueError(
+                f"{owner}: {name} holds factors of shapes {[jnp.shape(f) for f in factors]} for blocks of shape "
+                f"{tuple(block)} of a leaf of shape {layout.shape}, which take (blocks, d, d) for d in {sizes}: the "
+                "state was built for another shape (tx.init inside shard_map sees local shards). "
+                "Build it from the whole params (jz.init_sharded(tx, params)) and give shard_map its layout, "
+                "jz.state_shardings(tx, params).")
         held = factors[0].shape[0] if factors else count
         if held != count and held * ways != count:
             raise ValueError(

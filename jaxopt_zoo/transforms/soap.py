@@ -413,7 +413,7 @@ def scale_by_soap(
                 continue
             # Whole matrices are needed: on Explicit mesh axes (to_blocks) or inside shard_map (here) the leaf is
             # gathered (unless a device's part is whole blocks, moved to their factors); the results go back below.
-            layout = shared_layout(owner, plan.layout, stats, at, "state.stats")
+            layout = shared_layout(owner, plan.layout, stats, at, "state.stats", plan.dims)
             if not normalize_grads:  # (whose root mean square is the whole leaf's)
                 layout, at = local_share(layout, at)  # a device's part is whole blocks: nothing gathered
             plan = plan._replace(layout=layout)
