@@ -309,6 +309,33 @@ def test_shard_map_with_axis_name_matches_one_device():
         sharded_step(plain)[1](placed, jz.init_sharded(plain, placed))
 
 
+
+@pytest.mark.parametrize("make", [
+    lambda: jz.lbfgs(memory_size=3, axis_name=()),
+    lambda: jz.chain(jz.sgd(1.0), jz.scale_by_backtracking_linesearch(15, store_grad=True, axis_name=())),
+], ids=["zoom", "backtracking"])
+def test_per_device_searches_with_axis_name_empty_inside_shard_map(make):
+    # axis_name=() asks for per-shard values: each device searches on its own rows of params, as it would alone.
+    # The loops' constant starts met the devices' varying values in a raw TypeError ("cond branches must have
+    # equal output types", "while_loop body function carry input and carry output must have equal types").
+    mesh = jax.make_mesh((4,), ("d",), devices=jax.devices("cpu")[:4])
+    fn = lambda w: jnp.sum((w - 1.0) ** 2 * jnp.arange(1.0, 3.0)) + jnp.sum(w**4) / 10
+    tx = make()
+
+    def step(w, state):
+        value, grad = jax.value_and_grad(fn)(w)
+        updates, state = tx.update(grad, state, w, value=value, grad=grad, value_fn=fn)
+        return jz.apply_updates(w, updates), state
+
+    rows = jnp.arange(8.0).reshape(4, 1, 2) - 3.0
+    states = jax.vmap(tx.init)(rows)  # one state per device (a varying learning rate), laid out with its rows
+    local = jax.shard_map(lambda w, s: jax.tree.map(lambda x: x[None], step(w[0], jax.tree.map(lambda x: x[0], s))),
+                          mesh=mesh, in_specs=P("d"), out_specs=P("d"))
+    expected = jax.vmap(step)(rows, states)
+    sharded = jax.jit(local)(*jax.device_put((rows, states), NamedSharding(mesh, P("d"))))
+    assert_trees_close(sharded, expected, rtol=1e-6, atol=1e-7)
+    assert len(set(np.asarray(expected[0]).ravel().tolist())) == 8  # the devices moved apart
+
 # --- jit with donation, vmap, inject_hyperparams, Flax ------------------------------------------
 
 

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 
 from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, safe_increment
-from jaxopt_zoo.sharding import AxisName, sum_over_shards
+from jaxopt_zoo.sharding import AxisName, sum_over_shards, varying_like
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
 
 __all__ = [
@@ -572,7 +572,9 @@ def scale_by_backtracking_linesearch(
             return tree.cast_like(_Backtrack(eta, new_value, new_grad, error, search.iter_num + 1), search)
 
         first = jnp.minimum(increase_factor * state.learning_rate, max_learning_rate)
-        start = _Backtrack(first, value, _gradient_zeros(params), jnp.array(jnp.inf), 0)
+        # With axis_name=() inside shard_map each device searches on its own values: the loop's constants vary too.
+        start = varying_like(_Backtrack(first, value, _gradient_zeros(params), jnp.array(jnp.inf), 0),
+                             value, params, updates)
         search = jax.lax.while_loop(searching, trial, start)
         eta = jnp.where(jnp.isinf(search.decrease_error), 0.0, search.learning_rate)
         if verbose:
@@ -884,6 +886,7 @@ def scale_by_zoom_linesearch(
         start = _Zoom(jnp.asarray(0), jnp.asarray(0.0, dtype), jnp.array(value_init, dtype), grad, slope_init,
                       inf, inf, inf, false, false, false, zero, value_init, slope_init, zero, value_init, slope_init,
                       zero, value_init, zero, value_init, grad)
+        start = varying_like(start, value_init, params, updates)  # (axis_name=() in shard_map: as in backtracking)
         final = jax.lax.while_loop(lambda s: ~(s.done | s.failed), trial, start)
         if verbose:  # from the final state: inside the loop, vmap runs every phase for every search
             report = dict(v=value_init, sl=slope_init, d=final.decrease_error, c=final.curvature_error,
