@@ -99,6 +99,11 @@ def spread(values: Sequence[float]) -> str:
     return f"{number(statistics.median(values))} [{number(min(values))}, {number(max(values))}]"
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 step``, ``2 steps``: the count and the noun, an "s" added unless the count is 1."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def number(x: float) -> str:
     """Three significant figures, switching to exponent notation for very small or large values."""
     if not np.isfinite(x):

@@ -22,8 +22,9 @@ Measures, for each optimizer (ours and Optax's alternately):
   adds heavyball's SOAP).
 
 Sizes follow the backend: on a GPU/TPU each synthetic tree holds 256M params (16M on CPU). Prints
-markdown tables and writes them to --output. Ratios are ours / Optax, so
-below 1 means we are faster or smaller.
+markdown tables and writes them to --output, rewritten as each section is finished (a run that stops keeps
+the sections before). Ratios are ours / Optax, so below 1 means we are faster or smaller. ``--optimizers``
+chooses the optimizers of parts step and compile; the other parts run their own fixed sets.
 """
 
 from __future__ import annotations
@@ -42,9 +43,11 @@ import optax
 from flax import nnx
 
 import jaxopt_zoo as jz
-from report import machine_header, number, table, without_gc
+from arguments import at_least, names, writable
+from report import machine_header, number, plural, table, without_gc
 from seed_optimizers import SLOW_ON_CPU, ExtraArgs, SeedOptimizer, select
-from kronecker import compile_section, kronecker_section, sharded_section
+# kronecker.py's compile_section under another name: this file has its own compile_section.
+from kronecker import compile_section as kronecker_compile_section, kronecker_section, sharded_section
 from muon import layer_sharded_section, newton_schulz_section
 
 MIB = 2**20
@@ -370,20 +373,18 @@ def compile_table(results: list[CompileResult]) -> str:
 
 
 class Report:
-    """Prints each section as it is finished and collects them for the results file."""
+    """Prints each section as it is finished and rewrites the results file with every section so far: a run that
+    stops in a later part keeps the earlier parts' tables."""
 
-    def __init__(self, header: str):
-        self.sections = [header]
-        print(header, flush=True)
+    def __init__(self, path: pathlib.Path, header: str):
+        self.path, self.sections = path, []
+        self.add(header)
 
     def add(self, section: str) -> None:
         self.sections.append(section)
         print(section, flush=True)
-
-    def write(self, path: pathlib.Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("\n".join(self.sections))
-        print(f"written to {path}", file=sys.stderr)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("\n".join(self.sections))
 
 
 def progress(message: str) -> None:
@@ -407,8 +408,8 @@ def step_sections(report: Report, optimizers: dict[str, SeedOptimizer], sizes: S
         del params, grads
 
     report.add(
-        f"## Step time\n\nMedian seconds per jitted, donated `update + apply_updates` step over {sizes.repeats} "
-        f"alternating runs (ours, Optax, ours, ...) of {sizes.steps} steps each; ratio = ours / Optax. "
+        f"## Step time\n\nMedian seconds per jitted, donated `update + apply_updates` step over "
+        f"{plural(sizes.repeats, 'alternating run')} (ours, Optax, ours, ...) of {plural(sizes.steps, 'step')} each; ratio = ours / Optax. "
         "Spread = (max - min) / median of the runs, the larger of the two; ratios within it are noise. "
         "Max abs diff compares the final params of the two runs (same start, same grads, same number of steps).\n"
     )
@@ -451,7 +452,7 @@ def compile_section(report: Report, optimizers: dict[str, SeedOptimizer], sizes:
     report.add(
         f"## Compile time\n\nThe donated step on the {tree} tree, from abstract inputs. "
         "lower = tracing the Python code and lowering to StableHLO; XLA = `lowered.compile()`. "
-        f"Median of {sizes.compile_repeats} alternating compilations, each after `jax.clear_caches()` "
+        f"Median of {plural(sizes.compile_repeats, 'alternating compilation')}, each after `jax.clear_caches()` "
         "with the persistent compilation cache off; ratio = ours / Optax of the total.\n\n"
         + compile_table(results)
     )
@@ -541,7 +542,7 @@ def lowbit_section(report: Report, sizes: Sizes, shapes: dict[str, Any]) -> None
         c.compiled = c.params = c.state = None
     report.add(
         f"## Low-bit state\n\n`jz.adam(1e-3, mu_dtype=S, nu_dtype=S)` on the {tree} tree, for each storage S, "
-        f"{sizes.repeats} alternating runs of {sizes.steps} jitted, donated steps; ratio = time / float32's. "
+        f"{plural(sizes.repeats, 'alternating run')} of {plural(sizes.steps, 'jitted, donated step')}; ratio = time / float32's. "
         "State B/param counts every state array (packed codes and scales, step count). "
         "bfloat16 rounds each write to nearest, bfloat16 SR stochastically (`jz.StochasticBF16`). "
         "bytes/param = 3 x 4 (params read and written, grads read) + 2 x state (read and written), the least a step moves; "
@@ -554,53 +555,84 @@ def lowbit_section(report: Report, sizes: Sizes, shapes: dict[str, Any]) -> None
     )
 
 
-def main() -> None:
+PARTS = ("step", "compile", "lowbit", "muon", "kronecker")
+TREES = ("single", "many", "transformer")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options, checked: a bad value stops here, before any measurement, naming the option."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny trees and one repeat: a smoke test")
-    parser.add_argument("--repeats", type=int, help="timed runs per optimizer and library (default 7, --quick 1)")
-    parser.add_argument("--steps", type=int, help="steps per timed run (default 5 on CPU, 20 on accelerators)")
-    parser.add_argument("--compile-repeats", type=int, help="compilations per optimizer and library (default 3)")
-    parser.add_argument("--optimizers", help="comma-separated subset, e.g. adam,adamw,lamb (default all; on a CPU all but torch.muon)")
+    parser.add_argument("--repeats", type=at_least(1), help="timed runs per optimizer and library (default 7, --quick 1)")
+    parser.add_argument("--steps", type=at_least(1), help="steps per timed run (default 5 on CPU, 20 on accelerators)")
+    parser.add_argument("--compile-repeats", type=at_least(1),
+                        help="compilations per optimizer and library (default 3, --quick 1)")
+    parser.add_argument("--optimizers", type=names,
+                        help="comma-separated subset for parts step and compile, e.g. adam,adamw,lamb (default all; "
+                        "on a CPU all but " + ", ".join(sorted(SLOW_ON_CPU)) + "); the other parts run their own "
+                        "fixed sets")
     parser.add_argument(
-        "--parts", default="step,compile,lowbit,muon,kronecker",
+        "--parts", type=names, default=",".join(PARTS),
         help="any of step (time, bandwidth, memory), compile, "
         "lowbit (Adam with float32, bfloat16, bfloat16 SR, 8-bit moments), "
         "muon (Newton-Schulz time against its matrix products alone), "
-        "kronecker (Shampoo, SOAP, PSGD-Kron against AdamW on the transformer tree)",
+        "kronecker (Shampoo, SOAP, PSGD-Kron against AdamW on the transformer tree) (default all)",
     )
     parser.add_argument("--torch-python", help="a Python with torch and heavyball: part kronecker times heavyball's SOAP")
     parser.add_argument(
-        "--trees", default="single,many,transformer",
-        help="part step's trees: any of single (one big leaf), many (1024 small leaves), transformer",
+        "--trees", type=names, default=",".join(TREES),
+        help="part step's trees: any of single (one big leaf), many (1024 small leaves), transformer (default all)",
     )
-    parser.add_argument("--output", type=pathlib.Path, default=pathlib.Path(__file__).parent / "results.md")
-    args = parser.parse_args()
-    parts = {p.strip() for p in args.parts.split(",")}
-    if not parts or parts - {"step", "compile", "lowbit", "muon", "kronecker"}:
-        parser.error(f"--parts takes step, compile, lowbit, muon and/or kronecker, got {args.parts!r}")
-    trees = [t.strip() for t in args.trees.split(",")]
-    if not trees or set(trees) - {"single", "many", "transformer"}:
-        parser.error(f"--trees takes single, many and/or transformer, got {args.trees!r}")
+    parser.add_argument("--output", type=pathlib.Path, default=pathlib.Path(__file__).parent / "results.md",
+                        help="the markdown report, rewritten as each section is finished (default %(default)s)")
+    args = parser.parse_args(argv)
+    if set(args.parts) - set(PARTS):
+        parser.error(f"--parts takes {', '.join(PARTS)}; got {', '.join(args.parts)}")
+    if set(args.trees) - set(TREES):
+        parser.error(f"--trees takes {', '.join(TREES)}; got {', '.join(args.trees)}")
+    try:
+        args.selected = select(args.optimizers)
+    except ValueError as error:
+        parser.error(f"--optimizers: {error}")
+    writable(parser, "--output", args.output)
+    return args
 
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     # Compile times must not come from a cache on disk.
     jax.config.update("jax_enable_compilation_cache", False)
+    measure(args)
+
+
+def measure(args: argparse.Namespace) -> None:
+    """The parts ``args`` (from :func:`parse_args`) asks for, each section printed and written as it is finished."""
+    parts, trees = set(args.parts), args.trees
     backend = jax.default_backend()
-    sizes = SIZES["quick" if args.quick else "cpu" if backend == "cpu" else "accelerator"]
+    size = "quick" if args.quick else "cpu" if backend == "cpu" else "accelerator"
+    sizes = SIZES[size]
     overrides = {"repeats": args.repeats, "steps": args.steps, "compile_repeats": args.compile_repeats}
     sizes = dataclasses.replace(sizes, **{k: v for k, v in overrides.items() if v is not None})
-    optimizers = select(args.optimizers)
+    optimizers = args.selected
     if args.optimizers is None and backend == "cpu" and not args.quick:
         optimizers = {name: pair for name, pair in optimizers.items() if name not in SLOW_ON_CPU}
     shapes = tree_shapes(sizes)
 
-    report = Report(machine_header(
+    # --optimizers reaches parts step and compile only: the others say which optimizers they run.
+    chosen = [p for p in ("step", "compile") if p in parts]
+    fixed = [p for p in PARTS if p in parts and p not in chosen]
+    report = Report(args.output, machine_header(
         "jaxopt_zoo vs Optax: step time, bandwidth, memory, compile time",
-        f"{'quick' if args.quick else 'full'} sizes for {backend}; {sizes.repeats} repeats of {sizes.steps} steps; "
-        f"{sizes.compile_repeats} compilations; optimizers: {', '.join(optimizers)}; parts: {', '.join(sorted(parts))}"
-        + ("" if len(trees) == 3 else f"; step's trees: {', '.join(trees)}"),
+        f"{'quick' if args.quick else 'full'} sizes for {backend}; {plural(sizes.repeats, 'repeat')} of "
+        f"{plural(sizes.steps, 'step')}; {plural(sizes.compile_repeats, 'compilation')}; "
+        f"parts: {', '.join(p for p in PARTS if p in parts)}"
+        + (f"; optimizers of {' and '.join(chosen)}: {', '.join(optimizers)}" if chosen else "")
+        + (f"; {', '.join(fixed)}: fixed optimizers, named in {'its' if len(fixed) == 1 else 'their'} sections"
+           if fixed else "")
+        + ("" if len(set(trees)) == 3 or "step" not in parts else f"; step's trees: {', '.join(trees)}"),
     ))
     if "step" in parts:
-        by_kind = dict(zip(("single", "many", "transformer"), shapes))  # tree_shapes' order
+        by_kind = dict(zip(TREES, shapes))  # tree_shapes' order
         step_sections(report, optimizers, sizes, {by_kind[t]: shapes[by_kind[t]] for t in by_kind if t in trees})
     if "compile" in parts:
         many = list(shapes)[1]
@@ -608,14 +640,14 @@ def main() -> None:
     if "lowbit" in parts:
         lowbit_section(report, sizes, shapes)
     if "muon" in parts:
-        size = "quick" if args.quick else "cpu" if backend == "cpu" else "accelerator"
         report.add(newton_schulz_section(size, sizes.repeats, sizes.steps))
         report.add(layer_sharded_section(size, sizes.repeats, sizes.steps))
     if "kronecker" in parts:
-        report.add(kronecker_section(list(shapes.values())[2], sizes.repeats, torch_python=args.torch_python))
-        report.add(compile_section(list(shapes.values())[2], sizes.compile_repeats))
-        report.add(sharded_section("quick" if args.quick else "cpu" if backend == "cpu" else "accelerator"))
-    report.write(args.output)
+        transformer = list(shapes.values())[2]
+        report.add(kronecker_section(transformer, sizes.repeats, torch_python=args.torch_python))
+        report.add(kronecker_compile_section(transformer, sizes.compile_repeats))
+        report.add(sharded_section(size))
+    print(f"written to {args.output}", file=sys.stderr)
 
 
 if __name__ == "__main__":

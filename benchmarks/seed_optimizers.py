@@ -193,12 +193,16 @@ SLOW_ON_CPU |= {"soap"}
 SLOW_ON_CPU |= {"shampoo"}
 
 
-def select(names: str | None) -> dict[str, SeedOptimizer]:
-    """The optimizers named in a comma-separated list (all of them for ``None``), in the table's order."""
+def select(names: str | list[str] | None) -> dict[str, SeedOptimizer]:
+    """The optimizers named in a list or a comma-separated string (all of them for ``None``), in the table's order.
+
+    Raises ValueError for an unknown name or an empty list."""
     if names is None:
         return dict(SEED_OPTIMIZERS)
-    wanted = [name.strip() for name in names.split(",") if name.strip()]
+    wanted = [name.strip() for name in (names.split(",") if isinstance(names, str) else names) if name.strip()]
+    if not wanted:
+        raise ValueError(f"no optimizer named in {names!r}; choose from {', '.join(SEED_OPTIMIZERS)}")
     unknown = sorted(set(wanted) - set(SEED_OPTIMIZERS))
     if unknown:
-        raise SystemExit(f"unknown optimizers {unknown}; choose from {', '.join(SEED_OPTIMIZERS)}")
+        raise ValueError(f"unknown optimizers {unknown}; choose from {', '.join(SEED_OPTIMIZERS)}")
     return {name: pair for name, pair in SEED_OPTIMIZERS.items() if name in wanted}

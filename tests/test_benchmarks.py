@@ -8,6 +8,7 @@ and stepped below, with both libraries, as the scripts use it.
 
 from __future__ import annotations
 
+import importlib
 import pathlib
 import re
 import subprocess
@@ -155,27 +156,71 @@ def test_lm_convergence_report_counts_steps_to_adamw_target(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 10_000
 
 
-def test_kronecker_benchmark_reports_steps_refresh_floors_and_sharded_layouts():
-    sys.path.insert(0, str(BENCHMARKS))  # its sibling modules, as when run as a script
-    from kronecker import kronecker_section
+def _benchmark(module: str):
+    """A script of benchmarks/ as a module, its siblings importable as when it runs as a script."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module(module)
 
+
+def _refused(parse_args, argv: list[str], capsys) -> str:
+    """The error argparse prints when ``parse_args(argv)`` refuses its options (exit status 2)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(argv)
+    assert exit_.value.code == 2, argv
+    return capsys.readouterr().err
+
+
+def test_speed_benchmark_refuses_bad_options_before_measuring(tmp_path, capsys):
+    run = _benchmark("run")
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    # Each used to run: --steps -1 reported negative times and exited 0; 0 steps, 0 repeats and "," failed deep in
+    # the run (ZeroDivisionError, StatisticsError, StopIteration); an unwritable --output lost the whole run.
+    for argv, message in [
+        (["--steps", "0"], "argument --steps: must be >= 1, got 0"),
+        (["--steps", "-1"], "argument --steps: must be >= 1, got -1"),
+        (["--repeats", "0"], "argument --repeats: must be >= 1, got 0"),
+        (["--compile-repeats", "0"], "argument --compile-repeats: must be >= 1, got 0"),
+        (["--optimizers", ","], "argument --optimizers: names nothing"),
+        (["--optimizers", "adam,nope"], "--optimizers: unknown optimizers ['nope']"),
+        (["--parts", "step,nope"], "--parts takes step, compile, lowbit, muon, kronecker; got step, nope"),
+        (["--output", str(a_file / "r.md")], f"--output {a_file / 'r.md'}: cannot write there"),
+    ]:
+        assert message in _refused(run.parse_args, argv, capsys), argv
+    args = run.parse_args(["--optimizers", " adam , lamb", "--parts", "step, kronecker",
+                           "--output", str(tmp_path / "new" / "r.md")])
+    assert list(args.selected) == ["adam", "lamb"] and args.parts == ["step", "kronecker"]
+    assert (tmp_path / "new").is_dir() and not list((tmp_path / "new").iterdir())  # created, nothing left in it
+
+
+def test_speed_benchmark_part_kronecker_reports_steps_refresh_floors_and_sharded_layouts(tmp_path, monkeypatch):
+    """run.py --parts kronecker as run.py runs it (its results file included), in this process, on a tiny tree
+    and three of the contenders: compiling them is the time this takes."""
+    run, kronecker = _benchmark("run"), _benchmark("kronecker")
     shapes = {"w": jax.ShapeDtypeStruct((8, 12), jnp.float32), "b": jax.ShapeDtypeStruct((12,), jnp.float32)}
+    monkeypatch.setattr(run, "transformer_shapes", lambda config: shapes)
+    every = kronecker.optimizers
+    monkeypatch.setattr(kronecker, "optimizers",
+                        lambda frequency: {k: v for k, v in every(frequency).items() if k in ("AdamW", "SOAP", "Shampoo")})
+    output = tmp_path / "results.md"
     # This Python has no heavyball: the section says so instead of failing.
-    report = kronecker_section(shapes, 1, ["AdamW", "SOAP", "Shampoo"], torch_python=sys.executable)
+    run.measure(run.parse_args(["--quick", "--parts", "kronecker", "--torch-python", sys.executable,
+                                "--output", str(output)]))
+    report = output.read_text()  # the README's default run used to crash here, in its last part, writing nothing
+    assert "optimizers of" not in report and "kronecker: fixed optimizers, named in its sections" in report
     for name in ("AdamW", "SOAP", "Shampoo"):
         assert re.search(rf"^\| {name} +\| +[0-9.]+ \|", report, re.MULTILINE), name
     refresh = report[report.index("### Refresh time"):]
     assert re.search(r"^\| SOAP +\| +-?[0-9.]+ \| +[0-9.]+ \|", refresh, re.MULTILINE)
     assert "heavyball's SOAP" in report and "not run (ModuleNotFoundError" in report
-    from kronecker import compile_section
-
-    compiled = compile_section(shapes, 1, ["AdamW", "Shampoo"])
+    compiled = report[report.index("### Compile time against AdamW"):]
     assert re.search(r"^\| AdamW +\| +[0-9.]+ \| +[0-9.]+ \| +1\.0 \|", compiled, re.MULTILINE), compiled
-    assert re.search(r"^\| Shampoo +\| +[0-9.]+ \| +[0-9.]+ \| +[0-9.]+ \|", compiled, re.MULTILINE), compiled
+    for name in ("SOAP", "Shampoo"):
+        assert re.search(rf"^\| {name} +\| +[0-9.]+ \| +[0-9.]+ \| +[0-9.]+ \|", compiled, re.MULTILINE), name
     # This process has conftest's 8 simulated devices: the 8-device section runs here, at its quick size.
-    from kronecker import sharded_section
-
-    sharded = sharded_section("quick")
+    sharded = report[report.index("### Kronecker factors on 8 devices"):]
     for axes, name in [(a, n) for a in ("Auto", "Explicit", "shard_map")
                        for n in ("AdamW", "Shampoo, factor blocks across devices", "SOAP, factors replicated")]:
         assert re.search(rf"^\| {axes} +\| +{re.escape(name)} \|", sharded, re.MULTILINE), (axes, name)
@@ -183,3 +228,4 @@ def test_kronecker_benchmark_reports_steps_refresh_floors_and_sharded_layouts():
         row = re.search(rf"^\| Auto, partition_specs +\| +{name}, factor blocks across devices \|(.*)$", sharded,
                         re.MULTILINE)
         assert row and "collective-permute" in row[1] and "all-gather" not in row[1], row
+
