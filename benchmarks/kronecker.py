@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import statistics
 import subprocess
@@ -46,7 +45,8 @@ import jax
 import jax.numpy as jnp
 
 import jaxopt_zoo as jz
-from report import table, without_gc
+from arguments import at_least
+from report import run_on_8_cpu_devices, table, without_gc
 
 FREQUENCY = 10
 GOAL = 1.5  # average step / AdamW's step (issue 19)
@@ -331,10 +331,7 @@ def sharded_section(size: str) -> str:
     if jax.device_count() < 8:
         if jax.default_backend() != "cpu":
             return "### Kronecker factors on 8 devices\n\nSkipped: needs 8 devices.\n"
-        env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8")
-        done = subprocess.run([sys.executable, __file__, "--size", size, "--sharded-only"], capture_output=True,
-                              text=True, env=env, timeout=1800, check=True)
-        return done.stdout
+        return run_on_8_cpu_devices(__file__, "--size", size, "--sharded-only")
     count, n, block = SHARDED[size]
     return (
         "### Kronecker factors on 8 devices\n\n"
@@ -351,14 +348,20 @@ def sharded_section(size: str) -> str:
     )
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=["quick", "cpu", "accelerator"], default="quick")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--size", choices=["quick", "cpu", "accelerator"], default="quick",
+                        help="run.py's transformer tree and the 8-device matrices at this size (default %(default)s)")
+    parser.add_argument("--repeats", type=at_least(1), default=5,
+                        help="timed runs and compiles, medians taken (default %(default)s)")
     parser.add_argument("--torch-python", help="a Python with torch and heavyball, for heavyball's SOAP")
     parser.add_argument("--sharded-only", action="store_true", help="only the 8-device section")
     parser.add_argument("--compile-only", action="store_true", help="only the compile times")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     if args.sharded_only:
         print(sharded_section(args.size))
         return

@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import re
 import statistics
-import subprocess
-import sys
 import time
 from typing import Any, Callable
 
@@ -32,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxopt_zoo as jz
-from report import table, without_gc
+from arguments import at_least
+from report import run_on_8_cpu_devices, table, without_gc
 
 GOAL = 0.8  # of the floor (issue 16)
 NS_STEPS = 5
@@ -213,12 +211,7 @@ def layer_sharded_section(size: str, repeats: int, calls: int) -> str:
     if jax.device_count() < math.prod(MESH_SHAPE):
         if jax.default_backend() != "cpu":
             return "## Layer-sharded Muon (issue 18)\n\nSkipped: needs 8 devices.\n"
-        env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8")
-        result = subprocess.run(
-            [sys.executable, __file__, "--size", size, "--repeats", str(repeats), "--calls", str(calls)],
-            capture_output=True, text=True, env=env, timeout=1800, check=True,
-        )
-        return result.stdout
+        return run_on_8_cpu_devices(__file__, "--size", size, "--repeats", str(repeats), "--calls", str(calls))
     m = layer_sharded_measurements(size, repeats, calls)
     table_rows = []
     for name, r in m["rows"].items():
@@ -243,10 +236,15 @@ def layer_sharded_section(size: str, repeats: int, calls: int) -> str:
     )
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="cpu", choices=sorted(SHARDED_TREES),
+                        help="the tree of sharded matrices (default %(default)s)")
+    parser.add_argument("--repeats", type=at_least(1), default=5, help="timed runs, median taken (default %(default)s)")
+    parser.add_argument("--calls", type=at_least(1), default=5, help="steps per timed run (default %(default)s)")
+    return parser.parse_args(argv)
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--size", default="cpu", choices=sorted(SHARDED_TREES))
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--calls", type=int, default=5)
-    args = parser.parse_args()
+    args = parse_args()
     print(layer_sharded_section(args.size, args.repeats, args.calls))

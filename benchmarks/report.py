@@ -10,6 +10,7 @@ import pathlib
 import platform
 import statistics
 import subprocess
+import sys
 from typing import Sequence
 
 import flax
@@ -64,6 +65,19 @@ def _commit() -> str:
     if result.returncode != 0:
         return "unknown"
     return result.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+
+
+def run_on_8_cpu_devices(script: str, *arguments: str) -> str:
+    """The stdout of ``python script arguments`` in a new process with 8 simulated CPU devices (XLA reads its
+    device count once, at startup). Raises RuntimeError with the child's stderr, where its error is, if it fails."""
+    environment = dict(os.environ,
+                       XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8")
+    command = [sys.executable, script, *arguments]
+    done = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=1800)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command)} (run on 8 simulated CPU devices) failed with exit status "
+                           f"{done.returncode}; its stderr ends:\n{done.stderr[-4000:]}")
+    return done.stdout
 
 
 def machine_header(title: str, settings: str) -> str:

@@ -229,3 +229,19 @@ def test_speed_benchmark_part_kronecker_reports_steps_refresh_floors_and_sharded
                         re.MULTILINE)
         assert row and "collective-permute" in row[1] and "all-gather" not in row[1], row
 
+
+def test_eight_device_child_failure_shows_the_childs_error(monkeypatch):
+    # muon.py and kronecker.py re-run themselves on 8 simulated devices when this process has fewer; a failing
+    # child used to surface as a bare CalledProcessError, its stderr (the cause) thrown away.
+    muon = _benchmark("muon")
+    monkeypatch.setattr(jax, "device_count", lambda: 1)
+    with pytest.raises(RuntimeError, match=r"(?s)exit status 2; its stderr ends:.*argument --repeats: must be >= 1"):
+        muon.layer_sharded_section("quick", 0, 1)
+
+
+def test_muon_and_kronecker_refuse_counts_below_one(capsys):
+    # --repeats 0 used to fail after the compiles, with "no median for empty data".
+    muon, kronecker = _benchmark("muon"), _benchmark("kronecker")
+    assert "argument --repeats: must be >= 1, got 0" in _refused(muon.parse_args, ["--repeats", "0"], capsys)
+    assert "argument --calls: must be >= 1, got 0" in _refused(muon.parse_args, ["--calls", "0"], capsys)
+    assert "argument --repeats: must be >= 1, got 0" in _refused(kronecker.parse_args, ["--repeats", "0"], capsys)
