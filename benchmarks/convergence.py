@@ -1,4 +1,4 @@
-"""Convergence of every seed optimizer on the digits MLP and on Rosenbrock, with one tuning budget for all.
+"""Convergence of the seed optimizers on the digits MLP and on Rosenbrock, with one tuning budget for all.
 
     python benchmarks/convergence.py            # ~1-2 min on 2 CPU cores
     python benchmarks/convergence.py --quick    # smoke test: few steps, three rates, two seeds
@@ -21,6 +21,10 @@ accuracy (digits), and the first step whose loss is below a target, and writes
 the tables to --output. Optimizers whose training point is not the point to evaluate
 (Schedule-Free) are measured where their authors evaluate them: every loss and
 the accuracy at ``schedule_free_eval_params`` (seed_optimizers' ``evaluate_at``).
+
+Every seed optimizer runs but those that read the loss value (polyak_sgd, lbfgs, momo, momo_adam, sophia: their
+entries' ``extra_args``), which these training loops do not pass; the report's header says so, and
+``--optimizers`` naming one of them is refused.
 """
 
 from __future__ import annotations
@@ -40,8 +44,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "example
 from compare_optimizers import best_rate, descend, rosenbrock, train  # noqa: E402
 from train_digits import Classifier, load_data  # noqa: E402
 
+from arguments import at_least, names, writable  # noqa: E402
 from report import machine_header, number, spread, table  # noqa: E402
-from seed_optimizers import SeedOptimizer, select  # noqa: E402
+from seed_optimizers import SEED_OPTIMIZERS, SeedOptimizer, select  # noqa: E402
 
 ROSENBROCK_START = (-1.5, 2.0)
 
@@ -206,23 +211,49 @@ def grid(rates: np.ndarray) -> str:
     return f"{len(rates)} rates from {number(rates[0])} to {number(rates[-1])}, log-spaced"
 
 
-def main() -> None:
+# The loops here (compare_optimizers.py's) pass no keywords to update: the rules that read the loss value (their
+# seed_optimizers entry has extra_args: value=, value_fn=, obj_fn=) cannot run in them.
+NEEDS_THE_LOSS = [name for name, entry in SEED_OPTIMIZERS.items() if entry.extra_args is not None]
+WHY_LEFT_OUT = "they read the loss value (update(..., value=...)), which this benchmark's training loops do not pass"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options, checked: a bad value stops here, before any training, naming the option."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="few steps, three rates, two seeds: a smoke test")
-    parser.add_argument("--seeds", type=int, help="evaluation seeds (default 5, --quick 2)")
-    parser.add_argument("--optimizers", help="comma-separated subset, e.g. adam,lamb (default all)")
-    parser.add_argument("--output", type=pathlib.Path, default=pathlib.Path(__file__).parent / "convergence.md")
-    args = parser.parse_args()
+    parser.add_argument("--seeds", type=at_least(1), help="evaluation seeds (default 5, --quick 2)")
+    parser.add_argument("--optimizers", type=names,
+                        help=f"comma-separated subset, e.g. adam,lamb (default all but {', '.join(NEEDS_THE_LOSS)}: "
+                        f"{WHY_LEFT_OUT})")
+    parser.add_argument("--output", type=pathlib.Path, default=pathlib.Path(__file__).parent / "convergence.md",
+                        help="the markdown report (default %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        selected = select(args.optimizers)
+    except ValueError as error:
+        parser.error(f"--optimizers: {error}")
+    refused = [name for name in selected if name in NEEDS_THE_LOSS]
+    if args.optimizers is not None and refused:
+        parser.error(f"--optimizers: cannot run {', '.join(refused)}: {WHY_LEFT_OUT}")
+    args.selected = {name: entry for name, entry in selected.items() if name not in NEEDS_THE_LOSS}
+    writable(parser, "--output", args.output)
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     settings = QUICK if args.quick else FULL
     if args.seeds is not None:
         settings = dataclasses.replace(settings, seeds=args.seeds)
-    # The loops here pass no keywords to update: the rules that read the loss (extra_args) are left out.
-    optimizers = {name: pair for name, pair in select(args.optimizers).items() if pair.extra_args is None}
+    optimizers = args.selected
 
+    seeds = "seed 1" if settings.seeds == 1 else f"seeds 1-{settings.seeds}"
+    left_out = ("" if args.optimizers is not None else
+                f"; left out: {', '.join(NEEDS_THE_LOSS)} ({WHY_LEFT_OUT})")
     sections = [machine_header(
         "jaxopt_zoo convergence: digits MLP and Rosenbrock",
-        f"{'quick' if args.quick else 'full'}; tuning on seed 0, evaluation on seeds 1-{settings.seeds}; "
-        "cells are median [min, max] over the evaluation seeds",
+        f"{'quick' if args.quick else 'full'}; tuning on seed 0, evaluation on {seeds}; "
+        f"cells are median [min, max] over the evaluation seeds{left_out}",
     )]
     print(sections[0], flush=True)
     x_train, x_test, y_train, y_test = load_data(0)  # the split of train_digits.py and compare_optimizers.py
@@ -241,7 +272,6 @@ def main() -> None:
         section = heading + "\n" + outcome_table(solve(), target)
         print(section, flush=True)
         sections.append(section)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text("\n".join(sections))
     print(f"written to {args.output}", file=sys.stderr)
 
