@@ -1,7 +1,7 @@
 """Steps to AdamW's loss on a small transformer: the Kronecker preconditioners and the recent optimizers.
 
     python benchmarks/lm_convergence.py                        # every optimizer: about 2 hours on one CPU core
-    python benchmarks/lm_convergence.py --optimizers adamw soap --seeds 2
+    python benchmarks/lm_convergence.py --optimizers adamw,soap --seeds 2
     python benchmarks/lm_convergence.py --quick                # a smoke run: 30 steps, one seed, minutes
 
 The task is examples/char_lm.py's: a 2-layer causal transformer (d_model 128,
@@ -62,7 +62,8 @@ from char_lm import matrices, schedule  # noqa: E402
 import jaxopt_zoo as jz  # noqa: E402
 
 sys.path.insert(0, str(HERE))
-from report import machine_header, number, table  # noqa: E402
+from arguments import at_least, writable  # noqa: E402
+from report import machine_header, number, plural, table  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,31 +236,59 @@ def plot(results: dict[str, Result], steps: int, target: float, path: pathlib.Pa
     figure.savefig(path, dpi=120)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options, checked: a bad value stops here, before any training, naming the option. An option given
+    explicitly wins over --quick's value."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
-    parser.add_argument("--steps", type=int, default=500)
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 1..S at the tuned rate")
-    parser.add_argument("--short", type=float, default=0.7,
-                        help="the Kronecker preconditioners' shortened schedule, a fraction of --steps (0: none)")
-    parser.add_argument("--quick", action="store_true", help="30 steps, one seed, no shortened runs")
-    parser.add_argument("--runs", type=pathlib.Path, default=HERE / "output" / "lm_convergence_runs.json")
-    parser.add_argument("--output", type=pathlib.Path, default=HERE / "output" / "lm_convergence.md")
-    args = parser.parse_args()
-    if args.quick:
-        args.steps, args.seeds, args.short = 30, 1, 0.0
+    parser.add_argument("--optimizers", nargs="+", metavar="NAMES", default=[",".join(OPTIMIZERS)],
+                        help=f"names, comma- or space-separated, from {', '.join(OPTIMIZERS)} (default all; adamw, "
+                        "which sets the target, always runs)")
+    parser.add_argument("--steps", type=at_least(2, " (the schedule warms up over at least one step, then decays)"),
+                        help="steps of every run (default 500, --quick 30)")
+    parser.add_argument("--seeds", type=at_least(1), help="seeds 1..S at the tuned rate (default 3, --quick 1)")
+    parser.add_argument("--short", type=float,
+                        help="the Kronecker preconditioners' shortened schedule, a fraction of --steps in [0, 1) "
+                        "(0: none; default 0.7, --quick 0)")
+    parser.add_argument("--quick", action="store_true", help="30 steps, one seed, no shortened runs: a smoke test")
+    parser.add_argument("--runs", type=pathlib.Path, default=HERE / "output" / "lm_convergence_runs.json",
+                        help="finished runs, read and extended (JSON; default %(default)s)")
+    parser.add_argument("--output", type=pathlib.Path, default=HERE / "output" / "lm_convergence.md",
+                        help="the markdown report; the curves go next to it as a PNG (default %(default)s)")
+    args = parser.parse_args(argv)
+    wanted = [name.strip() for names in args.optimizers for name in names.split(",") if name.strip()]
+    if not wanted or set(wanted) - set(OPTIMIZERS):
+        parser.error(f"--optimizers takes names from {', '.join(OPTIMIZERS)}; got {' '.join(args.optimizers)!r}")
+    args.names = list(dict.fromkeys(["adamw", *wanted]))  # AdamW sets the target
+    quick = dict(steps=30, seeds=1, short=0.0) if args.quick else dict(steps=500, seeds=3, short=0.7)
+    for option, value in quick.items():
+        if getattr(args, option) is None:
+            setattr(args, option, value)
     if not 0 <= args.short < 1:
         parser.error(f"--short must be in [0, 1); got {args.short}")
-    names = ["adamw"] + [n for n in args.optimizers if n != "adamw"]  # AdamW sets the target
+    shortened = int(args.short * args.steps)
+    kronecker = [n for n in args.names if n in KRONECKER]
+    if args.short and kronecker and shortened < 2:
+        parser.error(f"--short {args.short:g} of {args.steps} steps is {plural(shortened, 'step')} for "
+                     f"{', '.join(kronecker)}; a run needs >= 2 (its schedule warms up over at least one step): "
+                     "raise --short or --steps, or pass --short 0")
+    writable(parser, "--runs", args.runs)
+    writable(parser, "--output", args.output)
+    writable(parser, "--output (its PNG)", args.output.with_suffix(".png"))
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    names = args.names
     start = time.perf_counter()
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     results = evaluate(names, list(range(1, args.seeds + 1)), args.steps, args.short or None, Runs(args.runs), log)
     text, target = section(results, args.steps, args.short or None)
     header = machine_header("Steps to AdamW's loss: examples/char_lm.py's transformer",
-                            f"{args.steps} steps, seeds 1-{args.seeds}, runs in {args.runs.name}")
+                            f"{args.steps} steps, {'seed 1' if args.seeds == 1 else f'seeds 1-{args.seeds}'}, "
+                            f"runs in {args.runs.name}")
     report = f"{header}\n\n{text}\nTotal {time.perf_counter() - start:.0f} s (runs reused from the file not counted).\n"
     print(report)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(report)
     plot(results, args.steps, target, args.output.with_suffix(".png"))
     print(f"written to {args.output} and {args.output.with_suffix('.png')}", file=sys.stderr)

@@ -67,7 +67,8 @@ from jaxopt_zoo.quantization import is_encoded  # noqa: E402
 from jaxopt_zoo.storage import state_bytes  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from report import machine_header, spread, table  # noqa: E402
+from arguments import at_least, names, writable  # noqa: E402
+from report import machine_header, plural, spread, table  # noqa: E402
 
 # Every run here is on one device. Blockwise8Bit's default max_shards is jax.device_count(), which would make
 # the blocks depend on how many devices the process sees (under tests/conftest.py's 8 simulated CPU devices a
@@ -211,7 +212,7 @@ def lm_task(
             f"{layers}-layer causal transformer (d_model {d_model}, {heads} heads, context {context}, "
             f"vocabulary {text.vocab} characters) on Python's help texts (pydoc_data.topics, {text.characters:,} "
             f"characters; the last 10% held out, {held_out_windows} windows of it evaluated), {steps} steps of "
-            f"{batch_size} random windows, learning rate warmed up over {warmup} steps to {peak_rate:g} "
+            f"{batch_size} random windows, learning rate warmed up over {plural(warmup, 'step')} to {peak_rate:g} "
             f"then cosine to 0, weight decay 0.1 on the kernels and embeddings"
         ),
         model=lambda seed: CharLM(text.vocab, d_model, heads, layers, context, nnx.Rngs(seed)),
@@ -370,7 +371,8 @@ def section(task: Task, runs: dict, seeds: list[int]) -> str:
     cpu_seconds = sum(r.cpu_seconds for seeds_runs in runs.values() for r in seeds_runs)
     lines = [
         f"## {task.name}\n",
-        f"{task.description}. {first.params:,} parameters; seeds {seeds[0]}-{seeds[-1]}; "
+        f"{task.description}. {first.params:,} parameters; "
+        f"{f'seed {seeds[0]}' if len(seeds) == 1 else f'seeds {seeds[0]}-{seeds[-1]}'}; "
         f"{seconds:.0f} s of training, {cpu_seconds:.0f} s CPU (compile included).\n",
         results_table(runs),
         f"- {seed_spread(runs)}",
@@ -399,34 +401,46 @@ QUICK = Settings(digits_steps=105, lm_steps=60, seeds=2,
                  lm_kwargs=dict(d_model=64, layers=1, context=32, batch_size=16, held_out_windows=64))
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options, checked: a bad value stops here, before any training, naming the option."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="two seeds, few steps, a tiny LM: a smoke test")
-    parser.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 5, --quick 2)")
-    parser.add_argument("--steps", type=int, help="training steps of both tasks (default digits 630, LM 500)")
-    parser.add_argument("--tasks", default="digits,lm", help="comma-separated subset of digits,lm")
-    parser.add_argument("--storages", help=f"comma-separated, fp32 first, for every task; from {', '.join(STORAGES)} "
+    parser.add_argument("--seeds", type=at_least(1), help="seeds 0..N-1 (default 5, --quick 2)")
+    parser.add_argument("--steps", type=at_least(1),
+                        help="training steps of both tasks (default digits 630, LM 500; the LM needs >= 2)")
+    parser.add_argument("--tasks", type=names, default="digits,lm", help="comma-separated subset of digits,lm")
+    parser.add_argument("--storages", type=names,
+                        help=f"comma-separated, fp32 first, for every task; from {', '.join(STORAGES)} "
                         "(default fp32,8-bit,bf16,bf16-SR, and fp32-ulp on the digits)")
-    parser.add_argument("--output", type=pathlib.Path, default=pathlib.Path(__file__).parent / "lowbit.md")
-    args = parser.parse_args()
+    parser.add_argument("--output", type=pathlib.Path, default=pathlib.Path(__file__).parent / "lowbit.md",
+                        help="the markdown report (default %(default)s)")
+    args = parser.parse_args(argv)
+    if args.storages is not None and (set(args.storages) - set(STORAGES) or args.storages[0] != "fp32"):
+        parser.error(f"--storages must start with fp32 and name only {', '.join(STORAGES)}; "
+                     f"got {', '.join(args.storages)}")
+    if set(args.tasks) - {"digits", "lm"}:
+        parser.error(f"--tasks names digits and/or lm; got {', '.join(args.tasks)}")
+    if args.steps == 1 and "lm" in args.tasks:
+        parser.error("--steps must be >= 2 for task lm, got 1: its schedule warms up over at least one step, "
+                     "then decays over the rest")
+    writable(parser, "--output", args.output)
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     settings = QUICK if args.quick else FULL
     if args.seeds is not None:
         settings = dataclasses.replace(settings, seeds=args.seeds)
     if args.steps is not None:
         settings = dataclasses.replace(settings, digits_steps=args.steps, lm_steps=args.steps)
-    if args.storages is not None:
-        storages = args.storages.split(",")
-        if any(s not in STORAGES for s in storages) or storages[0] != "fp32":
-            parser.error(f"--storages must start with fp32 and name only {', '.join(STORAGES)}; got {args.storages}")
-    tasks = args.tasks.split(",")
-    if not set(tasks) <= {"digits", "lm"}:
-        parser.error(f"--tasks names digits and/or lm; got {args.tasks}")
+    storages, tasks = args.storages, args.tasks
     seeds = list(range(settings.seeds))
 
     start, cpu_start = time.perf_counter(), time.process_time()
     sections = [machine_header(
         "jaxopt_zoo low-bit optimizer state: AdamW with fp32, 8-bit, bf16 and bf16-SR moments",
-        f"{'quick' if args.quick else 'full'}; {len(seeds)} seeds, each with the same initial weights and minibatch "
+        f"{'quick' if args.quick else 'full'}; {plural(len(seeds), 'seed')}, each with the same initial weights and minibatch "
         "order for every storage; cells are median [min, max] over the seeds, ratios are per seed against fp32",
     )]
     print(sections[0], flush=True)
@@ -440,7 +454,6 @@ def main() -> None:
     footer = f"Total {time.perf_counter() - start:.0f} s, {time.process_time() - cpu_start:.0f} s CPU.\n"
     print(footer)
     sections.append(footer)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text("\n".join(sections))
     print(f"written to {args.output}", file=sys.stderr)
 

@@ -409,7 +409,8 @@ def step_sections(report: Report, optimizers: dict[str, SeedOptimizer], sizes: S
 
     report.add(
         f"## Step time\n\nMedian seconds per jitted, donated `update + apply_updates` step over "
-        f"{plural(sizes.repeats, 'alternating run')} (ours, Optax, ours, ...) of {plural(sizes.steps, 'step')} each; ratio = ours / Optax. "
+        f"{plural(sizes.repeats, 'alternating run')} (ours, Optax, ours, ...) of {plural(sizes.steps, 'step')} each; "
+        "ratio = ours / Optax. "
         "Spread = (max - min) / median of the runs, the larger of the two; ratios within it are noise. "
         "Max abs diff compares the final params of the two runs (same start, same grads, same number of steps).\n"
     )
@@ -563,7 +564,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The options, checked: a bad value stops here, before any measurement, naming the option."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny trees and one repeat: a smoke test")
-    parser.add_argument("--repeats", type=at_least(1), help="timed runs per optimizer and library (default 7, --quick 1)")
+    parser.add_argument("--repeats", type=at_least(1),
+                        help="timed runs per optimizer and library (default 7, --quick 1)")
     parser.add_argument("--steps", type=at_least(1), help="steps per timed run (default 5 on CPU, 20 on accelerators)")
     parser.add_argument("--compile-repeats", type=at_least(1),
                         help="compilations per optimizer and library (default 3, --quick 1)")

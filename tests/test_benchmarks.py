@@ -73,6 +73,26 @@ def test_convergence_benchmark_refuses_what_it_cannot_run_before_training(tmp_pa
     assert set(every) == set(SEED_OPTIMIZERS) - {"polyak_sgd", "lbfgs", "momo", "momo_adam", "sophia"}
 
 
+def test_lowbit_benchmark_checks_its_options_before_training(tmp_path, capsys):
+    lowbit = _benchmark("lowbit")
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    # --seeds 0 failed with IndexError after training, --steps 1 inside the LM's schedule (naming no option), an
+    # unwritable --output after the whole run; "digits, lm" was refused for its space.
+    for argv, message in [
+        (["--seeds", "0"], "argument --seeds: must be >= 1, got 0"),
+        (["--steps", "0"], "argument --steps: must be >= 1, got 0"),
+        (["--steps", "1"], "--steps must be >= 2 for task lm, got 1: its schedule warms up over at least one step"),
+        (["--storages", "8-bit,fp32"], "--storages must start with fp32"),
+        (["--output", str(a_file / "lowbit.md")], f"--output {a_file / 'lowbit.md'}: cannot write there"),
+    ]:
+        assert message in _refused(lowbit.parse_args, argv, capsys), argv
+    args = lowbit.parse_args(["--steps", "1", "--tasks", "digits", "--output", str(tmp_path / "l.md")])
+    assert args.steps == 1 and args.tasks == ["digits"]
+    args = lowbit.parse_args(["--tasks", "digits, lm", "--storages", "fp32, 8-bit", "--output", str(tmp_path / "l.md")])
+    assert args.tasks == ["digits", "lm"] and args.storages == ["fp32", "8-bit"]
+
+
 @pytest.mark.parametrize("name", list(SEED_OPTIMIZERS))
 def test_every_benchmark_entry_steps_with_both_libraries(name):
     # As the scripts use an entry: built from its typical rate, and from a traced rate under vmap (a sweep).
@@ -138,6 +158,29 @@ def test_every_lm_convergence_entry_steps_from_a_traced_peak_rate(name):
     assert jax.tree.structure(evaluated) == jax.tree.structure(params)
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves((moved, evaluated)))
     assert any(bool(jnp.any(m != p)) for m, p in zip(jax.tree.leaves(moved), jax.tree.leaves(params)))
+
+
+def test_lm_convergence_checks_its_options_before_training_and_explicit_ones_win_over_quick(tmp_path, capsys):
+    lm = _lm_convergence()
+    files = ["--runs", str(tmp_path / "runs.json"), "--output", str(tmp_path / "lm.md")]
+    # --short 0.05 of 20 steps failed in the library's schedule after every tuning and seed run, --seeds 0 after the
+    # AdamW grid; --quick dropped an explicit --seeds/--steps/--short; --optimizers took no comma list.
+    for argv, message in [
+        (["--steps", "20", "--short", "0.05", "--optimizers", "shampoo"],
+         "--short 0.05 of 20 steps is 1 step for shampoo; a run needs >= 2"),
+        (["--seeds", "0"], "argument --seeds: must be >= 1, got 0"),
+        (["--steps", "1"], "argument --steps: must be >= 2 (the schedule warms up over at least one step"),
+        (["--short", "1"], "--short must be in [0, 1); got 1.0"),
+        (["--optimizers", "adamw,nope"], "--optimizers takes names from adamw, soap"),
+        (["--output", str(tmp_path)], f"--output {tmp_path}: is a folder"),
+    ]:
+        assert message in _refused(lm.parse_args, argv + files if argv[0] != "--output" else argv, capsys), argv
+    args = lm.parse_args(["--quick", "--seeds", "2", "--steps", "20", "--short", "0.5", *files])
+    assert (args.steps, args.seeds, args.short) == (20, 2, 0.5)
+    args = lm.parse_args(["--quick", *files])
+    assert (args.steps, args.seeds, args.short) == (30, 1, 0.0)
+    assert lm.parse_args(["--optimizers", "soap, muon", *files]).names == ["adamw", "soap", "muon"]
+    assert lm.parse_args(["--optimizers", "soap", "adamw", *files]).names == ["adamw", "soap"]  # the old form
 
 
 def test_lm_convergence_report_counts_steps_to_adamw_target(tmp_path):
@@ -218,8 +261,8 @@ def test_speed_benchmark_part_kronecker_reports_steps_refresh_floors_and_sharded
     shapes = {"w": jax.ShapeDtypeStruct((8, 12), jnp.float32), "b": jax.ShapeDtypeStruct((12,), jnp.float32)}
     monkeypatch.setattr(run, "transformer_shapes", lambda config: shapes)
     every = kronecker.optimizers
-    monkeypatch.setattr(kronecker, "optimizers",
-                        lambda frequency: {k: v for k, v in every(frequency).items() if k in ("AdamW", "SOAP", "Shampoo")})
+    three = ("AdamW", "SOAP", "Shampoo")
+    monkeypatch.setattr(kronecker, "optimizers", lambda frequency: {k: v for k, v in every(frequency).items() if k in three})
     output = tmp_path / "results.md"
     # This Python has no heavyball: the section says so instead of failing.
     run.measure(run.parse_args(["--quick", "--parts", "kronecker", "--torch-python", sys.executable,
