@@ -9,14 +9,16 @@ optimizer state (here a chain inside ``inject_hyperparams`` inside
 ``MultiSteps``, mid-accumulation when saved) is a plain pytree of arrays, and
 the batches depend only on the step number. It trains on the same 75% of the
 digits as train_digits.py and reports the accuracy on the held-out 25%.
-Checkpoints go to examples/output/checkpoints (``--checkpoint-dir``); a run
-saved there is resumed, and one already past ``--stop-at`` is reported (exit
+Checkpoints go to examples/output/checkpoints (``--checkpoint-dir``), with the
+run's ``--steps`` and ``--seed`` in settings.json; a run saved there is resumed.
+One already past ``--stop-at``, or saved with other settings, is reported (exit
 status 1) rather than trained: ``--fresh`` starts over.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 import sys
 
@@ -64,54 +66,66 @@ def main(
     final_params: pathlib.Path | None,
     fresh: bool = False,
 ) -> int:
-    """Train (or resume) to ``stop_at`` or ``steps``; the exit status: 1 when a saved run is already past ``stop_at``."""
+    """Train (or resume) to ``stop_at`` or ``steps``; the exit status: 1 when a saved run cannot be continued."""
     x, x_test, y, y_test = load_data(seed)  # the split of train_digits.py: train on 75%, test on the rest
 
     model = Classifier(nnx.Rngs(seed))
     optimizer = nnx.Optimizer(model, make_optimizer(steps), wrt=nnx.Param)
-    manager = ocp.CheckpointManager(checkpoint_dir.absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=2))
-    if fresh and manager.all_steps():
-        print(f"--fresh: deleting the saved steps {sorted(manager.all_steps())} in {checkpoint_dir}")
-        for saved in manager.all_steps():
-            manager.delete(saved)
+    # Saving synchronously (this script waits for its one save anyway): after a failed asynchronous save, Orbax's
+    # threads wait out their timeout and keep Python from exiting. The with block closes the manager however it ends.
+    options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False)
+    with ocp.CheckpointManager(checkpoint_dir.absolute(), options=options) as manager:
+        # Saved with the run: the schedule depends on --steps; the split, weights and batches on --seed.
+        # Resuming with other settings would silently mix two runs.
+        settings_file, settings = checkpoint_dir / "settings.json", {"steps": steps, "seed": seed}
+        if fresh and manager.all_steps():
+            print(f"--fresh: deleting the saved steps {sorted(manager.all_steps())} in {checkpoint_dir}")
+            for saved in manager.all_steps():
+                manager.delete(saved)
 
-    start = manager.latest_step() or 0
-    end = steps if stop_at is None else min(stop_at, steps)
-    if start > steps or (start >= end and stop_at is not None):
-        # Nothing to train: say so rather than exit silently.
-        if start < steps:
-            status = "to finish it, run without --stop-at"
-        elif start == steps:
-            status = "it is complete"
-        else:
-            status = f"it is longer than this command's --steps {steps}"
-        print(
-            f"A run is already saved in {checkpoint_dir} at step {start} ({status}); this command would stop at "
-            f"step {end}, so it does nothing. To start over, pass --fresh or delete {checkpoint_dir}.",
-            file=sys.stderr,
-        )
-        manager.close()
-        return 1
-    if start:
-        # Restore into the freshly built objects: their states give Orbax the
-        # target structure, shapes and dtypes (NamedTuple states included).
-        target = {"model": nnx.state(model), "optimizer": nnx.state(optimizer)}
-        restored = manager.restore(start, args=ocp.args.StandardRestore(target))
-        nnx.update(model, restored["model"])
-        nnx.update(optimizer, restored["optimizer"])
-        print(f"resumed from step {start} in {checkpoint_dir}")
+        start = manager.latest_step() or 0
+        if start:
+            saved = json.loads(settings_file.read_text()) if settings_file.exists() else None
+            if saved != settings:
+                made_with = ("settings it does not record" if saved is None
+                             else " ".join(f"--{k} {v}" for k, v in saved.items()))
+                print(
+                    f"The run saved in {checkpoint_dir} (at step {start}) was made with {made_with}; this "
+                    f"command asks for --steps {steps} --seed {seed}. Resuming would mix two runs: pass the saved "
+                    f"settings to finish it, or --fresh (or delete {checkpoint_dir}) to start over.",
+                    file=sys.stderr,
+                )
+                return 1
+        end = steps if stop_at is None else min(stop_at, steps)
+        if start >= end and stop_at is not None:
+            # Nothing to train: say so rather than exit silently.
+            status = "to finish it, run without --stop-at" if start < steps else "it is complete"
+            print(
+                f"A run is already saved in {checkpoint_dir} at step {start} ({status}); this command would stop "
+                f"at step {end}, so it does nothing. To start over, pass --fresh or delete {checkpoint_dir}.",
+                file=sys.stderr,
+            )
+            return 1
+        if start:
+            # Restore into the freshly built objects: their states give Orbax the
+            # target structure, shapes and dtypes (NamedTuple states included).
+            target = {"model": nnx.state(model), "optimizer": nnx.state(optimizer)}
+            restored = manager.restore(start, args=ocp.args.StandardRestore(target))
+            nnx.update(model, restored["model"])
+            nnx.update(optimizer, restored["optimizer"])
+            print(f"resumed from step {start} in {checkpoint_dir}")
 
-    for step in range(start, end):
-        loss = train_step(model, optimizer, *batch(x, y, step, seed))
-        if (step + 1) % 50 == 0:
-            print(f"step {step + 1:4d}  loss {float(loss):.4f}")
+        for step in range(start, end):
+            loss = train_step(model, optimizer, *batch(x, y, step, seed))
+            if (step + 1) % 50 == 0:
+                print(f"step {step + 1:4d}  loss {float(loss):.4f}")
 
-    if end > start:
-        state = {"model": nnx.state(model), "optimizer": nnx.state(optimizer)}
-        manager.save(end, args=ocp.args.StandardSave(state))
-        manager.wait_until_finished()
-        print(f"saved step {end} to {checkpoint_dir}")
-    manager.close()
+        if end > start:
+            if not start:
+                settings_file.write_text(json.dumps(settings))
+            state = {"model": nnx.state(model), "optimizer": nnx.state(optimizer)}
+            manager.save(end, args=ocp.args.StandardSave(state))
+            print(f"saved step {end} to {checkpoint_dir}")
 
     if end == steps:
         if start == steps:
@@ -120,17 +134,35 @@ def main(
         print(f"finished {steps} steps; test accuracy {float(accuracy):.4f} on {len(x_test)} held-out digits")
     if final_params is not None:
         leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
-        np.savez(final_params, *[np.asarray(leaf) for leaf in leaves])
+        with open(final_params, "wb") as file:  # np.savez(path) would add .npz to a name without it
+            np.savez(file, *[np.asarray(leaf) for leaf in leaves])
     return 0
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=300, help="length of the whole run")
+    parser.add_argument("--steps", type=int, default=300, help="length of the whole run (default 300)")
     parser.add_argument("--stop-at", type=int, default=None, help="save and exit after this step (an interruption)")
-    parser.add_argument("--checkpoint-dir", type=pathlib.Path, default=DEFAULT_CHECKPOINTS)
+    parser.add_argument("--checkpoint-dir", type=pathlib.Path, default=DEFAULT_CHECKPOINTS,
+                        help="where the steps are saved, and resumed from (default examples/output/checkpoints)")
     parser.add_argument("--fresh", action="store_true", help="delete the steps saved in --checkpoint-dir first")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="train/test split, initial weights and batches")
     parser.add_argument("--final-params", type=pathlib.Path, default=None, help="write the params here (.npz)")
     args = parser.parse_args()
+    for option, value in [("--steps", args.steps), ("--stop-at", args.stop_at)]:
+        if value is not None and value < 1:
+            parser.error(f"{option} must be >= 1, got {value}")
+    # Checked now, not after training: a file in the way, or a folder that cannot be made.
+    folders = [("--checkpoint-dir", args.checkpoint_dir)]
+    if args.final_params is not None:
+        if args.final_params.is_dir():
+            parser.error(f"--final-params {args.final_params} is a folder; give a file name")
+        folders.append(("--final-params", args.final_params.parent))
+    for option, folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            in_the_way = isinstance(error, (FileExistsError, NotADirectoryError))
+            parser.error(f"{option}: cannot make the folder {folder} "
+                         f"({'a file is in the way' if in_the_way else error.strerror})")
     sys.exit(main(args.steps, args.stop_at, args.checkpoint_dir, args.seed, args.final_params, args.fresh))

@@ -61,8 +61,11 @@ def test_checkpoint_resume_in_a_new_process_is_bit_identical(tmp_path, capsys):
         capsys, "checkpoint_resume.py", *steps, "--stop-at", "17", "--checkpoint-dir", str(tmp_path / "a")
     )
     assert "saved step 17" in interrupted and "finished" not in interrupted
+    # Params written where --final-params says, without .npz added, its folder created first (was: after training,
+    # np.savez's FileNotFoundError).
+    ours_path = tmp_path / "new" / "a_params"
     resumed = _run_example(
-        "checkpoint_resume.py", *steps, "--checkpoint-dir", str(tmp_path / "a"), "--final-params", str(tmp_path / "a.npz")
+        "checkpoint_resume.py", *steps, "--checkpoint-dir", str(tmp_path / "a"), "--final-params", str(ours_path)
     )
     assert "resumed from step 17" in resumed
     _run_example_here(
@@ -70,7 +73,7 @@ def test_checkpoint_resume_in_a_new_process_is_bit_identical(tmp_path, capsys):
         "--final-params", str(tmp_path / "b.npz"),
     )
 
-    ours, uninterrupted = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
+    ours, uninterrupted = np.load(ours_path), np.load(tmp_path / "b.npz")
     assert len(ours.files) == 4  # kernel and bias of two layers
     for name in uninterrupted.files:
         np.testing.assert_array_equal(ours[name], uninterrupted[name], strict=True)
@@ -106,9 +109,34 @@ def test_checkpoint_resume_says_when_a_run_exists_and_fresh_starts_over(tmp_path
     # A complete run asked to finish again reports its accuracy and how to start over.
     again = run(*steps)
     assert "is complete" in again and "--fresh" in again and "test accuracy" in again
+    # A run saved with other settings is refused, not resumed (was: resumed without a word, mixing two schedules,
+    # or training on another seed's held-out digits).
+    for other in (["--steps", "6", "--checkpoint-dir", folder], [*steps, "--seed", "1"]):
+        message = run(*other, returncode=1)
+        assert f"The run saved in {folder} (at step 4) was made with --steps 4 --seed 0" in message, message
+        assert "Resuming would mix two runs" in message and "--fresh" in message
     restarted = run(*steps, "--stop-at", "2", "--fresh")
     assert "deleting the saved steps [4]" in restarted and "saved step 2" in restarted
     assert sorted(int(p.name) for p in pathlib.Path(folder).iterdir() if p.name.isdigit()) == [2]
+
+
+def test_checkpoint_resume_refuses_bad_options_before_training(tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    folder = ["--checkpoint-dir", str(tmp_path / "run")]
+    # --stop-at 0 or -5 claimed that a run was saved in an empty folder; a file as --checkpoint-dir trained, then the
+    # save failed and Orbax's threads kept the process from exiting; a file in --final-params' path failed after
+    # training.
+    for argv, message in [
+        (["--stop-at", "0", *folder], "--stop-at must be >= 1, got 0"),
+        (["--stop-at", "-5", *folder], "--stop-at must be >= 1, got -5"),
+        (["--steps", "0", *folder], "--steps must be >= 1, got 0"),
+        (["--checkpoint-dir", str(a_file)], f"--checkpoint-dir: cannot make the folder {a_file} (a file is in the way)"),
+        (["--final-params", str(a_file / "params.npz"), *folder],
+         f"--final-params: cannot make the folder {a_file} (a file is in the way)"),
+    ]:
+        assert message in _run_example_here(capsys, "checkpoint_resume.py", *argv, returncode=2), argv
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())  # nothing saved
 
 
 def test_train_digits_linen_runs_and_learns(capsys):
