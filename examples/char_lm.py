@@ -221,12 +221,18 @@ def main(steps: int, seed: int, peak_rate: float, output: pathlib.Path = DEFAULT
     for name, losses in curves.items():
         line, = axes.plot(smoothed(losses, window), label=f"{name} (final {finals[name]:.3f})")
         axes.plot(losses, color=line.get_color(), alpha=0.2, linewidth=0.7)
-    axes.set(xlabel="step", ylabel="training cross-entropy (nats per character)", ylim=(None, 3.5),
+    # The y range of the smoothed curves (the raw ones, faint, may leave it): every mean is in view, the noise is not.
+    means = np.concatenate([smoothed(losses, window) for losses in curves.values()])
+    means = means[np.isfinite(means)]
+    if len(means):
+        margin = 0.05 * (means.max() - means.min()) or 0.1
+        axes.set_ylim(means.min() - margin, means.max() + margin)
+    axes.set(xlabel="step", ylabel="training cross-entropy (nats per character)",
              title=f"Char LM: SOAP and AdamW, same schedule (peak {peak_rate:g}), seed {seed}")
-    axes.legend(title=f"mean over {window} steps; raw faint")
+    axes.legend(title=f"mean over {window} step{'s' if window > 1 else ''}; raw faint")
     axes.grid(alpha=0.3)
     figure.tight_layout()
-    output.mkdir(parents=True, exist_ok=True)
+    output.mkdir(parents=True, exist_ok=True)  # made before training too, when run as a script
     figure.savefig(output / "char_lm.png", dpi=120)
     print(f"loss curves written to {output / 'char_lm.png'}")
     return finals
@@ -234,11 +240,17 @@ def main(steps: int, seed: int, peak_rate: float, output: pathlib.Path = DEFAULT
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--peak-rate", type=float, default=3e-3)
+    parser.add_argument("--steps", type=int, default=500, help="training steps of each optimizer (default 500)")
+    parser.add_argument("--seed", type=int, default=0, help="initial weights and minibatches")
+    parser.add_argument("--peak-rate", type=float, default=3e-3, help="the schedule's peak learning rate")
     parser.add_argument("--output", type=pathlib.Path, default=DEFAULT_OUTPUT, help="folder for the PNG")
     args = parser.parse_args()
-    if args.steps < 1:
-        parser.error(f"--steps must be at least 1; got {args.steps}")
+    if args.steps < 2:  # schedule() warms up over at least one step, then decays over at least one more
+        parser.error(f"--steps must be >= 2 (the schedule warms up, then decays), got {args.steps}")
+    if not args.peak_rate > 0:
+        parser.error(f"--peak-rate must be > 0, got {args.peak_rate}")
+    try:
+        args.output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        parser.error(f"--output: cannot make the folder {args.output} ({error.strerror})")
     main(args.steps, args.seed, args.peak_rate, args.output)

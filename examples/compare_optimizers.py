@@ -1,4 +1,4 @@
-"""Compare every jaxopt_zoo optimizer on two classic 2-D functions and on the digits MLP.
+"""Compare twelve classic jaxopt_zoo optimizers on two classic 2-D functions and on the digits MLP.
 
     python examples/compare_optimizers.py          # under a minute on 2 CPU cores
     python examples/compare_optimizers.py --fast   # a smoke run (~20 s): few steps, two rates
@@ -167,9 +167,9 @@ def compare_2d(rates: np.ndarray, steps: int, output: pathlib.Path, bar: tqdm) -
             paths = np.asarray(jax.jit(jax.vmap(descend(make, problem.f, start, steps)))(jnp.asarray(rates)))
             losses = np.asarray(jax.vmap(problem.f)(jnp.asarray(paths[:, -1])))
             best = best_rate(losses)
-            bar.write(f"{name:<10} {rates[best]:>9.2g} {losses[best]:>12.3e}")
+            bar.write(f"{name:<10} {rates[best]:>9.3g} {losses[best]:>12.3e}")
             bar.update()
-            axes.plot(*paths[best].T, label=f"{name} (lr={rates[best]:.2g})", linewidth=1.6, **STYLES[name])
+            axes.plot(*paths[best].T, label=f"{name} (lr={rates[best]:.3g})", linewidth=1.6, **STYLES[name])
             axes.plot(*paths[best, -1], "o", color=STYLES[name]["color"], markersize=4)
         axes.plot(*problem.start, "ko", markersize=8, label="start")
         axes.plot(*problem.minimum, "*", color="gold", markeredgecolor="black", markersize=16, label="minimum")
@@ -200,9 +200,9 @@ def compare_digits(rates: np.ndarray, steps: int, seed: int, output: pathlib.Pat
         losses, accuracies = jax.jit(jax.vmap(train(make, initial, data, steps)))(jnp.asarray(rates))
         losses = np.asarray(losses)
         best = best_rate(losses[:, -tail:].mean(axis=1))
-        bar.write(f"{name:<10} {rates[best]:>9.2g} {losses[best, -tail:].mean():>12.3e} {float(accuracies[best]):>9.3f}")
+        bar.write(f"{name:<10} {rates[best]:>9.3g} {losses[best, -tail:].mean():>12.3e} {float(accuracies[best]):>9.3f}")
         bar.update()
-        label = f"{name} (lr={rates[best]:.2g})"
+        label = f"{name} (lr={rates[best]:.3g})"
         axes.plot(np.arange(1, steps + 1), losses[best], label=label, linewidth=1.6, **STYLES[name])
     axes.set_yscale("log")
     axes.set_xlabel("step (full batch)")
@@ -224,18 +224,28 @@ if __name__ == "__main__":
     parser.add_argument("--output", type=pathlib.Path, default=DEFAULT_OUTPUT, help="folder for the PNGs")
     parser.add_argument("--optimizers", help=f"comma-separated subset of {','.join(OPTIMIZERS)} (default all)")
     args = parser.parse_args()
-    if args.optimizers:
+    for option, value in [("--steps", args.steps), ("--digits-steps", args.digits_steps)]:
+        if value is not None and value < 1:
+            parser.error(f"{option} must be >= 1, got {value}")
+    if args.optimizers is not None:
         wanted = [name.strip() for name in args.optimizers.split(",") if name.strip()]
         unknown = sorted(set(wanted) - set(OPTIMIZERS))
-        if unknown or not wanted:
+        if not wanted:
+            parser.error(f"--optimizers {args.optimizers!r} names no optimizer; choose from {', '.join(OPTIMIZERS)}")
+        if unknown:
             parser.error(f"--optimizers {args.optimizers!r}: unknown names {unknown}; choose from {', '.join(OPTIMIZERS)}")
         OPTIMIZERS = {name: make for name, make in OPTIMIZERS.items() if name in wanted}  # the functions read it
-    args.output.mkdir(parents=True, exist_ok=True)
+    try:
+        args.output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        parser.error(f"--output: cannot make the folder {args.output} ({error.strerror})")
+    steps_2d = args.steps if args.steps is not None else 50 if args.fast else 500
+    steps_digits = args.digits_steps if args.digits_steps is not None else 20 if args.fast else 200
     # Grids wide enough that no optimizer's best rate sits on an edge (LARS and
     # Adadelta want rates of 1 and more, plain SGD on Rosenbrock 1e-3).
     rates_2d = np.array([1e-3, 1e-1]) if args.fast else np.logspace(-4, 2, 13)
     rates_digits = np.array([1e-2, 1e-1]) if args.fast else np.logspace(-3, 2, 6)
     # One tick per optimizer per part (each a compile and a vmapped sweep); disable=None: no bar unless on a terminal.
     with tqdm(total=len(OPTIMIZERS) * (len(PROBLEMS) + 1), desc="comparing", unit="run", disable=None) as bar:
-        compare_2d(rates_2d, args.steps or (50 if args.fast else 500), args.output, bar)
-        compare_digits(rates_digits, args.digits_steps or (20 if args.fast else 200), args.seed, args.output, bar)
+        compare_2d(rates_2d, steps_2d, args.output, bar)
+        compare_digits(rates_digits, steps_digits, args.seed, args.output, bar)

@@ -40,13 +40,18 @@ def accuracy_at_y_and_x(model, optimizer, x, y):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--eval-every", type=int, default=60)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
+    parser.add_argument("--eval-every", type=int, default=60, help="steps between test evaluations (default 60)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per step (default 64)")
+    parser.add_argument("--seed", type=int, default=0, help="train/test split, initial weights and batches")
     args = parser.parse_args()
 
     x_train, x_test, y_train, y_test = load_data(args.seed)
+    for option, value in [("--steps", args.steps), ("--eval-every", args.eval_every)]:
+        if value < 1:
+            parser.error(f"{option} must be >= 1, got {value}")
+    if not 1 <= args.batch_size <= len(x_train):  # a batch draws distinct images
+        parser.error(f"--batch-size must be between 1 and the {len(x_train)} training images, got {args.batch_size}")
     model = Classifier(nnx.Rngs(args.seed))
     optimizer = nnx.Optimizer(model, jz.schedule_free_adamw(1e-2, warmup_steps=20, weight_decay=1e-4), wrt=nnx.Param)
     rng = np.random.default_rng(args.seed)

@@ -105,9 +105,19 @@ def main(epochs: int, batch_size: int, seed: int, output: pathlib.Path = DEFAULT
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=40, help="passes over the training images (default 40)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per step (default 64)")
+    parser.add_argument("--seed", type=int, default=0, help="train/test split, initial weights and batch order")
     parser.add_argument("--output", type=pathlib.Path, default=DEFAULT_OUTPUT, help="folder for the PNG")
     args = parser.parse_args()
+    # Checked before training: a bad value would otherwise train nothing, or fail only at the end.
+    train_size = len(load_data(args.seed)[0])
+    if args.epochs < 1:
+        parser.error(f"--epochs must be >= 1, got {args.epochs}")
+    if not 1 <= args.batch_size <= train_size:
+        parser.error(f"--batch-size must be between 1 and the {train_size} training images, got {args.batch_size}")
+    try:
+        args.output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        parser.error(f"--output: cannot make the folder {args.output} ({error.strerror})")
     main(args.epochs, args.batch_size, args.seed, args.output)

@@ -62,8 +62,14 @@ def main(epochs: int, batch_size: int, seed: int) -> float:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=40, help="passes over the training images (default 40)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per step (default 64)")
+    parser.add_argument("--seed", type=int, default=0, help="train/test split, initial weights and batch order")
     args = parser.parse_args()
+    # Checked before training: the schedule needs at least one step.
+    train_size = len(load_data(args.seed)[0])
+    if args.epochs < 1:
+        parser.error(f"--epochs must be >= 1, got {args.epochs}")
+    if not 1 <= args.batch_size <= train_size:
+        parser.error(f"--batch-size must be between 1 and the {train_size} training images, got {args.batch_size}")
     main(args.epochs, args.batch_size, args.seed)

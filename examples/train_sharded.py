@@ -131,10 +131,13 @@ def max_abs_difference(a: Params, b: Params) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--optimizer", choices=["adamw", "shampoo"], default="adamw")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=100, help="training steps of each run (default 100)")
+    parser.add_argument("--optimizer", choices=["adamw", "shampoo"], default="adamw",
+                        help="AdamW, or Shampoo with its factor blocks laid out across the devices (default adamw)")
     args = parser.parse_args()
+    if args.steps < 1:  # 0 steps would compare untrained params: a difference of 0 that shows nothing
+        parser.error(f"--steps must be >= 1, got {args.steps}")
     if jax.device_count() < 8:
         raise SystemExit(f"needs 8 devices, found {jax.device_count()}: is XLA_FLAGS asking for fewer?")
 

@@ -139,6 +139,33 @@ def test_checkpoint_resume_refuses_bad_options_before_training(tmp_path, capsys)
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())  # nothing saved
 
 
+def test_examples_refuse_bad_options_before_training(tmp_path, capsys):
+    """Each in this process, each refused by argparse (exit status 2) before any training: each used to train
+    nothing and report success, fail deep in the library or XLA, or fail after training."""
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    for script, argv, message in [
+        ("train_digits.py", ["--epochs", "0"], "--epochs must be >= 1, got 0"),
+        ("train_digits.py", ["--epochs", "-1"], "--epochs must be >= 1, got -1"),
+        ("train_digits.py", ["--batch-size", "0"], "--batch-size must be between 1 and the 1347 training images, got 0"),
+        ("train_digits.py", ["--batch-size", "5000"], "--batch-size must be between 1 and the 1347 training images"),
+        ("train_digits.py", ["--output", str(a_file / "out")], f"--output: cannot make the folder {a_file / 'out'}"),
+        ("train_digits_linen.py", ["--epochs", "0"], "--epochs must be >= 1, got 0"),
+        ("train_digits_linen.py", ["--batch-size", "5000"], "--batch-size must be between 1 and the 1347"),
+        ("schedule_free_nnx.py", ["--steps", "0"], "--steps must be >= 1, got 0"),
+        ("schedule_free_nnx.py", ["--eval-every", "0"], "--eval-every must be >= 1, got 0"),
+        ("schedule_free_nnx.py", ["--batch-size", "5000"], "--batch-size must be between 1 and the 1347"),
+        ("compare_optimizers.py", ["--steps", "0"], "--steps must be >= 1, got 0"),  # 0 meant the default
+        ("compare_optimizers.py", ["--digits-steps", "-3"], "--digits-steps must be >= 1, got -3"),
+        ("compare_optimizers.py", ["--optimizers", ","], "--optimizers ',' names no optimizer; choose from sgd"),
+        ("char_lm.py", ["--steps", "1"], "--steps must be >= 2 (the schedule warms up, then decays), got 1"),
+        ("char_lm.py", ["--peak-rate", "-1"], "--peak-rate must be > 0, got -1.0"),
+        ("char_lm.py", ["--output", str(a_file)], f"--output: cannot make the folder {a_file}"),
+        ("train_sharded.py", ["--steps", "0"], "--steps must be >= 1, got 0"),
+    ]:
+        assert message in _run_example_here(capsys, script, *argv, returncode=2), (script, argv)
+
+
 def test_train_digits_linen_runs_and_learns(capsys):
     stdout = _run_example_here(capsys, "train_digits_linen.py", "--epochs", "3")
     accuracy = float(stdout.split("final test accuracy:")[1].split()[0])
@@ -246,3 +273,9 @@ def test_char_lm_trains_soap_and_adamw_and_plots_both(tmp_path, capsys):
     assert set(finals) == {"adamw", "soap"} and all(f"{name:6s} final training loss" in stdout for name in finals)
     assert all(1.0 < loss < 4.0 for loss in finals.values())  # from ~4.6 (a uniform guess over ~100 characters)
     assert (tmp_path / "char_lm.png").stat().st_size > 10_000
+    import matplotlib.pyplot as plt
+
+    # The y range comes from the curves: the first steps' ~4.6 in view (it was capped at 3.5).
+    figure = plt.figure(plt.get_fignums()[-1])
+    assert figure.axes[0].get_ylim()[1] > 4.5
+    plt.close(figure)
