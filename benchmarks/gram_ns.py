@@ -19,6 +19,7 @@ accuracy of each is measured three ways:
 from __future__ import annotations
 
 import argparse
+import pathlib
 import statistics
 
 import jax
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxopt_zoo as jz
+from arguments import at_least, writable
 from muon import seconds_per_call as seconds
 from report import table
 
@@ -94,13 +96,21 @@ def measure(shape: tuple[int, int], repeats: int, calls: int) -> list[str]:
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one small shape, few repeats")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs per function (median taken; >= 5)")
-    parser.add_argument("--output", default=None, help="also write the table to this file")
-    args = parser.parse_args()
-    repeats = max(5, args.repeats or (5 if args.quick else 7))
+    parser.add_argument("--repeats", type=at_least(5), default=None,
+                        help="timed runs per function, median taken (>= 5; default 7, --quick 5)")
+    parser.add_argument("--output", type=pathlib.Path, default=None, help="also write the table to this file")
+    args = parser.parse_args(argv)
+    if args.output is not None:
+        writable(parser, "--output", args.output)
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    repeats = args.repeats or (5 if args.quick else 7)
     calls = 20 if args.quick else 2
     rows = [measure(shape, repeats, calls) for shape in SHAPES["quick" if args.quick else "full"]]
     headers = ["matrix", "plain ms", "gram ms", "speed-up", "flop ratio", "spread", "s dev plain",
@@ -117,9 +127,8 @@ def main() -> None:
         + table(headers, rows)
     )
     print(text)
-    if args.output:
-        with open(args.output, "w") as file:
-            file.write(text)
+    if args.output is not None:
+        args.output.write_text(text)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ tests/test_soap.py: a wider null space makes the first eigenbasis, hence the tra
 
 from __future__ import annotations
 
-import sys
+import argparse
 
 import numpy as np
 
@@ -153,4 +153,10 @@ def run_torch() -> None:
 
 
 if __name__ == "__main__":
-    {"jax": run_jax, "torch": run_torch}[sys.argv[1] if len(sys.argv) > 1 else "torch"]()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("side", choices=["jax", "torch"],
+                        help="jax: run ours and write the trajectory; torch: read it, run torch and compare (second)")
+    parser.add_argument("--trajectory", default=PATH, help="the file between the two steps (default %(default)s)")
+    args = parser.parse_args()
+    PATH = args.trajectory  # read by run_jax and run_torch
+    {"jax": run_jax, "torch": run_torch}[args.side]()

@@ -120,9 +120,12 @@ def test_every_benchmark_entry_steps_with_both_libraries(name):
         np.testing.assert_allclose(jax.tree.leaves(swept)[0][0], jax.tree.leaves(updates)[0], rtol=1e-5, atol=1e-7)
 
 
-def test_gram_newton_schulz_benchmark_quick_mode_reports_its_table(tmp_path):
+def test_gram_newton_schulz_benchmark_quick_mode_reports_its_table(tmp_path, capsys):
     # benchmarks/gram_ns.py takes no optimizer list: run alone, it times and checks both iterations on one shape.
-    output = tmp_path / "gram_ns.md"
+    # Its --repeats 2 used to become 5 without a word, and an --output in a new folder failed after measuring.
+    assert "argument --repeats: must be >= 5, got 2" in _refused(_benchmark("gram_ns").parse_args, ["--repeats", "2"],
+                                                                 capsys)
+    output = tmp_path / "new" / "gram_ns.md"
     result = subprocess.run([sys.executable, str(BENCHMARKS / "gram_ns.py"), "--quick", "--output", str(output)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
