@@ -243,6 +243,25 @@ def test_a_nan_gradient_skips_the_factors_and_apply_if_finite_skips_the_step():
     assert int(guarded[1].total_notfinite) == 1
 
 
+
+def test_a_squared_gradient_beyond_float32_gives_adams_zero_step_not_nan_at_a_refresh():
+    # |g| ~ 1e20: g**2 is inf in the second moment, whose entry's update is then 0 (Adam's g / inf). At the next basis
+    # refresh its permutation, a product with a one-hot matrix, made inf * 0 = NaN of its whole fibre (the heavyball
+    # sweep of session 44). The permutation moves an infinite entry as a gather would.
+    from jaxopt_zoo.transforms.soap import _reorder
+
+    x = np.arange(12.0, dtype=np.float32).reshape(3, 4)
+    x[1, 2], x[2, 0] = np.inf, np.inf
+    for axis, order in ((0, np.array([2, 0, 1])), (1, np.array([3, 2, 0, 1]))):
+        np.testing.assert_array_equal(_reorder(jnp.asarray(order), jnp.asarray(x), axis), np.take(x, order, axis))
+    tx = jz.scale_by_soap(precondition_frequency=2)
+    grads = [jax.random.normal(jax.random.key(i), (8, 4)) * 1e20 for i in range(5)]
+    state = tx.init(grads[0])
+    for g in grads:
+        updates, state = tx.update(g, state)
+        assert np.all(np.isfinite(updates)) and np.all(np.abs(updates) <= 1.0 + 1e-6)
+    assert np.isinf(state.nu).any()
+
 def test_eight_bit_and_bfloat16_moments_stay_close_to_full_precision():
     runs = float32_runs()
     params = big_params()
