@@ -236,6 +236,22 @@ def test_zero_gradients_give_no_nan_and_no_step():
     assert float(jnp.max(state[1][0].qs[1][0])) > 1.0  # "m" (after "e"): the fit did run (Q grows towards 1/damping)
 
 
+
+def test_a_fit_on_a_nan_gradient_is_skipped_and_the_factors_stay_as_they_were():
+    # One NaN entry made every factor NaN for good, even without momentum (heavyball's tests, session 44's sweep);
+    # Shampoo and SOAP skip such statistics. Triangular (6) and diagonal (40 > max_size_triangular) factors.
+    tx = jz.scale_by_psgd_kron(b1=0.0, preconditioner_update_probability=1.0, max_size_triangular=8, key=0)
+    grads = [jax.random.normal(jax.random.key(i), (6, 40)) for i in range(7)]
+    state = tx.init(grads[0])
+    update = jax.jit(tx.update)
+    for g in grads[:3]:
+        _, state = update(g, state)
+    _, after_nan = update(grads[3].at[0, 0].set(jnp.nan), state)
+    assert_trees_equal(after_nan.qs, state.qs)
+    for g in grads[4:]:
+        updates, after_nan = update(g, after_nan)
+        assert np.all(np.isfinite(updates))
+
 # --- one step shared by None leaves, donation and vmap --------------------------------------------------
 
 TX = jz.psgd_kron(decaying, preconditioner_update_probability=0.5, key=1)

@@ -163,6 +163,12 @@ def _fit(h: jax.Array, qs: tuple[jax.Array, ...], v: jax.Array, lr: Any, damping
     return tuple(new)
 
 
+def _finite_or_kept(new: tuple[jax.Array, ...], old: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+    # A fit on a NaN or infinite gradient is skipped: its factors would stay non-finite for good.
+    finite = jnp.all(jnp.stack([jnp.isfinite(q).all() for q in new]))
+    return tuple(jnp.where(finite, n, o) for n, o in zip(new, old))
+
+
 def _laid_out_like(new: jax.Array, old: jax.Array) -> jax.Array:
     # Under Explicit mesh axes: a fitted diagonal factor keeps the state's layout, an update its gradient's.
     want = jax.typeof(old).sharding
@@ -358,8 +364,10 @@ def scale_by_psgd_kron(
     that a leaf whose gradient stays zero does not grow its factors without bound; (4) factors are balanced on
     every fit (heavyball) instead of with probability 0.01 (same :math:`P`); (5) schedules see the 0-based
     step count (psgd-jax's, the 1-based); (6) every product of the fit and of :math:`P \\hat m` is at full
-    float32 precision (psgd-jax fits at TF32 on GPUs); no ``precond_dtype``, ``scanned_layers``,
-    ``lax_map_*`` options; psgd-jax's ``preconditioner_lr``/``preconditioner_init_scale`` are
+    float32 precision (psgd-jax fits at TF32 on GPUs); (7) a fit whose new factors are not finite (a NaN or
+    infinite gradient) is skipped, as Shampoo and SOAP skip such statistics (psgd-jax and heavyball keep the NaN
+    factors for good; the momentum here is Adam's, so guard it with :func:`jaxopt_zoo.apply_if_finite`); no
+    ``precond_dtype``, ``scanned_layers``, ``lax_map_*`` options; psgd-jax's ``preconditioner_lr``/``preconditioner_init_scale`` are
     ``precond_lr``/``precond_init_scale`` here (heavyball's names). heavyball 3.2.1's ``PSGDKron`` differs
     more: a running lower bound (EMA 0.9) of a power-iteration eigenvalue as the fit's normaliser,
     elementwise damping, a trust-region clip of the update, ``max_size_triangular=2048``, and an automatic
@@ -455,7 +463,8 @@ def scale_by_psgd_kron(
 
         def fit(qs):
             probes = _probes(probe_key, leaves, qs)
-            return tuple(q if g is None else tuple(map(_laid_out_like, _fit(h, q, v, precond_lr, damping), q))
+            return tuple(q if g is None else _finite_or_kept(tuple(map(_laid_out_like, _fit(h, q, v, precond_lr,
+                                                                                          damping), q)), q)
                          for g, q, h, v in zip(leaves, qs, fit_to, probes))
 
         p = probability(state.count) if callable(probability) else probability
