@@ -116,7 +116,8 @@ def shampoo(
         inverse_root: ``"newton"`` (coupled Newton iterations) or ``"eigh"``; see :func:`jaxopt_zoo.scale_by_shampoo`.
         exponent_override: an integer root :math:`p` for every factor instead of :math:`2k`.
         precondition_1d: give vectors a (full-matrix) factor too.
-        mu_dtype: storage of the filtered gradients: a storage (see :mod:`jaxopt_zoo.storage`).
+        mu_dtype: storage of the filtered gradients: a storage (see :mod:`jaxopt_zoo.storage`); a low-precision one
+            spoils the direction of leaves merged into one dimension (see :func:`jaxopt_zoo.scale_by_shampoo`).
         nu_dtype: storage of the grafting optimizer's second moment.
         axis_name: inside ``shard_map``, the mesh axes the params may be split over (for the factors and the
             grafting norms).
@@ -126,7 +127,7 @@ def shampoo(
 
     Example:
         >>> import jaxopt_zoo as jz
-        >>> tx = jz.shampoo(1e-3, weight_decay=0.1, precondition_frequency=10, mu_dtype=jz.StochasticBF16())
+        >>> tx = jz.shampoo(1e-3, weight_decay=0.1, precondition_frequency=10, nu_dtype=jz.StochasticBF16())
 
     References:
         Gupta, Koren & Singer, "Shampoo: Preconditioned Stochastic Tensor Optimization", ICML 2018

@@ -238,7 +238,12 @@ def scale_by_shampoo(
     A block whose new root is not finite (non-finite statistics, a failed iteration) keeps its previous root, as
     Distributed Shampoo keeps its previous preconditioner when a computation fails. Statistics and roots are kept in
     float32 (float64 for float64 params) whatever the storage options: an eigendecomposition in bfloat16 or 8 bits
-    loses the small eigenvalues the roots invert. Only ``mu`` takes a storage (``mu_dtype``). Complex params raise
+    loses the small eigenvalues the roots invert. Only ``mu`` takes a storage (``mu_dtype``), and a low-precision
+    one only where the factors have full rank: a leaf merged into one dimension (a matrix of at most
+    ``max_precond_dim`` entries, with ``merge_dims``) has one full-matrix factor of rank at most :math:`t` after
+    :math:`t` steps, whose inverse root multiplies the storage's rounding in the directions it has not seen by up to
+    :math:`\varepsilon^{-1/2}`: with bfloat16 the update of a 16 x 8 leaf is noise (cosine 0.14 to the float32
+    run's after 6 steps; 1.00 with ``merge_dims=False``). Complex params raise
     (their factors :math:`GG^\\top` would not be Hermitian: wrap the optimizer in
     :func:`jaxopt_zoo.combine.split_real_and_imaginary`).
 
@@ -286,7 +291,8 @@ def scale_by_shampoo(
             gradients than its size, or none): differentiating ``eigh`` itself is NaN or wrong there.
         exponent_override: an integer :math:`p \\ge 1` for every factor instead of :math:`2k`.
         precondition_1d: give vectors a factor too.
-        mu_dtype: storage of the filtered gradient: a storage (see :mod:`jaxopt_zoo.storage`).
+        mu_dtype: storage of the filtered gradient: a storage (see :mod:`jaxopt_zoo.storage`; not a low-precision
+            one for merged leaves, see above).
         axis_name: inside ``shard_map``, the mesh axes the params may be split over.
         partition_specs: the ``PartitionSpec`` of each update leaf (a tree or a prefix of one): inside
             ``shard_map`` the params' ``in_specs``; under ``jit`` on Auto mesh axes the params' layout.
