@@ -242,7 +242,7 @@ def scale_by_shampoo(
     one only where the factors have full rank: a leaf merged into one dimension (a matrix of at most
     ``max_precond_dim`` entries, with ``merge_dims``) has one full-matrix factor of rank at most :math:`t` after
     :math:`t` steps, whose inverse root multiplies the storage's rounding in the directions it has not seen by up to
-    :math:`\varepsilon^{-1/2}`: with bfloat16 the update of a 16 x 8 leaf is noise (cosine 0.14 to the float32
+    :math:`\\varepsilon^{-1/2}`: with bfloat16 the update of a 16 x 8 leaf is noise (cosine 0.14 to the float32
     run's after 6 steps; 1.00 with ``merge_dims=False``). Complex params raise
     (their factors :math:`GG^\\top` would not be Hermitian: wrap the optimizer in
     :func:`jaxopt_zoo.combine.split_real_and_imaginary`).
