@@ -313,7 +313,11 @@ def apply_updates(params: Params, updates: Updates) -> Params:
     parameter raises, naming its path (Optax drops it: a gradient the user's
     filtering let through would vanish unseen). Updates whose tree or leaf
     shapes differ from the params raise a ``ValueError`` naming the paths
-    (nothing is broadcast).
+    (nothing is broadcast). The sum is rounded to nearest in the param's dtype,
+    as in Optax: a bfloat16 param does not move under an update below half its
+    spacing (0.2 to 0.4% of its value), so small learning rates stall there
+    (heavyball rounds bfloat16 params stochastically); keep float32 params and
+    cast them for the forward pass where that matters.
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
