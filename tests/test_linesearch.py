@@ -336,6 +336,38 @@ def test_per_device_searches_with_axis_name_empty_inside_shard_map(make):
     assert_trees_close(sharded, expected, rtol=1e-6, atol=1e-7)
     assert len(set(np.asarray(expected[0]).ravel().tolist())) == 8  # the devices moved apart
 
+
+@pytest.mark.parametrize("make", [
+    lambda: jz.lbfgs(memory_size=3, axis_name="d"),
+    lambda: jz.chain(jz.sgd(1.0), jz.scale_by_backtracking_linesearch(15, store_grad=True, axis_name="d")),
+], ids=["zoom", "backtracking"])
+def test_searches_on_params_split_over_shard_map_equal_one_device(make):
+    # The loss summed over the mesh: its value and slope are the same on every device, the gradient is split. Marking
+    # the whole loop start as varying (for axis_name=()) broke this, the searches' main use (session 44's review).
+    mesh = jax.make_mesh((4,), ("d",), devices=jax.devices("cpu")[:4])
+    local_loss = lambda w: jnp.sum((w - 1.0) ** 2 + w**4 / 10)
+    tx = make()
+
+    def step(fn):
+        def run(w, state):
+            value, grad = jax.value_and_grad(fn)(w)
+            updates, state = tx.update(grad, state, w, value=value, grad=grad, value_fn=fn)
+            return jz.apply_updates(w, updates), state
+        return run
+
+    w = jnp.linspace(-1.0, 2.0, 8)
+    placed = jax.device_put(w, NamedSharding(mesh, P("d")))
+    specs = jax.tree.map(lambda s: s.spec, jz.state_shardings(tx, placed))
+    local = jax.jit(jax.shard_map(step(lambda x: jax.lax.psum(local_loss(x), "d")), mesh=mesh,
+                                  in_specs=(P("d"), specs), out_specs=(P("d"), specs)))
+    single = jax.jit(step(local_loss))
+    (p_sharded, s_sharded), (p_single, s_single) = (placed, jz.init_sharded(tx, placed)), (w, tx.init(w))
+    for _ in range(3):
+        p_sharded, s_sharded = local(p_sharded, s_sharded)
+        p_single, s_single = single(p_single, s_single)
+    assert_trees_close(p_sharded, p_single, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(np.asarray(p_single), np.asarray(w))
+
 # --- jit with donation, vmap, inject_hyperparams, Flax ------------------------------------------
 
 

@@ -572,9 +572,10 @@ def scale_by_backtracking_linesearch(
             return tree.cast_like(_Backtrack(eta, new_value, new_grad, error, search.iter_num + 1), search)
 
         first = jnp.minimum(increase_factor * state.learning_rate, max_learning_rate)
-        # With axis_name=() inside shard_map each device searches on its own values: the loop's constants vary too.
-        start = varying_like(_Backtrack(first, value, _gradient_zeros(params), jnp.array(jnp.inf), 0),
-                             value, params, updates)
+        # Inside shard_map the loop's constants vary as what they meet: the scalars as the value and the slope (they
+        # vary per device with axis_name=(), a search per device), the gradient as the params.
+        first, value0, inf0, zero0 = varying_like((first, value, jnp.array(jnp.inf), jnp.asarray(0)), value, slope)
+        start = _Backtrack(first, value0, varying_like(_gradient_zeros(params), params), inf0, zero0)
         search = jax.lax.while_loop(searching, trial, start)
         eta = jnp.where(jnp.isinf(search.decrease_error), 0.0, search.learning_rate)
         if verbose:
@@ -886,7 +887,8 @@ def scale_by_zoom_linesearch(
         start = _Zoom(jnp.asarray(0), jnp.asarray(0.0, dtype), jnp.array(value_init, dtype), grad, slope_init,
                       inf, inf, inf, false, false, false, zero, value_init, slope_init, zero, value_init, slope_init,
                       zero, value_init, zero, value_init, grad)
-        start = varying_like(start, value_init, params, updates)  # (axis_name=() in shard_map: as in backtracking)
+        scalars = varying_like(start._replace(grad=None, safe_grad=None), value_init, slope_init)  # (as above)
+        start = scalars._replace(grad=varying_like(start.grad, params), safe_grad=varying_like(start.safe_grad, params))
         final = jax.lax.while_loop(lambda s: ~(s.done | s.failed), trial, start)
         if verbose:  # from the final state: inside the loop, vmap runs every phase for every search
             report = dict(v=value_init, sl=slope_init, d=final.decrease_error, c=final.curvature_error,
