@@ -73,8 +73,7 @@ def _derived(owner: str, name: str, numerator, denominator):
 def _steps(owner: str, name: str, value: int, minimum: int = 0) -> int:
     # Optax also takes NumPy integers and integral floats (1e4) for step counts. They are
     # compared with the int32 step count, so one beyond int32 would overflow at the first call.
-    validation.whole_number(owner, name, value, minimum, validation.INT32_MAX)
-    return value
+    return validation.whole_number(owner, name, value, minimum, validation.INT32_MAX)
 
 
 def constant_schedule(value: jax.typing.ArrayLike) -> Schedule:
@@ -570,22 +569,22 @@ def cyclic_schedule(
     if up + down > validation.INT32_MAX:
         raise ValueError(f"{owner}: step_size_up + step_size_down must be at most {validation.INT32_MAX} (the int32 "
                          f"step count), got {up} + {down}.")
+    if scale_mode not in ("cycle", "iterations"):
+        raise ValueError(f"{owner}: scale_mode must be 'cycle' or 'iterations', got {scale_mode!r}.")
     if scale_fn is None:
         if mode not in ("triangular", "triangular2", "exp_range"):
             raise ValueError(f"{owner}: mode must be 'triangular', 'triangular2' or 'exp_range', got {mode!r}.")
-        validation.positive(owner, "gamma", gamma)
+        (validation.positive if mode == "exp_range" else validation.real_scalar)(owner, "gamma", gamma)
         scale_fn = {"triangular": lambda c: 1.0, "triangular2": lambda c: 0.5 ** (c - 1),
                     "exp_range": lambda t: gamma**t}[mode]
         scale_mode = "iterations" if mode == "exp_range" else "cycle"
     elif not callable(scale_fn):
         raise ValueError(f"{owner}: scale_fn must be a function of the cycle or the step (or None), got {scale_fn!r}.")
-    if scale_mode not in ("cycle", "iterations"):
-        raise ValueError(f"{owner}: scale_mode must be 'cycle' or 'iterations', got {scale_mode!r}.")
 
     def schedule(count):
         cycle, position = jnp.divmod(jnp.asarray(count), up + down)
         height = jnp.where(position <= up, _as_real(position) / up, _as_real(up + down - position) / max(down, 1))
-        scale = scale_fn(_as_real(cycle + 1) if scale_mode == "cycle" else _as_real(count))
+        scale = scale_fn(_as_real(cycle) + 1 if scale_mode == "cycle" else _as_real(count))  # (cycle + 1 may overflow)
         return init_value + (peak_value - init_value) * height * scale
 
     return schedule

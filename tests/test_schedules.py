@@ -185,6 +185,7 @@ def test_schedule_drives_an_optimizer_under_jit():
         (lambda: jz.cyclic_schedule(0.1, 1.0, mode="exp_range", gamma=0.0), r"cyclic_schedule: gamma must be > 0, got 0\.0"),
         (lambda: jz.cyclic_schedule(0.1, 1.0, scale_fn=0.5), r"cyclic_schedule: scale_fn must be a function"),
         (lambda: jz.cyclic_schedule(0.1, 1.0, scale_fn=abs, scale_mode="step"), r"scale_mode must be 'cycle' or 'iterations'"),
+        (lambda: jz.cyclic_schedule(0.1, 1.0, scale_mode="cycles"), r"scale_mode must be 'cycle' or 'iterations', got 'cycles'"),
         (lambda: jz.cyclic_schedule(float("nan"), 1.0), r"cyclic_schedule: init_value must be a finite real number"),
     ],
 )
@@ -484,12 +485,19 @@ def test_cyclic_schedule_in_float32_and_far_into_training():
     rates, _ = reference.cyclic_lr(**CYCLIC_CASES["triangular2_unequal"], steps=60)
     schedule = jax.jit(_cyclic("triangular2_unequal"))
     np.testing.assert_allclose([float(schedule(jnp.int32(t))) for t in range(60)], rates, rtol=2e-6, atol=1e-8)
-    # Two billion steps in, the position within the cycle is still exact (an integer remainder).
-    schedule = jax.jit(jz.cyclic_schedule(0.0, 1.0, 1000, 3000))
-    for t, expected in ((2_000_000_250, 0.25), (2_000_003_000, 0.5), (2_147_483_647, 0.0)):
-        position = t % 4000
-        expected = position / 1000 if position <= 1000 else (4000 - position) / 3000
-        np.testing.assert_allclose(float(schedule(jnp.int32(t))), expected, rtol=1e-6, atol=1e-7, err_msg=f"step {t}")
+    # Two billion steps in, the position within the cycle is still exact (an integer remainder), also for step sizes
+    # given as whole floats (they were kept as floats and the position drifted: 0.352 for 1/3, the review's find).
+    for up, down in ((1000, 3000), (1e3, 3000.0)):
+        schedule = jax.jit(jz.cyclic_schedule(0.0, 1.0, up, down))
+        for t in (2_000_000_250, 2_000_003_000, 2_147_483_647):
+            position = t % 4000
+            expected = position / 1000 if position <= 1000 else (4000 - position) / 3000
+            np.testing.assert_allclose(float(schedule(jnp.int32(t))), expected, rtol=1e-6, atol=1e-7,
+                                       err_msg=f"step {t}, step sizes {up}, {down}")
+    # A cycle of one step: the cycle number reaches the int32 maximum at the last step (+1 overflowed to NaN there).
+    last = jax.jit(jz.cyclic_schedule(0.5, 1.0, 1, 0, "triangular2"))(jnp.int32(2**31 - 1))
+    assert np.isfinite(float(last)) and float(last) == 0.5
+    assert float(jz.cyclic_schedule(0.1, 1.0, 4, gamma=0.0)(2)) == pytest.approx(0.55)  # gamma unused, as in PyTorch
 
 
 def test_cyclic_momentum_drives_sgd_through_inject_hyperparams():

@@ -114,16 +114,18 @@ def _power_qr(stat: jax.Array, old: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def _reorder(order: jax.Array, x: jax.Array, axis: int) -> jax.Array:
-    """``x``'s entries along ``axis`` in ``order``, as a product with the permutation matrix: exact (one nonzero term
-    per sum), and it leaves ``x`` laid out as it was. A gather along a later axis leads XLA to lay the second moment
-    out transposed, and every step then pays for copies to and from that layout around the refresh's ``lax.cond`` (a
-    third of SOAP's step on an 8192 x 512 leaf). An infinite entry (a squared gradient beyond float32, which makes
-    its own update 0, as in Adam) travels as the largest finite number: in the sum, inf * 0 would be NaN."""
+    """``x``'s entries along ``axis`` in ``order``, as a product with the permutation matrix: exact for finite ``x``
+    (one nonzero term per sum; a NaN entry, which has already spoilt the update, spreads along its fibre), and it
+    leaves ``x`` laid out as it was. A gather along a later axis leads XLA to lay the second moment out transposed,
+    and every step then pays for copies to and from that layout around the refresh's ``lax.cond`` (a third of SOAP's
+    step on an 8192 x 512 leaf). An infinite entry (a squared gradient beyond float32, which makes its own update 0,
+    as in Adam) travels as a power of two near the largest float, exact also in the bfloat16 passes of a TPU's
+    float32 product: in the sum, inf * 0 would be NaN."""
     permutation = jax.nn.one_hot(order, order.shape[0], axis=0, dtype=x.dtype)  # column j: the unit vector order[j]
-    largest = jnp.finfo(x.dtype).max
-    x = jnp.where(jnp.isinf(x), largest, x)  # (the second moment is >= 0)
+    stand_in = 2.0 ** (jnp.finfo(x.dtype).maxexp - 2)
+    x = jnp.where(jnp.isinf(x), stand_in, x)  # (the second moment is >= 0)
     x = mode_product(x, [permutation if i == axis else None for i in range(x.ndim)], transpose=True)
-    return jnp.where(x == largest, jnp.inf, x)
+    return jnp.where(x == stand_in, jnp.inf, x)
 
 
 def _refresh(count, stats, bases, mus, nus, dims):
