@@ -1,5 +1,5 @@
 """Wrappers around whole optimizers: injected hyperparameters, NaN safety, gradient
-accumulation, lookahead, and an exponential moving average of the parameters."""
+accumulation, lookahead, and an exponential or equal-weight (SWA) average of the parameters."""
 
 from __future__ import annotations
 
@@ -140,9 +140,10 @@ def inject_hyperparams(
     edited between steps without recompiling. A hyperparameter given as a
     schedule is evaluated at the step count each step and stored there too.
     Only numeric hyperparameters are injected: a callable is a schedule only
-    for an argument that is numeric by default, or required or ``None`` by
-    default and annotated as a number or schedule (``learning_rate``,
-    ``weight_decay``, ``b1``, :func:`sgd`'s ``momentum``, ...).
+    for an argument that is numeric by default, required and annotated as a
+    number or schedule, or ``None`` by default and annotated as a real number
+    or schedule (``learning_rate``, ``weight_decay``, ``b1``, :func:`sgd`'s
+    ``momentum``, ...; an optional count such as ``warmup_steps`` stays static).
     Booleans, ``None``, strings, dtypes, storages, masks and labels (a callable
     ``mask``, ``param_labels``, required or not) and the names in
     ``static_args`` stay static. Deviation from Optax, which takes

@@ -3,6 +3,7 @@ against the equivalent unwrapped computation, against Optax, under jit, through 
 
 from __future__ import annotations
 
+import inspect
 from typing import NamedTuple
 
 import flax.serialization
@@ -139,7 +140,7 @@ def test_only_numeric_hyperparameters_are_injected_or_scheduled():
 def test_an_optional_real_hyperparameter_takes_a_schedule():
     """sgd's and rmsprop's momentum is None by default: a schedule for it reached sgd as a function ("momentum
     must be a finite real number"), where Optax schedules it (PyTorch's CyclicLR cycles momentum). Optional
-    options that are not real numbers (seed, max_block_dim, mask) stay static."""
+    options that are not real numbers (counts, keys, masks, dtypes) stay static."""
     params, grads = {"w": jnp.ones(3)}, {"w": jnp.full(3, 0.5)}
     for factory in (jz.sgd, jz.rmsprop):
         tx = jz.inject_hyperparams(factory)(learning_rate=0.1, momentum=lambda count: 0.5 + 0.1 * count)
@@ -147,8 +148,14 @@ def test_an_optional_real_hyperparameter_takes_a_schedule():
         for t in range(3):  # the state keeps the value of the step just taken, at count t
             _, state = jax.jit(tx.update)(grads, state, params)
             assert float(state.hyperparams["momentum"]) == pytest.approx(0.5 + 0.1 * t)
-    tx = jz.inject_hyperparams(jz.noisy_sgd)(learning_rate=0.1, key=3)
-    assert "key" not in tx.init(params).hyperparams
+    from jaxopt_zoo.wrappers import _takes_numbers
+
+    static = [(jz.graft, "max_block_dim"), (jz.noisy_sgd, "seed"), (jz.schedule_free_sgd, "warmup_steps"),
+              (jz.adamw, "mask"), (jz.adam, "mu_dtype"), (jz.add_noise, "key")]
+    taking = [(jz.sgd, "momentum"), (jz.adadelta, "learning_rate"), (jz.soap, "shampoo_b2")]
+    parameter = lambda f, name: inspect.signature(f).parameters[name]  # noqa: E731
+    assert not any(_takes_numbers(parameter(f, name)) for f, name in static)
+    assert all(_takes_numbers(parameter(f, name)) for f, name in taking)
 
 def test_required_functions_stay_static_and_lookahead_can_be_injected():
     # masked's mask and partition's param_labels are required: they were taken for schedules and called with the
@@ -622,10 +629,10 @@ def test_wrapper_composes_with_seed_and_survives_serialization(wrapper, seed):
             updates, state = step(jax.tree.map(lambda p: grad_fn(p, t, jnp), params), state, params)
             params = jz.apply_updates(params, updates)
             trajectory.append(params)
-        return trajectory
+        return trajectory, state  # (ema_params' and swa_params' averages are in the state only)
 
-    trajectory = run(interrupted=True)
-    assert_trees_equal(trajectory, run(interrupted=False))
+    trajectory, state = run(interrupted=True)
+    assert_trees_equal((trajectory, state), run(interrupted=False))
     assert not np.allclose(np.asarray(trajectory[-1]["dense"]["w"]), np.asarray(make_params()["dense"]["w"]))
 
 

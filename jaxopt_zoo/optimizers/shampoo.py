@@ -117,7 +117,8 @@ def shampoo(
         exponent_override: an integer root :math:`p` for every factor instead of :math:`2k`.
         precondition_1d: give vectors a (full-matrix) factor too.
         mu_dtype: storage of the filtered gradients: a storage (see :mod:`jaxopt_zoo.storage`); a low-precision one
-            spoils the direction of leaves merged into one dimension (see :func:`jaxopt_zoo.scale_by_shampoo`).
+            spoils the direction of leaves merged into one dimension and of preconditioned vectors (see
+            :func:`jaxopt_zoo.scale_by_shampoo`).
         nu_dtype: storage of the grafting optimizer's second moment.
         axis_name: inside ``shard_map``, the mesh axes the params may be split over (for the factors and the
             grafting norms).

@@ -240,9 +240,9 @@ def scale_by_shampoo(
     float32 (float64 for float64 params) whatever the storage options: an eigendecomposition in bfloat16 or 8 bits
     loses the small eigenvalues the roots invert. Only ``mu`` takes a storage (``mu_dtype``), and a low-precision
     one only where the factors have full rank: a leaf merged into one dimension (a matrix of at most
-    ``max_precond_dim`` entries, with ``merge_dims``) has one full-matrix factor of rank at most :math:`t` after
-    :math:`t` steps, whose inverse root multiplies the storage's rounding in the directions it has not seen by up to
-    :math:`\\varepsilon^{-1/2}`: with bfloat16 the update of a 16 x 8 leaf is noise (cosine 0.14 to the float32
+    ``max_precond_dim`` entries, with ``merge_dims``; a vector, with ``precondition_1d``) has one full-matrix factor
+    of rank at most :math:`t` after :math:`t` steps, whose inverse root multiplies the storage's rounding in the
+    directions it has not seen by up to :math:`\\varepsilon^{-1/2}`: with bfloat16 the update of a 16 x 8 leaf is noise (cosine 0.14 to the float32
     run's after 6 steps; 1.00 with ``merge_dims=False``). Even in float32 such a root is set by rounding in those
     directions, so programs that round apart (jit and eager, the same leaf in another tree) part there: with
     ``"eigh"`` roots by as much as the leaf moves in its first steps (a (3, 4, 5) leaf: 0.048 apart after 6 steps
