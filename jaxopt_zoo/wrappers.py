@@ -498,6 +498,11 @@ def lookahead(
     return GradientTransformation(init, update)
 
 
+def _average_of(params: Params) -> Params:
+    # An average's first value: a copy of the params, in float32 at least (bfloat16 rounds its small moves away).
+    return jax.tree.map(lambda p: jnp.array(p, dtype=jnp.promote_types(p.dtype, jnp.float32)), params)
+
+
 class EmaParamsState(NamedTuple):
     """The exponential moving average of the parameters (the evaluation weights)."""
 
@@ -528,7 +533,7 @@ def ema_params(decay: float) -> GradientTransformation:
     validation.fraction("ema_params", "decay", decay)
 
     def init(params):
-        return EmaParamsState(jax.tree.map(lambda p: jnp.array(p, dtype=jnp.promote_types(p.dtype, jnp.float32)), params))
+        return EmaParamsState(_average_of(params))
 
     def update(updates, state, params=None, **extra_args):
         del extra_args
@@ -585,8 +590,7 @@ def swa_params(start: int = 1, every: int = 1) -> GradientTransformation:
     every = validation.whole_number("swa_params", "every", every, 1, validation.INT32_MAX)
 
     def init(params):
-        wide = lambda p: jnp.array(p, dtype=jnp.promote_types(p.dtype, jnp.float32))
-        return SwaParamsState(zero_count(), zero_count(), jax.tree.map(wide, params))
+        return SwaParamsState(zero_count(), zero_count(), _average_of(params))
 
     def update(updates, state, params=None, **extra_args):
         del extra_args

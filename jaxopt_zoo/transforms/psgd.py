@@ -367,11 +367,11 @@ def scale_by_psgd_kron(
     float32 precision (psgd-jax fits at TF32 on GPUs); (7) a fit whose new factors are not finite (a NaN or
     infinite gradient) is skipped, as Shampoo and SOAP skip such statistics (psgd-jax and heavyball keep the NaN
     factors for good; the momentum here is Adam's, so guard it with :func:`jaxopt_zoo.apply_if_finite`); no
-    ``precond_dtype``, ``scanned_layers``, ``lax_map_*`` options; psgd-jax's ``preconditioner_lr``/``preconditioner_init_scale`` are
-    ``precond_lr``/``precond_init_scale`` here (heavyball's names). heavyball 3.2.1's ``PSGDKron`` differs
-    more: a running lower bound (EMA 0.9) of a power-iteration eigenvalue as the fit's normaliser,
-    elementwise damping, a trust-region clip of the update, ``max_size_triangular=2048``, and an automatic
-    initial scale that is the square root of Li's, :math:`(\\mathrm{mean}\\, g^4)^{-1/16}`.
+    ``precond_dtype``, ``scanned_layers``, ``lax_map_*`` options; psgd-jax's ``preconditioner_lr`` and
+    ``preconditioner_init_scale`` are ``precond_lr``/``precond_init_scale`` here (heavyball's names). heavyball
+    3.2.1's ``PSGDKron`` differs more: a running lower bound (EMA 0.9) of a power-iteration eigenvalue as the fit's
+    normaliser, elementwise damping, a trust-region clip of the update, ``max_size_triangular=2048``, and an
+    automatic initial scale that is the square root of Li's, :math:`(\\mathrm{mean}\\, g^4)^{-1/16}`.
 
     Args:
         b1: momentum decay :math:`\\beta_1 \\in [0, 1)`; a literal 0 keeps no momentum.
@@ -463,8 +463,8 @@ def scale_by_psgd_kron(
 
         def fit(qs):
             probes = _probes(probe_key, leaves, qs)
-            return tuple(q if g is None else _finite_or_kept(tuple(map(_laid_out_like, _fit(h, q, v, precond_lr,
-                                                                                          damping), q)), q)
+            fitted = lambda q, h, v: tuple(map(_laid_out_like, _fit(h, q, v, precond_lr, damping), q))  # noqa: E731
+            return tuple(q if g is None else _finite_or_kept(fitted(q, h, v), q)
                          for g, q, h, v in zip(leaves, qs, fit_to, probes))
 
         p = probability(state.count) if callable(probability) else probability
