@@ -351,10 +351,13 @@ def scale_by_lbfgs(
             sy, yy = _inner(owner, y, s, axis_name), _norm_sq(owner, y, axis_name)
             gamma = jnp.where(yy > 0.0, sy / jnp.where(yy > 0.0, yy, 1.0), 1.0)  # no 0/0 in the untaken branch
             # Differentiable (Optax stops the gradient of g here, so a gradient taken through the first step missed
-            # the normalisation's share); 1/0 is kept out of the unused branch so that g = 0 stays finite.
-            g_norm = tree.root(_norm_sq(owner, g, axis_name))
+            # the normalisation's share); 1/0 is kept out of the unused branch so that g = 0 stays finite. The
+            # guard sits under the root: XLA then makes 1/sqrt one rsqrt, as in Optax's program (CPUs round rsqrt
+            # by their own instructions, and a guard between the two made the first step differ by an ulp on some).
+            g_sq = _norm_sq(owner, g, axis_name)
+            inverse_norm = 1.0 / tree.root(jnp.where(g_sq > 0, g_sq, 1.0))
             # Without a usable pair (the first step, or no positive curvature): the first step's scale.
-            gamma = jnp.where(curved, gamma, jnp.minimum(1.0, 1.0 / jnp.where(g_norm > 0, g_norm, 1.0)))
+            gamma = jnp.where(curved, gamma, jnp.minimum(1.0, inverse_norm))
         else:
             gamma = 1.0
         direction = _two_loop(owner, g, s_mem, y_mem, rho_mem, gamma, slot, axis_name)
