@@ -2590,3 +2590,33 @@ def swa_average(iterates, start, every):
             average = np.array(p, np.float64) if n == 0 else average + (p - average) / (n + 1)
             n += 1
     return average, n
+
+
+# Significant bits, smallest normal exponent and the magnitude that overflows, of the formats rounded stochastically.
+_ROUNDED_FORMATS = {"bfloat16": (8, -126, 2.0**128), "float16": (11, -14, 2.0**16)}
+
+
+def stochastic_rounding(x, u, dtype):
+    """Stochastic rounding of float32 ``x`` to ``dtype`` ("bfloat16" or "float16") in float64, given uniform ``u``
+    in [0, 1) per element (Gupta et al. 2015): the magnitude is cut to a multiple of the format's spacing
+    (2**(e - bits + 1) in [2**e, 2**(e + 1)), fixed below the smallest normal number) and moved up one spacing when
+    ``u`` is below the dropped fraction of a spacing, so with that probability; a magnitude moved up to the
+    format's overflow threshold is infinite. Non-finite values stay as they are."""
+    bits, min_exponent, overflow = _ROUNDED_FORMATS[dtype]
+    x = np.asarray(x, np.float32).astype(np.float64)
+    finite = np.isfinite(x)
+    magnitude = np.where(finite, np.abs(x), 0.0)
+    exponent = np.floor(np.log2(np.where(finite & (magnitude > 0), magnitude, 1.0)))
+    spacing = np.exp2(np.maximum(exponent, min_exponent) - (bits - 1))
+    low = np.floor(magnitude / spacing) * spacing
+    rounded = np.where(np.asarray(u, np.float64) < (magnitude - low) / spacing, low + spacing, low)
+    rounded = np.where(rounded >= overflow, np.inf, rounded)
+    return np.where(finite, np.copysign(rounded, x), x)
+
+
+def round_params_stochastically(params, updates, u, dtype):
+    """The updates that make ``params + updates`` the stochastic rounding of ``params + updates`` summed in float32."""
+    params = np.asarray(params, np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflowing sums are infinite; inf - inf is not taken
+        target = stochastic_rounding(params + np.asarray(updates, np.float32), u, dtype)
+        return np.where(target == params, 0.0, target - params.astype(np.float64))

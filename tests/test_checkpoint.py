@@ -145,6 +145,8 @@ CASES = {
     # in the rotated coordinates (the first stochastically rounded, the second 8-bit); the count decides the next.
     "soap": lambda: jz.soap(1e-2, precondition_frequency=3, max_precond_dim=2, precondition_1d=True,
                             mu_dtype=jz.StochasticBF16(), nu_dtype=jz.Blockwise8Bit()),
+    # The bfloat16 param rounded stochastically: its draws depend on the restored step count.
+    "round_params_stochastically": lambda: jz.chain(jz.adam(1e-2), jz.round_params_stochastically()),
     # C-AdamW: the wrapped Adam state (its first moment stochastically rounded) inside CautiousState.
     "cautious_adamw": lambda: jz.cautious_adamw(1e-2, weight_decay=0.1, mu_dtype=jz.StochasticBF16()),
     # MARS-AdamW: the previous gradient (stochastically rounded) and the count that says a previous one exists,

@@ -26,6 +26,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jaxopt_zoo as jz
+from tests import reference
 from tests.conftest import assert_trees_equal, grad_fn
 
 
@@ -458,24 +459,10 @@ def test_map_params_casting_8bit_codes_raises_or_keeps_the_values(with_float32_l
 # --- 6. StochasticBF16's rounding --------------------------------------------------------------------
 
 
-def stochastic_bf16_reference(x: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Stochastic rounding of float32 ``x`` to bfloat16 in float64, given uniform ``u`` in [0, 1).
-
-    The magnitude is cut to bfloat16's 8 significant bits (7 stored; spacing 2**(e - 7) in
-    [2**e, 2**(e + 1)), 2**-133 below 2**-126) and rounded up when ``u >= 1 - fraction``, i.e. with
-    probability equal to the dropped fraction of a spacing; a magnitude rounded up to 2**128 overflows to
-    infinity. Non-finite values stay as they are.
-    """
-    x = np.asarray(x, np.float32).astype(np.float64)
-    finite = np.isfinite(x)
-    magnitude = np.where(finite, np.abs(x), 0.0)
-    exponent = np.floor(np.log2(np.where(finite & (magnitude > 0), magnitude, 1.0)))
-    spacing = np.exp2(np.maximum(exponent, -126) - 7)
-    low = np.floor(magnitude / spacing) * spacing
-    fraction = (magnitude - low) / spacing
-    rounded = np.where(np.asarray(u, np.float64) >= 1 - fraction, low + spacing, low)
-    rounded = np.where(rounded >= 2.0**128, np.inf, rounded)  # beyond float32's range: overflow, as a cast does
-    return np.where(finite, np.copysign(rounded, x), x)
+def stochastic_bf16_reference(x: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """StochasticBF16's rounding in float64 given its 16 random bits: it adds them below the kept bits, so it rounds
+    up when ``noise + dropped >= 2**16``, i.e. when ``(2**16 - 1 - noise) / 2**16`` is below the dropped fraction."""
+    return reference.stochastic_rounding(x, (2**16 - 1 - np.asarray(noise, np.float64)) / 2**16, "bfloat16")
 
 
 def bf16_writes(values, steps) -> np.ndarray:
@@ -491,7 +478,7 @@ def bf16_writes(values, steps) -> np.ndarray:
 
 def bf16_neighbours(values):
     reference = stochastic_bf16_reference
-    return reference(values, np.zeros(len(values))), reference(values, np.full(len(values), 1 - 2**-30))
+    return reference(values, np.zeros(len(values))), reference(values, np.full(len(values), 2**16 - 1))
 
 
 def test_stochastic_bf16_is_unbiased_and_gives_only_the_two_neighbours():
@@ -545,8 +532,7 @@ def test_stochastic_bf16_matches_the_float64_reference_given_its_random_numbers(
     draws = bf16_writes(values, steps)
     bits = jax.lax.bitcast_convert_type(jnp.asarray(values), jnp.uint32)
     for i, step in enumerate(steps):
-        u = np.asarray(rounding.random_bits(bits, step) >> 16, np.float64) / 2**16
-        expected = stochastic_bf16_reference(values, u)
+        expected = stochastic_bf16_reference(values, np.asarray(rounding.random_bits(bits, step) >> 16))
         np.testing.assert_array_equal(draws[i], expected, err_msg=f"step {step}")
 
 
