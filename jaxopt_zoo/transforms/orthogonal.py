@@ -304,20 +304,21 @@ def newton_schulz(
 
 
 def require_matrices(owner: str, params: Any) -> None:
-    """Raise, naming the leaf's path and shape, unless every leaf of ``params`` is a real 2-D array."""
+    """Raise, naming the leaf's path and shape, unless every leaf of ``params`` is a real 2-D array (for
+    ``torch.muon``, which has no ``weight_dimension_numbers``)."""
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         where = jax.tree_util.keystr(path) or "<root>"
-        _require_matrix(owner, where, leaf)
+        _require_matrix(owner, where, leaf, "2-D parameters only (as torch.optim.Muon)",
+                        "{'muon': jz.torch.muon(), 'adamw': jz.torch.adamw()}")
         _require_real(owner, where, leaf)
 
 
-def _require_matrix(owner: str, where: str, leaf: Any) -> None:
+def _require_matrix(owner: str, where: str, leaf: Any, takes: str, transforms: str) -> None:
     if jnp.ndim(leaf) != 2:
         raise ValueError(
-            f"{owner}: Muon orthogonalises matrices and takes 2-D parameters only (as torch.optim.Muon; "
-            f"describe other layouts with weight_dimension_numbers), but the leaf at {where} has shape "
+            f"{owner}: Muon orthogonalises matrices and takes {takes}, but the leaf at {where} has shape "
             f"{jnp.shape(leaf)}. Give the other parameters another optimizer with jz.partition, e.g. "
-            "jz.partition({'muon': jz.torch.muon(), 'adamw': jz.torch.adamw()}, "
+            f"jz.partition({transforms}, "
             "lambda params: jax.tree.map(lambda p: 'muon' if p.ndim == 2 else 'adamw', params)), or use jz.muon "
             "(Adam for the other leaves)."
         )
@@ -456,7 +457,9 @@ def _check_leaves(owner: str, params: Any, specs: Any) -> None:
     for (path, leaf), spec in zip(leaves, jax.tree.leaves(specs, is_leaf=_is_spec)):
         where = jax.tree_util.keystr(path) or "<root>"
         if spec is None:
-            _require_matrix(owner, where, leaf)
+            _require_matrix(owner, where, leaf, "2-D parameters unless weight_dimension_numbers describes a "
+                            "leaf's matrices (jz.MuonDimensionNumbers)",
+                            f"{{'muon': <this {owner}>, 'adamw': jz.adamw(1e-3)}}")
         else:
             try:
                 _axes(owner, jnp.shape(leaf), spec)
