@@ -50,10 +50,10 @@ def to_bfloat16(x: jax.Array, step: jax.typing.ArrayLike) -> jax.Array:
     are converted as they are.
 
     Example:
-        >>> import jax.numpy as jnp
+        >>> import jax, jax.numpy as jnp
         >>> from jaxopt_zoo import rounding
         >>> x = jnp.float32(1 + 2**-10)  # an eighth of the way from bfloat16's 1 to 1 + 2**-7
-        >>> draws = jnp.stack([rounding.to_bfloat16(x, step) for step in range(1000)]).astype(jnp.float32)
+        >>> draws = jax.vmap(lambda step: rounding.to_bfloat16(x, step))(jnp.arange(1000)).astype(jnp.float32)
         >>> sorted(set(draws.tolist())), round(float(draws.mean()), 3)  # unbiased: 1 + 2**-10 = 1.00098
         ([1.0, 1.0078125], 1.001)
     """
@@ -76,9 +76,8 @@ def to_float16(x: jax.Array, step: jax.typing.ArrayLike) -> jax.Array:
     be; non-finite values are converted as they are.
 
     Example:
-        >>> import jax.numpy as jnp
+        >>> import jax, jax.numpy as jnp
         >>> from jaxopt_zoo import rounding
-        >>> import jax
         >>> x = jnp.float32(1 + 2**-13)  # an eighth of the way from float16's 1 to 1 + 2**-10
         >>> draws = jax.vmap(lambda step: rounding.to_float16(x, step))(jnp.arange(10000)).astype(jnp.float32)
         >>> sorted(set(draws.tolist())), round(float(draws.mean()) - 1, 5)  # unbiased: 2**-13 = 0.00012
