@@ -7,6 +7,7 @@ from typing import Any, Callable
 import jax
 
 from jaxopt_zoo import validation
+from jaxopt_zoo.docstrings import document_args
 from jaxopt_zoo.base import GradientTransformation, Params, ScalarOrSchedule, identity, init_only
 from jaxopt_zoo.combine import chain, masked
 from jaxopt_zoo.storage import StateDtype
@@ -72,6 +73,7 @@ def sgd(
     )
 
 
+@document_args(scale_by_adam, scale_by_learning_rate)
 def adam(
     learning_rate: ScalarOrSchedule,
     b1: jax.typing.ArrayLike = 0.9,

@@ -96,7 +96,7 @@ def scale_by_learning_rate(
     Args:
         learning_rate: a constant :math:`\\alpha \\ge 0`, or a schedule
             :math:`\\alpha_t` (a callable of the step count, see
-            :func:`scale_by_schedule`). ``None`` means a rate of 1, so every
+            :func:`~jaxopt_zoo.scale_by_schedule`). ``None`` means a rate of 1, so every
             optimizer given ``learning_rate=None`` still descends. Deviation from
             Optax, whose aliases then skip this step and so climb the gradient.
         flip_sign: when ``False``, scale by :math:`+\\alpha_t` (gradient ascent).
