@@ -176,3 +176,26 @@ __all__ = [
 # The modules conditional, linalg, microbatching, monitoring, numerics, optimizers, quantization, rounding, schedules, storage, torch,
 # transforms, tree and validation are attributes (jz.torch.adam, ...)
 # but stay out of __all__, so that `from jaxopt_zoo import *` cannot shadow the real torch.
+
+
+def _register_states_for_export() -> None:
+    # Every NamedTuple of the package (the states and their parts) gets a serialized name, so that a jitted step
+    # taking or returning an optimizer state exports with jax.export and serializes (jax.export refuses a tree holding
+    # an unregistered type: Optax's states cannot be serialized). The public classes are named as users write them
+    # (jaxopt_zoo.ScaleByAdamState), the others by their module; the names are what a serialized step records.
+    import sys
+
+    from jax import export
+
+    public = {id(obj): name for name, obj in globals().items() if isinstance(obj, type)}
+    registered = set()
+    for module in [m for name, m in sorted(sys.modules.items()) if name == __name__ or name.startswith(__name__ + ".")]:
+        for cls in vars(module).values():
+            if (isinstance(cls, type) and issubclass(cls, tuple) and hasattr(cls, "_fields")
+                    and cls.__module__ == module.__name__ and cls not in registered):
+                registered.add(cls)
+                name = f"{__name__}.{public[id(cls)]}" if id(cls) in public else f"{cls.__module__}.{cls.__qualname__}"
+                export.register_namedtuple_serialization(cls, serialized_name=name)
+
+
+_register_states_for_export()

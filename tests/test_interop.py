@@ -196,3 +196,51 @@ def test_reshaped_state_of_a_variable_holding_a_tree_is_built_inside_it():
     for name in ("novograd", "adafactor", "lbfgs"):
         state = RESHAPED_STATE[name]().init(params)
         assert len(jax.tree.leaves(state)) > 2, name
+
+
+# --- jax.export -----------------------------------------------------------------------------------------------------
+
+
+EXPORTED_STEPS = {
+    "adam_8bit": lambda: jz.adam(1e-3, mu_dtype=jz.Blockwise8Bit(min_size=0)),
+    "masked_partition": lambda: jz.partition({"a": jz.masked(jz.lion(1e-3), lambda p: {"w": True, "b": False}),
+                                              "b": jz.torch.adamw(lr=1e-3)}, {"w": "a", "b": "b"}),
+    "multisteps_inject": lambda: jz.MultiSteps(jz.inject_hyperparams(jz.adamw)(learning_rate=1e-3), 2),
+    "shampoo": lambda: jz.shampoo(1e-2, precondition_frequency=2),
+    "schedule_free": lambda: jz.schedule_free_adamw(1e-3),
+}
+
+
+@pytest.mark.parametrize("name", list(EXPORTED_STEPS))
+def test_a_jitted_step_exports_serializes_and_runs_as_the_jitted_step(name):
+    """jax.export serializes a step taking and returning a state (Optax's states cannot be: unregistered types)."""
+    from jax import export
+
+    tx = EXPORTED_STEPS[name]()
+    params = {"w": jnp.arange(12.0).reshape(3, 4) / 10, "b": jnp.ones(4)}
+
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return jz.apply_updates(params, updates), state
+
+    state = tx.init(params)
+    restored = export.deserialize(export.export(jax.jit(step))(params, state, params).serialize())
+    assert_trees_equal(restored.call(params, state, params), jax.jit(step)(params, state, params))
+
+
+def test_every_optimizers_state_serializes_with_jax_export():
+    from jax import export
+
+    from benchmarks.seed_optimizers import SEED_OPTIMIZERS
+
+    params = {"w": jnp.ones((3, 4)), "b": jnp.ones(4)}
+    builders = {name: lambda entry=entry: entry.ours(1e-3) for name, entry in SEED_OPTIMIZERS.items()} | {
+        f"torch.{name}": getattr(jz.torch, name) for name in jz.torch.__all__ if name not in ("lbfgs", "muon")} | {
+        "torch.lbfgs": lambda: jz.torch.lbfgs(), "torch.muon": lambda: jz.partition(
+            {"m": jz.torch.muon(), "a": jz.torch.adamw()}, {"w": "m", "b": "a"}),
+        "lookahead": lambda: jz.lookahead(jz.adam(1e-3), 2, 0.5), "sam": lambda: jz.sam(jz.adam(1e-3), jz.sgd(0.1))}
+    identity = jax.jit(lambda state: state)
+    for name, build in builders.items():
+        state = jax.eval_shape(build().init, jz.LookaheadParams.init_synced(params) if name == "lookahead" else params)
+        restored = export.deserialize(export.export(identity)(state).serialize())
+        assert restored.out_tree == jax.tree.structure(state), name
