@@ -182,6 +182,10 @@ def init_only(*names: str) -> Callable[[Factory], Factory]:
     silently change nothing. The names are kept in the factory's
     ``init_only_args``.
 
+    Args:
+        *names: the names of those arguments; a name that is not a parameter of the decorated factory raises
+            ``TypeError``.
+
     Example:
         >>> import jaxopt_zoo as jz
         >>> @jz.init_only("start")
@@ -202,7 +206,11 @@ def init_only(*names: str) -> Callable[[Factory], Factory]:
 
 
 def init_empty_state(params: Params) -> EmptyState:
-    """An ``init`` for stateless transformations."""
+    """An ``init`` for stateless transformations.
+
+    Args:
+        params: ignored.
+    """
     del params
     return EmptyState()
 
@@ -240,7 +248,9 @@ def set_to_zero() -> GradientTransformation:
 def stateless(f: Callable[[Updates, Params | None], Updates]) -> GradientTransformation:
     """A transformation from a pure function of the whole trees: :math:`u_t = f(g_t, \\theta_t)`.
 
-    ``f(updates, params)`` receives ``params=None`` when the caller passes none.
+    Args:
+        f: ``f(updates, params)``, returning the new updates; it receives ``params=None`` when the caller
+            passes none. Anything not callable raises ``TypeError``.
 
     Example:
         >>> import jax, jaxopt_zoo as jz
@@ -261,10 +271,12 @@ def stateless_with_tree_map(
 ) -> GradientTransformation:
     """A stateless transformation from a function of one leaf: :math:`u_i = f(g_i, \\theta_i)`.
 
-    ``f(update, param)`` is mapped over the leaves; it receives ``param=None``
-    when ``update`` gets no params. A ``None`` update leaf stays ``None``
-    (Optax's ``stateless_with_tree_map`` skips it as an empty subtree too).
-    Numerically ``optax.stateless_with_tree_map``.
+    A ``None`` update leaf stays ``None`` (Optax's ``stateless_with_tree_map``
+    skips it as an empty subtree too). Numerically ``optax.stateless_with_tree_map``.
+
+    Args:
+        f: ``f(update, param)``, mapped over the leaves, returning the new update leaf; it receives
+            ``param=None`` when ``update`` gets no params. Anything not callable raises ``TypeError``.
 
     Example:
         >>> import jax.numpy as jnp
@@ -287,7 +299,12 @@ def stateless_with_tree_map(
 
 
 def safe_increment(count: jax.Array) -> jax.Array:
-    """``count + 1``, saturating at the dtype's maximum instead of wrapping around (integer or real counts)."""
+    """``count + 1``, saturating at the dtype's maximum instead of wrapping around (integer or real counts).
+
+    Args:
+        count: a step count (usually an int32 scalar; any integer or real floating array, element by element);
+            another dtype raises ``ValueError``.
+    """
     count = jnp.asarray(count)
     if jnp.issubdtype(count.dtype, jnp.integer):
         max_value = jnp.iinfo(count.dtype).max
@@ -315,9 +332,14 @@ def apply_updates(params: Params, updates: Updates) -> Params:
     shapes differ from the params raise a ``ValueError`` naming the paths
     (nothing is broadcast). The sum is rounded to nearest in the param's dtype,
     as in Optax: a bfloat16 param does not move under an update below half its
-    spacing (0.2 to 0.4% of its value), so small learning rates stall there
-    (heavyball rounds bfloat16 params stochastically); keep float32 params and
-    cast them for the forward pass where that matters.
+    spacing (0.2 to 0.4% of its value), so small learning rates stall there:
+    put :func:`~jaxopt_zoo.round_params_stochastically` last in the chain (the
+    sum is then rounded stochastically), or keep float32 params and cast them
+    for the forward pass.
+
+    Args:
+        params: the parameters :math:`\\theta_t`, a tree of arrays (``None`` leaves allowed).
+        updates: :math:`u_t`, a tree of the params' structure and leaf shapes (``None`` leaves allowed).
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz

@@ -22,6 +22,7 @@ from jaxopt_zoo.base import (
     set_to_zero,
 )
 from jaxopt_zoo import validation
+from jaxopt_zoo.docstrings import document_args
 from jaxopt_zoo.sharding import explicit_layout, gathered
 from jaxopt_zoo.tree import is_function_of_params, is_none, is_params_placeholder, map_params, params_placeholder
 
@@ -210,6 +211,7 @@ def masked(
     return GradientTransformation(init, update)
 
 
+@document_args(masked)
 def freeze(mask: Any | Callable[[Params], Any]) -> GradientTransformation:
     """Zero the updates where ``mask`` is ``True``, so those parameters never change.
 
@@ -338,6 +340,10 @@ def split_real_and_imaginary(inner: GradientTransformation) -> GradientTransform
     as ``optax.contrib.split_real_and_imaginary``: ``inner``'s state wrapped in
     :class:`SplitRealAndImaginaryState`.
 
+    Args:
+        inner: the transformation run on the split leaves (an Optax one too); it sees and keeps state
+            for the real and imaginary parts as separate real leaves.
+
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
         >>> tx = jz.split_real_and_imaginary(jz.adam(1e-3))
@@ -363,6 +369,10 @@ def with_extra_args_support(tx: GradientTransformation) -> GradientTransformatio
     whose ``update`` has no ``**extra_args`` is wrapped so that the extra
     arguments are not handed to it. Same behaviour as
     ``optax.with_extra_args_support``.
+
+    Args:
+        tx: any transformation (an object with ``init`` and ``update``); one that already is a
+            :class:`~jaxopt_zoo.GradientTransformationExtraArgs` is returned as it is.
 
     Example:
         >>> import jax.numpy as jnp, optax
@@ -392,6 +402,12 @@ def selective_transform(optimizer: GradientTransformation, *, freeze_mask: Any) 
     optimizer state (unlike ``chain(optimizer, freeze(mask))``). Same state and
     numbers as ``optax.selective_transform``. Deviation: the mask's leaves must
     be booleans known before tracing (Optax takes any truthy value).
+
+    Args:
+        optimizer: the transformation for the parameters not frozen (an Optax one too).
+        freeze_mask: a bool, or a tree of bools with the params' structure (or a prefix of it), ``True``
+            where the parameters are frozen (zero updates, no optimizer state): Python or NumPy bools
+            or concrete JAX booleans, not a callable.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -441,6 +457,10 @@ def flatten(inner: GradientTransformation) -> GradientTransformation:
     the vector is whole on every device and the updates are laid out like the
     params again (Optax's concatenation of differently split leaves is refused there).
 
+    Args:
+        inner: the transformation run on the flat vector (an Optax one too); its state is that
+            vector's.
+
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
         >>> from jaxopt_zoo.combine import flatten
@@ -486,6 +506,17 @@ def tree_map_params(
     example ``lambda x: isinstance(x, MaskedNode)`` to reach the stand-ins of a
     masked state). Same results as ``optax.tree_map_params``; 8-bit moments are
     guarded as in :func:`~jaxopt_zoo.tree.map_params`.
+
+    Args:
+        initable: the transformation (or its ``init``) that built ``state``: initialised on a
+            placeholder to find the parts of the state that are shaped like the params.
+        f: the function applied to each leaf of those parts, with the matching leaves of ``rest``
+            (trees shaped like the params) as further arguments.
+        state: the optimizer state to map.
+        transform_non_params: ``None`` (leave them as they are), or the function applied to each leaf of
+            the other parts of the state (step counts, hyperparameters).
+        is_leaf: ``None``, or a predicate of a node at which the tree map over each per-parameter part
+            stops, handing it to ``f`` whole (as ``jax.tree.map``'s ``is_leaf``).
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz

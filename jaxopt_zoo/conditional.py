@@ -26,6 +26,7 @@ from jaxopt_zoo.base import (
     GradientTransformation, OptState, Params, Updates, check_state, expects_state, safe_increment, zero_count,
 )
 from jaxopt_zoo.combine import as_transformation
+from jaxopt_zoo.docstrings import document_args
 from jaxopt_zoo.sharding import AxisName, sum_over_shards
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
 
@@ -200,6 +201,15 @@ def conditionally_transform(
     Optax's ``lax.cond`` would raise on the mismatch); the other arguments are
     checked when it is built.
 
+    Args:
+        inner: the transformation run at the chosen steps (an Optax one too); its state is kept as it is
+            at the other steps.
+        should_transform_fn: a :class:`~jaxopt_zoo.ConditionFn`: called with the int32 count of earlier
+            calls (0 at the first), it returns whether ``inner`` runs at this step, as a boolean scalar
+            (or a number, true where non-zero).
+        forward_extra_args: also pass ``update``'s extra keyword arguments to ``should_transform_fn``
+            (``inner`` gets them either way); a bool.
+
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
         >>> tx = jz.conditionally_transform(jz.scale(10.0), lambda step: step % 2 == 0)
@@ -231,6 +241,7 @@ class ConditionallyMaskState(NamedTuple):
     inner_state: OptState
 
 
+@document_args(conditionally_transform)
 def conditionally_mask(
     inner: GradientTransformation, should_transform_fn: Callable[..., Any], forward_extra_args: bool = False
 ) -> GradientTransformation:
@@ -317,6 +328,14 @@ def skip_not_finite(
     ``functools.partial``), the mesh axes the updates may be sharded over, and
     ``n`` counts the whole arrays. Without it a sharded update raises there.
 
+    Args:
+        updates: the micro-step's updates (a tree; ``None`` leaves are left out).
+        gradient_step: the count of applied steps, which :class:`~jaxopt_zoo.MultiSteps` passes; unused.
+        params: the parameters (or ``None``), which :class:`~jaxopt_zoo.MultiSteps` passes; unused.
+        axis_name: ``None``, a mesh axis name or a tuple of them: inside ``shard_map``, the mesh axes the
+            updates may be sharded over, so that every device measures the whole arrays and takes the
+            same decision (``()`` measures each device's shards alone).
+
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
         >>> jz.skip_not_finite({"w": jnp.array([1.0, jnp.nan, jnp.inf])}, 0, None)[1]
@@ -330,6 +349,7 @@ def skip_not_finite(
     return should_skip, {"should_skip": should_skip, "num_not_finite": num_not_finite}
 
 
+@document_args(skip_not_finite)
 def skip_large_updates(
     updates: Updates,
     gradient_step: jax.typing.ArrayLike,
@@ -362,6 +382,10 @@ def skip_large_updates(
     its comparison fails); float16 updates are squared in float32, where
     Optax's ``g**2`` overflows above 256.
 
+    Args:
+        max_squared_norm: :math:`\\tau > 0`, the squared global norm from which a micro-step is skipped;
+            may be traced (then unchecked).
+
     Example:
         >>> import functools, jax.numpy as jnp, jaxopt_zoo as jz
         >>> skip = functools.partial(jz.skip_large_updates, max_squared_norm=10.0)
@@ -392,6 +416,12 @@ def incremental_update(new_tensors: Params, old_tensors: Params, step_size: jax.
     ``None``, as there. Deviation from Optax: a concrete ``step_size`` must be
     in ``[0, 1]``, and trees of different structures raise naming the paths.
 
+    Args:
+        new_tensors: the latest parameters :math:`\\theta` (a tree; a ``None`` leaf gives ``None``).
+        old_tensors: the moving average :math:`\\bar\\theta`, a tree of ``new_tensors``' structure.
+        step_size: :math:`\\alpha \\in [0, 1]`, the weight of the latest values (1 copies them, 0 keeps the
+            average); may be traced.
+
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
         >>> jz.incremental_update({"w": jnp.array([1.0])}, {"w": jnp.array([0.0])}, step_size=0.25)
@@ -405,6 +435,7 @@ def incremental_update(new_tensors: Params, old_tensors: Params, step_size: jax.
     return tree.map_updates(lambda new, old: step_size * new + (1.0 - step_size) * old, new_tensors, old_tensors)
 
 
+@document_args(incremental_update)
 def periodic_update(
     new_tensors: Params, old_tensors: Params, steps: jax.typing.ArrayLike, update_period: jax.typing.ArrayLike
 ) -> Params:
@@ -424,6 +455,14 @@ def periodic_update(
     trees); each result keeps its ``old_tensors`` leaf's dtype; a concrete
     ``update_period`` must be a whole number >= 1 and a concrete ``steps`` one
     >= 0.
+
+    Args:
+        old_tensors: the slow copy :math:`\\bar\\theta`, a tree of ``new_tensors``' structure, whose leaves'
+            dtypes the result keeps.
+        steps: the step count, compared with multiples of ``update_period``: a whole number in
+            :math:`[0, 2^{31} - 1]` where concrete; may be traced (under ``vmap``, one per example).
+        update_period: :math:`K`, the steps between refreshes: a whole number in :math:`[1, 2^{31} - 1]`
+            where concrete; may be traced.
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz

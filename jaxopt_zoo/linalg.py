@@ -41,12 +41,19 @@ def power_iteration(
 
     Iterates :math:`v \\leftarrow Av/\\|Av\\|`, :math:`\\lambda = v^* A v`, until
     :math:`\\|Av - \\lambda v\\| / |\\lambda| <` ``error_tolerance`` or ``num_iters``
-    products. ``matrix`` is an ``(n, n)`` array or a function computing
-    :math:`Av` for ``v`` a tree shaped like ``v0`` (then ``v0`` is required).
-    Without ``v0``, the start is uniform in :math:`[-1, 1]^n` drawn from ``key``
-    (``jax.random.PRNGKey(0)`` by default), as in Optax.
+    products.
 
     Returns ``(eigenvalue, eigenvector)``.
+
+    Args:
+        matrix: :math:`A`, an ``(n, n)`` array or a function computing
+            :math:`Av` for ``v`` a tree shaped like ``v0`` (then ``v0`` is required).
+        v0: the start vector (normalised first): an ``(n,)`` array, or a tree for a function ``matrix``.
+            Without ``v0``, the start is uniform in :math:`[-1, 1]^n` drawn from ``key``, as in Optax.
+        num_iters: the most products with :math:`A` after the first; may be traced.
+        error_tolerance: the relative residual at which the iteration stops; may be traced.
+        precision: the precision of the products with an array ``matrix`` (a function computes its own).
+        key: the PRNG key of the random start, used only without ``v0`` (``jax.random.PRNGKey(0)`` by default).
 
     Example:
         >>> import jax.numpy as jnp
@@ -60,7 +67,8 @@ def power_iteration(
     local = () if not callable(matrix) else None
     if callable(matrix):
         if v0 is None:
-            raise ValueError("power_iteration: when matrix is a function, pass v0=, a start vector shaped like its input.")
+            raise ValueError(
+                "power_iteration: when matrix is a function, pass v0=, a start vector shaped like its input.")
         product = matrix
     else:
         matrix = jnp.asarray(matrix)
@@ -128,6 +136,14 @@ def matrix_inverse_pth_root(
     two nearest ``p`` (``p=3`` uses :math:`N_k^4`, ``p=16`` :math:`N_k^8`), so it
     is right only for ``p`` in 1, 2, 4, 8; there the two agree.
 
+    Args:
+        matrix: :math:`A`, a symmetric positive semi-definite ``(n, n)`` array (another shape raises ``ValueError``).
+        p: the root's order, a positive Python integer (else ``ValueError``).
+        num_iters: the most Newton iterations; may be traced.
+        ridge_epsilon: :math:`\\epsilon`, the ridge relative to :math:`\\lambda_{max}` (taken as at least 1e-16).
+        error_tolerance: the error :math:`\\max|M_k - I|` at which the iteration stops; may be traced.
+        precision: the precision of the matrix products (and of :func:`power_iteration`'s).
+
     Example:
         >>> import jax.numpy as jnp
         >>> import jaxopt_zoo as jz
@@ -190,7 +206,12 @@ def nnls(
         x' = \\max(y - (Qy - q)/L, 0), \\quad
         y' = x' + \\tfrac{c - 1}{c'}(x' - x)
 
-    ``b`` may be a vector or a matrix (one problem per column).
+    Args:
+        A: the ``(m, n)`` matrix.
+        b: an ``(m,)`` vector, or an ``(m, k)`` matrix (one problem per column); other shapes raise ``ValueError``.
+        iters: the number of steps (a Python integer, the length of a ``lax.scan``).
+        unroll: ``lax.scan``'s ``unroll``: the steps per loop iteration, ``True`` for all of them.
+        L: :math:`L`; ``None``: the default above. A zero :math:`L` counts as 1.
 
     Example:
         >>> import jax.numpy as jnp

@@ -158,6 +158,12 @@ def reshape_batch_axis(tree: Any, microbatch_size: int, axis: int = 0) -> Any:
     number of shards must divide ``microbatch_size``). Same as
     ``optax.microbatching.reshape_batch_axis``.
 
+    Args:
+        tree: a tree of arrays, each with the batch axis ``axis``.
+        microbatch_size: the examples per microbatch: a whole number >= 1 that divides the batch size.
+        axis: the batch axis, counted from the front (a negative one is not supported); it becomes the
+            two axes ``(num_microbatches, microbatch_size)``.
+
     Example:
         >>> import jax.numpy as jnp
         >>> from jaxopt_zoo.microbatching import reshape_batch_axis
@@ -221,6 +227,23 @@ def microbatch(
     float weight, which fails for bfloat16 results or under x64), and it runs
     inside a ``shard_map`` that is manual over some of the mesh's axes only
     (Optax's fails there in JAX's ``zeros_like``).
+
+    Args:
+        fun: the function of a batch, run on one microbatch at a time (its other arguments as given).
+        argnums: the position, or positions, of ``fun``'s batch arguments (may be ``()`` when
+            ``argnames`` names some); each may be a tree of arrays.
+        microbatch_size: the examples per microbatch, a whole number >= 1 that must divide the batch
+            size (checked when the batch is seen); ``None`` returns ``fun`` itself.
+        accumulator: how the microbatches' results combine: an :class:`~jaxopt_zoo.AccumulationType`
+            (``MEAN`` and ``RUNNING_MEAN`` need floating results), an :class:`~jaxopt_zoo.Accumulator`,
+            or a tree of them that is a prefix of ``fun``'s output tree.
+        argnames: the name, or names, of ``fun``'s keyword batch arguments.
+        in_axes: the batch axis of the batch arguments: one for all, or one each (``argnums``' first,
+            then ``argnames``'), counted from the front.
+        num_real_microbatches: ``None`` runs every microbatch; a number runs the first ones only (the
+            rest being padding): a whole number from 0 to their count where concrete (more raises
+            when the batch is seen), and a traced one is capped at the count. ``MEAN`` still divides
+            by the full count.
 
     Example:
         >>> import jax.numpy as jnp

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from jaxopt_zoo import validation
 from jaxopt_zoo.base import GradientTransformation, OptState, Updates, check_state, stateless
 from jaxopt_zoo.combine import as_transformation, chain
+from jaxopt_zoo.docstrings import document_args
 from jaxopt_zoo.storage import StateDtype, resolve
 from jaxopt_zoo.transforms.momentum import ema
 
@@ -56,6 +57,11 @@ def snapshot(measure_name: str, measure: Measure) -> GradientTransformation:
     ``state[i].measurement[measure_name]``. Deviation from Optax: a
     ``measure_name`` that is not a string or a ``measure`` that is not
     callable raises when it is built.
+
+    Args:
+        measure_name: the key of the measurement in the state's ``measurement`` dict; a string.
+        measure: the function of the updates that gives the measurement (any tree of arrays); ``init``
+            calls it on the params.
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
@@ -130,6 +136,11 @@ def monitor(measures: Mapping[str, GradientTransformation | Measure]) -> Gradien
     joins at the first update); a name that is not a string or a measure that
     is neither callable nor a transformation raises when it is built.
 
+    Args:
+        measures: a dict from names (strings) to measures, run in its order: functions of the updates,
+            or transformations (with ``init`` and ``update``, an Optax one too) whose output updates
+            are the measurement.
+
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
         >>> tx = jz.chain(
@@ -167,6 +178,7 @@ def monitor(measures: Mapping[str, GradientTransformation | Measure]) -> Gradien
     return GradientTransformation(init, update)
 
 
+@document_args(snapshot, ema)
 def measure_with_ema(
     measure: Measure, decay: jax.typing.ArrayLike, debias: bool = True, accumulator_dtype: StateDtype = None
 ) -> GradientTransformation:

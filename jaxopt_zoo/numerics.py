@@ -29,7 +29,13 @@ def safe_norm(
 ) -> jax.Array:
     """:math:`\\max(\\|x\\|, n_{min})` whose gradient is 0, not NaN, where :math:`\\|x\\| \\le n_{min}`.
 
-    ``ord``, ``axis`` and ``keepdims`` are those of :func:`jax.numpy.linalg.norm`.
+    Args:
+        x: the array whose norm is taken.
+        min_norm: :math:`n_{min}`, the least value returned.
+        ord: the norm's order, as :func:`jax.numpy.linalg.norm` takes it (``None``: the Euclidean norm, of all
+            elements without ``axis``).
+        axis: the axes the norm is taken over, as :func:`jax.numpy.linalg.norm` takes them.
+        keepdims: keep the reduced axes, with size 1.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -49,6 +55,10 @@ def safe_norm(
 
 def safe_root_mean_squares(x: jax.typing.ArrayLike, min_rms: jax.typing.ArrayLike) -> jax.Array:
     """:math:`\\max(\\sqrt{\\mathrm{mean}(|x|^2)}, r_{min})` whose gradient is 0, not NaN, where the bound wins.
+
+    Args:
+        x: the array, whose elements are all averaged.
+        min_rms: :math:`r_{min}`, the least value returned.
 
     Example:
         >>> import jax.numpy as jnp
@@ -93,6 +103,10 @@ class MultiNormalDiagFromLogScale:
 
 def multi_normal(loc: jax.typing.ArrayLike, log_scale: jax.typing.ArrayLike) -> MultiNormalDiagFromLogScale:
     """The diagonal normal distribution with mean ``loc`` and scale ``exp(log_scale)``.
+
+    Args:
+        loc: the mean of each coordinate.
+        log_scale: the log of each coordinate's standard deviation, broadcast with ``loc`` to the parameter shape.
 
     Example:
         >>> import jax, jax.numpy as jnp

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 
 from jaxopt_zoo import validation
 from jaxopt_zoo.base import Schedule
+from jaxopt_zoo.docstrings import document_args
 
 __all__ = [
     "warmup_constant_schedule",
@@ -51,6 +52,36 @@ __all__ = [
     "warmup_cosine_decay_schedule",
     "warmup_exponential_decay_schedule",
 ]
+
+
+_STEPS = "a concrete whole number in :math:`[0, 2^{31} - 1]`"
+_VALUE = "a finite real scalar, which may be traced"
+
+# The arguments the schedules share, by name, each with one meaning: document_args fills the schedules' Args:
+# sections from these (an entry of a schedule's own wins). A "\n" starts a continuation line of the entry.
+SCHEDULE_ARGUMENTS: Mapping[str, str] = types.MappingProxyType({
+    "init_value": f":math:`\\eta_0`, the value the schedule starts from: {_VALUE}.",
+    "end_value": f":math:`\\eta_1`, the value from step ``transition_begin + transition_steps`` on:\n{_VALUE}.",
+    "transition_steps": ":math:`T`, the steps the move from ``init_value`` to ``end_value`` takes:\n"
+                        f"{_STEPS}; 0 gives the constant ``init_value``.",
+    "transition_begin": ":math:`t_0`, the step at which the transition starts, the value being\n"
+                        f"``init_value`` up to it: {_STEPS}.",
+    "exponent": ":math:`e \\ge 0`, the power of the half-cosine factor (which falls from 1 to 0 over the\n"
+                f"decay): above 1 the value falls faster at first, 0 keeps it where the decay starts;\n{_VALUE}.",
+    "boundaries_and_scales": "``{step: scale}``, or ``None`` for none: the value at each such step is\n"
+                             "``init_value`` times the scales of that step and of the earlier ones, and it stays\n"
+                             "so after the last. Steps: concrete whole numbers in :math:`[0, 2^{31} - 1]`;\n"
+                             "scales: finite reals >= 0, which may be traced.",
+})
+
+# The arguments of the schedules that start with a linear warm-up (taking precedence over SCHEDULE_ARGUMENTS).
+WARMUP_ARGUMENTS: Mapping[str, str] = types.MappingProxyType({
+    "init_value": "the value at step 0, where the linear warm-up starts (unused when\n"
+                  f"``warmup_steps`` is 0): {_VALUE}.",
+    "peak_value": f"the value the warm-up reaches at step ``warmup_steps``, where what follows\nstarts: {_VALUE}.",
+    "warmup_steps": "the length of the linear warm-up from ``init_value`` to ``peak_value``:\n"
+                    f"{_STEPS}; 0 skips the warm-up, starting at ``peak_value``.",
+})
 
 
 _OWN_NAMES: Mapping[str, str] = types.MappingProxyType({})
@@ -79,6 +110,9 @@ def _steps(owner: str, name: str, value: int, minimum: int = 0) -> int:
 def constant_schedule(value: jax.typing.ArrayLike) -> Schedule:
     """:math:`\\eta_t = v`.
 
+    Args:
+        value: :math:`v`, the value at every step (returned as given): a finite real scalar, which may be traced.
+
     Example:
         >>> import jaxopt_zoo as jz
         >>> float(jz.constant_schedule(0.1)(100))
@@ -88,6 +122,7 @@ def constant_schedule(value: jax.typing.ArrayLike) -> Schedule:
     return lambda count: value
 
 
+@document_args(SCHEDULE_ARGUMENTS)
 def polynomial_schedule(
     init_value: jax.typing.ArrayLike,
     end_value: jax.typing.ArrayLike,
@@ -107,6 +142,10 @@ def polynomial_schedule(
     must be concrete. Deviation: the value is exactly ``end_value`` from
     :math:`\\tau = T` on, also under ``jit`` (Optax's jitted schedule stays
     :math:`1.5 \\cdot 10^{-4}` above it for :math:`p = 0.5`, :math:`T = 100`).
+
+    Args:
+        power: :math:`p \\ge 0` (1 is linear; 0 keeps ``init_value`` throughout, :math:`0^0` being 1):
+            a finite real scalar, which may be traced.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -144,6 +183,7 @@ def _polynomial(
     return schedule
 
 
+@document_args(SCHEDULE_ARGUMENTS)
 def linear_schedule(
     init_value: jax.typing.ArrayLike, end_value: jax.typing.ArrayLike, transition_steps: int, transition_begin: int = 0
 ) -> Schedule:
@@ -159,6 +199,7 @@ def linear_schedule(
     return _polynomial("linear_schedule", init_value, end_value, 1, transition_steps, transition_begin)
 
 
+@document_args(WARMUP_ARGUMENTS)
 def warmup_constant_schedule(
     init_value: jax.typing.ArrayLike, peak_value: jax.typing.ArrayLike, warmup_steps: int
 ) -> Schedule:
@@ -180,6 +221,7 @@ def warmup_constant_schedule(
     return (lambda count: peak_value) if warmup_steps == 0 else schedule
 
 
+@document_args(SCHEDULE_ARGUMENTS)
 def exponential_decay(
     init_value: jax.typing.ArrayLike,
     transition_steps: int,
@@ -196,6 +238,18 @@ def exponential_decay(
     positive (Optax returns a constant for 0). ``init_value``, ``decay_rate``
     and ``end_value`` may be traced (Optax raises for a traced ``decay_rate``
     with an ``end_value``); the step counts must be concrete.
+
+    Args:
+        transition_steps: :math:`T`, the steps over which the value is multiplied by ``decay_rate`` once:
+            a concrete whole number in :math:`[0, 2^{31} - 1]`; 0 turns the decay off (the value stays
+            where it starts, whatever ``end_value``).
+        decay_rate: :math:`r > 0`, the factor per ``transition_steps`` steps (below 1 the value decays,
+            above 1 it grows): a finite real scalar, which may be traced.
+        staircase: ``True`` rounds the exponent down to a whole number, so that the value changes once
+            every ``transition_steps`` steps instead of at every step; a bool.
+        end_value: ``None`` (no bound), or a bound on the decay's value: a floor when ``decay_rate < 1``,
+            else a ceiling (for a traced rate, chosen when the schedule runs), applied at every step of
+            the decay, those before ``transition_begin`` included: a finite real scalar, which may be traced.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -240,6 +294,7 @@ def _exponential(
     return schedule
 
 
+@document_args(SCHEDULE_ARGUMENTS)
 def cosine_decay_schedule(
     init_value: jax.typing.ArrayLike,
     decay_steps: int,
@@ -253,6 +308,13 @@ def cosine_decay_schedule(
         \\eta_t = \\eta_0 \\Big((1 - \\alpha) \\big(\\tfrac{1}{2}(1 + \\cos(\\pi \\min(t, T) / T))\\big)^{e} + \\alpha\\Big).
 
     ``init_value``, ``alpha`` and ``exponent`` may be traced; ``decay_steps`` must be concrete.
+
+    Args:
+        decay_steps: :math:`T`, the steps the decay takes, from ``init_value`` at step 0 to
+            ``alpha * init_value`` at step :math:`T`, where it stays: a concrete whole number in
+            :math:`[1, 2^{31} - 1]`.
+        alpha: :math:`\\alpha`, the final value as a fraction of ``init_value`` (0 decays to 0): a finite real
+            scalar, which may be traced.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -354,6 +416,7 @@ def _checked_boundaries(owner: str, boundaries_and_scales: Mapping[int, float] |
     return sorted(boundaries_and_scales.items())
 
 
+@document_args(SCHEDULE_ARGUMENTS)
 def piecewise_constant_schedule(
     init_value: jax.typing.ArrayLike, boundaries_and_scales: Mapping[int, float] | None = None
 ) -> Schedule:
@@ -381,12 +444,17 @@ def piecewise_constant_schedule(
     return schedule
 
 
+@document_args(SCHEDULE_ARGUMENTS)
 def piecewise_interpolate_schedule(
     interpolate_type: str, init_value: jax.typing.ArrayLike, boundaries_and_scales: Mapping[int, float] | None = None
 ) -> Schedule:
     """Like :func:`piecewise_constant_schedule`, but moving linearly or along a half cosine
     from one value to the next between boundaries (and constant after the last).
     ``init_value`` and the scales may be traced; the boundaries must be concrete integers.
+
+    Args:
+        interpolate_type: ``"linear"`` or ``"cosine"``: how the value moves from one boundary's value to
+            the next, along a straight line or a half cosine.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -467,6 +535,24 @@ def linear_onecycle_schedule(
     product lies within float32 rounding below a whole number (``0.29 * 100``);
     ``pct_final >= pct_start`` is checked only when both are concrete.
 
+    Args:
+        transition_steps: :math:`T`, the length of the whole cycle, after which the value stays at its
+            final ``peak_value / (div_factor * final_div_factor)``: a concrete whole number in
+            :math:`[1, 2^{31} - 1]`. A concrete fraction whose step ``int(pct * T)`` is another's, or
+            :math:`T`, merges with it, as in Optax: only the later move is kept (so a fraction of 1 changes
+            the final value); traced fractions do not merge.
+        peak_value: the value at the top of the cycle, step ``int(pct_start * transition_steps)``: a finite
+            real scalar, which may be traced.
+        pct_start: the fraction of ``transition_steps`` spent rising from ``peak_value / div_factor`` to
+            ``peak_value``: in :math:`[0, 1]`, and may be traced.
+        pct_final: the fraction of ``transition_steps`` at whose step the value is back down at
+            ``peak_value / div_factor``, to fall from there to the final value: in :math:`[0, 1]` and
+            ``>= pct_start``, and may be traced.
+        div_factor: the cycle rises from ``peak_value / div_factor`` (its value at step 0, unless
+            ``int(pct_start * transition_steps)`` is 0): a finite real > 0, which may be traced.
+        final_div_factor: the final value, from step ``transition_steps`` on, is ``final_div_factor`` times
+            smaller than ``peak_value / div_factor``: a finite real > 0, which may be traced.
+
     Example:
         >>> import jaxopt_zoo as jz
         >>> schedule = jz.linear_onecycle_schedule(100, peak_value=1.0)
@@ -492,6 +578,7 @@ def linear_onecycle_schedule(
     )
 
 
+@document_args(linear_onecycle_schedule)
 def cosine_onecycle_schedule(
     transition_steps: int,
     peak_value: jax.typing.ArrayLike,
@@ -552,6 +639,25 @@ def cyclic_schedule(
     :func:`inject_hyperparams` as the momentum. Deviations: the step sizes must be whole numbers of steps
     (PyTorch takes floats) and ``step_size_up`` at least 1. The values and ``gamma`` may be traced.
 
+    Args:
+        init_value: :math:`\\eta_0`, the value at the start of every cycle (PyTorch's ``base_lr``): a finite real
+            scalar, which may be traced.
+        peak_value: :math:`\\eta_1`, the value ``step_size_up`` steps into a cycle before the amplitude is scaled
+            by :math:`s` (PyTorch's ``max_lr``): a finite real scalar, which may be traced.
+        step_size_up: :math:`U`, the steps from the bottom of a cycle to its top: a concrete whole number
+            in :math:`[1, 2^{31} - 1]`.
+        step_size_down: :math:`D`, the steps from the top back down; ``None`` means ``step_size_up``, and 0
+            drops back to ``init_value`` at once (a sawtooth): a concrete whole number >= 0, with
+            :math:`U + D \\le 2^{31} - 1`.
+        mode: the amplitude's scale :math:`s`, as above: ``"triangular"``, ``"triangular2"`` or
+            ``"exp_range"``; unused when ``scale_fn`` is given.
+        gamma: :math:`\\gamma`, the base of ``mode="exp_range"``'s scale: > 0 there, and may be traced;
+            unused by the other modes and with a ``scale_fn``.
+        scale_fn: ``None`` (``mode`` decides), or a function returning the scale :math:`s` of the cycle
+            or of the step (see ``scale_mode``), in place of ``mode``.
+        scale_mode: what ``scale_fn`` is called with: ``"cycle"`` (:math:`c`, 1 in the first cycle) or
+            ``"iterations"`` (the step :math:`t`); unused without ``scale_fn``, but checked.
+
     Example:
         >>> import jaxopt_zoo as jz
         >>> schedule = jz.cyclic_schedule(0.1, 1.0, step_size_up=4)
@@ -590,6 +696,7 @@ def cyclic_schedule(
     return schedule
 
 
+@document_args(WARMUP_ARGUMENTS, SCHEDULE_ARGUMENTS)
 def warmup_cosine_decay_schedule(
     init_value: jax.typing.ArrayLike,
     peak_value: jax.typing.ArrayLike,
@@ -603,6 +710,13 @@ def warmup_cosine_decay_schedule(
 
     The values and ``exponent`` may be traced (Optax raises for a traced
     ``peak_value``); ``warmup_steps`` and ``decay_steps`` must be concrete.
+
+    Args:
+        decay_steps: the step at which the cosine decay reaches ``end_value``, counted from step 0 (so the
+            decay takes ``decay_steps - warmup_steps`` steps): a concrete whole number greater than
+            ``warmup_steps`` and at most :math:`2^{31} - 1`.
+        end_value: the value from step ``decay_steps`` on (unused when ``peak_value`` is 0: the decay is
+            then 0 throughout): a finite real scalar, which may be traced.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -643,6 +757,7 @@ def _warmup_cosine(
     return join_schedules([warmup, decay], [warmup_steps])
 
 
+@document_args(WARMUP_ARGUMENTS, exponential_decay, SCHEDULE_ARGUMENTS)
 def warmup_exponential_decay_schedule(
     init_value: jax.typing.ArrayLike,
     peak_value: jax.typing.ArrayLike,
@@ -656,6 +771,10 @@ def warmup_exponential_decay_schedule(
     """Linear warm-up to ``peak_value`` over ``warmup_steps``, then :func:`exponential_decay` from there.
 
     The values and ``decay_rate`` may be traced; the step counts must be concrete.
+
+    Args:
+        transition_begin: the steps after the warm-up during which the value stays ``peak_value``
+            before the decay starts: a concrete whole number in :math:`[0, 2^{31} - 1]`.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -675,6 +794,13 @@ def sgdr_schedule(cosine_kwargs: Iterable[Mapping[str, jax.typing.ArrayLike]]) -
     """SGDR, warm restarts (Loshchilov & Hutter 2017): one :func:`warmup_cosine_decay_schedule`
     per entry of ``cosine_kwargs``, run back to back. The values may be traced, as in
     :func:`warmup_cosine_decay_schedule`; the step counts must be concrete.
+
+    Args:
+        cosine_kwargs: the cycles, in order: an iterable (not a dict) of one or more dicts of
+            :func:`~jaxopt_zoo.warmup_cosine_decay_schedule`'s arguments (``init_value``, ``peak_value``,
+            ``warmup_steps`` and ``decay_steps``; ``end_value`` and ``exponent`` optional). Each cycle lasts
+            its ``decay_steps`` and counts steps from its own start, which must be at most
+            :math:`2^{31} - 1`; after the last cycle its ``end_value`` stays.
 
     Example:
         >>> import jaxopt_zoo as jz

@@ -40,11 +40,14 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from jaxopt_zoo.docstrings import document_args
+
 AxisName = str | tuple[str, ...] | None
 
 
 def _mesh_of(owner: str, params: Any) -> Mesh | None:
-    meshes = {x.sharding.mesh for x in jax.tree.leaves(params) if isinstance(getattr(x, "sharding", None), NamedSharding)}
+    meshes = {x.sharding.mesh for x in jax.tree.leaves(params)
+              if isinstance(getattr(x, "sharding", None), NamedSharding)}
     if len(meshes) > 1:
         raise ValueError(f"{owner}: the params live on {len(meshes)} different meshes; put them on one mesh.")
     return meshes.pop() if meshes else None
@@ -112,14 +115,20 @@ def state_shardings(tx: Any, params: Any) -> Any:
     comes out replicated, and an init that JAX cannot trace with sharded types
     raises. Returns a tree of ``NamedSharding`` shaped like the state, usable as
     ``out_shardings`` or an Orbax restore target; or ``None`` when no param has
-    a ``NamedSharding``. ``tx`` may be a transformation or its ``init``. Under
-    Auto mesh axes a spec has no trailing ``None`` (``P('d')`` for a matrix split
-    by rows), as a jitted step returns it, so that a state placed with it does
-    not compile the step a second time.
+    a ``NamedSharding``. Under Auto mesh axes a spec has no trailing ``None``
+    (``P('d')`` for a matrix split by rows), as a jitted step returns it, so
+    that a state placed with it does not compile the step a second time.
+
+    Args:
+        tx: the transformation, or its ``init``.
+        params: the params, each leaf an array with a ``NamedSharding`` over one mesh shared by all, or an
+            unsharded array (taken as replicated); several meshes, or another sharding that splits an array, raise
+            ``ValueError``.
     """
     return _state_shardings("state_shardings", tx, params)
 
 
+@document_args(state_shardings)
 def init_sharded(tx: Any, params: Any) -> Any:
     """``tx.init(params)`` with every per-parameter state leaf sharded like its param, scalars replicated.
 
@@ -144,12 +153,16 @@ def init_sharded(tx: Any, params: Any) -> Any:
     return jax.jit(init, out_shardings=shardings)(params)
 
 
+@document_args(state_shardings)
 def check_state_shardings(tx: Any, params: Any, state: Any) -> None:
     """Raise ``ValueError`` naming every state leaf whose sharding differs from its param's.
 
     Call it after restoring a checkpoint or building state by hand: a state
     laid out differently from the params makes every step reshard (slow), or
     holds a full copy per device (memory). Scalars may be anywhere.
+
+    Args:
+        state: the optimizer state to check, shaped like ``tx.init(params)`` (else ``ValueError``).
     """
     expected = _state_shardings("check_state_shardings", tx, params)
     if expected is None:
@@ -317,7 +330,8 @@ def explicit_layout(x: Any) -> NamedSharding | None:
 
     On Explicit axes JAX refuses to choose a layout itself for a reshape or a product over a split axis, so code
     that needs whole arrays (Kronecker factors, Newton–Schulz) gathers such an ``x`` first
-    (``jax.sharding.reshard(x, NamedSharding(mesh, PartitionSpec()))``) and lays its result out like ``x`` again with this sharding.
+    (``jax.sharding.reshard(x, NamedSharding(mesh, PartitionSpec()))``) and lays its result out like ``x`` again
+    with this sharding.
     On Auto axes (``None`` here) the partitioner chooses the collectives itself.
     """
     sharding = getattr(jax.typeof(x), "sharding", None)

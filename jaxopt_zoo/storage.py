@@ -164,15 +164,20 @@ def with_storage(
 ) -> GradientTransformation:
     """``tx`` whose state fields named here are kept in the given storages.
 
-    ``tx``'s state is a NamedTuple whose named fields are trees of arrays shaped
-    like the params; ``tx`` creates and updates them as plain arrays in the
-    params' dtype. ``signed`` names moments that can be negative,
-    ``non_negative`` those that cannot (8-bit codes differ for the two). Where
-    the update of a leaf is ``None``, ``tx`` returns the array it was given and
-    the stored leaf is kept bit for bit. The storages must already be resolved
-    (``jaxopt_zoo.storage.resolve(owner, "mu_dtype", mu_dtype)`` turns a user's ``*_dtype``
-    argument into one, raising for a bad one), so that a bad one fails when the
-    transformation is built.
+    Where the update of a leaf is ``None``, ``tx`` returns the array it was
+    given and the stored leaf is kept bit for bit. The storages must already be
+    resolved (``jaxopt_zoo.storage.resolve(owner, "mu_dtype", mu_dtype)`` turns a
+    user's ``*_dtype`` argument into one, raising for a bad one), so that a bad
+    one fails when the transformation is built.
+
+    Args:
+        tx: the transformation. Its state is a NamedTuple whose named fields are trees of arrays shaped like
+            the params; ``tx`` creates and updates them as plain arrays in the params' dtype. With a stochastic
+            storage the state needs a ``count`` field (``None`` where ``tx`` keeps no count of its own).
+        signed: the state fields holding moments that can be negative, each mapped to its storage (a complex
+            param's moment is kept complex).
+        non_negative: the fields holding moments that cannot be negative, mapped likewise (kept real; 8-bit
+            codes differ for the two).
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
@@ -187,7 +192,8 @@ def with_storage(
         >>> state.ema["w"].dtype, updates["w"]
         (dtype(bfloat16), Array([0.1, 0.1, 0.1], dtype=float32))
     """
-    fields = {**{k: (v, True) for k, v in (signed or {}).items()}, **{k: (v, False) for k, v in (non_negative or {}).items()}}
+    fields = {**{k: (v, True) for k, v in (signed or {}).items()},
+              **{k: (v, False) for k, v in (non_negative or {}).items()}}
     stochastic = any(s.stochastic for s, _ in fields.values())
 
     def init(params):
@@ -219,7 +225,8 @@ def with_storage(
             return old if new is old_value else store.write(new, old, step)
 
         written = {
-            name: jax.tree.map(lambda n, v, o: write(fields[name][0], n, v, o), getattr(new_state, name), values[name], stored[name])
+            name: jax.tree.map(lambda n, v, o: write(fields[name][0], n, v, o), getattr(new_state, name), values[name],
+                               stored[name])
             for name in fields
         }
         return new_updates, new_state._replace(**written)

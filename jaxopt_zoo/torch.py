@@ -13,7 +13,7 @@ whose parameter trajectory equals PyTorch's for the same gradients. Each is a
 
 Rprop and ASGD hold their rates in their own state (Rprop's ``lr`` is only
 its initial step size), AdamW, Adafactor and Muon decay the weights beside the
-step (decoupled), and NAdam and RAdam do so with ``decoupled_weight_decay=True``;
+step (decoupled), and Adam, NAdam and RAdam do so with ``decoupled_weight_decay=True``;
 each docstring gives its rule.
 
 Complex parameters are updated as pairs of real numbers, as PyTorch does
@@ -39,7 +39,7 @@ unchanged, as a ``grad=None`` does in PyTorch, but step counts are kept per
 optimizer step, not per parameter, so a parameter whose gradients start late
 gets Adam's bias correction, Adagrad's ``lr_decay`` and SGD's undampened first
 step from the global step. ``dampening`` must lie in [0, 1] and RMSprop's
-``alpha`` in [0, 1] (PyTorch accepts any dampening and any ``alpha >= 0``).
+``alpha`` in [0, 1) (PyTorch accepts any dampening and any ``alpha >= 0``).
 ``eps=0`` is accepted as in PyTorch, but where the denominator is then 0 (all
 gradients so far zero) Adam's and RMSprop's step is 0, not PyTorch's NaN;
 Adadelta's ``eps`` must be positive (with 0 its steps stay 0); a denormal
@@ -65,6 +65,7 @@ import jax.numpy as jnp
 from jaxopt_zoo import validation
 from jaxopt_zoo.base import GradientTransformation, ScalarOrSchedule, init_only
 from jaxopt_zoo.combine import as_real_pairs, chain
+from jaxopt_zoo.docstrings import document_args
 from jaxopt_zoo.sharding import AxisName
 from jaxopt_zoo.storage import StateDtype
 from jaxopt_zoo.transforms import (
@@ -87,7 +88,8 @@ from jaxopt_zoo.transforms.averaging import average_iterates, scale_by_asgd
 from jaxopt_zoo.transforms.factored import TORCH_COMPLEX_WHY as _ADAFACTOR_COMPLEX_WHY
 from jaxopt_zoo.transforms.factored import relative_step_size, scale_by_factored_second_moment, scale_by_param_block_rms
 from jaxopt_zoo.transforms.lbfgs import torch_lbfgs
-from jaxopt_zoo.transforms.orthogonal import NS_COEFFICIENTS, TORCH_LAYOUT, check_options, require_matrices, scale_by_muon
+from jaxopt_zoo.transforms.orthogonal import NS_COEFFICIENTS, TORCH_LAYOUT, check_options, newton_schulz
+from jaxopt_zoo.transforms.orthogonal import require_matrices, scale_by_muon
 from jaxopt_zoo.transforms.rprop import check_options as _check_rprop_options, scale_by_resilient_step
 
 __all__ = [
@@ -96,6 +98,37 @@ __all__ = [
 ]
 
 Number = float | jax.Array
+
+TORCH_ARGUMENTS = {
+    "lr": (
+        ":math:`\\gamma \\ge 0`, the learning rate, applied last; or a schedule :math:`\\gamma_t`, a callable of the\n"
+        "step count (0 on the first step), standing in for a ``torch.optim.lr_scheduler``."
+    ),
+    "betas": (
+        "``(beta1, beta2)``: :math:`\\beta_1` and :math:`\\beta_2` of the rule above, each in [0, 1); a tuple, a\n"
+        "list or an array of two."
+    ),
+    "eps": ":math:`\\varepsilon \\ge 0`, added to the square root in the denominator; a denormal one raises.",
+    "weight_decay": (
+        ":math:`\\lambda \\ge 0` (not a schedule): L2 decay, :math:`\\lambda \\theta` added to the gradient\n"
+        "(after ``maximize``'s negation), before the rule's own scaling."
+    ),
+    "amsgrad": (
+        "``True``: divide by the running maximum of the raw second moment, bias-corrected after the\n"
+        "maximum (PyTorch's AMSGrad)."
+    ),
+    "decoupled_weight_decay": (
+        "``True``: decay the weights beside the step instead,\n"
+        ":math:`\\theta \\leftarrow \\theta - \\gamma \\lambda \\theta` (AdamW's rule), with no L2 term."
+    ),
+    "maximize": "``True``: ascend the objective: the gradient is negated first.",
+    "foreach": "accepted and ignored: PyTorch's choice of its multi-tensor kernel.",
+    "capturable": "accepted and ignored: PyTorch's option for CUDA-graph capture (XLA compiles the update anyway).",
+    "differentiable": "accepted and ignored: PyTorch's option for autograd through the step (JAX's works anyway).",
+    "fused": "accepted and ignored: PyTorch's choice of its fused kernel (XLA fuses the compiled update anyway).",
+}
+"""The arguments that mean the same in several functions of this module, under PyTorch's names: a source of their
+``Args:`` entries for :func:`~jaxopt_zoo.docstrings.document_args` (a function's own entry wins)."""
 
 
 def _frame(owner: str, maximize: bool, weight_decay: Number, *steps: GradientTransformation) -> GradientTransformation:
@@ -131,6 +164,7 @@ def _betas(owner: str, betas: Any) -> tuple[Number, Number]:
     return betas[0], betas[1]
 
 
+@document_args(TORCH_ARGUMENTS, trace)
 def sgd(
     lr: ScalarOrSchedule = 1e-3,
     momentum: Number = 0,
@@ -158,6 +192,9 @@ def sgd(
     ``accumulator_dtype`` is an addition to PyTorch.
 
     Args:
+        momentum: :math:`\\mu \\ge 0`. A literal 0 keeps no buffer (plain SGD); an array keeps one, and ignores
+            ``dampening`` where its value is 0 (so that the step is plain SGD's there too).
+        nesterov: ``True``: step along :math:`g + \\mu b_t`, not :math:`b_t` (Nesterov's momentum, in PyTorch's form).
         accumulator_dtype: storage of the momentum buffer: a storage (see :mod:`jaxopt_zoo.storage`).
 
     Example:
@@ -186,6 +223,7 @@ def sgd(
 
 
 @init_only("initial_accumulator_value")
+@document_args(TORCH_ARGUMENTS, scale_by_rss)
 def adagrad(
     lr: ScalarOrSchedule = 1e-2,
     lr_decay: Number = 0,
@@ -212,6 +250,8 @@ def adagrad(
     ``accumulator_dtype`` is an addition to PyTorch.
 
     Args:
+        lr_decay: :math:`\\eta \\ge 0`: the rate at step :math:`t` is :math:`\\gamma_t / (1 + (t - 1) \\eta)`, with the
+            optimizer's step count :math:`t`.
         accumulator_dtype: storage of the sum of squares: a storage (see :mod:`jaxopt_zoo.storage`).
 
     Example:
@@ -232,6 +272,7 @@ def adagrad(
     return _recipe(owner, rate, maximize, weight_decay, scaling)
 
 
+@document_args(TORCH_ARGUMENTS)
 def adadelta(
     lr: ScalarOrSchedule = 1.0,
     rho: Number = 0.9,
@@ -256,6 +297,8 @@ def adadelta(
     scale_by_learning_rate(lr))``; ``accumulator_dtype`` is an addition to PyTorch.
 
     Args:
+        rho: :math:`\\rho \\in [0, 1]`, the decay of both running means.
+        eps: :math:`\\varepsilon > 0`, added inside both square roots (0 raises, as does a denormal one).
         accumulator_dtype: storage of both running means: a storage (see :mod:`jaxopt_zoo.storage`).
 
     Example:
@@ -270,6 +313,7 @@ def adadelta(
     return _recipe("torch.adadelta", lr, maximize, weight_decay, scaling)
 
 
+@document_args(TORCH_ARGUMENTS)
 def rmsprop(
     lr: ScalarOrSchedule = 1e-2,
     alpha: Number = 0.99,
@@ -296,7 +340,8 @@ def rmsprop(
     .. math::
 
         b_t = \\mu b_{t-1} + \\frac{g}{\\sqrt{\\tilde v_t} + \\varepsilon}, \\quad
-        \\theta \\leftarrow \\theta - \\gamma b_t \\quad (b_t = g / (\\sqrt{\\tilde v_t} + \\varepsilon) \\text{ when } \\mu = 0).
+        \\theta \\leftarrow \\theta - \\gamma b_t \\quad
+        (b_t = g / (\\sqrt{\\tilde v_t} + \\varepsilon) \\text{ when } \\mu = 0).
 
     Unlike :func:`jaxopt_zoo.rmsprop` (Optax's form) the learning rate comes
     after the momentum, as in PyTorch. ``alpha`` must lie in [0, 1) (PyTorch
@@ -307,6 +352,9 @@ def rmsprop(
     The three storage options are additions to PyTorch.
 
     Args:
+        alpha: :math:`\\alpha \\in [0, 1)`, the decay of the mean square :math:`v_t` (and of the mean :math:`m_t`).
+        momentum: :math:`\\mu \\ge 0`, the decay of the buffer :math:`b_t`; a literal 0 keeps no buffer.
+        centered: ``True``: divide by the root of :math:`v_t - m_t^2`, keeping the mean :math:`m_t` too.
         nu_dtype: storage of the mean square: a storage (see :mod:`jaxopt_zoo.storage`).
         mu_dtype: storage of the mean (``centered`` only): a storage (see :mod:`jaxopt_zoo.storage`).
         accumulator_dtype: storage of the momentum buffer: a storage (see :mod:`jaxopt_zoo.storage`).
@@ -349,6 +397,7 @@ def _adam_family(
     return _recipe(owner, lr, maximize, 0, scaling, add_decayed_weights(weight_decay))
 
 
+@document_args(TORCH_ARGUMENTS)
 def adam(
     lr: ScalarOrSchedule = 1e-3,
     betas: tuple[Number, Number] = (0.9, 0.999),
@@ -375,7 +424,8 @@ def adam(
     .. math::
 
         \\hat v_t = \\max_{s \\le t} v_s \\text{ if amsgrad else } v_t, \\quad
-        \\theta \\leftarrow \\theta - \\gamma \\frac{m_t / (1 - \\beta_1^t)}{\\sqrt{\\hat v_t / (1 - \\beta_2^t)} + \\varepsilon}
+        \\theta \\leftarrow \\theta - \\gamma
+        \\frac{m_t / (1 - \\beta_1^t)}{\\sqrt{\\hat v_t / (1 - \\beta_2^t)} + \\varepsilon}
 
     ``decoupled_weight_decay=True`` is :func:`adamw`. With ``amsgrad`` the
     maximum is over the raw second moment, corrected afterwards (PyTorch's
@@ -399,6 +449,7 @@ def adam(
     )
 
 
+@document_args(TORCH_ARGUMENTS, adam)
 def adamw(
     lr: ScalarOrSchedule = 1e-3,
     betas: tuple[Number, Number] = (0.9, 0.999),
@@ -415,15 +466,14 @@ def adamw(
     nu_dtype: StateDtype = None,
 ) -> GradientTransformation:
     """``torch.optim.AdamW``: :func:`adam`'s step plus decoupled decay,
-    :math:`\\theta \\leftarrow \\theta - \\gamma \\lambda \\theta - \\gamma \\hat m_t / (\\sqrt{\\hat v_t} + \\varepsilon)`.
+    :math:`\\theta \\leftarrow \\theta - \\gamma \\lambda \\theta - \\gamma \\hat m_t/(\\sqrt{\\hat v_t}+\\varepsilon)`.
 
     The default ``weight_decay`` is PyTorch's 1e-2 (Optax's ``adamw`` uses 1e-4).
     Recipe: :func:`adam`'s, with ``add_decayed_weights(weight_decay)`` after the scaling
     and no L2 term. ``mu_dtype`` and ``nu_dtype`` are additions to PyTorch.
 
     Args:
-        mu_dtype: storage of the first moment: a storage (see :mod:`jaxopt_zoo.storage`).
-        nu_dtype: storage of the second moment (and max): a storage (see :mod:`jaxopt_zoo.storage`).
+        weight_decay: :math:`\\lambda \\ge 0` (not a schedule), decoupled: the :math:`\\gamma \\lambda \\theta` above.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -435,6 +485,7 @@ def adamw(
     )
 
 
+@document_args(newton_schulz, scale_by_muon, TORCH_ARGUMENTS)
 def muon(
     lr: ScalarOrSchedule = 1e-3,
     weight_decay: Number = 0.1,
@@ -465,9 +516,9 @@ def muon(
     uses the plain :math:`\\gamma`. Recipe: Optax's transformation with PyTorch's options,
     ``chain(scale_by_muon(ns_coefficients, ns_steps, momentum, eps, mu_dtype, nesterov=nesterov,
     weight_dimension_numbers=MuonDimensionNumbers(1, 0), bias_correction=False, eps_floor=True,
-    fan_out_first=True, shape_scale="width" (or 0.2 for "match_rms_adamw"), ns_dtype=ns_dtype), add_decayed_weights(weight_decay),
-    scale_by_learning_rate(lr))`` (PyTorch's weights are (out, in): fan-in is axis 1). The state's
-    ``mu`` is PyTorch's ``momentum_buffer`` (also readable under that name).
+    fan_out_first=True, shape_scale="width" (or 0.2 for "match_rms_adamw"), ns_dtype=ns_dtype),
+    add_decayed_weights(weight_decay), scale_by_learning_rate(lr))`` (PyTorch's weights are (out, in): fan-in is
+    axis 1). The state's ``mu`` is PyTorch's ``momentum_buffer`` (also readable under that name).
 
     ``init`` raises, naming the leaf's path and shape, for a parameter that is
     not a real 2-D array, as PyTorch's constructor does; give the others another
@@ -486,8 +537,8 @@ def muon(
     (PyTorch checks ``ns_steps < 100`` at the first step); ``ns_coefficients`` whose
     iteration diverges on [0, 1] raise (PyTorch's updates are then inf or NaN);
     with ``eps=0`` a zero update stays 0 (PyTorch: NaN). The quintic's :math:`c A^2` is formed as :math:`(cA)A`
-    (Optax's grouping; PyTorch's ``addmm`` forms :math:`c(AA)`): equal up to rounding. ``mu_dtype`` (storage of the momentum
-    buffer, see :mod:`jaxopt_zoo.storage`) and ``layer_sharding``, ``axis_name`` and
+    (Optax's grouping; PyTorch's ``addmm`` forms :math:`c(AA)`): equal up to rounding. ``mu_dtype`` (storage of
+    the momentum buffer, see :mod:`jaxopt_zoo.storage`) and ``layer_sharding``, ``axis_name`` and
     ``partition_specs`` (sharded params; those of :func:`~jaxopt_zoo.scale_by_muon`) are additions.
     PyTorch's Muon has no ``maximize``, ``foreach`` or complex support, and neither has this.
 
@@ -500,10 +551,15 @@ def muon(
     instead of raising, and reshapes higher-rank ones given dimension numbers.
 
     Args:
+        weight_decay: :math:`\\lambda \\ge 0` (not a schedule), decoupled: the :math:`(1 - \\gamma \\lambda)` above.
+        momentum: :math:`\\mu \\ge 0`, the decay of the momentum buffer :math:`B_t`.
+        nesterov: ``True``: orthogonalise the blend :math:`\\tilde B_t` above, not :math:`B_t`.
+        adjust_lr_fn: the shape factor :math:`s` above: ``None`` or ``"original"``, or ``"match_rms_adamw"``
+            (anything else raises).
         ns_dtype: the floating dtype the Newton–Schulz iteration runs in (``None``: the update's).
         mu_dtype: storage of the momentum buffer: a storage (see :mod:`jaxopt_zoo.storage`).
-        layer_sharding, axis_name, partition_specs: orthogonalise each matrix whole on one device, as
-            :func:`~jaxopt_zoo.scale_by_muon` (inside ``shard_map``: all three).
+        layer_sharding: orthogonalise each matrix whole on one device, as :func:`~jaxopt_zoo.scale_by_muon`
+            (inside ``shard_map``: with ``axis_name`` and ``partition_specs``).
 
     Example:
         >>> import jax, jax.numpy as jnp, jaxopt_zoo as jz
@@ -538,6 +594,7 @@ def muon(
 
 
 @init_only("lr")
+@document_args(TORCH_ARGUMENTS)
 def rprop(
     lr: Number = 1e-2,
     etas: tuple[Number, Number] = (0.5, 1.2),
@@ -550,12 +607,14 @@ def rprop(
     step_size_dtype: StateDtype = None,
     prev_dtype: StateDtype = None,
 ) -> GradientTransformation:
-    """``torch.optim.Rprop``: with :math:`g \\leftarrow \\pm g`, :math:`s = \\operatorname{sign}(g) \\operatorname{sign}(g'_{t-1})`,
+    """``torch.optim.Rprop``: with :math:`g \\leftarrow \\pm g`,
+    :math:`s = \\operatorname{sign}(g) \\operatorname{sign}(g'_{t-1})`,
 
     .. math::
 
         \\Delta_t = \\operatorname{clip}(\\Delta_{t-1} \\cdot
-        (\\eta_+ \\text{ if } s > 0, \\ \\eta_- \\text{ if } s < 0, \\ 1 \\text{ else}), \\Gamma_{\\min}, \\Gamma_{\\max}),
+        (\\eta_+ \\text{ if } s > 0, \\ \\eta_- \\text{ if } s < 0, \\ 1 \\text{ else}),
+        \\Gamma_{\\min}, \\Gamma_{\\max}),
         \\quad g'_t = 0 \\text{ if } s < 0 \\text{ else } g, \\quad
         \\theta \\leftarrow \\theta - \\Delta_t \\operatorname{sign}(g'_t),
 
@@ -579,6 +638,11 @@ def rprop(
     clip the step sizes where the sign product is 0, and has no ``maximize``.
 
     Args:
+        lr: the initial step size :math:`\\Delta_0 \\ge 0`, a number (read by ``init`` only, as above).
+        etas: ``(etaminus, etaplus)``, :math:`0 < \\eta_- < 1 < \\eta_+`: the factors of a step size where the
+            gradient's sign flipped and where it held.
+        step_sizes: ``(min, max)``, :math:`0 \\le \\Gamma_{\\min} \\le \\Gamma_{\\max}`, both finite: the bounds of
+            every step size.
         step_size_dtype: storage of the per-element step sizes (non-negative): a storage (see
             :mod:`jaxopt_zoo.storage`). An addition to PyTorch.
         prev_dtype: storage of the previous gradient's sign (signed); ``jnp.bfloat16`` and
@@ -603,6 +667,7 @@ def rprop(
     return _frame(owner, maximize, 0, steps, scale(-1.0))
 
 
+@document_args(scale_by_asgd, average_iterates, TORCH_ARGUMENTS)
 def asgd(
     lr: ScalarOrSchedule = 1e-2,
     lambd: Number = 1e-4,
@@ -642,6 +707,9 @@ def asgd(
     finite. Optax has no ASGD.
 
     Args:
+        lr: :math:`\\gamma \\ge 0` of :math:`\\eta_t` above, or a schedule of the step count (a change of rate acts
+            one step later, as above).
+        weight_decay: :math:`w \\ge 0` (not a schedule): L2 decay, :math:`w \\theta` added to the gradient.
         ax_dtype: storage of the averaged parameters (signed): a storage (see
             :mod:`jaxopt_zoo.storage`). An addition to PyTorch.
 
@@ -680,6 +748,7 @@ def _decayed(
     return _recipe(owner, lr, maximize, 0, scaling, *decay)
 
 
+@document_args(scale_by_adamax, TORCH_ARGUMENTS)
 def adamax(
     lr: ScalarOrSchedule = 2e-3,
     betas: tuple[Number, Number] = (0.9, 0.999),
@@ -708,10 +777,6 @@ def adamax(
     ``eps=0`` the step is 0 where :math:`u_t = 0` (PyTorch: NaN); ``mu_dtype`` and ``nu_dtype``
     (storage of ``exp_avg`` and ``exp_inf``, see :mod:`jaxopt_zoo.storage`) are additions.
 
-    Args:
-        mu_dtype: storage of the first moment: a storage (see :mod:`jaxopt_zoo.storage`).
-        nu_dtype: storage of the infinity norm: a storage (see :mod:`jaxopt_zoo.storage`).
-
     Example:
         >>> import jaxopt_zoo as jz
         >>> tx = jz.torch.adamax(lr=2e-3, weight_decay=1e-4)
@@ -725,6 +790,7 @@ def adamax(
     return _recipe(owner, lr, maximize, weight_decay, scaling)
 
 
+@document_args(scale_by_scheduled_nadam, TORCH_ARGUMENTS)
 def nadam(
     lr: ScalarOrSchedule = 2e-3,
     betas: tuple[Number, Number] = (0.9, 0.999),
@@ -768,10 +834,6 @@ def nadam(
     with ``eps=0`` the step is 0 where the denominator is 0 (PyTorch: NaN). ``mu_dtype`` and
     ``nu_dtype`` are additions.
 
-    Args:
-        mu_dtype: storage of the first moment: a storage (see :mod:`jaxopt_zoo.storage`).
-        nu_dtype: storage of the second moment: a storage (see :mod:`jaxopt_zoo.storage`).
-
     Example:
         >>> import jaxopt_zoo as jz
         >>> tx = jz.torch.nadam(lr=2e-3, weight_decay=1e-2, decoupled_weight_decay=True)
@@ -786,6 +848,7 @@ def nadam(
     return _decayed(owner, lr, maximize, weight_decay, decoupled_weight_decay, scaling)
 
 
+@document_args(scale_by_radam, TORCH_ARGUMENTS)
 def radam(
     lr: ScalarOrSchedule = 1e-3,
     betas: tuple[Number, Number] = (0.9, 0.999),
@@ -829,10 +892,6 @@ def radam(
     accurate to float32's precision, where PyTorch uses Python floats; with ``eps=0`` the step is 0
     where :math:`v_t = 0` (PyTorch: NaN). ``mu_dtype`` and ``nu_dtype`` are additions.
 
-    Args:
-        mu_dtype: storage of the first moment: a storage (see :mod:`jaxopt_zoo.storage`).
-        nu_dtype: storage of the second moment: a storage (see :mod:`jaxopt_zoo.storage`).
-
     Example:
         >>> import jaxopt_zoo as jz
         >>> tx = jz.torch.radam(lr=1e-3, weight_decay=1e-2, decoupled_weight_decay=True)
@@ -850,6 +909,7 @@ def radam(
 # step size in transforms/factored.py, with the update-RMS clipping of transforms/clipping.py.
 
 
+@document_args(scale_by_factored_second_moment, TORCH_ARGUMENTS)
 def adafactor(
     lr: ScalarOrSchedule = 1e-2,
     beta2_decay: Number = -0.8,
@@ -908,8 +968,13 @@ def adafactor(
     :func:`split_real_and_imaginary`; wrap it to update their real and imaginary parts as real params).
 
     Args:
-        factors_dtype: storage of the row and column factors: a storage (see :mod:`jaxopt_zoo.storage`).
-        variance_dtype: storage of the full second moment of scalars and vectors, likewise.
+        lr: :math:`\\gamma \\ge 0`, or a schedule :math:`\\gamma_t` of the step count: the bound of :math:`\\rho_t`, and
+            the decay's rate.
+        eps: ``(eps1, eps2)``: :math:`\\varepsilon_1 \\ge 0` or ``None``, the floor of :math:`\\sqrt{\\hat V_t}`;
+            :math:`\\varepsilon_2 \\ge 0`, the floor of the parameters' RMS.
+        d: :math:`d \\ge 1`, the bound of the update's RMS.
+        weight_decay: :math:`\\lambda \\ge 0` (not a schedule), decoupled: the :math:`\\gamma_t \\lambda \\theta_{t-1}`
+            above.
         axis_name: inside ``shard_map``, the mesh axes the params may be sharded over, so that every
             RMS and every row or column mean is the whole array's (see :mod:`jaxopt_zoo.sharding`).
 

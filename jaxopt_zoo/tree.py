@@ -13,6 +13,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from jaxopt_zoo.docstrings import document_args
 from jaxopt_zoo.sharding import AxisName, sum_over_shards
 
 
@@ -178,7 +179,8 @@ def check_same_structure(owner: str, updates: Any, other: Any, other_name: str) 
         shapes = [None if u is None else (jnp.shape(u), jnp.shape(o)) for u, o in pairs]
         if all(pair is None or pair[0] == pair[1] for pair in shapes):
             return
-        wrong = [f"{path} {pair[0]} vs {pair[1]}" for path, pair in zip(_paths(updates), shapes) if pair and pair[0] != pair[1]]
+        wrong = [f"{path} {pair[0]} vs {pair[1]}" for path, pair in zip(_paths(updates), shapes)
+                 if pair and pair[0] != pair[1]]
         detail = f"shapes differ at {_listing(wrong)}"
     else:
         update_paths, other_paths = _paths(updates), _paths(other)
@@ -235,12 +237,20 @@ def update_moment(updates: Any, moments: Any, decay: jax.typing.ArrayLike, order
     The result has the promoted dtype of the gradient (float16 widened to
     float32) and the moment; the storage casts it back (see :mod:`jaxopt_zoo.storage`).
     Where an update is ``None`` the moment is kept as it is (Optax returns ``None`` there).
+
+    Args:
+        updates: the gradients :math:`g_t`, a tree (``None`` leaves allowed).
+        moments: the previous moments :math:`m_{t-1}`, a tree shaped like ``updates``.
+        decay: :math:`\\beta`, the weight of the previous moment (a number or scalar array, traced or not).
+        order: :math:`k`, the power of the gradient.
     """
     return map_state(lambda g, m: (1 - decay) * widen(g) ** order + decay * m, updates, moments)
 
 
+@document_args(update_moment)
 def update_moment_per_elem_norm(updates: Any, moments: Any, decay: jax.typing.ArrayLike, order: int) -> Any:
-    """Exponential moving average of :math:`|g|^k`: :math:`m_t = (1-\\beta) |g_t|^k + \\beta m_{t-1}` for even ``k``.
+    """Exponential moving average of :math:`|g|^k`: :math:`m_t = (1-\\beta) |g_t|^k + \\beta m_{t-1}` for even
+    ``k``.
 
     For real gradients and for odd ``k`` this is :func:`update_moment`; for
     complex gradients an even moment is a power of the modulus (as Optax forms
@@ -249,8 +259,14 @@ def update_moment_per_elem_norm(updates: Any, moments: Any, decay: jax.typing.Ar
     return map_state(lambda g, m: (1 - decay) * _power(widen(g), order) + decay * m, updates, moments)
 
 
-def update_infinity_moment(updates: Any, moments: Any, decay: jax.typing.ArrayLike, eps: jax.typing.ArrayLike) -> Any:
-    """The decayed running maximum of :math:`|g|`: :math:`u_t = \\max(|g_t| + \\epsilon, \\beta u_{t-1})` (Adamax)."""
+@document_args(update_moment)
+def update_infinity_moment(updates: Any, moments: Any, decay: jax.typing.ArrayLike,
+                           eps: jax.typing.ArrayLike) -> Any:
+    """The decayed running maximum of :math:`|g|`: :math:`u_t = \\max(|g_t| + \\epsilon, \\beta u_{t-1})` (Adamax).
+
+    Args:
+        eps: :math:`\\epsilon`, added to :math:`|g_t|`.
+    """
     return map_state(lambda g, u: jnp.maximum(jnp.abs(widen(g)) + eps, decay * u), updates, moments)
 
 
@@ -259,6 +275,12 @@ def bias_correction(moment: Any, decay: jax.typing.ArrayLike, count: jax.Array) 
 
     The scalar is formed in float32 (or wider) and only then cast to each
     moment's dtype, since :math:`\\beta^t` rounds to 1 in bfloat16.
+
+    Args:
+        moment: a tree of moments (``None`` leaves stay ``None``).
+        decay: :math:`\\beta`, the moments' decay (a number or scalar array).
+        count: :math:`t`, the step count as an array (usually the int32 ``count`` already incremented for this
+            step; at 0 the division is by 0).
     """
     correction = 1 - decay**count
     return jax.tree.map(lambda m: None if m is None else m / correction.astype(m.dtype), moment, is_leaf=is_none)
@@ -315,7 +337,8 @@ root = once_per_shape(root)  # per leaf of every step: its custom_jvp cost more 
 
 @jax.custom_jvp
 def cube_root(x: jax.Array) -> jax.Array:
-    """:math:`\\sqrt[3]{x}` for :math:`x \\ge 0` (a sum of squares), its derivative at 0 taken as 0 as :func:`root`'s."""
+    """:math:`\\sqrt[3]{x}` for :math:`x \\ge 0` (a sum of squares), its derivative at 0 taken as 0 as
+    :func:`root`'s."""
     return jnp.cbrt(x)
 
 
@@ -331,8 +354,9 @@ cube_root = once_per_shape(cube_root)
 
 
 def divide_unless_small(numerator: jax.Array, denominator: jax.Array, small: jax.typing.ArrayLike) -> jax.Array:
-    """:math:`n / d`, or 0 where :math:`d \\le` ``small``: the division by a small :math:`d` is never formed (a ``where``
-    around it would still give its NaN/inf slope to a gradient taken through the step). Elsewhere the bits of ``n / d``."""
+    """:math:`n / d`, or 0 where :math:`d \\le` ``small``: the division by a small :math:`d` is never formed (a
+    ``where`` around it would still give its NaN/inf slope to a gradient taken through the step). Elsewhere the bits
+    of ``n / d``."""
     tiny = denominator <= small
     return jnp.where(tiny, jnp.zeros_like(numerator), numerator / jnp.where(tiny, 1, denominator))
 
@@ -359,9 +383,12 @@ divide_with_finite_slope = once_per_shape(divide_with_finite_slope)
 def global_norm(updates: Any, axis_name: AxisName = None, owner: str = "global_norm") -> jax.Array:
     """The Euclidean norm of all leaves taken together: :math:`\\sqrt{\\sum_i \\|x_i\\|^2}`.
 
-    Inside ``shard_map``, ``axis_name`` names the mesh axes the leaves may be
-    sharded over; each leaf's sum of squares is summed over those of them it
-    varies along (see :mod:`jaxopt_zoo.sharding`).
+    Args:
+        updates: a tree of arrays (``None`` leaves are skipped).
+        axis_name: inside ``shard_map``, the mesh axes the leaves may be sharded over; each leaf's sum of
+            squares is summed over those of them it varies along (see :mod:`jaxopt_zoo.sharding`). Without it a
+            leaf that varies over a mesh axis raises; ``()`` asks for each shard's own norm.
+        owner: the name the error messages start with (the calling transformation's).
     """
     leaves = [x for x in jax.tree.leaves(updates) if x is not None]
     return root(sum_over_shards(owner, ((jnp.sum(abs_sq(x)), x) for x in leaves), axis_name))
@@ -388,12 +415,13 @@ def over_root(numerator: jax.Array, inner: jax.Array, eps: Any, guard: bool) -> 
 
 
 def moment_ratio(updates: Any, mu_hat: Any, nu_hat: Any, eps: Any, eps_root: Any, guard: bool = False) -> Any:
-    """Adam's direction :math:`\\hat m / (\\sqrt{\\hat v + \\epsilon_{root}} + \\epsilon)`, leaf by leaf; ``None`` updates
-    stay ``None``; ``guard`` as in :func:`over_root` (when both epsilons may be 0)."""
+    """Adam's direction :math:`\\hat m / (\\sqrt{\\hat v + \\epsilon_{root}} + \\epsilon)`, leaf by leaf; ``None``
+    updates stay ``None``; ``guard`` as in :func:`over_root` (when both epsilons may be 0)."""
     return map_updates(lambda g, m, v: over_root(m, v + eps_root, eps, guard), updates, mu_hat, nu_hat)
 
 
-def norm_at_least(x: jax.Array, min_norm: jax.typing.ArrayLike, axis_name: AxisName = None, owner: str = "norm_at_least") -> jax.Array:
+def norm_at_least(x: jax.Array, min_norm: jax.typing.ArrayLike, axis_name: AxisName = None,
+                  owner: str = "norm_at_least") -> jax.Array:
     """:math:`\\max(\\|x\\|, n_{min})` of a whole array (across its shards inside ``shard_map``), from one reduction.
 
     The square root is taken of 1 wherever the norm is clamped, so the gradient
@@ -466,10 +494,12 @@ def map_params(initable: Any, fn: Callable[..., Any], state: Any, *rest: Any,
     marked = init(_ParamsPlaceholder())
 
     def keep_encoding(is_encoded, path, old, new):
-        if is_encoded(old) and hasattr(new, "dtype") and (jnp.result_type(new) != jnp.result_type(old) or jnp.shape(new) != jnp.shape(old)):
+        if is_encoded(old) and hasattr(new, "dtype") and (jnp.result_type(new) != jnp.result_type(old)
+                                                           or jnp.shape(new) != jnp.shape(old)):
             raise ValueError(
                 f"map_params: the state leaf at {jax.tree_util.keystr(path) or '<root>'} holds encoded values "
-                f"({jnp.result_type(old)} codes {jnp.shape(old)}), and fn made it {jnp.result_type(new)} {jnp.shape(new)}, "
+                f"({jnp.result_type(old)} codes {jnp.shape(old)}), and fn made it {jnp.result_type(new)} "
+                f"{jnp.shape(new)}, "
                 "which would decode to other values. Map such leaves with a function that keeps their dtype and "
                 "shape, or build the optimizer with a floating storage (a dtype) for this moment."
             )

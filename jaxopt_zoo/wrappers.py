@@ -15,6 +15,7 @@ import numpy as np
 from jaxopt_zoo import storage, tree, validation
 from jaxopt_zoo.base import GradientTransformation, OptState, Params, Updates, check_state, safe_increment, zero_count
 from jaxopt_zoo.combine import as_transformation
+from jaxopt_zoo.docstrings import document_args
 from jaxopt_zoo.sharding import AxisName, sum_over_shards
 
 
@@ -169,6 +170,15 @@ def inject_hyperparams(
     hyperparameter array against a Python float. A stateful schedule among the
     arguments makes it :func:`inject_stateful_hyperparams`, as in Optax.
 
+    Args:
+        inner_factory: the function that builds the optimizer (``jz.adamw``, an Optax alias, one of your
+            own): its signature says which arguments there are; it is called once to check them, then
+            with the current hyperparameters at ``init`` and at every ``update``.
+        static_args: the name, or names, of ``inner_factory``'s arguments to pass as given, never injected
+            (say a count that it needs concrete); a name it does not take raises.
+        hyperparam_dtype: the dtype of the floating hyperparameters in the state (integer ones stay
+            integers); ``None``: float32, or float64 where a leaf of the params is float64.
+
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
         >>> tx = jz.inject_hyperparams(jz.adam)(learning_rate=1e-3)
@@ -241,6 +251,14 @@ def apply_if_finite(
     can still overflow a state (a gradient of 2e19 squares to infinity in
     Adam's second moment, freezing that parameter for good), so the new state
     is checked too, 8-bit moments through their codes.
+
+    Args:
+        inner: the optimizer to guard (an Optax one too).
+        max_consecutive_errors: how many non-finite steps in a row are skipped, at most (0 skips none):
+            a whole number in :math:`[0, 2^{31} - 1]`.
+        axis_name: ``None``, a mesh axis name or a tuple of them: inside ``shard_map``, the mesh axes the
+            updates and the inner state may be sharded over (``()`` lets each device decide on its
+            own shards).
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -454,6 +472,14 @@ def lookahead(
     Deviation from Optax: ``init`` given plain params raises (Optax warns and
     treats them as the fast params).
 
+    Args:
+        fast_optimizer: the optimizer of the fast weights, run at every step (an Optax one too).
+        sync_period: :math:`k`, the fast steps from one synchronisation to the next: a whole number in
+            :math:`[1, 2^{31} - 1]` (1 synchronises at every step).
+        slow_step_size: :math:`\\alpha \\in [0, 1]`, how far the slow weights move towards the fast ones
+            at a synchronisation (1: all the way; 0: not at all); may be traced.
+        reset_state: re-initialise the fast optimizer's state at each synchronisation; a bool.
+
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
         >>> tx = jz.lookahead(jz.adam(1e-3), sync_period=5, slow_step_size=0.5)
@@ -523,6 +549,10 @@ def ema_params(decay: float) -> GradientTransformation:
     kept in float32 at least: in bfloat16, :math:`\\beta = 0.999` rounds to 1 and
     the average would never move.
 
+    Args:
+        decay: :math:`\\beta \\in [0, 1]`, the weight of the average so far (0 copies the params, 1 keeps
+            the initial ones); may be traced.
+
     Example:
         >>> import jaxopt_zoo as jz
         >>> tx = jz.chain(jz.adamw(1e-3), jz.ema_params(0.999))
@@ -577,6 +607,12 @@ def swa_params(start: int = 1, every: int = 1) -> GradientTransformation:
     ``swa_start`` on, it is ``swa_params(swa_start * steps_per_epoch, every=steps_per_epoch)``.
     As there, batch-norm statistics are not averaged: recompute them with the average
     (PyTorch's ``update_bn``) before evaluating.
+
+    Args:
+        start: the first step whose params are averaged, counting the steps from 1: a whole number in
+            :math:`[1, 2^{31} - 1]`.
+        every: the steps from one averaged step to the next: a whole number in :math:`[1, 2^{31} - 1]`
+            (1 averages every step from ``start`` on).
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -667,6 +703,7 @@ def _is_stateful_schedule(value: Any) -> bool:
     return callable(value) and callable(getattr(value, "init", None)) and callable(getattr(value, "update", None))
 
 
+@document_args(inject_hyperparams)
 def inject_stateful_hyperparams(
     inner_factory: Callable[..., GradientTransformation],
     static_args: str | Iterable[str] = (),

@@ -298,6 +298,28 @@ def load_api_pages():
     return module
 
 
+def _public_functions() -> dict[str, object]:
+    """Every public function users call: the flat namespace's and ``jz.torch``'s (contrib's are the same objects)."""
+    named = {f"jz.{n}": getattr(jz, n) for n in jz.__all__} | {f"jz.torch.{n}": getattr(jz.torch, n)
+                                                                for n in jz.torch.__all__}
+    return {n: f for n, f in named.items() if inspect.isfunction(f)}
+
+
+def test_every_argument_of_a_public_function_is_described_in_its_args_section():
+    from jaxopt_zoo.docstrings import args_entries
+
+    undescribed = {}
+    for name, fn in _public_functions().items():
+        described = args_entries(fn)
+        missing = [p.name for p in inspect.signature(fn).parameters.values()
+                   if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and not described.get(p.name)]
+        if missing:
+            undescribed[name] = missing
+    assert not undescribed, (f"{sum(map(len, undescribed.values()))} arguments of {len(undescribed)} functions have no "
+                             f"entry in their Args: section (write one, or take it from a source with "
+                             f"jaxopt_zoo.docstrings.document_args): {undescribed}")
+
+
 def test_every_public_name_has_an_api_entry():
     api_pages = load_api_pages()
     assert api_pages.unplaced_modules() == [], "add these modules to FAMILIES in docs/api_pages.py"

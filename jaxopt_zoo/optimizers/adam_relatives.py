@@ -9,6 +9,7 @@ import jax
 from jaxopt_zoo import validation
 from jaxopt_zoo.base import GradientTransformation, Params, ScalarOrSchedule
 from jaxopt_zoo.combine import chain
+from jaxopt_zoo.docstrings import document_args
 from jaxopt_zoo.storage import StateDtype
 from jaxopt_zoo.transforms import (
     add_decayed_weights,
@@ -26,6 +27,7 @@ __all__ = ["adabelief", "adamax", "adamaxw", "adan", "radam", "yogi"]
 __all__ += ["acprop", "adopt"]
 
 
+@document_args(scale_by_adamax, scale_by_learning_rate)
 def adamax(
     learning_rate: ScalarOrSchedule,
     b1: jax.typing.ArrayLike = 0.9,
@@ -42,14 +44,6 @@ def adamax(
     scale_by_learning_rate(learning_rate))``; the rule and its deviations from Optax are those of
     :func:`jaxopt_zoo.scale_by_adamax`. ``mu_dtype`` and ``nu_dtype`` are additions to ``optax.adamax``.
 
-    Args:
-        learning_rate: :math:`\\alpha \\ge 0`, or a schedule of the step count.
-        b1: decay :math:`\\beta_1 \\in [0, 1)` of the first moment.
-        b2: decay :math:`\\beta_2 \\in [0, 1)` of the infinity norm.
-        eps: :math:`\\varepsilon \\ge 0`, added to :math:`|g_t|` inside the maximum.
-        mu_dtype: storage of the first moment: a storage (see :mod:`jaxopt_zoo.storage`).
-        nu_dtype: storage of the infinity norm, as for ``mu_dtype``.
-
     Example:
         >>> import jaxopt_zoo as jz
         >>> tx = jz.adamax(2e-3)
@@ -65,6 +59,7 @@ def adamax(
     )
 
 
+@document_args(scale_by_adamax, add_decayed_weights, scale_by_learning_rate)
 def adamaxw(
     learning_rate: ScalarOrSchedule,
     b1: jax.typing.ArrayLike = 0.9,
@@ -83,12 +78,6 @@ def adamaxw(
     ``chain(scale_by_adamax(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
     add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate))``, as
     ``optax.adamaxw``; ``mu_dtype`` and ``nu_dtype`` are additions.
-
-    Args:
-        weight_decay: :math:`\\lambda`, or a schedule of the step count.
-        mask: where to apply the decay; see :func:`jaxopt_zoo.add_decayed_weights`.
-        mu_dtype: storage of the first moment: a storage (see :mod:`jaxopt_zoo.storage`).
-        nu_dtype: storage of the infinity norm, as for ``mu_dtype``.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -114,6 +103,7 @@ def _adamax_options(owner: str, b1: Any, b2: Any, eps: Any, mu_dtype: Any, nu_dt
     validation.state_dtypes(owner, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
 
 
+@document_args(scale_by_radam, scale_by_learning_rate)
 def radam(
     learning_rate: ScalarOrSchedule,
     b1: jax.typing.ArrayLike = 0.9,
@@ -136,13 +126,6 @@ def radam(
     :func:`jaxopt_zoo.scale_by_radam`; ``mu_dtype`` and ``nu_dtype`` are additions. PyTorch's
     variant (:math:`\\varepsilon` before the bias correction) is ``jz.torch.radam``.
 
-    Args:
-        learning_rate: :math:`\\alpha \\ge 0`, or a schedule of the step count.
-        threshold: the :math:`\\rho_t` from which the step is rectified.
-        nesterov: use Nesterov momentum.
-        mu_dtype: storage of the first moment: a storage (see :mod:`jaxopt_zoo.storage`).
-        nu_dtype: storage of the second moment, as for ``mu_dtype``.
-
     Example:
         >>> import jaxopt_zoo as jz
         >>> tx = jz.radam(1e-3)
@@ -161,6 +144,7 @@ def radam(
     )
 
 
+@document_args(scale_by_yogi, scale_by_learning_rate)
 def yogi(
     learning_rate: ScalarOrSchedule,
     b1: jax.typing.ArrayLike = 0.9,
@@ -177,14 +161,6 @@ def yogi(
     Recipe: ``chain(scale_by_yogi(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
     scale_by_learning_rate(learning_rate))``, as ``optax.yogi`` (so ``eps_root=0`` and both moments
     start at 1e-6); see :func:`jaxopt_zoo.scale_by_yogi`. ``mu_dtype`` and ``nu_dtype`` are additions.
-
-    Args:
-        learning_rate: :math:`\\alpha \\ge 0`, or a schedule of the step count.
-        b1: decay :math:`\\beta_1 \\in [0, 1)` of the first moment.
-        b2: :math:`\\beta_2 \\in [0, 1)` of the additive second moment.
-        eps: :math:`\\varepsilon \\ge 0`, added outside the square root (Optax's default 1e-3).
-        mu_dtype: storage of the first moment: a storage (see :mod:`jaxopt_zoo.storage`).
-        nu_dtype: storage of the second moment, as for ``mu_dtype``.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -204,6 +180,7 @@ def yogi(
     )
 
 
+@document_args(scale_by_belief, scale_by_learning_rate)
 def adabelief(
     learning_rate: ScalarOrSchedule,
     b1: jax.typing.ArrayLike = 0.9,
@@ -224,12 +201,6 @@ def adabelief(
     defaults ``eps = eps_root = 1e-16`` differ from the paper's 1e-8 and 0); see
     :func:`jaxopt_zoo.scale_by_belief`. ``mu_dtype`` and ``nu_dtype`` are additions.
 
-    Args:
-        learning_rate: :math:`\\alpha \\ge 0`, or a schedule of the step count.
-        nesterov: use Nesterov momentum.
-        mu_dtype: storage of the first moment: a storage (see :mod:`jaxopt_zoo.storage`).
-        nu_dtype: storage of the second moment, as for ``mu_dtype``.
-
     Example:
         >>> import jaxopt_zoo as jz
         >>> tx = jz.adabelief(1e-3)
@@ -248,6 +219,7 @@ def adabelief(
     )
 
 
+@document_args(scale_by_adan, add_decayed_weights, scale_by_learning_rate)
 def adan(
     learning_rate: ScalarOrSchedule,
     b1: jax.typing.ArrayLike = 0.98,
@@ -274,9 +246,6 @@ def adan(
     which agrees to first order in :math:`\\lambda\\alpha`. The storage options are additions.
 
     Args:
-        learning_rate: :math:`\\alpha \\ge 0`, or a schedule of the step count.
-        weight_decay: :math:`\\lambda`, or a schedule of the step count.
-        mask: where to apply the decay; see :func:`jaxopt_zoo.add_decayed_weights`.
         m_dtype: storage of the gradient moment: a storage (see :mod:`jaxopt_zoo.storage`).
         v_dtype: storage of the gradient-difference moment, as for ``m_dtype``.
         n_dtype: storage of the squared moment, as for ``m_dtype``.
@@ -304,6 +273,7 @@ def adan(
     )
 
 
+@document_args(scale_by_adopt, scale_by_learning_rate)
 def adopt(
     learning_rate: ScalarOrSchedule,
     b1: jax.typing.ArrayLike = 0.9,
@@ -331,15 +301,7 @@ def adopt(
     raise at ``init``, where Optax's clip fails at the first update).
 
     Args:
-        learning_rate: :math:`\\alpha \\ge 0`, or a schedule of the step count.
-        b1: decay :math:`\\beta_1 \\in [0, 1)` of the momentum of normalised gradients.
-        b2: decay :math:`\\beta_2 \\in [0, 1)` of the second moment.
-        eps: :math:`\\varepsilon \\ge 0`, the floor of :math:`\\sqrt{v}`.
-        mu_dtype: storage of the momentum: a storage (see :mod:`jaxopt_zoo.storage`).
-        nesterov: use Nesterov momentum.
-        use_clipping: clip the normalised gradient to :math:`[-c_t, c_t]`.
         clip_value_fn: :math:`c_t` as a function of the int32 step count (default :math:`t^{1/4}`).
-        nu_dtype: storage of the second moment, as for ``mu_dtype``.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -369,6 +331,7 @@ def adopt(
     return validation.refusing_complex(owner, tx, why) if use_clipping else tx
 
 
+@document_args(scale_by_acprop, add_decayed_weights, scale_by_learning_rate)
 def acprop(
     learning_rate: ScalarOrSchedule,
     b1: jax.typing.ArrayLike = 0.9,
@@ -394,15 +357,7 @@ def acprop(
     :math:`m_{t-1}`; see :func:`jaxopt_zoo.scale_by_acprop`. ``mu_dtype`` and ``nu_dtype`` are additions.
 
     Args:
-        learning_rate: :math:`\\alpha \\ge 0`, or a schedule of the step count.
-        b1: decay :math:`\\beta_1 \\in (0, 1)` of the running mean (0 raises, as in :func:`scale_by_acprop`).
-        b2: decay :math:`\\beta_2 \\in [0, 1)` of the centred second moment.
-        eps: :math:`\\varepsilon \\ge 0`, added outside the square root.
         eps_root: :math:`\\bar\\varepsilon \\ge 0`, added to the second moment every step.
-        weight_decay: :math:`\\lambda \\ge 0`, or a schedule of the step count.
-        mask: where the weight decay applies; see :func:`jaxopt_zoo.add_decayed_weights`.
-        mu_dtype: storage of the running mean: a storage (see :mod:`jaxopt_zoo.storage`).
-        nu_dtype: storage of the centred second moment, as for ``mu_dtype``.
 
     Example:
         >>> from jaxopt_zoo.optimizers.adam_relatives import acprop

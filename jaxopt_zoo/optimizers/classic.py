@@ -7,7 +7,7 @@ from typing import Any, Callable
 import jax
 
 from jaxopt_zoo import validation
-from jaxopt_zoo.docstrings import document_args
+from jaxopt_zoo.docstrings import args_entries, document_args
 from jaxopt_zoo.base import GradientTransformation, Params, ScalarOrSchedule, identity, init_only
 from jaxopt_zoo.combine import chain, masked
 from jaxopt_zoo.storage import StateDtype
@@ -26,6 +26,16 @@ from jaxopt_zoo.transforms import (
 )
 from jaxopt_zoo.transforms.adaptive import check_rms_options
 
+# Options of several aliases whose transformations name them otherwise, or describe them in their own terms.
+_ALIAS_ARGUMENTS = {
+    "weight_decay_mask": "where the weight decay applies: the ``mask`` of :func:`~jaxopt_zoo.add_decayed_weights`\n"
+                         "(``None`` or ``True``: everywhere).",
+    "trust_ratio_mask": "where the trust ratio applies: the ``mask`` of :func:`~jaxopt_zoo.masked` (``True``:\n"
+                        "everywhere); elsewhere the update is not rescaled.",
+    "nesterov": "use Nesterov momentum: step by the momentum's input plus :math:`\\mu b_t` (see\n"
+                ":func:`~jaxopt_zoo.trace`).",
+}
+
 
 def sgd(
     learning_rate: ScalarOrSchedule,
@@ -39,7 +49,8 @@ def sgd(
 
         b_t = g_t + \\mu b_{t-1}, \\qquad
         \\theta_{t+1} = \\theta_t - \\alpha_t \\cdot
-        \\begin{cases} g_t + \\mu b_t & \\text{nesterov} \\\\ b_t & \\text{momentum} \\\\ g_t & \\text{no momentum.} \\end{cases}
+        \\begin{cases} g_t + \\mu b_t & \\text{nesterov} \\\\ b_t & \\text{momentum} \\\\
+        g_t & \\text{no momentum.} \\end{cases}
 
     Recipe: ``chain(trace(momentum, nesterov, accumulator_dtype=accumulator_dtype),
     scale_by_learning_rate(learning_rate))``. Deviations from Optax: ``nesterov=True``
@@ -85,7 +96,8 @@ def adam(
     nesterov: bool = False,
     nu_dtype: StateDtype = None,
 ) -> GradientTransformation:
-    """Adam (Kingma & Ba 2015): :math:`\\theta_{t+1} = \\theta_t - \\alpha_t \\hat m_t / (\\sqrt{\\hat v_t + \\bar\\varepsilon} + \\varepsilon)`.
+    """Adam (Kingma & Ba 2015):
+    :math:`\\theta_{t+1} = \\theta_t - \\alpha_t \\hat m_t / (\\sqrt{\\hat v_t + \\bar\\varepsilon} + \\varepsilon)`.
 
     The moments and their bias correction are those of :func:`jaxopt_zoo.scale_by_adam`.
     Recipe: ``chain(scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
@@ -112,6 +124,7 @@ def adam(
     )
 
 
+@document_args(scale_by_adam, add_decayed_weights, scale_by_learning_rate)
 def adamw(
     learning_rate: ScalarOrSchedule,
     b1: jax.typing.ArrayLike = 0.9,
@@ -138,11 +151,6 @@ def adamw(
     add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate))``.
     ``nu_dtype`` is an addition to Optax, and either storage may be ``Blockwise8Bit()``.
 
-    Args:
-        mu_dtype: storage of the first moment: a storage (see :mod:`jaxopt_zoo.storage`).
-        nu_dtype: storage of the second moment: a storage (see :mod:`jaxopt_zoo.storage`).
-        mask: where to apply the decay; see :func:`jaxopt_zoo.add_decayed_weights`.
-
     Example:
         >>> import jaxopt_zoo as jz
         >>> tx = jz.adamw(1e-3, weight_decay=1e-2)
@@ -162,6 +170,7 @@ def adamw(
     )
 
 
+@document_args(adam)
 def nadam(
     learning_rate: ScalarOrSchedule,
     b1: jax.typing.ArrayLike = 0.9,
@@ -184,10 +193,6 @@ def nadam(
     there), ``nesterov=False`` gives back plain Adam. ``nu_dtype`` is an addition
     to Optax, and either storage may be ``Blockwise8Bit()``.
 
-    Args:
-        mu_dtype: storage of the first moment: a storage (see :mod:`jaxopt_zoo.storage`).
-        nu_dtype: storage of the second moment: a storage (see :mod:`jaxopt_zoo.storage`).
-
     Example:
         >>> import jaxopt_zoo as jz
         >>> tx = jz.nadam(1e-3)
@@ -201,6 +206,7 @@ def nadam(
     return adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype)
 
 
+@document_args(adamw)
 def nadamw(
     learning_rate: ScalarOrSchedule,
     b1: jax.typing.ArrayLike = 0.9,
@@ -219,10 +225,6 @@ def nadamw(
     Recipe: ``adamw(..., nesterov=True)``. ``nu_dtype`` is an addition to Optax,
     and either storage may be ``Blockwise8Bit()``.
 
-    Args:
-        mu_dtype: storage of the first moment: a storage (see :mod:`jaxopt_zoo.storage`).
-        nu_dtype: storage of the second moment: a storage (see :mod:`jaxopt_zoo.storage`).
-
     Example:
         >>> import jaxopt_zoo as jz
         >>> tx = jz.nadamw(1e-3, weight_decay=1e-2)
@@ -239,6 +241,7 @@ def nadamw(
     )
 
 
+@document_args(scale_by_amsgrad, scale_by_learning_rate)
 def amsgrad(
     learning_rate: ScalarOrSchedule,
     b1: jax.typing.ArrayLike = 0.9,
@@ -253,16 +256,13 @@ def amsgrad(
 ) -> GradientTransformation:
     """AMSGrad (Reddi et al. 2018) in Optax's convention: the maximum is over bias-corrected :math:`v_t`.
 
-    :math:`\\theta_{t+1} = \\theta_t - \\alpha_t \\hat m_t / (\\sqrt{\\hat v^{\\max}_t + \\bar\\varepsilon} + \\varepsilon)`,
+    :math:`\\theta_{t+1} = \\theta_t - \\alpha_t \\hat m_t
+    / (\\sqrt{\\hat v^{\\max}_t + \\bar\\varepsilon} + \\varepsilon)`,
     :math:`\\hat v^{\\max}_t = \\max(\\hat v^{\\max}_{t-1}, v_t / (1 - \\beta_2^t))`. For PyTorch's
     convention use :func:`jaxopt_zoo.torch.adam` with ``amsgrad=True``.
     Recipe: ``chain(scale_by_amsgrad(b1, b2, eps, eps_root, mu_dtype, bias_correction_mu,
     bias_correction_nu, nu_dtype=nu_dtype), scale_by_learning_rate(learning_rate))``.
     ``nu_dtype`` is an addition to Optax, and either storage may be ``Blockwise8Bit()``.
-
-    Args:
-        mu_dtype: storage of the first moment: a storage (see :mod:`jaxopt_zoo.storage`).
-        nu_dtype: storage of nu and nu_max: a storage (see :mod:`jaxopt_zoo.storage`).
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -283,6 +283,7 @@ def amsgrad(
 
 
 @init_only("initial_accumulator_value")
+@document_args(scale_by_rss, scale_by_learning_rate)
 def adagrad(
     learning_rate: ScalarOrSchedule,
     initial_accumulator_value: jax.typing.ArrayLike = 0.1,
@@ -290,7 +291,8 @@ def adagrad(
     *,
     accumulator_dtype: StateDtype = None,
 ) -> GradientTransformation:
-    """Adagrad (Duchi et al. 2011): :math:`\\theta_{t+1} = \\theta_t - \\alpha_t g_t / \\sqrt{a + \\sum_{s \\le t} g_s^2 + \\varepsilon}`.
+    """Adagrad (Duchi et al. 2011):
+    :math:`\\theta_{t+1} = \\theta_t - \\alpha_t g_t / \\sqrt{a + \\sum_{s \\le t} g_s^2 + \\varepsilon}`.
 
     Recipe: ``chain(scale_by_rss(initial_accumulator_value, eps, accumulator_dtype=accumulator_dtype),
     scale_by_learning_rate(learning_rate))``. ``accumulator_dtype`` is an addition to Optax.
@@ -317,6 +319,7 @@ def adagrad(
     )
 
 
+@document_args(scale_by_adadelta, add_decayed_weights, scale_by_learning_rate, _ALIAS_ARGUMENTS)
 def adadelta(
     learning_rate: ScalarOrSchedule | None = None,
     rho: jax.typing.ArrayLike = 0.9,
@@ -326,7 +329,8 @@ def adadelta(
     *,
     accumulator_dtype: StateDtype = None,
 ) -> GradientTransformation:
-    """Adadelta (Zeiler 2012): :math:`\\theta_{t+1} = \\theta_t - \\alpha_t u_t` with :math:`u_t` from :func:`scale_by_adadelta`.
+    """Adadelta (Zeiler 2012): :math:`\\theta_{t+1} = \\theta_t - \\alpha_t u_t` with :math:`u_t` from
+    :func:`scale_by_adadelta`.
 
     The weight decay is added to the gradient first (L2, as in Optax and PyTorch).
     Recipe: ``chain(add_decayed_weights(weight_decay, weight_decay_mask),
@@ -338,9 +342,6 @@ def adadelta(
     Optax accepts ``eps=0``, with which every step is 0 (see :func:`scale_by_adadelta`).
     Deviation from Optax for complex params: :math:`g^2` is :math:`|g|^2`, so both running means
     are real (Optax squares the complex number, so its "mean square" is complex).
-
-    Args:
-        accumulator_dtype: storage of both running means: a storage (see :mod:`jaxopt_zoo.storage`).
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -362,6 +363,7 @@ def adadelta(
 
 
 @init_only("initial_scale")
+@document_args(scale_by_rms, scale_by_learning_rate, _ALIAS_ARGUMENTS)
 def rmsprop(
     learning_rate: ScalarOrSchedule,
     decay: jax.typing.ArrayLike = 0.9,
@@ -396,6 +398,8 @@ def rmsprop(
     (Optax ignores it silently), as in :func:`sgd`.
 
     Args:
+        centered: scale by :func:`scale_by_stddev` (centered RMSprop) instead of :func:`scale_by_rms`.
+        momentum: :math:`\\mu \\ge 0`, the momentum applied after the learning rate; ``None`` for none.
         nu_dtype: storage of the mean square: a storage (see :mod:`jaxopt_zoo.storage`).
         mu_dtype: storage of the mean (``centered`` only): a storage (see :mod:`jaxopt_zoo.storage`).
         accumulator_dtype: storage of the momentum buffer: a storage (see :mod:`jaxopt_zoo.storage`).
@@ -427,6 +431,8 @@ def rmsprop(
     )
 
 
+@document_args(add_decayed_weights, scale_by_trust_ratio, scale_by_learning_rate, _ALIAS_ARGUMENTS, trace,
+               momentum=args_entries(trace)["decay"])
 def lars(
     learning_rate: ScalarOrSchedule,
     weight_decay: ScalarOrSchedule = 0.0,
@@ -442,7 +448,8 @@ def lars(
 ) -> GradientTransformation:
     """LARS (You et al. 2017): SGD with momentum on layer-wise trust-ratio-scaled steps.
 
-    For each parameter leaf :math:`\\theta` (with :math:`\\lambda` the weight decay, :math:`\\eta` the trust coefficient):
+    For each parameter leaf :math:`\\theta` (with :math:`\\lambda` the weight decay, :math:`\\eta` the trust
+    coefficient):
 
     .. math::
 
@@ -483,6 +490,7 @@ def lars(
     )
 
 
+@document_args(scale_by_adam, add_decayed_weights, scale_by_trust_ratio, scale_by_learning_rate)
 def lamb(
     learning_rate: ScalarOrSchedule,
     b1: jax.typing.ArrayLike = 0.9,
@@ -513,10 +521,6 @@ def lamb(
     ``axis_name`` (an addition to Optax) makes the norms exact inside
     ``shard_map``; see :func:`scale_by_trust_ratio`. ``mu_dtype`` and ``nu_dtype``
     are additions to Optax.
-
-    Args:
-        mu_dtype: storage of the first moment: a storage (see :mod:`jaxopt_zoo.storage`).
-        nu_dtype: storage of the second moment: a storage (see :mod:`jaxopt_zoo.storage`).
 
     Example:
         >>> import jaxopt_zoo as jz

@@ -15,6 +15,7 @@ import jax
 
 from jaxopt_zoo import validation
 from jaxopt_zoo.base import GradientTransformation, ScalarOrSchedule, init_only
+from jaxopt_zoo.docstrings import document_args
 from jaxopt_zoo.sharding import AxisName
 from jaxopt_zoo.storage import StateDtype
 from jaxopt_zoo.transforms.d_adaptation import (
@@ -28,6 +29,7 @@ from jaxopt_zoo.transforms.d_adaptation import (
 __all__ = ["dadapt_adamw", "prodigy"]
 
 
+@document_args(scale_by_prodigy)
 def prodigy(
     learning_rate: ScalarOrSchedule = 1.0,
     betas: tuple[jax.typing.ArrayLike, jax.typing.ArrayLike] = (0.9, 0.999),
@@ -60,18 +62,6 @@ def prodigy(
     numbers raise here, naming the argument. Additions: storages for the four per-parameter states
     (``params0_dtype`` not 8-bit: see the transformation) and ``axis_name`` for ``shard_map``.
 
-    Args:
-        learning_rate: :math:`\\alpha_t \\ge 0`, a number or a schedule of the step count (1 is the base).
-        betas: :math:`(\\beta_1, \\beta_2)`, each in [0, 1).
-        beta3: :math:`\\beta_3 \\in [0, 1)`, the decay of the estimate's sums; ``None`` for :math:`\\sqrt{\\beta_2}`.
-        eps: :math:`\\epsilon \\ge 0` (times :math:`d_t` in the denominator).
-        estim_lr0: :math:`d_0 > 0`, the first under-estimate.
-        estim_lr_coef: :math:`c > 0`, a factor on each new estimate.
-        weight_decay: :math:`w \\ge 0`, decoupled weight decay (times :math:`d_t \\alpha_t`).
-        safeguard_warmup: leave :math:`\\alpha_t` out of the estimate's denominator (for warmups).
-        exp_avg_dtype, exp_avg_sq_dtype, grad_sum_dtype, params0_dtype: storages (see :mod:`jaxopt_zoo.storage`).
-        axis_name: inside ``shard_map``, the mesh axes the params may be sharded over.
-
     Example:
         >>> import jaxopt_zoo as jz
         >>> tx = jz.prodigy(jz.cosine_decay_schedule(1.0, 1000), weight_decay=1e-2)
@@ -90,6 +80,7 @@ def prodigy(
 
 
 @init_only("estim_lr0")
+@document_args(scale_by_dadapt_adamw)
 def dadapt_adamw(
     learning_rate: ScalarOrSchedule = 1.0,
     betas: tuple[jax.typing.ArrayLike, jax.typing.ArrayLike] = (0.9, 0.999),
@@ -115,15 +106,6 @@ def dadapt_adamw(
     float32 at least (Optax's are bfloat16 with bfloat16 params); ``eps=0`` gives 0, not NaN, where every
     gradient was 0; complex params raise; ``None`` updates keep their state; bad numbers raise here,
     naming the argument. Additions: storages for the three per-parameter moments and ``axis_name``.
-
-    Args:
-        learning_rate: :math:`\\alpha_t \\ge 0`, a number or a schedule of the step count (1 is the base).
-        betas: :math:`(\\beta_1, \\beta_2)`, each in [0, 1).
-        eps: :math:`\\epsilon \\ge 0`, added to :math:`\\sqrt{v}`.
-        estim_lr0: :math:`d_0 > 0`, the first under-estimate.
-        weight_decay: :math:`w \\ge 0`, decoupled weight decay (times :math:`d_t \\alpha_t`).
-        exp_avg_dtype, exp_avg_sq_dtype, grad_sum_dtype: storages (see :mod:`jaxopt_zoo.storage`).
-        axis_name: inside ``shard_map``, the mesh axes the params may be sharded over.
 
     Example:
         >>> import jaxopt_zoo as jz

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, init_only, safe_increment, zero_count
+from jaxopt_zoo.docstrings import document_args
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
 
 
@@ -85,8 +86,8 @@ def scale_by_adam(
             ``eps`` (below 1.18e-38, flushed to 0 by the hardware) raises.
         eps_root: :math:`\\bar\\varepsilon \\ge 0`, added inside the square root
             (keeps the gradient of the update finite when differentiating through it).
-        mu_dtype: storage of the first moment: ``None`` (the params' dtype), a
-            floating dtype, or :class:`~jaxopt_zoo.quantization.Blockwise8Bit` (8 bits).
+        mu_dtype: storage of the first moment: ``None`` (the params' dtype), a floating dtype, or a
+            storage such as :class:`~jaxopt_zoo.quantization.Blockwise8Bit` (8 bits; see :mod:`jaxopt_zoo.storage`).
         nesterov: use Nesterov momentum (NAdam).
         nu_dtype: storage of the second moment, as for ``mu_dtype``.
         bias_correction: divide the moments by :math:`1 - \\beta^t` (an addition to Optax's).
@@ -150,6 +151,7 @@ class ScaleByAmsgradState(NamedTuple):
     nu_max: Updates
 
 
+@document_args(scale_by_adam)
 def scale_by_amsgrad(
     b1: jax.typing.ArrayLike = 0.9,
     b2: jax.typing.ArrayLike = 0.999,
@@ -177,15 +179,18 @@ def scale_by_amsgrad(
         u_t = \\hat m_t / \\big(\\sqrt{\\hat v_t + \\bar\\varepsilon} + \\varepsilon\\big), \\qquad
         \\hat m_t = m_t / (1 - \\beta_1^t).
 
-    ``bias_correction_mu=False`` / ``bias_correction_nu=False`` drop the
-    corrections (the paper's original form). With the defaults this is
-    numerically ``optax.scale_by_amsgrad`` (as in :func:`scale_by_adam`, ``eps = eps_root = 0``
-    gives 0, not NaN, where the denominator is 0, and a denormal eps raises); ``correct_after_max=True`` is
+    With the defaults this is numerically ``optax.scale_by_amsgrad`` (as in :func:`scale_by_adam`,
+    ``eps = eps_root = 0`` gives 0, not NaN, where the denominator is 0, and a denormal eps raises);
+    ``correct_after_max=True`` is
     ``torch.optim.Adam(amsgrad=True)``, whose stored maximum is of the raw
     :math:`v_t` (an addition to Optax). A ``None`` update keeps its state.
-    ``mu_dtype`` stores the first moment and ``nu_dtype`` (an addition to
-    Optax) both ``nu`` and ``nu_max``: ``None`` (the params' dtype), a floating
-    dtype, or :class:`~jaxopt_zoo.quantization.Blockwise8Bit`.
+
+    Args:
+        bias_correction_mu: divide :math:`m_t` by :math:`1 - \\beta_1^t`; ``False`` drops the correction
+            (the paper's original form).
+        bias_correction_nu: divide by :math:`c_t`; ``False`` drops it, as for ``bias_correction_mu``.
+        correct_after_max: keep the maximum of the raw :math:`v_t` and correct it after (PyTorch's form above).
+        nu_dtype: storage of both ``nu`` and ``nu_max``, as for ``mu_dtype`` (an addition to Optax).
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -231,7 +236,8 @@ def scale_by_amsgrad(
 
 
 class ScaleByRssState(NamedTuple):
-    """The running sum of squared gradients (Adagrad's accumulator); ``count``: see :func:`~jaxopt_zoo.storage.with_storage`."""
+    """The running sum of squared gradients (Adagrad's accumulator); ``count``: see
+    :func:`~jaxopt_zoo.storage.with_storage`."""
 
     sum_of_squares: Updates
     count: jax.Array | None = None
@@ -261,8 +267,7 @@ def scale_by_rss(
         initial_accumulator_value: :math:`a \\ge 0` (Optax's default 0.1; PyTorch's 0).
         eps: :math:`\\varepsilon \\ge 0`.
         eps_in_sqrt: add :math:`\\varepsilon` inside the square root.
-        accumulator_dtype: storage of :math:`s`: ``None`` (the params' dtype), a floating
-            dtype, or :class:`~jaxopt_zoo.quantization.Blockwise8Bit` (an addition to Optax).
+        accumulator_dtype: storage of :math:`s`: a storage (see :mod:`jaxopt_zoo.storage`); an addition to Optax.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -306,7 +311,8 @@ class ScaleByRmsWithCountState(NamedTuple):
 
 
 class ScaleByRStdDevState(NamedTuple):
-    """Running means of the gradients (``mu``) and of their squares (``nu``); ``count``: see :func:`~jaxopt_zoo.storage.with_storage`."""
+    """Running means of the gradients (``mu``) and of their squares (``nu``); ``count``: see
+    :func:`~jaxopt_zoo.storage.with_storage`."""
 
     mu: Updates
     nu: Updates
@@ -411,9 +417,16 @@ def scale_by_rms(
     ``initial_scale > 0``: from 0, v stays 0 and Optax steps g / eps). With ``eps=0``
     the update is 0 where :math:`\\hat v_t = 0` (all gradients so far zero), where
     Optax and PyTorch give NaN (:math:`0 \\cdot \\infty`): a deliberate difference that
-    changes no number for ``eps > 0``; a denormal ``eps`` raises. ``nu_dtype``
-    (an addition to Optax) stores :math:`v`: ``None`` (the params' dtype), a
-    floating dtype, or :class:`~jaxopt_zoo.quantization.Blockwise8Bit`.
+    changes no number for ``eps > 0``; a denormal ``eps`` raises.
+
+    Args:
+        decay: :math:`\\rho \\in [0, 1]`, the decay of each running mean (1 only with ``initial_scale > 0``
+            and without ``bias_correction``, whose :math:`1 - \\rho^t` would be 0).
+        eps: :math:`\\varepsilon \\ge 0`, added inside the square root or outside it, as ``eps_in_sqrt`` says.
+        initial_scale: :math:`v_{\\text{init}} \\ge 0`, the mean square's starting value :math:`v_0` (PyTorch's is 0).
+        eps_in_sqrt: add :math:`\\varepsilon` inside the square root (Optax); ``False`` adds it outside (PyTorch).
+        bias_correction: divide each running mean by :math:`1 - \\rho^t` (the state then counts the steps).
+        nu_dtype: storage of :math:`v`: a storage (see :mod:`jaxopt_zoo.storage`); an addition to Optax.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -428,6 +441,7 @@ def scale_by_rms(
 
 
 @init_only("initial_scale")
+@document_args(scale_by_rms)
 def scale_by_stddev(
     decay: jax.typing.ArrayLike = 0.9,
     eps: jax.typing.ArrayLike = 1e-8,
@@ -454,8 +468,9 @@ def scale_by_stddev(
     The variance :math:`\\hat v_t - \\hat m_t^2` is clamped at 0: where the gradients barely vary it
     can round below 0, and below :math:`-\\varepsilon` Optax's step is NaN (a steady gradient of
     20,000 entries did so in 10% of them after 129 steps; with ``decay=0`` on the first step).
-    ``mu_dtype`` and ``nu_dtype`` (additions to Optax) store :math:`m` and
-    :math:`v`, as in :func:`scale_by_rms`.
+
+    Args:
+        mu_dtype: storage of :math:`m`, as for ``nu_dtype`` (an addition to Optax).
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -495,8 +510,12 @@ def scale_by_adadelta(
     (or NaN for a zero gradient). Optax and PyTorch accept ``eps=0``; here it
     raises. Deviation from Optax: for complex gradients :math:`g^2` is
     :math:`|g|^2` (Optax squares the complex number, so its "mean square" is complex).
-    ``accumulator_dtype`` (an addition) stores both running means: ``None``
-    (the params' dtype), a floating dtype, or :class:`~jaxopt_zoo.quantization.Blockwise8Bit`.
+
+    Args:
+        rho: :math:`\\rho \\in [0, 1]`, the decay of both running means.
+        eps: :math:`\\varepsilon > 0`, added inside both square roots.
+        accumulator_dtype: storage of both running means: a storage (see :mod:`jaxopt_zoo.storage`); an
+            addition to Optax.
 
     Example:
         >>> import jaxopt_zoo as jz

@@ -30,7 +30,8 @@ class ScaleByAsgdState(NamedTuple):
 def scale_by_asgd(
     learning_rate: ScalarOrSchedule = 1e-2, lambd: jax.typing.ArrayLike = 1e-4, alpha: jax.typing.ArrayLike = 0.75
 ) -> GradientTransformation:
-    """ASGD's step (Bottou 2012's schedule, as ``torch.optim.ASGD`` takes it): :math:`u_t = \\eta_t (g_t + \\lambda \\theta_t)`.
+    """ASGD's step (Bottou 2012's schedule, as ``torch.optim.ASGD`` takes it):
+    :math:`u_t = \\eta_t (g_t + \\lambda \\theta_t)`.
 
     .. math::
 
@@ -168,6 +169,9 @@ def averaged_params(state: OptState) -> Params:
     ...). Stored leaves are decoded (8-bit codes and bfloat16 with stochastic
     rounding read as float32), and complex params split by
     :func:`~jaxopt_zoo.split_real_and_imaginary` come back complex. Before the first step the average is 0.
+
+    Args:
+        state: an optimizer state holding exactly one :func:`average_iterates` state (else a ``ValueError``).
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz

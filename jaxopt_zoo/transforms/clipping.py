@@ -11,6 +11,7 @@ import numpy as np
 
 from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import GradientTransformation, init_empty_state
+from jaxopt_zoo.docstrings import document_args
 from jaxopt_zoo.sharding import AxisName, manual_context, axis_size, require_whole_arrays, sum_over_shards, varying_axes
 
 
@@ -22,6 +23,10 @@ def clip(max_delta: jax.typing.ArrayLike) -> GradientTransformation:
     orders numbers, and complex ones have no order. Wrapped in
     :func:`~jaxopt_zoo.split_real_and_imaginary` it clips the real and imaginary parts apart;
     :func:`clip_by_global_norm` and :func:`clip_by_block_rms` bound the modulus instead.
+
+    Args:
+        max_delta: :math:`\\delta \\ge 0`, the largest magnitude a coordinate keeps (a number or scalar array;
+            a negative one raises ``ValueError``).
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
@@ -49,8 +54,11 @@ def clip_by_block_rms(threshold: jax.typing.ArrayLike, *, axis_name: AxisName = 
     """Rescale each leaf whose root mean square exceeds the threshold:
     :math:`u = g / \\max\\big(1, \\operatorname{rms}(g) / c\\big)`.
 
-    ``axis_name`` (an addition to Optax): inside ``shard_map``, the mesh axes
-    the leaves may be sharded over, so each RMS is the whole leaf's.
+    Args:
+        threshold: :math:`c > 0`, the largest root mean square a leaf keeps (else ``ValueError``).
+        axis_name: (an addition to Optax) inside ``shard_map``, the mesh axes the leaves may be sharded over
+            (a name or a tuple of names), so each RMS is the whole leaf's; without it a leaf that varies over a
+            mesh axis raises, and ``()`` asks for each shard's own RMS.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -85,11 +93,15 @@ def clip_by_global_norm(max_norm: jax.typing.ArrayLike, *, axis_name: AxisName =
     at ``max_norm = 0`` (given, injected or reached by a schedule) every update
     is 0, where Optax's is NaN for zero gradients.
 
-    Under ``jit`` with sharded arrays the norm is exact as it is. Inside
-    ``shard_map`` (an addition to Optax, whose norm there is silently the local
-    shard's), pass ``axis_name``, the mesh axes the updates may be sharded
-    over: each leaf's sum of squares is summed over those it varies along.
-    Without ``axis_name``, updates that vary over a mesh axis raise.
+    Under ``jit`` with sharded arrays the norm is exact as it is; inside ``shard_map`` pass ``axis_name``.
+
+    Args:
+        max_norm: :math:`c \\ge 0`, the largest global norm the updates keep (a number or scalar array; a
+            negative one raises ``ValueError``).
+        axis_name: inside ``shard_map`` (an addition to Optax, whose norm there is silently the local shard's),
+            the mesh axes the updates may be sharded over (a name or a tuple of names): each leaf's sum of squares
+            is summed over those it varies along. Without ``axis_name``, updates that vary over a mesh axis
+            raise; ``()`` asks for each shard's own norm.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -118,9 +130,12 @@ def clip_by_global_norm(max_norm: jax.typing.ArrayLike, *, axis_name: AxisName =
 def unitwise_norm(x: jax.Array, axis: int | tuple[int, ...] | None = None) -> jax.Array:
     """The norm of each output unit of a weight, broadcast to ``x``'s shape (for :func:`adaptive_grad_clip`).
 
-    Without ``axis``: the whole array for scalars and vectors, axis 0 for
-    matrices and 3-D (multi-head) weights, all but the last axis for 4-D and 5-D
-    convolution kernels (HWIO, DHWIO).
+    Args:
+        x: a weight or its gradient (complex entries count by their modulus).
+        axis: the axes each unit's norm is taken over (each index along the remaining axes is a unit).
+            Without ``axis``: the whole array for scalars and vectors (size-1 dimensions aside), axis 0 for
+            matrices and 3-D (multi-head) weights, all but the last axis for 4-D and 5-D convolution kernels
+            (HWIO, DHWIO); other ranks raise ``ValueError``.
     """
     # Broadcast into x's own sharding: under Explicit mesh axes a plain broadcast
     # would be unsharded, and mixing it with x would be a sharding error.
@@ -145,14 +160,23 @@ def _unit_norms(x: jax.Array, axis: int | tuple[int, ...] | None) -> jax.Array:
 
 
 def unitwise_clip(
-    g_norm: jax.typing.ArrayLike, max_norm: jax.typing.ArrayLike, grad: jax.typing.ArrayLike, div_eps: jax.typing.ArrayLike = 1e-6
+    g_norm: jax.typing.ArrayLike,
+    max_norm: jax.typing.ArrayLike,
+    grad: jax.typing.ArrayLike,
+    div_eps: jax.typing.ArrayLike = 1e-6,
 ) -> jax.Array:
     """Rescale each unit of ``grad`` whose norm reaches ``max_norm`` to that norm: :math:`g \\min(1, m/\\|g\\|)`.
 
-    ``g_norm`` and ``max_norm`` are per-unit norms broadcast to ``grad``'s shape
-    (see :func:`unitwise_norm`); ``div_eps`` only guards the division, and where
-    it could act the gradient is kept anyway. Optax's function of the same name;
-    shapes that differ raise.
+    Optax's function of the same name; shapes that differ raise ``ValueError``.
+
+    Args:
+        g_norm: the norm of ``grad``'s unit at each element, broadcast to ``grad``'s shape (see
+            :func:`unitwise_norm`).
+        max_norm: the largest norm of each unit, shaped like ``grad`` too.
+        grad: the gradient array to clip.
+        div_eps: the least divisor: where a unit is clipped its scale is ``max_norm / max(g_norm, div_eps)``. It
+            only guards the division, and acts only where ``max_norm <= g_norm < div_eps`` (the unit then ends
+            below ``max_norm``); elsewhere the gradient is kept or scaled to ``max_norm``.
 
     Example:
         >>> import jax.numpy as jnp
@@ -169,6 +193,7 @@ def unitwise_clip(
     return jnp.where(g_norm < max_norm, grad, grad * (max_norm / jnp.maximum(g_norm, div_eps)))
 
 
+@document_args(unitwise_norm)
 def adaptive_grad_clip(
     clipping: jax.typing.ArrayLike, eps: jax.typing.ArrayLike = 1e-3, axis: int | tuple[int, ...] | None = None
 ) -> GradientTransformation:
@@ -183,7 +208,13 @@ def adaptive_grad_clip(
 
     Inside ``shard_map``, where a shard may hold whole units or parts of them
     and nothing tells which, arrays that vary over a mesh axis raise; use it
-    under ``jit`` with sharded arrays, where it is exact.
+    under ``jit`` with sharded arrays, where it is exact. ``update`` needs the
+    params (it raises without them).
+
+    Args:
+        clipping: :math:`\\lambda \\ge 0`, the largest ratio of a unit's gradient norm to its parameter norm.
+        eps: :math:`\\varepsilon \\ge 0`, the least parameter norm a unit is given (so that units at zero, such
+            as freshly zeroed biases, still move).
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -276,14 +307,17 @@ def per_example_global_norm_clip(
     function, not a transformation; numerically ``optax.per_example_global_norm_clip``.
     ``None`` leaves stay ``None``.
 
-    ``axis_name`` (an addition to Optax): inside ``shard_map``, the mesh axes
-    the per-example gradients' *feature* axes (1 and up) may be split over;
-    each example's squared norm is summed over those a leaf varies along, so
-    it is the whole example's. Other axes a leaf varies along are taken to
-    split the batch (each device then holds whole examples), and the returned
-    sums and counts are that device's: ``psum`` them over those axes yourself.
-    Without ``axis_name`` a leaf split over any mesh axis raises; with only
-    the batch split, ``axis_name=()`` says so. Needs ``check_vma=True``.
+    Args:
+        grads: a tree of per-example gradients: axis 0 of every leaf that is not ``None`` indexes the examples,
+            the same number in every leaf (else ``ValueError``).
+        l2_norm_clip: :math:`C \\ge 0`, the largest global norm an example keeps (``inf``: no clipping; a
+            negative or NaN one raises ``ValueError``).
+        axis_name: (an addition to Optax) inside ``shard_map``, the mesh axes the per-example gradients'
+            *feature* axes (1 and up) may be split over; each example's squared norm is summed over those a leaf
+            varies along, so it is the whole example's. Other axes a leaf varies along are taken to split the
+            batch (each device then holds whole examples), and the returned sums and counts are that device's:
+            ``psum`` them over those axes yourself. Without ``axis_name`` a leaf split over any mesh axis raises;
+            with only the batch split, ``axis_name=()`` says so. Needs ``check_vma=True``.
 
     Example:
         >>> import jax.numpy as jnp
@@ -299,10 +333,12 @@ def per_example_global_norm_clip(
     _clip_norm(owner, "l2_norm_clip", l2_norm_clip)
     axis_name = validation.axis_name(owner, axis_name)
     multipliers, clipped = _clipped_sum(owner, _per_example_leaves(owner, grads), l2_norm_clip, axis_name)
-    summed = jax.tree.map(lambda g: None if g is None else jnp.tensordot(multipliers, g, axes=1), grads, is_leaf=tree.is_none)
+    summed = jax.tree.map(lambda g: None if g is None else jnp.tensordot(multipliers, g, axes=1), grads,
+                          is_leaf=tree.is_none)
     return summed, clipped
 
 
+@document_args(per_example_global_norm_clip)
 def per_example_layer_norm_clip(
     grads: Any, global_l2_norm_clip: jax.typing.ArrayLike, uniform: bool = True, *, axis_name: AxisName = None
 ) -> tuple[Any, Any]:
@@ -319,7 +355,12 @@ def per_example_layer_norm_clip(
     tree of clipped sums and the tree of per-leaf clipped-example counts.
     Numerically ``optax.per_example_layer_norm_clip``; ``None`` leaves stay
     ``None`` in both trees (and are not counted in :math:`K` or :math:`D`).
-    ``axis_name`` as in :func:`per_example_global_norm_clip`.
+
+    Args:
+        global_l2_norm_clip: :math:`C \\ge 0`, the bound on each clipped example's global norm (``inf``: no
+            clipping; a negative or NaN one raises ``ValueError``).
+        uniform: split :math:`C` evenly over the leaves (``True``) or in proportion to the square root of their
+            sizes (``False``), as above.
 
     Example:
         >>> import jax.numpy as jnp

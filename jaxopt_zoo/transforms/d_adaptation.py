@@ -35,6 +35,7 @@ from jaxopt_zoo.base import (
     safe_increment,
     zero_count,
 )
+from jaxopt_zoo.docstrings import document_args
 from jaxopt_zoo.sharding import AxisName, sum_over_shards
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
 
@@ -183,7 +184,8 @@ def scale_by_prodigy(
     Additions: the storage options and ``axis_name``. ``params0_dtype`` refuses
     :class:`~jaxopt_zoo.quantization.Blockwise8Bit`: :math:`x_0 - x_t` is read every step, and
     8-bit rounding of :math:`x_0` (3 mantissa bits: up to 1/8 of each entry, about 3% of
-    :math:`\\|x_0\\|`) would swamp the distance travelled in the first steps; bfloat16 (rounding :math:`2^{-9}` of :math:`|x_0|`) is accepted.
+    :math:`\\|x_0\\|`) would swamp the distance travelled in the first steps; bfloat16 (rounding
+    :math:`2^{-9}` of :math:`|x_0|`) is accepted.
 
     Args:
         learning_rate: :math:`\\alpha_t \\ge 0` around 1, or a schedule of the step count (the paper
@@ -196,8 +198,9 @@ def scale_by_prodigy(
         estim_lr_coef: :math:`c > 0`, a factor on every new estimate.
         weight_decay: :math:`w \\ge 0`, decoupled weight decay.
         safeguard_warmup: leave :math:`\\alpha_t` out of :math:`s` (for warmups).
-        exp_avg_dtype, exp_avg_sq_dtype, grad_sum_dtype: storages of :math:`m`, :math:`v`, :math:`s`
-            (see :mod:`jaxopt_zoo.storage`).
+        exp_avg_dtype: storage of the first moment :math:`m`: a storage (see :mod:`jaxopt_zoo.storage`).
+        exp_avg_sq_dtype: storage of the second moment :math:`v`, as for ``exp_avg_dtype``.
+        grad_sum_dtype: storage of the decayed gradient sum :math:`s`, as for ``exp_avg_dtype``.
         params0_dtype: storage of :math:`x_0`: ``None`` (the params' dtype), a floating dtype or
             :class:`~jaxopt_zoo.storage.StochasticBF16`; not 8-bit.
         axis_name: inside ``shard_map``, the mesh axes the params may be sharded over, so that the
@@ -305,6 +308,7 @@ class DAdaptAdamWState(NamedTuple):
 
 
 @init_only("estim_lr0")
+@document_args(scale_by_prodigy)
 def scale_by_dadapt_adamw(
     learning_rate: ScalarOrSchedule = 1.0,
     betas: tuple[jax.typing.ArrayLike, jax.typing.ArrayLike] = (0.9, 0.999),
@@ -348,14 +352,7 @@ def scale_by_dadapt_adamw(
 
     Args:
         learning_rate: :math:`\\alpha_t \\ge 0` around 1, or a schedule of the step count.
-        betas: :math:`(\\beta_1, \\beta_2)`, each in [0, 1), Adam's decays.
         eps: :math:`\\epsilon \\ge 0`, added to :math:`\\sqrt{v}`.
-        estim_lr0: :math:`d_0 > 0`, the first (under-)estimate.
-        weight_decay: :math:`w \\ge 0`, decoupled weight decay.
-        exp_avg_dtype, exp_avg_sq_dtype, grad_sum_dtype: storages of :math:`m`, :math:`v`, :math:`s`
-            (see :mod:`jaxopt_zoo.storage`).
-        axis_name: inside ``shard_map``, the mesh axes the params may be sharded over, so that the
-            sums over the tree are whole.
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz

@@ -40,8 +40,10 @@ from jaxopt_zoo.base import (
     safe_increment,
     zero_count,
 )
+from jaxopt_zoo.docstrings import document_args
 from jaxopt_zoo.sharding import AxisName, axis_size, split_axes, varying_axes
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
+from jaxopt_zoo.transforms.layerwise import scale_by_param_block_norm
 
 __all__ = [
     "FactoredState",
@@ -218,14 +220,18 @@ def scale_by_factored_second_moment(
     return expects_state(owner, tx, ScaleByFactoredSecondMomentState)
 
 
+@document_args(scale_by_param_block_norm)
 def scale_by_param_block_rms(min_scale: jax.typing.ArrayLike = 1e-3, *, axis_name: AxisName = None) -> GradientTransformation:
     """Multiply each leaf's update by its parameter's RMS, at least ``min_scale``:
     :math:`u \\leftarrow \\max\\big(s, \\operatorname{RMS}(\\theta)\\big) \\, u`.
 
     Adafactor's parameter scale (Shazeer & Stern 2018, the :math:`\\varepsilon_2` of
     ``torch.optim.Adafactor``). Numerically ``optax.scale_by_param_block_rms``; ``axis_name``
-    (an addition): inside ``shard_map``, the mesh axes the params may be sharded over, so that
-    each RMS is the whole leaf's.
+    is an addition.
+
+    Args:
+        axis_name: inside ``shard_map``, the mesh axes the params may be sharded over, so that
+            each RMS is the whole leaf's.
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
@@ -260,6 +266,9 @@ def relative_step_size(max_rate: ScalarOrSchedule = 1e-2) -> Schedule:
     A schedule of the step count (:math:`t - 1`, 0 on the first step). The paper fixes
     :math:`\\gamma = 10^{-2}`; ``torch.optim.Adafactor`` uses its ``lr`` (``max_rate``, a
     constant or a schedule).
+
+    Args:
+        max_rate: :math:`\\gamma_t \\ge 0`, the cap of the rate: a number or a schedule of the step count.
 
     Example:
         >>> import jaxopt_zoo as jz

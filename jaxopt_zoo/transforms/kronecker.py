@@ -100,7 +100,12 @@ def merge_dims(shape: Sequence[int], max_dim: int) -> tuple[int, ...]:
 
     Distributed Shampoo's rule (``merge_small_dims``): scanning from the first dimension, each one joins the
     previous group when the group's product times it stays within ``max_dim``. A shape of size-1 dimensions only
-    becomes ``(1,)``; a scalar's ``()`` stays ``()``. ``max_dim`` is a whole number >= 1.
+    becomes ``(1,)``; a scalar's ``()`` stays ``()``.
+
+    Args:
+        shape: a leaf's shape.
+        max_dim: the largest product of merged dimensions, a whole number >= 1 (else ``ValueError``); a
+            dimension larger than it stays alone.
     """
     max_dim = validation.whole_number("merge_dims", "max_dim", max_dim, 1)
     if not shape:
@@ -116,14 +121,23 @@ def merge_dims(shape: Sequence[int], max_dim: int) -> tuple[int, ...]:
 
 def block_layout(shape: Sequence[int], max_precond_dim: int, merge: bool = True) -> BlockLayout:
     """The layout of a leaf: merged (unless ``merge=False``), then each dimension cut into blocks of at most
-    ``max_precond_dim`` (a whole number >= 1)."""
+    ``max_precond_dim``.
+
+    Args:
+        shape: the leaf's shape.
+        max_precond_dim: the largest block size along any dimension and the largest product of merged
+            dimensions, a whole number >= 1 (else ``ValueError``).
+        merge: merge dimensions first (:func:`merge_dims`); ``False`` cuts ``shape`` as it is, size-1
+            dimensions included.
+    """
     max_precond_dim = validation.whole_number("block_layout", "max_precond_dim", max_precond_dim, 1)
     shape = tuple(int(d) for d in shape)
     merged = merge_dims(shape, max_precond_dim) if merge else shape
 
     def pieces(d: int) -> tuple[_Piece, ...]:
         full, rest = divmod(d, max_precond_dim)
-        return tuple(p for p in (_Piece(0, full, max_precond_dim), _Piece(full * max_precond_dim, 1, rest)) if p.count and p.size)
+        return tuple(p for p in (_Piece(0, full, max_precond_dim), _Piece(full * max_precond_dim, 1, rest))
+                     if p.count and p.size)
 
     return BlockLayout(shape, merged, tuple(pieces(d) for d in merged))
 
@@ -292,7 +306,13 @@ def to_blocks(x: jax.Array, layout: BlockLayout) -> tuple[jax.Array, ...]:
     An ``x`` split over Explicit mesh axes is gathered first (blocks are whole; see
     :func:`jaxopt_zoo.sharding.explicit_layout`), unless it is split at block boundaries: each device then cuts its
     own blocks and sends them where :func:`stack_sharding` lays their factors out, so the stacks come out split over
-    the leaf's axes; under ``jit`` on Auto axes the partitioner lays the blocks out."""
+    the leaf's axes; under ``jit`` on Auto axes the partitioner lays the blocks out.
+
+    Args:
+        x: an array of shape ``layout.shape``: the leaf, or a gradient or moment shaped like it.
+        layout: ``x``'s :func:`block_layout`; inside ``shard_map`` this device cuts only its share of each
+            stack that ``layout.shares`` splits.
+    """
     mine = _explicit_local(x, layout)
     if mine is not None:
         local, split, axes = mine
@@ -321,7 +341,16 @@ def from_blocks(stacks: Sequence[jax.Array], layout: BlockLayout, like: jax.Arra
     over Explicit mesh axes; stacks split over devices, as :func:`on_blocks` returns them, are gathered first, and
     inside ``shard_map`` the shares of ``layout.shares``). When ``like`` is split at block boundaries and every stack
     is split as :func:`to_blocks` splits them then, the blocks go back to the devices whose part of the leaf they are,
-    and each device assembles its part."""
+    and each device assembles its part.
+
+    Args:
+        stacks: one array per stack of ``layout``, in the order of its ``stack_shapes``, each
+            ``(blocks, *block_shape)`` (inside ``shard_map``, this device's share where ``layout.shares`` says so),
+            as :func:`to_blocks` returns them.
+        layout: the layout the blocks were cut by.
+        like: the leaf, or an array laid out like it, whose Explicit-axes sharding the result takes; ``None``
+            (or an array not split over Explicit axes): the result is laid out as the computation leaves it.
+    """
     mine = None if like is None else _explicit_local(like, layout)
     if mine is not None and all(_block_axes(s) == mine[2] for s in stacks):
         local, split, axes = mine
@@ -356,7 +385,12 @@ def stack_sharding(x: Any, blocks: int) -> NamedSharding | None:
     """Where the factors of a stack of ``blocks`` blocks of the leaf ``x`` go: their block axis split over every mesh
     axis ``x`` is split over, when those are Explicit axes (as :func:`jaxopt_zoo.init_sharded` sees them) whose
     devices divide ``blocks``; else ``None`` (replicated). Each device then keeps, refreshes and applies the factors
-    of its own blocks, as Distributed Shampoo distributes its blocks."""
+    of its own blocks, as Distributed Shampoo distributes its blocks.
+
+    Args:
+        x: the leaf the blocks are cut from (an array or a traced value: its type's sharding decides).
+        blocks: how many blocks the stack holds (its leading size).
+    """
     split = explicit_layout(x)
     spec = None if split is None else stack_spec(split.spec, blocks, dict(split.mesh.shape))
     return None if spec is None or spec == PartitionSpec() else NamedSharding(split.mesh, spec)
@@ -441,7 +475,14 @@ def on_blocks(fn: Callable[..., Any], *stacks: jax.Array, shared: Sequence[Any] 
     blocks when the first stack's block axis is split over Explicit mesh axes (:func:`stack_sharding`); the other
     stacks are split like it first (whole ones are sliced: no communication). When the first stack is whole on
     every device (factors replicated), the others are gathered whole, so that the results are laid out like it.
-    Otherwise, and under Auto axes, a plain call."""
+    Otherwise, and under Auto axes, a plain call.
+
+    Args:
+        fn: the work on blocks; it returns an array, or a tuple or tree of them, whose axis 0 indexes the same
+            blocks as the stacks', and nothing in it may combine different blocks.
+        shared: values the same for every block (hyperparameters), passed to ``fn`` after the stacks; each is
+            made an array and handed whole to every device.
+    """
     split = explicit_layout(stacks[0])
     if split is None:
         return fn(stacks[0], *map(_whole, stacks[1:]), *shared)
@@ -456,7 +497,12 @@ def on_blocks(fn: Callable[..., Any], *stacks: jax.Array, shared: Sequence[Any] 
 
 def dim_statistics(block: jax.Array) -> tuple[jax.Array, ...]:
     """:math:`G_{(i)} G_{(i)}^\\top` for each dimension :math:`i` of one block: the block contracted with itself over
-    every other dimension (for a matrix, :math:`G G^\\top` and :math:`G^\\top G`)."""
+    every other dimension (for a matrix, :math:`G G^\\top` and :math:`G^\\top G`).
+
+    Args:
+        block: one block :math:`G` of any rank, without the stack axis (``vmap`` it over a stack); the result
+            has one ``(d_i, d_i)`` matrix per dimension of size :math:`d_i`.
+    """
     axes = range(block.ndim)
     return tuple(
         jnp.tensordot(block, block, axes=([j for j in axes if j != i],) * 2, precision=PRECISION) for i in axes
@@ -466,7 +512,15 @@ def dim_statistics(block: jax.Array) -> tuple[jax.Array, ...]:
 def mode_product(x: jax.Array, matrices: Sequence[jax.Array | None], transpose: bool = False) -> jax.Array:
     """``x`` multiplied along each dimension :math:`i` by ``matrices[i]`` (its transpose with ``transpose=True``):
     :math:`x \\times_1 M_1 \\times_2 M_2 \\cdots`; a ``None`` matrix leaves its dimension alone. For a matrix,
-    :math:`M_1 X M_2^\\top` (:math:`M_1^\\top X M_2` transposed)."""
+    :math:`M_1 X M_2^\\top` (:math:`M_1^\\top X M_2` transposed).
+
+    Args:
+        x: an array of any rank.
+        matrices: for the dimensions of ``x`` from the first (the dimensions past the last are left alone),
+            ``None`` or a matrix of shape ``(n_i, x.shape[i])`` (``(x.shape[i], n_i)`` with ``transpose``):
+            dimension :math:`i` becomes :math:`n_i` long.
+        transpose: multiply by each matrix's transpose (not its conjugate).
+    """
     contract = 0 if transpose else 1
     for i, m in enumerate(matrices):
         if m is None:
@@ -482,21 +536,29 @@ def mode_product(x: jax.Array, matrices: Sequence[jax.Array | None], transpose: 
 
 
 def stacked_eigh(matrices: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``jnp.linalg.eigh`` of a stack ``(blocks, d, d)`` of symmetric matrices (eigenvalues ascending).
+    """``jnp.linalg.eigh`` of each matrix of a stack: ``(eigenvalues, eigenvectors)``, eigenvalues ascending.
 
     On CPUs the matrices are decomposed one after the other (``lax.map``; a stack of one, its matrix without the
     loop), not as one batched LAPACK call: jaxlib 0.10's batched CPU decompositions split the batch over XLA's
     intra-op thread pool and wait for the pieces, so two of them running at once (two leaves' refreshes) can each
     hold a pool thread while waiting for the other's pieces, forever (seen with eigh under simulated devices, and with
     QR in SOAP's refresh of a transformer on 2 cores). Other backends take the whole batch.
+
+    Args:
+        matrices: a stack ``(blocks, d, d)`` of symmetric matrices; the results are ``(blocks, d)`` eigenvalues
+            and ``(blocks, d, d)`` eigenvectors (as columns).
     """
     return jax.lax.platform_dependent(matrices, cpu=functools.partial(_one_by_one, jnp.linalg.eigh),
                                       default=jnp.linalg.eigh)
 
 
 def stacked_qr(matrices: jax.Array) -> jax.Array:
-    """The orthogonal factor :math:`Q` of ``jnp.linalg.qr`` of each matrix of a stack ``(blocks, m, n)``; on CPUs one
-    matrix after the other, for the reason :func:`stacked_eigh` gives."""
+    """The orthogonal factor :math:`Q` of ``jnp.linalg.qr`` of each matrix of a stack; on CPUs one matrix after the
+    other, for the reason :func:`stacked_eigh` gives.
+
+    Args:
+        matrices: a stack ``(blocks, m, n)``; :math:`Q` is ``(blocks, m, min(m, n))``.
+    """
     q = lambda m: jnp.linalg.qr(m)[0]  # noqa: E731
     return jax.lax.platform_dependent(matrices, cpu=functools.partial(_one_by_one, q), default=q)
 

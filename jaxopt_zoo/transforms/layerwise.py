@@ -168,10 +168,14 @@ def scale_by_param_block_norm(min_scale: jax.typing.ArrayLike = 1e-3, *, axis_na
     The parameter-relative step of Fromage and LARS (Bernstein et al. 2020): a
     block is a whole parameter array (a weight matrix, a bias vector) and
     :math:`\\|\\theta\\|` its Frobenius norm. Numerically identical to
-    ``optax.scale_by_param_block_norm``. Additions: ``axis_name`` (inside
-    ``shard_map``, the mesh axes the params may be sharded over, so that each
-    norm is the whole array's), and a gradient with respect to the params that
-    stays finite where the norm is clamped; a ``None`` update stays ``None``.
+    ``optax.scale_by_param_block_norm``. Additions: ``axis_name``, and a gradient
+    with respect to the params that stays finite where the norm is clamped; a
+    ``None`` update stays ``None``.
+
+    Args:
+        min_scale: :math:`s \\ge 0`, the floor of the scale.
+        axis_name: inside ``shard_map``, the mesh axes the params may be sharded over, so that each
+            norm is the whole array's.
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz

@@ -953,6 +953,10 @@ def value_and_grad_from_state(
     (the searches keep the value in float32 at least, where Optax's stored
     value would not match a float32 ``value_fn`` of bfloat16 params).
 
+    Args:
+        value_fn: the objective :math:`f`: a function of ``(params, *args, **kwargs)`` returning a scalar,
+            differentiated with respect to ``params``.
+
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
         >>> f = lambda w: jnp.sum(w**2)

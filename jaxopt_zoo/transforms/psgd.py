@@ -64,6 +64,12 @@ def precond_update_prob_schedule(
     step later. heavyball 3.2.1's default is :math:`\\max(0.03, 0.999^{\\max(t - 1000, 0)})`
     (``precond_update_prob_schedule(decay=-np.log(0.999), flat_start=1000)`` here, up to that step).
 
+    Args:
+        max_prob: :math:`p_{max} \\in [0, 1]`, the probability up to step :math:`t_0`, and the ceiling after.
+        min_prob: :math:`p_{min} \\in [0, 1]`, the floor the decay stops at.
+        decay: :math:`\\lambda \\ge 0`, the rate of the exponential decay per step.
+        flat_start: :math:`t_0 \\ge 0`, the step count from which the probability decays.
+
     Example:
         >>> import jaxopt_zoo as jz
         >>> schedule = jz.precond_update_prob_schedule()

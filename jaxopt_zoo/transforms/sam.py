@@ -37,9 +37,11 @@ def normalize(*, axis_name: AxisName = None) -> GradientTransformation:
     update (Optax's 0/0 gives NaN, which SAM would add to the params); ``None``
     updates stay ``None``; each update keeps its leaf's dtype (in a tree mixing
     bfloat16 and float32 leaves Optax widens the bfloat16 ones); ``axis_name``
-    (an addition): inside ``shard_map``,
-    the mesh axes the updates may be sharded over, so the norm is the whole
-    tree's (without it a sharded leaf raises).
+    is an addition.
+
+    Args:
+        axis_name: inside ``shard_map``, the mesh axes the updates may be sharded over, so the norm is
+            the whole tree's (without it a sharded leaf raises).
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz

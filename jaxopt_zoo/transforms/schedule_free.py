@@ -224,8 +224,7 @@ def _find_schedule_free_state(state: Any) -> Any:
 def schedule_free_eval_params(state: OptState, params: Params) -> Params:
     """The point to evaluate a Schedule-Free run at: :math:`x = (y - (1 - \\beta_1) z) / \\beta_1`.
 
-    ``params`` are the training params :math:`y`; :math:`z` and :math:`\\beta_1` come from
-    ``state``. The result has the params' structure and dtypes (with Flax NNX, pass
+    The result has the params' structure and dtypes (with Flax NNX, pass
     ``nnx.state(model, nnx.Param)`` and ``optimizer.opt_state``: leaves are paired in order,
     so the params' ``Param`` and the state's ``OptVariable`` containers need not match).
 
@@ -234,6 +233,11 @@ def schedule_free_eval_params(state: OptState, params: Params) -> Params:
     ``MultiSteps``, ``chain``); params and ``z`` are paired leaf by leaf, so NNX's
     differently-typed containers work (Optax raises); a mismatch of leaf count or shape
     raises a ``ValueError`` saying so.
+
+    Args:
+        state: the optimizer state, which gives :math:`z` and :math:`\\beta_1`: a ``ScheduleFreeState``
+            or a state holding exactly one.
+        params: the training params :math:`y`, leaf for leaf the shapes of the state's :math:`z`.
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz

@@ -39,7 +39,8 @@ def add_decayed_weights(
     Args:
         weight_decay: :math:`\\lambda \\ge 0`, or a schedule of the step count.
         mask: a tree of booleans shaped like the params (or a prefix of it), or
-            a callable building one from the params: ``True`` where decay applies.
+            a callable building one from the params: ``True`` where decay applies;
+            ``None`` (the default) decays every param.
 
     Example:
         >>> import jax, jaxopt_zoo as jz
