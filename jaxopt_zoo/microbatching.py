@@ -161,8 +161,8 @@ def reshape_batch_axis(tree: Any, microbatch_size: int, axis: int = 0) -> Any:
     Args:
         tree: a tree of arrays, each with the batch axis ``axis``.
         microbatch_size: the examples per microbatch: a whole number >= 1 that divides the batch size.
-        axis: the batch axis, counted from the front (a negative one is not supported); it becomes the
-            two axes ``(num_microbatches, microbatch_size)``.
+        axis: the batch axis, counted from the front (a negative one raises); it becomes the two axes
+            ``(num_microbatches, microbatch_size)``.
 
     Example:
         >>> import jax.numpy as jnp
@@ -171,9 +171,14 @@ def reshape_batch_axis(tree: Any, microbatch_size: int, axis: int = 0) -> Any:
         Array([[0, 2, 4],
                [1, 3, 5]], dtype=int32)
     """
-    microbatch_size = validation.whole_number("reshape_batch_axis", "microbatch_size", microbatch_size, 1)
+    owner = "reshape_batch_axis"
+    microbatch_size = validation.whole_number(owner, "microbatch_size", microbatch_size, 1)
+    axis = validation.whole_number(owner, "axis", axis)  # counted from the front: Optax's fail when negative
 
     def split(x):
+        if axis >= x.ndim or x.shape[axis] % microbatch_size:
+            raise ValueError(f"{owner}: a leaf of shape {x.shape} has no batch axis {axis} divisible by "
+                             f"microbatch_size={microbatch_size}.")
         shape = x.shape[:axis] + (-1, microbatch_size) + x.shape[axis + 1 :]
         sharding = jax.typeof(x).sharding
         if not sharding.mesh.are_all_axes_explicit:
@@ -239,7 +244,7 @@ def microbatch(
             or a tree of them that is a prefix of ``fun``'s output tree.
         argnames: the name, or names, of ``fun``'s keyword batch arguments.
         in_axes: the batch axis of the batch arguments: one for all, or one each (``argnums``' first,
-            then ``argnames``'), counted from the front.
+            then ``argnames``'), counted from the front (a negative one raises).
         num_real_microbatches: ``None`` runs every microbatch; a number runs the first ones only (the
             rest being padding): a whole number from 0 to their count where concrete (more raises
             when the batch is seen), and a traced one is capped at the count. ``MEAN`` still divides
@@ -265,6 +270,8 @@ def microbatch(
     if not argnums and not argnames:
         raise ValueError(f"{owner}: name at least one batch argument (argnums or argnames).")
     in_axes = (in_axes,) * (len(argnums) + len(argnames)) if isinstance(in_axes, int) else tuple(in_axes)
+    # Counted from the front, as Optax's (whose negative axes fail in a reshape): refused here by name.
+    in_axes = tuple(validation.whole_number(owner, "in_axes", ax) for ax in in_axes)
     if len(in_axes) != len(argnums) + len(argnames):
         raise ValueError(
             f"{owner}: in_axes has {len(in_axes)} entries for {len(argnums) + len(argnames)} batch arguments "

@@ -504,8 +504,9 @@ def _onecycle(interpolate_type: str, init_value, transition_steps: int, fraction
 
     The arguments are checked, ``init_value`` and the ``factors`` too (by :func:`_derived`).
     With concrete fractions this is Optax's construction (boundaries that coincide
-    merge, as dict keys do). A traced fraction's boundary is computed when the
-    schedule runs, as ``floor(pct * transition_steps)`` in the fraction's dtype.
+    merge, as dict keys do: the later factor is kept). A traced fraction's boundary is computed when the
+    schedule runs, as ``floor(pct * transition_steps)`` in the fraction's dtype, and merges the same way, so that
+    traced and concrete fractions give the same values.
     """
     transition_steps = int(transition_steps)
     if not any(isinstance(pct, jax.core.Tracer) for pct in fractions):
@@ -514,8 +515,16 @@ def _onecycle(interpolate_type: str, init_value, transition_steps: int, fraction
         return _interpolated(interpolate_type, init_value, tuple(b for b, _ in items), tuple(s for _, s in items))
     boundaries = tuple(
         jnp.floor(jnp.asarray(pct, jnp.result_type(float)) * transition_steps).astype(jnp.int32) for pct in fractions
-    )
-    return _interpolated(interpolate_type, init_value, boundaries + (transition_steps,), tuple(factors))
+    ) + (transition_steps,)
+    # A boundary that a later one equals is dropped, as a dict key overwritten: it moves onto the boundary before
+    # it (an empty interval) and scales by 1, so the later one's interval starts there.
+    kept, factors_kept, before = [], [], 0
+    for i, (b, factor) in enumerate(zip(boundaries, factors)):
+        dropped = jnp.any(jnp.stack([b == later for later in boundaries[i + 1:]])) if i + 1 < len(boundaries) else False
+        before = jnp.where(dropped, before, b)
+        kept.append(before)
+        factors_kept.append(jnp.where(dropped, 1.0, factor))
+    return _interpolated(interpolate_type, init_value, tuple(kept), tuple(factors_kept))
 
 
 def linear_onecycle_schedule(
@@ -538,9 +547,9 @@ def linear_onecycle_schedule(
     Args:
         transition_steps: :math:`T`, the length of the whole cycle, after which the value stays at its
             final ``peak_value / (div_factor * final_div_factor)``: a concrete whole number in
-            :math:`[1, 2^{31} - 1]`. A concrete fraction whose step ``int(pct * T)`` is another's, or
-            :math:`T`, merges with it, as in Optax: only the later move is kept (so a fraction of 1 changes
-            the final value); traced fractions do not merge.
+            :math:`[1, 2^{31} - 1]`. A fraction whose step ``int(pct * T)`` is another's, or :math:`T`,
+            merges with it, as in Optax: only the later move is kept (so a fraction of 1 changes the final
+            value), traced or not.
         peak_value: the value at the top of the cycle, step ``int(pct_start * transition_steps)``: a finite
             real scalar, which may be traced.
         pct_start: the fraction of ``transition_steps`` spent rising from ``peak_value / div_factor`` to

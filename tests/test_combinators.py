@@ -497,6 +497,13 @@ def test_microbatch_custom_accumulator_and_reshape():
         microbatching.microbatch(jnp.sum, 0, 4)(jnp.ones(6))
     with pytest.raises(ValueError, match="MEAN needs floating-point"):
         microbatching.microbatch(jnp.sum, 0, 2, MB.MEAN)(jnp.ones(6, jnp.int32))
+    # Axes count from the front: a negative one (a bare reshape TypeError before) and a missing one name themselves.
+    with pytest.raises(ValueError, match=r"^microbatch: in_axes must be an integer >= 0, got -1"):
+        microbatching.microbatch(jnp.sum, 0, 2, in_axes=-1)
+    with pytest.raises(ValueError, match=r"^reshape_batch_axis: axis must be an integer >= 0, got -1"):
+        microbatching.reshape_batch_axis(jnp.ones((2, 6)), 2, axis=-1)
+    with pytest.raises(ValueError, match=r"^reshape_batch_axis: a leaf of shape \(6,\) has no batch axis 1"):
+        microbatching.reshape_batch_axis(jnp.ones(6), 2, axis=1)
 
 
 # --- init_sharded: the groups' moments are laid out like their params -------------------------

@@ -207,7 +207,7 @@ def test_numpy_integers_and_integral_floats_count_as_steps_as_in_optax():
 # Traced arguments (issue 15): every numeric argument that is not a step count may be a tracer, so a
 # schedule can be built inside vmap (a learning-rate sweep), jit or grad. For each public schedule and
 # each such argument: (a function of that argument giving the schedule, two or three concrete values).
-TRACED_STEPS = (0, 3, 17, 40, 50, 61, 99, 150, 170, 199, 260)
+TRACED_STEPS = (0, 3, 17, 40, 50, 61, 99, 150, 170, 185, 199, 200, 260)
 TRACED_CASES = {
     "constant_schedule.value": (lambda v: jz.constant_schedule(v), [0.1, 0.3]),
     "linear_schedule.init_value": (lambda v: jz.linear_schedule(v, 0.1, 100, 20), [1.0, 2.0]),
@@ -252,15 +252,19 @@ TRACED_CASES = {
         [1.0, 0.3],
     ),
     "linear_onecycle_schedule.peak_value": (lambda v: jz.linear_onecycle_schedule(200, v), [1.0, 0.3]),
-    "linear_onecycle_schedule.pct_start": (lambda v: jz.linear_onecycle_schedule(200, 1.0, pct_start=v), [0.25, 0.3, 0.4]),
-    "linear_onecycle_schedule.pct_final": (lambda v: jz.linear_onecycle_schedule(200, 1.0, pct_final=v), [0.7, 0.85]),
+    # Fractions whose steps coincide (0.85 is pct_final's default, 0.3 pct_start's, 1 the end) merge, traced or not.
+    "linear_onecycle_schedule.pct_start": (lambda v: jz.linear_onecycle_schedule(200, 1.0, pct_start=v),
+                                           [0.25, 0.3, 0.4, 0.0, 0.85]),
+    "linear_onecycle_schedule.pct_final": (lambda v: jz.linear_onecycle_schedule(200, 1.0, pct_final=v),
+                                           [0.7, 0.85, 1.0, 0.3]),
     "linear_onecycle_schedule.div_factor": (lambda v: jz.linear_onecycle_schedule(200, 1.0, div_factor=v), [25.0, 10.0]),
     "linear_onecycle_schedule.final_div_factor": (
         lambda v: jz.linear_onecycle_schedule(200, 1.0, final_div_factor=v),
         [1e4, 10.0],
     ),
     "cosine_onecycle_schedule.peak_value": (lambda v: jz.cosine_onecycle_schedule(200, v), [1.0, 0.3]),
-    "cosine_onecycle_schedule.pct_start": (lambda v: jz.cosine_onecycle_schedule(200, 1.0, pct_start=v), [0.25, 0.3, 0.4]),
+    "cosine_onecycle_schedule.pct_start": (lambda v: jz.cosine_onecycle_schedule(200, 1.0, pct_start=v),
+                                           [0.25, 0.3, 0.4, 0.0, 1.0]),
     "cosine_onecycle_schedule.div_factor": (lambda v: jz.cosine_onecycle_schedule(200, 1.0, div_factor=v), [25.0, 10.0]),
     "join_schedules.member_value": (
         lambda v: jz.join_schedules([jz.constant_schedule(v), jz.linear_schedule(v, 0.0, 100)], [30]),

@@ -59,7 +59,7 @@ def precond_update_prob_schedule(
 
         p(t) = \\min\\big(\\max\\big(p_{max}\\, e^{-\\lambda (t - t_0)},\\ p_{min}\\big),\\ p_{max}\\big)
 
-    of the 0-based step count :math:`t`: 1 for the first 500 steps, then decaying to 0.03 (reached near step
+    of the 0-based step count :math:`t`: 1 up to step 500 (501 steps), then decaying to 0.03 (reached near step
     4000) with the defaults, psgd-jax 0.2.9's. psgd-jax evaluates it at the 1-based step, so its decay starts one
     step later. heavyball 3.2.1's default is :math:`\\max(0.03, 0.999^{\\max(t - 1000, 0)})`
     (``precond_update_prob_schedule(decay=-np.log(0.999), flat_start=1000)`` here, up to that step).
