@@ -2620,3 +2620,23 @@ def round_params_stochastically(params, updates, u, dtype):
     with np.errstate(over="ignore", invalid="ignore"):  # overflowing sums are infinite; inf - inf is not taken
         target = stochastic_rounding(params + np.asarray(updates, np.float32), u, dtype)
         return np.where(target == params, 0.0, target - params.astype(np.float64))
+
+
+def compensated_params(params, updates, dtype, compensation_dtype=None):
+    """Kahan-compensated params (compensate_params_rounding) in float64 with the roundings written out: each step
+    ``y = f32(u + c)``, ``theta' = dtype(f32(theta + y))`` (apply_updates' rounding), ``c = cdtype(f32(y - (theta' -
+    theta)))``. ``updates`` is a sequence of float32 arrays; returns the params and compensations after each step."""
+    import ml_dtypes
+
+    cast = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16, "float32": np.float32}
+    as_dtype = lambda x, name: np.asarray(x, np.float64).astype(cast[name]).astype(np.float64)  # noqa: E731
+    theta = as_dtype(params, dtype)
+    c = np.zeros_like(theta)
+    out = []
+    for u in updates:
+        y = as_dtype(np.asarray(u, np.float64) + c, "float32")
+        new = as_dtype(as_dtype(theta + y, "float32"), dtype)
+        c = as_dtype(as_dtype(y - (new - theta), "float32"), compensation_dtype or dtype)
+        theta = new
+        out.append((theta, c))
+    return out

@@ -147,6 +147,8 @@ CASES = {
                             mu_dtype=jz.StochasticBF16(), nu_dtype=jz.Blockwise8Bit()),
     # The bfloat16 param rounded stochastically: its draws depend on the restored step count.
     "round_params_stochastically": lambda: jz.chain(jz.adam(1e-2), jz.round_params_stochastically()),
+    # What rounding left out of the bfloat16 param, carried in a stochastically rounded compensation.
+    "compensate_params_rounding": lambda: jz.chain(jz.adam(1e-2), jz.compensate_params_rounding(jz.StochasticBF16())),
     # C-AdamW: the wrapped Adam state (its first moment stochastically rounded) inside CautiousState.
     "cautious_adamw": lambda: jz.cautious_adamw(1e-2, weight_decay=0.1, mu_dtype=jz.StochasticBF16()),
     # MARS-AdamW: the previous gradient (stochastically rounded) and the count that says a previous one exists,

@@ -1,7 +1,8 @@
-"""round_params_stochastically: bfloat16 and float16 params rounded stochastically through the updates. The float64
-reference given the same random numbers, unbiased draws, training where rounding to nearest stalls (plain pytrees and
-Flax NNX), other leaves passed through, jit/vmap/donation, sharded jit and shard_map against one device,
-inject_hyperparams, bad input. (Orbax resume: tests/test_checkpoint.py.)"""
+"""Low-precision params that keep small updates: round_params_stochastically (bfloat16 and float16 params rounded
+stochastically through the updates) and compensate_params_rounding (Kahan summation). Float64 references (given the
+same random numbers), unbiased draws, training where rounding to nearest stalls (plain pytrees and Flax NNX), other
+leaves passed through, storage, jit/vmap/donation, sharded jit and shard_map against one device, inject_hyperparams,
+bad input. (Orbax resume: tests/test_checkpoint.py.)"""
 
 from __future__ import annotations
 
@@ -16,11 +17,14 @@ from jax.sharding import PartitionSpec as P
 
 import jaxopt_zoo as jz
 from jaxopt_zoo import rounding
-from jaxopt_zoo.transforms.constrain import RoundParamsStochasticallyState
+from jaxopt_zoo.transforms.constrain import CompensateParamsRoundingState, RoundParamsStochasticallyState
 from tests import reference
 from tests.conftest import assert_trees_equal, assert_vmap_matches_separate_runs, make_params
 
 DTYPES = {"bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# The two ways of keeping small updates, for the tests they share; the second with a storage option.
+KEEPERS = {"stochastic": jz.round_params_stochastically,
+           "compensated": lambda: jz.compensate_params_rounding(jz.StochasticBF16())}
 
 
 def uniforms(sums: np.ndarray, step: int, dtype: str) -> np.ndarray:
@@ -128,10 +132,11 @@ class BFloat16Model(nnx.Module):
         return 0.5 * jnp.sum((self.w[...].astype(jnp.float32) - target) ** 2)
 
 
-def test_nnx_optimizer_trains_a_bfloat16_model_as_the_plain_pytree_run():
+@pytest.mark.parametrize("keeper", list(KEEPERS))
+def test_nnx_optimizer_trains_a_bfloat16_model_as_the_plain_pytree_run(keeper):
     w0 = jnp.asarray(1 + np.arange(128) / 128, jnp.bfloat16)
     target = w0.astype(jnp.float32) - 0.05
-    tx = jz.chain(jz.sgd(1e-2), jz.round_params_stochastically())
+    tx = jz.chain(jz.sgd(1e-2), KEEPERS[keeper]())
     model = BFloat16Model(w0)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
 
@@ -160,10 +165,11 @@ def test_other_leaves_keep_their_updates_and_none_stays_none():
     assert int(state.count) == 1
 
 
-def test_jit_with_donation_and_vmap_equal_eager_steps():
+@pytest.mark.parametrize("keeper", list(KEEPERS))
+def test_jit_with_donation_and_vmap_equal_eager_steps(keeper):
     params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), make_params())
     # float32 momentum (bfloat16 by default, like the params): under jit XLA may skip rounding bfloat16 intermediates.
-    tx = jz.chain(jz.sgd(3e-3, momentum=0.9, accumulator_dtype=jnp.float32), jz.round_params_stochastically())
+    tx = jz.chain(jz.sgd(3e-3, momentum=0.9, accumulator_dtype=jnp.float32), KEEPERS[keeper]())
 
     def step(params, state, t):
         grads = jax.tree.map(lambda p: jnp.sin(t + p.astype(jnp.float32)), params)
@@ -175,11 +181,12 @@ def test_jit_with_donation_and_vmap_equal_eager_steps():
     for t in range(6):
         eager, jitted = step(*eager, t), donated(*jitted, t)
         assert_trees_equal(jitted, eager)
-    assert_vmap_matches_separate_runs(jz.round_params_stochastically(), [
+    assert_vmap_matches_separate_runs(KEEPERS[keeper](), [
         jax.tree.map(lambda p: p.astype(jnp.bfloat16), make_params(seed=s)) for s in range(3)], rtol=0, atol=0)
 
 
-def test_sharded_jit_and_shard_map_equal_one_device():
+@pytest.mark.parametrize("keeper", list(KEEPERS))
+def test_sharded_jit_and_shard_map_equal_one_device(keeper):
     mesh = jax.make_mesh((2, 4), ("data", "model"), devices=jax.devices("cpu")[:8])
     specs = {"w": P("data", "model"), "b": P("model")}
     rng = np.random.default_rng(0)
@@ -187,7 +194,7 @@ def test_sharded_jit_and_shard_map_equal_one_device():
                                                                                          jnp.bfloat16)}
     grads = {"w": jnp.asarray(rng.normal(size=(8, 16)) * 1e-3, jnp.float32),
              "b": jnp.asarray(rng.normal(size=16) * 1e-3, jnp.float32)}
-    tx = jz.round_params_stochastically()
+    tx = KEEPERS[keeper]()
 
     def steps(params, state, grads):
         for _ in range(3):
@@ -199,6 +206,7 @@ def test_sharded_jit_and_shard_map_equal_one_device():
     put = lambda tree: {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in tree.items()}
     sharded_params, sharded_grads = put(params), put(grads)
     state = jz.init_sharded(tx, sharded_params)
+    jz.check_state_shardings(tx, sharded_params, state)  # a compensation laid out like its param
     assert_trees_equal(jax.jit(steps)(sharded_params, state, sharded_grads), expected)
     state_specs = jax.tree.map(lambda s: s.spec, jz.state_shardings(tx, sharded_params))
     mapped = jax.jit(jax.shard_map(steps, mesh=mesh, in_specs=(specs, state_specs, specs),
@@ -206,9 +214,10 @@ def test_sharded_jit_and_shard_map_equal_one_device():
     assert_trees_equal(mapped(sharded_params, state, sharded_grads), expected)
 
 
-def test_inject_hyperparams_gives_the_plain_steps():
+@pytest.mark.parametrize("keeper", ["round_params_stochastically", "compensate_params_rounding"])
+def test_inject_hyperparams_gives_the_plain_steps(keeper):
     params = {"w": jnp.asarray([1.0, 1.5, -3.0], jnp.bfloat16)}
-    plain, injected = jz.round_params_stochastically(), jz.inject_hyperparams(jz.round_params_stochastically)()
+    plain, injected = getattr(jz, keeper)(), jz.inject_hyperparams(getattr(jz, keeper))()
     updates = {"w": jnp.full(3, 2e-3)}
     ours, state = injected.update(updates, injected.init(params), params)
     theirs, _ = plain.update(updates, plain.init(params), params)
@@ -225,3 +234,70 @@ def test_bad_input_names_the_transformation():
         tx.update({"v": jnp.ones(2)}, tx.init(params), params)
     with pytest.raises(jz.base.StateMismatchError, match="^round_params_stochastically: the state does not match"):
         tx.update({"w": jnp.ones(2)}, jz.sgd(0.1).init(params), params)
+
+
+# --- compensate_params_rounding ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype, compensation_dtype", [("bfloat16", None), ("float16", None), ("bfloat16", "float32")])
+def test_compensated_params_match_the_float64_reference(dtype, compensation_dtype):
+    rng = np.random.default_rng(3)
+    params = np.concatenate([rng.normal(size=200) * np.exp2(rng.integers(-8, 8, 200)), [0.0, -0.0, 1.0, 1.0]])
+    params = np.asarray(params.astype(DTYPES[dtype]), np.float32)
+    # Updates from far below half a spacing to several spacings, the last param with a NaN at step 5.
+    updates = [(rng.normal(size=params.size) * np.abs(params) * np.exp2(rng.uniform(-14, 2, params.size)))
+               .astype(np.float32) for _ in range(12)]
+    updates[5][-1] = np.nan
+    tx = jz.compensate_params_rounding(None if compensation_dtype is None else jnp.float32)
+
+    @jax.jit
+    def step(p, state, u):
+        u, state = tx.update(u, state, p)
+        return jz.apply_updates(p, u), state
+
+    p, state = jnp.asarray(params, DTYPES[dtype]), tx.init(jnp.asarray(params, DTYPES[dtype]))
+    # The compensation of a float16 param is float32 by default (a float16 one would flush small values).
+    expected = reference.compensated_params(params, updates, dtype,
+                                            compensation_dtype or ("float32" if dtype == "float16" else None))
+    for t, (u, (theta, c)) in enumerate(zip(updates, expected)):
+        p, state = step(p, state, jnp.asarray(u))
+        np.testing.assert_array_equal(np.asarray(p, np.float64), theta, err_msg=f"params at step {t}")
+        np.testing.assert_array_equal(np.asarray(state.compensation, np.float64), c, err_msg=f"c at step {t}")
+    assert p.dtype == DTYPES[dtype] and state.compensation.dtype == (jnp.float32 if compensation_dtype or
+                                                                     dtype == "float16" else DTYPES[dtype])
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_compensated_params_follow_float32_params_where_rounding_to_nearest_stalls(dtype):
+    lr, steps = {"bfloat16": (1e-2, 300), "float16": (1e-3, 3000)}[dtype]
+    w0 = jnp.asarray((1 + np.arange(128) / 128), DTYPES[dtype])
+    target = w0.astype(jnp.float32) - 0.05 * (1 + np.arange(128) % 3)
+    kahan = jz.chain(jz.sgd(lr), jz.compensate_params_rounding())
+    compensated, float32 = jax.jit(lambda: (descend(kahan, w0, target, steps),
+                                            descend(jz.sgd(lr), w0.astype(jnp.float32), target, steps)))()
+    # Within a spacing of the float32 run everywhere (its params are float32's, rounded, plus what c carries).
+    spacing = 2.0 ** -{"bfloat16": 7, "float16": 10}[dtype]
+    np.testing.assert_array_less(np.abs(np.asarray(compensated) - np.asarray(float32)), spacing)
+
+
+def test_compensation_storage_leaves_and_bad_input():
+    params = {"bf16": jnp.ones(3, jnp.bfloat16), "f32": jnp.ones(2), "i32": jnp.arange(2), "c64": jnp.ones(2, jnp.complex64),
+              "frozen": jnp.ones(2, jnp.bfloat16)}
+    updates = {"bf16": jnp.full(3, 1e-3), "f32": jnp.full(2, 1e-9), "i32": jnp.zeros(2, jnp.int32),
+               "c64": jnp.full(2, 1e-3j, jnp.complex64), "frozen": None}
+    for storage, stored in ((None, jnp.bfloat16), (jz.StochasticBF16(), jnp.bfloat16), (jnp.float32, jnp.float32)):
+        tx = jz.compensate_params_rounding(storage)
+        state = tx.init(params)
+        out, new = tx.update(updates, state, params)
+        assert new.compensation["bf16"].dtype == stored
+        assert float(out["bf16"][0]) == 0.0 and abs(float(new.compensation["bf16"][0]) - 1e-3) < 1e-5  # carried
+        assert float(out["f32"][0]) == float(jnp.float32(1.0) + jnp.float32(1e-9)) - 1.0  # float32's rounding too
+        assert out["i32"] is updates["i32"] and out["c64"] is updates["c64"] and out["frozen"] is None
+        assert new.compensation["frozen"] is state.compensation["frozen"]  # a None update keeps its leaf
+    tx = jz.compensate_params_rounding()
+    with pytest.raises(ValueError, match="^compensate_params_rounding needs the parameters"):
+        tx.update({"w": jnp.ones(2)}, tx.init({"w": jnp.ones(2)}))
+    with pytest.raises(jz.base.StateMismatchError, match="^compensate_params_rounding: the state does not match"):
+        tx.update({"w": jnp.ones(2)}, jz.sgd(0.1, momentum=0.9).init({"w": jnp.ones(2)}), {"w": jnp.ones(2)})
+    with pytest.raises(ValueError, match="^compensate_params_rounding: compensation_dtype"):
+        jz.compensate_params_rounding(jnp.int8)
