@@ -17,7 +17,7 @@ from jax.sharding import PartitionSpec as P
 
 import jaxopt_zoo as jz
 from jaxopt_zoo import rounding
-from jaxopt_zoo.transforms.constrain import CompensateParamsRoundingState, RoundParamsStochasticallyState
+from jaxopt_zoo.transforms.constrain import RoundParamsStochasticallyState
 from tests import reference
 from tests.conftest import assert_trees_equal, assert_vmap_matches_separate_runs, make_params
 
