@@ -181,21 +181,26 @@ __all__ = [
 def _register_states_for_export() -> None:
     # Every NamedTuple of the package (the states and their parts) gets a serialized name, so that a jitted step
     # taking or returning an optimizer state exports with jax.export and serializes (jax.export refuses a tree holding
-    # an unregistered type: Optax's states cannot be serialized). The public classes are named as users write them
-    # (jaxopt_zoo.ScaleByAdamState), the others by their module; the names are what a serialized step records.
+    # an unregistered type: Optax's states cannot be serialized). A class public under its own name is named as users
+    # write it (jaxopt_zoo.ScaleByAdamState; an alias such as NormalizeState = EmptyState does not rename it), the
+    # others by their module: the names are what a serialized step records. A class registered already (the package
+    # reloaded, or a registration of the user's own) keeps its registration.
     import sys
 
     from jax import export
 
-    public = {id(obj): name for name, obj in globals().items() if isinstance(obj, type)}
     registered = set()
     for module in [m for name, m in sorted(sys.modules.items()) if name == __name__ or name.startswith(__name__ + ".")]:
         for cls in vars(module).values():
             if (isinstance(cls, type) and issubclass(cls, tuple) and hasattr(cls, "_fields")
                     and cls.__module__ == module.__name__ and cls not in registered):
                 registered.add(cls)
-                name = f"{__name__}.{public[id(cls)]}" if id(cls) in public else f"{cls.__module__}.{cls.__qualname__}"
-                export.register_namedtuple_serialization(cls, serialized_name=name)
+                public = globals().get(cls.__name__) is cls
+                name = f"{__name__}.{cls.__name__}" if public else f"{cls.__module__}.{cls.__qualname__}"
+                try:
+                    export.register_namedtuple_serialization(cls, serialized_name=name)
+                except ValueError:  # "Duplicate serialization registration"
+                    pass
 
 
 _register_states_for_export()

@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxopt_zoo import validation
 
@@ -32,8 +33,14 @@ class Accumulator:
     ``carry = init(shape_of_x0)``; for each ``i``: ``carry = update(carry, x_i, i)``;
     the result is ``finalize(carry)``. ``init`` gets a ``jax.ShapeDtypeStruct`` tree, or inside
     ``shard_map`` the traced :math:`x_0` itself: build the carry with ``jnp.zeros_like`` or
-    ``jnp.full_like``, which take both and make it vary over the manual mesh axes as the results do. ``aggregate`` reduces a stacked batch of
-    results along axis 0 the same way (Optax's ``micro_vmap`` uses it).
+    ``jnp.full_like``, which take both and make it vary over the manual mesh axes as the results do.
+
+    Args:
+        init: ``init(x0) -> carry``, the carry before the first microbatch, from the first result's shape.
+        update: ``update(carry, x_i, i) -> carry``, the carry with the ``i``-th result taken in.
+        finalize: ``finalize(carry) -> result``, what :func:`microbatch` returns.
+        aggregate: ``aggregate(xs) -> result``, the same reduction of the results stacked along axis 0 (Optax's
+            ``micro_vmap`` uses it).
 
     Example:
         >>> import jax.numpy as jnp
@@ -269,7 +276,7 @@ def microbatch(
         raise ValueError(f"{owner}: argnums must be an int or a sequence of ints, got {argnums!r}.")
     if not argnums and not argnames:
         raise ValueError(f"{owner}: name at least one batch argument (argnums or argnames).")
-    in_axes = (in_axes,) * (len(argnums) + len(argnames)) if isinstance(in_axes, int) else tuple(in_axes)
+    in_axes = (in_axes,) * (len(argnums) + len(argnames)) if isinstance(in_axes, (int, np.integer)) else tuple(in_axes)
     # Counted from the front, as Optax's (whose negative axes fail in a reshape): refused here by name.
     in_axes = tuple(validation.whole_number(owner, "in_axes", ax) for ax in in_axes)
     if len(in_axes) != len(argnums) + len(argnames):
@@ -287,6 +294,11 @@ def microbatch(
         ]
 
     def microbatched(*args, **kwargs):
+        for tree, ax in batched(args, kwargs):
+            for x in jax.tree.leaves(tree):
+                if ax >= jnp.ndim(x):
+                    raise ValueError(f"{owner}: in_axes gives batch axis {ax}, but a batch argument's leaf has shape "
+                                     f"{jnp.shape(x)}.")
         sizes = {x.shape[ax] for tree, ax in batched(args, kwargs) for x in jax.tree.leaves(tree)}
         if len(sizes) != 1:
             raise ValueError(f"{owner}: the batch arguments must have one batch size, got sizes {sorted(sizes)}.")

@@ -77,6 +77,10 @@ class MultiNormalDiagFromLogScale:
     ``params`` are ``[loc, log_scale]``, the arrays a gradient estimator
     differentiates; ``sample(shape, key)`` draws ``shape + param_shape`` values;
     ``log_prob(x)`` sums the log-density over the parameter axes.
+
+    Args:
+        loc: the mean, an array (broadcast with ``log_scale`` to the parameter shape).
+        log_scale: the natural log of the standard deviation, an array broadcastable with ``loc``.
     """
 
     def __init__(self, loc: jax.typing.ArrayLike, log_scale: jax.typing.ArrayLike):

@@ -361,6 +361,18 @@ class MultiSteps:
     against ``jax.jit(adam)``). Use ``.gradient_transformation()`` (or the
     object itself) as a transformation.
 
+    Args:
+        opt: the optimizer applied to the accumulated gradient, every ``k`` calls (an Optax one too).
+        every_k_schedule: :math:`k`, the calls accumulated per applied step: a whole number in
+            :math:`[1, 2^{31} - 1]`, or a callable of the number of applied steps returning one (checked at 0).
+        use_grad_mean: ``True``: apply ``opt`` to the mean of the ``k`` gradients; ``False``: to their sum.
+        should_skip_update_fn: ``None``, or ``fn(updates, gradient_step, params) -> (skip, skip_state)``
+            (:func:`~jaxopt_zoo.skip_not_finite`, :func:`~jaxopt_zoo.skip_large_updates`): a call whose ``skip`` is
+            true leaves the accumulator and the inner state as they were and returns zeros; ``skip_state`` is kept
+            in the state.
+        accumulator_dtype: the dtype of the accumulated gradient: ``jnp.float32`` (the default, also for float64
+            params), another floating dtype, or ``None`` (each param's own).
+
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
         >>> tx = jz.MultiSteps(jz.adamw(1e-3), every_k_schedule=4)
@@ -664,6 +676,10 @@ class WrappedSchedule:
     current value; ``update(state, **extra_args) -> state`` advances it. The
     count saturates at the int32 maximum instead of wrapping. Same as
     ``optax.WrappedSchedule``.
+
+    Args:
+        schedule_fn: the schedule, a callable of the int32 step count (0 at ``init``); not callable raises
+            ``TypeError``.
 
     Example:
         >>> import jaxopt_zoo as jz

@@ -2622,10 +2622,11 @@ def round_params_stochastically(params, updates, u, dtype):
         return np.where(target == params, 0.0, target - params.astype(np.float64))
 
 
-def compensated_params(params, updates, dtype, compensation_dtype=None):
+def compensated_params(params, updates, dtype, compensation_dtype=None, update_dtype="float32"):
     """Kahan-compensated params (compensate_params_rounding) in float64 with the roundings written out: each step
-    ``y = f32(u + c)``, ``theta' = dtype(f32(theta + y))`` (apply_updates' rounding), ``c = cdtype(f32(y - (theta' -
-    theta)))``. ``updates`` is a sequence of float32 arrays; returns the params and compensations after each step."""
+    ``y = f32(u + c)``, the update ``d = udtype(dtype(f32(theta + y)) - theta)`` (apply_updates' rounding, then the
+    update's dtype), ``theta' = dtype(f32(theta + d))``, ``c = cdtype(f32(y - (theta' - theta)))``. ``updates`` is a
+    sequence of arrays of ``update_dtype``; returns the params and compensations after each step."""
     import ml_dtypes
 
     cast = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16, "float32": np.float32}
@@ -2635,7 +2636,8 @@ def compensated_params(params, updates, dtype, compensation_dtype=None):
     out = []
     for u in updates:
         y = as_dtype(np.asarray(u, np.float64) + c, "float32")
-        new = as_dtype(as_dtype(theta + y, "float32"), dtype)
+        d = as_dtype(as_dtype(as_dtype(theta + y, "float32"), dtype) - theta, update_dtype)
+        new = as_dtype(as_dtype(theta + d, "float32"), dtype)
         c = as_dtype(as_dtype(y - (new - theta), "float32"), compensation_dtype or dtype)
         theta = new
         out.append((theta, c))

@@ -504,6 +504,8 @@ def test_microbatch_custom_accumulator_and_reshape():
         microbatching.reshape_batch_axis(jnp.ones((2, 6)), 2, axis=-1)
     with pytest.raises(ValueError, match=r"^reshape_batch_axis: a leaf of shape \(6,\) has no batch axis 1"):
         microbatching.reshape_batch_axis(jnp.ones(6), 2, axis=1)
+    with pytest.raises(ValueError, match=r"^microbatch: in_axes gives batch axis 1, but .* has shape \(6,\)"):
+        microbatching.microbatch(jnp.sum, 0, 2, in_axes=np.int64(1))(jnp.ones(6))  # a NumPy integer is an axis too
 
 
 # --- init_sharded: the groups' moments are laid out like their params -------------------------

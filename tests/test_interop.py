@@ -244,3 +244,18 @@ def test_every_optimizers_state_serializes_with_jax_export():
         state = jax.eval_shape(build().init, jz.LookaheadParams.init_synced(params) if name == "lookahead" else params)
         restored = export.deserialize(export.export(identity)(state).serialize())
         assert restored.out_tree == jax.tree.structure(state), name
+
+
+def test_export_names_are_the_classes_own_and_registering_again_is_harmless():
+    import importlib
+
+    from jax import export
+
+    # EmptyState is also public as NormalizeState (and other aliases): it is recorded under its own name.
+    blob = export.export(jax.jit(lambda state: state))(jz.scale(2.0).init({"w": jnp.ones(2)})).serialize()
+    assert b"jaxopt_zoo.EmptyState" in blob and b"NormalizeState" not in blob
+    # Reloading the package (IPython's autoreload) registers nothing twice. JAX allows one registration per class: a
+    # user's own, needed before the package registered its states, now raises in JAX and can be dropped.
+    importlib.reload(jz)
+    with pytest.raises(ValueError, match="Duplicate serialization registration"):
+        export.register_namedtuple_serialization(jz.ScaleByAdamState, serialized_name="mine.ScaleByAdamState")

@@ -239,14 +239,16 @@ def test_bad_input_names_the_transformation():
 # --- compensate_params_rounding ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype, compensation_dtype", [("bfloat16", None), ("float16", None), ("bfloat16", "float32")])
-def test_compensated_params_match_the_float64_reference(dtype, compensation_dtype):
+@pytest.mark.parametrize("dtype, compensation_dtype, update_dtype", [
+    ("bfloat16", None, "float32"), ("float16", None, "float32"), ("bfloat16", "float32", "float32"),
+    ("bfloat16", None, "bfloat16")])
+def test_compensated_params_match_the_float64_reference(dtype, compensation_dtype, update_dtype):
     rng = np.random.default_rng(3)
     params = np.concatenate([rng.normal(size=200) * np.exp2(rng.integers(-8, 8, 200)), [0.0, -0.0, 1.0, 1.0]])
     params = np.asarray(params.astype(DTYPES[dtype]), np.float32)
     # Updates from far below half a spacing to several spacings, the last param with a NaN at step 5.
     updates = [(rng.normal(size=params.size) * np.abs(params) * np.exp2(rng.uniform(-14, 2, params.size)))
-               .astype(np.float32) for _ in range(12)]
+               .astype(DTYPES.get(update_dtype, np.float32)) for _ in range(12)]
     updates[5][-1] = np.nan
     tx = jz.compensate_params_rounding(None if compensation_dtype is None else jnp.float32)
 
@@ -258,7 +260,8 @@ def test_compensated_params_match_the_float64_reference(dtype, compensation_dtyp
     p, state = jnp.asarray(params, DTYPES[dtype]), tx.init(jnp.asarray(params, DTYPES[dtype]))
     # The compensation of a float16 param is float32 by default (a float16 one would flush small values).
     expected = reference.compensated_params(params, updates, dtype,
-                                            compensation_dtype or ("float32" if dtype == "float16" else None))
+                                            compensation_dtype or ("float32" if dtype == "float16" else None),
+                                            update_dtype)
     for t, (u, (theta, c)) in enumerate(zip(updates, expected)):
         p, state = step(p, state, jnp.asarray(u))
         np.testing.assert_array_equal(np.asarray(p, np.float64), theta, err_msg=f"params at step {t}")
@@ -301,3 +304,19 @@ def test_compensation_storage_leaves_and_bad_input():
         tx.update({"w": jnp.ones(2)}, jz.sgd(0.1, momentum=0.9).init({"w": jnp.ones(2)}), {"w": jnp.ones(2)})
     with pytest.raises(ValueError, match="^compensate_params_rounding: compensation_dtype"):
         jz.compensate_params_rounding(jnp.int8)
+
+
+@pytest.mark.parametrize("keeper", list(KEEPERS))
+def test_updates_keep_their_dtype_inside_optaxs_conditional_wrappers(keeper):
+    # bfloat16 gradients of bfloat16 params: the updates stay bfloat16 (float32 ones broke optax.apply_if_finite's
+    # and conditionally_mask's cond, whose other branch keeps the incoming dtype), landing where float32 ones would.
+    params = {"w": jnp.asarray(1 + np.arange(64) / 64, jnp.bfloat16)}
+    grads = {"w": jnp.asarray(np.linspace(-3e-3, 3e-3, 64), jnp.bfloat16)}
+    build = lambda: jz.chain(jz.sgd(1.0), KEEPERS[keeper]())  # noqa: E731
+    plain = build()
+    updates, _ = plain.update(grads, plain.init(params), params)
+    wide, _ = plain.update(jax.tree.map(lambda g: g.astype(jnp.float32), grads), plain.init(params), params)
+    assert updates["w"].dtype == jnp.bfloat16 and wide["w"].dtype == jnp.float32
+    assert_trees_equal(jz.apply_updates(params, updates), jz.apply_updates(params, wide))
+    for wrapped in (optax.apply_if_finite(build(), 3), optax.conditionally_mask(build(), lambda count: count >= 0)):
+        assert_trees_equal(jax.jit(wrapped.update)(grads, wrapped.init(params), params)[0], updates)

@@ -432,7 +432,7 @@ def rmsprop(
 
 
 @document_args(add_decayed_weights, scale_by_trust_ratio, scale_by_learning_rate, _ALIAS_ARGUMENTS, trace,
-               momentum=args_entries(trace)["decay"])
+               momentum=args_entries(trace).get("decay", ""))  # no docstrings under python -OO
 def lars(
     learning_rate: ScalarOrSchedule,
     weight_decay: ScalarOrSchedule = 0.0,

@@ -102,11 +102,13 @@ def round_params_stochastically() -> GradientTransformation:
     (:mod:`jaxopt_zoo.rounding`, as :class:`~jaxopt_zoo.StochasticBF16` does for moments), so jitted, vmapped,
     sharded and ``shard_map`` runs round alike and the state holds only the count. Elements of equal
     :math:`\\theta + u` round alike within a step: params that would stay equal in exact arithmetic stay
-    equal. Other params (float32, float64, complex, integer) keep their updates as they are. The rounded
-    leaves' updates are float32 (a bfloat16 :math:`u'` could not always hold
-    :math:`\\mathrm{SR}(\\theta + u) - \\theta`); that difference is exact unless a step shrinks a param
-    more than :math:`2^{13}`-fold, where :math:`\\theta + u'` is within float32 rounding of it. A NaN or
-    infinite :math:`\\theta + u` stays as it is. An addition: neither Optax nor ``torch.optim`` has it
+    equal. Other params (float32, float64, complex, integer) keep their updates as they are. The updates keep
+    their dtype. A float32 :math:`u'` makes :math:`\\theta + u'` exactly :math:`\\mathrm{SR}(\\theta + u)`
+    (unless a step shrinks a param more than :math:`2^{13}`-fold: then to within float32 rounding); a bfloat16
+    one does whenever :math:`\\mathrm{SR}(\\theta + u)` is within a factor 2 of :math:`\\theta` (the
+    difference is then a bfloat16 number), else to within its own rounding. :math:`\\theta + u` is first
+    formed in float32, so an update below float32's resolution of :math:`\\theta` (:math:`2^{-24}` of it) is
+    lost, as it would be by float32 params. A NaN or infinite :math:`\\theta + u` stays as it is. An addition: neither Optax nor ``torch.optim`` has it
     (heavyball rounds its bfloat16 params this way, as does torchao's ``AdamW`` with ``bf16_stochastic_round``).
 
     Example:
@@ -139,7 +141,8 @@ def round_params_stochastically() -> GradientTransformation:
                 return u
             p = jnp.asarray(p).astype(jnp.float32)
             rounded = to_dtype(p + u.astype(jnp.float32), state.count).astype(jnp.float32)
-            return jnp.where(rounded == p, 0.0, rounded - p)  # 0, not inf - inf, where an infinite param stays
+            # 0, not inf - inf, where an infinite param stays; in the update's dtype (Optax's wrappers branch on it)
+            return jnp.where(rounded == p, 0.0, rounded - p).astype(u.dtype)
 
         return tree.map_updates(round_, updates, params), RoundParamsStochasticallyState(safe_increment(state.count))
 
@@ -163,7 +166,8 @@ def compensate_params_rounding(compensation_dtype: StateDtype = None) -> Gradien
 
     computed in float32 (or the params' wider dtype), with :math:`\\mathrm{round}` rounding to nearest in the
     param's dtype, as :func:`~jaxopt_zoo.apply_updates` (or Optax's, or Flax's ``nnx.Optimizer``) does: it then makes
-    exactly :math:`\\theta_{t+1}`. An update below half a bfloat16 param's spacing, which rounding drops, builds up
+    exactly :math:`\\theta_{t+1}` (the updates keep their dtype; where a bfloat16 :math:`u'_t` cannot hold the
+    difference, :math:`c_t` takes the point it does reach). An update below half a bfloat16 param's spacing, which rounding drops, builds up
     in :math:`c` until it moves the param (Kahan 1965; for bfloat16 training, Zamirai et al. 2020, "Revisiting
     BFloat16 Training"). It belongs last in a chain (after the learning rate). Unlike
     :func:`round_params_stochastically` it is deterministic and close to float32 params' trajectory, for a
@@ -193,15 +197,18 @@ def compensate_params_rounding(compensation_dtype: StateDtype = None) -> Gradien
     store = resolve(owner, "compensation_dtype", compensation_dtype)
 
     def compensated(u, c, p):
-        # theta + y rounded as apply_updates rounds it, and the update that gets there exactly
+        # y, the update (in u's dtype: Optax's wrappers branch on it) that takes p to theta + y rounded as
+        # apply_updates rounds it, and where that update lands (in u's dtype it may be rounded itself)
         p = jnp.asarray(p)
         wide = jnp.promote_types(p.dtype, jnp.float32)
-        y = u.astype(wide) + c.astype(wide)
-        p_wide = p.astype(wide)
         # Behind a barrier: XLA may drop a narrowing and widening pair of converts (excess precision), which here
         # would lose the very rounding that is being compensated.
-        step = jax.lax.optimization_barrier((p_wide + y).astype(p.dtype)).astype(wide) - p_wide
-        return y, jnp.where(jnp.isnan(step) & ~jnp.isnan(y), 0.0, step)  # 0, not inf - inf, where an infinite p stays
+        rounded = lambda x: jax.lax.optimization_barrier(x.astype(p.dtype)).astype(wide)  # noqa: E731
+        y = u.astype(wide) + c.astype(wide)
+        p_wide = p.astype(wide)
+        keep = lambda step: jnp.where(jnp.isnan(step) & ~jnp.isnan(y), 0.0, step)  # noqa: E731  not inf - inf
+        step = keep(rounded(p_wide + y) - p_wide).astype(u.dtype)
+        return y, step, keep(rounded(p_wide + step.astype(wide)) - p_wide)
 
     def compensates(p):
         return p is not None and jnp.issubdtype(jnp.result_type(p), jnp.floating)
@@ -216,8 +223,8 @@ def compensate_params_rounding(compensation_dtype: StateDtype = None) -> Gradien
         def carried(u, c, p):
             if not compensates(p):
                 return c
-            y, step = compensated(u, c, p)
-            return (y - step).astype(c.dtype)
+            y, _, landed = compensated(u, c, p)
+            return (y - landed).astype(c.dtype)
 
         compensation = tree.map_state(carried, updates, state.compensation, params)
         return new_updates, state._replace(compensation=compensation)
