@@ -320,3 +320,12 @@ def test_updates_keep_their_dtype_inside_optaxs_conditional_wrappers(keeper):
     assert_trees_equal(jz.apply_updates(params, updates), jz.apply_updates(params, wide))
     for wrapped in (optax.apply_if_finite(build(), 3), optax.conditionally_mask(build(), lambda count: count >= 0)):
         assert_trees_equal(jax.jit(wrapped.update)(grads, wrapped.init(params), params)[0], updates)
+
+
+@pytest.mark.parametrize("keeper", list(KEEPERS))
+def test_a_gradient_through_the_step_passes_the_rounding_as_the_identity(keeper):
+    # d(theta + u')/du = 1, the derivative of the rounding's expectation (stochastic rounding's bit operations gave 0).
+    params = jnp.asarray([1.0, 2.0, -3.0], jnp.bfloat16)
+    tx = KEEPERS[keeper]()
+    moved = lambda u: jz.apply_updates(params, tx.update(u, tx.init(params), params)[0]).astype(jnp.float32)  # noqa
+    np.testing.assert_array_equal(jax.jacobian(moved)(jnp.asarray([0.3, -0.7, 1e-3])), np.eye(3))

@@ -81,6 +81,16 @@ class RoundParamsStochasticallyState(NamedTuple):
 _STOCHASTIC_ROUNDING = {jnp.dtype(jnp.bfloat16): rounding.to_bfloat16, jnp.dtype(jnp.float16): rounding.to_float16}
 
 
+@jax.custom_jvp
+def _straight_through(update: jax.Array, rounded: jax.Array) -> jax.Array:
+    # ``rounded``, differentiated as ``update``: the derivative of the rounding's expectation (its bit operations
+    # have none, and a gradient through the step was 0).
+    return rounded
+
+
+_straight_through.defjvp(lambda primals, tangents: (primals[1], tangents[0]))
+
+
 def round_params_stochastically() -> GradientTransformation:
     """Change the updates so that bfloat16 and float16 params are rounded stochastically, not to nearest:
     :math:`u' = \\mathrm{SR}(\\theta + u) - \\theta`, computed in float32, where
@@ -108,7 +118,8 @@ def round_params_stochastically() -> GradientTransformation:
     one does whenever :math:`\\mathrm{SR}(\\theta + u)` is within a factor 2 of :math:`\\theta` (the
     difference is then a bfloat16 number), else to within its own rounding. :math:`\\theta + u` is first
     formed in float32, so an update below float32's resolution of :math:`\\theta` (:math:`2^{-24}` of it) is
-    lost, as it would be by float32 params. A NaN or infinite :math:`\\theta + u` stays as it is. An addition: neither Optax nor ``torch.optim`` has it
+    lost, as it would be by float32 params. A NaN or infinite :math:`\\theta + u` stays as it is. Differentiated
+    (a gradient through optimizer steps), the rounding is the identity, the derivative of its expectation. An addition: neither Optax nor ``torch.optim`` has it
     (heavyball rounds its bfloat16 params this way, as does torchao's ``AdamW`` with ``bf16_stochastic_round``).
 
     Example:
@@ -142,7 +153,7 @@ def round_params_stochastically() -> GradientTransformation:
             p = jnp.asarray(p).astype(jnp.float32)
             rounded = to_dtype(p + u.astype(jnp.float32), state.count).astype(jnp.float32)
             # 0, not inf - inf, where an infinite param stays; in the update's dtype (Optax's wrappers branch on it)
-            return jnp.where(rounded == p, 0.0, rounded - p).astype(u.dtype)
+            return _straight_through(u, jnp.where(rounded == p, 0.0, rounded - p).astype(u.dtype))
 
         return tree.map_updates(round_, updates, params), RoundParamsStochasticallyState(safe_increment(state.count))
 
