@@ -244,6 +244,22 @@ def is_encoded(leaf: Any) -> bool:
     return jnp.result_type(leaf) in (jnp.int8, jnp.uint8)
 
 
+@jax.custom_jvp
+def _not_differentiated(value: jax.Array) -> jax.Array:
+    # The moment on its way into integer codes, which carry no derivative: a gradient taken through optimizer steps
+    # would silently lose the moment's share (the state path). Differentiated, it raises instead.
+    return value
+
+
+@_not_differentiated.defjvp
+def _not_differentiated_jvp(primals, tangents):
+    raise ValueError(
+        "Blockwise8Bit: a gradient taken through optimizer steps cannot pass through an 8-bit moment (its integer "
+        "codes carry no derivative, so the moment's share of the gradient would silently be 0). Keep the moments "
+        "of the steps you differentiate through in jnp.float32, jnp.bfloat16 or jz.StochasticBF16()."
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Blockwise8Bit:
     """Store a moment as 8-bit codes with a float32 absmax scale per block (see the module docstring).
@@ -317,4 +333,4 @@ class Blockwise8Bit:
         if not is_encoded(stored):
             return value.astype(stored.dtype)
         groups, rows = stored.shape[-3:-1]
-        return _quantize(value, groups, rows - _SCALE_BYTES, stored.dtype == jnp.int8, step)
+        return _quantize(_not_differentiated(value), groups, rows - _SCALE_BYTES, stored.dtype == jnp.int8, step)

@@ -92,3 +92,21 @@ def to_float16(x: jax.Array, step: jax.typing.ArrayLike) -> jax.Array:
     rounded = low + jnp.where(uniform < (magnitude - low) / spacing, spacing, 0.0)
     rounded = jnp.where(rounded >= 2.0**16, jnp.inf, rounded)
     return jnp.where(jnp.isfinite(x), jnp.copysign(rounded, x), x).astype(jnp.float16)
+
+
+@jax.custom_jvp
+def straight_through(value: jax.Array, rounded: jax.Array) -> jax.Array:
+    """``rounded``, differentiated as ``value`` (a straight-through estimator, of ``value``'s shape and dtype).
+
+    A stochastic rounding's expectation is the value itself, so its derivative
+    is the identity; the bit operations that compute it have none (a gradient
+    taken through them is silently 0).
+
+    Args:
+        value: what was rounded, in the dtype of ``rounded``.
+        rounded: its rounding.
+    """
+    return rounded
+
+
+straight_through.defjvp(lambda primals, tangents: (primals[1], tangents[0]))

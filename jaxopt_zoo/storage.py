@@ -138,7 +138,8 @@ class StochasticBF16:
         value = _real_if_stored_real(value, stored)
         if stored.dtype != jnp.bfloat16:  # a leaf restored or mapped into another dtype keeps it
             return value.astype(stored.dtype)
-        return _to_bfloat16(value, step)
+        # Differentiated (a gradient through optimizer steps), the moment is written as it is, not as 0.
+        return rounding.straight_through(value.astype(jnp.bfloat16), _to_bfloat16(value, step))
 
 
 _to_bfloat16 = jax.jit(rounding.to_bfloat16)  # outside jit: one program per shape, not one per operation

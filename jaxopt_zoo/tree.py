@@ -286,6 +286,16 @@ def bias_correction(moment: Any, decay: jax.typing.ArrayLike, count: jax.Array) 
     return jax.tree.map(lambda m: None if m is None else m / correction.astype(m.dtype), moment, is_leaf=is_none)
 
 
+def _bias_correction_traced_once(fn: Callable[..., Any]) -> Callable[..., Any]:
+    # Traced, also when a step runs eagerly: there a concrete count made decay**count an integer power with the count
+    # baked in, compiled again at every step (~20 ms) and rounded otherwise than under jit (Optax jits it too).
+    traced = jax.jit(fn, inline=True)
+    return functools.wraps(fn)(lambda moment, decay, count: traced(moment, decay, count))
+
+
+bias_correction = _bias_correction_traced_once(bias_correction)
+
+
 def is_function_of_params(x: Any) -> bool:
     """Whether a mask, labels or spec argument is a function to call on the params rather than a tree: a tree whose
     class happens to be callable (an Equinox module of booleans, with its ``__call__``) is a tree (Optax's rule)."""

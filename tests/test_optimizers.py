@@ -630,3 +630,13 @@ def test_centered_rmsprop_with_low_precision_moments_stays_finite_under_steady_g
         grads = jax.tree.map(lambda p: p * (1 + 0.01 * np.sin(t)), params)
         updates, state = update(grads, state, params)
         assert bool(jnp.all(jnp.isfinite(updates["w"]))), f"non-finite update at step {t + 1}"
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "nadam", "amsgrad"])
+def test_eager_steps_are_optaxs_eager_steps_bit_for_bit(name):
+    """Step by step outside jit, as a notebook runs them: Adam's bias correction formed decay**count with the count
+    baked in (an integer power, compiled again at every step and rounded otherwise than Optax's jitted one)."""
+    params = make_params()
+    ours, theirs = (run_ours(lib_tx, params, steps=6, jit=False)[0] for lib_tx in (
+        getattr(jz, name)(1e-2), getattr(optax, name)(1e-2)))
+    assert_trees_equal(ours, theirs)

@@ -81,15 +81,6 @@ class RoundParamsStochasticallyState(NamedTuple):
 _STOCHASTIC_ROUNDING = {jnp.dtype(jnp.bfloat16): rounding.to_bfloat16, jnp.dtype(jnp.float16): rounding.to_float16}
 
 
-@jax.custom_jvp
-def _straight_through(update: jax.Array, rounded: jax.Array) -> jax.Array:
-    # ``rounded``, differentiated as ``update``: the derivative of the rounding's expectation (its bit operations
-    # have none, and a gradient through the step was 0).
-    return rounded
-
-
-_straight_through.defjvp(lambda primals, tangents: (primals[1], tangents[0]))
-
 
 def round_params_stochastically() -> GradientTransformation:
     """Change the updates so that bfloat16 and float16 params are rounded stochastically, not to nearest:
@@ -153,7 +144,7 @@ def round_params_stochastically() -> GradientTransformation:
             p = jnp.asarray(p).astype(jnp.float32)
             rounded = to_dtype(p + u.astype(jnp.float32), state.count).astype(jnp.float32)
             # 0, not inf - inf, where an infinite param stays; in the update's dtype (Optax's wrappers branch on it)
-            return _straight_through(u, jnp.where(rounded == p, 0.0, rounded - p).astype(u.dtype))
+            return rounding.straight_through(u, jnp.where(rounded == p, 0.0, rounded - p).astype(u.dtype))
 
         return tree.map_updates(round_, updates, params), RoundParamsStochasticallyState(safe_increment(state.count))
 
