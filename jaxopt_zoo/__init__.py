@@ -199,8 +199,9 @@ def _register_states_for_export() -> None:
                 name = f"{__name__}.{cls.__name__}" if public else f"{cls.__module__}.{cls.__qualname__}"
                 try:
                     export.register_namedtuple_serialization(cls, serialized_name=name)
-                except ValueError:  # "Duplicate serialization registration"
-                    pass
+                except ValueError as error:
+                    if "Duplicate serialization registration" not in str(error):
+                        raise
 
 
 _register_states_for_export()

@@ -260,6 +260,9 @@ def _not_differentiated_jvp(primals, tangents):
     )
 
 
+_not_differentiated_traced = jax.jit(_not_differentiated, inline=True)  # a custom_jvp is traced again at every call
+
+
 @dataclasses.dataclass(frozen=True)
 class Blockwise8Bit:
     """Store a moment as 8-bit codes with a float32 absmax scale per block (see the module docstring).
@@ -333,4 +336,4 @@ class Blockwise8Bit:
         if not is_encoded(stored):
             return value.astype(stored.dtype)
         groups, rows = stored.shape[-3:-1]
-        return _quantize(_not_differentiated(value), groups, rows - _SCALE_BYTES, stored.dtype == jnp.int8, step)
+        return _quantize(_not_differentiated_traced(value), groups, rows - _SCALE_BYTES, stored.dtype == jnp.int8, step)

@@ -95,18 +95,26 @@ def to_float16(x: jax.Array, step: jax.typing.ArrayLike) -> jax.Array:
 
 
 @jax.custom_jvp
+def _straight_through(value: jax.Array, rounded: jax.Array) -> jax.Array:
+    return rounded
+
+
+# The output through _straight_through again, so that its derivative is the identity at every order (returning
+# primals[1] here left second derivatives to the bit operations: 0).
+_straight_through.defjvp(lambda primals, tangents: (_straight_through(*primals), tangents[0]))
+# Traced once per shape: JAX traces a custom_jvp function again at every call (a step has one per leaf).
+_straight_through_traced = jax.jit(_straight_through, inline=True)
+
+
 def straight_through(value: jax.Array, rounded: jax.Array) -> jax.Array:
     """``rounded``, differentiated as ``value`` (a straight-through estimator, of ``value``'s shape and dtype).
 
     A stochastic rounding's expectation is the value itself, so its derivative
-    is the identity; the bit operations that compute it have none (a gradient
-    taken through them is silently 0).
+    is the identity (at every order); the bit operations that compute it have
+    none (a gradient taken through them is silently 0).
 
     Args:
         value: what was rounded, in the dtype of ``rounded``.
         rounded: its rounding.
     """
-    return rounded
-
-
-straight_through.defjvp(lambda primals, tangents: (primals[1], tangents[0]))
+    return _straight_through_traced(value, rounded)

@@ -290,7 +290,12 @@ def _bias_correction_traced_once(fn: Callable[..., Any]) -> Callable[..., Any]:
     # Traced, also when a step runs eagerly: there a concrete count made decay**count an integer power with the count
     # baked in, compiled again at every step (~20 ms) and rounded otherwise than under jit (Optax jits it too).
     traced = jax.jit(fn, inline=True)
-    return functools.wraps(fn)(lambda moment, decay, count: traced(moment, decay, count))
+
+    @functools.wraps(fn)
+    def bias_correction(moment: Any, decay: jax.typing.ArrayLike, count: jax.Array) -> Any:
+        return traced(moment, decay, count)
+
+    return bias_correction
 
 
 bias_correction = _bias_correction_traced_once(bias_correction)

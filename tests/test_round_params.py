@@ -329,3 +329,15 @@ def test_a_gradient_through_the_step_passes_the_rounding_as_the_identity(keeper)
     tx = KEEPERS[keeper]()
     moved = lambda u: jz.apply_updates(params, tx.update(u, tx.init(params), params)[0]).astype(jnp.float32)  # noqa
     np.testing.assert_array_equal(jax.jacobian(moved)(jnp.asarray([0.3, -0.7, 1e-3])), np.eye(3))
+    # At every order: the Hessian of half the squared params is the identity (second derivatives were 0).
+    half_square = lambda u: 0.5 * jnp.sum(moved(u) ** 2)  # noqa: E731
+    np.testing.assert_array_equal(jax.hessian(half_square)(jnp.asarray([0.3, -0.7, 1e-3])), np.eye(3))
+
+
+def test_compensation_leaves_non_finite_sums_as_rounding_to_nearest_does():
+    params = jnp.asarray([jnp.inf, jnp.inf, -jnp.inf, 1.0, 1.0], jnp.bfloat16)
+    updates = jnp.asarray([1.0, -jnp.inf, 2.0, jnp.nan, jnp.inf])
+    tx = jz.compensate_params_rounding()
+    out, _ = tx.update(updates, tx.init(params), params)
+    np.testing.assert_array_equal(np.asarray(jz.apply_updates(params, out), np.float32),
+                                  np.asarray(jz.apply_updates(params, updates), np.float32))  # inf, nan, -inf, nan, inf

@@ -110,8 +110,9 @@ def round_params_stochastically() -> GradientTransformation:
     difference is then a bfloat16 number), else to within its own rounding. :math:`\\theta + u` is first
     formed in float32, so an update below float32's resolution of :math:`\\theta` (:math:`2^{-24}` of it) is
     lost, as it would be by float32 params. A NaN or infinite :math:`\\theta + u` stays as it is. Differentiated
-    (a gradient through optimizer steps), the rounding is the identity, the derivative of its expectation. An addition: neither Optax nor ``torch.optim`` has it
-    (heavyball rounds its bfloat16 params this way, as does torchao's ``AdamW`` with ``bf16_stochastic_round``).
+    (a gradient through optimizer steps), the rounding is the identity, the derivative of its expectation. An
+    addition: neither Optax nor ``torch.optim`` has it (heavyball rounds its bfloat16 params this way, as does
+    torchao's ``AdamW`` with ``bf16_stochastic_round``).
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
@@ -169,8 +170,8 @@ def compensate_params_rounding(compensation_dtype: StateDtype = None) -> Gradien
     computed in float32 (or the params' wider dtype), with :math:`\\mathrm{round}` rounding to nearest in the
     param's dtype, as :func:`~jaxopt_zoo.apply_updates` (or Optax's, or Flax's ``nnx.Optimizer``) does: it then makes
     exactly :math:`\\theta_{t+1}` (the updates keep their dtype; where a bfloat16 :math:`u'_t` cannot hold the
-    difference, :math:`c_t` takes the point it does reach). An update below half a bfloat16 param's spacing, which rounding drops, builds up
-    in :math:`c` until it moves the param (Kahan 1965; for bfloat16 training, Zamirai et al. 2020, "Revisiting
+    difference, :math:`c_t` takes the point it does reach). An update below half a bfloat16 param's spacing, which
+    rounding drops, builds up in :math:`c` until it moves the param (Kahan 1965; for bfloat16 training, Zamirai et al. 2020, "Revisiting
     BFloat16 Training"). It belongs last in a chain (after the learning rate). Unlike
     :func:`round_params_stochastically` it is deterministic and close to float32 params' trajectory, for a
     compensation of the param's size (2 bytes for a bfloat16 param by default). Every real floating param is
@@ -199,36 +200,34 @@ def compensate_params_rounding(compensation_dtype: StateDtype = None) -> Gradien
     store = resolve(owner, "compensation_dtype", compensation_dtype)
 
     def compensated(u, c, p):
-        # y, the update (in u's dtype: Optax's wrappers branch on it) that takes p to theta + y rounded as
-        # apply_updates rounds it, and where that update lands (in u's dtype it may be rounded itself)
+        # The update (in u's dtype: Optax's wrappers branch on it) that takes p to p + y rounded as apply_updates
+        # rounds it, and the new compensation: y less where that update lands (in u's dtype it may be rounded too).
+        if p is None or not jnp.issubdtype(jnp.result_type(p), jnp.floating):
+            return u, c
         p = jnp.asarray(p)
         wide = jnp.promote_types(p.dtype, jnp.float32)
-        # Behind a barrier: XLA may drop a narrowing and widening pair of converts (excess precision), which here
-        # would lose the very rounding that is being compensated.
-        rounded = lambda x: jax.lax.optimization_barrier(x.astype(p.dtype)).astype(wide)  # noqa: E731
+        # Each narrowing behind a barrier: XLA may drop a narrowing and widening pair of converts (excess precision,
+        # GPUs' bfloat16 normalisation), which here would lose the very rounding that is being compensated.
+        narrowed = lambda x, dtype: jax.lax.optimization_barrier(x.astype(dtype)).astype(wide)  # noqa: E731
         y = u.astype(wide) + c.astype(wide)
         p_wide = p.astype(wide)
-        keep = lambda step: jnp.where(jnp.isnan(step) & ~jnp.isnan(y), 0.0, step)  # noqa: E731  not inf - inf
-        step = keep(rounded(p_wide + y) - p_wide).astype(u.dtype)
-        return y, step, keep(rounded(p_wide + step.astype(wide)) - p_wide)
-
-    def compensates(p):
-        return p is not None and jnp.issubdtype(jnp.result_type(p), jnp.floating)
+        # 0, not inf - inf, where an infinite param stays so (a NaN sum, an infinite param plus the opposite
+        # infinity, stays NaN as rounding to nearest makes it)
+        stays = jnp.isinf(p_wide) & ~jnp.isnan(p_wide + y)
+        step = jnp.where(stays, 0.0, narrowed(p_wide + y, p.dtype) - p_wide)
+        landed = jnp.where(stays, 0.0, narrowed(p_wide + narrowed(step, u.dtype), p.dtype) - p_wide)
+        return step.astype(u.dtype), (y - landed).astype(c.dtype)
 
     def update(updates, state, params=None, **extra_args):
         del extra_args
         validation.require_params(owner, params)
         tree.check_same_structure(owner, updates, params, "the params")
-        new_updates = tree.map_updates(lambda u, c, p: compensated(u, c, p)[1] if compensates(p) else u,
-                                       updates, state.compensation, params)
-
-        def carried(u, c, p):
-            if not compensates(p):
-                return c
-            y, _, landed = compensated(u, c, p)
-            return (y - landed).astype(c.dtype)
-
-        compensation = tree.map_state(carried, updates, state.compensation, params)
+        # One pass over the leaves (a pair each), split into the updates and the compensation.
+        pairs = jax.tree.map(lambda u, c, p: None if u is None else compensated(u, c, p), updates, state.compensation,
+                             params, is_leaf=tree.is_none)
+        new_updates = jax.tree.map(lambda u, pair: None if u is None else pair[0], updates, pairs, is_leaf=tree.is_none)
+        compensation = jax.tree.map(lambda u, c, pair: c if u is None else pair[1], updates, state.compensation, pairs,
+                                    is_leaf=tree.is_none)
         return new_updates, state._replace(compensation=compensation)
 
     def init(params):
