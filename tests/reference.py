@@ -2625,8 +2625,9 @@ def round_params_stochastically(params, updates, u, dtype):
 def compensated_params(params, updates, dtype, compensation_dtype=None, update_dtype="float32"):
     """Kahan-compensated params (compensate_params_rounding) in float64 with the roundings written out: each step
     ``y = f32(u + c)``, the update ``d = udtype(dtype(f32(theta + y)) - theta)`` (apply_updates' rounding, then the
-    update's dtype), ``theta' = dtype(f32(theta + d))``, ``c = cdtype(f32(y - (theta' - theta)))``. ``updates`` is a
-    sequence of arrays of ``update_dtype``; returns the params and compensations after each step."""
+    update's dtype; 0 where an infinite theta stays), ``theta' = dtype(f32(theta + d))``, ``c = cdtype(f32(y - (theta'
+    - theta)))``, or 0 where theta' - theta is not finite. ``updates`` is a sequence of arrays of ``update_dtype``;
+    returns the params and compensations after each step."""
     import ml_dtypes
 
     cast = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16, "float32": np.float32}
@@ -2636,9 +2637,13 @@ def compensated_params(params, updates, dtype, compensation_dtype=None, update_d
     out = []
     for u in updates:
         y = as_dtype(np.asarray(u, np.float64) + c, "float32")
-        d = as_dtype(as_dtype(as_dtype(theta + y, "float32"), dtype) - theta, update_dtype)
-        new = as_dtype(as_dtype(theta + d, "float32"), dtype)
-        c = as_dtype(as_dtype(y - (new - theta), "float32"), compensation_dtype or dtype)
+        with np.errstate(invalid="ignore"):  # inf - inf where an infinite param stays (taken as no step)
+            stays = np.isinf(theta) & ~np.isnan(theta + y)
+            d = np.where(stays, 0.0, as_dtype(as_dtype(as_dtype(theta + y, "float32"), dtype) - theta, update_dtype))
+            new = as_dtype(as_dtype(theta + d, "float32"), dtype)
+            landed = np.where(stays, 0.0, new - theta)
+        # nothing is carried from a step that overflowed or went NaN
+        c = as_dtype(np.where(np.isfinite(landed), as_dtype(y - landed, "float32"), 0.0), compensation_dtype or dtype)
         theta = new
         out.append((theta, c))
     return out

@@ -284,8 +284,8 @@ def test_compensated_params_follow_float32_params_where_rounding_to_nearest_stal
 
 
 def test_compensation_storage_leaves_and_bad_input():
-    params = {"bf16": jnp.ones(3, jnp.bfloat16), "f32": jnp.ones(2), "i32": jnp.arange(2), "c64": jnp.ones(2, jnp.complex64),
-              "frozen": jnp.ones(2, jnp.bfloat16)}
+    params = {"bf16": jnp.ones(3, jnp.bfloat16), "f32": jnp.ones(2), "i32": jnp.arange(2),
+              "c64": jnp.ones(2, jnp.complex64), "frozen": jnp.ones(2, jnp.bfloat16)}
     updates = {"bf16": jnp.full(3, 1e-3), "f32": jnp.full(2, 1e-9), "i32": jnp.zeros(2, jnp.int32),
                "c64": jnp.full(2, 1e-3j, jnp.complex64), "frozen": None}
     for storage, stored in ((None, jnp.bfloat16), (jz.StochasticBF16(), jnp.bfloat16), (jnp.float32, jnp.float32)):
@@ -341,3 +341,9 @@ def test_compensation_leaves_non_finite_sums_as_rounding_to_nearest_does():
     out, _ = tx.update(updates, tx.init(params), params)
     np.testing.assert_array_equal(np.asarray(jz.apply_updates(params, out), np.float32),
                                   np.asarray(jz.apply_updates(params, updates), np.float32))  # inf, nan, -inf, nan, inf
+    # A step that overflows, then a finite one: the param stays infinite (an infinite compensation made it NaN).
+    p, state = jnp.asarray([3e38], jnp.bfloat16), tx.init(jnp.asarray([3e38], jnp.bfloat16))
+    for u in (jnp.asarray([1e38]), jnp.asarray([1.0])):
+        out, state = tx.update(u, state, p)
+        p = jz.apply_updates(p, out)
+    assert float(p[0]) == np.inf

@@ -171,13 +171,14 @@ def compensate_params_rounding(compensation_dtype: StateDtype = None) -> Gradien
     param's dtype, as :func:`~jaxopt_zoo.apply_updates` (or Optax's, or Flax's ``nnx.Optimizer``) does: it then makes
     exactly :math:`\\theta_{t+1}` (the updates keep their dtype; where a bfloat16 :math:`u'_t` cannot hold the
     difference, :math:`c_t` takes the point it does reach). An update below half a bfloat16 param's spacing, which
-    rounding drops, builds up in :math:`c` until it moves the param (Kahan 1965; for bfloat16 training, Zamirai et al. 2020, "Revisiting
-    BFloat16 Training"). It belongs last in a chain (after the learning rate). Unlike
+    rounding drops, builds up in :math:`c` until it moves the param (Kahan 1965; for bfloat16 training, Zamirai et
+    al. 2020, "Revisiting BFloat16 Training"). It belongs last in a chain (after the learning rate). Unlike
     :func:`round_params_stochastically` it is deterministic and close to float32 params' trajectory, for a
     compensation of the param's size (2 bytes for a bfloat16 param by default). Every real floating param is
     compensated (a float32 one for float32 rounding); integer and complex params, and ``None`` updates, keep their
-    updates as they are. A NaN or infinite :math:`\\theta + y` is left as rounding to nearest leaves it. An
-    addition: neither Optax nor ``torch.optim`` has it (optimi's ``kahan_sum`` does this for PyTorch).
+    updates as they are. A NaN or infinite :math:`\\theta + y` is left as rounding to nearest leaves it, and
+    carries nothing to the next step. An addition: neither Optax nor ``torch.optim`` has it (optimi's ``kahan_sum``
+    does this for PyTorch).
 
     Args:
         compensation_dtype: storage of :math:`c`: ``None`` (the param's dtype; float32 for float16 params), a
@@ -216,7 +217,9 @@ def compensate_params_rounding(compensation_dtype: StateDtype = None) -> Gradien
         stays = jnp.isinf(p_wide) & ~jnp.isnan(p_wide + y)
         step = jnp.where(stays, 0.0, narrowed(p_wide + y, p.dtype) - p_wide)
         landed = jnp.where(stays, 0.0, narrowed(p_wide + narrowed(step, u.dtype), p.dtype) - p_wide)
-        return step.astype(u.dtype), (y - landed).astype(c.dtype)
+        # Nothing carried from a step that overflowed (or went NaN): an infinite compensation would turn the next
+        # step's infinite param into NaN, where rounding to nearest keeps it infinite.
+        return step.astype(u.dtype), jnp.where(jnp.isfinite(landed), y - landed, 0.0).astype(c.dtype)
 
     def update(updates, state, params=None, **extra_args):
         del extra_args
