@@ -1,7 +1,7 @@
 """Accuracy of low-bit AdamW state: fp32 against 8-bit and bfloat16 moments (rounded to nearest or stochastically),
 and against bfloat16 params (rounded either way); same data and init per seed.
 
-    python benchmarks/lowbit.py            # a few minutes on 2 CPU cores
+    python benchmarks/lowbit.py            # about 20 minutes on 2 CPU cores (937 s for the four moment rows)
     python benchmarks/lowbit.py --quick    # smoke test: two seeds, few steps (< 40 s)
     python benchmarks/lowbit.py --storages fp32,8-bit,8-bit-mu,8-bit-nu   # which moment costs accuracy
 
