@@ -405,8 +405,15 @@ def global_norm(updates: Any, axis_name: AxisName = None, owner: str = "global_n
             leaf that varies over a mesh axis raises; ``()`` asks for each shard's own norm.
         owner: the name the error messages start with (the calling transformation's).
     """
+    return root(global_sum_of_squares(updates, axis_name, owner))
+
+
+@document_args(global_norm)
+def global_sum_of_squares(updates: Any, axis_name: AxisName = None, owner: str = "global_sum_of_squares") -> jax.Array:
+    """:math:`\\sum_i \\|x_i\\|^2` over all leaves: :func:`global_norm` squared, without the root (for a caller that
+    guards a zero under it, so that XLA forms ``1 / sqrt`` as one ``rsqrt``, as Optax's programs do)."""
     leaves = [x for x in jax.tree.leaves(updates) if x is not None]
-    return root(sum_over_shards(owner, ((jnp.sum(abs_sq(x)), x) for x in leaves), axis_name))
+    return sum_over_shards(owner, ((jnp.sum(abs_sq(x)), x) for x in leaves), axis_name)
 
 
 def sum_of_squares(x: jax.Array, axis_name: AxisName = None, owner: str = "sum_of_squares") -> jax.Array:
