@@ -159,7 +159,9 @@ def polynomial_schedule(
 def _as_real(steps: Any) -> jax.Array:
     # An int32 step count divided by an int is float32 even with jax_enable_x64, which rounded float64 values;
     # in the default float dtype instead (float32 without x64: the same bits as the division's own conversion).
-    return jnp.asarray(steps, jnp.result_type(float))
+    # A Python int step stays weakly typed, as in Optax: the value times a bfloat16 array is bfloat16.
+    steps = jnp.asarray(steps)
+    return steps * 1.0 if jax.typeof(steps).weak_type else steps.astype(jnp.result_type(float))
 
 
 def _polynomial(
@@ -331,8 +333,9 @@ def _cosine(owner: str, init_value, decay_steps: int, alpha, exponent, names=_OW
     decay_steps = _steps(owner, names.get("decay_steps", "decay_steps"), decay_steps, minimum=1)
 
     def schedule(count):
-        # A float count avoids int32 overflow in count / decay_steps for huge step numbers.
-        count = jnp.minimum(jnp.asarray(count, jnp.result_type(float)), decay_steps)
+        # A float count avoids int32 overflow in count / decay_steps for huge step numbers; times a Python float,
+        # an integer count gives a weakly typed value of the default float dtype, as Optax's cosine does.
+        count = jnp.minimum(jnp.asarray(count) * 1.0, decay_steps)
         cosine = 0.5 * (1 + jnp.cos(jnp.pi * count / decay_steps))
         return init_value * ((1 - alpha) * cosine**exponent + alpha)
 

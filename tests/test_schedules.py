@@ -128,6 +128,19 @@ def test_matches_closed_form_and_optax(name):
         np.testing.assert_allclose(value, float(theirs(count)), rtol=1e-6, atol=1e-7, err_msg=f"step {t}")
 
 
+def test_value_is_weakly_typed_where_optaxs_is():
+    # linear_schedule(...)(5) was strongly typed float32 where Optax's is weak: the value times a bfloat16 array was
+    # float32, not bfloat16 (cosine_decay_schedule also at an int32 count).
+    differ = []
+    for name, (ours, theirs, _) in CASES.items():
+        for step in (5, 150, jnp.int32(5), jnp.int32(150)):
+            for run in (lambda f, step: f(step), lambda f, step: jax.jit(f)(step)):
+                a, b = jnp.asarray(run(ours(), step)), jnp.asarray(run(theirs(), step))
+                if (a.dtype, a.weak_type) != (b.dtype, b.weak_type):
+                    differ.append((name, repr(step), a.dtype, a.weak_type, b.dtype, b.weak_type))
+    assert not differ, differ
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_float64_values_at_an_int32_count_with_x64(name, x64):
     """An int32 count (an optimizer's) divided by an int is float32 even with x64: linear, polynomial,
