@@ -184,8 +184,10 @@ def _printed_table(stdout: str, title: str, rows: int) -> dict[str, list[float]]
     return {line.split()[0]: [float(v) for v in line.split()[1:]] for line in block.splitlines()[2 : 2 + rows]}
 
 
-def _run_with_terminal_stderr(script: str, *args: str) -> tuple[str, str]:
-    """stdout and stderr of an example whose stderr is a terminal (a pty), where progress bars show."""
+def _run_here_with_terminal_stderr(capsys, script: str, *args: str) -> tuple[str, str]:
+    """stdout and stderr of an example run here (:func:`_run_example_here`) whose stderr is a terminal (a pty),
+    where progress bars show."""
+    import contextlib
     import fcntl
     import os
     import pty
@@ -195,15 +197,13 @@ def _run_with_terminal_stderr(script: str, *args: str) -> tuple[str, str]:
 
     main, terminal = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 0-column pty gets no bar
-    process = subprocess.Popen([sys.executable, str(EXAMPLES / script), *args], stdout=subprocess.PIPE, stderr=terminal)
-    os.close(terminal)
     chunks: list[bytes] = []
 
     def drain():  # a full pty would block the script
         while True:
             try:
                 chunk = os.read(main, 4096)
-            except OSError:  # EIO: the script closed its end
+            except OSError:  # EIO: the terminal's end is closed and all of it read
                 break
             if not chunk:
                 break
@@ -212,21 +212,19 @@ def _run_with_terminal_stderr(script: str, *args: str) -> tuple[str, str]:
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
     try:
-        stdout, _ = process.communicate(timeout=300)
+        with open(terminal, "w", encoding="utf-8") as stderr, contextlib.redirect_stderr(stderr):
+            stdout = _run_example_here(capsys, script, *args)
     finally:
-        process.kill()
         reader.join(10)
         os.close(main)
-    stderr = b"".join(chunks).decode(errors="replace")
-    assert process.returncode == 0, stderr[-2000:]
-    return stdout.decode(), stderr
+    return stdout, b"".join(chunks).decode(errors="replace")
 
 
-def test_compare_optimizers_runs_fast(tmp_path):
+def test_compare_optimizers_runs_fast(tmp_path, capsys):
     # Three of the twelve (every optimizer is one more compile of the same loop): plain, adaptive, trust ratio.
     names = ["sgd", "adam", "lamb"]
-    stdout, stderr = _run_with_terminal_stderr(
-        "compare_optimizers.py", "--fast", "--optimizers", ",".join(reversed(names)), "--output", str(tmp_path)
+    stdout, stderr = _run_here_with_terminal_stderr(
+        capsys, "compare_optimizers.py", "--fast", "--optimizers", ",".join(reversed(names)), "--output", str(tmp_path)
     )
     # A progress bar on the terminal, one tick per optimizer on each of the three problems; none in stdout.
     assert "comparing" in stderr and f"{3 * len(names)}/{3 * len(names)}" in stderr, stderr[-2000:]
