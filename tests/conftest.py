@@ -98,7 +98,8 @@ if callable(getattr(_jax_mlir, "make_ir_context", None)):
 # writing (and a run killed while writing one leaves it broken); JAX then warns "Error reading persistent
 # compilation cache entry" and compiles that program again, which pyproject.toml's filterwarnings hides. (A size
 # limit, jax_compilation_cache_max_size, would lock each read and write, but every write then reads the whole
-# directory: quadratic in the suite's ~8,000 entries.)
+# directory: quadratic in the suite's ~8,000 entries.) JAX compresses each entry with zstandard where it is installed
+# (the test extra installs it), else with zlib: ~340 MB of programs, 9 CPU-seconds with zlib, 1.3 with zstandard.
 if jax.config.jax_compilation_cache_dir is None:
     jax.config.update("jax_compilation_cache_dir", str(pathlib.Path(__file__).resolve().parent.parent / ".jax_cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # the suite's programs are small and many
