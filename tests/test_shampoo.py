@@ -470,6 +470,23 @@ def test_a_non_finite_factor_keeps_the_previous_root():
     assert not np.array_equal(by_name(poisoned.roots)["t"][0][0], by_name(state.roots)["t"][0][0])
 
 
+def test_a_diverged_newton_root_is_replaced_by_eighs():
+    # Newton's iterate on a factor of rank 1 with eps = 1e-12 diverged while staying finite: a constant gradient got
+    # entries of 4e10 where the root gives 1/sqrt(6) everywhere, and 100 steps of a rank-1 gradient (the default
+    # alias, its roots refreshed at step 100) pointed uphill (cosine -0.03 with the gradient).
+    tx = jz.scale_by_shampoo()
+    update = tx.update(jnp.ones((2, 3)), tx.init(jnp.ones((2, 3))))[0]
+    assert float(jnp.max(jnp.abs(update))) < 1
+    assert float(jnp.sum(update) / jnp.linalg.norm(update) / jnp.sqrt(6.0)) > 0.99  # the root's direction: all equal
+    tx, a = jz.shampoo(1e-3), np.random.default_rng(0).normal(size=8)
+    step = jax.jit(lambda g, s: tx.update(g, s, jnp.zeros((8, 16))))
+    state = tx.init(jnp.zeros((8, 16)))
+    for t in range(1, 101):
+        g = jnp.asarray(np.outer(a * (1 + 0.01 * t), np.ones(16)), jnp.float32)
+        update, state = step(g, state)
+    assert float(-jnp.sum(update * g) / jnp.linalg.norm(update) / jnp.linalg.norm(g)) > 0.9
+
+
 def test_apply_if_finite_skips_a_nan_gradient_and_training_continues():
     tx = jz.apply_if_finite(jz.shampoo(0.01, precondition_frequency=2, max_precond_dim=4), 3)
     params = {"w": shampoo_params()["w"]}

@@ -165,9 +165,21 @@ def _accumulate(g: jax.Array, factors: Factors, layout: BlockLayout, b2: Any, we
 
 @tree.once_per_shape(static_argnums=(2, 3))  # a transformer's 92 stacks of roots: a handful of shapes
 def _fresh_roots(f: jax.Array, q: jax.Array, root_fn: Any, p: float, scale: jax.Array, eps: jax.Array) -> jax.Array:
-    # New roots of one stack of bias-corrected factors; a block whose new root is not finite keeps its previous one.
-    r = root_fn(f / scale.astype(f.dtype), p, eps).astype(q.dtype)
-    return jnp.where(jnp.all(jnp.isfinite(r), axis=(-2, -1), keepdims=True), r, q)
+    # New roots of one stack of bias-corrected factors. No entry of (A + eps I)^(-1/p) exceeds its largest eigenvalue,
+    # at most eps^(-1/p): Newton's iterate past that bound has diverged, however finite (a factor of rank 1 and a
+    # tiny eps: entries of 1e9 where the root's are below 1), and such a block takes eigh's root instead. A block
+    # whose root is still not finite or out of bounds keeps its previous one.
+    a = f / scale.astype(f.dtype)
+    r = root_fn(a, p, eps).astype(q.dtype)
+    bound = 1.5 * jnp.asarray(eps, jnp.float32) ** (-1.0 / p)
+
+    def unsound(r):
+        return ~jnp.all(jnp.isfinite(r) & (jnp.abs(r) <= bound), axis=(-2, -1), keepdims=True)
+
+    if root_fn is _newton_root:
+        r = jax.lax.cond(jnp.any(unsound(r)), lambda: jnp.where(unsound(r), _eigh_root(a, p, eps).astype(q.dtype), r),
+                         lambda: r)
+    return jnp.where(unsound(r), q, r)
 
 
 def _refresh(factors: Factors, roots: Factors, root_fn: Any, p: float, scale: jax.Array, eps: Any) -> Factors:
@@ -235,8 +247,12 @@ def scale_by_shampoo(
     transformer of ``benchmarks/run.py`` after 10 steps its refresh took 8.4x ``eigh``'s on a CPU
     (``benchmarks/RESULTS.md``). It is matrix products only, which accelerators run fastest. On CPUs,
     ``eigh`` runs one block at a time (:func:`jaxopt_zoo.stacked_eigh`).
-    A block whose new root is not finite (non-finite statistics, a failed iteration) keeps its previous root, as
-    Distributed Shampoo keeps its previous preconditioner when a computation fails. Statistics and roots are kept in
+    Newton's iterate can diverge while staying finite (on a factor of rank 1 with :math:`\varepsilon = 10^{-12}`:
+    entries of :math:`10^9` where the root's are below 1, and updates pointing uphill): a block whose root has an
+    entry above :math:`\varepsilon^{-1/p}`, which bounds the true root's, takes ``eigh``'s root instead (computed
+    only when some block of its stack needs it). A block whose new root is still not finite or out of that bound
+    (non-finite statistics) keeps its previous root, as Distributed Shampoo keeps its previous preconditioner when
+    a computation fails. Statistics and roots are kept in
     float32 (float64 for float64 params) whatever the storage options: an eigendecomposition in bfloat16 or 8 bits
     loses the small eigenvalues the roots invert. Only ``mu`` takes a storage (``mu_dtype``), and a low-precision
     one only where the factors have full rank: a leaf merged into one dimension (a matrix of at most
