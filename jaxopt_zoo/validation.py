@@ -186,7 +186,10 @@ def fraction(owner: str, name: str, value: Any) -> float | None:
 
 
 def scalar_or_schedule(owner: str, name: str, value: Any) -> None:
-    """Require a schedule (any callable of the step count) or a finite real ``value >= 0``."""
+    """Require a schedule (any callable of the step count but a class) or a finite real ``value >= 0``."""
+    if isinstance(value, type):  # jnp.float32 is callable: as a schedule, the rate would be the step count
+        raise ValueError(f"{owner}: {name} must be a number or a schedule (a function of the step count), got the "
+                         f"class {value!r}.")
     if not callable(value):
         non_negative(owner, name, value)
 

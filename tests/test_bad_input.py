@@ -702,3 +702,25 @@ def test_optimizers_with_reshaped_state_take_none_params(name):
     assert updates["frozen"] is None and np.all(np.isfinite(np.asarray(updates["w"])))
     with pytest.raises(ValueError, match=r"arrays at \['frozen'\]"):
         tx.update({**grads, "frozen": jnp.asarray(0.0)}, state, params)
+
+
+def test_a_dtype_for_a_rate_or_decay_is_refused_not_taken_for_a_schedule():
+    # jz.sgd(jnp.float32) stepped by the step count (a dtype is callable; 84 such arguments across the aliases, as in
+    # Optax): a class is never a schedule.
+    import inspect
+
+    checked = 0
+    for module, prefix in ((jz, ""), (jz.torch, "torch.")):
+        for name in module.__all__:
+            function = getattr(module, name)
+            if not inspect.isfunction(function) or name == "optimistic_adam":  # deprecated: warns
+                continue
+            parameters = inspect.signature(function).parameters
+            for argument in ("learning_rate", "lr", "weight_decay", "gamma"):
+                others = [p for p in parameters.values() if p.default is p.empty and p.name != argument
+                          and p.kind is p.POSITIONAL_OR_KEYWORD]
+                if argument in parameters and not others:
+                    with pytest.raises(ValueError, match=rf"{argument}\b.*float32"):
+                        function(**{argument: jnp.float32})
+                    checked += 1
+    assert checked > 80
