@@ -72,6 +72,11 @@ def widen(x: jax.Array) -> jax.Array:
     return x.astype(jnp.float32) if jnp.result_type(x) == jnp.float16 else x
 
 
+def as_inexact(x: jax.Array) -> jax.Array:
+    """``x`` itself if it is floating or complex, else (integers, bools) in :func:`moment_dtype`, float32."""
+    return x if jnp.issubdtype(x.dtype, jnp.inexact) else x.astype(moment_dtype(x.dtype))
+
+
 def moments_like(params: Any, fill: jax.typing.ArrayLike = 0.0) -> Any:
     """A moment tree shaped like ``params`` and filled with ``fill``, in each param's :func:`moment_dtype`.
 

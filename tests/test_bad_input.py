@@ -724,3 +724,15 @@ def test_a_dtype_for_a_rate_or_decay_is_refused_not_taken_for_a_schedule():
                         function(**{argument: jnp.float32})
                     checked += 1
     assert checked > 80
+
+
+@pytest.mark.parametrize("make", [lambda: jz.clip_by_global_norm(1.0), jz.normalize, lambda: jz.mars_adamw(0.1)],
+                         ids=["clip_by_global_norm", "normalize", "mars_adamw"])
+def test_integer_gradients_are_not_truncated_to_zero(make):
+    # Their float results were cast back to the gradients' int32: all zeros (Optax's clip_by_global_norm raises).
+    grads, tx = jnp.array([3, -4, 5]), make()
+    params = grads.astype(jnp.float32)
+    update = tx.update(grads, tx.init(params), params)[0]
+    assert update.dtype == jnp.float32
+    np.testing.assert_allclose(update, tx.update(params, tx.init(params), params)[0], rtol=1e-6)
+    assert bool(jnp.all(update != 0))

@@ -91,7 +91,7 @@ def clip_by_global_norm(max_norm: jax.typing.ArrayLike, *, axis_name: AxisName =
     Numerically ``optax.clip_by_global_norm``, except that a gradient whose
     norm equals ``max_norm`` is kept as it is (Optax forms :math:`c\\, g / \\|g\\|`):
     at ``max_norm = 0`` (given, injected or reached by a schedule) every update
-    is 0, where Optax's is NaN for zero gradients.
+    is 0, where Optax's is NaN for zero gradients. Integer gradients give float32 updates (Optax raises).
 
     Under ``jit`` with sharded arrays the norm is exact as it is; inside ``shard_map`` pass ``axis_name``.
 
@@ -120,8 +120,11 @@ def clip_by_global_norm(max_norm: jax.typing.ArrayLike, *, axis_name: AxisName =
         keep = norm <= max_norm  # (a max_norm injected as 0 keeps a zero gradient: 0 / 0 else)
         # The cast keeps g's dtype when max_norm is a wider array (e.g. injected as float32); the untaken branch
         # of a zero gradient divides by 0 (its slope kept finite).
-        scale = lambda g: jax.lax.select(
-            keep, g, (tree.divide_with_finite_slope(g, norm.astype(g.dtype)) * max_norm).astype(g.dtype))
+        def scale(g):
+            g = tree.as_inexact(g)  # an integer gradient's clipped values truncated to 0
+            return jax.lax.select(
+                keep, g, (tree.divide_with_finite_slope(g, norm.astype(g.dtype)) * max_norm).astype(g.dtype))
+
         return tree.map_updates(scale, updates), state
 
     return GradientTransformation(init_empty_state, update)

@@ -107,13 +107,14 @@ def mars_correction(
         weight = (gamma(state.count) if callable(gamma) else gamma) * b1 / (1 - b1)
 
         def corrected(g: jax.Array, prev: jax.Array) -> jax.Array:
-            wide = tree.widen(g)
+            wide = g.astype(tree.moment_dtype(g.dtype))
+            out = tree.as_inexact(g).dtype  # an integer or bool gradient's correction truncated to 0
             c = jnp.where(state.count == 0, wide, wide + weight * (wide - prev))
             if max_norm is None:
-                return c.astype(g.dtype)
+                return c.astype(out)
             norm = tree.root(tree.sum_of_squares(c, axis_name, owner))
             clipped = norm > max_norm
-            return jnp.where(clipped, c * (max_norm / jnp.where(clipped, norm, 1)), c).astype(g.dtype)
+            return jnp.where(clipped, c * (max_norm / jnp.where(clipped, norm, 1)), c).astype(out)
 
         prev_grad = tree.map_state(lambda g, prev: g, updates, state.prev_grad)
         new_state = MarsCorrectionState(safe_increment(state.count), prev_grad)

@@ -63,7 +63,8 @@ def normalize(*, axis_name: AxisName = None) -> GradientTransformation:
         # two made a third of the entries differ from Optax's in the last bit on some CPUs).
         safe = tree.root(jnp.where(squares == 0, jnp.ones_like(squares), squares))
         # Divided at the norm's precision and rounded once, as Optax does (a bfloat16 norm would round twice).
-        return tree.map_updates(lambda g: (g / safe).astype(g.dtype), updates), state
+        # (An integer gradient's direction is float: it truncated to 0.)
+        return tree.map_updates(lambda g: (g / safe).astype(tree.as_inexact(g).dtype), updates), state
 
     return GradientTransformation(lambda params: NormalizeState(), update)
 
