@@ -57,7 +57,7 @@ def to_bfloat16(x: jax.Array, step: jax.typing.ArrayLike) -> jax.Array:
         >>> sorted(set(draws.tolist())), round(float(draws.mean()), 3)  # unbiased: 1 + 2**-10 = 1.00098
         ([1.0, 1.0078125], 1.001)
     """
-    x = x.astype(jnp.float32)
+    x = jnp.asarray(x, jnp.float32)
     bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
     noise = random_bits(bits, step) >> 16
     rounded = jax.lax.bitcast_convert_type((bits + noise) & np.uint32(0xFFFF0000), jnp.float32)
@@ -83,7 +83,7 @@ def to_float16(x: jax.Array, step: jax.typing.ArrayLike) -> jax.Array:
         >>> sorted(set(draws.tolist())), round(float(draws.mean()) - 1, 5)  # unbiased: 2**-13 = 0.00012
         ([1.0, 1.0009765625], 0.00012)
     """
-    x = x.astype(jnp.float32)
+    x = jnp.asarray(x, jnp.float32)
     magnitude = jnp.abs(x)
     _, exponent = jnp.frexp(jnp.where(magnitude > 0, magnitude, 1.0))  # magnitude in [2**(exponent-1), 2**exponent)
     spacing = jnp.ldexp(jnp.float32(1), jnp.maximum(exponent - 1, -14) - 10)

@@ -347,3 +347,14 @@ def test_compensation_leaves_non_finite_sums_as_rounding_to_nearest_does():
         out, state = tx.update(u, state, p)
         p = jz.apply_updates(p, out)
     assert float(p[0]) == np.inf
+
+
+def test_a_python_float_update_leaf_is_taken_as_an_array():
+    # AttributeError: 'float' object has no attribute 'astype' (sgd and keep_params_nonnegative take such leaves).
+    from jaxopt_zoo import rounding
+
+    params = {"a": jnp.asarray(1.0, jnp.bfloat16)}
+    for tx in (jz.round_params_stochastically(), jz.compensate_params_rounding()):
+        updates, _ = tx.update({"a": 0.5}, tx.init(params), params)
+        assert float(updates["a"]) == 0.5  # 1.5 is a bfloat16: nothing to round
+    assert float(rounding.to_bfloat16(1.0, 0)) == 1.0 and float(rounding.to_float16(0.5, 0)) == 0.5

@@ -142,7 +142,7 @@ def round_params_stochastically() -> GradientTransformation:
             to_dtype = None if p is None else _STOCHASTIC_ROUNDING.get(jnp.result_type(p))
             if to_dtype is None:
                 return u
-            p = jnp.asarray(p).astype(jnp.float32)
+            u, p = jnp.asarray(u), jnp.asarray(p).astype(jnp.float32)  # u may be a Python float
             rounded = to_dtype(p + u.astype(jnp.float32), state.count).astype(jnp.float32)
             # 0, not inf - inf, where an infinite param stays; in the update's dtype (Optax's wrappers branch on it)
             return rounding.straight_through(u, jnp.where(rounded == p, 0.0, rounded - p).astype(u.dtype))
@@ -205,7 +205,7 @@ def compensate_params_rounding(compensation_dtype: StateDtype = None) -> Gradien
         # rounds it, and the new compensation: y less where that update lands (in u's dtype it may be rounded too).
         if p is None or not jnp.issubdtype(jnp.result_type(p), jnp.floating):
             return u, c
-        p = jnp.asarray(p)
+        u, p = jnp.asarray(u), jnp.asarray(p)  # u may be a Python float
         wide = jnp.promote_types(p.dtype, jnp.float32)
         # Each narrowing behind a barrier: XLA may drop a narrowing and widening pair of converts (excess precision,
         # GPUs' bfloat16 normalisation), which here would lose the very rounding that is being compensated.
