@@ -424,3 +424,11 @@ def test_nnx_optimizer_equals_the_same_transformation_on_the_raw_params():
         raw, state = raw_step(raw, state)
     assert_trees_equal(jax.tree.leaves(nnx.state(model, nnx.Param)), jax.tree.leaves(raw))
     assert not np.allclose(raw["out"]["kernel"][...], initial["out"]["kernel"][...])
+
+
+def test_bool_gradients_are_masked_like_their_float_values():
+    # jnp.sign refused the bool gradient: a TypeError from inside JAX (jz.adamw takes such a leaf).
+    grads, params = jnp.array([True, False, True]), jnp.array([1.0, 2.0, 3.0])
+    tx = jz.cautious_adamw(0.1)
+    np.testing.assert_array_equal(tx.update(grads, tx.init(params), params)[0],
+                                  tx.update(grads.astype(jnp.float32), tx.init(params), params)[0])

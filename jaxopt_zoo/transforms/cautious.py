@@ -21,7 +21,7 @@ from jaxopt_zoo import validation
 from jaxopt_zoo.base import GradientTransformation, OptState, expects_state
 from jaxopt_zoo.combine import as_transformation
 from jaxopt_zoo.sharding import AxisName, axis_size, sum_over_shards
-from jaxopt_zoo.tree import map_updates
+from jaxopt_zoo.tree import as_inexact, map_updates
 
 __all__ = ["CautiousState", "cautious"]
 
@@ -36,7 +36,7 @@ def _agrees(g: jax.Array, u: jax.Array) -> jax.Array:
     # u * g > 0 entry by entry, from the signs (a product of two tiny numbers could underflow to 0).
     if jnp.iscomplexobj(g) or jnp.iscomplexobj(u):
         return jnp.real(jnp.conj(g) * u) > 0
-    return (jnp.sign(g) == jnp.sign(u)) & (u != 0)
+    return (jnp.sign(as_inexact(g)) == jnp.sign(u)) & (u != 0)  # (jnp.sign refuses bools)
 
 
 def cautious(inner: GradientTransformation, *, axis_name: AxisName = None) -> GradientTransformation:
