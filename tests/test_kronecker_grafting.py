@@ -437,3 +437,21 @@ def test_shampoo_and_soap_refuse_complex_params():
                       (jz.scale_by_soap(), "scale_by_soap")]:
         with pytest.raises(ValueError, match=rf"^{owner}: complex params are not supported .*split_real_and_imag"):
             tx.init(params)
+
+
+def test_graft_checks_active_and_takes_an_integer_direction():
+    # active=True failed at the first update with "'bool' object is not callable", a vector from active with a
+    # broadcasting error, and 0.5 was taken as true; an integer direction was truncated (or, in blocks, refused by
+    # jnp.finfo).
+    params = jnp.ones((4, 4))
+    with pytest.raises(ValueError, match="graft: active must be None .* got True"):
+        jz.graft(jz.scale_by_adam(), jz.scale_by_sign(), active=True)
+    for returned in (jnp.ones(3, bool), 0.5):
+        tx = jz.graft(jz.scale_by_adam(), jz.scale_by_sign(), active=lambda state, r=returned: r)
+        with pytest.raises(ValueError, match="graft: active must return a boolean scalar"):
+            tx.update(params, tx.init(params))
+    grads = jnp.array([[3, -4, 0, 1], [5, 1, -2, 2]])
+    for max_block_dim in (None, 2):
+        tx = jz.graft(jz.scale_by_adam(), jz.scale_by_sign(), max_block_dim=max_block_dim)
+        state = tx.init(grads.astype(jnp.float32))
+        np.testing.assert_array_equal(tx.update(grads, state)[0], tx.update(grads.astype(jnp.float32), state)[0])

@@ -68,7 +68,7 @@ def graft(
         magnitude: the transformation whose update norms are used (e.g. ``jz.scale_by_adam()``).
         direction: the transformation whose update directions are used (e.g. ``jz.scale_by_shampoo()``).
         active: ``None`` (always graft) or a function of the direction's new state returning whether to graft
-            this step (a boolean scalar).
+            this step (a boolean scalar; anything else raises ``ValueError``).
         max_block_dim: ``None`` (a norm per leaf) or the largest block dimension, :math:`\\ge 1` (a norm per block).
         axis_name: inside ``shard_map``, the mesh axes the leaves may be sharded over.
         partition_specs: inside ``shard_map`` with ``max_block_dim``, the ``PartitionSpec`` of each update leaf
@@ -93,6 +93,9 @@ def graft(
         max_block_dim = validation.whole_number(owner, "max_block_dim", max_block_dim, 1)
     axis_name = validation.axis_name(owner, axis_name)
     check_partition_specs(owner, partition_specs)
+    if active is not None and not callable(active):
+        raise ValueError(f"{owner}: active must be None (always graft) or a function of the direction's state "
+                         f"returning a boolean scalar, got {active!r}.")
 
     def init(params):
         return GraftState(magnitude.init(params), direction.init(params))
@@ -100,7 +103,10 @@ def graft(
     def update(updates, state, params=None, **extra_args):
         m_updates, m_state = magnitude.update(updates, state.magnitude, params, **extra_args)
         d_updates, d_state = direction.update(updates, state.direction, params, **extra_args)
-        grafting = True if active is None else active(d_state)
+        grafting = True if active is None else jnp.asarray(active(d_state))
+        if active is not None and (grafting.shape != () or grafting.dtype != jnp.bool_):
+            raise ValueError(f"{owner}: active must return a boolean scalar, got {grafting.dtype} of shape "
+                             f"{grafting.shape}.")
         d_leaves, treedef = jax.tree.flatten(d_updates, is_leaf=tree.is_none)
         placements = None
         if max_block_dim is not None:
@@ -108,6 +114,7 @@ def graft(
                                           "grafting per block needs to know where each shard lies in its leaf")
 
         def grafted(d: jax.Array, m: jax.Array, at: Placement | None) -> jax.Array:
+            d = tree.as_inexact(d)  # an integer direction (scale_by_sign of integer gradients) truncated to 0
             if max_block_dim is not None and any(n > max_block_dim for n in whole_shape(d, at)):
                 return _grafted_per_block(d, m, at, max_block_dim, grafting).astype(d.dtype)
             d_norm = tree.root(tree.sum_of_squares(d, axis_name, owner))
