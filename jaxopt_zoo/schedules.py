@@ -419,13 +419,30 @@ def _checked_boundaries(owner: str, boundaries_and_scales: Mapping[int, float] |
     return sorted(boundaries_and_scales.items())
 
 
+def _check_products(owner: str, init_value, items: list[tuple[int, float]]) -> None:
+    """Refuse scales whose running product from ``init_value`` overflows the default float dtype (concrete ones):
+    the schedule's value would be inf from there on, and NaN before (0 * inf selects it out)."""
+    values = [init_value] + [factor for _, factor in items]
+    if any(isinstance(v, jax.core.Tracer) for v in values):
+        return
+    dtype = jnp.result_type(float)
+    product = float(init_value)
+    for boundary, factor in items:
+        product *= float(factor)
+        if not abs(product) <= float(jnp.finfo(dtype).max):
+            raise ValueError(f"{owner}: init_value times the scales up to boundary {boundary} overflows {dtype} "
+                             f"(boundaries_and_scales={dict(items)!r}).")
+
+
 @document_args(SCHEDULE_ARGUMENTS)
 def piecewise_constant_schedule(
     init_value: jax.typing.ArrayLike, boundaries_and_scales: Mapping[int, float] | None = None
 ) -> Schedule:
     """:math:`\\eta_t = \\eta_0 \\prod_{b \\le t} s_b`: multiply by ``scale`` from each ``boundary`` on.
 
-    ``init_value`` and the scales may be traced; the boundaries must be concrete integers.
+    ``init_value`` and the scales may be traced; the boundaries must be concrete integers. Concrete scales whose
+    running product overflows the float dtype raise ``ValueError`` (Optax's value is NaN before that boundary and
+    inf from it); traced ones are not checked.
 
     Example:
         >>> import jaxopt_zoo as jz
@@ -436,6 +453,7 @@ def piecewise_constant_schedule(
     owner = "piecewise_constant_schedule"
     validation.real_scalar(owner, "init_value", init_value)
     items = _checked_boundaries(owner, boundaries_and_scales)
+    _check_products(owner, init_value, items)
 
     def schedule(count):
         value = init_value
@@ -453,7 +471,8 @@ def piecewise_interpolate_schedule(
 ) -> Schedule:
     """Like :func:`piecewise_constant_schedule`, but moving linearly or along a half cosine
     from one value to the next between boundaries (and constant after the last).
-    ``init_value`` and the scales may be traced; the boundaries must be concrete integers.
+    ``init_value`` and the scales may be traced; the boundaries must be concrete integers. Concrete scales whose
+    running product overflows the float dtype raise ``ValueError``, as for :func:`piecewise_constant_schedule`.
 
     Args:
         interpolate_type: ``"linear"`` or ``"cosine"``: how the value moves from one boundary's value to
@@ -470,6 +489,7 @@ def piecewise_interpolate_schedule(
         raise ValueError(f"{owner}: interpolate_type must be 'linear' or 'cosine', got {interpolate_type!r}.")
     validation.real_scalar(owner, "init_value", init_value)
     items = _checked_boundaries(owner, boundaries_and_scales)
+    _check_products(owner, init_value, items)
     return _interpolated(interpolate_type, init_value, tuple(b for b, _ in items), tuple(s for _, s in items))
 
 
@@ -485,7 +505,9 @@ def _interpolated(interpolate_type: str, init_value, boundaries: tuple, factors:
         values = jnp.cumprod(jnp.stack((init_value,) + factors))
         inside = jnp.logical_and(bounds[:-1] <= count, count < bounds[1:])
         fraction = _as_real(count - bounds[:-1]) / jnp.maximum(bounds[1:] - bounds[:-1], 1)
-        return inside.dot(interpolate(values[:-1], values[1:], fraction)) + (bounds[-1] <= count) * values[-1]
+        # Selected, not multiplied by 0 or 1: a value of inf (traced scales) makes 0 * inf NaN elsewhere.
+        pieces = jnp.where(inside, interpolate(values[:-1], values[1:], fraction), 0.0)
+        return jnp.sum(pieces) + jnp.where(bounds[-1] <= count, values[-1], 0.0)
 
     return schedule
 

@@ -532,3 +532,14 @@ def test_cyclic_momentum_drives_sgd_through_inject_hyperparams():
         updates, state = tx.update(jnp.sin(params * (t + 1)), state, params)
         params = jz.apply_updates(params, updates)
         np.testing.assert_allclose(np.asarray(params), p, rtol=2e-6, atol=1e-6, err_msg=f"step {t + 1}")
+
+
+@pytest.mark.parametrize("make", [lambda scales: jz.piecewise_constant_schedule(1.0, scales),
+                                  lambda scales: jz.piecewise_interpolate_schedule("linear", 1.0, scales)],
+                         ids=["constant", "interpolate"])
+def test_scales_whose_product_overflows_are_refused(make):
+    # Each scale is finite, their product is not: NaN at step 10 where the value is 1e20, inf from step 20 (Optax's
+    # too).
+    with pytest.raises(ValueError, match="up to boundary 20 overflows float32"):
+        make({10: 1e20, 20: 1e20})
+    assert float(make({10: 1e20, 20: 1e10})(15)) > 1e19
