@@ -528,6 +528,8 @@ def test_zero_gradients_and_empty_leaves_give_finite_updates():
         (jz.shampoo, dict(learning_rate=0.1, grafting="lion"), "shampoo", "grafting"),
         (jz.shampoo, dict(learning_rate=0.1, grafting_b2=1.0), "shampoo", "grafting_b2"),
         (jz.shampoo, dict(learning_rate=0.1, max_precond_dim=0), "shampoo", "max_precond_dim"),
+        (jz.shampoo, dict(learning_rate=0.1, max_precond_dim=None), "shampoo", "max_precond_dim"),  # named
+        (jz.shampoo, dict(learning_rate=0.1, precondition_frequency=None), "shampoo", "precondition_frequency"),
         (jz.shampoo, dict(learning_rate=0.1, graft_per_block="yes"), "shampoo", "graft_per_block"),
         (jz.shampoo, dict(learning_rate=0.1, b2=-0.1), "shampoo", "b2"),
         (jz.scale_by_diagonal_grafting, dict(eps=-1.0), "scale_by_diagonal_grafting", "eps"),

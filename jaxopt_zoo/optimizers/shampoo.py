@@ -150,7 +150,7 @@ def shampoo(
     counts = dict(precondition_frequency=precondition_frequency, max_precond_dim=max_precond_dim,
                   start_preconditioning_step=start_preconditioning_step, exponent_override=exponent_override)
     for name, value in counts.items():
-        if value is not None:
+        if value is not None or name in ("precondition_frequency", "max_precond_dim"):  # these take no None
             _whole_number(owner, name, value)
     if grafting == "adam":
         validation.decay_rate(owner, "grafting_b2", grafting_b2)
