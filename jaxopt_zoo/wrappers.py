@@ -403,8 +403,18 @@ class MultiSteps:
     def inner_opt(self) -> GradientTransformation:
         return self._opt
 
+    def _skip(self, updates, step, params) -> tuple[jax.Array, Any]:
+        returned = self._should_skip(updates, step, params)
+        if not (isinstance(returned, (tuple, list)) and len(returned) == 2):
+            raise ValueError("MultiSteps: should_skip_update_fn must return a pair (skip, skip_state), as Optax's do "
+                             f"(skip a boolean scalar), got {returned!r}.")
+        skip = jnp.asarray(returned[0])  # a Python bool too: ~True would be -2
+        if skip.shape != () or skip.dtype != jnp.bool_:
+            raise ValueError(f"MultiSteps: should_skip_update_fn must return a boolean scalar, got {skip!r}.")
+        return skip, returned[1]
+
     def init(self, params: Params) -> MultiStepsState:
-        _, skip_state = self._should_skip(tree.zeros_like(params), zero_count(), params)
+        _, skip_state = self._skip(tree.zeros_like(params), zero_count(), params)
         return MultiStepsState(
             zero_count(), zero_count(), self._opt.init(params), tree.zeros_like(params, self._dtype), skip_state
         )
@@ -413,10 +423,7 @@ class MultiSteps:
         check_state("MultiSteps", state, MultiStepsState)
         tree.check_same_structure("MultiSteps", updates, state.acc_grads, "the accumulated gradients (state.acc_grads)")
         k = self._every_k(state.gradient_step)
-        skip, skip_state = self._should_skip(updates, state.gradient_step, params)
-        skip = jnp.asarray(skip)  # a Python bool too: ~True would be -2
-        if skip.shape != () or skip.dtype != jnp.bool_:
-            raise ValueError(f"MultiSteps: should_skip_update_fn must return a boolean scalar, got {skip!r}.")
+        skip, skip_state = self._skip(updates, state.gradient_step, params)
         if self._use_grad_mean:  # Welford's running mean, stable in low precision
             accumulate = lambda g, acc: acc + (g - acc) / (state.mini_step + 1)
         else:

@@ -736,3 +736,15 @@ def test_integer_gradients_are_not_truncated_to_zero(make):
     assert update.dtype == jnp.float32
     np.testing.assert_allclose(update, tx.update(params, tx.init(params), params)[0], rtol=1e-6)
     assert bool(jnp.all(update != 0))
+
+
+def test_multisteps_says_what_should_skip_update_fn_must_return():
+    # A bare bool failed at init with "cannot unpack non-iterable bool object".
+    params = jnp.ones(3)
+    with pytest.raises(ValueError, match=r"must return a pair \(skip, skip_state\).*got False"):
+        jz.MultiSteps(jz.sgd(0.1), 2, should_skip_update_fn=lambda *args: False).init(params)
+    tx = jz.MultiSteps(jz.sgd(0.1), 2, should_skip_update_fn=lambda *args: (jnp.ones(2, bool), ()))
+    with pytest.raises(ValueError, match="must return a boolean scalar"):
+        tx.update(params, tx.init(params), params)
+    tx = jz.MultiSteps(jz.sgd(0.1), 2, should_skip_update_fn=optax.skip_not_finite)
+    assert int(tx.update(params, tx.init(params), params)[1].mini_step) == 1
