@@ -749,3 +749,31 @@ def test_multisteps_says_what_should_skip_update_fn_must_return():
         tx.update(params, tx.init(params), params)
     tx = jz.MultiSteps(jz.sgd(0.1), 2, should_skip_update_fn=optax.skip_not_finite)
     assert int(tx.update(params, tx.init(params), params)[1].mini_step) == 1
+
+
+KRONECKER_STATE_MISMATCHES = {
+    # (built by, used by): a crash inside JAX (incompatible shapes, zip() lengths), or the state's layout taken
+    # silently.
+    "shampoo merge_dims": (lambda: jz.scale_by_shampoo(), lambda: jz.scale_by_shampoo(merge_dims=False)),
+    "shampoo max_precond_dim": (lambda: jz.scale_by_shampoo(), lambda: jz.scale_by_shampoo(max_precond_dim=1)),
+    "shampoo precondition_1d": (lambda: jz.scale_by_shampoo(), lambda: jz.scale_by_shampoo(precondition_1d=True)),
+    "shampoo no precondition_1d": (lambda: jz.scale_by_shampoo(precondition_1d=True), lambda: jz.scale_by_shampoo()),
+    "soap merge_dims": (lambda: jz.scale_by_soap(), lambda: jz.scale_by_soap(merge_dims=True)),
+    "soap blocking": (lambda: jz.scale_by_soap(max_precond_dim=2), lambda: jz.scale_by_soap(max_precond_dim=2,
+                                                                                            blocking=False)),
+    "soap no precondition_1d": (lambda: jz.scale_by_soap(precondition_1d=True), lambda: jz.scale_by_soap()),
+    "psgd memory_save_mode": (lambda: jz.scale_by_psgd_kron(memory_save_mode="all_diag", key=0),
+                              lambda: jz.scale_by_psgd_kron(key=0)),
+    "psgd max_size_triangular": (lambda: jz.scale_by_psgd_kron(max_size_triangular=2, key=0),
+                                 lambda: jz.scale_by_psgd_kron(key=0)),
+}
+
+
+@pytest.mark.parametrize("case", list(KRONECKER_STATE_MISMATCHES))
+def test_a_kronecker_state_built_with_other_options_raises_naming_them(case):
+    built_by, used_by = (make() for make in KRONECKER_STATE_MISMATCHES[case])
+    params = {"w": jnp.ones((4, 6)), "b": jnp.ones(3)}
+    from jaxopt_zoo.base import StateMismatchError
+
+    with pytest.raises(StateMismatchError, match="built by an init with other options"):
+        used_by.update(params, built_by.init(params), params)

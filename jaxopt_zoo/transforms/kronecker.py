@@ -46,6 +46,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxopt_zoo import validation
+from jaxopt_zoo.base import StateMismatchError
 from jaxopt_zoo.sharding import Placement, explicit_layout, gathered, placement_of, split_over
 
 __all__ = [
@@ -411,6 +412,25 @@ def factor_specs(spec: PartitionSpec | None, factors: Sequence[Sequence[jax.Arra
     return tuple(tuple(stack_spec(spec, f.shape[0], sizes) for f in stack) for stack in factors)
 
 
+def check_factor_shapes(owner: str, layout: BlockLayout | None, state: Sequence[Sequence[jax.Array]], name: str,
+                        dims: Sequence[Sequence[int]] | None = None) -> None:
+    """Outside ``shard_map``: raise unless ``state`` (per stack of ``layout``, its factors) holds one
+    ``(blocks, d, d)`` factor for each dimension of each stack (``dims`` as for :func:`shared_layout`), and nothing
+    for a leaf without a layout. A state built by an init with other options (a crash inside JAX, or a
+    preconditioner of another layout taken silently) or for other params."""
+    stacks = () if layout is None else layout.stack_shapes
+    want = [[(count, block[i], block[i]) for i in (range(len(block)) if dims is None else dims[k])]
+            for k, (count, *block) in enumerate(stacks)]
+    held = [[jnp.shape(f) for f in factors] for factors in state]
+    if held != want and not (layout is None and not any(held)):
+        leaf = ("a leaf it does not precondition (a scalar, an empty leaf or a vector without precondition_1d)"
+                if layout is None else f"a leaf of shape {layout.shape}, which takes {want}")
+        raise StateMismatchError(
+            f"{owner}: {name} holds factors of shapes {held} for {leaf}: the state was built by an init with other "
+            "options (max_precond_dim, merge_dims, blocking, precondition_1d) or for other params. Build it with "
+            "this transformation's init.")
+
+
 def shared_layout(owner: str, layout: BlockLayout | None, state: Sequence[Sequence[jax.Array]],
                   placement: Placement | None, name: str,
                   dims: Sequence[Sequence[int]] | None = None) -> BlockLayout | None:
@@ -421,6 +441,7 @@ def shared_layout(owner: str, layout: BlockLayout | None, state: Sequence[Sequen
     blocks that have factors, in order (``None``: every one). Outside ``shard_map`` (``placement`` ``None``),
     ``layout``."""
     if placement is None or layout is None:
+        check_factor_shapes(owner, layout, state, name, dims)
         return layout
     axes, shares = split_over(placement), []
     ways = jax.lax.axis_size(axes) if axes else 1

@@ -13,7 +13,7 @@ The fit runs inside a ``jax.lax.cond``: under ``jit`` the other steps do not pay
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +23,7 @@ from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import (
     GradientTransformation,
     ScalarOrSchedule,
+    StateMismatchError,
     Updates,
     expects_state,
     init_only,
@@ -238,9 +239,11 @@ def _param_shape(factors: tuple[jax.Array, ...]) -> tuple[int, ...] | None:
     return tuple(q.shape[0] for q in factors) if factors[0].ndim else ()
 
 
-def _checked_factors(owner: str, leaves: list, qs: Any) -> tuple[Factors, ...]:
+def _checked_factors(owner: str, leaves: list, qs: Any,
+                     triangular: Callable[[tuple[int, ...]], Any]) -> tuple[Factors, ...]:
     """``qs`` after checking it against the updates' leaves (``jax.tree.leaves(updates, is_leaf=tree.is_none)``):
-    one entry per leaf, each the factors of a param shaped like its update."""
+    one entry per leaf, each the factors of a param shaped like its update, triangular (2-D) or diagonal (1-D) as
+    ``triangular(shape)`` says for each dimension."""
     if not isinstance(qs, tuple) or len(qs) != len(leaves):
         count = len(qs) if isinstance(qs, tuple) else type(qs).__name__
         raise ValueError(f"{owner}: the updates tree does not match the preconditioner factors (state.qs): the "
@@ -251,6 +254,13 @@ def _checked_factors(owner: str, leaves: list, qs: Any) -> tuple[Factors, ...]:
         if g is not None and jnp.shape(g) != shape:
             raise ValueError(f"{owner}: an update of shape {jnp.shape(g)} meets preconditioner factors of a "
                              f"param of shape {shape}. Pass updates shaped like the params the state was built for.")
+        if g is not None and jnp.ndim(g) and [q.ndim == 2 for q in factors] != list(triangular(shape)):
+            raise StateMismatchError(
+                f"{owner}: the factors of a param of shape {shape} in state.qs are "
+                f"{['triangular' if q.ndim == 2 else 'diagonal' for q in factors]}, where this transformation keeps "
+                f"{['triangular' if t else 'diagonal' for t in triangular(shape)]}: the state was built by an init "
+                "with other options (max_size_triangular, min_ndim_triangular, memory_save_mode). Build it with this "
+                "transformation's init.")
     return qs
 
 
@@ -441,6 +451,9 @@ def scale_by_psgd_kron(
     impl = _key_impl(key)
     has_mu = not validation.is_literal_zero(b1)
 
+    def triangular(shape: tuple[int, ...]) -> tuple[bool, ...]:
+        return _triangular_dims(shape, max_size, min_ndim, memory_save_mode)
+
     def init(params):
         def factors(p):
             return _initial_factors(owner, p, precond_init_scale, max_size, min_ndim, memory_save_mode)
@@ -461,7 +474,7 @@ def scale_by_psgd_kron(
                                       "the Kronecker factors need whole arrays") or [None] * len(leaves)
         whole = lambda xs: [None if x is None else whole_leaf(x, at) for x, at in zip(xs, placements)]  # noqa: E731
         leaves = whole(leaves)
-        qs = _checked_factors(owner, leaves, state.qs)
+        qs = _checked_factors(owner, leaves, state.qs, triangular)
         if has_mu:  # the flat factors cannot tell two trees with leaves of the same shapes apart; the momentum can
             tree.check_same_structure(owner, updates, state.mu, "the momentum (state.mu)")
         count = safe_increment(state.count)

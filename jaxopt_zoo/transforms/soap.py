@@ -27,8 +27,8 @@ from jaxopt_zoo import sharding, tree, validation
 from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, safe_increment, zero_count
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
 from jaxopt_zoo.transforms.kronecker import (
-    PRECISION, BlockLayout, block_layout, factor_specs, from_blocks, local_share, mode_product, on_blocks, place_stack,
-    shared_layout, stack_of_eyes, stacked_eigh, stacked_qr, to_blocks,
+    PRECISION, BlockLayout, block_layout, check_factor_shapes, factor_specs, from_blocks, local_share, mode_product,
+    on_blocks, place_stack, shared_layout, stack_of_eyes, stacked_eigh, stacked_qr, to_blocks,
 )
 
 __all__ = ["ScaleBySoapState", "scale_by_soap"]
@@ -410,6 +410,8 @@ def scale_by_soap(
         blocked = []  # per blocked leaf: (its row, plan, Explicit layouts of g, mu, nu, shard_map placement)
         for g, mu, nu, stats, bases, at in zip(*columns, placements or itertools.repeat(None)):
             plan = None if g is None else plan_of(sharding.whole_shape(g, at))
+            if g is not None and at is None:  # (inside shard_map, shared_layout checks them below)
+                check_factor_shapes(owner, plan and plan.layout, stats, "state.stats", plan and plan.dims)
             if plan is None or plan.layout is None:  # a None leaf keeps its entries; an empty one gets zeros
                 rows.append([g if g is None else jnp.zeros_like(g), mu, nu, stats, bases])
                 continue
