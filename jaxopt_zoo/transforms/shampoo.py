@@ -247,9 +247,9 @@ def scale_by_shampoo(
     transformer of ``benchmarks/run.py`` after 10 steps its refresh took 8.4x ``eigh``'s on a CPU
     (``benchmarks/RESULTS.md``). It is matrix products only, which accelerators run fastest. On CPUs,
     ``eigh`` runs one block at a time (:func:`jaxopt_zoo.stacked_eigh`).
-    Newton's iterate can diverge while staying finite (on a factor of rank 1 with :math:`\varepsilon = 10^{-12}`:
+    Newton's iterate can diverge while staying finite (on a factor of rank 1 with :math:`\\varepsilon = 10^{-12}`:
     entries of :math:`10^9` where the root's are below 1, and updates pointing uphill): a block whose root has an
-    entry above :math:`\varepsilon^{-1/p}`, which bounds the true root's, takes ``eigh``'s root instead (computed
+    entry above :math:`\\varepsilon^{-1/p}`, which bounds the true root's, takes ``eigh``'s root instead (computed
     only when some block of its stack needs it). A block whose new root is still not finite or out of that bound
     (non-finite statistics) keeps its previous root, as Distributed Shampoo keeps its previous preconditioner when
     a computation fails. Statistics and roots are kept in
