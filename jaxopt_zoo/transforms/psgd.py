@@ -288,9 +288,6 @@ class ScaleByPsgdKronState(NamedTuple):
     ps: tuple[Factors, ...] | None = None
 
 
-_LARGEST_INIT_SCALE = float(jnp.finfo(jnp.float32).max) ** 0.25
-
-
 @init_only("key", "precond_init_scale")
 def scale_by_psgd_kron(
     b1: jax.typing.ArrayLike = 0.9,
@@ -401,8 +398,7 @@ def scale_by_psgd_kron(
         memory_save_mode: ``None``, ``"one_diag"``, ``"smart_one_diag"``, ``"one_triu"`` or ``"all_diag"``.
         momentum_into_precond_update: fit :math:`P` to the momentum :math:`\\hat m_t` (else to :math:`g_t`).
         precond_lr: the fit's step size :math:`\\eta_Q > 0`.
-        precond_init_scale: :math:`Q_0 = s I` for a number :math:`0 < s \\le 4.3 \\cdot 10^9` (float32's
-            largest 4th root); ``None``: from the first gradient.
+        precond_init_scale: :math:`Q_0 = s I` for a number :math:`s > 0`; ``None``: from the first gradient.
         mu_dtype: storage of the momentum (see :mod:`jaxopt_zoo.storage`).
         key: an integer seed or a ``jax.random.key`` for the update draws and probes.
         damping: :math:`\\delta \\ge 0`, the absolute damping of the fitted input (Li's default).
@@ -438,10 +434,7 @@ def scale_by_psgd_kron(
     validation.flag(owner, "momentum_into_precond_update", momentum_into_precond_update)
     validation.positive(owner, "precond_lr", precond_lr)
     if precond_init_scale is not None:
-        checked = validation.positive(owner, "precond_init_scale", precond_init_scale)
-        if checked is not None and checked > _LARGEST_INIT_SCALE:  # the fit forms s^4: zero updates, then NaN
-            raise ValueError(f"{owner}: precond_init_scale must be at most {_LARGEST_INIT_SCALE:.3g} (its 4th power "
-                             f"must be a finite float32), got {precond_init_scale!r}.")
+        validation.positive(owner, "precond_init_scale", precond_init_scale)
     validation.epsilon(owner, "damping", damping)
     validation.flag(owner, "cached", cached)
     axis_name = validation.axis_name(owner, axis_name)
