@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 import types
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -156,12 +157,17 @@ def polynomial_schedule(
     return _polynomial("polynomial_schedule", init_value, end_value, power, transition_steps, transition_begin)
 
 
-def _as_real(steps: Any) -> jax.Array:
+def _as_real(steps: Any, weak_integers: bool = False) -> jax.Array:
     # An int32 step count divided by an int is float32 even with jax_enable_x64, which rounded float64 values;
     # in the default float dtype instead (float32 without x64: the same bits as the division's own conversion).
-    # A Python int step stays weakly typed, as in Optax: the value times a bfloat16 array is bfloat16.
+    # A Python step stays weakly typed, as in Optax (the value times a bfloat16 array is bfloat16), and may pass
+    # int32's range; with weak_integers an integer array too (Optax's cosine decay).
+    if isinstance(steps, numbers.Real):
+        return jnp.asarray(float(steps))
     steps = jnp.asarray(steps)
-    return steps * 1.0 if jax.typeof(steps).weak_type else steps.astype(jnp.result_type(float))
+    if jax.typeof(steps).weak_type or (weak_integers and jnp.issubdtype(steps.dtype, jnp.integer)):
+        return steps * 1.0
+    return steps.astype(jnp.result_type(float))
 
 
 def _polynomial(
@@ -333,9 +339,9 @@ def _cosine(owner: str, init_value, decay_steps: int, alpha, exponent, names=_OW
     decay_steps = _steps(owner, names.get("decay_steps", "decay_steps"), decay_steps, minimum=1)
 
     def schedule(count):
-        # A float count avoids int32 overflow in count / decay_steps for huge step numbers; times a Python float,
-        # an integer count gives a weakly typed value of the default float dtype, as Optax's cosine does.
-        count = jnp.minimum(jnp.asarray(count) * 1.0, decay_steps)
+        # A float count avoids int32 overflow in count / decay_steps for huge step numbers; an integer count gives
+        # a weakly typed value, as Optax's cosine does.
+        count = jnp.minimum(_as_real(count, weak_integers=True), decay_steps)
         cosine = 0.5 * (1 + jnp.cos(jnp.pi * count / decay_steps))
         return init_value * ((1 - alpha) * cosine**exponent + alpha)
 

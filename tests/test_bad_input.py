@@ -729,13 +729,14 @@ def test_a_dtype_for_a_rate_or_decay_is_refused_not_taken_for_a_schedule():
 @pytest.mark.parametrize("make", [lambda: jz.clip_by_global_norm(1.0), jz.normalize, lambda: jz.mars_adamw(0.1)],
                          ids=["clip_by_global_norm", "normalize", "mars_adamw"])
 def test_integer_gradients_are_not_truncated_to_zero(make):
-    # Their float results were cast back to the gradients' int32: all zeros (Optax's clip_by_global_norm raises).
-    grads, tx = jnp.array([3, -4, 5]), make()
-    params = grads.astype(jnp.float32)
-    update = tx.update(grads, tx.init(params), params)[0]
-    assert update.dtype == jnp.float32
-    np.testing.assert_allclose(update, tx.update(params, tx.init(params), params)[0], rtol=1e-6)
-    assert bool(jnp.all(update != 0))
+    # Their float results were cast back to the gradients' int32: all zeros (Optax's clip_by_global_norm raises);
+    # squares of int8 and int32 gradients wrapped around.
+    for grads in (jnp.array([3, -4, 5]), jnp.array([100, 0, -7], jnp.int8), jnp.array([50000, 1, -3])):
+        tx, params = make(), grads.astype(jnp.float32)
+        update = tx.update(grads, tx.init(params), params)[0]
+        assert update.dtype == jnp.float32
+        np.testing.assert_allclose(update, tx.update(params, tx.init(params), params)[0], rtol=1e-6)
+        assert bool(jnp.all((update != 0) == (grads != 0)))
 
 
 def test_multisteps_says_what_should_skip_update_fn_must_return():

@@ -139,6 +139,9 @@ def test_value_is_weakly_typed_where_optaxs_is():
                 if (a.dtype, a.weak_type) != (b.dtype, b.weak_type):
                     differ.append((name, repr(step), a.dtype, a.weak_type, b.dtype, b.weak_type))
     assert not differ, differ
+    for ours, theirs in ((jz.cosine_decay_schedule, optax.cosine_decay_schedule),  # a Python step beyond int32
+                         (lambda *a: jz.exponential_decay(*a, 0.5), lambda *a: optax.exponential_decay(*a, 0.5))):
+        assert float(ours(1.0, 100)(2**31)) == float(theirs(1.0, 100)(2**31))
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -116,15 +116,13 @@ def clip_by_global_norm(max_norm: jax.typing.ArrayLike, *, axis_name: AxisName =
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
+        updates = tree.map_updates(tree.as_inexact, updates)  # integer squares would wrap, their results truncate
         norm = tree.global_norm(updates, axis_name, "clip_by_global_norm")
         keep = norm <= max_norm  # (a max_norm injected as 0 keeps a zero gradient: 0 / 0 else)
         # The cast keeps g's dtype when max_norm is a wider array (e.g. injected as float32); the untaken branch
         # of a zero gradient divides by 0 (its slope kept finite).
-        def scale(g):
-            g = tree.as_inexact(g)  # an integer gradient's clipped values truncated to 0
-            return jax.lax.select(
-                keep, g, (tree.divide_with_finite_slope(g, norm.astype(g.dtype)) * max_norm).astype(g.dtype))
-
+        scale = lambda g: jax.lax.select(
+            keep, g, (tree.divide_with_finite_slope(g, norm.astype(g.dtype)) * max_norm).astype(g.dtype))
         return tree.map_updates(scale, updates), state
 
     return GradientTransformation(init_empty_state, update)

@@ -57,14 +57,14 @@ def normalize(*, axis_name: AxisName = None) -> GradientTransformation:
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
+        updates = tree.map_updates(tree.as_inexact, updates)  # integer squares would wrap, their results truncate
         squares = tree.global_sum_of_squares(updates, axis_name, "normalize")
         # A zero gradient has no direction: divide by 1 there, so the update is 0 instead of 0/0. The guard sits
         # under the root, so that XLA forms g / sqrt(s) as g * rsqrt(s), as in Optax's program (a guard between the
         # two made a third of the entries differ from Optax's in the last bit on some CPUs).
         safe = tree.root(jnp.where(squares == 0, jnp.ones_like(squares), squares))
         # Divided at the norm's precision and rounded once, as Optax does (a bfloat16 norm would round twice).
-        # (An integer gradient's direction is float: it truncated to 0.)
-        return tree.map_updates(lambda g: (g / safe).astype(tree.as_inexact(g).dtype), updates), state
+        return tree.map_updates(lambda g: (g / safe).astype(g.dtype), updates), state
 
     return GradientTransformation(lambda params: NormalizeState(), update)
 

@@ -249,10 +249,11 @@ def scale_by_shampoo(
     ``eigh`` runs one block at a time (:func:`jaxopt_zoo.stacked_eigh`).
     Newton's iterate can diverge while staying finite (on a factor of rank 1 with :math:`\\varepsilon = 10^{-12}`:
     entries of :math:`10^9` where the root's are below 1, and updates pointing uphill): a block whose root has an
-    entry above :math:`\\varepsilon^{-1/p}`, which bounds the true root's, takes ``eigh``'s root instead (computed
-    only when some block of its stack needs it). A block whose new root is still not finite or out of that bound
-    (non-finite statistics) keeps its previous root, as Distributed Shampoo keeps its previous preconditioner when
-    a computation fails. Statistics and roots are kept in
+    entry above :math:`1.5\\,\\varepsilon^{-1/p}` (the true root's are at most :math:`\\varepsilon^{-1/p}`) takes
+    ``eigh``'s root instead (computed only when some block of its stack needs it; under ``jax.vmap`` over the
+    optimizer, at every refresh); a root that misses by less is not detected. A block whose new root is still not
+    finite or out of that bound (non-finite statistics) keeps its previous root, as Distributed Shampoo keeps its
+    previous preconditioner when a computation fails. Statistics and roots are kept in
     float32 (float64 for float64 params) whatever the storage options: an eigendecomposition in bfloat16 or 8 bits
     loses the small eigenvalues the roots invert. Only ``mu`` takes a storage (``mu_dtype``), and a low-precision
     one only where the factors have full rank: a leaf merged into one dimension (a matrix of at most
