@@ -622,8 +622,12 @@ def swa_params(start: int = 1, every: int = 1) -> GradientTransformation:
     bfloat16's rounding. For an exponential average, see :func:`ema_params`.
 
     PyTorch's ``AveragedModel(model)`` with ``update_parameters`` called after every
-    step from step ``start`` on is ``swa_params(start)``; called once an epoch from epoch
-    ``swa_start`` on, it is ``swa_params(swa_start * steps_per_epoch, every=steps_per_epoch)``.
+    step from step ``start`` on is ``swa_params(start)``; called at the end of every epoch
+    from the ``k``-th on (counting from 1), it is ``swa_params(k * steps_per_epoch,
+    every=steps_per_epoch)``. PyTorch's documented loop, ``for epoch in range(epochs)``
+    with ``if epoch > swa_start: swa_model.update_parameters(model)`` after each epoch,
+    starts after epoch ``swa_start + 2`` counting from 1: ``swa_params((swa_start + 2) *
+    steps_per_epoch, every=steps_per_epoch)``.
     As there, batch-norm statistics are not averaged: recompute them with the average
     (PyTorch's ``update_bn``) before evaluating.
 

@@ -35,9 +35,10 @@ def sgd(learning_rate, momentum=0.0, dampening=0.0, nesterov=False, weight_decay
 
     def update(g, state, params, t):
         g = g + weight_decay * params
-        if momentum:
-            b = g.copy() if state["b"] is None else momentum * state["b"] + (1 - dampening) * g
-            g = g + momentum * b if nesterov else b
+        mu = schedule_value(momentum, t)  # PyTorch: no buffer, and the buffer left alone, on a step with mu = 0
+        if mu:
+            b = g.copy() if state["b"] is None else mu * state["b"] + (1 - dampening) * g
+            g = g + mu * b if nesterov else b
             state = {"b": b}
         return -schedule_value(learning_rate, t) * (g + decoupled_decay * params), state
 
@@ -137,7 +138,7 @@ def torch_adadelta(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False):
 
 def torch_rmsprop(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, maximize=False):
     """torch.optim.RMSprop: v = a v + (1-a) g^2; centered: m = a m + (1-a) g, v~ = v - m^2;
-    avg = sqrt(v~) + eps; momentum: b = mu b + g / avg, p -= lr b; else p -= lr g / avg."""
+    avg = sqrt(v~) + eps; momentum: b = mu b + g / avg, p -= lr b; else p -= lr g / avg (momentum may be a schedule)."""
 
     def init(params):
         return {"v": np.zeros_like(params), "m": np.zeros_like(params), "b": np.zeros_like(params)}
@@ -147,8 +148,9 @@ def torch_rmsprop(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
         v = alpha * state["v"] + (1 - alpha) * g * g
         m = alpha * state["m"] + (1 - alpha) * g
         avg = np.sqrt(v - m * m if centered else v) + eps
-        b = momentum * state["b"] + g / avg
-        step = b if momentum > 0 else g / avg
+        mu = schedule_value(momentum, t)  # the buffer is left alone on a step with mu = 0
+        b = mu * state["b"] + g / avg if mu > 0 else state["b"]
+        step = b if mu > 0 else g / avg
         return -schedule_value(lr, t) * step, {"v": v, "m": m, "b": b}
 
     return Reference(init, update)

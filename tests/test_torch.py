@@ -226,6 +226,29 @@ def test_options_injected_as_arrays_give_torchs_trajectory(name):
     assert_trees_close(injected, expected, rtol=1e-5, atol=1e-6)
 
 
+def _momentum_edits(starts_on: bool):
+    # 0.9 and 0 in turn, five steps each, from 0 (or from 0.9: nesterov needs a momentum as it is built).
+    def momentum(count):
+        on = (count // 5) % 2 == (0 if starts_on else 1)
+        return jnp.where(on, 0.9, 0.0) if isinstance(count, jax.Array) else 0.9 * on
+
+    return momentum
+
+
+@pytest.mark.parametrize("name, options, starts_on", [
+    ("sgd", dict(dampening=0.3), False), ("sgd", dict(nesterov=True), True), ("rmsprop", dict(centered=True), False),
+    ("rmsprop", dict(), True)])
+def test_a_momentum_edited_to_and_from_zero_leaves_the_buffer_as_torch_does(name, options, starts_on):
+    """PyTorch's SGD starts its buffer (undamped, at the gradient) on the first step with momentum > 0, and neither
+    SGD nor RMSprop touches its buffer on a step with momentum 0. An injected momentum raised from 0 used to take a
+    buffer one damped step ahead (0.095 for PyTorch's 0.05), and one lowered to 0 and raised again a buffer holding
+    only the last gradient."""
+    ref = {"sgd": reference.torch_sgd, "rmsprop": reference.torch_rmsprop}[name]
+    momentum = _momentum_edits(starts_on)
+    ours = jz.inject_hyperparams(getattr(jz.torch, name))(lr=0.02, momentum=momentum, **options)
+    _check(ours, ref(0.02, momentum=momentum, **options))
+
+
 @pytest.mark.parametrize("name", jz.torch.__all__)
 def test_state_can_be_donated(name):
     tx = getattr(jz.torch, name)()
