@@ -270,7 +270,8 @@ def test_an_integer_for_a_real_hyperparameter_is_injected_as_a_float():
     step = jax.jit(tx.update)
     _, state = step(params, state, params)
     state.hyperparams["momentum"] = jnp.asarray(0.9, jnp.float32)
-    updates, _ = step(params, state, params)  # torch's buffer: g, then 0.9 g + g
+    _, state = step(params, state, params)  # torch's buffer starts here, at g
+    updates, _ = step(params, state, params)  # then 0.9 g + g
     np.testing.assert_allclose(updates["w"], -0.1 * 1.9 * np.asarray(params["w"]), rtol=1e-6)
     assert step._cache_size() == 1
     muon = jz.inject_hyperparams(jz.muon)(learning_rate=0.1, ns_steps=3).init({"w": jnp.ones((2, 3))})
