@@ -198,6 +198,7 @@ def optional_dtype(owner: str, name: str, value: Any) -> jnp.dtype | None:
     """``value`` as a floating dtype (``None`` stays ``None``), or a ``ValueError``."""
     if value is None:
         return None
+    _not_an_array(owner, name, value, "a floating dtype such as jnp.float32")
     try:
         dtype = jnp.dtype(value)
     except TypeError:
@@ -206,6 +207,14 @@ def optional_dtype(owner: str, name: str, value: Any) -> jnp.dtype | None:
         raise ValueError(f"{owner}: {name} must be a floating dtype such as jnp.float32, got {value!r}.")
     # float64 becomes float32 unless jax_enable_x64 is on, as for every JAX array.
     return jax.dtypes.canonicalize_dtype(dtype)
+
+
+def _not_an_array(owner: str, name: str, value: Any, expected: str) -> None:
+    """Refuse an array (or a NumPy scalar, a ``jax.ShapeDtypeStruct``) given for a dtype: ``jnp.dtype`` reads its
+    ``.dtype``, so ``mu_dtype=jnp.ones(2)`` would silently be float32."""
+    if hasattr(value, "dtype") and not isinstance(value, (type, np.dtype)):
+        raise ValueError(f"{owner}: {name} must be {expected}, got an array of dtype {value.dtype} and shape "
+                         f"{np.shape(value)} ({type(value).__name__}); to take an array's dtype, pass x.dtype.")
 
 
 def state_dtype(owner: str, name: str, value: Any) -> Any:
@@ -226,6 +235,7 @@ def state_dtype(owner: str, name: str, value: Any) -> Any:
         "a floating dtype such as jnp.bfloat16, None for the params' dtype, jz.StochasticBF16() or "
         "jz.Blockwise8Bit() for 8-bit moments"
     )
+    _not_an_array(owner, name, value, "a dtype such as jnp.bfloat16")
     try:
         dtype = None if value is None else jnp.dtype(value)
     except TypeError:
@@ -351,3 +361,78 @@ def adam_options(owner: str, b1: Any, b2: Any, eps: Any, eps_root: Any, nesterov
     epsilon(owner, "eps", eps)
     epsilon(owner, "eps_root", eps_root)
     flag(owner, "nesterov", nesterov)
+
+
+def scalar_loss(owner: str, name: str, value: Any, *, returned: bool = False) -> None:
+    """Require a loss to be a real scalar: a number or a 0-d array of integer or floating dtype.
+
+    For ``update(..., value=loss)`` (``name="value"``) and, with ``returned``, for what an objective ``name``
+    (``value_fn``) returns. Only the shape and dtype are read, so a traced loss is checked too (at trace time).
+    An unreduced loss (per-example losses, or a PyTorch-style one-element loss of shape ``(1,)``) would broadcast
+    against the state's scalars into per-element step sizes and a state of another shape; it is refused, and the
+    message says how to reduce it.
+    """
+    subject = f"{name} must return" if returned else f"{name} must be"
+    try:
+        shape, dtype = jnp.shape(value), jnp.result_type(value)
+    except TypeError:
+        shape, dtype = None, None
+    if isinstance(value, (bool, np.bool_)) or dtype is None or not (
+            jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
+        got = f"{type(value).__name__} {value!r:.80}" if dtype is None else f"{value!r:.80} of dtype {dtype}"
+        raise ValueError(f"{owner}: {subject} a real scalar loss (a number or a 0-d array), got {got}.")
+    if shape != ():
+        fix = (f"reduce it inside {name} (jnp.mean or jnp.sum of per-example losses; .reshape(()) for a one-element "
+               "array)") if returned else (
+               "pass the reduced loss (jnp.mean or jnp.sum of per-example losses; loss.reshape(()) for a one-element "
+               "array)")
+        raise ValueError(f"{owner}: {subject} a scalar loss (a 0-d array), got an array of shape {shape}; {fix}.")
+
+
+def objective(owner: str, name: str, value: Any) -> None:
+    """Require ``value`` (an objective such as a line search's ``value_fn``) to be callable."""
+    if not callable(value):
+        raise ValueError(f"{owner}: {name} must be a function of the params returning the scalar loss (e.g. "
+                         f"{name}=lambda p: loss_fn(p, batch)), got {value!r:.80} ({type(value).__name__}).")
+
+
+SEED_BITS = 32
+"""The bits of an integer seed that ``jax.random.key`` keeps without ``jax_enable_x64`` (with it, 64)."""
+
+
+def random_seed(owner: str, name: str, value: Any) -> None:
+    """Require an integer seed that ``jax.random.key`` takes exactly, or one typed key (``jax.random.key(0)``).
+
+    Without ``jax_enable_x64`` JAX keeps a seed's low 32 bits, so ``2**32`` draws what ``0`` draws and ``-1`` what
+    ``2**32 - 1`` draws: seeds outside :math:`[0, 2^{32} - 1]` are refused, naming the argument and the seed it would
+    collide with. With ``jax_enable_x64`` every int64 seed gives its own key, and any int64 is taken. A traced seed
+    cannot be inspected and is taken as it is.
+    """
+    if isinstance(value, jax.Array) and jnp.issubdtype(value.dtype, jax.dtypes.prng_key):
+        if value.shape != ():
+            raise ValueError(f"{owner}: {name} must be one PRNG key (shape ()), got keys of shape {value.shape}.")
+        return
+    if isinstance(value, jax.core.Tracer):
+        return
+    # A Python int is read exactly (NumPy would make one beyond int64 an object array).
+    array = np.asarray(value) if isinstance(value, (np.integer, np.ndarray, jax.Array)) else None
+    integer = isinstance(value, int) or (array is not None and array.shape == () and np.issubdtype(array.dtype,
+                                                                                                      np.integer))
+    if isinstance(value, (bool, np.bool_)) or not integer:
+        raise ValueError(
+            f"{owner}: {name} must be an integer seed or a key from jax.random.key, "
+            f"got {value!r} ({type(value).__name__})."
+        )
+    seed = value if isinstance(value, int) else int(array)
+    if jax.config.jax_enable_x64:
+        if not -(2**63) <= seed < 2**63:
+            raise ValueError(f"{owner}: {name} must be an integer seed in [-2**63, 2**63 - 1] (JAX reads a seed as an "
+                             f"int64), got {value!r}; pass a smaller seed or a key from jax.random.key.")
+        return
+    if not 0 <= seed < 2**SEED_BITS:
+        collides = f", which would draw what seed {seed % 2**SEED_BITS} draws" if -(2**63) <= seed < 2**63 else ""
+        raise ValueError(
+            f"{owner}: {name} must be an integer seed in [0, 2**32 - 1], got {value!r}: without jax_enable_x64 JAX "
+            f"keeps a seed's low 32 bits{collides}. Pass a seed in that range (e.g. seed % 2**32) or a key from "
+            "jax.random.key."
+        )

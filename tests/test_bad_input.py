@@ -288,6 +288,7 @@ BAD_ARGUMENTS = [
     (jz.psgd_kron, dict(b1=1.0), "psgd_kron", "b1"),
     (jz.psgd_kron, dict(learning_rate=-1e-3), "psgd_kron", "learning_rate"),
     (jz.psgd_kron, dict(key="seed"), "psgd_kron", "key"),
+    (jz.psgd_kron, dict(key=2**40), "psgd_kron", "key"),  # JAX would keep its low 32 bits: key 0's draws
     (jz.psgd_kron, dict(cached=1), "psgd_kron", "cached"),
     (jz.psgd_kron, dict(axis_name=0), "psgd_kron", "axis_name"),
     (jz.scale_by_psgd_kron, dict(partition_specs="data"), "scale_by_psgd_kron", "partition_specs"),

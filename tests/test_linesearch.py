@@ -187,6 +187,56 @@ def test_missing_objective_arguments_say_what_to_pass():
         tx.update(params, state, params, value=1.0, grad=params, value_fn=quadratic, batch=3)
 
 
+SEARCHES = {
+    "zoom": lambda: jz.scale_by_zoom_linesearch(5),
+    "backtracking": lambda: jz.scale_by_backtracking_linesearch(5, store_grad=True),
+    "lbfgs": lambda: jz.lbfgs(),
+}
+
+
+@pytest.mark.parametrize("name", list(SEARCHES))
+def test_a_loss_or_objective_that_is_not_a_scalar_and_an_objective_not_callable_are_refused(name):
+    """An unreduced value failed in lax.cond or while_loop about branch types, an unreduced value_fn in jax.grad (or
+    a while_loop), value_fn=3.0 with "'float' object is not callable"."""
+    tx, w = SEARCHES[name](), jnp.ones(3)
+    state, f = tx.init(w), lambda w: jnp.sum(w**2)
+    owner = "scale_by_backtracking_linesearch" if name == "backtracking" else "scale_by_zoom_linesearch"
+    for value, shape in ((jnp.ones(3), r"\(3,\)"), (jnp.ones(1), r"\(1,\)")):
+        with pytest.raises(ValueError, match=rf"^{owner}: value must be a scalar loss \(a 0-d array\), got an array of "
+                                             rf"shape {shape}; pass the reduced loss"):
+            tx.update(w, state, w, value=value, grad=w, value_fn=f)
+    with pytest.raises(ValueError, match=rf"^{owner}: value_fn must return a scalar loss \(a 0-d array\), got an "
+                                         r"array of shape \(3,\); reduce it inside value_fn"):
+        tx.update(w, state, w, value=f(w), grad=w, value_fn=lambda w: w**2)
+    with pytest.raises(ValueError, match=rf"^{owner}: value_fn must be a function of the params returning the scalar "
+                                         r"loss .*got 3.0 \(float\)"):
+        tx.update(w, state, w, value=f(w), grad=w, value_fn=3.0)
+
+
+@pytest.mark.parametrize("name", ["zoom", "backtracking"])
+def test_a_state_built_for_other_shapes_and_an_extra_gradient_key_are_refused_naming_the_paths(name):
+    """The state's grad took the new shape (broadcast); an extra key gave JAX's raw pytree structure error."""
+    tx = SEARCHES[name]()
+    f = lambda p: jnp.sum(p["w"] ** 2)
+    owner = f"scale_by_{name}_linesearch"
+    large = {"w": jnp.ones((4, 3))}
+    with pytest.raises(ValueError, match=rf"^{owner}: the updates tree does not match the gradient kept in the state "
+                                         r"\(state.grad\): shapes differ at \['w'\] \(4, 3\) vs \(1, 3\)"):
+        tx.update(large, tx.init({"w": jnp.zeros((1, 3))}), large, value=1.0, grad=large, value_fn=f)
+    params, extra = {"w": jnp.ones(2)}, {"w": jnp.ones(2), "b": jnp.ones(2)}
+    state = tx.init(params)
+    with pytest.raises(ValueError, match=rf"^{owner}: the updates tree does not match the params: paths only in "
+                                         r"updates: \['b'\]"):
+        tx.update(extra, state, params, value=1.0, grad=extra, value_fn=f)
+    with pytest.raises(ValueError, match=rf"^{owner}: the updates tree does not match grad \(the extra argument\): "
+                                         r"paths only in updates: \(none\); paths only in grad \(the extra argument\): "
+                                         r"\['b'\]"):
+        tx.update(params, state, params, value=1.0, grad=extra, value_fn=f)
+    with pytest.raises(ValueError, match=r"does not match grad \(the extra argument\): shapes differ at \['w'\] "
+                                         r"\(2,\) vs \(3,\)"):
+        tx.update(params, state, params, value=1.0, grad={"w": jnp.ones(3)}, value_fn=f)
+
+
 def test_value_and_grad_from_state_errors_name_the_fix():
     params = make_params()
     with pytest.raises(ValueError, match="store_grad=True"):

@@ -491,3 +491,93 @@ def test_a_state_from_another_optimizer_is_refused():
     with pytest.raises(ValueError, match="expected MomoState"):
         jz.momo().update(params, jz.momo_adam().init(params), params, value=1.0)
 
+
+
+# --- bad input at update -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("factory", [jz.momo, jz.momo_adam], ids=["momo", "momo_adam"])
+def test_a_loss_that_is_not_a_scalar_is_refused_naming_its_shape(factory):
+    """An unreduced loss broadcast into per-element step sizes, and the state's barf took its shape."""
+    tx, params = factory(), jnp.ones(3)
+    state = tx.init(params)
+    for value, shape in ((jnp.array([1.0, 2.0, 3.0]), r"\(3,\)"), (jnp.array([1.0]), r"\(1,\)")):
+        with pytest.raises(ValueError, match=rf"^scale_by_momo\w*: value must be a scalar loss .*shape {shape}; "
+                                             r"pass the reduced loss .*loss.reshape\(\(\)\)"):
+            tx.update(params, state, params, value=value)
+    with pytest.raises(ValueError, match=r"value must be a scalar loss .*shape \(3,\)"):  # traced: the same
+        jax.eval_shape(lambda v: tx.update(params, state, params, value=v), jnp.ones(3))
+    with pytest.raises(ValueError, match="value must be a real scalar loss"):
+        tx.update(params, state, params, value="1.0")
+    _, new_state = tx.update(params, state, params, value=jnp.asarray(1.0))  # a 0-d array is a scalar
+    assert new_state.barf.shape == ()
+
+
+def test_eps_zero_gives_a_zero_step_where_a_gradient_is_zero_not_nan():
+    """0 / (0 + sqrt(0)) was NaN in momo_adam (and through the norm every entry), 0 / max(gamma 0, 0) in sophia."""
+    params = {"w": jnp.array([1.0, 2.0]), "b": jnp.array([0.5])}
+    grads = {"w": jnp.array([0.0, 0.3]), "b": jnp.zeros(1)}
+    for tx, extra in ((jz.momo_adam(0.1, eps=0.0), dict(value=1.0)),
+                      (jz.sophia(0.1, eps=0.0, weight_decay=0.0), dict(obj_fn=separable)),
+                      (jz.scale_by_sophia(eps=0.0, gamma=0.0), dict(obj_fn=separable))):
+        state = tx.init(params)
+        for _ in range(2):
+            updates, state = tx.update(grads, state, params, **extra)
+            assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves((updates, state))), updates
+            assert float(updates["w"][0]) == 0.0 and float(updates["b"][0]) == 0.0
+            assert float(updates["w"][1]) != 0.0  # the non-zero gradient still moves
+    # A gradient taken through a step stays finite too.
+    tx = jz.sophia(0.1, eps=0.0, weight_decay=0.0)
+    slope = jax.grad(lambda g: jnp.sum(tx.update(g, tx.init(params), params, obj_fn=separable)[0]["w"] ** 2))(grads)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(slope))
+
+
+@pytest.mark.parametrize("factory, extra, field", [
+    (jz.momo, dict(value=1.0), r"the momentum \(state.exp_avg\)"),
+    (jz.momo_adam, dict(value=1.0), r"the momentum \(state.exp_avg\)"),
+    (lambda: jz.sophia(0.1), dict(obj_fn=lambda p: jnp.sum(p["w"] ** 2)), r"the momentum \(state.mu\)"),
+], ids=["momo", "momo_adam", "sophia"])
+def test_a_state_built_for_other_shapes_is_refused_naming_the_paths(factory, extra, field):
+    """momo's state grew to the new shape (broadcast), sophia's failed in lax.cond."""
+    tx = factory()
+    state = tx.init({"w": jnp.zeros((1, 3))})
+    params = {"w": jnp.ones((4, 3))}
+    with pytest.raises(ValueError, match=rf"the updates tree does not match {field}: shapes differ at "
+                                         r"\['w'\] \(4, 3\) vs \(1, 3\)"):
+        tx.update({"w": jnp.full((4, 3), 0.5)}, state, params, **extra)
+
+
+def test_sophia_steps_integer_and_bool_params_in_float32_with_a_zero_curvature():
+    """jax.jvp refused the integer probes (Optax's too): now their curvature estimate is 0, and a model holding a
+    frozen integer leaf steps its float leaves as without it."""
+    loss = lambda p: jnp.sum(p["w"] ** 2 * p["n"].astype(jnp.float32))
+    params = {"w": jnp.array([1.0, -2.0]), "n": jnp.array([2, 3], jnp.int32), "f": jnp.array([True, False])}
+    grads = {"w": jnp.array([4.0, -12.0]), "n": None, "f": None}
+    tx = jz.sophia(0.1, update_interval=1)
+    updates, state = tx.update(grads, tx.init(params), params, obj_fn=loss)
+    alone_params = {"w": params["w"]}
+    alone, alone_state = tx.update({"w": grads["w"]}, tx.init(alone_params), alone_params,
+                                   obj_fn=lambda p: jnp.sum(p["w"] ** 2 * jnp.array([2.0, 3.0])))
+    assert_trees_equal(updates["w"], alone["w"])
+    assert_trees_equal(state[0].nu["w"], alone_state[0].nu["w"])
+    assert updates["n"] is None and state[0].nu["n"].dtype == jnp.float32
+    # An integer update steps in float32, as jz.adam's.
+    hutchinson = jz.hutchinson_estimator_diag_hessian()
+    estimate, _ = hutchinson.update(None, hutchinson.init(params), params, obj_fn=loss)
+    assert estimate["n"].dtype == jnp.float32 and not bool(jnp.any(estimate["n"])) and not bool(jnp.any(estimate["f"]))
+    int_updates, _ = tx.update({"w": grads["w"], "n": jnp.array([1, -1], jnp.int32), "f": None}, tx.init(params),
+                               params, obj_fn=loss)
+    assert int_updates["n"].dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(int_updates["n"])))
+
+
+@pytest.mark.parametrize("factory", [
+    lambda: jz.momo(mu_dtype=jnp.ones(2)),
+    lambda: jz.momo_adam(nu_dtype=np.ones(2, np.float16)),
+    lambda: jz.sophia(0.1, nu_dtype=jnp.float32(1.0)),
+    lambda: jz.adam(1e-3, mu_dtype=jnp.ones(2)),
+])
+def test_a_dtype_argument_given_an_array_is_refused(factory):
+    """jnp.dtype(x) reads x.dtype, so an array was taken as its dtype (mu_dtype=jnp.ones(2) as float32)."""
+    with pytest.raises(ValueError, match=r"_dtype must be a dtype such as jnp.bfloat16, got an array of dtype "
+                                         r"\w+ and shape \(\d*,?\) \(\w+\); to take an array's dtype, pass x.dtype"):
+        factory()

@@ -516,3 +516,52 @@ def test_polyak_sgd_in_flax_nnx_gets_the_loss_as_value_like_optax():
     (ours, our_params), (theirs, their_params) = train(jz.polyak_sgd()), train(optax.polyak_sgd())
     assert ours == theirs and ours[-1] < ours[0]
     assert_trees_equal(jax.tree.leaves(our_params), jax.tree.leaves(their_params))
+
+
+def _deprecated_seed(seed):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return jz.add_noise(0.1, 0.55, seed=seed)
+
+
+@pytest.mark.parametrize("factory", [lambda k: jz.add_noise(0.1, 0.55, key=k), lambda k: jz.noisy_sgd(0.1, key=k),
+                                     _deprecated_seed], ids=["add_noise", "noisy_sgd", "add_noise-seed"])
+def test_a_seed_jax_would_truncate_is_refused_and_the_32_bit_range_is_taken(factory):
+    """Without x64, JAX keeps a seed's low 32 bits: key=2**40 drew exactly what key=0 draws, -1 what 2**32 - 1 draws."""
+    for seed, collides in ((2**32, 0), (2**40, 0), (-1, 2**32 - 1), (-(2**31), 2**31), (np.int64(2**33 + 5), 5)):
+        with pytest.raises(ValueError, match=rf"(key|seed) must be an integer seed in \[0, 2\*\*32 - 1\], got "
+                                             rf".*{int(seed)}.*what seed {collides} draws"):
+            factory(seed)
+    with pytest.raises(ValueError, match=r"got 18446744073709551616: without jax_enable_x64 JAX keeps a seed's low "
+                                         r"32 bits\. Pass"):  # beyond int64: JAX's own OverflowError
+        factory(2**64)
+    for seed in (0, 2**31, 2**32 - 1, np.uint32(2**32 - 1)):
+        factory(seed)
+    with jax.enable_x64(True):  # there JAX keeps 64 bits: every int64 gives its own key
+        for seed in (2**40, -1):
+            factory(seed)
+        with pytest.raises(ValueError, match=r"must be an integer seed in \[-2\*\*63, 2\*\*63 - 1\]"):
+            factory(2**63)
+
+
+def test_integer_and_bool_updates_take_the_noise_in_float32():
+    """jax.random.normal draws no integers: add_noise and noisy_sgd failed on an integer update (Optax's too)."""
+    params = {"n": jnp.array([1, 2], jnp.int32), "f": jnp.array([True, False]), "w": jnp.ones(2)}
+    for tx in (jz.add_noise(0.1, 0.55, key=3), jz.noisy_sgd(0.1, key=3)):
+        updates, _ = tx.update(params, tx.init(params), params)
+        assert {k: u.dtype for k, u in updates.items()} == {"n": jnp.float32, "f": jnp.float32, "w": jnp.float32}
+        # The float leaf draws what it draws beside float leaves (one key per leaf, in tree order).
+        floats = {k: v.astype(jnp.float32) for k, v in params.items()}
+        assert_trees_equal(updates, tx.update(floats, tx.init(floats), floats)[0])
+
+
+@pytest.mark.parametrize("factory", [jz.scale_by_polyak, jz.polyak_sgd])
+def test_polyak_refuses_a_loss_that_is_not_a_scalar(factory):
+    """An unreduced loss gave per-element step sizes (Optax's too)."""
+    tx, params = factory(), jnp.ones(3)
+    for value, shape in ((jnp.array([1.0, 2.0, 3.0]), r"\(3,\)"), (jnp.array([1.0]), r"\(1,\)")):
+        with pytest.raises(ValueError, match=rf"^scale_by_polyak: value must be a scalar loss .*shape {shape}; pass "
+                                             r"the reduced loss"):
+            tx.update(params, tx.init(params), params, value=value)
+    with pytest.raises(ValueError, match=r"value must be a scalar loss .*shape \(2, 1\)"):  # traced alike
+        jax.eval_shape(lambda v: tx.update(params, tx.init(params), params, value=v), jnp.ones((2, 1)))

@@ -379,6 +379,11 @@ def test_split_real_and_imaginary_matches_optax_numbers():
         (lambda: jz.differentially_private_aggregate(1.0, 1.0, "k"), r"^differentially_private_aggregate: key must be"),
         (lambda: jz.dpsgd(0.1, 1.0, -1.0, 0), r"^dpsgd: noise_multiplier must be >= 0, got -1.0"),
         (lambda: jz.dpsgd(0.1, 1.0, 1.0, 0.5), r"^dpsgd: seed must be an integer seed"),
+        # JAX keeps a seed's low 32 bits (without x64): these drew what seed 0, and seed 2**32 - 1, draw.
+        (lambda: jz.dpsgd(0.1, 1.0, 1.0, 2**32), r"^dpsgd: seed must be an integer seed in \[0, 2\*\*32 - 1\], got "
+         r"4294967296: .*low 32 bits, which would draw what seed 0 draws"),
+        (lambda: jz.differentially_private_aggregate(1.0, 1.0, key=-1),
+         r"^differentially_private_aggregate: key must be an integer seed in .*got -1: .*what seed 4294967295 draws"),
         (lambda: jz.dpsgd(0.1, 1.0, 1.0, 0, momentum=1.0), r"^dpsgd: momentum must be in \[0, 1\), got 1.0"),
         (lambda: jz.dpsgd(0.1, 1.0, 1.0, 0, nesterov=True), r"^dpsgd: nesterov=True needs a momentum"),
     ],
@@ -405,3 +410,48 @@ def test_sam_grad_fn_without_opaque_mode_and_dp_without_a_batch_axis_say_what_to
     dp = jz.differentially_private_aggregate(1.0, 0.0, key=0)
     with pytest.raises(ValueError, match="differentially_private_aggregate: updates must be per-example gradients"):
         dp.update({"w": jnp.asarray(1.0)}, dp.init(None))
+
+
+def test_sam_keeps_an_infinite_outer_state_where_optax_blends_it_to_nan():
+    """The blend c a + (1 - c) b made reduce_on_plateau's initial best value +inf NaN (0 * inf), so it never recorded
+    one; the outer state now equals the outer optimizer's run alone on the gradients at the adversarial points."""
+    loss = lambda p: jnp.sum((p - 3.0) ** 2)
+    outer = jz.chain(jz.sgd(0.1), jz.reduce_on_plateau(patience=2))
+    tx = jz.sam(outer, jz.sgd(0.05))
+    params = theta = jnp.array([1.0, 2.0])
+    state, alone = tx.init(params), outer.init(theta)
+    for _ in range(4):  # four periods of an ascent step and an outer step
+        for _ in range(2):
+            value, grads = jax.value_and_grad(loss)(params)
+            updates, state = tx.update(grads, state, params, value=value)
+            params = jz.apply_updates(params, updates)
+        value, grads = jax.value_and_grad(loss)(theta + 0.05 * jax.grad(loss)(theta))
+        updates, alone = outer.update(grads, alone, theta, value=value)
+        theta = jz.apply_updates(theta, updates)
+    assert np.isfinite(float(state.opt_state[1].best_value))
+    assert_trees_close(state.opt_state, alone, rtol=1e-6)
+    np.testing.assert_allclose(params, theta, rtol=1e-6)
+
+
+@pytest.mark.parametrize("opaque_mode", [False, True])
+def test_sam_refuses_updates_shaped_otherwise_than_the_params_or_its_state(opaque_mode):
+    """A state built for other shapes broadcast into a cache of the new shape; an extra gradient key gave JAX's raw
+    pytree structure error."""
+    tx = jz.sam(jz.sgd(0.1), jz.sgd(0.1), opaque_mode=opaque_mode)
+    extra = dict(grad_fn=lambda p, j: p) if opaque_mode else {}
+    small, large = {"w": jnp.zeros((1, 3))}, {"w": jnp.ones((4, 3))}
+    if not opaque_mode:  # the opaque mode keeps no per-parameter state
+        with pytest.raises(ValueError, match=r"^sam: the updates tree does not match the params of the last outer step "
+                                             r"\(state.cache\): shapes differ at \['w'\] \(4, 3\) vs \(1, 3\)"):
+            tx.update(large, tx.init(small), large, **extra)
+    with pytest.raises(ValueError, match=r"^sam: the updates tree does not match the params: paths only in updates: "
+                                         r"\['b'\]"):
+        tx.update({**small, "b": jnp.ones(2)}, tx.init(small), small, **extra)
+
+
+def test_reduce_on_plateau_refuses_a_value_that_is_not_a_scalar():
+    """An unreduced loss failed inside lax.cond with a message about its branches."""
+    tx, params = jz.reduce_on_plateau(), jnp.ones(3)
+    for value, shape in ((jnp.array([1.0, 2.0, 3.0]), r"\(3,\)"), (np.array([1.0]), r"\(1,\)")):
+        with pytest.raises(ValueError, match=rf"^reduce_on_plateau: value must be a scalar loss .*shape {shape}"):
+            tx.update(params, tx.init(params), params, value=value)

@@ -151,8 +151,9 @@ def _value_and_grad(f: Callable) -> Callable:
     return value_and_float_grad
 
 
-def _objective_arguments(owner: str, params: Any, extra_args: dict) -> tuple[Any, Any, Callable]:
-    """``value``, ``grad`` and ``value_fn`` bound to the extra arguments it takes; else an error saying what to pass."""
+def _objective_arguments(owner: str, updates: Any, params: Any, extra_args: dict) -> tuple[Any, Any, Callable]:
+    """``value``, ``grad`` and ``value_fn`` bound to the extra arguments it takes, checked (``value_fn`` checks what
+    it returns); else an error saying what to pass. The updates are checked against the params and ``grad``."""
     validation.require_params(owner, params)
     missing = [name for name in ("value", "grad", "value_fn") if extra_args.get(name) is None]
     if missing:
@@ -162,15 +163,27 @@ def _objective_arguments(owner: str, params: Any, extra_args: dict) -> tuple[Any
         )
     extra_args = dict(extra_args)
     value, grad, value_fn = extra_args.pop("value"), extra_args.pop("grad"), extra_args.pop("value_fn")
-    # A None leaf of grad (a frozen param, whose update is None too) is kept as zeros: the state's grad is whole.
-    grad = jax.tree.map(lambda g, p: jnp.zeros_like(p, dtype=_gradient_dtype(p)) if g is None and p is not None
-                        else g, grad, params, is_leaf=tree.is_none)
+    validation.scalar_loss(owner, "value", value)
+    validation.objective(owner, "value_fn", value_fn)
+    tree.check_same_structure(owner, updates, params, "the params")
+    if jax.tree.structure(grad, is_leaf=tree.is_none) == jax.tree.structure(params, is_leaf=tree.is_none):
+        # A None leaf of grad (a frozen param, whose update is None too) is kept as zeros: the state's grad is whole.
+        grad = jax.tree.map(lambda g, p: jnp.zeros_like(p, dtype=_gradient_dtype(p)) if g is None and p is not None
+                            else g, grad, params, is_leaf=tree.is_none)
+    tree.check_same_structure(owner, updates, grad, "grad (the extra argument)")
     accepted = inspect.signature(value_fn).parameters
     fn_kwargs = {k: v for k, v in extra_args.items() if k in accepted}
     unused = sorted(set(extra_args) - set(fn_kwargs))
     if unused:
         raise TypeError(f"{owner}: keyword arguments {unused} were passed to update, but value_fn does not take them.")
-    return value, grad, functools.partial(value_fn, **fn_kwargs)
+    bound = functools.partial(value_fn, **fn_kwargs)
+
+    def objective(params):  # an unreduced loss would fail in jax.grad, or broadcast the search's scalars
+        result = bound(params)
+        validation.scalar_loss(owner, "value_fn", result, returned=True)
+        return result
+
+    return value, grad, objective
 
 
 # --- L-BFGS --------------------------------------------------------------------------------------
@@ -463,7 +476,10 @@ def scale_by_backtracking_linesearch(
     own wording when the search fails (one per failed search under ``vmap``,
     where Optax's prints for every search; one per device inside ``shard_map``);
     a missing ``value``/``grad``/``value_fn`` raises a ``ValueError`` saying
-    what to pass; ``axis_name`` (an addition) makes the slope exact inside ``shard_map``; ``None`` update leaves stay
+    what to pass, as do a ``value`` that is not a scalar, a ``value_fn`` that is
+    not callable or returns no scalar (an unreduced loss), and updates or
+    ``grad`` whose tree or shapes differ from the params' or the state's (naming
+    the paths); ``axis_name`` (an addition) makes the slope exact inside ``shard_map``; ``None`` update leaves stay
     ``None`` (their params do not move in the trials). For bfloat16 and float16
     params the step size, value and decrease error are float32, and the slope
     and :math:`f`'s values are widened to float32 for the test (Optax keeps them
@@ -541,7 +557,9 @@ def scale_by_backtracking_linesearch(
         return jnp.maximum(jnp.where(jnp.isnan(error), jnp.inf, error), 0.0)
 
     def update(updates, state, params=None, **extra_args):
-        value, grad, f = _objective_arguments(owner, params, extra_args)
+        value, grad, f = _objective_arguments(owner, updates, params, extra_args)
+        if store_grad:
+            tree.check_same_structure(owner, updates, state.grad, "the gradient kept in the state (state.grad)")
         dtype = _value_dtype(params)
         value = _as_scalar(value, dtype)
         u, g = _present(updates, grad)
@@ -708,8 +726,9 @@ def scale_by_zoom_linesearch(
     ``verbose`` prints one line of our own wording when the search fails (also when it stops at
     ``max_learning_rate``; one per failed search under ``vmap``, where Optax's prints for every search; one per
     device inside ``shard_map``); a missing ``value``/``grad``/``value_fn`` raises a ``ValueError`` saying
-    what to pass; ``axis_name`` (an addition) makes the slopes exact inside ``shard_map``; ``None`` update
-    leaves stay ``None``. For bfloat16 and
+    what to pass, as do a non-scalar ``value``, a ``value_fn`` that is not callable or returns no scalar, and
+    updates or ``grad`` shaped otherwise than the params or the state's ``grad``; ``axis_name`` (an addition)
+    makes the slopes exact inside ``shard_map``; ``None`` update leaves stay ``None``. For bfloat16 and
     float16 params the step sizes, values, slopes and errors (in the state and
     in the search) are float32 (Optax keeps them in the first param's dtype,
     where trial steps keep 8 bits and the bracket's values near 16500 are off by
@@ -799,7 +818,8 @@ def scale_by_zoom_linesearch(
         )
 
     def update(updates, state, params=None, **extra_args):
-        value_init, grad, f = _objective_arguments(owner, params, extra_args)
+        value_init, grad, f = _objective_arguments(owner, updates, params, extra_args)
+        tree.check_same_structure(owner, updates, state.grad, "the gradient kept in the state (state.grad)")
         dtype = _value_dtype(params)
         value_init = _as_scalar(value_init, dtype)
         u, g = _present(updates, grad)

@@ -68,6 +68,7 @@ def _check_value(owner, value):
             f"{owner} needs the loss value at the current params: call "
             "update(updates, state, params, value=loss) (jax.value_and_grad gives both)."
         )
+    validation.scalar_loss(owner, "value", value)
 
 
 def _polyak_step(barf, gamma, iprod, norm_sq, lb, alpha, weight_decay, lower_bound, adapt, rho=None):
@@ -175,7 +176,9 @@ def scale_by_momo(
     :math:`x_t / (1 + \\alpha\\lambda) - \\tau_t d_t`, not dividing the momentum step by
     :math:`1 + \\alpha\\lambda`; that contradicts the paper's proximal step (whose
     :math:`\\tau_t` it computes) and the authors' code, so here the paper's update is taken.
-    ``value`` missing raises a ``ValueError`` saying how to pass it; ``mu_dtype`` (storage of
+    ``value`` missing, or not a scalar (an unreduced loss would give per-element step sizes
+    and a state of its shape), raises a ``ValueError`` saying how to pass it; updates whose
+    tree or shapes differ from the state's raise naming the paths; ``mu_dtype`` (storage of
     ``exp_avg``: a dtype, :class:`~jaxopt_zoo.storage.StochasticBF16`,
     :class:`~jaxopt_zoo.quantization.Blockwise8Bit`) and ``axis_name`` are additions; a float16
     param's moments are float32; the scalars are float32 at least (:func:`jaxopt_zoo.tree.scalar_dtype`:
@@ -227,6 +230,7 @@ def scale_by_momo(
         validation.require_params(owner, params)
         _check_value(owner, value)
         tree.check_same_structure(owner, updates, params, "the params")
+        tree.check_same_structure(owner, updates, state.exp_avg, "the momentum (state.exp_avg)")
         count = state.count
         bt = jnp.where(count == 0, 0.0, beta)  # the averages start at the first values
         barf = bt * state.barf + (1 - bt) * jnp.asarray(value, dtype=state.barf.dtype)
@@ -302,11 +306,14 @@ def scale_by_momo_adam(
     with weight decay Optax steps :math:`x_t / (1 + \\alpha\\lambda) - \\tau_t d_t / D_t`, not dividing the Adam step
     by :math:`1 + \\alpha\\lambda` as the paper's proximal step and the authors' code do; the
     paper's update is taken here. ``mu_dtype``/``nu_dtype`` (storage of ``exp_avg`` and
-    ``exp_avg_sq``) and ``axis_name`` are additions; a missing ``value`` raises a
-    ``ValueError``; a float16 param's moments and the scalars are float32; the scalars keep
-    their ``init`` dtype with mixed-dtype params (Optax's widen); a ``None`` update keeps its
-    state and leaves the sums; bad hyperparameters raise when built; ``lower_bound`` is read
-    each step as in :func:`scale_by_momo`; for complex gradients :math:`g_t^2` is :math:`|g_t|^2`
+    ``exp_avg_sq``) and ``axis_name`` are additions; a missing or non-scalar ``value`` raises a
+    ``ValueError``, as do updates shaped otherwise than the state; with :math:`\\epsilon = 0`,
+    :math:`d_t / D_t` is 0 where :math:`v_t = 0` (no gradient yet: Optax's 0/0 is NaN, and
+    through :math:`\\langle d_t, d_t / D_t\\rangle` so is the whole step); a float16 param's
+    moments and the scalars are float32; the scalars keep their ``init`` dtype with mixed-dtype
+    params (Optax's widen); a ``None`` update keeps its state and leaves the sums; bad
+    hyperparameters raise when built; ``lower_bound`` is read each step as in
+    :func:`scale_by_momo`; for complex gradients :math:`g_t^2` is :math:`|g_t|^2`
     (Optax squares the complex number, so its :math:`v_t` is complex and goes negative where
     :math:`g_t` is imaginary, which turns its step away from :math:`-d_t`).
 
@@ -341,8 +348,20 @@ def scale_by_momo_adam(
     validation.decay_rate(owner, "b1", b1)
     validation.decay_rate(owner, "b2", b2)
     validation.epsilon(owner, "eps", eps)
+    guard = validation.may_all_be_zero(eps)
     mu_dtype = resolve(owner, "mu_dtype", mu_dtype)
     nu_dtype = resolve(owner, "nu_dtype", nu_dtype)
+
+    def empty(v):  # where D_t = 0: eps = 0 and v = 0 (no gradient yet, so d = 0 too, unless g^2 underflowed)
+        return (v == 0) & (eps == 0)
+
+    def over(a, dk, v):
+        # a / D_t; with guard, 0 where D_t = 0 instead of 0/0 (as jz.adam(eps=0)), D_t being 1 there (a finite slope).
+        return jnp.where(empty(v), 0, a / dk) if guard else a / dk
+
+    def preconditioner(v, bc2):
+        # The guard under the root, as tree.over_root puts it: elsewhere the bits of the unguarded program.
+        return eps + tree.root(jnp.where(empty(v), 1, v / bc2) if guard else v / bc2)
 
     def init(params):
         dtype = _lowest_dtype(params)
@@ -355,14 +374,15 @@ def scale_by_momo_adam(
         validation.require_params(owner, params)
         _check_value(owner, value)
         tree.check_same_structure(owner, updates, params, "the params")
+        tree.check_same_structure(owner, updates, state.exp_avg, "the momentum (state.exp_avg)")
         count = safe_increment(state.count)
         barf = b1 * state.barf + (1 - b1) * jnp.asarray(value, dtype=state.barf.dtype)
         exp_avg = tree.map_state(lambda g, d: b1 * d + (1 - b1) * tree.widen(g), updates, state.exp_avg)
         exp_avg_sq = tree.map_state(lambda g, v: b2 * v + _weighted_square(1 - b2, g), updates, state.exp_avg_sq)
         bc2 = jnp.asarray(1 - b2**count, dtype=barf.dtype)
-        precond = tree.map_updates(lambda g, v: eps + tree.root(v / bc2), updates, exp_avg_sq)
-        grads, ds, xs, dks = _present(updates, exp_avg, params, precond)
-        norm_sq = _inner(owner, ds, [d / dk for d, dk in zip(ds, dks)], axis_name)
+        precond = tree.map_updates(lambda g, v: preconditioner(v, bc2), updates, exp_avg_sq)
+        grads, ds, xs, dks, vs = _present(updates, exp_avg, params, precond, exp_avg_sq)
+        norm_sq = _inner(owner, ds, [over(d, dk, v) for d, dk, v in zip(ds, dks, vs)], axis_name)
         gamma = b1 * state.gamma + (1 - b1) * _inner(owner, grads, xs, axis_name)
         iprod = _inner(owner, ds, xs, axis_name)
         alpha = learning_rate(state.count) if callable(learning_rate) else learning_rate
@@ -371,8 +391,8 @@ def scale_by_momo_adam(
         tau, shrink = _polyak_step(barf, gamma, iprod, norm_sq, lb, alpha, weight_decay, lower_bound,
                                    adapt_lower_bound, rho=bc1)
         decay, adam_step = alpha * weight_decay / shrink, tau / shrink
-        step = tree.map_updates(lambda g, d, dk, x: _in_update_dtype(-decay * x - adam_step * d / dk, g), updates,
-                                exp_avg, precond, params)
+        step = tree.map_updates(lambda g, d, dk, v, x: _in_update_dtype(-decay * x - over(adam_step * d, dk, v), g),
+                                updates, exp_avg, precond, exp_avg_sq, params)
         lb = _next_lower_bound(state, barf, gamma, iprod, norm_sq, tau, lb, lower_bound, adapt_lower_bound, rho=bc1)
         return step, MomoAdamState(exp_avg, exp_avg_sq, *_as_before(state, barf, gamma, lb), count)
 

@@ -15,7 +15,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import GradientTransformation, expects_state, init_only, safe_increment, zero_count
@@ -46,20 +45,8 @@ def resolve_key(owner: str, key, seed):
 
 
 def _check_seed(owner: str, name: str, value) -> None:
-    # jax.random.key takes an integer seed (a Python, NumPy or JAX integer scalar).
-    if _is_typed_key(value):
-        if value.shape != ():
-            raise ValueError(f"{owner}: {name} must be one PRNG key (shape ()), got keys of shape {value.shape}.")
-        return
-    if isinstance(value, jax.core.Tracer):
-        return
-    array = np.asarray(value) if isinstance(value, (int, np.integer, np.ndarray, jax.Array)) else None
-    integer = array is not None and array.shape == () and np.issubdtype(array.dtype, np.integer)
-    if isinstance(value, (bool, np.bool_)) or not integer:
-        raise ValueError(
-            f"{owner}: {name} must be an integer seed or a key from jax.random.key, "
-            f"got {value!r} ({type(value).__name__})."
-        )
+    # An integer seed JAX takes exactly (one that it would truncate collides with another's draws), or a typed key.
+    validation.random_seed(owner, name, value)
 
 
 def _noise_like(key: jax.Array, updates):
@@ -105,7 +92,11 @@ def add_noise(
     splits). ``key`` is an integer seed or a key from ``jax.random.key``;
     ``seed`` is Optax's deprecated spelling of an integer ``key``, and no key at
     all means seed 0 with a warning, as in Optax. Deviations from Optax: bad
-    ``eta``, ``gamma`` or ``key`` raise when the transformation is built; a
+    ``eta``, ``gamma`` or ``key`` raise when the transformation is built, an
+    integer ``key`` outside :math:`[0, 2^{32} - 1]` too (without ``jax_enable_x64``
+    JAX keeps its low 32 bits, so ``key=2**32`` would draw what ``key=0`` draws);
+    integer and bool updates are made float32 before the noise is added (Optax
+    fails: ``jax.random.normal`` draws no integers); a
     ``None`` update stays ``None`` and draws no key (as Optax's tree utilities
     do); inside ``shard_map`` a leaf sharded over the manual axes raises
     (each shard would draw its own copy of the same noise instead of its
@@ -114,7 +105,7 @@ def add_noise(
     Args:
         eta: :math:`\\eta \\ge 0`, the variance of the noise at the first step.
         gamma: :math:`\\gamma \\ge 0`, the decay exponent of the variance.
-        key: an integer seed or a ``jax.random.key``.
+        key: an integer seed (in :math:`[0, 2^{32} - 1]` without ``jax_enable_x64``) or a ``jax.random.key``.
         seed: deprecated: an integer seed; give ``key`` instead.
 
     Example:
@@ -140,6 +131,8 @@ def add_noise(
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
         require_whole_arrays(owner, updates, operation="each shard would draw its own copy of the same noise")
+        # Integer and bool updates in float32 (as jz.adam's): they cannot take Gaussian noise, nor keep it untruncated.
+        updates = tree.map_updates(tree.as_inexact, updates)
         count = safe_increment(state.count)
         std = jnp.sqrt(eta / count**gamma)
         next_key, sample_key = jax.random.split(state.rng_key)

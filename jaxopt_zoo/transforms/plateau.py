@@ -74,7 +74,8 @@ def reduce_on_plateau(
     must be whole numbers (``patience`` and ``accumulation_size`` at least 1:
     Optax's ``patience=0`` never reduces) and ``min_scale`` must be in
     [0, 1]; the scale keeps its dtype when ``min_scale`` is a wider array;
-    update without ``value=`` raises naming it; ``None`` updates stay ``None``.
+    update without ``value=``, or with a ``value`` that is not a scalar (an
+    unreduced loss), raises naming it; ``None`` updates stay ``None``.
 
     Args:
         factor: :math:`\\gamma \\in (0, 1)`, the scale's multiplier at each plateau.
@@ -149,6 +150,7 @@ def reduce_on_plateau(
         del params, extra_args
         if value is None:
             raise ValueError(f"{owner} needs the monitored value: call update(updates, state, params, value=loss).")
+        validation.scalar_loss(owner, "value", value)
         count = safe_increment(state.count)
         average = (state.count * state.avg_value + jnp.asarray(value).astype(state.avg_value.dtype)) / count
         state = state._replace(avg_value=average.astype(state.avg_value.dtype), count=count)

@@ -49,8 +49,9 @@ def scale_by_polyak(
 
     Numerically identical to ``optax.scale_by_polyak``. Deviations from Optax: an
     unknown ``variant`` and bad numbers raise when the transformation is built
-    (Optax raises at the first update); a missing ``value`` raises a
-    ``ValueError`` that says how to pass it; ``None`` updates stay ``None``
+    (Optax raises at the first update); a missing ``value``, or one that is
+    not a scalar (an unreduced loss, which Optax turns into per-element step
+    sizes), raises a ``ValueError`` that says how to pass it; ``None`` updates stay ``None``
     and count for nothing in the norm; float16 updates are squared and summed
     in float32; ``axis_name`` is an addition.
 
@@ -90,6 +91,7 @@ def scale_by_polyak(
                 f"{owner} needs the objective's value at the current params: call "
                 "update(updates, state, params, value=f(params)) (jax.value_and_grad gives both)."
             )
+        validation.scalar_loss(owner, "value", value)  # an unreduced loss would give per-element step sizes
         # Summed leaf by leaf in tree order, as Optax sums, for the same bits.
         leaves = [u for u in jax.tree.leaves(updates) if u is not None]
         norm_sq = sum_over_shards(owner, ((jnp.sum(tree.abs_sq(u)), u) for u in leaves), axis_name)

@@ -400,7 +400,8 @@ def scale_by_psgd_kron(
         precond_lr: the fit's step size :math:`\\eta_Q > 0`.
         precond_init_scale: :math:`Q_0 = s I` for a number :math:`s > 0`; ``None``: from the first gradient.
         mu_dtype: storage of the momentum (see :mod:`jaxopt_zoo.storage`).
-        key: an integer seed or a ``jax.random.key`` for the update draws and probes.
+        key: an integer seed (in :math:`[0, 2^{32} - 1]` without ``jax_enable_x64``) or a ``jax.random.key``
+            for the update draws and probes.
         damping: :math:`\\delta \\ge 0`, the absolute damping of the fitted input (Li's default).
         cached: keep :math:`Q_k^\\top Q_k` in the state, as above.
         axis_name: inside ``shard_map``, the mesh axes the params may be split over.

@@ -85,19 +85,11 @@ class SAMState(NamedTuple):
 def _select(cond: jax.Array, if_true: Any, if_false: Any) -> Any:
     """``if_true`` where ``cond``, else ``if_false``, leaf by leaf (``None`` leaves stay ``None``).
 
-    Floating leaves are blended as Optax blends them, ``c a + (1 - c) b``, which XLA compiles to the
-    same bits as Optax's program (``jnp.where`` changes the fusion, and so the last bit of some
-    steps); other leaves (counts, PRNG keys, flags), which cannot be blended, go through ``jnp.where``.
+    A ``jnp.where`` for every leaf: Optax's blend ``c a + (1 - c) b`` of floating leaves makes the branch
+    not taken NaN where it holds an infinity (``0 * inf``), e.g. ``reduce_on_plateau``'s initial best value.
     """
-
-    def pick(a, b):
-        if a is None:
-            return None
-        if jnp.issubdtype(jnp.result_type(a), jnp.inexact):
-            return cond * a + (1 - cond) * b
-        return jnp.where(cond, a, b)
-
-    return jax.tree.map(pick, if_true, if_false, is_leaf=tree.is_none)
+    return jax.tree.map(lambda a, b: None if a is None else jnp.where(cond, a, b), if_true, if_false,
+                        is_leaf=tree.is_none)
 
 
 def sam(
@@ -144,12 +136,14 @@ def sam(
     *previous* call, so each step undoes the step before and applies its own
     update to the params from before it (a bug); here the cache is refreshed
     first, so ``sync_period=1`` is the outer optimizer alone, as in opaque mode.
-    Floating states and updates are selected as Optax selects them, by the blend
-    :math:`c\\,a + (1 - c)\\,b` (so a non-finite value in the branch not taken
-    makes the result NaN, as in Optax); other leaves by ``jnp.where`` (the same
-    values for integers; Optax's blend fails on PRNG keys, e.g. an inner
-    ``add_noise``). ``None`` updates stay ``None``. Bad arguments raise when the
-    wrapper is built. ``sync_period`` shapes the program: with
+    States and updates are selected by ``jnp.where``, where Optax blends them,
+    :math:`c\\,a + (1 - c)\\,b`: the same values where both are finite, but an
+    infinity in the branch not taken made Optax's NaN (the outer optimizer's
+    ``reduce_on_plateau`` lost its initial best value :math:`+\\infty` and never
+    recorded one), and the blend fails on PRNG keys (an inner ``add_noise``).
+    ``None`` updates stay ``None``. Bad arguments raise when the wrapper is built;
+    updates whose tree or shapes differ from the params (or from the params
+    cached in the state) raise naming the paths. ``sync_period`` shapes the program: with
     :func:`~jaxopt_zoo.inject_hyperparams`, pass it in ``static_args``. The
     params cache is kept in the params' dtypes (no storage option: it is a copy
     of the params, not a moment).
@@ -194,6 +188,8 @@ def sam(
 
     def transparent_update(updates, state, params, extra_args):
         validation.require_params(owner, params)
+        tree.check_same_structure(owner, updates, params, "the params")
+        tree.check_same_structure(owner, updates, state.cache, "the params of the last outer step (state.cache)")
         first, last = state.steps_since_sync == 0, state.steps_since_sync == sync_period - 1
         ascent, adv_state = adv_optimizer.update(updates, state.adv_state, params, **extra_args)
         ascent = tree.map_updates(jnp.negative, ascent)
@@ -216,6 +212,7 @@ def sam(
                 f"{owner}: opaque_mode=True needs update(..., grad_fn=f) with f(params, step) the gradient."
             )
         validation.require_params(owner, params)
+        tree.check_same_structure(owner, updates, params, "the params")
         adv_params, adv_state = params, state.adv_state
         for step in range(sync_period - 1):
             ascent, adv_state = adv_optimizer.update(updates, adv_state, adv_params, **extra_args)

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import (
@@ -43,6 +44,10 @@ def _varying_like(probe, x):
     to match the primal's); outside ``shard_map`` it is returned as it is."""
     missing = tuple(sorted(varying_axes(x) - varying_axes(probe)))
     return jax.lax.pcast(probe, missing, to="varying") if missing else probe
+
+
+def _differentiable(x) -> bool:
+    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
 
 
 class HutchinsonState(NamedTuple):
@@ -73,7 +78,8 @@ def hutchinson_estimator_diag_hessian(random_seed: jax.Array | None = None) -> G
     For complex params the probes are real (:math:`\\pm 1`), so the estimate's real part is the curvature along
     the real parts, :math:`\\partial^2 f / \\partial x_r^2`, and its imaginary part
     :math:`-\\partial^2 f / \\partial x_r \\partial x_i` (JAX's complex gradient), as Optax's
-    (:func:`jaxopt_zoo.sophia` refuses complex params).
+    (:func:`jaxopt_zoo.sophia` refuses complex params). Integer and bool params, which have no derivative, get a
+    zero estimate in float32 (Optax fails in ``jax.jvp``), so a model holding some (a step counter) can be searched.
 
     Args:
         random_seed: the first key (``jax.random.PRNGKey(0)`` when ``None``).
@@ -116,16 +122,20 @@ def hutchinson_estimator_diag_hessian(random_seed: jax.Array | None = None) -> G
             )
         key, subkey = jax.random.split(state.key)
         leaves, treedef = jax.tree.flatten(params)
-        keys = jax.random.split(subkey, treedef.num_leaves)
-        # Drawn in float32 as Optax draws them, then cast to each param's dtype (the values are +-1).
+        keys = jax.random.split(subkey, treedef.num_leaves)  # a key for every leaf: the float leaves keep Optax's
+        # Drawn in float32 as Optax draws them, then cast to each param's dtype (the values are +-1). An integer or
+        # bool param has no derivative: its tangent is float0 (what jax.jvp asks for) and its estimate 0.
         probes = [
             _varying_like(jax.random.rademacher(k, jnp.shape(x), jnp.float32, out_sharding=jax.typeof(x).sharding), x)
-            .astype(x.dtype)
+            .astype(x.dtype) if _differentiable(x) else np.zeros(jnp.shape(x), jax.dtypes.float0)
             for k, x in zip(keys, leaves)
         ]
         probes = jax.tree.unflatten(treedef, probes)
-        hvp = jax.jvp(jax.grad(obj_fn), (params,), (probes,))[1]
-        return jax.tree.map(lambda h, z: h * z, hvp, probes), HutchinsonState(key)
+        hvp = jax.jvp(jax.grad(obj_fn, allow_int=True), (params,), (probes,))[1]
+        estimate = jax.tree.map(
+            lambda h, z, x: h * z if _differentiable(x) else jnp.zeros(jnp.shape(x), tree.moment_dtype(x.dtype)),
+            hvp, probes, params)
+        return estimate, HutchinsonState(key)
 
     return GradientTransformationExtraArgs(init, update)
 
@@ -211,7 +221,12 @@ def scale_by_sophia(
     :func:`~jaxopt_zoo.split_real_and_imaginary`): the clip and :math:`\\max(\\gamma h, \\epsilon)`
     need real numbers, and Hutchinson's real probes measure only the curvature along a complex
     coordinate's real part. Optax fails at the first update inside ``jnp.clip`` and, with
-    ``clip_threshold=None``, runs on that real-part curvature.
+    ``clip_threshold=None``, runs on that real-part curvature. With :math:`\\epsilon = 0` a zero momentum
+    entry over a zero denominator gives a zero update (Optax's 0/0 is NaN; any other entry over 0 is
+    :math:`\\pm\\infty`, clipped to :math:`\\pm\\rho`, so keep :math:`\\epsilon > 0` without a clip).
+    Updates whose tree or shapes differ from the state's raise naming the paths. Integer and bool params
+    step in float32 (as with :func:`jaxopt_zoo.adam`), with Hutchinson's zero estimate for them (no
+    derivative); Optax fails in ``jax.jvp``.
 
     Args:
         b1: :math:`\\beta_1 \\in [0, 1)`, the decay of the momentum.
@@ -249,6 +264,7 @@ def scale_by_sophia(
     validation.decay_rate(owner, "b1", b1)
     validation.decay_rate(owner, "b2", b2)
     validation.epsilon(owner, "eps", eps)
+    guard = validation.may_all_be_zero(eps)
     validation.non_negative(owner, "gamma", gamma)
     if clip_threshold is not None:
         validation.positive(owner, "clip_threshold", clip_threshold)
@@ -293,13 +309,24 @@ def scale_by_sophia(
             nu[i] = h
         return jax.tree.unflatten(treedef, nu), hessian_state
 
+    def ratio(m, h):
+        denominator = jnp.maximum(gamma * h, eps)
+        if not guard:
+            return m / denominator
+        # With eps = 0 the denominator is 0 where gamma h <= 0 (h_0 = 0, or a negative estimate): 0/0 where m = 0 too,
+        # taken as 0 (as jz.adam(eps=0)); +-inf elsewhere, which the clip makes +-rho, with a finite slope.
+        empty = (m == 0) & (denominator == 0)
+        return jnp.where(empty, 0, tree.divide_with_finite_slope(m, jnp.where(empty, 1, denominator)))
+
     def update(updates, state, params=None, **extra_args):
         validation.require_params(owner, params)
         tree.check_same_structure(owner, updates, params, "the params")
+        tree.check_same_structure(owner, updates, state.mu, "the momentum (state.mu)")
+        tree.check_same_structure(owner, updates, state.nu, "the Hessian average (state.nu)")
         count = safe_increment(state.count)
         mu = tree.update_moment(updates, state.mu, b1, 1)
         mu_hat = tree.bias_correction(mu, b1, count)
-        direction = tree.map_updates(lambda g, m, h: m / jnp.maximum(gamma * h, eps), updates, mu_hat, state.nu)
+        direction = tree.map_updates(lambda g, m, h: ratio(m, h), updates, mu_hat, state.nu)
         if clip_threshold is not None:
             if report is not None:
                 report(direction, count)
