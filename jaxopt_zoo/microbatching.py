@@ -207,6 +207,16 @@ def _as_tuple(value: Any, kind: type) -> tuple:
     return (value,) if isinstance(value, kind) else tuple(value)
 
 
+def _positions(owner: str, name: str, value: Any) -> tuple[int, ...]:
+    """``value``, an argument position or a sequence of them, as a tuple of ints; NumPy integers are ints too."""
+    is_position = lambda i: isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_))  # noqa: E731
+    if is_position(value):
+        return (int(value),)
+    if isinstance(value, (tuple, list)) and all(is_position(i) for i in value):
+        return tuple(int(i) for i in value)
+    raise ValueError(f"{owner}: {name} must be an int or a sequence of ints, got {value!r}.")
+
+
 def microbatch(
     fun: Callable[..., Any],
     argnums: int | Sequence[int],
@@ -232,7 +242,11 @@ def microbatch(
 
     Same arguments and numbers as ``optax.microbatch``. Deviations: arguments
     are checked when ``microbatch`` is called (``microbatch_size`` a whole
-    number >= 1, ``argnums``/``argnames``/``in_axes`` consistent), a
+    number >= 1, ``argnums``/``argnames``/``in_axes`` consistent; NumPy integers
+    are accepted as ints), and when the batch is seen: an empty batch (Optax:
+    "num_microbatches=0 must be positive"), an ``argnums`` position or an
+    ``argnames`` keyword the call lacks raise ``ValueError`` naming it (Optax:
+    ``IndexError``, ``KeyError``); a
     ``num_real_microbatches`` above :math:`n` raises when the batch is seen
     (a traced one stops at :math:`n`; Optax reads past the batch: NaN), and
     ``RUNNING_MEAN`` keeps the carry's dtype (Optax's carry is promoted by its
@@ -266,14 +280,13 @@ def microbatch(
         (Array([2, 3, 4, 5], dtype=int32), Array(30, dtype=int32))
     """
     owner = "microbatch"
+    argnums_given, in_axes_given = argnums, in_axes
     if not callable(fun):
         raise TypeError(f"{owner}: fun must be callable, got {fun!r}.")
     if microbatch_size is None:
         return fun
     microbatch_size = validation.whole_number(owner, "microbatch_size", microbatch_size, 1)
-    argnums, argnames = _as_tuple(argnums, int), _as_tuple(argnames, str)
-    if not all(isinstance(i, int) and not isinstance(i, bool) for i in argnums):
-        raise ValueError(f"{owner}: argnums must be an int or a sequence of ints, got {argnums!r}.")
+    argnums, argnames = _positions(owner, "argnums", argnums), _as_tuple(argnames, str)
     if not argnums and not argnames:
         raise ValueError(f"{owner}: name at least one batch argument (argnums or argnames).")
     in_axes = (in_axes,) * (len(argnums) + len(argnames)) if isinstance(in_axes, (int, np.integer)) else tuple(in_axes)
@@ -294,15 +307,31 @@ def microbatch(
         ]
 
     def microbatched(*args, **kwargs):
+        missing = [i for i in argnums if not -len(args) <= i < len(args)]
+        if missing:
+            raise ValueError(
+                f"{owner}: argnums={argnums_given!r} names positional argument {missing[0]}, but the function was "
+                f"called with {len(args)} positional argument{'' if len(args) == 1 else 's'}; pass the batch there "
+                "or name it in argnames."
+            )
+        missing = [k for k in argnames if k not in kwargs]
+        if missing:
+            raise ValueError(f"{owner}: argnames names the keyword argument {missing[0]!r}, but the function was "
+                             f"called without it (keywords: {sorted(kwargs)}).")
         for tree, ax in batched(args, kwargs):
             for x in jax.tree.leaves(tree):
                 if ax >= jnp.ndim(x):
                     raise ValueError(f"{owner}: in_axes gives batch axis {ax}, but a batch argument's leaf has shape "
                                      f"{jnp.shape(x)}.")
         sizes = {x.shape[ax] for tree, ax in batched(args, kwargs) for x in jax.tree.leaves(tree)}
+        if not sizes:
+            raise ValueError(f"{owner}: the batch arguments (argnums, argnames) hold no arrays to split.")
         if len(sizes) != 1:
             raise ValueError(f"{owner}: the batch arguments must have one batch size, got sizes {sorted(sizes)}.")
         (batch_size,) = sizes
+        if batch_size == 0:  # no microbatch to run, nor one whose result shows the output's shape (Optax: the same)
+            raise ValueError(f"{owner}: the batch is empty (batch size 0 along in_axes={in_axes_given!r}); pass at "
+                             f"least one microbatch of microbatch_size={microbatch_size} examples.")
         if batch_size % microbatch_size:
             raise ValueError(f"{owner}: batch size {batch_size} is not divisible by microbatch_size={microbatch_size}.")
         count = batch_size // microbatch_size
@@ -370,7 +399,7 @@ def micro_vmap(
     """
     if out_axes != 0:
         raise NotImplementedError("micro_vmap: out_axes must be 0.")
-    in_axes = (in_axes,) if isinstance(in_axes, int) else tuple(in_axes)
+    in_axes = (int(in_axes),) if isinstance(in_axes, (int, np.integer)) else tuple(in_axes)
 
     def map_and_reduce(*args, kwargs):
         outputs = vmap_fn(fun, in_axes, out_axes)(*args, **kwargs)
@@ -410,7 +439,9 @@ def micro_grad(
     loss values and ``fun``'s aux come back per example in an
     :data:`IndividualOutputs`. Computed by :func:`micro_vmap`, so
     ``microbatch_size`` bounds memory. ``keep_batch_dim`` hands ``fun`` a batch
-    axis of size 1. Same arguments and numbers as ``optax.microbatching.micro_grad``.
+    axis of size 1. Same arguments and numbers as ``optax.microbatching.micro_grad``; ``batch_argnums`` (ints,
+    NumPy's too) must name at least one argument, each >= 0 and passed by the call, else a ``ValueError`` names it
+    (Optax fails inside ``max`` or ``vmap``).
 
     Example:
         >>> import jax.numpy as jnp
@@ -421,7 +452,13 @@ def micro_grad(
         >>> grads, aux.values
         (Array([-3.], dtype=float32), Array([ 0.,  2.,  8., 18.], dtype=float32))
     """
-    batch_argnums = _as_tuple(batch_argnums, int)
+    owner = "micro_grad"
+    batch_argnums = _positions(owner, "batch_argnums", batch_argnums)
+    if not batch_argnums:
+        raise ValueError(f"{owner}: batch_argnums must name at least one argument holding the batch, got "
+                         f"{batch_argnums!r}.")
+    if any(i < 0 for i in batch_argnums):  # they index a list of in_axes built from the front
+        raise ValueError(f"{owner}: batch_argnums must be >= 0 (counted from the front), got {batch_argnums!r}.")
     with_aux = fun if has_aux else (lambda *args, **kwargs: (fun(*args, **kwargs), None))
     value_and_grad = jax.value_and_grad(with_aux, argnums, has_aux=True)
 
@@ -432,10 +469,19 @@ def micro_grad(
     in_axes = [None] * (max(batch_argnums) + 1)
     for i in batch_argnums:
         in_axes[i] = 0
-    run = micro_vmap(
+    mapped = micro_vmap(
         per_example, in_axes=in_axes, microbatch_size=microbatch_size, accumulator=(accumulator, AccumulationType.CONCAT),
         num_real_microbatches=num_real_microbatches,
     )
+
+    def run(*args, **kwargs):
+        if max(batch_argnums) >= len(args):
+            raise ValueError(
+                f"{owner}: batch_argnums={batch_argnums!r} names positional argument {max(batch_argnums)}, but the "
+                f"function was called with {len(args)} positional argument{'' if len(args) == 1 else 's'}."
+            )
+        return mapped(*args, **kwargs)
+
     if not keep_batch_dim:
         return run
 

@@ -264,3 +264,19 @@ def test_a_state_from_another_optimizer_is_refused():
 def test_complex_params_are_refused_with_a_way_out():
     with pytest.raises(ValueError, match="complex params are not supported.*split_real_and_imaginary"):
         jz.prodigy().init({"z": jnp.ones(2, jnp.complex64)})
+
+
+def test_prodigy_with_a_tiny_first_estimate_steps_by_zero_not_nan():
+    # (d_0 g)^2 underflows to 0 and so does d_0 eps (below float32's smallest normal): the denominator was 0 and
+    # the step 0/0 = NaN. Such a d_0 is far below the params' rounding, so the params do not move (documented).
+    # A denormal d_0 itself is flushed to 0 (d_t / d_0 = 0/0): refused.
+    with pytest.raises(ValueError, match=r"^prodigy: estim_lr0=1e-38 is below float32's smallest normal number"):
+        jz.prodigy(estim_lr0=1e-38)
+    params = jnp.array([1.0, -2.0, 0.5])
+    for estim_lr0 in (1e-30, 1e-37):
+        tx = jz.prodigy(estim_lr0=estim_lr0)
+        state = tx.init(params)
+        for _ in range(2):
+            updates, state = tx.update(jnp.array([0.5, -1.0, 0.0]), state, params)
+            np.testing.assert_array_equal(np.asarray(updates), np.zeros(3))
+        assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state))

@@ -372,3 +372,22 @@ def test_bad_updates_and_states_are_refused():
     with pytest.raises(ValueError, match=r"^sm3: complex params are not supported \(as in Optax; a leaf of "
                        r"dtype complex64\); wrap the optimizer in jz\.combine\.split_real_and_imaginary\.$"):
         jz.sm3(0.1).init({"z": jnp.ones(3, jnp.complex64)})
+
+
+def test_zero_epsilon_gives_a_zero_step_where_the_second_moment_is_zero():
+    # With eps=0 a zero gradient entry (full v) or an all-zero row (factored: an embedding row not in the batch)
+    # had a zero denominator: 0 * inf = NaN, which the update clipping then spread over the whole leaf.
+    g = jnp.array([[0.5, 0.0], [0.2, -0.1]])
+    full = scale_by_factored_rms(factored=False, epsilon=0.0)
+    updates, _ = full.update(g, full.init(g), None)
+    expected = jnp.where(g == 0, 0.0, jnp.sign(g))  # the first step's v is g^2: g / |g|
+    np.testing.assert_array_equal(np.asarray(updates), np.asarray(expected))
+    factored = scale_by_factored_rms(epsilon=0.0, min_dim_size_to_factor=1)
+    rows = jnp.array([[0.5, 0.3, -0.2], [0.0, 0.0, 0.0]])
+    updates, _ = factored.update(rows, factored.init(rows), None)
+    assert np.all(np.isfinite(updates)) and np.all(np.asarray(updates[1]) == 0) and np.all(np.asarray(updates[0]) != 0)
+    updates, _ = factored.update(jnp.zeros((2, 3)), factored.init(rows), None)  # every row zero: the mean of r is 0
+    np.testing.assert_array_equal(np.asarray(updates), np.zeros((2, 3)))
+    tx = jz.adafactor(0.01, eps=0.0, min_dim_size_to_factor=1)
+    for grads in (g, rows):
+        assert np.all(np.isfinite(tx.update(grads, tx.init(grads), jnp.ones_like(grads))[0]))

@@ -289,3 +289,42 @@ def test_dimension_numbers_naming_an_axis_outside_the_leaf_raise():
     tx = jz.scale_by_galore(rank=1, weight_dimension_numbers=jz.GaLoreDimensionNumbers(reduction_axis=2, output_axis=1))
     with pytest.raises(ValueError, match=r"scale_by_galore: .* names axes outside a leaf of shape \(4, 3\)"):
         tx.init({"w": jnp.ones((4, 3))})
+
+
+@pytest.mark.parametrize("svd_dtype", [jnp.float32, None], ids=["float32_svd", "gradient_dtype_svd"])
+def test_complex_params_are_refused_where_they_would_be_projected(svd_dtype):
+    # The float32 SVD dropped the imaginary part, and with svd_dtype=None P^T was not conjugated: a silently wrong
+    # projection. A complex leaf that is not projected still goes to the base optimizer as it is.
+    tx = jz.galore(0.1, rank=1, svd_dtype=svd_dtype)
+    message = (r"^scale_by_galore: complex params are not supported \(GaLore's projections are real: .*; a leaf of "
+               r"dtype complex64\); wrap the optimizer in jz\.combine\.split_real_and_imaginary\.$")
+    with pytest.raises(ValueError, match=message):
+        tx.init({"w": jnp.ones((4, 3), jnp.complex64)})
+    params = {"w": jnp.ones((4, 3)), "b": jnp.ones(3, jnp.complex64)}
+    state = tx.init(params)
+    with pytest.raises(ValueError, match=message):
+        tx.update({"w": jnp.ones((4, 3), jnp.complex64), "b": jnp.ones(3, jnp.complex64)}, state, params)
+    updates, _ = tx.update({"w": jnp.ones((4, 3)), "b": jnp.full(3, 1j, jnp.complex64)}, state, params)
+    assert updates["b"].dtype == jnp.complex64
+
+
+@pytest.mark.parametrize("jit", [True, False], ids=["jit", "eager"])
+def test_bfloat16_gradients_of_float32_params_keep_a_float32_projector(jit):
+    # Mixed precision: the refreshed projector was cast to the gradient's bfloat16 and the kept one was float32,
+    # so lax.cond refused the two branches (TypeError).
+    params = {"w": jnp.ones((4, 3)), "b": jnp.ones(3)}
+    tx = jz.scale_by_galore(rank=1, update_proj_gap=2)
+    step = jax.jit(tx.update) if jit else tx.update
+    state = tx.init(params)
+    grads = {"w": jnp.arange(12.0).reshape(4, 3), "b": jnp.ones(3)}
+    half = jax.tree.map(lambda g: g.astype(jnp.bfloat16), grads)
+    for _ in range(3):  # a refresh, a kept projector, a refresh
+        updates, state = step(half, state)
+        assert updates["w"].dtype == jnp.bfloat16 and state.projector["w"].dtype == jnp.float32
+    # The same steps on the gradients' values in float32, up to the bfloat16 rounding of the update.
+    expected, full_state = None, tx.init(params)
+    for _ in range(3):
+        expected, full_state = tx.update(jax.tree.map(lambda g: g.astype(jnp.bfloat16).astype(jnp.float32), grads),
+                                         full_state)
+    np.testing.assert_allclose(np.asarray(updates["w"], np.float32), np.asarray(expected["w"]), rtol=1e-2)
+    np.testing.assert_allclose(np.asarray(state.projector["w"]), np.asarray(full_state.projector["w"]), rtol=1e-6)

@@ -399,3 +399,67 @@ def test_dog_sum_of_squared_norms_keeps_growing_with_bfloat16_params():
     for _ in range(300):
         _, state = step({"w": jnp.ones(1, jnp.bfloat16)}, state, params)
     assert state.sum_sq_norm_grads.dtype == jnp.float32 and float(state.sum_sq_norm_grads) == 300.0
+
+
+@pytest.mark.parametrize(
+    "build, owner, field",
+    [
+        (jz.cocob, "scale_by_cocob", r"the initial params \(state\.init_particles\)"),
+        (jz.dog, "scale_by_dog", r"the initial params \(state\.init_params\)"),
+        (jz.dowg, "scale_by_dowg", r"the initial params \(state\.init_params\)"),
+        (jz.scale_by_distance_over_gradients, "scale_by_distance_over_gradients",
+         r"the initial params \(state\.init_params\)"),
+        (lambda: jz.mechanize(jz.sgd(1.0)), "mechanize", r"the reference params \(state\.x0\)"),
+    ],
+    ids=["cocob", "dog", "dowg", "ldog", "mechanize"],
+)
+def test_a_state_built_for_other_shapes_is_refused_not_broadcast(build, owner, field):
+    # The (1, 3) copy of the initial params was broadcast against the (4, 3) params: COCOB's and Mechanic's
+    # states grew, and DoG and DoWG measured distances from the broadcast copy.
+    tx = build()
+    state = tx.init({"w": jnp.zeros((1, 3))})
+    message = rf"^{owner}: the updates tree does not match {field}: shapes differ at \['w'\] \(4, 3\) vs \(1, 3\)"
+    with pytest.raises(ValueError, match=message):
+        tx.update({"w": jnp.full((4, 3), 0.5)}, state, {"w": jnp.ones((4, 3))})
+
+
+@pytest.mark.parametrize("build", [jz.dog, jz.dowg, lambda: jz.mechanize(jz.sgd(1.0))],
+                         ids=["dog", "dowg", "mechanize"])
+def test_a_param_with_a_none_update_is_checked_against_the_copy_too(build):
+    # Its param still counts in the distance (or in ||x_t||), so a (4, 3) param against a (1, 3) copy broadcast.
+    tx = build()
+    state = tx.init({"w": jnp.zeros((1, 3)), "b": jnp.zeros(2)})
+    with pytest.raises(ValueError, match=r"shapes differ at \['w'\] \(4, 3\) vs \(1, 3\)"):
+        tx.update({"w": None, "b": jnp.ones(2)}, state, {"w": jnp.ones((4, 3)), "b": jnp.ones(2)})
+
+
+@pytest.mark.parametrize("param_dtype", [jnp.float32, jnp.bfloat16])
+def test_ldog_takes_python_number_params(param_dtype):
+    # The copy in param_dtype was made with .astype, which a Python float lacks (AttributeError).
+    tx = jz.scale_by_distance_over_gradients(reps_rel=0.5, eps=0.0, param_dtype=param_dtype)
+    updates, state = tx.update({"w": 0.5}, tx.init({"w": 1.5}), {"w": 1.5})
+    np.testing.assert_allclose(float(updates["w"]), 0.5 * 2.5 / 0.5 * 0.5)  # r_0 = 0.5 (1 + 1.5), G_1 = 0.25
+    assert state.init_params["w"].dtype == param_dtype
+
+
+def test_a_bfloat16_copy_sets_the_first_distance_and_the_eight_bit_refusal_does_not_recommend_it():
+    # Documented limitation: the copy's rounding (about 2^-9 ||x_0||) is all of ||x_1 - x_0|| at the first step,
+    # so it takes r_0's place; StochasticBF16 rounds this once-written copy to nearest, as bfloat16 does. The
+    # refusal of 8-bit copies recommended jz.StochasticBF16() as the way out.
+    params = jax.random.normal(jax.random.key(0), (256,)) * 0.5 + 1
+    grads = jnp.full(256, 0.01)
+
+    def first_step_norm(param_dtype):
+        tx = jz.dog(1.0, param_dtype=param_dtype)
+        return float(jnp.linalg.norm(tx.update(grads, tx.init(params), params)[0]))
+
+    exact, rounded = first_step_norm(None), first_step_norm(jnp.bfloat16)
+    assert first_step_norm(jz.StochasticBF16()) == rounded
+    r0 = 1e-6 * (1 + float(jnp.linalg.norm(params)))  # reps_rel (1 + ||x_0||)
+    np.testing.assert_allclose(exact, r0, rtol=1e-5)
+    rounding = float(jnp.linalg.norm(params.astype(jnp.bfloat16).astype(jnp.float32) - params))
+    np.testing.assert_allclose(rounded, rounding, rtol=1e-5)
+    assert 2**-11 < rounding / float(jnp.linalg.norm(params)) < 2**-8  # "about 2^-9 ||x_0||"
+    with pytest.raises(ValueError, match=r"; use None \(the params' dtype\) or a floating dtype as wide as the params "
+                       r"\(a bfloat16 copy, jz\.StochasticBF16\(\) too, rounds by about 2\^-9 \|\|x_0\|\|"):
+        jz.dog(param_dtype=Q8)

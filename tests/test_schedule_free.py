@@ -364,3 +364,16 @@ def test_a_foreign_state_or_mismatched_params_are_refused():
         jz.schedule_free_eval_params(jz.adam(0.1).init(params), params)
     with pytest.raises(ValueError, match="do not match the state's z"):
         jz.schedule_free_eval_params(jz.schedule_free_sgd(0.1).init(params), {"w": jnp.ones(2)})
+
+
+@pytest.mark.parametrize("build", [lambda: jz.schedule_free_sgd(0.1), lambda: jz.schedule_free(jz.sgd(0.1), 0.1),
+                                   lambda: jz.schedule_free_sgd(0.1, state_dtype=jz.StochasticBF16())],
+                         ids=["schedule_free_sgd", "schedule_free", "stochastic_bf16"])
+def test_a_state_built_for_other_shapes_is_refused_not_broadcast(build):
+    # A momentum-free base keeps no per-parameter state of its own: z of shape (1, 3) was broadcast to the
+    # gradient's (4, 3), and the state grew.
+    tx = build()
+    state = tx.init({"w": jnp.zeros((1, 3))})
+    with pytest.raises(ValueError, match=r"^schedule_free: the updates tree does not match the iterate \(state\.z\): "
+                       r"shapes differ at \['w'\] \(4, 3\) vs \(1, 3\)"):
+        tx.update({"w": jnp.full((4, 3), 0.5)}, state, {"w": jnp.ones((4, 3))})

@@ -429,3 +429,13 @@ def test_averaged_params_needs_exactly_one_average():
     twice = jz.chain(jz.average_iterates(), jz.average_iterates())
     with pytest.raises(ValueError, match="found 2"):
         jz.averaged_params(twice.init(params))
+
+
+@pytest.mark.parametrize("ax_dtype", [None, jz.Blockwise8Bit()], ids=["plain", "eight_bit"])
+def test_asgd_refuses_a_state_built_for_other_shapes(ax_dtype):
+    # The averaged iterate of shape (1, 3) was broadcast to the gradient's (4, 3), and the state grew.
+    tx = jz.torch.asgd(ax_dtype=ax_dtype)
+    state = tx.init({"w": jnp.zeros((1, 3))})
+    with pytest.raises(ValueError, match=r"^average_iterates: the updates tree does not match the averaged iterate "
+                       r"\(state\.ax\): shapes differ at \['w'\] \(4, 3\) vs \(1, 3\)"):
+        tx.update({"w": jnp.full((4, 3), 0.5)}, state, {"w": jnp.ones((4, 3))})

@@ -163,3 +163,40 @@ def test_bias_correction_global_norm_and_increment_match_optax():
     np.testing.assert_allclose(jz.global_norm(tree), optax.tree.norm(tree), rtol=1e-7)
     top = jnp.asarray(np.iinfo(np.int32).max, jnp.int32)
     assert int(jz.safe_int32_increment(top)) == int(optax.safe_int32_increment(top)) == np.iinfo(np.int32).max
+
+
+# --- microbatching: bad calls (the rest of microbatch is tested in test_combinators.py) --------------------------
+
+
+def test_microbatch_names_an_empty_batch_and_positions_the_call_lacks():
+    from jaxopt_zoo.microbatching import AccumulationType, microbatch
+
+    with pytest.raises(ValueError, match=r"^microbatch: the batch is empty \(batch size 0 along in_axes=0\); pass at "
+                       r"least one microbatch of microbatch_size=2 examples\.$"):
+        microbatch(jnp.sum, 0, 2, AccumulationType.MEAN)(jnp.zeros((0,)))  # IndexError from jnp.take
+    with pytest.raises(ValueError, match=r"^microbatch: argnums=3 names positional argument 3, but the function was "
+                       r"called with 1 positional argument;"):
+        microbatch(jnp.sum, 3, 2)(jnp.zeros(4))  # IndexError: tuple index out of range
+    with pytest.raises(ValueError, match=r"^microbatch: argnames names the keyword argument 'y', but the function"):
+        microbatch(lambda x, y=None: jnp.sum(x), (), 2, argnames="y")(jnp.zeros(4))
+    with pytest.raises(ValueError, match=r"^microbatch: argnums must be an int or a sequence of ints, got 0\.5\."):
+        microbatch(jnp.sum, 0.5, 2)
+    x = jnp.arange(4.0)
+    for argnums in (np.int64(0), (np.int32(0),), [0]):  # TypeError: 'numpy.int64' object is not iterable
+        assert float(microbatch(jnp.sum, argnums, 2, AccumulationType.SUM)(x)) == 6.0
+
+
+def test_micro_grad_names_bad_batch_argnums():
+    from jaxopt_zoo.microbatching import micro_grad
+
+    loss = lambda w, x: jnp.sum(w * x)  # noqa: E731
+    w, x = jnp.ones(2), jnp.ones((4, 2))
+    with pytest.raises(ValueError, match=r"^micro_grad: batch_argnums must name at least one argument"):
+        micro_grad(loss, batch_argnums=())  # max() arg is an empty sequence
+    with pytest.raises(ValueError, match=r"^micro_grad: batch_argnums must be >= 0"):
+        micro_grad(loss, batch_argnums=-1)
+    with pytest.raises(ValueError, match=r"^micro_grad: batch_argnums=\(5,\) names positional argument 5, but the "
+                       r"function was called with 2 positional arguments\.$"):
+        micro_grad(loss, batch_argnums=5)(w, x)
+    grads, _ = micro_grad(loss, batch_argnums=np.int64(1))(w, x)
+    np.testing.assert_array_equal(np.asarray(grads), np.full(2, 4.0))

@@ -53,7 +53,8 @@ def galore(
     ``svd_dtype`` is an addition (``None`` runs the SVD in the gradient's dtype,
     at least float32; Optax's is always float32); ``None`` updates pass through;
     bad options raise ``ValueError`` naming ``galore`` (see
-    :func:`jaxopt_zoo.scale_by_galore`).
+    :func:`jaxopt_zoo.scale_by_galore`); complex params raise where they would
+    be projected (Optax's SVD drops their imaginary part).
 
     Args:
         learning_rate: :math:`\\eta \\ge 0`, or a schedule of the step count.

@@ -147,6 +147,7 @@ def average_iterates(t0: jax.typing.ArrayLike = 1e6, *, ax_dtype: StateDtype = N
         del extra_args
         validation.require_params(owner, params)
         tree.check_same_structure(owner, updates, params, "the params")
+        tree.check_same_structure(owner, updates, state.ax, "the averaged iterate (state.ax)")
         count = safe_increment(state.count)
         t = count.astype(_scalar_dtype())
         mu = jnp.where(count == 1, 1.0, 1 / jnp.maximum(1.0, t - 1 - t0)).astype(t.dtype)

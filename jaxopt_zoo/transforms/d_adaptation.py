@@ -59,7 +59,13 @@ def check_options(owner: str, learning_rate: Any, betas: Any, eps: Any, estim_lr
     validation.decay_rate(owner, "betas[0]", betas[0])
     validation.decay_rate(owner, "betas[1]", betas[1])
     validation.epsilon(owner, "eps", eps)
-    validation.positive(owner, "estim_lr0", estim_lr0)
+    first = validation.positive(owner, "estim_lr0", estim_lr0)
+    if first is not None and first < validation.SMALLEST_NORMAL:
+        raise ValueError(
+            f"{owner}: estim_lr0={estim_lr0!r} is below float32's smallest normal number "
+            f"({validation.SMALLEST_NORMAL:.3g}), so it is flushed to 0 in the update (d_t / d_0 would be 0/0); pass "
+            "a value of at least that (the default is 1e-6)."
+        )
     validation.non_negative(owner, "weight_decay", weight_decay)
     validation.state_dtypes(owner, **storages)
     return betas[0], betas[1], validation.axis_name(owner, axis_name)
@@ -178,7 +184,10 @@ def scale_by_prodigy(
     where bfloat16 rounds :math:`\\beta_3` to 1), and the update is in the gradient's dtype (float32
     for float16);
     ``params0`` is a copy (Optax's aliases the params, so donating both fails); with ``eps = 0``
-    a coordinate whose gradients were all 0 steps by 0 instead of 0/0; complex params raise
+    a coordinate whose gradients were all 0 steps by 0 instead of 0/0, and so does one whose
+    :math:`(d g)^2` underflows to 0 when :math:`d_0 \\epsilon` is below float32's smallest normal
+    number (``estim_lr0`` below about 1e-30 with the default ``eps``: Optax's steps are NaN there,
+    from ``estim_lr0`` about 1e-19 on); complex params raise
     (wrap in ``jz.split_real_and_imaginary``); a ``None`` update keeps its state (its ``grad_sum``
     still counts in :math:`\\|s\\|_1`) and adds nothing to :math:`r`; bad numbers raise when built.
     Additions: the storage options and ``axis_name``. ``params0_dtype`` refuses
@@ -194,7 +203,11 @@ def scale_by_prodigy(
         beta3: :math:`\\beta_3 \\in [0, 1)`, the decay of :math:`s` and :math:`r`; ``None`` for
             :math:`\\sqrt{\\beta_2}`.
         eps: :math:`\\epsilon \\ge 0`, times :math:`d_{t+1}` in the denominator.
-        estim_lr0: :math:`d_0 > 0`, the first (under-)estimate.
+        estim_lr0: :math:`d_0 > 0`, the first (under-)estimate, not below float32's smallest normal number
+            (1.18e-38: a denormal one is flushed to 0, and raises). The first steps are about :math:`d_0` per
+            entry, and a step below the params' rounding (about :math:`6 \\cdot 10^{-8} |x|` in float32)
+            leaves them unchanged, so that :math:`x_0 - x_t` and :math:`d` never grow: in float32 keep
+            :math:`d_0` above about :math:`10^{-7}` times the params' magnitude (the default 1e-6 is).
         estim_lr_coef: :math:`c > 0`, a factor on every new estimate.
         weight_decay: :math:`w \\ge 0`, decoupled weight decay.
         safeguard_warmup: leave :math:`\\alpha_t` out of :math:`s` (for warmups).
@@ -229,7 +242,12 @@ def scale_by_prodigy(
     beta3 = b2**0.5 if beta3 is None else beta3
     storages = _storages(owner, exp_avg_dtype, exp_avg_sq_dtype, grad_sum_dtype)
     storages["signed"]["params0"] = _params0_storage(owner, params0_dtype)
-    guard = validation.may_all_be_zero(eps)
+    # The denominator sqrt(v) + d eps is 0 where g was always 0 if eps = 0, and also wherever (d g)^2 underflows
+    # to 0 if d eps does (denormal, flushed): guarded then, 0 steps instead of 0/0. Unguarded (Optax's bits)
+    # while d_0 eps is a normal float32, as d never falls below d_0.
+    first_d = validation.real_scalar(owner, "estim_lr0", estim_lr0)
+    first_eps = validation.real_scalar(owner, "eps", eps)
+    guard = first_d is None or first_eps is None or first_d * first_eps < validation.SMALLEST_NORMAL
 
     def init(params):
         dtype = _scalar_dtype(owner, params)

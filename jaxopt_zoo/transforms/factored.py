@@ -397,7 +397,10 @@ def scale_by_factored_rms(
     ``decay_rate_fn(count - step_offset, decay_rate)`` is called as in Optax; before ``step_offset``
     (a fresh state's count is 0) the power decay is its first step's, 0, where Optax's is NaN. A
     float16 param's moments are float32 (see :func:`jaxopt_zoo.tree.moments_like`); a ``None``
-    update keeps its moments. ``factors_dtype``, ``variance_dtype`` and ``axis_name`` are additions.
+    update keeps its moments; with ``epsilon=0`` an entry whose gradients were all 0 so far (or, factored,
+    a whole such row or column: an embedding row not yet in a batch) steps by 0, as ``jz.adam(eps=0)`` does,
+    where Optax's is :math:`0 \\cdot \\infty` = NaN (spread over the leaf by Adafactor's update clipping).
+    ``factors_dtype``, ``variance_dtype`` and ``axis_name`` are additions.
     Each update reads the factored axes off the state's shapes (which ``init`` chose from the whole
     params), so that inside ``shard_map`` local shapes do not change the choice; a shard whose
     factors fit along several axes of equal local size (e.g. a ``(32, 16)`` param split into
@@ -444,6 +447,7 @@ def scale_by_factored_rms(
     validation.non_negative(owner, "step_offset", step_offset)
     min_dim_size_to_factor = static_size(owner, "min_dim_size_to_factor", min_dim_size_to_factor)
     validation.epsilon(owner, "epsilon", epsilon)
+    guard = validation.may_be_zero(epsilon)
     factors_dtype = resolve(owner, "factors_dtype", factors_dtype)
     variance_dtype = resolve(owner, "variance_dtype", variance_dtype)
     axis_name = validation.axis_name(owner, axis_name)
@@ -473,15 +477,30 @@ def scale_by_factored_rms(
         g2 = tree.abs_sq(g) + epsilon
         if axes is None:
             v = (decay * v + (1.0 - decay) * g2).astype(v.dtype)
-            return _Leaf(g * v**-0.5, r, c, v)
+            if not guard:
+                return _Leaf(g * v**-0.5, r, c, v)
+            # epsilon = 0: where every gradient so far was 0 the step is 0, not 0 * inf (as jz.adam's with eps=0);
+            # the inner where keeps a gradient taken through the step finite.
+            zero = v == 0
+            return _Leaf(jnp.where(zero, 0, g * jnp.where(zero, 1, v) ** -0.5), r, c, v)
         second, largest = axes
         split_largest, split_second = split_axes(owner, g, r, axis_name), split_axes(owner, g, c, axis_name)
         r = (decay * r + (1.0 - decay) * _mean(g2, largest, split_largest, keepdims=False)).astype(r.dtype)
         c = (decay * c + (1.0 - decay) * _mean(g2, second, split_second, keepdims=False)).astype(c.dtype)
         second_in_r = second - 1 if second > largest else second
-        row_factor = (r / _mean(r, second_in_r, split_second)) ** -0.5
-        col_factor = c**-0.5
-        return _Leaf(g * jnp.expand_dims(row_factor, largest) * jnp.expand_dims(col_factor, second), r, c, v)
+        if not guard:
+            row_factor = (r / _mean(r, second_in_r, split_second)) ** -0.5
+            col_factor = c**-0.5
+            return _Leaf(g * jnp.expand_dims(row_factor, largest) * jnp.expand_dims(col_factor, second), r, c, v)
+        # epsilon = 0: a row or column whose gradients were all 0 so far (an embedding row not yet in a batch) has
+        # a 0 factor, and its step is 0 rather than 0 * inf; a 0 mean of r means every row is such a row.
+        zero_row, zero_col = r == 0, c == 0
+        mean = _mean(r, second_in_r, split_second)
+        row_factor = (jnp.where(zero_row, 1, r) / jnp.where(mean == 0, 1, mean)) ** -0.5
+        col_factor = jnp.where(zero_col, 1, c) ** -0.5
+        zero = jnp.expand_dims(zero_row, largest) | jnp.expand_dims(zero_col, second)
+        step = g * jnp.expand_dims(row_factor, largest) * jnp.expand_dims(col_factor, second)
+        return _Leaf(jnp.where(zero, 0, step), r, c, v)
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args

@@ -50,6 +50,9 @@ class GaLoreDimensionNumbers(NamedTuple):
 
 DimensionNumbersSpec = GaLoreDimensionNumbers | Any | Callable[[Any], Any] | None
 
+COMPLEX_WHY = ("GaLore's projections are real: an SVD in a real svd_dtype drops a complex matrix's imaginary part, "
+               "and P^T is not conjugated")
+
 
 class _MatrixView(NamedTuple):
     """How a leaf is read as an (m, n) matrix and written back, and on which side it is projected."""
@@ -128,6 +131,11 @@ def _dimension_numbers(spec: DimensionNumbersSpec, leaves_of: Any) -> Any:
     return jax.tree.map(lambda x, d: None if x is None else d, leaves_of, spec, is_leaf=tree.is_none)
 
 
+def _projected(leaves_of: Any, views: Any) -> Any:
+    # The leaves that are projected (None elsewhere).
+    return jax.tree.map(lambda x, view: None if view is None else x, leaves_of, views, is_leaf=tree.is_none)
+
+
 def _views(owner: str, dims: Any, leaves_of: Any, rank: int) -> Any:
     return jax.tree.map(
         lambda x, d: None if x is None or d is None else _matrix_view(owner, jnp.shape(x), d, rank),
@@ -137,12 +145,13 @@ def _views(owner: str, dims: Any, leaves_of: Any, rank: int) -> Any:
     )
 
 
-def _top_singular_vectors(matrix: jax.Array, view: _MatrixView, svd_dtype: Any) -> jax.Array:
-    """The new projector: the top-``r`` left (tall matrix) or right (wide) singular vectors, as columns."""
-    dtype = jnp.promote_types(matrix.dtype, jnp.float32) if svd_dtype is None else svd_dtype
-    u, _, vh = jnp.linalg.svd(matrix.astype(dtype), full_matrices=False)
+def _top_singular_vectors(matrix: jax.Array, view: _MatrixView, svd_dtype: Any, dtype: Any) -> jax.Array:
+    """The new projector, in ``dtype`` (the state's): the top-``r`` left (tall matrix) or right (wide) singular
+    vectors, as columns."""
+    compute_dtype = jnp.promote_types(matrix.dtype, jnp.float32) if svd_dtype is None else svd_dtype
+    u, _, vh = jnp.linalg.svd(matrix.astype(compute_dtype), full_matrices=False)
     vectors = u[:, : view.rank] if view.left else vh[: view.rank, :].T
-    return vectors.astype(matrix.dtype)
+    return vectors.astype(dtype)
 
 
 def _project(matrix: jax.Array, projector: jax.Array, view: _MatrixView) -> jax.Array:
@@ -234,11 +243,20 @@ def scale_by_galore(
 
     Storage: the base optimizer's moments take its own storage options (e.g.
     ``scale_by_adam(mu_dtype=jz.Blockwise8Bit())``), on the projected shapes. The
-    projector :math:`P` is kept in the gradient's dtype, as in Optax, computed by
-    an SVD in ``svd_dtype``: it is replaced whole at every refresh, not
-    accumulated, so rounding does not build up in it, and it is a fraction
-    :math:`k / \\min(m, n)` of the param's size; an 8-bit code would break its
-    orthonormality.
+    projector :math:`P` is kept in the param's dtype (Optax: the gradient's; the
+    same unless they differ), computed by an SVD in ``svd_dtype``: it is replaced
+    whole at every refresh, not accumulated, so rounding does not build up in it,
+    and it is a fraction :math:`k / \\min(m, n)` of the param's size; an 8-bit code
+    would break its orthonormality. Gradients in another dtype than the params
+    (bfloat16 gradients of float32 params, mixed precision) are projected in the
+    wider of the two (what the base optimizer sees) and the update comes back in
+    the gradient's dtype; Optax's step fails there (its ``cond`` gets a bfloat16
+    new projector and the float32 kept one).
+
+    Complex params raise (at ``init``, and a complex gradient at ``update``) where they
+    would be projected: the projector is real, so the SVD would drop the imaginary
+    part (Optax's does so silently). Wrap the optimizer in
+    ``jz.combine.split_real_and_imaginary``; leaves that are not projected may be complex.
 
     Numerically identical to ``optax.contrib.scale_by_galore``, with the same
     state leaves but one: a leaf that is not projected has no projector
@@ -286,6 +304,7 @@ def scale_by_galore(
         if not jax.tree.leaves(params):  # e.g. the placeholder tree.map_params initialises with
             return GaLoreState(zero_count(), base.init(params), params)
         views = _views(owner, _dimension_numbers(weight_dimension_numbers, params), params, rank)
+        validation.refuse_complex(owner, _projected(params, views), COMPLEX_WHY)
 
         def projector(p, view):  # None where a leaf is not projected (Optax: a (0, 0) array, which Orbax cannot save)
             return None if view is None else jnp.zeros(view.projector_shape, p.dtype)
@@ -304,17 +323,20 @@ def scale_by_galore(
         projected = jax.tree.map(lambda x: 0, state.projector, is_leaf=tree.is_none)
         tree.check_same_structure(owner, shapeless(updates), projected, "state.projector")
         views = _views(owner, _dimension_numbers(weight_dimension_numbers, updates), updates, rank)
-        matrices = jax.tree.map(lambda g, view: None if view is None else g, updates, views, is_leaf=tree.is_none)
+        matrices = _projected(updates, views)
+        validation.refuse_complex(owner, matrices, COMPLEX_WHY)
         require_whole_arrays(owner, matrices)
         refresh = state.count % update_proj_gap == 0
 
         # On Explicit mesh axes a projected leaf is gathered whole (the SVD and the products span the matrix) and
-        # its update laid out like it again; on Auto axes the partitioner does both.
+        # its update laid out like it again; on Auto axes the partitioner does both. The projector keeps the
+        # state's dtype (the param's) in both branches: with bfloat16 gradients of float32 params (mixed
+        # precision) the new one was bfloat16 and the kept one float32.
         def new_projector(g, p, view):
             if g is None or view is None:
                 return p
             matrix = view.to_matrix(gathered(g)[0])
-            return jax.lax.cond(refresh, lambda: _top_singular_vectors(matrix, view, svd_dtype), lambda: p)
+            return jax.lax.cond(refresh, lambda: _top_singular_vectors(matrix, view, svd_dtype, p.dtype), lambda: p)
 
         def project(g, p, view):
             return g if g is None or view is None else _project(view.to_matrix(gathered(g)[0]), p, view)

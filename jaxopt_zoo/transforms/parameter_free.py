@@ -11,19 +11,30 @@ distance and one gradient sum per parameter array); :func:`scale_by_dog` and
 :func:`scale_by_dowg` are ``optax.contrib``'s global ones (one number for the
 whole tree). Every whole-array or whole-tree reduction takes ``axis_name``, so
 that inside ``shard_map`` it is the whole array's or tree's. The copies of the
-initial params take the storage option ``param_dtype``. For the distance rules
-(DoG, DoWG) a lossy copy's rounding adds to :math:`\\|x_t - x_0\\|`, and at the
-first step it is all of it. In bfloat16 it is about :math:`2^{-9} \\|x_0\\|`:
-until the params have moved further than that it sets the step size in place
-of a smaller first distance :math:`r_0` (or :math:`\\bar r_0`), so such a copy
-suits a first distance above it (e.g. ``reps_rel`` 1e-2 rather than 1e-6).
-8-bit codes (:class:`~jaxopt_zoo.quantization.Blockwise8Bit`, 3 mantissa bits)
-round by about 3% of :math:`\\|x_0\\|` (up to 1/8 of each entry), far above the
-first distances the DoG authors recommend (``reps_rel`` 1e-6 to 1e-4): the
-rounding, not the first distance, would set the first steps (with the default
-``reps_rel=1e-6`` a first step some 30,000 times larger), so the distance rules
-refuse them, as Prodigy does for its :math:`x_0`. COCOB's copy takes a dtype
-only (see :func:`scale_by_cocob`).
+initial params take the storage option ``param_dtype``.
+
+For the distance rules (DoG, LDoG, DoWG) a copy narrower than the params is
+lossy: its rounding :math:`\\tilde x_0 - x_0` adds to :math:`\\|x_t - x_0\\|`,
+and at the first step it is all of it. In bfloat16 it is about
+:math:`2^{-9} \\|x_0\\|`, so until the params have moved farther than that it
+acts as the first distance in place of :math:`r_0` (or :math:`\\bar r_0`): as if
+``reps_rel`` were about 2e-3. With the default ``reps_rel=1e-6`` the first steps
+are some 1,000 to 2,000 times those of an exact copy (e.g. update norms 0.031
+instead of 1.9e-5 for 256 params near 1). A bfloat16 copy therefore suits only
+a first distance above its rounding (``reps_rel`` around 1e-2, or an
+``init_step`` distance or the root of ``init_estim_sq_dist`` at least that large); keep the
+copy in the params' dtype (the default for DoG and DoWG; ``jnp.float32`` for
+LDoG) otherwise. :class:`~jaxopt_zoo.storage.StochasticBF16` is no better: the
+copy is written once, at ``init``, where it rounds to nearest as plain bfloat16
+does. The rounding cannot be taken out afterwards: subtracting its norm
+(known at ``init``) from each distance gives a lower bound that stays below
+:math:`r_0` while the params move less than the rounding, and DoG then never
+grows its step size. 8-bit codes (:class:`~jaxopt_zoo.quantization.Blockwise8Bit`,
+3 mantissa bits) round by about 3% of :math:`\\|x_0\\|` (up to 1/8 of each
+entry), far above the first distances the DoG authors recommend (``reps_rel``
+1e-6 to 1e-4), with the default ``reps_rel=1e-6`` a first step some 30,000
+times larger, so the distance rules refuse them, as Prodigy does for its
+:math:`x_0`. COCOB's copy takes a dtype only (see :func:`scale_by_cocob`).
 
     >>> import jaxopt_zoo as jz
     >>> tx = jz.scale_by_distance_over_gradients()
@@ -95,6 +106,18 @@ def _scalar_dtype(params: Any) -> jnp.dtype:
     return tree.scalar_dtype(params)
 
 
+def _arrays(params: Any) -> Any:
+    # Python numbers as arrays: a storage casts its copy with .astype, and the distances read each leaf's dtype.
+    return jax.tree.map(jnp.asarray, params)
+
+
+def _check_anchor(owner: str, updates: Any, params: Any, anchor: Any, name: str) -> None:
+    """Refuse a copy of the params shaped otherwise than they are (it would broadcast into the distances). Every
+    param counts in the distance, also one whose update is ``None``: that one is checked by its param's shape."""
+    probe = jax.tree.map(lambda g, p: p if g is None else g, updates, params, is_leaf=tree.is_none)
+    tree.check_same_structure(owner, probe, anchor, name)
+
+
 def _distance_anchor_storage(owner: str, param_dtype: StateDtype, first: str):
     """The storage of DoG's, LDoG's or DoWG's initial params: not 8-bit (see the module docstring)."""
     storage = resolve(owner, "param_dtype", param_dtype)
@@ -102,7 +125,9 @@ def _distance_anchor_storage(owner: str, param_dtype: StateDtype, first: str):
         raise ValueError(
             f"{owner}: param_dtype={param_dtype!r} keeps the initial params as 8-bit codes, whose rounding (about "
             f"3% of ||x_0||) is all of ||x_t - x_0|| at the first step, so it, not {first}, would set the first "
-            "step sizes; use None (the params' dtype), a floating dtype or jz.StochasticBF16()."
+            "step sizes; use None (the params' dtype) or a floating dtype as wide as the params (a bfloat16 copy, "
+            "jz.StochasticBF16() too, rounds by about 2^-9 ||x_0||, which sets the first steps likewise unless "
+            f"{first} is above it)."
         )
     return storage
 
@@ -151,19 +176,23 @@ def scale_by_distance_over_gradients(
     ``max_dist`` keeps the dtype it is created in, the wider of the param's and
     the initial copy's (Optax's changes dtype at the first step where they
     differ, e.g. bfloat16 params); ``param_dtype`` also takes
-    ``jz.StochasticBF16()`` but refuses ``jz.Blockwise8Bit()`` (see the module's
-    note on a lossy copy and the first distance); squares of float16
+    ``jz.StochasticBF16()`` (no better than ``jnp.bfloat16`` here) but refuses ``jz.Blockwise8Bit()`` (see
+    the module's note on a lossy copy and the first distance); squares of float16
     values are summed in float32 and complex ones as :math:`|x|^2` (Optax sums
     float16 squares, and squares complex values); bad numbers raise when
-    built; a ``None`` update keeps its state; ``axis_name`` is an addition.
+    built, and a state built for params of other shapes when it meets them (Optax broadcasts
+    its copy of the initial params); a Python number param is taken as an array (Optax's ``init``
+    fails on it: ``'float' object has no attribute 'astype'``); a ``None`` update keeps its state;
+    ``axis_name`` is an addition.
 
     Args:
         reps_rel: :math:`r_\\epsilon > 0`, the first distance relative to :math:`1 + \\|x_0\\|`
             (1e-4 for models with batch norm, 1e-6 otherwise).
         eps: :math:`\\epsilon \\ge 0`, added under the square root.
-        param_dtype: storage of the initial params: a floating dtype or
-            :class:`~jaxopt_zoo.storage.StochasticBF16`, not 8-bit (a lossy one adds its rounding to the
-            distance, see :mod:`jaxopt_zoo.transforms.parameter_free`).
+        param_dtype: storage of the initial params: a floating dtype, not 8-bit. One narrower than the
+            params (bfloat16, or :class:`~jaxopt_zoo.storage.StochasticBF16`, which rounds this copy alike)
+            adds its rounding, about :math:`2^{-9} \\|x_0\\|`, to the distances: it sets the first steps
+            unless :math:`r_0` is above it (see :mod:`jaxopt_zoo.transforms.parameter_free`).
         global_scale: :math:`s`, a factor on every update (typically 1 or -1).
         axis_name: inside ``shard_map``, the mesh axes the params may be sharded
             over, so that each norm is the whole array's.
@@ -191,6 +220,8 @@ def scale_by_distance_over_gradients(
         return tree.root(tree.sum_of_squares(x, axis_name, owner))
 
     def init(params):
+        params = _arrays(params)
+
         def initial_distance(p):
             # In the dtype the update computes distances in: the param's or the read initial copy's, the wider
             # (its real counterpart for complex params: a distance is real).
@@ -208,6 +239,7 @@ def scale_by_distance_over_gradients(
         del extra_args
         validation.require_params(owner, params)
         tree.check_same_structure(owner, updates, params, "the params")
+        tree.check_same_structure(owner, updates, state.init_params, "the initial params (state.init_params)")
         farthest = lambda _, d, x, x0: jnp.maximum(d, norm(x - x0)).astype(d.dtype)  # noqa: E731
         max_dist = tree.map_state(farthest, updates, state.max_dist, params, state.init_params)
         accumulate = lambda g, s: s + tree.sum_of_squares(g, axis_name, owner)  # noqa: E731
@@ -277,7 +309,8 @@ def scale_by_dog(
 
     Numerically identical to ``optax.contrib``'s ``scale_by_dog`` (states included; Optax
     does not export it from ``optax.contrib``). Differences: a bad ``init_step`` or
-    number raises when built (Optax raises in ``init`` for a bad kind); ``max_dist`` and
+    number raises when built (Optax raises in ``init`` for a bad kind), and a state built for params
+    of other shapes when it meets them (Optax measures the distance from its broadcast copy); ``max_dist`` and
     ``sum_sq_norm_grads`` are float32 (float64 when every param is, :func:`jaxopt_zoo.tree.scalar_dtype`)
     and keep it: Optax creates them in the least precise dtype, so with bfloat16 params the sum stops
     growing at 256, and in a tree of mixed dtypes they change dtype at the first step; ``None`` updates pass through (their params still
@@ -288,9 +321,11 @@ def scale_by_dog(
         init_step: ``(kind, value)``, kind one of ``"distance"``, ``"learning_rate"``,
             ``"heuristic"``, value > 0 (1e-6 for ``"heuristic"``, 1e-4 with batch norm).
         eps: :math:`\\epsilon \\ge 0`, added under the square root.
-        param_dtype: storage of the initial params: ``None`` (the params' dtype), a floating dtype or
-            :class:`~jaxopt_zoo.storage.StochasticBF16`, not 8-bit (a lossy one adds its rounding to the
-            distance, see :mod:`jaxopt_zoo.transforms.parameter_free`).
+        param_dtype: storage of the initial params: ``None`` (the params' dtype) or a floating dtype, not
+            8-bit. One narrower than the params (bfloat16, or :class:`~jaxopt_zoo.storage.StochasticBF16`,
+            which rounds this copy alike) adds its rounding, about :math:`2^{-9} \\|x_0\\|`, to the distances:
+            it sets the first steps unless the first distance is above it (see
+            :mod:`jaxopt_zoo.transforms.parameter_free`).
         axis_name: inside ``shard_map``, the mesh axes the params may be sharded over.
 
     Example:
@@ -312,6 +347,7 @@ def scale_by_dog(
     axis_name = validation.axis_name(owner, axis_name)
 
     def init(params):
+        params = _arrays(params)
         if kind == "distance":
             r0 = value
         elif kind == "heuristic":
@@ -325,6 +361,7 @@ def scale_by_dog(
         del extra_args
         validation.require_params(owner, params)
         tree.check_same_structure(owner, updates, params, "the params")
+        _check_anchor(owner, updates, params, state.init_params, "the initial params (state.init_params)")
         dtype = state.max_dist.dtype
         moved = jax.tree.map(lambda x0, x: x0 - x, state.init_params, params)
         distance = tree.root(_tree_sum_of_squares(moved, axis_name, owner))
@@ -373,16 +410,19 @@ def scale_by_dowg(
     has the gradient's sign: chain a learning-rate scaling to descend (see :func:`jaxopt_zoo.dowg`).
 
     Numerically identical to ``optax.contrib``'s ``scale_by_dowg`` (states included; Optax
-    does not export it from ``optax.contrib``). Differences: bad numbers raise when built;
-    the scalars are float32 at least and keep their dtype (as for :func:`scale_by_dog`); ``None``
+    does not export it from ``optax.contrib``). Differences: bad numbers raise when built, and a
+    state built for params of other shapes when it meets them (Optax broadcasts its copy); the
+    scalars are float32 at least and keep their dtype (as for :func:`scale_by_dog`); ``None``
     updates pass through; ``param_dtype`` (not 8-bit) and ``axis_name`` are additions.
 
     Args:
         init_estim_sq_dist: :math:`\\bar r_0^2 > 0`, a guess of the squared distance to a solution.
         eps: :math:`\\epsilon`, added to the denominator (> 0 when ``init_estim_sq_dist`` is ``None``).
-        param_dtype: storage of the initial params: ``None`` (the params' dtype), a floating dtype or
-            :class:`~jaxopt_zoo.storage.StochasticBF16`, not 8-bit (a lossy one adds its rounding to the
-            distance, see :mod:`jaxopt_zoo.transforms.parameter_free`).
+        param_dtype: storage of the initial params: ``None`` (the params' dtype) or a floating dtype, not
+            8-bit. One narrower than the params (bfloat16, or :class:`~jaxopt_zoo.storage.StochasticBF16`,
+            which rounds this copy alike) adds its rounding, about :math:`2^{-9} \\|x_0\\|`, to the distances:
+            it sets the first steps unless the first distance is above it (see
+            :mod:`jaxopt_zoo.transforms.parameter_free`).
         axis_name: inside ``shard_map``, the mesh axes the params may be sharded over.
 
     Example:
@@ -407,6 +447,7 @@ def scale_by_dowg(
     first = eps if init_estim_sq_dist is None else init_estim_sq_dist
 
     def init(params):
+        params = _arrays(params)
         dtype = _scalar_dtype(params)
         return DoWGState(_copy(params), jnp.asarray(0.0, dtype), jnp.asarray(first, dtype))
 
@@ -414,6 +455,7 @@ def scale_by_dowg(
         del extra_args
         validation.require_params(owner, params)
         tree.check_same_structure(owner, updates, params, "the params")
+        _check_anchor(owner, updates, params, state.init_params, "the initial params (state.init_params)")
         dtype = state.estim_sq_dist.dtype
         moved = jax.tree.map(lambda x0, x: x0 - x, state.init_params, params)
         sq_dist = jnp.maximum(state.estim_sq_dist, _tree_sum_of_squares(moved, axis_name, owner)).astype(dtype)
@@ -485,7 +527,8 @@ def scale_by_cocob(
 
     Numerically identical to ``optax.contrib.scale_by_cocob`` (states included). Differences:
     ``alpha`` and ``eps`` must be > 0 (with ``eps=0`` a coordinate whose gradients are all 0
-    gets 0/0); a float16 param's sums are float32 (see :func:`jaxopt_zoo.tree.moments_like`);
+    gets 0/0); a state built for params of other shapes raises (Optax broadcasts it, and its
+    sums grow to the new shape); a float16 param's sums are float32 (see :func:`jaxopt_zoo.tree.moments_like`);
     ``None`` updates pass through and keep their state; ``accumulator_dtype`` (the storage of
     :math:`\\theta, L, G, R`) and ``param_dtype`` (of :math:`w_1`) are additions. Stored in
     low precision, :math:`G` (a growing sum) wants :class:`~jaxopt_zoo.storage.StochasticBF16`
@@ -518,6 +561,7 @@ def scale_by_cocob(
     start = _anchor_dtype(owner, param_dtype)
 
     def init(params):
+        params = _arrays(params)
         # Each sum its own buffer (one array in several fields could not be donated).
         zeros = lambda: tree.moments_like(params)  # noqa: E731
         return COCOBState(_copy(params), zeros(), tree.moments_like(params, eps), zeros(), zeros())
@@ -526,6 +570,7 @@ def scale_by_cocob(
         del extra_args
         validation.require_params(owner, params)
         tree.check_same_structure(owner, updates, params, "the params")
+        tree.check_same_structure(owner, updates, state.init_particles, "the initial params (state.init_particles)")
         x0 = state.init_particles
         scale = tree.map_state(_running_max_abs, updates, state.scale)
         subgradients = tree.map_state(lambda g, G: G + jnp.abs(g), updates, state.subgradients)
@@ -603,7 +648,8 @@ def mechanize(
     stay real and a complex param steps as its real pair would; Optax keeps the complex inner
     product, so its scales turn complex (rotating the step), XLA may fail to compile its clamp of
     complex numbers, and a tree mixing real and complex params fails (``lax.clamp`` of a real bound
-    and a complex :math:`h`). Also: bad numbers raise when built; ``None`` updates pass through
+    and a complex :math:`h`). Also: bad numbers raise when built, and a state built for params of other
+    shapes when it meets them (Optax broadcasts its :math:`x_0` to theirs); ``None`` updates pass through
     (their params still count in :math:`\\|x_t\\|`; Optax fails on them); the scalars are float32
     at least (:func:`jaxopt_zoo.tree.scalar_dtype`) and each update in its param's dtype: Optax
     takes the least precise dtype (bfloat16 sums stop growing), and fails on a tree mixing
@@ -654,6 +700,7 @@ def mechanize(
     def update(updates, state, params=None, **extra_args):
         validation.require_params(owner, params)
         tree.check_same_structure(owner, updates, params, "the params")
+        _check_anchor(owner, updates, params, state.x0, "the reference params (state.x0)")
         base_updates, base_state = base.update(updates, state.base_optimizer_state, params, **extra_args)
         # The reference point is the params at the first update: those replaced after init count.
         x0 = jax.tree.map(lambda p, x: jnp.where(state.count == 0, p, x), params, state.x0)

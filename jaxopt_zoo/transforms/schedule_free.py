@@ -123,7 +123,8 @@ def schedule_free(
       when a weight is NaN or infinite (Optax turns an infinite one into 0).
     * ``b1`` must be in (0, 1] and ``weight_lr_power`` >= 0 (Optax checks neither); ``None``
       gradient leaves pass through and keep their ``z``; any object with ``init`` and
-      ``update`` is a base optimizer.
+      ``update`` is a base optimizer; a state whose ``z`` was built for params of other shapes
+      raises (Optax's broadcasts ``z``, which then grows to the new shape).
     * ``state_dtype`` (how ``z`` is kept) also takes :class:`~jaxopt_zoo.storage.StochasticBF16`
       (bfloat16, rounded stochastically from the step count: ``z``'s small steps survive on
       average). :class:`~jaxopt_zoo.quantization.Blockwise8Bit` is refused (see above). The
@@ -172,6 +173,7 @@ def schedule_free(
         check_state(owner, state, ScheduleFreeState)
         validation.require_params(owner, params)
         tree.check_same_structure(owner, updates, params, "the params")
+        tree.check_same_structure(owner, updates, state.z, "the iterate (state.z)")
         rate = learning_rate(state.step_count) if callable(learning_rate) else learning_rate
         max_lr = jnp.maximum(state.max_lr, jnp.asarray(rate, state.max_lr.dtype))
         weight = max_lr**weight_lr_power
