@@ -193,8 +193,13 @@ def scale_by_prodigy(
     Additions: the storage options and ``axis_name``. ``params0_dtype`` refuses
     :class:`~jaxopt_zoo.quantization.Blockwise8Bit`: :math:`x_0 - x_t` is read every step, and
     8-bit rounding of :math:`x_0` (3 mantissa bits: up to 1/8 of each entry, about 3% of
-    :math:`\\|x_0\\|`) would swamp the distance travelled in the first steps; bfloat16 (rounding
-    :math:`2^{-9}` of :math:`|x_0|`) is accepted.
+    :math:`\\|x_0\\|`) would swamp the distance travelled in the first steps. A bfloat16 copy (also
+    :class:`~jaxopt_zoo.storage.StochasticBF16`'s, written once at ``init`` and so rounded to nearest)
+    is accepted, but its rounding, :math:`2^{-9} |x_0|`, counts as distance travelled: :math:`d`
+    grows from the second step as if the params had moved that far (a 256-parameter quadratic with
+    :math:`x_0 \\approx 1`: updates some 60 times those of an exact copy at step 2, and a final loss
+    100 times higher after 200 steps); keep it in the params' dtype unless they are far larger than
+    the distance to travel.
 
     Args:
         learning_rate: :math:`\\alpha_t \\ge 0` around 1, or a schedule of the step count (the paper
@@ -214,8 +219,8 @@ def scale_by_prodigy(
         exp_avg_dtype: storage of the first moment :math:`m`: a storage (see :mod:`jaxopt_zoo.storage`).
         exp_avg_sq_dtype: storage of the second moment :math:`v`, as for ``exp_avg_dtype``.
         grad_sum_dtype: storage of the decayed gradient sum :math:`s`, as for ``exp_avg_dtype``.
-        params0_dtype: storage of :math:`x_0`: ``None`` (the params' dtype), a floating dtype or
-            :class:`~jaxopt_zoo.storage.StochasticBF16`; not 8-bit.
+        params0_dtype: storage of :math:`x_0`: ``None`` (the params' dtype) or a floating dtype (a
+            narrower one adds its rounding to the distance, see above); not 8-bit.
         axis_name: inside ``shard_map``, the mesh axes the params may be sharded over, so that the
             sums over the tree are whole.
 
@@ -304,7 +309,8 @@ def _params0_storage(owner: str, params0_dtype: StateDtype):
         raise ValueError(
             f"{owner}: params0_dtype={params0_dtype!r} keeps the initial params as 8-bit codes, whose rounding "
             "(3 mantissa bits: up to 1/8 of each entry) would swamp x_0 - x_t in the first steps and so the "
-            "distance estimate; use None (the params' dtype), a floating dtype or jz.StochasticBF16()."
+            "distance estimate; use None (the params' dtype) or a floating dtype as wide as the params (a bfloat16 "
+            "copy, jz.StochasticBF16()'s too, rounds by 2^-9 |x_0|, which the distance estimate counts as well)."
         )
     return storage
 
