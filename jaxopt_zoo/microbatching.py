@@ -212,7 +212,7 @@ def _positions(owner: str, name: str, value: Any) -> tuple[int, ...]:
     is_position = lambda i: isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_))  # noqa: E731
     if is_position(value):
         return (int(value),)
-    if isinstance(value, (tuple, list)) and all(is_position(i) for i in value):
+    if isinstance(value, Sequence) and not isinstance(value, str) and all(is_position(i) for i in value):
         return tuple(int(i) for i in value)
     raise ValueError(f"{owner}: {name} must be an int or a sequence of ints, got {value!r}.")
 

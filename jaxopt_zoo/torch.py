@@ -150,22 +150,6 @@ def _recipe(
     return _frame(owner, maximize, weight_decay, *steps, scale_by_learning_rate(lr))
 
 
-def _buffer_idle_at_zero(momentum: Number, momentum_trace: GradientTransformation) -> GradientTransformation:
-    # PyTorch's SGD and RMSprop skip their momentum buffer on a step whose momentum is 0 (neither decayed nor added
-    # to; SGD's has not started until the first step with momentum > 0, and starts undamped): an array momentum,
-    # which may be 0 on some steps only, passes the gradient through there and keeps the buffer and its count.
-    if isinstance(momentum, (int, float)):
-        return momentum_trace
-
-    def update(updates, state, params=None, **extra_args):
-        stepped, new_state = momentum_trace.update(updates, state, params, **extra_args)
-        idle = jnp.asarray(momentum) == 0
-        keep = lambda before, after: jnp.where(idle, before, after)
-        return jax.tree.map(keep, updates, stepped), jax.tree.map(keep, state, new_state)
-
-    return GradientTransformation(momentum_trace.init, update)
-
-
 def _pair(owner: str, name: str, value: Any, meaning: str) -> tuple[Any, Any]:
     # A NumPy or JAX array of two numbers is a pair too, as torch unpacks it.
     if not (isinstance(value, (tuple, list)) and len(value) == 2 or getattr(value, "shape", None) == (2,)):
@@ -210,7 +194,9 @@ def sgd(
     Args:
         momentum: :math:`\\mu \\ge 0`. A literal 0 keeps no buffer (plain SGD); an array keeps one, which, as
             PyTorch's, starts (undamped) on the first step where the array is not 0 and is left as it is on the
-            steps where it is 0 (plain SGD's step there, ``nesterov`` or not).
+            steps where it is 0 (plain SGD's step there, ``nesterov`` or not: ``trace(..., idle_at_zero=True)``,
+            whose step reads the decayed gradient twice, so XLA keeps it in memory: on CPU, 1.5 times the bytes of a
+            float momentum's step).
         nesterov: ``True``: step along :math:`g + \\mu b_t`, not :math:`b_t` (Nesterov's momentum, in PyTorch's form).
         accumulator_dtype: storage of the momentum buffer: a storage (see :mod:`jaxopt_zoo.storage`).
 
@@ -220,24 +206,27 @@ def sgd(
         >>> tx_8bit = jz.torch.sgd(lr=0.1, momentum=0.9, accumulator_dtype=jz.Blockwise8Bit())
     """
     del foreach, differentiable, fused
-    validation.non_negative("torch.sgd", "momentum", momentum)
+    mu = validation.non_negative("torch.sgd", "momentum", momentum)
     tau = validation.fraction("torch.sgd", "dampening", dampening)
     validation.flag("torch.sgd", "nesterov", nesterov)
     validation.state_dtypes("torch.sgd", accumulator_dtype=accumulator_dtype)
-    # As PyTorch checks only as it is built, an array momentum may be 0 with nesterov (plain SGD's step there).
-    if nesterov and (validation.is_literal_zero(momentum) or (tau is not None and tau != 0)):
+    # As PyTorch checks only as it is built, a JAX array momentum (injected: rebuilt at every step) may be 0 with
+    # nesterov (plain SGD's step there).
+    if nesterov and (mu == 0 and not isinstance(momentum, jax.Array) or (tau is not None and tau != 0)):
         raise ValueError(
             f"torch.sgd: nesterov=True requires a momentum > 0 and zero dampening, "
             f"got momentum={momentum!r}, dampening={dampening!r}."
         )
     if validation.is_literal_zero(momentum):
         return _recipe("torch.sgd", lr, maximize, weight_decay)
-    if not isinstance(momentum, (int, float)):
-        # The buffer's first step is undamped (PyTorch's starts at the gradient): an array dampening makes trace
-        # count the steps the buffer takes, which skip those where the array momentum is 0.
-        dampening = jnp.asarray(dampening, float)
-    momentum_trace = trace(momentum, nesterov=nesterov, dampening=dampening, accumulator_dtype=accumulator_dtype)
-    return _recipe("torch.sgd", lr, maximize, weight_decay, _buffer_idle_at_zero(momentum, momentum_trace))
+    array = not isinstance(momentum, (int, float))
+    if array:
+        # PyTorch's buffer starts undamped on the first step with a non-zero momentum: an array dampening (weakly
+        # typed, as the number) makes trace count the steps its buffer takes.
+        dampening = jnp.asarray(dampening)
+    momentum_trace = trace(momentum, nesterov=nesterov, dampening=dampening, accumulator_dtype=accumulator_dtype,
+                           idle_at_zero=array)
+    return _recipe("torch.sgd", lr, maximize, weight_decay, momentum_trace)
 
 
 @init_only("initial_accumulator_value")
@@ -394,7 +383,7 @@ def rmsprop(
         scaling = scale_by_rms(alpha, eps, 0.0, eps_in_sqrt=False, nu_dtype=nu_dtype)
     # The momentum buffer sums g / avg before the rate: b = mu b + g / avg, theta -= lr b.
     steps = [] if validation.is_literal_zero(momentum) else [
-        _buffer_idle_at_zero(momentum, trace(momentum, accumulator_dtype=accumulator_dtype))]
+        trace(momentum, accumulator_dtype=accumulator_dtype, idle_at_zero=not isinstance(momentum, (int, float)))]
     return _recipe(owner, lr, maximize, weight_decay, scaling, *steps)
 
 

@@ -269,10 +269,19 @@ def test_complex_params_are_refused_with_a_way_out():
 def test_prodigy_with_a_tiny_first_estimate_steps_by_zero_not_nan():
     # (d_0 g)^2 underflows to 0 and so does d_0 eps (below float32's smallest normal): the denominator was 0 and
     # the step 0/0 = NaN. Such a d_0 is far below the params' rounding, so the params do not move (documented).
-    # A denormal d_0 itself is flushed to 0 (d_t / d_0 = 0/0): refused.
-    with pytest.raises(ValueError, match=r"^prodigy: estim_lr0=1e-38 is below float32's smallest normal number"):
-        jz.prodigy(estim_lr0=1e-38)
+    # A denormal d_0 itself is flushed to 0 (d_t / d_0 = 0/0): refused for float32 scalars, not float64's (nor by
+    # dadapt_adamw, which does not divide by it).
     params = jnp.array([1.0, -2.0, 0.5])
+    with pytest.raises(ValueError, match=r"^scale_by_prodigy: estim_lr0=1e-38 is below the smallest normal float32"):
+        jz.prodigy(estim_lr0=1e-38).init(params)
+    with jax.enable_x64(True):
+        tx = jz.prodigy(estim_lr0=1e-38)
+        params64 = params.astype(jnp.float64)
+        updates, _ = tx.update(jnp.ones(3, jnp.float64), tx.init(params64), params64)
+        assert bool(jnp.all(jnp.isfinite(updates)))
+    tx = jz.dadapt_adamw(estim_lr0=1e-39)
+    updates, _ = tx.update(jnp.ones(3), tx.init(params), params)
+    assert bool(jnp.all(jnp.isfinite(updates)))
     for estim_lr0 in (1e-30, 1e-37):
         tx = jz.prodigy(estim_lr0=estim_lr0)
         state = tx.init(params)

@@ -133,6 +133,7 @@ def test_kernel_options_are_accepted():
         (lambda: jz.torch.sgd(momentum=-0.9), r"torch\.sgd: momentum must be >= 0"),
         (lambda: jz.torch.sgd(momentum=0.9, dampening=0.1, nesterov=True), r"nesterov=True requires a momentum > 0 and zero dampening"),
         (lambda: jz.torch.sgd(nesterov=True), r"nesterov=True requires a momentum > 0"),
+        (lambda: jz.torch.sgd(momentum=np.float32(0), nesterov=True), r"nesterov=True requires a momentum > 0"),
         (lambda: jz.torch.sgd(weight_decay=-1.0), r"torch\.sgd: weight_decay must be >= 0"),
         (lambda: jz.torch.sgd(maximize="yes"), r"torch\.sgd: maximize must be True or False"),
         (lambda: jz.torch.adagrad(lr_decay=-0.1), r"torch\.adagrad: lr_decay must be >= 0"),
@@ -247,6 +248,15 @@ def test_a_momentum_edited_to_and_from_zero_leaves_the_buffer_as_torch_does(name
     momentum = _momentum_edits(starts_on)
     ours = jz.inject_hyperparams(getattr(jz.torch, name))(lr=0.02, momentum=momentum, **options)
     _check(ours, ref(0.02, momentum=momentum, **options))
+
+
+def test_an_array_momentum_keeps_the_updates_in_the_params_dtype():
+    # The dampening made an array for the step count was a strong float32: bfloat16 updates came out float32.
+    params = {"w": jnp.ones((2, 3), jnp.bfloat16)}
+    for options in (dict(), dict(dampening=0.1), dict(nesterov=True)):
+        tx = jz.torch.sgd(lr=0.1, momentum=jnp.asarray(0.9, jnp.bfloat16), **options)
+        updates, state = tx.update(params, tx.init(params), params)
+        assert updates["w"].dtype == jnp.bfloat16 and jax.tree.leaves(state)[-1].dtype == jnp.bfloat16, options
 
 
 @pytest.mark.parametrize("name", jz.torch.__all__)

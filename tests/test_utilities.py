@@ -181,6 +181,7 @@ def test_microbatch_names_an_empty_batch_and_positions_the_call_lacks():
         microbatch(lambda x, y=None: jnp.sum(x), (), 2, argnames="y")(jnp.zeros(4))
     with pytest.raises(ValueError, match=r"^microbatch: argnums must be an int or a sequence of ints, got 0\.5\."):
         microbatch(jnp.sum, 0.5, 2)
+    assert float(microbatch(jnp.sum, range(1), 2)(jnp.arange(4.0))) == 6.0  # any sequence, as Optax's
     x = jnp.arange(4.0)
     for argnums in (np.int64(0), (np.int32(0),), [0]):  # TypeError: 'numpy.int64' object is not iterable
         assert float(microbatch(jnp.sum, argnums, 2, AccumulationType.SUM)(x)) == 6.0

@@ -59,13 +59,7 @@ def check_options(owner: str, learning_rate: Any, betas: Any, eps: Any, estim_lr
     validation.decay_rate(owner, "betas[0]", betas[0])
     validation.decay_rate(owner, "betas[1]", betas[1])
     validation.epsilon(owner, "eps", eps)
-    first = validation.positive(owner, "estim_lr0", estim_lr0)
-    if first is not None and first < validation.SMALLEST_NORMAL:
-        raise ValueError(
-            f"{owner}: estim_lr0={estim_lr0!r} is below float32's smallest normal number "
-            f"({validation.SMALLEST_NORMAL:.3g}), so it is flushed to 0 in the update (d_t / d_0 would be 0/0); pass "
-            "a value of at least that (the default is 1e-6)."
-        )
+    validation.positive(owner, "estim_lr0", estim_lr0)
     validation.non_negative(owner, "weight_decay", weight_decay)
     validation.state_dtypes(owner, **storages)
     return betas[0], betas[1], validation.axis_name(owner, axis_name)
@@ -208,8 +202,8 @@ def scale_by_prodigy(
         beta3: :math:`\\beta_3 \\in [0, 1)`, the decay of :math:`s` and :math:`r`; ``None`` for
             :math:`\\sqrt{\\beta_2}`.
         eps: :math:`\\epsilon \\ge 0`, times :math:`d_{t+1}` in the denominator.
-        estim_lr0: :math:`d_0 > 0`, the first (under-)estimate, not below float32's smallest normal number
-            (1.18e-38: a denormal one is flushed to 0, and raises). The first steps are about :math:`d_0` per
+        estim_lr0: :math:`d_0 > 0`, the first (under-)estimate, not below the smallest normal number of the
+            scalars' dtype (float32's 1.18e-38: a denormal one is flushed to 0, and ``init`` raises). The first steps are about :math:`d_0` per
             entry, and a step below the params' rounding (about :math:`6 \\cdot 10^{-8} |x|` in float32)
             leaves them unchanged, so that :math:`x_0 - x_t` and :math:`d` never grow: in float32 keep
             :math:`d_0` above about :math:`10^{-7}` times the params' magnitude (the default 1e-6 is).
@@ -256,6 +250,12 @@ def scale_by_prodigy(
 
     def init(params):
         dtype = _scalar_dtype(owner, params)
+        if first_d is not None and first_d < jnp.finfo(dtype).tiny:
+            raise ValueError(
+                f"{owner}: estim_lr0={estim_lr0!r} is below the smallest normal {dtype} number "
+                f"({jnp.finfo(dtype).tiny:.3g}), so it is flushed to 0 in the update (d_t / d_0 would be 0/0); "
+                "pass a value of at least that (the default is 1e-6)."
+            )
         moments = lambda: tree.moments_like(params)  # noqa: E731  (three separate buffers, for donation)
         return ProdigyState(moments(), moments(), moments(), jax.tree.map(jnp.copy, params),
                             jnp.asarray(estim_lr0, dtype), jnp.zeros((), dtype), zero_count())

@@ -31,6 +31,8 @@ def trace(
     nesterov: bool = False,
     dampening: jax.typing.ArrayLike = 0.0,
     accumulator_dtype: StateDtype = None,
+    *,
+    idle_at_zero: bool = False,
 ) -> GradientTransformation:
     """Heavy-ball momentum (Polyak 1964), with PyTorch's dampening and Nesterov options.
 
@@ -64,6 +66,10 @@ def trace(
         dampening: :math:`\\tau \\in [0, 1]`, PyTorch's ``dampening``.
         accumulator_dtype: storage of the buffer: ``None`` (the params' dtype), a
             floating dtype, or :class:`~jaxopt_zoo.quantization.Blockwise8Bit`.
+        idle_at_zero: ``True``: on a step whose ``decay`` is 0 (an array, e.g. injected, that is 0 on some
+            steps), return the gradient and leave the buffer and its step count as they are, as PyTorch's SGD and
+            RMSprop skip their buffers then (so that a dampened buffer starts undamped on the first step with a
+            non-zero decay). ``False`` (Optax's rule): the buffer becomes the gradient there.
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
@@ -84,6 +90,7 @@ def trace(
     validation.non_negative("trace", "decay", decay)
     validation.flag("trace", "nesterov", nesterov)
     validation.fraction("trace", "dampening", dampening)
+    validation.flag("trace", "idle_at_zero", idle_at_zero)
     accumulator_dtype = resolve("trace", "accumulator_dtype", accumulator_dtype)
     # Decided by type, not value, so that init (concrete) and update (traced,
     # e.g. under inject_hyperparams) agree on the state's structure.
@@ -101,10 +108,16 @@ def trace(
             accumulate = lambda g, b: jnp.where(first, g, (1 - dampening) * g + decay * b)
         else:
             accumulate = lambda g, b: g + decay * b
+        step = lambda g, b: g + decay * b if nesterov else b  # noqa: E731
+        if idle_at_zero:  # selected element by element, in the kernels that form the buffer and the step
+            idle = jnp.asarray(decay) == 0
+            accumulate = lambda g, b, accumulate=accumulate: jnp.where(idle, b, accumulate(g, b))
+            step = lambda g, b, step=step: jnp.where(idle, g, step(g, b))
         buffer = tree.map_state(accumulate, updates, state.trace)
-        updates = tree.map_updates(lambda g, b: g + decay * b if nesterov else b, updates, buffer)
+        updates = tree.map_updates(step, updates, buffer)
         if dampened:
-            return updates, DampenedTraceState(safe_increment(state.count), buffer)
+            count = safe_increment(state.count)
+            return updates, DampenedTraceState(jnp.where(idle, state.count, count) if idle_at_zero else count, buffer)
         return updates, TraceState(buffer)
 
     tx = with_storage(GradientTransformation(init, update), signed={"trace": accumulator_dtype})

@@ -85,11 +85,20 @@ class SAMState(NamedTuple):
 def _select(cond: jax.Array, if_true: Any, if_false: Any) -> Any:
     """``if_true`` where ``cond``, else ``if_false``, leaf by leaf (``None`` leaves stay ``None``).
 
-    A ``jnp.where`` for every leaf: Optax's blend ``c a + (1 - c) b`` of floating leaves makes the branch
-    not taken NaN where it holds an infinity (``0 * inf``), e.g. ``reduce_on_plateau``'s initial best value.
+    Floating arrays are blended as Optax blends them, ``c a + (1 - c) b``, which XLA compiles to the same bits as
+    Optax's program (a ``jnp.where`` changes the fusion, and so the last bit of some steps, as users compile);
+    scalars and other leaves (counts, PRNG keys, flags) go through ``jnp.where``: a blended scalar is NaN where the
+    branch not taken holds an infinity (``0 * inf``), e.g. ``reduce_on_plateau``'s initial best value.
     """
-    return jax.tree.map(lambda a, b: None if a is None else jnp.where(cond, a, b), if_true, if_false,
-                        is_leaf=tree.is_none)
+
+    def pick(a, b):
+        if a is None:
+            return None
+        if jnp.ndim(a) and jnp.issubdtype(jnp.result_type(a), jnp.inexact):
+            return cond * a + (1 - cond) * b
+        return jnp.where(cond, a, b)
+
+    return jax.tree.map(pick, if_true, if_false, is_leaf=tree.is_none)
 
 
 def sam(
@@ -136,11 +145,12 @@ def sam(
     *previous* call, so each step undoes the step before and applies its own
     update to the params from before it (a bug); here the cache is refreshed
     first, so ``sync_period=1`` is the outer optimizer alone, as in opaque mode.
-    States and updates are selected by ``jnp.where``, where Optax blends them,
-    :math:`c\\,a + (1 - c)\\,b`: the same values where both are finite, but an
-    infinity in the branch not taken made Optax's NaN (the outer optimizer's
-    ``reduce_on_plateau`` lost its initial best value :math:`+\\infty` and never
-    recorded one), and the blend fails on PRNG keys (an inner ``add_noise``).
+    Floating arrays of the states and updates are selected as Optax selects them, by
+    the blend :math:`c\\,a + (1 - c)\\,b` (so a non-finite entry in the branch not
+    taken makes the result NaN, as in Optax); scalars and other leaves by
+    ``jnp.where``: Optax's blend made an infinite scalar in the branch not taken NaN
+    (the outer optimizer's ``reduce_on_plateau`` lost its initial best value
+    :math:`+\\infty` and never recorded one), and fails on PRNG keys (an inner ``add_noise``).
     ``None`` updates stay ``None``. Bad arguments raise when the wrapper is built;
     updates whose tree or shapes differ from the params (or from the params
     cached in the state) raise naming the paths. ``sync_period`` shapes the program: with
