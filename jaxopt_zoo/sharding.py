@@ -100,6 +100,10 @@ def _state_shardings(owner: str, tx: Any, params: Any) -> Any:
             while entries and entries[-1] is None:
                 entries.pop()
             spec = PartitionSpec(*entries)
+        elif len(spec) < jnp.ndim(leaf):
+            # Under Explicit axes a jitted step returns a spec of one entry per dimension: P(None) for a vector
+            # built from constants (Muon's coefficients, PSGD's key), which the trace left as P().
+            spec = PartitionSpec(*spec, *[None] * (jnp.ndim(leaf) - len(spec)))
         return NamedSharding(mesh, spec)
 
     return jax.tree.map(like_traced, abstract_state)
@@ -116,8 +120,9 @@ def state_shardings(tx: Any, params: Any) -> Any:
     raises. Returns a tree of ``NamedSharding`` shaped like the state, usable as
     ``out_shardings`` or an Orbax restore target; or ``None`` when no param has
     a ``NamedSharding``. Under Auto mesh axes a spec has no trailing ``None``
-    (``P('d')`` for a matrix split by rows), as a jitted step returns it, so
-    that a state placed with it does not compile the step a second time.
+    (``P('d')`` for a matrix split by rows), and under Explicit axes one entry
+    per dimension (``P(None)`` for a replicated vector), as a jitted step returns
+    it, so that a state placed with it does not compile the step a second time.
 
     Args:
         tx: the transformation, or its ``init``.

@@ -436,6 +436,21 @@ def test_apply_if_finite_skips_on_every_device_when_one_shard_is_not_finite():
     assert int(new_state.notfinite_count) == 1 and not bool(new_state.last_finite)
 
 
+@pytest.mark.parametrize("name", ["muon", "psgd_kron"])
+def test_a_state_from_init_sharded_compiles_the_jitted_step_once_under_explicit_axes(name):
+    """Under Explicit mesh axes a jitted step returns a replicated vector built from constants (Muon's coefficients,
+    PSGD's key) as P(None); init_sharded placed it as P(), the same layout, and the step compiled a second time."""
+    mesh = jax.make_mesh((8,), ("d",), axis_types=(AxisType.Explicit,), devices=jax.devices("cpu")[:8])
+    params = {"w": jax.device_put(jnp.ones((4, 8)), NamedSharding(mesh, P(None, "d")))}
+    tx = {"muon": lambda: jz.muon(0.02), "psgd_kron": lambda: jz.psgd_kron(1e-3, key=0)}[name]()
+    with jax.set_mesh(mesh):
+        step = jax.jit(tx.update)
+        state = jz.init_sharded(tx, params)
+        for _ in range(2):
+            _, state = step(params, state, params)
+    assert step._cache_size() == 1
+
+
 def test_a_state_from_init_sharded_compiles_the_jitted_step_once_under_auto_axes():
     """Under Auto mesh axes a jitted step returns a (8, 3) leaf split over rows as P('d'); init_sharded placed the
     state as P('d', None), the sharded types' spelling of the same layout, and the step compiled a second time."""
