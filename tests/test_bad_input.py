@@ -159,6 +159,8 @@ BAD_ARGUMENTS = [
     (jz.scale_by_momo, dict(mu_dtype=jnp.int8), "scale_by_momo", "mu_dtype"),
     (jz.sophia, dict(learning_rate=0.1, update_interval=0), "sophia", "update_interval"),
     (jz.sophia, dict(learning_rate=0.1, clip_threshold=-1.0), "sophia", "clip_threshold"),
+    (jz.sophia, dict(learning_rate=0.1, eps=0.0, clip_threshold=None), "sophia", "eps"),  # +-inf at the first step
+    (jz.scale_by_sophia, dict(eps=0, clip_threshold=None), "scale_by_sophia", "eps"),
     (jz.sophia, dict(learning_rate=0.1, nu_dtype=jnp.int8), "sophia", "nu_dtype"),
     (jz.scale_by_sophia, dict(gamma=-0.01), "scale_by_sophia", "gamma"),
     (jz.hutchinson_estimator_diag_hessian, dict(random_seed=0), "hutchinson_estimator_diag_hessian", "random_seed"),

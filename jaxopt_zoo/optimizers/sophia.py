@@ -12,7 +12,7 @@ from jaxopt_zoo.combine import chain
 from jaxopt_zoo.sharding import AxisName
 from jaxopt_zoo.storage import StateDtype
 from jaxopt_zoo.transforms import add_decayed_weights, scale_by_learning_rate
-from jaxopt_zoo.transforms.sophia import COMPLEX_WHY, hutchinson_estimator_diag_hessian, scale_by_sophia
+from jaxopt_zoo.transforms.sophia import COMPLEX_WHY, check_clip, hutchinson_estimator_diag_hessian, scale_by_sophia
 
 __all__ = ["sophia"]
 
@@ -100,8 +100,7 @@ def sophia(
     validation.epsilon(owner, "eps", eps)
     validation.scalar_or_schedule(owner, "weight_decay", weight_decay)
     validation.non_negative(owner, "gamma", gamma)
-    if clip_threshold is not None:
-        validation.positive(owner, "clip_threshold", clip_threshold)
+    check_clip(owner, eps, clip_threshold)
     if not isinstance(update_interval, jax.core.Tracer):
         validation.whole_number(owner, "update_interval", update_interval, 1, validation.INT32_MAX)
     validation.state_dtypes(owner, mu_dtype=mu_dtype, nu_dtype=nu_dtype)

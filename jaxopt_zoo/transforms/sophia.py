@@ -46,6 +46,18 @@ def _varying_like(probe, x):
     return jax.lax.pcast(probe, missing, to="varying") if missing else probe
 
 
+def check_clip(owner: str, eps: Any, clip_threshold: Any) -> None:
+    """``clip_threshold`` positive or ``None``, and not ``None`` with a zero ``eps``: the first step divides by
+    :math:`\\max(\\gamma h_0, \\epsilon) = 0` (no Hessian estimate yet), and only the clip makes that finite."""
+    if clip_threshold is not None:
+        validation.positive(owner, "clip_threshold", clip_threshold)
+    elif validation.is_literal_zero(eps) or (not isinstance(eps, jax.core.Tracer) and float(eps) == 0):
+        raise ValueError(
+            f"{owner}: eps=0 with clip_threshold=None would step by +-inf wherever the Hessian estimate is 0 (every "
+            "entry on the first step, before any estimate): give eps > 0 (1e-8, the default) or a clip_threshold."
+        )
+
+
 def _differentiable(x) -> bool:
     return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
 
@@ -223,7 +235,8 @@ def scale_by_sophia(
     coordinate's real part. Optax fails at the first update inside ``jnp.clip`` and, with
     ``clip_threshold=None``, runs on that real-part curvature. With :math:`\\epsilon = 0` a zero momentum
     entry over a zero denominator gives a zero update (Optax's 0/0 is NaN; any other entry over 0 is
-    :math:`\\pm\\infty`, clipped to :math:`\\pm\\rho`, so keep :math:`\\epsilon > 0` without a clip).
+    :math:`\\pm\\infty`, clipped to :math:`\\pm\\rho`; ``eps=0`` with ``clip_threshold=None`` raises, as
+    its first step would be infinite: Optax's is).
     Updates whose tree or shapes differ from the state's raise naming the paths. Integer and bool params
     step in float32 (as with :func:`jaxopt_zoo.adam`), with Hutchinson's zero estimate for them (no
     derivative); Optax fails in ``jax.jvp``.
@@ -266,8 +279,7 @@ def scale_by_sophia(
     validation.epsilon(owner, "eps", eps)
     guard = validation.may_all_be_zero(eps)
     validation.non_negative(owner, "gamma", gamma)
-    if clip_threshold is not None:
-        validation.positive(owner, "clip_threshold", clip_threshold)
+    check_clip(owner, eps, clip_threshold)
     if not isinstance(update_interval, jax.core.Tracer):  # an injected (traced) interval is taken as it is
         update_interval = validation.whole_number(owner, "update_interval", update_interval, 1, validation.INT32_MAX)
     hessian = as_transformation(owner, hessian_diagonal_fn)
