@@ -282,13 +282,19 @@ def bias_correction(moment: Any, decay: jax.typing.ArrayLike, count: jax.Array) 
     moment's dtype, since :math:`\\beta^t` rounds to 1 in bfloat16.
 
     Args:
-        moment: a tree of moments (``None`` leaves stay ``None``).
+        moment: a tree of moments (``None`` leaves stay ``None``; integer ones, such as integer gradients, are
+            corrected in float32).
         decay: :math:`\\beta`, the moments' decay (a number or scalar array).
         count: :math:`t`, the step count as an array (usually the int32 ``count`` already incremented for this
             step; at 0 the division is by 0).
     """
     correction = 1 - decay**count
-    return jax.tree.map(lambda m: None if m is None else m / correction.astype(m.dtype), moment, is_leaf=is_none)
+
+    def corrected(m):
+        m = as_inexact(m)  # an integer gradient (NAdam's correction of g_t): int(1 - beta) would be 0
+        return m / correction.astype(m.dtype)
+
+    return jax.tree.map(lambda m: None if m is None else corrected(m), moment, is_leaf=is_none)
 
 
 def _bias_correction_traced_once(fn: Callable[..., Any]) -> Callable[..., Any]:

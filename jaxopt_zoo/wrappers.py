@@ -489,7 +489,9 @@ def lookahead(
     the fast optimizer's state at each synchronisation.
 
     Deviation from Optax: ``init`` given plain params raises (Optax warns and
-    treats them as the fast params).
+    treats them as the fast params); updates given as ``LookaheadParams``, or
+    shaped otherwise than the fast params, raise naming them (Optax fails inside
+    JAX's tree functions).
 
     Args:
         fast_optimizer: the optimizer of the fast weights, run at every step (an Optax one too).
@@ -527,6 +529,12 @@ def lookahead(
         check_state("lookahead", state, LookaheadState)
         if not isinstance(params, LookaheadParams):
             raise ValueError("lookahead needs the parameters as LookaheadParams(fast=..., slow=...) in update.")
+        if isinstance(updates, LookaheadParams):
+            raise ValueError(
+                "lookahead: the updates are the gradients of the fast params (jax.grad of the loss at params.fast), "
+                "not LookaheadParams: the slow params take no gradient."
+            )
+        tree.check_same_structure("lookahead", updates, params.fast, "the fast params (params.fast)")
         fast_updates, fast_state = fast_optimizer.update(updates, state.fast_state, params.fast, **extra_args)
         sync = state.steps_since_sync == sync_period - 1
         # On a sync step: slow += alpha * (fast + u - slow); fast jumps to the new slow.

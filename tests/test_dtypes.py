@@ -104,6 +104,17 @@ def test_integer_and_bool_params_keep_float32_moments(name, dtype):
     assert_trees_equal(state, expected)
 
 
+@pytest.mark.parametrize("name", ["nadam", "nadamw", "optimistic_adam_v2"])
+def test_integer_gradients_step_as_their_float32_values(name):
+    """NAdam's correction of g_t divided an int32 gradient by int(1 - b1**t) = 0: steps of +-inf (Optax's too)."""
+    tx = {"nadam": lambda: jz.nadam(0.1), "nadamw": lambda: jz.nadamw(0.1),
+          "optimistic_adam_v2": lambda: jz.optimistic_adam_v2(0.1)}[name]()
+    ints = {"w": jnp.asarray([1, -1, 2, 0], jnp.int32)}
+    updates, _ = run(tx, {"w": jnp.ones(4)}, ints, steps=2)
+    expected, _ = run(tx, {"w": jnp.ones(4)}, {"w": ints["w"].astype(jnp.float32)}, steps=2)
+    assert_trees_equal(updates, expected)
+
+
 KRONECKER = {
     "soap": lambda: jz.soap(0.01, precondition_frequency=2),
     "shampoo": lambda: jz.shampoo(0.01, precondition_frequency=2, start_preconditioning_step=1),

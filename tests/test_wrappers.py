@@ -518,6 +518,14 @@ def test_lookahead_reports_bad_input():
         jz.lookahead(jz.sgd(0.1), 2, 1.5)
     with pytest.raises(ValueError, match="params must be LookaheadParams"):
         jz.lookahead(jz.sgd(0.1), 2, 0.5).init(make_params())
+    # Gradients given as LookaheadParams, or shaped otherwise than the fast params: a raw pytree error inside JAX.
+    tx = jz.lookahead(jz.sgd(0.1), 2, 0.5)
+    params = jz.LookaheadParams.init_synced({"w": jnp.zeros((2, 3))})
+    state = tx.init(params)
+    with pytest.raises(ValueError, match=r"^lookahead: the updates are the gradients of the fast params"):
+        tx.update(jz.LookaheadParams(params.fast, params.fast), state, params)
+    with pytest.raises(ValueError, match=r"^lookahead: the updates tree does not match the fast params"):
+        tx.update({"w": jnp.zeros((2, 3)), "b": jnp.zeros(3)}, state, params)
 
 
 def test_ema_params_keeps_a_float32_average_of_bfloat16_params():

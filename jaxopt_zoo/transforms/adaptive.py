@@ -73,7 +73,10 @@ def scale_by_adam(
     Numerically identical to ``optax.scale_by_adam``. Deviations from Optax:
     the moments are stored in the state's dtypes (``mu_dtype``/``nu_dtype``,
     else the params') even when gradients arrive in another dtype; a ``None``
-    update leaves its moments unchanged; ``nu_dtype`` is an addition.
+    update leaves its moments unchanged; integer gradients step as their float32
+    values (with ``nesterov``, Optax's correction of :math:`g_t` divides by
+    :math:`1 - \\beta_1^t` cast to the integer 0: steps of :math:`\\pm\\infty`);
+    ``nu_dtype`` is an addition.
 
     Args:
         b1: decay :math:`\\beta_1 \\in [0, 1)` of the first moment.
