@@ -352,17 +352,6 @@ def scale_by_momo_adam(
     mu_dtype = resolve(owner, "mu_dtype", mu_dtype)
     nu_dtype = resolve(owner, "nu_dtype", nu_dtype)
 
-    def empty(v):  # where D_t = 0: eps = 0 and v = 0 (no gradient yet, so d = 0 too, unless g^2 underflowed)
-        return (v == 0) & (eps == 0)
-
-    def over(a, dk, v):
-        # a / D_t; with guard, 0 where D_t = 0 instead of 0/0 (as jz.adam(eps=0)), D_t being 1 there (a finite slope).
-        return jnp.where(empty(v), 0, a / dk) if guard else a / dk
-
-    def preconditioner(v, bc2):
-        # The guard under the root, as tree.over_root puts it: elsewhere the bits of the unguarded program.
-        return eps + tree.root(jnp.where(empty(v), 1, v / bc2) if guard else v / bc2)
-
     def init(params):
         dtype = _lowest_dtype(params)
         barf, gamma = jnp.zeros([], dtype), jnp.zeros([], dtype)  # distinct buffers (donation)
@@ -380,9 +369,10 @@ def scale_by_momo_adam(
         exp_avg = tree.map_state(lambda g, d: b1 * d + (1 - b1) * tree.widen(g), updates, state.exp_avg)
         exp_avg_sq = tree.map_state(lambda g, v: b2 * v + _weighted_square(1 - b2, g), updates, state.exp_avg_sq)
         bc2 = jnp.asarray(1 - b2**count, dtype=barf.dtype)
-        precond = tree.map_updates(lambda g, v: preconditioner(v, bc2), updates, exp_avg_sq)
-        grads, ds, xs, dks, vs = _present(updates, exp_avg, params, precond, exp_avg_sq)
-        norm_sq = _inner(owner, ds, [over(d, dk, v) for d, dk, v in zip(ds, dks, vs)], axis_name)
+        # a / D_t, D_t = sqrt(v_t / (1 - b2^t)) + eps; with eps = 0, 0 where D_t = 0 (as jz.adam(eps=0)).
+        over = lambda a, v: tree.over_root(a, v / bc2, eps, guard)  # noqa: E731
+        grads, ds, xs, vs = _present(updates, exp_avg, params, exp_avg_sq)
+        norm_sq = _inner(owner, ds, [over(d, v) for d, v in zip(ds, vs)], axis_name)
         gamma = b1 * state.gamma + (1 - b1) * _inner(owner, grads, xs, axis_name)
         iprod = _inner(owner, ds, xs, axis_name)
         alpha = learning_rate(state.count) if callable(learning_rate) else learning_rate
@@ -391,8 +381,8 @@ def scale_by_momo_adam(
         tau, shrink = _polyak_step(barf, gamma, iprod, norm_sq, lb, alpha, weight_decay, lower_bound,
                                    adapt_lower_bound, rho=bc1)
         decay, adam_step = alpha * weight_decay / shrink, tau / shrink
-        step = tree.map_updates(lambda g, d, dk, v, x: _in_update_dtype(-decay * x - over(adam_step * d, dk, v), g),
-                                updates, exp_avg, precond, exp_avg_sq, params)
+        step = tree.map_updates(lambda g, d, v, x: _in_update_dtype(-decay * x - over(adam_step * d, v), g),
+                                updates, exp_avg, exp_avg_sq, params)
         lb = _next_lower_bound(state, barf, gamma, iprod, norm_sq, tau, lb, lower_bound, adapt_lower_bound, rho=bc1)
         return step, MomoAdamState(exp_avg, exp_avg_sq, *_as_before(state, barf, gamma, lb), count)
 
