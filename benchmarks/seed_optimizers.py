@@ -64,12 +64,25 @@ SEED_OPTIMIZERS: dict[str, SeedOptimizer] = {
     "amsgrad": SeedOptimizer(jz.amsgrad, optax.amsgrad, 1e-3),
     "adamw": SeedOptimizer(jz.adamw, optax.adamw, 1e-3),
     "nadam": SeedOptimizer(jz.nadam, optax.nadam, 1e-3),
+    "nadamw": SeedOptimizer(jz.nadamw, optax.nadamw, 1e-3),
     "lars": SeedOptimizer(jz.lars, optax.lars, 1e-2),
     "lamb": SeedOptimizer(jz.lamb, optax.lamb, 1e-3),
     # Optax's rprop is the twin in cost; in numbers it is one step late (see jz.scale_by_resilient_step).
     "torch.rprop": SeedOptimizer(lambda lr: jz.torch.rprop(lr=lr), optax.rprop, 1e-2),
     # Optax has no ASGD: optax.sgd is only the nearest cost baseline (same bytes but ASGD's average), not a twin.
     "torch.asgd": SeedOptimizer(lambda lr: jz.torch.asgd(lr=lr), optax.sgd, 1e-2),
+    # PyTorch's classic rules against Optax's of the same names: twins in cost; in numbers where the defaults agree
+    # (PyTorch's Adagrad starts its sum at 0 and adds eps 1e-10, Optax's at 0.1 with eps 1e-7; PyTorch's AdamW
+    # decays by 1e-2, Optax's by 1e-4). torch.lbfgs is left out: one step is up to 20 iterations (max_iter).
+    "torch.sgd": SeedOptimizer(lambda lr: jz.torch.sgd(lr=lr, momentum=0.9), lambda lr: optax.sgd(lr, momentum=0.9),
+                               1e-2),
+    "torch.adagrad": SeedOptimizer(lambda lr: jz.torch.adagrad(lr=lr), optax.adagrad, 1e-2),
+    "torch.adadelta": SeedOptimizer(lambda lr: jz.torch.adadelta(lr=lr), optax.adadelta, 1.0),
+    "torch.rmsprop": SeedOptimizer(lambda lr: jz.torch.rmsprop(lr=lr), optax.rmsprop, 1e-2),
+    "torch.adam": SeedOptimizer(lambda lr: jz.torch.adam(lr=lr), optax.adam, 1e-3),
+    "torch.adamw": SeedOptimizer(lambda lr: jz.torch.adamw(lr=lr), optax.adamw, 1e-3),
+    # Optax has no SparseAdam: optax.adam is the cost baseline (these gradients are dense: every entry moves).
+    "torch.sparse_adam": SeedOptimizer(lambda lr: jz.torch.sparse_adam(lr=lr), optax.adam, 1e-3),
     "torch.adamax": SeedOptimizer(lambda lr: jz.torch.adamax(lr=lr), optax.adamax, 2e-3),  # the same rule
     # Optax's nadam fixes mu_t = b1 (no momentum_decay): the twin in cost, not in numbers.
     "torch.nadam": SeedOptimizer(lambda lr: jz.torch.nadam(lr=lr), optax.nadam, 2e-3),
@@ -162,6 +175,11 @@ SEED_OPTIMIZERS: dict[str, SeedOptimizer] = {
     # per leaf, MARS-AdamW a previous-gradient read/write and a norm per leaf, to AdamW's work).
     "cautious_adamw": SeedOptimizer(jz.cautious_adamw, optax.adamw, 1e-3),
     "mars_adamw": SeedOptimizer(jz.mars_adamw, optax.adamw, 3e-3),
+    # Their Lion and SGD relatives, against the rule they mask or correct (Optax's lion and SGD with momentum).
+    "cautious_lion": SeedOptimizer(jz.cautious_lion, optax.lion, 1e-4),
+    "cautious_sgd": SeedOptimizer(lambda lr: jz.cautious_sgd(lr, momentum=0.9), lambda lr: optax.sgd(lr, momentum=0.9),
+                                  1e-2),
+    "mars_lion": SeedOptimizer(jz.mars_lion, optax.lion, 1e-4),
     # Shampoo (Adam-grafted, roots refreshed every 10 steps as issue 19's speed goal asks): no Optax twin; the issue
     # compares it with optax.adamw.
     "shampoo": SeedOptimizer(lambda lr: jz.shampoo(lr, precondition_frequency=10), optax.adamw, 1e-3),

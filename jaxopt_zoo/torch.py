@@ -18,9 +18,9 @@ each docstring gives its rule.
 
 Complex parameters are updated as pairs of real numbers, as PyTorch does
 (``view_as_real``): each recipe is wrapped in :func:`split_real_and_imaginary`,
-except three that raise for complex params at ``init``: ``adafactor`` and ``muon``,
-as PyTorch's Adafactor and Muon refuse them, and ``lbfgs``, where PyTorch's
-LBFGS takes them as real pairs (a deviation, named in its docstring).
+except four that raise for complex params at ``init``: ``adafactor``, ``muon`` and
+``sparse_adam``, as PyTorch's Adafactor, Muon and SparseAdam refuse them, and ``lbfgs``,
+where PyTorch's LBFGS takes them as real pairs (a deviation, named in its docstring).
 
 The options ``foreach``, ``fused``, ``capturable`` and ``differentiable``
 select PyTorch kernels, not update rules; they are accepted and have no effect
@@ -82,7 +82,12 @@ from jaxopt_zoo.transforms import (
     scale_by_stddev,
     trace,
 )
-from jaxopt_zoo.transforms.adam_variants import scale_by_adamax, scale_by_radam, scale_by_scheduled_nadam
+from jaxopt_zoo.transforms.adam_variants import (
+    scale_by_adamax,
+    scale_by_radam,
+    scale_by_scheduled_nadam,
+    scale_by_sparse_adam,
+)
 from jaxopt_zoo.transforms.adaptive import check_rms_options
 from jaxopt_zoo.transforms.averaging import average_iterates, scale_by_asgd
 from jaxopt_zoo.transforms.factored import TORCH_COMPLEX_WHY as _ADAFACTOR_COMPLEX_WHY
@@ -94,7 +99,7 @@ from jaxopt_zoo.transforms.rprop import check_options as _check_rprop_options, s
 
 __all__ = [
     "adadelta", "adafactor", "adagrad", "adam", "adamax", "adamw", "asgd", "lbfgs", "muon", "nadam", "radam", "rmsprop",
-    "rprop", "sgd",
+    "rprop", "sgd", "sparse_adam",
 ]
 
 Number = float | jax.Array
@@ -493,6 +498,70 @@ def adamw(
         "torch.adamw", lr, betas, eps, weight_decay, amsgrad, maximize, True, mu_dtype=mu_dtype, nu_dtype=nu_dtype
     )
 
+
+
+@document_args(TORCH_ARGUMENTS, scale_by_sparse_adam)
+def sparse_adam(
+    lr: ScalarOrSchedule = 1e-3,
+    betas: tuple[Number, Number] = (0.9, 0.999),
+    eps: Number = 1e-8,
+    maximize: bool = False,
+    *,
+    mu_dtype: StateDtype = None,
+    nu_dtype: StateDtype = None,
+) -> GradientTransformation:
+    """``torch.optim.SparseAdam``: Adam's step where the gradient is non-zero; elsewhere nothing moves.
+
+    .. math::
+
+        M = [g \\ne 0], \\quad m_t = m_{t-1} + M (1 - \\beta_1)(\\pm g - m_{t-1}), \\quad
+        v_t = v_{t-1} + M (1 - \\beta_2)(g^2 - v_{t-1}),
+
+    .. math::
+
+        \\theta \\leftarrow \\theta - M \\gamma \\frac{\\sqrt{1 - \\beta_2^t}}{1 - \\beta_1^t}
+        \\frac{m_t}{\\sqrt{v_t} + \\varepsilon}
+
+    PyTorch's SparseAdam takes the sparse gradients of ``nn.Embedding(sparse=True)``; JAX's gradients are
+    dense, so the entries it updates are those whose gradient is non-zero, the rule PyTorch's docstring gives for
+    it. The one difference: an entry stored in a PyTorch sparse gradient with an exactly zero value (a looked-up
+    embedding row whose gradient is 0) has its moments decayed there and is left alone here. PyTorch refuses dense
+    gradients; nothing is refused here, but on a dense layer's gradient this is Adam with the other epsilon
+    placement and frozen moments wherever a gradient is exactly 0. Complex params raise at ``init``, as
+    PyTorch's SparseAdam refuses them. Recipe: ``chain(scale(-1.0)`` (``maximize`` only),
+    ``scale_by_sparse_adam(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype), scale_by_learning_rate(lr))``.
+    ``mu_dtype`` and ``nu_dtype`` are additions to PyTorch.
+
+    Args:
+        lr: :math:`\\gamma > 0` (PyTorch refuses 0), the learning rate, applied last; or a schedule
+            :math:`\\gamma_t`, a callable of the step count (0 on the first step).
+        eps: :math:`\\varepsilon > 0` (PyTorch refuses 0), added to :math:`\\sqrt{v_t}`; a denormal one raises.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxopt_zoo as jz
+        >>> tx = jz.torch.sparse_adam(lr=0.1)
+        >>> table = jnp.ones((4, 2))  # an embedding: rows 1 and 3 were looked up
+        >>> grads = jnp.array([[0.0, 0.0], [0.5, -1.0], [0.0, 0.0], [2.0, 0.0]])
+        >>> updates, state = tx.update(grads, tx.init(table))
+        >>> (updates != 0).astype(int)  # what moves: rows 0 and 2 stay, and so do their moments
+        Array([[0, 0],
+               [1, 1],
+               [0, 0],
+               [1, 0]], dtype=int32)
+        >>> updates[1].round(3)  # the first step is about lr sign(g)
+        Array([-0.1,  0.1], dtype=float32)
+    """
+    owner = "torch.sparse_adam"
+    validation.scalar_or_schedule(owner, "lr", lr)
+    if not callable(lr):
+        validation.positive(owner, "lr", lr)
+    b1, b2 = _betas(owner, betas)
+    validation.epsilon(owner, "eps", eps, allow_zero=False)
+    validation.flag(owner, "maximize", maximize)
+    validation.state_dtypes(owner, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    steps = [scale(-1.0)] if maximize else []
+    steps += [scale_by_sparse_adam(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype), scale_by_learning_rate(lr)]
+    return validation.refusing_complex(owner, chain(*steps), "as torch.optim.SparseAdam refuses them")
 
 @document_args(newton_schulz, scale_by_muon, TORCH_ARGUMENTS)
 def muon(

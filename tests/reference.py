@@ -531,6 +531,26 @@ def torch_asgd(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, maximi
 # torch.optim.Adamax, NAdam and RAdam, from their documented pseudocode (torch 2.13 docs).
 
 
+def torch_sparse_adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, maximize=False):
+    """torch.optim.SparseAdam on the entries whose gradient is non-zero (the mask its docstring describes; its
+    code updates the entries a sparse gradient stores): there m += (1-b1)(g - m), v += (1-b2)(g^2 - v) and
+    p -= lr sqrt(1-b2^t)/(1-b1^t) m / (sqrt(v) + eps); elsewhere m, v and p stay. t counts every step."""
+    b1, b2 = betas
+
+    def init(params):
+        return {"m": np.zeros_like(params), "v": np.zeros_like(params)}
+
+    def update(g, state, p, t):
+        g = _signed(g, maximize)
+        on = g != 0
+        m = np.where(on, state["m"] + (1 - b1) * (g - state["m"]), state["m"])
+        v = np.where(on, state["v"] + (1 - b2) * (g * g - state["v"]), state["v"])
+        step_size = schedule_value(lr, t) * np.sqrt(1 - b2**t) / (1 - b1**t)
+        return np.where(on, -step_size * m / (np.sqrt(v) + eps), 0.0), {"m": m, "v": v}
+
+    return Reference(init, update)
+
+
 def torch_adamax(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, maximize=False):
     """torch.optim.Adamax: g <- (-g if maximize) + wd p; m = b1 m + (1-b1) g; u = max(b2 u, |g| + eps);
     p -= lr m / ((1 - b1^t) u)."""

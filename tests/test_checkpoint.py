@@ -51,6 +51,7 @@ CASES = {
     "torch.asgd": lambda: jz.torch.asgd(lr=0.05, t0=2.0, ax_dtype=jz.StochasticBF16()),
     # NAdam keeps the running product of its momentum coefficients, a float32 scalar, in its state.
     "torch.nadam": lambda: jz.torch.nadam(lr=1e-2, weight_decay=0.1, nu_dtype=jz.StochasticBF16()),
+    "torch.sparse_adam": lambda: jz.torch.sparse_adam(lr=1e-2, nu_dtype=jz.Blockwise8Bit(min_size=0, max_shards=1)),
     # Row and column factors, and scalar stand-ins where a param has no such moment.
     "torch.adafactor": lambda: jz.torch.adafactor(lr=0.1, weight_decay=0.1, variance_dtype=jz.StochasticBF16()),
     # Muon for the matrix, AdamW for the vector and the scalar (torch.optim.Muon takes 2-D params only).

@@ -190,7 +190,7 @@ def test_the_torch_module_names_the_recipes_that_refuse_complex_params():
     # Its docstring said every recipe updates complex params as real pairs.
     paragraph = next(p for p in jz.torch.__doc__.split("\n\n") if "Complex parameters" in p)
     refusing = [name for name, _, tx in _built_with_rates(jz.torch) if _refuses_complex(tx)]
-    assert sorted(refusing) == ["adafactor", "lbfgs", "muon"]
+    assert sorted(refusing) == ["adafactor", "lbfgs", "muon", "sparse_adam"]
     assert all(f"``{name}``" in paragraph for name in refusing)
 
 

@@ -49,6 +49,7 @@ OPTIMIZERS = {  # name: factory of axis_name (used only by the transforms with r
     "torch.rprop": lambda axes: jz.torch.rprop(0.05, etas=(0.3, 1.5)),
     "torch.asgd": lambda axes: jz.torch.asgd(0.05, lambd=0.1, t0=2.0, weight_decay=1e-3),
     "torch.adamax": lambda axes: jz.torch.adamax(1e-2, weight_decay=1e-3),
+    "torch.sparse_adam": lambda axes: jz.torch.sparse_adam(1e-2, mu_dtype=jz.StochasticBF16()),
     "torch.nadam": lambda axes: jz.torch.nadam(1e-2, weight_decay=1e-2, decoupled_weight_decay=True),
     "torch.radam": lambda axes: jz.torch.radam(1e-2, weight_decay=1e-3),
     "torch.adafactor": lambda axes: jz.torch.adafactor(0.1, weight_decay=1e-2, axis_name=axes),

@@ -18,7 +18,15 @@ import pytest
 
 import jaxopt_zoo as jz
 from tests import reference
-from tests.conftest import assert_trees_close, assert_trees_equal, make_params, run_ours, run_reference, run_together
+from tests.conftest import (
+    assert_trees_close,
+    assert_trees_equal,
+    grad_fn,
+    make_params,
+    run_ours,
+    run_reference,
+    run_together,
+)
 
 
 def schedule(count):
@@ -107,6 +115,39 @@ def test_defaults_are_torchs():
     _check(jz.torch.rmsprop(), reference.torch_rmsprop())
     _check(jz.torch.adam(), reference.torch_adam())
     _check(jz.torch.adamw(), reference.torch_adam(weight_decay=1e-2, decoupled=True))
+
+
+def _looked_up(p, t):
+    # grad_fn's gradient with many entries 0, as an embedding's: a matrix's rows, a vector's entries and the scalar
+    # each take turns at being left out (at step 3 all of them), so frozen moments are read again later.
+    g = grad_fn(np.asarray(p, np.float64), t)
+    index = np.arange(g.shape[0])[:, None] if g.ndim == 2 else np.arange(g.size).reshape(g.shape)
+    return np.where(((index + t) % 3 == 0) | (t == 3), 0.0, g)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(), dict(lr=0.05, betas=(0.8, 0.99), eps=1e-3, maximize=True), dict(lr=schedule)],
+    ids=["defaults", "options", "schedule"],
+)
+def test_sparse_adam_moves_only_what_has_a_gradient_as_torchs_rule(options):
+    # tests/reference.py's torch_sparse_adam was checked against torch 2.13's SparseAdam given the same gradients
+    # as sparse tensors of their non-zero rows (float64, 25 steps: 1.3e-15 apart).
+    with jax.enable_x64(True):
+        params = make_params(jnp.float64)
+        leaves, treedef = jax.tree.flatten(params)
+        expected = [reference.trajectory(reference.torch_sparse_adam(**options), x, _looked_up, 8) for x in leaves]
+        tx = jz.torch.sparse_adam(**options)
+        state = tx.init(params)
+        for t in range(1, 9):
+            grads = jax.tree.map(lambda p: jnp.asarray(_looked_up(p, t)), params)
+            updates, state = tx.update(grads, state, params)
+            moved = jz.apply_updates(params, updates)
+            for p, new, g in zip(jax.tree.leaves(params), jax.tree.leaves(moved), jax.tree.leaves(grads)):
+                assert np.array_equal(np.asarray(new)[g == 0], np.asarray(p)[g == 0])  # not moved at all
+            params = moved
+            assert_trees_close(params, jax.tree.unflatten(treedef, [path[t - 1] for path in expected]), rtol=1e-10,
+                               atol=1e-12)
 
 
 def test_float32_follows_the_reference_to_float32_tolerance():
@@ -305,6 +346,7 @@ EIGHT_BIT = {
     ),
     "adamw": ("adamw", dict(lr=1e-2), dict(mu_dtype=Q8, nu_dtype=Q8), (1, 1)),
     "adamw_amsgrad": ("adamw", dict(lr=1e-2, amsgrad=True), dict(mu_dtype=Q8, nu_dtype=Q8), (1, 2)),
+    "sparse_adam": ("sparse_adam", dict(lr=1e-2), dict(mu_dtype=Q8, nu_dtype=Q8), (1, 1)),
 }
 
 
@@ -339,6 +381,8 @@ STORAGE_OPTIONS = [
         for amsgrad in (False, True)
         for arg in ("mu_dtype", "nu_dtype")
     ],
+    ("sparse_adam", dict(), "mu_dtype"),
+    ("sparse_adam", dict(), "nu_dtype"),
 ]
 
 

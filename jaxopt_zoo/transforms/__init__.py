@@ -52,6 +52,7 @@ from jaxopt_zoo.transforms.adam_variants import (
     scale_by_adopt,
     scale_by_radam,
     scale_by_scheduled_nadam,
+    scale_by_sparse_adam,
 )
 from jaxopt_zoo.transforms.factored import (
     FactoredState,
@@ -126,6 +127,7 @@ __all__ = [
     "scale_by_rss",
     "scale_by_schedule",
     "scale_by_scheduled_nadam",
+    "scale_by_sparse_adam",
     "scale_by_stddev",
     "scale_by_trust_ratio",
     "torch_lbfgs",

@@ -5,7 +5,8 @@ Each keeps a step count and Adam's two per-parameter moments (first moment
 take the storage options ``mu_dtype`` and ``nu_dtype``. ``None`` update leaves
 pass through and keep their state.
 ADOPT (:func:`scale_by_adopt`) keeps Adam's state and normalises each gradient
-by the second moment of the steps before it.
+by the second moment of the steps before it, and :func:`scale_by_sparse_adam`
+(PyTorch's SparseAdam) moves only the entries whose gradient is non-zero.
 
     >>> import jaxopt_zoo as jz
     >>> tx = jz.chain(jz.scale_by_radam(), jz.scale_by_learning_rate(1e-3))
@@ -32,6 +33,7 @@ __all__ = [
     "scale_by_adopt",
     "scale_by_radam",
     "scale_by_scheduled_nadam",
+    "scale_by_sparse_adam",
 ]
 
 
@@ -487,6 +489,83 @@ def scale_by_adopt(
         else:
             direction = tree.map_updates(lambda x, m: m, steps, mu)
         return direction, ScaleByAdamState(safe_increment(state.count), mu, nu)
+
+    tx = with_storage(GradientTransformation(init, update), signed={"mu": mu_dtype}, non_negative={"nu": nu_dtype})
+    return expects_state(owner, tx, ScaleByAdamState)
+
+
+def scale_by_sparse_adam(
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    *,
+    mu_dtype: StateDtype = None,
+    nu_dtype: StateDtype = None,
+) -> GradientTransformation:
+    """PyTorch's SparseAdam on dense gradients: Adam's step where the gradient is non-zero, no change elsewhere.
+
+    With the mask :math:`M = [g_t \\ne 0]` (element by element):
+
+    .. math::
+
+        m_t = m_{t-1} + M (1 - \\beta_1)(g_t - m_{t-1}), \\qquad
+        v_t = v_{t-1} + M (1 - \\beta_2)(|g_t|^2 - v_{t-1}),
+
+    .. math::
+
+        \\text{update} = M \\, \\frac{\\sqrt{1 - \\beta_2^t}}{1 - \\beta_1^t} \\,
+        \\frac{m_t}{\\sqrt{v_t} + \\varepsilon}.
+
+    Where :math:`M` is 0 the moments keep their values (Adam would decay them) and the step is 0: an embedding's
+    rows that no example of the batch looked up are left as they are, and their moments too. This is the rule
+    ``torch.optim.SparseAdam`` documents ("masking out the parameter and moment updates corresponding to the
+    zero values in the gradients"); PyTorch applies it to the entries stored in a sparse gradient, which are the
+    non-zero ones unless an exact 0 is stored (an embedding row that was looked up and got an exactly zero
+    gradient): there PyTorch decays the moments and this rule does not. :math:`\\varepsilon` is added to
+    :math:`\\sqrt{v_t}` before the bias correction of the second moment, as in Kingma and Ba's paper and
+    PyTorch's SparseAdam (``torch.optim.Adam`` and :func:`scale_by_adam` add it after). The step count
+    :math:`t` counts every update, masked or not. Optax has no such rule.
+
+    Args:
+        b1: decay :math:`\\beta_1 \\in [0, 1)` of the first moment.
+        b2: decay :math:`\\beta_2 \\in [0, 1)` of the second moment.
+        eps: :math:`\\varepsilon > 0`, added to :math:`\\sqrt{v_t}` (not denormal).
+        mu_dtype: storage of the first moment: a storage (see :mod:`jaxopt_zoo.storage`).
+        nu_dtype: storage of the second moment, as for ``mu_dtype``.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxopt_zoo as jz
+        >>> tx = jz.scale_by_sparse_adam()
+        >>> updates, state = tx.update(jnp.array([0.5, 0.0, -2.0]), tx.init(jnp.zeros(3)))
+        >>> updates.round(4)  # the first step is about sign(g), and 0 where g is 0
+        Array([ 1.,  0., -1.], dtype=float32)
+        >>> state.nu
+        Array([0.00025, 0.     , 0.004  ], dtype=float32)
+
+    References:
+        Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015 (Algorithm 1, the form after it).
+    """
+    owner = "scale_by_sparse_adam"
+    validation.decay_rate(owner, "b1", b1)
+    validation.decay_rate(owner, "b2", b2)
+    validation.epsilon(owner, "eps", eps, allow_zero=False, why_positive=" (the step is m / (sqrt(v) + eps))")
+    mu_dtype = resolve(owner, "mu_dtype", mu_dtype)
+    nu_dtype = resolve(owner, "nu_dtype", nu_dtype)
+
+    def init(params):
+        return ScaleByAdamState(zero_count(), tree.moments_like(params), tree.moments_like(params))
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        tree.check_same_structure(owner, updates, state.mu, "the first moment (state.mu)")
+        count = safe_increment(state.count)
+        masked = lambda g, x, new: jnp.where(g != 0, x + new, x)  # noqa: E731
+        mu = tree.map_state(lambda g, m: masked(g, m, (1 - b1) * (tree.widen(g) - m)), updates, state.mu)
+        nu = tree.map_state(lambda g, v: masked(g, v, (1 - b2) * (tree.abs_sq(g) - v)), updates, state.nu)
+        steps = _steps(count)
+        step_size = jnp.sqrt(1 - b2**steps) / (1 - b1**steps)
+        ratio = lambda g, m, v: jnp.where(g != 0, _times(step_size, m / (jnp.sqrt(v) + eps)), 0)  # noqa: E731
+        return tree.map_updates(ratio, updates, mu, nu), ScaleByAdamState(count, mu, nu)
 
     tx = with_storage(GradientTransformation(init, update), signed={"mu": mu_dtype}, non_negative={"nu": nu_dtype})
     return expects_state(owner, tx, ScaleByAdamState)
