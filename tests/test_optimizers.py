@@ -17,6 +17,7 @@ from jaxopt_zoo.quantization import is_encoded, unpack
 from tests import reference
 from tests.conftest import (
     USER_XLA_FLAGS,
+    assert_programs_agree,
     assert_trees_close,
     assert_trees_equal,
     assert_vmap_matches_separate_runs,
@@ -167,7 +168,8 @@ def test_zero_epsilons_keep_optax_bits():
              (jz.ademamix(0.03, alpha=2.0, **zero), optax.contrib.ademamix(0.03, alpha=2.0, **zero))]
     runs = run_together([tx for pair in pairs for tx in pair], make_params(jnp.float32), steps=12)
     for (ours, _), (theirs, _) in zip(runs[::2], runs[1::2]):
-        assert_trees_equal(ours, theirs)
+        # As users compile (XLA may contract), the where changes which products XLA fuses with their sums there.
+        assert_programs_agree(ours, theirs)
 
 
 def test_readme_quick_start_runs():
