@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import jaxopt_zoo as jz
 from jaxopt_zoo.quantization import is_encoded
@@ -24,6 +25,7 @@ from tests import reference
 from tests.conftest import (
     SHARD_AXES,
     SHARD_SPECS,
+    assert_programs_agree,
     assert_trees_close,
     assert_trees_equal,
     grad_fn,
@@ -388,6 +390,25 @@ def test_init_sharded_and_jit_on_sharded_params_equals_one_device():
     assert carry[0]["w"].sharding.is_equivalent_to(placed["w"].sharding, 2)
     assert all(q.sharding.is_fully_replicated for q in jax.tree.leaves(carry[1][0].qs))
     assert_trees_close(jax.device_get(carry[0]), runs[0][-1][0], rtol=2e-5, atol=1e-6)
+
+
+def test_a_leaf_split_along_a_diagonal_factors_dimension_fits_under_explicit_axes():
+    # Dimension 16 (above max_size_triangular) has a diagonal factor and keeps its split through the fit: the dense
+    # factor's second moment then contracted over the split dimension, which raised ShardingTypeError under jit.
+    rng = np.random.default_rng(0)
+    params = {"e": jnp.asarray(rng.normal(size=(16, 8)), jnp.float32), "f": jnp.asarray(rng.normal(size=(8, 16)))}
+    specs = {"e": P("model", None), "f": P(None, ("data", "model"))}
+    tx = jz.scale_by_psgd_kron(preconditioner_update_probability=1.0, key=1, max_size_triangular=8)
+    grads = jax.tree.map(lambda p: jnp.sin(3 * p), params)
+    step = jax.jit(tx.update)
+    expected = step(grads, step(grads, tx.init(params))[1])[0]
+    mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Explicit,) * 2, devices=jax.devices("cpu")[:8])
+    place = lambda tree: {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in tree.items()}  # noqa: E731
+    with jax.set_mesh(mesh):
+        state = jz.init_sharded(tx, place(params))
+        updates = step(place(grads), step(place(grads), state)[1])[0]
+    assert updates["e"].sharding.spec == specs["e"] and updates["f"].sharding.spec == specs["f"]
+    assert_programs_agree(jax.device_get(updates), expected)
 
 
 def test_cached_products_are_replicated_by_init_sharded_and_kept_so_under_explicit_axes():

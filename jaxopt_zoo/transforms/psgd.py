@@ -33,6 +33,7 @@ from jaxopt_zoo.base import (
 from jaxopt_zoo.sharding import (
     AxisName,
     check_partition_specs,
+    gathered,
     leaf_specs,
     local_block,
     local_placements,
@@ -152,6 +153,10 @@ def _fit(h: jax.Array, qs: tuple[jax.Array, ...], v: jax.Array, lr: Any, damping
     """One step of the whitening fit of the factors on the pair (probe v, input h), after balancing them."""
     if h.size == 0:
         return qs
+    # Under Explicit mesh axes the fit works on whole arrays, as every device's factors are whole: a leaf split along
+    # one factor's dimension leaves the other factors' second moments contracting over it (a diagonal factor keeps
+    # its mode's split, which the dense factors' matrix products cannot take).
+    h, v = gathered(h)[0], gathered(v)[0]
     if len(qs) > 1:  # equal max-norms; P is unchanged
         norms = jnp.stack([jnp.max(jnp.abs(q)) for q in qs])
         qs = tuple(q * (jnp.exp(jnp.mean(jnp.log(norms))) / n) for q, n in zip(qs, norms))
