@@ -71,9 +71,10 @@ SEED_OPTIMIZERS: dict[str, SeedOptimizer] = {
     "torch.rprop": SeedOptimizer(lambda lr: jz.torch.rprop(lr=lr), optax.rprop, 1e-2),
     # Optax has no ASGD: optax.sgd is only the nearest cost baseline (same bytes but ASGD's average), not a twin.
     "torch.asgd": SeedOptimizer(lambda lr: jz.torch.asgd(lr=lr), optax.sgd, 1e-2),
-    # PyTorch's classic rules against Optax's of the same names: twins in cost; in numbers where the defaults agree
-    # (PyTorch's Adagrad starts its sum at 0 and adds eps 1e-10, Optax's at 0.1 with eps 1e-7; PyTorch's AdamW
-    # decays by 1e-2, Optax's by 1e-4). torch.lbfgs is left out: one step is up to 20 iterations (max_iter).
+    # PyTorch's classic rules against Optax's of the same names: twins in cost, not all in numbers (PyTorch's
+    # Adagrad starts its sum at 0 and adds eps 1e-10 outside the root, Optax's at 0.1 with eps 1e-7; PyTorch's
+    # RMSprop decays by 0.99 and adds eps outside the root, Optax's by 0.9 inside it; PyTorch's AdamW decays the
+    # weights by 1e-2, Optax's by 1e-4). torch.lbfgs is left out: one step is up to 20 iterations (max_iter).
     "torch.sgd": SeedOptimizer(lambda lr: jz.torch.sgd(lr=lr, momentum=0.9), lambda lr: optax.sgd(lr, momentum=0.9),
                                1e-2),
     "torch.adagrad": SeedOptimizer(lambda lr: jz.torch.adagrad(lr=lr), optax.adagrad, 1e-2),

@@ -42,7 +42,7 @@ step from the global step. ``dampening`` must lie in [0, 1] and RMSprop's
 ``alpha`` in [0, 1) (PyTorch accepts any dampening and any ``alpha >= 0``).
 ``eps=0`` is accepted as in PyTorch, but where the denominator is then 0 (all
 gradients so far zero) Adam's and RMSprop's step is 0, not PyTorch's NaN;
-Adadelta's ``eps`` must be positive (with 0 its steps stay 0); a denormal
+Adadelta's ``eps`` must be positive (with 0 its steps stay 0), and SparseAdam's, as PyTorch's; a denormal
 ``eps`` (below 1.18e-38, flushed to 0 by the hardware) raises.
 A numeric option given as an array (e.g. injected by ``inject_hyperparams``)
 keeps its step in the chain even when it is zero, so the state's structure does
@@ -499,7 +499,6 @@ def adamw(
     )
 
 
-
 @document_args(TORCH_ARGUMENTS, scale_by_sparse_adam)
 def sparse_adam(
     lr: ScalarOrSchedule = 1e-3,
@@ -525,7 +524,8 @@ def sparse_adam(
     PyTorch's SparseAdam takes the sparse gradients of ``nn.Embedding(sparse=True)``; JAX's gradients are
     dense, so the entries it updates are those whose gradient is non-zero, the rule PyTorch's docstring gives for
     it. The one difference: an entry stored in a PyTorch sparse gradient with an exactly zero value (a looked-up
-    embedding row whose gradient is 0) has its moments decayed there and is left alone here. PyTorch refuses dense
+    embedding row whose gradient is 0) has its moments decayed there and moves by the decayed first moment; here
+    it is left alone, moments included (with 8-bit storage up to the block's rounding: see the transformation). PyTorch refuses dense
     gradients; nothing is refused here, but on a dense layer's gradient this is Adam with the other epsilon
     placement and frozen moments wherever a gradient is exactly 0. Complex params raise at ``init``, as
     PyTorch's SparseAdam refuses them. Recipe: ``chain(scale(-1.0)`` (``maximize`` only),
@@ -552,8 +552,9 @@ def sparse_adam(
         Array([-0.1,  0.1], dtype=float32)
     """
     owner = "torch.sparse_adam"
-    validation.scalar_or_schedule(owner, "lr", lr)
-    if not callable(lr):
+    if callable(lr):
+        validation.scalar_or_schedule(owner, "lr", lr)
+    else:
         validation.positive(owner, "lr", lr)
     b1, b2 = _betas(owner, betas)
     validation.epsilon(owner, "eps", eps, allow_zero=False)
@@ -562,6 +563,7 @@ def sparse_adam(
     steps = [scale(-1.0)] if maximize else []
     steps += [scale_by_sparse_adam(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype), scale_by_learning_rate(lr)]
     return validation.refusing_complex(owner, chain(*steps), "as torch.optim.SparseAdam refuses them")
+
 
 @document_args(newton_schulz, scale_by_muon, TORCH_ARGUMENTS)
 def muon(

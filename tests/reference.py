@@ -528,7 +528,7 @@ def torch_asgd(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, maximi
     return Reference(init, update)
 
 
-# torch.optim.Adamax, NAdam and RAdam, from their documented pseudocode (torch 2.13 docs).
+# torch.optim.SparseAdam, Adamax, NAdam and RAdam, from their documented algorithms (torch 2.13 docs).
 
 
 def torch_sparse_adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, maximize=False):

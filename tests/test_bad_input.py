@@ -96,6 +96,11 @@ BAD_ARGUMENTS = [
     (jz.torch.asgd, dict(lambd=-1.0), "torch.asgd", "lambd"),
     (jz.torch.asgd, dict(weight_decay=-1.0), "torch.asgd", "weight_decay"),
     (jz.torch.adamax, dict(betas=(0.9, 1.0)), "torch.adamax", "betas[1]"),
+    (jz.torch.sparse_adam, dict(lr=0.0), "torch.sparse_adam", "lr"),
+    (jz.torch.sparse_adam, dict(lr=-1.0), "torch.sparse_adam", "lr"),
+    (jz.torch.sparse_adam, dict(eps=0.0), "torch.sparse_adam", "eps"),
+    (jz.torch.sparse_adam, dict(betas=(0.9, 1.0)), "torch.sparse_adam", "betas[1]"),
+    (jz.scale_by_sparse_adam, dict(eps=0), "scale_by_sparse_adam", "eps"),
     (jz.torch.nadam, dict(momentum_decay=-4e-3), "torch.nadam", "momentum_decay"),
     (jz.torch.radam, dict(eps=-1.0), "torch.radam", "eps"),
     (jz.scale_by_radam, dict(threshold="5"), "scale_by_radam", "threshold"),
@@ -553,7 +558,7 @@ def test_positive_eps_keeps_optax_numbers_bit_for_bit(ours, theirs):
     "build",
     [lambda e: jz.adam(1e-3, eps=e), lambda e: jz.adam(1e-3, eps_root=e), lambda e: jz.rmsprop(1e-3, eps=e),
      lambda e: jz.adagrad(0.1, eps=e), lambda e: jz.scale_by_amsgrad(eps=e), lambda e: jz.torch.adam(eps=e),
-     lambda e: jz.torch.rmsprop(eps=e), lambda e: jz.adadelta(eps=e)],
+     lambda e: jz.torch.rmsprop(eps=e), lambda e: jz.adadelta(eps=e), lambda e: jz.torch.sparse_adam(eps=e)],
 )
 def test_denormal_eps_is_refused(build):
     with pytest.raises(ValueError, match="below float32's smallest normal number"):

@@ -126,28 +126,37 @@ def _looked_up(p, t):
 
 
 @pytest.mark.parametrize(
-    "options",
-    [dict(), dict(lr=0.05, betas=(0.8, 0.99), eps=1e-3, maximize=True), dict(lr=schedule)],
-    ids=["defaults", "options", "schedule"],
+    "options, dtype, rtol",
+    [(dict(), jnp.float64, 1e-10), (dict(lr=0.05, betas=(0.8, 0.99), eps=1e-3, maximize=True), jnp.float64, 1e-10),
+     (dict(lr=schedule), jnp.float64, 1e-10), (dict(lr=0.05), jnp.float32, 2e-4)],
+    ids=["defaults", "options", "schedule", "float32"],
 )
-def test_sparse_adam_moves_only_what_has_a_gradient_as_torchs_rule(options):
+def test_sparse_adam_moves_only_what_has_a_gradient_as_torchs_rule(options, dtype, rtol):
     # tests/reference.py's torch_sparse_adam was checked against torch 2.13's SparseAdam given the same gradients
     # as sparse tensors of their non-zero rows (float64, 25 steps: 1.3e-15 apart).
-    with jax.enable_x64(True):
-        params = make_params(jnp.float64)
+    with jax.enable_x64(dtype == jnp.float64):
+        params = make_params(dtype)
         leaves, treedef = jax.tree.flatten(params)
         expected = [reference.trajectory(reference.torch_sparse_adam(**options), x, _looked_up, 8) for x in leaves]
         tx = jz.torch.sparse_adam(**options)
         state = tx.init(params)
         for t in range(1, 9):
-            grads = jax.tree.map(lambda p: jnp.asarray(_looked_up(p, t)), params)
+            grads = jax.tree.map(lambda p: jnp.asarray(_looked_up(p, t), dtype), params)
             updates, state = tx.update(grads, state, params)
             moved = jz.apply_updates(params, updates)
             for p, new, g in zip(jax.tree.leaves(params), jax.tree.leaves(moved), jax.tree.leaves(grads)):
                 assert np.array_equal(np.asarray(new)[g == 0], np.asarray(p)[g == 0])  # not moved at all
             params = moved
-            assert_trees_close(params, jax.tree.unflatten(treedef, [path[t - 1] for path in expected]), rtol=1e-10,
-                               atol=1e-12)
+            assert_trees_close(params, jax.tree.unflatten(treedef, [path[t - 1] for path in expected]), rtol=rtol,
+                               atol=rtol / 100)
+
+
+def test_sparse_adam_with_an_injected_eps_of_zero_steps_zero_where_the_second_moment_underflows():
+    tx = jz.inject_hyperparams(jz.torch.sparse_adam)(lr=0.1)
+    state = tx.init(jnp.zeros(3))
+    state.hyperparams["eps"] = jnp.asarray(0.0)  # set in the state and traced, it cannot be checked
+    updates, _ = jax.jit(tx.update)(jnp.array([1e-30, 0.0, 2.0]), state)  # (1 - b2) 1e-60 is 0 in float32
+    np.testing.assert_allclose(updates, [0.0, 0.0, -0.1], rtol=1e-5)
 
 
 def test_float32_follows_the_reference_to_float32_tolerance():

@@ -521,10 +521,15 @@ def scale_by_sparse_adam(
     ``torch.optim.SparseAdam`` documents ("masking out the parameter and moment updates corresponding to the
     zero values in the gradients"); PyTorch applies it to the entries stored in a sparse gradient, which are the
     non-zero ones unless an exact 0 is stored (an embedding row that was looked up and got an exactly zero
-    gradient): there PyTorch decays the moments and this rule does not. :math:`\\varepsilon` is added to
+    gradient): there PyTorch decays the moments and moves the param by the decayed first moment, and this rule
+    leaves both. With ``jz.Blockwise8Bit()`` storage a moment left alone is still written again whenever another
+    entry of its block moves (the block is quantized anew), so it may change by that rounding; the params where
+    the gradient is 0 do not move. :math:`\\varepsilon` is added to
     :math:`\\sqrt{v_t}` before the bias correction of the second moment, as in Kingma and Ba's paper and
     PyTorch's SparseAdam (``torch.optim.Adam`` and :func:`scale_by_adam` add it after). The step count
-    :math:`t` counts every update, masked or not. Optax has no such rule.
+    :math:`t` counts every update, masked or not; a ``None`` update keeps its moments; complex gradients take
+    :math:`|g_t|^2` (``jz.torch.sparse_adam`` refuses complex params, as PyTorch does). An ``eps`` injected as 0
+    gives a step of 0 where :math:`\\sqrt{v_t}` underflows to 0. Optax has no such rule.
 
     Args:
         b1: decay :math:`\\beta_1 \\in [0, 1)` of the first moment.
@@ -549,6 +554,7 @@ def scale_by_sparse_adam(
     validation.decay_rate(owner, "b1", b1)
     validation.decay_rate(owner, "b2", b2)
     validation.epsilon(owner, "eps", eps, allow_zero=False, why_positive=" (the step is m / (sqrt(v) + eps))")
+    guard = validation.may_all_be_zero(eps)  # an injected eps: 0, not m / 0, where v underflows to 0
     mu_dtype = resolve(owner, "mu_dtype", mu_dtype)
     nu_dtype = resolve(owner, "nu_dtype", nu_dtype)
 
@@ -564,7 +570,12 @@ def scale_by_sparse_adam(
         nu = tree.map_state(lambda g, v: masked(g, v, (1 - b2) * (tree.abs_sq(g) - v)), updates, state.nu)
         steps = _steps(count)
         step_size = jnp.sqrt(1 - b2**steps) / (1 - b1**steps)
-        ratio = lambda g, m, v: jnp.where(g != 0, _times(step_size, m / (jnp.sqrt(v) + eps)), 0)  # noqa: E731
+        def ratio(g, m, v):
+            denominator = jnp.sqrt(v) + eps
+            if guard:
+                denominator = jnp.where(denominator == 0, jnp.inf, denominator)
+            return jnp.where(g != 0, _times(step_size, m / denominator), 0)
+
         return tree.map_updates(ratio, updates, mu, nu), ScaleByAdamState(count, mu, nu)
 
     tx = with_storage(GradientTransformation(init, update), signed={"mu": mu_dtype}, non_negative={"nu": nu_dtype})
