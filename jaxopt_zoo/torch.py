@@ -525,10 +525,10 @@ def sparse_adam(
     dense, so the entries it updates are those whose gradient is non-zero, the rule PyTorch's docstring gives for
     it. The one difference: an entry stored in a PyTorch sparse gradient with an exactly zero value (a looked-up
     embedding row whose gradient is 0) has its moments decayed there and moves by the decayed first moment; here
-    it is left alone, moments included (with 8-bit storage up to the block's rounding: see the transformation). PyTorch refuses dense
-    gradients; nothing is refused here, but on a dense layer's gradient this is Adam with the other epsilon
-    placement and frozen moments wherever a gradient is exactly 0. Complex params raise at ``init``, as
-    PyTorch's SparseAdam refuses them. Recipe: ``chain(scale(-1.0)`` (``maximize`` only),
+    it is left alone, moments included (with 8-bit storage up to the block's rounding: see the transformation).
+    PyTorch refuses dense gradients; nothing is refused here, but on a dense layer's gradient this is Adam with
+    the other epsilon placement and frozen moments wherever a gradient is exactly 0. Complex params raise at
+    ``init``, as PyTorch's SparseAdam refuses them. Recipe: ``chain(scale(-1.0)`` (``maximize`` only),
     ``scale_by_sparse_adam(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype), scale_by_learning_rate(lr))``.
     ``mu_dtype`` and ``nu_dtype`` are additions to PyTorch.
 
