@@ -345,6 +345,16 @@ def test_graft_per_block_takes_each_blocks_norms():
         np.testing.assert_allclose(out[rows, cols], block * np.sqrt(block.size) / np.linalg.norm(block), rtol=1e-6)
 
 
+def test_graft_per_block_keeps_an_overflowing_square_in_its_own_block():
+    # 3e19 squared overflows float32: the one-hot sums made the other blocks' steps NaN (inf * 0), and Shampoo's
+    # params with them, for good. Its own block's norm is taken as the root of float32's largest number.
+    g = jnp.array([3e19, 1.0, 3.0, -4.0])
+    tx = jz.graft(jz.scale_by_sign(), jz.scale(1.0), max_block_dim=2)
+    huge = np.sqrt(np.float64(np.finfo(np.float32).max))
+    np.testing.assert_allclose(tx.update(g, tx.init(g))[0], [3e19 * 2**0.5 / huge, 2**0.5 / huge, 3 * 2**0.5 / 5,
+                                                             -4 * 2**0.5 / 5], rtol=1e-6)
+
+
 def test_graft_per_block_inside_shard_map_equals_one_device_and_needs_partition_specs():
     # w (8, 16) split 2 x 4 is eight 4 x 4 blocks across the devices' shards; b (16,) four blocks of 4.
     make = lambda **k: jz.chain(jz.graft(jz.scale_by_adam(), jz.scale_by_sign(), max_block_dim=4, **k),  # noqa: E731

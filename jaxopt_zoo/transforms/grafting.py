@@ -148,7 +148,10 @@ def _grafted_per_block(d: jax.Array, m: jax.Array, at: Placement | None, max_dim
     counts = [-(-n // max_dim) for n in whole_shape(d, at)]
     real = jnp.promote_types(jnp.finfo(d.dtype).dtype, jnp.float32)  # sums of squares in float32 at least
     one_hots = [jax.nn.one_hot(b, c, dtype=real) for b, c in zip(blocks, counts)]
-    sums = jnp.stack([mode_product(tree.abs_sq(x).astype(real), one_hots, transpose=True) for x in (d, m)])
+    # A square that overflowed is held at the largest finite number: as inf, its products with the other blocks'
+    # zeros in the one-hot sums were NaN there (every block's step NaN). Its own block's norm is then ~1.8e19.
+    squares = lambda x: jnp.minimum(tree.abs_sq(x).astype(real), jnp.finfo(real).max)  # noqa: E731
+    sums = jnp.stack([mode_product(squares(x), one_hots, transpose=True) for x in (d, m)])
     if split_over(placement):
         sums = jax.lax.psum(sums, split_over(placement))
     ratio = _ratio(tree.root(sums[1]), tree.root(sums[0]))  # per block
