@@ -513,7 +513,10 @@ def sparse_adam(
 
     .. math::
 
-        M = [g \\ne 0], \\quad m_t = m_{t-1} + M (1 - \\beta_1)(\\pm g - m_{t-1}), \\quad
+        M = [g \\ne 0], \\quad m_t = m_{t-1} + M (1 - \\beta_1)(\\pm g - m_{t-1}),
+
+    .. math::
+
         v_t = v_{t-1} + M (1 - \\beta_2)(g^2 - v_{t-1}),
 
     .. math::
