@@ -367,7 +367,8 @@ def scale_by_psgd_kron(
     (every device the same fit) and keeps its block; a leaf that is a shard raises without them.
     :func:`jaxopt_zoo.init_sharded` shards the momentum like its param and replicates the factors and their
     cached products (they are small: :math:`\\sum_k d_k^2` numbers per param); under Explicit mesh axes the fit
-    keeps them replicated and each update is laid out like its gradient; under Auto axes XLA's partitioner lays
+    gathers its gradient (or momentum) and probe whole and keeps the factors replicated, and each update is laid
+    out like its gradient; under Auto axes XLA's partitioner lays
     out the new factors (it may split them like the param, and the step then compiles a second time for them:
     pin them with ``out_shardings=jz.state_shardings(tx, params)``). Complex params raise (use
     :func:`jaxopt_zoo.combine.split_real_and_imaginary`); a param with a zero dimension passes through. The
