@@ -120,6 +120,32 @@ def map_reshaped(fn: Callable[..., Any], params: Any, *rest: Any) -> Any:
     return jax.tree.map(leaf, params, *rest, is_leaf=lambda x: x is None or _is_flax_variable(x))
 
 
+def through_variables(update: Callable[..., tuple[Any, Any]]) -> Callable[..., tuple[Any, Any]]:
+    """``update`` run on bare arrays where the updates, state or params hold Flax NNX ``Variable``\\ s, its results
+    put back in the same Variables.
+
+    For the rules whose state leaves are not all shaped like their params (:func:`map_reshaped` leaves those bare):
+    called with the Variables of ``nnx.split``'s params (Optax's take them), their leaf-by-leaf maps would pair a
+    Variable with a bare array.
+    """
+
+    def unwrapped(updates, state, params=None, **extra_args):
+        is_leaf = lambda x: x is None or _is_flax_variable(x)  # noqa: E731
+        if not any(_is_flax_variable(x) for t in (updates, state, params) for x in jax.tree.leaves(t, is_leaf=is_leaf)):
+            return update(updates, state, params, **extra_args)
+        def bare(t):
+            return jax.tree.map(lambda x: x.get_value() if _is_flax_variable(x) else x, t, is_leaf=is_leaf)
+
+        def like(old, new):  # each Variable of ``old`` holding the value computed for it
+            return jax.tree.map(lambda o, n: jax.tree.map(lambda _: n, o) if _is_flax_variable(o) else n, old, new,
+                                is_leaf=is_leaf)
+
+        new_updates, new_state = update(bare(updates), bare(state), bare(params), **extra_args)
+        return like(updates, new_updates), like(state, new_state)
+
+    return unwrapped
+
+
 def zeros_like(tree: Any, dtype: jax.typing.DTypeLike | None = None) -> Any:
     """A tree of zeros shaped like ``tree``; ``dtype=None`` keeps each leaf's dtype.
 

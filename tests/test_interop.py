@@ -161,6 +161,29 @@ def test_nnx_optimizer_of_a_model_annotated_for_a_mesh_keeps_reshaped_state_leav
     assert all(len(n) == jnp.ndim(v.get_value()) for n, v in zip(names, variables) if n), names
 
 
+@pytest.mark.parametrize("name", list(RESHAPED_STATE))
+def test_a_state_of_nnx_variables_steps_as_plain_arrays_do(name):
+    # nnx.split's params are Variables, which Optax's rules take: the state leaves these keep bare (not shaped like
+    # their params) met the gradients' Variables in one tree map, which raised (adafactor, novograd, galore).
+    _, params = nnx.split(MLP(nnx.Rngs(0)), nnx.Param)
+    pure = nnx.to_pure_dict(params)
+    tx = RESHAPED_STATE[name]()
+    extra = dict(value=jnp.asarray(1.0), value_fn=lambda p: sum(jnp.sum(x**2) for x in jax.tree.leaves(p)))
+
+    def steps(params):
+        grads = jax.tree.map(lambda p: jnp.sin(3 * p), params)
+        state = tx.init(params)
+        for _ in range(2):
+            updates, new_state = jax.jit(
+                lambda g, s, p: tx.update(g, s, p, **(dict(extra, grad=g) if name == "lbfgs" else {})))(grads, state,
+                                                                                                      params)
+            assert jax.tree.structure(new_state) == jax.tree.structure(state)
+            state, params = new_state, jz.apply_updates(params, updates)
+        return params
+
+    assert_trees_equal(nnx.to_pure_dict(steps(params)), steps(pure))
+
+
 def test_linen_train_state_trains_like_optax():
     import flax.linen as nn
 

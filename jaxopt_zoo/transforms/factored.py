@@ -214,7 +214,7 @@ def scale_by_factored_second_moment(
         return jax.tree.map(lambda o: None if o is None else o.update, results, is_leaf=is_result), new_state
 
     tx = with_storage(
-        GradientTransformation(init, update),
+        GradientTransformation(init, tree.through_variables(update)),
         non_negative={"row_var": factors_dtype, "col_var": factors_dtype, "variance": variance_dtype},
     )
     return expects_state(owner, tx, ScaleByFactoredSecondMomentState)
@@ -516,7 +516,7 @@ def scale_by_factored_rms(
         return jax.tree.map(lambda o: None if o is None else o.update, results, is_leaf=is_result), new_state
 
     tx = with_storage(
-        GradientTransformation(init, update),
+        GradientTransformation(init, tree.through_variables(update)),
         non_negative={"v_row": factors_dtype, "v_col": factors_dtype, "v": variance_dtype},
     )
     return expects_state(owner, tx, FactoredState)

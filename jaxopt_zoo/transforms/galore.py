@@ -354,4 +354,4 @@ def scale_by_galore(
         new_updates = jax.tree.map(project_back, low_rank_updates, projectors, updates, views, is_leaf=tree.is_none)
         return new_updates, GaLoreState(safe_increment(state.count), base_state, projectors)
 
-    return expects_state(owner, GradientTransformation(init, update), GaLoreState)
+    return expects_state(owner, GradientTransformation(init, tree.through_variables(update)), GaLoreState)

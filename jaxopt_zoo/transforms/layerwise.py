@@ -157,7 +157,7 @@ def scale_by_novograd(
         mu = tree.map_state(lambda g, old, new: new, updates, state.mu, mu)
         return tree.map_updates(lambda g, m: m, updates, mu), ScaleByNovogradState(count, mu, nu)
 
-    tx = with_storage(GradientTransformation(init, update), signed={"mu": mu_dtype})
+    tx = with_storage(GradientTransformation(init, tree.through_variables(update)), signed={"mu": mu_dtype})
     return expects_state(owner, tx, ScaleByNovogradState)
 
 
