@@ -129,6 +129,12 @@ def _state_array(value: Any, dtype: Any) -> jax.Array:
     return value.astype(dtype) if jnp.issubdtype(value.dtype, jnp.floating) else value
 
 
+def _copies(hyperparams: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    # For the inner init: a state leaf it makes of a hyperparameter as it is (Prodigy's d_0, DoWG's first estimate)
+    # would be the very buffer of the hyperparams' leaf, and a donated step would donate that buffer twice.
+    return {k: jnp.copy(v) for k, v in hyperparams.items()}
+
+
 def inject_hyperparams(
     inner_factory: Callable[..., GradientTransformation],
     static_args: str | Iterable[str] = (),
@@ -205,7 +211,8 @@ def inject_hyperparams(
 
         def init(params):
             hyperparams = current(numeric, zero_count(), _hyperparam_dtype(params, hyperparam_dtype))
-            return InjectHyperparamsState(zero_count(), hyperparams, inner_factory(**other, **hyperparams).init(params))
+            inner_state = inner_factory(**other, **_copies(hyperparams)).init(params)
+            return InjectHyperparamsState(zero_count(), hyperparams, inner_state)
 
         def update(updates, state, params=None, **extra_args):
             check_state("inject_hyperparams", state, InjectHyperparamsState)
@@ -787,7 +794,7 @@ def inject_stateful_hyperparams(
             states = {k: s.init() for k, s in schedules.items()}
             hyperparams = {k: _state_array(v, dtype) for k, v in numeric.items()}
             hyperparams.update({k: _state_array(s(states[k]), dtype) for k, s in schedules.items()})
-            inner_state = inner_factory(**other, **hyperparams).init(params)
+            inner_state = inner_factory(**other, **_copies(hyperparams)).init(params)
             return InjectStatefulHyperparamsState(zero_count(), hyperparams, states, inner_state)
 
         def update(updates, state, params=None, **extra_args):

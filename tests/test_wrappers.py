@@ -261,6 +261,19 @@ def test_momo_reads_an_edited_lower_bound():
         assert not np.allclose(np.asarray(edited["w"]), np.asarray(unedited["w"]))
 
 
+@pytest.mark.parametrize("inject", [jz.inject_hyperparams, jz.inject_stateful_hyperparams])
+@pytest.mark.parametrize("factory", [jz.prodigy, jz.dowg], ids=["prodigy", "dowg"])
+def test_a_state_made_of_an_injected_hyperparameter_can_be_donated(inject, factory):
+    # Prodigy keeps d_0 (estim_lr0) and DoWG its first estimate as state leaves: given the injected arrays, they were
+    # the very buffers of the hyperparams, and a donated step raised "Attempt to donate the same buffer twice".
+    params = {"w": jnp.ones((3, 4))}
+    tx = inject(factory)(learning_rate=1.0)
+    step = jax.jit(lambda p, s: tx.update(jax.tree.map(jnp.ones_like, p), s, p), donate_argnums=(1,))
+    state = tx.init(params)
+    assert len({id(x) for x in jax.tree.leaves(state)}) == len(jax.tree.leaves(state))
+    jax.block_until_ready(step(params, state))
+
+
 def test_an_integer_for_a_real_hyperparameter_is_injected_as_a_float():
     # jz.torch's momentum=0 was an int32 array: editing it to 0.9 needed a float array and compiled the step again.
     params = {"w": jnp.asarray([1.0, -2.0, 0.5])}
