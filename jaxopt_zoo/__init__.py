@@ -35,6 +35,7 @@ from jaxopt_zoo.base import (
     set_to_zero,
     stateless,
     stateless_with_tree_map,
+    static_only,
 )
 from jaxopt_zoo.tree import bias_correction, global_norm, update_infinity_moment, update_moment, update_moment_per_elem_norm
 from jaxopt_zoo.combine import (
@@ -105,6 +106,7 @@ __all__ = [
     "stateless_with_tree_map",
     "init_empty_state",
     "init_only",
+    "static_only",
     "multi_transform",
     "MultiTransformState",
     "selective_transform",

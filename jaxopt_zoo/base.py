@@ -195,11 +195,36 @@ def init_only(*names: str) -> Callable[[Factory], Factory]:
         frozenset({'start'})
     """
 
+    return _declaring("init_only", "init_only_args", names)
+
+
+def static_only(*names: str) -> Callable[[Factory], Factory]:
+    """Declare the arguments of a transformation factory that decide the update's program: traced, they raise.
+
+    A block size, a refresh period or a rank sets array shapes or the program's
+    branches. :func:`~jaxopt_zoo.inject_hyperparams` keeps these arguments
+    static, as it does :func:`init_only`'s, so that injecting a factory's numbers
+    does not fail on them one at a time. The names are kept in the factory's
+    ``static_only_args``.
+
+    Args:
+        *names: the names of those arguments; a name that is not a parameter of the decorated factory raises
+            ``TypeError``.
+
+    Example:
+        >>> import jaxopt_zoo as jz
+        >>> jz.shampoo.static_only_args == {"precondition_frequency", "max_precond_dim"}
+        True
+    """
+    return _declaring("static_only", "static_only_args", names)
+
+
+def _declaring(owner: str, attribute: str, names: tuple[str, ...]) -> Callable[[Factory], Factory]:
     def mark(factory: Factory) -> Factory:
         unknown = sorted(set(names) - set(inspect.signature(factory).parameters))
         if unknown:
-            raise TypeError(f"init_only: {unknown} are not parameters of {factory.__name__}.")
-        factory.init_only_args = frozenset(names)  # type: ignore[attr-defined]
+            raise TypeError(f"{owner}: {unknown} are not parameters of {factory.__name__}.")
+        setattr(factory, attribute, frozenset(names))
         return factory
 
     return mark

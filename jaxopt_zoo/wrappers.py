@@ -77,8 +77,9 @@ def _takes_reals(parameter: inspect.Parameter) -> bool:
 def _static_arguments(
     owner: str, inner_factory: Callable[..., GradientTransformation], static_args: str | Iterable[str]
 ) -> tuple[inspect.Signature, set[str]]:
-    """The factory's signature, and the names kept static: ``static_args`` and those only ``init`` reads
-    (declared with :func:`~jaxopt_zoo.init_only`; an edit of them could change nothing)."""
+    """The factory's signature, and the names kept static: ``static_args``, those only ``init`` reads
+    (declared with :func:`~jaxopt_zoo.init_only`; an edit of them could change nothing) and those that decide the
+    update's program (declared with :func:`~jaxopt_zoo.static_only`; traced, they raise)."""
     static = {static_args} if isinstance(static_args, str) else set(static_args)
     signature = inspect.signature(inner_factory)
     if not static <= set(signature.parameters):
@@ -86,7 +87,8 @@ def _static_arguments(
             f"{owner}: static_args {sorted(static - set(signature.parameters))} are not "
             f"parameters of {getattr(inner_factory, '__name__', inner_factory)}."
         )
-    return signature, static | getattr(inner_factory, "init_only_args", set())
+    declared = getattr(inner_factory, "init_only_args", set()) | getattr(inner_factory, "static_only_args", set())
+    return signature, static | declared
 
 
 def _split_hyperparameters(
@@ -161,7 +163,11 @@ def inject_hyperparams(
     :func:`~jaxopt_zoo.init_only`: Adagrad's ``initial_accumulator_value``,
     RMSprop's ``initial_scale``, Rprop's initial step ``learning_rate``, PRNG
     ``key``/``seed``, ...) stay static and are not in ``state.hyperparams``.
-    Optax injects them, and an edit there silently changes nothing.
+    Optax injects them, and an edit there silently changes nothing. So do the
+    integers that decide the update's program (declared with
+    :func:`~jaxopt_zoo.static_only`: Shampoo's and SOAP's ``precondition_frequency``
+    and ``max_precond_dim``, GaLoRE's ``rank``, L-BFGS's ``memory_size``, ...),
+    which would raise traced (Optax's must be named in ``static_args``).
 
     Deviation from Optax: hyperparameters are float32 (float64 with float64
     params) whatever the params' dtype, a Python integer given for a real one

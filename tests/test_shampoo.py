@@ -222,9 +222,13 @@ def test_inject_hyperparams_schedules_the_learning_rate():
     # Injected hyperparameters are float32 arrays, not Python floats: roundings differ, then the roots amplify them.
     assert_trees_close(runs["injected"][0], runs["plain"][0], rtol=1e-4, atol=1e-5)
     assert float(runs["injected"][1].hyperparams["learning_rate"]) == pytest.approx(0.02 / 6)
+    # precondition_frequency and max_precond_dim shape the program: static without naming them (traced, they raised).
+    unstatic = jz.inject_hyperparams(jz.shampoo)(learning_rate=0.1)
+    jax.jit(unstatic.update)(PARAMS1, unstatic.init(PARAMS1), PARAMS1)
+    assert not {"precondition_frequency", "max_precond_dim"} & set(unstatic.init(PARAMS1).hyperparams)
     with pytest.raises(ValueError, match="shampoo: precondition_frequency shapes .* name it in static_args"):
-        unstatic = jz.inject_hyperparams(jz.shampoo)(learning_rate=0.1)
-        jax.jit(unstatic.update)(PARAMS1, unstatic.init(PARAMS1), PARAMS1)
+        jax.jit(lambda f: jz.shampoo(0.1, precondition_frequency=f).update(PARAMS1, jz.shampoo(0.1).init(PARAMS1),
+                                                                            PARAMS1))(2)
 
 
 STORAGES = {"bf16": jnp.bfloat16, "sbf16": jz.StochasticBF16(), "8bit": jz.Blockwise8Bit(min_size=256)}

@@ -252,9 +252,10 @@ def test_refusals_name_the_problem():
         tx.update(params, state, value_fn=f)
     with pytest.raises(ValueError, match="real floating"):
         tx.init({"w": jnp.ones(3, jnp.complex64)})
+    injected = jz.inject_hyperparams(jz.torch.lbfgs)(lr=0.5)  # history_size stays static (jz.static_only)
+    jax.jit(lambda s, p: injected.update(p, s, p, value_fn=f))(injected.init(params), params)
     with pytest.raises(ValueError, match=r"history_size.*static_args=\('history_size',\)"):
-        injected = jz.inject_hyperparams(jz.torch.lbfgs)(lr=0.5)
-        jax.jit(lambda s, p: injected.update(p, s, p, value_fn=f))(injected.init(params), params)
+        jax.jit(lambda h: jz.torch.lbfgs(lr=0.5, history_size=h).init(params))(3)
     with pytest.raises(ValueError, match="for a schedule, wrap the optimizer"):
         jz.torch.lbfgs(lr=jz.constant_schedule(1.0))
     for bad in (dict(max_iter=-1), dict(max_iter=2.5), dict(max_eval=0), dict(history_size=0),

@@ -291,14 +291,19 @@ def test_an_integer_for_a_real_hyperparameter_is_injected_as_a_float():
     assert muon.hyperparams["ns_steps"].dtype == jnp.int32  # a count stays an integer
 
 
-def test_an_integer_checked_when_built_names_static_args_under_jit():
+def test_integers_that_decide_the_program_stay_static_and_traced_name_static_args():
     # galore's rank, lbfgs' memory_size, soap's precondition_frequency are checked as whole numbers when built,
-    # which a traced value cannot be: the message names the fix instead of "must be an integer, got JitTracer".
+    # which a traced value cannot be: inject_hyperparams keeps them static (jz.static_only; each had to be named in
+    # static_args, one error at a time), and traced by hand the message names the fix, not "got JitTracer".
     params = {"w": jnp.ones((4, 8))}
     tx = jz.inject_hyperparams(jz.lbfgs)(learning_rate=0.1, memory_size=3, linesearch=None)
+    jax.jit(tx.update)(params, tx.init(params), params)
+    assert "memory_size" not in tx.init(params).hyperparams and jz.lbfgs.static_only_args == {"memory_size"}
+    for factory, names in ((jz.shampoo, 2), (jz.soap, 2), (jz.psgd_kron, 2), (jz.galore, 2), (jz.adafactor, 1)):
+        assert len(factory.static_only_args) == names, factory
     with pytest.raises(ValueError, match=r"^lbfgs: memory_size must be a concrete integer, not traced, got .*"
                                          r"pass static_args=\('memory_size',\)"):
-        jax.jit(tx.update)(params, tx.init(params), params)
+        jax.jit(lambda m: jz.lbfgs(0.1, memory_size=m, linesearch=None).init(params))(3)
 
 
 def test_static_args_and_hyperparam_dtype():

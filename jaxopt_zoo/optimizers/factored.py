@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxopt_zoo import validation
-from jaxopt_zoo.base import GradientTransformation, Params, ScalarOrSchedule
+from jaxopt_zoo.base import GradientTransformation, Params, ScalarOrSchedule, static_only
 from jaxopt_zoo.combine import chain
 from jaxopt_zoo.sharding import AxisName
 from jaxopt_zoo.storage import StateDtype
@@ -20,6 +20,7 @@ from jaxopt_zoo.transforms.sm3 import scale_by_sm3
 __all__ = ["adafactor", "sm3"]
 
 
+@static_only("min_dim_size_to_factor")
 def adafactor(
     learning_rate: ScalarOrSchedule | None = None,
     min_dim_size_to_factor: int = 128,

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxopt_zoo import validation
-from jaxopt_zoo.base import GradientTransformation, Params, ScalarOrSchedule
+from jaxopt_zoo.base import GradientTransformation, Params, ScalarOrSchedule, static_only
 from jaxopt_zoo.combine import chain
 from jaxopt_zoo.transforms import add_decayed_weights, scale_by_learning_rate
 from jaxopt_zoo.transforms.galore import DimensionNumbersSpec, check_options, scale_by_galore
@@ -16,6 +16,7 @@ from jaxopt_zoo.transforms.galore import DimensionNumbersSpec, check_options, sc
 __all__ = ["galore"]
 
 
+@static_only("rank", "update_proj_gap")
 def galore(
     learning_rate: ScalarOrSchedule,
     rank: int = 128,

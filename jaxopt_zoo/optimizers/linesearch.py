@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from jaxopt_zoo import validation
-from jaxopt_zoo.base import GradientTransformation, ScalarOrSchedule, identity
+from jaxopt_zoo.base import GradientTransformation, ScalarOrSchedule, identity, static_only
 from jaxopt_zoo.combine import chain
 from jaxopt_zoo.sharding import AxisName
 from jaxopt_zoo.storage import StateDtype
@@ -17,6 +17,7 @@ __all__ = ["lbfgs"]
 _DEFAULT_LINESEARCH = scale_by_zoom_linesearch(max_linesearch_steps=20, initial_guess_strategy="one")
 
 
+@static_only("memory_size")
 def lbfgs(
     learning_rate: ScalarOrSchedule | None = None,
     memory_size: int = 10,

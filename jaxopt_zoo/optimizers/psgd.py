@@ -7,7 +7,7 @@ from typing import Any, Callable
 import jax
 
 from jaxopt_zoo import validation
-from jaxopt_zoo.base import GradientTransformation, Params, ScalarOrSchedule, init_only
+from jaxopt_zoo.base import GradientTransformation, Params, ScalarOrSchedule, init_only, static_only
 from jaxopt_zoo.combine import chain
 from jaxopt_zoo.sharding import AxisName
 from jaxopt_zoo.storage import StateDtype
@@ -17,6 +17,7 @@ from jaxopt_zoo.transforms.psgd import precond_update_prob_schedule, scale_by_ps
 __all__ = ["psgd_kron"]
 
 
+@static_only("max_size_triangular", "min_ndim_triangular")
 @init_only("key", "precond_init_scale")
 def psgd_kron(
     learning_rate: ScalarOrSchedule = 1e-3,

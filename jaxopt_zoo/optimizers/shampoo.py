@@ -7,7 +7,7 @@ from typing import Any, Callable, Literal
 import jax
 
 from jaxopt_zoo import validation
-from jaxopt_zoo.base import GradientTransformation, Params, ScalarOrSchedule
+from jaxopt_zoo.base import GradientTransformation, Params, ScalarOrSchedule, static_only
 from jaxopt_zoo.combine import chain
 from jaxopt_zoo.sharding import AxisName, check_partition_specs
 from jaxopt_zoo.storage import StateDtype
@@ -32,6 +32,7 @@ def _grafting(
     return scale_by_diagonal_grafting(b1, b2, eps, bias_correction=False, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
 
 
+@static_only("precondition_frequency", "max_precond_dim")
 def shampoo(
     learning_rate: ScalarOrSchedule,
     b1: jax.typing.ArrayLike = 0.9,

@@ -7,7 +7,7 @@ from typing import Any, Callable
 import jax
 
 from jaxopt_zoo import validation
-from jaxopt_zoo.base import GradientTransformation, Params, ScalarOrSchedule
+from jaxopt_zoo.base import GradientTransformation, Params, ScalarOrSchedule, static_only
 from jaxopt_zoo.combine import chain
 from jaxopt_zoo.sharding import AxisName, check_partition_specs
 from jaxopt_zoo.storage import StateDtype
@@ -17,6 +17,7 @@ from jaxopt_zoo.transforms.soap import scale_by_soap
 __all__ = ["soap"]
 
 
+@static_only("precondition_frequency", "max_precond_dim")
 def soap(
     learning_rate: ScalarOrSchedule = 3e-3,
     b1: jax.typing.ArrayLike = 0.95,

@@ -38,6 +38,7 @@ from jaxopt_zoo.base import (
     expects_state,
     init_empty_state,
     safe_increment,
+    static_only,
     zero_count,
 )
 from jaxopt_zoo.docstrings import document_args
@@ -358,6 +359,7 @@ class FactoredState(NamedTuple):
     v: Updates
 
 
+@static_only("min_dim_size_to_factor")
 def scale_by_factored_rms(
     factored: bool = True,
     decay_rate: jax.typing.ArrayLike = 0.8,

@@ -23,7 +23,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxopt_zoo import tree, validation
-from jaxopt_zoo.base import GradientTransformation, OptState, Updates, expects_state, safe_increment, zero_count
+from jaxopt_zoo.base import (
+    GradientTransformation,
+    OptState,
+    Updates,
+    expects_state,
+    safe_increment,
+    static_only,
+    zero_count,
+)
 from jaxopt_zoo.combine import as_transformation
 from jaxopt_zoo.sharding import explicit_layout, gathered, require_whole_arrays
 from jaxopt_zoo.transforms.adaptive import scale_by_adam
@@ -185,6 +193,7 @@ class GaLoreState(NamedTuple):
     projector: Updates
 
 
+@static_only("rank", "update_proj_gap")
 def scale_by_galore(
     rank: int = 128,
     update_proj_gap: int = 200,

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxopt_zoo import sharding, tree, validation
-from jaxopt_zoo.base import GradientTransformation, check_state, safe_increment, zero_count
+from jaxopt_zoo.base import GradientTransformation, check_state, safe_increment, static_only, zero_count
 from jaxopt_zoo.sharding import require_whole_arrays
 
 __all__ = ["TorchLbfgsState", "torch_lbfgs"]
@@ -205,6 +205,7 @@ def _count(name: str, value: Any, minimum: int) -> Any:
     return validation.whole_number(_OWNER, name, value, minimum, validation.INT32_MAX)
 
 
+@static_only("history_size")
 def torch_lbfgs(
     lr: float | jax.Array = 1,
     max_iter: int = 20,

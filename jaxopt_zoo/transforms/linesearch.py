@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxopt_zoo import tree, validation
-from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, safe_increment
+from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, safe_increment, static_only
 from jaxopt_zoo.sharding import AxisName, sum_over_shards, varying_like
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
 
@@ -234,6 +234,7 @@ def _two_loop(owner, g, s_mem, y_mem, rho, gamma, newest, axis_name):
     return jax.lax.scan(forward, r, (order, alphas))[0]
 
 
+@static_only("memory_size")
 def scale_by_lbfgs(
     memory_size: int = 10,
     scale_init_precond: bool = True,

@@ -28,6 +28,7 @@ from jaxopt_zoo.base import (
     expects_state,
     init_only,
     safe_increment,
+    static_only,
     zero_count,
 )
 from jaxopt_zoo.sharding import (
@@ -293,6 +294,7 @@ class ScaleByPsgdKronState(NamedTuple):
     ps: tuple[Factors, ...] | None = None
 
 
+@static_only("max_size_triangular", "min_ndim_triangular")
 @init_only("key", "precond_init_scale")
 def scale_by_psgd_kron(
     b1: jax.typing.ArrayLike = 0.9,

@@ -24,7 +24,7 @@ from jax import lax
 from jax.sharding import PartitionSpec
 
 from jaxopt_zoo import tree, validation
-from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, safe_increment, zero_count
+from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, safe_increment, static_only, zero_count
 from jaxopt_zoo.linalg import matrix_inverse_pth_root
 from jaxopt_zoo.sharding import (
     AxisName,
@@ -195,6 +195,7 @@ def _precondition(g: jax.Array, m: jax.Array, layout: BlockLayout, roots: Factor
     return from_blocks(out, layout, like=g).astype(tree.moment_dtype(g.dtype))
 
 
+@static_only("precondition_frequency", "max_precond_dim")
 def scale_by_shampoo(
     b1: jax.typing.ArrayLike = 0.0,
     b2: jax.typing.ArrayLike = 1.0,

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from jaxopt_zoo import sharding, tree, validation
-from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, safe_increment, zero_count
+from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, safe_increment, static_only, zero_count
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
 from jaxopt_zoo.transforms.kronecker import (
     PRECISION, BlockLayout, block_layout, check_factor_shapes, factor_specs, from_blocks, local_share, mode_product,
@@ -169,6 +169,7 @@ def _refresh(count, stats, bases, mus, nus, dims):
     return new_bases, mus, nus
 
 
+@static_only("precondition_frequency", "max_precond_dim")
 def scale_by_soap(
     b1: jax.typing.ArrayLike = 0.95,
     b2: jax.typing.ArrayLike = 0.95,
