@@ -179,7 +179,7 @@ def _frobenius(x: jax.Array) -> jax.Array:
     """:math:`\\|x\\|_F`, also where its sum of squares overflows (an entry above ~1.8e19 in float32): there ``x``
     over its largest entry is summed instead, where ``x / inf`` would be a silent zero step (Optax's is)."""
     squares = jnp.sum(tree.abs_sq(x))
-    largest = jnp.max(jnp.abs(x))
+    largest = jnp.max(jnp.abs(x), initial=0)  # (0 for a matrix with a zero dimension)
     scale = jnp.where(largest > 0, largest, 1)  # (x / 0 is never selected, but its slope would be NaN)
     rescaled = scale * tree.root(jnp.sum(tree.abs_sq(x / scale)))
     return jnp.where(jnp.isinf(squares) & jnp.isfinite(largest), rescaled, tree.root(squares))
