@@ -22,8 +22,9 @@ import jax.numpy as jnp
 
 from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import GradientTransformation, Updates, expects_state, safe_increment, zero_count
+from jaxopt_zoo.docstrings import document_args
 from jaxopt_zoo.storage import StateDtype, resolve, with_storage
-from jaxopt_zoo.transforms.adaptive import ScaleByAdamState
+from jaxopt_zoo.transforms.adaptive import ScaleByAdamState, scale_by_adam
 
 __all__ = [
     "ScaleByAdamaxState",
@@ -494,6 +495,7 @@ def scale_by_adopt(
     return expects_state(owner, tx, ScaleByAdamState)
 
 
+@document_args(scale_by_adam)  # b1, b2, mu_dtype, nu_dtype: Adam's
 def scale_by_sparse_adam(
     b1: jax.typing.ArrayLike = 0.9,
     b2: jax.typing.ArrayLike = 0.999,
@@ -532,11 +534,7 @@ def scale_by_sparse_adam(
     gives a step of 0 where :math:`\\sqrt{v_t}` underflows to 0. Optax has no such rule.
 
     Args:
-        b1: decay :math:`\\beta_1 \\in [0, 1)` of the first moment.
-        b2: decay :math:`\\beta_2 \\in [0, 1)` of the second moment.
         eps: :math:`\\varepsilon > 0`, added to :math:`\\sqrt{v_t}` (not denormal).
-        mu_dtype: storage of the first moment: a storage (see :mod:`jaxopt_zoo.storage`).
-        nu_dtype: storage of the second moment, as for ``mu_dtype``.
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
