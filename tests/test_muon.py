@@ -161,17 +161,6 @@ def test_where_optax_fails_ours_follows_optax_documentation():
 # --- PyTorch's rule is the same transformation --------------------------------------------------------------
 
 
-def test_a_matrix_whose_sum_of_squares_overflows_still_gets_its_orthogonalised_step():
-    # 2e19 squared overflows float32: the norm was inf and the step x / inf = 0 (Optax's too), silently, for every
-    # step the momentum held it. The direction does not depend on the scale: as for the matrix scaled down.
-    g = np.random.default_rng(0).normal(size=(16, 8)).astype(np.float32) * 1e-2
-    g[3, 2] = 2e19
-    tx = jz.scale_by_muon()
-    step = jax.jit(lambda g: tx.update(g, tx.init(jnp.zeros((16, 8))))[0])
-    np.testing.assert_allclose(step(jnp.asarray(g)), step(jnp.asarray(g * 1e-19)), rtol=1e-5, atol=1e-6)
-    assert float(jnp.linalg.norm(step(jnp.asarray(g)))) > 0.5
-
-
 def test_torch_muon_is_scale_by_muon_with_pytorchs_options():
     tx = jz.torch.muon(lr=0.02)
     state = tx.init({"w": jnp.ones((3, 4))})
