@@ -13,7 +13,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxopt_zoo import storage, tree, validation
-from jaxopt_zoo.base import GradientTransformation, OptState, Params, Updates, check_state, safe_increment, zero_count
+from jaxopt_zoo.base import (
+    GradientTransformation,
+    OptState,
+    Params,
+    Updates,
+    check_state,
+    safe_increment,
+    static_only,
+    zero_count,
+)
 from jaxopt_zoo.combine import as_transformation
 from jaxopt_zoo.docstrings import document_args
 from jaxopt_zoo.sharding import AxisName, sum_over_shards
@@ -166,7 +175,7 @@ def inject_hyperparams(
     Optax injects them, and an edit there silently changes nothing. So do the
     integers that decide the update's program (declared with
     :func:`~jaxopt_zoo.static_only`: Shampoo's and SOAP's ``precondition_frequency``
-    and ``max_precond_dim``, GaLoRE's ``rank``, L-BFGS's ``memory_size``, ...),
+    and ``max_precond_dim``, GaLore's ``rank``, L-BFGS's ``memory_size``, ...),
     which would raise traced (Optax's must be named in ``static_args``).
 
     Deviation from Optax: hyperparameters are float32 (float64 with float64
@@ -624,6 +633,7 @@ class SwaParamsState(NamedTuple):
     average: Params
 
 
+@static_only("start", "every")
 def swa_params(start: int = 1, every: int = 1) -> GradientTransformation:
     """Keep the equal-weight average of the parameters, for evaluation (Stochastic Weight Averaging).
 

@@ -347,12 +347,19 @@ def test_graft_per_block_takes_each_blocks_norms():
 
 def test_graft_per_block_keeps_an_overflowing_square_in_its_own_block():
     # 3e19 squared overflows float32: the one-hot sums made the other blocks' steps NaN (inf * 0), and Shampoo's
-    # params with them, for good. Its own block's norm is taken as the root of float32's largest number.
-    g = jnp.array([3e19, 1.0, 3.0, -4.0])
+    # params with them, for good; in a matrix, so did two squares whose partial sum along one axis overflows.
+    # Squares are held below float32's largest number over the block's size (2 here, 4 below).
     tx = jz.graft(jz.scale_by_sign(), jz.scale(1.0), max_block_dim=2)
-    huge = np.sqrt(np.float64(np.finfo(np.float32).max))
+    g = jnp.array([3e19, 1.0, 3.0, -4.0])
+    huge = np.sqrt(np.float64(np.finfo(np.float32).max) / 2)
     np.testing.assert_allclose(tx.update(g, tx.init(g))[0], [3e19 * 2**0.5 / huge, 2**0.5 / huge, 3 * 2**0.5 / 5,
-                                                             -4 * 2**0.5 / 5], rtol=1e-6)
+                                                             -4 * 2**0.5 / 5], rtol=1e-5)
+    m = jnp.arange(1.0, 17.0).reshape(4, 4)
+    for big in (m.at[0, 0].set(3e19).at[1, 0].set(1e16), m.at[0, 0].set(1.5e19).at[1, 0].set(1.5e19)):
+        out = np.asarray(tx.update(big, tx.init(big))[0])
+        assert np.isfinite(out).all()
+        block = np.asarray(big)[2:, 2:]  # a block without a large entry: at the norm of its signs, 2
+        np.testing.assert_allclose(out[2:, 2:], block * 2 / np.linalg.norm(block), rtol=1e-6)
 
 
 def test_graft_per_block_inside_shard_map_equals_one_device_and_needs_partition_specs():

@@ -7,6 +7,7 @@ optimizer's step (Adam, RMSprop, Adagrad, SGD), so that learning-rate schedules 
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -148,9 +149,11 @@ def _grafted_per_block(d: jax.Array, m: jax.Array, at: Placement | None, max_dim
     counts = [-(-n // max_dim) for n in whole_shape(d, at)]
     real = jnp.promote_types(jnp.finfo(d.dtype).dtype, jnp.float32)  # sums of squares in float32 at least
     one_hots = [jax.nn.one_hot(b, c, dtype=real) for b, c in zip(blocks, counts)]
-    # A square that overflowed is held at the largest finite number: as inf, its products with the other blocks'
-    # zeros in the one-hot sums were NaN there (every block's step NaN). Its own block's norm is then ~1.8e19.
-    squares = lambda x: jnp.minimum(tree.abs_sq(x).astype(real), jnp.finfo(real).max)  # noqa: E731
+    # Squares are held below the largest finite number over a block's size, so that no partial block sum overflows:
+    # as inf, its products with the other blocks' zeros in the one-hot sums were NaN there (every block's step NaN).
+    # A block holding such a square gets a norm of ~1.8e19 / sqrt(block size) or more.
+    cap = jnp.finfo(real).max / math.prod(min(n, max_dim) for n in whole_shape(d, at))
+    squares = lambda x: jnp.minimum(tree.abs_sq(x).astype(real), cap)  # noqa: E731
     sums = jnp.stack([mode_product(squares(x), one_hots, transpose=True) for x in (d, m)])
     if split_over(placement):
         sums = jax.lax.psum(sums, split_over(placement))
