@@ -568,6 +568,7 @@ def scale_by_sparse_adam(
         nu = tree.map_state(lambda g, v: masked(g, v, (1 - b2) * (tree.abs_sq(g) - v)), updates, state.nu)
         steps = _steps(count)
         step_size = jnp.sqrt(1 - b2**steps) / (1 - b1**steps)
+
         def ratio(g, m, v):
             denominator = jnp.sqrt(v) + eps
             if guard:
