@@ -569,12 +569,7 @@ def scale_by_sparse_adam(
         steps = _steps(count)
         step_size = jnp.sqrt(1 - b2**steps) / (1 - b1**steps)
 
-        def ratio(g, m, v):
-            denominator = jnp.sqrt(v) + eps
-            if guard:
-                denominator = jnp.where(denominator == 0, jnp.inf, denominator)
-            return jnp.where(g != 0, _times(step_size, m / denominator), 0)
-
+        ratio = lambda g, m, v: jnp.where(g != 0, _times(step_size, tree.over_root(m, v, eps, guard)), 0)  # noqa: E731
         return tree.map_updates(ratio, updates, mu, nu), ScaleByAdamState(count, mu, nu)
 
     tx = with_storage(GradientTransformation(init, update), signed={"mu": mu_dtype}, non_negative={"nu": nu_dtype})
