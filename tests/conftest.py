@@ -28,8 +28,6 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 # - One LLVM module per program: XLA splits each program's LLVM IR into up to 32 modules to compile them on
 #   several threads, which costs more than it saves for small programs on 2 busy cores (three test files under
 #   `-n 2` from an empty .jax_cache/: 78 s instead of 99). Only the compiling is split, not the kernels.
-# XLA aborts at a flag it does not know; a jaxlib without one of these is left with its default (probed once in a
-# subprocess per jaxlib version, the answer kept in .jax_cache/).
 # XLA's defaults, for the tests that must compile as users do (in a process of their own).
 USER_XLA_FLAGS = ("--xla_backend_optimization_level=3", "--xla_cpu_use_fusion_emitters=true",
                   "--xla_cpu_parallel_codegen_split_count=32")
@@ -37,7 +35,11 @@ if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 
 
-def _xla_accepts(flags: str) -> bool:
+# XLA aborts at a flag it does not know: a jaxlib without one of these is left with its default. One process asks
+# this jaxlib's XLA whether it takes them all (each alone only if not), while this one imports JAX: XLA reads XLA_FLAGS
+# when the first array is made, not at import. The answer is kept in .jax_cache/ per jaxlib version.
+def _xla_accepts(flags: str):
+    """Starts asking a new process whether XLA accepts `flags`; returns a function that waits for the answer."""
     import importlib.metadata
     import subprocess
     import sys
@@ -45,25 +47,32 @@ def _xla_accepts(flags: str) -> bool:
     answer = pathlib.Path(__file__).resolve().parent.parent / ".jax_cache" / (
         f"xla-flags-probe-{importlib.metadata.version('jaxlib')}-{flags.strip().replace(' ', '').replace('-', '')}")
     if answer.exists():
-        return answer.read_text() == "yes"
+        return lambda: answer.read_text() == "yes"
     probe = "import jax.numpy as jnp; jnp.zeros(1).block_until_ready()"
     env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
-    ok = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True).returncode == 0
-    try:
-        answer.parent.mkdir(exist_ok=True)
-        answer.write_text("yes" if ok else "no")
-    except OSError:  # a read-only checkout: probe again next time
-        pass
-    return ok
+    process = subprocess.Popen([sys.executable, "-c", probe], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+
+    def wait() -> bool:
+        ok = process.wait() == 0
+        try:
+            answer.parent.mkdir(exist_ok=True)
+            answer.write_text("yes" if ok else "no")
+        except OSError:  # a read-only checkout: probe again next time
+            pass
+        return ok
+
+    return wait
 
 
 _DIRECT_EMITTERS = " --xla_cpu_use_fusion_emitters=false --xla_cpu_max_isa=AVX"
-if ("xla_cpu_use_fusion_emitters" not in os.environ["XLA_FLAGS"] and platform.machine().lower() in ("x86_64", "amd64")
-        and _xla_accepts(_DIRECT_EMITTERS)):
-    os.environ["XLA_FLAGS"] += _DIRECT_EMITTERS
 _ONE_MODULE = " --xla_cpu_parallel_codegen_split_count=1"
-if "xla_cpu_parallel_codegen_split_count" not in os.environ["XLA_FLAGS"] and _xla_accepts(_ONE_MODULE):
-    os.environ["XLA_FLAGS"] += _ONE_MODULE
+_WANTED = [flags for flags, wanted in (
+    (_DIRECT_EMITTERS, "xla_cpu_use_fusion_emitters" not in os.environ["XLA_FLAGS"]
+     and platform.machine().lower() in ("x86_64", "amd64")),
+    (_ONE_MODULE, "xla_cpu_parallel_codegen_split_count" not in os.environ["XLA_FLAGS"]),
+) if wanted]
+_all_wanted_accepted = _xla_accepts("".join(_WANTED)) if _WANTED else lambda: True
 
 import functools
 import gc
@@ -73,6 +82,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+
+os.environ["XLA_FLAGS"] += "".join(_WANTED) if _all_wanted_accepted() else "".join(
+    flags for flags in _WANTED if _xla_accepts(flags)())
 
 # Python's collector runs a full collection whenever enough objects survived its younger ones, and each walks every
 # live object: in a worker holding JAX's caches of thousands of programs, ~0.3 s. Python's default thresholds
