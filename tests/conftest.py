@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pathlib
 import platform
+from collections.abc import Callable
 
 # Eight simulated CPU devices for the sharding tests; XLA reads this once, when jax is first imported.
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
@@ -38,7 +39,7 @@ if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
 # XLA aborts at a flag it does not know: a jaxlib without one of these is left with its default. One process asks
 # this jaxlib's XLA whether it takes them all (each alone only if not), while this one imports JAX: XLA reads XLA_FLAGS
 # when the first array is made, not at import. The answer is kept in .jax_cache/ per jaxlib version.
-def _xla_accepts(flags: str):
+def _xla_accepts(flags: str) -> Callable[[], bool]:
     """Starts asking a new process whether XLA accepts `flags`; returns a function that waits for the answer."""
     import importlib.metadata
     import subprocess
