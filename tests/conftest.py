@@ -7,7 +7,7 @@ import pathlib
 import platform
 from collections.abc import Callable
 
-# Eight simulated CPU devices for the sharding tests; XLA reads this once, when jax is first imported.
+# Eight simulated CPU devices for the sharding tests; XLA reads XLA_FLAGS once, when the first array is made.
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 # Most of the suite's time is XLA compiling thousands of small programs that the tests then run for
