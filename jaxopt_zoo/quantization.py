@@ -136,14 +136,18 @@ def encode(y: jax.Array, signed: bool, step: jax.typing.ArrayLike = 0, position:
     return code.astype(jnp.int8 if signed else jnp.uint8)
 
 
-def decode(codes: jax.Array) -> jax.Array:
-    """The float32 values in [-1, 1] of ``codes`` (``int8``: signed, ``uint8``: non-negative); reserved codes are non-finite."""
+def decode(codes: jax.Array, scale: jax.typing.ArrayLike = 1.0) -> jax.Array:
+    """The float32 values of ``codes`` (``int8``: signed, ``uint8``: non-negative), in [-1, 1] times ``scale``.
+
+    Reserved codes are non-finite whatever the scale: a block whose only non-zero elements are infinite has a scale of
+    0, and its infinities must not read back as ``inf * 0 = NaN``.
+    """
     signed = codes.dtype == jnp.int8
     code = codes.astype(jnp.int32)
     magnitude = jnp.abs(code) if signed else code
     value = jax.lax.bitcast_convert_type((magnitude + _code_offset(signed)) << _SHIFT, jnp.float32)
     value = jnp.where(magnitude == 0, 0.0, value)
-    value = jnp.where(code < 0, -value, value) if signed else value
+    value = (jnp.where(code < 0, -value, value) if signed else value) * scale
     return jnp.where(code == _NON_FINITE[signed], jnp.nan if signed else jnp.inf, value)
 
 
@@ -221,7 +225,7 @@ def unpack(stored: jax.Array) -> tuple[jax.Array, jax.Array]:
 def dequantize(stored: jax.Array) -> jax.Array:
     """The float32 array, shaped like the param, that a stored leaf stands for."""
     codes, scales = unpack(stored)
-    values = decode(codes) * scales[..., None]
+    values = decode(codes, scales[..., None])
     return values.reshape(*values.shape[:-2], values.shape[-2] * values.shape[-1])
 
 

@@ -158,6 +158,23 @@ def test_a_non_finite_gradient_never_reads_back_as_a_finite_moment(bad, shape):
         np.testing.assert_array_equal(np.isfinite(stored[6:]), True)  # rows without one are untouched
 
 
+def test_an_overflowing_square_in_a_block_of_zeros_reads_back_as_inf_and_the_next_step_is_finite():
+    """A block whose only non-zero second moments are infinite has a scale of 0: its infinities read back as NaN
+    (``inf * 0``) and the next step wrote NaN into the params. As with float32 moments: +inf, and an update of 0."""
+    g = np.zeros((16, 512), np.float32)
+    g[1, 7] = 3e19  # its square overflows in a block of zeros
+    g[2, :256] = 1e30  # a whole block overflows
+    state = ADAM_8BIT_INIT({"w": jnp.zeros(g.shape)})
+    _, state = ADAM_8BIT_UPDATE({"w": jnp.asarray(g)}, state)
+    nu = np.asarray(DEQUANTIZE(state.nu["w"]))
+    assert nu[1, 7] == np.inf and np.all(nu[2, :256] == np.inf), (nu[1, 7], nu[2, :4])
+    assert np.all(nu[3:] == 0) and np.all(nu[1, 8:] == 0)
+    updates, _ = ADAM_8BIT_UPDATE({"w": jnp.full(g.shape, 1e-3)}, state)
+    updates = np.asarray(updates["w"])
+    assert np.all(np.isfinite(updates)), np.argwhere(~np.isfinite(updates))[:4]
+    assert updates[1, 7] == 0 and np.all(updates[2, :256] == 0)
+
+
 def test_adam_step_matches_float64_reference_step_by_step():
     """Each step: dequantize the state, Adam in float64, quantize with the reference; compare with ours."""
     b1, b2, eps = 0.9, 0.999, 1e-8
