@@ -21,13 +21,15 @@
 * a non-finite element is stored as a reserved code (NaN in a signed moment,
   :math:`+\\infty` in a non-negative one) and leaves its block's scale to the
   finite elements, so it never turns its neighbours NaN. An outlier that is
-  finite does set its block's scale: elements below :math:`2^{-16}` of it
-  (signed) or :math:`2^{-31}` (non-negative) read back as 0 or the smallest
-  code until it decays. After a gradient of 3e19, Adam's second moment of that
-  element is infinite and its update 0, as with float32 moments, but the first
-  moments of its block's other elements read back as 0 for a few hundred
-  steps, so their updates are 0 too (float32 keeps them). That is the price of
-  one scale per block; ``apply_if_finite`` skips such a step altogether.
+  finite does set its block's scale: elements below the smallest code,
+  :math:`1.25 \\cdot 2^{-16}` of it (signed) or :math:`1.375 \\cdot 2^{-32}`
+  (non-negative), read back as 0 or that code until it decays (signed: rounded
+  stochastically between the two, so mostly 0; non-negative: that code).
+  After a gradient of 3e19, Adam's second moment of that element is infinite
+  and its update 0, as with float32 moments, but the first moments of its
+  block's other elements read back as 0 for a few hundred steps, so their
+  updates are 0 too (float32 keeps them). That is the price of one scale per
+  block; ``apply_if_finite`` skips such a step altogether.
 
 A stored leaf is one array, ``int8`` (signed) or ``uint8`` (non-negative), of
 shape ``param.shape[:-1] + (G, L + 4, q)``: the last axis is cut into :math:`G`
@@ -67,14 +69,15 @@ Explicit mesh axes a split that does not hold whole groups raises, naming a
 Deviation from the paper: its codes are "dynamic tree" values, a decimal
 exponent and a linear fraction, looked up in a 256-entry table and rounded to
 the nearest by a search. Ours are binary floats built with a few integer
-operations and no lookup: neighbouring values are at most 12.5% apart at
-every magnitude down to :math:`2^{-16}` (signed) or :math:`2^{-31}` (non-negative) of
-the block's absmax. The table is finer near the block's maximum (1.4% to 14%
-apart in its top decade) and coarser below it (up to 56% apart between 1e-3
-and 1e-2 of the maximum, more further down). Rounded to nearest, the median
-error of Adam's update direction is 2.2% with ours against 1.2% with the
-table when all elements of a block have the same scale, and 2.4% against 11%
-when their scales spread over a decade (``tests/test_quantization.py``).
+operations and no lookup: neighbouring values are at most 12.5% apart at every
+magnitude down to the smallest code, :math:`1.25 \\cdot 2^{-16}` (signed) or
+:math:`1.375 \\cdot 2^{-32}` (non-negative) of the block's absmax. The table is
+finer near the block's maximum (1.4% to 14% apart in its top decade) and
+coarser below it (up to 56% apart between 1e-3 and 1e-2 of the maximum, more
+further down). Rounded to nearest, the median error of Adam's update direction
+is 2.2% with ours against 1.2% with the table when all elements of a block have
+the same scale, and 2.4% against 11% when their scales spread over a decade
+(``tests/test_quantization.py``).
 
 Example:
     >>> import jax.numpy as jnp, jaxopt_zoo as jz
@@ -114,6 +117,10 @@ def _code_offset(signed: bool) -> int:
     return (127 << _MANTISSA_BITS) - _TOP[signed]
 
 
+def _float_of_bits(bits: int) -> float:
+    return float(np.array(bits, np.int32).view(np.float32))
+
+
 def encode(y: jax.Array, signed: bool, step: jax.typing.ArrayLike = 0, position: jax.Array | None = None) -> jax.Array:
     """8-bit codes of ``y`` with :math:`|y| \\le 1`: :math:`|y|` rounded stochastically to 3 mantissa bits.
 
@@ -121,15 +128,21 @@ def encode(y: jax.Array, signed: bool, step: jax.typing.ArrayLike = 0, position:
     then dropping the low bits, rounds up with probability equal to the dropped
     fraction. The random numbers hash ``step``, the bits and ``position``
     (:func:`jaxopt_zoo.rounding.random_bits`). Magnitudes below the smallest
-    code give 0, or the smallest code for a positive ``y`` when ``signed`` is
-    False; a non-finite ``y`` gives the reserved code.
+    code round stochastically between 0 and it when ``signed``, up to it for a
+    positive ``y`` when not; a non-finite ``y`` gives the reserved code.
     """
-    bits = jax.lax.bitcast_convert_type(jnp.abs(y).astype(jnp.float32), jnp.int32)
+    magnitude = jnp.abs(y).astype(jnp.float32)
+    if signed:
+        # Below the smallest code its neighbours are 0 and it, but the bits round between it and the float below it
+        # (whose code, 0, stands for 0). Moved into that gap in proportion, |y| rounds up with probability
+        # |y| / smallest, as between any two codes.
+        smallest, below = (_float_of_bits((_code_offset(signed) + k) << _SHIFT) for k in (1, 0))
+        magnitude = jnp.where(magnitude < smallest, below + magnitude * ((smallest - below) / smallest), magnitude)
+    bits = jax.lax.bitcast_convert_type(magnitude, jnp.int32)
     dither = (rounding.random_bits(bits, step, position) >> (32 - _SHIFT)).astype(jnp.int32)
     code = jnp.minimum(((bits + dither) >> _SHIFT) - _code_offset(signed), _TOP[signed])
     non_finite = bits >= 0x7F800000  # exponent bits all ones: an infinity or a NaN (a test on the bits we have)
     if signed:
-        code = jnp.maximum(code, 0)
         code = jnp.where(non_finite, _NON_FINITE[signed], jnp.where(y < 0, -code, code))
     else:
         code = jnp.where(non_finite, _NON_FINITE[signed], jnp.where(y > 0, jnp.maximum(code, 1), 0))

@@ -367,6 +367,10 @@ def float_code(y: np.ndarray, signed: bool, rounding: str = "nearest") -> np.nda
     top = TOP_CODE[signed]
     index = np.clip(index, 0, top)
     if signed:
+        # Below the smallest code the neighbours are 0 and that code.
+        smallest = float_value(np.array([1]), signed)[0]
+        bottom = {"nearest": magnitude >= smallest / 2, "down": False, "up": True}[rounding]
+        index = np.where(magnitude < smallest, bottom, index)
         index = np.where(magnitude > 0, index, 0)
         index = np.where(y < 0, -index, index)
     else:

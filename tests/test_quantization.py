@@ -49,7 +49,8 @@ def test_quantize_matches_float64_reference(signed, shape, num_blocks):
     # can fall on the other side of a grid value than float64's: then it is off by one more).
     outside = (ours != down) & (ours != up)
     assert np.mean(outside) < 1e-3 and np.abs(ours - down)[outside].max(initial=0) <= 2
-    assert 0.3 < np.mean(ours[down != up] == up[down != up]) < 0.7  # both directions happen
+    between = (down != up) & (down != 0)  # between two codes (below the smallest one, ups are as rare as |x| is small)
+    assert 0.3 < np.mean(ours[between] == up[between]) < 0.7  # both directions happen
     restored = reference.dequantize_blockwise(ours, scales, signed)
     np.testing.assert_allclose(np.asarray(DEQUANTIZE(q)), restored, rtol=1e-6, atol=0)
 
@@ -71,6 +72,22 @@ def test_stochastic_rounding_is_unbiased(signed):
     assert abs(stored.mean() - value) < 3e-3 * abs(value)  # about four standard errors
     nearest = reference.float_value(reference.float_code(np.array([value]), signed), signed)[0]
     assert abs(nearest - value) > 0.03 * abs(value)  # what rounding to nearest would store everywhere
+
+
+def test_stochastic_rounding_below_the_smallest_signed_code_is_unbiased():
+    """Between 0 and the smallest code (1.25 * 2**-16 of the scale), a first moment rounds up with probability
+    |x| / smallest: the rounding of the float bits took the gap to start at the float below that code and stored 0
+    for it, so that everything below 1.125 * 2**-16 read back as 0 (a mean of 0.22 * x at 1.15 * 2**-16)."""
+    smallest = reference.float_value(np.array([1]), True)[0]
+    for fraction in (0.1, 0.5, 0.75):
+        # Spread by 30%, so that the mean covers many distinct draws (the random bits hash the value's bits).
+        x = (-fraction * smallest * np.random.default_rng(0).uniform(0.7, 1.3, (64, 1024))).astype(np.float32)
+        x[:, ::256] = -1.0  # each block's absmax
+        _, _, q = quantize(x, 4, True)
+        stored = np.asarray(DEQUANTIZE(q), np.float64)[np.abs(x) < 0.5]
+        assert set(np.unique(stored)) <= {0.0, -smallest}
+        p = np.mean(np.abs(x[np.abs(x) < 0.5])) / smallest
+        assert abs(np.mean(stored == -smallest) - p) < 4 * np.sqrt(p * (1 - p) / stored.size), (fraction, stored.mean())
 
 
 def test_a_slowly_decaying_second_moment_is_not_lost():
