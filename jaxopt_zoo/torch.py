@@ -369,7 +369,8 @@ def rmsprop(
             buffer is left as it is on the steps where the array is 0 (as PyTorch's).
         centered: ``True``: divide by the root of :math:`v_t - m_t^2`, keeping the mean :math:`m_t` too.
         nu_dtype: storage of the mean square: a storage (see :mod:`jaxopt_zoo.storage`).
-        mu_dtype: storage of the mean (``centered`` only): a storage (see :mod:`jaxopt_zoo.storage`).
+        mu_dtype: storage of the mean (``centered`` only): a storage (see :mod:`jaxopt_zoo.storage`); in low
+            precision the centering magnifies its rounding (:func:`scale_by_stddev`).
         accumulator_dtype: storage of the momentum buffer: a storage (see :mod:`jaxopt_zoo.storage`).
 
     Example:

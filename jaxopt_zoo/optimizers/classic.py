@@ -401,7 +401,8 @@ def rmsprop(
         centered: scale by :func:`scale_by_stddev` (centered RMSprop) instead of :func:`scale_by_rms`.
         momentum: :math:`\\mu \\ge 0`, the momentum applied after the learning rate; ``None`` for none.
         nu_dtype: storage of the mean square: a storage (see :mod:`jaxopt_zoo.storage`).
-        mu_dtype: storage of the mean (``centered`` only): a storage (see :mod:`jaxopt_zoo.storage`).
+        mu_dtype: storage of the mean (``centered`` only): a storage (see :mod:`jaxopt_zoo.storage`); in low
+            precision the centering magnifies its rounding (:func:`scale_by_stddev`).
         accumulator_dtype: storage of the momentum buffer: a storage (see :mod:`jaxopt_zoo.storage`).
 
     Example:

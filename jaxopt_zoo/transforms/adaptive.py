@@ -471,9 +471,13 @@ def scale_by_stddev(
     The variance :math:`\\hat v_t - \\hat m_t^2` is clamped at 0: where the gradients barely vary it
     can round below 0, and below :math:`-\\varepsilon` Optax's step is NaN (a steady gradient of
     20,000 entries did so in 10% of them after 129 steps; with ``decay=0`` on the first step).
+    Where the gradients vary little next to their mean, most of :math:`\\hat v_t` cancels in the
+    variance, and so the rounding of low-precision moments is magnified: a gradient with 5% noise took
+    steps up to 27 times float32's with 8-bit moments and 9 times with ``StochasticBF16`` (30 steps of a
+    512 x 512 leaf). Keep both moments in float32 for centered RMSprop.
 
     Args:
-        mu_dtype: storage of :math:`m`, as for ``nu_dtype`` (an addition to Optax).
+        mu_dtype: storage of :math:`m`, as for ``nu_dtype`` (an addition to Optax; low precision: see above).
 
     Example:
         >>> import jaxopt_zoo as jz
