@@ -261,5 +261,11 @@ def _holds_values(x: Any) -> bool:
 
 
 def state_bytes(state: Any) -> int:
-    """The bytes all arrays in ``state`` occupy (codes, scales, counts and full-precision leaves alike)."""
-    return sum(int(np.prod(np.shape(x))) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(state))
+    """The bytes all arrays in ``state`` occupy (codes, scales, counts, random keys and full-precision leaves alike)."""
+
+    def nbytes(x) -> int:
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):  # a typed key: the bytes of its key data
+            x = jax.eval_shape(jax.random.key_data, x)
+        return int(np.prod(np.shape(x))) * jnp.dtype(x.dtype).itemsize
+
+    return sum(nbytes(x) for x in jax.tree.leaves(state))

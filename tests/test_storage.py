@@ -630,3 +630,12 @@ def test_a_gradient_through_8bit_moments_raises_naming_the_storages_that_carry_o
     assert jnp.isfinite(_loss_after_steps(p0, tx))  # stepping is unaffected
     with pytest.raises(ValueError, match="Blockwise8Bit: a gradient taken through optimizer steps cannot pass"):
         jax.grad(_loss_after_steps)(p0, tx)
+
+
+def test_state_bytes_counts_a_typed_random_key_by_its_key_data():
+    """dpsgd keeps a typed PRNG key in its state: state_bytes raised (a key dtype has no itemsize)."""
+    key = jax.random.key(0)
+    expected = jax.random.key_data(key).nbytes + 4 * 6
+    assert jz.storage.state_bytes({"key": key, "m": jnp.zeros(6)}) == expected
+    tx = jz.dpsgd(1e-2, l2_norm_clip=1.0, noise_multiplier=0.0, seed=0)
+    assert jz.storage.state_bytes(tx.init({"w": jnp.zeros((3, 4))})) > 0
