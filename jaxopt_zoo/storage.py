@@ -263,7 +263,7 @@ def _holds_values(x: Any) -> bool:
 def state_bytes(state: Any) -> int:
     """The bytes all arrays in ``state`` occupy (codes, scales, counts, random keys and full-precision leaves alike)."""
 
-    def nbytes(x) -> int:
+    def nbytes(x: Any) -> int:
         if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):  # a typed key: the bytes of its key data
             x = jax.eval_shape(jax.random.key_data, x)
         return int(np.prod(np.shape(x))) * jnp.dtype(x.dtype).itemsize
