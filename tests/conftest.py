@@ -75,8 +75,10 @@ _WANTED = [flags for flags, wanted in (
 ) if wanted]
 _all_wanted_accepted = _xla_accepts("".join(_WANTED)) if _WANTED else lambda: True
 
+import atexit
 import functools
 import gc
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -91,6 +93,32 @@ os.environ["XLA_FLAGS"] += "".join(_WANTED) if _all_wanted_accepted() else "".jo
 # live object: in a worker holding JAX's caches of thousands of programs, ~0.3 s. Python's default thresholds
 # (700, 10, 10) spent about 10 of every 180 test-seconds there; these, under 4.
 gc.set_threshold(5000, 20, 20)
+
+# A test worker that has sent its last report leaves without tearing down, ~5 s at the end of every run while the
+# controller waits for both workers: pytest's last garbage collection (it looks for exceptions raised in __del__)
+# walks the worker's whole heap, ~2 s, and at exit JAX's handler destroys the thousands of programs the worker
+# compiled and Python then frees everything else, ~3 s. Frozen objects are left out of a collection; exit handlers
+# registered after the one below (weakref finalizers, which remove temporary folders) still run first. A worker
+# whose session did not finish exits as usual.
+_worker_session_finished = False
+
+
+@pytest.hookimpl(trylast=True)  # after the session's fixtures are torn down
+def pytest_sessionfinish(session):
+    global _worker_session_finished
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        gc.freeze()
+        _worker_session_finished = True
+
+
+def _leave_without_teardown():
+    if _worker_session_finished:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+atexit.register(_leave_without_teardown)
 
 # JAX lowers each program in an MLIR context of its own, and making one registers and loads every dialect it
 # uses (~3.7 ms, llvm-project PR 217320). The suite lowers ~10,000 programs: one context for all of them took the
