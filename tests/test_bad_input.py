@@ -252,6 +252,8 @@ BAD_ARGUMENTS = [
     (jz.dadapt_adamw, dict(weight_decay=-1.0), "dadapt_adamw", "weight_decay"),
     (jz.schedule_free_adamw, dict(b1=0.0), "schedule_free_adamw", "b1"),
     (jz.schedule_free_adamw, dict(state_dtype=jz.Blockwise8Bit()), "schedule_free_adamw", "state_dtype"),
+    (jz.madgrad, dict(learning_rate=0.1, x0_dtype=jz.Blockwise8Bit()), "madgrad", "x0_dtype"),
+    (jz.scale_by_madgrad, dict(learning_rate=0.1, x0_dtype=jz.Blockwise8Bit()), "scale_by_madgrad", "x0_dtype"),
     (jz.schedule_free_sgd, dict(warmup_steps=2.5), "schedule_free_sgd", "warmup_steps"),
     (jz.schedule_free, dict(base_optimizer=jz.sgd(0.1), learning_rate=0.1, weight_lr_power=-2.0), "schedule_free",
      "weight_lr_power"),

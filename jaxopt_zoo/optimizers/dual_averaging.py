@@ -9,7 +9,7 @@ from jaxopt_zoo.base import GradientTransformation, ScalarOrSchedule
 from jaxopt_zoo.combine import chain
 from jaxopt_zoo.storage import StateDtype
 from jaxopt_zoo.transforms import add_decayed_weights
-from jaxopt_zoo.transforms.dual_averaging import scale_by_madgrad
+from jaxopt_zoo.transforms.dual_averaging import scale_by_madgrad, x0_storage
 
 __all__ = ["madgrad"]
 
@@ -51,7 +51,8 @@ def madgrad(
         eps: :math:`\\varepsilon \\ge 0`, added to the cube root and to the learning rate.
         grad_sum_sq_dtype: storage of the weighted sum of squared gradients (see :mod:`jaxopt_zoo.storage`).
         s_dtype: storage of the weighted sum of gradients, as for ``grad_sum_sq_dtype``.
-        x0_dtype: storage of the initial params, as for ``grad_sum_sq_dtype``.
+        x0_dtype: storage of the initial params, as for ``grad_sum_sq_dtype`` but not 8-bit (see
+            :func:`jaxopt_zoo.scale_by_madgrad`).
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
@@ -68,7 +69,8 @@ def madgrad(
     validation.decay_rate(owner, "momentum", momentum)
     validation.scalar_or_schedule(owner, "weight_decay", weight_decay)
     validation.epsilon(owner, "eps", eps)
-    validation.state_dtypes(owner, grad_sum_sq_dtype=grad_sum_sq_dtype, s_dtype=s_dtype, x0_dtype=x0_dtype)
+    validation.state_dtypes(owner, grad_sum_sq_dtype=grad_sum_sq_dtype, s_dtype=s_dtype)
+    x0_storage(owner, x0_dtype)
     return validation.refusing_complex(owner, chain(
         add_decayed_weights(weight_decay),
         scale_by_madgrad(learning_rate, momentum, eps, grad_sum_sq_dtype=grad_sum_sq_dtype, s_dtype=s_dtype,

@@ -43,6 +43,19 @@ class MadgradState(NamedTuple):
     x0: Params
 
 
+def x0_storage(owner: str, x0_dtype: StateDtype):
+    """The storage of MADGRAD's :math:`x_0`: not 8-bit, whose rounding would move the params (see ``x0_dtype``)."""
+    storage = resolve(owner, "x0_dtype", x0_dtype)
+    if storage.encoded:
+        raise ValueError(
+            f"{owner}: x0_dtype={x0_dtype!r} keeps the initial params x_0 as 8-bit codes, whose rounding (3 mantissa "
+            "bits: up to 1/8 of each entry) the params take in full from the first step, whatever the learning rate "
+            "(z = x_0 - s / nu^(1/3)); use None (the params' dtype) or a floating dtype (a bfloat16 copy, "
+            "jz.StochasticBF16()'s too, rounds by up to 2^-9 of each entry, which the params take likewise)."
+        )
+    return storage
+
+
 def scale_by_madgrad(
     learning_rate: ScalarOrSchedule,
     momentum: jax.typing.ArrayLike = 0.9,
@@ -85,7 +98,10 @@ def scale_by_madgrad(
         eps: :math:`\\varepsilon \\ge 0`, added to the cube root and to the learning rate.
         grad_sum_sq_dtype: storage of :math:`\\nu` (``grad_sum_sq``): a storage (see :mod:`jaxopt_zoo.storage`).
         s_dtype: storage of :math:`s`, as for ``grad_sum_sq_dtype``.
-        x0_dtype: storage of the initial params :math:`x_0`, as for ``grad_sum_sq_dtype``.
+        x0_dtype: storage of the initial params :math:`x_0`, as for ``grad_sum_sq_dtype`` but not 8-bit:
+            :math:`z` is formed from :math:`x_0`, so the params take its rounding from the first step,
+            whatever the learning rate (up to 1/8 of each entry in 8-bit codes, which raise; up to
+            :math:`2^{-9}` in bfloat16).
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz
@@ -105,7 +121,8 @@ def scale_by_madgrad(
     validation.epsilon(owner, "eps", eps)
     guard = validation.may_all_be_zero(eps)
     stores = {name: resolve(owner, f"{name}_dtype", value)
-              for name, value in (("grad_sum_sq", grad_sum_sq_dtype), ("s", s_dtype), ("x0", x0_dtype))}
+              for name, value in (("grad_sum_sq", grad_sum_sq_dtype), ("s", s_dtype))}
+    stores["x0"] = x0_storage(owner, x0_dtype)
 
     def init(params):
         validation.refuse_complex(owner, params)
