@@ -32,7 +32,8 @@ def noisy_sgd(
     Recipe: ``chain(add_noise(eta, gamma, key, seed=seed), scale_by_learning_rate(learning_rate))``.
     Numerically identical to ``optax.noisy_sgd``, draws included, for the same
     ``key``. No key means seed 0, with a warning (as in Optax); ``seed`` is
-    Optax's deprecated spelling of an integer ``key``.
+    Optax's deprecated spelling of an integer ``key``. Differences from Optax: those of
+    :func:`jaxopt_zoo.add_noise` (each ``init`` a copy of a typed key, checked arguments, ...).
 
     Args:
         learning_rate: :math:`\\alpha \\ge 0`, or a schedule of the step count.

@@ -44,7 +44,9 @@ def dpsgd(
     (an addition at the end, keyword only: the momentum's storage, see
     :mod:`jaxopt_zoo.storage`); Optax's deprecation warning about ``seed`` is not
     raised; bad arguments raise when the optimizer is built, ``nesterov=True``
-    without a ``momentum`` too (Optax ignores it), as in :func:`jaxopt_zoo.sgd`.
+    without a ``momentum`` too (Optax ignores it), as in :func:`jaxopt_zoo.sgd`; each ``init`` gets its
+    own key (Optax's hands every ``init`` the same one, which a donated step deletes: see
+    :func:`jaxopt_zoo.differentially_private_aggregate`).
 
     Args:
         learning_rate: :math:`\\alpha \\ge 0`, or a schedule of the step count.

@@ -41,7 +41,9 @@ def resolve_key(owner: str, key, seed):
         warnings.warn(f"{owner}: no key given; using seed 0, as Optax does. Pass key= for other draws.", stacklevel=3)
         key = 0
     _check_seed(owner, "key", key)
-    return lambda: key if _is_typed_key(key) else jax.random.key(key)
+    # A typed key is copied: a state holding the caller's own key would lose it to a donated step, and the next
+    # init would hand out the deleted buffer.
+    return lambda: jnp.array(key, copy=True) if _is_typed_key(key) else jax.random.key(key)
 
 
 def _check_seed(owner: str, name: str, value) -> None:
@@ -100,7 +102,9 @@ def add_noise(
     ``None`` update stays ``None`` and draws no key (as Optax's tree utilities
     do); inside ``shard_map`` a leaf sharded over the manual axes raises
     (each shard would draw its own copy of the same noise instead of its
-    part of the whole array's).
+    part of the whole array's); each ``init`` gets its own copy of a typed
+    key (Optax's state holds the caller's key, which a donated step deletes:
+    the next ``init`` then fails).
 
     Args:
         eta: :math:`\\eta \\ge 0`, the variance of the noise at the first step.

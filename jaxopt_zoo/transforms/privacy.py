@@ -59,7 +59,9 @@ def differentially_private_aggregate(
     key; inside ``shard_map`` a leaf sharded over a mesh axis raises (each shard
     would draw its own copy of the noise, and see only its part of each
     example's norm): call it under ``jax.jit`` with sharded arrays, where it is
-    exact and the draws are the unsharded ones.
+    exact and the draws are the unsharded ones; each ``init`` gets its own key
+    (Optax's hands every ``init`` the one key made from the seed, or the
+    caller's key, which a donated step deletes: the next ``init`` then fails).
 
     Not for :class:`~jaxopt_zoo.MultiSteps` or :func:`~jaxopt_zoo.apply_every`:
     the noise and the clipping belong to one batch.
