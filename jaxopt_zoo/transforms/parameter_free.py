@@ -314,7 +314,8 @@ def scale_by_dog(
     ``sum_sq_norm_grads`` are float32 (float64 when every param is, :func:`jaxopt_zoo.tree.scalar_dtype`)
     and keep it: Optax creates them in the least precise dtype, so with bfloat16 params the sum stops
     growing at 256, and in a tree of mixed dtypes they change dtype at the first step; ``None`` updates pass through (their params still
-    count in the distance); ``param_dtype`` (the storage of the initial params, see
+    count in the distance); the initial params are a copy (Optax's state holds the params' own buffers, so
+    params and state cannot both be donated); ``param_dtype`` (the storage of the initial params, see
     :mod:`jaxopt_zoo.storage`; not 8-bit) and ``axis_name`` are additions.
 
     Args:
@@ -413,7 +414,8 @@ def scale_by_dowg(
     does not export it from ``optax.contrib``). Differences: bad numbers raise when built, and a
     state built for params of other shapes when it meets them (Optax broadcasts its copy); the
     scalars are float32 at least and keep their dtype (as for :func:`scale_by_dog`); ``None``
-    updates pass through; ``param_dtype`` (not 8-bit) and ``axis_name`` are additions.
+    updates pass through; the initial params are a copy (as for :func:`scale_by_dog`: Optax's
+    cannot be donated with the params); ``param_dtype`` (not 8-bit) and ``axis_name`` are additions.
 
     Args:
         init_estim_sq_dist: :math:`\\bar r_0^2 > 0`, a guess of the squared distance to a solution.
@@ -529,7 +531,8 @@ def scale_by_cocob(
     ``alpha`` and ``eps`` must be > 0 (with ``eps=0`` a coordinate whose gradients are all 0
     gets 0/0); a state built for params of other shapes raises (Optax broadcasts it, and its
     sums grow to the new shape); a float16 param's sums are float32 (see :func:`jaxopt_zoo.tree.moments_like`);
-    ``None`` updates pass through and keep their state; ``accumulator_dtype`` (the storage of
+    ``None`` updates pass through and keep their state; :math:`w_1` is a copy of the params (Optax's state
+    holds their own buffers, so params and state cannot both be donated); ``accumulator_dtype`` (the storage of
     :math:`\\theta, L, G, R`) and ``param_dtype`` (of :math:`w_1`) are additions. Stored in
     low precision, :math:`G` (a growing sum) wants :class:`~jaxopt_zoo.storage.StochasticBF16`
     rather than plain bfloat16, whose rounding drops small increments. :math:`w_1` takes a
