@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import GradientTransformation, Updates, expects_state
@@ -77,7 +78,9 @@ def scale_by_sm3(
     Deviations from Optax: ``mu`` is a flat tuple outside the params' tree (see :class:`ScaleBySM3State`; Optax's
     is a params-shaped tree of lists, which inside ``flax.nnx.Optimizer`` become ``nnx.State`` objects after
     the first update: a jitted step compiles twice and a checkpoint stops matching a fresh optimizer's); a scalar param works (its accumulator is a one-element list holding a
-    0-d array; Optax raises ``IndexError``); a ``None`` update keeps its state; a float16 param's
+    0-d array; Optax raises ``IndexError``); an eager ``init`` on params sharded over Auto mesh axes lays
+    each accumulator out along its axis, as a jitted step returns it (under ``nnx.Optimizer`` Optax's
+    raises); a ``None`` update keeps its state; a float16 param's
     state is float32 (see :func:`jaxopt_zoo.tree.moments_like`). ``mu_dtype``, ``nu_dtype`` and
     ``axis_name`` are additions (named after the state's fields: here ``mu`` is the second moment).
     Complex params raise at ``init``, as in Optax; :func:`~jaxopt_zoo.split_real_and_imaginary`
@@ -124,6 +127,14 @@ def scale_by_sm3(
             return (jnp.zeros((), dtype),)
         # Reduced from the param abstractly, so that each accumulator keeps the sharding of its axis.
         slices = lambda a: jax.eval_shape(lambda x: jnp.sum(x, axis=_other_axes(a, jnp.ndim(x))), p)
+        sharding = getattr(p, "sharding", None)
+        concrete = not isinstance(p, jax.core.Tracer)
+        if concrete and isinstance(sharding, NamedSharding) and not sharding.mesh.explicit_axes:
+            # A concrete param on Auto mesh axes (an eager init, as nnx.Optimizer's) reduces to a replicated shape,
+            # a jitted step returned each accumulator split like its axis, and the step compiled a second time.
+            spec = (*sharding.spec, *[None] * jnp.ndim(p))
+            along = lambda a: NamedSharding(sharding.mesh, PartitionSpec(*[spec[a]] if spec[a] is not None else []))
+            return tuple(jnp.zeros(jnp.shape(p)[a], dtype, device=along(a)) for a in range(jnp.ndim(p)))
         return tuple(jnp.zeros_like(slices(a), dtype=dtype) for a in range(jnp.ndim(p)))
 
     def init(params):
