@@ -157,6 +157,15 @@ def resolve(owner: str, name: str, value: Any) -> Storage:
     return Dtype(checked) if checked is None or isinstance(checked, jnp.dtype) else checked  # or the user's storage
 
 
+def resolve_floating(owner: str, name: str, value: Any, why_not_8bit: str) -> Storage:
+    """:func:`resolve` for state that 8-bit codes would spoil (a copy of the params the steps start from or are
+    measured against): they raise ``"{owner}: {name}={value!r} {why_not_8bit}"``."""
+    storage = resolve(owner, name, value)
+    if storage.encoded:
+        raise ValueError(f"{owner}: {name}={value!r} {why_not_8bit}")
+    return storage
+
+
 def with_storage(
     tx: GradientTransformation,
     *,

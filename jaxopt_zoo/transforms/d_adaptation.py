@@ -37,7 +37,7 @@ from jaxopt_zoo.base import (
 )
 from jaxopt_zoo.docstrings import document_args
 from jaxopt_zoo.sharding import AxisName, sum_over_shards
-from jaxopt_zoo.storage import StateDtype, resolve, with_storage
+from jaxopt_zoo.storage import StateDtype, resolve, resolve_floating, with_storage
 
 __all__ = [
     "DAdaptAdamWState",
@@ -304,15 +304,12 @@ def check_prodigy_options(owner, learning_rate, betas, beta3, eps, estim_lr0, es
 
 
 def _params0_storage(owner: str, params0_dtype: StateDtype):
-    storage = resolve(owner, "params0_dtype", params0_dtype)
-    if storage.encoded:
-        raise ValueError(
-            f"{owner}: params0_dtype={params0_dtype!r} keeps the initial params as 8-bit codes, whose rounding "
-            "(3 mantissa bits: up to 1/8 of each entry) would swamp x_0 - x_t in the first steps and so the "
-            "distance estimate; use None (the params' dtype) or a floating dtype as wide as the params (a bfloat16 "
-            "copy, jz.StochasticBF16()'s too, rounds by 2^-9 |x_0|, which the distance estimate counts as well)."
-        )
-    return storage
+    return resolve_floating(
+        owner, "params0_dtype", params0_dtype,
+        "keeps the initial params as 8-bit codes, whose rounding (3 mantissa bits: up to 1/8 of each entry) would "
+        "swamp x_0 - x_t in the first steps and so the distance estimate; use None (the params' dtype) or a floating "
+        "dtype as wide as the params (a bfloat16 copy, jz.StochasticBF16()'s too, rounds by 2^-9 |x_0|, which the "
+        "distance estimate counts as well).")
 
 
 # --- D-Adapt AdamW ------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from jaxopt_zoo.base import (
     safe_increment,
     zero_count,
 )
-from jaxopt_zoo.storage import StateDtype, resolve, with_storage
+from jaxopt_zoo.storage import StateDtype, resolve, resolve_floating, with_storage
 
 __all__ = ["MadgradState", "scale_by_madgrad"]
 
@@ -45,15 +45,12 @@ class MadgradState(NamedTuple):
 
 def x0_storage(owner: str, x0_dtype: StateDtype):
     """The storage of MADGRAD's :math:`x_0`: not 8-bit, whose rounding would move the params (see ``x0_dtype``)."""
-    storage = resolve(owner, "x0_dtype", x0_dtype)
-    if storage.encoded:
-        raise ValueError(
-            f"{owner}: x0_dtype={x0_dtype!r} keeps the initial params x_0 as 8-bit codes, whose rounding (3 mantissa "
-            "bits: up to 1/8 of each entry) the params take in full from the first step, whatever the learning rate "
-            "(z = x_0 - s / nu^(1/3)); use None (the params' dtype) or a floating dtype (a bfloat16 copy, "
-            "jz.StochasticBF16()'s too, rounds by up to 2^-9 of each entry, which the params take likewise)."
-        )
-    return storage
+    return resolve_floating(
+        owner, "x0_dtype", x0_dtype,
+        "keeps the initial params x_0 as 8-bit codes, whose rounding (3 mantissa bits: up to 1/8 of each entry) the "
+        "params take in full from the first step, whatever the learning rate (z = x_0 - s / nu^(1/3)); use None (the "
+        "params' dtype) or a floating dtype (a bfloat16 copy, jz.StochasticBF16()'s too, rounds by up to 2^-9 of each "
+        "entry, which the params take likewise).")
 
 
 def scale_by_madgrad(

@@ -59,7 +59,7 @@ from jaxopt_zoo.base import (
 )
 from jaxopt_zoo.combine import as_transformation
 from jaxopt_zoo.sharding import AxisName, sum_over_shards
-from jaxopt_zoo.storage import Dtype, StateDtype, resolve, with_storage
+from jaxopt_zoo.storage import Dtype, StateDtype, resolve, resolve_floating, with_storage
 
 __all__ = [
     "COCOBState",
@@ -120,16 +120,12 @@ def _check_anchor(owner: str, updates: Any, params: Any, anchor: Any, name: str)
 
 def _distance_anchor_storage(owner: str, param_dtype: StateDtype, first: str):
     """The storage of DoG's, LDoG's or DoWG's initial params: not 8-bit (see the module docstring)."""
-    storage = resolve(owner, "param_dtype", param_dtype)
-    if storage.encoded:
-        raise ValueError(
-            f"{owner}: param_dtype={param_dtype!r} keeps the initial params as 8-bit codes, whose rounding (about "
-            f"3% of ||x_0||) is all of ||x_t - x_0|| at the first step, so it, not {first}, would set the first "
-            "step sizes; use None (the params' dtype) or a floating dtype as wide as the params (a bfloat16 copy, "
-            "jz.StochasticBF16() too, rounds by about 2^-9 ||x_0||, which sets the first steps likewise unless "
-            f"{first} is above it)."
-        )
-    return storage
+    return resolve_floating(
+        owner, "param_dtype", param_dtype,
+        f"keeps the initial params as 8-bit codes, whose rounding (about 3% of ||x_0||) is all of ||x_t - x_0|| at "
+        f"the first step, so it, not {first}, would set the first step sizes; use None (the params' dtype) or a "
+        "floating dtype as wide as the params (a bfloat16 copy, jz.StochasticBF16() too, rounds by about 2^-9 "
+        f"||x_0||, which sets the first steps likewise unless {first} is above it).")
 
 
 # --- layer-wise DoG (Optax core) ------------------------------------------------------------------

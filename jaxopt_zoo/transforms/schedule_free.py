@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jaxopt_zoo import tree, validation
 from jaxopt_zoo.base import GradientTransformation, OptState, Params, ScalarOrSchedule, check_state, safe_increment
 from jaxopt_zoo.combine import as_transformation
-from jaxopt_zoo.storage import StateDtype, read_leaf, resolve
+from jaxopt_zoo.storage import StateDtype, read_leaf, resolve_floating
 
 __all__ = [
     "ScheduleFreeState",
@@ -45,14 +45,11 @@ def _iterate_storage(owner: str, state_dtype: StateDtype) -> Any:
     of ~1% of its block's largest entry, and the rounding noise would enter the
     params (``y``) and the evaluation point (``x``) directly.
     """
-    store = resolve(owner, "state_dtype", state_dtype)
-    if store.encoded:
-        raise ValueError(
-            f"{owner}: state_dtype={store!r} would keep the iterate z as 8-bit codes, whose rounding (about 1% of "
-            "each block's largest entry) swamps the steps z takes and goes straight into the params; use a floating "
-            "dtype (None for the params' dtype, jnp.bfloat16) or jz.StochasticBF16()."
-        )
-    return store
+    return resolve_floating(
+        owner, "state_dtype", state_dtype,
+        "would keep the iterate z as 8-bit codes, whose rounding (about 1% of each block's largest entry) swamps the "
+        "steps z takes and goes straight into the params; use a floating dtype (None for the params' dtype, "
+        "jnp.bfloat16) or jz.StochasticBF16().")
 
 
 def _scalar_dtype(params: Params) -> jnp.dtype:
