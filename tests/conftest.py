@@ -97,9 +97,11 @@ gc.set_threshold(5000, 20, 20)
 # A test worker that has sent its last report leaves without tearing down, ~5 s at the end of every run while the
 # controller waits for both workers: pytest's last garbage collection (it looks for exceptions raised in __del__)
 # walks the worker's whole heap, ~2 s, and at exit JAX's handler destroys the thousands of programs the worker
-# compiled and Python then frees everything else, ~3 s. Frozen objects are left out of a collection; exit handlers
-# registered after the one below (weakref finalizers, which remove temporary folders) still run first. A worker
-# whose session did not finish exits as usual.
+# compiled and Python then frees everything else, ~3 s. Frozen objects are left out of a collection. Exit handlers
+# registered after the one below (weakref finalizers, which remove temporary folders) still run first; those
+# registered before it (JAX's, and a plugin's loaded before this file) do not run in a worker. A worker whose session
+# did not reach its end (a crash) exits as usual; an interrupted one reaches it, and the run still reports the
+# interruption.
 _worker_session_finished = False
 
 

@@ -49,7 +49,7 @@ def x0_storage(owner: str, x0_dtype: StateDtype):
         owner, "x0_dtype", x0_dtype,
         "keeps the initial params x_0 as 8-bit codes, whose rounding (3 mantissa bits: up to 1/8 of each entry) the "
         "params take in full from the first step, whatever the learning rate (z = x_0 - s / nu^(1/3)); use None (the "
-        "params' dtype) or a floating dtype (a bfloat16 copy, jz.StochasticBF16()'s too, rounds by up to 2^-9 of each "
+        "params' dtype) or a floating dtype (a bfloat16 copy, jz.StochasticBF16()'s too, rounds by up to 2^-8 of each "
         "entry, which the params take likewise).")
 
 
@@ -98,7 +98,7 @@ def scale_by_madgrad(
         x0_dtype: storage of the initial params :math:`x_0`, as for ``grad_sum_sq_dtype`` but not 8-bit:
             :math:`z` is formed from :math:`x_0`, so the params take its rounding from the first step,
             whatever the learning rate (up to 1/8 of each entry in 8-bit codes, which raise; up to
-            :math:`2^{-9}` in bfloat16).
+            :math:`2^{-8}` in bfloat16).
 
     Example:
         >>> import jax.numpy as jnp, jaxopt_zoo as jz

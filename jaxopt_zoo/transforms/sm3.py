@@ -128,12 +128,13 @@ def scale_by_sm3(
         # Reduced from the param abstractly, so that each accumulator keeps the sharding of its axis.
         slices = lambda a: jax.eval_shape(lambda x: jnp.sum(x, axis=_other_axes(a, jnp.ndim(x))), p)
         sharding = getattr(p, "sharding", None)
-        concrete = not isinstance(p, jax.core.Tracer)
-        if concrete and isinstance(sharding, NamedSharding) and not sharding.mesh.explicit_axes:
-            # A concrete param on Auto mesh axes (an eager init, as nnx.Optimizer's) reduces to a replicated shape,
-            # a jitted step returned each accumulator split like its axis, and the step compiled a second time.
+        if not isinstance(p, jax.core.Tracer) and isinstance(sharding, NamedSharding):
+            # A concrete param (an eager init, as nnx.Optimizer's) reduces to a replicated shape where any mesh axis
+            # is Auto; a jitted step returned each accumulator split like its axis, and compiled a second time. The
+            # spec as a step writes it: without a trailing None on Auto axes, one entry per dimension otherwise.
             spec = (*sharding.spec, *[None] * jnp.ndim(p))
-            along = lambda a: NamedSharding(sharding.mesh, PartitionSpec(*[spec[a]] if spec[a] is not None else []))
+            entries = lambda a: [spec[a]] if spec[a] is not None or sharding.mesh.explicit_axes else []
+            along = lambda a: NamedSharding(sharding.mesh, PartitionSpec(*entries(a)))
             return tuple(jnp.zeros(jnp.shape(p)[a], dtype, device=along(a)) for a in range(jnp.ndim(p)))
         return tuple(jnp.zeros_like(slices(a), dtype=dtype) for a in range(jnp.ndim(p)))
 
