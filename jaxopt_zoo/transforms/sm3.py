@@ -78,8 +78,8 @@ def scale_by_sm3(
     Deviations from Optax: ``mu`` is a flat tuple outside the params' tree (see :class:`ScaleBySM3State`; Optax's
     is a params-shaped tree of lists, which inside ``flax.nnx.Optimizer`` become ``nnx.State`` objects after
     the first update: a jitted step compiles twice and a checkpoint stops matching a fresh optimizer's); a scalar param works (its accumulator is a one-element list holding a
-    0-d array; Optax raises ``IndexError``); an eager ``init`` on params sharded over Auto mesh axes lays
-    each accumulator out along its axis, as a jitted step returns it (under ``nnx.Optimizer`` Optax's
+    0-d array; Optax raises ``IndexError``); an eager ``init`` on params sharded over a mesh with Auto axes
+    lays each accumulator out along its axis, as a jitted step returns it (under ``nnx.Optimizer`` Optax's
     raises); a ``None`` update keeps its state; a float16 param's
     state is float32 (see :func:`jaxopt_zoo.tree.moments_like`). ``mu_dtype``, ``nu_dtype`` and
     ``axis_name`` are additions (named after the state's fields: here ``mu`` is the second moment).
