@@ -133,9 +133,11 @@ def test_value_is_weakly_typed_where_optaxs_is():
     # float32, not bfloat16 (cosine_decay_schedule also at an int32 count).
     differ = []
     for name, (ours, theirs, _) in CASES.items():
+        ours, theirs = ours(), theirs()
+        jitted = jax.jit(ours), jax.jit(theirs)  # one trace per kind of step (a Python int is weakly typed)
         for step in (5, 150, jnp.int32(5), jnp.int32(150)):
-            for run in (lambda f, step: f(step), lambda f, step: jax.jit(f)(step)):
-                a, b = jnp.asarray(run(ours(), step)), jnp.asarray(run(theirs(), step))
+            for a, b in ((ours(step), theirs(step)), (jitted[0](step), jitted[1](step))):
+                a, b = jnp.asarray(a), jnp.asarray(b)
                 if (a.dtype, a.weak_type) != (b.dtype, b.weak_type):
                     differ.append((name, repr(step), a.dtype, a.weak_type, b.dtype, b.weak_type))
     assert not differ, differ
