@@ -107,8 +107,9 @@ def newton_schulz_section(size: str, repeats: int, calls: int) -> str:
 
 # (count, rows, cols) of the matrices in the tree, every one split over a (2, 4) mesh as P("data", "model").
 SHARDED_TREES = {
-    # quick: fewer matrices than devices, two shapes: the same collectives as the full trees (each group padded to
-    # one matrix per device), in 2.2 s instead of 5.6 (the suite runs it; compiling is the time).
+    # quick: fewer matrices than devices, in two shapes: each variant's program has the kinds of collectives it has
+    # for 8 + 4 matrices (layer sharding pads each shape's stack to one matrix per device: its all-to-alls are
+    # the same), compiled in 2.2 s instead of 5.6 (the suite runs this; compiling is nearly all of it).
     "quick": [(2, 32, 32), (1, 32, 64)],
     "cpu": [(8, 256, 256), (4, 256, 1024)],
     "accelerator": [(8, 256, 256), (4, 256, 1024)],

